@@ -1,0 +1,208 @@
+//! The OpenFaaS REST API's JSON types, with the exact field names faas-cli and the go-sdk use.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Body of `POST`/`PUT /system/functions`. Only `service` and `image` are required.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FunctionDeployment {
+    pub service: String,
+    pub image: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env_process: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env_vars: Option<BTreeMap<String, String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub constraints: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secrets: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<BTreeMap<String, String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub annotations: Option<BTreeMap<String, String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<FunctionResources>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests: Option<FunctionResources>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub read_only_root_filesystem: bool,
+    /// Deprecated in OpenFaaS; accepted and ignored.
+    #[serde(default, skip_serializing)]
+    pub registry_auth: Option<String>,
+    /// Deprecated in OpenFaaS; accepted and ignored.
+    #[serde(default, skip_serializing)]
+    pub network: Option<String>,
+}
+
+/// `limits` / `requests`: Kubernetes quantities as strings.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct FunctionResources {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<String>,
+    #[serde(
+        rename = "nvidia.com/gpu",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub nvidia_gpu: Option<String>,
+    #[serde(
+        rename = "amd.com/gpu",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub amd_gpu: Option<String>,
+    #[serde(
+        rename = "intel.com/gpu",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub intel_gpu: Option<String>,
+}
+
+/// One entry of `GET /system/functions`, or the body of `GET /system/function/{name}`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FunctionStatus {
+    pub name: String,
+    pub image: String,
+    pub namespace: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env_process: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env_vars: Option<BTreeMap<String, String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub constraints: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secrets: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<BTreeMap<String, String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub annotations: Option<BTreeMap<String, String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<FunctionResources>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests: Option<FunctionResources>,
+    #[serde(default)]
+    pub read_only_root_filesystem: bool,
+    #[serde(default)]
+    pub invocation_count: f64,
+    /// Desired replicas.
+    #[serde(default)]
+    pub replicas: u64,
+    /// Ready replicas.
+    #[serde(default)]
+    pub available_replicas: u64,
+    /// RFC 3339.
+    pub created_at: String,
+    /// fjord's own status details; OpenFaaS clients ignore unknown fields.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fjord: Option<FjordStatus>,
+}
+
+/// fjord's extras on a function's status.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FjordStatus {
+    /// `http` (long-running replicas) or `fork` (a process per request).
+    pub mode: String,
+    /// Replica restarts since the function was deployed or fjord started.
+    pub restarts: u64,
+    /// Replicas killed by the kernel for exceeding `limits.memory`.
+    pub oom_kills: u64,
+    /// The last rollout or replica error, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// RFC 3339 time of the last successful deploy or update.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub updated_at: Option<String>,
+}
+
+/// Body of `POST /system/scale-function/{name}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ScaleServiceRequest {
+    #[serde(default)]
+    pub service_name: String,
+    pub replicas: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+}
+
+/// Body of `DELETE /system/functions`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeleteFunctionRequest {
+    pub function_name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+}
+
+/// `GET /system/info`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GatewayInfo {
+    pub provider: ProviderInfo,
+    pub version: VersionInfo,
+    pub arch: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProviderInfo {
+    pub provider: String,
+    pub orchestration: String,
+    pub version: VersionInfo,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VersionInfo {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commit_message: Option<String>,
+    pub sha: String,
+    pub release: String,
+}
+
+/// One line of `GET /system/logs` (NDJSON).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LogMessage {
+    pub name: String,
+    pub namespace: String,
+    pub instance: String,
+    /// RFC 3339 with nanoseconds.
+    pub timestamp: String,
+    pub text: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn minimal_deployment_decodes() {
+        let d: FunctionDeployment =
+            serde_json::from_str(r#"{"service":"figlet","image":"alexellis2/figlet"}"#).unwrap();
+        assert_eq!(d.service, "figlet");
+        assert!(d.labels.is_none());
+    }
+
+    #[test]
+    fn nullable_maps_and_deprecated_fields_are_accepted() {
+        let d: FunctionDeployment = serde_json::from_str(
+            r#"{"service":"a","image":"b","labels":null,"annotations":null,"registryAuth":"x","network":"func_functions","readOnlyRootFilesystem":true,
+                "limits":{"memory":"128Mi","cpu":"100m","nvidia.com/gpu":"1"}}"#,
+        )
+        .unwrap();
+        assert!(d.read_only_root_filesystem);
+        assert_eq!(d.limits.unwrap().nvidia_gpu.as_deref(), Some("1"));
+        let back = serde_json::to_value(FunctionDeployment {
+            registry_auth: Some("secret".into()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert!(back.get("registryAuth").is_none());
+    }
+}

@@ -1,0 +1,467 @@
+//! [`FunctionSpec`]: a [`FunctionDeployment`] validated and parsed once, at deploy time.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use crate::duration::{DurationError, parse_duration};
+use crate::names::{FunctionKey, NameError};
+use crate::openfaas::FunctionDeployment;
+use crate::quantity::{QuantityError, parse_cpu, parse_memory};
+
+/// Label that sets the initial and minimum replica count.
+pub const LABEL_SCALE_MIN: &str = "com.openfaas.scale.min";
+/// Label that sets the maximum replica count.
+pub const LABEL_SCALE_MAX: &str = "com.openfaas.scale.max";
+/// Annotation naming an HTTP path that must answer 2xx before a replica gets traffic.
+pub const ANNOTATION_READY_PATH: &str = "com.openfaas.ready.http.path";
+/// Default maximum replicas, as in OpenFaaS Pro.
+pub const DEFAULT_SCALE_MAX: u64 = 20;
+/// Hard upper bound on replicas of one function on one machine.
+pub const REPLICAS_CEILING: u64 = 1000;
+
+/// Why a deployment was refused. Each message names the field and says what to do.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum SpecError {
+    #[error(transparent)]
+    Name(#[from] NameError),
+    #[error("{field}: {source}")]
+    Quantity {
+        field: &'static str,
+        source: QuantityError,
+    },
+    #[error("envVars.{key}: {source}")]
+    Duration { key: String, source: DurationError },
+    #[error("{field}: {reason}")]
+    Invalid { field: String, reason: String },
+    #[error(
+        "function {name:?} has nothing to run: image {image:?} is not a bundle known to fjord, so set envProcess (fprocess in stack.yml) to the command that serves it, e.g. \"python3 handler.py\""
+    )]
+    NoProcess { name: String, image: String },
+}
+
+fn invalid(field: impl Into<String>, reason: impl Into<String>) -> SpecError {
+    SpecError::Invalid {
+        field: field.into(),
+        reason: reason.into(),
+    }
+}
+
+/// How requests reach the function, chosen by the `mode` environment variable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InvokeMode {
+    /// of-watchdog `mode=http`: one long-running process per replica, proxied to over HTTP.
+    /// `upstream_port` is the fixed port from `upstream_url`; otherwise fjord picks one and
+    /// passes it in `PORT`.
+    Http { upstream_port: Option<u16> },
+    /// classic watchdog: a process per request, body on stdin, response from stdout.
+    Fork,
+}
+
+impl InvokeMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            InvokeMode::Http { .. } => "http",
+            InvokeMode::Fork => "fork",
+        }
+    }
+}
+
+/// The watchdog settings read from the function's environment.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WatchdogConfig {
+    /// `exec_timeout`: hard limit per request; `None` when unset or 0.
+    pub exec_timeout: Option<Duration>,
+    pub read_timeout: Option<Duration>,
+    pub write_timeout: Option<Duration>,
+    /// `combine_output` (default true): stderr goes into the response, else to the logs.
+    pub combine_output: bool,
+    /// `content_type`: forces the response Content-Type in fork mode.
+    pub content_type: Option<String>,
+    /// `write_debug`: also log the output of each fork-mode request.
+    pub write_debug: bool,
+    /// `cgi_headers` (default true): pass request headers as `Http_*` env in fork mode.
+    pub cgi_headers: bool,
+    /// `max_inflight`: concurrent requests per replica; `None` = unlimited.
+    pub max_inflight: Option<u64>,
+}
+
+impl Default for WatchdogConfig {
+    fn default() -> Self {
+        Self {
+            exec_timeout: None,
+            read_timeout: None,
+            write_timeout: None,
+            combine_output: true,
+            content_type: None,
+            write_debug: false,
+            cgi_headers: true,
+            max_inflight: None,
+        }
+    }
+}
+
+/// A deployment, validated: every later step uses these parsed fields.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FunctionSpec {
+    pub key: FunctionKey,
+    /// The request as given (namespace filled in), returned unchanged by the API.
+    pub deployment: FunctionDeployment,
+    pub mode: InvokeMode,
+    /// `fprocess` split into words (quotes honoured).
+    pub argv: Vec<String>,
+    /// `envVars` as given; the runtime adds `fprocess`, `PORT` and its own defaults.
+    pub env: BTreeMap<String, String>,
+    pub memory_limit_bytes: Option<u64>,
+    pub cpu_limit_millis: Option<u64>,
+    pub min_replicas: u64,
+    pub max_replicas: u64,
+    pub watchdog: WatchdogConfig,
+    /// Path probed with GET before a replica is ready (http mode); TCP connect otherwise.
+    pub ready_path: Option<String>,
+}
+
+/// Go's `strconv.ParseBool`, which the watchdogs use for their flags.
+fn parse_bool(key: &str, value: &str) -> Result<bool, SpecError> {
+    match value {
+        "1" | "t" | "T" | "true" | "TRUE" | "True" => Ok(true),
+        "0" | "f" | "F" | "false" | "FALSE" | "False" => Ok(false),
+        _ => Err(invalid(
+            format!("envVars.{key}"),
+            format!("{value:?} is not a boolean: use true or false"),
+        )),
+    }
+}
+
+fn env_duration(env: &BTreeMap<String, String>, key: &str) -> Result<Option<Duration>, SpecError> {
+    match env.get(key) {
+        None => Ok(None),
+        Some(v) => {
+            let d = parse_duration(v).map_err(|source| SpecError::Duration {
+                key: key.to_string(),
+                source,
+            })?;
+            Ok((!d.is_zero()).then_some(d))
+        }
+    }
+}
+
+fn label_u64(
+    labels: &BTreeMap<String, String>,
+    key: &str,
+    default: u64,
+) -> Result<u64, SpecError> {
+    match labels.get(key) {
+        None => Ok(default),
+        Some(v) => {
+            let n: u64 = v.trim().parse().map_err(|_| {
+                invalid(
+                    format!("labels.{key}"),
+                    format!("{v:?} is not a whole number of replicas"),
+                )
+            })?;
+            if n > REPLICAS_CEILING {
+                return Err(invalid(
+                    format!("labels.{key}"),
+                    format!("{n} is above the limit of {REPLICAS_CEILING} replicas"),
+                ));
+            }
+            Ok(n)
+        }
+    }
+}
+
+/// Reads `upstream_url` (`http://127.0.0.1:5000`) and returns its port.
+fn upstream_port(url: &str) -> Result<u16, SpecError> {
+    let field = "envVars.upstream_url";
+    let rest = url.strip_prefix("http://").ok_or_else(|| {
+        invalid(
+            field,
+            format!("{url:?} must be an http:// URL on this machine, e.g. http://127.0.0.1:5000"),
+        )
+    })?;
+    let authority = rest.split('/').next().unwrap_or_default();
+    let (host, port) = authority.rsplit_once(':').ok_or_else(|| {
+        invalid(
+            field,
+            format!("{url:?} needs a port, e.g. http://127.0.0.1:5000"),
+        )
+    })?;
+    if !matches!(host, "127.0.0.1" | "localhost" | "[::1]" | "0.0.0.0") {
+        return Err(invalid(
+            field,
+            format!("{url:?}: the function must listen on 127.0.0.1"),
+        ));
+    }
+    port.parse::<u16>()
+        .ok()
+        .filter(|p| *p != 0)
+        .ok_or_else(|| invalid(field, format!("{url:?} has an invalid port")))
+}
+
+impl FunctionSpec {
+    /// Validates a deployment. Nothing is applied if this fails.
+    pub fn from_deployment(mut d: FunctionDeployment) -> Result<Self, SpecError> {
+        let key = FunctionKey::new(&d.service, d.namespace.as_deref())?;
+        d.namespace = Some(key.namespace.clone());
+        if d.image.trim().is_empty() {
+            return Err(invalid(
+                "image",
+                "must not be empty: name the image or bundle, e.g. \"hello:latest\"",
+            ));
+        }
+
+        let env = d.env_vars.clone().unwrap_or_default();
+        for (k, v) in &env {
+            if k.is_empty() || k.contains(['=', '\0']) {
+                return Err(invalid(
+                    format!("envVars.{k}"),
+                    "names must be non-empty and contain no '=' or NUL",
+                ));
+            }
+            if v.contains('\0') {
+                return Err(invalid(format!("envVars.{k}"), "values must not contain NUL"));
+            }
+        }
+
+        let fprocess = d
+            .env_process
+            .clone()
+            .filter(|p| !p.trim().is_empty())
+            .or_else(|| env.get("fprocess").cloned())
+            .or_else(|| env.get("function_process").cloned())
+            .filter(|p| !p.trim().is_empty());
+        let Some(fprocess) = fprocess else {
+            return Err(SpecError::NoProcess {
+                name: key.name.clone(),
+                image: d.image.clone(),
+            });
+        };
+        if fprocess.contains('\0') {
+            return Err(invalid("envProcess", "must not contain NUL"));
+        }
+        let argv = shell_words::split(&fprocess).map_err(|e| {
+            invalid(
+                "envProcess",
+                format!("{fprocess:?} cannot be split into words: {e}"),
+            )
+        })?;
+        if argv.is_empty() {
+            return Err(invalid("envProcess", "is empty"));
+        }
+
+        let mode = match env.get("mode").map(String::as_str) {
+            Some("http") => InvokeMode::Http {
+                upstream_port: env
+                    .get("upstream_url")
+                    .or_else(|| env.get("http_upstream_url"))
+                    .map(|u| upstream_port(u))
+                    .transpose()?,
+            },
+            None | Some("") | Some("streaming") | Some("serializing") => InvokeMode::Fork,
+            Some(other) => {
+                return Err(invalid(
+                    "envVars.mode",
+                    format!("{other:?} is not supported: use http, or leave it unset for a process per request"),
+                ));
+            }
+        };
+
+        let mut watchdog = WatchdogConfig {
+            exec_timeout: env_duration(&env, "exec_timeout")?,
+            read_timeout: env_duration(&env, "read_timeout")?,
+            write_timeout: env_duration(&env, "write_timeout")?,
+            ..WatchdogConfig::default()
+        };
+        if let Some(v) = env.get("combine_output") {
+            watchdog.combine_output = parse_bool("combine_output", v)?;
+        }
+        if let Some(v) = env.get("write_debug") {
+            watchdog.write_debug = parse_bool("write_debug", v)?;
+        }
+        if let Some(v) = env.get("cgi_headers") {
+            watchdog.cgi_headers = parse_bool("cgi_headers", v)?;
+        }
+        watchdog.content_type = env.get("content_type").filter(|c| !c.is_empty()).cloned();
+        if let Some(v) = env.get("max_inflight") {
+            let n: u64 = v.trim().parse().map_err(|_| {
+                invalid(
+                    "envVars.max_inflight",
+                    format!("{v:?} is not a whole number"),
+                )
+            })?;
+            watchdog.max_inflight = (n > 0).then_some(n);
+        }
+
+        let limits = d.limits.clone().unwrap_or_default();
+        let memory_limit_bytes = limits
+            .memory
+            .as_deref()
+            .filter(|m| !m.is_empty())
+            .map(parse_memory)
+            .transpose()
+            .map_err(|source| SpecError::Quantity {
+                field: "limits.memory",
+                source,
+            })?;
+        if let Some(m) = memory_limit_bytes
+            && m < (4 << 20)
+        {
+            return Err(invalid(
+                "limits.memory",
+                "must be at least 4Mi: no process starts in less",
+            ));
+        }
+        let cpu_limit_millis = limits
+            .cpu
+            .as_deref()
+            .filter(|c| !c.is_empty())
+            .map(parse_cpu)
+            .transpose()
+            .map_err(|source| SpecError::Quantity {
+                field: "limits.cpu",
+                source,
+            })?;
+        if let Some(req) = &d.requests {
+            if let Some(m) = req.memory.as_deref().filter(|m| !m.is_empty()) {
+                parse_memory(m).map_err(|source| SpecError::Quantity {
+                    field: "requests.memory",
+                    source,
+                })?;
+            }
+            if let Some(c) = req.cpu.as_deref().filter(|c| !c.is_empty()) {
+                parse_cpu(c).map_err(|source| SpecError::Quantity {
+                    field: "requests.cpu",
+                    source,
+                })?;
+            }
+        }
+
+        let labels = d.labels.clone().unwrap_or_default();
+        let min_replicas = label_u64(&labels, LABEL_SCALE_MIN, 1)?;
+        let max_replicas = label_u64(&labels, LABEL_SCALE_MAX, DEFAULT_SCALE_MAX.max(min_replicas))?;
+        if min_replicas > max_replicas {
+            return Err(invalid(
+                format!("labels.{LABEL_SCALE_MIN}"),
+                format!("{min_replicas} is above {LABEL_SCALE_MAX} ({max_replicas})"),
+            ));
+        }
+
+        let ready_path = d
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(ANNOTATION_READY_PATH))
+            .or_else(|| env.get("ready_path"))
+            .filter(|p| !p.is_empty())
+            .cloned();
+        if let Some(p) = &ready_path
+            && (!p.starts_with('/') || p.contains(char::is_whitespace))
+        {
+            return Err(invalid(
+                format!("annotations.{ANNOTATION_READY_PATH}"),
+                format!("{p:?} must be a path starting with '/'"),
+            ));
+        }
+
+        Ok(Self {
+            key,
+            deployment: d,
+            mode,
+            argv,
+            env,
+            memory_limit_bytes,
+            cpu_limit_millis,
+            min_replicas,
+            max_replicas,
+            watchdog,
+            ready_path,
+        })
+    }
+
+    /// Clamps a requested replica count into what this function allows.
+    pub fn clamp_replicas(&self, requested: u64) -> u64 {
+        requested.min(self.max_replicas)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::openfaas::FunctionResources;
+
+    fn dep(json: &str) -> FunctionDeployment {
+        serde_json::from_str(json).unwrap()
+    }
+
+    #[test]
+    fn fork_mode_by_default() {
+        let s = FunctionSpec::from_deployment(dep(
+            r#"{"service":"env","image":"x","envProcess":"env"}"#,
+        ))
+        .unwrap();
+        assert_eq!(s.mode, InvokeMode::Fork);
+        assert_eq!(s.argv, ["env"]);
+        assert_eq!(s.key.namespace, "openfaas-fn");
+        assert_eq!(s.deployment.namespace.as_deref(), Some("openfaas-fn"));
+        assert_eq!(s.min_replicas, 1);
+        assert!(s.watchdog.combine_output);
+    }
+
+    #[test]
+    fn http_mode_and_watchdog_env() {
+        let s = FunctionSpec::from_deployment(dep(
+            r#"{"service":"h","image":"x","envProcess":"python3 -c 'print(1)'",
+               "envVars":{"mode":"http","upstream_url":"http://127.0.0.1:5000","exec_timeout":"1m30s","combine_output":"false","max_inflight":"4"},
+               "labels":{"com.openfaas.scale.min":"2"},
+               "limits":{"memory":"128Mi","cpu":"500m"}}"#,
+        ))
+        .unwrap();
+        assert_eq!(
+            s.mode,
+            InvokeMode::Http {
+                upstream_port: Some(5000)
+            }
+        );
+        assert_eq!(s.argv, ["python3", "-c", "print(1)"]);
+        assert_eq!(s.watchdog.exec_timeout, Some(Duration::from_secs(90)));
+        assert!(!s.watchdog.combine_output);
+        assert_eq!(s.watchdog.max_inflight, Some(4));
+        assert_eq!(s.min_replicas, 2);
+        assert_eq!(s.memory_limit_bytes, Some(128 << 20));
+        assert_eq!(s.cpu_limit_millis, Some(500));
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let cases = [
+            (r#"{"service":"Bad_Name","image":"x","envProcess":"env"}"#, "function name"),
+            (r#"{"service":"a","namespace":"NS","image":"x","envProcess":"env"}"#, "namespace"),
+            (r#"{"service":"a","image":"x"}"#, "envProcess"),
+            (r#"{"service":"a","image":"","envProcess":"env"}"#, "image"),
+            (r#"{"service":"a","image":"x","envProcess":"env","limits":{"memory":"lots"}}"#, "limits.memory"),
+            (r#"{"service":"a","image":"x","envProcess":"env","limits":{"cpu":"fast"}}"#, "limits.cpu"),
+            (r#"{"service":"a","image":"x","envProcess":"env","requests":{"memory":"x"}}"#, "requests.memory"),
+            (r#"{"service":"a","image":"x","envProcess":"env","envVars":{"exec_timeout":"soon"}}"#, "envVars.exec_timeout"),
+            (r#"{"service":"a","image":"x","envProcess":"env","envVars":{"mode":"static"}}"#, "envVars.mode"),
+            (r#"{"service":"a","image":"x","envProcess":"env","envVars":{"mode":"http","upstream_url":"http://10.0.0.1:80"}}"#, "envVars.upstream_url"),
+            (r#"{"service":"a","image":"x","envProcess":"env","labels":{"com.openfaas.scale.min":"many"}}"#, "labels.com.openfaas.scale.min"),
+            (r#"{"service":"a","image":"x","envProcess":"env","labels":{"com.openfaas.scale.min":"5","com.openfaas.scale.max":"2"}}"#, "labels.com.openfaas.scale.min"),
+            (r#"{"service":"a","image":"x","envProcess":"'unterminated"}"#, "envProcess"),
+        ];
+        for (json, field) in cases {
+            let e = FunctionSpec::from_deployment(dep(json)).unwrap_err().to_string();
+            assert!(e.contains(field), "{json}: {e}");
+        }
+    }
+
+    #[test]
+    fn fprocess_from_env_var() {
+        let mut d = FunctionDeployment {
+            service: "a".into(),
+            image: "x".into(),
+            ..Default::default()
+        };
+        d.env_vars = Some([("fprocess".to_string(), "cat".to_string())].into());
+        d.limits = Some(FunctionResources::default());
+        assert_eq!(FunctionSpec::from_deployment(d).unwrap().argv, ["cat"]);
+    }
+}
