@@ -1,1 +1,436 @@
+//! fjord's embedded `process` runtime: a function's replicas are supervised child processes.
+//!
+//! - `http` mode: one long-running process per replica, given a free port in `PORT`; the
+//!   gateway proxies straight to it once it accepts connections (or its ready path answers).
+//! - fork mode: a replica is a sandboxed slot (cgroup, private `/tmp`, uid) that forks the
+//!   function's process per request, like the classic watchdog.
+//!
+//! Each function has a reconciler task that owns its replicas; the gateway reads the set of
+//! ready endpoints from a lock-free snapshot ([`FunctionHandle::pick`]).
 
+pub mod cgroup;
+pub mod fork;
+pub mod logs;
+pub mod program;
+mod reconcile;
+mod replica;
+mod sandbox;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use fjord_core::{FunctionKey, FunctionSpec};
+use tokio::sync::{Notify, mpsc, oneshot};
+
+pub use program::{Program, ProgramError};
+
+use crate::cgroup::CgroupRoot;
+use crate::fork::ForkSlot;
+use crate::logs::LogBook;
+
+/// Settings of the process runtime.
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    pub data_dir: PathBuf,
+    /// How long an update may take to become ready before it is abandoned.
+    pub rollout_timeout: Duration,
+    /// How long a replica gets between SIGTERM and SIGKILL.
+    pub stop_grace: Duration,
+    /// `pids.max` for each replica's cgroup (stops fork bombs).
+    pub pids_max: u64,
+}
+
+/// What the process runtime can isolate on this machine.
+pub(crate) struct Sandbox {
+    /// Running as root: functions get their own uid and a private `/tmp`.
+    pub isolate: bool,
+    pub cgroups: Option<CgroupRoot>,
+}
+
+pub(crate) struct Shared {
+    pub config: RuntimeConfig,
+    pub sandbox: Sandbox,
+    /// Ports handed to replicas and not yet released, so two replicas never get the same.
+    pub ports: Mutex<std::collections::HashSet<u16>>,
+}
+
+impl Shared {
+    pub fn allocate_port(&self) -> std::io::Result<u16> {
+        for _ in 0..64 {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")?
+                .local_addr()?
+                .port();
+            if self
+                .ports
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(port)
+            {
+                return Ok(port);
+            }
+        }
+        Err(std::io::Error::other("no free port on 127.0.0.1"))
+    }
+
+    pub fn release_port(&self, port: u16) {
+        self.ports
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&port);
+    }
+}
+
+/// Where requests for one ready replica go.
+pub enum EndpointKind {
+    /// `127.0.0.1:port` of an http-mode replica.
+    Http { authority: http::uri::Authority },
+    /// A fork-mode slot.
+    Fork(Arc<ForkSlot>),
+}
+
+/// A ready replica as the gateway sees it.
+pub struct Endpoint {
+    pub replica: Arc<str>,
+    pub kind: EndpointKind,
+    inflight: AtomicUsize,
+}
+
+impl Endpoint {
+    pub(crate) fn new(replica: Arc<str>, kind: EndpointKind) -> Self {
+        Self {
+            replica,
+            kind,
+            inflight: AtomicUsize::new(0),
+        }
+    }
+
+    pub fn inflight(&self) -> usize {
+        self.inflight.load(Ordering::Relaxed)
+    }
+}
+
+/// Counts a request as in flight on its replica until dropped.
+pub struct Inflight(Arc<Endpoint>);
+
+impl Inflight {
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.0
+    }
+}
+
+impl Drop for Inflight {
+    fn drop(&mut self) {
+        self.0.inflight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The version of a function that takes traffic, and its ready replicas.
+pub struct Serving {
+    pub spec: Arc<FunctionSpec>,
+    pub program: Arc<Program>,
+    pub endpoints: Vec<Arc<Endpoint>>,
+}
+
+/// A function's runtime state, shared by the reconciler (writer) and the gateway (reader).
+pub struct FunctionHandle {
+    pub key: FunctionKey,
+    /// `name.namespace`, for logs and metrics.
+    pub qualified: Arc<str>,
+    pub logs: Arc<LogBook>,
+    serving: ArcSwap<Serving>,
+    ready: Notify,
+    next: AtomicUsize,
+    desired: AtomicU64,
+    restarts: AtomicU64,
+    oom_kills: AtomicU64,
+    last_error: Mutex<Option<String>>,
+    commands: mpsc::UnboundedSender<reconcile::Command>,
+}
+
+/// A function's replica counts and health, for the status API.
+#[derive(Debug, Clone)]
+pub struct ReplicaStatus {
+    pub spec: Arc<FunctionSpec>,
+    pub desired: u64,
+    pub available: u64,
+    pub restarts: u64,
+    pub oom_kills: u64,
+    pub last_error: Option<String>,
+}
+
+impl FunctionHandle {
+    /// Picks the ready replica with the fewest requests in flight (ties broken round-robin,
+    /// so keep-alive connections do not pin traffic to one replica).
+    pub fn pick(&self) -> Option<(Arc<Serving>, Inflight)> {
+        let serving = self.serving.load_full();
+        let n = serving.endpoints.len();
+        if n == 0 {
+            return None;
+        }
+        let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
+        let mut best = start;
+        let mut best_load = serving.endpoints[start].inflight();
+        for i in 1..n {
+            let j = (start + i) % n;
+            let load = serving.endpoints[j].inflight();
+            if load < best_load {
+                best = j;
+                best_load = load;
+            }
+        }
+        let ep = serving.endpoints[best].clone();
+        ep.inflight.fetch_add(1, Ordering::Relaxed);
+        Some((serving, Inflight(ep)))
+    }
+
+    /// Waits until a replica is ready, up to `timeout`; false if none became ready or the
+    /// function wants no replicas.
+    pub async fn wait_ready(&self, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = self.ready.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if !self.serving.load().endpoints.is_empty() {
+                return true;
+            }
+            if self.desired.load(Ordering::Relaxed) == 0 {
+                return false;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return false;
+            }
+        }
+    }
+
+    pub fn spec(&self) -> Arc<FunctionSpec> {
+        self.serving.load().spec.clone()
+    }
+
+    pub fn status(&self) -> ReplicaStatus {
+        let serving = self.serving.load();
+        ReplicaStatus {
+            spec: serving.spec.clone(),
+            desired: self.desired.load(Ordering::Relaxed),
+            available: serving.endpoints.len() as u64,
+            restarts: self.restarts.load(Ordering::Relaxed),
+            oom_kills: self.oom_kills.load(Ordering::Relaxed),
+            last_error: self
+                .last_error
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+        }
+    }
+
+    pub(crate) fn set_last_error(&self, e: Option<String>) {
+        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = e;
+    }
+
+    pub(crate) fn count_oom_kill(&self) {
+        self.oom_kills.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Errors from the runtime's control operations.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error(transparent)]
+    Program(#[from] ProgramError),
+    #[error("function {0} is not deployed")]
+    NotFound(String),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// The outcome of an update's rollout: `Err` carries the reason the new version never
+/// became ready (the previous version keeps serving).
+pub type RolloutResult = Result<(), String>;
+
+/// The embedded process runtime.
+pub struct ProcessRuntime {
+    shared: Arc<Shared>,
+    functions: Mutex<HashMap<FunctionKey, Arc<FunctionHandle>>>,
+}
+
+impl ProcessRuntime {
+    /// Sets up sandboxing as far as this machine allows and cleans up replicas left by an
+    /// earlier run that was killed.
+    pub async fn new(config: RuntimeConfig) -> Result<Self, RuntimeError> {
+        std::fs::create_dir_all(config.data_dir.join("replicas"))?;
+        let isolate = nix::unistd::geteuid().is_root();
+        let cgroups = if isolate {
+            let instance = instance_id(&config.data_dir);
+            match CgroupRoot::new(&instance) {
+                Ok(root) => {
+                    let stale = root.clean_stale().await;
+                    if stale > 0 {
+                        tracing::info!(stale, "removed replicas left by an earlier run");
+                    }
+                    Some(root)
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cgroups unavailable: limits.memory, limits.cpu and the pids limit are not enforced");
+                    None
+                }
+            }
+        } else {
+            tracing::warn!(
+                "not running as root: functions run as this user, without their own uid, private /tmp or cgroup limits"
+            );
+            None
+        };
+        // Replica directories of an earlier run are stale by now.
+        if let Ok(entries) = std::fs::read_dir(config.data_dir.join("replicas")) {
+            for e in entries.flatten() {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+        Ok(Self {
+            shared: Arc::new(Shared {
+                config,
+                sandbox: Sandbox { isolate, cgroups },
+                ports: Mutex::new(Default::default()),
+            }),
+            functions: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Whether functions run sandboxed (own uid, private /tmp).
+    pub fn isolates(&self) -> bool {
+        self.shared.sandbox.isolate
+    }
+
+    /// Checks that a spec can run here (its program exists and is reachable), before anything
+    /// is stored or started.
+    pub fn prepare(&self, spec: &FunctionSpec) -> Result<Program, RuntimeError> {
+        Ok(program::resolve(spec, self.shared.sandbox.isolate)?)
+    }
+
+    /// Starts a new function, or rolls an existing one to `spec` without downtime.
+    /// Returns the function's handle and a receiver for the rollout's outcome.
+    pub fn apply(
+        &self,
+        spec: Arc<FunctionSpec>,
+        program: Program,
+        replicas: u64,
+        uid: u32,
+    ) -> (Arc<FunctionHandle>, oneshot::Receiver<RolloutResult>) {
+        let (done_tx, done_rx) = oneshot::channel();
+        let mut functions = self.functions.lock().unwrap_or_else(|p| p.into_inner());
+        let program = Arc::new(program);
+        if let Some(h) = functions.get(&spec.key) {
+            let _ = h.commands.send(reconcile::Command::Apply {
+                spec,
+                program,
+                replicas,
+                done: done_tx,
+            });
+            return (h.clone(), done_rx);
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        let key = spec.key.clone();
+        let logs = Arc::new(LogBook::new(Some(logs::log_path(
+            &self.shared.config.data_dir,
+            &key.namespace,
+            &key.name,
+        ))));
+        let handle = Arc::new(FunctionHandle {
+            qualified: Arc::from(key.to_string()),
+            key: key.clone(),
+            logs,
+            serving: ArcSwap::from_pointee(Serving {
+                spec: spec.clone(),
+                program: program.clone(),
+                endpoints: Vec::new(),
+            }),
+            ready: Notify::new(),
+            next: AtomicUsize::new(0),
+            desired: AtomicU64::new(replicas),
+            restarts: AtomicU64::new(0),
+            oom_kills: AtomicU64::new(0),
+            last_error: Mutex::new(None),
+            commands: tx,
+        });
+        let _ = handle.commands.send(reconcile::Command::Apply {
+            spec,
+            program,
+            replicas,
+            done: done_tx,
+        });
+        reconcile::spawn(handle.clone(), self.shared.clone(), uid, rx);
+        functions.insert(key, handle.clone());
+        (handle, done_rx)
+    }
+
+    /// Sets the desired replica count.
+    pub fn scale(&self, key: &FunctionKey, replicas: u64) -> Result<(), RuntimeError> {
+        let h = self.get(key).ok_or_else(|| RuntimeError::NotFound(key.to_string()))?;
+        h.desired.store(replicas, Ordering::Relaxed);
+        let _ = h.commands.send(reconcile::Command::Scale(replicas));
+        Ok(())
+    }
+
+    /// Stops and forgets a function (its log files too). Returns once its replicas stopped.
+    pub async fn remove(&self, key: &FunctionKey) -> Result<(), RuntimeError> {
+        let h = self
+            .functions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(key)
+            .ok_or_else(|| RuntimeError::NotFound(key.to_string()))?;
+        h.desired.store(0, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        let _ = h.commands.send(reconcile::Command::Stop {
+            remove: true,
+            done: tx,
+        });
+        let _ = rx.await;
+        Ok(())
+    }
+
+    pub fn get(&self, key: &FunctionKey) -> Option<Arc<FunctionHandle>> {
+        self.functions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(key)
+            .cloned()
+    }
+
+    /// Stops every replica (graceful shutdown of `fjord serve`); state stays stored.
+    pub async fn shutdown(&self) {
+        let handles: Vec<_> = self
+            .functions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain()
+            .map(|(_, h)| h)
+            .collect();
+        let mut waits = Vec::new();
+        for h in handles {
+            let (tx, rx) = oneshot::channel();
+            let _ = h.commands.send(reconcile::Command::Stop {
+                remove: false,
+                done: tx,
+            });
+            waits.push(rx);
+        }
+        for w in waits {
+            let _ = w.await;
+        }
+    }
+}
+
+/// A short stable id for this data dir, so several `fjord serve` on one machine keep their
+/// cgroups apart and each cleans up only its own.
+fn instance_id(data_dir: &std::path::Path) -> String {
+    use std::hash::{Hash, Hasher};
+    let canon = std::fs::canonicalize(data_dir).unwrap_or_else(|_| data_dir.to_path_buf());
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    canon.hash(&mut h);
+    format!("{:016x}", h.finish())
+}

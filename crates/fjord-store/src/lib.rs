@@ -1,1 +1,594 @@
+//! fjord's embedded state store: the functions `fjord serve` runs and their desired replica
+//! counts, kept in `<data-dir>/state.db` (SQLite) so they survive restarts.
+//!
+//! The store is only touched by the control plane (deploy, update, delete, scale) and at
+//! startup, never on the invoke path, so a single connection behind a mutex is plenty.
 
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
+
+use fjord_core::openfaas::FunctionDeployment;
+use rusqlite::{Connection, OptionalExtension, Row, params};
+
+/// Schema migrations; after applying `MIGRATIONS[i]` the database's `user_version` is `i + 1`.
+/// Append only: never edit a migration that has shipped.
+const MIGRATIONS: &[&str] = &["CREATE TABLE functions (
+        namespace  TEXT    NOT NULL,
+        name       TEXT    NOT NULL,
+        deployment TEXT    NOT NULL,
+        replicas   INTEGER NOT NULL,
+        uid        INTEGER NOT NULL,
+        created_at TEXT    NOT NULL,
+        updated_at TEXT    NOT NULL,
+        PRIMARY KEY (namespace, name)
+    ) STRICT;"];
+
+const COLUMNS: &str = "namespace, name, deployment, replicas, uid, created_at, updated_at";
+
+/// One deployed function as persisted.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredFunction {
+    pub namespace: String,
+    pub name: String,
+    /// The deployment as the client sent it (after validation); stored as JSON text so new
+    /// OpenFaaS fields need no schema change.
+    pub deployment: FunctionDeployment,
+    /// Desired replicas.
+    pub replicas: u64,
+    /// The unprivileged uid the function runs as; fixed for the function's lifetime so files it
+    /// owns stay its own across updates and restarts.
+    pub uid: u32,
+    /// RFC 3339, kept across updates.
+    pub created_at: String,
+    /// RFC 3339 time of the last deploy or update (not of scaling).
+    pub updated_at: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("state database: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// A row that cannot be decoded; named so the operator can find and fix or delete it.
+    #[error("state database: function {namespace}/{name} is corrupt: {reason}")]
+    Corrupt {
+        namespace: String,
+        name: String,
+        reason: String,
+    },
+    #[error("state database: {0}")]
+    Io(#[from] std::io::Error),
+    /// The database was written by a newer fjord; refusing to open it avoids silently
+    /// misreading (or downgrading) its schema.
+    #[error(
+        "state database has schema version {found}, newer than the {supported} this fjord supports"
+    )]
+    UnsupportedSchema { found: i64, supported: i64 },
+    /// Every uid above the base is taken; handing out a duplicate would let two functions
+    /// share an identity.
+    #[error("no unused uid left above the base uid")]
+    UidsExhausted,
+}
+
+/// The state database. `Send + Sync`: share it behind an `Arc`.
+pub struct Store {
+    conn: Mutex<Connection>,
+}
+
+impl Store {
+    /// Opens or creates the database (parent dir must exist), WAL mode, synchronous=FULL,
+    /// busy_timeout 5s, schema via PRAGMA user_version migrations.
+    ///
+    /// The file is created with mode 0600 (and tightened to it if it exists with looser
+    /// permissions) because the data dir holds secrets; SQLite gives its `-wal`/`-shm` files
+    /// the database file's mode.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        create_private(path)?;
+        let mut conn = Connection::open(path)?;
+        conn.busy_timeout(Duration::from_secs(5))?;
+        // journal_mode answers with the mode in effect; WAL cannot be set on some filesystems,
+        // in which case SQLite keeps the rollback journal, which is still durable.
+        let _mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+        // FULL: a deploy acknowledged to the client must survive a power loss.
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "foreign_keys", true)?;
+        migrate(&mut conn)?;
+        Ok(Store {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    /// All functions, ordered by namespace, name.
+    pub fn list(&self) -> Result<Vec<StoredFunction>, StoreError> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare(&format!(
+            "SELECT {COLUMNS} FROM functions ORDER BY namespace, name"
+        ))?;
+        let raws = stmt
+            .query_map([], RawRow::read)?
+            .collect::<Result<Vec<_>, _>>()?;
+        raws.into_iter().map(RawRow::decode).collect()
+    }
+
+    /// One function, or `None` if it is not stored.
+    pub fn get(&self, namespace: &str, name: &str) -> Result<Option<StoredFunction>, StoreError> {
+        let conn = self.lock();
+        let raw = conn
+            .query_row(
+                &format!("SELECT {COLUMNS} FROM functions WHERE namespace = ?1 AND name = ?2"),
+                params![namespace, name],
+                RawRow::read,
+            )
+            .optional()?;
+        raw.map(RawRow::decode).transpose()
+    }
+
+    /// Insert or replace; on replace keeps the existing created_at and uid (ignores the ones
+    /// passed), so an update neither resets the function's age nor changes its identity.
+    /// Empty `created_at`/`updated_at` are filled with [`now_rfc3339`].
+    /// Returns the row as stored.
+    pub fn upsert(&self, f: &StoredFunction) -> Result<StoredFunction, StoreError> {
+        let json = serde_json::to_string(&f.deployment).map_err(|e| StoreError::Corrupt {
+            namespace: f.namespace.clone(),
+            name: f.name.clone(),
+            reason: format!("cannot encode deployment: {e}"),
+        })?;
+        let now = now_rfc3339();
+        let or_now = |s: &str| {
+            if s.is_empty() {
+                now.clone()
+            } else {
+                s.to_owned()
+            }
+        };
+        let conn = self.lock();
+        // One statement, so insert-or-update is atomic without an explicit transaction.
+        let raw = conn.query_row(
+            &format!(
+                "INSERT INTO functions ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                 ON CONFLICT (namespace, name) DO UPDATE SET
+                     deployment = excluded.deployment,
+                     replicas   = excluded.replicas,
+                     updated_at = excluded.updated_at
+                 RETURNING {COLUMNS}"
+            ),
+            params![
+                f.namespace,
+                f.name,
+                json,
+                replicas_to_sql(f.replicas)?,
+                f.uid,
+                or_now(&f.created_at),
+                or_now(&f.updated_at),
+            ],
+            RawRow::read,
+        )?;
+        raw.decode()
+    }
+
+    /// Sets the desired replicas; `false` if the function is not stored. Leaves `updated_at`
+    /// alone: scaling is not a deploy or update.
+    pub fn set_replicas(
+        &self,
+        namespace: &str,
+        name: &str,
+        replicas: u64,
+    ) -> Result<bool, StoreError> {
+        let n = self.lock().execute(
+            "UPDATE functions SET replicas = ?3 WHERE namespace = ?1 AND name = ?2",
+            params![namespace, name, replicas_to_sql(replicas)?],
+        )?;
+        Ok(n > 0)
+    }
+
+    /// Removes a function; `false` if it was not stored.
+    pub fn delete(&self, namespace: &str, name: &str) -> Result<bool, StoreError> {
+        let n = self.lock().execute(
+            "DELETE FROM functions WHERE namespace = ?1 AND name = ?2",
+            params![namespace, name],
+        )?;
+        Ok(n > 0)
+    }
+
+    /// Next uid for a new function: max(uid)+1 over all rows, or `base` when none is ≥ base.
+    /// Uids of deleted functions may be reused later; that is fine because a function's files
+    /// are removed with it.
+    pub fn next_uid(&self, base: u32) -> Result<u32, StoreError> {
+        let max: Option<i64> = self.lock().query_row(
+            "SELECT MAX(uid) FROM functions WHERE uid >= ?1",
+            [base],
+            |r| r.get(0),
+        )?;
+        match max {
+            None => Ok(base),
+            Some(m) => u32::try_from(m)
+                .ok()
+                .and_then(|m| m.checked_add(1))
+                .ok_or(StoreError::UidsExhausted),
+        }
+    }
+
+    /// Distinct namespaces of stored functions, sorted.
+    pub fn namespaces(&self) -> Result<Vec<String>, StoreError> {
+        let conn = self.lock();
+        let mut stmt =
+            conn.prepare("SELECT DISTINCT namespace FROM functions ORDER BY namespace")?;
+        let names = stmt
+            .query_map([], |r| r.get(0))?
+            .collect::<Result<Vec<String>, _>>()?;
+        Ok(names)
+    }
+
+    /// A panic while holding the lock cannot leave the connection half-written (SQLite rolls
+    /// back an unfinished statement), so a poisoned mutex is safe to keep using.
+    fn lock(&self) -> MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// RFC 3339 UTC now with seconds precision, e.g. 2026-11-24T08:00:00Z.
+pub fn now_rfc3339() -> String {
+    humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
+}
+
+/// Creates the database file with mode 0600 before SQLite opens it (SQLite would use 0644),
+/// and tightens an existing file that is group- or world-accessible.
+fn create_private(path: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(path)?;
+        let mut perms = file.metadata()?.permissions();
+        if perms.mode() & 0o077 != 0 {
+            perms.set_mode(perms.mode() & 0o700);
+            file.set_permissions(perms)?;
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+    Ok(())
+}
+
+fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    let supported = MIGRATIONS.len() as i64;
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let version: i64 = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    if version > supported {
+        return Err(StoreError::UnsupportedSchema {
+            found: version,
+            supported,
+        });
+    }
+    for sql in &MIGRATIONS[version.max(0) as usize..] {
+        tx.execute_batch(sql)?;
+    }
+    tx.pragma_update(None, "user_version", supported)?;
+    tx.commit()?;
+    Ok(())
+}
+
+/// SQLite integers are i64; a replica count beyond that is a caller bug, not something to wrap.
+fn replicas_to_sql(replicas: u64) -> Result<i64, StoreError> {
+    i64::try_from(replicas)
+        .map_err(|e| StoreError::Sqlite(rusqlite::Error::ToSqlConversionFailure(Box::new(e))))
+}
+
+/// A row read without interpretation, so decoding errors can name the function.
+struct RawRow {
+    namespace: String,
+    name: String,
+    deployment: String,
+    replicas: i64,
+    uid: i64,
+    created_at: String,
+    updated_at: String,
+}
+
+impl RawRow {
+    fn read(r: &Row<'_>) -> rusqlite::Result<RawRow> {
+        Ok(RawRow {
+            namespace: r.get(0)?,
+            name: r.get(1)?,
+            deployment: r.get(2)?,
+            replicas: r.get(3)?,
+            uid: r.get(4)?,
+            created_at: r.get(5)?,
+            updated_at: r.get(6)?,
+        })
+    }
+
+    fn decode(self) -> Result<StoredFunction, StoreError> {
+        let corrupt = |reason: String| StoreError::Corrupt {
+            namespace: self.namespace.clone(),
+            name: self.name.clone(),
+            reason,
+        };
+        let deployment = serde_json::from_str(&self.deployment)
+            .map_err(|e| corrupt(format!("deployment JSON: {e}")))?;
+        let replicas = u64::try_from(self.replicas)
+            .map_err(|_| corrupt(format!("negative replicas {}", self.replicas)))?;
+        let uid = u32::try_from(self.uid)
+            .map_err(|_| corrupt(format!("uid {} out of range", self.uid)))?;
+        Ok(StoredFunction {
+            namespace: self.namespace,
+            name: self.name,
+            deployment,
+            replicas,
+            uid,
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use fjord_core::openfaas::FunctionResources;
+    use tempfile::TempDir;
+
+    use super::*;
+
+    fn open() -> (TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("state.db")).unwrap();
+        (dir, store)
+    }
+
+    fn func(namespace: &str, name: &str, uid: u32) -> StoredFunction {
+        StoredFunction {
+            namespace: namespace.into(),
+            name: name.into(),
+            deployment: FunctionDeployment {
+                service: name.into(),
+                image: format!("example/{name}:latest"),
+                namespace: Some(namespace.into()),
+                ..Default::default()
+            },
+            replicas: 1,
+            uid,
+            created_at: "2026-01-01T00:00:00Z".into(),
+            updated_at: "2026-01-01T00:00:00Z".into(),
+        }
+    }
+
+    #[test]
+    fn store_is_send_sync() {
+        fn assert<T: Send + Sync>() {}
+        assert::<Store>();
+    }
+
+    #[test]
+    fn round_trips_every_field() {
+        let (_dir, store) = open();
+        let map = |pairs: &[(&str, &str)]| {
+            Some(
+                pairs
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect::<BTreeMap<_, _>>(),
+            )
+        };
+        let big = "x\"y\n\u{e9}".repeat(100_000);
+        let f = StoredFunction {
+            namespace: "team-a".into(),
+            name: "resize".into(),
+            deployment: FunctionDeployment {
+                service: "resize".into(),
+                image: "ghcr.io/example/resize:1.2".into(),
+                namespace: Some("team-a".into()),
+                env_process: Some("python index.py".into()),
+                env_vars: map(&[("MODE", "fast"), ("EMPTY", "")]),
+                constraints: Some(vec!["node.role==worker".into()]),
+                secrets: Some(vec!["api-key".into(), "db-pass".into()]),
+                labels: map(&[
+                    ("com.openfaas.scale.min", "2"),
+                    ("com.openfaas.scale.max", "5"),
+                ]),
+                annotations: map(&[("topic", "images"), ("big", &big)]),
+                limits: Some(FunctionResources {
+                    memory: Some("128Mi".into()),
+                    cpu: Some("500m".into()),
+                    nvidia_gpu: Some("1".into()),
+                    amd_gpu: Some("2".into()),
+                    intel_gpu: Some("3".into()),
+                }),
+                requests: Some(FunctionResources {
+                    memory: Some("64Mi".into()),
+                    cpu: Some("100m".into()),
+                    ..Default::default()
+                }),
+                read_only_root_filesystem: true,
+                // Deprecated and never serialized, so they cannot round-trip.
+                registry_auth: None,
+                network: None,
+            },
+            replicas: 3,
+            uid: 100_007,
+            created_at: "2026-11-24T08:00:00Z".into(),
+            updated_at: "2026-11-24T09:00:00Z".into(),
+        };
+        assert_eq!(store.upsert(&f).unwrap(), f);
+        assert_eq!(store.get("team-a", "resize").unwrap(), Some(f.clone()));
+        assert_eq!(store.list().unwrap(), vec![f]);
+        assert_eq!(store.get("team-a", "other").unwrap(), None);
+        assert_eq!(store.get("team-b", "resize").unwrap(), None);
+    }
+
+    #[test]
+    fn upsert_keeps_created_at_and_uid() {
+        let (_dir, store) = open();
+        let first = store.upsert(&func("ns", "f", 100_000)).unwrap();
+
+        let mut update = func("ns", "f", 999);
+        update.created_at = "2030-01-01T00:00:00Z".into();
+        update.updated_at = "2030-01-02T00:00:00Z".into();
+        update.replicas = 4;
+        update.deployment.image = "example/f:2".into();
+        let stored = store.upsert(&update).unwrap();
+
+        assert_eq!(stored.uid, 100_000);
+        assert_eq!(stored.created_at, first.created_at);
+        assert_eq!(stored.updated_at, "2030-01-02T00:00:00Z");
+        assert_eq!(stored.replicas, 4);
+        assert_eq!(stored.deployment.image, "example/f:2");
+        assert_eq!(store.get("ns", "f").unwrap(), Some(stored));
+    }
+
+    #[test]
+    fn upsert_fills_empty_timestamps() {
+        let (_dir, store) = open();
+        let mut f = func("ns", "f", 1);
+        f.created_at.clear();
+        f.updated_at.clear();
+        let stored = store.upsert(&f).unwrap();
+        assert!(stored.created_at.ends_with('Z'), "{}", stored.created_at);
+        assert!(!stored.updated_at.is_empty());
+    }
+
+    #[test]
+    fn set_replicas_and_delete() {
+        let (_dir, store) = open();
+        assert!(!store.set_replicas("ns", "f", 2).unwrap());
+        assert!(!store.delete("ns", "f").unwrap());
+
+        let f = store.upsert(&func("ns", "f", 1)).unwrap();
+        assert!(store.set_replicas("ns", "f", 0).unwrap());
+        let scaled = store.get("ns", "f").unwrap().unwrap();
+        assert_eq!(scaled.replicas, 0);
+        assert_eq!(scaled.updated_at, f.updated_at);
+        assert!(!store.set_replicas("other", "f", 2).unwrap());
+
+        assert!(store.delete("ns", "f").unwrap());
+        assert!(!store.delete("ns", "f").unwrap());
+        assert_eq!(store.get("ns", "f").unwrap(), None);
+    }
+
+    #[test]
+    fn rejects_replicas_beyond_i64() {
+        let (_dir, store) = open();
+        let mut f = func("ns", "f", 1);
+        f.replicas = u64::MAX;
+        assert!(matches!(store.upsert(&f), Err(StoreError::Sqlite(_))));
+    }
+
+    #[test]
+    fn persists_across_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        let store = Store::open(&path).unwrap();
+        store.upsert(&func("ns", "b", 2)).unwrap();
+        store.upsert(&func("ns", "a", 1)).unwrap();
+        store.set_replicas("ns", "a", 7).unwrap();
+        drop(store);
+
+        let store = Store::open(&path).unwrap();
+        let all = store.list().unwrap();
+        assert_eq!(
+            all.iter().map(|f| f.name.as_str()).collect::<Vec<_>>(),
+            ["a", "b"]
+        );
+        assert_eq!(all[0].replicas, 7);
+        assert_eq!(store.next_uid(1).unwrap(), 3);
+    }
+
+    #[test]
+    fn refuses_newer_schema() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        drop(Store::open(&path).unwrap());
+        Connection::open(&path)
+            .unwrap()
+            .pragma_update(None, "user_version", 99)
+            .unwrap();
+        assert!(matches!(
+            Store::open(&path),
+            Err(StoreError::UnsupportedSchema { found: 99, .. })
+        ));
+    }
+
+    #[test]
+    fn next_uid() {
+        let (_dir, store) = open();
+        assert_eq!(store.next_uid(100_000).unwrap(), 100_000);
+        store.upsert(&func("ns", "low", 500)).unwrap();
+        assert_eq!(store.next_uid(100_000).unwrap(), 100_000);
+        store.upsert(&func("ns", "a", 100_000)).unwrap();
+        store.upsert(&func("ns", "b", 100_005)).unwrap();
+        assert_eq!(store.next_uid(100_000).unwrap(), 100_006);
+        store.delete("ns", "b").unwrap();
+        assert_eq!(store.next_uid(100_000).unwrap(), 100_001);
+        store.upsert(&func("ns", "max", u32::MAX)).unwrap();
+        assert!(matches!(
+            store.next_uid(100_000),
+            Err(StoreError::UidsExhausted)
+        ));
+    }
+
+    #[test]
+    fn namespaces() {
+        let (_dir, store) = open();
+        assert!(store.namespaces().unwrap().is_empty());
+        store.upsert(&func("prod", "a", 1)).unwrap();
+        store.upsert(&func("dev", "a", 2)).unwrap();
+        store.upsert(&func("prod", "b", 3)).unwrap();
+        assert_eq!(store.namespaces().unwrap(), ["dev", "prod"]);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn file_mode_is_0600() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        let store = Store::open(&path).unwrap();
+        store.upsert(&func("ns", "f", 1)).unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&path), 0o600);
+        let wal = dir.path().join("state.db-wal");
+        if wal.exists() {
+            assert_eq!(mode(&wal), 0o600);
+        }
+        drop(store);
+
+        // An existing file with loose permissions is tightened.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        drop(Store::open(&path).unwrap());
+        assert_eq!(mode(&path), 0o600);
+    }
+
+    #[test]
+    fn corrupt_row_names_the_function() {
+        let (dir, store) = open();
+        store.upsert(&func("ns", "good", 1)).unwrap();
+        Connection::open(dir.path().join("state.db"))
+            .unwrap()
+            .execute(
+                "INSERT INTO functions (namespace, name, deployment, replicas, uid, created_at, updated_at)
+                 VALUES ('ns', 'broken', '{not json', 1, 2, 'x', 'x')",
+                [],
+            )
+            .unwrap();
+        for err in [
+            store.get("ns", "broken").unwrap_err(),
+            store.list().unwrap_err(),
+        ] {
+            match err {
+                StoreError::Corrupt {
+                    namespace, name, ..
+                } => assert_eq!((namespace.as_str(), name.as_str()), ("ns", "broken")),
+                other => panic!("expected Corrupt, got {other:?}"),
+            }
+        }
+        assert!(store.get("ns", "good").unwrap().is_some());
+        assert!(store.delete("ns", "broken").unwrap());
+        assert_eq!(store.list().unwrap().len(), 1);
+    }
+}

@@ -1,0 +1,505 @@
+//! The OpenFaaS management API: CRUD round-trip, validation errors, info, namespaces, scaling.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+/// A ~50 KB JSON document, as a string (an annotation value).
+fn big_json_string() -> String {
+    let items: Vec<Value> = (0..1000)
+        .map(|i| json!({"id": i, "name": format!("item-{i:05}"), "tags": ["a", "b\"q", "ü"]}))
+        .collect();
+    let s = serde_json::to_string(&json!({"items": items})).unwrap();
+    assert!(s.len() > 45_000, "big annotation is {} bytes", s.len());
+    s
+}
+
+fn assert_status_matches(st: &Value, sent: &Value, what: &str) {
+    assert_eq!(st["name"], sent["service"], "{what}: name; status {st}");
+    assert_eq!(st["image"], sent["image"], "{what}: image; status {st}");
+    assert_eq!(st["namespace"], NS, "{what}: namespace; status {st}");
+    for field in [
+        "envProcess",
+        "envVars",
+        "labels",
+        "annotations",
+        "limits",
+        "requests",
+        "secrets",
+        "constraints",
+    ] {
+        assert_eq!(
+            st[field], sent[field],
+            "{what}: field {field} differs from what was sent (status {})",
+            st
+        );
+    }
+    assert_eq!(
+        st["readOnlyRootFilesystem"].as_bool().unwrap_or(false),
+        sent["readOnlyRootFilesystem"].as_bool().unwrap_or(false),
+        "{what}: readOnlyRootFilesystem; status {st}"
+    );
+    let created = st["createdAt"].as_str().unwrap_or_default();
+    assert!(
+        created.len() >= 20 && created.contains('T'),
+        "{what}: createdAt must be RFC 3339, got {:?}",
+        st["createdAt"]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deploy_get_list_update_delete_round_trip() {
+    let s = Server::start().await;
+    let big = big_json_string();
+    let sent = json!({
+        "service": "roundtrip",
+        "image": "ghcr.io/example/roundtrip:1.0",
+        "envProcess": "cat",
+        "envVars": {"GREETING": "hello world", "EMPTY": "", "UNICODE": "ünïcødé ✓"},
+        "labels": {"team": "core", "com.openfaas.scale.min": "1", "com.openfaas.scale.max": "3"},
+        "annotations": {"topic": "orders", "big.json": big, "com.example/desc": "a \"quoted\" value"},
+        "limits": {"memory": "128Mi", "cpu": "500m"},
+        "requests": {"memory": "64Mi", "cpu": "100m"},
+        "secrets": ["db-password", "api-key"],
+        "constraints": ["node.platform.os == linux"],
+        "readOnlyRootFilesystem": true,
+    });
+    let (st, body) = s.sys_json(Method::POST, "/system/functions", &sent).await;
+    assert_eq!(st, StatusCode::ACCEPTED, "POST /system/functions: {body}");
+
+    // GET right after the 202: the function is known (possibly not ready yet).
+    let got = s
+        .get_function("roundtrip")
+        .await
+        .expect("function known right after deploy");
+    assert_status_matches(&got, &sent, "GET after deploy");
+    let ready = s.wait_ready("roundtrip", READY_TIMEOUT).await;
+    assert_status_matches(&ready, &sent, "GET when ready");
+    assert_eq!(
+        num(&ready, "replicas"),
+        1,
+        "scale.min 1 → 1 replica: {ready}"
+    );
+    assert_eq!(ready["fjord"]["mode"], "fork", "fjord.mode: {ready}");
+
+    // ?namespace= form.
+    let r = s
+        .sys(
+            Method::GET,
+            "/system/function/roundtrip?namespace=openfaas-fn",
+        )
+        .send()
+        .await
+        .unwrap();
+    let (code, body) = text(r).await;
+    assert_eq!(code, StatusCode::OK, "GET with ?namespace=: {body}");
+
+    let list = s.list_functions().await;
+    let entry = list
+        .iter()
+        .find(|f| f["name"] == "roundtrip")
+        .unwrap_or_else(|| panic!("roundtrip missing from list: {list:?}"));
+    assert_status_matches(entry, &sent, "list entry");
+
+    // The function works.
+    let r = s
+        .invoke(Method::POST, "roundtrip")
+        .body("ping")
+        .send()
+        .await
+        .unwrap();
+    let (code, body) = text(r).await;
+    assert_eq!(
+        (code, body.as_str()),
+        (StatusCode::OK, "ping"),
+        "invoke roundtrip"
+    );
+
+    // PUT changes fields.
+    let updated = json!({
+        "service": "roundtrip",
+        "image": "ghcr.io/example/roundtrip:2.0",
+        "envProcess": "cat",
+        "envVars": {"GREETING": "bonjour"},
+        "labels": {"team": "edge"},
+        "annotations": {"topic": "invoices"},
+        "limits": {"memory": "256Mi", "cpu": "1"},
+        "requests": {"memory": "32Mi"},
+        "secrets": ["api-key"],
+    });
+    let (st, body) = s.sys_json(Method::PUT, "/system/functions", &updated).await;
+    assert_eq!(st, StatusCode::ACCEPTED, "PUT /system/functions: {body}");
+    let got = s
+        .wait_status("roundtrip", Duration::from_secs(30), "image 2.0", |v| {
+            v["image"] == "ghcr.io/example/roundtrip:2.0"
+        })
+        .await;
+    // Only the "updated" fields are compared; readOnlyRootFilesystem now false.
+    assert_status_matches(&got, &updated, "GET after PUT");
+    s.wait_ready("roundtrip", READY_TIMEOUT).await;
+
+    // POST of an existing function updates it as well.
+    let mut again = updated.clone();
+    again["envVars"] = json!({"GREETING": "hallo"});
+    let (st, body) = s.sys_json(Method::POST, "/system/functions", &again).await;
+    assert_eq!(
+        st,
+        StatusCode::ACCEPTED,
+        "POST of an existing function: {body}"
+    );
+    let got = s
+        .wait_status("roundtrip", Duration::from_secs(30), "envVars hallo", |v| {
+            v["envVars"]["GREETING"] == "hallo"
+        })
+        .await;
+    assert_status_matches(&got, &again, "GET after second POST");
+    let list = s.list_functions().await;
+    assert_eq!(
+        list.iter().filter(|f| f["name"] == "roundtrip").count(),
+        1,
+        "POST of an existing function must not duplicate it: {list:?}"
+    );
+
+    // DELETE.
+    let (st, body) = s
+        .sys_json(
+            Method::DELETE,
+            "/system/functions",
+            &json!({"functionName": "roundtrip"}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::ACCEPTED, "DELETE /system/functions: {body}");
+    assert!(
+        s.get_function("roundtrip").await.is_none(),
+        "GET after DELETE must be 404"
+    );
+    let list = s.list_functions().await;
+    assert!(
+        !list.iter().any(|f| f["name"] == "roundtrip"),
+        "deleted function still listed: {list:?}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (code, body) = s.call("roundtrip").await;
+        if code == StatusCode::NOT_FOUND {
+            assert!(
+                body.contains("roundtrip"),
+                "404 body must name the function: {body}"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "invoking a deleted function must give 404, got {code}: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_are_4xx_plain_text_never_500() {
+    let s = Server::start().await;
+
+    // Unknown function.
+    let (code, body) = s.call("no-such-fn").await;
+    assert_eq!(code, StatusCode::NOT_FOUND, "unknown function: {body}");
+    assert!(
+        body.contains("no-such-fn"),
+        "404 body must name the function: {body}"
+    );
+    let (code, body) = s.call("no-such-fn.openfaas-fn/sub/path?x=1").await;
+    assert_eq!(
+        code,
+        StatusCode::NOT_FOUND,
+        "unknown function with ns: {body}"
+    );
+    assert!(
+        body.contains("no-such-fn"),
+        "404 body must name the function: {body}"
+    );
+
+    // Invalid deploy bodies: (description, raw body, substring the 400 must contain).
+    let cases: Vec<(&str, String, &str)> = vec![
+        ("malformed JSON", r#"{"service": "a", "image": "#.to_string(), ""),
+        ("not an object", "[1,2,3]".to_string(), ""),
+        (
+            "missing service",
+            r#"{"image":"x","envProcess":"env"}"#.to_string(),
+            "service",
+        ),
+        (
+            "bad name",
+            r#"{"service":"Bad_Name","image":"x","envProcess":"env"}"#.to_string(),
+            "Bad_Name",
+        ),
+        (
+            "bad namespace",
+            r#"{"service":"ok-name","namespace":"Bad.NS","image":"x","envProcess":"env"}"#
+                .to_string(),
+            "namespace",
+        ),
+        (
+            "limits.memory lots",
+            r#"{"service":"a","image":"x","envProcess":"env","limits":{"memory":"lots"}}"#
+                .to_string(),
+            "limits.memory",
+        ),
+        (
+            "exec_timeout soon",
+            r#"{"service":"a","image":"x","envProcess":"env","envVars":{"exec_timeout":"soon"}}"#
+                .to_string(),
+            "exec_timeout",
+        ),
+        (
+            "scale label not a number",
+            r#"{"service":"a","image":"x","envProcess":"env","labels":{"com.openfaas.scale.min":"many"}}"#
+                .to_string(),
+            "com.openfaas.scale.min",
+        ),
+        (
+            "envVars value of the wrong type",
+            r#"{"service":"a","image":"x","envProcess":"env","envVars":{"A":1}}"#.to_string(),
+            "envVars",
+        ),
+        (
+            "readOnlyRootFilesystem not a bool",
+            r#"{"service":"a","image":"x","envProcess":"env","readOnlyRootFilesystem":"yes"}"#
+                .to_string(),
+            "readOnlyRootFilesystem",
+        ),
+    ];
+    // POST must validate strictly. PUT may check existence first (the function is missing),
+    // so it may answer 400 or 404, but never 5xx; a 400 must name the field too.
+    for method in [Method::POST, Method::PUT] {
+        for (what, raw, needle) in &cases {
+            let r = s
+                .sys(method.clone(), "/system/functions")
+                .header("content-type", "application/json")
+                .body(raw.clone())
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("{method} {what}: {e}"));
+            let (code, body) = text(r).await;
+            let complete =
+                serde_json::from_str::<Value>(raw).is_ok_and(|v| v.get("service").is_some());
+            if method == Method::PUT && code == StatusCode::NOT_FOUND && complete {
+                continue;
+            }
+            assert_eq!(
+                code,
+                StatusCode::BAD_REQUEST,
+                "{method} /system/functions with {what} ({raw}) must be 400, body: {body}"
+            );
+            assert!(
+                body.contains(needle),
+                "{method} {what}: 400 body must mention {needle:?}: {body}"
+            );
+            assert!(!body.trim().is_empty(), "{method} {what}: empty 400 body");
+        }
+    }
+    // None of the invalid deploys created anything.
+    let list = s.list_functions().await;
+    assert!(
+        list.is_empty(),
+        "invalid deploys must not create functions: {list:?}"
+    );
+
+    // PUT of a missing function.
+    let (code, body) = s
+        .sys_json(
+            Method::PUT,
+            "/system/functions",
+            &fork_fn("missing-fn", "cat"),
+        )
+        .await;
+    assert_eq!(
+        code,
+        StatusCode::NOT_FOUND,
+        "PUT of a missing function: {body}"
+    );
+
+    // DELETE of a missing function; DELETE with a bad body.
+    let (code, body) = s
+        .sys_json(
+            Method::DELETE,
+            "/system/functions",
+            &json!({"functionName": "missing-fn"}),
+        )
+        .await;
+    assert_eq!(
+        code,
+        StatusCode::NOT_FOUND,
+        "DELETE of a missing function: {body}"
+    );
+    let (code, body) = s
+        .sys_json(Method::DELETE, "/system/functions", &json!({"nope": 1}))
+        .await;
+    assert_eq!(
+        code,
+        StatusCode::BAD_REQUEST,
+        "DELETE without functionName: {body}"
+    );
+    assert!(
+        body.contains("functionName"),
+        "DELETE 400 must name functionName: {body}"
+    );
+
+    // GET / scale of a missing function.
+    assert!(s.get_function("missing-fn").await.is_none());
+    let (code, body) = s
+        .sys_json(
+            Method::POST,
+            "/system/scale-function/missing-fn",
+            &json!({"serviceName": "missing-fn", "replicas": 1}),
+        )
+        .await;
+    assert_eq!(
+        code,
+        StatusCode::NOT_FOUND,
+        "scale of a missing function: {body}"
+    );
+
+    // Oversize body on /system → 413 (retry on transport errors: the server may close early).
+    let huge = json!({
+        "service": "huge",
+        "image": "x",
+        "envProcess": "cat",
+        "annotations": {"pad": "x".repeat(1536 * 1024)},
+    });
+    let raw = serde_json::to_vec(&huge).unwrap();
+    let mut outcome = String::new();
+    let mut got_413 = false;
+    for _ in 0..3 {
+        match s
+            .sys(Method::POST, "/system/functions")
+            .header("content-type", "application/json")
+            .body(raw.clone())
+            .send()
+            .await
+        {
+            Ok(r) => {
+                let (code, body) = text(r).await;
+                assert_ne!(
+                    code,
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "oversize body: {body}"
+                );
+                assert_eq!(code, StatusCode::PAYLOAD_TOO_LARGE, "oversize body: {body}");
+                got_413 = true;
+                break;
+            }
+            Err(e) => outcome = format!("transport error: {e}"),
+        }
+    }
+    assert!(got_413, "oversize body never got a 413 answer: {outcome}");
+    assert!(
+        s.get_function("huge").await.is_none(),
+        "oversize deploy must not be applied"
+    );
+
+    // The server is still healthy.
+    let r = s.open(Method::GET, "/healthz").send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn info_namespaces_and_scaling() {
+    let s = Server::start().await;
+
+    let r = s.sys(Method::GET, "/system/info").send().await.unwrap();
+    let (code, body) = text(r).await;
+    assert_eq!(code, StatusCode::OK, "/system/info: {body}");
+    let info: Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
+    assert_eq!(info["provider"]["provider"], "fjord", "info: {info}");
+    assert_eq!(info["provider"]["orchestration"], "process", "info: {info}");
+    for v in [&info["provider"]["version"], &info["version"]] {
+        assert!(v["sha"].is_string(), "version.sha must be a string: {info}");
+        assert!(
+            v["release"].as_str().is_some_and(|r| !r.is_empty()),
+            "version.release must be non-empty: {info}"
+        );
+    }
+    assert!(
+        info["arch"].as_str().is_some_and(|a| !a.is_empty()),
+        "arch: {info}"
+    );
+
+    let r = s
+        .sys(Method::GET, "/system/namespaces")
+        .send()
+        .await
+        .unwrap();
+    let (code, body) = text(r).await;
+    assert_eq!(code, StatusCode::OK, "/system/namespaces: {body}");
+    let ns: Vec<String> = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
+    assert!(
+        ns.iter().any(|n| n == NS),
+        "namespaces must include {NS}: {ns:?}"
+    );
+
+    s.deploy_ready(&http_fn("scaler", "1")).await;
+    let (code, body) = s
+        .sys_json(
+            Method::POST,
+            "/system/scale-function/scaler",
+            &json!({"serviceName": "scaler", "replicas": 2}),
+        )
+        .await;
+    assert_eq!(code, StatusCode::ACCEPTED, "scale to 2: {body}");
+    let st = s
+        .wait_status("scaler", READY_TIMEOUT, "2 available replicas", |v| {
+            num(v, "availableReplicas") == 2
+        })
+        .await;
+    assert_eq!(
+        num(&st, "replicas"),
+        2,
+        "desired replicas after scale: {st}"
+    );
+    // The function still answers with 2 replicas.
+    for _ in 0..10 {
+        let body = s.call_until_ok("scaler/", Duration::from_secs(10)).await;
+        assert_eq!(echo(&body)["version"], "1");
+    }
+
+    let (code, body) = s
+        .sys_json(
+            Method::POST,
+            "/system/scale-function/scaler",
+            &json!({"serviceName": "scaler", "replicas": 0}),
+        )
+        .await;
+    assert_eq!(code, StatusCode::ACCEPTED, "scale to 0: {body}");
+    let st = s
+        .wait_status("scaler", Duration::from_secs(20), "0 replicas", |v| {
+            num(v, "replicas") == 0 && num(v, "availableReplicas") == 0
+        })
+        .await;
+    assert!(st["name"] == "scaler");
+    let (code, body) = s.call("scaler/").await;
+    assert_eq!(
+        code,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "invoking a function scaled to 0: {body}"
+    );
+    assert!(
+        body.contains("scaler"),
+        "503 body must name the function: {body}"
+    );
+
+    // And back to 1.
+    let (code, body) = s
+        .sys_json(
+            Method::POST,
+            "/system/scale-function/scaler",
+            &json!({"serviceName": "scaler", "replicas": 1}),
+        )
+        .await;
+    assert_eq!(code, StatusCode::ACCEPTED, "scale to 1: {body}");
+    s.wait_ready("scaler", READY_TIMEOUT).await;
+    s.call_until_ok("scaler/", Duration::from_secs(10)).await;
+}

@@ -1,0 +1,323 @@
+//! The control plane: validates deployments, persists them, drives the runtime, and keeps
+//! the routing snapshot the invoke path reads without locks.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use arc_swap::ArcSwap;
+use fjord_core::openfaas::{FjordStatus, FunctionDeployment, FunctionStatus};
+use fjord_core::{DEFAULT_NAMESPACE, FunctionKey, FunctionSpec};
+use fjord_runtime::{FunctionHandle, ProcessRuntime};
+use fjord_store::{Store, StoredFunction, now_rfc3339};
+
+use crate::error::ApiError;
+
+/// Functions run as uids from here up, one per function, far from ordinary users' uids.
+pub const UID_BASE: u32 = 2_000_000;
+
+/// One function as the invoke path sees it.
+pub struct Route {
+    pub handle: Arc<FunctionHandle>,
+    pub invocations: Arc<AtomicU64>,
+    created_at: String,
+    updated_at: String,
+}
+
+/// namespace → name → route; rebuilt on every change, read lock-free per request.
+type Routes = HashMap<String, HashMap<String, Arc<Route>>>;
+
+/// Whether a deploy may create, must update, or may do either.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeployMode {
+    /// `POST /system/functions`: create, or update if it exists (as faas-cli expects).
+    CreateOrUpdate,
+    /// `PUT /system/functions`: update only; 404 when absent.
+    Update,
+}
+
+pub struct ControlPlane {
+    store: Store,
+    runtime: ProcessRuntime,
+    routes: ArcSwap<Routes>,
+    /// Serialises changes (not the invoke path).
+    changes: tokio::sync::Mutex<()>,
+}
+
+impl ControlPlane {
+    pub fn new(store: Store, runtime: ProcessRuntime) -> Arc<Self> {
+        Arc::new(Self {
+            store,
+            runtime,
+            routes: ArcSwap::from_pointee(HashMap::new()),
+            changes: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// The invoke path's lookup: two hash lookups on a snapshot, no allocation.
+    #[inline]
+    pub fn lookup(&self, namespace: &str, name: &str) -> Option<Arc<Route>> {
+        self.routes.load().get(namespace)?.get(name).cloned()
+    }
+
+    fn set_route(&self, key: &FunctionKey, route: Option<Route>) {
+        let mut next: Routes = (**self.routes.load()).clone();
+        match route {
+            Some(r) => {
+                next.entry(key.namespace.clone())
+                    .or_default()
+                    .insert(key.name.clone(), Arc::new(r));
+            }
+            None => {
+                if let Some(ns) = next.get_mut(&key.namespace) {
+                    ns.remove(&key.name);
+                    if ns.is_empty() {
+                        next.remove(&key.namespace);
+                    }
+                }
+            }
+        }
+        self.routes.store(Arc::new(next));
+    }
+
+    /// Starts every stored function (after a restart).
+    pub async fn restore(&self) -> Result<usize, ApiError> {
+        let _guard = self.changes.lock().await;
+        let mut started = 0;
+        for f in self.store.list()? {
+            let name = format!("{}.{}", f.name, f.namespace);
+            let spec = match FunctionSpec::from_deployment(f.deployment.clone()) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!(function = %name, error = %e, "stored function is no longer valid; not started");
+                    continue;
+                }
+            };
+            let program = match self.runtime.prepare(&spec) {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::error!(function = %name, error = %e, "stored function cannot start");
+                    continue;
+                }
+            };
+            let key = spec.key.clone();
+            let (handle, _done) =
+                self.runtime
+                    .apply(Arc::new(spec), program, f.replicas, f.uid);
+            self.set_route(
+                &key,
+                Some(Route {
+                    handle,
+                    invocations: Arc::new(AtomicU64::new(0)),
+                    created_at: f.created_at,
+                    updated_at: f.updated_at,
+                }),
+            );
+            started += 1;
+        }
+        Ok(started)
+    }
+
+    /// Validates, stores and applies a deployment. Nothing changes if validation fails; an
+    /// update that never becomes ready is rolled back in the store and the old version
+    /// keeps serving.
+    pub async fn deploy(
+        self: &Arc<Self>,
+        deployment: FunctionDeployment,
+        mode: DeployMode,
+    ) -> Result<(), ApiError> {
+        let spec = FunctionSpec::from_deployment(deployment)?;
+        let program = self.runtime.prepare(&spec)?;
+        let key = spec.key.clone();
+        let _guard = self.changes.lock().await;
+        let existing = self.store.get(&key.namespace, &key.name)?;
+        if mode == DeployMode::Update && existing.is_none() {
+            return Err(ApiError::NotFound(format!(
+                "function {} not found in namespace {}: create it with POST /system/functions",
+                key.name, key.namespace
+            )));
+        }
+        let replicas = match &existing {
+            Some(e) => e.replicas.clamp(spec.min_replicas, spec.max_replicas),
+            None => spec.min_replicas,
+        };
+        let uid = match &existing {
+            Some(e) => e.uid,
+            None => self.store.next_uid(UID_BASE)?,
+        };
+        let now = now_rfc3339();
+        let stored = self.store.upsert(&StoredFunction {
+            namespace: key.namespace.clone(),
+            name: key.name.clone(),
+            deployment: spec.deployment.clone(),
+            replicas,
+            uid,
+            created_at: now.clone(),
+            updated_at: now,
+        })?;
+        let new_deployment = spec.deployment.clone();
+        let (handle, done) = self.runtime.apply(Arc::new(spec), program, replicas, uid);
+        let invocations = self
+            .lookup(&key.namespace, &key.name)
+            .map(|r| r.invocations.clone())
+            .unwrap_or_default();
+        let previous_updated_at = self
+            .lookup(&key.namespace, &key.name)
+            .map(|r| r.updated_at.clone());
+        self.set_route(
+            &key,
+            Some(Route {
+                handle,
+                invocations,
+                created_at: stored.created_at.clone(),
+                // The update counts once it serves; until then the old time stands.
+                updated_at: previous_updated_at.unwrap_or_else(|| stored.updated_at.clone()),
+            }),
+        );
+        tracing::info!(function = %key, image = %new_deployment.image, replicas, "deploy accepted");
+        if let Some(old) = existing {
+            let this = self.clone();
+            tokio::spawn(async move {
+                let outcome = done.await.unwrap_or(Err("the runtime stopped".into()));
+                this.after_rollout(key, old, new_deployment, stored.updated_at, outcome)
+                    .await;
+            });
+        }
+        Ok(())
+    }
+
+    async fn after_rollout(
+        &self,
+        key: FunctionKey,
+        old: StoredFunction,
+        new_deployment: FunctionDeployment,
+        updated_at: String,
+        outcome: Result<(), String>,
+    ) {
+        let _guard = self.changes.lock().await;
+        let Some(route) = self.lookup(&key.namespace, &key.name) else {
+            return;
+        };
+        match outcome {
+            Ok(()) => {
+                self.set_route(
+                    &key,
+                    Some(Route {
+                        handle: route.handle.clone(),
+                        invocations: route.invocations.clone(),
+                        created_at: route.created_at.clone(),
+                        updated_at,
+                    }),
+                );
+            }
+            Err(reason) => {
+                // Roll the store back unless a newer deploy already replaced this one.
+                match self.store.get(&key.namespace, &key.name) {
+                    Ok(Some(cur)) if cur.deployment == new_deployment => {
+                        let replicas = route.handle.status().desired;
+                        if let Err(e) = self.store.upsert(&StoredFunction { replicas, ..old }) {
+                            tracing::error!(function = %key, error = %e, "cannot roll back the stored spec");
+                        }
+                        tracing::warn!(function = %key, %reason, "update rolled back");
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    pub async fn delete(&self, key: &FunctionKey) -> Result<(), ApiError> {
+        let _guard = self.changes.lock().await;
+        if !self.store.delete(&key.namespace, &key.name)? {
+            return Err(not_found(key));
+        }
+        self.set_route(key, None);
+        self.runtime.remove(key).await?;
+        tracing::info!(function = %key, "deleted");
+        Ok(())
+    }
+
+    pub async fn scale(&self, key: &FunctionKey, replicas: u64) -> Result<u64, ApiError> {
+        let _guard = self.changes.lock().await;
+        let route = self
+            .lookup(&key.namespace, &key.name)
+            .ok_or_else(|| not_found(key))?;
+        let replicas = route.handle.spec().clamp_replicas(replicas);
+        self.store.set_replicas(&key.namespace, &key.name, replicas)?;
+        self.runtime.scale(key, replicas)?;
+        tracing::info!(function = %key, replicas, "scaled");
+        Ok(replicas)
+    }
+
+    pub fn status(&self, key: &FunctionKey) -> Result<FunctionStatus, ApiError> {
+        let route = self
+            .lookup(&key.namespace, &key.name)
+            .ok_or_else(|| not_found(key))?;
+        Ok(status_of(&route))
+    }
+
+    /// Functions of one namespace (the default when `None`), sorted by name.
+    pub fn list(&self, namespace: Option<&str>) -> Vec<FunctionStatus> {
+        let ns = namespace.unwrap_or(DEFAULT_NAMESPACE);
+        let routes = self.routes.load();
+        let mut out: Vec<FunctionStatus> = routes
+            .get(ns)
+            .map(|m| m.values().map(|r| status_of(r)).collect())
+            .unwrap_or_default();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+
+    pub fn namespaces(&self) -> Result<Vec<String>, ApiError> {
+        let mut ns = self.store.namespaces()?;
+        ns.push(DEFAULT_NAMESPACE.to_string());
+        ns.sort();
+        ns.dedup();
+        Ok(ns)
+    }
+
+    pub async fn shutdown(&self) {
+        self.runtime.shutdown().await;
+    }
+
+    pub fn runtime(&self) -> &ProcessRuntime {
+        &self.runtime
+    }
+}
+
+pub fn not_found(key: &FunctionKey) -> ApiError {
+    ApiError::NotFound(format!(
+        "function {} not found in namespace {}",
+        key.name, key.namespace
+    ))
+}
+
+fn status_of(route: &Route) -> FunctionStatus {
+    let s = route.handle.status();
+    let d = &s.spec.deployment;
+    FunctionStatus {
+        name: d.service.clone(),
+        image: d.image.clone(),
+        namespace: s.spec.key.namespace.clone(),
+        env_process: d.env_process.clone(),
+        env_vars: d.env_vars.clone(),
+        constraints: d.constraints.clone(),
+        secrets: d.secrets.clone(),
+        labels: d.labels.clone(),
+        annotations: d.annotations.clone(),
+        limits: d.limits.clone(),
+        requests: d.requests.clone(),
+        read_only_root_filesystem: d.read_only_root_filesystem,
+        invocation_count: route.invocations.load(Ordering::Relaxed) as f64,
+        replicas: s.desired,
+        available_replicas: s.available,
+        created_at: route.created_at.clone(),
+        fjord: Some(FjordStatus {
+            mode: s.spec.mode.name().to_string(),
+            restarts: s.restarts,
+            oom_kills: s.oom_kills,
+            last_error: s.last_error,
+            updated_at: Some(route.updated_at.clone()),
+        }),
+    }
+}

@@ -1,0 +1,399 @@
+//! A function's reconciler: the one task that starts, scales, rolls and stops its replicas,
+//! and publishes the ready ones to the gateway's snapshot.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use fjord_core::FunctionSpec;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::program::Program;
+use crate::replica::{self, Event, ReplicaArgs};
+use crate::{Endpoint, FunctionHandle, RolloutResult, Serving, Shared};
+
+/// How long a replica being retired may keep finishing its in-flight requests.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub(crate) enum Command {
+    Apply {
+        spec: Arc<FunctionSpec>,
+        program: Arc<Program>,
+        replicas: u64,
+        done: oneshot::Sender<RolloutResult>,
+    },
+    Scale(u64),
+    Stop {
+        remove: bool,
+        done: oneshot::Sender<()>,
+    },
+}
+
+struct Replica {
+    id: Arc<str>,
+    endpoint: Option<Arc<Endpoint>>,
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+struct Generation {
+    id: u64,
+    spec: Arc<FunctionSpec>,
+    program: Arc<Program>,
+    replicas: Vec<Replica>,
+}
+
+impl Generation {
+    fn find(&mut self, generation: u64, id: &str) -> Option<&mut Replica> {
+        if self.id != generation {
+            return None;
+        }
+        self.replicas.iter_mut().find(|r| &*r.id == id)
+    }
+
+    fn all_ready(&self, desired: u64) -> bool {
+        self.replicas.len() as u64 == desired && self.replicas.iter().all(|r| r.endpoint.is_some())
+    }
+}
+
+struct Pending {
+    generation: Generation,
+    deadline: Instant,
+    done: Option<oneshot::Sender<RolloutResult>>,
+    last_reason: Option<String>,
+}
+
+struct Reconciler {
+    handle: Arc<FunctionHandle>,
+    shared: Arc<Shared>,
+    uid: u32,
+    current: Option<Generation>,
+    pending: Option<Pending>,
+    next_generation: u64,
+    events_tx: mpsc::UnboundedSender<Event>,
+}
+
+pub(crate) fn spawn(
+    handle: Arc<FunctionHandle>,
+    shared: Arc<Shared>,
+    uid: u32,
+    commands: mpsc::UnboundedReceiver<Command>,
+) {
+    let (events_tx, events_rx) = mpsc::unbounded_channel();
+    let r = Reconciler {
+        handle,
+        shared,
+        uid,
+        current: None,
+        pending: None,
+        next_generation: 1,
+        events_tx,
+    };
+    tokio::spawn(r.run(commands, events_rx));
+}
+
+impl Reconciler {
+    async fn run(
+        mut self,
+        mut commands: mpsc::UnboundedReceiver<Command>,
+        mut events: mpsc::UnboundedReceiver<Event>,
+    ) {
+        loop {
+            let deadline = self.pending.as_ref().map(|p| p.deadline);
+            tokio::select! {
+                cmd = commands.recv() => match cmd {
+                    Some(Command::Apply { spec, program, replicas, done }) => {
+                        self.apply(spec, program, replicas, done)
+                    }
+                    Some(Command::Scale(n)) => self.scale(n),
+                    Some(Command::Stop { remove, done }) => {
+                        self.stop_all(remove).await;
+                        let _ = done.send(());
+                        return;
+                    }
+                    None => {
+                        self.stop_all(false).await;
+                        return;
+                    }
+                },
+                Some(ev) = events.recv() => self.on_event(ev),
+                _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
+                    self.rollout_failed();
+                }
+            }
+        }
+    }
+
+    fn desired(&self) -> u64 {
+        self.handle.desired.load(Ordering::Relaxed)
+    }
+
+    fn start_replica(&self, generation: &Generation) -> Replica {
+        let id: Arc<str> = Arc::from(format!(
+            "{}-{:06x}",
+            self.handle.key.name,
+            rand::random::<u32>() & 0xff_ffff
+        ));
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(replica::run(ReplicaArgs {
+            shared: self.shared.clone(),
+            handle: self.handle.clone(),
+            spec: generation.spec.clone(),
+            program: generation.program.clone(),
+            generation: generation.id,
+            id: id.clone(),
+            uid: self.uid,
+            events: self.events_tx.clone(),
+            stop: stop.clone(),
+        }));
+        Replica {
+            id,
+            endpoint: None,
+            stop,
+            task,
+        }
+    }
+
+    fn new_generation(
+        &mut self,
+        spec: Arc<FunctionSpec>,
+        program: Arc<Program>,
+        replicas: u64,
+    ) -> Generation {
+        let mut g = Generation {
+            id: self.next_generation,
+            spec,
+            program,
+            replicas: Vec::new(),
+        };
+        self.next_generation += 1;
+        for _ in 0..replicas {
+            let r = self.start_replica(&g);
+            g.replicas.push(r);
+        }
+        g
+    }
+
+    fn apply(
+        &mut self,
+        spec: Arc<FunctionSpec>,
+        program: Arc<Program>,
+        replicas: u64,
+        done: oneshot::Sender<RolloutResult>,
+    ) {
+        self.handle.desired.store(replicas, Ordering::Relaxed);
+        if let Some(old) = self.pending.take() {
+            if let Some(d) = old.done {
+                let _ = d.send(Err("superseded by a newer update".into()));
+            }
+            stop_generation(old.generation, false);
+        }
+        if self.current.is_none() {
+            let g = self.new_generation(spec, program, replicas);
+            self.current = Some(g);
+            self.publish();
+            let _ = done.send(Ok(()));
+            return;
+        }
+        let g = self.new_generation(spec, program, replicas);
+        self.pending = Some(Pending {
+            generation: g,
+            deadline: Instant::now() + self.shared.config.rollout_timeout,
+            done: Some(done),
+            last_reason: None,
+        });
+        self.maybe_promote();
+    }
+
+    fn scale(&mut self, n: u64) {
+        self.handle.desired.store(n, Ordering::Relaxed);
+        if let Some(mut g) = self.current.take() {
+            self.resize(&mut g, n, true);
+            self.current = Some(g);
+        }
+        if let Some(mut p) = self.pending.take() {
+            self.resize(&mut p.generation, n, false);
+            self.pending = Some(p);
+        }
+        self.publish();
+        // Wake requests waiting for a replica, so they fail fast when scaled to zero.
+        self.handle.ready.notify_waiters();
+        self.maybe_promote();
+    }
+
+    fn resize(&self, g: &mut Generation, n: u64, drain: bool) {
+        while (g.replicas.len() as u64) < n {
+            let r = self.start_replica(g);
+            g.replicas.push(r);
+        }
+        while g.replicas.len() as u64 > n {
+            // Retire not-ready replicas first, then the newest.
+            let idx = g
+                .replicas
+                .iter()
+                .rposition(|r| r.endpoint.is_none())
+                .unwrap_or(g.replicas.len() - 1);
+            let r = g.replicas.remove(idx);
+            retire(r, drain);
+        }
+    }
+
+    fn on_event(&mut self, ev: Event) {
+        match ev {
+            Event::Ready {
+                generation,
+                id,
+                endpoint,
+            } => {
+                if let Some(r) = self.current.as_mut().and_then(|g| g.find(generation, &id)) {
+                    r.endpoint = Some(endpoint);
+                    self.publish();
+                } else if let Some(r) = self
+                    .pending
+                    .as_mut()
+                    .and_then(|p| p.generation.find(generation, &id))
+                {
+                    r.endpoint = Some(endpoint);
+                    self.maybe_promote();
+                }
+            }
+            Event::Down {
+                generation,
+                id,
+                reason,
+            } => {
+                if let Some(r) = self.current.as_mut().and_then(|g| g.find(generation, &id)) {
+                    r.endpoint = None;
+                    self.handle
+                        .set_last_error(Some(format!("replica {id}: {reason}")));
+                    self.publish();
+                } else if let Some(p) = self.pending.as_mut()
+                    && let Some(r) = p.generation.find(generation, &id)
+                {
+                    r.endpoint = None;
+                    p.last_reason = Some(format!("replica {id}: {reason}"));
+                }
+            }
+        }
+    }
+
+    /// Publishes the current generation's ready replicas to the gateway.
+    fn publish(&self) {
+        let Some(g) = &self.current else { return };
+        let endpoints: Vec<Arc<Endpoint>> =
+            g.replicas.iter().filter_map(|r| r.endpoint.clone()).collect();
+        let any = !endpoints.is_empty();
+        self.handle.serving.store(Arc::new(Serving {
+            spec: g.spec.clone(),
+            program: g.program.clone(),
+            endpoints,
+        }));
+        if any {
+            self.handle.ready.notify_waiters();
+        }
+    }
+
+    /// Shifts traffic to the pending generation once all its replicas are ready.
+    fn maybe_promote(&mut self) {
+        let desired = self.desired();
+        let Some(p) = &self.pending else { return };
+        if !p.generation.all_ready(desired) {
+            return;
+        }
+        let Some(mut p) = self.pending.take() else {
+            return;
+        };
+        let image = p.generation.spec.deployment.image.clone();
+        let old = self.current.replace(p.generation);
+        self.publish();
+        self.handle.set_last_error(None);
+        let msg = format!("fjord: updated to image {image}; {desired} replica(s) ready");
+        self.handle.logs.push(&Arc::from("fjord"), &msg);
+        tracing::info!(function = %self.handle.qualified, image, "update rolled out");
+        if let Some(d) = p.done.take() {
+            let _ = d.send(Ok(()));
+        }
+        if let Some(old) = old {
+            stop_generation(old, true);
+        }
+    }
+
+    fn rollout_failed(&mut self) {
+        let Some(mut p) = self.pending.take() else {
+            return;
+        };
+        let msg = format!(
+            "update to image {} failed: its replicas were not ready within {} s{}; the previous version keeps serving",
+            p.generation.spec.deployment.image,
+            self.shared.config.rollout_timeout.as_secs(),
+            p.last_reason
+                .as_ref()
+                .map(|r| format!(" ({r})"))
+                .unwrap_or_default()
+        );
+        tracing::warn!(function = %self.handle.qualified, "{msg}");
+        self.handle.logs.push(&Arc::from("fjord"), &format!("fjord: {msg}"));
+        self.handle.set_last_error(Some(msg.clone()));
+        if let Some(cur) = &self.current {
+            self.handle
+                .desired
+                .store(cur.replicas.len() as u64, Ordering::Relaxed);
+        }
+        if let Some(d) = p.done.take() {
+            let _ = d.send(Err(msg));
+        }
+        stop_generation(p.generation, false);
+    }
+
+    async fn stop_all(&mut self, remove: bool) {
+        let mut replicas = Vec::new();
+        if let Some(g) = self.current.take() {
+            replicas.extend(g.replicas);
+        }
+        if let Some(p) = self.pending.take() {
+            replicas.extend(p.generation.replicas);
+        }
+        let spec = self.handle.spec();
+        let program = self.handle.serving.load().program.clone();
+        self.handle.serving.store(Arc::new(Serving {
+            spec,
+            program,
+            endpoints: Vec::new(),
+        }));
+        self.handle.ready.notify_waiters();
+        for r in &replicas {
+            r.stop.cancel();
+        }
+        for r in replicas {
+            let _ = r.task.await;
+        }
+        if remove {
+            self.handle.logs.remove_files();
+        }
+    }
+}
+
+/// Stops a replica; with `drain`, first lets its in-flight requests finish.
+fn retire(r: Replica, drain: bool) {
+    tokio::spawn(async move {
+        if drain && let Some(ep) = &r.endpoint {
+            // A request may have picked this replica just before it left the snapshot.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let deadline = Instant::now() + DRAIN_TIMEOUT;
+            while ep.inflight() > 0 && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+        r.stop.cancel();
+        let _ = r.task.await;
+    });
+}
+
+fn stop_generation(g: Generation, drain: bool) {
+    for r in g.replicas {
+        retire(r, drain);
+    }
+}

@@ -1,0 +1,416 @@
+//! One replica's life: its sandbox (directory, cgroup, uid), and for http mode the
+//! supervised process: start, probe until ready, restart with backoff when it dies.
+
+use std::ffi::{CString, OsString};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use fjord_core::{FunctionSpec, InvokeMode};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::cgroup::{Cgroup, Limits};
+use crate::fork::ForkSlot;
+use crate::logs::{LogBook, MAX_LINE_BYTES};
+use crate::program::{self, Program};
+use crate::sandbox::SandboxPlan;
+use crate::{Endpoint, EndpointKind, FunctionHandle, Shared};
+
+/// Backoff between restarts of a crashing replica.
+const BACKOFF_START: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// A replica that ran this long resets the backoff.
+const BACKOFF_RESET_AFTER: Duration = Duration::from_secs(10);
+
+/// What a replica tells its function's reconciler.
+pub(crate) enum Event {
+    Ready {
+        generation: u64,
+        id: Arc<str>,
+        endpoint: Arc<Endpoint>,
+    },
+    Down {
+        generation: u64,
+        id: Arc<str>,
+        reason: String,
+    },
+}
+
+/// The sandbox of one replica: its directory (with its private `/tmp`), cgroup and user.
+pub(crate) struct ReplicaEnv {
+    pub id: Arc<str>,
+    dir: PathBuf,
+    pub tmp: PathBuf,
+    tmp_c: Option<CString>,
+    pub cgroup: Option<Cgroup>,
+    pub user: Option<(u32, u32)>,
+    readonly_root: bool,
+}
+
+impl ReplicaEnv {
+    pub fn create(
+        shared: &Shared,
+        spec: &FunctionSpec,
+        id: &Arc<str>,
+        uid: u32,
+    ) -> std::io::Result<Self> {
+        let dir = shared.config.data_dir.join("replicas").join(&**id);
+        let tmp = dir.join("tmp");
+        std::fs::create_dir_all(&tmp)?;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
+        let isolate = shared.sandbox.isolate;
+        let user = isolate.then_some((uid, uid));
+        if let Some((u, g)) = user {
+            std::os::unix::fs::chown(&tmp, Some(u), Some(g))?;
+            std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o700))?;
+        }
+        let cgroup = match &shared.sandbox.cgroups {
+            Some(root) => Some(
+                root.create(
+                    &format!("{}.{}", spec.key.namespace, id),
+                    &Limits {
+                        memory_bytes: spec.memory_limit_bytes,
+                        cpu_millis: spec.cpu_limit_millis,
+                        pids_max: Some(shared.config.pids_max),
+                    },
+                )
+                .map_err(std::io::Error::other)?,
+            ),
+            None => None,
+        };
+        let tmp_c = if isolate {
+            Some(CString::new(tmp.as_os_str().as_bytes()).map_err(std::io::Error::other)?)
+        } else {
+            None
+        };
+        Ok(Self {
+            id: id.clone(),
+            dir,
+            tmp,
+            tmp_c,
+            cgroup,
+            user,
+            readonly_root: spec.deployment.read_only_root_filesystem,
+        })
+    }
+
+    /// `/tmp` inside the sandbox, else the replica's own directory.
+    pub fn home(&self) -> &Path {
+        if self.tmp_c.is_some() {
+            Path::new("/tmp")
+        } else {
+            &self.tmp
+        }
+    }
+
+    /// A command for the function's program, inside this replica's sandbox.
+    pub fn command(
+        &self,
+        program: &Program,
+        env: &[(OsString, OsString)],
+    ) -> tokio::process::Command {
+        let mut cmd = tokio::process::Command::new(&program.path);
+        cmd.args(&program.args)
+            .env_clear()
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .process_group(0);
+        if self.tmp_c.is_none() {
+            cmd.current_dir(&self.tmp);
+        }
+        SandboxPlan {
+            cgroup_procs: self
+                .cgroup
+                .as_ref()
+                .map(|c| c.procs_fds())
+                .unwrap_or_default(),
+            private_tmp: self.tmp_c.clone(),
+            readonly_root: self.readonly_root && self.tmp_c.is_some(),
+            user: self.user,
+        }
+        .install(&mut cmd);
+        cmd
+    }
+
+    pub fn oom_kills(&self) -> u64 {
+        self.cgroup.as_ref().map_or(0, |c| c.oom_kills())
+    }
+
+    /// Kills what is left and removes the replica's cgroup and directory.
+    pub async fn destroy(&self) {
+        if let Some(cg) = &self.cgroup {
+            cg.remove().await;
+        }
+        let dir = self.dir.clone();
+        let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(dir)).await;
+    }
+}
+
+pub(crate) struct ReplicaArgs {
+    pub shared: Arc<Shared>,
+    pub handle: Arc<FunctionHandle>,
+    pub spec: Arc<FunctionSpec>,
+    pub program: Arc<Program>,
+    pub generation: u64,
+    pub id: Arc<str>,
+    pub uid: u32,
+    pub events: mpsc::UnboundedSender<Event>,
+    pub stop: CancellationToken,
+}
+
+impl ReplicaArgs {
+    fn down(&self, reason: String) {
+        let _ = self.events.send(Event::Down {
+            generation: self.generation,
+            id: self.id.clone(),
+            reason,
+        });
+    }
+
+    fn ready(&self, kind: EndpointKind) {
+        let _ = self.events.send(Event::Ready {
+            generation: self.generation,
+            id: self.id.clone(),
+            endpoint: Arc::new(Endpoint::new(self.id.clone(), kind)),
+        });
+    }
+}
+
+/// Runs a replica until `stop` is cancelled.
+pub(crate) async fn run(args: ReplicaArgs) {
+    let env = match ReplicaEnv::create(&args.shared, &args.spec, &args.id, args.uid) {
+        Ok(env) => Arc::new(env),
+        Err(e) => {
+            let reason = format!("cannot create the replica's sandbox: {e}");
+            args.handle.logs.push(&args.id, &format!("fjord: {reason}"));
+            args.down(reason);
+            args.stop.cancelled().await;
+            return;
+        }
+    };
+    match args.spec.mode {
+        InvokeMode::Fork => {
+            let base_env = program::base_env(&args.spec, &args.id, env.home(), None);
+            let slot = Arc::new(ForkSlot::new(env.clone(), base_env));
+            args.ready(EndpointKind::Fork(slot));
+            args.stop.cancelled().await;
+        }
+        InvokeMode::Http { upstream_port } => {
+            let port = match upstream_port {
+                Some(p) => Ok(p),
+                None => args.shared.allocate_port(),
+            };
+            match port {
+                Ok(port) => {
+                    supervise_http(&args, &env, port).await;
+                    if upstream_port.is_none() {
+                        args.shared.release_port(port);
+                    }
+                }
+                Err(e) => {
+                    args.down(format!("no port for the replica: {e}"));
+                    args.stop.cancelled().await;
+                }
+            }
+        }
+    }
+    env.destroy().await;
+}
+
+enum Outcome {
+    Stopped,
+    Exited(String),
+}
+
+async fn supervise_http(args: &ReplicaArgs, env: &ReplicaEnv, port: u16) {
+    let authority: http::uri::Authority = match format!("127.0.0.1:{port}").parse() {
+        Ok(a) => a,
+        Err(_) => return,
+    };
+    let base_env = program::base_env(&args.spec, &args.id, env.home(), Some(port));
+    let mut backoff = BACKOFF_START;
+    loop {
+        let started = Instant::now();
+        let ooms_before = env.oom_kills();
+        match run_once(args, env, &base_env, port, &authority).await {
+            Outcome::Stopped => return,
+            Outcome::Exited(mut reason) => {
+                if env.oom_kills() > ooms_before {
+                    args.handle.count_oom_kill();
+                    reason = format!(
+                        "OOMKilled: used more memory than limits.memory ({}) and was killed",
+                        args.spec
+                            .deployment
+                            .limits
+                            .as_ref()
+                            .and_then(|l| l.memory.as_deref())
+                            .unwrap_or("?")
+                    );
+                }
+                args.handle
+                    .restarts
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if started.elapsed() > BACKOFF_RESET_AFTER {
+                    backoff = BACKOFF_START;
+                }
+                let msg = format!(
+                    "fjord: replica {}: {reason}; restarting in {} ms",
+                    args.id,
+                    backoff.as_millis()
+                );
+                tracing::warn!(function = %args.handle.qualified, "{}", &msg[7..]);
+                args.handle.logs.push(&args.id, &msg);
+                args.down(reason);
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = args.stop.cancelled() => return,
+                }
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+            }
+        }
+    }
+}
+
+fn describe(status: std::io::Result<ExitStatus>) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match status {
+        Ok(s) => match (s.code(), s.signal()) {
+            (Some(c), _) => format!("exited with status {c}"),
+            (None, Some(sig)) => format!("was killed by signal {sig}"),
+            _ => format!("exited ({s})"),
+        },
+        Err(e) => format!("could not be waited for: {e}"),
+    }
+}
+
+async fn run_once(
+    args: &ReplicaArgs,
+    env: &ReplicaEnv,
+    base_env: &[(OsString, OsString)],
+    port: u16,
+    authority: &http::uri::Authority,
+) -> Outcome {
+    let mut cmd = env.command(&args.program, base_env);
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            return Outcome::Exited(format!(
+                "cannot start {}: {e}",
+                args.program.path.display()
+            ));
+        }
+    };
+    drop(cmd);
+    if let Some(out) = child.stdout.take() {
+        tokio::spawn(pump(out, args.handle.logs.clone(), args.id.clone()));
+    }
+    if let Some(err) = child.stderr.take() {
+        tokio::spawn(pump(err, args.handle.logs.clone(), args.id.clone()));
+    }
+    let pid = child.id().map(|p| p as i32);
+    tokio::select! {
+        biased;
+        _ = args.stop.cancelled() => {
+            terminate(&mut child, pid, args.shared.config.stop_grace).await;
+            return Outcome::Stopped;
+        }
+        status = child.wait() => {
+            return Outcome::Exited(format!("{} before it was ready", describe(status)));
+        }
+        _ = probe(port, args.spec.ready_path.as_deref()) => {}
+    }
+    args.ready(EndpointKind::Http {
+        authority: authority.clone(),
+    });
+    tokio::select! {
+        _ = args.stop.cancelled() => {
+            terminate(&mut child, pid, args.shared.config.stop_grace).await;
+            Outcome::Stopped
+        }
+        status = child.wait() => Outcome::Exited(describe(status)),
+    }
+}
+
+/// SIGTERM to the replica's process group, SIGKILL after `grace`.
+async fn terminate(child: &mut tokio::process::Child, pid: Option<i32>, grace: Duration) {
+    use nix::sys::signal::{Signal, killpg};
+    use nix::unistd::Pid;
+    let Some(pid) = pid else { return };
+    let _ = killpg(Pid::from_raw(pid), Signal::SIGTERM);
+    if tokio::time::timeout(grace, child.wait()).await.is_err() {
+        let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+        let _ = child.wait().await;
+    }
+}
+
+/// Polls until the replica accepts connections (and, with a ready path, answers it 2xx).
+/// Fine-grained at first: cold start time is what users feel.
+async fn probe(port: u16, ready_path: Option<&str>) {
+    let started = Instant::now();
+    loop {
+        if let Ok(stream) = TcpStream::connect(("127.0.0.1", port)).await {
+            match ready_path {
+                None => return,
+                Some(path) => {
+                    if http_get_ok(stream, path).await {
+                        return;
+                    }
+                }
+            }
+        }
+        let wait = if started.elapsed() < Duration::from_millis(500) {
+            Duration::from_millis(1)
+        } else {
+            Duration::from_millis(20)
+        };
+        tokio::time::sleep(wait).await;
+    }
+}
+
+async fn http_get_ok(mut stream: TcpStream, path: &str) -> bool {
+    let req = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+    let io = async {
+        stream.write_all(req.as_bytes()).await?;
+        let mut buf = [0u8; 16];
+        stream.read_exact(&mut buf[..12]).await?;
+        Ok::<_, std::io::Error>(buf)
+    };
+    match tokio::time::timeout(Duration::from_secs(2), io).await {
+        Ok(Ok(buf)) => buf.starts_with(b"HTTP/1.") && buf[9] == b'2',
+        _ => false,
+    }
+}
+
+/// Copies a child's output into the function's logs, a line at a time (long lines cut).
+pub(crate) async fn pump(reader: impl AsyncRead + Unpin, logs: Arc<LogBook>, instance: Arc<str>) {
+    let mut r = BufReader::with_capacity(8 << 10, reader);
+    let mut line: Vec<u8> = Vec::new();
+    loop {
+        let buf = match r.fill_buf().await {
+            Ok([]) | Err(_) => break,
+            Ok(b) => b,
+        };
+        let (take, complete) = match buf.iter().position(|b| *b == b'\n') {
+            Some(i) => (i + 1, true),
+            None => (buf.len(), false),
+        };
+        line.extend_from_slice(&buf[..take]);
+        r.consume(take);
+        if complete || line.len() >= MAX_LINE_BYTES {
+            logs.push(&instance, &String::from_utf8_lossy(&line));
+            line.clear();
+        }
+    }
+    if !line.is_empty() {
+        logs.push(&instance, &String::from_utf8_lossy(&line));
+    }
+}

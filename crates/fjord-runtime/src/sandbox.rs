@@ -1,0 +1,106 @@
+//! The step between fork and exec that puts a function's process in its sandbox: join the
+//! replica's cgroups, get a private mount namespace with the replica's own `/tmp` (and a
+//! read-only root when asked), drop to the function's uid/gid, and die with fjord.
+//!
+//! This is the one module that needs `unsafe`: `pre_exec` runs in the forked child of a
+//! multi-threaded process, so it only makes raw, async-signal-safe system calls on data
+//! prepared before the fork.
+#![allow(unsafe_code)]
+
+use std::ffi::CString;
+use std::io;
+use std::os::fd::RawFd;
+
+/// Everything the child does before exec, prepared in the parent.
+#[derive(Debug, Clone, Default)]
+pub struct SandboxPlan {
+    /// `cgroup.procs` files of the replica's cgroups (kept open by the replica).
+    pub cgroup_procs: Vec<RawFd>,
+    /// Directory bind-mounted at `/tmp` in a new mount namespace.
+    pub private_tmp: Option<CString>,
+    /// Remount `/` read-only in that namespace (`readOnlyRootFilesystem`).
+    pub readonly_root: bool,
+    /// Drop to this uid and gid, with no supplementary groups.
+    pub user: Option<(u32, u32)>,
+}
+
+fn check(ret: libc::c_int) -> io::Result<()> {
+    if ret == -1 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+impl SandboxPlan {
+    fn apply(&self) -> io::Result<()> {
+        for fd in &self.cgroup_procs {
+            // SAFETY: plain write(2) of a static buffer to a descriptor owned by the parent.
+            let n = unsafe { libc::write(*fd, b"0".as_ptr().cast(), 1) };
+            if n != 1 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        if let Some(tmp) = &self.private_tmp {
+            let root = c"/";
+            let target = c"/tmp";
+            // SAFETY: raw syscalls with NUL-terminated strings that outlive the call.
+            unsafe {
+                check(libc::unshare(libc::CLONE_NEWNS))?;
+                check(libc::mount(
+                    std::ptr::null(),
+                    root.as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_REC | libc::MS_PRIVATE,
+                    std::ptr::null(),
+                ))?;
+                if self.readonly_root {
+                    check(libc::mount(
+                        std::ptr::null(),
+                        root.as_ptr(),
+                        std::ptr::null(),
+                        libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY,
+                        std::ptr::null(),
+                    ))?;
+                }
+                check(libc::mount(
+                    tmp.as_ptr(),
+                    target.as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_BIND,
+                    std::ptr::null(),
+                ))?;
+                check(libc::chdir(target.as_ptr()))?;
+            }
+        }
+        if let Some((uid, gid)) = self.user {
+            // SAFETY: credential syscalls; order matters (groups and gid before uid).
+            unsafe {
+                check(libc::setgroups(0, std::ptr::null()))?;
+                check(libc::setgid(gid))?;
+                check(libc::setuid(uid))?;
+            }
+        }
+        // Last, because a credential change clears it: replicas die with fjord even on
+        // `kill -9` (their own children are reaped through the cgroup at the next start).
+        // SAFETY: prctl with integer arguments.
+        unsafe {
+            check(libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as libc::c_ulong,
+                0,
+                0,
+                0,
+            ))?;
+        }
+        Ok(())
+    }
+
+    /// Installs the plan on a command (PDEATHSIG is set even when not sandboxing).
+    pub fn install(self, cmd: &mut tokio::process::Command) {
+        // SAFETY: `apply` only makes async-signal-safe syscalls and does not allocate.
+        unsafe {
+            cmd.pre_exec(move || self.apply());
+        }
+    }
+}
