@@ -31,8 +31,10 @@ enum LogFormat {
 #[derive(Subcommand)]
 enum Command {
     /// Run the platform: gateway, runtime and state store
-    #[command(after_help = "Examples:\n  fjord serve\n  fjord serve --listen 0.0.0.0:8080 --data-dir /var/lib/fjord\n  \
-RUST_LOG=debug fjord serve --log-format json")]
+    #[command(
+        after_help = "Examples:\n  fjord serve\n  fjord serve --listen 0.0.0.0:8080 --data-dir /var/lib/fjord\n  \
+RUST_LOG=debug fjord serve --log-format json"
+    )]
     Serve {
         /// Address to listen on (port 0 picks a free port, written to <data-dir>/gateway.addr)
         #[arg(long, default_value = "127.0.0.1:8080", env = "FJORD_LISTEN")]
@@ -113,7 +115,10 @@ fn main() -> ExitCode {
             config.rollout_timeout = Duration::from_secs(rollout_timeout);
             config.ready_timeout = Duration::from_secs(ready_timeout);
             config.pids_max = pids_max;
-            let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+            let rt = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
                 Ok(rt) => rt,
                 Err(e) => {
                     eprintln!("error: cannot start the async runtime: {e}");

@@ -74,7 +74,16 @@ mod tests {
         assert_eq!(parse_duration("1.5h").unwrap(), s(5400));
         assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
         assert_eq!(parse_duration("10us").unwrap(), Duration::from_micros(10));
-        for bad in ["", "s", "10x", "1m30", "-1s", "1e3s", "abc", "99999999999999h"] {
+        for bad in [
+            "",
+            "s",
+            "10x",
+            "1m30",
+            "-1s",
+            "1e3s",
+            "abc",
+            "99999999999999h",
+        ] {
             assert!(parse_duration(bad).is_err(), "{bad}");
         }
     }

@@ -98,7 +98,17 @@ mod tests {
         for ok in ["a", "env", "nodeinfo-2", "a1", &"x".repeat(63)] {
             validate_label("function name", ok).unwrap();
         }
-        for bad in ["", "-a", "a-", "A", "a_b", "a.b", "é", &"x".repeat(64), "../etc"] {
+        for bad in [
+            "",
+            "-a",
+            "a-",
+            "A",
+            "a_b",
+            "a.b",
+            "é",
+            &"x".repeat(64),
+            "../etc",
+        ] {
             assert!(validate_label("function name", bad).is_err(), "{bad}");
         }
     }

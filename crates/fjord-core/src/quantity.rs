@@ -119,7 +119,17 @@ mod tests {
         assert_eq!(parse_memory("1e6").unwrap(), 1_000_000);
         assert_eq!(parse_memory("1000").unwrap(), 1000);
         assert_eq!(parse_memory(" 2k ").unwrap(), 2000);
-        for bad in ["lots", "", "12Q", "Mi", "-1Mi", "0", "1e99", "1.2.3Mi", "99999999999Ei"] {
+        for bad in [
+            "lots",
+            "",
+            "12Q",
+            "Mi",
+            "-1Mi",
+            "0",
+            "1e99",
+            "1.2.3Mi",
+            "99999999999Ei",
+        ] {
             assert!(parse_memory(bad).is_err(), "{bad}");
         }
     }

@@ -145,11 +145,7 @@ fn env_duration(env: &BTreeMap<String, String>, key: &str) -> Result<Option<Dura
     }
 }
 
-fn label_u64(
-    labels: &BTreeMap<String, String>,
-    key: &str,
-    default: u64,
-) -> Result<u64, SpecError> {
+fn label_u64(labels: &BTreeMap<String, String>, key: &str, default: u64) -> Result<u64, SpecError> {
     match labels.get(key) {
         None => Ok(default),
         Some(v) => {
@@ -219,7 +215,10 @@ impl FunctionSpec {
                 ));
             }
             if v.contains('\0') {
-                return Err(invalid(format!("envVars.{k}"), "values must not contain NUL"));
+                return Err(invalid(
+                    format!("envVars.{k}"),
+                    "values must not contain NUL",
+                ));
             }
         }
 
@@ -261,7 +260,9 @@ impl FunctionSpec {
             Some(other) => {
                 return Err(invalid(
                     "envVars.mode",
-                    format!("{other:?} is not supported: use http, or leave it unset for a process per request"),
+                    format!(
+                        "{other:?} is not supported: use http, or leave it unset for a process per request"
+                    ),
                 ));
             }
         };
@@ -338,7 +339,11 @@ impl FunctionSpec {
 
         let labels = d.labels.clone().unwrap_or_default();
         let min_replicas = label_u64(&labels, LABEL_SCALE_MIN, 1)?;
-        let max_replicas = label_u64(&labels, LABEL_SCALE_MAX, DEFAULT_SCALE_MAX.max(min_replicas))?;
+        let max_replicas = label_u64(
+            &labels,
+            LABEL_SCALE_MAX,
+            DEFAULT_SCALE_MAX.max(min_replicas),
+        )?;
         if min_replicas > max_replicas {
             return Err(invalid(
                 format!("labels.{LABEL_SCALE_MIN}"),
@@ -433,22 +438,57 @@ mod tests {
     #[test]
     fn errors_name_the_field() {
         let cases = [
-            (r#"{"service":"Bad_Name","image":"x","envProcess":"env"}"#, "function name"),
-            (r#"{"service":"a","namespace":"NS","image":"x","envProcess":"env"}"#, "namespace"),
+            (
+                r#"{"service":"Bad_Name","image":"x","envProcess":"env"}"#,
+                "function name",
+            ),
+            (
+                r#"{"service":"a","namespace":"NS","image":"x","envProcess":"env"}"#,
+                "namespace",
+            ),
             (r#"{"service":"a","image":"x"}"#, "envProcess"),
             (r#"{"service":"a","image":"","envProcess":"env"}"#, "image"),
-            (r#"{"service":"a","image":"x","envProcess":"env","limits":{"memory":"lots"}}"#, "limits.memory"),
-            (r#"{"service":"a","image":"x","envProcess":"env","limits":{"cpu":"fast"}}"#, "limits.cpu"),
-            (r#"{"service":"a","image":"x","envProcess":"env","requests":{"memory":"x"}}"#, "requests.memory"),
-            (r#"{"service":"a","image":"x","envProcess":"env","envVars":{"exec_timeout":"soon"}}"#, "envVars.exec_timeout"),
-            (r#"{"service":"a","image":"x","envProcess":"env","envVars":{"mode":"static"}}"#, "envVars.mode"),
-            (r#"{"service":"a","image":"x","envProcess":"env","envVars":{"mode":"http","upstream_url":"http://10.0.0.1:80"}}"#, "envVars.upstream_url"),
-            (r#"{"service":"a","image":"x","envProcess":"env","labels":{"com.openfaas.scale.min":"many"}}"#, "labels.com.openfaas.scale.min"),
-            (r#"{"service":"a","image":"x","envProcess":"env","labels":{"com.openfaas.scale.min":"5","com.openfaas.scale.max":"2"}}"#, "labels.com.openfaas.scale.min"),
-            (r#"{"service":"a","image":"x","envProcess":"'unterminated"}"#, "envProcess"),
+            (
+                r#"{"service":"a","image":"x","envProcess":"env","limits":{"memory":"lots"}}"#,
+                "limits.memory",
+            ),
+            (
+                r#"{"service":"a","image":"x","envProcess":"env","limits":{"cpu":"fast"}}"#,
+                "limits.cpu",
+            ),
+            (
+                r#"{"service":"a","image":"x","envProcess":"env","requests":{"memory":"x"}}"#,
+                "requests.memory",
+            ),
+            (
+                r#"{"service":"a","image":"x","envProcess":"env","envVars":{"exec_timeout":"soon"}}"#,
+                "envVars.exec_timeout",
+            ),
+            (
+                r#"{"service":"a","image":"x","envProcess":"env","envVars":{"mode":"static"}}"#,
+                "envVars.mode",
+            ),
+            (
+                r#"{"service":"a","image":"x","envProcess":"env","envVars":{"mode":"http","upstream_url":"http://10.0.0.1:80"}}"#,
+                "envVars.upstream_url",
+            ),
+            (
+                r#"{"service":"a","image":"x","envProcess":"env","labels":{"com.openfaas.scale.min":"many"}}"#,
+                "labels.com.openfaas.scale.min",
+            ),
+            (
+                r#"{"service":"a","image":"x","envProcess":"env","labels":{"com.openfaas.scale.min":"5","com.openfaas.scale.max":"2"}}"#,
+                "labels.com.openfaas.scale.min",
+            ),
+            (
+                r#"{"service":"a","image":"x","envProcess":"'unterminated"}"#,
+                "envProcess",
+            ),
         ];
         for (json, field) in cases {
-            let e = FunctionSpec::from_deployment(dep(json)).unwrap_err().to_string();
+            let e = FunctionSpec::from_deployment(dep(json))
+                .unwrap_err()
+                .to_string();
             assert!(e.contains(field), "{json}: {e}");
         }
     }

@@ -8,11 +8,11 @@ use axum::body::Body;
 use axum::extract::{Path, Query, Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use fjord_core::FunctionKey;
 use fjord_core::openfaas::{
     DeleteFunctionRequest, FunctionDeployment, GatewayInfo, ProviderInfo, ScaleServiceRequest,
     VersionInfo,
 };
-use fjord_core::FunctionKey;
 use http_body_util::BodyExt;
 use serde::de::DeserializeOwned;
 
@@ -29,13 +29,17 @@ pub async fn json_body<T: DeserializeOwned>(req: Request, what: &str) -> Result<
     let bytes = match limited.collect().await {
         Ok(c) => c.to_bytes(),
         Err(e) => {
-            if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some()
+            {
                 return Err(ApiError::PayloadTooLarge(format!(
                     "request body is larger than the {} MiB limit for /system endpoints",
                     MAX_API_BODY >> 20
                 )));
             }
-            return Err(ApiError::BadRequest(format!("cannot read request body: {e}")));
+            return Err(ApiError::BadRequest(format!(
+                "cannot read request body: {e}"
+            )));
         }
     };
     if bytes.is_empty() {
@@ -97,7 +101,10 @@ pub async fn delete_function(
     req: Request,
 ) -> Result<StatusCode, ApiError> {
     let d: DeleteFunctionRequest = json_body(req, "DeleteFunctionRequest").await?;
-    let ns = d.namespace.filter(|n| !n.is_empty()).or(namespace_param(&q)?);
+    let ns = d
+        .namespace
+        .filter(|n| !n.is_empty())
+        .or(namespace_param(&q)?);
     let key = FunctionKey::new(&d.function_name, ns.as_deref())?;
     app.control.delete(&key).await?;
     Ok(StatusCode::ACCEPTED)

@@ -129,9 +129,13 @@ mod tests {
         assert_eq!(c.expected, c2.expected);
         let pw = std::fs::read_to_string(password_path(dir.path())).unwrap();
         let good = base64::engine::general_purpose::STANDARD.encode(format!("admin:{pw}"));
-        assert!(c.check(Some(&HeaderValue::from_str(&format!("Basic {good}")).unwrap())));
+        assert!(c.check(Some(
+            &HeaderValue::from_str(&format!("Basic {good}")).unwrap()
+        )));
         let bad = base64::engine::general_purpose::STANDARD.encode("admin:nope");
-        assert!(!c.check(Some(&HeaderValue::from_str(&format!("Basic {bad}")).unwrap())));
+        assert!(!c.check(Some(
+            &HeaderValue::from_str(&format!("Basic {bad}")).unwrap()
+        )));
         assert!(!c.check(None));
     }
 }

@@ -101,9 +101,9 @@ impl ControlPlane {
                 }
             };
             let key = spec.key.clone();
-            let (handle, _done) =
-                self.runtime
-                    .apply(Arc::new(spec), program, f.replicas, f.uid);
+            let (handle, _done) = self
+                .runtime
+                .apply(Arc::new(spec), program, f.replicas, f.uid);
             self.set_route(
                 &key,
                 Some(Route {
@@ -243,7 +243,8 @@ impl ControlPlane {
             .lookup(&key.namespace, &key.name)
             .ok_or_else(|| not_found(key))?;
         let replicas = route.handle.spec().clamp_replicas(replicas);
-        self.store.set_replicas(&key.namespace, &key.name, replicas)?;
+        self.store
+            .set_replicas(&key.namespace, &key.name, replicas)?;
         self.runtime.scale(key, replicas)?;
         tracing::info!(function = %key, replicas, "scaled");
         Ok(replicas)

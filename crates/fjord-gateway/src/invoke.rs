@@ -186,6 +186,8 @@ pub async fn invoke(
                 ))
             })?;
             let (mut parts, body) = resp.into_parts();
+            // The caller's connection has its own version (an HTTP/1.0 replica is common).
+            parts.version = Version::HTTP_11;
             strip_hop_by_hop(&mut parts.headers);
             Response::from_parts(
                 parts,
@@ -269,10 +271,16 @@ mod tests {
     #[test]
     fn hop_by_hop_headers_are_dropped() {
         let mut h = HeaderMap::new();
-        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, x-secret"));
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-secret"),
+        );
         h.insert("x-secret", HeaderValue::from_static("1"));
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
-        h.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
         h.insert("x-custom", HeaderValue::from_static("yes"));
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1);

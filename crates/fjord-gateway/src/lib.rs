@@ -81,7 +81,9 @@ pub enum StartError {
     Store(#[from] fjord_store::StoreError),
     #[error("runtime: {0}")]
     Runtime(#[from] fjord_runtime::RuntimeError),
-    #[error("cannot listen on {addr}: {source} (is another fjord serve running? pick another with --listen)")]
+    #[error(
+        "cannot listen on {addr}: {source} (is another fjord serve running? pick another with --listen)"
+    )]
     Listen {
         addr: SocketAddr,
         source: std::io::Error,
@@ -137,7 +139,10 @@ pub async fn serve(config: GatewayConfig, shutdown: CancellationToken) -> Result
         }
         Some(Arc::new(creds))
     } else {
-        tracing::warn!("--auth=false: /system/* is open to anyone who can reach {}", config.listen);
+        tracing::warn!(
+            "--auth=false: /system/* is open to anyone who can reach {}",
+            config.listen
+        );
         None
     };
 
@@ -152,7 +157,10 @@ pub async fn serve(config: GatewayConfig, shutdown: CancellationToken) -> Result
     let control = ControlPlane::new(store, runtime);
     let restored = control.restore().await?;
     if restored > 0 {
-        tracing::info!(functions = restored, "restored functions from the state store");
+        tracing::info!(
+            functions = restored,
+            "restored functions from the state store"
+        );
     }
 
     let mut connector = HttpConnector::new();

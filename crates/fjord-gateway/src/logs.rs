@@ -46,17 +46,18 @@ pub async fn logs(
     State(app): State<AppState>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
-    let name = q
-        .get("name")
-        .filter(|n| !n.is_empty())
-        .ok_or_else(|| ApiError::BadRequest("name: the function's name is required, e.g. /system/logs?name=hello".into()))?;
+    let name = q.get("name").filter(|n| !n.is_empty()).ok_or_else(|| {
+        ApiError::BadRequest(
+            "name: the function's name is required, e.g. /system/logs?name=hello".into(),
+        )
+    })?;
     let key = FunctionKey::new(name, q.get("namespace").map(String::as_str))?;
     let tail = match q.get("tail").map(String::as_str) {
         None | Some("") => None,
         Some(t) => {
-            let n: i64 = t.parse().map_err(|_| {
-                ApiError::BadRequest(format!("tail: {t:?} is not a whole number"))
-            })?;
+            let n: i64 = t
+                .parse()
+                .map_err(|_| ApiError::BadRequest(format!("tail: {t:?} is not a whole number")))?;
             (n > 0).then_some(n as usize)
         }
     };

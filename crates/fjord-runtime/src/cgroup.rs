@@ -120,6 +120,13 @@ impl CgroupRoot {
         names.len()
     }
 
+    /// Removes this instance's (empty) directories, at shutdown.
+    pub fn remove_if_empty(&self) {
+        for d in &self.dirs {
+            let _ = fs::remove_dir(d);
+        }
+    }
+
     /// Creates a replica's cgroup with its limits and opens its `cgroup.procs` files, which
     /// the child writes `0` into before exec to join.
     pub fn create(&self, name: &str, limits: &Limits) -> Result<Cgroup, CgroupError> {
@@ -315,7 +322,10 @@ mod tests {
                 assert_eq!(cg.read("cpu.cfs_quota_us").unwrap().trim(), "25000");
             }
             Version::V2 => {
-                assert_eq!(cg.read("memory.max").unwrap().trim(), (64u64 << 20).to_string());
+                assert_eq!(
+                    cg.read("memory.max").unwrap().trim(),
+                    (64u64 << 20).to_string()
+                );
             }
         }
         assert_eq!(cg.read("pids.max").unwrap().trim(), "32");
@@ -324,5 +334,7 @@ mod tests {
         cg.remove().await;
         assert!(cg.dirs.iter().all(|d| !d.exists()));
         assert_eq!(root.clean_stale().await, 0);
+        root.remove_if_empty();
+        assert!(root.dirs.iter().all(|d| !d.exists()));
     }
 }

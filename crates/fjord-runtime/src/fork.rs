@@ -152,12 +152,22 @@ where
     }
     let (reader, writer) = match std::io::pipe() {
         Ok(p) => p,
-        Err(e) => return text(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot create a pipe: {e}\n")),
+        Err(e) => {
+            return text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("cannot create a pipe: {e}\n"),
+            );
+        }
     };
     let stderr = if wd.combine_output {
         match writer.try_clone() {
             Ok(w) => Stdio::from(w),
-            Err(e) => return text(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot create a pipe: {e}\n")),
+            Err(e) => {
+                return text(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("cannot create a pipe: {e}\n"),
+                );
+            }
         }
     } else {
         Stdio::piped()
@@ -174,10 +184,7 @@ where
     let mut child = match spawned {
         Ok(c) => c,
         Err(e) => {
-            let msg = format!(
-                "cannot start {}: {e}",
-                serving.program.path.display()
-            );
+            let msg = format!("cannot start {}: {e}", serving.program.path.display());
             handle.logs.push(instance, &format!("fjord: {msg}"));
             return text(StatusCode::INTERNAL_SERVER_ERROR, format!("{msg}\n"));
         }
@@ -188,12 +195,20 @@ where
     }
     let mut out = match tokio::net::unix::pipe::Receiver::from_owned_fd(OwnedFd::from(reader)) {
         Ok(r) => r,
-        Err(e) => return text(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot read output: {e}\n")),
+        Err(e) => {
+            return text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("cannot read output: {e}\n"),
+            );
+        }
     };
 
     // Feed the body while reading the output, so a process that echoes a large body
     // never blocks on a full pipe.
-    let feeder = child.stdin.take().map(|stdin| tokio::spawn(feed(req.body, stdin)));
+    let feeder = child
+        .stdin
+        .take()
+        .map(|stdin| tokio::spawn(feed(req.body, stdin)));
 
     let deadline = wd.exec_timeout.map(|t| tokio::time::Instant::now() + t);
     let mut buf = BytesMut::with_capacity(8 << 10);
@@ -288,7 +303,9 @@ where
                     handle.count_oom_kill();
                     reason = "killed: out of memory (limits.memory)".into();
                 }
-                handle.logs.push(instance, &format!("fjord: process {reason}"));
+                handle
+                    .logs
+                    .push(instance, &format!("fjord: process {reason}"));
                 let mut msg = BytesMut::from(format!("{reason}\n").as_bytes());
                 msg.extend_from_slice(&body);
                 return text(StatusCode::INTERNAL_SERVER_ERROR, msg.freeze());
@@ -309,9 +326,7 @@ where
                     count.fetch_add(b.len() as u64, Ordering::Relaxed);
                 }
             });
-            let stream = first
-                .chain(rest)
-                .map(|r| r.map(http_body::Frame::data));
+            let stream = first.chain(rest).map(|r| r.map(http_body::Frame::data));
             tokio::spawn(async move {
                 let status = match deadline {
                     Some(d) => tokio::time::timeout_at(d, child.wait()).await.ok(),
@@ -320,7 +335,10 @@ where
                 if status.is_none() {
                     kill(pid);
                     let _ = child.wait().await;
-                    logs.push(&instance, "Killed process: exec_timeout exceeded while streaming");
+                    logs.push(
+                        &instance,
+                        "Killed process: exec_timeout exceeded while streaming",
+                    );
                 }
                 if let Some(f) = feeder {
                     let _ = f.await;

@@ -369,7 +369,9 @@ impl ProcessRuntime {
 
     /// Sets the desired replica count.
     pub fn scale(&self, key: &FunctionKey, replicas: u64) -> Result<(), RuntimeError> {
-        let h = self.get(key).ok_or_else(|| RuntimeError::NotFound(key.to_string()))?;
+        let h = self
+            .get(key)
+            .ok_or_else(|| RuntimeError::NotFound(key.to_string()))?;
         h.desired.store(replicas, Ordering::Relaxed);
         let _ = h.commands.send(reconcile::Command::Scale(replicas));
         Ok(())
@@ -422,15 +424,24 @@ impl ProcessRuntime {
         for w in waits {
             let _ = w.await;
         }
+        if let Some(cg) = &self.shared.sandbox.cgroups {
+            cg.remove_if_empty();
+        }
     }
 }
 
 /// A short stable id for this data dir, so several `fjord serve` on one machine keep their
 /// cgroups apart and each cleans up only its own.
 fn instance_id(data_dir: &std::path::Path) -> String {
-    use std::hash::{Hash, Hasher};
+    use std::os::unix::ffi::OsStrExt;
     let canon = std::fs::canonicalize(data_dir).unwrap_or_else(|_| data_dir.to_path_buf());
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    canon.hash(&mut h);
-    format!("{:016x}", h.finish())
+    // FNV-1a: stable across builds, unlike std's hasher.
+    let hash = canon
+        .as_os_str()
+        .as_bytes()
+        .iter()
+        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+        });
+    format!("{hash:016x}")
 }

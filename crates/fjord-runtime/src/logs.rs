@@ -160,7 +160,10 @@ impl LogBook {
 
 /// Where a function's log file lives under the data dir.
 pub fn log_path(data_dir: &Path, namespace: &str, name: &str) -> PathBuf {
-    data_dir.join("logs").join(namespace).join(format!("{name}.log"))
+    data_dir
+        .join("logs")
+        .join(namespace)
+        .join(format!("{name}.log"))
 }
 
 #[cfg(test)]
@@ -174,23 +177,30 @@ mod tests {
         let book = LogBook::new(Some(path.clone()));
         let inst: Arc<str> = Arc::from("f-1");
         let mut rx = book.subscribe();
-        for i in 0..(RING_LINES + 10) {
+        book.push(&inst, "line 0");
+        assert_eq!(rx.try_recv().unwrap().text, "line 0\n");
+        for i in 1..(RING_LINES + 10) {
             book.push(&inst, &format!("line {i}"));
         }
         let all = book.snapshot(None, None);
         assert_eq!(all.len(), RING_LINES);
-        assert_eq!(all.last().unwrap().text, format!("line {}\n", RING_LINES + 9));
+        assert_eq!(
+            all.last().unwrap().text,
+            format!("line {}\n", RING_LINES + 9)
+        );
         let tail = book.snapshot(None, Some(3));
         assert_eq!(tail.len(), 3);
         assert_eq!(tail[0].text, format!("line {}\n", RING_LINES + 7));
         let future = SystemTime::now() + std::time::Duration::from_secs(60);
         assert!(book.snapshot(Some(future), None).is_empty());
-        assert_eq!(rx.try_recv().unwrap().text, "line 0\n");
         let on_disk = fs::read_to_string(&path).unwrap();
         assert_eq!(on_disk.lines().count(), RING_LINES + 10);
         assert!(on_disk.lines().next().unwrap().ends_with(" f-1 line 0"));
         book.push(&inst, &"x".repeat(MAX_LINE_BYTES * 2));
-        assert_eq!(book.snapshot(None, Some(1))[0].text.len(), MAX_LINE_BYTES + 1);
+        assert_eq!(
+            book.snapshot(None, Some(1))[0].text.len(),
+            MAX_LINE_BYTES + 1
+        );
         book.remove_files();
         assert!(!path.exists());
     }

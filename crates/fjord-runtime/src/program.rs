@@ -72,6 +72,12 @@ pub fn resolve(spec: &FunctionSpec, sandboxed: bool) -> Result<Program, ProgramE
             })?
     };
     let real = std::fs::canonicalize(&found).unwrap_or(found);
+    if sandboxed && real.starts_with("/tmp") {
+        return Err(ProgramError(format!(
+            "{} is under /tmp, which each function sees as its own private, empty directory; put the program elsewhere (e.g. /opt or /srv)",
+            real.display()
+        )));
+    }
     if sandboxed && !others_can_execute(&real) {
         return Err(ProgramError(format!(
             "{} is not executable by the function's unprivileged user (a parent directory or the file is private); use a system path such as /usr/bin/python3",
@@ -151,7 +157,8 @@ mod tests {
 
     #[test]
     fn private_paths_are_refused_when_sandboxed() {
-        let dir = tempfile::tempdir().unwrap(); // mode 0700
+        let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
         let exe = dir.path().join("run.sh");
         std::fs::write(&exe, "#!/bin/sh\n").unwrap();
         std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -159,6 +166,15 @@ mod tests {
         assert!(resolve(&s, false).is_ok());
         let e = resolve(&s, true).unwrap_err();
         assert!(e.to_string().contains("unprivileged"), "{e}");
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        assert!(resolve(&s, true).is_ok());
+
+        let in_tmp = tempfile::tempdir_in("/tmp").unwrap();
+        let exe = in_tmp.path().join("run.sh");
+        std::fs::write(&exe, "#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let e = resolve(&spec(exe.to_str().unwrap()), true).unwrap_err();
+        assert!(e.to_string().contains("under /tmp"), "{e}");
     }
 
     #[test]

@@ -283,8 +283,11 @@ impl Reconciler {
     /// Publishes the current generation's ready replicas to the gateway.
     fn publish(&self) {
         let Some(g) = &self.current else { return };
-        let endpoints: Vec<Arc<Endpoint>> =
-            g.replicas.iter().filter_map(|r| r.endpoint.clone()).collect();
+        let endpoints: Vec<Arc<Endpoint>> = g
+            .replicas
+            .iter()
+            .filter_map(|r| r.endpoint.clone())
+            .collect();
         let any = !endpoints.is_empty();
         self.handle.serving.store(Arc::new(Serving {
             spec: g.spec.clone(),
@@ -335,7 +338,9 @@ impl Reconciler {
                 .unwrap_or_default()
         );
         tracing::warn!(function = %self.handle.qualified, "{msg}");
-        self.handle.logs.push(&Arc::from("fjord"), &format!("fjord: {msg}"));
+        self.handle
+            .logs
+            .push(&Arc::from("fjord"), &format!("fjord: {msg}"));
         self.handle.set_last_error(Some(msg.clone()));
         if let Some(cur) = &self.current {
             self.handle

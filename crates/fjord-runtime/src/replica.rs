@@ -303,10 +303,7 @@ async fn run_once(
     let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => {
-            return Outcome::Exited(format!(
-                "cannot start {}: {e}",
-                args.program.path.display()
-            ));
+            return Outcome::Exited(format!("cannot start {}: {e}", args.program.path.display()));
         }
     };
     drop(cmd);
