@@ -304,3 +304,16 @@ async fn fork_logs_have_watchdog_lines() {
         "since in the future must give no lines: {future:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fork_functions_run_unprivileged() {
+    let s = Server::start().await;
+    s.deploy_ready(&fork_fn("whoami", "id -u")).await;
+    let (code, body) = s.call("whoami").await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    let uid: u32 = body
+        .trim()
+        .parse()
+        .unwrap_or_else(|e| panic!("`id -u` printed {body:?}: {e}"));
+    assert_ne!(uid, 0, "functions must not run as root");
+}

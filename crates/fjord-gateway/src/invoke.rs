@@ -134,6 +134,11 @@ pub async fn invoke(
             .map_err(|e| ApiError::Internal(e.to_string()))?,
     };
     let start_value = HeaderValue::from(start_ns as u64);
+    // The function sees them too (fork mode as Http_X_Call_Id, Http_X_Start_Time).
+    parts.headers.insert(X_CALL_ID.clone(), call_id.clone());
+    parts
+        .headers
+        .insert(X_START_TIME.clone(), start_value.clone());
 
     let mut response = match &inflight.endpoint().kind {
         EndpointKind::Http { authority } => {
@@ -160,8 +165,6 @@ pub async fn invoke(
             {
                 h.insert(X_FORWARDED_HOST.clone(), host);
             }
-            h.insert(X_CALL_ID.clone(), call_id.clone());
-            h.insert(X_START_TIME.clone(), start_value.clone());
             let upstream = app
                 .client
                 .request(axum::http::Request::from_parts(parts, body));
@@ -180,9 +183,11 @@ pub async fn invoke(
             };
             let resp = result.map_err(|e| {
                 ApiError::BadGateway(format!(
-                    "cannot reach function {} (replica {}): {e}",
+                    "function {} (replica {}) failed before answering: {e}; it may have crashed or been OOM-killed: see GET /system/logs?name={}&namespace={}",
                     handle.qualified,
-                    inflight.endpoint().replica
+                    inflight.endpoint().replica,
+                    handle.key.name,
+                    handle.key.namespace
                 ))
             })?;
             let (mut parts, body) = resp.into_parts();
