@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use api::version_info;
 pub use auth::{ADMIN_USER, password_path};
-pub use control::ControlPlane;
+pub use control::{ControlPlane, DeployMode};
 pub use error::ApiError;
 pub use invoke::{split_function_path, strip_hop_by_hop};
 

@@ -1,0 +1,43 @@
+//! The benchmark's own http-mode function: answers every request with `ok` over keep-alive
+//! HTTP/1.1 on `$PORT`, on one thread, so the figures measure fjord rather than a slow
+//! function. Exits on SIGTERM.
+
+use std::convert::Infallible;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+
+pub fn serve() -> anyhow::Result<()> {
+    let port: u16 = std::env::var("PORT")
+        .map_err(|_| anyhow::anyhow!("PORT is not set: run me as an http-mode fjord function"))?
+        .parse()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
+        println!("listening on 127.0.0.1:{port}");
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        loop {
+            tokio::select! {
+                _ = term.recv() => return Ok(()),
+                accepted = listener.accept() => {
+                    let (stream, _) = accepted?;
+                    let _ = stream.set_nodelay(true);
+                    tokio::spawn(async move {
+                        let svc = service_fn(|_req| async {
+                            Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::from_static(b"ok"))))
+                        });
+                        let _ = http1::Builder::new()
+                            .serve_connection(TokioIo::new(stream), svc)
+                            .await;
+                    });
+                }
+            }
+        }
+    })
+}

@@ -1,0 +1,176 @@
+//! A closed-loop HTTP/1.1 load generator: N keep-alive connections, each sending the next
+//! request as soon as the previous answer is read, for a fixed time; latencies go into an
+//! HDR histogram (µs resolution, 3 significant digits).
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use hdrhistogram::Histogram;
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+/// What to send.
+#[derive(Clone, Debug)]
+pub struct Target {
+    pub addr: SocketAddr,
+    /// Path and query, e.g. `/function/bench-http`.
+    pub path: String,
+    pub body: Option<Bytes>,
+}
+
+#[derive(Debug)]
+pub struct LoadResult {
+    pub requests: u64,
+    pub errors: u64,
+    pub first_error: Option<String>,
+    pub elapsed: Duration,
+    /// Latency in microseconds.
+    pub hist: Histogram<u64>,
+}
+
+impl LoadResult {
+    pub fn rps(&self) -> f64 {
+        self.requests as f64 / self.elapsed.as_secs_f64()
+    }
+
+    /// Percentile in microseconds.
+    pub fn p(&self, q: f64) -> f64 {
+        self.hist.value_at_quantile(q) as f64
+    }
+
+    pub fn ensure_no_errors(&self, what: &str) -> anyhow::Result<()> {
+        if self.errors > 0 {
+            bail!(
+                "{what}: {} of {} requests failed (first: {})",
+                self.errors,
+                self.requests + self.errors,
+                self.first_error.as_deref().unwrap_or("?")
+            );
+        }
+        if self.requests == 0 {
+            bail!("{what}: no request completed");
+        }
+        Ok(())
+    }
+}
+
+fn new_hist() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
+}
+
+async fn connect(addr: SocketAddr) -> anyhow::Result<http1::SendRequest<Full<Bytes>>> {
+    let stream = TcpStream::connect(addr)
+        .await
+        .with_context(|| format!("connect {addr}"))?;
+    stream.set_nodelay(true)?;
+    let (sender, conn) = http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(sender)
+}
+
+async fn one(
+    sender: &mut http1::SendRequest<Full<Bytes>>,
+    target: &Target,
+    host: &str,
+) -> Result<(), String> {
+    sender.ready().await.map_err(|e| e.to_string())?;
+    let builder = hyper::Request::builder()
+        .uri(&target.path)
+        .header(hyper::header::HOST, host);
+    let req = match &target.body {
+        Some(b) => builder
+            .method(hyper::Method::POST)
+            .body(Full::new(b.clone())),
+        None => builder
+            .method(hyper::Method::GET)
+            .body(Full::new(Bytes::new())),
+    }
+    .map_err(|e| e.to_string())?;
+    let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+    let status = resp.status();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    if status != hyper::StatusCode::OK {
+        return Err(format!(
+            "status {status}: {}",
+            String::from_utf8_lossy(&body[..body.len().min(200)])
+        ));
+    }
+    Ok(())
+}
+
+/// Runs `connections` closed loops for `duration` after `warmup`.
+pub async fn run(
+    target: &Target,
+    connections: usize,
+    warmup: Duration,
+    duration: Duration,
+) -> anyhow::Result<LoadResult> {
+    let host = target.addr.to_string();
+    let start = Instant::now() + warmup;
+    let end = start + duration;
+    let mut tasks = Vec::with_capacity(connections);
+    for _ in 0..connections {
+        let target = target.clone();
+        let host = host.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut hist = new_hist();
+            let (mut ok, mut errors, mut first_error) = (0u64, 0u64, None::<String>);
+            let mut sender = connect(target.addr).await?;
+            loop {
+                let t0 = Instant::now();
+                if t0 >= end {
+                    break;
+                }
+                let r = one(&mut sender, &target, &host).await;
+                let t1 = Instant::now();
+                if t0 < start {
+                    if r.is_err() {
+                        sender = connect(target.addr).await?;
+                    }
+                    continue;
+                }
+                match r {
+                    Ok(()) => {
+                        ok += 1;
+                        let _ = hist.record((t1 - t0).as_micros().max(1) as u64);
+                    }
+                    Err(e) => {
+                        errors += 1;
+                        first_error.get_or_insert(e);
+                        sender = connect(target.addr).await?;
+                    }
+                }
+            }
+            anyhow::Ok((hist, ok, errors, first_error))
+        }));
+    }
+    let mut hist = new_hist();
+    let (mut requests, mut errors, mut first_error) = (0, 0, None);
+    for t in tasks {
+        let (h, ok, e, fe) = t.await??;
+        hist.add(&h)?;
+        requests += ok;
+        errors += e;
+        if first_error.is_none() {
+            first_error = fe;
+        }
+    }
+    Ok(LoadResult {
+        requests,
+        errors,
+        first_error,
+        elapsed: duration,
+        hist,
+    })
+}

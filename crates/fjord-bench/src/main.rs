@@ -1,0 +1,140 @@
+//! `fjord-bench`: the benchmark runner (`run`), its load generator (`load`) and its own
+//! http-mode function (`function`). `scripts/bench` is the one command that uses them.
+
+mod function;
+mod load;
+mod procs;
+mod report;
+mod run;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "fjord-bench",
+    version,
+    about = "Benchmarks for fjord (use scripts/bench)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run every scenario and write docs/BENCHMARKS.md and the JSON results
+    Run {
+        /// Short measurements (under 2 minutes) for day-to-day use
+        #[arg(long)]
+        quick: bool,
+        /// The fjord binary to benchmark
+        #[arg(long)]
+        fjord: PathBuf,
+        /// nginx binary for the reverse-proxy baseline
+        #[arg(long, default_value = "/usr/sbin/nginx")]
+        nginx: PathBuf,
+        #[arg(long, default_value = "docs/BENCHMARKS.md")]
+        out: PathBuf,
+        #[arg(long, default_value = "docs/benchmarks.json")]
+        json: PathBuf,
+        /// The command line recorded in the report
+        #[arg(long, default_value = "scripts/bench")]
+        command_line: String,
+    },
+    /// Closed-loop load against one URL (http://HOST:PORT/PATH), printing throughput and latency
+    Load {
+        url: String,
+        #[arg(short = 'c', long, default_value_t = 16)]
+        connections: usize,
+        #[arg(short = 'd', long, default_value = "5s", value_parser = humantime::parse_duration)]
+        duration: Duration,
+        /// POST this body instead of GET
+        #[arg(long)]
+        body: Option<String>,
+    },
+    /// Serve as an http-mode function on $PORT (used by the benchmark's deployments)
+    Function,
+    /// Exit at once (the bare process-start baseline)
+    Noop,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Function => function::serve(),
+        Command::Noop => Ok(()),
+        Command::Load {
+            url,
+            connections,
+            duration,
+            body,
+        } => block_on(async move {
+            let rest = url
+                .strip_prefix("http://")
+                .ok_or_else(|| anyhow::anyhow!("only http:// URLs"))?;
+            let (authority, path) = match rest.find('/') {
+                Some(i) => (&rest[..i], &rest[i..]),
+                None => (rest, "/"),
+            };
+            let addr = tokio::net::lookup_host(authority)
+                .await?
+                .next()
+                .ok_or_else(|| anyhow::anyhow!("cannot resolve {authority}"))?;
+            let target = load::Target {
+                addr,
+                path: path.to_string(),
+                body: body.map(bytes::Bytes::from),
+            };
+            let r = load::run(&target, connections, Duration::from_millis(500), duration).await?;
+            println!(
+                "{:.0} req/s, {} ok, {} errors; latency µs p50 {} p90 {} p99 {} p99.9 {} max {}",
+                r.rps(),
+                r.requests,
+                r.errors,
+                r.p(0.5),
+                r.p(0.9),
+                r.p(0.99),
+                r.p(0.999),
+                r.hist.max()
+            );
+            if let Some(e) = r.first_error {
+                println!("first error: {e}");
+            }
+            Ok(())
+        }),
+        Command::Run {
+            quick,
+            fjord,
+            nginx,
+            out,
+            json,
+            command_line,
+        } => block_on(run::run(run::Options {
+            quick,
+            fjord,
+            nginx,
+            out_md: out,
+            out_json: json,
+            command: command_line,
+        })),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn block_on<F: std::future::Future<Output = anyhow::Result<()>>>(f: F) -> anyhow::Result<()> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?
+        .block_on(f)
+}

@@ -1,0 +1,863 @@
+//! The scenario runner behind `scripts/bench`: starts `fjord serve` in a temp data dir,
+//! deploys its own functions, measures every scenario against a baseline taken in the same
+//! run, and writes docs/BENCHMARKS.md and a JSON file. Any failed request aborts the run
+//! (non-zero exit, nothing written), so a broken path never prints a pretty number.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail, ensure};
+use bytes::Bytes;
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use crate::load::{self, LoadResult, Target};
+use crate::procs;
+
+pub struct Options {
+    pub quick: bool,
+    pub fjord: PathBuf,
+    pub nginx: PathBuf,
+    pub out_md: PathBuf,
+    pub out_json: PathBuf,
+    pub command: String,
+}
+
+/// One line of the results table.
+#[derive(Debug, Serialize)]
+pub struct Row {
+    pub scenario: String,
+    pub figure: String,
+    pub value: f64,
+    pub unit: String,
+    pub baseline: Option<String>,
+    pub baseline_value: Option<f64>,
+    pub ratio: Option<f64>,
+    pub target: Option<String>,
+    pub met: Option<bool>,
+    pub note: Option<String>,
+}
+
+impl Row {
+    fn new(scenario: &str, figure: &str, value: f64, unit: &str) -> Self {
+        Self {
+            scenario: scenario.into(),
+            figure: figure.into(),
+            value,
+            unit: unit.into(),
+            baseline: None,
+            baseline_value: None,
+            ratio: None,
+            target: None,
+            met: None,
+            note: None,
+        }
+    }
+    fn baseline(mut self, what: &str, v: f64) -> Self {
+        self.baseline = Some(what.into());
+        self.baseline_value = Some(v);
+        if v != 0.0 {
+            self.ratio = Some(self.value / v);
+        }
+        self
+    }
+    fn target(mut self, t: &str, met: bool) -> Self {
+        self.target = Some(t.into());
+        self.met = Some(met);
+        self
+    }
+    fn note(mut self, n: &str) -> Self {
+        self.note = Some(n.into());
+        self
+    }
+}
+
+/// A CPU-use line: who used how much of the machine during one measurement.
+#[derive(Debug, Serialize)]
+pub struct CpuUse {
+    pub measurement: String,
+    pub gateway_pct: f64,
+    pub replica_pct: f64,
+    pub proxy_pct: f64,
+    pub loadgen_pct: f64,
+}
+
+struct Fjord {
+    child: tokio::process::Child,
+    pid: i32,
+    addr: SocketAddr,
+    pass: String,
+    http: reqwest::Client,
+    _data: tempfile::TempDir,
+}
+
+impl Fjord {
+    async fn start(bin: &Path) -> anyhow::Result<Self> {
+        // Not under /tmp: functions get a private /tmp of their own.
+        let data = tempfile::Builder::new()
+            .prefix("fjord-bench-")
+            .tempdir_in("/var/tmp")?;
+        let log = std::fs::File::create(data.path().join("serve.log"))?;
+        let child = tokio::process::Command::new(bin)
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data.path().join("data"))
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log))
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        let pid = child.id().context("fjord pid")? as i32;
+        let addr_file = data.path().join("data/gateway.addr");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let addr: SocketAddr = loop {
+            if let Ok(s) = std::fs::read_to_string(&addr_file)
+                && let Ok(a) = s.trim().parse()
+            {
+                break a;
+            }
+            ensure!(Instant::now() < deadline, "fjord serve did not start");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let pass = std::fs::read_to_string(data.path().join("data/secrets/basic-auth-password"))?
+            .trim()
+            .to_string();
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_secs(60))
+            .build()?;
+        Ok(Self {
+            child,
+            pid,
+            addr,
+            pass,
+            http,
+            _data: data,
+        })
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    async fn deploy(&self, body: Value) -> anyhow::Result<()> {
+        let r = self
+            .http
+            .post(self.url("/system/functions"))
+            .basic_auth("admin", Some(&self.pass))
+            .json(&body)
+            .send()
+            .await?;
+        let status = r.status();
+        ensure!(status.is_success(), "deploy: {status} {}", r.text().await?);
+        Ok(())
+    }
+
+    async fn scale(&self, name: &str, replicas: u64) -> anyhow::Result<()> {
+        let r = self
+            .http
+            .post(self.url(&format!("/system/scale-function/{name}")))
+            .basic_auth("admin", Some(&self.pass))
+            .json(&json!({"serviceName": name, "replicas": replicas}))
+            .send()
+            .await?;
+        let status = r.status();
+        ensure!(status.is_success(), "scale: {status} {}", r.text().await?);
+        Ok(())
+    }
+
+    async fn status(&self, name: &str) -> anyhow::Result<Value> {
+        let r = self
+            .http
+            .get(self.url(&format!("/system/function/{name}")))
+            .basic_auth("admin", Some(&self.pass))
+            .send()
+            .await?;
+        ensure!(r.status().is_success(), "status of {name}: {}", r.status());
+        Ok(r.json().await?)
+    }
+
+    async fn wait_available(&self, name: &str, n: u64, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let s = self.status(name).await?;
+            if s["availableReplicas"].as_u64() == Some(n) {
+                return Ok(());
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "{name}: {n} replicas not available in {timeout:?}: {s}"
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
+    /// The replica's own port, from the line the benchmark function logs at start.
+    async fn replica_port(&self, name: &str) -> anyhow::Result<u16> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let text = self
+                .http
+                .get(self.url(&format!("/system/logs?name={name}&tail=50")))
+                .basic_auth("admin", Some(&self.pass))
+                .send()
+                .await?
+                .text()
+                .await?;
+            if let Some(port) = text
+                .lines()
+                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                .filter_map(|v| {
+                    v["text"]
+                        .as_str()?
+                        .trim()
+                        .strip_prefix("listening on 127.0.0.1:")?
+                        .parse()
+                        .ok()
+                })
+                .next_back()
+            {
+                return Ok(port);
+            }
+            ensure!(Instant::now() < deadline, "{name} never logged its port");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn get_ok(&self, path: &str) -> anyhow::Result<()> {
+        let r = self.http.get(self.url(path)).send().await?;
+        let status = r.status();
+        ensure!(
+            status.is_success(),
+            "GET {path}: {status} {}",
+            r.text().await?
+        );
+        Ok(())
+    }
+
+    fn rss_kb(&self) -> u64 {
+        procs::rss_kb(self.pid).unwrap_or(0)
+    }
+
+    async fn stop(mut self) -> anyhow::Result<()> {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.pid),
+            nix::sys::signal::Signal::SIGTERM,
+        )?;
+        let status = tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await??;
+        ensure!(status.success(), "fjord serve exited with {status}");
+        Ok(())
+    }
+}
+
+/// nginx as a keep-alive reverse proxy to one upstream: the well-tuned proxy hop users
+/// would otherwise put in front of a function.
+struct Nginx {
+    child: tokio::process::Child,
+    pid: i32,
+    addr: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Nginx {
+    async fn start(bin: &Path, upstream_port: u16) -> anyhow::Result<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix("fjord-bench-nginx-")
+            .tempdir_in("/var/tmp")?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let d = dir.path().display();
+        let conf = format!(
+            "worker_processes auto;\ndaemon off;\nuser root;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\
+events {{ worker_connections 4096; }}\n\
+http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n  fastcgi_temp_path {d}/fcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
+  keepalive_requests 10000000;\n  keepalive_timeout 300s;\n\
+  upstream fn {{ server 127.0.0.1:{upstream_port}; keepalive 256; keepalive_requests 10000000; keepalive_timeout 300s; }}\n\
+  server {{\n    listen 127.0.0.1:{port};\n    location / {{\n      proxy_pass http://fn;\n      proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n      proxy_buffering off;\n    }}\n  }}\n}}\n"
+        );
+        let conf_path = dir.path().join("nginx.conf");
+        std::fs::write(&conf_path, conf)?;
+        let child = tokio::process::Command::new(bin)
+            .arg("-c")
+            .arg(&conf_path)
+            .arg("-p")
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {} (install nginx-light)", bin.display()))?;
+        let pid = child.id().context("nginx pid")? as i32;
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while tokio::net::TcpStream::connect(addr).await.is_err() {
+            ensure!(
+                Instant::now() < deadline,
+                "nginx did not start: see {d}/error.log"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(Self {
+            child,
+            pid,
+            addr,
+            _dir: dir,
+        })
+    }
+
+    fn pids(&self) -> Vec<i32> {
+        let mut p = procs::children(self.pid);
+        p.push(self.pid);
+        p
+    }
+
+    async fn stop(mut self) {
+        let _ = self.child.kill().await;
+    }
+}
+
+/// Runs a load while measuring each party's CPU use.
+/// The processes whose CPU use is reported for a measurement.
+struct Parties<'a> {
+    gateway: &'a [i32],
+    replica: &'a [i32],
+    proxy: &'a [i32],
+}
+
+async fn measured(
+    what: &str,
+    target: &Target,
+    c: usize,
+    (warmup, dur): (Duration, Duration),
+    parties: &Parties<'_>,
+    cpu: &mut Vec<CpuUse>,
+) -> anyhow::Result<LoadResult> {
+    let Parties {
+        gateway,
+        replica,
+        proxy,
+    } = *parties;
+    let me = [std::process::id() as i32];
+    tokio::time::sleep(warmup).await;
+    let before = [
+        procs::ticks_of(gateway),
+        procs::ticks_of(replica),
+        procs::ticks_of(proxy),
+        procs::ticks_of(&me),
+    ];
+    let r = load::run(target, c, Duration::ZERO, dur).await?;
+    let after = [
+        procs::ticks_of(gateway),
+        procs::ticks_of(replica),
+        procs::ticks_of(proxy),
+        procs::ticks_of(&me),
+    ];
+    let pct = |i: usize| {
+        (after[i].saturating_sub(before[i])) as f64 / procs::ticks_per_second() / dur.as_secs_f64()
+            * 100.0
+    };
+    cpu.push(CpuUse {
+        measurement: what.into(),
+        gateway_pct: pct(0),
+        replica_pct: pct(1),
+        proxy_pct: pct(2),
+        loadgen_pct: pct(3),
+    });
+    r.ensure_no_errors(what)?;
+    Ok(r)
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn percentile(v: &mut [f64], q: f64) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    let i = ((v.len() as f64 - 1.0) * q).round() as usize;
+    v[i]
+}
+
+/// Time to start a process and see it exit, N times, in ms.
+async fn bare_starts(program: &str, args: &[&str], n: usize) -> anyhow::Result<Vec<f64>> {
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t0 = Instant::now();
+        let s = tokio::process::Command::new(program)
+            .args(args)
+            .stdout(Stdio::null())
+            .status()
+            .await?;
+        ensure!(s.success(), "{program} failed");
+        out.push(t0.elapsed().as_secs_f64() * 1e3);
+    }
+    Ok(out)
+}
+
+/// `cat` spawned directly with a small stdin body: the floor for fork mode, in ms.
+async fn fork_floor(n: usize) -> anyhow::Result<Vec<f64>> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t0 = Instant::now();
+        let mut child = tokio::process::Command::new("/usr/bin/cat")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()?;
+        let mut stdin = child.stdin.take().context("stdin")?;
+        stdin.write_all(b"hello").await?;
+        drop(stdin);
+        let mut buf = Vec::new();
+        child
+            .stdout
+            .take()
+            .context("stdout")?
+            .read_to_end(&mut buf)
+            .await?;
+        child.wait().await?;
+        ensure!(buf == b"hello", "cat echoed {buf:?}");
+        out.push(t0.elapsed().as_secs_f64() * 1e3);
+    }
+    Ok(out)
+}
+
+const PY_FUNCTION: &str = "import os, http.server as s\nclass H(s.BaseHTTPRequestHandler):\n    protocol_version = \"HTTP/1.1\"\n    def do_GET(self):\n        self.send_response(200)\n        self.send_header(\"Content-Length\", \"2\")\n        self.end_headers()\n        self.wfile.write(b\"ok\")\n    def log_message(self, *a):\n        pass\ns.ThreadingHTTPServer((\"127.0.0.1\", int(os.environ[\"PORT\"])), H).serve_forever()\n";
+
+pub async fn run(opts: Options) -> anyhow::Result<()> {
+    let q = opts.quick;
+    let warm = Duration::from_millis(if q { 500 } else { 1000 });
+    let dur = Duration::from_secs(if q { 2 } else { 8 });
+    let bench_bin = std::env::current_exe()?
+        .to_str()
+        .context("bench path is not UTF-8")?
+        .to_string();
+    let mut rows: Vec<Row> = Vec::new();
+    let mut cpu: Vec<CpuUse> = Vec::new();
+    let started = Instant::now();
+
+    let fjord = Fjord::start(&opts.fjord).await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let idle_rss = fjord.rss_kb();
+    eprintln!("fjord serve up at {} (idle RSS {idle_rss} KiB)", fjord.addr);
+
+    // 1. Warm invoke, http mode.
+    eprintln!("[1/7] warm invoke, http mode");
+    fjord
+        .deploy(json!({"service": "bench-http", "image": "bench", "envProcess": format!("{bench_bin} function"),
+            "envVars": {"mode": "http"}}))
+        .await?;
+    fjord
+        .wait_available("bench-http", 1, Duration::from_secs(20))
+        .await?;
+    let port = fjord.replica_port("bench-http").await?;
+    let replica_pids = procs::find_by_args(&[&bench_bin, "function"]);
+    let nginx = Nginx::start(&opts.nginx, port).await?;
+    let direct = Target {
+        addr: format!("127.0.0.1:{port}").parse()?,
+        path: "/".into(),
+        body: None,
+    };
+    let via_gateway = Target {
+        addr: fjord.addr,
+        path: "/function/bench-http".into(),
+        body: None,
+    };
+    let via_nginx = Target {
+        addr: nginx.addr,
+        path: "/".into(),
+        body: None,
+    };
+    let gw = [fjord.pid];
+    let mut best = (0usize, 0f64);
+    let mut load_rss = idle_rss;
+    for c in [1usize, 16, 64] {
+        let d = measured(
+            &format!("http direct c={c}"),
+            &direct,
+            c,
+            (warm, dur),
+            &Parties {
+                gateway: &gw,
+                replica: &replica_pids,
+                proxy: &[],
+            },
+            &mut cpu,
+        )
+        .await?;
+        let sampler = {
+            let pid = fjord.pid;
+            tokio::spawn(async move {
+                let mut max = 0;
+                for _ in 0..200 {
+                    max = max.max(procs::rss_kb(pid).unwrap_or(0));
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                max
+            })
+        };
+        let g = measured(
+            &format!("http via fjord c={c}"),
+            &via_gateway,
+            c,
+            (warm, dur),
+            &Parties {
+                gateway: &gw,
+                replica: &replica_pids,
+                proxy: &[],
+            },
+            &mut cpu,
+        )
+        .await?;
+        sampler.abort();
+        load_rss = load_rss.max(fjord.rss_kb());
+        let n = measured(
+            &format!("http via nginx c={c}"),
+            &via_nginx,
+            c,
+            (warm, dur),
+            &Parties {
+                gateway: &gw,
+                replica: &replica_pids,
+                proxy: &nginx.pids(),
+            },
+            &mut cpu,
+        )
+        .await?;
+        if g.rps() > best.1 {
+            best = (c, g.rps());
+        }
+        let s = format!("warm invoke, http mode, c={c}");
+        for (label, qv) in [("p50", 0.5), ("p99", 0.99)] {
+            let added = g.p(qv) - d.p(qv);
+            let nginx_added = n.p(qv) - d.p(qv);
+            let mut row = Row::new(
+                &s,
+                &format!("added latency {label} (fjord − direct)"),
+                added,
+                "µs",
+            )
+            .baseline("nginx − direct", nginx_added);
+            if c == 1 {
+                let (t, ok) = if label == "p50" {
+                    ("≤ 50 µs", added <= 50.0)
+                } else {
+                    ("≤ 1000 µs", added <= 1000.0)
+                };
+                row = row.target(t, ok);
+            }
+            rows.push(row.note(&format!(
+                "direct {label} {:.0} µs, fjord {:.0} µs, nginx {:.0} µs",
+                d.p(qv),
+                g.p(qv),
+                n.p(qv)
+            )));
+        }
+        rows.push(
+            Row::new(&s, "throughput via fjord", g.rps(), "req/s")
+                .baseline("direct to replica", d.rps()),
+        );
+        let mut row = Row::new(&s, "throughput via fjord", g.rps(), "req/s")
+            .baseline("via nginx keep-alive proxy", n.rps());
+        if c == 64 {
+            let ratio = g.rps() / n.rps();
+            row = row.target("≥ 1.0× nginx", ratio >= 1.0);
+        }
+        rows.push(row.note(&format!("nginx/direct = {:.2}", n.rps() / d.rps())));
+    }
+    nginx.stop().await;
+    let replica_rss: Vec<u64> = replica_pids
+        .iter()
+        .filter_map(|p| procs::rss_kb(*p))
+        .collect();
+    ensure!(
+        !replica_rss.is_empty(),
+        "benchmark function replica not found in /proc"
+    );
+
+    // 2. Warm invoke, fork mode.
+    eprintln!("[2/7] warm invoke, fork mode");
+    fjord
+        .deploy(json!({"service": "bench-cat", "image": "bench", "envProcess": "cat"}))
+        .await?;
+    fjord
+        .wait_available("bench-cat", 1, Duration::from_secs(10))
+        .await?;
+    let cat = Target {
+        addr: fjord.addr,
+        path: "/function/bench-cat".into(),
+        body: Some(Bytes::from_static(b"hello")),
+    };
+    let f = measured(
+        "fork cat via fjord c=1",
+        &cat,
+        1,
+        (warm, dur),
+        &Parties {
+            gateway: &gw,
+            replica: &[],
+            proxy: &[],
+        },
+        &mut cpu,
+    )
+    .await?;
+    let mut floor = fork_floor(if q { 200 } else { 1000 }).await?;
+    let floor_p50 = median(&mut floor);
+    let fork_p50 = f.p(0.5) / 1e3;
+    rows.push(
+        Row::new(
+            "warm invoke, fork mode (`cat`), c=1",
+            "end-to-end p50",
+            fork_p50,
+            "ms",
+        )
+        .baseline("spawn `cat` directly from the bench", floor_p50)
+        .target("≤ 2 ms p50", fork_p50 <= 2.0)
+        .note(&format!(
+            "p99 {:.2} ms; {:.0} req/s",
+            f.p(0.99) / 1e3,
+            f.rps()
+        )),
+    );
+
+    // 3. Cold start.
+    eprintln!("[3/7] cold start");
+    let trials = if q { 20 } else { 60 };
+    let py_cmd = format!("/usr/bin/python3 -c '{PY_FUNCTION}'");
+    for (name, fprocess, target_ms, base_prog, base_args, label) in [
+        (
+            "cold-rust",
+            format!("{bench_bin} function"),
+            5.0,
+            bench_bin.as_str(),
+            vec!["noop"],
+            "compiled function (the bench's Rust http function)",
+        ),
+        (
+            "cold-python",
+            py_cmd,
+            30.0,
+            "/usr/bin/python3",
+            vec!["-c", "pass"],
+            "python3 http.server (stand-in until the python3-http template exists)",
+        ),
+    ] {
+        fjord
+            .deploy(json!({"service": name, "image": "bench", "envProcess": fprocess, "envVars": {"mode": "http"}}))
+            .await?;
+        fjord
+            .wait_available(name, 1, Duration::from_secs(20))
+            .await?;
+        let mut times = Vec::with_capacity(trials);
+        for _ in 0..trials {
+            fjord.scale(name, 0).await?;
+            fjord
+                .wait_available(name, 0, Duration::from_secs(10))
+                .await?;
+            // Let the old replica exit so it does not compete with the new one.
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            let t0 = Instant::now();
+            fjord.scale(name, 1).await?;
+            fjord.get_ok(&format!("/function/{name}")).await?;
+            times.push(t0.elapsed().as_secs_f64() * 1e3);
+        }
+        let mut base = bare_starts(base_prog, &base_args, trials).await?;
+        let p50 = percentile(&mut times, 0.5);
+        let p99 = percentile(&mut times, 0.99);
+        let b50 = percentile(&mut base, 0.5);
+        rows.push(
+            Row::new(
+                &format!("cold start: {label}"),
+                &format!("scale 0→1 to first response, p50 ({trials} trials)"),
+                p50,
+                "ms",
+            )
+            .baseline("bare process start + exit", b50)
+            .target(&format!("≤ {target_ms} ms p50"), p50 <= target_ms)
+            .note(&format!("p99 {p99:.1} ms; includes the scale API call")),
+        );
+        fjord.scale(name, 0).await?;
+    }
+
+    // 4. Scale-out.
+    eprintln!("[4/7] scale-out 1 → 50");
+    fjord
+        .deploy(json!({"service": "bench-scale", "image": "bench", "envProcess": format!("{bench_bin} function"),
+            "envVars": {"mode": "http"}, "labels": {"com.openfaas.scale.max": "50"}}))
+        .await?;
+    fjord
+        .wait_available("bench-scale", 1, Duration::from_secs(20))
+        .await?;
+    let mut scale_times = Vec::new();
+    for _ in 0..(if q { 1 } else { 3 }) {
+        let t0 = Instant::now();
+        fjord.scale("bench-scale", 50).await?;
+        fjord
+            .wait_available("bench-scale", 50, Duration::from_secs(60))
+            .await?;
+        scale_times.push(t0.elapsed().as_secs_f64() * 1e3);
+        fjord.scale("bench-scale", 1).await?;
+        fjord
+            .wait_available("bench-scale", 1, Duration::from_secs(30))
+            .await?;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let scale_ms = median(&mut scale_times);
+    rows.push(
+        Row::new(
+            "scale-out",
+            "1 → 50 ready replicas (median)",
+            scale_ms,
+            "ms",
+        )
+        .target("≤ 1000 ms", scale_ms <= 1000.0)
+        .note(&format!(
+            "{} trial(s); readiness = TCP accept",
+            scale_times.len()
+        )),
+    );
+    fjord.scale("bench-scale", 0).await?;
+
+    // 5. Async.
+    eprintln!("[5/7] async: not built yet");
+
+    // 7. Soak (before the footprint step fills fjord with 1,000 functions).
+    let soak_secs = if q { 10 } else { 60 };
+    eprintln!("[6/7] soak {soak_secs} s at c={}", best.0);
+    let sampler = {
+        let pid = fjord.pid;
+        tokio::spawn(async move {
+            let mut samples = Vec::new();
+            let t0 = Instant::now();
+            for _ in 0..soak_secs * 4 {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                samples.push((
+                    t0.elapsed().as_secs_f64(),
+                    procs::rss_kb(pid).unwrap_or(0) as f64,
+                ));
+            }
+            samples
+        })
+    };
+    let soak = load::run(
+        &via_gateway,
+        best.0,
+        Duration::ZERO,
+        Duration::from_secs(soak_secs),
+    )
+    .await?;
+    let samples = sampler.await?;
+    let errors = soak.errors;
+    let kept: Vec<(f64, f64)> = samples.iter().skip(samples.len() / 5).copied().collect();
+    let slope = {
+        let n = kept.len() as f64;
+        let (sx, sy) = kept
+            .iter()
+            .fold((0.0, 0.0), |(a, b), (x, y)| (a + x, b + y));
+        let (mx, my) = (sx / n, sy / n);
+        let (num, den) = kept.iter().fold((0.0, 0.0), |(a, b), (x, y)| {
+            (a + (x - mx) * (y - my), b + (x - mx) * (x - mx))
+        });
+        if den == 0.0 { 0.0 } else { num / den * 60.0 }
+    };
+    rows.push(
+        Row::new(
+            &format!("soak, {soak_secs} s at c={}", best.0),
+            "errors",
+            errors as f64,
+            "",
+        )
+        .target("0", errors == 0)
+        .note(&format!(
+            "{} requests, {:.0} req/s",
+            soak.requests,
+            soak.rps()
+        )),
+    );
+    let max_rss = kept.iter().map(|s| s.1).fold(0.0, f64::max);
+    rows.push(
+        Row::new(
+            &format!("soak, {soak_secs} s at c={}", best.0),
+            "gateway RSS slope after warm-up",
+            slope,
+            "KiB/min",
+        )
+        .target("flat (≤ 1024 KiB/min)", slope.abs() <= 1024.0)
+        .note(&format!("max RSS {max_rss:.0} KiB")),
+    );
+    soak.ensure_no_errors("soak")?;
+
+    // 6. Footprint.
+    eprintln!("[7/7] footprint: 100 and 1,000 functions at zero");
+    rows.push(
+        Row::new(
+            "footprint",
+            "fjord serve RSS, idle (no functions)",
+            idle_rss as f64 / 1024.0,
+            "MiB",
+        )
+        .target("≤ 15 MiB", idle_rss <= 15 * 1024),
+    );
+    rows.push(Row::new(
+        "footprint",
+        "fjord serve RSS, max under load",
+        load_rss as f64 / 1024.0,
+        "MiB",
+    ));
+    let per_replica = replica_rss.iter().sum::<u64>() as f64 / replica_rss.len() as f64 / 1024.0;
+    rows.push(Row::new(
+        "footprint",
+        "RSS per idle http replica (bench function)",
+        per_replica,
+        "MiB",
+    ));
+    let mut deployed = 0usize;
+    for n in [100usize, 1000] {
+        let mut pending = Vec::new();
+        while deployed < n {
+            let body = json!({"service": format!("zero-{deployed}"), "image": "bench", "envProcess": "cat",
+                "labels": {"com.openfaas.scale.min": "0"}});
+            pending.push(fjord.deploy(body));
+            deployed += 1;
+            if pending.len() == 16 {
+                for r in futures_util::future::join_all(std::mem::take(&mut pending)).await {
+                    r?;
+                }
+            }
+        }
+        for r in futures_util::future::join_all(pending).await {
+            r?;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let rss = fjord.rss_kb();
+        let mut row = Row::new(
+            "footprint",
+            &format!("fjord serve RSS, {n} functions at zero"),
+            rss as f64 / 1024.0,
+            "MiB",
+        )
+        .baseline("idle", idle_rss as f64 / 1024.0);
+        if n == 1000 {
+            row = row.target("≤ 50 MiB", rss <= 50 * 1024);
+        }
+        rows.push(row);
+    }
+
+    fjord.stop().await?;
+    let total = started.elapsed();
+    eprintln!("done in {:.0} s", total.as_secs_f64());
+    crate::report::write(&opts, &rows, &cpu, total)?;
+    let missed: Vec<&Row> = rows.iter().filter(|r| r.met == Some(false)).collect();
+    if !missed.is_empty() {
+        eprintln!("{} target(s) not met (see the table):", missed.len());
+        for r in missed {
+            eprintln!("  {} — {}: {:.2} {}", r.scenario, r.figure, r.value, r.unit);
+        }
+    }
+    if errors > 0 {
+        bail!("soak had {errors} errors");
+    }
+    Ok(())
+}
