@@ -57,6 +57,9 @@ RUST_LOG=debug fjord serve --log-format json"
         /// Maximum processes per replica (cgroup pids limit; stops fork bombs)
         #[arg(long, default_value_t = 1024)]
         pids_max: u64,
+        /// HTTP worker threads, each with its own event loop [default: one per core]
+        #[arg(long, value_parser = clap::value_parser!(u16).range(1..=256))]
+        workers: Option<u16>,
         /// Log format
         #[arg(long, value_enum, default_value = "text")]
         log_format: LogFormat,
@@ -103,6 +106,7 @@ fn main() -> ExitCode {
             rollout_timeout,
             ready_timeout,
             pids_max,
+            workers,
             log_format,
         } => {
             init_logging(log_format);
@@ -115,7 +119,14 @@ fn main() -> ExitCode {
             config.rollout_timeout = Duration::from_secs(rollout_timeout);
             config.ready_timeout = Duration::from_secs(ready_timeout);
             config.pids_max = pids_max;
+            if let Some(w) = workers {
+                config.workers = usize::from(w);
+            }
+            // The control runtime (API side effects, replica supervision); HTTP workers have
+            // their own.
             let rt = match tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .thread_name("fjord-control")
                 .enable_all()
                 .build()
             {

@@ -42,6 +42,8 @@ pub struct GatewayConfig {
     pub ready_timeout: Duration,
     /// `pids.max` per replica.
     pub pids_max: u64,
+    /// HTTP worker threads (one per core by default).
+    pub workers: usize,
 }
 
 impl GatewayConfig {
@@ -54,6 +56,7 @@ impl GatewayConfig {
             rollout_timeout: Duration::from_secs(60),
             ready_timeout: invoke::DEFAULT_READY_TIMEOUT,
             pids_max: 1024,
+            workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
         }
     }
 }
@@ -115,6 +118,140 @@ fn router(state: AppState, creds: Option<Arc<auth::Credentials>>) -> Router {
         .with_state(state)
 }
 
+/// Each connection and each replica's pipes use descriptors: lift the soft limit to the
+/// hard one (commonly 1024 → 1M), as servers do.
+fn raise_nofile_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
+        && soft < hard
+        && let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard)
+    {
+        tracing::warn!(error = %e, soft, "cannot raise the open-files limit");
+    }
+}
+
+/// One HTTP worker: a thread with its own single-threaded runtime, listening socket
+/// (SO_REUSEPORT) and connection pools, like one nginx worker. Nothing on the invoke path
+/// crosses threads, so there are no cross-thread wake-ups per request.
+struct Worker {
+    bind: SocketAddr,
+    control: Arc<ControlPlane>,
+    config: Arc<GatewayConfig>,
+    creds: Option<Arc<auth::Credentials>>,
+    shutdown: CancellationToken,
+    ready: std::sync::mpsc::Sender<Result<SocketAddr, StartError>>,
+}
+
+impl Worker {
+    fn run(self) {
+        let rt = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(rt) => rt,
+            Err(source) => {
+                let _ = self.ready.send(Err(StartError::Listen {
+                    addr: self.bind,
+                    source,
+                }));
+                return;
+            }
+        };
+        rt.block_on(self.serve());
+    }
+
+    fn listen(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        socket.set_reuseport(true)?;
+        socket.set_nodelay(true)?;
+        socket.bind(addr)?;
+        socket.listen(4096)
+    }
+
+    async fn serve(self) {
+        let listener = match Self::listen(self.bind) {
+            Ok(l) => l,
+            Err(source) => {
+                let _ = self.ready.send(Err(StartError::Listen {
+                    addr: self.bind,
+                    source,
+                }));
+                return;
+            }
+        };
+        let local = match listener.local_addr() {
+            Ok(a) => a,
+            Err(source) => {
+                let _ = self.ready.send(Err(StartError::Listen {
+                    addr: self.bind,
+                    source,
+                }));
+                return;
+            }
+        };
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(1024)
+            .build(connector);
+        let state = AppState {
+            control: self.control.clone(),
+            client,
+            config: self.config.clone(),
+            shutdown: self.shutdown.clone(),
+        };
+        let app = router(state, self.creds.clone());
+        let _ = self.ready.send(Ok(local));
+
+        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+        let http = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        loop {
+            let (stream, remote) = tokio::select! {
+                _ = self.shutdown.cancelled() => break,
+                accepted = listener.accept() => match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // EMFILE and friends: back off instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        continue;
+                    }
+                },
+            };
+            let _ = stream.set_nodelay(true);
+            let svc = tower::ServiceExt::map_request(
+                app.clone(),
+                move |mut req: axum::http::Request<hyper::body::Incoming>| {
+                    req.extensions_mut()
+                        .insert(axum::extract::ConnectInfo(remote));
+                    req
+                },
+            );
+            let conn = http.serve_connection_with_upgrades(
+                hyper_util::rt::TokioIo::new(stream),
+                hyper_util::service::TowerToHyperService::new(svc),
+            );
+            let conn = graceful.watch(conn.into_owned());
+            tokio::spawn(async move {
+                let _ = conn.await;
+            });
+        }
+        drop(listener);
+        if tokio::time::timeout(self.config.shutdown_timeout, graceful.shutdown())
+            .await
+            .is_err()
+        {
+            tracing::warn!("drain timeout reached; closing remaining connections");
+        }
+    }
+}
+
 /// Runs the gateway until `shutdown` is cancelled, then drains and stops every replica.
 pub async fn serve(config: GatewayConfig, shutdown: CancellationToken) -> Result<(), StartError> {
     let data_dir = &config.data_dir.clone();
@@ -163,52 +300,66 @@ pub async fn serve(config: GatewayConfig, shutdown: CancellationToken) -> Result
         );
     }
 
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    let client = Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(90))
-        .pool_max_idle_per_host(1024)
-        .build(connector);
-
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .map_err(|source| StartError::Listen {
+    raise_nofile_limit();
+    // SO_REUSEPORT would silently share the port with another fjord serve: refuse instead.
+    if config.listen.port() != 0 {
+        std::net::TcpListener::bind(config.listen).map_err(|source| StartError::Listen {
             addr: config.listen,
             source,
         })?;
-    let local = listener.local_addr().map_err(|source| StartError::Listen {
-        addr: config.listen,
-        source,
-    })?;
+    }
+    let config = Arc::new(config);
+    let workers = config.workers.max(1);
+    let (addr_tx, addr_rx) = std::sync::mpsc::channel::<Result<SocketAddr, StartError>>();
+    let mut threads = Vec::with_capacity(workers);
+    let mut bind_to = config.listen;
+    let mut local = config.listen;
+    for i in 0..workers {
+        let worker = Worker {
+            bind: bind_to,
+            control: control.clone(),
+            config: config.clone(),
+            creds: creds.clone(),
+            shutdown: shutdown.clone(),
+            ready: addr_tx.clone(),
+        };
+        let thread = std::thread::Builder::new()
+            .name(format!("fjord-http-{i}"))
+            .spawn(move || worker.run())
+            .map_err(|source| StartError::Listen {
+                addr: bind_to,
+                source,
+            })?;
+        threads.push(thread);
+        // Every worker binds the port the first one got (SO_REUSEPORT), so port 0 works.
+        local = match addr_rx.recv() {
+            Ok(Ok(a)) => a,
+            Ok(Err(e)) => {
+                shutdown.cancel();
+                return Err(e);
+            }
+            Err(_) => {
+                shutdown.cancel();
+                return Err(StartError::Listen {
+                    addr: bind_to,
+                    source: std::io::Error::other("HTTP worker thread died"),
+                });
+            }
+        };
+        bind_to = local;
+    }
     // Lets scripts and tests that asked for port 0 find the gateway.
     let _ = std::fs::write(data_dir.join("gateway.addr"), local.to_string());
-    tracing::info!(addr = %local, data_dir = %data_dir.display(), "fjord serve listening on http://{local}");
-
-    let config = Arc::new(config);
-    let state = AppState {
-        control: control.clone(),
-        client,
-        config: config.clone(),
-        shutdown: shutdown.clone(),
-    };
-    let app = router(state, creds);
-    let graceful = {
-        let s = shutdown.clone();
-        async move { s.cancelled().await }
-    };
-    let server = axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(graceful);
-    let server = tokio::spawn(async move { server.await });
+    tracing::info!(addr = %local, workers, data_dir = %data_dir.display(), "fjord serve listening on http://{local}");
 
     shutdown.cancelled().await;
     tracing::info!(timeout = ?config.shutdown_timeout, "shutting down: draining in-flight requests");
-    match tokio::time::timeout(config.shutdown_timeout, server).await {
-        Ok(_) => tracing::info!("all requests drained"),
-        Err(_) => tracing::warn!("drain timeout reached; closing remaining connections"),
-    }
+    let joined = tokio::task::spawn_blocking(move || {
+        for t in threads {
+            let _ = t.join();
+        }
+    });
+    let _ = joined.await;
     control.shutdown().await;
     let _ = std::fs::remove_file(data_dir.join("gateway.addr"));
     tracing::info!("stopped");

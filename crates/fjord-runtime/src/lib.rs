@@ -53,6 +53,9 @@ pub(crate) struct Sandbox {
 
 pub(crate) struct Shared {
     pub config: RuntimeConfig,
+    /// The control runtime: reconcilers and replica supervisors run here, whichever
+    /// thread's request created them (the gateway's HTTP threads have runtimes of their own).
+    pub control: tokio::runtime::Handle,
     pub sandbox: Sandbox,
     /// Ports handed to replicas and not yet released, so two replicas never get the same.
     pub ports: Mutex<std::collections::HashSet<u16>>,
@@ -259,7 +262,7 @@ pub struct ProcessRuntime {
 
 impl ProcessRuntime {
     /// Sets up sandboxing as far as this machine allows and cleans up replicas left by an
-    /// earlier run that was killed.
+    /// earlier run that was killed. Call it on the runtime that should run the control work.
     pub async fn new(config: RuntimeConfig) -> Result<Self, RuntimeError> {
         std::fs::create_dir_all(config.data_dir.join("replicas"))?;
         let isolate = nix::unistd::geteuid().is_root();
@@ -293,6 +296,7 @@ impl ProcessRuntime {
         Ok(Self {
             shared: Arc::new(Shared {
                 config,
+                control: tokio::runtime::Handle::current(),
                 sandbox: Sandbox { isolate, cgroups },
                 ports: Mutex::new(Default::default()),
             }),

@@ -31,7 +31,14 @@ pub struct LogEntry {
 struct Ring {
     entries: VecDeque<Arc<LogEntry>>,
     next_seq: u64,
-    file: Option<LogFile>,
+    /// Opened on the first line, so idle functions hold no file descriptor.
+    file: FileState,
+}
+
+enum FileState {
+    Closed(PathBuf),
+    Open(LogFile),
+    None,
 }
 
 struct LogFile {
@@ -73,26 +80,21 @@ impl LogFile {
 /// One function's logs.
 pub struct LogBook {
     ring: Mutex<Ring>,
-    tx: broadcast::Sender<Arc<LogEntry>>,
+    /// Created by the first follower: a broadcast channel preallocates its slots, which
+    /// adds up over thousands of idle functions.
+    tx: std::sync::OnceLock<broadcast::Sender<Arc<LogEntry>>>,
 }
 
 impl LogBook {
     /// `file`: where to append; `None` keeps logs in memory only.
     pub fn new(file: Option<PathBuf>) -> Self {
-        let file = file.and_then(|p| match LogFile::open(p.clone()) {
-            Ok(f) => Some(f),
-            Err(e) => {
-                tracing::warn!(path = %p.display(), error = %e, "cannot open log file; keeping logs in memory only");
-                None
-            }
-        });
         Self {
             ring: Mutex::new(Ring {
-                entries: VecDeque::with_capacity(64),
+                entries: VecDeque::new(),
                 next_seq: 0,
-                file,
+                file: file.map_or(FileState::None, FileState::Closed),
             }),
-            tx: broadcast::channel(1024).0,
+            tx: std::sync::OnceLock::new(),
         }
     }
 
@@ -118,7 +120,16 @@ impl LogBook {
             text,
         });
         ring.next_seq += 1;
-        if let Some(f) = ring.file.as_mut() {
+        if let FileState::Closed(p) = &ring.file {
+            ring.file = match LogFile::open(p.clone()) {
+                Ok(f) => FileState::Open(f),
+                Err(e) => {
+                    tracing::warn!(path = %p.display(), error = %e, "cannot open log file; keeping logs in memory only");
+                    FileState::None
+                }
+            };
+        }
+        if let FileState::Open(f) = &mut ring.file {
             f.append(&entry);
         }
         if ring.entries.len() == RING_LINES {
@@ -126,7 +137,9 @@ impl LogBook {
         }
         ring.entries.push_back(entry.clone());
         drop(ring);
-        let _ = self.tx.send(entry);
+        if let Some(tx) = self.tx.get() {
+            let _ = tx.send(entry);
+        }
     }
 
     /// Entries at or after `since`, the last `tail` of them (`None` = all kept).
@@ -145,15 +158,22 @@ impl LogBook {
     /// New entries as they are pushed. Subscribe before taking a snapshot, then skip
     /// entries whose `seq` the snapshot already had.
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<LogEntry>> {
-        self.tx.subscribe()
+        self.tx
+            .get_or_init(|| broadcast::channel(1024).0)
+            .subscribe()
     }
 
     /// Deletes the function's log files (when the function is removed).
     pub fn remove_files(&self) {
         let mut ring = self.ring.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(f) = ring.file.take() {
-            let _ = fs::remove_file(&f.path);
-            let _ = fs::remove_file(f.path.with_extension("log.1"));
+        let path = match std::mem::replace(&mut ring.file, FileState::None) {
+            FileState::Open(f) => Some(f.path),
+            FileState::Closed(p) => Some(p),
+            FileState::None => None,
+        };
+        if let Some(p) = path {
+            let _ = fs::remove_file(&p);
+            let _ = fs::remove_file(p.with_extension("log.1"));
         }
     }
 }

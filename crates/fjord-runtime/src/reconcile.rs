@@ -83,6 +83,7 @@ pub(crate) fn spawn(
     commands: mpsc::UnboundedReceiver<Command>,
 ) {
     let (events_tx, events_rx) = mpsc::unbounded_channel();
+    let control = shared.control.clone();
     let r = Reconciler {
         handle,
         shared,
@@ -92,7 +93,7 @@ pub(crate) fn spawn(
         next_generation: 1,
         events_tx,
     };
-    tokio::spawn(r.run(commands, events_rx));
+    control.spawn(r.run(commands, events_rx));
 }
 
 impl Reconciler {

@@ -76,7 +76,7 @@ pub struct Store {
 }
 
 impl Store {
-    /// Opens or creates the database (parent dir must exist), WAL mode, synchronous=FULL,
+    /// Opens or creates the database (parent dir must exist), WAL mode, synchronous=NORMAL,
     /// busy_timeout 5s, schema via PRAGMA user_version migrations.
     ///
     /// The file is created with mode 0600 (and tightened to it if it exists with looser
@@ -90,7 +90,9 @@ impl Store {
         // in which case SQLite keeps the rollback journal, which is still durable.
         let _mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
         // FULL: a deploy acknowledged to the client must survive a power loss.
-        conn.pragma_update(None, "synchronous", "FULL")?;
+        // WAL + NORMAL: a crash of fjord loses nothing committed; only a power loss may drop
+        // the last commits. FULL would put an fsync into every scale call.
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "foreign_keys", true)?;
         migrate(&mut conn)?;
         Ok(Store {
