@@ -57,6 +57,10 @@ RUST_LOG=debug fjord serve --log-format json"
         /// Maximum processes per replica (cgroup pids limit; stops fork bombs)
         #[arg(long, default_value_t = 1024)]
         pids_max: u64,
+        /// As root, set /sys/kernel/rcu_expedited=1 while serving: cgroup moves, and so replica
+        /// cold starts, get ~10 ms faster. Restored at shutdown
+        #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "true|false")]
+        tune_kernel: bool,
         /// HTTP worker threads, each with its own event loop [default: one per core]
         #[arg(long, value_parser = clap::value_parser!(u16).range(1..=256))]
         workers: Option<u16>,
@@ -107,6 +111,7 @@ fn main() -> ExitCode {
             ready_timeout,
             pids_max,
             workers,
+            tune_kernel,
             log_format,
         } => {
             init_logging(log_format);
@@ -119,6 +124,7 @@ fn main() -> ExitCode {
             config.rollout_timeout = Duration::from_secs(rollout_timeout);
             config.ready_timeout = Duration::from_secs(ready_timeout);
             config.pids_max = pids_max;
+            config.tune_kernel = tune_kernel;
             if let Some(w) = workers {
                 config.workers = usize::from(w);
             }

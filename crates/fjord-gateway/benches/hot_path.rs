@@ -48,6 +48,7 @@ impl Fixture {
                 rollout_timeout: Duration::from_secs(60),
                 stop_grace: Duration::from_secs(1),
                 pids_max: 64,
+                tune_kernel: false,
             })
             .await
             .expect("start the process runtime");

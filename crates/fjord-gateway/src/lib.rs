@@ -44,6 +44,8 @@ pub struct GatewayConfig {
     pub pids_max: u64,
     /// HTTP worker threads (one per core by default).
     pub workers: usize,
+    /// Let the runtime tune kernel settings that cut replica start time.
+    pub tune_kernel: bool,
 }
 
 impl GatewayConfig {
@@ -57,6 +59,7 @@ impl GatewayConfig {
             ready_timeout: invoke::DEFAULT_READY_TIMEOUT,
             pids_max: 1024,
             workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            tune_kernel: true,
         }
     }
 }
@@ -289,6 +292,7 @@ pub async fn serve(config: GatewayConfig, shutdown: CancellationToken) -> Result
         rollout_timeout: config.rollout_timeout,
         stop_grace: Duration::from_secs(5),
         pids_max: config.pids_max,
+        tune_kernel: config.tune_kernel,
     })
     .await?;
     let control = ControlPlane::new(store, runtime);

@@ -183,6 +183,7 @@ impl ReplicaArgs {
 
 /// Runs a replica until `stop` is cancelled.
 pub(crate) async fn run(args: ReplicaArgs) {
+    let t0 = Instant::now();
     let env = match ReplicaEnv::create(&args.shared, &args.spec, &args.id, args.uid) {
         Ok(env) => Arc::new(env),
         Err(e) => {
@@ -193,6 +194,7 @@ pub(crate) async fn run(args: ReplicaArgs) {
             return;
         }
     };
+    tracing::debug!(replica = %args.id, elapsed_us = t0.elapsed().as_micros() as u64, "sandbox ready");
     match args.spec.mode {
         InvokeMode::Fork => {
             let base_env = program::base_env(&args.spec, &args.id, env.home(), None);
@@ -295,6 +297,7 @@ async fn run_once(
     port: u16,
     authority: &http::uri::Authority,
 ) -> Outcome {
+    let before_spawn = Instant::now();
     let mut cmd = env.command(&args.program, base_env);
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -307,6 +310,8 @@ async fn run_once(
         }
     };
     drop(cmd);
+    let spawned = Instant::now();
+    tracing::debug!(replica = %args.id, spawn_us = (spawned - before_spawn).as_micros() as u64, "replica process started");
     if let Some(out) = child.stdout.take() {
         tokio::spawn(pump(out, args.handle.logs.clone(), args.id.clone()));
     }
@@ -325,6 +330,7 @@ async fn run_once(
         }
         _ = probe(port, args.spec.ready_path.as_deref()) => {}
     }
+    tracing::debug!(replica = %args.id, after_spawn_us = spawned.elapsed().as_micros() as u64, "replica ready");
     args.ready(EndpointKind::Http {
         authority: authority.clone(),
     });
