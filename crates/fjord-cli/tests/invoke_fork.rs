@@ -317,3 +317,51 @@ async fn fork_functions_run_unprivileged() {
         .unwrap_or_else(|e| panic!("`id -u` printed {body:?}: {e}"));
     assert_ne!(uid, 0, "functions must not run as root");
 }
+
+/// Peak resident memory of a process, in KiB.
+fn vm_hwm_kb(pid: i32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM in /proc/PID/status")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fork_streams_a_100_mb_body_without_holding_it() {
+    const CHUNK: usize = 1 << 20;
+    const CHUNKS: usize = 100;
+    let s = Server::start().await;
+    s.deploy_ready(&fork_fn("big", "cat")).await;
+    let before = vm_hwm_kb(s.pid());
+    let body = body_stream(CHUNKS, CHUNK);
+    let mut r = s
+        .invoke(Method::POST, "big")
+        .body(reqwest::Body::wrap_stream(body))
+        .send()
+        .await
+        .expect("POST 100 MB to /function/big");
+    assert_eq!(r.status(), StatusCode::OK);
+    let mut pos = 0usize;
+    while let Some(c) = r.chunk().await.expect("read the echoed body") {
+        for b in c.iter() {
+            assert_eq!(*b, ((pos / CHUNK) % 251) as u8, "byte {pos} differs");
+            pos += 1;
+        }
+    }
+    assert_eq!(pos, CHUNK * CHUNKS, "echoed length");
+    let after = vm_hwm_kb(s.pid());
+    assert!(
+        after < before + 48 * 1024,
+        "the gateway's peak memory grew from {before} KiB to {after} KiB: the body was buffered"
+    );
+}
+
+/// `chunks` chunks of `size` bytes, chunk i filled with `i % 251`.
+fn body_stream(
+    chunks: usize,
+    size: usize,
+) -> impl futures_util::Stream<Item = Result<Vec<u8>, std::io::Error>> {
+    futures_util::stream::iter((0..chunks).map(move |i| Ok(vec![(i % 251) as u8; size])))
+}

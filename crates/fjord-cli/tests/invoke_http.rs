@@ -119,3 +119,45 @@ async fn http_mode_proxies_path_query_headers_and_redirects() {
     assert_eq!(code, StatusCode::OK);
     assert_eq!(echo(&body)["body"].as_str().map(str::len), Some(big.len()));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_mode_streams_server_sent_events_as_produced() {
+    let s = Server::start().await;
+    s.deploy_ready(&http_fn("sse", "1")).await;
+    let mut r = s
+        .invoke(Method::GET, "sse/stream")
+        .header("Accept", "text/event-stream")
+        .send()
+        .await
+        .expect("GET /function/sse/stream");
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(
+        r.headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok()),
+        Some("text/event-stream")
+    );
+    // The function pauses 6 s after the first event: it must arrive well before that.
+    let t0 = std::time::Instant::now();
+    let first = tokio::time::timeout(std::time::Duration::from_secs(4), r.chunk())
+        .await
+        .expect("the first event was held back: the gateway buffered the stream")
+        .expect("read the first chunk")
+        .expect("a first chunk");
+    assert!(
+        String::from_utf8_lossy(&first).contains("data: event 0"),
+        "first chunk: {first:?}"
+    );
+    let mut rest = Vec::new();
+    while let Some(c) = r.chunk().await.expect("read the rest") {
+        rest.extend_from_slice(&c);
+    }
+    assert!(
+        String::from_utf8_lossy(&rest).contains("data: event 1"),
+        "rest: {rest:?}"
+    );
+    assert!(
+        t0.elapsed() >= std::time::Duration::from_secs(5),
+        "the stream ended early"
+    );
+}

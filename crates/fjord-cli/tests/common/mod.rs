@@ -30,7 +30,7 @@ pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// - `/log?<text>`: prints `LOGLINE <text>` on stdout, then answers as usual
 /// - `/status/<code>`: answers with that status and header `X-Fn-Header: set`
 pub const PY_HTTP: &str = r#"
-import http.server, json, os, sys
+import http.server, json, os, sys, time
 class H(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     def log_message(self, *a):
@@ -57,6 +57,20 @@ class H(http.server.BaseHTTPRequestHandler):
             for i in range(0, len(x), 4096):
                 x[i] = 1
             return self.reply(200, "survived " + str(len(x)), "text/plain")
+        if path == "/stream":
+            # Server-sent events, chunked: the first event comes at once, the second only
+            # after a long pause, so a proxy that buffers cannot deliver the first in time.
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            for i, pause in ((0, 6.0), (1, 0.0)):
+                data = ("data: event " + str(i) + "\n\n").encode()
+                self.wfile.write(hex(len(data))[2:].encode() + b"\r\n" + data + b"\r\n")
+                self.wfile.flush()
+                time.sleep(pause)
+            self.wfile.write(b"0\r\n\r\n")
+            return
         if path == "/log":
             print("LOGLINE " + query, flush=True)
         if path.startswith("/status/"):
