@@ -9,4 +9,4 @@ pub mod quantity;
 pub mod spec;
 
 pub use names::{DEFAULT_NAMESPACE, FunctionKey};
-pub use spec::{FunctionSpec, InvokeMode, SpecError, WatchdogConfig};
+pub use spec::{FunctionSpec, InvokeMode, ProcessDefaults, SpecError, WatchdogConfig};

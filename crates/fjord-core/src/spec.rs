@@ -100,6 +100,14 @@ impl Default for WatchdogConfig {
     }
 }
 
+/// What a bundle's manifest contributes where the deployment itself says nothing: the
+/// command to run and default environment (e.g. `mode=http`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ProcessDefaults {
+    pub fprocess: String,
+    pub env: BTreeMap<String, String>,
+}
+
 /// A deployment, validated: every later step uses these parsed fields.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FunctionSpec {
@@ -196,7 +204,16 @@ fn upstream_port(url: &str) -> Result<u16, SpecError> {
 
 impl FunctionSpec {
     /// Validates a deployment. Nothing is applied if this fails.
-    pub fn from_deployment(mut d: FunctionDeployment) -> Result<Self, SpecError> {
+    pub fn from_deployment(d: FunctionDeployment) -> Result<Self, SpecError> {
+        Self::from_deployment_with(d, None)
+    }
+
+    /// Validates a deployment whose image is a bundle: `defaults` fill in the command and
+    /// environment the deployment leaves out. `deployment` keeps what the user sent.
+    pub fn from_deployment_with(
+        mut d: FunctionDeployment,
+        defaults: Option<&ProcessDefaults>,
+    ) -> Result<Self, SpecError> {
         let key = FunctionKey::new(&d.service, d.namespace.as_deref())?;
         d.namespace = Some(key.namespace.clone());
         if d.image.trim().is_empty() {
@@ -206,7 +223,8 @@ impl FunctionSpec {
             ));
         }
 
-        let env = d.env_vars.clone().unwrap_or_default();
+        let mut env = defaults.map(|p| p.env.clone()).unwrap_or_default();
+        env.extend(d.env_vars.clone().unwrap_or_default());
         for (k, v) in &env {
             if k.is_empty() || k.contains(['=', '\0']) {
                 return Err(invalid(
@@ -228,6 +246,7 @@ impl FunctionSpec {
             .filter(|p| !p.trim().is_empty())
             .or_else(|| env.get("fprocess").cloned())
             .or_else(|| env.get("function_process").cloned())
+            .or_else(|| defaults.map(|p| p.fprocess.clone()))
             .filter(|p| !p.trim().is_empty());
         let Some(fprocess) = fprocess else {
             return Err(SpecError::NoProcess {

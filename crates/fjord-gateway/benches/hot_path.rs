@@ -52,7 +52,8 @@ impl Fixture {
             })
             .await
             .expect("start the process runtime");
-            ControlPlane::new(store, runtime)
+            let bundles = fjord_gateway::Bundles::new(dir.path(), false).expect("bundle store");
+            ControlPlane::new(store, runtime, bundles)
         });
         Self { control, dir }
     }

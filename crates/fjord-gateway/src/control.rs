@@ -8,7 +8,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use arc_swap::ArcSwap;
 use fjord_core::openfaas::{FjordStatus, FunctionDeployment, FunctionStatus};
 use fjord_core::{DEFAULT_NAMESPACE, FunctionKey, FunctionSpec};
-use fjord_runtime::{FunctionHandle, ProcessRuntime};
+use fjord_runtime::{FunctionHandle, ProcessRuntime, Program};
+
+use crate::bundles::Bundles;
 use fjord_store::{Store, StoredFunction, now_rfc3339};
 
 use crate::error::ApiError;
@@ -20,6 +22,7 @@ pub const UID_BASE: u32 = 2_000_000;
 pub struct Route {
     pub handle: Arc<FunctionHandle>,
     pub invocations: Arc<AtomicU64>,
+    uid: u32,
     created_at: String,
     updated_at: String,
 }
@@ -39,16 +42,18 @@ pub enum DeployMode {
 pub struct ControlPlane {
     store: Store,
     runtime: ProcessRuntime,
+    bundles: Arc<Bundles>,
     routes: ArcSwap<Routes>,
     /// Serialises changes (not the invoke path).
     changes: tokio::sync::Mutex<()>,
 }
 
 impl ControlPlane {
-    pub fn new(store: Store, runtime: ProcessRuntime) -> Arc<Self> {
+    pub fn new(store: Store, runtime: ProcessRuntime, bundles: Bundles) -> Arc<Self> {
         Arc::new(Self {
             store,
             runtime,
+            bundles: Arc::new(bundles),
             routes: ArcSwap::from_pointee(HashMap::new()),
             changes: tokio::sync::Mutex::new(()),
         })
@@ -86,15 +91,8 @@ impl ControlPlane {
         let mut started = 0;
         for f in self.store.list()? {
             let name = format!("{}.{}", f.name, f.namespace);
-            let spec = match FunctionSpec::from_deployment(f.deployment.clone()) {
+            let (spec, program) = match self.resolve(f.deployment.clone(), f.uid).await {
                 Ok(s) => s,
-                Err(e) => {
-                    tracing::error!(function = %name, error = %e, "stored function is no longer valid; not started");
-                    continue;
-                }
-            };
-            let program = match self.runtime.prepare(&spec) {
-                Ok(p) => p,
                 Err(e) => {
                     tracing::error!(function = %name, error = %e, "stored function cannot start");
                     continue;
@@ -109,6 +107,7 @@ impl ControlPlane {
                 Some(Route {
                     handle,
                     invocations: Arc::new(AtomicU64::new(0)),
+                    uid: f.uid,
                     created_at: f.created_at,
                     updated_at: f.updated_at,
                 }),
@@ -116,6 +115,29 @@ impl ControlPlane {
             started += 1;
         }
         Ok(started)
+    }
+
+    /// Turns a deployment into what the runtime runs: when its image is a bundle on this
+    /// gateway, the bundle is unpacked for the function's uid and its manifest supplies the
+    /// command and default environment.
+    async fn resolve(
+        &self,
+        d: FunctionDeployment,
+        uid: u32,
+    ) -> Result<(FunctionSpec, Program), ApiError> {
+        match self.bundles.resolve(&self.store, &d.image)? {
+            Some(digest) => {
+                let (dir, defaults) = self.bundles.unpack_for(&digest, uid).await?;
+                let spec = FunctionSpec::from_deployment_with(d, Some(&defaults))?;
+                let program = self.runtime.prepare(&spec, Some(&dir))?;
+                Ok((spec, program))
+            }
+            None => {
+                let spec = FunctionSpec::from_deployment(d)?;
+                let program = self.runtime.prepare(&spec, None)?;
+                Ok((spec, program))
+            }
+        }
     }
 
     /// Validates, stores and applies a deployment. Nothing changes if validation fails; an
@@ -126,9 +148,8 @@ impl ControlPlane {
         deployment: FunctionDeployment,
         mode: DeployMode,
     ) -> Result<(), ApiError> {
-        let spec = FunctionSpec::from_deployment(deployment)?;
-        let program = self.runtime.prepare(&spec)?;
-        let key = spec.key.clone();
+        // Names first, so a bad name is a 400 before anything is looked up.
+        let key = FunctionKey::new(&deployment.service, deployment.namespace.as_deref())?;
         let _guard = self.changes.lock().await;
         let existing = self.store.get(&key.namespace, &key.name)?;
         if mode == DeployMode::Update && existing.is_none() {
@@ -137,13 +158,14 @@ impl ControlPlane {
                 key.name, key.namespace
             )));
         }
-        let replicas = match &existing {
-            Some(e) => e.replicas.clamp(spec.min_replicas, spec.max_replicas),
-            None => spec.min_replicas,
-        };
         let uid = match &existing {
             Some(e) => e.uid,
             None => self.store.next_uid(UID_BASE)?,
+        };
+        let (spec, program) = self.resolve(deployment, uid).await?;
+        let replicas = match &existing {
+            Some(e) => e.replicas.clamp(spec.min_replicas, spec.max_replicas),
+            None => spec.min_replicas,
         };
         let now = now_rfc3339();
         let stored = self.store.upsert(&StoredFunction {
@@ -169,6 +191,7 @@ impl ControlPlane {
             Some(Route {
                 handle,
                 invocations,
+                uid,
                 created_at: stored.created_at.clone(),
                 // The update counts once it serves; until then the old time stands.
                 updated_at: previous_updated_at.unwrap_or_else(|| stored.updated_at.clone()),
@@ -205,6 +228,7 @@ impl ControlPlane {
                     Some(Route {
                         handle: route.handle.clone(),
                         invocations: route.invocations.clone(),
+                        uid: route.uid,
                         created_at: route.created_at.clone(),
                         updated_at,
                     }),
@@ -231,8 +255,12 @@ impl ControlPlane {
         if !self.store.delete(&key.namespace, &key.name)? {
             return Err(not_found(key));
         }
+        let uid = self.lookup(&key.namespace, &key.name).map(|r| r.uid);
         self.set_route(key, None);
         self.runtime.remove(key).await?;
+        if let Some(uid) = uid {
+            self.bundles.remove_for(uid, None);
+        }
         tracing::info!(function = %key, "deleted");
         Ok(())
     }
@@ -283,6 +311,14 @@ impl ControlPlane {
 
     pub fn runtime(&self) -> &ProcessRuntime {
         &self.runtime
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn bundles(&self) -> &Arc<Bundles> {
+        &self.bundles
     }
 }
 

@@ -3,6 +3,7 @@
 
 mod api;
 mod auth;
+mod bundles;
 mod control;
 mod error;
 mod invoke;
@@ -23,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use api::version_info;
 pub use auth::{ADMIN_USER, password_path};
+pub use bundles::{Bundles, normalize_tag};
 pub use control::{ControlPlane, DeployMode};
 pub use error::ApiError;
 pub use invoke::{split_function_path, strip_hop_by_hop};
@@ -112,6 +114,11 @@ fn router(state: AppState, creds: Option<Arc<auth::Credentials>>) -> Router {
         .route("/system/info", get(api::info))
         .route("/system/namespaces", get(api::namespaces))
         .route("/system/logs", get(logs::logs))
+        .route(
+            "/system/bundles/{digest}",
+            axum::routing::put(bundles::put_bundle).head(bundles::head_bundle),
+        )
+        .route("/system/bundle-tags", post(bundles::set_tag))
         .route_layer(axum::middleware::from_fn_with_state(creds, auth::require));
     Router::new()
         .merge(system)
@@ -263,9 +270,11 @@ pub async fn serve(config: GatewayConfig, shutdown: CancellationToken) -> Result
         source,
     };
     std::fs::create_dir_all(data_dir).map_err(dd_err)?;
+    // Traversable but not listable: functions reach their own unpacked bundle under run/;
+    // everything else inside is private to root.
     std::fs::set_permissions(
         data_dir,
-        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+        std::os::unix::fs::PermissionsExt::from_mode(0o711),
     )
     .map_err(dd_err)?;
 
@@ -295,7 +304,8 @@ pub async fn serve(config: GatewayConfig, shutdown: CancellationToken) -> Result
         tune_kernel: config.tune_kernel,
     })
     .await?;
-    let control = ControlPlane::new(store, runtime);
+    let bundles = bundles::Bundles::new(data_dir, runtime.isolates()).map_err(dd_err)?;
+    let control = ControlPlane::new(store, runtime, bundles);
     let restored = control.restore().await?;
     if restored > 0 {
         tracing::info!(

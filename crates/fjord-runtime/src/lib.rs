@@ -292,7 +292,11 @@ impl ProcessRuntime {
     /// Sets up sandboxing as far as this machine allows and cleans up replicas left by an
     /// earlier run that was killed. Call it on the runtime that should run the control work.
     pub async fn new(config: RuntimeConfig) -> Result<Self, RuntimeError> {
-        std::fs::create_dir_all(config.data_dir.join("replicas"))?;
+        for private in ["replicas", "logs"] {
+            let dir = config.data_dir.join(private);
+            std::fs::create_dir_all(&dir)?;
+            std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
+        }
         let isolate = nix::unistd::geteuid().is_root();
         let cgroups = if isolate {
             let instance = instance_id(&config.data_dir);
@@ -340,9 +344,13 @@ impl ProcessRuntime {
     }
 
     /// Checks that a spec can run here (its program exists and is reachable), before anything
-    /// is stored or started.
-    pub fn prepare(&self, spec: &FunctionSpec) -> Result<Program, RuntimeError> {
-        Ok(program::resolve(spec, self.shared.sandbox.isolate)?)
+    /// is stored or started. `bundle`: the unpacked bundle it runs from, if any.
+    pub fn prepare(
+        &self,
+        spec: &FunctionSpec,
+        bundle: Option<&std::path::Path>,
+    ) -> Result<Program, RuntimeError> {
+        Ok(program::resolve(spec, self.shared.sandbox.isolate, bundle)?)
     }
 
     /// Starts a new function, or rolls an existing one to `spec` without downtime.

@@ -17,6 +17,9 @@ pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bi
 pub struct Program {
     pub path: PathBuf,
     pub args: Vec<String>,
+    /// Working directory: the unpacked bundle, if the function runs one (else the replica's
+    /// private `/tmp`).
+    pub workdir: Option<PathBuf>,
 }
 
 /// Why a program cannot run; shown to the user as a 400 on `envProcess`.
@@ -41,16 +44,29 @@ fn others_can_execute(p: &Path) -> bool {
 }
 
 /// Resolves `argv[0]` through the function's PATH to a canonical path. `sandboxed`: the
-/// function runs under its own uid, so the file must be reachable by others.
-pub fn resolve(spec: &FunctionSpec, sandboxed: bool) -> Result<Program, ProgramError> {
+/// function runs under its own uid, so the file must be reachable by others. `workdir`: the
+/// unpacked bundle, where relative commands (`./main`) are found.
+pub fn resolve(
+    spec: &FunctionSpec,
+    sandboxed: bool,
+    workdir: Option<&Path>,
+) -> Result<Program, ProgramError> {
     let cmd = &spec.argv[0];
     let found = if cmd.contains('/') {
         let p = PathBuf::from(cmd);
         if !p.is_absolute() {
-            // Relative to the working directory, which is the replica's /tmp: keep as given.
+            if let Some(dir) = workdir
+                && !is_executable(&dir.join(&p))
+            {
+                return Err(ProgramError(format!(
+                    "{cmd:?} is not an executable file in the bundle"
+                )));
+            }
+            // Relative to the working directory (the bundle, else the replica's /tmp).
             return Ok(Program {
                 path: p,
                 args: spec.argv[1..].to_vec(),
+                workdir: workdir.map(Path::to_path_buf),
             });
         }
         if !is_executable(&p) {
@@ -87,6 +103,7 @@ pub fn resolve(spec: &FunctionSpec, sandboxed: bool) -> Result<Program, ProgramE
     Ok(Program {
         path: real,
         args: spec.argv[1..].to_vec(),
+        workdir: workdir.map(Path::to_path_buf),
     })
 }
 
@@ -146,12 +163,12 @@ mod tests {
 
     #[test]
     fn resolves_through_default_path_not_the_gateways() {
-        let p = resolve(&spec("python3 -c 'print(1)'"), true).unwrap();
+        let p = resolve(&spec("python3 -c 'print(1)'"), true, None).unwrap();
         assert!(p.path.starts_with("/usr/bin"), "{:?}", p.path);
         assert_eq!(p.args, ["-c", "print(1)"]);
-        let e = resolve(&spec("no-such-command-xyz"), false).unwrap_err();
+        let e = resolve(&spec("no-such-command-xyz"), false, None).unwrap_err();
         assert!(e.to_string().contains("not found in PATH"), "{e}");
-        let e = resolve(&spec("/nonexistent/bin"), false).unwrap_err();
+        let e = resolve(&spec("/nonexistent/bin"), false, None).unwrap_err();
         assert!(e.to_string().contains("not an executable"), "{e}");
     }
 
@@ -163,17 +180,17 @@ mod tests {
         std::fs::write(&exe, "#!/bin/sh\n").unwrap();
         std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
         let s = spec(exe.to_str().unwrap());
-        assert!(resolve(&s, false).is_ok());
-        let e = resolve(&s, true).unwrap_err();
+        assert!(resolve(&s, false, None).is_ok());
+        let e = resolve(&s, true, None).unwrap_err();
         assert!(e.to_string().contains("unprivileged"), "{e}");
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-        assert!(resolve(&s, true).is_ok());
+        assert!(resolve(&s, true, None).is_ok());
 
         let in_tmp = tempfile::tempdir_in("/tmp").unwrap();
         let exe = in_tmp.path().join("run.sh");
         std::fs::write(&exe, "#!/bin/sh\n").unwrap();
         std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let e = resolve(&spec(exe.to_str().unwrap()), true).unwrap_err();
+        let e = resolve(&spec(exe.to_str().unwrap()), true, None).unwrap_err();
         assert!(e.to_string().contains("under /tmp"), "{e}");
     }
 

@@ -121,9 +121,13 @@ impl ReplicaEnv {
             .envs(env.iter().map(|(k, v)| (k, v)))
             .process_group(0);
         if self.tmp_c.is_none() {
-            cmd.current_dir(&self.tmp);
+            cmd.current_dir(program.workdir.as_deref().unwrap_or(&self.tmp));
         }
         SandboxPlan {
+            workdir: program
+                .workdir
+                .as_ref()
+                .and_then(|w| CString::new(w.as_os_str().as_bytes()).ok()),
             cgroup_procs: self
                 .cgroup
                 .as_ref()

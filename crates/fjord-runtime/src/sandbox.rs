@@ -18,6 +18,8 @@ pub struct SandboxPlan {
     pub cgroup_procs: Vec<RawFd>,
     /// Directory bind-mounted at `/tmp` in a new mount namespace.
     pub private_tmp: Option<CString>,
+    /// Working directory after the mounts (the bundle); `/tmp` when `None`.
+    pub workdir: Option<CString>,
     /// Remount `/` read-only in that namespace (`readOnlyRootFilesystem`).
     pub readonly_root: bool,
     /// Drop to this uid and gid, with no supplementary groups.
@@ -70,7 +72,8 @@ impl SandboxPlan {
                     libc::MS_BIND,
                     std::ptr::null(),
                 ))?;
-                check(libc::chdir(target.as_ptr()))?;
+                let dir = self.workdir.as_deref().unwrap_or(target);
+                check(libc::chdir(dir.as_ptr()))?;
             }
         }
         if let Some((uid, gid)) = self.user {

@@ -22,7 +22,14 @@ const MIGRATIONS: &[&str] = &["CREATE TABLE functions (
         created_at TEXT    NOT NULL,
         updated_at TEXT    NOT NULL,
         PRIMARY KEY (namespace, name)
-    ) STRICT;"];
+    ) STRICT;",
+    // Bundle tags (`resize-image:latest`) → content digests (`sha256:…`).
+    "CREATE TABLE bundle_tags (
+        tag        TEXT NOT NULL PRIMARY KEY,
+        digest     TEXT NOT NULL,
+        updated_at TEXT NOT NULL
+    ) STRICT;",
+];
 
 const COLUMNS: &str = "namespace, name, deployment, replicas, uid, created_at, updated_at";
 
@@ -208,6 +215,26 @@ impl Store {
                 .and_then(|m| m.checked_add(1))
                 .ok_or(StoreError::UidsExhausted),
         }
+    }
+
+    /// Points a bundle tag at a digest (replacing what it pointed at).
+    pub fn set_tag(&self, tag: &str, digest: &str) -> Result<(), StoreError> {
+        self.lock().execute(
+            "INSERT INTO bundle_tags (tag, digest, updated_at) VALUES (?1, ?2, ?3)
+             ON CONFLICT (tag) DO UPDATE SET digest = excluded.digest, updated_at = excluded.updated_at",
+            params![tag, digest, now_rfc3339()],
+        )?;
+        Ok(())
+    }
+
+    /// The digest a bundle tag points at.
+    pub fn tag(&self, tag: &str) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .lock()
+            .query_row("SELECT digest FROM bundle_tags WHERE tag = ?1", [tag], |r| {
+                r.get(0)
+            })
+            .optional()?)
     }
 
     /// Distinct namespaces of stored functions, sorted.
@@ -514,6 +541,15 @@ mod tests {
             Store::open(&path),
             Err(StoreError::UnsupportedSchema { found: 99, .. })
         ));
+    }
+
+    #[test]
+    fn bundle_tags() {
+        let (_dir, store) = open();
+        assert_eq!(store.tag("resize:latest").unwrap(), None);
+        store.set_tag("resize:latest", "sha256:aa").unwrap();
+        store.set_tag("resize:latest", "sha256:bb").unwrap();
+        assert_eq!(store.tag("resize:latest").unwrap().as_deref(), Some("sha256:bb"));
     }
 
     #[test]
