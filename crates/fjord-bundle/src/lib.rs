@@ -66,8 +66,8 @@ impl Manifest {
 
     pub fn write_dir(&self, dir: &Path) -> Result<(), BundleError> {
         let path = dir.join(MANIFEST);
-        let text = serde_json::to_string_pretty(self)
-            .map_err(|e| BundleError::Invalid(e.to_string()))?;
+        let text =
+            serde_json::to_string_pretty(self).map_err(|e| BundleError::Invalid(e.to_string()))?;
         fs::write(&path, text + "\n").map_err(io_at(&path))
     }
 }
@@ -82,7 +82,11 @@ impl Digest {
         let hex = s
             .strip_prefix("sha256:")
             .ok_or_else(|| BundleError::Digest(s.chars().take(80).collect()))?;
-        if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+        if hex.len() != 64
+            || !hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
             return Err(BundleError::Digest(s.chars().take(80).collect()));
         }
         Ok(Self(s.to_string()))
@@ -268,10 +272,20 @@ pub fn read_manifest(archive: &Path) -> Result<Manifest, BundleError> {
         let mut entry = entry.map_err(|e| invalid_archive(archive, e))?;
         count += 1;
         if count > MAX_ENTRIES {
-            return Err(BundleError::Invalid(format!("{}: too many entries", archive.display())));
+            return Err(BundleError::Invalid(format!(
+                "{}: too many entries",
+                archive.display()
+            )));
         }
-        let path = entry.path().map_err(|e| invalid_archive(archive, e))?.into_owned();
-        if path.components().filter(|c| !matches!(c, Component::CurDir)).eq([Component::Normal(MANIFEST.as_ref())]) {
+        let path = entry
+            .path()
+            .map_err(|e| invalid_archive(archive, e))?
+            .into_owned();
+        if path
+            .components()
+            .filter(|c| !matches!(c, Component::CurDir))
+            .eq([Component::Normal(MANIFEST.as_ref())])
+        {
             let mut text = String::new();
             entry
                 .by_ref()
@@ -284,22 +298,32 @@ pub fn read_manifest(archive: &Path) -> Result<Manifest, BundleError> {
         }
         io::copy(&mut entry, &mut io::sink()).map_err(|e| invalid_archive(archive, e))?;
     }
-    manifest.ok_or_else(|| BundleError::Invalid(format!("not a fjord bundle: no {MANIFEST} at its root")))
+    manifest.ok_or_else(|| {
+        BundleError::Invalid(format!("not a fjord bundle: no {MANIFEST} at its root"))
+    })
 }
 
 fn invalid_archive(archive: &Path, e: io::Error) -> BundleError {
-    BundleError::Invalid(format!("{} is not a valid bundle (tar.gz): {e}", archive.display()))
+    BundleError::Invalid(format!(
+        "{} is not a valid bundle (tar.gz): {e}",
+        archive.display()
+    ))
 }
 
 fn safe_relative(p: &Path) -> bool {
-    p.components().all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
+    p.components()
+        .all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
 }
 
 /// Unpacks a bundle into `dest` (which must not exist yet; written via a temporary sibling
 /// and renamed, so a half-unpacked bundle is never seen). With `owner = (uid, gid)` the tree
 /// is owned by `uid` and readable only by that group: directories 0750, files 0640 (0750
 /// when executable), so one function cannot read another's code.
-pub fn unpack(archive: &Path, dest: &Path, owner: Option<(u32, u32)>) -> Result<Manifest, BundleError> {
+pub fn unpack(
+    archive: &Path,
+    dest: &Path,
+    owner: Option<(u32, u32)>,
+) -> Result<Manifest, BundleError> {
     let parent = dest
         .parent()
         .ok_or_else(|| BundleError::Invalid(format!("{} has no parent", dest.display())))?;
@@ -307,7 +331,9 @@ pub fn unpack(archive: &Path, dest: &Path, owner: Option<(u32, u32)>) -> Result<
     let tmp = parent.join(format!(
         ".unpack-{}-{}",
         std::process::id(),
-        dest.file_name().and_then(|n| n.to_str()).unwrap_or("bundle")
+        dest.file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("bundle")
     ));
     let _ = fs::remove_dir_all(&tmp);
     let result = unpack_into(archive, &tmp, owner);
@@ -450,7 +476,11 @@ mod tests {
         fs::write(dir.join("index.py"), "print('hi')\n").unwrap();
         fs::write(dir.join("function/handler.py"), "def handle(e, c): pass\n").unwrap();
         fs::write(dir.join("function/sub/run.sh"), "#!/bin/sh\n").unwrap();
-        fs::set_permissions(dir.join("function/sub/run.sh"), fs::Permissions::from_mode(0o755)).unwrap();
+        fs::set_permissions(
+            dir.join("function/sub/run.sh"),
+            fs::Permissions::from_mode(0o755),
+        )
+        .unwrap();
         std::os::unix::fs::symlink("../index.py", dir.join("function/link.py")).unwrap();
         Manifest {
             name: "f".into(),
@@ -480,14 +510,26 @@ mod tests {
         fs::write(b.join("index.py"), "print('changed')\n").unwrap();
         assert_ne!(pack(&b, &t.path().join("b2.tgz")).unwrap(), da);
 
-        assert_eq!(read_manifest(&t.path().join("a.tgz")).unwrap().language, "python3-http");
+        assert_eq!(
+            read_manifest(&t.path().join("a.tgz")).unwrap().language,
+            "python3-http"
+        );
         let dest = t.path().join("out/x");
         let m = unpack(&t.path().join("a.tgz"), &dest, None).unwrap();
         assert_eq!(m.fprocess, "python3 index.py");
-        assert_eq!(fs::read_to_string(dest.join("function/handler.py")).unwrap(), "def handle(e, c): pass\n");
-        let mode = fs::metadata(dest.join("function/sub/run.sh")).unwrap().permissions().mode();
+        assert_eq!(
+            fs::read_to_string(dest.join("function/handler.py")).unwrap(),
+            "def handle(e, c): pass\n"
+        );
+        let mode = fs::metadata(dest.join("function/sub/run.sh"))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o755);
-        assert_eq!(fs::read_link(dest.join("function/link.py")).unwrap(), Path::new("../index.py"));
+        assert_eq!(
+            fs::read_link(dest.join("function/link.py")).unwrap(),
+            Path::new("../index.py")
+        );
     }
 
     #[test]
@@ -529,7 +571,13 @@ mod tests {
     fn digests_parse() {
         let ok = format!("sha256:{}", "a".repeat(64));
         assert_eq!(Digest::parse(&ok).unwrap().hex(), "a".repeat(64));
-        for bad in ["", "sha256:", "md5:abc", &format!("sha256:{}", "A".repeat(64)), &format!("sha256:{}/..", "a".repeat(61))] {
+        for bad in [
+            "",
+            "sha256:",
+            "md5:abc",
+            &format!("sha256:{}", "A".repeat(64)),
+            &format!("sha256:{}/..", "a".repeat(61)),
+        ] {
             assert!(Digest::parse(bad).is_err(), "{bad}");
         }
     }

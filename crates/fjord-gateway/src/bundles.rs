@@ -149,7 +149,9 @@ pub async fn head_bundle(
     if app.control.bundles().archive(&d).exists() {
         Ok(StatusCode::OK)
     } else {
-        Err(ApiError::NotFound(format!("bundle {d} is not on this gateway")))
+        Err(ApiError::NotFound(format!(
+            "bundle {d} is not on this gateway"
+        )))
     }
 }
 
@@ -171,9 +173,11 @@ pub async fn put_bundle(
     let status = if dest.exists() {
         StatusCode::OK
     } else {
-        let tmp = bundles
-            .dir
-            .join(format!(".upload-{}-{}", d.hex(), uuid::Uuid::new_v4().simple()));
+        let tmp = bundles.dir.join(format!(
+            ".upload-{}-{}",
+            d.hex(),
+            uuid::Uuid::new_v4().simple()
+        ));
         let result = receive(req.into_body(), &tmp, &d).await;
         if let Err(e) = result {
             let _ = tokio::fs::remove_file(&tmp).await;
@@ -263,7 +267,10 @@ mod tests {
     fn tags_default_to_latest() {
         assert_eq!(normalize_tag("resize"), "resize:latest");
         assert_eq!(normalize_tag("acme/resize:1.2"), "acme/resize:1.2");
-        assert_eq!(normalize_tag("localhost:5000/resize"), "localhost:5000/resize:latest");
+        assert_eq!(
+            normalize_tag("localhost:5000/resize"),
+            "localhost:5000/resize:latest"
+        );
         assert!(validate_tag("acme/resize:latest").is_ok());
         assert!(validate_tag("bad tag").is_err());
         assert!(validate_tag("").is_err());

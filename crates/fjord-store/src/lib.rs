@@ -13,7 +13,8 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 
 /// Schema migrations; after applying `MIGRATIONS[i]` the database's `user_version` is `i + 1`.
 /// Append only: never edit a migration that has shipped.
-const MIGRATIONS: &[&str] = &["CREATE TABLE functions (
+const MIGRATIONS: &[&str] = &[
+    "CREATE TABLE functions (
         namespace  TEXT    NOT NULL,
         name       TEXT    NOT NULL,
         deployment TEXT    NOT NULL,
@@ -231,9 +232,11 @@ impl Store {
     pub fn tag(&self, tag: &str) -> Result<Option<String>, StoreError> {
         Ok(self
             .lock()
-            .query_row("SELECT digest FROM bundle_tags WHERE tag = ?1", [tag], |r| {
-                r.get(0)
-            })
+            .query_row(
+                "SELECT digest FROM bundle_tags WHERE tag = ?1",
+                [tag],
+                |r| r.get(0),
+            )
             .optional()?)
     }
 
@@ -549,7 +552,10 @@ mod tests {
         assert_eq!(store.tag("resize:latest").unwrap(), None);
         store.set_tag("resize:latest", "sha256:aa").unwrap();
         store.set_tag("resize:latest", "sha256:bb").unwrap();
-        assert_eq!(store.tag("resize:latest").unwrap().as_deref(), Some("sha256:bb"));
+        assert_eq!(
+            store.tag("resize:latest").unwrap().as_deref(),
+            Some("sha256:bb")
+        );
     }
 
     #[test]

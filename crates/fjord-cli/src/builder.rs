@@ -1,0 +1,283 @@
+//! `fjord build`: template + handler → a bundle, without Docker. Dependencies are installed
+//! with the real tools (pip, npm, cargo) into the bundle, which is packed and addressed by
+//! its sha256. A fingerprint of every input skips work when nothing changed.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use fjord_bundle::Manifest;
+use fjord_stack::StackFunction;
+
+use crate::error::CliError;
+use crate::templates::{self, BuildKind};
+
+/// Files and folders of a handler that are never part of its inputs.
+const SKIP: [&str; 6] = [
+    "node_modules",
+    "target",
+    "__pycache__",
+    ".git",
+    "build",
+    ".venv",
+];
+
+/// What a build produced.
+#[derive(Debug, Clone)]
+pub struct Built {
+    pub digest: String,
+    pub archive: PathBuf,
+    pub cached: bool,
+}
+
+/// Where a function's build output lives: `<stack dir>/build/<name>/`.
+pub fn build_dir(stack_dir: &Path, name: &str) -> PathBuf {
+    stack_dir.join("build").join(name)
+}
+
+/// The last build of a function, if any.
+pub fn last_build(stack_dir: &Path, name: &str) -> Option<Built> {
+    let dir = build_dir(stack_dir, name);
+    let digest = std::fs::read_to_string(dir.join("digest"))
+        .ok()?
+        .trim()
+        .to_string();
+    let archive = dir.join("bundle.tar.gz");
+    archive.exists().then_some(Built {
+        digest,
+        archive,
+        cached: true,
+    })
+}
+
+fn collect(root: &Path, rel: &Path, out: &mut Vec<(PathBuf, Vec<u8>)>) -> std::io::Result<()> {
+    let mut entries: Vec<_> = std::fs::read_dir(root.join(rel))?.collect::<Result<_, _>>()?;
+    entries.sort_by_key(|e| e.file_name());
+    for e in entries {
+        let name = e.file_name();
+        if SKIP.iter().any(|s| name == *s) {
+            continue;
+        }
+        let r = rel.join(&name);
+        let ft = e.file_type()?;
+        if ft.is_dir() {
+            collect(root, &r, out)?;
+        } else if ft.is_file() {
+            out.push((r, std::fs::read(e.path())?));
+        }
+    }
+    Ok(())
+}
+
+fn copy_handler(src: &Path, dest: &Path) -> std::io::Result<()> {
+    let mut files = Vec::new();
+    collect(src, Path::new(""), &mut files)?;
+    for (rel, bytes) in files {
+        let out = dest.join(&rel);
+        if let Some(p) = out.parent() {
+            std::fs::create_dir_all(p)?;
+        }
+        std::fs::write(&out, bytes)?;
+        let mode = std::fs::metadata(src.join(&rel))?.permissions();
+        std::fs::set_permissions(&out, mode)?;
+    }
+    Ok(())
+}
+
+/// Runs one build step, turning a failure into an error that names the function and the
+/// step and shows the tool's output.
+fn step(function: &str, name: &str, cmd: &mut Command) -> Result<(), CliError> {
+    let out = cmd.output().map_err(|e| CliError::Build {
+        function: function.into(),
+        step: name.into(),
+        output: format!("cannot run {:?}: {e}", cmd.get_program()),
+    })?;
+    if out.status.success() {
+        return Ok(());
+    }
+    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&out.stderr));
+    let lines: Vec<&str> = text.lines().collect();
+    let shown = lines[lines.len().saturating_sub(60)..].join("\n");
+    Err(CliError::Build {
+        function: function.into(),
+        step: name.into(),
+        output: format!("{shown}\n({})", out.status),
+    })
+}
+
+/// Builds one function of a stack.
+pub fn build(
+    stack_dir: &Path,
+    f: &StackFunction,
+    no_cache: bool,
+    progress: &dyn Fn(&str),
+) -> Result<Built, CliError> {
+    let lang = f.lang.as_deref().ok_or_else(|| {
+        CliError::Usage(format!(
+            "{}: has no lang, so there is nothing to build",
+            f.name
+        ))
+    })?;
+    let handler = stack_dir.join(f.handler.as_deref().unwrap_or("."));
+    if !handler.is_dir() {
+        return Err(CliError::Usage(format!(
+            "{}: handler folder {} does not exist",
+            f.name,
+            handler.display()
+        )));
+    }
+    let template = templates::find(lang, stack_dir)?;
+    let dir = build_dir(stack_dir, &f.name);
+    std::fs::create_dir_all(&dir)?;
+
+    // The fingerprint of every input.
+    let mut h = fjord_bundle::Hasher::default();
+    h.update(b"fjord-build-1\0");
+    h.update(env!("CARGO_PKG_VERSION").as_bytes());
+    h.update(lang.as_bytes());
+    h.update(f.fprocess.as_deref().unwrap_or("").as_bytes());
+    for (k, v) in &f.build_args {
+        h.update(format!("\0arg {k}={v}").as_bytes());
+    }
+    for (p, bytes) in template.files() {
+        h.update(format!("\0t {} {}\0", p.display(), bytes.len()).as_bytes());
+        h.update(&bytes);
+    }
+    let mut handler_files = Vec::new();
+    collect(&handler, Path::new(""), &mut handler_files)?;
+    for (p, bytes) in &handler_files {
+        h.update(format!("\0h {} {}\0", p.display(), bytes.len()).as_bytes());
+        h.update(bytes);
+    }
+    let inputs = h.finish().to_string();
+    if !no_cache
+        && std::fs::read_to_string(dir.join("inputs")).ok().as_deref() == Some(inputs.as_str())
+        && let Some(b) = last_build(stack_dir, &f.name)
+    {
+        progress("unchanged: using the cached bundle");
+        return Ok(b);
+    }
+
+    progress("assembling");
+    let ctx = dir.join("context");
+    let _ = std::fs::remove_dir_all(&ctx);
+    std::fs::create_dir_all(&ctx)?;
+    template.write_runtime(&ctx)?;
+    copy_handler(&handler, &ctx.join("function"))?;
+
+    let mut root = ctx.clone();
+    let spec = &template.spec;
+    match spec.build {
+        BuildKind::Pip => {
+            let req = ctx.join("function/requirements.txt");
+            if std::fs::metadata(&req)
+                .map(|m| m.len() > 0)
+                .unwrap_or(false)
+            {
+                progress("pip install");
+                let mut cmd = Command::new("/usr/bin/python3");
+                cmd.args([
+                    "-m",
+                    "pip",
+                    "install",
+                    "--no-input",
+                    "--disable-pip-version-check",
+                    "--no-warn-script-location",
+                    "--target",
+                ])
+                .arg(ctx.join("deps"))
+                .arg("-r")
+                .arg(&req);
+                for (k, v) in &f.build_args {
+                    cmd.env(k, v);
+                }
+                step(&f.name, "pip install", &mut cmd)?;
+            }
+            // Byte-code once, at build: the bundle is read-only at run time, so Python could
+            // not cache it there. Hash-based .pyc files need no timestamps. Also finds syntax
+            // errors now rather than at the first request.
+            progress("python compile");
+            step(
+                &f.name,
+                "python compile (syntax check)",
+                Command::new("/usr/bin/python3")
+                    .args([
+                        "-m",
+                        "compileall",
+                        "-q",
+                        "-f",
+                        "--invalidation-mode",
+                        "unchecked-hash",
+                    ])
+                    .arg(&ctx),
+            )?;
+        }
+        BuildKind::Npm => {
+            if ctx.join("function/package.json").exists() {
+                progress("npm install");
+                let mut cmd = Command::new("npm");
+                cmd.args([
+                    "install",
+                    "--omit=dev",
+                    "--no-audit",
+                    "--no-fund",
+                    "--loglevel=error",
+                ])
+                .current_dir(ctx.join("function"));
+                for (k, v) in &f.build_args {
+                    cmd.env(k, v);
+                }
+                step(&f.name, "npm install", &mut cmd)?;
+            }
+            for js in ["function/handler.js", "index.js"] {
+                if ctx.join(js).exists() {
+                    step(
+                        &f.name,
+                        &format!("node --check {js}"),
+                        Command::new("node").arg("--check").arg(ctx.join(js)),
+                    )?;
+                }
+            }
+        }
+        BuildKind::Cargo => {
+            progress("cargo build --release");
+            let target = stack_dir.join("build").join(".cargo-target");
+            step(
+                &f.name,
+                "cargo build --release",
+                Command::new("cargo")
+                    .args(["build", "--release", "--quiet", "--manifest-path"])
+                    .arg(ctx.join("Cargo.toml"))
+                    .env("CARGO_TARGET_DIR", &target),
+            )?;
+            // Only the binary ships.
+            root = dir.join("bundle");
+            let _ = std::fs::remove_dir_all(&root);
+            std::fs::create_dir_all(&root)?;
+            std::fs::copy(target.join("release/main"), root.join("main"))?;
+        }
+        BuildKind::None => {}
+    }
+
+    Manifest {
+        name: f.name.clone(),
+        language: lang.to_string(),
+        fprocess: f.fprocess.clone().unwrap_or_else(|| spec.fprocess.clone()),
+        mode: spec.mode.clone(),
+        env: spec.env.clone(),
+        fjord_version: env!("CARGO_PKG_VERSION").to_string(),
+    }
+    .write_dir(&root)
+    .map_err(|e| CliError::Other(e.to_string()))?;
+
+    progress("packing");
+    let archive = dir.join("bundle.tar.gz");
+    let digest = fjord_bundle::pack(&root, &archive).map_err(|e| CliError::Other(e.to_string()))?;
+    std::fs::write(dir.join("digest"), digest.as_str())?;
+    std::fs::write(dir.join("inputs"), &inputs)?;
+    Ok(Built {
+        digest: digest.to_string(),
+        archive,
+        cached: false,
+    })
+}

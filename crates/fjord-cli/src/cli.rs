@@ -1,0 +1,327 @@
+//! The command line: every command, flag and its help text.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::error::EXIT_CODES_HELP;
+
+#[derive(Parser)]
+#[command(
+    name = "fjord",
+    version,
+    about = "Self-hosted serverless functions in one binary, compatible with OpenFaaS",
+    long_about = "fjord runs functions-as-a-service on one machine with nothing else installed: \
+an HTTP gateway with the OpenFaaS REST API, a sandboxed process runtime, logs and auth.\n\n\
+Start the platform with `fjord serve`; create a function with `fjord new`, then `fjord up`.",
+    after_help = EXIT_CODES_HELP
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Where the gateway is.
+#[derive(Args, Clone, Default)]
+pub struct GatewayArgs {
+    /// Gateway URL [env: FJORD_URL, OPENFAAS_URL; default: the stack's provider.gateway, else http://127.0.0.1:8080]
+    #[arg(short = 'g', long = "gateway")]
+    pub gateway: Option<String>,
+}
+
+/// Which stack file and which of its functions.
+#[derive(Args, Clone)]
+pub struct StackArgs {
+    /// Stack file [default: stack.yaml or stack.yml]
+    #[arg(short = 'f', long = "yaml", visible_alias = "file")]
+    pub file: Option<PathBuf>,
+    /// Only functions whose name matches this glob (`*` and `?`)
+    #[arg(long)]
+    pub filter: Option<String>,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Run the platform: gateway, runtime and state store
+    #[command(
+        after_help = "Examples:\n  fjord serve\n  fjord serve --listen 0.0.0.0:8080 --data-dir /var/lib/fjord\n  \
+RUST_LOG=debug fjord serve --log-format json"
+    )]
+    Serve(ServeArgs),
+    /// Create a function from a template and add it to the stack file
+    #[command(
+        after_help = "Examples:\n  fjord new --list\n  fjord new hello --lang python3-http\n  fjord new resize --lang python3-http --append stack.yml --prefix ghcr.io/acme"
+    )]
+    New(NewArgs),
+    /// Build functions into bundles (no Docker needed)
+    Build(BuildArgs),
+    /// Upload built bundles to the gateway (skipped when it already has them)
+    Push {
+        #[command(flatten)]
+        stack: StackArgs,
+        #[command(flatten)]
+        gateway: GatewayArgs,
+    },
+    /// Deploy functions from the stack file, or one function from flags
+    #[command(
+        after_help = "Examples:\n  fjord deploy\n  fjord deploy --name env --image env --fprocess env\n  fjord deploy --name web --image web --fprocess 'python3 -m http.server' -e mode=http -e upstream_url=http://127.0.0.1:8000"
+    )]
+    Deploy(DeployArgs),
+    /// Build, push and deploy: one command from source to a live function
+    Up(UpArgs),
+    /// Invoke a function with the request body from stdin
+    #[command(
+        after_help = "Examples:\n  echo hi | fjord invoke hello\n  fjord invoke hello -m GET --query name=Ada -H X-Trace=1 < /dev/null"
+    )]
+    Invoke(InvokeArgs),
+    /// List deployed functions
+    #[command(visible_alias = "ls")]
+    List {
+        /// Show image, available replicas and mode too
+        #[arg(short, long)]
+        verbose: bool,
+        /// Print the gateway's JSON
+        #[arg(long)]
+        json: bool,
+        /// Namespace [default: openfaas-fn]
+        #[arg(short, long)]
+        namespace: Option<String>,
+        #[command(flatten)]
+        gateway: GatewayArgs,
+    },
+    /// Show one function's status, spec and recent errors
+    Describe {
+        name: String,
+        #[arg(short, long)]
+        namespace: Option<String>,
+        /// Print the gateway's JSON
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        gateway: GatewayArgs,
+    },
+    /// Remove functions (named, or every function of the stack file)
+    #[command(visible_alias = "rm")]
+    Remove {
+        names: Vec<String>,
+        #[arg(short, long)]
+        namespace: Option<String>,
+        #[command(flatten)]
+        stack: StackArgs,
+        #[command(flatten)]
+        gateway: GatewayArgs,
+    },
+    /// Show a function's logs
+    Logs {
+        name: String,
+        #[arg(short, long)]
+        namespace: Option<String>,
+        /// Keep streaming new lines
+        #[arg(long, visible_alias = "tail-follow")]
+        follow: bool,
+        /// Only lines newer than this (e.g. 10m, 1h30m)
+        #[arg(long, value_parser = humantime::parse_duration)]
+        since: Option<std::time::Duration>,
+        /// Only the last N lines
+        #[arg(long, visible_alias = "lines")]
+        tail: Option<u64>,
+        #[command(flatten)]
+        gateway: GatewayArgs,
+    },
+    /// Set a function's replica count
+    Scale {
+        name: String,
+        #[arg(long, short)]
+        replicas: u64,
+        #[arg(short, long)]
+        namespace: Option<String>,
+        #[command(flatten)]
+        gateway: GatewayArgs,
+    },
+    /// Save credentials for a gateway (mode 0600 in $XDG_CONFIG_HOME/fjord/config.json)
+    #[command(
+        after_help = "Examples:\n  fjord login --password-stdin < /var/lib/fjord/secrets/basic-auth-password\n  fjord login -g http://fjord.internal:8080 -u admin -p \"$PASSWORD\""
+    )]
+    Login {
+        #[arg(short, long, default_value = "admin")]
+        username: String,
+        /// The password (prefer --password-stdin: flags show up in `ps`)
+        #[arg(short, long, conflicts_with = "password_stdin")]
+        password: Option<String>,
+        /// Read the password from stdin
+        #[arg(long)]
+        password_stdin: bool,
+        #[command(flatten)]
+        gateway: GatewayArgs,
+    },
+    /// Print fjord's version, and the gateway's when it can be reached
+    Version {
+        #[command(flatten)]
+        gateway: GatewayArgs,
+    },
+}
+
+#[derive(Args)]
+pub struct ServeArgs {
+    /// Address to listen on (port 0 picks a free port, written to <data-dir>/gateway.addr)
+    #[arg(long, default_value = "127.0.0.1:8080", env = "FJORD_LISTEN")]
+    pub listen: SocketAddr,
+    /// Where functions, bundles, logs and credentials are kept [default: $XDG_DATA_HOME/fjord]
+    #[arg(long, env = "FJORD_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Require HTTP basic auth on /system/* (user admin; password generated into the data dir)
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "true|false")]
+    pub auth: bool,
+    /// Seconds in-flight requests may take to finish after SIGTERM/SIGINT
+    #[arg(long, default_value_t = 10, value_name = "SECONDS")]
+    pub shutdown_timeout: u64,
+    /// Seconds an update may take to become ready before it is rolled back
+    #[arg(long, default_value_t = 60, value_name = "SECONDS")]
+    pub rollout_timeout: u64,
+    /// Seconds a request waits for a starting replica before a 503
+    #[arg(long, default_value_t = 10, value_name = "SECONDS")]
+    pub ready_timeout: u64,
+    /// Maximum processes per replica (cgroup pids limit; stops fork bombs)
+    #[arg(long, default_value_t = 1024)]
+    pub pids_max: u64,
+    /// As root, set /sys/kernel/rcu_expedited=1 while serving: cgroup moves, and so replica
+    /// cold starts, get ~10 ms faster. Restored at shutdown
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "true|false")]
+    pub tune_kernel: bool,
+    /// HTTP worker threads, each with its own event loop [default: one per core]
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub workers: Option<u16>,
+    /// Log format
+    #[arg(long, value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+#[derive(Args)]
+pub struct NewArgs {
+    /// The function's name (a DNS-1123 label: lower-case letters, digits, '-')
+    pub name: Option<String>,
+    /// Template language (see --list)
+    #[arg(long)]
+    pub lang: Option<String>,
+    /// List the templates
+    #[arg(long)]
+    pub list: bool,
+    /// Image prefix, e.g. ghcr.io/acme [env: OPENFAAS_PREFIX]
+    #[arg(short, long, env = "OPENFAAS_PREFIX")]
+    pub prefix: Option<String>,
+    /// Add the function to this existing stack file instead of creating stack.yml
+    #[arg(short, long)]
+    pub append: Option<PathBuf>,
+    /// Folder for the handler [default: ./NAME]
+    #[arg(long)]
+    pub handler: Option<PathBuf>,
+    #[command(flatten)]
+    pub gateway: GatewayArgs,
+}
+
+#[derive(Args)]
+pub struct BuildArgs {
+    #[command(flatten)]
+    pub stack: StackArgs,
+    /// Build this many functions at once
+    #[arg(long, default_value_t = 1)]
+    pub parallel: usize,
+    /// Rebuild even when the inputs did not change
+    #[arg(long)]
+    pub no_cache: bool,
+    /// Print only errors
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+#[derive(Args)]
+pub struct DeployArgs {
+    #[command(flatten)]
+    pub stack: StackArgs,
+    /// Deploy one function without a stack file: its name
+    #[arg(long)]
+    pub name: Option<String>,
+    /// With --name: the image (a bundle tag, or any label when --fprocess says what to run)
+    #[arg(long)]
+    pub image: Option<String>,
+    /// With --name: the command to run (the watchdog's fprocess)
+    #[arg(long)]
+    pub fprocess: Option<String>,
+    /// Environment variable KEY=VALUE (repeatable; wins over the stack file)
+    #[arg(short = 'e', long = "env")]
+    pub env: Vec<String>,
+    /// Label KEY=VALUE (repeatable)
+    #[arg(short = 'l', long = "label")]
+    pub label: Vec<String>,
+    /// Annotation KEY=VALUE (repeatable)
+    #[arg(long = "annotation")]
+    pub annotation: Vec<String>,
+    /// Secret name (repeatable)
+    #[arg(long = "secret")]
+    pub secret: Vec<String>,
+    /// Namespace [default: the stack's, else openfaas-fn]
+    #[arg(short, long)]
+    pub namespace: Option<String>,
+    /// Do not wait for the function to become ready
+    #[arg(long)]
+    pub no_wait: bool,
+    #[command(flatten)]
+    pub gateway: GatewayArgs,
+}
+
+#[derive(Args)]
+pub struct UpArgs {
+    #[command(flatten)]
+    pub stack: StackArgs,
+    #[arg(long, default_value_t = 1)]
+    pub parallel: usize,
+    #[arg(long)]
+    pub no_cache: bool,
+    /// Build only locally: do not upload
+    #[arg(long)]
+    pub skip_push: bool,
+    /// Build and push, do not deploy
+    #[arg(long)]
+    pub skip_deploy: bool,
+    /// Do not wait for the functions to become ready
+    #[arg(long)]
+    pub no_wait: bool,
+    #[arg(short, long)]
+    pub quiet: bool,
+    #[command(flatten)]
+    pub gateway: GatewayArgs,
+}
+
+#[derive(Args)]
+pub struct InvokeArgs {
+    pub name: String,
+    /// Queue the call (POST /async-function/NAME) and print its call id
+    #[arg(short, long)]
+    pub r#async: bool,
+    /// Header KEY=VALUE (repeatable)
+    #[arg(short = 'H', long = "header")]
+    pub header: Vec<String>,
+    /// Query parameter KEY=VALUE (repeatable)
+    #[arg(long)]
+    pub query: Vec<String>,
+    /// HTTP method
+    #[arg(short, long, default_value = "POST")]
+    pub method: String,
+    /// Content-Type of the body
+    #[arg(long, default_value = "text/plain")]
+    pub content_type: String,
+    /// Extra path after the function's name, e.g. /users/1
+    #[arg(long, default_value = "")]
+    pub path: String,
+    #[arg(short, long)]
+    pub namespace: Option<String>,
+    #[command(flatten)]
+    pub gateway: GatewayArgs,
+}

@@ -1,0 +1,248 @@
+//! A small client for the gateway's API. Every failure becomes a [`CliError`] that carries
+//! the HTTP status, the server's message and what to do next.
+
+use std::path::Path;
+use std::time::Duration;
+
+use fjord_core::openfaas::{FunctionDeployment, FunctionStatus, GatewayInfo};
+use reqwest::{Method, RequestBuilder, Response, StatusCode};
+use serde_json::json;
+
+use crate::config::{self, Credentials};
+use crate::error::CliError;
+
+pub struct Gateway {
+    pub url: String,
+    http: reqwest::Client,
+    creds: Option<Credentials>,
+}
+
+fn hint(status: StatusCode, url: &str) -> String {
+    match status.as_u16() {
+        401 | 403 => format!(
+            "\n  log in with `fjord login -g {url}` (user admin; the password is in <data-dir>/secrets/basic-auth-password on the gateway's machine), or set FJORD_PASSWORD"
+        ),
+        _ => String::new(),
+    }
+}
+
+impl Gateway {
+    pub fn new(url: String) -> Result<Self, CliError> {
+        let creds = config::credentials(&url);
+        Self::with_credentials(url, creds)
+    }
+
+    pub fn with_credentials(url: String, creds: Option<Credentials>) -> Result<Self, CliError> {
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(Duration::from_secs(5))
+            .build()
+            .map_err(|e| CliError::Other(e.to_string()))?;
+        Ok(Self { url, http, creds })
+    }
+
+    pub fn request(&self, method: Method, path: &str) -> RequestBuilder {
+        self.http.request(method, format!("{}{path}", self.url))
+    }
+
+    /// A `/system` request with credentials.
+    pub fn system(&self, method: Method, path: &str) -> RequestBuilder {
+        let r = self.request(method, path);
+        match &self.creds {
+            Some(c) => r.basic_auth(&c.user, Some(&c.password)),
+            None => r,
+        }
+    }
+
+    /// Sends, mapping transport errors and non-success statuses to errors.
+    pub async fn send(&self, req: RequestBuilder, what: &str) -> Result<Response, CliError> {
+        let resp = req.send().await.map_err(|e| self.transport(e))?;
+        if resp.status().is_success() {
+            return Ok(resp);
+        }
+        let status = resp.status();
+        let message = resp.text().await.unwrap_or_default().trim().to_string();
+        Err(CliError::Api {
+            what: what.to_string(),
+            status: status.as_u16(),
+            message: if message.is_empty() {
+                status.canonical_reason().unwrap_or("error").to_string()
+            } else {
+                message
+            },
+            hint: hint(status, &self.url),
+        })
+    }
+
+    pub fn transport(&self, e: reqwest::Error) -> CliError {
+        let mut reason = e.to_string();
+        let mut src = std::error::Error::source(&e);
+        while let Some(s) = src {
+            reason = format!("{reason}: {s}");
+            src = s.source();
+        }
+        CliError::Unreachable {
+            url: self.url.clone(),
+            reason,
+        }
+    }
+
+    fn ns_query(namespace: Option<&str>) -> String {
+        namespace
+            .filter(|n| !n.is_empty())
+            .map(|n| format!("?namespace={n}"))
+            .unwrap_or_default()
+    }
+
+    pub async fn info(&self) -> Result<GatewayInfo, CliError> {
+        let r = self
+            .send(self.system(Method::GET, "/system/info"), "GET /system/info")
+            .await?;
+        r.json().await.map_err(|e| CliError::Other(e.to_string()))
+    }
+
+    pub async fn list(&self, namespace: Option<&str>) -> Result<Vec<FunctionStatus>, CliError> {
+        let path = format!("/system/functions{}", Self::ns_query(namespace));
+        let r = self
+            .send(self.system(Method::GET, &path), "list functions")
+            .await?;
+        r.json().await.map_err(|e| CliError::Other(e.to_string()))
+    }
+
+    pub async fn get(
+        &self,
+        name: &str,
+        namespace: Option<&str>,
+    ) -> Result<FunctionStatus, CliError> {
+        let path = format!("/system/function/{name}{}", Self::ns_query(namespace));
+        let r = self
+            .send(self.system(Method::GET, &path), &format!("function {name}"))
+            .await?;
+        r.json().await.map_err(|e| CliError::Other(e.to_string()))
+    }
+
+    /// Creates or updates a function.
+    pub async fn deploy(&self, d: &FunctionDeployment) -> Result<StatusCode, CliError> {
+        let r = self
+            .send(
+                self.system(Method::POST, "/system/functions").json(d),
+                &format!("deploy {}", d.service),
+            )
+            .await?;
+        Ok(r.status())
+    }
+
+    pub async fn remove(&self, name: &str, namespace: Option<&str>) -> Result<(), CliError> {
+        let mut body = json!({"functionName": name});
+        if let Some(ns) = namespace.filter(|n| !n.is_empty()) {
+            body["namespace"] = json!(ns);
+        }
+        self.send(
+            self.system(Method::DELETE, "/system/functions").json(&body),
+            &format!("remove {name}"),
+        )
+        .await?;
+        Ok(())
+    }
+
+    pub async fn scale(
+        &self,
+        name: &str,
+        namespace: Option<&str>,
+        replicas: u64,
+    ) -> Result<(), CliError> {
+        let mut body = json!({"serviceName": name, "replicas": replicas});
+        if let Some(ns) = namespace.filter(|n| !n.is_empty()) {
+            body["namespace"] = json!(ns);
+        }
+        self.send(
+            self.system(Method::POST, &format!("/system/scale-function/{name}"))
+                .json(&body),
+            &format!("scale {name}"),
+        )
+        .await?;
+        Ok(())
+    }
+
+    pub async fn has_bundle(&self, digest: &str) -> Result<bool, CliError> {
+        let r = self
+            .system(Method::HEAD, &format!("/system/bundles/{digest}"))
+            .send()
+            .await
+            .map_err(|e| self.transport(e))?;
+        match r.status() {
+            s if s.is_success() => Ok(true),
+            StatusCode::NOT_FOUND => Ok(false),
+            s => Err(CliError::Api {
+                what: format!("check bundle {digest}"),
+                status: s.as_u16(),
+                message: s.canonical_reason().unwrap_or("error").into(),
+                hint: hint(s, &self.url),
+            }),
+        }
+    }
+
+    /// Uploads a packed bundle and tags it.
+    pub async fn upload_bundle(
+        &self,
+        digest: &str,
+        archive: &Path,
+        tag: &str,
+    ) -> Result<(), CliError> {
+        let file = tokio::fs::File::open(archive).await?;
+        let len = file.metadata().await?.len();
+        let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::new(file));
+        self.send(
+            self.system(Method::PUT, &format!("/system/bundles/{digest}"))
+                .query(&[("tag", tag)])
+                .header(reqwest::header::CONTENT_LENGTH, len)
+                .header(reqwest::header::CONTENT_TYPE, "application/gzip")
+                .body(body),
+            &format!("upload bundle {tag}"),
+        )
+        .await?;
+        Ok(())
+    }
+
+    pub async fn tag_bundle(&self, digest: &str, tag: &str) -> Result<(), CliError> {
+        self.send(
+            self.system(Method::POST, "/system/bundle-tags")
+                .json(&json!({"tag": tag, "digest": digest})),
+            &format!("tag bundle {tag}"),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Waits until a function has a ready replica (or its last error shows it will not).
+    pub async fn wait_ready(
+        &self,
+        name: &str,
+        namespace: Option<&str>,
+        timeout: Duration,
+    ) -> Result<FunctionStatus, CliError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let s = self.get(name, namespace).await?;
+            let updated = s.fjord.as_ref().and_then(|f| f.last_error.clone());
+            if s.available_replicas >= s.replicas.min(1)
+                && (s.replicas == 0 || s.available_replicas > 0)
+            {
+                return Ok(s);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(CliError::Other(format!(
+                    "{name} is not ready after {} s ({} of {} replicas){}\n  see its logs: fjord logs {name}",
+                    timeout.as_secs(),
+                    s.available_replicas,
+                    s.replicas,
+                    updated
+                        .map(|e| format!("; last error: {e}"))
+                        .unwrap_or_default()
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}

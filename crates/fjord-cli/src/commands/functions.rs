@@ -1,0 +1,316 @@
+//! Commands that talk to the gateway about deployed functions: list, describe, remove,
+//! scale, logs, invoke, login, version.
+
+use std::collections::BTreeMap;
+use std::io::{IsTerminal, Read, Write};
+use std::time::Duration;
+
+use fjord_core::openfaas::FunctionStatus;
+use futures_util::StreamExt;
+use reqwest::Method;
+
+use crate::cli::{GatewayArgs, InvokeArgs};
+use crate::client::Gateway;
+use crate::config;
+use crate::error::CliError;
+
+pub fn gateway(g: &GatewayArgs, stack_gateway: Option<&str>) -> Result<Gateway, CliError> {
+    Gateway::new(config::gateway_url(g.gateway.as_deref(), stack_gateway))
+}
+
+/// Parses `KEY=VALUE` flags.
+pub fn pairs(flag: &str, values: &[String]) -> Result<BTreeMap<String, String>, CliError> {
+    values
+        .iter()
+        .map(|v| match v.split_once('=') {
+            Some((k, val)) if !k.is_empty() => Ok((k.to_string(), val.to_string())),
+            _ => Err(CliError::Usage(format!(
+                "{flag} {v:?}: expected KEY=VALUE, e.g. {flag} mode=http"
+            ))),
+        })
+        .collect()
+}
+
+pub async fn list(
+    g: &GatewayArgs,
+    ns: Option<&str>,
+    verbose: bool,
+    json: bool,
+) -> Result<(), CliError> {
+    let gw = gateway(g, None)?;
+    let fns = gw.list(ns).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&fns).unwrap_or_default());
+        return Ok(());
+    }
+    if verbose {
+        println!(
+            "{:<28} {:<36} {:>12} {:>9} {:>9}  Mode",
+            "Function", "Image", "Invocations", "Replicas", "Available"
+        );
+        for f in &fns {
+            let mode = f.fjord.as_ref().map_or("", |x| x.mode.as_str());
+            println!(
+                "{:<28} {:<36} {:>12} {:>9} {:>9}  {}",
+                f.name, f.image, f.invocation_count, f.replicas, f.available_replicas, mode
+            );
+        }
+    } else {
+        println!("{:<28} {:>12} {:>9}", "Function", "Invocations", "Replicas");
+        for f in &fns {
+            println!(
+                "{:<28} {:>12} {:>9}",
+                f.name, f.invocation_count, f.replicas
+            );
+        }
+    }
+    Ok(())
+}
+
+fn describe_text(f: &FunctionStatus, url: &str) -> String {
+    let mut s = String::new();
+    let mut line = |k: &str, v: String| s.push_str(&format!("{k:<20} {v}\n"));
+    line("Name:", f.name.clone());
+    line("Namespace:", f.namespace.clone());
+    line(
+        "Status:",
+        if f.available_replicas > 0 {
+            "Ready".into()
+        } else {
+            "Not Ready".into()
+        },
+    );
+    line("Replicas:", f.replicas.to_string());
+    line("Available replicas:", f.available_replicas.to_string());
+    line("Invocations:", f.invocation_count.to_string());
+    line("Image:", f.image.clone());
+    line(
+        "Function process:",
+        f.env_process
+            .clone()
+            .unwrap_or_else(|| "(from the bundle)".into()),
+    );
+    line("URL:", format!("{url}/function/{}.{}", f.name, f.namespace));
+    line("Created:", f.created_at.clone());
+    if let Some(x) = &f.fjord {
+        line("Mode:", x.mode.clone());
+        line("Restarts:", x.restarts.to_string());
+        line("OOM kills:", x.oom_kills.to_string());
+        if let Some(u) = &x.updated_at {
+            line("Updated:", u.clone());
+        }
+        if let Some(e) = &x.last_error {
+            line("Last error:", e.clone());
+        }
+    }
+    let kv = |m: &Option<BTreeMap<String, String>>| {
+        m.as_ref()
+            .filter(|m| !m.is_empty())
+            .map(|m| {
+                m.iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            })
+            .unwrap_or_else(|| "-".into())
+    };
+    line("Environment:", kv(&f.env_vars));
+    line("Labels:", kv(&f.labels));
+    line("Annotations:", kv(&f.annotations));
+    if let Some(l) = &f.limits {
+        line(
+            "Limits:",
+            format!(
+                "memory={} cpu={}",
+                l.memory.as_deref().unwrap_or("-"),
+                l.cpu.as_deref().unwrap_or("-")
+            ),
+        );
+    }
+    s
+}
+
+pub async fn describe(
+    g: &GatewayArgs,
+    name: &str,
+    ns: Option<&str>,
+    json: bool,
+) -> Result<(), CliError> {
+    let gw = gateway(g, None)?;
+    let f = gw.get(name, ns).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&f).unwrap_or_default());
+    } else {
+        print!("{}", describe_text(&f, &gw.url));
+    }
+    Ok(())
+}
+
+pub async fn scale(
+    g: &GatewayArgs,
+    name: &str,
+    ns: Option<&str>,
+    replicas: u64,
+) -> Result<(), CliError> {
+    let gw = gateway(g, None)?;
+    gw.scale(name, ns, replicas).await?;
+    println!("Scaling {name} to {replicas} replica(s)");
+    Ok(())
+}
+
+pub async fn logs(
+    g: &GatewayArgs,
+    name: &str,
+    ns: Option<&str>,
+    follow: bool,
+    since: Option<Duration>,
+    tail: Option<u64>,
+) -> Result<(), CliError> {
+    let gw = gateway(g, None)?;
+    let mut q: Vec<(&str, String)> = vec![("name", name.to_string())];
+    if let Some(ns) = ns {
+        q.push(("namespace", ns.to_string()));
+    }
+    if follow {
+        q.push(("follow", "true".into()));
+    }
+    if let Some(t) = tail {
+        q.push(("tail", t.to_string()));
+    }
+    if let Some(s) = since {
+        let t = std::time::SystemTime::now() - s;
+        q.push(("since", humantime::format_rfc3339_seconds(t).to_string()));
+    }
+    let resp = gw
+        .send(
+            gw.system(Method::GET, "/system/logs").query(&q),
+            &format!("logs of {name}"),
+        )
+        .await?;
+    let mut stream = resp.bytes_stream();
+    let mut buf = Vec::new();
+    let mut out = std::io::stdout().lock();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| gw.transport(e))?;
+        buf.extend_from_slice(&chunk);
+        while let Some(i) = buf.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = buf.drain(..=i).collect();
+            if let Ok(m) = serde_json::from_slice::<fjord_core::openfaas::LogMessage>(&line) {
+                let _ = write!(out, "{} {} {}", m.timestamp, m.instance, m.text);
+                let _ = out.flush();
+            }
+        }
+    }
+    Ok(())
+}
+
+pub async fn invoke(a: &InvokeArgs) -> Result<(), CliError> {
+    let gw = gateway(&a.gateway, None)?;
+    let method = Method::from_bytes(a.method.to_uppercase().as_bytes())
+        .map_err(|_| CliError::Usage(format!("--method {:?} is not an HTTP method", a.method)))?;
+    let target = match a.namespace.as_deref() {
+        Some(ns) => format!("{}.{ns}", a.name),
+        None => a.name.clone(),
+    };
+    let path = if a.path.is_empty() || a.path.starts_with('/') {
+        a.path.clone()
+    } else {
+        format!("/{}", a.path)
+    };
+    let route = if a.r#async {
+        "async-function"
+    } else {
+        "function"
+    };
+    let mut body = Vec::new();
+    let stdin = std::io::stdin();
+    if stdin.is_terminal() {
+        eprintln!("Reading from STDIN - hit (Control + D) to stop.");
+    }
+    stdin.lock().read_to_end(&mut body)?;
+    let mut req = gw
+        .request(method, &format!("/{route}/{target}{path}"))
+        .query(&pairs("--query", &a.query)?.into_iter().collect::<Vec<_>>())
+        .header(reqwest::header::CONTENT_TYPE, &a.content_type)
+        .body(body);
+    for (k, v) in pairs("-H", &a.header)? {
+        req = req.header(k, v);
+    }
+    let resp = gw.send(req, &format!("invoke {}", a.name)).await?;
+    if a.r#async {
+        let id = resp
+            .headers()
+            .get("x-call-id")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("?")
+            .to_string();
+        println!("Function {} queued: call id {id}", a.name);
+        return Ok(());
+    }
+    let mut stream = resp.bytes_stream();
+    let mut out = std::io::stdout().lock();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| gw.transport(e))?;
+        out.write_all(&chunk)?;
+        out.flush()?;
+    }
+    Ok(())
+}
+
+pub async fn login(
+    g: &GatewayArgs,
+    user: &str,
+    password: Option<String>,
+    stdin: bool,
+) -> Result<(), CliError> {
+    let url = config::gateway_url(g.gateway.as_deref(), None);
+    let password = match (password, stdin) {
+        (Some(p), _) => p,
+        (None, true) => {
+            let mut p = String::new();
+            std::io::stdin().read_to_string(&mut p)?;
+            p.trim().to_string()
+        }
+        (None, false) => {
+            return Err(CliError::Usage(
+                "give the password with --password-stdin (or -p); it is in <data-dir>/secrets/basic-auth-password on the gateway's machine".into(),
+            ));
+        }
+    };
+    if password.is_empty() {
+        return Err(CliError::Usage("the password is empty".into()));
+    }
+    let creds = config::Credentials {
+        user: user.to_string(),
+        password,
+    };
+    let gw = Gateway::with_credentials(url.clone(), Some(creds.clone()))?;
+    gw.info().await?;
+    let mut cfg = config::load();
+    cfg.gateways.insert(url.clone(), creds);
+    let path = config::save(&cfg)?;
+    println!("credentials for {url} saved in {}", path.display());
+    Ok(())
+}
+
+pub async fn version(g: &GatewayArgs) -> Result<(), CliError> {
+    let v = fjord_gateway::version_info();
+    println!("fjord CLI: {} ({})", v.release, v.sha);
+    let gw = gateway(g, None)?;
+    match gw.info().await {
+        Ok(info) => println!(
+            "gateway {}: {} {} ({}), {}",
+            gw.url,
+            info.provider.provider,
+            info.version.release,
+            info.version.sha,
+            info.provider.orchestration
+        ),
+        Err(e) => println!(
+            "gateway {}: not available ({})",
+            gw.url,
+            e.to_string().lines().next().unwrap_or("")
+        ),
+    }
+    Ok(())
+}
