@@ -110,7 +110,11 @@ in front of the same replica. Added latency = proxied percentile − direct perc
 directly from the bench with the same body.\n\
 - **Cold start**: scale the function to 0, wait until its replica is gone, then time `POST /system/scale-function` \
 (replicas 1) plus the first `GET /function/NAME`, which waits for the replica to accept connections. \
-Baseline: start and exit of the same binary/interpreter (`fjord-bench noop`, `python3 -c pass`).\n\
+The template functions are the skeletons of `fjord new --lang L`, built, pushed and deployed with \
+`fjord up` as users do. Baseline: start and exit of the same interpreter or of a tiny binary \
+(`python3 -c pass`, `node -e 0`, `fjord-bench noop`, `/bin/true` for the Rust template).\n\
+- **Warm invoke per template**: c=16 through fjord to one replica of each template's skeleton, against the \
+bench's own Rust function through fjord at its best concurrency.\n\
 - **Scale-out**: time from `POST /system/scale-function` with 50 replicas until `availableReplicas` is 50.\n\
 - **Soak**: the best-throughput concurrency of the http scenario, through fjord; RSS sampled every 250 ms, \
 slope by least squares after the first 20 %.\n\

@@ -424,7 +424,61 @@ async fn fork_floor(n: usize) -> anyhow::Result<Vec<f64>> {
     Ok(out)
 }
 
-const PY_FUNCTION: &str = "import os, http.server as s\nclass H(s.BaseHTTPRequestHandler):\n    protocol_version = \"HTTP/1.1\"\n    def do_GET(self):\n        self.send_response(200)\n        self.send_header(\"Content-Length\", \"2\")\n        self.end_headers()\n        self.wfile.write(b\"ok\")\n    def log_message(self, *a):\n        pass\ns.ThreadingHTTPServer((\"127.0.0.1\", int(os.environ[\"PORT\"])), H).serve_forever()\n";
+/// Templates measured: language, cold-start target (ms), and the bare start of the same
+/// interpreter or binary as the baseline.
+const TEMPLATES: [(&str, Option<f64>, &str, &[&str]); 3] = [
+    (
+        "python3-http",
+        Some(30.0),
+        "/usr/bin/python3",
+        &["-c", "pass"],
+    ),
+    ("node", None, "/usr/bin/node", &["-e", "0"]),
+    ("rust", Some(5.0), "/bin/true", &[]),
+];
+
+/// Creates one function per template with `fjord new` and builds, pushes and deploys them
+/// with `fjord up`, the way users do. Returns the project dir (removed when dropped).
+async fn build_templates(
+    bin: &Path,
+    fjord: &Fjord,
+    templates: &[(&str, Option<f64>, &str, &[&str])],
+) -> anyhow::Result<tempfile::TempDir> {
+    let dir = tempfile::Builder::new()
+        .prefix("fjord-bench-templates-")
+        .tempdir_in("/var/tmp")?;
+    for (i, (lang, ..)) in templates.iter().enumerate() {
+        let mut cmd = tokio::process::Command::new(bin);
+        cmd.arg("new")
+            .arg(format!("tmpl-{lang}"))
+            .arg("--lang")
+            .arg(lang)
+            .current_dir(dir.path());
+        if i > 0 {
+            cmd.args(["--append", "stack.yml"]);
+        }
+        let out = cmd.output().await?;
+        ensure!(
+            out.status.success(),
+            "fjord new --lang {lang}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let out = tokio::process::Command::new(bin)
+        .args(["up", "--no-wait", "--quiet", "--parallel", "2"])
+        .current_dir(dir.path())
+        .env("FJORD_URL", fjord.url(""))
+        .env("FJORD_PASSWORD", &fjord.pass)
+        .output()
+        .await?;
+    ensure!(
+        out.status.success(),
+        "fjord up of the templates failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(dir)
+}
 
 pub async fn run(opts: Options) -> anyhow::Result<()> {
     let q = opts.quick;
@@ -622,34 +676,59 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         )),
     );
 
-    // 3. Cold start.
-    eprintln!("[3/7] cold start");
+    // 3. Cold start, per template, and warm throughput per template.
+    eprintln!("[3/7] cold start per template (building the templates with `fjord up`)");
     let trials = if q { 20 } else { 60 };
-    let py_cmd = format!("/usr/bin/python3 -c '{PY_FUNCTION}'");
-    for (name, fprocess, target_ms, base_prog, base_args, label) in [
-        (
-            "cold-rust",
-            format!("{bench_bin} function"),
-            5.0,
-            bench_bin.as_str(),
-            vec!["noop"],
-            "compiled function (the bench's Rust http function)",
-        ),
-        (
-            "cold-python",
-            py_cmd,
-            30.0,
-            "/usr/bin/python3",
-            vec!["-c", "pass"],
-            "python3 http.server (stand-in until the python3-http template exists)",
-        ),
-    ] {
+    let project = build_templates(&opts.fjord, &fjord, &TEMPLATES).await?;
+    let reference_rps = best.1;
+    /// A function whose cold start is measured: name, label, target (ms), baseline command.
+    type ColdTarget = (String, String, Option<f64>, String, Vec<String>);
+    let mut cold: Vec<ColdTarget> = vec![(
+        "cold-rust".into(),
+        "compiled function (the bench's own Rust http function)".into(),
+        Some(5.0),
+        bench_bin.clone(),
+        vec!["noop".into()],
+    )];
+    fjord
+        .deploy(json!({"service": "cold-rust", "image": "bench", "envProcess": format!("{bench_bin} function"), "envVars": {"mode": "http"}}))
+        .await?;
+    for (lang, target, base_prog, base_args) in TEMPLATES {
+        cold.push((
+            format!("tmpl-{lang}"),
+            format!("template {lang}"),
+            target,
+            base_prog.to_string(),
+            base_args.iter().map(|a| a.to_string()).collect(),
+        ));
+    }
+    for (name, label, target_ms, base_prog, base_args) in &cold {
         fjord
-            .deploy(json!({"service": name, "image": "bench", "envProcess": fprocess, "envVars": {"mode": "http"}}))
+            .wait_available(name, 1, Duration::from_secs(60))
             .await?;
-        fjord
-            .wait_available(name, 1, Duration::from_secs(20))
-            .await?;
+        if name.starts_with("tmpl-") {
+            let t = Target {
+                addr: fjord.addr,
+                path: format!("/function/{name}"),
+                body: None,
+            };
+            let r = load::run(&t, 16, warm, dur).await?;
+            r.ensure_no_errors(&format!("warm invoke {name}"))?;
+            rows.push(
+                Row::new(
+                    &format!("warm invoke, {label}, c=16"),
+                    "throughput via fjord",
+                    r.rps(),
+                    "req/s",
+                )
+                .baseline("bench's Rust function via fjord (best c)", reference_rps)
+                .note(&format!(
+                    "p50 {:.0} µs, p99 {:.0} µs; 1 replica",
+                    r.p(0.5),
+                    r.p(0.99)
+                )),
+            );
+        }
         let mut times = Vec::with_capacity(trials);
         for _ in 0..trials {
             fjord.scale(name, 0).await?;
@@ -663,23 +742,25 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             fjord.get_ok(&format!("/function/{name}")).await?;
             times.push(t0.elapsed().as_secs_f64() * 1e3);
         }
-        let mut base = bare_starts(base_prog, &base_args, trials).await?;
+        let args: Vec<&str> = base_args.iter().map(String::as_str).collect();
+        let mut base = bare_starts(base_prog, &args, trials).await?;
         let p50 = percentile(&mut times, 0.5);
         let p99 = percentile(&mut times, 0.99);
         let b50 = percentile(&mut base, 0.5);
-        rows.push(
-            Row::new(
-                &format!("cold start: {label}"),
-                &format!("scale 0→1 to first response, p50 ({trials} trials)"),
-                p50,
-                "ms",
-            )
-            .baseline("bare process start + exit", b50)
-            .target(&format!("≤ {target_ms} ms p50"), p50 <= target_ms)
-            .note(&format!("p99 {p99:.1} ms; includes the scale API call")),
-        );
+        let mut row = Row::new(
+            &format!("cold start: {label}"),
+            &format!("scale 0→1 to first response, p50 ({trials} trials)"),
+            p50,
+            "ms",
+        )
+        .baseline(&format!("bare `{base_prog} {}`", args.join(" ")), b50);
+        if let Some(t) = target_ms {
+            row = row.target(&format!("≤ {t} ms p50"), p50 <= *t);
+        }
+        rows.push(row.note(&format!("p99 {p99:.1} ms; includes the scale API call")));
         fjord.scale(name, 0).await?;
     }
+    drop(project);
 
     // 4. Scale-out.
     eprintln!("[4/7] scale-out 1 → 50");
