@@ -270,6 +270,19 @@ pub async fn serve(config: GatewayConfig, shutdown: CancellationToken) -> Result
         source,
     };
     std::fs::create_dir_all(data_dir).map_err(dd_err)?;
+    // Sandboxed functions get a private /tmp: under it they could not see their bundles.
+    if nix::unistd::geteuid().is_root()
+        && std::fs::canonicalize(data_dir)
+            .map(|p| p.starts_with("/tmp"))
+            .unwrap_or(false)
+    {
+        return Err(StartError::DataDir {
+            path: data_dir.clone(),
+            source: std::io::Error::other(
+                "is under /tmp, which every function sees as its own private directory, so they could not reach their code there; choose a data dir elsewhere, e.g. --data-dir /var/lib/fjord",
+            ),
+        });
+    }
     // Traversable but not listable: functions reach their own unpacked bundle under run/;
     // everything else inside is private to root.
     std::fs::set_permissions(

@@ -118,10 +118,16 @@ pub fn new(a: &NewArgs) -> Result<(), CliError> {
         .unwrap_or(Path::new("."))
         .to_path_buf();
     let template = templates::find(lang, &stack_dir)?;
-    let handler = a
+    // The stack names the handler relative to itself; the folder goes there too.
+    let handler_rel = a
         .handler
         .clone()
         .unwrap_or_else(|| PathBuf::from(format!("./{name}")));
+    let handler = if handler_rel.is_absolute() {
+        handler_rel.clone()
+    } else {
+        stack_dir.join(&handler_rel)
+    };
     if handler.exists() {
         return Err(CliError::Usage(format!(
             "folder {} already exists: choose another name or --handler",
@@ -134,7 +140,7 @@ pub fn new(a: &NewArgs) -> Result<(), CliError> {
     };
     let entry = format!(
         "  {name}:\n    lang: {lang}\n    handler: {}\n    image: {image}\n",
-        handler.display()
+        handler_rel.display()
     );
     let original = if a.append.is_some() {
         if !stack_file.exists() {

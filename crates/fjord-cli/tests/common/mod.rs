@@ -142,7 +142,8 @@ impl TestDir {
     pub fn new() -> Arc<Self> {
         let tmp = tempfile::Builder::new()
             .prefix("fjord-it-")
-            .tempdir()
+            // Not /tmp: functions get a private /tmp, and fjord refuses a data dir there.
+            .tempdir_in("/var/tmp")
             .expect("create temp dir");
         fs::create_dir_all(tmp.path().join("data")).expect("create data dir");
         Arc::new(Self { tmp })
