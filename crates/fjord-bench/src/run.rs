@@ -813,14 +813,19 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             "envVars": {"mode": "http"},
             "labels": {"com.openfaas.scale.min": "1", "com.openfaas.scale.max": "4", "com.openfaas.scale.target": "100"}}))
         .await?;
-    fjord.wait_available("bench-auto", 1, Duration::from_secs(20)).await?;
+    fjord
+        .wait_available("bench-auto", 1, Duration::from_secs(20))
+        .await?;
     let auto = Target {
         addr: fjord.addr,
         path: "/function/bench-auto".into(),
         body: None,
     };
     let t0 = Instant::now();
-    let loader = tokio::spawn(async move { load::run(&auto, 8, Duration::ZERO, Duration::from_secs(6)).await });
+    let loader =
+        tokio::spawn(
+            async move { load::run(&auto, 8, Duration::ZERO, Duration::from_secs(6)).await },
+        );
     let reaction = loop {
         let st = fjord.status("bench-auto").await?;
         if st["replicas"].as_u64().unwrap_or(0) > 1 {
@@ -834,9 +839,14 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     loader.await??.ensure_no_errors("autoscaler load")?;
     let reaction = reaction.context("the autoscaler did not scale bench-auto up under load")?;
     rows.push(
-        Row::new("autoscaler", "reaction: load start → first scale-up", reaction, "ms")
-            .baseline("autoscale interval", 1000.0)
-            .note("rps type, target 100 per replica, c=8 closed loop"),
+        Row::new(
+            "autoscaler",
+            "reaction: load start → first scale-up",
+            reaction,
+            "ms",
+        )
+        .baseline("autoscale interval", 1000.0)
+        .note("rps type, target 100 per replica, c=8 closed loop"),
     );
     fjord.scale("bench-auto", 0).await?;
 

@@ -468,8 +468,7 @@ async fn info_namespaces_and_scaling() {
     }
 
     // Without com.openfaas.scale.zero, scale to 0 is clamped to min (1): the function keeps
-    // answering. (`replicas == 1` right after is not asserted yet: ControlPlane::scale clamps
-    // only to max; see the issue 5 report.)
+    // answering.
     let (code, body) = s
         .sys_json(
             Method::POST,
@@ -480,6 +479,11 @@ async fn info_namespaces_and_scaling() {
     assert_eq!(code, StatusCode::ACCEPTED, "scale to 0: {body}");
     let st = s.get_function("scaler").await.expect("scaler exists");
     assert!(st["name"] == "scaler");
+    assert_eq!(
+        num(&st, "replicas"),
+        1,
+        "scale to 0 is clamped to min 1: {st}"
+    );
     let (code, body) = s.call("scaler/").await;
     assert_eq!(
         code,

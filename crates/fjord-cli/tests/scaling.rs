@@ -434,8 +434,19 @@ async fn manual_scale_is_clamped_to_the_policy() {
         num(v, "availableReplicas") == 3
     })
     .await;
-    // Clamping to min (scale to 0 → 2 without the zero label) is not asserted: see the
-    // report of issue 5 (ControlPlane::scale clamps only to max).
+    // Without the zero label, scale to 0 is clamped to min.
+    scale(&s, bounded, 0).await;
+    let st = s.get_function(bounded).await.unwrap();
+    assert_eq!(
+        num(&st, "replicas"),
+        2,
+        "scale to 0 is clamped to min 2: {st}"
+    );
+    let reason = st["fjord"]["lastScaleReason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("API"),
+        "a manual scale records its reason: {st}"
+    );
 
     let zero = "zeroable";
     s.deploy_ready(&http_fn_labels(
@@ -957,4 +968,36 @@ async fn alertmanager_webhook_scales_up_and_back() {
         1,
         "rejected alerts change nothing"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn manual_scale_holds_for_the_down_window_then_the_autoscaler_decides() {
+    let s = Server::start().await;
+    let name = "held";
+    s.deploy_ready(&http_fn_labels(
+        name,
+        json!({
+            "com.openfaas.scale.min": "1",
+            "com.openfaas.scale.max": "5",
+            "com.openfaas.scale.down.window": "6s",
+        }),
+    ))
+    .await;
+    scale(&s, name, 3).await;
+    // Several autoscaler ticks (1 s) pass without load: the manual count holds.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let st = s.get_function(name).await.unwrap();
+    assert_eq!(
+        num(&st, "replicas"),
+        3,
+        "a manual scale must not be undone at once: {st}"
+    );
+    // After the window the autoscaler brings it back to min.
+    let st = s
+        .wait_status(name, Duration::from_secs(30), "back to min 1", |v| {
+            num(v, "replicas") == 1
+        })
+        .await;
+    let reason = st["fjord"]["lastScaleReason"].as_str().unwrap_or_default();
+    assert!(reason.contains("autoscaler"), "{st}");
 }

@@ -515,11 +515,6 @@ impl FunctionSpec {
             ready_path,
         })
     }
-
-    /// Clamps a requested replica count into what this function allows.
-    pub fn clamp_replicas(&self, requested: u64) -> u64 {
-        requested.min(self.max_replicas)
-    }
 }
 
 #[cfg(test)]

@@ -272,10 +272,22 @@ impl ControlPlane {
         let route = self
             .lookup(&key.namespace, &key.name)
             .ok_or_else(|| not_found(key))?;
-        let replicas = route.handle.spec().clamp_replicas(replicas);
+        let spec = route.handle.spec();
+        // Clamped to the policy; 0 only for functions that may scale to zero.
+        let floor = if spec.scale.zero {
+            0
+        } else {
+            spec.min_replicas
+        };
+        let replicas = replicas.clamp(floor, spec.max_replicas);
         self.store
             .set_replicas(&key.namespace, &key.name, replicas)?;
         self.runtime.scale(key, replicas)?;
+        hold(&route, replicas);
+        route.metrics.set_scale_reason(format!(
+            "{}: scaled to {replicas} through the API",
+            now_rfc3339()
+        ));
         tracing::info!(function = %key, replicas, "scaled");
         Ok(replicas)
     }
@@ -331,6 +343,7 @@ impl ControlPlane {
         if h.desired() == 0 {
             let n = h.spec().min_replicas.max(1);
             if self.runtime.scale(&h.key, n).is_ok() {
+                hold(route, n);
                 route.metrics.set_scale_reason(format!(
                     "{}: scaled from zero to {n} by a request",
                     now_rfc3339()
@@ -349,6 +362,7 @@ impl ControlPlane {
         }
         let n = desired + 1;
         if self.runtime.scale(&h.key, n).is_ok() {
+            hold(route, n);
             route
                 .metrics
                 .set_scale_reason(format!("{}: {why}: {desired} → {n}", now_rfc3339()));
@@ -459,6 +473,18 @@ impl ControlPlane {
     pub fn bundles(&self) -> &Arc<Bundles> {
         &self.bundles
     }
+}
+
+/// A scale from outside the autoscaler (API, alert, saturation, a request at zero) holds
+/// for one `down.window`: it counts as a recommendation there, so the autoscaler does not
+/// undo it on its next tick.
+fn hold(route: &Route, replicas: u64) {
+    route
+        .metrics
+        .recommendations
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push_back((crate::metrics::now_ms(), replicas));
 }
 
 pub fn not_found(key: &FunctionKey) -> ApiError {
