@@ -115,6 +115,8 @@ The template functions are the skeletons of `fjord new --lang L`, built, pushed 
 (`python3 -c pass`, `node -e 0`, `fjord-bench noop`, `/bin/true` for the Rust template).\n\
 - **Warm invoke per template**: c=16 through fjord to one replica of each template's skeleton, against the \
 bench's own Rust function through fjord at its best concurrency.\n\
+- **Autoscaler reaction**: a function with min 1, max 4, target 100 req/s per replica; time from \
+the start of a c=8 load until its desired replicas exceed 1 (the autoscaler decides every second).\n\
 - **Scale-out**: time from `POST /system/scale-function` with 50 replicas until `availableReplicas` is 50.\n\
 - **Soak**: the best-throughput concurrency of the http scenario, through fjord; RSS sampled every 250 ms, \
 slope by least squares after the first 20 %.\n\

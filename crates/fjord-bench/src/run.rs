@@ -463,6 +463,11 @@ async fn build_templates(
             "fjord new --lang {lang}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        // The cold-start loop scales it to zero, which the policy allows only with this label.
+        let stack = dir.path().join("stack.yml");
+        let mut text = std::fs::read_to_string(&stack)?;
+        text.push_str("    labels:\n      com.openfaas.scale.zero: \"true\"\n");
+        std::fs::write(&stack, text)?;
     }
     let out = tokio::process::Command::new(bin)
         .args(["up", "--no-wait", "--quiet", "--parallel", "2"])
@@ -691,7 +696,8 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         vec!["noop".into()],
     )];
     fjord
-        .deploy(json!({"service": "cold-rust", "image": "bench", "envProcess": format!("{bench_bin} function"), "envVars": {"mode": "http"}}))
+        .deploy(json!({"service": "cold-rust", "image": "bench", "envProcess": format!("{bench_bin} function"), "envVars": {"mode": "http"},
+            "labels": {"com.openfaas.scale.zero": "true"}}))
         .await?;
     for (lang, target, base_prog, base_args) in TEMPLATES {
         cold.push((
@@ -800,6 +806,49 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         )),
     );
     fjord.scale("bench-scale", 0).await?;
+
+    // Autoscaler reaction: from the start of load to the first scale-up decision.
+    fjord
+        .deploy(json!({"service": "bench-auto", "image": "bench", "envProcess": format!("{bench_bin} function"),
+            "envVars": {"mode": "http"},
+            "labels": {"com.openfaas.scale.min": "1", "com.openfaas.scale.max": "4", "com.openfaas.scale.target": "100"}}))
+        .await?;
+    fjord
+        .wait_available("bench-auto", 1, Duration::from_secs(20))
+        .await?;
+    let auto = Target {
+        addr: fjord.addr,
+        path: "/function/bench-auto".into(),
+        body: None,
+    };
+    let t0 = Instant::now();
+    let loader =
+        tokio::spawn(
+            async move { load::run(&auto, 8, Duration::ZERO, Duration::from_secs(6)).await },
+        );
+    let reaction = loop {
+        let st = fjord.status("bench-auto").await?;
+        if st["replicas"].as_u64().unwrap_or(0) > 1 {
+            break Some(t0.elapsed().as_secs_f64() * 1e3);
+        }
+        if t0.elapsed() > Duration::from_secs(6) {
+            break None;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    loader.await??.ensure_no_errors("autoscaler load")?;
+    let reaction = reaction.context("the autoscaler did not scale bench-auto up under load")?;
+    rows.push(
+        Row::new(
+            "autoscaler",
+            "reaction: load start → first scale-up",
+            reaction,
+            "ms",
+        )
+        .baseline("autoscale interval", 1000.0)
+        .note("rps type, target 100 per replica, c=8 closed loop"),
+    );
+    fjord.scale("bench-auto", 0).await?;
 
     // 5. Async.
     eprintln!("[5/7] async: not built yet");

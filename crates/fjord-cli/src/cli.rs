@@ -195,6 +195,13 @@ pub struct ServeArgs {
     /// cold starts, get ~10 ms faster. Restored at shutdown
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "true|false")]
     pub tune_kernel: bool,
+    /// Longest a request may take when the function sets no exec_timeout (http mode: 504
+    /// beyond). The one rule: a function's exec_timeout, else this
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    pub exec_timeout: std::time::Duration,
+    /// How often the autoscaler and the scale-to-zero idler decide
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    pub autoscale_interval: std::time::Duration,
     /// HTTP worker threads, each with its own event loop [default: one per core]
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub workers: Option<u16>,

@@ -9,4 +9,6 @@ pub mod quantity;
 pub mod spec;
 
 pub use names::{DEFAULT_NAMESPACE, FunctionKey};
-pub use spec::{FunctionSpec, InvokeMode, ProcessDefaults, SpecError, WatchdogConfig};
+pub use spec::{
+    FunctionSpec, InvokeMode, ProcessDefaults, ScaleKind, ScalePolicy, SpecError, WatchdogConfig,
+};

@@ -121,6 +121,12 @@ pub struct FjordStatus {
     /// RFC 3339 time of the last successful deploy or update.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub updated_at: Option<String>,
+    /// Requests that waited for a replica to start.
+    #[serde(default)]
+    pub cold_starts: u64,
+    /// Why the replica count last changed (autoscaler, idler, scale from zero, API, alert).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_scale_reason: Option<String>,
 }
 
 /// Body of `POST /system/scale-function/{name}`.

@@ -14,10 +14,121 @@ pub const LABEL_SCALE_MIN: &str = "com.openfaas.scale.min";
 pub const LABEL_SCALE_MAX: &str = "com.openfaas.scale.max";
 /// Annotation naming an HTTP path that must answer 2xx before a replica gets traffic.
 pub const ANNOTATION_READY_PATH: &str = "com.openfaas.ready.http.path";
+/// Autoscaling labels, as OpenFaaS Pro reads them.
+pub const LABEL_SCALE_TYPE: &str = "com.openfaas.scale.type";
+pub const LABEL_SCALE_TARGET: &str = "com.openfaas.scale.target";
+pub const LABEL_SCALE_PROPORTION: &str = "com.openfaas.scale.target-proportion";
+pub const LABEL_SCALE_ZERO: &str = "com.openfaas.scale.zero";
+pub const LABEL_SCALE_ZERO_DURATION: &str = "com.openfaas.scale.zero-duration";
+pub const LABEL_SCALE_DOWN_WINDOW: &str = "com.openfaas.scale.down.window";
 /// Default maximum replicas, as in OpenFaaS Pro.
 pub const DEFAULT_SCALE_MAX: u64 = 20;
 /// Hard upper bound on replicas of one function on one machine.
 pub const REPLICAS_CEILING: u64 = 1000;
+
+/// What the autoscaler measures per replica.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScaleKind {
+    /// Requests per second.
+    Rps,
+    /// Requests in flight.
+    Capacity,
+}
+
+/// How a function scales, from its `com.openfaas.scale.*` labels.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScalePolicy {
+    pub kind: ScaleKind,
+    /// Load per replica to aim for (`.target`, default 50).
+    pub target: f64,
+    /// Scale when load reaches this share of the target (`.target-proportion`, default 0.9).
+    pub proportion: f64,
+    /// Scale to zero when idle (`.zero`, default false).
+    pub zero: bool,
+    /// Idle time before scaling to zero (`.zero-duration`, default 15m).
+    pub zero_duration: Duration,
+    /// Scale down only to the highest recommendation of this window (`.down.window`,
+    /// default 30s): fast up, stabilised down.
+    pub down_window: Duration,
+}
+
+impl Default for ScalePolicy {
+    fn default() -> Self {
+        Self {
+            kind: ScaleKind::Rps,
+            target: 50.0,
+            proportion: 0.9,
+            zero: false,
+            zero_duration: Duration::from_secs(15 * 60),
+            down_window: Duration::from_secs(30),
+        }
+    }
+}
+
+fn label_duration(
+    labels: &BTreeMap<String, String>,
+    key: &str,
+    default: Duration,
+) -> Result<Duration, SpecError> {
+    match labels.get(key) {
+        None => Ok(default),
+        Some(v) => parse_duration(v).map_err(|e| invalid(format!("labels.{key}"), e.to_string())),
+    }
+}
+
+impl ScalePolicy {
+    fn from_labels(labels: &BTreeMap<String, String>) -> Result<Self, SpecError> {
+        let mut p = ScalePolicy::default();
+        if let Some(v) = labels.get(LABEL_SCALE_TYPE) {
+            p.kind = match v.trim() {
+                "rps" => ScaleKind::Rps,
+                "capacity" => ScaleKind::Capacity,
+                "cpu" => {
+                    return Err(invalid(
+                        format!("labels.{LABEL_SCALE_TYPE}"),
+                        "cpu is not supported yet: use rps (requests per second) or capacity (requests in flight)",
+                    ));
+                }
+                other => {
+                    return Err(invalid(
+                        format!("labels.{LABEL_SCALE_TYPE}"),
+                        format!("{other:?} is not a scale type: use rps or capacity"),
+                    ));
+                }
+            };
+        }
+        let positive = |key: &str, default: f64, max: f64| -> Result<f64, SpecError> {
+            match labels.get(key) {
+                None => Ok(default),
+                Some(v) => v
+                    .trim()
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|x| x.is_finite() && *x > 0.0 && *x <= max)
+                    .ok_or_else(|| {
+                        invalid(
+                            format!("labels.{key}"),
+                            format!("{v:?} must be a number above 0 and at most {max}"),
+                        )
+                    }),
+            }
+        };
+        p.target = positive(LABEL_SCALE_TARGET, p.target, 1e9)?;
+        p.proportion = positive(LABEL_SCALE_PROPORTION, p.proportion, 1.0)?;
+        if let Some(v) = labels.get(LABEL_SCALE_ZERO) {
+            p.zero = parse_bool(&format!("labels.{LABEL_SCALE_ZERO}"), v)?;
+        }
+        p.zero_duration = label_duration(labels, LABEL_SCALE_ZERO_DURATION, p.zero_duration)?;
+        if p.zero && p.zero_duration < Duration::from_secs(1) {
+            return Err(invalid(
+                format!("labels.{LABEL_SCALE_ZERO_DURATION}"),
+                "must be at least 1s",
+            ));
+        }
+        p.down_window = label_duration(labels, LABEL_SCALE_DOWN_WINDOW, p.down_window)?;
+        Ok(p)
+    }
+}
 
 /// Why a deployment was refused. Each message names the field and says what to do.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -123,18 +234,19 @@ pub struct FunctionSpec {
     pub cpu_limit_millis: Option<u64>,
     pub min_replicas: u64,
     pub max_replicas: u64,
+    pub scale: ScalePolicy,
     pub watchdog: WatchdogConfig,
     /// Path probed with GET before a replica is ready (http mode); TCP connect otherwise.
     pub ready_path: Option<String>,
 }
 
 /// Go's `strconv.ParseBool`, which the watchdogs use for their flags.
-fn parse_bool(key: &str, value: &str) -> Result<bool, SpecError> {
-    match value {
+fn parse_bool(field: &str, value: &str) -> Result<bool, SpecError> {
+    match value.trim() {
         "1" | "t" | "T" | "true" | "TRUE" | "True" => Ok(true),
         "0" | "f" | "F" | "false" | "FALSE" | "False" => Ok(false),
         _ => Err(invalid(
-            format!("envVars.{key}"),
+            field,
             format!("{value:?} is not a boolean: use true or false"),
         )),
     }
@@ -293,13 +405,13 @@ impl FunctionSpec {
             ..WatchdogConfig::default()
         };
         if let Some(v) = env.get("combine_output") {
-            watchdog.combine_output = parse_bool("combine_output", v)?;
+            watchdog.combine_output = parse_bool("envVars.combine_output", v)?;
         }
         if let Some(v) = env.get("write_debug") {
-            watchdog.write_debug = parse_bool("write_debug", v)?;
+            watchdog.write_debug = parse_bool("envVars.write_debug", v)?;
         }
         if let Some(v) = env.get("cgi_headers") {
-            watchdog.cgi_headers = parse_bool("cgi_headers", v)?;
+            watchdog.cgi_headers = parse_bool("envVars.cgi_headers", v)?;
         }
         watchdog.content_type = env.get("content_type").filter(|c| !c.is_empty()).cloned();
         if let Some(v) = env.get("max_inflight") {
@@ -370,6 +482,8 @@ impl FunctionSpec {
             ));
         }
 
+        let scale = ScalePolicy::from_labels(&labels)?;
+
         let ready_path = d
             .annotations
             .as_ref()
@@ -396,14 +510,10 @@ impl FunctionSpec {
             cpu_limit_millis,
             min_replicas,
             max_replicas,
+            scale,
             watchdog,
             ready_path,
         })
-    }
-
-    /// Clamps a requested replica count into what this function allows.
-    pub fn clamp_replicas(&self, requested: u64) -> u64 {
-        requested.min(self.max_replicas)
     }
 }
 

@@ -176,3 +176,81 @@ pub async fn not_found(req: Request<Body>) -> ApiError {
         req.uri().path()
     ))
 }
+
+/// `GET /metrics`: Prometheus text format, no auth (as in OpenFaaS).
+pub async fn metrics(State(app): State<AppState>) -> Response {
+    let mut r = app.control.render_metrics().into_response();
+    r.headers_mut().insert(
+        axum::http::header::CONTENT_TYPE,
+        axum::http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    r
+}
+
+#[derive(serde::Deserialize)]
+struct AlertPayload {
+    #[serde(default)]
+    alerts: Vec<Alert>,
+}
+
+#[derive(serde::Deserialize)]
+struct Alert {
+    status: String,
+    #[serde(default)]
+    labels: HashMap<String, String>,
+}
+
+/// Label that sets how much of `scale.max` one firing alert adds (percent, default 20).
+const LABEL_SCALE_FACTOR: &str = "com.openfaas.scale.factor";
+
+/// `POST /system/alert`: the AlertManager webhook, for users who keep their Prometheus rules.
+/// A firing alert adds `ceil(max × factor / 100)` replicas (up to max); a resolved one goes
+/// back to min.
+pub async fn alert(State(app): State<AppState>, req: Request) -> Result<StatusCode, ApiError> {
+    let payload: AlertPayload = json_body(req, "AlertManager webhook").await?;
+    let mut missing = Vec::new();
+    for a in payload.alerts {
+        let Some(function) = a.labels.get("function_name") else {
+            return Err(ApiError::BadRequest(
+                "alerts[].labels.function_name: required (name.namespace)".into(),
+            ));
+        };
+        let (name, ns) = FunctionKey::split_route(function);
+        let key = FunctionKey::new(name, Some(ns))?;
+        let Some(route) = app.control.lookup(&key.namespace, &key.name) else {
+            missing.push(function.clone());
+            continue;
+        };
+        let spec = route.handle.spec();
+        let factor: f64 = spec
+            .deployment
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(LABEL_SCALE_FACTOR))
+            .and_then(|v| v.parse().ok())
+            .filter(|f: &f64| *f > 0.0 && *f <= 100.0)
+            .unwrap_or(20.0);
+        let current = route.handle.desired();
+        let target = match a.status.as_str() {
+            "firing" => {
+                let step = (spec.max_replicas as f64 * factor / 100.0).ceil().max(1.0) as u64;
+                (current + step).min(spec.max_replicas)
+            }
+            "resolved" => spec.min_replicas,
+            other => {
+                return Err(ApiError::BadRequest(format!(
+                    "alerts[].status: {other:?} is neither firing nor resolved"
+                )));
+            }
+        };
+        app.control.scale(&key, target).await?;
+    }
+    if missing.is_empty() {
+        Ok(StatusCode::OK)
+    } else {
+        Err(ApiError::NotFound(format!(
+            "no such function(s): {}",
+            missing.join(", ")
+        )))
+    }
+}

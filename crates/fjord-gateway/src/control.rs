@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 
 use arc_swap::ArcSwap;
 use fjord_core::openfaas::{FjordStatus, FunctionDeployment, FunctionStatus};
@@ -11,6 +11,7 @@ use fjord_core::{DEFAULT_NAMESPACE, FunctionKey, FunctionSpec};
 use fjord_runtime::{FunctionHandle, ProcessRuntime, Program};
 
 use crate::bundles::Bundles;
+use crate::metrics::{FunctionMetrics, FunctionSample};
 use fjord_store::{Store, StoredFunction, now_rfc3339};
 
 use crate::error::ApiError;
@@ -21,7 +22,8 @@ pub const UID_BASE: u32 = 2_000_000;
 /// One function as the invoke path sees it.
 pub struct Route {
     pub handle: Arc<FunctionHandle>,
-    pub invocations: Arc<AtomicU64>,
+    /// Kept across updates of the function.
+    pub metrics: Arc<FunctionMetrics>,
     uid: u32,
     created_at: String,
     updated_at: String,
@@ -106,7 +108,7 @@ impl ControlPlane {
                 &key,
                 Some(Route {
                     handle,
-                    invocations: Arc::new(AtomicU64::new(0)),
+                    metrics: Arc::new(FunctionMetrics::new()),
                     uid: f.uid,
                     created_at: f.created_at,
                     updated_at: f.updated_at,
@@ -179,10 +181,10 @@ impl ControlPlane {
         })?;
         let new_deployment = spec.deployment.clone();
         let (handle, done) = self.runtime.apply(Arc::new(spec), program, replicas, uid);
-        let invocations = self
+        let metrics = self
             .lookup(&key.namespace, &key.name)
-            .map(|r| r.invocations.clone())
-            .unwrap_or_default();
+            .map(|r| r.metrics.clone())
+            .unwrap_or_else(|| Arc::new(FunctionMetrics::new()));
         let previous_updated_at = self
             .lookup(&key.namespace, &key.name)
             .map(|r| r.updated_at.clone());
@@ -190,7 +192,7 @@ impl ControlPlane {
             &key,
             Some(Route {
                 handle,
-                invocations,
+                metrics,
                 uid,
                 created_at: stored.created_at.clone(),
                 // The update counts once it serves; until then the old time stands.
@@ -227,7 +229,7 @@ impl ControlPlane {
                     &key,
                     Some(Route {
                         handle: route.handle.clone(),
-                        invocations: route.invocations.clone(),
+                        metrics: route.metrics.clone(),
                         uid: route.uid,
                         created_at: route.created_at.clone(),
                         updated_at,
@@ -270,10 +272,22 @@ impl ControlPlane {
         let route = self
             .lookup(&key.namespace, &key.name)
             .ok_or_else(|| not_found(key))?;
-        let replicas = route.handle.spec().clamp_replicas(replicas);
+        let spec = route.handle.spec();
+        // Clamped to the policy; 0 only for functions that may scale to zero.
+        let floor = if spec.scale.zero {
+            0
+        } else {
+            spec.min_replicas
+        };
+        let replicas = replicas.clamp(floor, spec.max_replicas);
         self.store
             .set_replicas(&key.namespace, &key.name, replicas)?;
         self.runtime.scale(key, replicas)?;
+        hold(&route, replicas);
+        route.metrics.set_scale_reason(format!(
+            "{}: scaled to {replicas} through the API",
+            now_rfc3339()
+        ));
         tracing::info!(function = %key, replicas, "scaled");
         Ok(replicas)
     }
@@ -295,6 +309,145 @@ impl ControlPlane {
             .unwrap_or_default();
         out.sort_by(|a, b| a.name.cmp(&b.name));
         out
+    }
+
+    /// Every function's metrics in the Prometheus text format.
+    pub fn render_metrics(&self) -> String {
+        let routes = self.routes.load();
+        let mut all: Vec<(String, Arc<Route>)> = routes
+            .values()
+            .flat_map(|m| m.values())
+            .map(|r| (r.handle.qualified.to_string(), r.clone()))
+            .collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        let statuses: Vec<_> = all.iter().map(|(_, r)| r.handle.status()).collect();
+        let samples: Vec<FunctionSample<'_>> = all
+            .iter()
+            .zip(&statuses)
+            .map(|((name, r), s)| FunctionSample {
+                function_name: name,
+                metrics: &r.metrics,
+                desired: s.desired,
+                ready: s.available,
+                restarts: s.restarts,
+                oom_kills: s.oom_kills,
+            })
+            .collect();
+        crate::metrics::render(&samples)
+    }
+
+    /// Starts a replica for a function at zero replicas, from the invoke path (no store
+    /// write: the idler brings it back to zero).
+    pub fn wake(&self, route: &Route) {
+        let h = &route.handle;
+        if h.desired() == 0 {
+            let n = h.spec().min_replicas.max(1);
+            if self.runtime.scale(&h.key, n).is_ok() {
+                hold(route, n);
+                route.metrics.set_scale_reason(format!(
+                    "{}: scaled from zero to {n} by a request",
+                    now_rfc3339()
+                ));
+                tracing::info!(function = %h.qualified, replicas = n, "scaling from zero");
+            }
+        }
+    }
+
+    /// Asks for one more replica (a saturated function below its maximum).
+    pub fn scale_up_one(&self, route: &Route, why: &str) -> bool {
+        let h = &route.handle;
+        let (desired, max) = (h.desired(), h.spec().max_replicas);
+        if desired >= max {
+            return false;
+        }
+        let n = desired + 1;
+        if self.runtime.scale(&h.key, n).is_ok() {
+            hold(route, n);
+            route
+                .metrics
+                .set_scale_reason(format!("{}: {why}: {desired} → {n}", now_rfc3339()));
+        }
+        true
+    }
+
+    /// One decision of the autoscaler and the idler, for every function. See
+    /// docs/architecture.md ("Autoscaling") for the rule.
+    pub fn autoscale_tick(&self, interval: std::time::Duration) {
+        let now = crate::metrics::now_ms();
+        let routes = self.routes.load();
+        for route in routes.values().flat_map(|m| m.values()) {
+            let h = &route.handle;
+            let spec = h.spec();
+            let m = &route.metrics;
+            let started = m.started.load(Ordering::Relaxed);
+            let prev = m.started_at_last_tick.swap(started, Ordering::Relaxed);
+            let desired = h.desired();
+            let policy = &spec.scale;
+            // Idler: scale to zero after zero-duration without requests.
+            if policy.zero && desired > 0 {
+                let idle_ms = now.saturating_sub(m.last_request_ms.load(Ordering::Relaxed));
+                if idle_ms >= policy.zero_duration.as_millis() as u64
+                    && m.inflight.load(Ordering::Relaxed) <= 0
+                {
+                    if self.runtime.scale(&h.key, 0).is_ok() {
+                        m.set_scale_reason(format!(
+                            "{}: scaled to zero after {} without requests",
+                            now_rfc3339(),
+                            humantime::format_duration(std::time::Duration::from_secs(
+                                idle_ms / 1000
+                            ))
+                        ));
+                        tracing::info!(function = %h.qualified, "idle: scaled to zero");
+                    }
+                    continue;
+                }
+            }
+            if spec.min_replicas == spec.max_replicas || desired == 0 {
+                continue;
+            }
+            let load = match policy.kind {
+                fjord_core::ScaleKind::Rps => {
+                    started.saturating_sub(prev) as f64 / interval.as_secs_f64().max(0.001)
+                }
+                fjord_core::ScaleKind::Capacity => m.inflight.load(Ordering::Relaxed).max(0) as f64,
+            };
+            let per_replica = policy.target * policy.proportion;
+            let raw = (load / per_replica).ceil() as u64;
+            let floor = spec.min_replicas.max(1);
+            let recommended = raw.clamp(floor, spec.max_replicas);
+            // Fast up, stabilised down: scale down only to the highest recommendation of
+            // the down window.
+            let window_ms = policy.down_window.as_millis() as u64;
+            let target = {
+                let mut recs = m.recommendations.lock().unwrap_or_else(|p| p.into_inner());
+                recs.push_back((now, recommended));
+                while recs
+                    .front()
+                    .is_some_and(|(t, _)| now.saturating_sub(*t) > window_ms)
+                {
+                    recs.pop_front();
+                }
+                recs.iter().map(|(_, r)| *r).max().unwrap_or(recommended)
+            };
+            let next = if recommended > desired {
+                recommended
+            } else {
+                target.min(desired)
+            };
+            if next != desired && self.runtime.scale(&h.key, next).is_ok() {
+                let unit = match policy.kind {
+                    fjord_core::ScaleKind::Rps => "req/s",
+                    fjord_core::ScaleKind::Capacity => "in flight",
+                };
+                m.set_scale_reason(format!(
+                    "{}: autoscaler: {load:.1} {unit} for target {} × {} per replica → {desired} to {next}",
+                    now_rfc3339(),
+                    policy.target,
+                    policy.proportion
+                ));
+                tracing::info!(function = %h.qualified, load, from = desired, to = next, "autoscaled");
+            }
+        }
     }
 
     pub fn namespaces(&self) -> Result<Vec<String>, ApiError> {
@@ -322,6 +475,18 @@ impl ControlPlane {
     }
 }
 
+/// A scale from outside the autoscaler (API, alert, saturation, a request at zero) holds
+/// for one `down.window`: it counts as a recommendation there, so the autoscaler does not
+/// undo it on its next tick.
+fn hold(route: &Route, replicas: u64) {
+    route
+        .metrics
+        .recommendations
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push_back((crate::metrics::now_ms(), replicas));
+}
+
 pub fn not_found(key: &FunctionKey) -> ApiError {
     ApiError::NotFound(format!(
         "function {} not found in namespace {}",
@@ -345,7 +510,7 @@ fn status_of(route: &Route) -> FunctionStatus {
         limits: d.limits.clone(),
         requests: d.requests.clone(),
         read_only_root_filesystem: d.read_only_root_filesystem,
-        invocation_count: route.invocations.load(Ordering::Relaxed) as f64,
+        invocation_count: route.metrics.invocations() as f64,
         replicas: s.desired,
         available_replicas: s.available,
         created_at: route.created_at.clone(),
@@ -355,6 +520,8 @@ fn status_of(route: &Route) -> FunctionStatus {
             oom_kills: s.oom_kills,
             last_error: s.last_error,
             updated_at: Some(route.updated_at.clone()),
+            cold_starts: route.metrics.cold_starts.load(Ordering::Relaxed),
+            last_scale_reason: route.metrics.scale_reason(),
         }),
     }
 }

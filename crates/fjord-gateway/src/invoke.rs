@@ -10,9 +10,15 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Response, Uri, Version, header};
+use axum::response::IntoResponse;
 use fjord_core::FunctionKey;
 use fjord_runtime::fork::{self, ForkRequest};
-use fjord_runtime::{EndpointKind, Inflight};
+use fjord_runtime::{EndpointKind, Inflight, Pick, Serving};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use crate::control::Route;
+use crate::metrics::{FunctionMetrics, now_ms};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 
 use crate::AppState;
@@ -63,10 +69,10 @@ pub fn split_function_path(path: &str) -> Option<(&str, &str)> {
     })
 }
 
-/// Keeps the replica's in-flight count until the response body is done.
+/// Keeps the replica's and the function's in-flight counts until the response body is done.
 struct Guarded<B> {
     inner: B,
-    _inflight: Inflight,
+    _guards: (Inflight, Gauge),
 }
 
 impl<B> HttpBody for Guarded<B>
@@ -92,63 +98,115 @@ where
     }
 }
 
+/// Most requests that may wait at once for a starting (or saturated) function; more get 503.
+pub const MAX_HELD: u64 = 1000;
+
+/// Counts a request in the function's gauges until dropped.
+struct Gauge(Arc<FunctionMetrics>);
+
+impl Drop for Gauge {
+    fn drop(&mut self) {
+        self.0.inflight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+struct Held(Arc<FunctionMetrics>);
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.0.held.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+fn new_call_id() -> HeaderValue {
+    // A thread-local RNG: `new_v4` would make a getrandom syscall per request.
+    let id = uuid::Builder::from_random_bytes(rand::random()).into_uuid();
+    let mut buf = uuid::Uuid::encode_buffer();
+    HeaderValue::from_str(id.hyphenated().encode_lower(&mut buf))
+        .unwrap_or(HeaderValue::from_static("0"))
+}
+
 pub async fn invoke(
     State(app): State<AppState>,
     ConnectInfo(remote): ConnectInfo<SocketAddr>,
     req: Request,
-) -> Result<Response<Body>, ApiError> {
+) -> Response<Body> {
     let started = Instant::now();
     let start_ns = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
         .as_nanos();
-    let (mut parts, body) = req.into_parts();
-    let (segment, sub_path) = split_function_path(parts.uri.path())
-        .ok_or_else(|| ApiError::NotFound("no function named in the path".into()))?;
-    let (name, namespace) = FunctionKey::split_route(segment);
-    let Some(route) = app.control.lookup(namespace, name) else {
-        return Err(ApiError::NotFound(format!(
-            "error finding function {name}.{namespace}: it is not deployed"
-        )));
-    };
-    let handle = &route.handle;
-    let (serving, inflight) = match handle.pick() {
-        Some(p) => p,
-        None => {
-            if handle.wait_ready(app.config.ready_timeout).await
-                && let Some(p) = handle.pick()
-            {
-                p
-            } else {
-                return Err(not_ready(handle));
-            }
-        }
-    };
-    route
-        .invocations
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-
-    let call_id = match parts.headers.get(&X_CALL_ID) {
-        Some(v) => v.clone(),
-        None =>
-        // A thread-local RNG: `new_v4` would make a getrandom syscall per request.
-        {
-            HeaderValue::try_from(
-                uuid::Builder::from_random_bytes(rand::random())
-                    .into_uuid()
-                    .to_string(),
-            )
-            .map_err(|e| ApiError::Internal(e.to_string()))?
-        }
-    };
+    let call_id = req
+        .headers()
+        .get(&X_CALL_ID)
+        .cloned()
+        .unwrap_or_else(new_call_id);
     let start_value = HeaderValue::from(start_ns as u64);
+    let route = split_function_path(req.uri().path()).and_then(|(segment, _)| {
+        let (name, namespace) = FunctionKey::split_route(segment);
+        app.control.lookup(namespace, name)
+    });
+    let mut response = match &route {
+        None => {
+            let (name, namespace) = split_function_path(req.uri().path())
+                .map_or(("", ""), |(s, _)| FunctionKey::split_route(s));
+            ApiError::NotFound(format!(
+                "error finding function {name}.{namespace}: it is not deployed"
+            ))
+            .into_response()
+        }
+        Some(route) => {
+            let m = &route.metrics;
+            m.started.fetch_add(1, Ordering::Relaxed);
+            m.last_request_ms.store(now_ms(), Ordering::Relaxed);
+            m.inflight.fetch_add(1, Ordering::Relaxed);
+            let gauge = Gauge(m.clone());
+            let r = forward(&app, remote, req, route, &call_id, &start_value, gauge)
+                .await
+                .unwrap_or_else(|e| {
+                    if matches!(e.status().as_u16(), 429 | 503) {
+                        route.metrics.rejected.fetch_add(1, Ordering::Relaxed);
+                    }
+                    e.into_response()
+                });
+            m.observe(r.status().as_u16(), started.elapsed().as_secs_f64());
+            r
+        }
+    };
+    let h = response.headers_mut();
+    h.insert(X_CALL_ID.clone(), call_id);
+    h.insert(X_START_TIME.clone(), start_value);
+    if let Ok(v) = HeaderValue::try_from(format!("{:.6}", started.elapsed().as_secs_f64())) {
+        h.insert(X_DURATION_SECONDS.clone(), v);
+    }
+    response
+}
+
+/// Picks a replica, waking the function from zero or waiting for capacity when needed
+/// (bounded in count and time), and sends the request to it.
+async fn forward(
+    app: &AppState,
+    remote: SocketAddr,
+    req: Request,
+    route: &Arc<Route>,
+    call_id: &HeaderValue,
+    start_value: &HeaderValue,
+    gauge: Gauge,
+) -> Result<Response<Body>, ApiError> {
+    let handle = &route.handle;
+    let (serving, inflight) = match handle.pick_within() {
+        Pick::Ready(s, i) => (s, i),
+        first => wait_for_replica(app, route, first).await?,
+    };
+    let (mut parts, body) = req.into_parts();
+    let sub_path = split_function_path(parts.uri.path()).map_or("/", |(_, p)| p);
     // The function sees them too (fork mode as Http_X_Call_Id, Http_X_Start_Time).
     parts.headers.insert(X_CALL_ID.clone(), call_id.clone());
     parts
         .headers
         .insert(X_START_TIME.clone(), start_value.clone());
-
-    let mut response = match &inflight.endpoint().kind {
+    let guards = (inflight, gauge);
+    let response = match &guards.0.endpoint().kind {
         EndpointKind::Http { authority } => {
             let path_and_query = match parts.uri.query() {
                 Some(q) => format!("{sub_path}?{q}"),
@@ -176,7 +234,13 @@ pub async fn invoke(
             let upstream = app
                 .client
                 .request(axum::http::Request::from_parts(parts, body));
-            let result = match serving.spec.watchdog.exec_timeout {
+            // One rule: the function's exec_timeout, else the gateway's --exec-timeout.
+            let limit = serving
+                .spec
+                .watchdog
+                .exec_timeout
+                .or(app.config.exec_timeout);
+            let result = match limit {
                 Some(t) => match tokio::time::timeout(t, upstream).await {
                     Ok(r) => r,
                     Err(_) => {
@@ -193,7 +257,7 @@ pub async fn invoke(
                 ApiError::BadGateway(format!(
                     "function {} (replica {}) failed before answering: {e}; it may have crashed or been OOM-killed: see GET /system/logs?name={}&namespace={}",
                     handle.qualified,
-                    inflight.endpoint().replica,
+                    guards.0.endpoint().replica,
                     handle.key.name,
                     handle.key.namespace
                 ))
@@ -206,7 +270,7 @@ pub async fn invoke(
                 parts,
                 Body::new(Guarded {
                     inner: body,
-                    _inflight: inflight,
+                    _guards: guards,
                 }),
             )
         }
@@ -230,18 +294,96 @@ pub async fn invoke(
                 parts,
                 Body::new(Guarded {
                     inner: body,
-                    _inflight: inflight,
+                    _guards: guards,
                 }),
             )
         }
     };
-    let h = response.headers_mut();
-    h.insert(X_CALL_ID.clone(), call_id);
-    h.insert(X_START_TIME.clone(), start_value);
-    if let Ok(v) = HeaderValue::try_from(format!("{:.6}", started.elapsed().as_secs_f64())) {
-        h.insert(X_DURATION_SECONDS.clone(), v);
-    }
     Ok(response)
+}
+
+/// No replica could take the request at once: wake the function from zero, or add a
+/// replica to a saturated one, and wait — at most `--ready-timeout`, and at most
+/// [`MAX_HELD`] requests per function — then 503 (nothing became ready) or 429 (saturated at
+/// its maximum scale).
+async fn wait_for_replica(
+    app: &AppState,
+    route: &Arc<Route>,
+    first: Pick,
+) -> Result<(Arc<Serving>, Inflight), ApiError> {
+    let handle = &route.handle;
+    let m = &route.metrics;
+    if m.held.fetch_add(1, Ordering::Relaxed) >= MAX_HELD {
+        m.held.fetch_sub(1, Ordering::Relaxed);
+        return Err(ApiError::Unavailable(format!(
+            "function {} is starting and {MAX_HELD} requests are already waiting for it; retry shortly",
+            handle.qualified
+        )));
+    }
+    let _held = Held(m.clone());
+    let started = Instant::now();
+    let deadline = tokio::time::Instant::now() + app.config.ready_timeout;
+    let mut cold = false;
+    let mut saturated = matches!(first, Pick::Saturated);
+    if saturated
+        && !app
+            .control
+            .scale_up_one(route, "all replicas at max_inflight")
+    {
+        return Err(at_capacity(handle));
+    }
+    loop {
+        if handle.desired() == 0 {
+            cold = true;
+            app.control.wake(route);
+        }
+        let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if remaining.is_zero() {
+            break;
+        }
+        if saturated {
+            // Capacity frees up when a request finishes; check often, briefly.
+            tokio::time::sleep(Duration::from_millis(2).min(remaining)).await;
+        } else if !handle.wait_ready(remaining).await {
+            break;
+        }
+        match handle.pick_within() {
+            Pick::Ready(s, i) => {
+                if cold {
+                    m.cold_starts.fetch_add(1, Ordering::Relaxed);
+                    m.cold_start_seconds
+                        .observe(started.elapsed().as_secs_f64());
+                }
+                return Ok((s, i));
+            }
+            Pick::Saturated => {
+                if !saturated
+                    && !app
+                        .control
+                        .scale_up_one(route, "all replicas at max_inflight")
+                {
+                    return Err(at_capacity(handle));
+                }
+                saturated = true;
+            }
+            Pick::NoneReady => saturated = false,
+        }
+    }
+    if saturated {
+        Err(at_capacity(handle))
+    } else {
+        Err(not_ready(handle))
+    }
+}
+
+fn at_capacity(handle: &fjord_runtime::FunctionHandle) -> ApiError {
+    let spec = handle.spec();
+    ApiError::TooManyRequests(format!(
+        "function {} is at capacity: {} replica(s) (its maximum, com.openfaas.scale.max) each at max_inflight={}; retry later",
+        handle.qualified,
+        handle.desired(),
+        spec.watchdog.max_inflight.unwrap_or(0)
+    ))
 }
 
 fn not_ready(handle: &fjord_runtime::FunctionHandle) -> ApiError {

@@ -8,6 +8,7 @@ mod control;
 mod error;
 mod invoke;
 mod logs;
+mod metrics;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -46,6 +47,10 @@ pub struct GatewayConfig {
     pub pids_max: u64,
     /// HTTP worker threads (one per core by default).
     pub workers: usize,
+    /// Limit on a request to a function that sets no `exec_timeout` (http mode; 504 beyond).
+    pub exec_timeout: Option<Duration>,
+    /// How often the autoscaler and idler decide.
+    pub autoscale_interval: Duration,
     /// Let the runtime tune kernel settings that cut replica start time.
     pub tune_kernel: bool,
 }
@@ -62,6 +67,8 @@ impl GatewayConfig {
             pids_max: 1024,
             workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
             tune_kernel: true,
+            exec_timeout: Some(Duration::from_secs(300)),
+            autoscale_interval: Duration::from_secs(1),
         }
     }
 }
@@ -119,11 +126,13 @@ fn router(state: AppState, creds: Option<Arc<auth::Credentials>>) -> Router {
             axum::routing::put(bundles::put_bundle).head(bundles::head_bundle),
         )
         .route("/system/bundle-tags", post(bundles::set_tag))
+        .route("/system/alert", post(api::alert))
         .route_layer(axum::middleware::from_fn_with_state(creds, auth::require));
     Router::new()
         .merge(system)
         .route("/function/{*path}", any(invoke::invoke))
         .route("/healthz", get(api::healthz))
+        .route("/metrics", get(api::metrics))
         .fallback(api::not_found)
         .with_state(state)
 }
@@ -379,7 +388,20 @@ pub async fn serve(config: GatewayConfig, shutdown: CancellationToken) -> Result
     let _ = std::fs::write(data_dir.join("gateway.addr"), local.to_string());
     tracing::info!(addr = %local, workers, data_dir = %data_dir.display(), "fjord serve listening on http://{local}");
 
+    let autoscaler = {
+        let control = control.clone();
+        let interval = config.autoscale_interval;
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                control.autoscale_tick(interval);
+            }
+        })
+    };
     shutdown.cancelled().await;
+    autoscaler.abort();
     tracing::info!(timeout = ?config.shutdown_timeout, "shutting down: draining in-flight requests");
     let joined = tokio::task::spawn_blocking(move || {
         for t in threads {

@@ -193,7 +193,39 @@ pub struct ReplicaStatus {
     pub last_error: Option<String>,
 }
 
+/// The outcome of [`FunctionHandle::pick_within`].
+pub enum Pick {
+    Ready(Arc<Serving>, Inflight),
+    /// Every ready replica already has `max_inflight` requests.
+    Saturated,
+    /// No replica is ready.
+    NoneReady,
+}
+
 impl FunctionHandle {
+    /// Like [`pick`](Self::pick), but a replica with the function's `max_inflight` requests
+    /// in flight takes no more (the watchdogs' `max_inflight`).
+    pub fn pick_within(&self) -> Pick {
+        match self.pick() {
+            None => Pick::NoneReady,
+            Some((serving, inflight)) => match serving.spec.watchdog.max_inflight {
+                // `pick` counted this request already.
+                Some(max) if inflight.endpoint().inflight() as u64 > max => Pick::Saturated,
+                _ => Pick::Ready(serving, inflight),
+            },
+        }
+    }
+
+    /// Desired replicas.
+    pub fn desired(&self) -> u64 {
+        self.desired.load(Ordering::Relaxed)
+    }
+
+    /// Ready replicas.
+    pub fn ready_count(&self) -> u64 {
+        self.serving.load().endpoints.len() as u64
+    }
+
     /// Picks the ready replica with the fewest requests in flight (ties broken round-robin,
     /// so keep-alive connections do not pin traffic to one replica).
     pub fn pick(&self) -> Option<(Arc<Serving>, Inflight)> {

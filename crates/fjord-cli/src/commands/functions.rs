@@ -96,6 +96,10 @@ fn describe_text(f: &FunctionStatus, url: &str) -> String {
         line("Mode:", x.mode.clone());
         line("Restarts:", x.restarts.to_string());
         line("OOM kills:", x.oom_kills.to_string());
+        line("Cold starts:", x.cold_starts.to_string());
+        if let Some(r) = &x.last_scale_reason {
+            line("Last scale:", r.clone());
+        }
         if let Some(u) = &x.updated_at {
             line("Updated:", u.clone());
         }

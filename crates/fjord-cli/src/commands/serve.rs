@@ -28,6 +28,8 @@ pub fn run(a: ServeArgs) -> Result<(), CliError> {
     config.ready_timeout = Duration::from_secs(a.ready_timeout);
     config.pids_max = a.pids_max;
     config.tune_kernel = a.tune_kernel;
+    config.exec_timeout = (!a.exec_timeout.is_zero()).then_some(a.exec_timeout);
+    config.autoscale_interval = a.autoscale_interval.max(Duration::from_millis(100));
     if let Some(w) = a.workers {
         config.workers = usize::from(w);
     }
