@@ -233,7 +233,8 @@ fn spawn_load(
 async fn update_is_zero_downtime() {
     let s = Server::start().await;
     let mut v1 = http_fn("rolling", "1");
-    v1["labels"] = json!({"com.openfaas.scale.min": "2"});
+    // min == max: the test load must not make the autoscaler add replicas mid-rollout.
+    v1["labels"] = json!({"com.openfaas.scale.min": "2", "com.openfaas.scale.max": "2"});
     let st = s.deploy_ready(&v1).await;
     assert_eq!(num(&st, "replicas"), 2, "scale.min 2: {st}");
     assert_eq!(num(&st, "availableReplicas"), 2, "{st}");
