@@ -466,7 +466,8 @@ async fn build_templates(
         // The cold-start loop scales it to zero, which the policy allows only with this label.
         let stack = dir.path().join("stack.yml");
         let mut text = std::fs::read_to_string(&stack)?;
-        text.push_str("    labels:\n      com.openfaas.scale.zero: \"true\"\n");
+        // One replica (no autoscaling) while its warm throughput is measured.
+        text.push_str("    labels:\n      com.openfaas.scale.zero: \"true\"\n      com.openfaas.scale.max: \"1\"\n");
         std::fs::write(&stack, text)?;
     }
     let out = tokio::process::Command::new(bin)
@@ -506,7 +507,9 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     eprintln!("[1/7] warm invoke, http mode");
     fjord
         .deploy(json!({"service": "bench-http", "image": "bench", "envProcess": format!("{bench_bin} function"),
-            "envVars": {"mode": "http"}}))
+            "envVars": {"mode": "http"},
+            // One replica: the proxy comparison needs the same single upstream for all three.
+            "labels": {"com.openfaas.scale.min": "1", "com.openfaas.scale.max": "1"}}))
         .await?;
     fjord
         .wait_available("bench-http", 1, Duration::from_secs(20))
@@ -639,7 +642,10 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     // 2. Warm invoke, fork mode.
     eprintln!("[2/7] warm invoke, fork mode");
     fjord
-        .deploy(json!({"service": "bench-cat", "image": "bench", "envProcess": "cat"}))
+        .deploy(
+            json!({"service": "bench-cat", "image": "bench", "envProcess": "cat",
+            "labels": {"com.openfaas.scale.min": "1", "com.openfaas.scale.max": "1"}}),
+        )
         .await?;
     fjord
         .wait_available("bench-cat", 1, Duration::from_secs(10))
@@ -697,7 +703,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     )];
     fjord
         .deploy(json!({"service": "cold-rust", "image": "bench", "envProcess": format!("{bench_bin} function"), "envVars": {"mode": "http"},
-            "labels": {"com.openfaas.scale.zero": "true"}}))
+            "labels": {"com.openfaas.scale.zero": "true", "com.openfaas.scale.max": "1"}}))
         .await?;
     for (lang, target, base_prog, base_args) in TEMPLATES {
         cold.push((
