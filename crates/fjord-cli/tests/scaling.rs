@@ -802,7 +802,7 @@ async fn invalid_scale_labels_are_rejected_at_deploy() {
     let s = Server::start().await;
     let cases: [(&str, &str, &str); 8] = [
         ("com.openfaas.scale.type", "magic", "magic"),
-        ("com.openfaas.scale.type", "cpu", "not supported"),
+        ("com.openfaas.scale.type", "gpu", "gpu"),
         ("com.openfaas.scale.target", "-1", "-1"),
         ("com.openfaas.scale.target", "0", "0"),
         ("com.openfaas.scale.target-proportion", "2", "2"),
@@ -1000,4 +1000,63 @@ async fn manual_scale_holds_for_the_down_window_then_the_autoscaler_decides() {
         .await;
     let reason = st["fjord"]["lastScaleReason"].as_str().unwrap_or_default();
     assert!(reason.contains("autoscaler"), "{st}");
+}
+
+/// An http function that burns ~30 ms of CPU per request.
+const PY_BURN: &str = r#"
+import http.server, os, time
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def log_message(self, *a):
+        pass
+    def do_GET(self):
+        end = time.process_time() + 0.03
+        while time.process_time() < end:
+            pass
+        self.send_response(200)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"ok")
+http.server.ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), H).serve_forever()
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cpu_autoscaler_scales_on_millicores() {
+    assert!(!PY_BURN.contains('\''));
+    let s = Server::start().await;
+    let name = "burner";
+    s.deploy_ready(&json!({
+        "service": name,
+        "image": "fjord-test/burn:latest",
+        "envProcess": format!("/usr/bin/python3 -c '{PY_BURN}'"),
+        "envVars": {"mode": "http"},
+        "labels": {
+            "com.openfaas.scale.type": "cpu",
+            "com.openfaas.scale.target": "200",
+            "com.openfaas.scale.min": "1",
+            "com.openfaas.scale.max": "3",
+            "com.openfaas.scale.down.window": "2s",
+        },
+    }))
+    .await;
+    let client = client();
+    let url = s.url(&format!("/function/{name}"));
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let mut scaled = None;
+    // Two callers keep about one core busy: well above 200 millicores per replica.
+    while std::time::Instant::now() < deadline && scaled.is_none() {
+        let (a, b) = tokio::join!(client.get(&url).send(), client.get(&url).send());
+        assert!(a.is_ok() && b.is_ok());
+        let st = s.get_function(name).await.unwrap();
+        if num(&st, "replicas") > 1 {
+            scaled = Some(st);
+        }
+    }
+    let st = scaled.expect("cpu load never scaled the function above 1 replica");
+    let reason = st["fjord"]["lastScaleReason"].as_str().unwrap_or_default();
+    assert!(reason.contains("millicores"), "{st}");
+    s.wait_status(name, Duration::from_secs(30), "back to 1", |v| {
+        num(v, "replicas") == 1
+    })
+    .await;
 }

@@ -33,6 +33,8 @@ pub enum ScaleKind {
     Rps,
     /// Requests in flight.
     Capacity,
+    /// CPU use in millicores (from the replicas' cgroups).
+    Cpu,
 }
 
 /// How a function scales, from its `com.openfaas.scale.*` labels.
@@ -83,16 +85,11 @@ impl ScalePolicy {
             p.kind = match v.trim() {
                 "rps" => ScaleKind::Rps,
                 "capacity" => ScaleKind::Capacity,
-                "cpu" => {
-                    return Err(invalid(
-                        format!("labels.{LABEL_SCALE_TYPE}"),
-                        "cpu is not supported yet: use rps (requests per second) or capacity (requests in flight)",
-                    ));
-                }
+                "cpu" => ScaleKind::Cpu,
                 other => {
                     return Err(invalid(
                         format!("labels.{LABEL_SCALE_TYPE}"),
-                        format!("{other:?} is not a scale type: use rps or capacity"),
+                        format!("{other:?} is not a scale type: use rps, capacity or cpu"),
                     ));
                 }
             };

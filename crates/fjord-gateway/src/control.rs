@@ -410,6 +410,12 @@ impl ControlPlane {
                     started.saturating_sub(prev) as f64 / interval.as_secs_f64().max(0.001)
                 }
                 fjord_core::ScaleKind::Capacity => m.inflight.load(Ordering::Relaxed).max(0) as f64,
+                fjord_core::ScaleKind::Cpu => {
+                    // Millicores over the last tick, summed over the ready replicas.
+                    let now_ns = h.cpu_usage_ns().unwrap_or(0);
+                    let prev_ns = m.cpu_ns_at_last_tick.swap(now_ns, Ordering::Relaxed);
+                    now_ns.saturating_sub(prev_ns) as f64 / 1e6 / interval.as_secs_f64().max(0.001)
+                }
             };
             let per_replica = policy.target * policy.proportion;
             let raw = (load / per_replica).ceil() as u64;
@@ -438,6 +444,7 @@ impl ControlPlane {
                 let unit = match policy.kind {
                     fjord_core::ScaleKind::Rps => "req/s",
                     fjord_core::ScaleKind::Capacity => "in flight",
+                    fjord_core::ScaleKind::Cpu => "millicores",
                 };
                 m.set_scale_reason(format!(
                     "{}: autoscaler: {load:.1} {unit} for target {} × {} per replica → {desired} to {next}",

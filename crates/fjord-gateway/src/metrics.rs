@@ -79,6 +79,8 @@ pub struct FunctionMetrics {
     pub recommendations: std::sync::Mutex<std::collections::VecDeque<(u64, u64)>>,
     /// `started` at the autoscaler's previous tick, to compute requests per second.
     pub started_at_last_tick: AtomicU64,
+    /// The replicas' CPU time (ns) at the autoscaler's previous tick, for the cpu type.
+    pub cpu_ns_at_last_tick: AtomicU64,
 }
 
 /// Milliseconds since the Unix epoch.

@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 const CGROUP_MOUNT: &str = "/sys/fs/cgroup";
-const V1_CONTROLLERS: [&str; 3] = ["memory", "cpu", "pids"];
+// cpuacct: CPU usage, for autoscaling on cpu (co-mounted with cpu on some systems: fine).
+const V1_CONTROLLERS: [&str; 4] = ["memory", "cpu", "cpuacct", "pids"];
 const CFS_PERIOD_US: u64 = 100_000;
 
 #[derive(Debug, thiserror::Error)]
@@ -234,6 +235,21 @@ impl Cgroup {
             Version::V2 => "memory.current",
         };
         self.read(file).and_then(|s| s.trim().parse().ok())
+    }
+
+    /// CPU time used by the cgroup's processes so far, in nanoseconds.
+    pub fn cpu_usage_ns(&self) -> Option<u64> {
+        match self.version {
+            Version::V1 => self
+                .read("cpuacct.usage")
+                .and_then(|s| s.trim().parse().ok()),
+            Version::V2 => self.read("cpu.stat").and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("usage_usec "))
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+                    .map(|us| us * 1000)
+            }),
+        }
     }
 
     /// Process ids in the cgroup.

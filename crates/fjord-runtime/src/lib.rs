@@ -128,15 +128,26 @@ pub struct Endpoint {
     pub replica: Arc<str>,
     pub kind: EndpointKind,
     inflight: AtomicUsize,
+    sandbox: Arc<replica::ReplicaEnv>,
 }
 
 impl Endpoint {
-    pub(crate) fn new(replica: Arc<str>, kind: EndpointKind) -> Self {
+    pub(crate) fn new(
+        replica: Arc<str>,
+        kind: EndpointKind,
+        sandbox: Arc<replica::ReplicaEnv>,
+    ) -> Self {
         Self {
             replica,
             kind,
             inflight: AtomicUsize::new(0),
+            sandbox,
         }
+    }
+
+    /// CPU time the replica used so far (ns), when cgroups are available.
+    pub fn cpu_usage_ns(&self) -> Option<u64> {
+        self.sandbox.cgroup.as_ref().and_then(|c| c.cpu_usage_ns())
     }
 
     pub fn inflight(&self) -> usize {
@@ -219,6 +230,18 @@ impl FunctionHandle {
     /// Desired replicas.
     pub fn desired(&self) -> u64 {
         self.desired.load(Ordering::Relaxed)
+    }
+
+    /// CPU time used so far by the ready replicas, in ns (`None` without cgroups).
+    pub fn cpu_usage_ns(&self) -> Option<u64> {
+        let serving = self.serving.load();
+        let mut total = None;
+        for e in &serving.endpoints {
+            if let Some(ns) = e.cpu_usage_ns() {
+                total = Some(total.unwrap_or(0) + ns);
+            }
+        }
+        total
     }
 
     /// Ready replicas.

@@ -176,11 +176,11 @@ impl ReplicaArgs {
         });
     }
 
-    fn ready(&self, kind: EndpointKind) {
+    fn ready(&self, kind: EndpointKind, env: &Arc<ReplicaEnv>) {
         let _ = self.events.send(Event::Ready {
             generation: self.generation,
             id: self.id.clone(),
-            endpoint: Arc::new(Endpoint::new(self.id.clone(), kind)),
+            endpoint: Arc::new(Endpoint::new(self.id.clone(), kind, env.clone())),
         });
     }
 }
@@ -203,7 +203,7 @@ pub(crate) async fn run(args: ReplicaArgs) {
         InvokeMode::Fork => {
             let base_env = program::base_env(&args.spec, &args.id, env.home(), None);
             let slot = Arc::new(ForkSlot::new(env.clone(), base_env));
-            args.ready(EndpointKind::Fork(slot));
+            args.ready(EndpointKind::Fork(slot), &env);
             args.stop.cancelled().await;
         }
         InvokeMode::Http { upstream_port } => {
@@ -233,7 +233,7 @@ enum Outcome {
     Exited(String),
 }
 
-async fn supervise_http(args: &ReplicaArgs, env: &ReplicaEnv, port: u16) {
+async fn supervise_http(args: &ReplicaArgs, env: &Arc<ReplicaEnv>, port: u16) {
     let authority: http::uri::Authority = match format!("127.0.0.1:{port}").parse() {
         Ok(a) => a,
         Err(_) => return,
@@ -296,7 +296,7 @@ fn describe(status: std::io::Result<ExitStatus>) -> String {
 
 async fn run_once(
     args: &ReplicaArgs,
-    env: &ReplicaEnv,
+    env: &Arc<ReplicaEnv>,
     base_env: &[(OsString, OsString)],
     port: u16,
     authority: &http::uri::Authority,
@@ -335,9 +335,12 @@ async fn run_once(
         _ = probe(port, args.spec.ready_path.as_deref()) => {}
     }
     tracing::debug!(replica = %args.id, after_spawn_us = spawned.elapsed().as_micros() as u64, "replica ready");
-    args.ready(EndpointKind::Http {
-        authority: authority.clone(),
-    });
+    args.ready(
+        EndpointKind::Http {
+            authority: authority.clone(),
+        },
+        env,
+    );
     tokio::select! {
         _ = args.stop.cancelled() => {
             terminate(&mut child, pid, args.shared.config.stop_grace).await;
