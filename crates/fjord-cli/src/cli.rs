@@ -199,6 +199,14 @@ pub struct ServeArgs {
     /// beyond). The one rule: a function's exec_timeout, else this
     #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
     pub exec_timeout: std::time::Duration,
+    /// Longest a client may take to send a request body, when the function sets no
+    /// read_timeout (408 beyond; 0 = no limit)
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    pub read_timeout: std::time::Duration,
+    /// Longest sending a response body may take, when the function sets no write_timeout
+    /// (the connection is cut beyond; 0 = no limit, right for long streams)
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    pub write_timeout: std::time::Duration,
     /// How often the autoscaler and the scale-to-zero idler decide
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     pub autoscale_interval: std::time::Duration,

@@ -15,7 +15,7 @@ use fjord_core::FunctionKey;
 use fjord_runtime::fork::{self, ForkRequest};
 use fjord_runtime::{EndpointKind, Inflight, Pick, Serving};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::control::Route;
 use crate::metrics::{FunctionMetrics, now_ms};
@@ -87,6 +87,59 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Cuts a body that is still incomplete at its deadline (read_timeout for request bodies,
+/// write_timeout for responses). A body that keeps up is never touched, and the deadline is
+/// only looked at while the body waits for data.
+struct Deadline<B> {
+    inner: B,
+    sleep: Pin<Box<tokio::time::Sleep>>,
+    expired: Arc<AtomicBool>,
+}
+
+impl<B> Deadline<B> {
+    fn new(inner: B, limit: Duration, expired: Arc<AtomicBool>) -> Self {
+        Self {
+            inner,
+            sleep: Box::pin(tokio::time::sleep(limit)),
+            expired,
+        }
+    }
+}
+
+impl<B> HttpBody for Deadline<B>
+where
+    B: HttpBody<Data = bytes::Bytes> + Unpin,
+    B::Error: Into<axum::BoxError>,
+{
+    type Data = bytes::Bytes;
+    type Error = axum::BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(f) => Poll::Ready(f.map(|r| r.map_err(Into::into))),
+            Poll::Pending => {
+                if self.sleep.as_mut().poll(cx).is_ready() {
+                    self.expired.store(true, Ordering::Relaxed);
+                    Poll::Ready(Some(Err("body timed out".into())))
+                } else {
+                    Poll::Pending
+                }
+            }
+        }
     }
 
     fn is_end_stream(&self) -> bool {
@@ -199,6 +252,24 @@ async fn forward(
         first => wait_for_replica(app, route, first).await?,
     };
     let (mut parts, body) = req.into_parts();
+    // One rule for each limit: the function's own env var, else the gateway's flag.
+    let wd = &serving.spec.watchdog;
+    let read_limit = wd.read_timeout.or(app.config.read_timeout);
+    let write_limit = wd.write_timeout.or(app.config.write_timeout);
+    let read_expired = Arc::new(AtomicBool::new(false));
+    let body = match read_limit {
+        Some(t) if !body.is_end_stream() => Body::new(Deadline::new(body, t, read_expired.clone())),
+        _ => body,
+    };
+    let read_timed_out = || {
+        read_expired.load(Ordering::Relaxed).then(|| {
+            ApiError::RequestTimeout(format!(
+                "the request body to {} did not arrive within its read_timeout of {}",
+                route.handle.qualified,
+                humantime::format_duration(read_limit.unwrap_or_default())
+            ))
+        })
+    };
     let sub_path = split_function_path(parts.uri.path()).map_or("/", |(_, p)| p);
     // The function sees them too (fork mode as Http_X_Call_Id, Http_X_Start_Time).
     parts.headers.insert(X_CALL_ID.clone(), call_id.clone());
@@ -253,6 +324,9 @@ async fn forward(
                 },
                 None => upstream.await,
             };
+            if let Some(e) = read_timed_out() {
+                return Err(e);
+            }
             let resp = result.map_err(|e| {
                 ApiError::BadGateway(format!(
                     "function {} (replica {}) failed before answering: {e}; it may have crashed or been OOM-killed: see GET /system/logs?name={}&namespace={}",
@@ -289,6 +363,9 @@ async fn forward(
                 },
             )
             .await;
+            if let Some(e) = read_timed_out() {
+                return Err(e);
+            }
             let (parts, body) = resp.into_parts();
             Response::from_parts(
                 parts,
@@ -299,7 +376,12 @@ async fn forward(
             )
         }
     };
-    Ok(response)
+    Ok(match write_limit {
+        Some(t) => {
+            response.map(|b| Body::new(Deadline::new(b, t, Arc::new(AtomicBool::new(false)))))
+        }
+        None => response,
+    })
 }
 
 /// No replica could take the request at once: wake the function from zero, or add a

@@ -49,6 +49,10 @@ pub struct GatewayConfig {
     pub workers: usize,
     /// Limit on a request to a function that sets no `exec_timeout` (http mode; 504 beyond).
     pub exec_timeout: Option<Duration>,
+    /// Limit on receiving a request body, for functions that set no `read_timeout` (408).
+    pub read_timeout: Option<Duration>,
+    /// Limit on sending a response body, for functions that set no `write_timeout`.
+    pub write_timeout: Option<Duration>,
     /// How often the autoscaler and idler decide.
     pub autoscale_interval: Duration,
     /// Let the runtime tune kernel settings that cut replica start time.
@@ -68,6 +72,8 @@ impl GatewayConfig {
             workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
             tune_kernel: true,
             exec_timeout: Some(Duration::from_secs(300)),
+            read_timeout: Some(Duration::from_secs(60)),
+            write_timeout: None,
             autoscale_interval: Duration::from_secs(1),
         }
     }

@@ -29,6 +29,8 @@ pub fn run(a: ServeArgs) -> Result<(), CliError> {
     config.pids_max = a.pids_max;
     config.tune_kernel = a.tune_kernel;
     config.exec_timeout = (!a.exec_timeout.is_zero()).then_some(a.exec_timeout);
+    config.read_timeout = (!a.read_timeout.is_zero()).then_some(a.read_timeout);
+    config.write_timeout = (!a.write_timeout.is_zero()).then_some(a.write_timeout);
     config.autoscale_interval = a.autoscale_interval.max(Duration::from_millis(100));
     if let Some(w) = a.workers {
         config.workers = usize::from(w);
