@@ -161,11 +161,39 @@ RUST_LOG=debug fjord serve --log-format json"
         #[command(flatten)]
         gateway: GatewayArgs,
     },
+    /// Inspect and manage async calls: get, list, cancel, replay
+    #[command(
+        after_help = "Examples:\n  fjord invoke resize --async < photo.jpg\n  fjord calls get 3f2a…\n  fjord calls list --state dead\n  fjord calls replay 3f2a…\n  fjord calls cancel 3f2a…"
+    )]
+    Calls {
+        #[command(subcommand)]
+        action: CallsAction,
+        #[command(flatten)]
+        gateway: GatewayArgs,
+    },
     /// Print fjord's version, and the gateway's when it can be reached
     Version {
         #[command(flatten)]
         gateway: GatewayArgs,
     },
+}
+
+#[derive(Subcommand)]
+pub enum CallsAction {
+    /// Show a call's state, attempts, last status and callback outcome
+    Get { id: String },
+    /// List calls, newest first
+    List {
+        /// queued, running, retrying, done, dead or cancelled
+        #[arg(long)]
+        state: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+    /// Cancel a call that has not started
+    Cancel { id: String },
+    /// Run a dead-lettered call again
+    Replay { id: String },
 }
 
 #[derive(Args)]
@@ -207,6 +235,13 @@ pub struct ServeArgs {
     /// (the connection is cut beyond; 0 = no limit, right for long streams)
     #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
     pub write_timeout: std::time::Duration,
+    /// Largest body of an async call (POST /async-function/...; 413 beyond)
+    #[arg(long, default_value = "8MiB", value_parser = parse_size)]
+    pub max_async_body: u64,
+    /// HTTP method of queued calls when they run: `original`, or `post` as OpenFaaS's queue
+    /// worker always does
+    #[arg(long, default_value = "original", value_parser = ["original", "post"])]
+    pub async_method: String,
     /// How often the autoscaler and the scale-to-zero idler decide
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     pub autoscale_interval: std::time::Duration,
@@ -216,6 +251,11 @@ pub struct ServeArgs {
     /// Log format
     #[arg(long, value_enum, default_value = "text")]
     pub log_format: LogFormat,
+}
+
+/// `8MiB`, `512KiB`, `1000000`.
+fn parse_size(s: &str) -> Result<u64, String> {
+    fjord_core::quantity::parse_memory(s.trim().trim_end_matches('B')).map_err(|e| e.to_string())
 }
 
 #[derive(Args)]

@@ -84,6 +84,7 @@ pub fn main() -> ExitCode {
             gateway,
         } => block_on(fx::login(&gateway, &username, password, password_stdin)),
         Command::Version { gateway } => block_on(fx::version(&gateway)),
+        Command::Calls { action, gateway } => block_on(fx::calls(&gateway, action)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

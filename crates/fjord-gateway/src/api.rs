@@ -179,7 +179,14 @@ pub async fn not_found(req: Request<Body>) -> ApiError {
 
 /// `GET /metrics`: Prometheus text format, no auth (as in OpenFaaS).
 pub async fn metrics(State(app): State<AppState>) -> Response {
-    let mut r = app.control.render_metrics().into_response();
+    let depth: HashMap<String, u64> = app
+        .queue
+        .depth()
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .collect();
+    let mut r = app.control.render_metrics(&depth).into_response();
     r.headers_mut().insert(
         axum::http::header::CONTENT_TYPE,
         axum::http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),

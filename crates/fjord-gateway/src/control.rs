@@ -127,6 +127,9 @@ impl ControlPlane {
         d: FunctionDeployment,
         uid: u32,
     ) -> Result<(FunctionSpec, Program), ApiError> {
+        crate::async_calls::RetryPolicy::from_annotations(d.annotations.as_ref())
+            .map_err(ApiError::BadRequest)?;
+        crate::async_calls::max_inflight(d.annotations.as_ref()).map_err(ApiError::BadRequest)?;
         match self.bundles.resolve(&self.store, &d.image)? {
             Some(digest) => {
                 let (dir, defaults) = self.bundles.unpack_for(&digest, uid).await?;
@@ -312,7 +315,7 @@ impl ControlPlane {
     }
 
     /// Every function's metrics in the Prometheus text format.
-    pub fn render_metrics(&self) -> String {
+    pub fn render_metrics(&self, depth: &std::collections::HashMap<String, u64>) -> String {
         let routes = self.routes.load();
         let mut all: Vec<(String, Arc<Route>)> = routes
             .values()
@@ -331,6 +334,7 @@ impl ControlPlane {
                 ready: s.available,
                 restarts: s.restarts,
                 oom_kills: s.oom_kills,
+                queue_depth: depth.get(name.as_str()).copied().unwrap_or(0),
             })
             .collect();
         crate::metrics::render(&samples)

@@ -69,6 +69,15 @@ pub fn split_function_path(path: &str) -> Option<(&str, &str)> {
     })
 }
 
+/// Splits `/async-function/name.ns/rest` like [`split_function_path`].
+pub fn split_async_path(path: &str) -> Option<(&str, &str)> {
+    let rest = path.strip_prefix("/async-function/")?;
+    Some(match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    })
+}
+
 /// Keeps the replica's and the function's in-flight counts until the response body is done.
 struct Guarded<B> {
     inner: B,

@@ -2,6 +2,7 @@
 //! path `/function/*`, on top of the process runtime and the state store.
 
 mod api;
+mod async_calls;
 mod auth;
 mod bundles;
 mod control;
@@ -55,6 +56,10 @@ pub struct GatewayConfig {
     pub write_timeout: Option<Duration>,
     /// How often the autoscaler and idler decide.
     pub autoscale_interval: Duration,
+    /// Largest body accepted by `POST /async-function/...` (413 beyond).
+    pub max_async_body: usize,
+    /// Async calls keep their HTTP method (false: always POST, as OpenFaaS's queue worker).
+    pub async_keep_method: bool,
     /// Let the runtime tune kernel settings that cut replica start time.
     pub tune_kernel: bool,
 }
@@ -75,6 +80,8 @@ impl GatewayConfig {
             read_timeout: Some(Duration::from_secs(60)),
             write_timeout: None,
             autoscale_interval: Duration::from_secs(1),
+            max_async_body: 8 << 20,
+            async_keep_method: true,
         }
     }
 }
@@ -83,6 +90,9 @@ impl GatewayConfig {
 #[derive(Clone)]
 pub struct AppState {
     pub control: Arc<ControlPlane>,
+    pub queue: Arc<dyn fjord_queue::Queue>,
+    /// Wakes the async dispatcher when a call is queued.
+    pub dispatch: Arc<tokio::sync::Notify>,
     pub client: Client<HttpConnector, Body>,
     pub config: Arc<GatewayConfig>,
     pub shutdown: CancellationToken,
@@ -111,6 +121,8 @@ pub enum StartError {
     },
     #[error("{0}")]
     Api(#[from] ApiError),
+    #[error("async queue: {0}")]
+    Queue(#[from] fjord_queue::QueueError),
 }
 
 fn router(state: AppState, creds: Option<Arc<auth::Credentials>>) -> Router {
@@ -133,10 +145,17 @@ fn router(state: AppState, creds: Option<Arc<auth::Credentials>>) -> Router {
         )
         .route("/system/bundle-tags", post(bundles::set_tag))
         .route("/system/alert", post(api::alert))
+        .route("/system/async-calls", get(async_calls::list_calls))
+        .route("/system/async-calls/{id}", get(async_calls::get_call))
+        .route("/system/async-calls/{id}/replay", post(async_calls::replay))
         .route_layer(axum::middleware::from_fn_with_state(creds, auth::require));
     Router::new()
         .merge(system)
         .route("/function/{*path}", any(invoke::invoke))
+        .route(
+            "/async-function/{*path}",
+            post(async_calls::enqueue).delete(async_calls::cancel),
+        )
         .route("/healthz", get(api::healthz))
         .route("/metrics", get(api::metrics))
         .fallback(api::not_found)
@@ -161,6 +180,8 @@ fn raise_nofile_limit() {
 struct Worker {
     bind: SocketAddr,
     control: Arc<ControlPlane>,
+    queue: Arc<dyn fjord_queue::Queue>,
+    dispatch: Arc<tokio::sync::Notify>,
     config: Arc<GatewayConfig>,
     creds: Option<Arc<auth::Credentials>>,
     shutdown: CancellationToken,
@@ -227,6 +248,8 @@ impl Worker {
             .build(connector);
         let state = AppState {
             control: self.control.clone(),
+            queue: self.queue.clone(),
+            dispatch: self.dispatch.clone(),
             client,
             config: self.config.clone(),
             shutdown: self.shutdown.clone(),
@@ -334,6 +357,20 @@ pub async fn serve(config: GatewayConfig, shutdown: CancellationToken) -> Result
     .await?;
     let bundles = bundles::Bundles::new(data_dir, runtime.isolates()).map_err(dd_err)?;
     let control = ControlPlane::new(store, runtime, bundles);
+    let sqlite_queue = fjord_queue::sqlite::SqliteQueue::open(&data_dir.join("queue.db"))?;
+    let queue: Arc<dyn fjord_queue::Queue> = sqlite_queue.clone();
+    // Finished calls (done, dead, cancelled) are kept a day for `GET /system/async-calls`.
+    let pruner = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(600));
+        loop {
+            tick.tick().await;
+            let cutoff = fjord_queue::now_ms().saturating_sub(24 * 3600 * 1000);
+            if let Err(e) = sqlite_queue.prune(cutoff).await {
+                tracing::warn!(error = %e, "pruning finished async calls failed");
+            }
+        }
+    });
+    let dispatch = Arc::new(tokio::sync::Notify::new());
     let restored = control.restore().await?;
     if restored > 0 {
         tracing::info!(
@@ -360,6 +397,8 @@ pub async fn serve(config: GatewayConfig, shutdown: CancellationToken) -> Result
         let worker = Worker {
             bind: bind_to,
             control: control.clone(),
+            queue: queue.clone(),
+            dispatch: dispatch.clone(),
             config: config.clone(),
             creds: creds.clone(),
             shutdown: shutdown.clone(),
@@ -394,6 +433,16 @@ pub async fn serve(config: GatewayConfig, shutdown: CancellationToken) -> Result
     let _ = std::fs::write(data_dir.join("gateway.addr"), local.to_string());
     tracing::info!(addr = %local, workers, data_dir = %data_dir.display(), "fjord serve listening on http://{local}");
 
+    let dispatcher = tokio::spawn(
+        async_calls::Dispatcher {
+            queue: queue.clone(),
+            control: control.clone(),
+            gateway: local,
+            wake: dispatch.clone(),
+            keep_method: config.async_keep_method,
+        }
+        .run(shutdown.clone()),
+    );
     let autoscaler = {
         let control = control.clone();
         let interval = config.autoscale_interval;
@@ -408,6 +457,7 @@ pub async fn serve(config: GatewayConfig, shutdown: CancellationToken) -> Result
     };
     shutdown.cancelled().await;
     autoscaler.abort();
+    pruner.abort();
     tracing::info!(timeout = ?config.shutdown_timeout, "shutting down: draining in-flight requests");
     let joined = tokio::task::spawn_blocking(move || {
         for t in threads {
@@ -415,6 +465,7 @@ pub async fn serve(config: GatewayConfig, shutdown: CancellationToken) -> Result
         }
     });
     let _ = joined.await;
+    let _ = dispatcher.await;
     control.shutdown().await;
     let _ = std::fs::remove_file(data_dir.join("gateway.addr"));
     tracing::info!("stopped");

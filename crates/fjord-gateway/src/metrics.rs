@@ -81,6 +81,12 @@ pub struct FunctionMetrics {
     pub started_at_last_tick: AtomicU64,
     /// The replicas' CPU time (ns) at the autoscaler's previous tick, for the cpu type.
     pub cpu_ns_at_last_tick: AtomicU64,
+    /// Async calls running now, and their outcomes.
+    pub async_inflight: AtomicI64,
+    pub async_processed: AtomicU64,
+    pub async_retried: AtomicU64,
+    pub async_dead: AtomicU64,
+    pub async_callback_failures: AtomicU64,
 }
 
 /// Milliseconds since the Unix epoch.
@@ -157,6 +163,8 @@ pub struct FunctionSample<'a> {
     pub ready: u64,
     pub restarts: u64,
     pub oom_kills: u64,
+    /// Async calls waiting (queued, retrying or running).
+    pub queue_depth: u64,
 }
 
 fn family(out: &mut String, name: &str, kind: &str, help: &str) {
@@ -252,7 +260,13 @@ pub fn render(samples: &[FunctionSample<'_>]) -> String {
                 "fjord_function_cold_starts_total" => m.cold_starts.load(Ordering::Relaxed) as i64,
                 "fjord_function_rejected_total" => m.rejected.load(Ordering::Relaxed) as i64,
                 "fjord_function_replica_restarts_total" => s.restarts as i64,
-                _ => s.oom_kills as i64,
+                "fjord_function_oom_kills_total" => s.oom_kills as i64,
+                "fjord_queue_depth" => s.queue_depth as i64,
+                "fjord_async_inflight" => m.async_inflight.load(Ordering::Relaxed),
+                "fjord_async_processed_total" => m.async_processed.load(Ordering::Relaxed) as i64,
+                "fjord_async_retried_total" => m.async_retried.load(Ordering::Relaxed) as i64,
+                "fjord_async_dead_lettered_total" => m.async_dead.load(Ordering::Relaxed) as i64,
+                _ => m.async_callback_failures.load(Ordering::Relaxed) as i64,
             };
             let _ = writeln!(out, "{name}{{function_name=\"{}\"}} {v}", s.function_name);
         }
@@ -292,6 +306,7 @@ mod tests {
             ready: 1,
             restarts: 0,
             oom_kills: 0,
+            queue_depth: 0,
         }]);
         assert!(text.contains("gateway_function_invocation_total{code=\"200\",function_name=\"env.openfaas-fn\"} 2"), "{text}");
         assert!(text.contains("gateway_functions_seconds_bucket{code=\"200\",function_name=\"env.openfaas-fn\",le=\"0.005\"} 1"), "{text}");

@@ -318,3 +318,70 @@ pub async fn version(g: &GatewayArgs) -> Result<(), CliError> {
     }
     Ok(())
 }
+
+pub async fn calls(g: &GatewayArgs, action: crate::cli::CallsAction) -> Result<(), CliError> {
+    use crate::cli::CallsAction;
+    let gw = gateway(g, None)?;
+    match action {
+        CallsAction::Get { id } => {
+            let r = gw
+                .send(
+                    gw.system(Method::GET, &format!("/system/async-calls/{id}")),
+                    &format!("call {id}"),
+                )
+                .await?;
+            let v: serde_json::Value =
+                r.json().await.map_err(|e| CliError::Other(e.to_string()))?;
+            println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        }
+        CallsAction::List { state, limit } => {
+            let mut q = vec![("limit", limit.to_string())];
+            if let Some(s) = state {
+                q.push(("state", s));
+            }
+            let r = gw
+                .send(
+                    gw.system(Method::GET, "/system/async-calls").query(&q),
+                    "list calls",
+                )
+                .await?;
+            let calls: Vec<serde_json::Value> =
+                r.json().await.map_err(|e| CliError::Other(e.to_string()))?;
+            println!(
+                "{:<38} {:<24} {:<9} {:>8} {:>6}  Last error",
+                "Call", "Function", "State", "Attempts", "Status"
+            );
+            for c in calls {
+                println!(
+                    "{:<38} {:<24} {:<9} {:>8} {:>6}  {}",
+                    c["id"].as_str().unwrap_or(""),
+                    c["function"].as_str().unwrap_or(""),
+                    c["state"].as_str().unwrap_or(""),
+                    c["attempts"],
+                    c["status"]
+                        .as_u64()
+                        .map(|s| s.to_string())
+                        .unwrap_or_else(|| "-".into()),
+                    c["lastError"].as_str().unwrap_or("")
+                );
+            }
+        }
+        CallsAction::Cancel { id } => {
+            gw.send(
+                gw.request(Method::DELETE, &format!("/async-function/{id}")),
+                &format!("cancel {id}"),
+            )
+            .await?;
+            println!("Cancelled {id}.");
+        }
+        CallsAction::Replay { id } => {
+            gw.send(
+                gw.system(Method::POST, &format!("/system/async-calls/{id}/replay")),
+                &format!("replay {id}"),
+            )
+            .await?;
+            println!("Replaying {id}.");
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,433 @@
+//! Async invocations through the real binary: accept → queue → function → callback, retries,
+//! dead letters, replay, cancel, per-function concurrency, and no loss across `kill -9`.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::*;
+use http_body_util::{BodyExt, Full};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+/// One callback as received.
+#[derive(Clone, Debug)]
+struct Callback {
+    headers: HashMap<String, String>,
+    body: Vec<u8>,
+}
+
+/// A callback receiver on a free loopback port, collecting everything posted to it.
+struct Receiver {
+    url: String,
+    got: Arc<Mutex<Vec<Callback>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Receiver {
+    async fn start() -> Receiver {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/done", listener.local_addr().unwrap());
+        let got: Arc<Mutex<Vec<Callback>>> = Arc::default();
+        let sink = got.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let sink = sink.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                        let sink = sink.clone();
+                        async move {
+                            let headers = req
+                                .headers()
+                                .iter()
+                                .map(|(k, v)| {
+                                    (k.as_str().to_string(), v.to_str().unwrap_or("").to_string())
+                                })
+                                .collect();
+                            let body = req
+                                .into_body()
+                                .collect()
+                                .await
+                                .map(|b| b.to_bytes().to_vec())
+                                .unwrap_or_default();
+                            sink.lock().unwrap().push(Callback { headers, body });
+                            Ok::<_, Infallible>(hyper::Response::new(Full::new(
+                                Bytes::from_static(b"thanks"),
+                            )))
+                        }
+                    });
+                    let _ = http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        Receiver { url, got, task }
+    }
+
+    fn all(&self) -> Vec<Callback> {
+        self.got.lock().unwrap().clone()
+    }
+
+    /// Waits until `n` callbacks arrived (bounded).
+    async fn wait_for(&self, n: usize, timeout: Duration) -> Vec<Callback> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let all = self.all();
+            if all.len() >= n {
+                return all;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "only {} of {n} callbacks after {timeout:?}",
+                all.len()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+async fn enqueue(
+    s: &Server,
+    path: &str,
+    body: &str,
+    callback: Option<&str>,
+) -> (StatusCode, Option<String>, String) {
+    let mut r = s
+        .client
+        .post(s.url(&format!("/async-function/{path}")))
+        .body(body.to_string());
+    if let Some(cb) = callback {
+        r = r.header("X-Callback-Url", cb);
+    }
+    let resp = r.send().await.expect("POST /async-function");
+    let status = resp.status();
+    let id = resp
+        .headers()
+        .get("x-call-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    (status, id, resp.text().await.unwrap_or_default())
+}
+
+async fn call_state(s: &Server, id: &str) -> Value {
+    let r = s
+        .sys(Method::GET, &format!("/system/async-calls/{id}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK, "GET call {id}");
+    r.json().await.unwrap()
+}
+
+async fn wait_state(s: &Server, id: &str, state: &str, timeout: Duration) -> Value {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let v = call_state(s, id).await;
+        if v["state"] == state {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "call {id} never reached {state}: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accepted_calls_run_and_call_back_with_headers() {
+    let s = Server::start().await;
+    let cb = Receiver::start().await;
+    s.deploy_ready(&fork_fn("echo", "cat")).await;
+    let (status, id, body) = enqueue(&s, "echo/some/path?x=1", "hello async", Some(&cb.url)).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let id = id.expect("X-Call-Id on the 202");
+    let got = cb.wait_for(1, Duration::from_secs(20)).await;
+    let c = &got[0];
+    assert_eq!(c.body, b"hello async");
+    assert_eq!(c.headers["x-call-id"], id);
+    assert_eq!(c.headers["x-function-status"], "200");
+    assert_eq!(c.headers["x-function-name"], "echo.openfaas-fn");
+    assert!(c.headers["x-duration-seconds"].parse::<f64>().is_ok());
+    assert_eq!(c.headers["x-retry"], "0");
+    assert_eq!(c.headers["x-retry-max"], "2");
+    let v = wait_state(&s, &id, "done", Duration::from_secs(5)).await;
+    assert_eq!(v["status"], 200, "{v}");
+    assert_eq!(v["attempts"], 1, "{v}");
+    assert!(
+        v["callback"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("delivered"),
+        "{v}"
+    );
+    // The function saw the original method, path and query.
+    s.deploy_ready(&fork_fn("env", "env")).await;
+    let (_, id2, _) = enqueue(&s, "env/p/q?testing=1", "", Some(&cb.url)).await;
+    let got = cb.wait_for(2, Duration::from_secs(20)).await;
+    let c = got
+        .iter()
+        .find(|c| c.headers.get("x-call-id") == id2.as_ref())
+        .unwrap();
+    let out = String::from_utf8_lossy(&c.body);
+    assert!(
+        out.contains("Http_Method=POST")
+            && out.contains("Http_Path=/p/q")
+            && out.contains("Http_Query=testing=1"),
+        "{out}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_are_refused() {
+    let s = Server::start_opts(ServeOpts::args(&["--max-async-body", "1KiB"])).await;
+    s.deploy_ready(&fork_fn("echo", "cat")).await;
+    let (status, _, body) = enqueue(&s, "echo", "x", Some("not a url")).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(body.contains("X-Callback-Url"), "{body}");
+    let (status, _, body) = enqueue(&s, "echo", &"x".repeat(4096), None).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
+    let (status, _, body) = enqueue(&s, "nope", "x", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    let r = s
+        .sys(Method::GET, "/system/async-calls/no-such-call")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    let r = s
+        .sys(Method::GET, "/system/async-calls?state=weird")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    // Bad retry annotations are refused at deploy.
+    let mut f = fork_fn("badretry", "cat");
+    f["annotations"] = json!({"com.openfaas.retry.codes": "abc"});
+    let (code, body) = s.sys_json(Method::POST, "/system/functions", &f).await;
+    assert_eq!(code, StatusCode::BAD_REQUEST, "{body}");
+    assert!(body.contains("com.openfaas.retry.codes"), "{body}");
+}
+
+/// Fails `n - 1` times, then succeeds (the counter lives in the replica's private /tmp).
+fn flaky(n: u32) -> String {
+    format!(
+        "sh -c 'c=$(cat /tmp/c 2>/dev/null || echo 0); c=$((c+1)); echo $c > /tmp/c; [ $c -ge {n} ] && echo ok-$c || exit 1'"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_follow_the_policy_then_dead_letter_and_replay() {
+    let s = Server::start().await;
+    let cb = Receiver::start().await;
+    let annotations = json!({
+        "com.openfaas.retry.attempts": "4",
+        "com.openfaas.retry.min_wait": "100ms",
+        "com.openfaas.retry.max_wait": "300ms",
+    });
+    let mut f = fork_fn("flaky", &flaky(3));
+    f["annotations"] = annotations.clone();
+    s.deploy_ready(&f).await;
+    let (_, id, _) = enqueue(&s, "flaky", "", Some(&cb.url)).await;
+    let id = id.unwrap();
+    let got = cb.wait_for(1, Duration::from_secs(20)).await;
+    assert_eq!(got[0].headers["x-function-status"], "200");
+    assert_eq!(got[0].headers["x-retry"], "2", "third attempt");
+    assert_eq!(got[0].headers["x-retry-max"], "3");
+    assert_eq!(String::from_utf8_lossy(&got[0].body).trim(), "ok-3");
+    let v = wait_state(&s, &id, "done", Duration::from_secs(5)).await;
+    assert_eq!(v["attempts"], 3, "{v}");
+
+    // Never succeeds: dead-lettered after 4 attempts, failure posted to the callback.
+    let mut f = fork_fn("broken", "sh -c 'echo no; exit 1'");
+    f["annotations"] = annotations;
+    s.deploy_ready(&f).await;
+    let (_, id, _) = enqueue(&s, "broken", "", Some(&cb.url)).await;
+    let id = id.unwrap();
+    let v = wait_state(&s, &id, "dead", Duration::from_secs(20)).await;
+    assert_eq!(v["attempts"], 4, "{v}");
+    assert_eq!(v["status"], 500, "{v}");
+    let got = cb.wait_for(2, Duration::from_secs(10)).await;
+    assert!(got.iter().any(
+        |c| c.headers.get("x-call-id") == Some(&id) && c.headers["x-function-status"] == "500"
+    ));
+    let r = s
+        .sys(Method::GET, "/system/async-calls?state=dead")
+        .send()
+        .await
+        .unwrap();
+    let dead: Vec<Value> = r.json().await.unwrap();
+    assert!(dead.iter().any(|c| c["id"] == id.as_str()), "{dead:?}");
+    // Replay runs it again from attempt 1.
+    let r = s
+        .sys(Method::POST, &format!("/system/async-calls/{id}/replay"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let v = wait_state(&s, &id, "dead", Duration::from_secs(20)).await;
+    assert_eq!(v["attempts"], 4, "{v}");
+    let got = cb.wait_for(3, Duration::from_secs(10)).await;
+    assert_eq!(
+        got.iter()
+            .filter(|c| c.headers.get("x-call-id") == Some(&id))
+            .count(),
+        2
+    );
+    // A done call cannot be replayed.
+    let done = got[0].headers["x-call-id"].clone();
+    let r = s
+        .sys(Method::POST, &format!("/system/async-calls/{done}/replay"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CONFLICT);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_calls_can_be_cancelled_running_ones_cannot() {
+    let s = Server::start().await;
+    let mut f = fork_fn("slow", "sh -c 'sleep 2; echo done'");
+    f["annotations"] = json!({"com.openfaas.queue.max_inflight": "1"});
+    s.deploy_ready(&f).await;
+    let (_, first, _) = enqueue(&s, "slow", "", None).await;
+    let (_, second, _) = enqueue(&s, "slow", "", None).await;
+    let (first, second) = (first.unwrap(), second.unwrap());
+    wait_state(&s, &first, "running", Duration::from_secs(10)).await;
+    let r = s
+        .client
+        .delete(s.url(&format!("/async-function/{second}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let r = s
+        .client
+        .delete(s.url(&format!("/async-function/{first}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CONFLICT);
+    wait_state(&s, &first, "done", Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(call_state(&s, &second).await["state"], "cancelled");
+    let r = s
+        .client
+        .delete(s.url("/async-function/no-such-call"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_function_does_not_starve_another() {
+    let s = Server::start().await;
+    let cb = Receiver::start().await;
+    s.deploy_ready(&fork_fn("slowpoke", "sh -c 'sleep 1; echo slow'"))
+        .await;
+    s.deploy_ready(&fork_fn("quick", "sh -c 'echo quick'"))
+        .await;
+    for _ in 0..40 {
+        enqueue(&s, "slowpoke", "", Some(&cb.url)).await;
+    }
+    let t0 = Instant::now();
+    for _ in 0..5 {
+        enqueue(&s, "quick", "", Some(&cb.url)).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let quick = cb
+            .all()
+            .into_iter()
+            .filter(|c| {
+                c.headers.get("x-function-name").map(String::as_str) == Some("quick.openfaas-fn")
+            })
+            .count();
+        if quick == 5 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "quick calls starved");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // 40 slow calls at 10 at a time take ≥ 4 s; the quick ones must not wait for them.
+    let slow_done = cb
+        .all()
+        .iter()
+        .filter(|c| {
+            c.headers.get("x-function-name").map(String::as_str) == Some("slowpoke.openfaas-fn")
+        })
+        .count();
+    assert!(
+        slow_done < 40,
+        "quick calls finished only after all slow ones ({:?})",
+        t0.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_loses_no_accepted_call() {
+    const N: usize = 300;
+    let dir = TestDir::new();
+    let cb = Receiver::start().await;
+    let s = Server::start_in(dir.clone(), ServeOpts::default()).await;
+    let mut f = fork_fn("work", "sh -c 'sleep 0.05; cat'");
+    f["annotations"] = json!({"com.openfaas.queue.max_inflight": "4"});
+    s.deploy_ready(&f).await;
+    let mut accepted = HashSet::new();
+    for i in 0..N {
+        let (status, id, body) = enqueue(&s, "work", &format!("call {i}"), Some(&cb.url)).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+        accepted.insert(id.unwrap());
+    }
+    // Let some run, then kill -9 while most are queued and some are running.
+    cb.wait_for(10, Duration::from_secs(30)).await;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(s.pid()),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    drop(s);
+    let s = Server::start_in(dir.clone(), ServeOpts::default()).await;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let seen: HashSet<String> = cb
+            .all()
+            .into_iter()
+            .filter_map(|c| c.headers.get("x-call-id").cloned())
+            .collect();
+        if accepted.is_subset(&seen) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of {N} accepted calls never completed after kill -9",
+            accepted.difference(&seen).count()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Duplicates only for calls that were in flight at the kill.
+    let total = cb.all().len();
+    assert!(
+        (N..=N + 8).contains(&total),
+        "{total} callbacks for {N} calls"
+    );
+    drop(s);
+}

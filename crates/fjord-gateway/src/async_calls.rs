@@ -1,0 +1,686 @@
+//! Asynchronous invocations: `POST /async-function/...` stores the request durably and
+//! answers 202 with its call id; a dispatcher runs queued calls through the same invoke path
+//! as sync calls (over loopback HTTP to this gateway), retries them on the codes that deserve
+//! it, posts results to the callback URL, and dead-letters what never succeeds.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use axum::Json;
+use axum::extract::{Path as UrlPath, Query, Request, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use fjord_core::FunctionKey;
+use fjord_queue::{CallRecord, CallRequest, CallState, CancelOutcome, NewCall, Queue};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use tokio_util::sync::CancellationToken;
+
+use crate::AppState;
+use crate::control::{ControlPlane, Route};
+use crate::error::ApiError;
+use crate::invoke::{X_CALL_ID, split_async_path, strip_hop_by_hop};
+
+/// Queue annotations (OpenFaaS Pro names where they exist).
+pub const ANNOTATION_QUEUE_MAX_INFLIGHT: &str = "com.openfaas.queue.max_inflight";
+pub const ANNOTATION_RETRY_ATTEMPTS: &str = "com.openfaas.retry.attempts";
+pub const ANNOTATION_RETRY_CODES: &str = "com.openfaas.retry.codes";
+pub const ANNOTATION_RETRY_MIN_WAIT: &str = "com.openfaas.retry.min_wait";
+pub const ANNOTATION_RETRY_MAX_WAIT: &str = "com.openfaas.retry.max_wait";
+
+const DEFAULT_MAX_INFLIGHT: usize = 10;
+const DEFAULT_ATTEMPTS: u32 = 3;
+const DEFAULT_CODES: [u16; 6] = [408, 429, 500, 502, 503, 504];
+const DEFAULT_MIN_WAIT: Duration = Duration::from_secs(1);
+const DEFAULT_MAX_WAIT: Duration = Duration::from_secs(60);
+/// A worker that dies leaves its calls to be re-run after this long.
+const LEASE: Duration = Duration::from_secs(600);
+/// Callback deliveries tried per call.
+const CALLBACK_ATTEMPTS: u32 = 3;
+/// Function responses larger than this are not posted to callbacks whole.
+const MAX_CALLBACK_BODY: usize = 32 << 20;
+
+static X_CALLBACK_URL: HeaderName = HeaderName::from_static("x-callback-url");
+
+/// How a function's async calls are retried, from its annotations.
+#[derive(Debug, Clone)]
+pub struct RetryPolicy {
+    pub attempts: u32,
+    pub codes: Vec<u16>,
+    pub min_wait: Duration,
+    pub max_wait: Duration,
+}
+
+impl RetryPolicy {
+    pub fn from_annotations(
+        a: Option<&std::collections::BTreeMap<String, String>>,
+    ) -> Result<Self, String> {
+        let get = |k: &str| a.and_then(|m| m.get(k)).map(|v| v.trim().to_string());
+        let attempts = match get(ANNOTATION_RETRY_ATTEMPTS) {
+            None => DEFAULT_ATTEMPTS,
+            Some(v) => v
+                .parse::<u32>()
+                .ok()
+                .filter(|n| (1..=1000).contains(n))
+                .ok_or_else(|| format!("annotations.{ANNOTATION_RETRY_ATTEMPTS}: {v:?} must be a whole number from 1 to 1000"))?,
+        };
+        let codes = match get(ANNOTATION_RETRY_CODES) {
+            None => DEFAULT_CODES.to_vec(),
+            Some(v) => v
+                .split(',')
+                .map(|c| c.trim().parse::<u16>().ok().filter(|c| (100..=599).contains(c)))
+                .collect::<Option<Vec<u16>>>()
+                .ok_or_else(|| format!("annotations.{ANNOTATION_RETRY_CODES}: {v:?} must be HTTP status codes separated by commas, e.g. 429,503"))?,
+        };
+        let dur = |k: &str, d: Duration| -> Result<Duration, String> {
+            match get(k) {
+                None => Ok(d),
+                Some(v) => fjord_core::duration::parse_duration(&v)
+                    .map_err(|e| format!("annotations.{k}: {e}")),
+            }
+        };
+        let min_wait = dur(ANNOTATION_RETRY_MIN_WAIT, DEFAULT_MIN_WAIT)?;
+        let max_wait = dur(ANNOTATION_RETRY_MAX_WAIT, DEFAULT_MAX_WAIT)?.max(min_wait);
+        Ok(Self {
+            attempts,
+            codes,
+            min_wait,
+            max_wait,
+        })
+    }
+
+    /// Exponential backoff with equal jitter, honouring `Retry-After` within the bounds.
+    fn wait(&self, attempt: u32, retry_after: Option<Duration>) -> Duration {
+        if let Some(ra) = retry_after {
+            return ra.clamp(self.min_wait, self.max_wait);
+        }
+        let exp = self
+            .min_wait
+            .saturating_mul(1u32 << attempt.saturating_sub(1).min(20))
+            .min(self.max_wait);
+        let half = exp / 2;
+        half + half.mul_f64(rand::random::<f64>())
+    }
+}
+
+/// Per-function concurrency of async calls.
+pub fn max_inflight(
+    a: Option<&std::collections::BTreeMap<String, String>>,
+) -> Result<usize, String> {
+    match a.and_then(|m| m.get(ANNOTATION_QUEUE_MAX_INFLIGHT)) {
+        None => Ok(DEFAULT_MAX_INFLIGHT),
+        Some(v) => v
+            .trim()
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=10_000).contains(n))
+            .ok_or_else(|| format!("annotations.{ANNOTATION_QUEUE_MAX_INFLIGHT}: {v:?} must be a whole number from 1 to 10000")),
+    }
+}
+
+fn valid_callback(url: &str) -> Result<(), ApiError> {
+    let ok = (url.starts_with("http://") || url.starts_with("https://"))
+        && url
+            .parse::<axum::http::Uri>()
+            .ok()
+            .is_some_and(|u| u.authority().is_some());
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::BadRequest(format!(
+            "X-Callback-Url {:?} is not an http(s) URL, e.g. http://app.internal:8000/done",
+            url.chars().take(200).collect::<String>()
+        )))
+    }
+}
+
+/// `POST /async-function/{name}[.{ns}][/{path}]`.
+pub async fn enqueue(State(app): State<AppState>, req: Request) -> Result<Response, ApiError> {
+    let (parts, body) = req.into_parts();
+    let (segment, sub_path) = split_async_path(parts.uri.path())
+        .ok_or_else(|| ApiError::NotFound("no function named in the path".into()))?;
+    let (name, namespace) = FunctionKey::split_route(segment);
+    let route = app.control.lookup(namespace, name).ok_or_else(|| {
+        ApiError::NotFound(format!(
+            "error finding function {name}.{namespace}: it is not deployed"
+        ))
+    })?;
+    let callback_url = match parts.headers.get(&X_CALLBACK_URL) {
+        None => None,
+        Some(v) => {
+            let s = v
+                .to_str()
+                .map_err(|_| ApiError::BadRequest("X-Callback-Url is not valid text".into()))?;
+            valid_callback(s)?;
+            Some(s.to_string())
+        }
+    };
+    let limit = app.config.max_async_body;
+    let body = match http_body_util::Limited::new(body, limit).collect().await {
+        Ok(c) => c.to_bytes(),
+        Err(e) => {
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some()
+            {
+                return Err(ApiError::PayloadTooLarge(format!(
+                    "async request body is larger than the {} KiB limit (--max-async-body)",
+                    limit >> 10
+                )));
+            }
+            return Err(ApiError::BadRequest(format!(
+                "cannot read request body: {e}"
+            )));
+        }
+    };
+    let id = parts
+        .headers
+        .get(&X_CALL_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128)
+        .map(str::to_string)
+        .unwrap_or_else(|| {
+            uuid::Builder::from_random_bytes(rand::random())
+                .into_uuid()
+                .to_string()
+        });
+    let mut headers = parts.headers.clone();
+    strip_hop_by_hop(&mut headers);
+    headers.remove(&X_CALLBACK_URL);
+    headers.remove(header::CONTENT_LENGTH);
+    let headers = headers
+        .iter()
+        .filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string())))
+        .collect();
+    let call = NewCall {
+        id: id.clone(),
+        function: route.handle.qualified.to_string(),
+        request: CallRequest {
+            method: parts.method.to_string(),
+            path: sub_path.to_string(),
+            query: parts.uri.query().map(str::to_string),
+            headers,
+            body: body.to_vec(),
+            callback_url,
+        },
+    };
+    app.queue
+        .enqueue(call)
+        .await
+        .map_err(|e| ApiError::Internal(format!("Error queuing request: {e}")))?;
+    route
+        .metrics
+        .last_request_ms
+        .store(crate::metrics::now_ms(), Ordering::Relaxed);
+    // Start a function at zero now, not when a worker gets to the call.
+    app.control.wake(&route);
+    app.dispatch.notify_one();
+    let mut r = StatusCode::ACCEPTED.into_response();
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        r.headers_mut().insert(X_CALL_ID.clone(), v);
+    }
+    Ok(r)
+}
+
+/// `DELETE /async-function/{call-id}`: cancels a call that has not started.
+pub async fn cancel(
+    State(app): State<AppState>,
+    UrlPath(id): UrlPath<String>,
+) -> Result<StatusCode, ApiError> {
+    match app
+        .queue
+        .cancel(&id)
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?
+    {
+        CancelOutcome::Cancelled => Ok(StatusCode::ACCEPTED),
+        CancelOutcome::NotFound => Err(ApiError::NotFound(format!("no async call {id}"))),
+        CancelOutcome::TooLate(s) => Err(ApiError::Conflict(format!(
+            "async call {id} is {}: only queued or retrying calls can be cancelled",
+            s.as_str()
+        ))),
+    }
+}
+
+/// `GET /system/async-calls/{id}`.
+pub async fn get_call(
+    State(app): State<AppState>,
+    UrlPath(id): UrlPath<String>,
+) -> Result<Json<CallRecord>, ApiError> {
+    app.queue
+        .get(&id)
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?
+        .map(Json)
+        .ok_or_else(|| ApiError::NotFound(format!("no async call {id}")))
+}
+
+/// `GET /system/async-calls?state=dead&limit=100`.
+pub async fn list_calls(
+    State(app): State<AppState>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Json<Vec<CallRecord>>, ApiError> {
+    let state = match q.get("state").map(String::as_str) {
+        None | Some("") => None,
+        Some(s) => Some(CallState::parse(s).ok_or_else(|| {
+            ApiError::BadRequest(format!(
+                "state: {s:?} is not one of queued, running, retrying, done, dead, cancelled"
+            ))
+        })?),
+    };
+    let limit = match q.get("limit") {
+        None => 100,
+        Some(l) => l
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=10_000).contains(n))
+            .ok_or_else(|| ApiError::BadRequest(format!("limit: {l:?} must be from 1 to 10000")))?,
+    };
+    Ok(Json(
+        app.queue
+            .list(state, limit)
+            .await
+            .map_err(|e| ApiError::Internal(e.to_string()))?,
+    ))
+}
+
+/// `POST /system/async-calls/{id}/replay`: runs a dead-lettered call again.
+pub async fn replay(
+    State(app): State<AppState>,
+    UrlPath(id): UrlPath<String>,
+) -> Result<StatusCode, ApiError> {
+    let q = &app.queue;
+    match q
+        .get(&id)
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?
+    {
+        None => Err(ApiError::NotFound(format!("no async call {id}"))),
+        Some(c) if c.state != CallState::Dead => Err(ApiError::Conflict(format!(
+            "async call {id} is {}: only dead-lettered calls can be replayed",
+            c.state.as_str()
+        ))),
+        Some(_) => {
+            q.replay(&id)
+                .await
+                .map_err(|e| ApiError::Internal(e.to_string()))?;
+            app.dispatch.notify_one();
+            Ok(StatusCode::ACCEPTED)
+        }
+    }
+}
+
+/// Runs queued calls until `shutdown`; then puts running calls back in the queue.
+pub struct Dispatcher {
+    pub queue: Arc<dyn Queue>,
+    pub control: Arc<ControlPlane>,
+    pub gateway: SocketAddr,
+    pub wake: Arc<tokio::sync::Notify>,
+    /// Send the original method (false: always POST, as OpenFaaS's queue worker does).
+    pub keep_method: bool,
+}
+
+impl Dispatcher {
+    pub async fn run(self, shutdown: CancellationToken) {
+        let this = Arc::new(self);
+        if let Ok(n) = this.queue.requeue_running().await
+            && n > 0
+        {
+            tracing::info!(
+                calls = n,
+                "re-queued async calls interrupted by the last stop"
+            );
+        }
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        let client: Client<HttpConnector, Full<Bytes>> =
+            Client::builder(TokioExecutor::new()).build(connector);
+        let running: Arc<std::sync::Mutex<HashMap<String, usize>>> = Arc::default();
+        let mut tasks = tokio::task::JoinSet::new();
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = this.wake.notified() => {}
+                _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+            }
+            while tasks.try_join_next().is_some() {}
+            let due = match this.queue.due_functions().await {
+                Ok(d) => d,
+                Err(e) => {
+                    tracing::warn!(error = %e, "async queue unavailable");
+                    continue;
+                }
+            };
+            for function in due {
+                let (name, ns) = FunctionKey::split_route(&function);
+                let Some(route) = this.control.lookup(ns, name) else {
+                    // Deleted since: its calls cannot run.
+                    if let Ok(calls) = this.queue.claim(&function, 1000, LEASE).await {
+                        for c in calls {
+                            let _ = this
+                                .queue
+                                .dead_letter(
+                                    &c.id,
+                                    None,
+                                    &format!("function {function} is not deployed"),
+                                )
+                                .await;
+                        }
+                    }
+                    continue;
+                };
+                let annotations = route.handle.spec().deployment.annotations.clone();
+                let cap = max_inflight(annotations.as_ref()).unwrap_or(DEFAULT_MAX_INFLIGHT);
+                let busy = *running
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get(&function)
+                    .unwrap_or(&0);
+                if busy >= cap {
+                    continue;
+                }
+                let claimed = match this.queue.claim(&function, cap - busy, LEASE).await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "claiming async calls failed");
+                        continue;
+                    }
+                };
+                for call in claimed {
+                    *running
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .entry(function.clone())
+                        .or_default() += 1;
+                    let (this, client, running, route, function) = (
+                        this.clone(),
+                        client.clone(),
+                        running.clone(),
+                        route.clone(),
+                        function.clone(),
+                    );
+                    tasks.spawn(async move {
+                        this.run_call(&client, &route, call).await;
+                        if let Some(n) = running
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .get_mut(&function)
+                        {
+                            *n = n.saturating_sub(1);
+                        }
+                        this.wake.notify_one();
+                    });
+                }
+            }
+        }
+        // Graceful shutdown: stop taking work; calls still running go back to the queue (the
+        // gateway they run through is closing too) and run again after the restart.
+        tasks.abort_all();
+        while tasks.join_next().await.is_some() {}
+        if let Ok(n) = this.queue.requeue_running().await
+            && n > 0
+        {
+            tracing::info!(calls = n, "re-queued async calls still running at shutdown");
+        }
+    }
+
+    async fn run_call(
+        &self,
+        client: &Client<HttpConnector, Full<Bytes>>,
+        route: &Arc<Route>,
+        call: fjord_queue::Claimed,
+    ) {
+        let m = &route.metrics;
+        m.async_inflight.fetch_add(1, Ordering::Relaxed);
+        let policy =
+            RetryPolicy::from_annotations(route.handle.spec().deployment.annotations.as_ref())
+                .unwrap_or(RetryPolicy {
+                    attempts: DEFAULT_ATTEMPTS,
+                    codes: DEFAULT_CODES.to_vec(),
+                    min_wait: DEFAULT_MIN_WAIT,
+                    max_wait: DEFAULT_MAX_WAIT,
+                });
+        let started = Instant::now();
+        let outcome = self.attempt(client, &call).await;
+        let elapsed = started.elapsed();
+        m.async_inflight.fetch_sub(1, Ordering::Relaxed);
+        let (status, retry_after, error) = match &outcome {
+            Ok((s, h, _)) => (Some(s.as_u16()), retry_after(h), None),
+            Err(e) => (None, None, Some(e.clone())),
+        };
+        let retryable = match status {
+            Some(s) => policy.codes.contains(&s),
+            None => true,
+        };
+        if retryable && call.attempt < policy.attempts {
+            let wait = policy.wait(call.attempt, retry_after);
+            m.async_retried.fetch_add(1, Ordering::Relaxed);
+            let why = error
+                .clone()
+                .unwrap_or_else(|| format!("status {}", status.unwrap_or(0)));
+            let _ = self
+                .queue
+                .retry_later(
+                    &call.id,
+                    fjord_queue::now_ms() + wait.as_millis() as u64,
+                    status,
+                    &why,
+                )
+                .await;
+            tracing::info!(call = %call.id, function = %call.function, attempt = call.attempt, wait_ms = wait.as_millis() as u64, %why, "async call will be retried");
+            return;
+        }
+        if retryable {
+            m.async_dead.fetch_add(1, Ordering::Relaxed);
+            let why = error
+                .clone()
+                .unwrap_or_else(|| format!("status {}", status.unwrap_or(0)));
+            let _ = self
+                .queue
+                .dead_letter(
+                    &call.id,
+                    status,
+                    &format!("gave up after {} attempt(s): {why}", call.attempt),
+                )
+                .await;
+            tracing::warn!(call = %call.id, function = %call.function, attempts = call.attempt, %why, "async call dead-lettered");
+        } else {
+            m.async_processed.fetch_add(1, Ordering::Relaxed);
+            let _ = self.queue.complete(&call.id, status.unwrap_or(0)).await;
+        }
+        if let Some(url) = &call.request.callback_url {
+            let (s, headers, body) = match outcome {
+                Ok((s, h, b)) => (s.as_u16(), h, b),
+                // Network-level failure: 503, as OpenFaaS's queue worker reports it.
+                Err(e) => (503, HeaderMap::new(), Bytes::from(e)),
+            };
+            let result = self
+                .callback(
+                    client,
+                    url,
+                    &call,
+                    s,
+                    &headers,
+                    body,
+                    elapsed,
+                    policy.attempts,
+                )
+                .await;
+            if result.starts_with("failed") {
+                m.async_callback_failures.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(call = %call.id, %url, %result, "callback failed");
+            }
+            let _ = self.queue.set_callback_result(&call.id, &result).await;
+        }
+    }
+
+    /// One attempt through this gateway's own invoke path.
+    async fn attempt(
+        &self,
+        client: &Client<HttpConnector, Full<Bytes>>,
+        call: &fjord_queue::Claimed,
+    ) -> Result<(StatusCode, HeaderMap, Bytes), String> {
+        let r = &call.request;
+        let mut uri = format!(
+            "http://{}/function/{}{}",
+            self.gateway, call.function, r.path
+        );
+        if let Some(q) = r.query.as_deref().filter(|q| !q.is_empty()) {
+            uri.push('?');
+            uri.push_str(q);
+        }
+        let method = if self.keep_method {
+            r.method.as_str()
+        } else {
+            "POST"
+        };
+        let mut b = axum::http::Request::builder().method(method).uri(&uri);
+        for (k, v) in &r.headers {
+            b = b.header(k.as_str(), v.as_str());
+        }
+        b = b.header(&X_CALL_ID, call.id.as_str());
+        let req = b
+            .body(Full::new(Bytes::from(r.body.clone())))
+            .map_err(|e| format!("invalid stored request: {e}"))?;
+        let resp = client
+            .request(req)
+            .await
+            .map_err(|e| format!("cannot reach the gateway: {e}"))?;
+        let (parts, body) = resp.into_parts();
+        let body = http_body_util::Limited::new(body, MAX_CALLBACK_BODY)
+            .collect()
+            .await
+            .map_err(|e| format!("reading the function's response: {e}"))?
+            .to_bytes();
+        Ok((parts.status, parts.headers, body))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn callback(
+        &self,
+        client: &Client<HttpConnector, Full<Bytes>>,
+        url: &str,
+        call: &fjord_queue::Claimed,
+        status: u16,
+        headers: &HeaderMap,
+        body: Bytes,
+        elapsed: Duration,
+        max_attempts: u32,
+    ) -> String {
+        let mut last = String::new();
+        for n in 0..CALLBACK_ATTEMPTS {
+            if n > 0 {
+                tokio::time::sleep(Duration::from_millis(500 << n)).await;
+            }
+            let mut b = axum::http::Request::builder().method("POST").uri(url);
+            for (k, v) in headers {
+                if matches!(
+                    k.as_str(),
+                    "content-length"
+                        | "transfer-encoding"
+                        | "connection"
+                        | "date"
+                        | "x-call-id"
+                        | "x-duration-seconds"
+                        | "x-start-time"
+                ) {
+                    continue;
+                }
+                b = b.header(k, v);
+            }
+            b = b
+                .header(&X_CALL_ID, call.id.as_str())
+                .header("X-Function-Status", status.to_string())
+                .header("X-Function-Name", call.function.as_str())
+                .header(
+                    "X-Duration-Seconds",
+                    format!("{:.6}", elapsed.as_secs_f64()),
+                )
+                .header("X-Retry", call.attempt.saturating_sub(1).to_string())
+                .header("X-Retry-Max", max_attempts.saturating_sub(1).to_string());
+            let req = match b.body(Full::new(body.clone())) {
+                Ok(r) => r,
+                Err(e) => return format!("failed: invalid callback request: {e}"),
+            };
+            match tokio::time::timeout(Duration::from_secs(30), client.request(req)).await {
+                Ok(Ok(resp)) if resp.status().is_success() => {
+                    return format!("delivered ({})", resp.status().as_u16());
+                }
+                Ok(Ok(resp)) => last = format!("status {}", resp.status().as_u16()),
+                Ok(Err(e)) => last = e.to_string(),
+                Err(_) => last = "timed out after 30 s".into(),
+            }
+        }
+        format!("failed after {CALLBACK_ATTEMPTS} attempts: {last}")
+    }
+}
+
+/// `Retry-After` as seconds or an HTTP date.
+fn retry_after(h: &HeaderMap) -> Option<Duration> {
+    let v = h.get(header::RETRY_AFTER)?.to_str().ok()?;
+    if let Ok(secs) = v.trim().parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = httpdate::parse_http_date(v.trim()).ok()?;
+    Some(
+        at.duration_since(std::time::SystemTime::now())
+            .unwrap_or_default(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_policy_from_annotations() {
+        let p = RetryPolicy::from_annotations(None).unwrap();
+        assert_eq!(p.attempts, 3);
+        assert!(p.codes.contains(&503) && !p.codes.contains(&400));
+        let a: std::collections::BTreeMap<String, String> = [
+            (ANNOTATION_RETRY_ATTEMPTS.to_string(), "5".to_string()),
+            (ANNOTATION_RETRY_CODES.to_string(), "500, 418".to_string()),
+            (ANNOTATION_RETRY_MIN_WAIT.to_string(), "100ms".to_string()),
+            (ANNOTATION_RETRY_MAX_WAIT.to_string(), "2s".to_string()),
+        ]
+        .into();
+        let p = RetryPolicy::from_annotations(Some(&a)).unwrap();
+        assert_eq!((p.attempts, p.codes.clone()), (5, vec![500, 418]));
+        for attempt in 1..10 {
+            let w = p.wait(attempt, None);
+            assert!(
+                w >= Duration::from_millis(50) && w <= Duration::from_secs(2),
+                "{w:?}"
+            );
+        }
+        assert_eq!(
+            p.wait(1, Some(Duration::from_secs(1))),
+            Duration::from_secs(1)
+        );
+        assert_eq!(
+            p.wait(1, Some(Duration::from_secs(100))),
+            Duration::from_secs(2)
+        );
+        let bad: std::collections::BTreeMap<String, String> =
+            [(ANNOTATION_RETRY_CODES.to_string(), "abc".to_string())].into();
+        assert!(
+            RetryPolicy::from_annotations(Some(&bad))
+                .unwrap_err()
+                .contains(ANNOTATION_RETRY_CODES)
+        );
+    }
+
+    #[test]
+    fn callback_urls() {
+        assert!(valid_callback("http://127.0.0.1:9000/done").is_ok());
+        assert!(valid_callback("https://app.example/cb?x=1").is_ok());
+        for bad in ["", "ftp://x", "not a url", "http://", "/relative"] {
+            assert!(valid_callback(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,849 @@
+//! The embedded backend: one SQLite database (WAL, `synchronous=FULL`) in the data dir.
+//!
+//! Every write goes through one writer thread that owns the write connection. It takes
+//! whatever jobs are waiting (up to [`MAX_BATCH`]), runs them all in one transaction and
+//! commits once, so a burst of enqueues costs one fsync instead of one each (group commit);
+//! only then are the callers answered, so an acknowledged call is on disk. Reads use a
+//! second connection on tokio's blocking pool; WAL lets them run while the writer commits.
+
+use std::path::Path;
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use rusqlite::{Connection, OptionalExtension, Row, params};
+use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot;
+
+use crate::{
+    BoxFuture, CallRecord, CallRequest, CallState, CancelOutcome, Claimed, NewCall, Queue,
+    QueueError, now_ms,
+};
+
+/// Most jobs committed in one transaction: bounds how long the first caller of a burst waits.
+pub const MAX_BATCH: usize = 1000;
+/// How long to wait for another process holding the database lock (e.g. a backup).
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// Rows [`SqliteQueue::prune`] deletes per transaction, so pruning a large backlog never
+/// holds the writer (and the enqueues behind it) for long.
+const PRUNE_CHUNK: i64 = 5000;
+
+/// Schema migrations; after applying `MIGRATIONS[i]` the database's `user_version` is `i + 1`.
+/// Append only: never edit a migration that has shipped.
+const MIGRATIONS: &[&str] = &["CREATE TABLE calls (
+        id              TEXT    NOT NULL PRIMARY KEY,
+        function        TEXT    NOT NULL,
+        state           TEXT    NOT NULL,
+        method          TEXT    NOT NULL,
+        path            TEXT    NOT NULL,
+        -- The CallRequest as JSON, body base64 (see StoredRequest).
+        request         TEXT    NOT NULL,
+        callback_url    TEXT,
+        attempts        INTEGER NOT NULL DEFAULT 0,
+        status          INTEGER,
+        last_error      TEXT,
+        callback_result TEXT,
+        created_at_ms   INTEGER NOT NULL,
+        updated_at_ms   INTEGER NOT NULL,
+        next_attempt_ms INTEGER NOT NULL,
+        lease_until_ms  INTEGER
+    ) STRICT;
+    -- due_functions, depth, requeue_*.
+    CREATE INDEX calls_due ON calls (state, function, next_attempt_ms);
+    -- claim: the pending calls of one function, oldest first, without sorting the backlog.
+    CREATE INDEX calls_claim ON calls (function, created_at_ms, id)
+        WHERE state IN ('queued', 'retrying');
+    -- list(Some(state)) newest first, prune.
+    CREATE INDEX calls_state_created ON calls (state, created_at_ms, id);
+    -- list(None) newest first.
+    CREATE INDEX calls_created ON calls (created_at_ms, id);"];
+
+const RECORD_COLUMNS: &str = "id, function, state, method, path, attempts, status, last_error, \
+     callback_url, callback_result, created_at_ms, updated_at_ms, next_attempt_ms";
+
+/// The durable embedded queue. Share it behind the `Arc` [`open`](Self::open) returns.
+///
+/// Dropping the last reference lets the writer finish the jobs already sent, then joins it
+/// (a few milliseconds at most), so a reopened database sees everything acknowledged.
+pub struct SqliteQueue {
+    jobs: Option<mpsc::Sender<Box<dyn Job>>>,
+    writer: Option<JoinHandle<()>>,
+    reader: Arc<Mutex<Connection>>,
+}
+
+impl SqliteQueue {
+    /// Opens or creates the queue database (the parent dir must exist) and starts its writer
+    /// thread.
+    ///
+    /// The file is created mode 0600 (tightened if looser): request bodies and headers may
+    /// carry secrets; SQLite gives `-wal`/`-shm` the same mode. `synchronous=FULL` because an
+    /// acknowledged enqueue must survive a power loss, not only a crash of fjord; group commit
+    /// keeps that affordable.
+    pub fn open(path: &Path) -> Result<Arc<SqliteQueue>, QueueError> {
+        create_private(path)
+            .map_err(|e| QueueError::Storage(format!("cannot create {}: {e}", path.display())))?;
+        let mut conn = Connection::open(path).db()?;
+        conn.busy_timeout(BUSY_TIMEOUT).db()?;
+        // journal_mode answers with the mode in effect; where WAL is impossible SQLite keeps
+        // its rollback journal, which is durable too, only slower.
+        let _mode: String = conn
+            .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+            .db()?;
+        conn.pragma_update(None, "synchronous", "FULL").db()?;
+        conn.set_prepared_statement_cache_capacity(32);
+        migrate(&mut conn)?;
+
+        let reader = Connection::open(path).db()?;
+        reader.busy_timeout(BUSY_TIMEOUT).db()?;
+        // Reads must never write, e.g. through a bug; this makes SQLite refuse.
+        reader.pragma_update(None, "query_only", true).db()?;
+
+        let (tx, rx) = mpsc::channel::<Box<dyn Job>>();
+        let writer = std::thread::Builder::new()
+            .name("fjord-queue-writer".into())
+            .spawn(move || writer_loop(conn, rx))
+            .map_err(|e| QueueError::Storage(format!("cannot start the queue writer: {e}")))?;
+        Ok(Arc::new(SqliteQueue {
+            jobs: Some(tx),
+            writer: Some(writer),
+            reader: Arc::new(Mutex::new(reader)),
+        }))
+    }
+
+    /// Deletes finished calls (done, dead, cancelled) last updated before `older_than_ms`
+    /// (Unix ms); returns how many. Retention is not part of [`Queue`]: fjord calls this
+    /// periodically with its configured retention so the database does not grow forever.
+    /// Deletes in chunks so enqueues are never held up behind one huge transaction.
+    pub async fn prune(&self, older_than_ms: u64) -> Result<u64, QueueError> {
+        let cutoff = to_sql(older_than_ms);
+        let mut total = 0u64;
+        loop {
+            let deleted = self
+                .write(move |conn| {
+                    conn.prepare_cached(
+                        "DELETE FROM calls WHERE rowid IN (
+                            SELECT rowid FROM calls
+                            WHERE state IN ('done', 'dead', 'cancelled') AND updated_at_ms < ?1
+                            LIMIT ?2)",
+                    )
+                    .and_then(|mut s| s.execute(params![cutoff, PRUNE_CHUNK]))
+                    .db()
+                })
+                .await?;
+            total += deleted as u64;
+            if (deleted as i64) < PRUNE_CHUNK {
+                return Ok(total);
+            }
+        }
+    }
+
+    /// Runs `f` on the writer thread inside the current group transaction; answers only
+    /// after that transaction committed (or with its error if it did not).
+    async fn write<T, F>(&self, f: F) -> Result<T, QueueError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, QueueError> + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel();
+        let jobs = self.jobs.as_ref().ok_or(QueueError::Closed)?;
+        jobs.send(Box::new(WriteJob { f, tx }))
+            .map_err(|_| QueueError::Closed)?;
+        rx.await.map_err(|_| QueueError::Closed)?
+    }
+
+    /// Runs `f` on the read connection on tokio's blocking pool (SQLite calls block).
+    async fn read<T, F>(&self, f: F) -> Result<T, QueueError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, QueueError> + Send + 'static,
+    {
+        let reader = Arc::clone(&self.reader);
+        tokio::task::spawn_blocking(move || {
+            // A panic while holding the lock leaves the connection usable: every statement
+            // is self-contained.
+            let conn = reader.lock().unwrap_or_else(PoisonError::into_inner);
+            f(&conn)
+        })
+        .await
+        .map_err(|e| QueueError::Storage(format!("queue read task failed: {e}")))?
+    }
+}
+
+impl Drop for SqliteQueue {
+    fn drop(&mut self) {
+        // Closing the channel ends the writer once it has run every job already sent.
+        drop(self.jobs.take());
+        if let Some(writer) = self.writer.take()
+            && writer.join().is_err()
+        {
+            tracing::error!("the queue writer thread panicked");
+        }
+    }
+}
+
+impl Queue for SqliteQueue {
+    fn enqueue(&self, call: NewCall) -> BoxFuture<'_, Result<(), QueueError>> {
+        Box::pin(async move {
+            // Encode here, on the caller's task, to keep the single writer thread lean.
+            let request = encode_request(&call.request)?;
+            self.write(move |conn| {
+                let now = to_sql(now_ms());
+                let inserted = conn
+                    .prepare_cached(
+                        "INSERT INTO calls (id, function, state, method, path, request,
+                            callback_url, attempts, created_at_ms, updated_at_ms, next_attempt_ms)
+                         VALUES (?1, ?2, 'queued', ?3, ?4, ?5, ?6, 0, ?7, ?7, ?7)",
+                    )
+                    .and_then(|mut s| {
+                        s.execute(params![
+                            call.id,
+                            call.function,
+                            call.request.method,
+                            call.request.path,
+                            request,
+                            call.request.callback_url,
+                            now
+                        ])
+                    });
+                match inserted {
+                    Ok(_) => Ok(()),
+                    Err(e)
+                        if e.sqlite_error_code()
+                            == Some(rusqlite::ErrorCode::ConstraintViolation) =>
+                    {
+                        Err(QueueError::Storage(format!(
+                            "call {} already exists",
+                            call.id
+                        )))
+                    }
+                    Err(e) => Err(storage(e)),
+                }
+            })
+            .await
+        })
+    }
+
+    fn due_functions(&self) -> BoxFuture<'_, Result<Vec<String>, QueueError>> {
+        Box::pin(self.read(|conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT DISTINCT function FROM calls
+                     WHERE state IN ('queued', 'retrying') AND next_attempt_ms <= ?1
+                     ORDER BY function",
+                )
+                .db()?;
+            stmt.query_map([to_sql(now_ms())], |r| r.get(0))
+                .and_then(Iterator::collect)
+                .db()
+        }))
+    }
+
+    fn claim(
+        &self,
+        function: &str,
+        max: usize,
+        lease: Duration,
+    ) -> BoxFuture<'_, Result<Vec<Claimed>, QueueError>> {
+        let function = function.to_owned();
+        Box::pin(async move {
+            if max == 0 {
+                return Ok(Vec::new());
+            }
+            self.write(move |conn| with_savepoint(conn, |conn| claim(conn, &function, max, lease)))
+                .await
+        })
+    }
+
+    fn complete(&self, id: &str, status: u16) -> BoxFuture<'_, Result<(), QueueError>> {
+        let id = id.to_owned();
+        // A late answer for a call already finished (its lease expired and another worker
+        // got there first) must not overwrite that outcome: the first final state wins.
+        self.update(
+            "UPDATE calls SET state = 'done', status = ?2, lease_until_ms = NULL, updated_at_ms = ?3
+             WHERE id = ?1 AND state IN ('queued', 'retrying', 'running')",
+            move |s, now| s.execute(params![id, status, now]),
+        )
+    }
+
+    fn retry_later(
+        &self,
+        id: &str,
+        at_ms: u64,
+        status: Option<u16>,
+        error: &str,
+    ) -> BoxFuture<'_, Result<(), QueueError>> {
+        let (id, error) = (id.to_owned(), error.to_owned());
+        let at = to_sql(at_ms);
+        self.update(
+            "UPDATE calls SET state = 'retrying', next_attempt_ms = ?2, status = ?3,
+                last_error = ?4, lease_until_ms = NULL, updated_at_ms = ?5
+             WHERE id = ?1 AND state IN ('queued', 'retrying', 'running')",
+            move |s, now| s.execute(params![id, at, status, error, now]),
+        )
+    }
+
+    fn dead_letter(
+        &self,
+        id: &str,
+        status: Option<u16>,
+        error: &str,
+    ) -> BoxFuture<'_, Result<(), QueueError>> {
+        let (id, error) = (id.to_owned(), error.to_owned());
+        self.update(
+            "UPDATE calls SET state = 'dead', status = ?2, last_error = ?3, lease_until_ms = NULL,
+                updated_at_ms = ?4
+             WHERE id = ?1 AND state IN ('queued', 'retrying', 'running')",
+            move |s, now| s.execute(params![id, status, error, now]),
+        )
+    }
+
+    fn set_callback_result(&self, id: &str, result: &str) -> BoxFuture<'_, Result<(), QueueError>> {
+        let (id, result) = (id.to_owned(), result.to_owned());
+        self.update(
+            "UPDATE calls SET callback_result = ?2, updated_at_ms = ?3 WHERE id = ?1",
+            move |s, now| s.execute(params![id, result, now]),
+        )
+    }
+
+    fn get(&self, id: &str) -> BoxFuture<'_, Result<Option<CallRecord>, QueueError>> {
+        let id = id.to_owned();
+        Box::pin(self.read(move |conn| {
+            let raw = conn
+                .prepare_cached(&format!("SELECT {RECORD_COLUMNS} FROM calls WHERE id = ?1"))
+                .and_then(|mut s| s.query_row([&id], RawRecord::read).optional())
+                .db()?;
+            raw.map(RawRecord::decode).transpose()
+        }))
+    }
+
+    fn cancel(&self, id: &str) -> BoxFuture<'_, Result<CancelOutcome, QueueError>> {
+        let id = id.to_owned();
+        Box::pin(self.write(move |conn| {
+            let state: Option<String> = conn
+                .prepare_cached("SELECT state FROM calls WHERE id = ?1")
+                .and_then(|mut s| s.query_row([&id], |r| r.get(0)).optional())
+                .db()?;
+            let Some(state) = state else {
+                return Ok(CancelOutcome::NotFound);
+            };
+            let state = parse_state(&id, &state)?;
+            if !matches!(state, CallState::Queued | CallState::Retrying) {
+                return Ok(CancelOutcome::TooLate(state));
+            }
+            conn.prepare_cached(
+                "UPDATE calls SET state = 'cancelled', updated_at_ms = ?2 WHERE id = ?1",
+            )
+            .and_then(|mut s| s.execute(params![id, to_sql(now_ms())]))
+            .db()?;
+            Ok(CancelOutcome::Cancelled)
+        }))
+    }
+
+    fn list(
+        &self,
+        state: Option<CallState>,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<CallRecord>, QueueError>> {
+        Box::pin(self.read(move |conn| {
+            let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+            let raws: Vec<RawRecord> = match state {
+                Some(state) => conn
+                    .prepare_cached(&format!(
+                        "SELECT {RECORD_COLUMNS} FROM calls WHERE state = ?1
+                         ORDER BY created_at_ms DESC, id DESC LIMIT ?2"
+                    ))
+                    .and_then(|mut s| {
+                        s.query_map(params![state.as_str(), limit], RawRecord::read)?
+                            .collect()
+                    }),
+                None => conn
+                    .prepare_cached(&format!(
+                        "SELECT {RECORD_COLUMNS} FROM calls
+                         ORDER BY created_at_ms DESC, id DESC LIMIT ?1"
+                    ))
+                    .and_then(|mut s| s.query_map([limit], RawRecord::read)?.collect()),
+            }
+            .db()?;
+            raws.into_iter().map(RawRecord::decode).collect()
+        }))
+    }
+
+    fn replay(&self, id: &str) -> BoxFuture<'_, Result<bool, QueueError>> {
+        let id = id.to_owned();
+        // last_error is kept: it says why the call died, which matters if it dies again.
+        Box::pin(self.write(move |conn| {
+            let now = to_sql(now_ms());
+            let changed = conn
+                .prepare_cached(
+                    "UPDATE calls SET state = 'queued', attempts = 0, next_attempt_ms = ?2,
+                        lease_until_ms = NULL, updated_at_ms = ?2
+                     WHERE id = ?1 AND state = 'dead'",
+                )
+                .and_then(|mut s| s.execute(params![id, now]))
+                .db()?;
+            Ok(changed == 1)
+        }))
+    }
+
+    fn depth(&self) -> BoxFuture<'_, Result<Vec<(String, u64)>, QueueError>> {
+        Box::pin(self.read(|conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT function, COUNT(*) FROM calls
+                     WHERE state IN ('queued', 'retrying', 'running')
+                     GROUP BY function ORDER BY function",
+                )
+                .db()?;
+            let rows: Vec<(String, i64)> = stmt
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+                .and_then(Iterator::collect)
+                .db()?;
+            Ok(rows
+                .into_iter()
+                .map(|(f, n)| (f, u64::try_from(n).unwrap_or(0)))
+                .collect())
+        }))
+    }
+
+    fn requeue_expired(&self) -> BoxFuture<'_, Result<u64, QueueError>> {
+        // Attempts stay counted: the interrupted attempt may have run (at-least-once).
+        self.requeue("AND lease_until_ms < ?1")
+    }
+
+    fn requeue_running(&self) -> BoxFuture<'_, Result<u64, QueueError>> {
+        self.requeue("")
+    }
+}
+
+impl SqliteQueue {
+    /// A single-statement write; `bind` gets the statement and now (Unix ms). A call that
+    /// no longer exists (pruned) is not an error: there is nothing left to update.
+    fn update<F>(&self, sql: &'static str, bind: F) -> BoxFuture<'_, Result<(), QueueError>>
+    where
+        F: FnOnce(&mut rusqlite::CachedStatement<'_>, i64) -> rusqlite::Result<usize>
+            + Send
+            + 'static,
+    {
+        Box::pin(self.write(move |conn| {
+            let mut stmt = conn.prepare_cached(sql).db()?;
+            bind(&mut stmt, to_sql(now_ms())).db()?;
+            Ok(())
+        }))
+    }
+
+    fn requeue(&self, condition: &'static str) -> BoxFuture<'_, Result<u64, QueueError>> {
+        Box::pin(self.write(move |conn| {
+            let sql = format!(
+                "UPDATE calls SET state = 'queued', next_attempt_ms = ?1, lease_until_ms = NULL,
+                    updated_at_ms = ?1
+                 WHERE state = 'running' {condition}"
+            );
+            let n = conn
+                .prepare_cached(&sql)
+                .and_then(|mut s| s.execute([to_sql(now_ms())]))
+                .db()?;
+            Ok(n as u64)
+        }))
+    }
+}
+
+fn claim(
+    conn: &Connection,
+    function: &str,
+    max: usize,
+    lease: Duration,
+) -> Result<Vec<Claimed>, QueueError> {
+    let now = now_ms();
+    let lease_until =
+        to_sql(now.saturating_add(u64::try_from(lease.as_millis()).unwrap_or(u64::MAX)));
+    let now = to_sql(now);
+    let limit = i64::try_from(max).unwrap_or(i64::MAX);
+    let due: Vec<(String, String, i64)> = conn
+        .prepare_cached(
+            "SELECT id, request, attempts FROM calls
+             WHERE function = ?1 AND state IN ('queued', 'retrying') AND next_attempt_ms <= ?2
+             ORDER BY created_at_ms, id LIMIT ?3",
+        )
+        .and_then(|mut s| {
+            s.query_map(params![function, now, limit], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })?
+            .collect()
+        })
+        .db()?;
+    let mut claimed = Vec::with_capacity(due.len());
+    for (id, request, attempts) in due {
+        let decoded = u32::try_from(attempts)
+            .map_err(|_| format!("attempts {attempts} out of range"))
+            .and_then(|a| decode_request(&request).map(|r| (a, r)));
+        match decoded {
+            Ok((attempts, request)) => {
+                let attempt = attempts.saturating_add(1);
+                conn.prepare_cached(
+                    "UPDATE calls SET state = 'running', attempts = ?2, lease_until_ms = ?3,
+                        updated_at_ms = ?4
+                     WHERE id = ?1",
+                )
+                .and_then(|mut s| s.execute(params![id, attempt, lease_until, now]))
+                .db()?;
+                claimed.push(Claimed {
+                    id,
+                    function: function.to_owned(),
+                    request,
+                    attempt,
+                });
+            }
+            // Erroring would wedge the function's queue on this row forever; dead-lettering
+            // it keeps the rest flowing and leaves the reason where operators look.
+            Err(reason) => {
+                tracing::error!(call = %id, %reason, "dead-lettering a corrupt queued call");
+                conn.prepare_cached(
+                    "UPDATE calls SET state = 'dead', last_error = ?2, lease_until_ms = NULL,
+                        updated_at_ms = ?3
+                     WHERE id = ?1",
+                )
+                .and_then(|mut s| {
+                    s.execute(params![
+                        id,
+                        format!("corrupt stored request: {reason}"),
+                        now
+                    ])
+                })
+                .db()?;
+            }
+        }
+    }
+    Ok(claimed)
+}
+
+/// Runs `f` so that either all or none of its statements take effect, even though it shares
+/// the group transaction with other jobs.
+fn with_savepoint<T>(
+    conn: &Connection,
+    f: impl FnOnce(&Connection) -> Result<T, QueueError>,
+) -> Result<T, QueueError> {
+    conn.execute_batch("SAVEPOINT job").db()?;
+    let result = f(conn);
+    let end = if result.is_ok() {
+        "RELEASE job"
+    } else {
+        "ROLLBACK TO job; RELEASE job"
+    };
+    // If SQLite already rolled back the whole transaction there is no savepoint left; the
+    // writer notices that and fails the batch.
+    if !conn.is_autocommit() {
+        conn.execute_batch(end).db()?;
+    }
+    result
+}
+
+/// A unit of work for the writer thread.
+trait Job: Send {
+    /// Runs inside the open group transaction; returns how to answer once its fate is known
+    /// (`None`: committed; `Some(error)`: rolled back).
+    fn run(self: Box<Self>, conn: &Connection) -> Answer;
+    /// Answers without running (the transaction could not even start).
+    fn fail(self: Box<Self>, error: &str);
+}
+
+type Answer = Box<dyn FnOnce(Option<&str>) + Send>;
+
+struct WriteJob<F, T> {
+    f: F,
+    tx: oneshot::Sender<Result<T, QueueError>>,
+}
+
+impl<F, T> Job for WriteJob<F, T>
+where
+    T: Send + 'static,
+    F: FnOnce(&Connection) -> Result<T, QueueError> + Send + 'static,
+{
+    fn run(self: Box<Self>, conn: &Connection) -> Answer {
+        let WriteJob { f, tx } = *self;
+        let result = f(conn);
+        Box::new(move |rolled_back: Option<&str>| {
+            let answer = match rolled_back {
+                None => result,
+                Some(e) => Err(QueueError::Storage(e.to_owned())),
+            };
+            // The caller may have given up waiting (its future dropped); nothing to do.
+            let _ = tx.send(answer);
+        })
+    }
+
+    fn fail(self: Box<Self>, error: &str) {
+        let _ = self.tx.send(Err(QueueError::Storage(error.to_owned())));
+    }
+}
+
+/// The writer: waits for a job, takes everything else already waiting, and commits the lot
+/// in one transaction. Ends when the queue is dropped.
+fn writer_loop(conn: Connection, jobs: mpsc::Receiver<Box<dyn Job>>) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while let Ok(first) = jobs.recv() {
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match jobs.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        run_batch(&conn, &mut batch);
+    }
+    // Dropping `conn` checkpoints the WAL if this is the last connection.
+}
+
+fn run_batch(conn: &Connection, batch: &mut Vec<Box<dyn Job>>) {
+    if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+        let error = format!("cannot begin a queue transaction: {e}");
+        tracing::error!("{error}");
+        batch.drain(..).for_each(|job| job.fail(&error));
+        return;
+    }
+    let mut answers = Vec::with_capacity(batch.len());
+    let mut jobs = batch.drain(..);
+    let mut outcome = Ok(());
+    for job in jobs.by_ref() {
+        answers.push(job.run(conn));
+        // Some errors (disk full, I/O) make SQLite roll back the whole transaction; what
+        // the earlier jobs did is gone, so none of them may be acknowledged.
+        if conn.is_autocommit() {
+            outcome =
+                Err("the queue transaction was rolled back (disk full or I/O error?)".to_owned());
+            break;
+        }
+    }
+    if outcome.is_ok() {
+        outcome = conn
+            .execute_batch("COMMIT")
+            .map_err(|e| format!("cannot commit the queue transaction: {e}"));
+    }
+    match outcome {
+        Ok(()) => answers.into_iter().for_each(|answer| answer(None)),
+        Err(error) => {
+            tracing::error!("{error}");
+            if !conn.is_autocommit() {
+                let _ = conn.execute_batch("ROLLBACK");
+            }
+            answers.into_iter().for_each(|answer| answer(Some(&error)));
+            jobs.for_each(|job| job.fail(&error));
+        }
+    }
+}
+
+/// The stored form of a [`CallRequest`]: JSON (readable with the sqlite3 shell) with the
+/// body in base64.
+#[derive(Serialize, Deserialize)]
+struct StoredRequest<'a> {
+    #[serde(borrow)]
+    method: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    path: std::borrow::Cow<'a, str>,
+    #[serde(default)]
+    query: Option<String>,
+    #[serde(default)]
+    headers: Vec<(String, String)>,
+    #[serde(default)]
+    body: String,
+    #[serde(default)]
+    callback_url: Option<String>,
+}
+
+fn encode_request(r: &CallRequest) -> Result<String, QueueError> {
+    serde_json::to_string(&StoredRequest {
+        method: r.method.as_str().into(),
+        path: r.path.as_str().into(),
+        query: r.query.clone(),
+        headers: r.headers.clone(),
+        body: BASE64.encode(&r.body),
+        callback_url: r.callback_url.clone(),
+    })
+    .map_err(|e| QueueError::Storage(format!("cannot encode the request: {e}")))
+}
+
+fn decode_request(s: &str) -> Result<CallRequest, String> {
+    let stored: StoredRequest<'_> = serde_json::from_str(s).map_err(|e| e.to_string())?;
+    let body = BASE64
+        .decode(stored.body.as_bytes())
+        .map_err(|e| format!("body: {e}"))?;
+    Ok(CallRequest {
+        method: stored.method.into_owned(),
+        path: stored.path.into_owned(),
+        query: stored.query,
+        headers: stored.headers,
+        body,
+        callback_url: stored.callback_url,
+    })
+}
+
+/// A `calls` row as SQLite returns it; [`decode`](Self::decode) checks it.
+struct RawRecord {
+    id: String,
+    function: String,
+    state: String,
+    method: String,
+    path: String,
+    attempts: i64,
+    status: Option<i64>,
+    last_error: Option<String>,
+    callback_url: Option<String>,
+    callback: Option<String>,
+    created_at_ms: i64,
+    updated_at_ms: i64,
+    next_attempt_ms: i64,
+}
+
+impl RawRecord {
+    fn read(r: &Row<'_>) -> rusqlite::Result<RawRecord> {
+        Ok(RawRecord {
+            id: r.get(0)?,
+            function: r.get(1)?,
+            state: r.get(2)?,
+            method: r.get(3)?,
+            path: r.get(4)?,
+            attempts: r.get(5)?,
+            status: r.get(6)?,
+            last_error: r.get(7)?,
+            callback_url: r.get(8)?,
+            callback: r.get(9)?,
+            created_at_ms: r.get(10)?,
+            updated_at_ms: r.get(11)?,
+            next_attempt_ms: r.get(12)?,
+        })
+    }
+
+    fn decode(self) -> Result<CallRecord, QueueError> {
+        let id = &self.id;
+        let ms = |v: i64, what: &str| {
+            u64::try_from(v).map_err(|_| corrupt(id, &format!("{what} {v} out of range")))
+        };
+        Ok(CallRecord {
+            state: parse_state(id, &self.state)?,
+            attempts: u32::try_from(self.attempts)
+                .map_err(|_| corrupt(id, &format!("attempts {} out of range", self.attempts)))?,
+            status: self
+                .status
+                .map(|s| {
+                    u16::try_from(s).map_err(|_| corrupt(id, &format!("status {s} out of range")))
+                })
+                .transpose()?,
+            created_at_ms: ms(self.created_at_ms, "created_at_ms")?,
+            updated_at_ms: ms(self.updated_at_ms, "updated_at_ms")?,
+            next_attempt_ms: ms(self.next_attempt_ms, "next_attempt_ms")?,
+            function: self.function,
+            method: self.method,
+            path: self.path,
+            last_error: self.last_error,
+            callback_url: self.callback_url,
+            callback: self.callback,
+            id: self.id,
+        })
+    }
+}
+
+fn parse_state(id: &str, state: &str) -> Result<CallState, QueueError> {
+    CallState::parse(state).ok_or_else(|| corrupt(id, &format!("unknown state {state:?}")))
+}
+
+fn corrupt(id: &str, reason: &str) -> QueueError {
+    QueueError::Storage(format!("call {id} is corrupt: {reason}"))
+}
+
+fn storage(e: rusqlite::Error) -> QueueError {
+    QueueError::Storage(e.to_string())
+}
+
+/// `?`-friendly conversion of SQLite errors without a public `From` impl.
+trait Db<T> {
+    fn db(self) -> Result<T, QueueError>;
+}
+
+impl<T> Db<T> for rusqlite::Result<T> {
+    fn db(self) -> Result<T, QueueError> {
+        self.map_err(storage)
+    }
+}
+
+/// SQLite integers are i64; times past year 292 million saturate rather than wrap.
+fn to_sql(ms: u64) -> i64 {
+    i64::try_from(ms).unwrap_or(i64::MAX)
+}
+
+/// Creates the database file with mode 0600 before SQLite opens it (SQLite would use 0644),
+/// and tightens an existing file that is group- or world-accessible.
+fn create_private(path: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(path)?;
+        let mut perms = file.metadata()?.permissions();
+        if perms.mode() & 0o077 != 0 {
+            perms.set_mode(perms.mode() & 0o700);
+            file.set_permissions(perms)?;
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+    Ok(())
+}
+
+fn migrate(conn: &mut Connection) -> Result<(), QueueError> {
+    let supported = MIGRATIONS.len() as i64;
+    let tx = conn
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .db()?;
+    let version: i64 = tx
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .db()?;
+    // A newer fjord's schema might mean something else; refuse rather than misread it.
+    if version > supported {
+        return Err(QueueError::Storage(format!(
+            "queue database has schema version {version}, newer than the {supported} this fjord supports"
+        )));
+    }
+    for sql in &MIGRATIONS[version.max(0) as usize..] {
+        tx.execute_batch(sql).db()?;
+    }
+    tx.pragma_update(None, "user_version", supported).db()?;
+    tx.commit().db()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_round_trips() {
+        let r = CallRequest {
+            method: "POST".into(),
+            path: "/a/b".into(),
+            query: Some("x=1".into()),
+            headers: vec![("content-type".into(), "text/plain".into())],
+            body: vec![0, 1, 2, 255],
+            callback_url: Some("http://cb".into()),
+        };
+        assert_eq!(decode_request(&encode_request(&r).unwrap()).unwrap(), r);
+    }
+
+    #[test]
+    fn corrupt_requests_are_errors() {
+        for bad in [
+            "",
+            "{",
+            "[]",
+            r#"{"method":"GET"}"#,
+            r#"{"method":"GET","path":"/","body":"!!"}"#,
+        ] {
+            assert!(decode_request(bad).is_err(), "{bad}");
+        }
+    }
+}
