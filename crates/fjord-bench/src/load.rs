@@ -100,7 +100,8 @@ async fn one(
         .await
         .map_err(|e| e.to_string())?
         .to_bytes();
-    if status != hyper::StatusCode::OK {
+    // 202 is success for async submissions.
+    if status != hyper::StatusCode::OK && status != hyper::StatusCode::ACCEPTED {
         return Err(format!(
             "status {status}: {}",
             String::from_utf8_lossy(&body[..body.len().min(200)])

@@ -82,10 +82,6 @@ runs on the same 2 cores as fjord, the function and nginx: see the CPU table bel
             r.note.as_deref().unwrap_or("")
         );
     }
-    let _ = writeln!(
-        md,
-        "| async invoke | accepted req/s, drain rate | not built yet | — | — | ≥ 20,000/s; drain ≥ 0.8× sync | — | arrives with the async queue |"
-    );
     let _ = writeln!(md, "\n## CPU use during each measurement (% of one core)\n");
     let _ = writeln!(
         md,
@@ -117,6 +113,10 @@ The template functions are the skeletons of `fjord new --lang L`, built, pushed 
 bench's own Rust function through fjord at its best concurrency.\n\
 - **Autoscaler reaction**: a function with min 1, max 4, target 100 req/s per replica; time from \
 the start of a c=8 load until its desired replicas exceed 1 (the autoscaler decides every second).\n\
+- **Async**: `POST /async-function/bench-async` (5-byte body, embedded queue, fsync before every \
+202 via group commit) from 64 connections for the run's duration: accepted/s. Then the time until the \
+queue is empty: drain rate, against the same function invoked sync at c=10 (the default async \
+concurrency per function).\n\
 - **Scale-out**: time from `POST /system/scale-function` with 50 replicas until `availableReplicas` is 50.\n\
 - **Soak**: the best-throughput concurrency of the http scenario, through fjord; RSS sampled every 250 ms, \
 slope by least squares after the first 20 %.\n\

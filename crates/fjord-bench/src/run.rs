@@ -504,7 +504,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     eprintln!("fjord serve up at {} (idle RSS {idle_rss} KiB)", fjord.addr);
 
     // 1. Warm invoke, http mode.
-    eprintln!("[1/7] warm invoke, http mode");
+    eprintln!("[1/8] warm invoke, http mode");
     fjord
         .deploy(json!({"service": "bench-http", "image": "bench", "envProcess": format!("{bench_bin} function"),
             "envVars": {"mode": "http"},
@@ -640,7 +640,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     );
 
     // 2. Warm invoke, fork mode.
-    eprintln!("[2/7] warm invoke, fork mode");
+    eprintln!("[2/8] warm invoke, fork mode");
     fjord
         .deploy(
             json!({"service": "bench-cat", "image": "bench", "envProcess": "cat",
@@ -688,7 +688,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     );
 
     // 3. Cold start, per template, and warm throughput per template.
-    eprintln!("[3/7] cold start per template (building the templates with `fjord up`)");
+    eprintln!("[3/8] cold start per template (building the templates with `fjord up`)");
     let trials = if q { 20 } else { 60 };
     let project = build_templates(&opts.fjord, &fjord, &TEMPLATES).await?;
     let reference_rps = best.1;
@@ -775,7 +775,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     drop(project);
 
     // 4. Scale-out.
-    eprintln!("[4/7] scale-out 1 → 50");
+    eprintln!("[4/8] scale-out 1 → 50");
     fjord
         .deploy(json!({"service": "bench-scale", "image": "bench", "envProcess": format!("{bench_bin} function"),
             "envVars": {"mode": "http"}, "labels": {"com.openfaas.scale.max": "50"}}))
@@ -856,12 +856,9 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     );
     fjord.scale("bench-auto", 0).await?;
 
-    // 5. Async.
-    eprintln!("[5/7] async: not built yet");
-
     // 7. Soak (before the footprint step fills fjord with 1,000 functions).
     let soak_secs = if q { 10 } else { 60 };
-    eprintln!("[6/7] soak {soak_secs} s at c={}", best.0);
+    eprintln!("[6/8] soak {soak_secs} s at c={}", best.0);
     let sampler = {
         let pid = fjord.pid;
         tokio::spawn(async move {
@@ -925,8 +922,104 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     );
     soak.ensure_no_errors("soak")?;
 
+    // 5. Async: accepted/s with durability, then drain rate against sync.
+    eprintln!("[7/8] async: accept rate and drain rate");
+    let async_fn = |inflight: &str| {
+        json!({"service": "bench-async", "image": "bench", "envProcess": format!("{bench_bin} function"),
+            "envVars": {"mode": "http"},
+            "labels": {"com.openfaas.scale.min": "1", "com.openfaas.scale.max": "1"},
+            "annotations": {"com.openfaas.queue.max_inflight": inflight}})
+    };
+    // While accepting, calls run one at a time, so most of them wait in the queue...
+    fjord.deploy(async_fn("1")).await?;
+    fjord
+        .wait_available("bench-async", 1, Duration::from_secs(20))
+        .await?;
+    let sync_target = Target {
+        addr: fjord.addr,
+        path: "/function/bench-async".into(),
+        body: Some(Bytes::from_static(b"hello")),
+    };
+    let sync = load::run(&sync_target, 10, warm, dur).await?;
+    sync.ensure_no_errors("sync baseline for async")?;
+    let async_target = Target {
+        addr: fjord.addr,
+        path: "/async-function/bench-async".into(),
+        body: Some(Bytes::from_static(b"hello")),
+    };
+    let accept_dur = Duration::from_secs(if q { 2 } else { 5 });
+    let accepted = load::run(&async_target, 64, Duration::ZERO, accept_dur).await?;
+    accepted.ensure_no_errors("async accept")?;
+    // ...then the default concurrency of 10 drains them: that rate is compared with sync.
+    fjord.deploy(async_fn("10")).await?;
+    let drain_t0 = Instant::now();
+    let depth_at = |text: &str| -> f64 {
+        text.lines()
+            .find(|l| l.starts_with("fjord_queue_depth{function_name=\"bench-async.openfaas-fn\"}"))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    };
+    let queued = depth_at(
+        &fjord
+            .http
+            .get(fjord.url("/metrics"))
+            .send()
+            .await?
+            .text()
+            .await?,
+    );
+    let drained = loop {
+        let text = fjord
+            .http
+            .get(fjord.url("/metrics"))
+            .send()
+            .await?
+            .text()
+            .await?;
+        let depth = depth_at(&text);
+        if depth == 0.0 {
+            break drain_t0.elapsed();
+        }
+        ensure!(
+            drain_t0.elapsed() < Duration::from_secs(600),
+            "the async queue did not drain in 10 minutes ({depth} left)"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let drain_rate = queued / drained.as_secs_f64().max(0.001);
+    rows.push(
+        Row::new(
+            "async invoke (embedded queue)",
+            "accepted requests/s (durable 202), c=64",
+            accepted.rps(),
+            "req/s",
+        )
+        .target("≥ 20000/s", accepted.rps() >= 20000.0)
+        .note(&format!(
+            "p50 {:.0} µs, p99 {:.0} µs per 202",
+            accepted.p(0.5),
+            accepted.p(0.99)
+        )),
+    );
+    rows.push(
+        Row::new(
+            "async invoke (embedded queue)",
+            "drain rate: calls run per second",
+            drain_rate,
+            "req/s",
+        )
+        .baseline("same function sync, c=10", sync.rps())
+        .target("≥ 0.8× sync", drain_rate >= 0.8 * sync.rps())
+        .note(&format!(
+            "{queued:.0} queued calls drained in {:.2} s at max_inflight 10",
+            drained.as_secs_f64()
+        )),
+    );
+    fjord.scale("bench-async", 1).await?;
+
     // 6. Footprint.
-    eprintln!("[7/7] footprint: 100 and 1,000 functions at zero");
+    eprintln!("[8/8] footprint: 100 and 1,000 functions at zero");
     rows.push(
         Row::new(
             "footprint",

@@ -247,6 +247,32 @@ pub fn render(samples: &[FunctionSample<'_>]) -> String {
             "counter",
             "Replicas killed for exceeding limits.memory",
         ),
+        (
+            "fjord_queue_depth",
+            "gauge",
+            "Async calls queued, retrying or running",
+        ),
+        ("fjord_async_inflight", "gauge", "Async calls running now"),
+        (
+            "fjord_async_processed_total",
+            "counter",
+            "Async calls completed",
+        ),
+        (
+            "fjord_async_retried_total",
+            "counter",
+            "Async call attempts that will be retried",
+        ),
+        (
+            "fjord_async_dead_lettered_total",
+            "counter",
+            "Async calls given up after their last attempt",
+        ),
+        (
+            "fjord_async_callback_failures_total",
+            "counter",
+            "Callbacks that could not be delivered",
+        ),
     ];
     for (name, kind, help) in gauge_or_counter {
         family(&mut out, name, kind, help);
@@ -324,6 +350,14 @@ mod tests {
         );
         assert!(
             text.contains("gateway_service_count{function_name=\"env.openfaas-fn\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("fjord_queue_depth{function_name=\"env.openfaas-fn\"} 0"),
+            "{text}"
+        );
+        assert!(
+            text.contains("fjord_async_dead_lettered_total{function_name=\"env.openfaas-fn\"} 0"),
             "{text}"
         );
     }
