@@ -504,7 +504,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     eprintln!("fjord serve up at {} (idle RSS {idle_rss} KiB)", fjord.addr);
 
     // 1. Warm invoke, http mode.
-    eprintln!("[1/8] warm invoke, http mode");
+    eprintln!("[1/7] warm invoke, http mode");
     fjord
         .deploy(json!({"service": "bench-http", "image": "bench", "envProcess": format!("{bench_bin} function"),
             "envVars": {"mode": "http"},
@@ -640,7 +640,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     );
 
     // 2. Warm invoke, fork mode.
-    eprintln!("[2/8] warm invoke, fork mode");
+    eprintln!("[2/7] warm invoke, fork mode");
     fjord
         .deploy(
             json!({"service": "bench-cat", "image": "bench", "envProcess": "cat",
@@ -688,7 +688,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     );
 
     // 3. Cold start, per template, and warm throughput per template.
-    eprintln!("[3/8] cold start per template (building the templates with `fjord up`)");
+    eprintln!("[3/7] cold start per template (building the templates with `fjord up`)");
     let trials = if q { 20 } else { 60 };
     let project = build_templates(&opts.fjord, &fjord, &TEMPLATES).await?;
     let reference_rps = best.1;
@@ -775,7 +775,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     drop(project);
 
     // 4. Scale-out.
-    eprintln!("[4/8] scale-out 1 → 50");
+    eprintln!("[4/7] scale-out 1 → 50");
     fjord
         .deploy(json!({"service": "bench-scale", "image": "bench", "envProcess": format!("{bench_bin} function"),
             "envVars": {"mode": "http"}, "labels": {"com.openfaas.scale.max": "50"}}))
@@ -858,7 +858,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
 
     // 7. Soak (before the footprint step fills fjord with 1,000 functions).
     let soak_secs = if q { 10 } else { 60 };
-    eprintln!("[6/8] soak {soak_secs} s at c={}", best.0);
+    eprintln!("[5/7] soak {soak_secs} s at c={}", best.0);
     let sampler = {
         let pid = fjord.pid;
         tokio::spawn(async move {
@@ -922,8 +922,65 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     );
     soak.ensure_no_errors("soak")?;
 
+    // 6. Footprint.
+    eprintln!("[6/7] footprint: 100 and 1,000 functions at zero");
+    rows.push(
+        Row::new(
+            "footprint",
+            "fjord serve RSS, idle (no functions)",
+            idle_rss as f64 / 1024.0,
+            "MiB",
+        )
+        .target("≤ 15 MiB", idle_rss <= 15 * 1024),
+    );
+    rows.push(Row::new(
+        "footprint",
+        "fjord serve RSS, max under load",
+        load_rss as f64 / 1024.0,
+        "MiB",
+    ));
+    let per_replica = replica_rss.iter().sum::<u64>() as f64 / replica_rss.len() as f64 / 1024.0;
+    rows.push(Row::new(
+        "footprint",
+        "RSS per idle http replica (bench function)",
+        per_replica,
+        "MiB",
+    ));
+    let mut deployed = 0usize;
+    for n in [100usize, 1000] {
+        let mut pending = Vec::new();
+        while deployed < n {
+            let body = json!({"service": format!("zero-{deployed}"), "image": "bench", "envProcess": "cat",
+                "labels": {"com.openfaas.scale.min": "0"}});
+            pending.push(fjord.deploy(body));
+            deployed += 1;
+            if pending.len() == 16 {
+                for r in futures_util::future::join_all(std::mem::take(&mut pending)).await {
+                    r?;
+                }
+            }
+        }
+        for r in futures_util::future::join_all(pending).await {
+            r?;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let rss = fjord.rss_kb();
+        let mut row = Row::new(
+            "footprint",
+            &format!("fjord serve RSS, {n} functions at zero"),
+            rss as f64 / 1024.0,
+            "MiB",
+        )
+        .baseline("idle", idle_rss as f64 / 1024.0);
+        if n == 1000 {
+            row = row.target("≤ 50 MiB", rss <= 50 * 1024);
+        }
+        rows.push(row);
+    }
+
+    // Last, so its backlog does not weigh on the footprint figures.
     // 5. Async: accepted/s with durability, then drain rate against sync.
-    eprintln!("[7/8] async: accept rate and drain rate");
+    eprintln!("[7/7] async: accept rate and drain rate");
     let async_fn = |inflight: &str| {
         json!({"service": "bench-async", "image": "bench", "envProcess": format!("{bench_bin} function"),
             "envVars": {"mode": "http"},
@@ -947,7 +1004,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         path: "/async-function/bench-async".into(),
         body: Some(Bytes::from_static(b"hello")),
     };
-    let accept_dur = Duration::from_secs(if q { 2 } else { 5 });
+    let accept_dur = Duration::from_secs(2);
     let accepted = load::run(&async_target, 64, Duration::ZERO, accept_dur).await?;
     accepted.ensure_no_errors("async accept")?;
     // ...then the default concurrency of 10 drains them: that rate is compared with sync.
@@ -1017,62 +1074,6 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         )),
     );
     fjord.scale("bench-async", 1).await?;
-
-    // 6. Footprint.
-    eprintln!("[8/8] footprint: 100 and 1,000 functions at zero");
-    rows.push(
-        Row::new(
-            "footprint",
-            "fjord serve RSS, idle (no functions)",
-            idle_rss as f64 / 1024.0,
-            "MiB",
-        )
-        .target("≤ 15 MiB", idle_rss <= 15 * 1024),
-    );
-    rows.push(Row::new(
-        "footprint",
-        "fjord serve RSS, max under load",
-        load_rss as f64 / 1024.0,
-        "MiB",
-    ));
-    let per_replica = replica_rss.iter().sum::<u64>() as f64 / replica_rss.len() as f64 / 1024.0;
-    rows.push(Row::new(
-        "footprint",
-        "RSS per idle http replica (bench function)",
-        per_replica,
-        "MiB",
-    ));
-    let mut deployed = 0usize;
-    for n in [100usize, 1000] {
-        let mut pending = Vec::new();
-        while deployed < n {
-            let body = json!({"service": format!("zero-{deployed}"), "image": "bench", "envProcess": "cat",
-                "labels": {"com.openfaas.scale.min": "0"}});
-            pending.push(fjord.deploy(body));
-            deployed += 1;
-            if pending.len() == 16 {
-                for r in futures_util::future::join_all(std::mem::take(&mut pending)).await {
-                    r?;
-                }
-            }
-        }
-        for r in futures_util::future::join_all(pending).await {
-            r?;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let rss = fjord.rss_kb();
-        let mut row = Row::new(
-            "footprint",
-            &format!("fjord serve RSS, {n} functions at zero"),
-            rss as f64 / 1024.0,
-            "MiB",
-        )
-        .baseline("idle", idle_rss as f64 / 1024.0);
-        if n == 1000 {
-            row = row.target("≤ 50 MiB", rss <= 50 * 1024);
-        }
-        rows.push(row);
-    }
 
     fjord.stop().await?;
     let total = started.elapsed();

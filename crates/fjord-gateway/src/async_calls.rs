@@ -342,6 +342,11 @@ impl Dispatcher {
             Client::builder(TokioExecutor::new()).build(connector);
         let running: Arc<std::sync::Mutex<HashMap<String, usize>>> = Arc::default();
         let mut tasks = tokio::task::JoinSet::new();
+        // Functions with work, from the last scan of the queue. Scanning reads the whole
+        // backlog's index, so it runs at most every 50 ms (or when nothing is known to be
+        // due); in between, finished calls and new ones only trigger cheap per-function claims.
+        let mut active: std::collections::HashSet<String> = Default::default();
+        let mut last_scan: Option<Instant> = None;
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -349,16 +354,25 @@ impl Dispatcher {
                 _ = tokio::time::sleep(Duration::from_millis(50)) => {}
             }
             while tasks.try_join_next().is_some() {}
-            let due = match this.queue.due_functions().await {
-                Ok(d) => d,
-                Err(e) => {
-                    tracing::warn!(error = %e, "async queue unavailable");
-                    continue;
+            if active.is_empty()
+                || last_scan.is_none_or(|t| t.elapsed() >= Duration::from_millis(50))
+            {
+                match this.queue.due_functions().await {
+                    Ok(d) => {
+                        active.extend(d);
+                        last_scan = Some(Instant::now());
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "async queue unavailable");
+                        continue;
+                    }
                 }
-            };
+            }
+            let due: Vec<String> = active.iter().cloned().collect();
             for function in due {
                 let (name, ns) = FunctionKey::split_route(&function);
                 let Some(route) = this.control.lookup(ns, name) else {
+                    active.remove(&function);
                     // Deleted since: its calls cannot run.
                     if let Ok(calls) = this.queue.claim(&function, 1000, LEASE).await {
                         for c in calls {
@@ -391,6 +405,10 @@ impl Dispatcher {
                         continue;
                     }
                 };
+                if claimed.len() < cap - busy {
+                    // Nothing more due for it now; the next scan brings it back.
+                    active.remove(&function);
+                }
                 for call in claimed {
                     *running
                         .lock()
