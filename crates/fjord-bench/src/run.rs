@@ -314,8 +314,25 @@ http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path
         p
     }
 
+    /// SIGQUIT (graceful) to the master, which stops its workers; SIGKILL to any left.
     async fn stop(mut self) {
-        let _ = self.child.kill().await;
+        let workers = procs::children(self.pid);
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.pid),
+            nix::sys::signal::Signal::SIGQUIT,
+        );
+        if tokio::time::timeout(Duration::from_secs(5), self.child.wait())
+            .await
+            .is_err()
+        {
+            let _ = self.child.kill().await;
+        }
+        for w in workers {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(w),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
     }
 }
 

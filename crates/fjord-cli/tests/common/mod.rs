@@ -204,6 +204,8 @@ impl Server {
             .arg("127.0.0.1:0")
             .arg("--data-dir")
             .arg(&data_dir)
+            // Tests kill servers with SIGKILL; they must not leave the host's kernel tuned.
+            .arg("--tune-kernel=false")
             .args(&opts.args)
             .stdin(Stdio::null())
             .stdout(Stdio::from(log))
