@@ -473,10 +473,6 @@ impl ControlPlane {
         self.runtime.shutdown().await;
     }
 
-    pub fn runtime(&self) -> &ProcessRuntime {
-        &self.runtime
-    }
-
     pub fn store(&self) -> &Store {
         &self.store
     }

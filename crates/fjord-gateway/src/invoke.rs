@@ -480,10 +480,8 @@ fn at_capacity(handle: &fjord_runtime::FunctionHandle) -> ApiError {
 fn not_ready(handle: &fjord_runtime::FunctionHandle) -> ApiError {
     let s = handle.status();
     let why = if s.desired == 0 {
-        format!(
-            "it is scaled to zero; scale it up with POST /system/scale-function/{}",
-            handle.key.name
-        )
+        "it is at zero replicas and none started within --ready-timeout; see GET /system/logs"
+            .to_string()
     } else {
         format!(
             "0 of {} replicas are ready{}",

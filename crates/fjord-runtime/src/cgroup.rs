@@ -228,15 +228,6 @@ impl Cgroup {
             .unwrap_or(0)
     }
 
-    /// Current memory use in bytes.
-    pub fn memory_bytes(&self) -> Option<u64> {
-        let file = match self.version {
-            Version::V1 => "memory.usage_in_bytes",
-            Version::V2 => "memory.current",
-        };
-        self.read(file).and_then(|s| s.trim().parse().ok())
-    }
-
     /// CPU time used by the cgroup's processes so far, in nanoseconds.
     pub fn cpu_usage_ns(&self) -> Option<u64> {
         match self.version {

@@ -244,11 +244,6 @@ impl FunctionHandle {
         total
     }
 
-    /// Ready replicas.
-    pub fn ready_count(&self) -> u64 {
-        self.serving.load().endpoints.len() as u64
-    }
-
     /// Picks the ready replica with the fewest requests in flight (ties broken round-robin,
     /// so keep-alive connections do not pin traffic to one replica).
     pub fn pick(&self) -> Option<(Arc<Serving>, Inflight)> {
