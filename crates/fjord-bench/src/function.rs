@@ -10,6 +10,10 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 
+/// Response header with the wall-clock time (Unix ns) the function started the request:
+/// the async benchmark measures accept → start with it.
+pub const START_HEADER: &str = "x-bench-start-ns";
+
 pub fn serve() -> anyhow::Result<()> {
     let port: u16 = std::env::var("PORT")
         .map_err(|_| anyhow::anyhow!("PORT is not set: run me as an http-mode fjord function"))?
@@ -20,8 +24,7 @@ pub fn serve() -> anyhow::Result<()> {
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
         println!("listening on 127.0.0.1:{port}");
-        let mut term =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         loop {
             tokio::select! {
                 _ = term.recv() => return Ok(()),
@@ -30,7 +33,12 @@ pub fn serve() -> anyhow::Result<()> {
                     let _ = stream.set_nodelay(true);
                     tokio::spawn(async move {
                         let svc = service_fn(|_req| async {
-                            Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::from_static(b"ok"))))
+                            let started = std::time::SystemTime::now()
+                                .duration_since(std::time::UNIX_EPOCH)
+                                .map_or(0, |d| d.as_nanos() as u64);
+                            let mut r = hyper::Response::new(Full::new(Bytes::from_static(b"ok")));
+                            r.headers_mut().insert(START_HEADER, started.into());
+                            Ok::<_, Infallible>(r)
                         });
                         let _ = http1::Builder::new()
                             .serve_connection(TokioIo::new(stream), svc)

@@ -44,6 +44,10 @@ enum Command {
         /// The command line recorded in the report
         #[arg(long, default_value = "scripts/bench")]
         command_line: String,
+        /// Run one scenario alone and print its figures, without writing the report
+        /// (`async`)
+        #[arg(long)]
+        only: Option<String>,
     },
     /// Closed-loop load against one URL (http://HOST:PORT/PATH), printing throughput and latency
     Load {
@@ -113,6 +117,7 @@ fn main() -> ExitCode {
             out,
             json,
             command_line,
+            only,
         } => block_on(run::run(run::Options {
             quick,
             fjord,
@@ -120,6 +125,7 @@ fn main() -> ExitCode {
             out_md: out,
             out_json: json,
             command: command_line,
+            only,
         })),
     };
     match result {

@@ -15,7 +15,7 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use fjord_core::FunctionKey;
-use fjord_queue::{CallRecord, CallRequest, CallState, CancelOutcome, NewCall, Queue};
+use fjord_queue::{BoxFuture, CallRecord, CallRequest, CallState, CancelOutcome, NewCall, Queue};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -219,7 +219,11 @@ pub async fn enqueue(State(app): State<AppState>, req: Request) -> Result<Respon
         .store(crate::metrics::now_ms(), Ordering::Relaxed);
     // Start a function at zero now, not when a worker gets to the call.
     app.control.wake(&route);
-    app.dispatch.notify_one();
+    if route.metrics.async_worker.load(Ordering::Acquire) {
+        route.metrics.async_wake.notify_one();
+    } else {
+        app.dispatch.notify_one();
+    }
     let mut r = StatusCode::ACCEPTED.into_response();
     if let Ok(v) = HeaderValue::from_str(&id) {
         r.headers_mut().insert(X_CALL_ID.clone(), v);
@@ -316,19 +320,34 @@ pub async fn replay(
 }
 
 /// Runs queued calls until `shutdown`; then puts running calls back in the queue.
+///
+/// One long-lived worker per function with due calls keeps a small buffer of claimed calls
+/// and runs up to `max_inflight` of them at once through the gateway's own invoke path,
+/// in-process (no loopback HTTP). A call's slot is freed as soon as the function answered;
+/// recording the outcome (a durable write) and the callback happen after, so the queue's
+/// commit latency never throttles the function. A scan of the queue at most every
+/// [`SCAN_INTERVAL`] starts workers for functions that have none and wakes idle ones whose
+/// retries came due.
 pub struct Dispatcher {
     pub queue: Arc<dyn Queue>,
-    pub control: Arc<ControlPlane>,
-    pub gateway: SocketAddr,
-    pub wake: Arc<tokio::sync::Notify>,
+    /// State for in-process invocations (its own upstream client pool).
+    pub app: AppState,
     /// Send the original method (false: always POST, as OpenFaaS's queue worker does).
     pub keep_method: bool,
 }
 
+/// How often the dispatcher scans the queue for due functions.
+const SCAN_INTERVAL: Duration = Duration::from_millis(100);
+/// A worker with nothing to do for this long stops (the scan restarts it when needed).
+const WORKER_IDLE: Duration = Duration::from_secs(30);
+/// Claimed calls a worker keeps ready beyond its running ones, at most.
+const MAX_PREFETCH: usize = 512;
+/// How long a stopping worker lets finished calls record their outcome.
+const FINISH_GRACE: Duration = Duration::from_secs(2);
+
 impl Dispatcher {
     pub async fn run(self, shutdown: CancellationToken) {
-        let this = Arc::new(self);
-        if let Ok(n) = this.queue.requeue_running().await
+        if let Ok(n) = self.queue.requeue_running().await
             && n > 0
         {
             tracing::info!(
@@ -338,123 +357,253 @@ impl Dispatcher {
         }
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
-        let client: Client<HttpConnector, Full<Bytes>> =
+        let callbacks: Client<HttpConnector, Full<Bytes>> =
             Client::builder(TokioExecutor::new()).build(connector);
-        let running: Arc<std::sync::Mutex<HashMap<String, usize>>> = Arc::default();
-        let mut tasks = tokio::task::JoinSet::new();
-        // Functions with work, from the last scan of the queue. Scanning reads the whole
-        // backlog's index, so it runs at most every 50 ms (or when nothing is known to be
-        // due); in between, finished calls and new ones only trigger cheap per-function claims.
-        let mut active: std::collections::HashSet<String> = Default::default();
+        let this = Arc::new(Worker {
+            queue: self.queue,
+            app: self.app,
+            keep_method: self.keep_method,
+            callbacks,
+        });
+        let wake = this.app.dispatch.clone();
+        let mut workers: HashMap<String, tokio::task::AbortHandle> = HashMap::new();
+        let mut stopped = tokio::task::JoinSet::new();
         let mut last_scan: Option<Instant> = None;
         loop {
+            let next = last_scan.map_or(Duration::ZERO, |t| {
+                SCAN_INTERVAL.saturating_sub(t.elapsed())
+            });
             tokio::select! {
                 _ = shutdown.cancelled() => break,
-                _ = this.wake.notified() => {}
-                _ = tokio::time::sleep(Duration::from_millis(50)) => {}
-            }
-            while tasks.try_join_next().is_some() {}
-            if active.is_empty()
-                || last_scan.is_none_or(|t| t.elapsed() >= Duration::from_millis(50))
-            {
-                match this.queue.due_functions().await {
-                    Ok(d) => {
-                        active.extend(d);
-                        last_scan = Some(Instant::now());
+                // A call for a function without a worker: scan now (or as soon as allowed).
+                _ = wake.notified() => tokio::time::sleep(next).await,
+                _ = tokio::time::sleep(next.max(SCAN_INTERVAL / 2)) => {}
+                Some(done) = stopped.join_next(), if !stopped.is_empty() => {
+                    if let Ok(function) = done {
+                        workers.remove(&function);
                     }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "async queue unavailable");
-                        continue;
-                    }
+                    continue;
                 }
             }
-            let due: Vec<String> = active.iter().cloned().collect();
+            let due = match this.queue.due_functions().await {
+                Ok(d) => d,
+                Err(e) => {
+                    tracing::warn!(error = %e, "async queue unavailable");
+                    last_scan = Some(Instant::now());
+                    continue;
+                }
+            };
+            last_scan = Some(Instant::now());
+            while let Some(done) = stopped.try_join_next() {
+                if let Ok(function) = done {
+                    workers.remove(&function);
+                }
+            }
             for function in due {
                 let (name, ns) = FunctionKey::split_route(&function);
-                let Some(route) = this.control.lookup(ns, name) else {
-                    active.remove(&function);
-                    // Deleted since: its calls cannot run.
-                    if let Ok(calls) = this.queue.claim(&function, 1000, LEASE).await {
-                        for c in calls {
-                            let _ = this
-                                .queue
-                                .dead_letter(
-                                    &c.id,
-                                    None,
-                                    &format!("function {function} is not deployed"),
-                                )
-                                .await;
-                        }
-                    }
-                    continue;
-                };
-                let annotations = route.handle.spec().deployment.annotations.clone();
-                let cap = max_inflight(annotations.as_ref()).unwrap_or(DEFAULT_MAX_INFLIGHT);
-                let busy = *running
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .get(&function)
-                    .unwrap_or(&0);
-                if busy >= cap {
+                let route = this.control().lookup(ns, name);
+                if let Some(route) = &route
+                    && workers.contains_key(&function)
+                {
+                    route.metrics.async_wake.notify_one();
                     continue;
                 }
-                let claimed = match this.queue.claim(&function, cap - busy, LEASE).await {
-                    Ok(c) => c,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "claiming async calls failed");
-                        continue;
-                    }
-                };
-                if claimed.len() < cap - busy {
-                    // Nothing more due for it now; the next scan brings it back.
-                    active.remove(&function);
-                }
-                for call in claimed {
-                    *running
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .entry(function.clone())
-                        .or_default() += 1;
-                    let (this, client, running, route, function) = (
-                        this.clone(),
-                        client.clone(),
-                        running.clone(),
-                        route.clone(),
-                        function.clone(),
-                    );
-                    tasks.spawn(async move {
-                        this.run_call(&client, &route, call).await;
-                        if let Some(n) = running
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .get_mut(&function)
-                        {
-                            *n = n.saturating_sub(1);
-                        }
-                        this.wake.notify_one();
-                    });
-                }
+                let (w, f, s) = (this.clone(), function.clone(), shutdown.clone());
+                let handle = stopped.spawn(async move {
+                    w.work(&f, route, s).await;
+                    f
+                });
+                workers.insert(function, handle);
             }
         }
-        // Graceful shutdown: stop taking work; calls still running go back to the queue (the
-        // gateway they run through is closing too) and run again after the restart.
-        tasks.abort_all();
-        while tasks.join_next().await.is_some() {}
+        // Graceful shutdown: workers stop taking work; calls still running go back to the
+        // queue (the gateway they run through is closing too) and run again after the restart.
+        while stopped.join_next().await.is_some() {}
         if let Ok(n) = this.queue.requeue_running().await
             && n > 0
         {
             tracing::info!(calls = n, "re-queued async calls still running at shutdown");
         }
     }
+}
 
-    async fn run_call(
-        &self,
-        client: &Client<HttpConnector, Full<Bytes>>,
-        route: &Arc<Route>,
-        call: fjord_queue::Claimed,
+/// A moving average that follows changes within a few dozen samples.
+fn ewma(avg: f64, sample: f64) -> f64 {
+    if avg.is_finite() {
+        avg + (sample - avg) / 16.0
+    } else {
+        sample
+    }
+}
+
+/// What every function's worker shares.
+struct Worker {
+    queue: Arc<dyn Queue>,
+    app: AppState,
+    keep_method: bool,
+    callbacks: Client<HttpConnector, Full<Bytes>>,
+}
+
+/// A call's attempt: the function's status, headers and body, or why there was none.
+type Outcome = Result<(StatusCode, HeaderMap, Bytes), String>;
+
+impl Worker {
+    fn control(&self) -> &Arc<ControlPlane> {
+        &self.app.control
+    }
+
+    /// Runs `function`'s calls until it has had nothing to do for [`WORKER_IDLE`], is
+    /// deleted, or `shutdown`.
+    async fn work(
+        self: &Arc<Self>,
+        function: &str,
+        route: Option<Arc<Route>>,
+        shutdown: CancellationToken,
     ) {
+        let Some(route) = route else {
+            self.dead_letter_all(function).await;
+            return;
+        };
+        let metrics = route.metrics.clone();
+        metrics.async_worker.store(true, Ordering::Release);
+        let mut buffer: std::collections::VecDeque<fjord_queue::Claimed> = Default::default();
+        let mut running = tokio::task::JoinSet::new();
+        let mut finishing = tokio::task::JoinSet::new();
+        let mut claiming: Option<BoxFuture<'static, Result<Vec<fjord_queue::Claimed>, String>>> =
+            None;
+        // Calls to keep claimed ahead of the running ones: as many as `cap` slots finish
+        // during one claim (Little's law on moving averages), so a fast function never
+        // waits for the queue's commit, while a slow one claims only what it can start
+        // (a claimed call is `running` for the API and can no longer be cancelled).
+        let mut claim_secs = 0.002f64;
+        let mut call_secs = f64::INFINITY;
+        let mut claim_started = Instant::now();
+        // The last claim found fewer calls than it asked for: wait for a wake-up.
+        let mut empty = false;
+        let mut idle_since = Instant::now();
+        loop {
+            let (name, ns) = FunctionKey::split_route(function);
+            let Some(route) = self.control().lookup(ns, name) else {
+                // Deleted: running calls end with its 404; the rest can never run.
+                for c in buffer.drain(..) {
+                    let _ = self
+                        .queue
+                        .dead_letter(&c.id, None, &format!("function {function} is not deployed"))
+                        .await;
+                }
+                self.dead_letter_all(function).await;
+                break;
+            };
+            let cap = max_inflight(route.handle.spec().deployment.annotations.as_ref())
+                .unwrap_or(DEFAULT_MAX_INFLIGHT);
+            let prefetch = ((claim_secs / call_secs) * cap as f64)
+                .ceil()
+                .min(MAX_PREFETCH as f64) as usize;
+            while running.len() < cap
+                && let Some(call) = buffer.pop_front()
+            {
+                let (w, r) = (self.clone(), route.clone());
+                running.spawn(async move { w.attempt_call(&r, call).await });
+            }
+            let have = buffer.len() + running.len();
+            if claiming.is_none() && !empty && have < cap + prefetch {
+                let want = cap + prefetch - have;
+                claim_started = Instant::now();
+                let (q, f) = (self.queue.clone(), function.to_string());
+                claiming = Some(Box::pin(async move {
+                    q.claim(&f, want, LEASE).await.map_err(|e| e.to_string())
+                }));
+            }
+            if running.is_empty() && buffer.is_empty() && claiming.is_none() {
+                if idle_since.elapsed() >= WORKER_IDLE {
+                    break;
+                }
+            } else {
+                idle_since = Instant::now();
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => {
+                    running.abort_all();
+                    break;
+                }
+                Some(done) = running.join_next(), if !running.is_empty() => {
+                    if let Ok((call, outcome, elapsed)) = done {
+                        call_secs = ewma(call_secs, elapsed.as_secs_f64());
+                        let (w, r) = (self.clone(), route.clone());
+                        finishing.spawn(async move { w.finish(&r, call, outcome, elapsed).await });
+                    }
+                }
+                Some(_) = finishing.join_next(), if !finishing.is_empty() => {}
+                claimed = async { claiming.as_mut().expect("guarded").await }, if claiming.is_some() => {
+                    claiming = None;
+                    claim_secs = ewma(claim_secs, claim_started.elapsed().as_secs_f64());
+                    match claimed {
+                        Ok(calls) => {
+                            empty = calls.is_empty();
+                            buffer.extend(calls);
+                        }
+                        Err(e) => {
+                            tracing::warn!(function, error = %e, "claiming async calls failed");
+                            empty = true;
+                        }
+                    }
+                }
+                _ = metrics.async_wake.notified() => empty = false,
+                _ = tokio::time::sleep(WORKER_IDLE), if empty => {}
+            }
+        }
+        metrics.async_worker.store(false, Ordering::Release);
+        // A worker stops idle (nothing claimed), deleted (claimed calls dead-lettered) or at
+        // shutdown, when the dispatcher re-queues every claimed call. Let finished calls
+        // record their outcome first.
+        let _ = tokio::time::timeout(FINISH_GRACE, async {
+            while finishing.join_next().await.is_some() {}
+        })
+        .await;
+        finishing.abort_all();
+    }
+
+    /// Dead-letters the calls of a function that is no longer deployed.
+    async fn dead_letter_all(&self, function: &str) {
+        loop {
+            let Ok(calls) = self.queue.claim(function, 1000, LEASE).await else {
+                return;
+            };
+            if calls.is_empty() {
+                return;
+            }
+            for c in calls {
+                let _ = self
+                    .queue
+                    .dead_letter(&c.id, None, &format!("function {function} is not deployed"))
+                    .await;
+            }
+        }
+    }
+
+    /// Runs one attempt of `call` and returns it with the outcome and how long it took.
+    async fn attempt_call(
+        self: Arc<Self>,
+        route: &Arc<Route>,
+        mut call: fjord_queue::Claimed,
+    ) -> (fjord_queue::Claimed, Outcome, Duration) {
         let m = &route.metrics;
         m.async_inflight.fetch_add(1, Ordering::Relaxed);
+        let started = Instant::now();
+        let outcome = self.attempt(&mut call).await;
+        m.async_inflight.fetch_sub(1, Ordering::Relaxed);
+        (call, outcome, started.elapsed())
+    }
+
+    /// Records an attempt's outcome: done, retry later or dead letter; then the callback.
+    async fn finish(
+        &self,
+        route: &Arc<Route>,
+        call: fjord_queue::Claimed,
+        outcome: Outcome,
+        elapsed: Duration,
+    ) {
+        let m = &route.metrics;
         let policy =
             RetryPolicy::from_annotations(route.handle.spec().deployment.annotations.as_ref())
                 .unwrap_or(RetryPolicy {
@@ -463,10 +612,6 @@ impl Dispatcher {
                     min_wait: DEFAULT_MIN_WAIT,
                     max_wait: DEFAULT_MAX_WAIT,
                 });
-        let started = Instant::now();
-        let outcome = self.attempt(client, &call).await;
-        let elapsed = started.elapsed();
-        m.async_inflight.fetch_sub(1, Ordering::Relaxed);
         let (status, retry_after, error) = match &outcome {
             Ok((s, h, _)) => (Some(s.as_u16()), retry_after(h), None),
             Err(e) => (None, None, Some(e.clone())),
@@ -518,16 +663,7 @@ impl Dispatcher {
                 Err(e) => (503, HeaderMap::new(), Bytes::from(e)),
             };
             let result = self
-                .callback(
-                    client,
-                    url,
-                    &call,
-                    s,
-                    &headers,
-                    body,
-                    elapsed,
-                    policy.attempts,
-                )
+                .callback(url, &call, s, &headers, body, elapsed, policy.attempts)
                 .await;
             if result.starts_with("failed") {
                 m.async_callback_failures.fetch_add(1, Ordering::Relaxed);
@@ -537,17 +673,11 @@ impl Dispatcher {
         }
     }
 
-    /// One attempt through this gateway's own invoke path.
-    async fn attempt(
-        &self,
-        client: &Client<HttpConnector, Full<Bytes>>,
-        call: &fjord_queue::Claimed,
-    ) -> Result<(StatusCode, HeaderMap, Bytes), String> {
+    /// One attempt through the gateway's own invoke path, in-process: the same routing,
+    /// waking, limits and metrics as a sync call, without a loopback connection.
+    async fn attempt(&self, call: &mut fjord_queue::Claimed) -> Outcome {
         let r = &call.request;
-        let mut uri = format!(
-            "http://{}/function/{}{}",
-            self.gateway, call.function, r.path
-        );
+        let mut uri = format!("/function/{}{}", call.function, r.path);
         if let Some(q) = r.query.as_deref().filter(|q| !q.is_empty()) {
             uri.push('?');
             uri.push_str(q);
@@ -562,13 +692,17 @@ impl Dispatcher {
             b = b.header(k.as_str(), v.as_str());
         }
         b = b.header(&X_CALL_ID, call.id.as_str());
+        // The body is not needed after this attempt: a retry reads it from the queue again.
+        let body = std::mem::take(&mut call.request.body);
         let req = b
-            .body(Full::new(Bytes::from(r.body.clone())))
+            .body(axum::body::Body::from(body))
             .map_err(|e| format!("invalid stored request: {e}"))?;
-        let resp = client
-            .request(req)
-            .await
-            .map_err(|e| format!("cannot reach the gateway: {e}"))?;
+        let resp = crate::invoke::invoke(
+            State(self.app.clone()),
+            axum::extract::ConnectInfo(SocketAddr::from(([127, 0, 0, 1], 0))),
+            req,
+        )
+        .await;
         let (parts, body) = resp.into_parts();
         let body = http_body_util::Limited::new(body, MAX_CALLBACK_BODY)
             .collect()
@@ -581,7 +715,6 @@ impl Dispatcher {
     #[allow(clippy::too_many_arguments)]
     async fn callback(
         &self,
-        client: &Client<HttpConnector, Full<Bytes>>,
         url: &str,
         call: &fjord_queue::Claimed,
         status: u16,
@@ -625,7 +758,7 @@ impl Dispatcher {
                 Ok(r) => r,
                 Err(e) => return format!("failed: invalid callback request: {e}"),
             };
-            match tokio::time::timeout(Duration::from_secs(30), client.request(req)).await {
+            match tokio::time::timeout(Duration::from_secs(30), self.callbacks.request(req)).await {
                 Ok(Ok(resp)) if resp.status().is_success() => {
                     return format!("delivered ({})", resp.status().as_u16());
                 }

@@ -98,6 +98,16 @@ pub struct AppState {
     pub shutdown: CancellationToken,
 }
 
+/// The client that forwards invocations to replicas (one pool per HTTP worker thread).
+fn upstream_client() -> Client<HttpConnector, Body> {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(90))
+        .pool_max_idle_per_host(1024)
+        .build(connector)
+}
+
 /// Errors that stop `fjord serve` from starting.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -240,17 +250,11 @@ impl Worker {
                 return;
             }
         };
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(1024)
-            .build(connector);
         let state = AppState {
             control: self.control.clone(),
             queue: self.queue.clone(),
             dispatch: self.dispatch.clone(),
-            client,
+            client: upstream_client(),
             config: self.config.clone(),
             shutdown: self.shutdown.clone(),
         };
@@ -436,9 +440,14 @@ pub async fn serve(config: GatewayConfig, shutdown: CancellationToken) -> Result
     let dispatcher = tokio::spawn(
         async_calls::Dispatcher {
             queue: queue.clone(),
-            control: control.clone(),
-            gateway: local,
-            wake: dispatch.clone(),
+            app: AppState {
+                control: control.clone(),
+                queue: queue.clone(),
+                dispatch: dispatch.clone(),
+                client: upstream_client(),
+                config: config.clone(),
+                shutdown: shutdown.clone(),
+            },
             keep_method: config.async_keep_method,
         }
         .run(shutdown.clone()),

@@ -87,6 +87,11 @@ pub struct FunctionMetrics {
     pub async_retried: AtomicU64,
     pub async_dead: AtomicU64,
     pub async_callback_failures: AtomicU64,
+    /// Whether this gateway runs an async worker for the function now: enqueues then wake
+    /// that worker directly instead of the dispatcher's queue scan.
+    pub async_worker: std::sync::atomic::AtomicBool,
+    /// Wakes the function's async worker (new call, or the scan found due retries).
+    pub async_wake: tokio::sync::Notify,
 }
 
 /// Milliseconds since the Unix epoch.

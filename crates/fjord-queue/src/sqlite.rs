@@ -228,16 +228,34 @@ impl Queue for SqliteQueue {
 
     fn due_functions(&self) -> BoxFuture<'_, Result<Vec<String>, QueueError>> {
         Box::pin(self.read(|conn| {
-            let mut stmt = conn
+            // A loose index scan: one indexed probe per function and state, instead of
+            // reading (and sorting) every pending call of a large backlog.
+            let mut next = conn
                 .prepare_cached(
-                    "SELECT DISTINCT function FROM calls
-                     WHERE state IN ('queued', 'retrying') AND next_attempt_ms <= ?1
-                     ORDER BY function",
+                    "SELECT function, next_attempt_ms FROM calls
+                     WHERE state = ?1 AND function > ?2
+                     ORDER BY function, next_attempt_ms LIMIT 1",
                 )
                 .db()?;
-            stmt.query_map([to_sql(now_ms())], |r| r.get(0))
-                .and_then(Iterator::collect)
-                .db()
+            let now = to_sql(now_ms());
+            let mut due = std::collections::BTreeSet::new();
+            for state in ["queued", "retrying"] {
+                let mut after = String::new();
+                while let Some((function, at)) = next
+                    .query_row(params![state, after], |r| {
+                        Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+                    })
+                    .optional()
+                    .db()?
+                {
+                    // Ordered by next_attempt_ms within the function: its earliest call.
+                    if at <= now {
+                        due.insert(function.clone());
+                    }
+                    after = function;
+                }
+            }
+            Ok(due.into_iter().collect())
         }))
     }
 
@@ -252,8 +270,33 @@ impl Queue for SqliteQueue {
             if max == 0 {
                 return Ok(Vec::new());
             }
-            self.write(move |conn| with_savepoint(conn, |conn| claim(conn, &function, max, lease)))
-                .await
+            let f = function.clone();
+            let rows = self
+                .write(move |conn| with_savepoint(conn, |conn| claim(conn, &f, max, lease)))
+                .await?;
+            let mut claimed = Vec::with_capacity(rows.len());
+            for (id, request, attempt) in rows {
+                let decoded = u32::try_from(attempt)
+                    .map_err(|_| format!("attempts {attempt} out of range"))
+                    .and_then(|a| decode_request(&request).map(|r| (a, r)));
+                match decoded {
+                    Ok((attempt, request)) => claimed.push(Claimed {
+                        id,
+                        function: function.clone(),
+                        request,
+                        attempt,
+                    }),
+                    // Erroring would wedge the function's queue on this row forever;
+                    // dead-lettering it keeps the rest flowing and leaves the reason where
+                    // operators look.
+                    Err(reason) => {
+                        tracing::error!(call = %id, %reason, "dead-lettering a corrupt queued call");
+                        self.dead_letter(&id, None, &format!("corrupt stored request: {reason}"))
+                            .await?;
+                    }
+                }
+            }
+            Ok(claimed)
         })
     }
 
@@ -450,18 +493,20 @@ impl SqliteQueue {
     }
 }
 
+/// Marks up to `max` due calls of `function` running and returns them as stored
+/// (id, request, attempt number); decoding happens outside the writer thread.
 fn claim(
     conn: &Connection,
     function: &str,
     max: usize,
     lease: Duration,
-) -> Result<Vec<Claimed>, QueueError> {
+) -> Result<Vec<(String, String, i64)>, QueueError> {
     let now = now_ms();
     let lease_until =
         to_sql(now.saturating_add(u64::try_from(lease.as_millis()).unwrap_or(u64::MAX)));
     let now = to_sql(now);
     let limit = i64::try_from(max).unwrap_or(i64::MAX);
-    let due: Vec<(String, String, i64)> = conn
+    let mut due: Vec<(String, String, i64)> = conn
         .prepare_cached(
             "SELECT id, request, attempts FROM calls
              WHERE function = ?1 AND state IN ('queued', 'retrying') AND next_attempt_ms <= ?2
@@ -474,49 +519,19 @@ fn claim(
             .collect()
         })
         .db()?;
-    let mut claimed = Vec::with_capacity(due.len());
-    for (id, request, attempts) in due {
-        let decoded = u32::try_from(attempts)
-            .map_err(|_| format!("attempts {attempts} out of range"))
-            .and_then(|a| decode_request(&request).map(|r| (a, r)));
-        match decoded {
-            Ok((attempts, request)) => {
-                let attempt = attempts.saturating_add(1);
-                conn.prepare_cached(
-                    "UPDATE calls SET state = 'running', attempts = ?2, lease_until_ms = ?3,
-                        updated_at_ms = ?4
-                     WHERE id = ?1",
-                )
-                .and_then(|mut s| s.execute(params![id, attempt, lease_until, now]))
-                .db()?;
-                claimed.push(Claimed {
-                    id,
-                    function: function.to_owned(),
-                    request,
-                    attempt,
-                });
-            }
-            // Erroring would wedge the function's queue on this row forever; dead-lettering
-            // it keeps the rest flowing and leaves the reason where operators look.
-            Err(reason) => {
-                tracing::error!(call = %id, %reason, "dead-lettering a corrupt queued call");
-                conn.prepare_cached(
-                    "UPDATE calls SET state = 'dead', last_error = ?2, lease_until_ms = NULL,
-                        updated_at_ms = ?3
-                     WHERE id = ?1",
-                )
-                .and_then(|mut s| {
-                    s.execute(params![
-                        id,
-                        format!("corrupt stored request: {reason}"),
-                        now
-                    ])
-                })
-                .db()?;
-            }
-        }
+    let mut mark = conn
+        .prepare_cached(
+            "UPDATE calls SET state = 'running', attempts = ?2, lease_until_ms = ?3,
+                updated_at_ms = ?4
+             WHERE id = ?1",
+        )
+        .db()?;
+    for (id, _, attempts) in &mut due {
+        *attempts = attempts.saturating_add(1);
+        mark.execute(params![&*id, *attempts, lease_until, now])
+            .db()?;
     }
-    Ok(claimed)
+    Ok(due)
 }
 
 /// Runs `f` so that either all or none of its statements take effect, even though it shares
@@ -652,7 +667,8 @@ struct StoredRequest<'a> {
     callback_url: Option<String>,
 }
 
-fn encode_request(r: &CallRequest) -> Result<String, QueueError> {
+/// Encodes a request as the `calls.request` column stores it: JSON, the body in base64.
+pub fn encode_request(r: &CallRequest) -> Result<String, QueueError> {
     serde_json::to_string(&StoredRequest {
         method: r.method.as_str().into(),
         path: r.path.as_str().into(),
@@ -664,7 +680,9 @@ fn encode_request(r: &CallRequest) -> Result<String, QueueError> {
     .map_err(|e| QueueError::Storage(format!("cannot encode the request: {e}")))
 }
 
-fn decode_request(s: &str) -> Result<CallRequest, String> {
+/// Decodes a stored `calls.request` column, as [`Queue::claim`] does before handing a call to
+/// a worker; the error says why the row is corrupt. Public for the fuzz targets (`fuzz/`).
+pub fn decode_request(s: &str) -> Result<CallRequest, String> {
     let stored: StoredRequest<'_> = serde_json::from_str(s).map_err(|e| e.to_string())?;
     let body = BASE64
         .decode(stored.body.as_bytes())
