@@ -4,6 +4,8 @@
 
 #[cfg(feature = "testing")]
 pub mod contract;
+#[cfg(feature = "nats")]
+pub mod nats;
 pub mod sqlite;
 
 use std::future::Future;
