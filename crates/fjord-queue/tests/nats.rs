@@ -1,0 +1,599 @@
+//! The NATS JetStream backend against a real `nats-server` (started per test, on a free port
+//! and its own store dir): the backend-independent contract, then what only this backend
+//! promises — several processes sharing one queue, redelivery after a process dies, calls
+//! surviving a restart of the server.
+//!
+//! Needs `nats-server` (2.9 or later) on the PATH, in /usr/sbin, or named by `NATS_SERVER`.
+#![cfg(feature = "nats")]
+
+use std::collections::BTreeMap;
+use std::collections::HashSet;
+use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use fjord_queue::contract::call;
+use fjord_queue::nats::{NatsOptions, NatsQueue};
+use fjord_queue::{CallState, Queue, now_ms};
+
+/// A nats-server with JetStream on 127.0.0.1; killed when dropped.
+struct NatsServer {
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+    port: u16,
+}
+
+impl NatsServer {
+    fn start() -> NatsServer {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let mut server = NatsServer {
+            child: None,
+            dir,
+            port,
+        };
+        server.spawn();
+        server
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    fn spawn(&mut self) {
+        let store = self.dir.path().join("store");
+        let log = std::fs::File::create(self.log_path()).unwrap();
+        let mut child = Command::new(nats_server_binary())
+            .arg("-js")
+            .arg("-sd")
+            .arg(&store)
+            .args(["-a", "127.0.0.1", "-p", &self.port.to_string()])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot start nats-server ({e}): the NATS queue tests need it (apt-get \
+                     install nats-server, or set NATS_SERVER=/path/to/nats-server)"
+                )
+            });
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while TcpStream::connect((Ipv4Addr::LOCALHOST, self.port)).is_err() {
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!(
+                    "nats-server exited ({status}) before accepting connections:\n{}",
+                    self.log()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "nats-server does not accept connections:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.child = Some(child);
+    }
+
+    /// Kills the server with SIGKILL (no chance to flush anything) and starts it again on the
+    /// same store and port.
+    fn crash_and_restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join("nats-server.log")
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// `NATS_SERVER`, else `nats-server` on the PATH, else Debian's /usr/sbin/nats-server. Missing,
+/// the test fails (never skips): these tests are the only check of the NATS backend.
+fn nats_server_binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("NATS_SERVER") {
+        return PathBuf::from(path);
+    }
+    let on_path = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|dir| dir.join("nats-server"))
+        .find(|p| p.is_file());
+    on_path
+        .or_else(|| Some(PathBuf::from("/usr/sbin/nats-server")).filter(|p| p.is_file()))
+        .unwrap_or_else(|| {
+            panic!(
+                "nats-server not found: the NATS queue tests need it (apt-get install \
+                 nats-server, or set NATS_SERVER=/path/to/nats-server)"
+            )
+        })
+}
+
+fn free_port() -> u16 {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+/// A prefix of its own per queue set, so nothing could leak between tests.
+fn prefix() -> String {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "T{}_{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+async fn connect(server: &NatsServer, prefix: &str) -> NatsQueue {
+    NatsQueue::connect(&server.url(), prefix).await.unwrap()
+}
+
+async fn connect_with_ack_wait(server: &NatsServer, prefix: &str, ack_wait: Duration) -> NatsQueue {
+    NatsQueue::connect_with(
+        &server.url(),
+        NatsOptions {
+            prefix: prefix.to_owned(),
+            ack_wait,
+            ..NatsOptions::default()
+        },
+    )
+    .await
+    .unwrap()
+}
+
+/// How many of `ids` are in each state; `None` if the queue cannot answer (yet).
+async fn states(q: &NatsQueue, ids: &[String]) -> Option<BTreeMap<&'static str, usize>> {
+    let mut counts = BTreeMap::new();
+    for id in ids {
+        let r = q.get(id).await.ok()??;
+        *counts.entry(r.state.as_str()).or_default() += 1;
+    }
+    Some(counts)
+}
+
+/// Polls `check` until it holds, for at most `limit`.
+async fn eventually<F: AsyncFnMut() -> bool>(limit: Duration, what: &str, mut check: F) {
+    let deadline = Instant::now() + limit;
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fjord_queue::contract_tests!(async || {
+    let server = NatsServer::start();
+    let queue = connect(&server, &prefix()).await;
+    (Arc::new(queue), server)
+});
+
+/// Two processes (as two `fjord serve`s on one NATS) drain one backlog: each call is claimed
+/// exactly once, and the second process learns of calls it did not enqueue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_drain_one_backlog_once() {
+    const N: usize = 2000;
+    let server = NatsServer::start();
+    let prefix = prefix();
+    let a = Arc::new(connect(&server, &prefix).await);
+    let b = Arc::new(connect(&server, &prefix).await);
+    let all: Vec<String> = (0..N).map(|i| format!("d-{i:05}")).collect();
+    let enqueued = futures_util::future::join_all(all.iter().map(|id| a.enqueue(call(id, "f.ns"))));
+    for r in enqueued.await {
+        r.unwrap();
+    }
+    // b never enqueued anything: it knows the backlog through the record watch.
+    eventually(
+        Duration::from_secs(10),
+        "b to see the backlog",
+        async || {
+            b.depth().await.unwrap() == vec![("f.ns".to_owned(), N as u64)]
+                && b.due_functions().await.unwrap() == vec!["f.ns".to_owned()]
+        },
+    )
+    .await;
+
+    let drain = |q: Arc<NatsQueue>| async move {
+        let mut mine = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            assert!(Instant::now() < deadline, "draining took too long");
+            if !q
+                .due_functions()
+                .await
+                .unwrap()
+                .contains(&"f.ns".to_owned())
+            {
+                if q.depth().await.unwrap().is_empty() {
+                    return mine;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                continue;
+            }
+            let batch = q.claim("f.ns", 50, Duration::from_secs(60)).await.unwrap();
+            if batch.is_empty() {
+                // The other process got there first; our mirror has not heard yet.
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            for c in batch {
+                assert_eq!(c.attempt, 1);
+                assert_eq!(c.request, call(&c.id, "f.ns").request);
+                q.complete(&c.id, 200).await.unwrap();
+                mine.push(c.id);
+            }
+        }
+    };
+    let (by_a, by_b) = tokio::join!(drain(a.clone()), drain(b.clone()));
+    assert!(
+        !by_a.is_empty() && !by_b.is_empty(),
+        "both processes took part: a {}, b {}",
+        by_a.len(),
+        by_b.len()
+    );
+    let mut seen = HashSet::new();
+    for id in by_a.iter().chain(&by_b) {
+        assert!(seen.insert(id.clone()), "{id} claimed twice");
+    }
+    assert_eq!(seen, all.iter().cloned().collect::<HashSet<_>>());
+    let done = a.list(Some(CallState::Done), N * 2).await.unwrap();
+    assert_eq!(done.len(), N);
+    assert!(
+        done.iter()
+            .all(|r| r.attempts == 1 && r.status == Some(200))
+    );
+    assert!(
+        b.claim("f.ns", 10, Duration::from_secs(60))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+/// A process that dies holding a call (no ack, no NAK) stops its heartbeats: the server
+/// redelivers the call after `ack_wait`, and the process started in its place (or any
+/// other) finds it within a sweep, long before its lease would have ended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_of_a_crashed_process_are_redelivered() {
+    let server = NatsServer::start();
+    let prefix = prefix();
+    let ack_wait = Duration::from_secs(1);
+    let lease = Duration::from_secs(600);
+    let a = connect_with_ack_wait(&server, &prefix, ack_wait).await;
+    a.enqueue(call("crash", "f")).await.unwrap();
+    a.enqueue(call("done", "f")).await.unwrap();
+    let claimed = a.claim("f", 2, lease).await.unwrap();
+    assert_eq!(claimed.len(), 2);
+    a.complete("done", 200).await.unwrap();
+    let crashed_at = Instant::now();
+    drop(a);
+    let b = connect_with_ack_wait(&server, &prefix, ack_wait).await;
+    assert_eq!(b.depth().await.unwrap(), vec![("f".to_owned(), 1)]);
+
+    // Within ack_wait the server still counts it as the dead process's.
+    while crashed_at.elapsed() < ack_wait.mul_f32(0.7) {
+        assert!(b.claim("f", 10, lease).await.unwrap().is_empty());
+        assert!(b.due_functions().await.unwrap().is_empty());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        b.get("crash").await.unwrap().unwrap().state,
+        CallState::Running
+    );
+
+    // The dispatcher's way: claim what due_functions reports.
+    let again = loop {
+        assert!(
+            crashed_at.elapsed() < ack_wait + Duration::from_secs(5 + 5),
+            "the crashed process's call did not come back within ack_wait and a sweep"
+        );
+        if b.due_functions().await.unwrap() == vec!["f".to_owned()] {
+            let c = b.claim("f", 10, lease).await.unwrap();
+            if !c.is_empty() {
+                break c;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(again.len(), 1, "only the unfinished call comes back");
+    assert_eq!((again[0].id.as_str(), again[0].attempt), ("crash", 2));
+    b.complete("crash", 200).await.unwrap();
+    let r = b.get("crash").await.unwrap().unwrap();
+    assert_eq!((r.state, r.attempts), (CallState::Done, 2));
+    assert_eq!(b.get("done").await.unwrap().unwrap().attempts, 1);
+    assert!(b.depth().await.unwrap().is_empty());
+}
+
+/// A live process keeps a call past `ack_wait` while its lease lasts (heartbeats), and lets
+/// it go once the lease is over, even if the worker never reports.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeats_hold_a_call_for_its_lease_only() {
+    let server = NatsServer::start();
+    let prefix = prefix();
+    let ack_wait = Duration::from_secs(1);
+    let a = connect_with_ack_wait(&server, &prefix, ack_wait).await;
+    let b = connect_with_ack_wait(&server, &prefix, ack_wait).await;
+    a.enqueue(call("long", "f")).await.unwrap();
+    a.enqueue(call("stuck", "f")).await.unwrap();
+    let started = Instant::now();
+    assert_eq!(
+        a.claim("f", 1, Duration::from_secs(30)).await.unwrap()[0].id,
+        "long"
+    );
+    assert_eq!(
+        a.claim("f", 1, Duration::from_secs(1)).await.unwrap()[0].id,
+        "stuck"
+    );
+
+    // "stuck"'s lease ends after 1 s, its last heartbeat at most ack_wait / 3 before; so it
+    // is back within lease + ack_wait. "long" never is.
+    let mut stuck_back = None;
+    while started.elapsed() < Duration::from_secs(4) {
+        for c in b.claim("f", 10, Duration::from_secs(30)).await.unwrap() {
+            assert_eq!(
+                (c.id.as_str(), c.attempt),
+                ("stuck", 2),
+                "long was handed out"
+            );
+            assert!(stuck_back.is_none(), "stuck handed out twice");
+            stuck_back = Some(started.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let back = stuck_back.expect("the call whose lease ended came back");
+    assert!(
+        back >= Duration::from_secs(1),
+        "back after {back:?}, before its lease ended"
+    );
+    a.complete("long", 200).await.unwrap();
+    let r = b.get("long").await.unwrap().unwrap();
+    assert_eq!((r.state, r.attempts), (CallState::Done, 1));
+    // The stale worker's late answer for "stuck" is taken (first final state wins), and b's
+    // own answer then changes nothing.
+    a.complete("stuck", 500).await.unwrap();
+    b.complete("stuck", 200).await.unwrap();
+    assert_eq!(b.get("stuck").await.unwrap().unwrap().status, Some(500));
+}
+
+/// nats-server killed with SIGKILL and started again on the same store: every acknowledged
+/// call is still there in its state, the running process reconnects and carries on, and a
+/// process connecting afresh sees the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_survive_a_server_crash() {
+    const N: usize = 200;
+    let mut server = NatsServer::start();
+    let prefix = prefix();
+    let q = connect(&server, &prefix).await;
+    let all: Vec<String> = (0..N).map(|i| format!("s-{i:03}")).collect();
+    for id in &all {
+        q.enqueue(call(id, "f")).await.unwrap();
+    }
+    let lease = Duration::from_secs(600);
+    let claimed = q.claim("f", 52, lease).await.unwrap();
+    assert_eq!(claimed.len(), 52);
+    for c in &claimed[..20] {
+        q.complete(&c.id, 200).await.unwrap();
+    }
+    q.retry_later(&claimed[20].id, now_ms() + 600_000, Some(503), "later")
+        .await
+        .unwrap();
+    q.dead_letter(&claimed[21].id, Some(500), "boom")
+        .await
+        .unwrap();
+    // 20 done, 1 retrying, 1 dead, 30 running, 148 queued.
+    let expected: BTreeMap<&'static str, usize> = [
+        (CallState::Done.as_str(), 20),
+        (CallState::Retrying.as_str(), 1),
+        (CallState::Dead.as_str(), 1),
+        (CallState::Running.as_str(), 30),
+        (CallState::Queued.as_str(), 148),
+    ]
+    .into_iter()
+    .collect();
+    assert_eq!(states(&q, &all).await, Some(expected.clone()));
+    // The last acknowledgements come right before the kill: acknowledged means stored.
+    let late: Vec<String> = (0..100).map(|i| format!("late-{i:03}")).collect();
+    for r in futures_util::future::join_all(late.iter().map(|id| q.enqueue(call(id, "g")))).await {
+        r.unwrap();
+    }
+
+    server.crash_and_restart();
+
+    // The running process reconnects by itself.
+    eventually(
+        Duration::from_secs(30),
+        "the queue to reconnect",
+        async || states(&q, &all).await.as_ref() == Some(&expected),
+    )
+    .await;
+    // Its mirror catches up through the resumed watch.
+    eventually(
+        Duration::from_secs(30),
+        "the mirror to catch up",
+        async || q.depth().await.unwrap() == vec![("f".to_owned(), 179), ("g".to_owned(), 100)],
+    )
+    .await;
+    // A process starting now loads the same.
+    let fresh = connect(&server, &prefix).await;
+    assert_eq!(
+        fresh.depth().await.unwrap(),
+        vec![("f".to_owned(), 179), ("g".to_owned(), 100)]
+    );
+    let queued = [(CallState::Queued.as_str(), 100)].into_iter().collect();
+    assert_eq!(states(&fresh, &late).await, Some(queued));
+    assert_eq!(
+        fresh.list(Some(CallState::Done), 100).await.unwrap().len(),
+        20
+    );
+
+    // The held messages survived too: graceful shutdown releases them, and everything not
+    // finished runs exactly once more.
+    assert_eq!(q.requeue_running().await.unwrap(), 30);
+    let mut rest = HashSet::new();
+    loop {
+        let batch = fresh.claim("f", 100, lease).await.unwrap();
+        if batch.is_empty() {
+            break;
+        }
+        for c in batch {
+            assert!(rest.insert(c.id.clone()), "{} claimed twice", c.id);
+            fresh.complete(&c.id, 200).await.unwrap();
+        }
+    }
+    assert_eq!(rest.len(), 178);
+    // Enqueued concurrently: stream order is whatever order they arrived in.
+    let g = fresh.claim("g", 1000, lease).await.unwrap();
+    assert_eq!(
+        g.iter().map(|c| c.id.clone()).collect::<HashSet<_>>(),
+        late.iter().cloned().collect::<HashSet<_>>(),
+        "the calls acknowledged just before the kill"
+    );
+    // The dead letter's request survived: it can be replayed.
+    assert!(fresh.replay(&claimed[21].id).await.unwrap());
+    let replayed = fresh.claim("f", 10, lease).await.unwrap();
+    assert_eq!(replayed.len(), 1);
+    assert_eq!(replayed[0].request, call(&claimed[21].id, "f").request);
+}
+
+/// Call ids that are not valid NATS keys or subject tokens work all the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn any_call_id_works() {
+    let server = NatsServer::start();
+    let q = connect(&server, &prefix()).await;
+    let ids = ["a.b", "with space", "=x", "x", "ünï", "a/b*>", ""];
+    for id in ids {
+        q.enqueue(call(id, "echo.openfaas-fn")).await.unwrap();
+    }
+    assert!(q.enqueue(call("=x", "echo.openfaas-fn")).await.is_err());
+    let claimed = q
+        .claim("echo.openfaas-fn", 20, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(
+        claimed.iter().map(|c| c.id.as_str()).collect::<Vec<_>>(),
+        ids
+    );
+    for c in &claimed {
+        assert_eq!(c.request, call(&c.id, "echo.openfaas-fn").request);
+        q.dead_letter(&c.id, None, "x").await.unwrap();
+        assert!(q.replay(&c.id).await.unwrap());
+        assert_eq!(
+            q.get(&c.id).await.unwrap().unwrap().state,
+            CallState::Queued
+        );
+    }
+}
+
+/// A message whose enqueue died before writing its record is adopted by a claim once it is
+/// old enough (a young one may still be getting its record).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orphaned_messages_are_adopted() {
+    let server = NatsServer::start();
+    let prefix = prefix();
+    let q = connect(&server, &prefix).await;
+    // Publish the way enqueue does, without the record.
+    let js = async_nats::jetstream::new(async_nats::connect(server.url()).await.unwrap());
+    let subject = format!("{}.calls.f_ns", prefix.to_lowercase());
+    for (id, age_ms) in [("old", 60_000), ("young", 0)] {
+        let line = serde_json::json!({
+            "id": id,
+            "function": "f.ns",
+            "createdAtMs": now_ms() - age_ms,
+            "method": "PUT",
+            "path": "/x",
+        });
+        let payload = format!("{line}\nbody of {id}");
+        js.publish(subject.clone(), payload.into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    let claimed = q.claim("f.ns", 10, Duration::from_secs(60)).await.unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert_eq!((claimed[0].id.as_str(), claimed[0].attempt), ("old", 1));
+    assert_eq!(claimed[0].request.body, b"body of old");
+    assert_eq!(claimed[0].request.method, "PUT");
+    let r = q.get("old").await.unwrap().unwrap();
+    assert_eq!((r.state, r.function.as_str()), (CallState::Running, "f.ns"));
+    assert!(q.get("young").await.unwrap().is_none());
+}
+
+/// Pruning removes finished calls older than the cutoff (and dead letters), nothing else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prune_removes_old_finished_calls() {
+    let server = NatsServer::start();
+    let q = connect(&server, &prefix()).await;
+    for id in ["done", "dead", "running", "cancelled", "queued"] {
+        q.enqueue(call(id, "f")).await.unwrap();
+    }
+    q.cancel("cancelled").await.unwrap();
+    let lease = Duration::from_secs(60);
+    assert_eq!(q.claim("f", 3, lease).await.unwrap().len(), 3);
+    q.complete("done", 200).await.unwrap();
+    q.dead_letter("dead", None, "x").await.unwrap();
+    assert_eq!(q.prune(now_ms() - 60_000).await.unwrap(), 0);
+    assert_eq!(q.prune(now_ms() + 1).await.unwrap(), 3);
+    for id in ["done", "dead", "cancelled"] {
+        assert!(q.get(id).await.unwrap().is_none(), "{id}");
+    }
+    assert!(!q.replay("dead").await.unwrap());
+    assert_eq!(
+        q.get("queued").await.unwrap().unwrap().state,
+        CallState::Queued
+    );
+    assert_eq!(
+        q.get("running").await.unwrap().unwrap().state,
+        CallState::Running
+    );
+    assert_eq!(q.list(None, 10).await.unwrap().len(), 2);
+    assert_eq!(q.prune(now_ms() + 1).await.unwrap(), 0);
+    // A pruned id can be used again, even within the stream's duplicate window.
+    q.enqueue(call("done", "f")).await.unwrap();
+    assert_eq!(
+        q.get("done").await.unwrap().unwrap().state,
+        CallState::Queued
+    );
+    let again = q.claim("f", 10, lease).await.unwrap();
+    let ids: Vec<&str> = again.iter().map(|c| c.id.as_str()).collect();
+    assert_eq!(ids, ["queued", "done"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_settings_are_refused() {
+    let server = NatsServer::start();
+    for prefix in ["", "a.b", "a b", "a*"] {
+        assert!(
+            NatsQueue::connect(&server.url(), prefix).await.is_err(),
+            "{prefix:?}"
+        );
+    }
+    let err = NatsQueue::connect("nats://127.0.0.1:1", "P")
+        .await
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("cannot connect"), "{err}");
+    let err = NatsQueue::connect("nats://user:secret@127.0.0.1:1", "P")
+        .await
+        .err()
+        .unwrap();
+    assert!(!err.to_string().contains("secret"), "{err}");
+}
