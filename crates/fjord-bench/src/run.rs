@@ -1055,8 +1055,8 @@ async fn async_scenario(
             "labels": {"com.openfaas.scale.min": "1", "com.openfaas.scale.max": "1"},
             "annotations": {"com.openfaas.queue.max_inflight": inflight}})
     };
-    // While accepting, calls run one at a time, so most of them wait in the queue...
-    fjord.deploy(async_fn("1")).await?;
+    // While accepting, the function's async calls are paused, so they all wait in the queue...
+    fjord.deploy(async_fn("0")).await?;
     fjord
         .wait_available("bench-async", 1, Duration::from_secs(20))
         .await?;
@@ -1065,7 +1065,13 @@ async fn async_scenario(
         path: "/function/bench-async".into(),
         body: Some(Bytes::from_static(b"hello")),
     };
+    let ticks0 = procs::cpu_ticks(fjord.pid).unwrap_or(0);
     let sync = load::run(&sync_target, 10, warm, dur).await?;
+    // fjord's own CPU per call (the warm-up's share included: an upper bound).
+    let sync_cpu_us = (procs::cpu_ticks(fjord.pid).unwrap_or(0) - ticks0) as f64
+        / procs::ticks_per_second()
+        * 1e6
+        / (sync.requests as f64 * (1.0 + warm.as_secs_f64() / dur.as_secs_f64())).max(1.0);
     sync.ensure_no_errors("sync baseline for async")?;
     let async_target = Target {
         addr: fjord.addr,
@@ -1078,6 +1084,7 @@ async fn async_scenario(
     // ...then the default concurrency of 10 drains them: that rate is compared with sync.
     fjord.deploy(async_fn("10")).await?;
     let drain_t0 = Instant::now();
+    let drain_ticks0 = procs::cpu_ticks(fjord.pid).unwrap_or(0);
     let depth_at = |text: &str| -> f64 {
         text.lines()
             .find(|l| l.starts_with("fjord_queue_depth{function_name=\"bench-async.openfaas-fn\"}"))
@@ -1110,9 +1117,13 @@ async fn async_scenario(
             drain_t0.elapsed() < Duration::from_secs(600),
             "the async queue did not drain in 10 minutes ({depth} left)"
         );
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
     };
     let drain_rate = queued / drained.as_secs_f64().max(0.001);
+    let drain_cpu_us = (procs::cpu_ticks(fjord.pid).unwrap_or(0) - drain_ticks0) as f64
+        / procs::ticks_per_second()
+        * 1e6
+        / queued.max(1.0);
     rows.push(
         Row::new(
             "async invoke (embedded queue)",
@@ -1137,7 +1148,7 @@ async fn async_scenario(
         .baseline("same function sync, c=10", sync.rps())
         .target("≥ 0.8× sync", drain_rate >= 0.8 * sync.rps())
         .note(&format!(
-            "{queued:.0} queued calls drained in {:.2} s at max_inflight 10",
+            "{queued:.0} queued calls drained in {:.2} s at max_inflight 10; fjord CPU per call {drain_cpu_us:.0} µs (sync ≤ {sync_cpu_us:.0} µs)",
             drained.as_secs_f64()
         )),
     );

@@ -431,3 +431,37 @@ async fn kill_9_loses_no_accepted_call() {
     );
     drop(s);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_inflight_zero_pauses_until_updated() {
+    let s = Server::start().await;
+    let mut f = fork_fn("paused", "cat");
+    f["annotations"] = json!({"com.openfaas.queue.max_inflight": "0"});
+    s.deploy_ready(&f).await;
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let (status, id, _) = enqueue(&s, "paused", "", None).await;
+        assert_eq!(status, StatusCode::ACCEPTED);
+        ids.push(id.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    for id in &ids {
+        assert_eq!(
+            call_state(&s, id).await["state"],
+            "queued",
+            "{id} ran while paused"
+        );
+    }
+    f["annotations"] = json!({"com.openfaas.queue.max_inflight": "2"});
+    s.deploy_ready(&f).await;
+    for id in &ids {
+        wait_state(&s, id, "done", Duration::from_secs(10)).await;
+    }
+    // Out of range is a deploy error naming the annotation.
+    f["annotations"] = json!({"com.openfaas.queue.max_inflight": "-1"});
+    let (status, msg) = s
+        .sys_json(reqwest::Method::POST, "/system/functions", &f)
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{msg}");
+    assert!(msg.contains("com.openfaas.queue.max_inflight"), "{msg}");
+}

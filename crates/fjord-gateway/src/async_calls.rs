@@ -109,7 +109,8 @@ impl RetryPolicy {
     }
 }
 
-/// Per-function concurrency of async calls.
+/// Per-function concurrency of async calls; 0 pauses them (they stay queued until the
+/// function is updated with a higher value), e.g. during maintenance of what it calls.
 pub fn max_inflight(
     a: Option<&std::collections::BTreeMap<String, String>>,
 ) -> Result<usize, String> {
@@ -119,8 +120,8 @@ pub fn max_inflight(
             .trim()
             .parse::<usize>()
             .ok()
-            .filter(|n| (1..=10_000).contains(n))
-            .ok_or_else(|| format!("annotations.{ANNOTATION_QUEUE_MAX_INFLIGHT}: {v:?} must be a whole number from 1 to 10000")),
+            .filter(|n| *n <= 10_000)
+            .ok_or_else(|| format!("annotations.{ANNOTATION_QUEUE_MAX_INFLIGHT}: {v:?} must be a whole number from 0 (paused) to 10000")),
     }
 }
 
@@ -496,7 +497,9 @@ impl Worker {
             };
             let cap = max_inflight(route.handle.spec().deployment.annotations.as_ref())
                 .unwrap_or(DEFAULT_MAX_INFLIGHT);
-            let prefetch = ((claim_secs / call_secs) * cap as f64)
+            // Twice what finishes during one claim, topped up when half is left: claims
+            // come in batches (each is a commit) yet the buffer does not run dry.
+            let prefetch = (2.0 * (claim_secs / call_secs) * cap as f64)
                 .ceil()
                 .min(MAX_PREFETCH as f64) as usize;
             while running.len() < cap
@@ -506,7 +509,7 @@ impl Worker {
                 running.spawn(async move { w.attempt_call(&r, call).await });
             }
             let have = buffer.len() + running.len();
-            if claiming.is_none() && !empty && have < cap + prefetch {
+            if claiming.is_none() && !empty && have < cap + prefetch.div_ceil(2) {
                 let want = cap + prefetch - have;
                 claim_started = Instant::now();
                 let (q, f) = (self.queue.clone(), function.to_string());

@@ -25,6 +25,10 @@ use crate::{
 
 /// Most jobs committed in one transaction: bounds how long the first caller of a burst waits.
 pub const MAX_BATCH: usize = 1000;
+/// How long the writer may hold deferrable jobs (recorded outcomes) to commit more at once.
+const LINGER: Duration = Duration::from_millis(2);
+/// A batch of deferrable jobs this large commits without lingering.
+const LINGER_BATCH: usize = 256;
 /// How long to wait for another process holding the database lock (e.g. a backup).
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Rows [`SqliteQueue::prune`] deletes per transaction, so pruning a large backlog never
@@ -147,9 +151,27 @@ impl SqliteQueue {
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, QueueError> + Send + 'static,
     {
+        self.write_job(f, false).await
+    }
+
+    /// [`write`](Self::write) for work nobody waits on to make progress (recording an
+    /// outcome): the writer may hold it up to [`LINGER`] so a burst shares one commit.
+    async fn write_deferrable<T, F>(&self, f: F) -> Result<T, QueueError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, QueueError> + Send + 'static,
+    {
+        self.write_job(f, true).await
+    }
+
+    async fn write_job<T, F>(&self, f: F, deferrable: bool) -> Result<T, QueueError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, QueueError> + Send + 'static,
+    {
         let (tx, rx) = oneshot::channel();
         let jobs = self.jobs.as_ref().ok_or(QueueError::Closed)?;
-        jobs.send(Box::new(WriteJob { f, tx }))
+        jobs.send(Box::new(WriteJob { f, tx, deferrable }))
             .map_err(|_| QueueError::Closed)?;
         rx.await.map_err(|_| QueueError::Closed)?
     }
@@ -462,15 +484,16 @@ impl Queue for SqliteQueue {
 }
 
 impl SqliteQueue {
-    /// A single-statement write; `bind` gets the statement and now (Unix ms). A call that
-    /// no longer exists (pruned) is not an error: there is nothing left to update.
+    /// A single-statement write recording a call's outcome (deferrable: it may share a
+    /// later commit); `bind` gets the statement and now (Unix ms). A call that no longer
+    /// exists (pruned) is not an error: there is nothing left to update.
     fn update<F>(&self, sql: &'static str, bind: F) -> BoxFuture<'_, Result<(), QueueError>>
     where
         F: FnOnce(&mut rusqlite::CachedStatement<'_>, i64) -> rusqlite::Result<usize>
             + Send
             + 'static,
     {
-        Box::pin(self.write(move |conn| {
+        Box::pin(self.write_deferrable(move |conn| {
             let mut stmt = conn.prepare_cached(sql).db()?;
             bind(&mut stmt, to_sql(now_ms())).db()?;
             Ok(())
@@ -562,6 +585,8 @@ trait Job: Send {
     fn run(self: Box<Self>, conn: &Connection) -> Answer;
     /// Answers without running (the transaction could not even start).
     fn fail(self: Box<Self>, error: &str);
+    /// Nobody waits on it to make progress: it may wait [`LINGER`] to share a commit.
+    fn deferrable(&self) -> bool;
 }
 
 type Answer = Box<dyn FnOnce(Option<&str>) + Send>;
@@ -569,6 +594,7 @@ type Answer = Box<dyn FnOnce(Option<&str>) + Send>;
 struct WriteJob<F, T> {
     f: F,
     tx: oneshot::Sender<Result<T, QueueError>>,
+    deferrable: bool,
 }
 
 impl<F, T> Job for WriteJob<F, T>
@@ -577,7 +603,7 @@ where
     F: FnOnce(&Connection) -> Result<T, QueueError> + Send + 'static,
 {
     fn run(self: Box<Self>, conn: &Connection) -> Answer {
-        let WriteJob { f, tx } = *self;
+        let WriteJob { f, tx, .. } = *self;
         let result = f(conn);
         Box::new(move |rolled_back: Option<&str>| {
             let answer = match rolled_back {
@@ -592,17 +618,40 @@ where
     fn fail(self: Box<Self>, error: &str) {
         let _ = self.tx.send(Err(QueueError::Storage(error.to_owned())));
     }
+
+    fn deferrable(&self) -> bool {
+        self.deferrable
+    }
 }
 
 /// The writer: waits for a job, takes everything else already waiting, and commits the lot
 /// in one transaction. Ends when the queue is dropped.
 fn writer_loop(conn: Connection, jobs: mpsc::Receiver<Box<dyn Job>>) {
-    let mut batch = Vec::with_capacity(MAX_BATCH);
+    let mut batch: Vec<Box<dyn Job>> = Vec::with_capacity(MAX_BATCH);
     while let Ok(first) = jobs.recv() {
+        let mut all_deferrable = first.deferrable();
         batch.push(first);
-        while batch.len() < MAX_BATCH {
-            match jobs.try_recv() {
-                Ok(job) => batch.push(job),
+        let linger_until = std::time::Instant::now() + LINGER;
+        loop {
+            while batch.len() < MAX_BATCH {
+                match jobs.try_recv() {
+                    Ok(job) => {
+                        all_deferrable &= job.deferrable();
+                        batch.push(job);
+                    }
+                    Err(_) => break,
+                }
+            }
+            if !all_deferrable || batch.len() >= LINGER_BATCH {
+                break;
+            }
+            // Only outcomes to record: wait briefly so many share one commit (and fsync).
+            let left = linger_until.saturating_duration_since(std::time::Instant::now());
+            match jobs.recv_timeout(left) {
+                Ok(job) => {
+                    all_deferrable &= job.deferrable();
+                    batch.push(job);
+                }
                 Err(_) => break,
             }
         }
