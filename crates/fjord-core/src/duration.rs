@@ -11,7 +11,11 @@ pub struct DurationError {
     pub reason: &'static str,
 }
 
-/// Parses `30`, `30s`, `1m30s`, `1.5h`, `250ms`, `10us`, `0`.
+/// Longest duration accepted, in seconds (about 31,700 years): far beyond any timeout, and
+/// small enough that `Instant::now() + d` cannot overflow.
+const MAX_SECS: u64 = 1_000_000_000_000;
+
+/// Parses `30`, `30s`, `1m30s`, `1.5h`, `250ms`, `10us`, `0`; at most 10^12 seconds.
 pub fn parse_duration(value: &str) -> Result<Duration, DurationError> {
     let fail = |reason| DurationError {
         value: value.chars().take(64).collect(),
@@ -23,6 +27,9 @@ pub fn parse_duration(value: &str) -> Result<Duration, DurationError> {
     }
     if v.bytes().all(|b| b.is_ascii_digit()) {
         let secs: u64 = v.parse().map_err(|_| fail("number out of range"))?;
+        if secs > MAX_SECS {
+            return Err(fail("number out of range"));
+        }
         return Ok(Duration::from_secs(secs));
     }
     let mut total = 0f64;
@@ -53,7 +60,7 @@ pub fn parse_duration(value: &str) -> Result<Duration, DurationError> {
         rest = &rest[unit_end..];
         total += number * secs_per;
     }
-    if !total.is_finite() || total > 1e12 {
+    if !total.is_finite() || total > MAX_SECS as f64 {
         return Err(fail("number out of range"));
     }
     Ok(Duration::from_secs_f64(total))
@@ -85,6 +92,21 @@ mod tests {
             "99999999999999h",
         ] {
             assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+
+    /// Found by `fuzz/` (quantity_duration): bare seconds had no upper bound, so
+    /// `exec_timeout: "18446744073709551615"` was accepted and `Instant::now() + timeout` in
+    /// the fork runtime panicked on overflow. Both spellings now share the 10^12 s limit.
+    #[test]
+    fn bare_seconds_have_the_same_limit_as_units() {
+        let max = Duration::from_secs(1_000_000_000_000);
+        assert_eq!(parse_duration("1000000000000").unwrap(), max);
+        assert_eq!(parse_duration("1000000000000s").unwrap(), max);
+        for bad in ["999999991999999", "18446744073709551615", "1000000000001"] {
+            let e = parse_duration(bad).unwrap_err();
+            assert_eq!(e.reason, "number out of range", "{bad}");
+            assert!(parse_duration(&format!("{bad}s")).is_err(), "{bad}s");
         }
     }
 }
