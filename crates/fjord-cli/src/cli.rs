@@ -242,6 +242,12 @@ pub struct ServeArgs {
     /// worker always does
     #[arg(long, default_value = "original", value_parser = ["original", "post"])]
     pub async_method: String,
+    /// Where async calls are queued: `embedded` (<data-dir>/queue.db, fsync before 202) or a
+    /// NATS JetStream server, e.g. nats://127.0.0.1:4222, which several fjord servers can
+    /// share (each runs the calls of the functions it has deployed)
+    #[arg(long, env = "FJORD_QUEUE", default_value = "embedded", value_name = "embedded|nats://HOST:PORT",
+          value_parser = |s: &str| fjord_gateway::QueueBackend::parse(s))]
+    pub queue: fjord_gateway::QueueBackend,
     /// How often the autoscaler and the scale-to-zero idler decide
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     pub autoscale_interval: std::time::Duration,

@@ -1,5 +1,7 @@
 //! Async invocations through the real binary: accept → queue → function → callback, retries,
-//! dead letters, replay, cancel, per-function concurrency, and no loss across `kill -9`.
+//! dead letters, replay, cancel, per-function concurrency, and no loss across `kill -9` —
+//! each case against both queue backends (the embedded one, and NATS JetStream with a real
+//! `nats-server` started per test) — and several servers sharing one NATS.
 
 mod common;
 
@@ -10,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::*;
+use fjord_queue::nats_server::NatsServer;
 use http_body_util::{BodyExt, Full};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -151,9 +154,8 @@ async fn wait_state(s: &Server, id: &str, state: &str, timeout: Duration) -> Val
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn accepted_calls_run_and_call_back_with_headers() {
-    let s = Server::start().await;
+async fn accepted_calls_run_and_call_back_with_headers(b: &Backend) {
+    let s = b.server(&[]).await;
     let cb = Receiver::start().await;
     s.deploy_ready(&fork_fn("echo", "cat")).await;
     let (status, id, body) = enqueue(&s, "echo/some/path?x=1", "hello async", Some(&cb.url)).await;
@@ -195,9 +197,8 @@ async fn accepted_calls_run_and_call_back_with_headers() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bad_requests_are_refused() {
-    let s = Server::start_opts(ServeOpts::args(&["--max-async-body", "1KiB"])).await;
+async fn bad_requests_are_refused(b: &Backend) {
+    let s = b.server(&["--max-async-body", "1KiB"]).await;
     s.deploy_ready(&fork_fn("echo", "cat")).await;
     let (status, _, body) = enqueue(&s, "echo", "x", Some("not a url")).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
@@ -233,9 +234,8 @@ fn flaky(n: u32) -> String {
     )
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn retries_follow_the_policy_then_dead_letter_and_replay() {
-    let s = Server::start().await;
+async fn retries_follow_the_policy_then_dead_letter_and_replay(b: &Backend) {
+    let s = b.server(&[]).await;
     let cb = Receiver::start().await;
     let annotations = json!({
         "com.openfaas.retry.attempts": "4",
@@ -301,9 +301,8 @@ async fn retries_follow_the_policy_then_dead_letter_and_replay() {
     assert_eq!(r.status(), StatusCode::CONFLICT);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn queued_calls_can_be_cancelled_running_ones_cannot() {
-    let s = Server::start().await;
+async fn queued_calls_can_be_cancelled_running_ones_cannot(b: &Backend) {
+    let s = b.server(&[]).await;
     let mut f = fork_fn("slow", "sh -c 'sleep 2; echo done'");
     f["annotations"] = json!({"com.openfaas.queue.max_inflight": "1"});
     s.deploy_ready(&f).await;
@@ -337,9 +336,8 @@ async fn queued_calls_can_be_cancelled_running_ones_cannot() {
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_slow_function_does_not_starve_another() {
-    let s = Server::start().await;
+async fn a_slow_function_does_not_starve_another(b: &Backend) {
+    let s = b.server(&[]).await;
     let cb = Receiver::start().await;
     s.deploy_ready(&fork_fn("slowpoke", "sh -c 'sleep 1; echo slow'"))
         .await;
@@ -382,12 +380,11 @@ async fn a_slow_function_does_not_starve_another() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kill_9_loses_no_accepted_call() {
+async fn kill_9_loses_no_accepted_call(b: &Backend) {
     const N: usize = 300;
     let dir = TestDir::new();
     let cb = Receiver::start().await;
-    let s = Server::start_in(dir.clone(), ServeOpts::default()).await;
+    let s = Server::start_in(dir.clone(), b.opts(&[])).await;
     let mut f = fork_fn("work", "sh -c 'sleep 0.05; cat'");
     f["annotations"] = json!({"com.openfaas.queue.max_inflight": "4"});
     s.deploy_ready(&f).await;
@@ -405,8 +402,8 @@ async fn kill_9_loses_no_accepted_call() {
     )
     .unwrap();
     drop(s);
-    let s = Server::start_in(dir.clone(), ServeOpts::default()).await;
-    let deadline = Instant::now() + Duration::from_secs(120);
+    let s = Server::start_in(dir.clone(), b.opts(&[])).await;
+    let deadline = Instant::now() + Duration::from_secs(120) + b.redelivery();
     loop {
         let seen: HashSet<String> = cb
             .all()
@@ -432,9 +429,8 @@ async fn kill_9_loses_no_accepted_call() {
     drop(s);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn max_inflight_zero_pauses_until_updated() {
-    let s = Server::start().await;
+async fn max_inflight_zero_pauses_until_updated(b: &Backend) {
+    let s = b.server(&[]).await;
     let mut f = fork_fn("paused", "cat");
     f["annotations"] = json!({"com.openfaas.queue.max_inflight": "0"});
     s.deploy_ready(&f).await;
@@ -464,4 +460,120 @@ async fn max_inflight_zero_pauses_until_updated() {
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{msg}");
     assert!(msg.contains("com.openfaas.queue.max_inflight"), "{msg}");
+}
+
+/// The queue backend of the server under test.
+enum Backend {
+    Embedded,
+    Nats(NatsServer),
+}
+
+impl Backend {
+    fn nats() -> Backend {
+        Backend::Nats(NatsServer::start())
+    }
+
+    fn opts(&self, extra: &[&str]) -> ServeOpts {
+        let mut args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        if let Backend::Nats(n) = self {
+            args.extend(["--queue".to_string(), n.url()]);
+        }
+        ServeOpts { args }
+    }
+
+    async fn server(&self, extra: &[&str]) -> Server {
+        Server::start_opts(self.opts(extra)).await
+    }
+
+    /// How long a call claimed by a SIGKILLed server takes to run again: at once for the
+    /// embedded queue (its restart re-queues it); for NATS, after the consumer's ack_wait
+    /// (30 s) and the next sweep.
+    fn redelivery(&self) -> Duration {
+        match self {
+            Backend::Embedded => Duration::ZERO,
+            Backend::Nats(_) => Duration::from_secs(45),
+        }
+    }
+}
+
+macro_rules! on_both_backends {
+    ($($case:ident),* $(,)?) => {
+        mod embedded {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    super::$case(&super::Backend::Embedded).await
+                }
+            )*
+        }
+        mod nats {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    super::$case(&super::Backend::nats()).await
+                }
+            )*
+        }
+    };
+}
+
+on_both_backends!(
+    accepted_calls_run_and_call_back_with_headers,
+    bad_requests_are_refused,
+    retries_follow_the_policy_then_dead_letter_and_replay,
+    queued_calls_can_be_cancelled_running_ones_cannot,
+    a_slow_function_does_not_starve_another,
+    kill_9_loses_no_accepted_call,
+    max_inflight_zero_pauses_until_updated,
+);
+
+/// Two `fjord serve` sharing one NATS JetStream: calls accepted by either run once each,
+/// spread over both servers; a server stopping gracefully hands its claims back and the
+/// other finishes them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_servers_share_one_nats_queue() {
+    const N: usize = 200;
+    let b = Backend::nats();
+    let cb = Receiver::start().await;
+    let a = b.server(&[]).await;
+    let mut other = b.server(&[]).await;
+    // Each server reports which one ran the call (its own data dir in an env var).
+    for (s, tag) in [(&a, "a"), (&other, "b")] {
+        let mut f = fork_fn("shared", "sh -c 'sleep 0.02; printf \"$SERVER\"'");
+        f["envVars"] = json!({"SERVER": tag});
+        f["annotations"] = json!({"com.openfaas.queue.max_inflight": "4"});
+        s.deploy_ready(&f).await;
+    }
+    let mut accepted = HashSet::new();
+    for i in 0..N {
+        let s = if i % 2 == 0 { &a } else { &other };
+        let (status, id, body) = enqueue(s, "shared", "", Some(&cb.url)).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+        accepted.insert(id.unwrap());
+    }
+    // Stop one server halfway: its running and claimed calls go back to the stream.
+    cb.wait_for(N / 4, Duration::from_secs(60)).await;
+    let stopped = other.terminate(Duration::from_secs(20)).await;
+    assert!(stopped.success(), "graceful stop: {stopped}");
+    let got = cb.wait_for(N, Duration::from_secs(90)).await;
+    let ids: Vec<String> = got
+        .iter()
+        .filter_map(|c| c.headers.get("x-call-id").cloned())
+        .collect();
+    let unique: HashSet<String> = ids.iter().cloned().collect();
+    assert_eq!(unique, accepted, "every accepted call ran");
+    // A graceful stop re-queues the calls still running: those may run twice, nothing else.
+    assert!(ids.len() <= N + 8, "{} callbacks for {N} calls", ids.len());
+    let by: HashMap<String, usize> = got.iter().fold(HashMap::new(), |mut m, c| {
+        *m.entry(String::from_utf8_lossy(&c.body).into_owned())
+            .or_default() += 1;
+        m
+    });
+    assert!(
+        by.get("a").copied().unwrap_or(0) > 0 && by.get("b").copied().unwrap_or(0) > 0,
+        "both servers ran calls: {by:?}"
+    );
+    // The call records are shared: either server answers for any call.
+    let any = accepted.iter().next().unwrap();
+    assert_eq!(call_state(&a, any).await["state"], "done");
 }

@@ -335,6 +335,10 @@ pub struct Dispatcher {
     pub app: AppState,
     /// Send the original method (false: always POST, as OpenFaaS's queue worker does).
     pub keep_method: bool,
+    /// This server alone runs the queue's calls (embedded). A shared queue (NATS) may hold
+    /// calls of functions deployed only on other servers: those are left to them instead of
+    /// being dead-lettered as "not deployed".
+    pub exclusive: bool,
 }
 
 /// How often the dispatcher scans the queue for due functions.
@@ -364,8 +368,10 @@ impl Dispatcher {
             queue: self.queue,
             app: self.app,
             keep_method: self.keep_method,
+            exclusive: self.exclusive,
             callbacks,
         });
+        let exclusive = self.exclusive;
         let wake = this.app.dispatch.clone();
         let mut workers: HashMap<String, tokio::task::AbortHandle> = HashMap::new();
         let mut stopped = tokio::task::JoinSet::new();
@@ -403,6 +409,9 @@ impl Dispatcher {
             for function in due {
                 let (name, ns) = FunctionKey::split_route(&function);
                 let route = this.control().lookup(ns, name);
+                if route.is_none() && !exclusive {
+                    continue;
+                }
                 if let Some(route) = &route
                     && workers.contains_key(&function)
                 {
@@ -442,6 +451,7 @@ struct Worker {
     queue: Arc<dyn Queue>,
     app: AppState,
     keep_method: bool,
+    exclusive: bool,
     callbacks: Client<HttpConnector, Full<Bytes>>,
 }
 
@@ -485,14 +495,22 @@ impl Worker {
         loop {
             let (name, ns) = FunctionKey::split_route(function);
             let Some(route) = self.control().lookup(ns, name) else {
-                // Deleted: running calls end with its 404; the rest can never run.
+                // Deleted: running calls end with its 404. The rest can never run here: with
+                // the queue to itself, this server dead-letters them; a shared queue gets
+                // them back for servers that still have the function.
+                let why = format!("function {function} is not deployed");
                 for c in buffer.drain(..) {
-                    let _ = self
-                        .queue
-                        .dead_letter(&c.id, None, &format!("function {function} is not deployed"))
-                        .await;
+                    let _ = if self.exclusive {
+                        self.queue.dead_letter(&c.id, None, &why).await
+                    } else {
+                        self.queue
+                            .retry_later(&c.id, fjord_queue::now_ms(), None, &why)
+                            .await
+                    };
                 }
-                self.dead_letter_all(function).await;
+                if self.exclusive {
+                    self.dead_letter_all(function).await;
+                }
                 break;
             };
             let cap = max_inflight(route.handle.spec().deployment.annotations.as_ref())

@@ -62,6 +62,42 @@ pub struct GatewayConfig {
     pub async_keep_method: bool,
     /// Let the runtime tune kernel settings that cut replica start time.
     pub tune_kernel: bool,
+    /// Where async calls are queued.
+    pub queue: QueueBackend,
+}
+
+/// Where async calls are queued.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum QueueBackend {
+    /// `<data-dir>/queue.db`, owned by this server.
+    Embedded,
+    /// NATS JetStream at this URL (`nats://host:4222`), shared with other fjord servers that
+    /// use the same `prefix` for their stream and bucket names.
+    Nats { url: String, prefix: String },
+}
+
+impl QueueBackend {
+    /// Parses `--queue`: `embedded`, or a `nats://` / `tls://` server URL.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        if s.is_empty() || s == "embedded" {
+            return Ok(QueueBackend::Embedded);
+        }
+        let Some((scheme, rest)) = s.split_once("://") else {
+            return Err(format!(
+                "{s:?} is not a queue: use `embedded` or a NATS URL such as nats://127.0.0.1:4222"
+            ));
+        };
+        if !matches!(scheme, "nats" | "tls") || rest.is_empty() {
+            return Err(format!(
+                "{s:?}: the queue URL must start with nats:// or tls:// and name a host, e.g. nats://127.0.0.1:4222"
+            ));
+        }
+        Ok(QueueBackend::Nats {
+            url: s.to_string(),
+            prefix: "FJORD".to_string(),
+        })
+    }
 }
 
 impl GatewayConfig {
@@ -82,6 +118,7 @@ impl GatewayConfig {
             autoscale_interval: Duration::from_secs(1),
             max_async_body: 8 << 20,
             async_keep_method: true,
+            queue: QueueBackend::Embedded,
         }
     }
 }
@@ -96,6 +133,63 @@ pub struct AppState {
     pub client: Client<HttpConnector, Body>,
     pub config: Arc<GatewayConfig>,
     pub shutdown: CancellationToken,
+}
+
+/// Opens the async queue and starts its retention task: finished calls (done, dead,
+/// cancelled) are kept a day for `GET /system/async-calls`, then pruned.
+async fn open_queue(
+    backend: &QueueBackend,
+    data_dir: &std::path::Path,
+) -> Result<(Arc<dyn fjord_queue::Queue>, tokio::task::JoinHandle<()>), StartError> {
+    const KEEP_MS: u64 = 24 * 3600 * 1000;
+    let every = Duration::from_secs(600);
+    match backend {
+        QueueBackend::Embedded => {
+            let q = fjord_queue::sqlite::SqliteQueue::open(&data_dir.join("queue.db"))?;
+            let p = q.clone();
+            let pruner = tokio::spawn(async move {
+                let mut tick = tokio::time::interval(every);
+                loop {
+                    tick.tick().await;
+                    let cutoff = fjord_queue::now_ms().saturating_sub(KEEP_MS);
+                    if let Err(e) = p.prune(cutoff).await {
+                        tracing::warn!(error = %e, "pruning finished async calls failed");
+                    }
+                }
+            });
+            Ok((q, pruner))
+        }
+        #[cfg(feature = "nats")]
+        QueueBackend::Nats { url, prefix } => {
+            let q = Arc::new(
+                fjord_queue::nats::NatsQueue::connect(url, prefix)
+                    .await
+                    .map_err(|source| StartError::QueueConnect {
+                        url: url.clone(),
+                        source,
+                    })?,
+            );
+            tracing::info!(%url, %prefix, "async calls queue in NATS JetStream");
+            let p = q.clone();
+            let pruner = tokio::spawn(async move {
+                let mut tick = tokio::time::interval(every);
+                loop {
+                    tick.tick().await;
+                    let cutoff = fjord_queue::now_ms().saturating_sub(KEEP_MS);
+                    if let Err(e) = p.prune(cutoff).await {
+                        tracing::warn!(error = %e, "pruning finished async calls failed");
+                    }
+                }
+            });
+            Ok((q, pruner))
+        }
+        #[cfg(not(feature = "nats"))]
+        QueueBackend::Nats { url, .. } => Err(StartError::Queue(fjord_queue::QueueError::Storage(
+            format!(
+                "--queue {url}: this fjord was built without NATS support (cargo feature `nats`)"
+            ),
+        ))),
+    }
 }
 
 /// The client that forwards invocations to replicas (one pool per HTTP worker thread).
@@ -133,6 +227,13 @@ pub enum StartError {
     Api(#[from] ApiError),
     #[error("async queue: {0}")]
     Queue(#[from] fjord_queue::QueueError),
+    #[error(
+        "async queue {url}: {source} (is nats-server running there with JetStream, -js? or use --queue embedded)"
+    )]
+    QueueConnect {
+        url: String,
+        source: fjord_queue::QueueError,
+    },
 }
 
 fn router(state: AppState, creds: Option<Arc<auth::Credentials>>) -> Router {
@@ -351,6 +452,8 @@ pub async fn serve(config: GatewayConfig, shutdown: CancellationToken) -> Result
     };
 
     let store = fjord_store::Store::open(&data_dir.join("state.db"))?;
+    // Before the runtime: a queue that cannot be reached must not leave anything behind.
+    let (queue, pruner) = open_queue(&config.queue, data_dir).await?;
     let runtime = fjord_runtime::ProcessRuntime::new(fjord_runtime::RuntimeConfig {
         data_dir: data_dir.clone(),
         rollout_timeout: config.rollout_timeout,
@@ -361,19 +464,6 @@ pub async fn serve(config: GatewayConfig, shutdown: CancellationToken) -> Result
     .await?;
     let bundles = bundles::Bundles::new(data_dir, runtime.isolates()).map_err(dd_err)?;
     let control = ControlPlane::new(store, runtime, bundles);
-    let sqlite_queue = fjord_queue::sqlite::SqliteQueue::open(&data_dir.join("queue.db"))?;
-    let queue: Arc<dyn fjord_queue::Queue> = sqlite_queue.clone();
-    // Finished calls (done, dead, cancelled) are kept a day for `GET /system/async-calls`.
-    let pruner = tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(600));
-        loop {
-            tick.tick().await;
-            let cutoff = fjord_queue::now_ms().saturating_sub(24 * 3600 * 1000);
-            if let Err(e) = sqlite_queue.prune(cutoff).await {
-                tracing::warn!(error = %e, "pruning finished async calls failed");
-            }
-        }
-    });
     let dispatch = Arc::new(tokio::sync::Notify::new());
     let restored = control.restore().await?;
     if restored > 0 {
@@ -449,6 +539,7 @@ pub async fn serve(config: GatewayConfig, shutdown: CancellationToken) -> Result
                 shutdown: shutdown.clone(),
             },
             keep_method: config.async_keep_method,
+            exclusive: config.queue == QueueBackend::Embedded,
         }
         .run(shutdown.clone()),
     );

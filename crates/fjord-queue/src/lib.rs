@@ -6,6 +6,8 @@
 pub mod contract;
 #[cfg(feature = "nats")]
 pub mod nats;
+#[cfg(feature = "testing")]
+pub mod nats_server;
 pub mod sqlite;
 
 use std::future::Future;

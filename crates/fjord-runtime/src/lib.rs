@@ -89,6 +89,15 @@ pub(crate) struct Shared {
     pub ports: Mutex<std::collections::HashSet<u16>>,
 }
 
+impl Drop for Shared {
+    /// Also when `fjord serve` fails to start after the runtime was made.
+    fn drop(&mut self) {
+        if self.restore_rcu {
+            let _ = std::fs::write(RCU_EXPEDITED, "0");
+        }
+    }
+}
+
 impl Shared {
     pub fn allocate_port(&self) -> std::io::Result<u16> {
         for _ in 0..64 {

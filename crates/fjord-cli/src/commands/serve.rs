@@ -33,6 +33,7 @@ pub fn run(a: ServeArgs) -> Result<(), CliError> {
     config.write_timeout = (!a.write_timeout.is_zero()).then_some(a.write_timeout);
     config.max_async_body = usize::try_from(a.max_async_body).unwrap_or(usize::MAX);
     config.async_keep_method = a.async_method == "original";
+    config.queue = a.queue;
     config.autoscale_interval = a.autoscale_interval.max(Duration::from_millis(100));
     if let Some(w) = a.workers {
         config.workers = usize::from(w);
