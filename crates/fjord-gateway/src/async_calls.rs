@@ -57,6 +57,17 @@ pub struct RetryPolicy {
     pub max_wait: Duration,
 }
 
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            attempts: DEFAULT_ATTEMPTS,
+            codes: DEFAULT_CODES.to_vec(),
+            min_wait: DEFAULT_MIN_WAIT,
+            max_wait: DEFAULT_MAX_WAIT,
+        }
+    }
+}
+
 impl RetryPolicy {
     pub fn from_annotations(
         a: Option<&std::collections::BTreeMap<String, String>>,
@@ -492,6 +503,12 @@ impl Worker {
         // The last claim found fewer calls than it asked for: wait for a wake-up.
         let mut empty = false;
         let mut idle_since = Instant::now();
+        // Finished calls with nothing more to do than be marked done, recorded in batches:
+        // one write (and one wake-up) for many calls. At most one batch is being written.
+        let mut done: Vec<(String, u16)> = Vec::new();
+        let mut flushing = tokio::task::JoinSet::new();
+        // The function's settings, parsed again only when it is updated.
+        let mut settings: Option<(Arc<Route>, usize, Arc<RetryPolicy>)> = None;
         loop {
             let (name, ns) = FunctionKey::split_route(function);
             let Some(route) = self.control().lookup(ns, name) else {
@@ -513,8 +530,23 @@ impl Worker {
                 }
                 break;
             };
-            let cap = max_inflight(route.handle.spec().deployment.annotations.as_ref())
-                .unwrap_or(DEFAULT_MAX_INFLIGHT);
+            let (cap, policy) = match &settings {
+                Some((r, cap, policy)) if Arc::ptr_eq(r, &route) => (*cap, policy.clone()),
+                _ => {
+                    let annotations = route.handle.spec().deployment.annotations.clone();
+                    let cap = max_inflight(annotations.as_ref()).unwrap_or(DEFAULT_MAX_INFLIGHT);
+                    let policy = Arc::new(
+                        RetryPolicy::from_annotations(annotations.as_ref())
+                            .unwrap_or_else(|_| RetryPolicy::default()),
+                    );
+                    settings = Some((route.clone(), cap, policy.clone()));
+                    (cap, policy)
+                }
+            };
+            if !done.is_empty() && flushing.is_empty() {
+                let (q, batch) = (self.queue.clone(), std::mem::take(&mut done));
+                flushing.spawn(async move { q.complete_many(batch).await });
+            }
             // Twice what finishes during one claim, topped up when half is left: claims
             // come in batches (each is a commit) yet the buffer does not run dry.
             let prefetch = (2.0 * (claim_secs / call_secs) * cap as f64)
@@ -535,7 +567,8 @@ impl Worker {
                     q.claim(&f, want, LEASE).await.map_err(|e| e.to_string())
                 }));
             }
-            if running.is_empty() && buffer.is_empty() && claiming.is_none() {
+            if running.is_empty() && buffer.is_empty() && claiming.is_none() && flushing.is_empty()
+            {
                 if idle_since.elapsed() >= WORKER_IDLE {
                     break;
                 }
@@ -547,11 +580,29 @@ impl Worker {
                     running.abort_all();
                     break;
                 }
-                Some(done) = running.join_next(), if !running.is_empty() => {
-                    if let Ok((call, outcome, elapsed)) = done {
+                Some(done_call) = running.join_next(), if !running.is_empty() => {
+                    if let Ok((call, outcome, elapsed)) = done_call {
                         call_secs = ewma(call_secs, elapsed.as_secs_f64());
-                        let (w, r) = (self.clone(), route.clone());
-                        finishing.spawn(async move { w.finish(&r, call, outcome, elapsed).await });
+                        match &outcome {
+                            Ok((status, _, _))
+                                if call.request.callback_url.is_none()
+                                    && !policy.codes.contains(&status.as_u16()) =>
+                            {
+                                metrics.async_processed.fetch_add(1, Ordering::Relaxed);
+                                done.push((call.id, status.as_u16()));
+                            }
+                            _ => {
+                                let (w, r, p) = (self.clone(), route.clone(), policy.clone());
+                                finishing.spawn(async move {
+                                    w.finish(&r, &p, call, outcome, elapsed).await
+                                });
+                            }
+                        }
+                    }
+                }
+                Some(flushed) = flushing.join_next(), if !flushing.is_empty() => {
+                    if let Ok(Err(e)) = flushed {
+                        tracing::warn!(function, error = %e, "recording finished async calls failed");
                     }
                 }
                 Some(_) = finishing.join_next(), if !finishing.is_empty() => {}
@@ -578,9 +629,17 @@ impl Worker {
         // shutdown, when the dispatcher re-queues every claimed call. Let finished calls
         // record their outcome first.
         let _ = tokio::time::timeout(FINISH_GRACE, async {
+            if !done.is_empty() {
+                flushing.spawn({
+                    let (q, batch) = (self.queue.clone(), std::mem::take(&mut done));
+                    async move { q.complete_many(batch).await }
+                });
+            }
+            while flushing.join_next().await.is_some() {}
             while finishing.join_next().await.is_some() {}
         })
         .await;
+        flushing.abort_all();
         finishing.abort_all();
     }
 
@@ -620,19 +679,12 @@ impl Worker {
     async fn finish(
         &self,
         route: &Arc<Route>,
+        policy: &RetryPolicy,
         call: fjord_queue::Claimed,
         outcome: Outcome,
         elapsed: Duration,
     ) {
         let m = &route.metrics;
-        let policy =
-            RetryPolicy::from_annotations(route.handle.spec().deployment.annotations.as_ref())
-                .unwrap_or(RetryPolicy {
-                    attempts: DEFAULT_ATTEMPTS,
-                    codes: DEFAULT_CODES.to_vec(),
-                    min_wait: DEFAULT_MIN_WAIT,
-                    max_wait: DEFAULT_MAX_WAIT,
-                });
         let (status, retry_after, error) = match &outcome {
             Ok((s, h, _)) => (Some(s.as_u16()), retry_after(h), None),
             Err(e) => (None, None, Some(e.clone())),

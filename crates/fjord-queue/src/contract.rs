@@ -4,7 +4,7 @@
 //! Each check expects a fresh, empty queue. A backend runs them all with
 //! [`contract_tests!`](crate::contract_tests), e.g. in its `tests/contract.rs`:
 //!
-//! ```ignore
+//! ```text
 //! fjord_queue::contract_tests!(async || {
 //!     let dir = tempfile::tempdir().unwrap();
 //!     let queue = SqliteQueue::open(&dir.path().join("queue.db")).unwrap();
@@ -30,6 +30,7 @@ macro_rules! contract_tests {
             claim_marks_running_and_counts_attempts,
             claim_respects_max_order_and_function,
             complete_marks_done,
+            complete_many_marks_each_done,
             retry_later_waits_until_due,
             dead_letter_list_and_replay,
             cancel_outcomes,
@@ -185,6 +186,35 @@ pub async fn complete_marks_done(q: &dyn Queue) {
     // Outcomes for unknown calls (e.g. already pruned) are no-ops.
     q.complete("nope", 200).await.unwrap();
     assert!(q.get("nope").await.unwrap().is_none());
+}
+
+/// Completing a batch records each call's own status; unknown ids and calls already
+/// finished are left alone, as with `complete`.
+pub async fn complete_many_marks_each_done(q: &dyn Queue) {
+    enqueue_all(q, &["m1", "m2", "m3"], "f").await;
+    assert_eq!(
+        q.claim("f", 3, Duration::from_secs(60))
+            .await
+            .unwrap()
+            .len(),
+        3
+    );
+    q.complete("m3", 200).await.unwrap();
+    q.complete_many(vec![
+        ("m1".into(), 200),
+        ("m2".into(), 404),
+        ("m3".into(), 500),
+        ("nope".into(), 200),
+    ])
+    .await
+    .unwrap();
+    for (id, status) in [("m1", 200), ("m2", 404), ("m3", 200)] {
+        let r = q.get(id).await.unwrap().unwrap();
+        assert_eq!((r.state, r.status), (CallState::Done, Some(status)), "{id}");
+    }
+    assert!(q.get("nope").await.unwrap().is_none());
+    assert!(q.depth().await.unwrap().is_empty());
+    q.complete_many(Vec::new()).await.unwrap();
 }
 
 /// A call scheduled for later is not due (or claimable) until then, and then is.

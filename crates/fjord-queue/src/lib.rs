@@ -151,6 +151,16 @@ pub trait Queue: Send + Sync + 'static {
     ) -> BoxFuture<'_, Result<Vec<Claimed>, QueueError>>;
     /// Marks a call done with the function's status.
     fn complete(&self, id: &str, status: u16) -> BoxFuture<'_, Result<(), QueueError>>;
+    /// [`complete`](Self::complete) for many calls at once (a busy worker's finished calls),
+    /// which a backend may record in one write.
+    fn complete_many(&self, done: Vec<(String, u16)>) -> BoxFuture<'_, Result<(), QueueError>> {
+        Box::pin(async move {
+            for (id, status) in done {
+                self.complete(&id, status).await?;
+            }
+            Ok(())
+        })
+    }
     /// Schedules another attempt at `at_ms` (Unix ms).
     fn retry_later(
         &self,

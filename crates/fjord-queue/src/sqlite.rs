@@ -65,6 +65,13 @@ const MIGRATIONS: &[&str] = &["CREATE TABLE calls (
     -- list(None) newest first.
     CREATE INDEX calls_created ON calls (created_at_ms, id);"];
 
+/// Marks a call done (`?1` id, `?2` status, `?3` now). A late answer for a call already
+/// finished (its lease expired and another worker got there first) must not overwrite that
+/// outcome: the first final state wins.
+const COMPLETE: &str = "UPDATE calls SET state = 'done', status = ?2, lease_until_ms = NULL,
+        updated_at_ms = ?3
+     WHERE id = ?1 AND state IN ('queued', 'retrying', 'running')";
+
 const RECORD_COLUMNS: &str = "id, function, state, method, path, attempts, status, last_error, \
      callback_url, callback_result, created_at_ms, updated_at_ms, next_attempt_ms";
 
@@ -324,13 +331,18 @@ impl Queue for SqliteQueue {
 
     fn complete(&self, id: &str, status: u16) -> BoxFuture<'_, Result<(), QueueError>> {
         let id = id.to_owned();
-        // A late answer for a call already finished (its lease expired and another worker
-        // got there first) must not overwrite that outcome: the first final state wins.
-        self.update(
-            "UPDATE calls SET state = 'done', status = ?2, lease_until_ms = NULL, updated_at_ms = ?3
-             WHERE id = ?1 AND state IN ('queued', 'retrying', 'running')",
-            move |s, now| s.execute(params![id, status, now]),
-        )
+        self.update(COMPLETE, move |s, now| s.execute(params![id, status, now]))
+    }
+
+    fn complete_many(&self, done: Vec<(String, u16)>) -> BoxFuture<'_, Result<(), QueueError>> {
+        Box::pin(self.write_deferrable(move |conn| {
+            let mut stmt = conn.prepare_cached(COMPLETE).db()?;
+            let now = to_sql(now_ms());
+            for (id, status) in done {
+                stmt.execute(params![id, status, now]).db()?;
+            }
+            Ok(())
+        }))
     }
 
     fn retry_later(
