@@ -152,7 +152,8 @@ pub trait Queue: Send + Sync + 'static {
     /// Marks a call done with the function's status.
     fn complete(&self, id: &str, status: u16) -> BoxFuture<'_, Result<(), QueueError>>;
     /// [`complete`](Self::complete) for many calls at once (a busy worker's finished calls),
-    /// which a backend may record in one write.
+    /// which a backend should record in one write, or at least concurrently (this default
+    /// is one after the other).
     fn complete_many(&self, done: Vec<(String, u16)>) -> BoxFuture<'_, Result<(), QueueError>> {
         Box::pin(async move {
             for (id, status) in done {

@@ -1565,6 +1565,19 @@ impl Queue for NatsQueue {
         Box::pin(async move { self.inner.complete(&id, status).await })
     }
 
+    fn complete_many(&self, done: Vec<(String, u16)>) -> BoxFuture<'_, Result<(), QueueError>> {
+        // One compare-and-set per call (records are separate keys): in parallel, so a batch
+        // costs about one round trip, not one per call.
+        Box::pin(async move {
+            let results = futures_util::stream::iter(done)
+                .map(|(id, status)| async move { self.inner.complete(&id, status).await })
+                .buffer_unordered(64)
+                .collect::<Vec<_>>()
+                .await;
+            results.into_iter().collect()
+        })
+    }
+
     fn retry_later(
         &self,
         id: &str,
