@@ -171,10 +171,82 @@ RUST_LOG=debug fjord serve --log-format json"
         #[command(flatten)]
         gateway: GatewayArgs,
     },
+    /// Manage function secrets: create, list, update, remove
+    #[command(
+        long_about = "Manage function secrets. A function lists the secrets it needs (`secrets:` in \
+stack.yml, or `fjord deploy --secret NAME`) and reads each one from the file \
+/var/openfaas/secrets/NAME. Values are encrypted at rest on the gateway and never shown again.",
+        after_help = "Examples:\n  fjord secret create api-key --from-literal s3cr3t\n  \
+fjord secret create db-password --from-file ./db.txt\n  \
+printf %s \"$TOKEN\" | fjord secret create token\n  \
+fjord secret list\n  \
+fjord secret update api-key --from-literal n3w   # rolls the functions that use it\n  \
+fjord secret remove api-key"
+    )]
+    Secret {
+        #[command(subcommand)]
+        action: SecretAction,
+        #[command(flatten)]
+        gateway: GatewayArgs,
+    },
     /// Print fjord's version, and the gateway's when it can be reached
     Version {
         #[command(flatten)]
         gateway: GatewayArgs,
+    },
+}
+
+/// Where a secret's value comes from: a flag, a file, else stdin.
+#[derive(Args, Clone)]
+pub struct SecretValueArgs {
+    /// The value itself (it shows up in `ps` and shell history: prefer --from-file or stdin)
+    #[arg(long, conflicts_with = "from_file", value_name = "VALUE")]
+    pub from_literal: Option<String>,
+    /// Read the value from this file (bytes as they are)
+    #[arg(long, value_name = "PATH")]
+    pub from_file: Option<PathBuf>,
+    /// Remove leading and trailing whitespace (such as the newline of `echo`) from the value
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "true|false")]
+    pub trim: bool,
+}
+
+#[derive(Subcommand)]
+pub enum SecretAction {
+    /// Create a secret (value from --from-literal, --from-file, or stdin)
+    Create {
+        name: String,
+        #[command(flatten)]
+        value: SecretValueArgs,
+        /// Namespace [default: openfaas-fn]
+        #[arg(short, long)]
+        namespace: Option<String>,
+    },
+    /// List secret names (values are never shown)
+    #[command(visible_alias = "ls")]
+    List {
+        /// Namespace [default: openfaas-fn]
+        #[arg(short, long)]
+        namespace: Option<String>,
+        /// Print the gateway's JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Replace a secret's value; functions that use it restart with the new value
+    Update {
+        name: String,
+        #[command(flatten)]
+        value: SecretValueArgs,
+        /// Namespace [default: openfaas-fn]
+        #[arg(short, long)]
+        namespace: Option<String>,
+    },
+    /// Remove a secret (refused while a function uses it)
+    #[command(visible_alias = "rm")]
+    Remove {
+        name: String,
+        /// Namespace [default: openfaas-fn]
+        #[arg(short, long)]
+        namespace: Option<String>,
     },
 }
 

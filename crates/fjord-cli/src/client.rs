@@ -4,7 +4,9 @@
 use std::path::Path;
 use std::time::Duration;
 
-use fjord_core::openfaas::{FunctionDeployment, FunctionStatus, GatewayInfo};
+use fjord_core::openfaas::{
+    FunctionDeployment, FunctionStatus, GatewayInfo, Secret, SecretDescription,
+};
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use serde_json::json;
 
@@ -160,6 +162,45 @@ impl Gateway {
             self.system(Method::POST, &format!("/system/scale-function/{name}"))
                 .json(&body),
             &format!("scale {name}"),
+        )
+        .await?;
+        Ok(())
+    }
+
+    pub async fn list_secrets(
+        &self,
+        namespace: Option<&str>,
+    ) -> Result<Vec<SecretDescription>, CliError> {
+        let path = format!("/system/secrets{}", Self::ns_query(namespace));
+        let r = self
+            .send(self.system(Method::GET, &path), "list secrets")
+            .await?;
+        r.json().await.map_err(|e| CliError::Other(e.to_string()))
+    }
+
+    /// Creates (`POST`) or updates (`PUT`) a secret.
+    pub async fn put_secret(&self, method: Method, s: &Secret) -> Result<(), CliError> {
+        let what = if method == Method::POST {
+            "create"
+        } else {
+            "update"
+        };
+        self.send(
+            self.system(method, "/system/secrets").json(s),
+            &format!("{what} secret {}", s.name),
+        )
+        .await?;
+        Ok(())
+    }
+
+    pub async fn remove_secret(&self, name: &str, namespace: Option<&str>) -> Result<(), CliError> {
+        let mut body = json!({"name": name});
+        if let Some(ns) = namespace.filter(|n| !n.is_empty()) {
+            body["namespace"] = json!(ns);
+        }
+        self.send(
+            self.system(Method::DELETE, "/system/secrets").json(&body),
+            &format!("remove secret {name}"),
         )
         .await?;
         Ok(())

@@ -85,6 +85,7 @@ pub fn main() -> ExitCode {
         } => block_on(fx::login(&gateway, &username, password, password_stdin)),
         Command::Version { gateway } => block_on(fx::version(&gateway)),
         Command::Calls { action, gateway } => block_on(fx::calls(&gateway, action)),
+        Command::Secret { action, gateway } => block_on(commands::secrets::run(&gateway, action)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

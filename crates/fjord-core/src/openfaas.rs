@@ -212,3 +212,34 @@ mod tests {
         assert!(back.get("registryAuth").is_none());
     }
 }
+
+/// Body of `POST`/`PUT /system/secrets` (and, with only `name`/`namespace`, of `DELETE`).
+/// `value` is text; `rawValue` is base64 (Go's `[]byte`), used when `value` is empty.
+/// `Debug` never shows the value.
+#[derive(Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Secret {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raw_value: Option<String>,
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Secret")
+            .field("name", &self.name)
+            .field("namespace", &self.namespace)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One entry of `GET /system/secrets`: never the value.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretDescription {
+    pub name: String,
+    pub namespace: String,
+}

@@ -59,7 +59,7 @@ pub async fn json_body<T: DeserializeOwned>(req: Request, what: &str) -> Result<
     })
 }
 
-fn namespace_param(q: &HashMap<String, String>) -> Result<Option<String>, ApiError> {
+pub(crate) fn namespace_param(q: &HashMap<String, String>) -> Result<Option<String>, ApiError> {
     match q.get("namespace").map(String::as_str) {
         None | Some("") => Ok(None),
         Some(ns) => {

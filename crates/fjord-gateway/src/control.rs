@@ -6,11 +6,12 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use arc_swap::ArcSwap;
-use fjord_core::openfaas::{FjordStatus, FunctionDeployment, FunctionStatus};
+use fjord_core::openfaas::{FjordStatus, FunctionDeployment, FunctionStatus, SecretDescription};
 use fjord_core::{DEFAULT_NAMESPACE, FunctionKey, FunctionSpec};
-use fjord_runtime::{FunctionHandle, ProcessRuntime, Program};
+use fjord_runtime::{FunctionHandle, ProcessRuntime, Program, SecretFiles};
 
 use crate::bundles::Bundles;
+use crate::secrets::SecretKey;
 use crate::metrics::{FunctionMetrics, FunctionSample};
 use fjord_store::{Store, StoredFunction, now_rfc3339};
 
@@ -45,17 +46,24 @@ pub struct ControlPlane {
     store: Store,
     runtime: ProcessRuntime,
     bundles: Arc<Bundles>,
+    secret_key: SecretKey,
     routes: ArcSwap<Routes>,
     /// Serialises changes (not the invoke path).
     changes: tokio::sync::Mutex<()>,
 }
 
 impl ControlPlane {
-    pub fn new(store: Store, runtime: ProcessRuntime, bundles: Bundles) -> Arc<Self> {
+    pub fn new(
+        store: Store,
+        runtime: ProcessRuntime,
+        bundles: Bundles,
+        secret_key: SecretKey,
+    ) -> Arc<Self> {
         Arc::new(Self {
             store,
             runtime,
             bundles: Arc::new(bundles),
+            secret_key,
             routes: ArcSwap::from_pointee(HashMap::new()),
             changes: tokio::sync::Mutex::new(()),
         })
@@ -130,19 +138,138 @@ impl ControlPlane {
         crate::async_calls::RetryPolicy::from_annotations(d.annotations.as_ref())
             .map_err(ApiError::BadRequest)?;
         crate::async_calls::max_inflight(d.annotations.as_ref()).map_err(ApiError::BadRequest)?;
-        match self.bundles.resolve(&self.store, &d.image)? {
+        let secrets = self.function_secrets(&d)?;
+        let (spec, mut program) = match self.bundles.resolve(&self.store, &d.image)? {
             Some(digest) => {
                 let (dir, defaults) = self.bundles.unpack_for(&digest, uid).await?;
                 let spec = FunctionSpec::from_deployment_with(d, Some(&defaults))?;
                 let program = self.runtime.prepare(&spec, Some(&dir))?;
-                Ok((spec, program))
+                (spec, program)
             }
             None => {
                 let spec = FunctionSpec::from_deployment(d)?;
                 let program = self.runtime.prepare(&spec, None)?;
-                Ok((spec, program))
+                (spec, program)
+            }
+        };
+        program.secrets = secrets;
+        Ok((spec, program))
+    }
+
+    /// The decrypted values of the secrets a deployment names; each must exist in the
+    /// function's namespace (400 naming the first one that does not).
+    fn function_secrets(&self, d: &FunctionDeployment) -> Result<SecretFiles, ApiError> {
+        let ns = d
+            .namespace
+            .as_deref()
+            .filter(|n| !n.is_empty())
+            .unwrap_or(DEFAULT_NAMESPACE);
+        let mut files = SecretFiles::default();
+        let mut seen = std::collections::HashSet::new();
+        for (i, name) in d.secrets.iter().flatten().enumerate() {
+            crate::secrets::validate_name(&format!("secrets[{i}]"), name)?;
+            if !seen.insert(name.as_str()) {
+                continue;
+            }
+            let Some(sealed) = self.store.secret(ns, name)? else {
+                return Err(ApiError::BadRequest(format!(
+                    "secrets[{i}]: secret {name:?} not found in namespace {ns}: create it first with `fjord secret create {name}` (POST /system/secrets)"
+                )));
+            };
+            files.push(name.clone(), self.secret_key.open(&sealed)?);
+        }
+        Ok(files)
+    }
+
+    /// Stored functions of `namespace` that name secret `name`.
+    fn functions_using(&self, namespace: &str, name: &str) -> Result<Vec<StoredFunction>, ApiError> {
+        Ok(self
+            .store
+            .list()?
+            .into_iter()
+            .filter(|f| {
+                f.namespace == namespace
+                    && f.deployment.secrets.iter().flatten().any(|s| s == name)
+            })
+            .collect())
+    }
+
+    /// Secrets of one namespace, names only.
+    pub fn list_secrets(&self, namespace: &str) -> Result<Vec<SecretDescription>, ApiError> {
+        Ok(self
+            .store
+            .secret_names(namespace)?
+            .into_iter()
+            .map(|name| SecretDescription {
+                name,
+                namespace: namespace.to_string(),
+            })
+            .collect())
+    }
+
+    pub async fn create_secret(
+        &self,
+        namespace: &str,
+        name: &str,
+        value: &[u8],
+    ) -> Result<(), ApiError> {
+        let _guard = self.changes.lock().await;
+        let sealed = self.secret_key.seal(namespace, name, value)?;
+        if !self.store.insert_secret(&sealed)? {
+            return Err(ApiError::Conflict(format!(
+                "secret {name} already exists in namespace {namespace}: change its value with PUT /system/secrets (`fjord secret update {name}`)"
+            )));
+        }
+        tracing::info!(secret = name, namespace, "secret created");
+        Ok(())
+    }
+
+    /// Replaces a secret's value, then rolls every function that uses it (through the normal
+    /// update path, so the old replicas serve until the new ones are ready).
+    pub async fn update_secret(
+        self: &Arc<Self>,
+        namespace: &str,
+        name: &str,
+        value: &[u8],
+    ) -> Result<(), ApiError> {
+        let users = {
+            let _guard = self.changes.lock().await;
+            let sealed = self.secret_key.seal(namespace, name, value)?;
+            if !self.store.update_secret(&sealed)? {
+                return Err(ApiError::NotFound(format!(
+                    "secret {name} not found in namespace {namespace}: create it with POST /system/secrets (`fjord secret create {name}`)"
+                )));
+            }
+            self.functions_using(namespace, name)?
+        };
+        tracing::info!(secret = name, namespace, functions = users.len(), "secret updated");
+        for f in users {
+            let function = format!("{}.{}", f.name, f.namespace);
+            if let Err(e) = self.deploy(f.deployment, DeployMode::Update).await {
+                tracing::warn!(%function, secret = name, error = %e, "cannot roll the function to the new secret value");
             }
         }
+        Ok(())
+    }
+
+    /// Deletes a secret no function uses (409 naming those that do).
+    pub async fn delete_secret(&self, namespace: &str, name: &str) -> Result<(), ApiError> {
+        let _guard = self.changes.lock().await;
+        let users = self.functions_using(namespace, name)?;
+        if !users.is_empty() {
+            let names: Vec<&str> = users.iter().map(|f| f.name.as_str()).collect();
+            return Err(ApiError::Conflict(format!(
+                "secret {name} is used by function(s) {}: remove it from their secrets or delete them first",
+                names.join(", ")
+            )));
+        }
+        if !self.store.delete_secret(namespace, name)? {
+            return Err(ApiError::NotFound(format!(
+                "secret {name} not found in namespace {namespace}"
+            )));
+        }
+        tracing::info!(secret = name, namespace, "secret deleted");
+        Ok(())
     }
 
     /// Validates, stores and applies a deployment. Nothing changes if validation fails; an

@@ -10,6 +10,7 @@ mod error;
 mod invoke;
 mod logs;
 mod metrics;
+mod secrets;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -30,6 +31,7 @@ pub use bundles::{Bundles, normalize_tag};
 pub use control::{ControlPlane, DeployMode};
 pub use error::ApiError;
 pub use invoke::{split_function_path, strip_hop_by_hop};
+pub use secrets::{SecretKey, key_path as secrets_key_path};
 
 /// Settings of `fjord serve`.
 #[derive(Debug, Clone)]
@@ -212,6 +214,8 @@ pub enum StartError {
     },
     #[error("admin credentials: {0}")]
     Auth(std::io::Error),
+    #[error("secrets key: {0}")]
+    SecretsKey(std::io::Error),
     #[error("state store: {0}")]
     Store(#[from] fjord_store::StoreError),
     #[error("runtime: {0}")]
@@ -256,6 +260,13 @@ fn router(state: AppState, creds: Option<Arc<auth::Credentials>>) -> Router {
         )
         .route("/system/bundle-tags", post(bundles::set_tag))
         .route("/system/alert", post(api::alert))
+        .route(
+            "/system/secrets",
+            get(secrets::list)
+                .post(secrets::create)
+                .put(secrets::update)
+                .delete(secrets::delete),
+        )
         .route("/system/async-calls", get(async_calls::list_calls))
         .route("/system/async-calls/{id}", get(async_calls::get_call))
         .route("/system/async-calls/{id}/replay", post(async_calls::replay))
@@ -451,6 +462,11 @@ pub async fn serve(config: GatewayConfig, shutdown: CancellationToken) -> Result
         None
     };
 
+    let (secret_key, key_created) =
+        secrets::SecretKey::load_or_create(data_dir).map_err(StartError::SecretsKey)?;
+    if key_created {
+        tracing::info!(key_file = %secrets::key_path(data_dir).display(), "generated the key that encrypts function secrets: back it up, without it stored secrets cannot be read");
+    }
     let store = fjord_store::Store::open(&data_dir.join("state.db"))?;
     // Before the runtime: a queue that cannot be reached must not leave anything behind.
     let (queue, pruner) = open_queue(&config.queue, data_dir).await?;
@@ -463,7 +479,7 @@ pub async fn serve(config: GatewayConfig, shutdown: CancellationToken) -> Result
     })
     .await?;
     let bundles = bundles::Bundles::new(data_dir, runtime.isolates()).map_err(dd_err)?;
-    let control = ControlPlane::new(store, runtime, bundles);
+    let control = ControlPlane::new(store, runtime, bundles, secret_key);
     let dispatch = Arc::new(tokio::sync::Notify::new());
     let restored = control.restore().await?;
     if restored > 0 {

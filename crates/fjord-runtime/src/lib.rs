@@ -15,6 +15,7 @@ pub mod program;
 mod reconcile;
 mod replica;
 mod sandbox;
+pub mod secrets;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -27,6 +28,7 @@ use fjord_core::{FunctionKey, FunctionSpec};
 use tokio::sync::{Notify, mpsc, oneshot};
 
 pub use program::{Program, ProgramError};
+pub use secrets::{SECRETS_DIR_ENV, SECRETS_MOUNT, SecretFiles};
 
 use crate::cgroup::CgroupRoot;
 use crate::fork::ForkSlot;
@@ -378,6 +380,9 @@ impl ProcessRuntime {
             );
             None
         };
+        if isolate && let Err(e) = secrets::ensure_mount_point() {
+            tracing::warn!(error = %e, "cannot create {}: functions with secrets will not start", secrets::SECRETS_MOUNT);
+        }
         let restore_rcu = cgroups.is_some() && config.tune_kernel && tune_kernel();
         // Replica directories of an earlier run are stale by now.
         if let Ok(entries) = std::fs::read_dir(config.data_dir.join("replicas")) {

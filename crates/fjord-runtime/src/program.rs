@@ -20,6 +20,8 @@ pub struct Program {
     /// Working directory: the unpacked bundle, if the function runs one (else the replica's
     /// private `/tmp`).
     pub workdir: Option<PathBuf>,
+    /// The function's secrets, decrypted by the gateway (files in `/var/openfaas/secrets`).
+    pub secrets: crate::secrets::SecretFiles,
 }
 
 /// Why a program cannot run; shown to the user as a 400 on `envProcess`.
@@ -67,6 +69,7 @@ pub fn resolve(
                 path: p,
                 args: spec.argv[1..].to_vec(),
                 workdir: workdir.map(Path::to_path_buf),
+                secrets: Default::default(),
             });
         }
         if !is_executable(&p) {
@@ -104,6 +107,7 @@ pub fn resolve(
         path: real,
         args: spec.argv[1..].to_vec(),
         workdir: workdir.map(Path::to_path_buf),
+        secrets: Default::default(),
     })
 }
 

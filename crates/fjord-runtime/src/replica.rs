@@ -51,12 +51,17 @@ pub(crate) struct ReplicaEnv {
     pub cgroup: Option<Cgroup>,
     pub user: Option<(u32, u32)>,
     readonly_root: bool,
+    /// Sandboxed: the secrets tmpfs each process mounts for itself.
+    secrets: Option<Arc<crate::secrets::SecretMount>>,
+    /// Not sandboxed: the private directory holding the secret files.
+    secrets_dir: Option<PathBuf>,
 }
 
 impl ReplicaEnv {
     pub fn create(
         shared: &Shared,
         spec: &FunctionSpec,
+        program: &Program,
         id: &Arc<str>,
         uid: u32,
     ) -> std::io::Result<Self> {
@@ -89,6 +94,17 @@ impl ReplicaEnv {
         } else {
             None
         };
+        let (secrets, secrets_dir) = if program.secrets.is_empty() {
+            (None, None)
+        } else if isolate {
+            (
+                crate::secrets::SecretMount::new(&program.secrets, uid)?.map(Arc::new),
+                None,
+            )
+        } else {
+            let d = crate::secrets::write_private_dir(&program.secrets, id, &dir.join("secrets"))?;
+            (None, Some(d))
+        };
         Ok(Self {
             id: id.clone(),
             dir,
@@ -97,7 +113,22 @@ impl ReplicaEnv {
             cgroup,
             user,
             readonly_root: spec.deployment.read_only_root_filesystem,
+            secrets,
+            secrets_dir,
         })
+    }
+
+    /// Where the function finds its secret files, if it has any.
+    pub fn secrets_env(&self) -> Option<(OsString, OsString)> {
+        let dir: &Path = if self.secrets.is_some() {
+            Path::new(crate::secrets::SECRETS_MOUNT)
+        } else {
+            self.secrets_dir.as_deref()?
+        };
+        Some((
+            crate::secrets::SECRETS_DIR_ENV.into(),
+            dir.as_os_str().to_os_string(),
+        ))
     }
 
     /// `/tmp` inside the sandbox, else the replica's own directory.
@@ -136,6 +167,7 @@ impl ReplicaEnv {
             private_tmp: self.tmp_c.clone(),
             readonly_root: self.readonly_root && self.tmp_c.is_some(),
             user: self.user,
+            secrets: self.secrets.clone().filter(|_| self.tmp_c.is_some()),
         }
         .install(&mut cmd);
         cmd
@@ -149,6 +181,9 @@ impl ReplicaEnv {
     pub async fn destroy(&self) {
         if let Some(cg) = &self.cgroup {
             cg.remove().await;
+        }
+        if let Some(d) = &self.secrets_dir {
+            crate::secrets::remove_private_dir(d);
         }
         let dir = self.dir.clone();
         let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(dir)).await;
@@ -188,7 +223,8 @@ impl ReplicaArgs {
 /// Runs a replica until `stop` is cancelled.
 pub(crate) async fn run(args: ReplicaArgs) {
     let t0 = Instant::now();
-    let env = match ReplicaEnv::create(&args.shared, &args.spec, &args.id, args.uid) {
+    let env = match ReplicaEnv::create(&args.shared, &args.spec, &args.program, &args.id, args.uid)
+    {
         Ok(env) => Arc::new(env),
         Err(e) => {
             let reason = format!("cannot create the replica's sandbox: {e}");
@@ -201,7 +237,8 @@ pub(crate) async fn run(args: ReplicaArgs) {
     tracing::debug!(replica = %args.id, elapsed_us = t0.elapsed().as_micros() as u64, "sandbox ready");
     match args.spec.mode {
         InvokeMode::Fork => {
-            let base_env = program::base_env(&args.spec, &args.id, env.home(), None);
+            let mut base_env = program::base_env(&args.spec, &args.id, env.home(), None);
+            base_env.extend(env.secrets_env());
             let slot = Arc::new(ForkSlot::new(env.clone(), base_env));
             args.ready(EndpointKind::Fork(slot), &env);
             args.stop.cancelled().await;
@@ -238,7 +275,8 @@ async fn supervise_http(args: &ReplicaArgs, env: &Arc<ReplicaEnv>, port: u16) {
         Ok(a) => a,
         Err(_) => return,
     };
-    let base_env = program::base_env(&args.spec, &args.id, env.home(), Some(port));
+    let mut base_env = program::base_env(&args.spec, &args.id, env.home(), Some(port));
+    base_env.extend(env.secrets_env());
     let mut backoff = BACKOFF_START;
     loop {
         let started = Instant::now();

@@ -1,6 +1,7 @@
 //! The step between fork and exec that puts a function's process in its sandbox: join the
 //! replica's cgroups, get a private mount namespace with the replica's own `/tmp` (and a
-//! read-only root when asked), drop to the function's uid/gid, and die with fjord.
+//! read-only root when asked), the function's secrets on a private read-only tmpfs at
+//! `/var/openfaas/secrets`, drop to the function's uid/gid, and die with fjord.
 //!
 //! This is the one module that needs `unsafe`: `pre_exec` runs in the forked child of a
 //! multi-threaded process, so it only makes raw, async-signal-safe system calls on data
@@ -10,6 +11,9 @@
 use std::ffi::CString;
 use std::io;
 use std::os::fd::RawFd;
+use std::sync::Arc;
+
+use crate::secrets::SecretMount;
 
 /// Everything the child does before exec, prepared in the parent.
 #[derive(Debug, Clone, Default)]
@@ -24,6 +28,59 @@ pub struct SandboxPlan {
     pub readonly_root: bool,
     /// Drop to this uid and gid, with no supplementary groups.
     pub user: Option<(u32, u32)>,
+    /// Secrets to mount (only with `private_tmp`, i.e. in a new mount namespace).
+    pub secrets: Option<Arc<SecretMount>>,
+}
+
+/// Mounts a tmpfs owned by the function's uid (mode 0500) at the secrets directory of this
+/// mount namespace, writes one 0400 file per secret, then makes the mount read-only. Nothing
+/// reaches a disk, and the tmpfs disappears with the namespace's last process.
+///
+/// # Safety
+/// Called only from `pre_exec` (after `unshare(CLONE_NEWNS)`); raw syscalls on data prepared
+/// before the fork.
+unsafe fn mount_secrets(m: &SecretMount) -> io::Result<()> {
+    let flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+    // SAFETY: raw syscalls with NUL-terminated strings and buffers that outlive the calls.
+    unsafe {
+        check(libc::mount(
+            c"tmpfs".as_ptr(),
+            m.target.as_ptr(),
+            c"tmpfs".as_ptr(),
+            flags,
+            m.options.as_ptr().cast(),
+        ))?;
+        for (path, value) in &m.files {
+            let fd = libc::open(
+                path.as_ptr(),
+                libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+                0o400 as libc::c_uint,
+            );
+            if fd == -1 {
+                return Err(io::Error::last_os_error());
+            }
+            let mut rest: &[u8] = value;
+            while !rest.is_empty() {
+                let n = libc::write(fd, rest.as_ptr().cast(), rest.len());
+                if n <= 0 {
+                    let e = io::Error::last_os_error();
+                    libc::close(fd);
+                    return Err(e);
+                }
+                rest = &rest[n as usize..];
+            }
+            let owned = libc::fchown(fd, m.uid, m.uid);
+            libc::close(fd);
+            check(owned)?;
+        }
+        check(libc::mount(
+            std::ptr::null(),
+            m.target.as_ptr(),
+            std::ptr::null(),
+            libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY | flags,
+            std::ptr::null(),
+        ))
+    }
 }
 
 fn check(ret: libc::c_int) -> io::Result<()> {
@@ -56,6 +113,9 @@ impl SandboxPlan {
                     libc::MS_REC | libc::MS_PRIVATE,
                     std::ptr::null(),
                 ))?;
+                if let Some(m) = &self.secrets {
+                    mount_secrets(m)?;
+                }
                 if self.readonly_root {
                     check(libc::mount(
                         std::ptr::null(),

@@ -30,6 +30,16 @@ const MIGRATIONS: &[&str] = &[
         digest     TEXT NOT NULL,
         updated_at TEXT NOT NULL
     ) STRICT;",
+    // Function secrets, sealed by the gateway (XChaCha20-Poly1305): never plaintext here.
+    "CREATE TABLE secrets (
+        namespace  TEXT NOT NULL,
+        name       TEXT NOT NULL,
+        nonce      BLOB NOT NULL,
+        ciphertext BLOB NOT NULL,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL,
+        PRIMARY KEY (namespace, name)
+    ) STRICT;",
 ];
 
 const COLUMNS: &str = "namespace, name, deployment, replicas, uid, created_at, updated_at";
@@ -51,6 +61,16 @@ pub struct StoredFunction {
     pub created_at: String,
     /// RFC 3339 time of the last deploy or update (not of scaling).
     pub updated_at: String,
+}
+
+/// A secret as persisted: its value sealed with the gateway's key (the store never sees
+/// plaintext). `Debug` is fine: nonce and ciphertext reveal nothing without the key.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SealedSecret {
+    pub namespace: String,
+    pub name: String,
+    pub nonce: Vec<u8>,
+    pub ciphertext: Vec<u8>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -249,6 +269,67 @@ impl Store {
             .query_map([], |r| r.get(0))?
             .collect::<Result<Vec<String>, _>>()?;
         Ok(names)
+    }
+
+    /// Stores a new sealed secret; false (nothing written) if one of that name exists.
+    pub fn insert_secret(&self, s: &SealedSecret) -> Result<bool, StoreError> {
+        let now = now_rfc3339();
+        let n = self.lock().execute(
+            "INSERT INTO secrets (namespace, name, nonce, ciphertext, created_at, updated_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?5) ON CONFLICT DO NOTHING",
+            params![s.namespace, s.name, s.nonce, s.ciphertext, now],
+        )?;
+        Ok(n == 1)
+    }
+
+    /// Replaces a sealed secret's value; false if it does not exist.
+    pub fn update_secret(&self, s: &SealedSecret) -> Result<bool, StoreError> {
+        let n = self.lock().execute(
+            "UPDATE secrets SET nonce = ?3, ciphertext = ?4, updated_at = ?5
+             WHERE namespace = ?1 AND name = ?2",
+            params![s.namespace, s.name, s.nonce, s.ciphertext, now_rfc3339()],
+        )?;
+        Ok(n == 1)
+    }
+
+    /// One sealed secret.
+    pub fn secret(&self, namespace: &str, name: &str) -> Result<Option<SealedSecret>, StoreError> {
+        Ok(self
+            .lock()
+            .query_row(
+                "SELECT namespace, name, nonce, ciphertext FROM secrets
+                 WHERE namespace = ?1 AND name = ?2",
+                params![namespace, name],
+                |r| {
+                    Ok(SealedSecret {
+                        namespace: r.get(0)?,
+                        name: r.get(1)?,
+                        nonce: r.get(2)?,
+                        ciphertext: r.get(3)?,
+                    })
+                },
+            )
+            .optional()?)
+    }
+
+    /// Names of the secrets of one namespace, sorted.
+    pub fn secret_names(&self, namespace: &str) -> Result<Vec<String>, StoreError> {
+        let conn = self.lock();
+        let mut stmt =
+            conn.prepare("SELECT name FROM secrets WHERE namespace = ?1 ORDER BY name")?;
+        let names = stmt
+            .query_map([namespace], |r| r.get(0))?
+            .collect::<Result<Vec<String>, _>>()?;
+        Ok(names)
+    }
+
+    /// Deletes a secret; false if it did not exist.
+    pub fn delete_secret(&self, namespace: &str, name: &str) -> Result<bool, StoreError> {
+        let n = self.lock().execute(
+            "DELETE FROM secrets WHERE namespace = ?1 AND name = ?2",
+            params![namespace, name],
+        )?;
+        Ok(n == 1)
     }
 
     /// A panic while holding the lock cannot leave the connection half-written (SQLite rolls
@@ -556,6 +637,29 @@ mod tests {
             store.tag("resize:latest").unwrap().as_deref(),
             Some("sha256:bb")
         );
+    }
+
+    #[test]
+    fn secrets_insert_update_list_delete() {
+        let (_d, s) = open();
+        let sealed = |name: &str, c: &[u8]| SealedSecret {
+            namespace: "openfaas-fn".into(),
+            name: name.into(),
+            nonce: vec![1; 24],
+            ciphertext: c.to_vec(),
+        };
+        assert!(s.insert_secret(&sealed("b", b"x")).unwrap());
+        assert!(s.insert_secret(&sealed("a", b"y")).unwrap());
+        assert!(!s.insert_secret(&sealed("a", b"z")).unwrap(), "exists");
+        assert_eq!(s.secret_names("openfaas-fn").unwrap(), ["a", "b"]);
+        assert!(s.secret_names("other").unwrap().is_empty());
+        assert_eq!(s.secret("openfaas-fn", "a").unwrap().unwrap().ciphertext, b"y");
+        assert!(s.update_secret(&sealed("a", b"w")).unwrap());
+        assert!(!s.update_secret(&sealed("c", b"w")).unwrap(), "absent");
+        assert_eq!(s.secret("openfaas-fn", "a").unwrap().unwrap().ciphertext, b"w");
+        assert!(s.delete_secret("openfaas-fn", "a").unwrap());
+        assert!(!s.delete_secret("openfaas-fn", "a").unwrap());
+        assert!(s.secret("openfaas-fn", "a").unwrap().is_none());
     }
 
     #[test]

@@ -1,3 +1,4 @@
 pub mod functions;
 pub mod serve;
 pub mod stack;
+pub mod secrets;
