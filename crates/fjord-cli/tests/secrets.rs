@@ -13,7 +13,11 @@ use serde_json::{Value, json};
 
 async fn create(s: &Server, name: &str, value: &str) {
     let (st, body) = s
-        .sys_json(Method::POST, "/system/secrets", &json!({"name": name, "value": value}))
+        .sys_json(
+            Method::POST,
+            "/system/secrets",
+            &json!({"name": name, "value": value}),
+        )
         .await;
     assert_eq!(st, StatusCode::ACCEPTED, "create secret {name}: {body}");
 }
@@ -49,7 +53,11 @@ fn files_containing(dir: &Path, needle: &[u8]) -> Vec<String> {
             }
         }
     }
-    assert!(files >= 4, "expected state.db, the key and more under {}", dir.display());
+    assert!(
+        files >= 4,
+        "expected state.db, the key and more under {}",
+        dir.display()
+    );
     hits
 }
 
@@ -59,13 +67,24 @@ async fn secrets_api_statuses_and_values_never_returned() {
     let value = "v4lue-never-returned-1f2e";
     create(&s, "api-key", value).await;
     let (st, body) = s
-        .sys_json(Method::POST, "/system/secrets", &json!({"name": "api-key", "value": "x"}))
+        .sys_json(
+            Method::POST,
+            "/system/secrets",
+            &json!({"name": "api-key", "value": "x"}),
+        )
         .await;
     assert_eq!(st, StatusCode::CONFLICT, "{body}");
-    assert!(body.contains("api-key") && body.contains("update"), "{body}");
+    assert!(
+        body.contains("api-key") && body.contains("update"),
+        "{body}"
+    );
     // rawValue (base64) is the other way to give a value.
     let (st, body) = s
-        .sys_json(Method::POST, "/system/secrets", &json!({"name": "raw.bin", "rawValue": "AAEC/w=="}))
+        .sys_json(
+            Method::POST,
+            "/system/secrets",
+            &json!({"name": "raw.bin", "rawValue": "AAEC/w=="}),
+        )
         .await;
     assert_eq!(st, StatusCode::ACCEPTED, "{body}");
 
@@ -82,20 +101,41 @@ async fn secrets_api_statuses_and_values_never_returned() {
     assert!(other.is_empty(), "{other:?}");
 
     let (st, body) = s
-        .sys_json(Method::PUT, "/system/secrets", &json!({"name": "api-key", "value": "n3w"}))
+        .sys_json(
+            Method::PUT,
+            "/system/secrets",
+            &json!({"name": "api-key", "value": "n3w"}),
+        )
         .await;
     assert_eq!(st, StatusCode::ACCEPTED, "{body}");
     let (st, body) = s
-        .sys_json(Method::PUT, "/system/secrets", &json!({"name": "absent", "value": "n3w"}))
+        .sys_json(
+            Method::PUT,
+            "/system/secrets",
+            &json!({"name": "absent", "value": "n3w"}),
+        )
         .await;
     assert_eq!(st, StatusCode::NOT_FOUND, "{body}");
     assert!(body.contains("absent") && body.contains("create"), "{body}");
 
     // Names become file names: strictly validated, 400 naming the field.
     let long = "a".repeat(254);
-    for bad in ["../etc/passwd", "a/b", "", "UPPER", ".hidden", "a..b", "tab\there", long.as_str()] {
+    for bad in [
+        "../etc/passwd",
+        "a/b",
+        "",
+        "UPPER",
+        ".hidden",
+        "a..b",
+        "tab\there",
+        long.as_str(),
+    ] {
         let (st, body) = s
-            .sys_json(Method::POST, "/system/secrets", &json!({"name": bad, "value": "x"}))
+            .sys_json(
+                Method::POST,
+                "/system/secrets",
+                &json!({"name": bad, "value": "x"}),
+            )
             .await;
         assert_eq!(st, StatusCode::BAD_REQUEST, "name {bad:?}: {body}");
         assert!(body.starts_with("name:"), "name {bad:?}: {body}");
@@ -106,12 +146,20 @@ async fn secrets_api_statuses_and_values_never_returned() {
     assert_eq!(st, StatusCode::BAD_REQUEST, "{body}");
     assert!(body.starts_with("value:"), "{body}");
     let (st, body) = s
-        .sys_json(Method::POST, "/system/secrets", &json!({"name": "b64", "rawValue": "!!"}))
+        .sys_json(
+            Method::POST,
+            "/system/secrets",
+            &json!({"name": "b64", "rawValue": "!!"}),
+        )
         .await;
     assert_eq!(st, StatusCode::BAD_REQUEST, "{body}");
     assert!(body.starts_with("rawValue:"), "{body}");
     let (st, body) = s
-        .sys_json(Method::POST, "/system/secrets", &json!({"name": 5, "value": "x"}))
+        .sys_json(
+            Method::POST,
+            "/system/secrets",
+            &json!({"name": 5, "value": "x"}),
+        )
         .await;
     assert_eq!(st, StatusCode::BAD_REQUEST, "{body}");
     assert!(body.contains("name"), "{body}");
@@ -132,17 +180,28 @@ async fn secrets_api_statuses_and_values_never_returned() {
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
 
     let (st, body) = s
-        .sys_json(Method::DELETE, "/system/secrets", &json!({"name": "api-key"}))
+        .sys_json(
+            Method::DELETE,
+            "/system/secrets",
+            &json!({"name": "api-key"}),
+        )
         .await;
     assert_eq!(st, StatusCode::ACCEPTED, "{body}");
     let (st, body) = s
-        .sys_json(Method::DELETE, "/system/secrets", &json!({"name": "api-key"}))
+        .sys_json(
+            Method::DELETE,
+            "/system/secrets",
+            &json!({"name": "api-key"}),
+        )
         .await;
     assert_eq!(st, StatusCode::NOT_FOUND, "{body}");
     let (_, items) = list(&s, "").await;
     assert_eq!(items, vec![json!({"name": "raw.bin", "namespace": NS})]);
 
-    assert!(!s.log_tail().contains(value), "the server log must not show values");
+    assert!(
+        !s.log_tail().contains(value),
+        "the server log must not show values"
+    );
 }
 
 /// What a sandboxed function sees of its secrets: the value, modes, owner, and no way to
@@ -171,7 +230,11 @@ async fn functions_see_only_their_own_secrets_read_only() {
     let (st, body) = s.call("prober").await;
     assert_eq!(st, StatusCode::OK, "{body}");
     assert!(body.starts_with("alpha-secret-value\n"), "{body}");
-    assert_eq!(line(&body, "ls=").trim(), "mine", "only its own secret: {body}");
+    assert_eq!(
+        line(&body, "ls=").trim(),
+        "mine",
+        "only its own secret: {body}"
+    );
     let me = line(&body, "me=");
     assert_ne!(me, "0");
     assert_eq!(line(&body, "file="), format!("400:{me}"), "{body}");
@@ -179,16 +242,23 @@ async fn functions_see_only_their_own_secrets_read_only() {
     assert_eq!(line(&body, "env="), "/var/openfaas/secrets");
     assert_eq!(line(&body, "write="), "denied", "{body}");
     assert_eq!(line(&body, "create="), "denied", "{body}");
-    assert!(!body.contains("beta-secret-value"), "read B's secret: {body}");
+    assert!(
+        !body.contains("beta-secret-value"),
+        "read B's secret: {body}"
+    );
     assert!(body.trim_end().ends_with("end"), "{body}");
 
     // The holder really has its file (so the check above could have failed).
     let mut b2 = fork_fn("holder2", "cat /var/openfaas/secrets/theirs");
     b2["secrets"] = json!(["theirs"]);
     s.deploy_ready(&b2).await;
-    assert_eq!(s.call("holder2").await, (StatusCode::OK, "beta-secret-value".into()));
+    assert_eq!(
+        s.call("holder2").await,
+        (StatusCode::OK, "beta-secret-value".into())
+    );
     // A function without secrets has an empty directory there.
-    s.deploy_ready(&fork_fn("plain", "ls -A /var/openfaas/secrets")).await;
+    s.deploy_ready(&fork_fn("plain", "ls -A /var/openfaas/secrets"))
+        .await;
     assert_eq!(s.call("plain").await, (StatusCode::OK, String::new()));
 }
 
@@ -212,11 +282,18 @@ async fn secrets_are_encrypted_at_rest_and_survive_a_restart() {
     let key = dir.data_dir().join("secrets/secrets.key");
     let meta = std::fs::metadata(&key).unwrap();
     assert_eq!(meta.len(), 32);
-    assert_eq!(std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o777, 0o600);
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o777,
+        0o600
+    );
     let key_bytes = std::fs::read(&key).unwrap();
 
     let s = Server::start_in(dir.clone(), Default::default()).await;
-    assert_eq!(std::fs::read(&key).unwrap(), key_bytes, "the key is kept across starts");
+    assert_eq!(
+        std::fs::read(&key).unwrap(),
+        key_bytes,
+        "the key is kept across starts"
+    );
     s.wait_ready("reader", common::READY_TIMEOUT).await;
     assert_eq!(s.call("reader").await, (StatusCode::OK, plaintext.into()));
     drop(s);
@@ -224,13 +301,22 @@ async fn secrets_are_encrypted_at_rest_and_survive_a_restart() {
     // A key file of the wrong size stops the server with a clear error.
     std::fs::write(&key, b"not a key").unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_fjord"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--tune-kernel=false", "--data-dir"])
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--tune-kernel=false",
+            "--data-dir",
+        ])
         .arg(dir.data_dir())
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(err.contains("secrets.key") && err.contains("9 bytes"), "{err}");
+    assert!(
+        err.contains("secrets.key") && err.contains("9 bytes"),
+        "{err}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -241,10 +327,16 @@ async fn missing_secret_is_400_and_the_old_version_keeps_serving() {
     v2["secrets"] = json!(["not-there"]);
     let (st, body) = s.sys_json(Method::PUT, "/system/functions", &v2).await;
     assert_eq!(st, StatusCode::BAD_REQUEST, "{body}");
-    assert!(body.contains("secrets[0]") && body.contains("not-there"), "{body}");
+    assert!(
+        body.contains("secrets[0]") && body.contains("not-there"),
+        "{body}"
+    );
     assert_eq!(s.call("svc").await, (StatusCode::OK, "v1\n".into()));
     let st = s.get_function("svc").await.unwrap();
-    assert!(st["secrets"].is_null(), "the stored spec is unchanged: {st}");
+    assert!(
+        st["secrets"].is_null(),
+        "the stored spec is unchanged: {st}"
+    );
 
     let mut fresh = fork_fn("fresh", "echo hi");
     fresh["secrets"] = json!(["../escape"]);
@@ -273,7 +365,11 @@ async fn updating_a_secret_rolls_its_functions_and_deleting_one_in_use_is_409() 
     assert_eq!(s.call("http-user").await.1, "first");
 
     let (st, body) = s
-        .sys_json(Method::PUT, "/system/secrets", &json!({"name": "token", "value": "second"}))
+        .sys_json(
+            Method::PUT,
+            "/system/secrets",
+            &json!({"name": "token", "value": "second"}),
+        )
         .await;
     assert_eq!(st, StatusCode::ACCEPTED, "{body}");
     for name in ["fork-user", "http-user"] {
@@ -295,12 +391,19 @@ async fn updating_a_secret_rolls_its_functions_and_deleting_one_in_use_is_409() 
         .sys_json(Method::DELETE, "/system/secrets", &json!({"name": "token"}))
         .await;
     assert_eq!(st, StatusCode::CONFLICT, "{body}");
-    assert!(body.contains("fork-user") && body.contains("http-user"), "{body}");
+    assert!(
+        body.contains("fork-user") && body.contains("http-user"),
+        "{body}"
+    );
     let (_, items) = list(&s, "").await;
     assert_eq!(items.len(), 2, "nothing deleted: {items:?}");
     for name in ["fork-user", "http-user"] {
         let (st, body) = s
-            .sys_json(Method::DELETE, "/system/functions", &json!({"functionName": name}))
+            .sys_json(
+                Method::DELETE,
+                "/system/functions",
+                &json!({"functionName": name}),
+            )
             .await;
         assert!(st.is_success(), "{body}");
     }
@@ -344,15 +447,38 @@ async fn fjord(s: &Server, args: &[&str], stdin: &[u8]) -> (i32, String, String)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cli_secret_create_list_update_remove() {
     let s = Server::start().await;
-    let (code, out, err) = fjord(&s, &["secret", "create", "lit", "--from-literal", "one"], b"").await;
+    let (code, out, err) = fjord(
+        &s,
+        &["secret", "create", "lit", "--from-literal", "one"],
+        b"",
+    )
+    .await;
     assert_eq!(code, 0, "{out}{err}");
-    let (code, _, err) = fjord(&s, &["secret", "create", "lit", "--from-literal", "again"], b"").await;
+    let (code, _, err) = fjord(
+        &s,
+        &["secret", "create", "lit", "--from-literal", "again"],
+        b"",
+    )
+    .await;
     assert_eq!(code, 1, "{err}");
-    assert!(err.contains("409") && err.contains("fjord secret update"), "{err}");
+    assert!(
+        err.contains("409") && err.contains("fjord secret update"),
+        "{err}"
+    );
     let file = s.dir.tmp.path().join("value.txt");
     std::fs::write(&file, "from-file\n").unwrap();
-    let (code, _, err) =
-        fjord(&s, &["secret", "create", "filed", "--from-file", file.to_str().unwrap()], b"").await;
+    let (code, _, err) = fjord(
+        &s,
+        &[
+            "secret",
+            "create",
+            "filed",
+            "--from-file",
+            file.to_str().unwrap(),
+        ],
+        b"",
+    )
+    .await;
     assert_eq!(code, 0, "{err}");
     let (code, _, err) = fjord(&s, &["secret", "create", "piped"], b"  from-stdin\n").await;
     assert_eq!(code, 0, "{err}");
@@ -365,7 +491,10 @@ async fn cli_secret_create_list_update_remove() {
     for n in ["lit", "filed", "piped"] {
         assert!(out.lines().any(|l| l.starts_with(n)), "{n} in {out}");
     }
-    assert!(!out.contains("one") && !out.contains("from-"), "no values: {out}");
+    assert!(
+        !out.contains("one") && !out.contains("from-"),
+        "no values: {out}"
+    );
     let (code, out, _) = fjord(&s, &["secret", "ls", "--json"], b"").await;
     assert_eq!(code, 0);
     let v: Vec<Value> = serde_json::from_str(&out).unwrap();
@@ -380,9 +509,19 @@ async fn cli_secret_create_list_update_remove() {
     s.deploy_ready(&f).await;
     assert_eq!(s.call("show").await.1, "onefrom-filefrom-stdin");
 
-    let (code, _, err) = fjord(&s, &["secret", "update", "lit", "--from-literal", "two"], b"").await;
+    let (code, _, err) = fjord(
+        &s,
+        &["secret", "update", "lit", "--from-literal", "two"],
+        b"",
+    )
+    .await;
     assert_eq!(code, 0, "{err}");
-    let (code, _, err) = fjord(&s, &["secret", "update", "nope", "--from-literal", "x"], b"").await;
+    let (code, _, err) = fjord(
+        &s,
+        &["secret", "update", "nope", "--from-literal", "x"],
+        b"",
+    )
+    .await;
     assert_eq!(code, 5, "not found: {err}");
     let (code, _, err) = fjord(&s, &["secret", "rm", "lit"], b"").await;
     assert_eq!(code, 1, "in use: {err}");
@@ -390,7 +529,11 @@ async fn cli_secret_create_list_update_remove() {
     let (code, _, err) = fjord(&s, &["secret", "remove", "piped", "--namespace", NS], b"").await;
     assert_eq!(code, 1, "in use: {err}");
     let (st, _) = s
-        .sys_json(Method::DELETE, "/system/functions", &json!({"functionName": "show"}))
+        .sys_json(
+            Method::DELETE,
+            "/system/functions",
+            &json!({"functionName": "show"}),
+        )
         .await;
     assert!(st.is_success());
     let (code, _, err) = fjord(&s, &["secret", "rm", "lit"], b"").await;
@@ -400,7 +543,13 @@ async fn cli_secret_create_list_update_remove() {
 
     let (code, out, _) = fjord(&s, &["secret", "--help"], b"").await;
     assert_eq!(code, 0);
-    for w in ["create", "list", "update", "remove", "/var/openfaas/secrets"] {
+    for w in [
+        "create",
+        "list",
+        "update",
+        "remove",
+        "/var/openfaas/secrets",
+    ] {
         assert!(out.contains(w), "{w} in help: {out}");
     }
     let (code, out, _) = fjord(&s, &["secret", "create", "--help"], b"").await;

@@ -53,7 +53,8 @@ impl Fixture {
             .await
             .expect("start the process runtime");
             let bundles = fjord_gateway::Bundles::new(dir.path(), false).expect("bundle store");
-            let (key, _) = fjord_gateway::SecretKey::load_or_create(dir.path()).expect("secrets key");
+            let (key, _) =
+                fjord_gateway::SecretKey::load_or_create(dir.path()).expect("secrets key");
             ControlPlane::new(store, runtime, bundles, key)
         });
         Self { control, dir }

@@ -95,11 +95,13 @@ impl Bundles {
         tokio::task::spawn_blocking(move || {
             let base = this.run.join(uid.to_string());
             let dest = base.join(digest.hex());
+            // Also for directories made by an older fjord.
+            std::fs::create_dir_all(&base)
+                .and_then(|()| this.protect_uid_dir(&base, uid))
+                .map_err(|e| ApiError::Internal(format!("{}: {e}", base.display())))?;
             let manifest = if dest.join(fjord_bundle::MANIFEST).exists() {
                 Manifest::read_dir(&dest)
             } else {
-                std::fs::create_dir_all(&base)
-                    .map_err(|e| ApiError::Internal(format!("{}: {e}", base.display())))?;
                 let owner = this.isolate.then_some((0, uid));
                 fjord_bundle::unpack(&this.archive(&digest), &dest, owner)
             }
@@ -118,6 +120,18 @@ impl Bundles {
         })
         .await
         .map_err(|e| ApiError::Internal(format!("unpacking failed: {e}")))?
+    }
+
+    /// `run/<uid>/` is the function's own: root:<gid> 0750, so no other function can list
+    /// which bundles it runs (found by the isolation tests: it was 0755).
+    fn protect_uid_dir(&self, base: &Path, uid: u32) -> std::io::Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        if self.isolate {
+            std::os::unix::fs::chown(base, Some(0), Some(uid))?;
+            std::fs::set_permissions(base, std::fs::Permissions::from_mode(0o750))
+        } else {
+            std::fs::set_permissions(base, std::fs::Permissions::from_mode(0o700))
+        }
     }
 
     /// Removes a function's unpacked bundles (when it is deleted), keeping `keep` if given.

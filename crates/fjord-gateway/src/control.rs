@@ -11,8 +11,8 @@ use fjord_core::{DEFAULT_NAMESPACE, FunctionKey, FunctionSpec};
 use fjord_runtime::{FunctionHandle, ProcessRuntime, Program, SecretFiles};
 
 use crate::bundles::Bundles;
-use crate::secrets::SecretKey;
 use crate::metrics::{FunctionMetrics, FunctionSample};
+use crate::secrets::SecretKey;
 use fjord_store::{Store, StoredFunction, now_rfc3339};
 
 use crate::error::ApiError;
@@ -182,14 +182,17 @@ impl ControlPlane {
     }
 
     /// Stored functions of `namespace` that name secret `name`.
-    fn functions_using(&self, namespace: &str, name: &str) -> Result<Vec<StoredFunction>, ApiError> {
+    fn functions_using(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Vec<StoredFunction>, ApiError> {
         Ok(self
             .store
             .list()?
             .into_iter()
             .filter(|f| {
-                f.namespace == namespace
-                    && f.deployment.secrets.iter().flatten().any(|s| s == name)
+                f.namespace == namespace && f.deployment.secrets.iter().flatten().any(|s| s == name)
             })
             .collect())
     }
@@ -242,7 +245,12 @@ impl ControlPlane {
             }
             self.functions_using(namespace, name)?
         };
-        tracing::info!(secret = name, namespace, functions = users.len(), "secret updated");
+        tracing::info!(
+            secret = name,
+            namespace,
+            functions = users.len(),
+            "secret updated"
+        );
         for f in users {
             let function = format!("{}.{}", f.name, f.namespace);
             if let Err(e) = self.deploy(f.deployment, DeployMode::Update).await {

@@ -101,7 +101,12 @@ impl SecretKey {
         format!("fjord-secret\0{namespace}\0{name}").into_bytes()
     }
 
-    pub fn seal(&self, namespace: &str, name: &str, value: &[u8]) -> Result<SealedSecret, ApiError> {
+    pub fn seal(
+        &self,
+        namespace: &str,
+        name: &str,
+        value: &[u8],
+    ) -> Result<SealedSecret, ApiError> {
         let mut nonce = [0u8; NONCE_LEN];
         rand::rng().fill_bytes(&mut nonce);
         let aad = Self::aad(namespace, name);
@@ -171,9 +176,7 @@ pub fn validate_name(field: &str, name: &str) -> Result<(), ApiError> {
     }
     let b = name.as_bytes();
     let end_ok = |c: u8| c.is_ascii_lowercase() || c.is_ascii_digit();
-    if !b
-        .iter()
-        .all(|c| end_ok(*c) || *c == b'-' || *c == b'.')
+    if !b.iter().all(|c| end_ok(*c) || *c == b'-' || *c == b'.')
         || !end_ok(b[0])
         || !end_ok(b[b.len() - 1])
     {
@@ -307,7 +310,10 @@ mod tests {
         assert!(k2.open(&tampered).is_err());
         // A key of the wrong size is refused, naming the file.
         std::fs::write(key_path(dir.path()), b"short").unwrap();
-        let e = SecretKey::load_or_create(dir.path()).err().unwrap().to_string();
+        let e = SecretKey::load_or_create(dir.path())
+            .err()
+            .unwrap()
+            .to_string();
         assert!(e.contains("secrets.key") && e.contains("5 bytes"), "{e}");
     }
 
@@ -321,7 +327,17 @@ mod tests {
         };
         assert_eq!(&**value_of(&s(Some("v"), None)).unwrap(), b"v");
         assert_eq!(&**value_of(&s(Some(""), Some("AAE="))).unwrap(), &[0u8, 1]);
-        assert!(value_of(&s(None, Some("!!"))).unwrap_err().to_string().starts_with("rawValue:"));
-        assert!(value_of(&s(None, None)).unwrap_err().to_string().starts_with("value:"));
+        assert!(
+            value_of(&s(None, Some("!!")))
+                .unwrap_err()
+                .to_string()
+                .starts_with("rawValue:")
+        );
+        assert!(
+            value_of(&s(None, None))
+                .unwrap_err()
+                .to_string()
+                .starts_with("value:")
+        );
     }
 }

@@ -116,6 +116,15 @@ impl SandboxPlan {
                 if let Some(m) = &self.secrets {
                     mount_secrets(m)?;
                 }
+                check(libc::mount(
+                    tmp.as_ptr(),
+                    target.as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_BIND,
+                    std::ptr::null(),
+                ))?;
+                // After the binds: a bind mount copies its source mount's flags, so binding
+                // /tmp from an already read-only root would make /tmp read-only too.
                 if self.readonly_root {
                     check(libc::mount(
                         std::ptr::null(),
@@ -125,13 +134,6 @@ impl SandboxPlan {
                         std::ptr::null(),
                     ))?;
                 }
-                check(libc::mount(
-                    tmp.as_ptr(),
-                    target.as_ptr(),
-                    std::ptr::null(),
-                    libc::MS_BIND,
-                    std::ptr::null(),
-                ))?;
                 let dir = self.workdir.as_deref().unwrap_or(target);
                 check(libc::chdir(dir.as_ptr()))?;
             }

@@ -59,7 +59,10 @@ pub(crate) struct SecretMount {
 impl std::fmt::Debug for SecretMount {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SecretMount")
-            .field("files", &self.files.iter().map(|(p, _)| p).collect::<Vec<_>>())
+            .field(
+                "files",
+                &self.files.iter().map(|(p, _)| p).collect::<Vec<_>>(),
+            )
             .field("uid", &self.uid)
             .finish_non_exhaustive()
     }
@@ -74,8 +77,8 @@ impl SecretMount {
         let mut files = Vec::with_capacity(secrets.0.len());
         for (name, value) in &secrets.0 {
             size += value.len().div_ceil(4096) * 4096 + 4096;
-            let path = CString::new(format!("{SECRETS_MOUNT}/{name}"))
-                .map_err(std::io::Error::other)?;
+            let path =
+                CString::new(format!("{SECRETS_MOUNT}/{name}")).map_err(std::io::Error::other)?;
             files.push((path, value.clone()));
         }
         Ok(Some(Self {
@@ -141,8 +144,16 @@ mod tests {
         assert!(d.contains("api-key"));
         assert!(!d.contains("hunter2"));
         let m = SecretMount::new(&s, 2_000_001).unwrap().unwrap();
-        assert_eq!(m.files[0].0.to_str().unwrap(), "/var/openfaas/secrets/api-key");
-        assert!(m.options.to_str().unwrap().starts_with("mode=0500,uid=2000001,gid=2000001,"));
+        assert_eq!(
+            m.files[0].0.to_str().unwrap(),
+            "/var/openfaas/secrets/api-key"
+        );
+        assert!(
+            m.options
+                .to_str()
+                .unwrap()
+                .starts_with("mode=0500,uid=2000001,gid=2000001,")
+        );
         let dm = format!("{m:?}");
         assert!(dm.contains("api-key") && !dm.contains("hunter2") && !dm.contains("104"));
     }

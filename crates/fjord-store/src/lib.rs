@@ -653,10 +653,16 @@ mod tests {
         assert!(!s.insert_secret(&sealed("a", b"z")).unwrap(), "exists");
         assert_eq!(s.secret_names("openfaas-fn").unwrap(), ["a", "b"]);
         assert!(s.secret_names("other").unwrap().is_empty());
-        assert_eq!(s.secret("openfaas-fn", "a").unwrap().unwrap().ciphertext, b"y");
+        assert_eq!(
+            s.secret("openfaas-fn", "a").unwrap().unwrap().ciphertext,
+            b"y"
+        );
         assert!(s.update_secret(&sealed("a", b"w")).unwrap());
         assert!(!s.update_secret(&sealed("c", b"w")).unwrap(), "absent");
-        assert_eq!(s.secret("openfaas-fn", "a").unwrap().unwrap().ciphertext, b"w");
+        assert_eq!(
+            s.secret("openfaas-fn", "a").unwrap().unwrap().ciphertext,
+            b"w"
+        );
         assert!(s.delete_secret("openfaas-fn", "a").unwrap());
         assert!(!s.delete_secret("openfaas-fn", "a").unwrap());
         assert!(s.secret("openfaas-fn", "a").unwrap().is_none());

@@ -1,4 +1,4 @@
 pub mod functions;
+pub mod secrets;
 pub mod serve;
 pub mod stack;
-pub mod secrets;

@@ -35,7 +35,8 @@ pub async fn run(g: &GatewayArgs, action: SecretAction) -> Result<(), CliError> 
             if json {
                 println!(
                     "{}",
-                    serde_json::to_string_pretty(&list).map_err(|e| CliError::Other(e.to_string()))?
+                    serde_json::to_string_pretty(&list)
+                        .map_err(|e| CliError::Other(e.to_string()))?
                 );
             } else {
                 println!("{:<40} NAMESPACE", "NAME");
