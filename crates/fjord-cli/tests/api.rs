@@ -68,6 +68,16 @@ async fn deploy_get_list_update_delete_round_trip() {
         "constraints": ["node.platform.os == linux"],
         "readOnlyRootFilesystem": true,
     });
+    // Secrets must exist before a function names them (tests/secrets.rs covers the rest).
+    for name in ["db-password", "api-key"] {
+        let secret = json!({"name": name, "value": "v"});
+        let (st, body) = s.sys_json(Method::POST, "/system/secrets", &secret).await;
+        assert_eq!(
+            st,
+            StatusCode::ACCEPTED,
+            "POST /system/secrets {name}: {body}"
+        );
+    }
     let (st, body) = s.sys_json(Method::POST, "/system/functions", &sent).await;
     assert_eq!(st, StatusCode::ACCEPTED, "POST /system/functions: {body}");
 
