@@ -81,8 +81,16 @@ pub fn main() -> ExitCode {
             username,
             password,
             password_stdin,
+            login_token,
             gateway,
-        } => block_on(fx::login(&gateway, &username, password, password_stdin)),
+        } => block_on(fx::login(
+            &gateway,
+            &username,
+            password,
+            password_stdin,
+            login_token,
+        )),
+        Command::Token { action, gateway } => block_on(fx::token(&gateway, action)),
         Command::Version { gateway } => block_on(fx::version(&gateway)),
         Command::Calls { action, gateway } => block_on(fx::calls(&gateway, action)),
     };
