@@ -165,13 +165,10 @@ RUST_LOG=debug fjord serve --log-format json"
         /// The password (prefer --password-stdin: flags show up in `ps`)
         #[arg(short, long, conflicts_with = "password_stdin")]
         password: Option<String>,
-        /// Read the password (or, with --token-stdin, the API token) from stdin
+        /// Read the password from stdin. To save an API token instead, use --token TOKEN
+        /// (`--token -` reads it from stdin)
         #[arg(long)]
         password_stdin: bool,
-        /// Save an API token (from `fjord token create`) instead of a password; `-` reads it
-        /// from stdin
-        #[arg(long = "token", value_name = "TOKEN", conflicts_with_all = ["password", "password_stdin"])]
-        login_token: Option<String>,
         #[command(flatten)]
         gateway: GatewayArgs,
     },
@@ -448,4 +445,15 @@ pub struct InvokeArgs {
     pub namespace: Option<String>,
     #[command(flatten)]
     pub gateway: GatewayArgs,
+}
+
+#[cfg(test)]
+mod tests {
+    /// clap's own checks (e.g. a flag name used twice in one command) run only when a
+    /// command is built: build them all here rather than at a user's first run.
+    #[test]
+    fn command_line_is_consistent() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
+    }
 }

@@ -277,10 +277,10 @@ pub async fn login(
     user: &str,
     password: Option<String>,
     stdin: bool,
-    token: Option<String>,
 ) -> Result<(), CliError> {
     let url = config::gateway_url(g.gateway.as_deref(), None);
-    if let Some(token) = token {
+    // `fjord login --token T` (or FJORD_TOKEN) saves an API token instead of a password.
+    if let Some(token) = g.token.clone().filter(|_| password.is_none() && !stdin) {
         let token = if token == "-" {
             let mut t = String::new();
             std::io::stdin().read_to_string(&mut t)?;
