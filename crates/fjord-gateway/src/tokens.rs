@@ -97,8 +97,11 @@ pub enum TokenError {
 /// All tokens (id → record) and the cache of verified ones, both read lock-free.
 pub struct Tokens {
     records: ArcSwap<HashMap<String, Record>>,
-    verified: ArcSwap<HashMap<[u8; 32], (Arc<str>, Verified)>>,
+    verified: ArcSwap<VerifiedCache>,
 }
+
+/// SHA-256 of a token → its id and what it may do.
+type VerifiedCache = HashMap<[u8; 32], (Arc<str>, Verified)>;
 
 fn now_secs() -> u64 {
     SystemTime::now()
