@@ -232,7 +232,8 @@ async fn run(
             .into_response()
         }
         Some(route) if check_auth && route.requires_token => {
-            match app.auth.check_invoke(remote.ip(), req.headers()).await {
+            // Boxed: the token check's future stays out of the invoke future of open functions.
+            match Box::pin(app.auth.check_invoke(remote.ip(), req.headers())).await {
                 Ok(()) => {
                     // The gateway's credential is not the function's business.
                     req.headers_mut().remove(header::AUTHORIZATION);
