@@ -34,6 +34,16 @@ pub struct GatewayArgs {
     /// Gateway URL [env: FJORD_URL, OPENFAAS_URL; default: the stack's provider.gateway, else http://127.0.0.1:8080]
     #[arg(short = 'g', long = "gateway")]
     pub gateway: Option<String>,
+    /// API token to send as `Authorization: Bearer` (instead of the admin password)
+    #[arg(long, env = "FJORD_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Trust this CA certificate (PEM) for an https gateway, e.g. a private CA's
+    #[arg(long, env = "FJORD_CA_CERT", value_name = "PEM")]
+    pub ca_cert: Option<PathBuf>,
+    /// Accept any certificate of an https gateway (self-signed test setups only: anyone on
+    /// the path could read the credentials)
+    #[arg(long, env = "FJORD_TLS_NO_VERIFY")]
+    pub tls_no_verify: bool,
 }
 
 /// Which stack file and which of its functions.
@@ -147,7 +157,7 @@ RUST_LOG=debug fjord serve --log-format json"
     },
     /// Save credentials for a gateway (mode 0600 in $XDG_CONFIG_HOME/fjord/config.json)
     #[command(
-        after_help = "Examples:\n  fjord login --password-stdin < /var/lib/fjord/secrets/basic-auth-password\n  fjord login -g http://fjord.internal:8080 -u admin -p \"$PASSWORD\""
+        after_help = "Examples:\n  fjord login --password-stdin < /var/lib/fjord/secrets/basic-auth-password\n  fjord login -g http://fjord.internal:8080 -u admin -p \"$PASSWORD\"\n  fjord login -g https://fjord.example.com --token - < token.txt"
     )]
     Login {
         #[arg(short, long, default_value = "admin")]
@@ -155,7 +165,8 @@ RUST_LOG=debug fjord serve --log-format json"
         /// The password (prefer --password-stdin: flags show up in `ps`)
         #[arg(short, long, conflicts_with = "password_stdin")]
         password: Option<String>,
-        /// Read the password from stdin
+        /// Read the password from stdin. To save an API token instead, use --token TOKEN
+        /// (`--token -` reads it from stdin)
         #[arg(long)]
         password_stdin: bool,
         #[command(flatten)]
@@ -186,6 +197,16 @@ fjord secret remove api-key"
     Secret {
         #[command(subcommand)]
         action: SecretAction,
+        #[command(flatten)]
+        gateway: GatewayArgs,
+    },
+    /// Manage API tokens (admin): create, list, revoke
+    #[command(
+        after_help = "Scopes: read (GET the API), deploy (read + deploy, update, remove, scale, bundles), admin (everything, tokens and secrets too), invoke (only call functions annotated com.fjord.auth=token).\n\nExamples:\n  fjord token create ci --scope deploy --expires 90d\n  fjord token list\n  fjord token revoke 3f2a9c0d1e2b4a5c"
+    )]
+    Token {
+        #[command(subcommand)]
+        action: TokenAction,
         #[command(flatten)]
         gateway: GatewayArgs,
     },
@@ -248,6 +269,34 @@ pub enum SecretAction {
         #[arg(short, long)]
         namespace: Option<String>,
     },
+}
+
+#[derive(Subcommand)]
+pub enum TokenAction {
+    /// Create a token and print it (it is shown only this once)
+    Create {
+        /// What the token is for, e.g. ci-deploy
+        name: String,
+        /// invoke, read, deploy or admin
+        #[arg(long, value_parser = ["invoke", "read", "deploy", "admin"])]
+        scope: String,
+        /// Lifetime, e.g. 30d or 12h [default: never expires]
+        #[arg(long)]
+        expires: Option<String>,
+        /// Print the gateway's JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// List tokens (never their secrets)
+    #[command(visible_alias = "ls")]
+    List {
+        /// Print the gateway's JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a token by id: it stops working at once
+    #[command(visible_alias = "rm")]
+    Revoke { id: String },
 }
 
 #[derive(Subcommand)]
@@ -326,6 +375,17 @@ pub struct ServeArgs {
     /// HTTP worker threads, each with its own event loop [default: one per core]
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub workers: Option<u16>,
+    /// Serve HTTPS (HTTP/2 and HTTP/1.1) with this certificate chain (PEM). Reloaded on
+    /// SIGHUP and when the file changes
+    #[arg(long, env = "FJORD_TLS_CERT", value_name = "PEM", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM: PKCS#8, RSA or EC)
+    #[arg(long, env = "FJORD_TLS_KEY", value_name = "PEM", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Failed logins per minute from one client address before it gets 429 for a minute
+    /// (0 = no limit)
+    #[arg(long, default_value_t = 10, value_name = "N")]
+    pub auth_fail_limit: u32,
     /// Log format
     #[arg(long, value_enum, default_value = "text")]
     pub log_format: LogFormat,
@@ -457,4 +517,15 @@ pub struct InvokeArgs {
     pub namespace: Option<String>,
     #[command(flatten)]
     pub gateway: GatewayArgs,
+}
+
+#[cfg(test)]
+mod tests {
+    /// clap's own checks (e.g. a flag name used twice in one command) run only when a
+    /// command is built: build them all here rather than at a user's first run.
+    #[test]
+    fn command_line_is_consistent() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
+    }
 }

@@ -1,7 +1,7 @@
 //! A small client for the gateway's API. Every failure becomes a [`CliError`] that carries
 //! the HTTP status, the server's message and what to do next.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use fjord_core::openfaas::{
@@ -19,26 +19,74 @@ pub struct Gateway {
     creds: Option<Credentials>,
 }
 
+/// How to trust an https gateway's certificate.
+#[derive(Debug, Clone, Default)]
+pub struct TlsTrust {
+    /// A CA certificate (PEM) to trust besides the system's.
+    pub ca_cert: Option<PathBuf>,
+    /// Accept any certificate.
+    pub no_verify: bool,
+}
+
 fn hint(status: StatusCode, url: &str) -> String {
     match status.as_u16() {
-        401 | 403 => format!(
-            "\n  log in with `fjord login -g {url}` (user admin; the password is in <data-dir>/secrets/basic-auth-password on the gateway's machine), or set FJORD_PASSWORD"
+        401 => format!(
+            "\n  log in with `fjord login -g {url}` (user admin; the password is in <data-dir>/secrets/basic-auth-password on the gateway's machine), set FJORD_PASSWORD, or give an API token with --token (FJORD_TOKEN)"
         ),
+        403 => "\n  this API token's scope does not allow that: use a token with the scope named above (`fjord token create NAME --scope ...`, as admin)".to_string(),
+        429 => "\n  too many failed logins from this address: wait for the time above, then retry with the right credentials".to_string(),
         _ => String::new(),
     }
 }
 
+/// Whether a transport error is a certificate that was not trusted.
+fn is_certificate_error(reason: &str) -> bool {
+    let r = reason.to_ascii_lowercase();
+    r.contains("certificate") || r.contains("unknownissuer") || r.contains("notvalidforname")
+}
+
 impl Gateway {
-    pub fn new(url: String) -> Result<Self, CliError> {
-        let creds = config::credentials(&url);
-        Self::with_credentials(url, creds)
+    pub fn new(url: String, token: Option<&str>, tls: &TlsTrust) -> Result<Self, CliError> {
+        let creds = config::credentials(&url, token);
+        Self::with_credentials(url, creds, tls)
     }
 
-    pub fn with_credentials(url: String, creds: Option<Credentials>) -> Result<Self, CliError> {
-        let http = reqwest::Client::builder()
+    pub fn with_credentials(
+        url: String,
+        creds: Option<Credentials>,
+        tls: &TlsTrust,
+    ) -> Result<Self, CliError> {
+        let mut builder = reqwest::Client::builder()
             .no_proxy()
             .redirect(reqwest::redirect::Policy::none())
-            .connect_timeout(Duration::from_secs(5))
+            .connect_timeout(Duration::from_secs(5));
+        if let Some(path) = &tls.ca_cert {
+            let pem = std::fs::read(path).map_err(|e| {
+                CliError::Usage(format!("--ca-cert {}: cannot read: {e}", path.display()))
+            })?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+                CliError::Usage(format!(
+                    "--ca-cert {}: not a PEM certificate: {e}",
+                    path.display()
+                ))
+            })?;
+            if certs.is_empty() {
+                return Err(CliError::Usage(format!(
+                    "--ca-cert {}: holds no certificate (expected -----BEGIN CERTIFICATE-----)",
+                    path.display()
+                )));
+            }
+            for c in certs {
+                builder = builder.add_root_certificate(c);
+            }
+        }
+        if tls.no_verify && url.starts_with("https://") {
+            eprintln!(
+                "warning: --tls-no-verify: the certificate of {url} is not checked; anyone on the network path could impersonate the gateway"
+            );
+            builder = builder.danger_accept_invalid_certs(true);
+        }
+        let http = builder
             .build()
             .map_err(|e| CliError::Other(e.to_string()))?;
         Ok(Self { url, http, creds })
@@ -48,10 +96,21 @@ impl Gateway {
         self.http.request(method, format!("{}{path}", self.url))
     }
 
+    /// A function call: carries the API token if there is one (functions annotated
+    /// `com.fjord.auth: token` need it), never the admin password.
+    pub fn invocation(&self, method: Method, path: &str) -> RequestBuilder {
+        let r = self.request(method, path);
+        match self.creds.as_ref().and_then(|c| c.token.as_deref()) {
+            Some(t) => r.bearer_auth(t),
+            None => r,
+        }
+    }
+
     /// A `/system` request with credentials.
     pub fn system(&self, method: Method, path: &str) -> RequestBuilder {
         let r = self.request(method, path);
         match &self.creds {
+            Some(Credentials { token: Some(t), .. }) => r.bearer_auth(t),
             Some(c) => r.basic_auth(&c.user, Some(&c.password)),
             None => r,
         }
@@ -83,6 +142,12 @@ impl Gateway {
         while let Some(s) = src {
             reason = format!("{reason}: {s}");
             src = s.source();
+        }
+        if is_certificate_error(&reason) {
+            return CliError::Certificate {
+                url: self.url.clone(),
+                reason,
+            };
         }
         CliError::Unreachable {
             url: self.url.clone(),

@@ -2,7 +2,7 @@
 //!
 //! Gateway URL: `-g/--gateway`, else `FJORD_URL`, else `OPENFAAS_URL`, else the stack file's
 //! `provider.gateway`, else `http://127.0.0.1:8080`.
-//! Credentials: `FJORD_PASSWORD` (user `FJORD_USER`, default admin), else what `fjord login`
+//! Credentials: `--token`/`FJORD_TOKEN` (an API token), else `FJORD_PASSWORD` (user `FJORD_USER`, default admin), else what `fjord login`
 //! saved for that URL (`$XDG_CONFIG_HOME/fjord/config.json`, mode 0600), else — for a gateway
 //! on this machine — the password file of the local data dir (`FJORD_DATA_DIR`, default
 //! `$XDG_DATA_HOME/fjord`), so `fjord serve` then `fjord up` just works.
@@ -24,10 +24,24 @@ pub struct Config {
     pub gateways: BTreeMap<String, Credentials>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+/// Basic credentials, or an API token (sent as `Authorization: Bearer`, and preferred).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct Credentials {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub user: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub password: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+}
+
+impl Credentials {
+    pub fn token(token: String) -> Self {
+        Self {
+            token: Some(token),
+            ..Self::default()
+        }
+    }
 }
 
 pub fn config_path() -> PathBuf {
@@ -101,13 +115,20 @@ fn is_local(url: &str) -> bool {
     rest.starts_with("127.") || rest.starts_with("localhost") || rest.starts_with("[::1]")
 }
 
-/// Credentials for a gateway, if any are known.
-pub fn credentials(url: &str) -> Option<Credentials> {
+/// Credentials for a gateway, if any are known: `--token`/`FJORD_TOKEN` first.
+pub fn credentials(url: &str, token: Option<&str>) -> Option<Credentials> {
+    if let Some(t) = token.map(str::trim).filter(|t| !t.is_empty()) {
+        return Some(Credentials::token(t.to_string()));
+    }
     if let Ok(password) = std::env::var("FJORD_PASSWORD")
         && !password.is_empty()
     {
         let user = std::env::var("FJORD_USER").unwrap_or_else(|_| "admin".into());
-        return Some(Credentials { user, password });
+        return Some(Credentials {
+            user,
+            password,
+            token: None,
+        });
     }
     if let Some(c) = load().gateways.get(url) {
         return Some(c.clone());
@@ -118,6 +139,7 @@ pub fn credentials(url: &str) -> Option<Credentials> {
             return Some(Credentials {
                 user: "admin".into(),
                 password: p.trim().to_string(),
+                token: None,
             });
         }
     }

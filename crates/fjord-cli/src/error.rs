@@ -10,6 +10,10 @@ pub enum CliError {
         "cannot reach the fjord gateway at {url}: {reason}\n  start it with `fjord serve`, or point to another with -g URL (or FJORD_URL)"
     )]
     Unreachable { url: String, reason: String },
+    #[error(
+        "the TLS certificate of {url} is not trusted: {reason}\n  if it is signed by a private CA, pass that CA with --ca-cert FILE (or FJORD_CA_CERT); for a self-signed test gateway, --tls-no-verify (or FJORD_TLS_NO_VERIFY=1)"
+    )]
+    Certificate { url: String, reason: String },
     #[error("{what}: {status} — {message}{hint}")]
     Api {
         what: String,
@@ -36,7 +40,7 @@ impl CliError {
     pub fn exit_code(&self) -> ExitCode {
         match self {
             CliError::Usage(_) => ExitCode::from(2),
-            CliError::Unreachable { .. } => ExitCode::from(3),
+            CliError::Unreachable { .. } | CliError::Certificate { .. } => ExitCode::from(3),
             CliError::Api {
                 status: 401 | 403, ..
             } => ExitCode::from(4),

@@ -83,6 +83,7 @@ pub fn main() -> ExitCode {
             password_stdin,
             gateway,
         } => block_on(fx::login(&gateway, &username, password, password_stdin)),
+        Command::Token { action, gateway } => block_on(fx::token(&gateway, action)),
         Command::Version { gateway } => block_on(fx::version(&gateway)),
         Command::Calls { action, gateway } => block_on(fx::calls(&gateway, action)),
         Command::Secret { action, gateway } => block_on(commands::secrets::run(&gateway, action)),

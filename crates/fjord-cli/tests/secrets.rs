@@ -177,7 +177,11 @@ async fn secrets_api_statuses_and_values_never_returned() {
 
     // Not without credentials. A new connection: the server closes the one the 413 arrived
     // on (the rest of that body was never read), and a pooled reuse could race with that.
-    let r = client().get(s.url("/system/secrets")).send().await.unwrap();
+    let r = common::client()
+        .get(s.url("/system/secrets"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
 
     let (st, body) = s

@@ -153,8 +153,12 @@ fn valid_callback(url: &str) -> Result<(), ApiError> {
 }
 
 /// `POST /async-function/{name}[.{ns}][/{path}]`.
-pub async fn enqueue(State(app): State<AppState>, req: Request) -> Result<Response, ApiError> {
-    let (parts, body) = req.into_parts();
+pub async fn enqueue(
+    State(app): State<AppState>,
+    axum::extract::ConnectInfo(remote): axum::extract::ConnectInfo<SocketAddr>,
+    req: Request,
+) -> Result<Response, ApiError> {
+    let (mut parts, body) = req.into_parts();
     let (segment, sub_path) = split_async_path(parts.uri.path())
         .ok_or_else(|| ApiError::NotFound("no function named in the path".into()))?;
     let (name, namespace) = FunctionKey::split_route(segment);
@@ -163,6 +167,11 @@ pub async fn enqueue(State(app): State<AppState>, req: Request) -> Result<Respon
             "error finding function {name}.{namespace}: it is not deployed"
         ))
     })?;
+    if route.requires_token {
+        app.auth.check_invoke(remote.ip(), &parts.headers).await?;
+        // Checked now; never kept in the queue (nor shown to the function).
+        parts.headers.remove(header::AUTHORIZATION);
+    }
     let callback_url = match parts.headers.get(&X_CALLBACK_URL) {
         None => None,
         Some(v) => {
@@ -770,12 +779,7 @@ impl Worker {
         let req = b
             .body(axum::body::Body::from(body))
             .map_err(|e| format!("invalid stored request: {e}"))?;
-        let resp = crate::invoke::invoke(
-            State(self.app.clone()),
-            axum::extract::ConnectInfo(SocketAddr::from(([127, 0, 0, 1], 0))),
-            req,
-        )
-        .await;
+        let resp = crate::invoke::invoke_queued(self.app.clone(), req).await;
         let (parts, body) = resp.into_parts();
         let body = http_body_util::Limited::new(body, MAX_CALLBACK_BODY)
             .collect()

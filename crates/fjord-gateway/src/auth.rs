@@ -1,18 +1,27 @@
-//! HTTP Basic auth on `/system/*`, on by default. The admin password is generated on first
-//! start into the data dir (mode 0600), where OpenFaaS keeps `basic-auth-password`.
+//! Auth on `/system/*`, on by default: HTTP Basic with the admin password (generated on first
+//! start into the data dir, mode 0600, where OpenFaaS keeps `basic-auth-password`) or an API
+//! token with a scope ([`crate::tokens`]); per-route scopes; failed-attempt rate limiting.
 
+use std::collections::HashMap;
 use std::io::Write;
+use std::net::{IpAddr, SocketAddr};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
-use axum::extract::{Request, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::extract::{ConnectInfo, MatchedPath, Request, State};
+use axum::http::{HeaderMap, HeaderValue, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use rand::Rng;
 use subtle::ConstantTimeEq;
+
+use crate::AppState;
+use crate::error::ApiError;
+use crate::tokens::{Scope, TokenError, Tokens};
 
 pub const ADMIN_USER: &str = "admin";
 
@@ -84,29 +93,262 @@ impl Credentials {
     }
 }
 
-/// Middleware for `/system/*`.
-pub async fn require(
-    State(creds): State<Option<Arc<Credentials>>>,
-    req: Request,
-    next: Next,
-) -> Response {
-    let Some(creds) = creds else {
-        return next.run(req).await;
+/// Which scope each `/system` route needs: (method, route pattern as registered in
+/// [`crate::router`], scope). HEAD falls back to the GET entry. A route missing here needs
+/// admin (fail closed), and a unit test checks every `/system` route of the router is here.
+pub const SYSTEM_SCOPES: &[(&str, &str, Scope)] = &[
+    ("GET", "/system/functions", Scope::Read),
+    ("POST", "/system/functions", Scope::Deploy),
+    ("PUT", "/system/functions", Scope::Deploy),
+    ("DELETE", "/system/functions", Scope::Deploy),
+    ("GET", "/system/function/{name}", Scope::Read),
+    ("POST", "/system/scale-function/{name}", Scope::Deploy),
+    ("GET", "/system/info", Scope::Read),
+    ("GET", "/system/namespaces", Scope::Read),
+    ("GET", "/system/logs", Scope::Read),
+    ("GET", "/system/openapi.json", Scope::Read),
+    ("PUT", "/system/bundles/{digest}", Scope::Deploy),
+    ("HEAD", "/system/bundles/{digest}", Scope::Deploy),
+    ("POST", "/system/bundle-tags", Scope::Deploy),
+    ("POST", "/system/alert", Scope::Deploy),
+    ("GET", "/system/async-calls", Scope::Read),
+    ("GET", "/system/async-calls/{id}", Scope::Read),
+    ("POST", "/system/async-calls/{id}/replay", Scope::Deploy),
+    // Secret names are needed to deploy; values and changes are the admin's.
+    ("GET", "/system/secrets", Scope::Deploy),
+    ("POST", "/system/secrets", Scope::Admin),
+    ("PUT", "/system/secrets", Scope::Admin),
+    ("DELETE", "/system/secrets", Scope::Admin),
+    ("GET", "/system/tokens", Scope::Admin),
+    ("POST", "/system/tokens", Scope::Admin),
+    ("DELETE", "/system/tokens/{id}", Scope::Admin),
+];
+
+/// The scope a `/system` request needs (admin for anything not in [`SYSTEM_SCOPES`]).
+pub fn needed_scope(method: &str, pattern: &str) -> Scope {
+    let find = |m: &str| {
+        SYSTEM_SCOPES
+            .iter()
+            .find(|(tm, tp, _)| *tm == m && *tp == pattern)
+            .map(|e| e.2)
     };
-    if creds.check(req.headers().get(header::AUTHORIZATION)) {
+    find(method)
+        .or_else(|| (method == "HEAD").then(|| find("GET")).flatten())
+        .unwrap_or(Scope::Admin)
+}
+
+/// Annotation that makes a function's calls (`/function/NAME`, `/async-function/NAME`)
+/// require an API token: `token`, or `none` (the default).
+pub const ANNOTATION_AUTH: &str = "com.fjord.auth";
+
+/// Whether a deployment's annotations ask for token-protected calls; an unknown value is a
+/// deploy error (a typo must not leave a function open).
+pub fn requires_token(
+    annotations: Option<&std::collections::BTreeMap<String, String>>,
+) -> Result<bool, String> {
+    match annotations
+        .and_then(|a| a.get(ANNOTATION_AUTH))
+        .map(|v| v.trim())
+    {
+        None | Some("" | "none") => Ok(false),
+        Some("token") => Ok(true),
+        Some(other) => Err(format!(
+            "annotation {ANNOTATION_AUTH}: {other:?} is not known; use \"token\" (calls need an API token) or \"none\""
+        )),
+    }
+}
+
+/// Entries of the failed-authentication table; beyond it, idle entries are dropped first.
+const LIMITER_CAPACITY: usize = 10_000;
+
+/// Counts failed authentications per client address: after `limit` failures within a
+/// minute, the address gets 429 for a minute without its credentials being looked at (no
+/// argon2 work, no password guessing). Successful attempts are not counted.
+pub struct FailLimiter {
+    limit: u32,
+    window: Duration,
+    entries: Mutex<HashMap<IpAddr, FailEntry>>,
+    /// Unix ms until which some address is blocked: while it is past, nobody is and
+    /// [`FailLimiter::blocked`] needs no lock.
+    any_blocked_until: AtomicU64,
+}
+
+struct FailEntry {
+    window_start: Instant,
+    failures: u32,
+    blocked_until: Option<Instant>,
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as u64
+}
+
+impl FailLimiter {
+    /// `limit` failures per minute (0 turns the limiter off).
+    pub fn new(limit: u32) -> Self {
+        Self {
+            limit,
+            window: Duration::from_secs(60),
+            entries: Mutex::new(HashMap::new()),
+            any_blocked_until: AtomicU64::new(0),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, FailEntry>> {
+        self.entries.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// `Some(seconds to wait)` while `ip` is blocked.
+    pub fn blocked(&self, ip: IpAddr) -> Option<u64> {
+        if self.limit == 0 || unix_ms() >= self.any_blocked_until.load(Ordering::Relaxed) {
+            return None;
+        }
+        let now = Instant::now();
+        let entries = self.lock();
+        let until = entries.get(&ip)?.blocked_until?;
+        (until > now).then(|| (until - now).as_secs_f64().ceil().max(1.0) as u64)
+    }
+
+    /// Records a failed attempt from `ip`.
+    pub fn failed(&self, ip: IpAddr) {
+        if self.limit == 0 {
+            return;
+        }
+        let now = Instant::now();
+        let mut entries = self.lock();
+        if entries.len() >= LIMITER_CAPACITY && !entries.contains_key(&ip) {
+            let window = self.window;
+            entries.retain(|_, e| {
+                e.blocked_until.is_some_and(|u| u > now) || now - e.window_start < window
+            });
+            if entries.len() >= LIMITER_CAPACITY {
+                entries.retain(|_, e| e.blocked_until.is_some_and(|u| u > now));
+            }
+            if entries.len() >= LIMITER_CAPACITY {
+                // Every slot holds a blocked address: this one is not tracked.
+                return;
+            }
+        }
+        let e = entries.entry(ip).or_insert(FailEntry {
+            window_start: now,
+            failures: 0,
+            blocked_until: None,
+        });
+        if now - e.window_start >= self.window {
+            e.window_start = now;
+            e.failures = 0;
+        }
+        e.failures += 1;
+        if e.failures >= self.limit {
+            e.blocked_until = Some(now + self.window);
+            e.failures = 0;
+            e.window_start = now + self.window;
+            let until = unix_ms() + self.window.as_millis() as u64;
+            self.any_blocked_until.fetch_max(until, Ordering::Relaxed);
+            tracing::warn!(client = %ip, "too many failed authentication attempts: blocked for a minute");
+        }
+    }
+}
+
+/// Everything that decides who may do what: the admin password, API tokens, and the
+/// failed-attempt limiter. Shared by every HTTP worker.
+pub struct Auth {
+    /// `None` with `--auth=false`: `/system/*` is open.
+    pub basic: Option<Credentials>,
+    pub tokens: Tokens,
+    pub limiter: FailLimiter,
+}
+
+const UNAUTHORIZED: &str = "invalid credentials: use user admin and the password in <data-dir>/secrets/basic-auth-password, or an API token (Authorization: Bearer fjord_...)";
+
+impl Auth {
+    /// The scope of the request's credentials, or why there is none. Failed attempts count
+    /// towards the client's limit; a blocked client is refused before anything is checked.
+    pub async fn authenticate(&self, ip: IpAddr, headers: &HeaderMap) -> Result<Scope, ApiError> {
+        if let Some(retry_after) = self.limiter.blocked(ip) {
+            return Err(ApiError::AuthRateLimited { retry_after });
+        }
+        let header = headers.get(header::AUTHORIZATION);
+        let result = match header.map(HeaderValue::as_bytes) {
+            None => Err(ApiError::Unauthorized(UNAUTHORIZED.into())),
+            Some(h) if h.starts_with(b"Bearer ") => {
+                let token = std::str::from_utf8(&h[7..]).unwrap_or_default().trim();
+                match self.tokens.verify(token).await {
+                    Ok(scope) => Ok(scope),
+                    Err(TokenError::Invalid) => Err(ApiError::Unauthorized(
+                        "invalid API token: it is unknown or was revoked; create one with `fjord token create`".into(),
+                    )),
+                    Err(TokenError::Expired(id)) => Err(ApiError::Unauthorized(format!(
+                        "API token {id} has expired: create a new one with `fjord token create`"
+                    ))),
+                }
+            }
+            Some(_) => match &self.basic {
+                Some(c) if c.check(header) => Ok(Scope::Admin),
+                _ => Err(ApiError::Unauthorized(UNAUTHORIZED.into())),
+            },
+        };
+        if result.is_err() {
+            self.limiter.failed(ip);
+        }
+        result
+    }
+
+    /// Checks a call to a function that requires a token (`com.fjord.auth: token`).
+    pub async fn check_invoke(&self, ip: IpAddr, headers: &HeaderMap) -> Result<(), ApiError> {
+        let scope = self.authenticate(ip, headers).await.map_err(|e| match e {
+            ApiError::Unauthorized(m) => ApiError::Unauthorized(format!(
+                "this function requires an API token (Authorization: Bearer fjord_...) with scope invoke, deploy or admin: {m}"
+            )),
+            other => other,
+        })?;
+        if scope.covers(Scope::Invoke) {
+            Ok(())
+        } else {
+            Err(ApiError::Forbidden(format!(
+                "this API token has scope {}; calling this function needs scope invoke (or deploy, admin)",
+                scope.as_str()
+            )))
+        }
+    }
+}
+
+/// Middleware for `/system/*`: authenticates, then checks the route's scope.
+pub async fn require(State(app): State<AppState>, req: Request, next: Next) -> Response {
+    let auth = &app.auth;
+    if auth.basic.is_none() {
         return next.run(req).await;
     }
-    tracing::debug!(path = %req.uri().path(), "rejected /system request: invalid credentials");
-    let mut r = (
-        StatusCode::UNAUTHORIZED,
-        "invalid credentials: use user admin and the password in <data-dir>/secrets/basic-auth-password\n",
-    )
+    let ip = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map_or(IpAddr::from([0, 0, 0, 0]), |c| c.0.ip());
+    let scope = match auth.authenticate(ip, req.headers()).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::debug!(path = %req.uri().path(), client = %ip, "rejected /system request: {e}");
+            return e.into_response();
+        }
+    };
+    let pattern = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("", MatchedPath::as_str);
+    let needed = needed_scope(req.method().as_str(), pattern);
+    if !scope.covers(needed) {
+        return ApiError::Forbidden(format!(
+            "{} {} needs scope {}; this API token has scope {}",
+            req.method(),
+            req.uri().path(),
+            needed.as_str(),
+            scope.as_str()
+        ))
         .into_response();
-    r.headers_mut().insert(
-        header::WWW_AUTHENTICATE,
-        HeaderValue::from_static("Basic realm=\"Restricted\""),
-    );
-    r
+    }
+    next.run(req).await
 }
 
 #[cfg(test)]
@@ -137,5 +379,108 @@ mod tests {
             &HeaderValue::from_str(&format!("Basic {bad}")).unwrap()
         )));
         assert!(!c.check(None));
+    }
+
+    /// Every `/system` route the router registers, with each method, must be in
+    /// [`SYSTEM_SCOPES`]: read from the source of `router()`, so a route added without a
+    /// scope fails here instead of silently needing admin (or worse).
+    #[test]
+    fn every_system_route_has_a_scope() {
+        let src = include_str!("lib.rs");
+        let start = src.find("fn router(").expect("router() in lib.rs");
+        let body = &src[start..];
+        let body = &body[..body.find("\n}\n").expect("end of router()")];
+        let mut checked = 0;
+        for chunk in body.split(".route(").skip(1) {
+            let path = chunk
+                .trim_start()
+                .strip_prefix('"')
+                .and_then(|r| r.split('"').next())
+                .expect("a route path literal");
+            if !path.starts_with("/system") {
+                continue;
+            }
+            let mut methods = Vec::new();
+            for (i, _) in chunk.match_indices('(') {
+                let word: String = chunk[..i]
+                    .chars()
+                    .rev()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .rev()
+                    .collect();
+                match word.as_str() {
+                    "get" | "post" | "put" | "delete" | "head" | "patch" | "options" => {
+                        methods.push(word.to_uppercase())
+                    }
+                    "any" | "on" | "route_service" | "nest" => {
+                        panic!("{path}: use explicit methods under /system so each has a scope")
+                    }
+                    _ => {}
+                }
+            }
+            assert!(!methods.is_empty(), "{path}: no method found");
+            for m in methods {
+                assert!(
+                    SYSTEM_SCOPES
+                        .iter()
+                        .any(|(tm, tp, _)| *tm == m && *tp == path),
+                    "{m} {path} is routed but has no entry in SYSTEM_SCOPES"
+                );
+                checked += 1;
+            }
+        }
+        assert!(
+            checked >= 18,
+            "only {checked} /system routes found: is the parser broken?"
+        );
+        assert_eq!(needed_scope("HEAD", "/system/functions"), Scope::Read);
+        assert_eq!(needed_scope("GET", "/system/new-thing"), Scope::Admin);
+        assert_eq!(needed_scope("GET", "/system/secrets"), Scope::Deploy);
+    }
+
+    #[test]
+    fn limiter_blocks_after_the_limit_and_only_that_address() {
+        let l = FailLimiter::new(3);
+        let a: IpAddr = [10, 0, 0, 1].into();
+        let b: IpAddr = [10, 0, 0, 2].into();
+        assert_eq!(l.blocked(a), None);
+        l.failed(a);
+        l.failed(a);
+        assert_eq!(l.blocked(a), None);
+        l.failed(a);
+        let wait = l.blocked(a).expect("blocked after 3 failures");
+        assert!((1..=60).contains(&wait), "{wait}");
+        assert_eq!(l.blocked(b), None);
+        let off = FailLimiter::new(0);
+        for _ in 0..100 {
+            off.failed(a);
+        }
+        assert_eq!(off.blocked(a), None);
+    }
+
+    #[test]
+    fn limiter_memory_is_bounded() {
+        let l = FailLimiter::new(1000);
+        for i in 0..(LIMITER_CAPACITY as u32 + 500) {
+            l.failed(IpAddr::from(i.to_be_bytes()));
+        }
+        assert!(l.lock().len() <= LIMITER_CAPACITY);
+    }
+
+    #[test]
+    fn auth_annotation_values() {
+        let ann = |v: &str| {
+            std::collections::BTreeMap::from([(ANNOTATION_AUTH.to_string(), v.to_string())])
+        };
+        assert_eq!(requires_token(None), Ok(false));
+        assert_eq!(requires_token(Some(&ann("token"))), Ok(true));
+        assert_eq!(requires_token(Some(&ann("none"))), Ok(false));
+        assert!(
+            requires_token(Some(&ann("tokne")))
+                .unwrap_err()
+                .contains("com.fjord.auth")
+        );
     }
 }

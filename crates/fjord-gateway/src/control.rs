@@ -25,6 +25,9 @@ pub struct Route {
     pub handle: Arc<FunctionHandle>,
     /// Kept across updates of the function.
     pub metrics: Arc<FunctionMetrics>,
+    /// Calls need an API token (annotation `com.fjord.auth: token`), decided at deploy time
+    /// so the invoke path only reads this field.
+    pub requires_token: bool,
     uid: u32,
     created_at: String,
     updated_at: String,
@@ -117,6 +120,8 @@ impl ControlPlane {
                 Some(Route {
                     handle,
                     metrics: Arc::new(FunctionMetrics::new()),
+                    requires_token: crate::auth::requires_token(f.deployment.annotations.as_ref())
+                        .unwrap_or(true),
                     uid: f.uid,
                     created_at: f.created_at,
                     updated_at: f.updated_at,
@@ -138,6 +143,7 @@ impl ControlPlane {
         crate::async_calls::RetryPolicy::from_annotations(d.annotations.as_ref())
             .map_err(ApiError::BadRequest)?;
         crate::async_calls::max_inflight(d.annotations.as_ref()).map_err(ApiError::BadRequest)?;
+        crate::auth::requires_token(d.annotations.as_ref()).map_err(ApiError::BadRequest)?;
         let secrets = self.function_secrets(&d)?;
         let (spec, mut program) = match self.bundles.resolve(&self.store, &d.image)? {
             Some(digest) => {
@@ -326,11 +332,19 @@ impl ControlPlane {
         let previous_updated_at = self
             .lookup(&key.namespace, &key.name)
             .map(|r| r.updated_at.clone());
+        // While an update rolls out, old and new replicas may both answer: require a token if
+        // either version does; after the rollout the version that serves decides.
+        let requires_token = crate::auth::requires_token(new_deployment.annotations.as_ref())
+            .unwrap_or(true)
+            || self
+                .lookup(&key.namespace, &key.name)
+                .is_some_and(|r| r.requires_token);
         self.set_route(
             &key,
             Some(Route {
                 handle,
                 metrics,
+                requires_token,
                 uid,
                 created_at: stored.created_at.clone(),
                 // The update counts once it serves; until then the old time stands.
@@ -368,6 +382,10 @@ impl ControlPlane {
                     Some(Route {
                         handle: route.handle.clone(),
                         metrics: route.metrics.clone(),
+                        requires_token: crate::auth::requires_token(
+                            new_deployment.annotations.as_ref(),
+                        )
+                        .unwrap_or(true),
                         uid: route.uid,
                         created_at: route.created_at.clone(),
                         updated_at,
@@ -379,9 +397,23 @@ impl ControlPlane {
                 match self.store.get(&key.namespace, &key.name) {
                     Ok(Some(cur)) if cur.deployment == new_deployment => {
                         let replicas = route.handle.status().desired;
+                        let requires_token =
+                            crate::auth::requires_token(old.deployment.annotations.as_ref())
+                                .unwrap_or(true);
                         if let Err(e) = self.store.upsert(&StoredFunction { replicas, ..old }) {
                             tracing::error!(function = %key, error = %e, "cannot roll back the stored spec");
                         }
+                        self.set_route(
+                            &key,
+                            Some(Route {
+                                handle: route.handle.clone(),
+                                metrics: route.metrics.clone(),
+                                requires_token,
+                                uid: route.uid,
+                                created_at: route.created_at.clone(),
+                                updated_at: route.updated_at.clone(),
+                            }),
+                        );
                         tracing::warn!(function = %key, %reason, "update rolled back");
                     }
                     _ => {}

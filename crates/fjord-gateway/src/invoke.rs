@@ -193,6 +193,20 @@ pub async fn invoke(
     ConnectInfo(remote): ConnectInfo<SocketAddr>,
     req: Request,
 ) -> Response<Body> {
+    run(app, remote, req, true).await
+}
+
+/// Runs a call that was authorised when it was queued (the async dispatcher).
+pub async fn invoke_queued(app: AppState, req: Request) -> Response<Body> {
+    run(app, SocketAddr::from(([127, 0, 0, 1], 0)), req, false).await
+}
+
+async fn run(
+    app: AppState,
+    remote: SocketAddr,
+    mut req: Request,
+    check_auth: bool,
+) -> Response<Body> {
     let started = Instant::now();
     let start_ns = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -217,23 +231,18 @@ pub async fn invoke(
             ))
             .into_response()
         }
-        Some(route) => {
-            let m = &route.metrics;
-            m.started.fetch_add(1, Ordering::Relaxed);
-            m.last_request_ms.store(now_ms(), Ordering::Relaxed);
-            m.inflight.fetch_add(1, Ordering::Relaxed);
-            let gauge = Gauge(m.clone());
-            let r = forward(&app, remote, req, route, &call_id, &start_value, gauge)
-                .await
-                .unwrap_or_else(|e| {
-                    if matches!(e.status().as_u16(), 429 | 503) {
-                        route.metrics.rejected.fetch_add(1, Ordering::Relaxed);
-                    }
-                    e.into_response()
-                });
-            m.observe(r.status().as_u16(), started.elapsed().as_secs_f64());
-            r
+        Some(route) if check_auth && route.requires_token => {
+            // Boxed: the token check's future stays out of the invoke future of open functions.
+            match Box::pin(app.auth.check_invoke(remote.ip(), req.headers())).await {
+                Ok(()) => {
+                    // The gateway's credential is not the function's business.
+                    req.headers_mut().remove(header::AUTHORIZATION);
+                    call(&app, remote, req, route, &call_id, &start_value, started).await
+                }
+                Err(e) => e.into_response(),
+            }
         }
+        Some(route) => call(&app, remote, req, route, &call_id, &start_value, started).await,
     };
     let h = response.headers_mut();
     h.insert(X_CALL_ID.clone(), call_id);
@@ -242,6 +251,33 @@ pub async fn invoke(
         h.insert(X_DURATION_SECONDS.clone(), v);
     }
     response
+}
+
+/// Counts and forwards one call to a function.
+async fn call(
+    app: &AppState,
+    remote: SocketAddr,
+    req: Request,
+    route: &Arc<Route>,
+    call_id: &HeaderValue,
+    start_value: &HeaderValue,
+    started: Instant,
+) -> Response<Body> {
+    let m = &route.metrics;
+    m.started.fetch_add(1, Ordering::Relaxed);
+    m.last_request_ms.store(now_ms(), Ordering::Relaxed);
+    m.inflight.fetch_add(1, Ordering::Relaxed);
+    let gauge = Gauge(m.clone());
+    let r = forward(app, remote, req, route, call_id, start_value, gauge)
+        .await
+        .unwrap_or_else(|e| {
+            if matches!(e.status().as_u16(), 429 | 503) {
+                route.metrics.rejected.fetch_add(1, Ordering::Relaxed);
+            }
+            e.into_response()
+        });
+    m.observe(r.status().as_u16(), started.elapsed().as_secs_f64());
+    r
 }
 
 /// Picks a replica, waking the function from zero or waiting for capacity when needed

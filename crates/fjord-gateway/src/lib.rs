@@ -11,6 +11,8 @@ mod invoke;
 mod logs;
 mod metrics;
 mod secrets;
+mod tls;
+mod tokens;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -32,6 +34,8 @@ pub use control::{ControlPlane, DeployMode};
 pub use error::ApiError;
 pub use invoke::{split_function_path, strip_hop_by_hop};
 pub use secrets::{SecretKey, key_path as secrets_key_path};
+pub use tls::{TlsError, TlsFiles};
+pub use tokens::Scope;
 
 /// Settings of `fjord serve`.
 #[derive(Debug, Clone)]
@@ -66,6 +70,11 @@ pub struct GatewayConfig {
     pub tune_kernel: bool,
     /// Where async calls are queued.
     pub queue: QueueBackend,
+    /// Serve HTTPS with this certificate and key (reloaded on SIGHUP and on change).
+    pub tls: Option<TlsFiles>,
+    /// Failed authentications per minute from one client address before it gets 429 for a
+    /// minute (0: no limit).
+    pub auth_fail_limit: u32,
 }
 
 /// Where async calls are queued.
@@ -121,6 +130,8 @@ impl GatewayConfig {
             max_async_body: 8 << 20,
             async_keep_method: true,
             queue: QueueBackend::Embedded,
+            tls: None,
+            auth_fail_limit: 10,
         }
     }
 }
@@ -135,6 +146,7 @@ pub struct AppState {
     pub client: Client<HttpConnector, Body>,
     pub config: Arc<GatewayConfig>,
     pub shutdown: CancellationToken,
+    pub auth: Arc<auth::Auth>,
 }
 
 /// Opens the async queue and starts its retention task: finished calls (done, dead,
@@ -216,6 +228,8 @@ pub enum StartError {
     Auth(std::io::Error),
     #[error("secrets key: {0}")]
     SecretsKey(std::io::Error),
+    #[error("{0}")]
+    Tls(#[from] TlsError),
     #[error("state store: {0}")]
     Store(#[from] fjord_store::StoreError),
     #[error("runtime: {0}")]
@@ -240,7 +254,9 @@ pub enum StartError {
     },
 }
 
-fn router(state: AppState, creds: Option<Arc<auth::Credentials>>) -> Router {
+/// Every route. `/system/*` routes need the scope [`auth::SYSTEM_SCOPES`] gives them (a unit
+/// test reads this function to check each one is listed there).
+fn router(state: AppState) -> Router {
     let system = Router::new()
         .route(
             "/system/functions",
@@ -270,7 +286,12 @@ fn router(state: AppState, creds: Option<Arc<auth::Credentials>>) -> Router {
         .route("/system/async-calls", get(async_calls::list_calls))
         .route("/system/async-calls/{id}", get(async_calls::get_call))
         .route("/system/async-calls/{id}/replay", post(async_calls::replay))
-        .route_layer(axum::middleware::from_fn_with_state(creds, auth::require));
+        .route("/system/tokens", get(tokens::list).post(tokens::create))
+        .route("/system/tokens/{id}", axum::routing::delete(tokens::revoke))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::require,
+        ));
     Router::new()
         .merge(system)
         .route("/function/{*path}", any(invoke::invoke))
@@ -296,6 +317,12 @@ fn raise_nofile_limit() {
     }
 }
 
+/// Longest a client may take to complete its TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How often the TLS certificate and key files are checked for changes.
+const TLS_POLL: Duration = Duration::from_secs(2);
+
 /// One HTTP worker: a thread with its own single-threaded runtime, listening socket
 /// (SO_REUSEPORT) and connection pools, like one nginx worker. Nothing on the invoke path
 /// crosses threads, so there are no cross-thread wake-ups per request.
@@ -305,7 +332,8 @@ struct Worker {
     queue: Arc<dyn fjord_queue::Queue>,
     dispatch: Arc<tokio::sync::Notify>,
     config: Arc<GatewayConfig>,
-    creds: Option<Arc<auth::Credentials>>,
+    auth: Arc<auth::Auth>,
+    tls: Option<Arc<tls::Tls>>,
     shutdown: CancellationToken,
     ready: std::sync::mpsc::Sender<Result<SocketAddr, StartError>>,
 }
@@ -369,8 +397,9 @@ impl Worker {
             client: upstream_client(),
             config: self.config.clone(),
             shutdown: self.shutdown.clone(),
+            auth: self.auth.clone(),
         };
-        let app = router(state, self.creds.clone());
+        let app = router(state);
         let _ = self.ready.send(Ok(local));
 
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
@@ -397,13 +426,41 @@ impl Worker {
                     req
                 },
             );
-            let conn = http.serve_connection_with_upgrades(
-                hyper_util::rt::TokioIo::new(stream),
-                hyper_util::service::TowerToHyperService::new(svc),
-            );
-            let conn = graceful.watch(conn.into_owned());
+            let svc = hyper_util::service::TowerToHyperService::new(svc);
+            // Plain HTTP is served exactly as without TLS support: no extra task or boxing.
+            let Some(tls) = &self.tls else {
+                let conn =
+                    http.serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(stream), svc);
+                let conn = graceful.watch(conn.into_owned());
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                });
+                continue;
+            };
+            let acceptor = tokio_rustls::TlsAcceptor::from(tls.config.clone());
+            let watcher = graceful.watcher();
+            let http = http.clone();
             tokio::spawn(async move {
-                let _ = conn.await;
+                // A client that never finishes its handshake must not hold the socket.
+                let stream = match tokio::time::timeout(
+                    TLS_HANDSHAKE_TIMEOUT,
+                    acceptor.accept(stream),
+                )
+                .await
+                {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => {
+                        tracing::debug!(client = %remote, error = %e, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!(client = %remote, "TLS handshake timed out");
+                        return;
+                    }
+                };
+                let conn =
+                    http.serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(stream), svc);
+                let _ = watcher.watch(conn.into_owned()).await;
             });
         }
         drop(listener);
@@ -453,7 +510,7 @@ pub async fn serve(config: GatewayConfig, shutdown: CancellationToken) -> Result
         } else {
             tracing::info!(user = auth::ADMIN_USER, password_file = %path.display(), "basic auth on /system/*");
         }
-        Some(Arc::new(creds))
+        Some(creds)
     } else {
         tracing::warn!(
             "--auth=false: /system/* is open to anyone who can reach {}",
@@ -467,7 +524,17 @@ pub async fn serve(config: GatewayConfig, shutdown: CancellationToken) -> Result
     if key_created {
         tracing::info!(key_file = %secrets::key_path(data_dir).display(), "generated the key that encrypts function secrets: back it up, without it stored secrets cannot be read");
     }
+    // Before anything starts: a certificate that cannot be loaded is a startup error.
+    let tls = match &config.tls {
+        Some(files) => Some(Arc::new(tls::Tls::new(files.clone())?)),
+        None => None,
+    };
     let store = fjord_store::Store::open(&data_dir.join("state.db"))?;
+    let auth = Arc::new(auth::Auth {
+        basic: creds,
+        tokens: tokens::Tokens::load(&store)?,
+        limiter: auth::FailLimiter::new(config.auth_fail_limit),
+    });
     // Before the runtime: a queue that cannot be reached must not leave anything behind.
     let (queue, pruner) = open_queue(&config.queue, data_dir).await?;
     let runtime = fjord_runtime::ProcessRuntime::new(fjord_runtime::RuntimeConfig {
@@ -510,7 +577,8 @@ pub async fn serve(config: GatewayConfig, shutdown: CancellationToken) -> Result
             queue: queue.clone(),
             dispatch: dispatch.clone(),
             config: config.clone(),
-            creds: creds.clone(),
+            auth: auth.clone(),
+            tls: tls.clone(),
             shutdown: shutdown.clone(),
             ready: addr_tx.clone(),
         };
@@ -541,7 +609,9 @@ pub async fn serve(config: GatewayConfig, shutdown: CancellationToken) -> Result
     }
     // Lets scripts and tests that asked for port 0 find the gateway.
     let _ = std::fs::write(data_dir.join("gateway.addr"), local.to_string());
-    tracing::info!(addr = %local, workers, data_dir = %data_dir.display(), "fjord serve listening on http://{local}");
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    tracing::info!(addr = %local, workers, data_dir = %data_dir.display(), "fjord serve listening on {scheme}://{local}");
+    let tls_watch = tls.map(|t| tokio::spawn(t.watch(TLS_POLL)));
 
     let dispatcher = tokio::spawn(
         async_calls::Dispatcher {
@@ -553,6 +623,7 @@ pub async fn serve(config: GatewayConfig, shutdown: CancellationToken) -> Result
                 client: upstream_client(),
                 config: config.clone(),
                 shutdown: shutdown.clone(),
+                auth: auth.clone(),
             },
             keep_method: config.async_keep_method,
             exclusive: config.queue == QueueBackend::Embedded,
@@ -574,6 +645,9 @@ pub async fn serve(config: GatewayConfig, shutdown: CancellationToken) -> Result
     shutdown.cancelled().await;
     autoscaler.abort();
     pruner.abort();
+    if let Some(t) = tls_watch {
+        t.abort();
+    }
     tracing::info!(timeout = ?config.shutdown_timeout, "shutting down: draining in-flight requests");
     let joined = tokio::task::spawn_blocking(move || {
         for t in threads {

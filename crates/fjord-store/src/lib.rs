@@ -40,6 +40,15 @@ const MIGRATIONS: &[&str] = &[
         updated_at TEXT NOT NULL,
         PRIMARY KEY (namespace, name)
     ) STRICT;",
+    // API tokens: only an argon2 hash of each secret is kept; the token itself is shown once.
+    "CREATE TABLE api_tokens (
+        id         TEXT NOT NULL PRIMARY KEY,
+        name       TEXT NOT NULL,
+        scope      TEXT NOT NULL,
+        hash       TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        expires_at INTEGER
+    ) STRICT;",
 ];
 
 const COLUMNS: &str = "namespace, name, deployment, replicas, uid, created_at, updated_at";
@@ -71,6 +80,20 @@ pub struct SealedSecret {
     pub name: String,
     pub nonce: Vec<u8>,
     pub ciphertext: Vec<u8>,
+}
+
+/// One API token as persisted: never the token, only its argon2 hash (a PHC string).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredToken {
+    pub id: String,
+    pub name: String,
+    /// `invoke`, `read`, `deploy` or `admin`; interpreted by the gateway.
+    pub scope: String,
+    pub hash: String,
+    /// RFC 3339.
+    pub created_at: String,
+    /// Unix time in seconds after which the token is refused; `None` never expires.
+    pub expires_at: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -258,6 +281,48 @@ impl Store {
                 |r| r.get(0),
             )
             .optional()?)
+    }
+
+    /// Adds an API token.
+    pub fn insert_token(&self, t: &StoredToken) -> Result<(), StoreError> {
+        let expires = t.expires_at.map(|e| i64::try_from(e).unwrap_or(i64::MAX));
+        self.lock().execute(
+            "INSERT INTO api_tokens (id, name, scope, hash, created_at, expires_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![t.id, t.name, t.scope, t.hash, t.created_at, expires],
+        )?;
+        Ok(())
+    }
+
+    /// Every API token, oldest first.
+    pub fn list_tokens(&self) -> Result<Vec<StoredToken>, StoreError> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare(
+            "SELECT id, name, scope, hash, created_at, expires_at FROM api_tokens
+             ORDER BY created_at, id",
+        )?;
+        let rows = stmt
+            .query_map([], |r| {
+                let expires: Option<i64> = r.get(5)?;
+                Ok(StoredToken {
+                    id: r.get(0)?,
+                    name: r.get(1)?,
+                    scope: r.get(2)?,
+                    hash: r.get(3)?,
+                    created_at: r.get(4)?,
+                    expires_at: expires.map(|e| u64::try_from(e).unwrap_or(0)),
+                })
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+
+    /// Removes an API token; `false` if there was none with that id.
+    pub fn delete_token(&self, id: &str) -> Result<bool, StoreError> {
+        let n = self
+            .lock()
+            .execute("DELETE FROM api_tokens WHERE id = ?1", [id])?;
+        Ok(n > 0)
     }
 
     /// Distinct namespaces of stored functions, sorted.
@@ -470,6 +535,30 @@ mod tests {
             created_at: "2026-01-01T00:00:00Z".into(),
             updated_at: "2026-01-01T00:00:00Z".into(),
         }
+    }
+
+    #[test]
+    fn tokens_round_trip_and_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        let t = StoredToken {
+            id: "a1".into(),
+            name: "ci".into(),
+            scope: "deploy".into(),
+            hash: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA".into(),
+            created_at: "2026-01-01T00:00:00Z".into(),
+            expires_at: Some(1_900_000_000),
+        };
+        {
+            let store = Store::open(&path).unwrap();
+            store.insert_token(&t).unwrap();
+            assert!(store.insert_token(&t).is_err(), "ids are unique");
+        }
+        let store = Store::open(&path).unwrap();
+        assert_eq!(store.list_tokens().unwrap(), vec![t]);
+        assert!(store.delete_token("a1").unwrap());
+        assert!(!store.delete_token("a1").unwrap());
+        assert!(store.list_tokens().unwrap().is_empty());
     }
 
     #[test]

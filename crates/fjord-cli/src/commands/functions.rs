@@ -10,12 +10,23 @@ use futures_util::StreamExt;
 use reqwest::Method;
 
 use crate::cli::{GatewayArgs, InvokeArgs};
-use crate::client::Gateway;
+use crate::client::{Gateway, TlsTrust};
 use crate::config;
 use crate::error::CliError;
 
 pub fn gateway(g: &GatewayArgs, stack_gateway: Option<&str>) -> Result<Gateway, CliError> {
-    Gateway::new(config::gateway_url(g.gateway.as_deref(), stack_gateway))
+    Gateway::new(
+        config::gateway_url(g.gateway.as_deref(), stack_gateway),
+        g.token.as_deref(),
+        &tls_trust(g),
+    )
+}
+
+pub fn tls_trust(g: &GatewayArgs) -> TlsTrust {
+    TlsTrust {
+        ca_cert: g.ca_cert.clone(),
+        no_verify: g.tls_no_verify,
+    }
 }
 
 /// Parses `KEY=VALUE` flags.
@@ -233,7 +244,7 @@ pub async fn invoke(a: &InvokeArgs) -> Result<(), CliError> {
     }
     stdin.lock().read_to_end(&mut body)?;
     let mut req = gw
-        .request(method, &format!("/{route}/{target}{path}"))
+        .invocation(method, &format!("/{route}/{target}{path}"))
         .query(&pairs("--query", &a.query)?.into_iter().collect::<Vec<_>>())
         .header(reqwest::header::CONTENT_TYPE, &a.content_type)
         .body(body);
@@ -268,6 +279,28 @@ pub async fn login(
     stdin: bool,
 ) -> Result<(), CliError> {
     let url = config::gateway_url(g.gateway.as_deref(), None);
+    // `fjord login --token T` (or FJORD_TOKEN) saves an API token instead of a password.
+    if let Some(token) = g.token.clone().filter(|_| password.is_none() && !stdin) {
+        let token = if token == "-" {
+            let mut t = String::new();
+            std::io::stdin().read_to_string(&mut t)?;
+            t.trim().to_string()
+        } else {
+            token.trim().to_string()
+        };
+        if token.is_empty() {
+            return Err(CliError::Usage("the token is empty".into()));
+        }
+        let creds = config::Credentials::token(token);
+        let gw = Gateway::with_credentials(url.clone(), Some(creds.clone()), &tls_trust(g))?;
+        // Any valid token may read GET /system/info except invoke-only ones.
+        gw.info().await?;
+        let mut cfg = config::load();
+        cfg.gateways.insert(url.clone(), creds);
+        let path = config::save(&cfg)?;
+        println!("token for {url} saved in {}", path.display());
+        return Ok(());
+    }
     let password = match (password, stdin) {
         (Some(p), _) => p,
         (None, true) => {
@@ -287,8 +320,9 @@ pub async fn login(
     let creds = config::Credentials {
         user: user.to_string(),
         password,
+        token: None,
     };
-    let gw = Gateway::with_credentials(url.clone(), Some(creds.clone()))?;
+    let gw = Gateway::with_credentials(url.clone(), Some(creds.clone()), &tls_trust(g))?;
     gw.info().await?;
     let mut cfg = config::load();
     cfg.gateways.insert(url.clone(), creds);
@@ -381,6 +415,90 @@ pub async fn calls(g: &GatewayArgs, action: crate::cli::CallsAction) -> Result<(
             )
             .await?;
             println!("Replaying {id}.");
+        }
+    }
+    Ok(())
+}
+
+/// `fjord token create|list|revoke`.
+pub async fn token(g: &GatewayArgs, action: crate::cli::TokenAction) -> Result<(), CliError> {
+    use crate::cli::TokenAction;
+    let gw = gateway(g, None)?;
+    match action {
+        TokenAction::Create {
+            name,
+            scope,
+            expires,
+            json,
+        } => {
+            let mut body = serde_json::json!({"name": name, "scope": scope});
+            if let Some(e) = expires {
+                body["expiresIn"] = serde_json::json!(e);
+            }
+            let r = gw
+                .send(
+                    gw.system(Method::POST, "/system/tokens").json(&body),
+                    &format!("create token {name}"),
+                )
+                .await?;
+            let v: serde_json::Value =
+                r.json().await.map_err(|e| CliError::Other(e.to_string()))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+            } else {
+                // The token alone on stdout, so `fjord token create ... > file` keeps just it.
+                println!("{}", v["token"].as_str().unwrap_or_default());
+                eprintln!(
+                    "token {} ({}, scope {}{}) created: it is shown only this once, keep it safe",
+                    v["id"].as_str().unwrap_or_default(),
+                    v["name"].as_str().unwrap_or_default(),
+                    v["scope"].as_str().unwrap_or_default(),
+                    v["expiresAt"]
+                        .as_str()
+                        .map(|e| format!(", expires {e}"))
+                        .unwrap_or_default()
+                );
+            }
+        }
+        TokenAction::List { json } => {
+            let r = gw
+                .send(gw.system(Method::GET, "/system/tokens"), "list tokens")
+                .await?;
+            let tokens: Vec<serde_json::Value> =
+                r.json().await.map_err(|e| CliError::Other(e.to_string()))?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&tokens).unwrap_or_default()
+                );
+                return Ok(());
+            }
+            println!(
+                "{:<17} {:<24} {:<7} {:<21} Expires",
+                "ID", "Name", "Scope", "Created"
+            );
+            for t in tokens {
+                let expires = match (t["expiresAt"].as_str(), t["expired"].as_bool()) {
+                    (Some(e), Some(true)) => format!("{e} (expired)"),
+                    (Some(e), _) => e.to_string(),
+                    (None, _) => "never".to_string(),
+                };
+                println!(
+                    "{:<17} {:<24} {:<7} {:<21} {expires}",
+                    t["id"].as_str().unwrap_or_default(),
+                    t["name"].as_str().unwrap_or_default(),
+                    t["scope"].as_str().unwrap_or_default(),
+                    t["createdAt"].as_str().unwrap_or_default(),
+                );
+            }
+        }
+        TokenAction::Revoke { id } => {
+            gw.send(
+                gw.system(Method::DELETE, &format!("/system/tokens/{id}")),
+                &format!("revoke token {id}"),
+            )
+            .await?;
+            println!("token {id} revoked");
         }
     }
     Ok(())

@@ -34,6 +34,10 @@ pub fn run(a: ServeArgs) -> Result<(), CliError> {
     config.max_async_body = usize::try_from(a.max_async_body).unwrap_or(usize::MAX);
     config.async_keep_method = a.async_method == "original";
     config.queue = a.queue;
+    config.auth_fail_limit = a.auth_fail_limit;
+    if let (Some(cert), Some(key)) = (a.tls_cert, a.tls_key) {
+        config.tls = Some(fjord_gateway::TlsFiles { cert, key });
+    }
     config.autoscale_interval = a.autoscale_interval.max(Duration::from_millis(100));
     if let Some(w) = a.workers {
         config.workers = usize::from(w);

@@ -133,6 +133,52 @@ impl ServeOpts {
     }
 }
 
+/// A client that trusts `ca_pem` (for servers started with [`Server::start_tls`]).
+pub fn client_trusting(ca_pem: &str) -> Client {
+    Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        .timeout(Duration::from_secs(30))
+        .connect_timeout(Duration::from_secs(5))
+        .add_root_certificate(reqwest::Certificate::from_pem(ca_pem.as_bytes()).expect("CA PEM"))
+        .build()
+        .expect("build https client")
+}
+
+/// Output of a CLI run.
+pub struct CliOut {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs the real `fjord` CLI with only the given `FJORD_*` variables (and its config file
+/// at `config`), within 60 s.
+pub async fn run_cli(args: &[&str], envs: &[(&str, &str)], config: &Path) -> CliOut {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_fjord"));
+    cmd.args(args).kill_on_drop(true).stdin(Stdio::null());
+    for (k, _) in std::env::vars() {
+        if k.starts_with("FJORD_") || k.starts_with("OPENFAAS_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.env("FJORD_CONFIG", config)
+        .env("FJORD_DATA_DIR", config.with_extension("no-data-dir"));
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let what = format!("fjord {}", args.join(" "));
+    let out = tokio::time::timeout(Duration::from_secs(60), cmd.output())
+        .await
+        .unwrap_or_else(|_| panic!("{what} did not finish within 60 s"))
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
+    CliOut {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
 /// The temp dir shared by successive servers of one test (persistence tests restart on it).
 pub struct TestDir {
     pub tmp: TempDir,
@@ -165,6 +211,7 @@ pub struct Server {
     pub client: Client,
     pub log_path: PathBuf,
     opts: ServeOpts,
+    tls_ca: Option<String>,
 }
 
 static LOG_SEQ: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
@@ -191,6 +238,16 @@ impl Server {
 
     /// Starts a server on `dir` (which may hold a previous server's state).
     pub async fn start_in(dir: Arc<TestDir>, opts: ServeOpts) -> Server {
+        Self::start_with(dir, opts, None).await
+    }
+
+    /// Starts an HTTPS server (`--tls-cert/--tls-key` in `opts`) whose certificate `ca_pem`
+    /// signed: the harness talks https and trusts that CA.
+    pub async fn start_tls(dir: Arc<TestDir>, opts: ServeOpts, ca_pem: &str) -> Server {
+        Self::start_with(dir, opts, Some(ca_pem.to_string())).await
+    }
+
+    async fn start_with(dir: Arc<TestDir>, opts: ServeOpts, tls_ca: Option<String>) -> Server {
         let data_dir = dir.data_dir();
         let addr_file = data_dir.join("gateway.addr");
         let _ = fs::remove_file(&addr_file);
@@ -223,6 +280,7 @@ impl Server {
             client: client(),
             log_path,
             opts,
+            tls_ca,
         };
         server.wait_started(&addr_file).await;
         server
@@ -252,7 +310,13 @@ impl Server {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        self.base = format!("http://{}", self.addr);
+        self.base = match &self.tls_ca {
+            Some(ca) => {
+                self.client = client_trusting(ca);
+                format!("https://{}", self.addr)
+            }
+            None => format!("http://{}", self.addr),
+        };
         let deadline = Instant::now() + Duration::from_secs(20);
         let mut last = String::from("no answer");
         loop {
