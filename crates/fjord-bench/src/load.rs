@@ -20,6 +20,8 @@ pub struct Target {
     /// Path and query, e.g. `/function/bench-http`.
     pub path: String,
     pub body: Option<Bytes>,
+    /// Speak HTTPS (HTTP/1.1) with this client configuration, to server name `localhost`.
+    pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
 }
 
 #[derive(Debug)]
@@ -62,11 +64,24 @@ fn new_hist() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
 }
 
-async fn connect(addr: SocketAddr) -> anyhow::Result<http1::SendRequest<Full<Bytes>>> {
+async fn connect(target: &Target) -> anyhow::Result<http1::SendRequest<Full<Bytes>>> {
+    let addr = target.addr;
     let stream = TcpStream::connect(addr)
         .await
         .with_context(|| format!("connect {addr}"))?;
     stream.set_nodelay(true)?;
+    let Some(tls) = &target.tls else {
+        let (sender, conn) = http1::handshake(TokioIo::new(stream)).await?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        return Ok(sender);
+    };
+    let name = rustls::pki_types::ServerName::try_from("localhost")?;
+    let stream = tokio_rustls::TlsConnector::from(tls.clone())
+        .connect(name, stream)
+        .await
+        .with_context(|| format!("TLS handshake with {addr}"))?;
     let (sender, conn) = http1::handshake(TokioIo::new(stream)).await?;
     tokio::spawn(async move {
         let _ = conn.await;
@@ -127,7 +142,7 @@ pub async fn run(
         tasks.push(tokio::spawn(async move {
             let mut hist = new_hist();
             let (mut ok, mut errors, mut first_error) = (0u64, 0u64, None::<String>);
-            let mut sender = connect(target.addr).await?;
+            let mut sender = connect(&target).await?;
             loop {
                 let t0 = Instant::now();
                 if t0 >= end {
@@ -137,7 +152,7 @@ pub async fn run(
                 let t1 = Instant::now();
                 if t0 < start {
                     if r.is_err() {
-                        sender = connect(target.addr).await?;
+                        sender = connect(&target).await?;
                     }
                     continue;
                 }
@@ -149,7 +164,7 @@ pub async fn run(
                     Err(e) => {
                         errors += 1;
                         first_error.get_or_insert(e);
-                        sender = connect(target.addr).await?;
+                        sender = connect(&target).await?;
                     }
                 }
             }

@@ -92,6 +92,7 @@ fn main() -> ExitCode {
                 addr,
                 path: path.to_string(),
                 body: body.map(bytes::Bytes::from),
+                tls: None,
             };
             let r = load::run(&target, connections, Duration::from_millis(500), duration).await?;
             println!(

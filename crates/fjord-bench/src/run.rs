@@ -94,13 +94,16 @@ struct Fjord {
     child: tokio::process::Child,
     pid: i32,
     addr: SocketAddr,
+    scheme: &'static str,
     pass: String,
     http: reqwest::Client,
     _data: tempfile::TempDir,
 }
 
 impl Fjord {
-    async fn start(bin: &Path, extra: &[String]) -> anyhow::Result<Self> {
+    /// Starts `fjord serve` with `extra` arguments; `tls_root` (PEM) when it serves HTTPS
+    /// with a certificate signed by (or being) that root.
+    async fn start(bin: &Path, extra: &[String], tls_root: Option<&str>) -> anyhow::Result<Self> {
         // Not under /tmp: functions get a private /tmp of their own.
         let data = tempfile::Builder::new()
             .prefix("fjord-bench-")
@@ -131,14 +134,20 @@ impl Fjord {
         let pass = std::fs::read_to_string(data.path().join("data/secrets/basic-auth-password"))?
             .trim()
             .to_string();
-        let http = reqwest::Client::builder()
+        let mut http = reqwest::Client::builder()
             .no_proxy()
-            .timeout(Duration::from_secs(60))
-            .build()?;
+            .timeout(Duration::from_secs(60));
+        if let Some(pem) = tls_root {
+            http = http
+                .tls_built_in_root_certs(false)
+                .add_root_certificate(reqwest::Certificate::from_pem(pem.as_bytes())?);
+        }
+        let http = http.build()?;
         Ok(Self {
             child,
             pid,
             addr,
+            scheme: if tls_root.is_some() { "https" } else { "http" },
             pass,
             http,
             _data: data,
@@ -146,7 +155,11 @@ impl Fjord {
     }
 
     fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
+        match self.scheme {
+            // The certificate names localhost.
+            "https" => format!("https://localhost:{}{path}", self.addr.port()),
+            _ => format!("http://{}{path}", self.addr),
+        }
     }
 
     async fn deploy(&self, body: Value) -> anyhow::Result<()> {
@@ -522,7 +535,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     let mut cpu: Vec<CpuUse> = Vec::new();
     let started = Instant::now();
 
-    let fjord = Fjord::start(&opts.fjord, &[]).await?;
+    let fjord = Fjord::start(&opts.fjord, &[], None).await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let idle_rss = fjord.rss_kb();
     eprintln!("fjord serve up at {} (idle RSS {idle_rss} KiB)", fjord.addr);
@@ -539,7 +552,17 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
                 .await?;
                 nats_async_scenario(&opts, &bench_bin, (warm, dur), &mut rows).await?;
             }
-            other => bail!("unknown scenario {other:?}: the one that runs alone is async"),
+            "tls" => {
+                let f = json!({"service": "bench-http", "image": "bench", "envProcess": format!("{bench_bin} function"),
+                    "envVars": {"mode": "http"},
+                    "labels": {"com.openfaas.scale.min": "1", "com.openfaas.scale.max": "1"}});
+                fjord.deploy(f).await?;
+                fjord
+                    .wait_available("bench-http", 1, Duration::from_secs(20))
+                    .await?;
+                tls_scenario(&opts, &fjord, &bench_bin, (warm, dur), &mut rows).await?;
+            }
+            other => bail!("unknown scenario {other:?}: those that run alone are async and tls"),
         }
         fjord.stop().await?;
         for r in &rows {
@@ -560,7 +583,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     }
 
     // 1. Warm invoke, http mode.
-    eprintln!("[1/7] warm invoke, http mode");
+    eprintln!("[1/8] warm invoke, http mode");
     fjord
         .deploy(json!({"service": "bench-http", "image": "bench", "envProcess": format!("{bench_bin} function"),
             "envVars": {"mode": "http"},
@@ -577,16 +600,19 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         addr: format!("127.0.0.1:{port}").parse()?,
         path: "/".into(),
         body: None,
+        tls: None,
     };
     let via_gateway = Target {
         addr: fjord.addr,
         path: "/function/bench-http".into(),
         body: None,
+        tls: None,
     };
     let via_nginx = Target {
         addr: nginx.addr,
         path: "/".into(),
         body: None,
+        tls: None,
     };
     let gw = [fjord.pid];
     let mut best = (0usize, 0f64);
@@ -696,7 +722,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     );
 
     // 2. Warm invoke, fork mode.
-    eprintln!("[2/7] warm invoke, fork mode");
+    eprintln!("[2/8] warm invoke, fork mode");
     fjord
         .deploy(
             json!({"service": "bench-cat", "image": "bench", "envProcess": "cat",
@@ -710,6 +736,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         addr: fjord.addr,
         path: "/function/bench-cat".into(),
         body: Some(Bytes::from_static(b"hello")),
+        tls: None,
     };
     let f = measured(
         "fork cat via fjord c=1",
@@ -744,7 +771,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     );
 
     // 3. Cold start, per template, and warm throughput per template.
-    eprintln!("[3/7] cold start per template (building the templates with `fjord up`)");
+    eprintln!("[3/8] cold start per template (building the templates with `fjord up`)");
     let trials = if q { 20 } else { 60 };
     let project = build_templates(&opts.fjord, &fjord, &TEMPLATES).await?;
     let reference_rps = best.1;
@@ -779,6 +806,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
                 addr: fjord.addr,
                 path: format!("/function/{name}"),
                 body: None,
+                tls: None,
             };
             let r = load::run(&t, 16, warm, dur).await?;
             r.ensure_no_errors(&format!("warm invoke {name}"))?;
@@ -831,7 +859,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     drop(project);
 
     // 4. Scale-out.
-    eprintln!("[4/7] scale-out 1 → 50");
+    eprintln!("[4/8] scale-out 1 → 50");
     fjord
         .deploy(json!({"service": "bench-scale", "image": "bench", "envProcess": format!("{bench_bin} function"),
             "envVars": {"mode": "http"}, "labels": {"com.openfaas.scale.max": "50"}}))
@@ -882,6 +910,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         addr: fjord.addr,
         path: "/function/bench-auto".into(),
         body: None,
+        tls: None,
     };
     let t0 = Instant::now();
     let loader =
@@ -912,9 +941,12 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     );
     fjord.scale("bench-auto", 0).await?;
 
+    eprintln!("[5/8] TLS: the same function through an HTTPS gateway");
+    tls_scenario(&opts, &fjord, &bench_bin, (warm, dur), &mut rows).await?;
+
     // 7. Soak (before the footprint step fills fjord with 1,000 functions).
     let soak_secs = if q { 10 } else { 60 };
-    eprintln!("[5/7] soak {soak_secs} s at c={}", best.0);
+    eprintln!("[6/8] soak {soak_secs} s at c={}", best.0);
     let sampler = {
         let pid = fjord.pid;
         tokio::spawn(async move {
@@ -979,7 +1011,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     soak.ensure_no_errors("soak")?;
 
     // 6. Footprint.
-    eprintln!("[6/7] footprint: 100 and 1,000 functions at zero");
+    eprintln!("[7/8] footprint: 100 and 1,000 functions at zero");
     rows.push(
         Row::new(
             "footprint",
@@ -1035,7 +1067,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     }
 
     // Last, so its backlog does not weigh on the footprint figures.
-    eprintln!("[7/7] async: accept rate, drain rate, accept → start latency");
+    eprintln!("[8/8] async: accept rate, drain rate, accept → start latency");
     async_scenario(
         &fjord,
         &bench_bin,
@@ -1045,7 +1077,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     )
     .await?;
     fjord.stop().await?;
-    eprintln!("[7/7] async on NATS JetStream: the same figures");
+    eprintln!("[8/8] async on NATS JetStream: the same figures");
     nats_async_scenario(&opts, &bench_bin, (warm, dur), &mut rows).await?;
     let total = started.elapsed();
     eprintln!("done in {:.0} s", total.as_secs_f64());
@@ -1099,7 +1131,7 @@ async fn nats_async_scenario(
     rows: &mut Vec<Row>,
 ) -> anyhow::Result<()> {
     let nats = fjord_queue::nats_server::NatsServer::start();
-    let fjord = Fjord::start(&opts.fjord, &["--queue".into(), nats.url()]).await?;
+    let fjord = Fjord::start(&opts.fjord, &["--queue".into(), nats.url()], None).await?;
     async_scenario(&fjord, bench_bin, timing, Backend::Nats, rows).await?;
     fjord.stop().await?;
     drop(nats);
@@ -1133,6 +1165,7 @@ async fn async_scenario(
         addr: fjord.addr,
         path: "/function/bench-async".into(),
         body: Some(Bytes::from_static(b"hello")),
+        tls: None,
     };
     let ticks0 = procs::cpu_ticks(fjord.pid).unwrap_or(0);
     let sync = load::run(&sync_target, 10, warm, dur).await?;
@@ -1146,6 +1179,7 @@ async fn async_scenario(
         addr: fjord.addr,
         path: "/async-function/bench-async".into(),
         body: Some(Bytes::from_static(b"hello")),
+        tls: None,
     };
     let accept_dur = Duration::from_secs(2);
     let accepted = load::run(&async_target, 64, Duration::ZERO, accept_dur).await?;
@@ -1324,4 +1358,85 @@ async fn callback_receiver() -> anyhow::Result<(
         }
     });
     Ok((addr, rx))
+}
+
+/// Invocation overhead of HTTPS: the same http-mode function through a second gateway that
+/// serves TLS (`--tls-cert/--tls-key`, a self-signed certificate made here), against the
+/// plain gateway in the same moment; HTTP/1.1 keep-alive on both, so the difference is the
+/// TLS record layer (handshakes happen once per connection, before the measurement).
+async fn tls_scenario(
+    opts: &Options,
+    plain: &Fjord,
+    bench_bin: &str,
+    (warm, dur): (Duration, Duration),
+    rows: &mut Vec<Row>,
+) -> anyhow::Result<()> {
+    let dir = tempfile::Builder::new()
+        .prefix("fjord-bench-tls-")
+        .tempdir_in("/var/tmp")?;
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()])?;
+    let (cert_pem, key_pem) = (cert.cert.pem(), cert.signing_key.serialize_pem());
+    let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert_path, &cert_pem)?;
+    std::fs::write(&key_path, &key_pem)?;
+    let args = [
+        "--tls-cert".to_string(),
+        cert_path.display().to_string(),
+        "--tls-key".to_string(),
+        key_path.display().to_string(),
+    ];
+    let tls = Fjord::start(&opts.fjord, &args, Some(&cert_pem)).await?;
+    tls.deploy(json!({"service": "bench-http", "image": "bench", "envProcess": format!("{bench_bin} function"),
+        "envVars": {"mode": "http"},
+        "labels": {"com.openfaas.scale.min": "1", "com.openfaas.scale.max": "1"}}))
+        .await?;
+    tls.wait_available("bench-http", 1, Duration::from_secs(20))
+        .await?;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert.cert.der().clone())?;
+    let client = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let via_tls = Target {
+        addr: tls.addr,
+        path: "/function/bench-http".into(),
+        body: None,
+        tls: Some(std::sync::Arc::new(client)),
+    };
+    let via_plain = Target {
+        addr: plain.addr,
+        path: "/function/bench-http".into(),
+        body: None,
+        tls: None,
+    };
+    for c in [1usize, 64] {
+        let p = load::run(&via_plain, c, warm, dur).await?;
+        p.ensure_no_errors("plain baseline for TLS")?;
+        let t = load::run(&via_tls, c, warm, dur).await?;
+        t.ensure_no_errors("TLS")?;
+        let scenario = format!("warm invoke over TLS, c={c}");
+        if c == 1 {
+            rows.push(
+                Row::new(&scenario, "added latency p50 (TLS − plain)", t.p(0.5) - p.p(0.5), "µs")
+                    .note(&format!(
+                        "plain p50 {:.0} µs, TLS p50 {:.0} µs; p99 {:.0} vs {:.0} µs (HTTP/1.1 keep-alive, TLS 1.3)",
+                        p.p(0.5),
+                        t.p(0.5),
+                        p.p(0.99),
+                        t.p(0.99)
+                    )),
+            );
+        } else {
+            rows.push(
+                Row::new(&scenario, "throughput", t.rps(), "req/s")
+                    .baseline("plain HTTP, same moment", p.rps())
+                    .note("one connection per client, HTTP/1.1 keep-alive, TLS 1.3"),
+            );
+        }
+    }
+    tls.stop().await?;
+    Ok(())
 }
