@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 /// Body of `POST`/`PUT /system/functions`. Only `service` and `image` are required.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct FunctionDeployment {
     pub service: String,
@@ -39,7 +39,7 @@ pub struct FunctionDeployment {
 }
 
 /// `limits` / `requests`: Kubernetes quantities as strings.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct FunctionResources {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory: Option<String>,
@@ -66,7 +66,7 @@ pub struct FunctionResources {
 }
 
 /// One entry of `GET /system/functions`, or the body of `GET /system/function/{name}`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct FunctionStatus {
     pub name: String,
@@ -106,7 +106,7 @@ pub struct FunctionStatus {
 }
 
 /// fjord's extras on a function's status.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct FjordStatus {
     /// `http` (long-running replicas) or `fork` (a process per request).
@@ -130,7 +130,7 @@ pub struct FjordStatus {
 }
 
 /// Body of `POST /system/scale-function/{name}`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ScaleServiceRequest {
     #[serde(default)]
@@ -141,7 +141,7 @@ pub struct ScaleServiceRequest {
 }
 
 /// Body of `DELETE /system/functions`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DeleteFunctionRequest {
     pub function_name: String,
@@ -150,21 +150,21 @@ pub struct DeleteFunctionRequest {
 }
 
 /// `GET /system/info`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct GatewayInfo {
     pub provider: ProviderInfo,
     pub version: VersionInfo,
     pub arch: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ProviderInfo {
     pub provider: String,
     pub orchestration: String,
     pub version: VersionInfo,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct VersionInfo {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub commit_message: Option<String>,
@@ -173,7 +173,7 @@ pub struct VersionInfo {
 }
 
 /// One line of `GET /system/logs` (NDJSON).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct LogMessage {
     pub name: String,
     pub namespace: String,

@@ -75,6 +75,21 @@ impl From<fjord_store::StoreError> for ApiError {
     }
 }
 
+impl From<fjord_queue::QueueError> for ApiError {
+    fn from(e: fjord_queue::QueueError) -> Self {
+        use fjord_queue::QueueError;
+        match e {
+            QueueError::Duplicate(id) => ApiError::Conflict(format!(
+                "async call {id} already exists: send a new X-Call-Id (or none, to get a generated one)"
+            )),
+            QueueError::Closed => {
+                ApiError::Unavailable("the async queue is shutting down; retry shortly".into())
+            }
+            QueueError::Storage(e) => ApiError::Internal(format!("async queue: {e}")),
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
