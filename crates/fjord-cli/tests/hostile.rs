@@ -12,6 +12,16 @@ use reqwest::{Method, StatusCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+/// (what, method, path, body, expected status, a word the message must contain)
+type Case = (
+    &'static str,
+    &'static str,
+    String,
+    Vec<u8>,
+    u16,
+    &'static str,
+);
+
 /// Sends raw bytes on a fresh connection; returns the status and the body (after the head).
 async fn raw(addr: &str, request: &[u8]) -> (u16, String) {
     let mut c = TcpStream::connect(addr).await.expect("connect");
@@ -93,8 +103,7 @@ async fn hostile_requests_get_clear_4xx_and_touch_nothing() {
     );
     let digest = format!("sha256:{}", "0".repeat(64));
 
-    // (what, method, path, body, expected status, a word the message must contain)
-    let table: Vec<(&str, &str, String, Vec<u8>, u16, &str)> = vec![
+    let table: Vec<Case> = vec![
         (
             "JSON body over 1 MiB",
             "POST",

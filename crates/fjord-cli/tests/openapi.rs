@@ -119,7 +119,7 @@ values = ["hello", "web"]
             "not_a_server_error,status_code_conformance,content_type_conformance,response_headers_conformance,response_schema_conformance",
         ])
         // Valid and invalid requests; bounded and reproducible (about a minute).
-        .args(["--mode", "all", "--max-examples", "40", "--seed", "7"])
+        .args(["--mode", "all", "--max-examples", "100", "--seed", "7"])
         .args(["--workers", "2", "--request-timeout", "30"])
         .args(["--phases", "examples,coverage,fuzzing,stateful"])
         .current_dir(dir)
