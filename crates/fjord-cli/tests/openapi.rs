@@ -87,12 +87,28 @@ async fn the_gateway_keeps_to_its_openapi_document() {
     let dir = s.dir.tmp.path();
     let doc_path = dir.join("openapi.json");
     std::fs::write(&doc_path, serde_json::to_vec(&doc).unwrap()).unwrap();
+    // The checks: no 5xx; every status, content type, header and body as documented.
     // Half of the generated names are the deployed functions, so requests reach them (get,
-    // scale, logs, invoke, enqueue, even delete) instead of stopping at 404.
+    // scale, logs, invoke, enqueue, even update and delete) instead of stopping at 404.
+    // `/function/*` answers are the function's own, and schemathesis redeploys the functions
+    // with what it generates (a fork-mode process that exits 1 answers 500, by design), so a 5xx
+    // there is not the gateway's failure; its statuses, types and headers are still checked.
     let config = dir.join("schemathesis.toml");
     std::fs::write(
         &config,
         r#"
+[checks]
+enabled = false
+not_a_server_error.enabled = true
+status_code_conformance.enabled = true
+content_type_conformance.enabled = true
+response_headers_conformance.enabled = true
+response_schema_conformance.enabled = true
+
+[[operations]]
+include-path-regex = "^/function/"
+checks.not_a_server_error.enabled = false
+
 [dictionaries.functions]
 values = ["hello", "web", "hello.openfaas-fn", "web.openfaas-fn", "absent"]
 [dictionaries.names]
@@ -114,13 +130,11 @@ values = ["hello", "web"]
         .arg(&doc_path)
         .args(["--url", &s.base])
         .args(["--auth", &format!("admin:{password}")])
-        .args([
-            "--checks",
-            "not_a_server_error,status_code_conformance,content_type_conformance,response_headers_conformance,response_schema_conformance",
-        ])
         // Valid and invalid requests; bounded and reproducible (about a minute).
-        .args(["--mode", "all", "--max-examples", "100", "--seed", "7"])
-        .args(["--workers", "2", "--request-timeout", "30"])
+        .args(["--mode", "all", "--max-examples", "60", "--seed", "7"])
+        // One worker: with more, schemathesis 4.32 on Python 3.11.2 sometimes fails inside
+        // itself (a hypothesis cache race), which is not the gateway's doing.
+        .args(["--workers", "1", "--request-timeout", "30"])
         .args(["--phases", "examples,coverage,fuzzing,stateful"])
         .current_dir(dir)
         .kill_on_drop(true)

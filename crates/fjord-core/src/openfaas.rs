@@ -8,9 +8,19 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct FunctionDeployment {
+    /// The function's name: a DNS-1123 label.
+    #[schema(
+        pattern = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
+        max_length = 63,
+        example = "hello"
+    )]
     pub service: String,
+    /// Stored and shown; a bundle tag or digest the gateway has runs that bundle.
+    #[schema(min_length = 1, example = "hello:latest")]
     pub image: String,
+    /// Default `openfaas-fn`; any DNS-1123 label.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = "^([a-z0-9]([-a-z0-9]*[a-z0-9])?)?$", max_length = 63)]
     pub namespace: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub env_process: Option<String>,
@@ -133,10 +143,14 @@ pub struct FjordStatus {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ScaleServiceRequest {
+    /// If not empty, the function in the path.
     #[serde(default)]
+    #[schema(pattern = "^([a-z0-9]([-a-z0-9]*[a-z0-9])?)?$", max_length = 63)]
     pub service_name: String,
+    /// Clamped to `com.openfaas.scale.max`; 0 allowed.
     pub replicas: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = "^([a-z0-9]([-a-z0-9]*[a-z0-9])?)?$", max_length = 63)]
     pub namespace: Option<String>,
 }
 
@@ -144,8 +158,15 @@ pub struct ScaleServiceRequest {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DeleteFunctionRequest {
+    #[schema(
+        pattern = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
+        max_length = 63,
+        example = "hello"
+    )]
     pub function_name: String,
+    /// Default: the `namespace` query parameter, else `openfaas-fn`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = "^([a-z0-9]([-a-z0-9]*[a-z0-9])?)?$", max_length = 63)]
     pub namespace: Option<String>,
 }
 

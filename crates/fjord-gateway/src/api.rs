@@ -112,7 +112,7 @@ fn namespace_param(q: &HashMap<String, String>) -> Result<Option<String>, ApiErr
 
 #[utoipa::path(
     get, path = "/system/functions", tag = "functions",
-    params(("namespace" = Option<String>, Query, description = "Namespace to list (a DNS-1123 label); default `openfaas-fn`. An unknown namespace gives `[]`.")),
+    params(("namespace" = Option<String>, Query, pattern = "^([a-z0-9]([-a-z0-9]*[a-z0-9])?)?$", max_length = 63, description = "Namespace to list (a DNS-1123 label); default `openfaas-fn`. An unknown namespace gives `[]`.")),
     responses(
         (status = 200, description = "The functions of the namespace, sorted by name", body = [FunctionStatus]),
         (status = 400, description = "`namespace` is not a DNS-1123 label", body = String, content_type = "text/plain"),
@@ -175,7 +175,7 @@ pub async fn update_function(
 
 #[utoipa::path(
     delete, path = "/system/functions", tag = "functions",
-    params(("namespace" = Option<String>, Query, description = "Namespace when the body has none; default `openfaas-fn`")),
+    params(("namespace" = Option<String>, Query, pattern = "^([a-z0-9]([-a-z0-9]*[a-z0-9])?)?$", max_length = 63, description = "Namespace when the body has none; default `openfaas-fn`")),
     request_body(content = DeleteFunctionRequest, description = "The function to delete"),
     responses(
         (status = 202, description = "Replicas stopped, function and its logs removed"),
@@ -206,8 +206,8 @@ pub async fn delete_function(
 #[utoipa::path(
     get, path = "/system/function/{name}", tag = "functions",
     params(
-        ("name" = String, Path, description = "The function's name"),
-        ("namespace" = Option<String>, Query, description = "Default `openfaas-fn`"),
+        ("name" = String, Path, pattern = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length = 63, description = "The function's name"),
+        ("namespace" = Option<String>, Query, pattern = "^([a-z0-9]([-a-z0-9]*[a-z0-9])?)?$", max_length = 63, description = "Default `openfaas-fn`"),
     ),
     responses(
         (status = 200, description = "The function's status", body = FunctionStatus),
@@ -229,8 +229,8 @@ pub async fn get_function(
 #[utoipa::path(
     post, path = "/system/scale-function/{name}", tag = "functions",
     params(
-        ("name" = String, Path, description = "The function's name"),
-        ("namespace" = Option<String>, Query, description = "Namespace when the body has none; default `openfaas-fn`"),
+        ("name" = String, Path, pattern = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length = 63, description = "The function's name"),
+        ("namespace" = Option<String>, Query, pattern = "^([a-z0-9]([-a-z0-9]*[a-z0-9])?)?$", max_length = 63, description = "Namespace when the body has none; default `openfaas-fn`"),
     ),
     request_body(content = ScaleServiceRequest, description = "The replica count wanted (clamped to `com.openfaas.scale.max`; 0 allowed)"),
     responses(
@@ -356,6 +356,7 @@ pub struct AlertPayload {
 #[derive(serde::Deserialize, utoipa::ToSchema)]
 pub struct Alert {
     /// `firing` or `resolved`.
+    #[schema(pattern = "^(firing|resolved)$")]
     status: String,
     #[serde(default)]
     labels: HashMap<String, String>,

@@ -271,8 +271,10 @@ async fn receive(body: Body, tmp: &Path, expected: &Digest) -> Result<(), ApiErr
 #[derive(serde::Deserialize, utoipa::ToSchema)]
 pub struct TagRequest {
     /// Image name, e.g. `resize-image:latest` (default tag `latest`).
+    #[schema(pattern = "^[A-Za-z0-9._:/@-]+$", max_length = 248)]
     tag: String,
     /// `sha256:<64 hex>`.
+    #[schema(pattern = "^sha256:[0-9a-f]{64}$")]
     digest: String,
 }
 

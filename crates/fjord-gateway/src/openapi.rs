@@ -73,7 +73,7 @@ use crate::{api, async_calls, bundles, invoke, logs};
         ),
         responses(Unauthorized),
     ),
-    modifiers(&Security, &UniqueOperationIds),
+    modifiers(&Security, &UniqueOperationIds, &ParametersNotNull),
     tags(
         (name = "functions", description = "Deploy, update, scale, delete functions; their logs"),
         (name = "invoke", description = "Call functions, synchronously or queued"),
@@ -315,6 +315,34 @@ impl Modify for UniqueOperationIds {
                     let new = format!("{method}_{id}{suffix}");
                     if seen.insert(new.clone()) {
                         op.operation_id = Some(new);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `Option<String>` parameters come out as `string | null`, but a query or header value is
+/// never JSON null (a client would send the text `null`): optional is enough.
+struct ParametersNotNull;
+
+impl Modify for ParametersNotNull {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::schema::{Schema, SchemaType};
+        for item in doc.paths.paths.values_mut() {
+            for (_, op) in operations_mut(item) {
+                for p in op.parameters.iter_mut().flatten() {
+                    if let Some(RefOr::T(Schema::Object(o))) = &mut p.schema
+                        && let SchemaType::Array(types) = &o.schema_type
+                    {
+                        let kept: Vec<Type> = types
+                            .iter()
+                            .filter(|t| **t != Type::Null)
+                            .cloned()
+                            .collect();
+                        if let [only] = kept.as_slice() {
+                            o.schema_type = SchemaType::Type(only.clone());
+                        }
                     }
                 }
             }
