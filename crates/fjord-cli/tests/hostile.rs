@@ -497,3 +497,39 @@ async fn a_yaml_bomb_is_refused_by_fjord_deploy() {
     assert_eq!(names, ["echo"], "nothing from the bomb may be deployed");
     still_answers(&s).await;
 }
+
+/// HTTP/2 (h2c with prior knowledge) has the same bound on a request's headers.
+#[tokio::test(flavor = "multi_thread")]
+async fn http2_header_lists_are_bounded() {
+    let s = Server::start().await;
+    let stream = TcpStream::connect(&s.addr).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .expect("h2c handshake");
+    tokio::spawn(conn);
+    let get = |extra: Option<String>| {
+        let mut b = hyper::Request::get(format!("http://{}/healthz", s.addr));
+        if let Some(v) = extra {
+            b = b.header("x-big", v);
+        }
+        b.body(http_body_util::Empty::<bytes::Bytes>::new())
+            .unwrap()
+    };
+    let ok = send
+        .send_request(get(None))
+        .await
+        .expect("a plain h2 request");
+    assert_eq!(ok.status(), 200);
+    let fits = send
+        .send_request(get(Some("a".repeat(16 << 10))))
+        .await
+        .expect("a 16 KiB header over h2");
+    assert_eq!(fits.status(), 200);
+    match send.send_request(get(Some("a".repeat(100 << 10)))).await {
+        Ok(r) => assert_eq!(r.status(), 431, "a 100 KiB header over h2"),
+        Err(e) => panic!("a 100 KiB header over h2: {e:?}"),
+    }
+}
