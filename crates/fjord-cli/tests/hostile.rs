@@ -103,7 +103,7 @@ async fn hostile_requests_get_clear_4xx_and_touch_nothing() {
     );
     let digest = format!("sha256:{}", "0".repeat(64));
 
-    let table: Vec<Case> = vec![
+    let mut table: Vec<Case> = vec![
         (
             "JSON body over 1 MiB",
             "POST",
@@ -313,6 +313,14 @@ async fn hostile_requests_get_clear_4xx_and_touch_nothing() {
             "max-async-body",
         ),
     ];
+    table.push((
+        "a method the route does not have",
+        "PATCH",
+        "/system/functions".into(),
+        vec![],
+        405,
+        "not allowed",
+    ));
     let mut wrong = Vec::new();
     for (what, method, path, body, want, word) in &table {
         let (status, answer) = raw(&s.addr, &request(&s, method, path, body)).await;

@@ -324,6 +324,15 @@ pub async fn not_found(req: Request<Body>) -> ApiError {
     ))
 }
 
+/// A known route with another method (axum adds the `Allow` header).
+pub async fn method_not_allowed(req: Request<Body>) -> ApiError {
+    ApiError::MethodNotAllowed(format!(
+        "{} is not allowed on {}: the Allow header lists the methods that are (see docs/api.md)",
+        req.method(),
+        req.uri().path()
+    ))
+}
+
 /// `GET /metrics`: Prometheus text format, no auth (as in OpenFaaS).
 #[utoipa::path(
     get, path = "/metrics", tag = "system",

@@ -285,6 +285,7 @@ fn router(state: AppState, creds: Option<Arc<auth::Credentials>>) -> Router {
         .route("/healthz", get(api::healthz))
         .route("/metrics", get(api::metrics))
         .fallback(api::not_found)
+        .method_not_allowed_fallback(api::method_not_allowed)
         .with_state(state)
 }
 
