@@ -356,6 +356,10 @@ pub struct ServeArgs {
     /// (the connection is cut beyond; 0 = no limit, right for long streams)
     #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
     pub write_timeout: std::time::Duration,
+    /// Longest a client may take to send a request's headers (HTTP/1; the connection is
+    /// closed beyond), and the longest an idle keep-alive connection stays open; 0 = no limit
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub header_timeout: std::time::Duration,
     /// Largest body of an async call (POST /async-function/...; 413 beyond)
     #[arg(long, default_value = "8MiB", value_parser = parse_size)]
     pub max_async_body: u64,

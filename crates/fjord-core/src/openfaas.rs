@@ -5,12 +5,22 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 /// Body of `POST`/`PUT /system/functions`. Only `service` and `image` are required.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct FunctionDeployment {
+    /// The function's name: a DNS-1123 label.
+    #[schema(
+        pattern = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
+        max_length = 63,
+        example = "hello"
+    )]
     pub service: String,
+    /// Stored and shown; a bundle tag or digest the gateway has runs that bundle.
+    #[schema(min_length = 1, example = "hello:latest")]
     pub image: String,
+    /// Default `openfaas-fn`; any DNS-1123 label.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = "^([a-z0-9]([-a-z0-9]*[a-z0-9])?)?$", max_length = 63)]
     pub namespace: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub env_process: Option<String>,
@@ -39,7 +49,7 @@ pub struct FunctionDeployment {
 }
 
 /// `limits` / `requests`: Kubernetes quantities as strings.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct FunctionResources {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory: Option<String>,
@@ -66,7 +76,7 @@ pub struct FunctionResources {
 }
 
 /// One entry of `GET /system/functions`, or the body of `GET /system/function/{name}`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct FunctionStatus {
     pub name: String,
@@ -106,7 +116,7 @@ pub struct FunctionStatus {
 }
 
 /// fjord's extras on a function's status.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct FjordStatus {
     /// `http` (long-running replicas) or `fork` (a process per request).
@@ -130,41 +140,52 @@ pub struct FjordStatus {
 }
 
 /// Body of `POST /system/scale-function/{name}`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ScaleServiceRequest {
+    /// If not empty, the function in the path.
     #[serde(default)]
+    #[schema(pattern = "^([a-z0-9]([-a-z0-9]*[a-z0-9])?)?$", max_length = 63)]
     pub service_name: String,
+    /// Clamped to `com.openfaas.scale.max`; 0 allowed.
     pub replicas: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = "^([a-z0-9]([-a-z0-9]*[a-z0-9])?)?$", max_length = 63)]
     pub namespace: Option<String>,
 }
 
 /// Body of `DELETE /system/functions`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DeleteFunctionRequest {
+    #[schema(
+        pattern = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
+        max_length = 63,
+        example = "hello"
+    )]
     pub function_name: String,
+    /// Default: the `namespace` query parameter, else `openfaas-fn`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = "^([a-z0-9]([-a-z0-9]*[a-z0-9])?)?$", max_length = 63)]
     pub namespace: Option<String>,
 }
 
 /// `GET /system/info`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct GatewayInfo {
     pub provider: ProviderInfo,
     pub version: VersionInfo,
     pub arch: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ProviderInfo {
     pub provider: String,
     pub orchestration: String,
     pub version: VersionInfo,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct VersionInfo {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub commit_message: Option<String>,
@@ -173,7 +194,7 @@ pub struct VersionInfo {
 }
 
 /// One line of `GET /system/logs` (NDJSON).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct LogMessage {
     pub name: String,
     pub namespace: String,
@@ -216,7 +237,7 @@ mod tests {
 /// Body of `POST`/`PUT /system/secrets` (and, with only `name`/`namespace`, of `DELETE`).
 /// `value` is text; `rawValue` is base64 (Go's `[]byte`), used when `value` is empty.
 /// `Debug` never shows the value.
-#[derive(Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Secret {
     pub name: String,
@@ -238,7 +259,7 @@ impl std::fmt::Debug for Secret {
 }
 
 /// One entry of `GET /system/secrets`: never the value.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SecretDescription {
     pub name: String,
     pub namespace: String,

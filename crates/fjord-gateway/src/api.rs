@@ -10,8 +10,8 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use fjord_core::FunctionKey;
 use fjord_core::openfaas::{
-    DeleteFunctionRequest, FunctionDeployment, GatewayInfo, ProviderInfo, ScaleServiceRequest,
-    VersionInfo,
+    DeleteFunctionRequest, FunctionDeployment, FunctionStatus, GatewayInfo, ProviderInfo,
+    ScaleServiceRequest, VersionInfo,
 };
 use http_body_util::BodyExt;
 use serde::de::DeserializeOwned;
@@ -20,13 +20,54 @@ use crate::AppState;
 use crate::control::DeployMode;
 use crate::error::ApiError;
 
+/// axum's `Path`, with its rejections (e.g. `%FF`, not UTF-8) as our plain-text errors.
+pub struct ApiPath<T>(pub T);
+
+impl<T, S> axum::extract::FromRequestParts<S> for ApiPath<T>
+where
+    T: DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, ApiError> {
+        match Path::<T>::from_request_parts(parts, state).await {
+            Ok(Path(v)) => Ok(ApiPath(v)),
+            Err(r) if r.status().is_server_error() => Err(ApiError::Internal(r.body_text())),
+            Err(r) => Err(ApiError::BadRequest(format!(
+                "path: {}: percent-encode the name as UTF-8",
+                r.body_text()
+            ))),
+        }
+    }
+}
+
 /// Largest JSON body accepted on `/system/*`.
 pub const MAX_API_BODY: usize = 1 << 20;
 
-/// Reads a bounded body and decodes it, naming the offending field on error.
-pub async fn json_body<T: DeserializeOwned>(req: Request, what: &str) -> Result<T, ApiError> {
+/// Reads a bounded body (in size, and in time: `--read-timeout`) and decodes it, naming the
+/// offending field on error.
+pub async fn json_body<T: DeserializeOwned>(
+    app: &AppState,
+    req: Request,
+    what: &str,
+) -> Result<T, ApiError> {
     let limited = http_body_util::Limited::new(req.into_body(), MAX_API_BODY);
-    let bytes = match limited.collect().await {
+    let collected = match app.config.read_timeout {
+        Some(t) => tokio::time::timeout(t, limited.collect())
+            .await
+            .map_err(|_| {
+                ApiError::RequestTimeout(format!(
+                    "the request body did not arrive within --read-timeout ({})",
+                    humantime::format_duration(t)
+                ))
+            })?,
+        None => limited.collect().await,
+    };
+    let bytes = match collected {
         Ok(c) => c.to_bytes(),
         Err(e) => {
             if e.downcast_ref::<http_body_util::LengthLimitError>()
@@ -69,6 +110,16 @@ pub(crate) fn namespace_param(q: &HashMap<String, String>) -> Result<Option<Stri
     }
 }
 
+#[utoipa::path(
+    get, path = "/system/functions", tag = "functions",
+    params(("namespace" = Option<String>, Query, pattern = "^([a-z0-9]([-a-z0-9]*[a-z0-9])?)?$", max_length = 63, description = "Namespace to list (a DNS-1123 label); default `openfaas-fn`. An unknown namespace gives `[]`.")),
+    responses(
+        (status = 200, description = "The functions of the namespace, sorted by name", body = [FunctionStatus]),
+        (status = 400, description = "`namespace` is not a DNS-1123 label", body = String, content_type = "text/plain"),
+        (status = 401, response = crate::openapi::Unauthorized),
+    ),
+    security(("basicAuth" = []))
+)]
 pub async fn list_functions(
     State(app): State<AppState>,
     Query(q): Query<HashMap<String, String>>,
@@ -77,30 +128,72 @@ pub async fn list_functions(
     Ok(Json(app.control.list(ns.as_deref())).into_response())
 }
 
+#[utoipa::path(
+    post, path = "/system/functions", tag = "functions",
+    request_body(content = FunctionDeployment, description = "The function to deploy (create, or update if it exists)"),
+    responses(
+        (status = 202, description = "Validated, stored and handed to the runtime; replicas become ready afterwards"),
+        (status = 400, description = "Empty or malformed body, or a field that fails validation (the message names it)", body = String, content_type = "text/plain"),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 408, description = "The body did not arrive within --read-timeout", body = String, content_type = "text/plain"),
+        (status = 413, description = "The body is larger than 1 MiB", body = String, content_type = "text/plain"),
+        (status = 500, description = "The state store or runtime failed", body = String, content_type = "text/plain"),
+    ),
+    security(("basicAuth" = []))
+)]
 pub async fn create_function(
     State(app): State<AppState>,
     req: Request,
 ) -> Result<StatusCode, ApiError> {
-    let d: FunctionDeployment = json_body(req, "FunctionDeployment").await?;
+    let d: FunctionDeployment = json_body(&app, req, "FunctionDeployment").await?;
     app.control.deploy(d, DeployMode::CreateOrUpdate).await?;
     Ok(StatusCode::ACCEPTED)
 }
 
+#[utoipa::path(
+    put, path = "/system/functions", tag = "functions",
+    request_body(content = FunctionDeployment, description = "The new version of a deployed function (rolled out without downtime)"),
+    responses(
+        (status = 202, description = "Validated, stored and rolling out"),
+        (status = 400, description = "Empty or malformed body, or a field that fails validation (the message names it)", body = String, content_type = "text/plain"),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 408, description = "The body did not arrive within --read-timeout", body = String, content_type = "text/plain"),
+        (status = 413, description = "The body is larger than 1 MiB", body = String, content_type = "text/plain"),
+        (status = 404, description = "The function is not deployed (POST creates it)", body = String, content_type = "text/plain"),
+        (status = 500, description = "The state store or runtime failed", body = String, content_type = "text/plain"),
+    ),
+    security(("basicAuth" = []))
+)]
 pub async fn update_function(
     State(app): State<AppState>,
     req: Request,
 ) -> Result<StatusCode, ApiError> {
-    let d: FunctionDeployment = json_body(req, "FunctionDeployment").await?;
+    let d: FunctionDeployment = json_body(&app, req, "FunctionDeployment").await?;
     app.control.deploy(d, DeployMode::Update).await?;
     Ok(StatusCode::ACCEPTED)
 }
 
+#[utoipa::path(
+    delete, path = "/system/functions", tag = "functions",
+    params(("namespace" = Option<String>, Query, pattern = "^([a-z0-9]([-a-z0-9]*[a-z0-9])?)?$", max_length = 63, description = "Namespace when the body has none; default `openfaas-fn`")),
+    request_body(content = DeleteFunctionRequest, description = "The function to delete"),
+    responses(
+        (status = 202, description = "Replicas stopped, function and its logs removed"),
+        (status = 400, description = "Empty or malformed body, or a field that fails validation (the message names it)", body = String, content_type = "text/plain"),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 408, description = "The body did not arrive within --read-timeout", body = String, content_type = "text/plain"),
+        (status = 413, description = "The body is larger than 1 MiB", body = String, content_type = "text/plain"),
+        (status = 404, description = "The function is not deployed", body = String, content_type = "text/plain"),
+        (status = 500, description = "The state store or runtime failed", body = String, content_type = "text/plain"),
+    ),
+    security(("basicAuth" = []))
+)]
 pub async fn delete_function(
     State(app): State<AppState>,
     Query(q): Query<HashMap<String, String>>,
     req: Request,
 ) -> Result<StatusCode, ApiError> {
-    let d: DeleteFunctionRequest = json_body(req, "DeleteFunctionRequest").await?;
+    let d: DeleteFunctionRequest = json_body(&app, req, "DeleteFunctionRequest").await?;
     let ns = d
         .namespace
         .filter(|n| !n.is_empty())
@@ -110,22 +203,54 @@ pub async fn delete_function(
     Ok(StatusCode::ACCEPTED)
 }
 
+#[utoipa::path(
+    get, path = "/system/function/{name}", tag = "functions",
+    params(
+        ("name" = String, Path, pattern = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length = 63, description = "The function's name"),
+        ("namespace" = Option<String>, Query, pattern = "^([a-z0-9]([-a-z0-9]*[a-z0-9])?)?$", max_length = 63, description = "Default `openfaas-fn`"),
+    ),
+    responses(
+        (status = 200, description = "The function's status", body = FunctionStatus),
+        (status = 400, description = "`name` or `namespace` is not a DNS-1123 label", body = String, content_type = "text/plain"),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 404, description = "The function is not deployed", body = String, content_type = "text/plain"),
+    ),
+    security(("basicAuth" = []))
+)]
 pub async fn get_function(
     State(app): State<AppState>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
     let key = FunctionKey::new(&name, namespace_param(&q)?.as_deref())?;
     Ok(Json(app.control.status(&key)?).into_response())
 }
 
+#[utoipa::path(
+    post, path = "/system/scale-function/{name}", tag = "functions",
+    params(
+        ("name" = String, Path, pattern = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length = 63, description = "The function's name"),
+        ("namespace" = Option<String>, Query, pattern = "^([a-z0-9]([-a-z0-9]*[a-z0-9])?)?$", max_length = 63, description = "Namespace when the body has none; default `openfaas-fn`"),
+    ),
+    request_body(content = ScaleServiceRequest, description = "The replica count wanted (clamped to `com.openfaas.scale.max`; 0 allowed)"),
+    responses(
+        (status = 202, description = "Scaling; surplus replicas drain before stopping"),
+        (status = 400, description = "Empty or malformed body, or a field that fails validation (the message names it)", body = String, content_type = "text/plain"),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 408, description = "The body did not arrive within --read-timeout", body = String, content_type = "text/plain"),
+        (status = 413, description = "The body is larger than 1 MiB", body = String, content_type = "text/plain"),
+        (status = 404, description = "The function is not deployed", body = String, content_type = "text/plain"),
+        (status = 500, description = "The state store or runtime failed", body = String, content_type = "text/plain"),
+    ),
+    security(("basicAuth" = []))
+)]
 pub async fn scale_function(
     State(app): State<AppState>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
     Query(q): Query<HashMap<String, String>>,
     req: Request,
 ) -> Result<StatusCode, ApiError> {
-    let body: ScaleServiceRequest = json_body(req, "ScaleServiceRequest").await?;
+    let body: ScaleServiceRequest = json_body(&app, req, "ScaleServiceRequest").await?;
     if !body.service_name.is_empty() && body.service_name != name {
         return Err(ApiError::BadRequest(format!(
             "serviceName {:?} does not match the function in the path, {name:?}",
@@ -149,6 +274,14 @@ pub fn version_info() -> VersionInfo {
     }
 }
 
+#[utoipa::path(
+    get, path = "/system/info", tag = "system",
+    responses(
+        (status = 200, description = "What this gateway is", body = GatewayInfo),
+        (status = 401, response = crate::openapi::Unauthorized),
+    ),
+    security(("basicAuth" = []))
+)]
 pub async fn info() -> Json<GatewayInfo> {
     Json(GatewayInfo {
         provider: ProviderInfo {
@@ -161,10 +294,24 @@ pub async fn info() -> Json<GatewayInfo> {
     })
 }
 
+#[utoipa::path(
+    get, path = "/system/namespaces", tag = "system",
+    responses(
+        (status = 200, description = "The namespaces that hold functions, plus `openfaas-fn`, sorted", body = [String]),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 500, description = "The state store failed", body = String, content_type = "text/plain"),
+    ),
+    security(("basicAuth" = []))
+)]
 pub async fn namespaces(State(app): State<AppState>) -> Result<Json<Vec<String>>, ApiError> {
     Ok(Json(app.control.namespaces()?))
 }
 
+#[utoipa::path(
+    get, path = "/healthz", tag = "system",
+    responses((status = 200, description = "The gateway is up", body = String, content_type = "text/plain", example = "OK")),
+    security(())
+)]
 pub async fn healthz() -> &'static str {
     "OK"
 }
@@ -177,7 +324,21 @@ pub async fn not_found(req: Request<Body>) -> ApiError {
     ))
 }
 
+/// A known route with another method (axum adds the `Allow` header).
+pub async fn method_not_allowed(req: Request<Body>) -> ApiError {
+    ApiError::MethodNotAllowed(format!(
+        "{} is not allowed on {}: the Allow header lists the methods that are (see docs/api.md)",
+        req.method(),
+        req.uri().path()
+    ))
+}
+
 /// `GET /metrics`: Prometheus text format, no auth (as in OpenFaaS).
+#[utoipa::path(
+    get, path = "/metrics", tag = "system",
+    responses((status = 200, description = "Prometheus text exposition format 0.0.4", body = String, content_type = "text/plain")),
+    security(())
+)]
 pub async fn metrics(State(app): State<AppState>) -> Response {
     let depth: HashMap<String, u64> = app
         .queue
@@ -194,14 +355,17 @@ pub async fn metrics(State(app): State<AppState>) -> Response {
     r
 }
 
-#[derive(serde::Deserialize)]
-struct AlertPayload {
+/// The AlertManager webhook body (only the fields fjord reads).
+#[derive(serde::Deserialize, utoipa::ToSchema)]
+pub struct AlertPayload {
     #[serde(default)]
     alerts: Vec<Alert>,
 }
 
-#[derive(serde::Deserialize)]
-struct Alert {
+#[derive(serde::Deserialize, utoipa::ToSchema)]
+pub struct Alert {
+    /// `firing` or `resolved`.
+    #[schema(pattern = "^(firing|resolved)$")]
     status: String,
     #[serde(default)]
     labels: HashMap<String, String>,
@@ -213,8 +377,22 @@ const LABEL_SCALE_FACTOR: &str = "com.openfaas.scale.factor";
 /// `POST /system/alert`: the AlertManager webhook, for users who keep their Prometheus rules.
 /// A firing alert adds `ceil(max × factor / 100)` replicas (up to max); a resolved one goes
 /// back to min.
+#[utoipa::path(
+    post, path = "/system/alert", tag = "functions",
+    request_body(content = AlertPayload, description = "AlertManager webhook; `alerts[].labels.function_name` = `name.namespace`"),
+    responses(
+        (status = 200, description = "Every named function was scaled"),
+        (status = 400, description = "Empty or malformed body, or a field that fails validation (the message names it)", body = String, content_type = "text/plain"),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 408, description = "The body did not arrive within --read-timeout", body = String, content_type = "text/plain"),
+        (status = 413, description = "The body is larger than 1 MiB", body = String, content_type = "text/plain"),
+        (status = 404, description = "Some named functions are not deployed (the others were scaled)", body = String, content_type = "text/plain"),
+        (status = 500, description = "The state store or runtime failed", body = String, content_type = "text/plain"),
+    ),
+    security(("basicAuth" = []))
+)]
 pub async fn alert(State(app): State<AppState>, req: Request) -> Result<StatusCode, ApiError> {
-    let payload: AlertPayload = json_body(req, "AlertManager webhook").await?;
+    let payload: AlertPayload = json_body(&app, req, "AlertManager webhook").await?;
     let mut missing = Vec::new();
     for a in payload.alerts {
         let Some(function) = a.labels.get("function_name") else {

@@ -10,7 +10,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use axum::Json;
-use axum::extract::{Path as UrlPath, Query, Request, State};
+use axum::extract::{Query, Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
@@ -23,6 +23,7 @@ use hyper_util::rt::TokioExecutor;
 use tokio_util::sync::CancellationToken;
 
 use crate::AppState;
+use crate::api::ApiPath;
 use crate::control::{ControlPlane, Route};
 use crate::error::ApiError;
 use crate::invoke::{X_CALL_ID, split_async_path, strip_hop_by_hop};
@@ -153,6 +154,29 @@ fn valid_callback(url: &str) -> Result<(), ApiError> {
 }
 
 /// `POST /async-function/{name}[.{ns}][/{path}]`.
+#[utoipa::path(
+    post, path = "/async-function/{function}", tag = "invoke",
+    params(
+        ("function" = String, Path, description = "`name` or `name.namespace`"),
+        ("X-Callback-Url" = Option<String>, Header, description = "Where to POST the result (http or https)"),
+        ("X-Call-Id" = Option<String>, Header, description = "The call's id (1 to 128 characters); default a new UUID"),
+    ),
+    request_body(content = String, content_type = "*/*", description = "Any body, at most --max-async-body (8 MiB)"),
+    responses(
+        (status = 202, description = "Stored durably; it runs later", headers(("X-Call-Id" = String, description = "The call's id"))),
+        (status = 400, description = "X-Callback-Url is not an http(s) URL, or the body could not be read", body = String, content_type = "text/plain"),
+        (status = 401, description = "The function is annotated com.fjord.auth: token and no valid token was sent", body = String, content_type = "text/plain", headers(("WWW-Authenticate" = String))),
+        (status = 403, description = "The token's scope may not call functions", body = String, content_type = "text/plain"),
+        (status = 404, description = "The function is not deployed", body = String, content_type = "text/plain"),
+        (status = 409, description = "A call with this X-Call-Id already exists", body = String, content_type = "text/plain"),
+        (status = 408, description = "The body did not arrive within --read-timeout", body = String, content_type = "text/plain"),
+        (status = 413, description = "The body is larger than --max-async-body", body = String, content_type = "text/plain"),
+        (status = 429, description = "Too many failed authentications from this address", body = String, content_type = "text/plain", headers(("Retry-After" = String))),
+        (status = 500, description = "The queue failed to store the call", body = String, content_type = "text/plain"),
+        (status = 503, description = "The queue is shutting down", body = String, content_type = "text/plain", headers(("Retry-After" = String))),
+    ),
+    security(())
+)]
 pub async fn enqueue(
     State(app): State<AppState>,
     axum::extract::ConnectInfo(remote): axum::extract::ConnectInfo<SocketAddr>,
@@ -183,7 +207,17 @@ pub async fn enqueue(
         }
     };
     let limit = app.config.max_async_body;
-    let body = match http_body_util::Limited::new(body, limit).collect().await {
+    let limited = http_body_util::Limited::new(body, limit).collect();
+    let collected = match app.config.read_timeout {
+        Some(t) => tokio::time::timeout(t, limited).await.map_err(|_| {
+            ApiError::RequestTimeout(format!(
+                "the request body did not arrive within --read-timeout ({})",
+                humantime::format_duration(t)
+            ))
+        })?,
+        None => limited.await,
+    };
+    let body = match collected {
         Ok(c) => c.to_bytes(),
         Err(e) => {
             if e.downcast_ref::<http_body_util::LengthLimitError>()
@@ -230,10 +264,7 @@ pub async fn enqueue(
             callback_url,
         },
     };
-    app.queue
-        .enqueue(call)
-        .await
-        .map_err(|e| ApiError::Internal(format!("Error queuing request: {e}")))?;
+    app.queue.enqueue(call).await?;
     route
         .metrics
         .last_request_ms
@@ -253,16 +284,24 @@ pub async fn enqueue(
 }
 
 /// `DELETE /async-function/{call-id}`: cancels a call that has not started.
+#[utoipa::path(
+    delete, path = "/async-function/{function}", tag = "invoke",
+    params(("function" = String, Path, description = "Here: the id of the call to cancel (its X-Call-Id)")),
+    responses(
+        (status = 202, description = "Cancelled"),
+        (status = 400, description = "The id is not valid UTF-8", body = String, content_type = "text/plain"),
+        (status = 404, description = "No such call", body = String, content_type = "text/plain"),
+        (status = 409, description = "The call is running or finished", body = String, content_type = "text/plain"),
+        (status = 500, description = "The queue failed", body = String, content_type = "text/plain"),
+        (status = 503, description = "The queue is shutting down", body = String, content_type = "text/plain", headers(("Retry-After" = String))),
+    ),
+    security(())
+)]
 pub async fn cancel(
     State(app): State<AppState>,
-    UrlPath(id): UrlPath<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
-    match app
-        .queue
-        .cancel(&id)
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?
-    {
+    match app.queue.cancel(&id).await? {
         CancelOutcome::Cancelled => Ok(StatusCode::ACCEPTED),
         CancelOutcome::NotFound => Err(ApiError::NotFound(format!("no async call {id}"))),
         CancelOutcome::TooLate(s) => Err(ApiError::Conflict(format!(
@@ -273,19 +312,46 @@ pub async fn cancel(
 }
 
 /// `GET /system/async-calls/{id}`.
+#[utoipa::path(
+    get, path = "/system/async-calls/{id}", tag = "async calls",
+    params(("id" = String, Path, description = "The call's id (X-Call-Id)")),
+    responses(
+        (status = 200, description = "The call", body = CallRecord),
+        (status = 400, description = "The id is not valid UTF-8", body = String, content_type = "text/plain"),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 404, description = "No such call", body = String, content_type = "text/plain"),
+        (status = 500, description = "The queue failed", body = String, content_type = "text/plain"),
+        (status = 503, description = "The queue is shutting down", body = String, content_type = "text/plain", headers(("Retry-After" = String))),
+    ),
+    security(("basicAuth" = []))
+)]
 pub async fn get_call(
     State(app): State<AppState>,
-    UrlPath(id): UrlPath<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<CallRecord>, ApiError> {
     app.queue
         .get(&id)
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?
+        .await?
         .map(Json)
         .ok_or_else(|| ApiError::NotFound(format!("no async call {id}")))
 }
 
 /// `GET /system/async-calls?state=dead&limit=100`.
+#[utoipa::path(
+    get, path = "/system/async-calls", tag = "async calls",
+    params(
+        ("state" = Option<CallState>, Query, description = "Only calls in this state"),
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 10000, description = "At most this many (default 100)"),
+    ),
+    responses(
+        (status = 200, description = "The calls", body = [CallRecord]),
+        (status = 400, description = "`state` or `limit` is invalid", body = String, content_type = "text/plain"),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 500, description = "The queue failed", body = String, content_type = "text/plain"),
+        (status = 503, description = "The queue is shutting down", body = String, content_type = "text/plain", headers(("Retry-After" = String))),
+    ),
+    security(("basicAuth" = []))
+)]
 pub async fn list_calls(
     State(app): State<AppState>,
     Query(q): Query<HashMap<String, String>>,
@@ -306,34 +372,37 @@ pub async fn list_calls(
             .filter(|n| (1..=10_000).contains(n))
             .ok_or_else(|| ApiError::BadRequest(format!("limit: {l:?} must be from 1 to 10000")))?,
     };
-    Ok(Json(
-        app.queue
-            .list(state, limit)
-            .await
-            .map_err(|e| ApiError::Internal(e.to_string()))?,
-    ))
+    Ok(Json(app.queue.list(state, limit).await?))
 }
 
 /// `POST /system/async-calls/{id}/replay`: runs a dead-lettered call again.
+#[utoipa::path(
+    post, path = "/system/async-calls/{id}/replay", tag = "async calls",
+    params(("id" = String, Path, description = "The call's id (X-Call-Id)")),
+    responses(
+        (status = 202, description = "Queued again"),
+        (status = 400, description = "The id is not valid UTF-8", body = String, content_type = "text/plain"),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 404, description = "No such call", body = String, content_type = "text/plain"),
+        (status = 409, description = "The call is not dead-lettered", body = String, content_type = "text/plain"),
+        (status = 500, description = "The queue failed", body = String, content_type = "text/plain"),
+        (status = 503, description = "The queue is shutting down", body = String, content_type = "text/plain", headers(("Retry-After" = String))),
+    ),
+    security(("basicAuth" = []))
+)]
 pub async fn replay(
     State(app): State<AppState>,
-    UrlPath(id): UrlPath<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
     let q = &app.queue;
-    match q
-        .get(&id)
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?
-    {
+    match q.get(&id).await? {
         None => Err(ApiError::NotFound(format!("no async call {id}"))),
         Some(c) if c.state != CallState::Dead => Err(ApiError::Conflict(format!(
             "async call {id} is {}: only dead-lettered calls can be replayed",
             c.state.as_str()
         ))),
         Some(_) => {
-            q.replay(&id)
-                .await
-                .map_err(|e| ApiError::Internal(e.to_string()))?;
+            q.replay(&id).await?;
             app.dispatch.notify_one();
             Ok(StatusCode::ACCEPTED)
         }

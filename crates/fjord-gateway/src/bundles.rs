@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{Path as UrlPath, Query, Request, State};
+use axum::extract::{Query, Request, State};
 use axum::http::StatusCode;
 use fjord_bundle::{Digest, Manifest};
 use fjord_core::ProcessDefaults;
@@ -15,6 +15,7 @@ use http_body_util::BodyExt;
 use tokio::io::AsyncWriteExt;
 
 use crate::AppState;
+use crate::api::ApiPath;
 use crate::api::json_body;
 use crate::error::ApiError;
 
@@ -155,9 +156,20 @@ impl Bundles {
 }
 
 /// `HEAD /system/bundles/{digest}`: 200 if the gateway has it (the CLI then skips the upload).
+#[utoipa::path(
+    head, path = "/system/bundles/{digest}", tag = "bundles",
+    params(("digest" = String, Path, pattern = "^sha256:[0-9a-f]{64}$", description = "`sha256:` and the 64 hex digits of the archive's sha256", example = "sha256:0000000000000000000000000000000000000000000000000000000000000000")),
+    responses(
+        (status = 200, description = "The gateway has this bundle"),
+        (status = 400, description = "Not a sha256 digest"),
+        (status = 401, description = "Missing or wrong credentials"),
+        (status = 404, description = "The gateway does not have it: upload it with PUT"),
+    ),
+    security(("basicAuth" = []))
+)]
 pub async fn head_bundle(
     State(app): State<AppState>,
-    UrlPath(digest): UrlPath<String>,
+    ApiPath(digest): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
     let d = Digest::parse(&digest).map_err(|e| ApiError::BadRequest(e.to_string()))?;
     if app.control.bundles().archive(&d).exists() {
@@ -171,9 +183,26 @@ pub async fn head_bundle(
 
 /// `PUT /system/bundles/{digest}[?tag=name:tag]`: stores a packed bundle after checking that
 /// its sha256 is the digest in the path. 201 when stored, 200 when it was already there.
+#[utoipa::path(
+    put, path = "/system/bundles/{digest}", tag = "bundles",
+    params(
+        ("digest" = String, Path, pattern = "^sha256:[0-9a-f]{64}$", description = "`sha256:` and the 64 hex digits of the archive's sha256", example = "sha256:0000000000000000000000000000000000000000000000000000000000000000"),
+        ("tag" = Option<String>, Query, description = "Image name to point at the bundle, e.g. `resize:1.2` (default tag `latest`)"),
+    ),
+    request_body(content = String, content_type = "application/octet-stream", description = "The bundle (tar.gz), at most 2 GiB, streamed to disk"),
+    responses(
+        (status = 200, description = "The gateway already had it"),
+        (status = 201, description = "Stored"),
+        (status = 400, description = "Not a sha256 digest, a body that does not hash to it, not a bundle, or a bad tag", body = String, content_type = "text/plain"),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 413, description = "Larger than 2 GiB", body = String, content_type = "text/plain"),
+        (status = 500, description = "Storing it failed (disk)", body = String, content_type = "text/plain"),
+    ),
+    security(("basicAuth" = []))
+)]
 pub async fn put_bundle(
     State(app): State<AppState>,
-    UrlPath(digest): UrlPath<String>,
+    ApiPath(digest): ApiPath<String>,
     Query(q): Query<std::collections::HashMap<String, String>>,
     req: Request<Body>,
 ) -> Result<StatusCode, ApiError> {
@@ -252,15 +281,34 @@ async fn receive(body: Body, tmp: &Path, expected: &Digest) -> Result<(), ApiErr
     Ok(())
 }
 
-#[derive(serde::Deserialize)]
+/// Points an image name at a bundle the gateway has.
+#[derive(serde::Deserialize, utoipa::ToSchema)]
 pub struct TagRequest {
+    /// Image name, e.g. `resize-image:latest` (default tag `latest`).
+    #[schema(pattern = "^[A-Za-z0-9._:/@-]+$", max_length = 248)]
     tag: String,
+    /// `sha256:<64 hex>`.
+    #[schema(pattern = "^sha256:[0-9a-f]{64}$")]
     digest: String,
 }
 
 /// `POST /system/bundle-tags` `{"tag": "resize-image:latest", "digest": "sha256:…"}`.
+#[utoipa::path(
+    post, path = "/system/bundle-tags", tag = "bundles",
+    request_body(content = TagRequest),
+    responses(
+        (status = 200, description = "Tagged"),
+        (status = 400, description = "Empty or malformed body, a bad digest or tag", body = String, content_type = "text/plain"),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 404, description = "The gateway does not have this bundle", body = String, content_type = "text/plain"),
+        (status = 408, description = "The body did not arrive within --read-timeout", body = String, content_type = "text/plain"),
+        (status = 413, description = "The body is larger than 1 MiB", body = String, content_type = "text/plain"),
+        (status = 500, description = "The state store failed", body = String, content_type = "text/plain"),
+    ),
+    security(("basicAuth" = []))
+)]
 pub async fn set_tag(State(app): State<AppState>, req: Request) -> Result<StatusCode, ApiError> {
-    let r: TagRequest = json_body(req, "bundle tag").await?;
+    let r: TagRequest = json_body(&app, req, "bundle tag").await?;
     let d = Digest::parse(&r.digest).map_err(|e| ApiError::BadRequest(format!("digest: {e}")))?;
     let tag = normalize_tag(&r.tag);
     validate_tag(&tag)?;

@@ -21,6 +21,8 @@ pub enum ApiError {
     #[error("{0}")]
     RequestTimeout(String),
     #[error("{0}")]
+    MethodNotAllowed(String),
+    #[error("{0}")]
     PayloadTooLarge(String),
     #[error("{0}")]
     Conflict(String),
@@ -50,6 +52,7 @@ impl ApiError {
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -88,6 +91,21 @@ impl From<RuntimeError> for ApiError {
 impl From<fjord_store::StoreError> for ApiError {
     fn from(e: fjord_store::StoreError) -> Self {
         ApiError::Internal(format!("state store error: {e}"))
+    }
+}
+
+impl From<fjord_queue::QueueError> for ApiError {
+    fn from(e: fjord_queue::QueueError) -> Self {
+        use fjord_queue::QueueError;
+        match e {
+            QueueError::Duplicate(id) => ApiError::Conflict(format!(
+                "async call {id} already exists: send a new X-Call-Id (or none, to get a generated one)"
+            )),
+            QueueError::Closed => {
+                ApiError::Unavailable("the async queue is shutting down; retry shortly".into())
+            }
+            QueueError::Storage(e) => ApiError::Internal(format!("async queue: {e}")),
+        }
     }
 }
 

@@ -188,6 +188,18 @@ fn new_call_id() -> HeaderValue {
         .unwrap_or(HeaderValue::from_static("0"))
 }
 
+/// `ANY /function/{name}[.{ns}][/{path}]` (the sub-path form is documented in `openapi.rs`).
+#[utoipa::path(
+    method(get, post, put, patch, delete),
+    path = "/function/{function}", tag = "invoke",
+    params(
+        ("function" = String, Path, description = "`name` or `name.namespace`"),
+        ("X-Call-Id" = Option<String>, Header, description = "Passed to the function and returned; default a new UUID"),
+    ),
+    request_body(content = String, content_type = "*/*", description = "Any body; streamed to the function"),
+    responses(crate::openapi::InvokeResponses),
+    security(())
+)]
 pub async fn invoke(
     State(app): State<AppState>,
     ConnectInfo(remote): ConnectInfo<SocketAddr>,

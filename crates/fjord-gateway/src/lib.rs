@@ -10,6 +10,7 @@ mod error;
 mod invoke;
 mod logs;
 mod metrics;
+mod openapi;
 mod secrets;
 mod tls;
 mod tokens;
@@ -37,6 +38,12 @@ pub use secrets::{SecretKey, key_path as secrets_key_path};
 pub use tls::{TlsError, TlsFiles};
 pub use tokens::Scope;
 
+/// Largest request head (request line and headers) accepted, HTTP/1 and HTTP/2: `431` beyond.
+/// Go's net/http allows 1 MiB and nginx 32 KiB; 64 KiB fits large cookies and tokens.
+pub const MAX_HEADER_BYTES: usize = 64 << 10;
+/// How long a client may take to send a request's headers (slowloris).
+pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Settings of `fjord serve`.
 #[derive(Debug, Clone)]
 pub struct GatewayConfig {
@@ -60,6 +67,9 @@ pub struct GatewayConfig {
     pub read_timeout: Option<Duration>,
     /// Limit on sending a response body, for functions that set no `write_timeout`.
     pub write_timeout: Option<Duration>,
+    /// Limit on receiving a request's headers (HTTP/1; the connection is closed beyond). Also
+    /// how long an idle keep-alive connection stays open.
+    pub header_timeout: Option<Duration>,
     /// How often the autoscaler and idler decide.
     pub autoscale_interval: Duration,
     /// Largest body accepted by `POST /async-function/...` (413 beyond).
@@ -126,6 +136,7 @@ impl GatewayConfig {
             exec_timeout: Some(Duration::from_secs(300)),
             read_timeout: Some(Duration::from_secs(60)),
             write_timeout: None,
+            header_timeout: Some(DEFAULT_HEADER_TIMEOUT),
             autoscale_interval: Duration::from_secs(1),
             max_async_body: 8 << 20,
             async_keep_method: true,
@@ -254,8 +265,10 @@ pub enum StartError {
     },
 }
 
-/// Every route. `/system/*` routes need the scope [`auth::SYSTEM_SCOPES`] gives them (a unit
-/// test reads this function to check each one is listed there).
+/// Every route, with its handler. A new route must also be documented: `#[utoipa::path]` on its
+/// handler, listed in `openapi::ApiDoc` (the test `every_route_is_documented` reads this
+/// function and fails otherwise); a `/system` route also needs its scope in
+/// [`auth::SYSTEM_SCOPES`] (checked the same way).
 fn router(state: AppState) -> Router {
     let system = Router::new()
         .route(
@@ -286,6 +299,7 @@ fn router(state: AppState) -> Router {
         .route("/system/async-calls", get(async_calls::list_calls))
         .route("/system/async-calls/{id}", get(async_calls::get_call))
         .route("/system/async-calls/{id}/replay", post(async_calls::replay))
+        .route("/system/openapi.json", get(openapi::openapi_json))
         .route("/system/tokens", get(tokens::list).post(tokens::create))
         .route("/system/tokens/{id}", axum::routing::delete(tokens::revoke))
         .route_layer(axum::middleware::from_fn_with_state(
@@ -302,6 +316,7 @@ fn router(state: AppState) -> Router {
         .route("/healthz", get(api::healthz))
         .route("/metrics", get(api::metrics))
         .fallback(api::not_found)
+        .method_not_allowed_fallback(api::method_not_allowed)
         .with_state(state)
 }
 
@@ -369,6 +384,23 @@ impl Worker {
         socket.listen(4096)
     }
 
+    /// Limits on what a client may send before a request reaches a handler; set once per
+    /// worker, so they cost nothing per request.
+    fn connection_builder(&self) -> hyper_util::server::conn::auto::Builder<TokioExecutor> {
+        let mut http = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        // The request head must fit the read buffer: beyond it hyper answers 431 (also with
+        // more than 100 headers, hyper's default; setting max_headers would move every
+        // request's header array to the heap). Bodies are streamed in reads of this size.
+        http.http1()
+            .max_buf_size(MAX_HEADER_BYTES)
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(self.config.header_timeout);
+        http.http2()
+            .max_header_list_size(MAX_HEADER_BYTES as u32)
+            .timer(hyper_util::rt::TokioTimer::new());
+        http
+    }
+
     async fn serve(self) {
         let listener = match Self::listen(self.bind) {
             Ok(l) => l,
@@ -403,7 +435,7 @@ impl Worker {
         let _ = self.ready.send(Ok(local));
 
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-        let http = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        let http = self.connection_builder();
         loop {
             let (stream, remote) = tokio::select! {
                 _ = self.shutdown.cancelled() => break,

@@ -42,6 +42,24 @@ fn parse_bool(field: &str, v: &str) -> Result<bool, ApiError> {
     }
 }
 
+#[utoipa::path(
+    get, path = "/system/logs", tag = "functions",
+    params(
+        ("name" = String, Query, pattern = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length = 63, description = "The function's name (required)"),
+        ("namespace" = Option<String>, Query, pattern = "^([a-z0-9]([-a-z0-9]*[a-z0-9])?)?$", max_length = 63, description = "Default `openfaas-fn`"),
+        ("instance" = Option<String>, Query, description = "Only lines of this replica id, or `fjord`"),
+        ("tail" = Option<i64>, Query, description = "The last N lines; absent or <= 0: all kept (the last 2000)"),
+        ("follow" = Option<String>, Query, description = "`true`/`1`/`t`: stream new lines until the client disconnects; `false`/`0`/`f`/empty: no"),
+        ("since" = Option<String>, Query, format = DateTime, description = "RFC 3339 time: only lines at or after it"),
+    ),
+    responses(
+        (status = 200, description = "Newline-delimited JSON, one LogMessage per line", body = LogMessage, content_type = "application/x-ndjson"),
+        (status = 400, description = "A missing name, or a bad name, namespace, tail, follow or since (the message names it)", body = String, content_type = "text/plain"),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 404, description = "The function is not deployed", body = String, content_type = "text/plain"),
+    ),
+    security(("basicAuth" = []))
+)]
 pub async fn logs(
     State(app): State<AppState>,
     Query(q): Query<HashMap<String, String>>,

@@ -217,6 +217,19 @@ fn value_of(s: &Secret) -> Result<Zeroizing<Vec<u8>>, ApiError> {
 }
 
 /// `GET /system/secrets[?namespace=]`: names only, never values.
+#[utoipa::path(
+    get, path = "/system/secrets", tag = "secrets",
+    params(("namespace" = Option<String>, Query, description = "Default openfaas-fn")),
+    responses(
+        (status = 200, description = "The secrets' names (never their values)", body = [fjord_core::openfaas::SecretDescription]),
+        (status = 400, description = "Invalid namespace", body = String, content_type = "text/plain"),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 403, description = "The credentials' scope does not allow this (the message names the scope needed)", body = String, content_type = "text/plain"),
+        (status = 429, description = "Too many failed authentications from this address", body = String, content_type = "text/plain", headers(("Retry-After" = String))),
+        (status = 500, description = "The state store failed, or the secrets key cannot open a stored secret", body = String, content_type = "text/plain"),
+    ),
+    security(("basicAuth" = []))
+)]
 pub async fn list(
     State(app): State<AppState>,
     Query(q): Query<HashMap<String, String>>,
@@ -226,12 +239,29 @@ pub async fn list(
 }
 
 /// `POST /system/secrets`: 202, 409 if it exists.
+#[utoipa::path(
+    post, path = "/system/secrets", tag = "secrets",
+    params(("namespace" = Option<String>, Query, description = "Default openfaas-fn")),
+    request_body(content = fjord_core::openfaas::Secret, description = "`value` (text) or `rawValue` (base64)"),
+    responses(
+        (status = 202, description = "Stored, encrypted"),
+        (status = 400, description = "Malformed JSON, or a field is invalid (the message names it)", body = String, content_type = "text/plain"),
+        (status = 408, description = "The body did not arrive within --read-timeout", body = String, content_type = "text/plain"),
+        (status = 413, description = "The body is larger than 1 MiB", body = String, content_type = "text/plain"),
+        (status = 409, description = "A secret with this name exists: update it with PUT", body = String, content_type = "text/plain"),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 403, description = "The credentials' scope does not allow this (the message names the scope needed)", body = String, content_type = "text/plain"),
+        (status = 429, description = "Too many failed authentications from this address", body = String, content_type = "text/plain", headers(("Retry-After" = String))),
+        (status = 500, description = "The state store failed, or the secrets key cannot open a stored secret", body = String, content_type = "text/plain"),
+    ),
+    security(("basicAuth" = []))
+)]
 pub async fn create(
     State(app): State<AppState>,
     Query(q): Query<HashMap<String, String>>,
     req: Request,
 ) -> Result<StatusCode, ApiError> {
-    let s: Secret = json_body(req, "Secret").await?;
+    let s: Secret = json_body(&app, req, "Secret").await?;
     validate_name("name", &s.name)?;
     let ns = namespace_of(s.namespace.as_deref(), &q)?;
     let value = value_of(&s)?;
@@ -240,12 +270,29 @@ pub async fn create(
 }
 
 /// `PUT /system/secrets`: 202, 404 if absent. Functions using it roll to the new value.
+#[utoipa::path(
+    put, path = "/system/secrets", tag = "secrets",
+    params(("namespace" = Option<String>, Query, description = "Default openfaas-fn")),
+    request_body(content = fjord_core::openfaas::Secret, description = "`value` (text) or `rawValue` (base64)"),
+    responses(
+        (status = 202, description = "Replaced; the functions that use it roll to the new value"),
+        (status = 400, description = "Malformed JSON, or a field is invalid (the message names it)", body = String, content_type = "text/plain"),
+        (status = 408, description = "The body did not arrive within --read-timeout", body = String, content_type = "text/plain"),
+        (status = 413, description = "The body is larger than 1 MiB", body = String, content_type = "text/plain"),
+        (status = 404, description = "No secret with this name: create it with POST", body = String, content_type = "text/plain"),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 403, description = "The credentials' scope does not allow this (the message names the scope needed)", body = String, content_type = "text/plain"),
+        (status = 429, description = "Too many failed authentications from this address", body = String, content_type = "text/plain", headers(("Retry-After" = String))),
+        (status = 500, description = "The state store failed, or the secrets key cannot open a stored secret", body = String, content_type = "text/plain"),
+    ),
+    security(("basicAuth" = []))
+)]
 pub async fn update(
     State(app): State<AppState>,
     Query(q): Query<HashMap<String, String>>,
     req: Request,
 ) -> Result<StatusCode, ApiError> {
-    let s: Secret = json_body(req, "Secret").await?;
+    let s: Secret = json_body(&app, req, "Secret").await?;
     validate_name("name", &s.name)?;
     let ns = namespace_of(s.namespace.as_deref(), &q)?;
     let value = value_of(&s)?;
@@ -255,12 +302,30 @@ pub async fn update(
 
 /// `DELETE /system/secrets` `{"name","namespace"?}` (or `?namespace=`): 202, 404 if absent,
 /// 409 naming the functions that still use it.
+#[utoipa::path(
+    delete, path = "/system/secrets", tag = "secrets",
+    params(("namespace" = Option<String>, Query, description = "Default openfaas-fn")),
+    request_body(content = fjord_core::openfaas::Secret, description = "`name` (and `namespace`)"),
+    responses(
+        (status = 202, description = "Deleted"),
+        (status = 400, description = "Malformed JSON, or a field is invalid (the message names it)", body = String, content_type = "text/plain"),
+        (status = 408, description = "The body did not arrive within --read-timeout", body = String, content_type = "text/plain"),
+        (status = 413, description = "The body is larger than 1 MiB", body = String, content_type = "text/plain"),
+        (status = 404, description = "No secret with this name", body = String, content_type = "text/plain"),
+        (status = 409, description = "Functions still use it (the message names them)", body = String, content_type = "text/plain"),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 403, description = "The credentials' scope does not allow this (the message names the scope needed)", body = String, content_type = "text/plain"),
+        (status = 429, description = "Too many failed authentications from this address", body = String, content_type = "text/plain", headers(("Retry-After" = String))),
+        (status = 500, description = "The state store failed, or the secrets key cannot open a stored secret", body = String, content_type = "text/plain"),
+    ),
+    security(("basicAuth" = []))
+)]
 pub async fn delete(
     State(app): State<AppState>,
     Query(q): Query<HashMap<String, String>>,
     req: Request,
 ) -> Result<StatusCode, ApiError> {
-    let s: Secret = json_body(req, "Secret").await?;
+    let s: Secret = json_body(&app, req, "Secret").await?;
     validate_name("name", &s.name)?;
     let ns = namespace_of(s.namespace.as_deref(), &q)?;
     app.control.delete_secret(&ns, &s.name).await?;

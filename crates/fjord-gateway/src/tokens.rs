@@ -28,7 +28,7 @@ use crate::error::ApiError;
 /// What a credential may do. `/system/*` scopes nest: read ⊂ deploy ⊂ admin. `invoke` only
 /// calls functions that require a token (`com.fjord.auth: token`); deploy and admin tokens
 /// may call them too (they could deploy code that does anything anyway), read tokens not.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Scope {
     Invoke,
@@ -223,9 +223,9 @@ impl Tokens {
 }
 
 /// `POST /system/tokens` body.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct CreateToken {
+pub struct CreateToken {
     name: String,
     scope: String,
     /// `30d`, `12h`, `90m`…; absent: never expires.
@@ -234,9 +234,9 @@ struct CreateToken {
 }
 
 /// What `POST /system/tokens` answers: the only time the token is shown.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
-struct CreatedToken {
+pub struct CreatedToken {
     id: String,
     name: String,
     scope: Scope,
@@ -247,7 +247,7 @@ struct CreatedToken {
 }
 
 /// One entry of `GET /system/tokens`: never the token or its hash.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TokenInfo {
     id: String,
@@ -260,8 +260,23 @@ pub struct TokenInfo {
 }
 
 /// `POST /system/tokens` (admin): creates a token and answers it once.
+#[utoipa::path(
+    post, path = "/system/tokens", tag = "tokens",
+    request_body(content = CreateToken),
+    responses(
+        (status = 201, description = "The token, shown this once", body = CreatedToken),
+        (status = 400, description = "Malformed JSON, or a field is invalid (the message names it)", body = String, content_type = "text/plain"),
+        (status = 408, description = "The body did not arrive within --read-timeout", body = String, content_type = "text/plain"),
+        (status = 413, description = "The body is larger than 1 MiB", body = String, content_type = "text/plain"),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 403, description = "The credentials' scope does not allow this (the message names the scope needed)", body = String, content_type = "text/plain"),
+        (status = 429, description = "Too many failed authentications from this address", body = String, content_type = "text/plain", headers(("Retry-After" = String))),
+        (status = 500, description = "The state store failed", body = String, content_type = "text/plain"),
+    ),
+    security(("basicAuth" = []))
+)]
 pub async fn create(State(app): State<AppState>, req: Request) -> Result<Response, ApiError> {
-    let body: CreateToken = json_body(req, "token request").await?;
+    let body: CreateToken = json_body(&app, req, "token request").await?;
     let name = body.name.trim().to_string();
     if name.is_empty() || name.len() > 64 || name.chars().any(char::is_control) {
         return Err(ApiError::BadRequest(
@@ -340,6 +355,17 @@ pub async fn create(State(app): State<AppState>, req: Request) -> Result<Respons
 }
 
 /// `GET /system/tokens` (admin).
+#[utoipa::path(
+    get, path = "/system/tokens", tag = "tokens",
+    responses(
+        (status = 200, description = "Every token (never the token itself or its hash)", body = [TokenInfo]),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 403, description = "The credentials' scope does not allow this (the message names the scope needed)", body = String, content_type = "text/plain"),
+        (status = 429, description = "Too many failed authentications from this address", body = String, content_type = "text/plain", headers(("Retry-After" = String))),
+        (status = 500, description = "The state store failed", body = String, content_type = "text/plain"),
+    ),
+    security(("basicAuth" = []))
+)]
 pub async fn list(State(app): State<AppState>) -> Json<Vec<TokenInfo>> {
     let records = app.auth.tokens.records.load();
     let mut out: Vec<TokenInfo> = records
@@ -358,6 +384,19 @@ pub async fn list(State(app): State<AppState>) -> Json<Vec<TokenInfo>> {
 }
 
 /// `DELETE /system/tokens/{id}` (admin): revokes at once.
+#[utoipa::path(
+    delete, path = "/system/tokens/{id}", tag = "tokens",
+    params(("id" = String, Path, description = "The token's id (GET /system/tokens)")),
+    responses(
+        (status = 204, description = "Revoked: the token is refused from now on"),
+        (status = 404, description = "No token with this id", body = String, content_type = "text/plain"),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 403, description = "The credentials' scope does not allow this (the message names the scope needed)", body = String, content_type = "text/plain"),
+        (status = 429, description = "Too many failed authentications from this address", body = String, content_type = "text/plain", headers(("Retry-After" = String))),
+        (status = 500, description = "The state store failed", body = String, content_type = "text/plain"),
+    ),
+    security(("basicAuth" = []))
+)]
 pub async fn revoke(
     State(app): State<AppState>,
     Path(id): Path<String>,

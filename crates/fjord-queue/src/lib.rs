@@ -48,7 +48,7 @@ pub struct NewCall {
 }
 
 /// Where a call is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum CallState {
     Queued,
@@ -85,7 +85,7 @@ impl CallState {
 }
 
 /// What the API shows of a call (never the body).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CallRecord {
     pub id: String,
@@ -133,6 +133,9 @@ pub enum QueueError {
     Storage(String),
     #[error("the queue is shutting down")]
     Closed,
+    /// A call with this id is already stored (the caller reused an `X-Call-Id`).
+    #[error("call {0} already exists")]
+    Duplicate(String),
 }
 
 /// A durable queue of calls. Every method is safe to call from many tasks at once.

@@ -770,7 +770,7 @@ impl Inner {
             }
         }
         let stored = Stored::queued(&envelope, ack.sequence);
-        let exists = || QueueError::Storage(format!("call {} already exists", envelope.id));
+        let exists = || QueueError::Duplicate(envelope.id.clone());
         match self.kv.create(&key, encode_stored(&stored)?).await {
             Ok(revision) => {
                 self.mirror()

@@ -243,10 +243,7 @@ impl Queue for SqliteQueue {
                         if e.sqlite_error_code()
                             == Some(rusqlite::ErrorCode::ConstraintViolation) =>
                     {
-                        Err(QueueError::Storage(format!(
-                            "call {} already exists",
-                            call.id
-                        )))
+                        Err(QueueError::Duplicate(call.id))
                     }
                     Err(e) => Err(storage(e)),
                 }

@@ -31,6 +31,7 @@ pub fn run(a: ServeArgs) -> Result<(), CliError> {
     config.exec_timeout = (!a.exec_timeout.is_zero()).then_some(a.exec_timeout);
     config.read_timeout = (!a.read_timeout.is_zero()).then_some(a.read_timeout);
     config.write_timeout = (!a.write_timeout.is_zero()).then_some(a.write_timeout);
+    config.header_timeout = (!a.header_timeout.is_zero()).then_some(a.header_timeout);
     config.max_async_body = usize::try_from(a.max_async_body).unwrap_or(usize::MAX);
     config.async_keep_method = a.async_method == "original";
     config.queue = a.queue;
