@@ -134,6 +134,12 @@ impl IntoResponse for ApiError {
         if let Some(v) = retry_after {
             r.headers_mut().insert(header::RETRY_AFTER, v);
         }
+        if status == StatusCode::PAYLOAD_TOO_LARGE || status == StatusCode::REQUEST_TIMEOUT {
+            // The rest of the body was never read, so the connection cannot carry another
+            // request: say so, or a client would reuse it and fail its next request.
+            r.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         if status == StatusCode::UNAUTHORIZED {
             // As OpenFaaS: clients (and browsers) know to offer credentials.
             r.headers_mut().insert(
