@@ -32,17 +32,18 @@ pub enum LogFormat {
 #[derive(Args, Clone, Default)]
 pub struct GatewayArgs {
     /// Gateway URL [env: FJORD_URL, OPENFAAS_URL; default: the stack's provider.gateway, else http://127.0.0.1:8080]
-    #[arg(short = 'g', long = "gateway")]
+    // Global: `fjord calls list -g URL` works as well as `fjord calls -g URL list`.
+    #[arg(short = 'g', long = "gateway", global = true)]
     pub gateway: Option<String>,
     /// API token to send as `Authorization: Bearer` (instead of the admin password)
-    #[arg(long, env = "FJORD_TOKEN", hide_env_values = true)]
+    #[arg(long, env = "FJORD_TOKEN", hide_env_values = true, global = true)]
     pub token: Option<String>,
     /// Trust this CA certificate (PEM) for an https gateway, e.g. a private CA's
-    #[arg(long, env = "FJORD_CA_CERT", value_name = "PEM")]
+    #[arg(long, env = "FJORD_CA_CERT", value_name = "PEM", global = true)]
     pub ca_cert: Option<PathBuf>,
     /// Accept any certificate of an https gateway (self-signed test setups only: anyone on
     /// the path could read the credentials)
-    #[arg(long, env = "FJORD_TLS_NO_VERIFY")]
+    #[arg(long, env = "FJORD_TLS_NO_VERIFY", global = true)]
     pub tls_no_verify: bool,
 }
 
@@ -531,5 +532,34 @@ mod tests {
     fn command_line_is_consistent() {
         use clap::CommandFactory;
         super::Cli::command().debug_assert();
+    }
+
+    /// Gateway flags work after a nested subcommand too, as in faas-cli
+    /// (`fjord secret list -g URL`), not only before it.
+    #[test]
+    fn gateway_flags_go_anywhere() {
+        use clap::Parser;
+        for args in [
+            &["fjord", "calls", "list", "-g", "http://gw:8080"][..],
+            &["fjord", "calls", "-g", "http://gw:8080", "list"],
+            &["fjord", "secret", "list", "--gateway", "http://gw:8080"],
+            &[
+                "fjord",
+                "token",
+                "list",
+                "-g",
+                "http://gw:8080",
+                "--tls-no-verify",
+            ],
+        ] {
+            let cli = super::Cli::try_parse_from(args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
+            let gateway = match cli.command {
+                super::Command::Calls { gateway, .. }
+                | super::Command::Secret { gateway, .. }
+                | super::Command::Token { gateway, .. } => gateway.gateway,
+                _ => None,
+            };
+            assert_eq!(gateway.as_deref(), Some("http://gw:8080"), "{args:?}");
+        }
     }
 }
