@@ -428,10 +428,20 @@ async fn slow_clients_are_cut() {
         ("invoke", "/function/echo"),
         ("deploy", "/system/functions"),
         ("enqueue", "/async-function/echo"),
+        // A bundle upload may take long, but not stall: its wait for each chunk is bounded.
+        (
+            "bundle upload",
+            "/system/bundles/sha256:0000000000000000000000000000000000000000000000000000000000000000",
+        ),
     ] {
         let mut c = TcpStream::connect(&s.addr).await.unwrap();
         let head = format!(
-            "POST {path} HTTP/1.1\r\nHost: {}\r\nAuthorization: {}\r\nContent-Length: 100\r\nConnection: close\r\n\r\n0123456789",
+            "{} {path} HTTP/1.1\r\nHost: {}\r\nAuthorization: {}\r\nContent-Length: 100\r\nConnection: close\r\n\r\n0123456789",
+            if what == "bundle upload" {
+                "PUT"
+            } else {
+                "POST"
+            },
             s.addr,
             basic(&s)
         );

@@ -195,6 +195,7 @@ pub async fn head_bundle(
         (status = 201, description = "Stored"),
         (status = 400, description = "Not a sha256 digest, a body that does not hash to it, not a bundle, or a bad tag", body = String, content_type = "text/plain"),
         (status = 401, response = crate::openapi::Unauthorized),
+        (status = 408, description = "The upload stalled: no data for --read-timeout", body = String, content_type = "text/plain"),
         (status = 413, description = "Larger than 2 GiB", body = String, content_type = "text/plain"),
         (status = 500, description = "Storing it failed (disk)", body = String, content_type = "text/plain"),
     ),
@@ -221,7 +222,7 @@ pub async fn put_bundle(
             d.hex(),
             uuid::Uuid::new_v4().simple()
         ));
-        let result = receive(req.into_body(), &tmp, &d).await;
+        let result = receive(req.into_body(), &tmp, &d, app.config.read_timeout).await;
         if let Err(e) = result {
             let _ = tokio::fs::remove_file(&tmp).await;
             return Err(e);
@@ -246,14 +247,32 @@ pub async fn put_bundle(
     Ok(status)
 }
 
-async fn receive(body: Body, tmp: &Path, expected: &Digest) -> Result<(), ApiError> {
+/// Streams an upload to `tmp`, checking its size and digest. A large upload may take long,
+/// so `--read-timeout` bounds each wait for data (an upload that stalls gets 408), not the
+/// whole transfer.
+async fn receive(
+    body: Body,
+    tmp: &Path,
+    expected: &Digest,
+    idle: Option<std::time::Duration>,
+) -> Result<(), ApiError> {
     let mut file = tokio::fs::File::create(tmp)
         .await
         .map_err(|e| ApiError::Internal(format!("{}: {e}", tmp.display())))?;
     let mut hasher = fjord_bundle::Hasher::default();
     let mut size = 0u64;
     let mut body = body;
-    while let Some(frame) = body.frame().await {
+    loop {
+        let next = match idle {
+            Some(t) => tokio::time::timeout(t, body.frame()).await.map_err(|_| {
+                ApiError::RequestTimeout(format!(
+                    "the bundle upload stalled: no data for {} (--read-timeout)",
+                    humantime::format_duration(t)
+                ))
+            })?,
+            None => body.frame().await,
+        };
+        let Some(frame) = next else { break };
         let frame = frame.map_err(|e| ApiError::BadRequest(format!("reading the upload: {e}")))?;
         if let Ok(data) = frame.into_data() {
             size += data.len() as u64;
