@@ -157,7 +157,7 @@ async fn two_processes_drain_one_backlog_once() {
 async fn calls_of_a_crashed_process_are_redelivered() {
     let server = NatsServer::start();
     let prefix = prefix();
-    let ack_wait = Duration::from_secs(1);
+    let ack_wait = Duration::from_secs(2);
     let lease = Duration::from_secs(600);
     let a = connect_with_ack_wait(&server, &prefix, ack_wait).await;
     a.enqueue(call("crash", "f")).await.unwrap();
@@ -170,30 +170,44 @@ async fn calls_of_a_crashed_process_are_redelivered() {
     let b = connect_with_ack_wait(&server, &prefix, ack_wait).await;
     assert_eq!(b.depth().await.unwrap(), vec![("f".to_owned(), 1)]);
 
-    // Within ack_wait the server still counts it as the dead process's.
-    while crashed_at.elapsed() < ack_wait.mul_f32(0.7) {
-        assert!(b.claim("f", 10, lease).await.unwrap().is_empty());
-        assert!(b.due_functions().await.unwrap().is_empty());
+    // Within ack_wait the server still counts it as the dead process's. Only answers that
+    // arrived well inside the window count: on a loaded machine a check may end after it.
+    let window = ack_wait / 2;
+    let mut early = None;
+    while crashed_at.elapsed() < window {
+        let claimed = b.claim("f", 10, lease).await.unwrap();
+        let due = b.due_functions().await.unwrap();
+        if crashed_at.elapsed() < window {
+            assert!(claimed.is_empty(), "claimed within ack_wait: {claimed:?}");
+            assert!(due.is_empty(), "due within ack_wait: {due:?}");
+            assert_eq!(
+                b.get("crash").await.unwrap().unwrap().state,
+                CallState::Running
+            );
+        } else if !claimed.is_empty() {
+            early = Some(claimed);
+            break;
+        }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_eq!(
-        b.get("crash").await.unwrap().unwrap().state,
-        CallState::Running
-    );
 
     // The dispatcher's way: claim what due_functions reports.
-    let again = loop {
-        assert!(
-            crashed_at.elapsed() < ack_wait + Duration::from_secs(5 + 5),
-            "the crashed process's call did not come back within ack_wait and a sweep"
-        );
-        if b.due_functions().await.unwrap() == vec!["f".to_owned()] {
-            let c = b.claim("f", 10, lease).await.unwrap();
-            if !c.is_empty() {
-                break c;
+    let again = if let Some(c) = early {
+        c
+    } else {
+        loop {
+            assert!(
+                crashed_at.elapsed() < ack_wait + Duration::from_secs(5 + 5),
+                "the crashed process's call did not come back within ack_wait and a sweep"
+            );
+            if b.due_functions().await.unwrap() == vec!["f".to_owned()] {
+                let c = b.claim("f", 10, lease).await.unwrap();
+                if !c.is_empty() {
+                    break c;
+                }
             }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert_eq!(again.len(), 1, "only the unfinished call comes back");
     assert_eq!((again[0].id.as_str(), again[0].attempt), ("crash", 2));
@@ -210,7 +224,8 @@ async fn calls_of_a_crashed_process_are_redelivered() {
 async fn heartbeats_hold_a_call_for_its_lease_only() {
     let server = NatsServer::start();
     let prefix = prefix();
-    let ack_wait = Duration::from_secs(1);
+    // 2 s: heartbeats every ~0.7 s tolerate a loaded machine's scheduling stalls.
+    let ack_wait = Duration::from_secs(2);
     let a = connect_with_ack_wait(&server, &prefix, ack_wait).await;
     let b = connect_with_ack_wait(&server, &prefix, ack_wait).await;
     a.enqueue(call("long", "f")).await.unwrap();
@@ -228,7 +243,7 @@ async fn heartbeats_hold_a_call_for_its_lease_only() {
     // "stuck"'s lease ends after 1 s, its last heartbeat at most ack_wait / 3 before; so it
     // is back within lease + ack_wait. "long" never is.
     let mut stuck_back = None;
-    while started.elapsed() < Duration::from_secs(4) {
+    while started.elapsed() < Duration::from_secs(6) {
         for c in b.claim("f", 10, Duration::from_secs(30)).await.unwrap() {
             assert_eq!(
                 (c.id.as_str(), c.attempt),
