@@ -75,63 +75,9 @@ fn sandbox() -> &'static Path {
     })
 }
 
-/// The text the parser sees after `${VAR}` substitution: a copy of
-/// `fjord_stack`'s `subst::substitute` (text only, no positions), which is private.
+/// The text the parser sees after `${VAR}` substitution.
 fn substituted(input: &str) -> String {
-    let bytes = input.as_bytes();
-    let is_name_start = |b: u8| b.is_ascii_alphabetic() || b == b'_';
-    let is_name_char = |b: u8| b.is_ascii_alphanumeric() || b == b'_';
-    let mut out = String::with_capacity(input.len());
-    let mut copied_to = 0;
-    let mut i = 0;
-    while i + 1 < bytes.len() {
-        if bytes[i] != b'$' || bytes[i + 1] != b'{' {
-            i += 1;
-            continue;
-        }
-        let start = i;
-        let name_start = i + 2;
-        let mut j = name_start;
-        if j < bytes.len() && is_name_start(bytes[j]) {
-            j += 1;
-            while j < bytes.len() && is_name_char(bytes[j]) {
-                j += 1;
-            }
-        }
-        if j == name_start {
-            i += 2;
-            continue;
-        }
-        let name = &input[name_start..j];
-        let (default, end) = if bytes.get(j) == Some(&b'}') {
-            (None, j + 1)
-        } else if input[j..].starts_with(":-") {
-            match input[j + 2..].find(['}', '\n']) {
-                Some(k) if bytes[j + 2 + k] == b'}' => {
-                    (Some(&input[j + 2..j + 2 + k]), j + 2 + k + 1)
-                }
-                _ => {
-                    i = j;
-                    continue;
-                }
-            }
-        } else {
-            i = j;
-            continue;
-        };
-        let value = match (env(name), default) {
-            (Some(v), Some(d)) if v.is_empty() => d.to_string(),
-            (Some(v), _) => v,
-            (None, Some(d)) => d.to_string(),
-            (None, None) => String::new(),
-        };
-        out.push_str(&input[copied_to..start]);
-        out.push_str(&value);
-        copied_to = end;
-        i = end;
-    }
-    out.push_str(&input[copied_to..]);
-    out
+    fjord_stack::substitute_env(input, &env)
 }
 
 /// Whether parsing `text` might open a file outside [`sandbox`]. Conservative: it may only

@@ -247,6 +247,13 @@ pub fn parse_file(path: &Path, opts: &ParseOptions) -> Result<Parsed, StackError
     parse_str(&text, &label, base_dir, opts)
 }
 
+/// The text the YAML parser sees after faas-cli's `${VAR}` / `${VAR:-default}` substitution
+/// with `env` (unset and empty variables as faas-cli treats them). For tools that must reason
+/// about a stack file before parsing it, e.g. the fuzz target's check for file paths.
+pub fn substitute_env(text: &str, env: &dyn Fn(&str) -> Option<String>) -> String {
+    subst::substitute(text, env).0.text
+}
+
 /// Parses stack file text. `file_label` names the file in errors and warnings; `base_dir` is
 /// where `environment_file` entries are read from.
 pub fn parse_str(
@@ -304,6 +311,22 @@ pub fn parse_str(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn substitute_env_is_the_parsers_substitution() {
+        let env = |k: &str| match k {
+            "OWNER" => Some("acme".to_string()),
+            "EMPTY" => Some(String::new()),
+            _ => None,
+        };
+        assert_eq!(
+            substitute_env(
+                "image: ${OWNER}/fn:${TAG:-1.0} x=${EMPTY:-d} $HOME ${",
+                &env
+            ),
+            "image: acme/fn:1.0 x=d $HOME ${"
+        );
+    }
 
     fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         pairs
