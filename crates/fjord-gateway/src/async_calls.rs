@@ -587,6 +587,12 @@ impl Worker {
         let mut flushing = tokio::task::JoinSet::new();
         // The function's settings, parsed again only when it is updated.
         let mut settings: Option<(Arc<Route>, usize, Arc<RetryPolicy>)> = None;
+        // Made once, not per turn of the loop: each would register and unregister a waiter
+        // (a lock) every time a call finishes.
+        let stopping = shutdown.cancelled();
+        tokio::pin!(stopping);
+        let woken = metrics.async_wake.notified();
+        tokio::pin!(woken);
         loop {
             let (name, ns) = FunctionKey::split_route(function);
             let Some(route) = self.control().lookup(ns, name) else {
@@ -654,7 +660,7 @@ impl Worker {
                 idle_since = Instant::now();
             }
             tokio::select! {
-                _ = shutdown.cancelled() => {
+                _ = &mut stopping => {
                     running.abort_all();
                     break;
                 }
@@ -698,7 +704,10 @@ impl Worker {
                         }
                     }
                 }
-                _ = metrics.async_wake.notified() => empty = false,
+                _ = &mut woken => {
+                    woken.set(metrics.async_wake.notified());
+                    empty = false;
+                }
                 _ = tokio::time::sleep(WORKER_IDLE), if empty => {}
             }
         }
