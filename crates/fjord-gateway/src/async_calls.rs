@@ -798,6 +798,27 @@ impl Worker {
             tracing::info!(call = %call.id, function = %call.function, attempt = call.attempt, wait_ms = wait.as_millis() as u64, %why, "async call will be retried");
             return;
         }
+        // The callback goes out before the final state is recorded: a crash in between then
+        // re-runs the call (a duplicate callback) instead of leaving a finished call whose
+        // callback was never sent. At-least-once, for callbacks too.
+        let callback = match &call.request.callback_url {
+            Some(url) => {
+                let (s, headers, body) = match outcome {
+                    Ok((s, h, b)) => (s.as_u16(), h, b),
+                    // Network-level failure: 503, as OpenFaaS's queue worker reports it.
+                    Err(e) => (503, HeaderMap::new(), Bytes::from(e)),
+                };
+                let result = self
+                    .callback(url, &call, s, &headers, body, elapsed, policy.attempts)
+                    .await;
+                if result.starts_with("failed") {
+                    m.async_callback_failures.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(call = %call.id, %url, %result, "callback failed");
+                }
+                Some(result)
+            }
+            None => None,
+        };
         if retryable {
             m.async_dead.fetch_add(1, Ordering::Relaxed);
             let why = error
@@ -816,19 +837,7 @@ impl Worker {
             m.async_processed.fetch_add(1, Ordering::Relaxed);
             let _ = self.queue.complete(&call.id, status.unwrap_or(0)).await;
         }
-        if let Some(url) = &call.request.callback_url {
-            let (s, headers, body) = match outcome {
-                Ok((s, h, b)) => (s.as_u16(), h, b),
-                // Network-level failure: 503, as OpenFaaS's queue worker reports it.
-                Err(e) => (503, HeaderMap::new(), Bytes::from(e)),
-            };
-            let result = self
-                .callback(url, &call, s, &headers, body, elapsed, policy.attempts)
-                .await;
-            if result.starts_with("failed") {
-                m.async_callback_failures.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(call = %call.id, %url, %result, "callback failed");
-            }
+        if let Some(result) = callback {
             let _ = self.queue.set_callback_result(&call.id, &result).await;
         }
     }
