@@ -166,23 +166,17 @@ async fn open_queue(
     backend: &QueueBackend,
     data_dir: &std::path::Path,
 ) -> Result<(Arc<dyn fjord_queue::Queue>, tokio::task::JoinHandle<()>), StartError> {
-    const KEEP_MS: u64 = 24 * 3600 * 1000;
-    let every = Duration::from_secs(600);
     match backend {
         QueueBackend::Embedded => {
             let q = fjord_queue::sqlite::SqliteQueue::open(&data_dir.join("queue.db"))?;
             let p = q.clone();
-            let pruner = tokio::spawn(async move {
-                let mut tick = tokio::time::interval(every);
-                loop {
-                    tick.tick().await;
-                    let cutoff = fjord_queue::now_ms().saturating_sub(KEEP_MS);
-                    if let Err(e) = p.prune(cutoff).await {
-                        tracing::warn!(error = %e, "pruning finished async calls failed");
-                    }
-                }
-            });
-            Ok((q, pruner))
+            Ok((
+                q,
+                spawn_pruner(move |cutoff| {
+                    let p = p.clone();
+                    async move { p.prune(cutoff).await }
+                }),
+            ))
         }
         #[cfg(feature = "nats")]
         QueueBackend::Nats { url, prefix } => {
@@ -196,17 +190,13 @@ async fn open_queue(
             );
             tracing::info!(%url, %prefix, "async calls queue in NATS JetStream");
             let p = q.clone();
-            let pruner = tokio::spawn(async move {
-                let mut tick = tokio::time::interval(every);
-                loop {
-                    tick.tick().await;
-                    let cutoff = fjord_queue::now_ms().saturating_sub(KEEP_MS);
-                    if let Err(e) = p.prune(cutoff).await {
-                        tracing::warn!(error = %e, "pruning finished async calls failed");
-                    }
-                }
-            });
-            Ok((q, pruner))
+            Ok((
+                q,
+                spawn_pruner(move |cutoff| {
+                    let p = p.clone();
+                    async move { p.prune(cutoff).await }
+                }),
+            ))
         }
         #[cfg(not(feature = "nats"))]
         QueueBackend::Nats { url, .. } => Err(StartError::Queue(fjord_queue::QueueError::Storage(
@@ -215,6 +205,26 @@ async fn open_queue(
             ),
         ))),
     }
+}
+
+/// Every 10 minutes, deletes finished calls (done, dead, cancelled) older than a day with
+/// the backend's `prune` (not part of the `Queue` trait: retention is the server's choice).
+fn spawn_pruner<F, Fut>(prune: F) -> tokio::task::JoinHandle<()>
+where
+    F: Fn(u64) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<u64, fjord_queue::QueueError>> + Send,
+{
+    const KEEP_MS: u64 = 24 * 3600 * 1000;
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(600));
+        loop {
+            tick.tick().await;
+            let cutoff = fjord_queue::now_ms().saturating_sub(KEEP_MS);
+            if let Err(e) = prune(cutoff).await {
+                tracing::warn!(error = %e, "pruning finished async calls failed");
+            }
+        }
+    })
 }
 
 /// The client that forwards invocations to replicas (one pool per HTTP worker thread).

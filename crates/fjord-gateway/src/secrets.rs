@@ -238,6 +238,18 @@ pub async fn list(
     Ok(Json(app.control.list_secrets(&ns)?))
 }
 
+/// The `Secret` body of a POST/PUT/DELETE, its name checked, and the namespace it is in.
+async fn read_secret(
+    app: &AppState,
+    q: &HashMap<String, String>,
+    req: Request,
+) -> Result<(String, Secret), ApiError> {
+    let s: Secret = json_body(app, req, "Secret").await?;
+    validate_name("name", &s.name)?;
+    let ns = namespace_of(s.namespace.as_deref(), q)?;
+    Ok((ns, s))
+}
+
 /// `POST /system/secrets`: 202, 409 if it exists.
 #[utoipa::path(
     post, path = "/system/secrets", tag = "secrets",
@@ -261,9 +273,7 @@ pub async fn create(
     Query(q): Query<HashMap<String, String>>,
     req: Request,
 ) -> Result<StatusCode, ApiError> {
-    let s: Secret = json_body(&app, req, "Secret").await?;
-    validate_name("name", &s.name)?;
-    let ns = namespace_of(s.namespace.as_deref(), &q)?;
+    let (ns, s) = read_secret(&app, &q, req).await?;
     let value = value_of(&s)?;
     app.control.create_secret(&ns, &s.name, &value).await?;
     Ok(StatusCode::ACCEPTED)
@@ -292,9 +302,7 @@ pub async fn update(
     Query(q): Query<HashMap<String, String>>,
     req: Request,
 ) -> Result<StatusCode, ApiError> {
-    let s: Secret = json_body(&app, req, "Secret").await?;
-    validate_name("name", &s.name)?;
-    let ns = namespace_of(s.namespace.as_deref(), &q)?;
+    let (ns, s) = read_secret(&app, &q, req).await?;
     let value = value_of(&s)?;
     app.control.update_secret(&ns, &s.name, &value).await?;
     Ok(StatusCode::ACCEPTED)
@@ -325,9 +333,7 @@ pub async fn delete(
     Query(q): Query<HashMap<String, String>>,
     req: Request,
 ) -> Result<StatusCode, ApiError> {
-    let s: Secret = json_body(&app, req, "Secret").await?;
-    validate_name("name", &s.name)?;
-    let ns = namespace_of(s.namespace.as_deref(), &q)?;
+    let (ns, s) = read_secret(&app, &q, req).await?;
     app.control.delete_secret(&ns, &s.name).await?;
     Ok(StatusCode::ACCEPTED)
 }
