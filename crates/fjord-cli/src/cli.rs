@@ -345,6 +345,20 @@ pub struct ServeArgs {
     /// cold starts, get ~10 ms faster. Restored at shutdown
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "true|false")]
     pub tune_kernel: bool,
+    /// As root, each function runs in its own network namespace (its replicas are reachable
+    /// only through the gateway). nat: outbound through NAT, with the host itself, other
+    /// functions, loopback, link-local (cloud metadata), private and multicast networks
+    /// blocked (needs nftables; without it, none); none: loopback only
+    #[arg(long, default_value = "nat", value_name = "nat|none")]
+    pub function_network: fjord_gateway::FunctionNetwork,
+    /// Private, link-local or loopback networks functions may reach anyway (CIDRs or
+    /// addresses, comma-separated or repeated), e.g. a database at 10.0.0.5
+    #[arg(long, value_delimiter = ',', value_name = "CIDR", value_parser = parse_ipv4_net)]
+    pub function_egress_allow: Vec<ipnet::Ipv4Net>,
+    /// Addresses for the functions' veth links (a /30 each) [default: the first of
+    /// 10.203.0.0/16, 10.204.0.0/16, ... not used on this host]
+    #[arg(long, value_name = "CIDR")]
+    pub function_subnet: Option<ipnet::Ipv4Net>,
     /// Longest a request may take when the function sets no exec_timeout (http mode: 504
     /// beyond). The one rule: a function's exec_timeout, else this
     #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
@@ -562,4 +576,15 @@ mod tests {
             assert_eq!(gateway.as_deref(), Some("http://gw:8080"), "{args:?}");
         }
     }
+}
+
+/// A CIDR, or a single address as a /32.
+fn parse_ipv4_net(s: &str) -> Result<ipnet::Ipv4Net, String> {
+    let s = s.trim();
+    if let Ok(n) = s.parse::<ipnet::Ipv4Net>() {
+        return Ok(n);
+    }
+    s.parse::<std::net::Ipv4Addr>()
+        .map(ipnet::Ipv4Net::from)
+        .map_err(|_| format!("{s:?} is not an IPv4 address or CIDR (e.g. 10.0.0.5 or 10.0.0.0/8)"))
 }

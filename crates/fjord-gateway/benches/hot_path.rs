@@ -49,6 +49,7 @@ impl Fixture {
                 stop_grace: Duration::from_secs(1),
                 pids_max: 64,
                 tune_kernel: false,
+                network: Default::default(),
             })
             .await
             .expect("start the process runtime");

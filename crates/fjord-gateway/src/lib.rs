@@ -20,11 +20,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use fjord_runtime::netns::{FunctionNetwork, NetworkConfig};
+
 use axum::Router;
 use axum::body::Body;
+use axum::http::Uri;
 use axum::routing::{any, get, post};
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use tokio_util::sync::CancellationToken;
 
@@ -85,6 +87,8 @@ pub struct GatewayConfig {
     /// Failed authentications per minute from one client address before it gets 429 for a
     /// minute (0: no limit).
     pub auth_fail_limit: u32,
+    /// Functions' network namespaces and outbound access (as root).
+    pub network: fjord_runtime::netns::NetworkConfig,
 }
 
 /// Where async calls are queued.
@@ -143,6 +147,7 @@ impl GatewayConfig {
             queue: QueueBackend::Embedded,
             tls: None,
             auth_fail_limit: 10,
+            network: Default::default(),
         }
     }
 }
@@ -154,7 +159,7 @@ pub struct AppState {
     pub queue: Arc<dyn fjord_queue::Queue>,
     /// Wakes the async dispatcher when a call is queued.
     pub dispatch: Arc<tokio::sync::Notify>,
-    pub client: Client<HttpConnector, Body>,
+    pub client: Client<ReplicaConnector, Body>,
     pub config: Arc<GatewayConfig>,
     pub shutdown: CancellationToken,
     pub auth: Arc<auth::Auth>,
@@ -227,14 +232,42 @@ where
     })
 }
 
+/// Opens connections to replicas: inside their function's network namespace when the
+/// authority names one (`n<id>:port`), else plain TCP. Only new pooled connections pay for it.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ReplicaConnector;
+
+impl tower::Service<Uri> for ReplicaConnector {
+    type Response = hyper_util::rt::TokioIo<tokio::net::TcpStream>;
+    type Error = std::io::Error;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        Box::pin(async move {
+            let (Some(host), Some(port)) = (uri.host(), uri.port_u16()) else {
+                return Err(std::io::Error::other(format!("no host:port in {uri}")));
+            };
+            let stream = fjord_runtime::netns::connect(host, port).await?;
+            Ok(hyper_util::rt::TokioIo::new(stream))
+        })
+    }
+}
+
 /// The client that forwards invocations to replicas (one pool per HTTP worker thread).
-fn upstream_client() -> Client<HttpConnector, Body> {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
+fn upstream_client() -> Client<ReplicaConnector, Body> {
     Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(90))
         .pool_max_idle_per_host(1024)
-        .build(connector)
+        .build(ReplicaConnector)
 }
 
 /// Errors that stop `fjord serve` from starting.
@@ -585,6 +618,7 @@ pub async fn serve(config: GatewayConfig, shutdown: CancellationToken) -> Result
         stop_grace: Duration::from_secs(5),
         pids_max: config.pids_max,
         tune_kernel: config.tune_kernel,
+        network: config.network.clone(),
     })
     .await?;
     let bundles = bundles::Bundles::new(data_dir, runtime.isolates()).map_err(dd_err)?;

@@ -11,6 +11,7 @@
 pub mod cgroup;
 pub mod fork;
 pub mod logs;
+pub mod netns;
 pub mod program;
 mod reconcile;
 mod replica;
@@ -46,6 +47,8 @@ pub struct RuntimeConfig {
     pub pids_max: u64,
     /// Set `/sys/kernel/rcu_expedited` while fjord runs (see [`tune_kernel`]).
     pub tune_kernel: bool,
+    /// Functions' network namespaces and outbound access (root only).
+    pub network: netns::NetworkConfig,
 }
 
 const RCU_EXPEDITED: &str = "/sys/kernel/rcu_expedited";
@@ -77,6 +80,8 @@ pub(crate) struct Sandbox {
     /// Running as root: functions get their own uid and a private `/tmp`.
     pub isolate: bool,
     pub cgroups: Option<CgroupRoot>,
+    /// Each function's own network namespace (root only).
+    pub net: Option<Arc<netns::NetPool>>,
 }
 
 pub(crate) struct Shared {
@@ -128,7 +133,8 @@ impl Shared {
 
 /// Where requests for one ready replica go.
 pub enum EndpointKind {
-    /// `127.0.0.1:port` of an http-mode replica.
+    /// An http-mode replica: `n<netns id>:port` (its port on the loopback of its function's
+    /// network namespace, see [`netns::connect`]), or `127.0.0.1:port` without namespaces.
     Http { authority: http::uri::Authority },
     /// A fork-mode slot.
     Fork(Arc<ForkSlot>),
@@ -202,6 +208,9 @@ pub struct FunctionHandle {
     oom_kills: AtomicU64,
     last_error: Mutex<Option<String>>,
     commands: mpsc::UnboundedSender<reconcile::Command>,
+    /// The function's network namespace, made when its first replica starts and kept (no
+    /// process) while the function exists.
+    netns: tokio::sync::OnceCell<Arc<netns::NetNs>>,
 }
 
 /// A function's replica counts and health, for the status API.
@@ -323,6 +332,25 @@ impl FunctionHandle {
         *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = e;
     }
 
+    /// The function's network namespace (made on first use); `None` without namespaces.
+    pub(crate) async fn netns(
+        &self,
+        shared: &Shared,
+    ) -> std::io::Result<Option<Arc<netns::NetNs>>> {
+        let Some(pool) = shared.sandbox.net.clone() else {
+            return Ok(None);
+        };
+        let ns = self
+            .netns
+            .get_or_try_init(|| async move {
+                tokio::task::spawn_blocking(move || pool.create())
+                    .await
+                    .map_err(std::io::Error::other)?
+            })
+            .await?;
+        Ok(Some(ns.clone()))
+    }
+
     pub(crate) fn count_oom_kill(&self) {
         self.oom_kills.fetch_add(1, Ordering::Relaxed);
     }
@@ -383,6 +411,17 @@ impl ProcessRuntime {
         if isolate && let Err(e) = secrets::ensure_mount_point() {
             tracing::warn!(error = %e, "cannot create {}: functions with secrets will not start", secrets::SECRETS_MOUNT);
         }
+        let net = if isolate {
+            match netns::NetPool::new(&config.network, &instance_id(&config.data_dir)) {
+                Ok(pool) => Some(pool),
+                Err(e) => {
+                    tracing::warn!(error = %e, "network namespaces unavailable: function replicas listen on the host's loopback, where other functions can reach them");
+                    None
+                }
+            }
+        } else {
+            None
+        };
         let restore_rcu = cgroups.is_some() && config.tune_kernel && tune_kernel();
         // Replica directories of an earlier run are stale by now.
         if let Ok(entries) = std::fs::read_dir(config.data_dir.join("replicas")) {
@@ -395,7 +434,11 @@ impl ProcessRuntime {
                 restore_rcu,
                 config,
                 control: tokio::runtime::Handle::current(),
-                sandbox: Sandbox { isolate, cgroups },
+                sandbox: Sandbox {
+                    isolate,
+                    cgroups,
+                    net,
+                },
                 ports: Mutex::new(Default::default()),
             }),
             functions: Mutex::new(HashMap::new()),
@@ -461,6 +504,7 @@ impl ProcessRuntime {
             oom_kills: AtomicU64::new(0),
             last_error: Mutex::new(None),
             commands: tx,
+            netns: tokio::sync::OnceCell::new(),
         });
         let _ = handle.commands.send(reconcile::Command::Apply {
             spec,
@@ -535,6 +579,9 @@ impl ProcessRuntime {
         }
         if self.shared.restore_rcu {
             let _ = std::fs::write(RCU_EXPEDITED, "0");
+        }
+        if let Some(net) = &self.shared.sandbox.net {
+            net.remove_rules();
         }
     }
 }

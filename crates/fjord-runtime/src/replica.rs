@@ -55,6 +55,8 @@ pub(crate) struct ReplicaEnv {
     secrets: Option<Arc<crate::secrets::SecretMount>>,
     /// Not sandboxed: the private directory holding the secret files.
     secrets_dir: Option<PathBuf>,
+    /// The function's network namespace, which every process of the replica joins.
+    pub netns: Option<Arc<crate::netns::NetNs>>,
 }
 
 impl ReplicaEnv {
@@ -64,6 +66,7 @@ impl ReplicaEnv {
         program: &Program,
         id: &Arc<str>,
         uid: u32,
+        netns: Option<Arc<crate::netns::NetNs>>,
     ) -> std::io::Result<Self> {
         let dir = shared.config.data_dir.join("replicas").join(&**id);
         let tmp = dir.join("tmp");
@@ -115,6 +118,7 @@ impl ReplicaEnv {
             readonly_root: spec.deployment.read_only_root_filesystem,
             secrets,
             secrets_dir,
+            netns,
         })
     }
 
@@ -168,6 +172,7 @@ impl ReplicaEnv {
             readonly_root: self.readonly_root && self.tmp_c.is_some(),
             user: self.user,
             secrets: self.secrets.clone().filter(|_| self.tmp_c.is_some()),
+            netns: self.netns.as_ref().map(|n| n.raw_fd()),
         }
         .install(&mut cmd);
         cmd
@@ -223,8 +228,24 @@ impl ReplicaArgs {
 /// Runs a replica until `stop` is cancelled.
 pub(crate) async fn run(args: ReplicaArgs) {
     let t0 = Instant::now();
-    let env = match ReplicaEnv::create(&args.shared, &args.spec, &args.program, &args.id, args.uid)
-    {
+    let netns = match args.handle.netns(&args.shared).await {
+        Ok(n) => n,
+        Err(e) => {
+            let reason = format!("cannot create the function's network namespace: {e}");
+            args.handle.logs.push(&args.id, &format!("fjord: {reason}"));
+            args.down(reason);
+            args.stop.cancelled().await;
+            return;
+        }
+    };
+    let env = match ReplicaEnv::create(
+        &args.shared,
+        &args.spec,
+        &args.program,
+        &args.id,
+        args.uid,
+        netns,
+    ) {
         Ok(env) => Arc::new(env),
         Err(e) => {
             let reason = format!("cannot create the replica's sandbox: {e}");
@@ -271,7 +292,11 @@ enum Outcome {
 }
 
 async fn supervise_http(args: &ReplicaArgs, env: &Arc<ReplicaEnv>, port: u16) {
-    let authority: http::uri::Authority = match format!("127.0.0.1:{port}").parse() {
+    let host = match &env.netns {
+        Some(ns) => crate::netns::authority_host(ns.id),
+        None => "127.0.0.1".to_string(),
+    };
+    let authority: http::uri::Authority = match format!("{host}:{port}").parse() {
         Ok(a) => a,
         Err(_) => return,
     };
@@ -370,7 +395,7 @@ async fn run_once(
         status = child.wait() => {
             return Outcome::Exited(format!("{} before it was ready", describe(status)));
         }
-        _ = probe(port, args.spec.ready_path.as_deref()) => {}
+        _ = probe(env.netns.as_deref(), port, args.spec.ready_path.as_deref()) => {}
     }
     tracing::debug!(replica = %args.id, after_spawn_us = spawned.elapsed().as_micros() as u64, "replica ready");
     args.ready(
@@ -401,11 +426,16 @@ async fn terminate(child: &mut tokio::process::Child, pid: Option<i32>, grace: D
 }
 
 /// Polls until the replica accepts connections (and, with a ready path, answers it 2xx).
-/// Fine-grained at first: cold start time is what users feel.
-async fn probe(port: u16, ready_path: Option<&str>) {
+/// Fine-grained at first: cold start time is what users feel. With a network namespace, only
+/// the function's own processes can be listening there.
+async fn probe(netns: Option<&crate::netns::NetNs>, port: u16, ready_path: Option<&str>) {
     let started = Instant::now();
     loop {
-        if let Ok(stream) = TcpStream::connect(("127.0.0.1", port)).await {
+        let connected = match netns {
+            Some(ns) => crate::netns::connect_in(ns.fd(), port).await,
+            None => TcpStream::connect(("127.0.0.1", port)).await,
+        };
+        if let Ok(stream) = connected {
             match ready_path {
                 None => return,
                 Some(path) => {

@@ -30,6 +30,8 @@ pub struct SandboxPlan {
     pub user: Option<(u32, u32)>,
     /// Secrets to mount (only with `private_tmp`, i.e. in a new mount namespace).
     pub secrets: Option<Arc<SecretMount>>,
+    /// The function's network namespace to join (a descriptor the replica keeps open).
+    pub netns: Option<RawFd>,
 }
 
 /// Mounts a tmpfs owned by the function's uid (mode 0500) at the secrets directory of this
@@ -93,6 +95,10 @@ fn check(ret: libc::c_int) -> io::Result<()> {
 
 impl SandboxPlan {
     fn apply(&self) -> io::Result<()> {
+        if let Some(fd) = self.netns {
+            // SAFETY: setns(2) on a descriptor owned by the parent; first, while still root.
+            check(unsafe { libc::setns(fd, libc::CLONE_NEWNET) })?;
+        }
         for fd in &self.cgroup_procs {
             // SAFETY: plain write(2) of a static buffer to a descriptor owned by the parent.
             let n = unsafe { libc::write(*fd, b"0".as_ptr().cast(), 1) };

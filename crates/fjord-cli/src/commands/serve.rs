@@ -28,6 +28,11 @@ pub fn run(a: ServeArgs) -> Result<(), CliError> {
     config.ready_timeout = Duration::from_secs(a.ready_timeout);
     config.pids_max = a.pids_max;
     config.tune_kernel = a.tune_kernel;
+    config.network = fjord_gateway::NetworkConfig {
+        mode: a.function_network,
+        subnet: a.function_subnet,
+        egress_allow: a.function_egress_allow,
+    };
     config.exec_timeout = (!a.exec_timeout.is_zero()).then_some(a.exec_timeout);
     config.read_timeout = (!a.read_timeout.is_zero()).then_some(a.read_timeout);
     config.write_timeout = (!a.write_timeout.is_zero()).then_some(a.write_timeout);
