@@ -538,6 +538,17 @@ pub struct InvokeArgs {
     pub gateway: GatewayArgs,
 }
 
+/// A CIDR, or a single address as a /32.
+fn parse_ipv4_net(s: &str) -> Result<ipnet::Ipv4Net, String> {
+    let s = s.trim();
+    if let Ok(n) = s.parse::<ipnet::Ipv4Net>() {
+        return Ok(n);
+    }
+    s.parse::<std::net::Ipv4Addr>()
+        .map(ipnet::Ipv4Net::from)
+        .map_err(|_| format!("{s:?} is not an IPv4 address or CIDR (e.g. 10.0.0.5 or 10.0.0.0/8)"))
+}
+
 #[cfg(test)]
 mod tests {
     /// clap's own checks (e.g. a flag name used twice in one command) run only when a
@@ -576,15 +587,4 @@ mod tests {
             assert_eq!(gateway.as_deref(), Some("http://gw:8080"), "{args:?}");
         }
     }
-}
-
-/// A CIDR, or a single address as a /32.
-fn parse_ipv4_net(s: &str) -> Result<ipnet::Ipv4Net, String> {
-    let s = s.trim();
-    if let Ok(n) = s.parse::<ipnet::Ipv4Net>() {
-        return Ok(n);
-    }
-    s.parse::<std::net::Ipv4Addr>()
-        .map(ipnet::Ipv4Net::from)
-        .map_err(|_| format!("{s:?} is not an IPv4 address or CIDR (e.g. 10.0.0.5 or 10.0.0.0/8)"))
 }
