@@ -382,6 +382,17 @@ fn ruleset(table: &str, prefix: &str, subnet: Ipv4Net, allow: &[Ipv4Net], guard:
 impl NetPool {
     /// Sets up function networking for this instance. `instance`: a short id of the data dir.
     pub fn new(config: &NetworkConfig, instance: &str) -> io::Result<Arc<Self>> {
+        let ip_works = Command::new(ip_program())
+            .arg("-V")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ip_works {
+            return Err(io::Error::other(
+                "the ip command (iproute2) is missing: install iproute2",
+            ));
+        }
         let host = File::open("/proc/self/ns/net")?;
         let _ = HOST_NETNS.set(OwnedFd::from(host));
         REGISTRY
