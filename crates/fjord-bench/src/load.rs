@@ -22,6 +22,29 @@ pub struct Target {
     pub body: Option<Bytes>,
     /// Speak HTTPS (HTTP/1.1) with this client configuration, to server name `localhost`.
     pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+    /// Connect from inside this network namespace (a replica's, for the direct baselines:
+    /// fjord runs each function in its own).
+    pub netns: Option<std::sync::Arc<std::fs::File>>,
+}
+
+/// A TCP connection to `addr`, made from inside `netns` when given: the socket is created
+/// while this thread is in that namespace, and keeps it.
+pub async fn tcp_connect(
+    addr: SocketAddr,
+    netns: Option<&std::fs::File>,
+) -> std::io::Result<TcpStream> {
+    let Some(ns) = netns else {
+        return TcpStream::connect(addr).await;
+    };
+    use nix::sched::{CloneFlags, setns};
+    let home = std::fs::File::open("/proc/thread-self/ns/net")?;
+    setns(ns, CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from)?;
+    let socket = tokio::net::TcpSocket::new_v4();
+    if setns(&home, CloneFlags::CLONE_NEWNET).is_err() {
+        // Every later connection of this thread would go to the wrong place.
+        std::process::abort();
+    }
+    socket?.connect(addr).await
 }
 
 #[derive(Debug)]
@@ -66,7 +89,7 @@ fn new_hist() -> Histogram<u64> {
 
 async fn connect(target: &Target) -> anyhow::Result<http1::SendRequest<Full<Bytes>>> {
     let addr = target.addr;
-    let stream = TcpStream::connect(addr)
+    let stream = tcp_connect(addr, target.netns.as_deref())
         .await
         .with_context(|| format!("connect {addr}"))?;
     stream.set_nodelay(true)?;

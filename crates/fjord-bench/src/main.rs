@@ -1,6 +1,7 @@
 //! `fjord-bench`: the benchmark runner (`run`), its load generator (`load`) and its own
 //! http-mode function (`function`). `scripts/bench` is the one command that uses them.
 
+mod ab;
 mod function;
 mod load;
 mod procs;
@@ -45,9 +46,13 @@ enum Command {
         #[arg(long, default_value = "scripts/bench")]
         command_line: String,
         /// Run one scenario alone and print its figures, without writing the report
-        /// (`async`)
+        /// (`async`, `tls`, or `ab`: this binary against --baseline-fjord)
         #[arg(long)]
         only: Option<String>,
+        /// With `--only ab`: the fjord binary to compare with (e.g. built from the previous
+        /// commit), started alternately with --fjord in the same run
+        #[arg(long)]
+        baseline_fjord: Option<PathBuf>,
     },
     /// Closed-loop load against one URL (http://HOST:PORT/PATH), printing throughput and latency
     Load {
@@ -93,6 +98,7 @@ fn main() -> ExitCode {
                 path: path.to_string(),
                 body: body.map(bytes::Bytes::from),
                 tls: None,
+                netns: None,
             };
             let r = load::run(&target, connections, Duration::from_millis(500), duration).await?;
             println!(
@@ -119,6 +125,7 @@ fn main() -> ExitCode {
             json,
             command_line,
             only,
+            baseline_fjord,
         } => block_on(run::run(run::Options {
             quick,
             fjord,
@@ -127,6 +134,7 @@ fn main() -> ExitCode {
             out_json: json,
             command: command_line,
             only,
+            baseline_fjord,
         })),
     };
     match result {

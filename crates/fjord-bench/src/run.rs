@@ -25,6 +25,8 @@ pub struct Options {
     pub command: String,
     /// Run only this scenario and print its rows instead of writing the report.
     pub only: Option<String>,
+    /// The fjord binary the `ab` scenario compares against (e.g. the previous release).
+    pub baseline_fjord: Option<PathBuf>,
 }
 
 /// One line of the results table.
@@ -43,7 +45,7 @@ pub struct Row {
 }
 
 impl Row {
-    fn new(scenario: &str, figure: &str, value: f64, unit: &str) -> Self {
+    pub(crate) fn new(scenario: &str, figure: &str, value: f64, unit: &str) -> Self {
         Self {
             scenario: scenario.into(),
             figure: figure.into(),
@@ -57,7 +59,7 @@ impl Row {
             note: None,
         }
     }
-    fn baseline(mut self, what: &str, v: f64) -> Self {
+    pub(crate) fn baseline(mut self, what: &str, v: f64) -> Self {
         self.baseline = Some(what.into());
         self.baseline_value = Some(v);
         if v != 0.0 {
@@ -65,7 +67,7 @@ impl Row {
         }
         self
     }
-    fn target(mut self, t: &str, met: bool) -> Self {
+    pub(crate) fn target(mut self, t: &str, met: bool) -> Self {
         self.target = Some(t.into());
         self.met = Some(met);
         self
@@ -74,7 +76,7 @@ impl Row {
     fn target_when(self, applies: bool, t: &str, met: bool) -> Self {
         if applies { self.target(t, met) } else { self }
     }
-    fn note(mut self, n: &str) -> Self {
+    pub(crate) fn note(mut self, n: &str) -> Self {
         self.note = Some(n.into());
         self
     }
@@ -90,10 +92,10 @@ pub struct CpuUse {
     pub loadgen_pct: f64,
 }
 
-struct Fjord {
+pub(crate) struct Fjord {
     child: tokio::process::Child,
     pid: i32,
-    addr: SocketAddr,
+    pub(crate) addr: SocketAddr,
     scheme: &'static str,
     pass: String,
     http: reqwest::Client,
@@ -103,7 +105,11 @@ struct Fjord {
 impl Fjord {
     /// Starts `fjord serve` with `extra` arguments; `tls_root` (PEM) when it serves HTTPS
     /// with a certificate signed by (or being) that root.
-    async fn start(bin: &Path, extra: &[String], tls_root: Option<&str>) -> anyhow::Result<Self> {
+    pub(crate) async fn start(
+        bin: &Path,
+        extra: &[String],
+        tls_root: Option<&str>,
+    ) -> anyhow::Result<Self> {
         // Not under /tmp: functions get a private /tmp of their own.
         let data = tempfile::Builder::new()
             .prefix("fjord-bench-")
@@ -154,7 +160,7 @@ impl Fjord {
         })
     }
 
-    fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         match self.scheme {
             // The certificate names localhost.
             "https" => format!("https://localhost:{}{path}", self.addr.port()),
@@ -162,7 +168,7 @@ impl Fjord {
         }
     }
 
-    async fn deploy(&self, body: Value) -> anyhow::Result<()> {
+    pub(crate) async fn deploy(&self, body: Value) -> anyhow::Result<()> {
         let r = self
             .http
             .post(self.url("/system/functions"))
@@ -175,7 +181,7 @@ impl Fjord {
         Ok(())
     }
 
-    async fn scale(&self, name: &str, replicas: u64) -> anyhow::Result<()> {
+    pub(crate) async fn scale(&self, name: &str, replicas: u64) -> anyhow::Result<()> {
         let r = self
             .http
             .post(self.url(&format!("/system/scale-function/{name}")))
@@ -188,7 +194,7 @@ impl Fjord {
         Ok(())
     }
 
-    async fn status(&self, name: &str) -> anyhow::Result<Value> {
+    pub(crate) async fn status(&self, name: &str) -> anyhow::Result<Value> {
         let r = self
             .http
             .get(self.url(&format!("/system/function/{name}")))
@@ -199,7 +205,12 @@ impl Fjord {
         Ok(r.json().await?)
     }
 
-    async fn wait_available(&self, name: &str, n: u64, timeout: Duration) -> anyhow::Result<()> {
+    pub(crate) async fn wait_available(
+        &self,
+        name: &str,
+        n: u64,
+        timeout: Duration,
+    ) -> anyhow::Result<()> {
         let deadline = Instant::now() + timeout;
         loop {
             let s = self.status(name).await?;
@@ -246,7 +257,7 @@ impl Fjord {
         }
     }
 
-    async fn get_ok(&self, path: &str) -> anyhow::Result<()> {
+    pub(crate) async fn get_ok(&self, path: &str) -> anyhow::Result<()> {
         let r = self.http.get(self.url(path)).send().await?;
         let status = r.status();
         ensure!(
@@ -261,7 +272,7 @@ impl Fjord {
         procs::rss_kb(self.pid).unwrap_or(0)
     }
 
-    async fn stop(mut self) -> anyhow::Result<()> {
+    pub(crate) async fn stop(mut self) -> anyhow::Result<()> {
         nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(self.pid),
             nix::sys::signal::Signal::SIGTERM,
@@ -282,7 +293,13 @@ struct Nginx {
 }
 
 impl Nginx {
-    async fn start(bin: &Path, upstream_port: u16) -> anyhow::Result<Self> {
+    /// Starts nginx in front of `127.0.0.1:upstream_port`; with `netns`, inside that network
+    /// namespace (the replica's), listening on its loopback.
+    async fn start(
+        bin: &Path,
+        upstream_port: u16,
+        netns: Option<(&Path, &std::fs::File)>,
+    ) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new()
             .prefix("fjord-bench-nginx-")
             .tempdir_in("/var/tmp")?;
@@ -300,7 +317,15 @@ http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path
         );
         let conf_path = dir.path().join("nginx.conf");
         std::fs::write(&conf_path, conf)?;
-        let child = tokio::process::Command::new(bin)
+        let mut cmd = match netns {
+            Some((path, _)) => {
+                let mut c = tokio::process::Command::new("nsenter");
+                c.arg(format!("--net={}", path.display())).arg(bin);
+                c
+            }
+            None => tokio::process::Command::new(bin),
+        };
+        let child = cmd
             .arg("-c")
             .arg(&conf_path)
             .arg("-p")
@@ -313,7 +338,10 @@ http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path
         let pid = child.id().context("nginx pid")? as i32;
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
         let deadline = Instant::now() + Duration::from_secs(10);
-        while tokio::net::TcpStream::connect(addr).await.is_err() {
+        while crate::load::tcp_connect(addr, netns.map(|(_, f)| f))
+            .await
+            .is_err()
+        {
             ensure!(
                 Instant::now() < deadline,
                 "nginx did not start: see {d}/error.log"
@@ -412,7 +440,7 @@ fn median(v: &mut [f64]) -> f64 {
     v[v.len() / 2]
 }
 
-fn percentile(v: &mut [f64], q: f64) -> f64 {
+pub(crate) fn percentile(v: &mut [f64], q: f64) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     let i = ((v.len() as f64 - 1.0) * q).round() as usize;
     v[i]
@@ -562,7 +590,15 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
                     .await?;
                 tls_scenario(&opts, &fjord, &bench_bin, (warm, dur), &mut rows).await?;
             }
-            other => bail!("unknown scenario {other:?}: those that run alone are async and tls"),
+            "ab" => {
+                let old = opts.baseline_fjord.as_deref().context(
+                    "--only ab compares two binaries: give the other one with --baseline-fjord PATH",
+                )?;
+                crate::ab::scenario(old, &opts.fjord, &bench_bin, opts.quick, &mut rows).await?;
+            }
+            other => {
+                bail!("unknown scenario {other:?}: those that run alone are async, tls and ab")
+            }
         }
         fjord.stop().await?;
         for r in &rows {
@@ -595,24 +631,44 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         .await?;
     let port = fjord.replica_port("bench-http").await?;
     let replica_pids = procs::find_by_args(&[&bench_bin, "function"]);
-    let nginx = Nginx::start(&opts.nginx, port).await?;
+    // As root, fjord runs the replica in its function's network namespace: the direct and
+    // nginx baselines run there too, on the same loopback the gateway's connections use.
+    let ns_path = replica_pids
+        .first()
+        .map(|pid| PathBuf::from(format!("/proc/{pid}/ns/net")))
+        .filter(|p| {
+            let ino = |p: &Path| {
+                std::fs::metadata(p)
+                    .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+                    .ok()
+            };
+            ino(p) != ino(Path::new("/proc/self/ns/net"))
+        });
+    let netns = match &ns_path {
+        Some(p) => Some(std::sync::Arc::new(std::fs::File::open(p)?)),
+        None => None,
+    };
+    let nginx = Nginx::start(&opts.nginx, port, ns_path.as_deref().zip(netns.as_deref())).await?;
     let direct = Target {
         addr: format!("127.0.0.1:{port}").parse()?,
         path: "/".into(),
         body: None,
         tls: None,
+        netns: netns.clone(),
     };
     let via_gateway = Target {
         addr: fjord.addr,
         path: "/function/bench-http".into(),
         body: None,
         tls: None,
+        netns: None,
     };
     let via_nginx = Target {
         addr: nginx.addr,
         path: "/".into(),
         body: None,
         tls: None,
+        netns: netns.clone(),
     };
     let gw = [fjord.pid];
     let mut best = (0usize, 0f64);
@@ -737,6 +793,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         path: "/function/bench-cat".into(),
         body: Some(Bytes::from_static(b"hello")),
         tls: None,
+        netns: None,
     };
     let f = measured(
         "fork cat via fjord c=1",
@@ -807,6 +864,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
                 path: format!("/function/{name}"),
                 body: None,
                 tls: None,
+                netns: None,
             };
             let r = load::run(&t, 16, warm, dur).await?;
             r.ensure_no_errors(&format!("warm invoke {name}"))?;
@@ -911,6 +969,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         path: "/function/bench-auto".into(),
         body: None,
         tls: None,
+        netns: None,
     };
     let t0 = Instant::now();
     let loader =
@@ -1166,6 +1225,7 @@ async fn async_scenario(
         path: "/function/bench-async".into(),
         body: Some(Bytes::from_static(b"hello")),
         tls: None,
+        netns: None,
     };
     let ticks0 = procs::cpu_ticks(fjord.pid).unwrap_or(0);
     let sync = load::run(&sync_target, 10, warm, dur).await?;
@@ -1180,6 +1240,7 @@ async fn async_scenario(
         path: "/async-function/bench-async".into(),
         body: Some(Bytes::from_static(b"hello")),
         tls: None,
+        netns: None,
     };
     let accept_dur = Duration::from_secs(2);
     let accepted = load::run(&async_target, 64, Duration::ZERO, accept_dur).await?;
@@ -1405,12 +1466,14 @@ async fn tls_scenario(
         path: "/function/bench-http".into(),
         body: None,
         tls: Some(std::sync::Arc::new(client)),
+        netns: None,
     };
     let via_plain = Target {
         addr: plain.addr,
         path: "/function/bench-http".into(),
         body: None,
         tls: None,
+        netns: None,
     };
     for c in [1usize, 64] {
         let p = load::run(&via_plain, c, warm, dur).await?;
