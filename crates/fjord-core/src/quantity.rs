@@ -82,6 +82,16 @@ pub fn parse_memory(value: &str) -> Result<u64, QuantityError> {
     Ok(bytes as u64)
 }
 
+/// Formats bytes as the largest exact binary unit (`268435456` → `256Mi`), else bytes.
+pub fn format_memory(bytes: u64) -> String {
+    for (unit, shift) in [("Ti", 40), ("Gi", 30), ("Mi", 20), ("Ki", 10)] {
+        if bytes > 0 && bytes % (1u64 << shift) == 0 {
+            return format!("{}{unit}", bytes >> shift);
+        }
+    }
+    bytes.to_string()
+}
+
 /// Parses a CPU quantity into millicores (`1` = 1000, `250m` = 250). Must be at least 1m.
 pub fn parse_cpu(value: &str) -> Result<u64, QuantityError> {
     let (number, suffix) = split(value)?;

@@ -49,6 +49,8 @@ impl Fixture {
                 stop_grace: Duration::from_secs(1),
                 pids_max: 64,
                 tune_kernel: false,
+                tmp_size_bytes: fjord_runtime::DEFAULT_TMP_SIZE,
+                default_memory_bytes: None,
             })
             .await
             .expect("start the process runtime");
