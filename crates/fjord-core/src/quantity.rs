@@ -85,7 +85,7 @@ pub fn parse_memory(value: &str) -> Result<u64, QuantityError> {
 /// Formats bytes as the largest exact binary unit (`268435456` → `256Mi`), else bytes.
 pub fn format_memory(bytes: u64) -> String {
     for (unit, shift) in [("Ti", 40), ("Gi", 30), ("Mi", 20), ("Ki", 10)] {
-        if bytes > 0 && bytes % (1u64 << shift) == 0 {
+        if bytes > 0 && bytes.is_multiple_of(1u64 << shift) {
             return format!("{}{unit}", bytes >> shift);
         }
     }
@@ -118,6 +118,17 @@ pub fn parse_cpu(value: &str) -> Result<u64, QuantityError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn formats_memory_in_exact_binary_units() {
+        assert_eq!(format_memory(256 << 20), "256Mi");
+        assert_eq!(format_memory(2 << 30), "2Gi");
+        assert_eq!(format_memory(1536 << 10), "1536Ki");
+        assert_eq!(format_memory(1_000_000), "1000000");
+        for v in ["64Mi", "3Gi", "12Ki"] {
+            assert_eq!(format_memory(parse_memory(v).unwrap()), v);
+        }
+    }
 
     #[test]
     fn memory() {

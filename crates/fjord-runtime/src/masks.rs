@@ -76,11 +76,11 @@ fn cstr(p: &Path) -> Option<CString> {
     CString::new(p.as_os_str().as_bytes()).ok()
 }
 
-/// The directories to hide, except those under `data_dir` (private to root already).
+/// The directories to hide, except those under `data_dir` (private to root already). One that
+/// holds `data_dir` is made read-only rather than hidden: functions run from bundles in there.
 pub(crate) fn discover(data_dir: &Path) -> HostMasks {
     let data_dir = std::fs::canonicalize(data_dir).unwrap_or_else(|_| data_dir.to_path_buf());
     let skip = |p: &Path| SKIP.iter().any(|s| p.starts_with(s)) || p.starts_with(&data_dir);
-    // A world-writable directory holding the data dir cannot be hidden either (see below).
     let mut scratch = BTreeSet::new();
     let mut found = BTreeSet::new();
     for s in SCRATCH {
