@@ -316,3 +316,54 @@ async fn no_descriptor_of_fjord_reaches_a_function() {
     }
     drop(leak);
 }
+
+/// An http-mode function answering with its sandbox as it sees it: its status lines, the
+/// filesystem type of `/tmp`, and a count kept in `/tmp` across requests.
+const PY_SELF: &str = r#"
+import http.server, os
+class H(http.server.BaseHTTPRequestHandler):
+    def log_message(self, *a):
+        pass
+    def do_GET(self):
+        with open("/tmp/count", "a") as f:
+            f.write("x")
+        lines = [l for l in open("/proc/self/status") if l.startswith(("NoNewPrivs", "CapEff", "CapBnd", "Seccomp:"))]
+        tmp = [l.split(" - ")[1].split()[0] for l in open("/proc/self/mountinfo") if l.split()[4] == "/tmp"]
+        body = ("".join(lines) + "tmp " + tmp[-1] + "\ncount " + str(len(open("/tmp/count").read())) + "\n").encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+http.server.HTTPServer(("127.0.0.1", int(os.environ["PORT"])), H).serve_forever()
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_mode_replicas_get_the_same_sandbox() {
+    assert!(!PY_SELF.contains('\''));
+    let s = Server::start().await;
+    s.deploy_ready(&json!({
+        "service": "self",
+        "image": "fjord-test/python-http:latest",
+        "envProcess": format!("/usr/bin/python3 -c '{PY_SELF}'"),
+        "envVars": {"mode": "http"},
+    }))
+    .await;
+    for n in 1..=2 {
+        let (st, body) = s.call("self").await;
+        assert_eq!(st, StatusCode::OK, "{body}");
+        let lines: Vec<String> = body
+            .lines()
+            .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+            .collect();
+        for want in [
+            "NoNewPrivs: 1",
+            "CapEff: 0000000000000000",
+            "CapBnd: 0000000000000000",
+            "Seccomp: 2",
+            "tmp tmpfs",
+        ] {
+            assert!(lines.iter().any(|l| l == want), "{want}: {body}");
+        }
+        assert!(lines.contains(&format!("count {n}")), "{body}");
+    }
+}
