@@ -341,6 +341,13 @@ pub struct ServeArgs {
     /// Maximum processes per replica (cgroup pids limit; stops fork bombs)
     #[arg(long, default_value_t = 1024)]
     pub pids_max: u64,
+    /// Size of each replica's /tmp, a tmpfs counted in the function's memory (writes beyond
+    /// fail with ENOSPC); a function may set its own with the annotation com.fjord.tmp-size
+    #[arg(long, default_value = "256Mi", value_parser = parse_tmp_size, value_name = "BYTES")]
+    pub tmp_size: u64,
+    /// Memory limit of functions that set no limits.memory, e.g. 512Mi (0 = unlimited)
+    #[arg(long, default_value = "256Mi", value_parser = parse_memory_or_zero, value_name = "BYTES")]
+    pub default_memory_limit: u64,
     /// As root, set /sys/kernel/rcu_expedited=1 while serving: cgroup moves, and so replica
     /// cold starts, get ~10 ms faster. Restored at shutdown
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "true|false")]
@@ -413,6 +420,27 @@ pub struct ServeArgs {
 /// `8MiB`, `512KiB`, `1000000`.
 fn parse_size(s: &str) -> Result<u64, String> {
     fjord_core::quantity::parse_memory(s.trim().trim_end_matches('B')).map_err(|e| e.to_string())
+}
+
+/// `--tmp-size`: at least 1Mi.
+fn parse_tmp_size(s: &str) -> Result<u64, String> {
+    parse_size(s).and_then(|n| {
+        (n >= 1 << 20)
+            .then_some(n)
+            .ok_or_else(|| "must be at least 1Mi".into())
+    })
+}
+
+/// `--default-memory-limit`: `0` (none) or at least 4Mi, like limits.memory.
+fn parse_memory_or_zero(s: &str) -> Result<u64, String> {
+    if s.trim() == "0" {
+        return Ok(0);
+    }
+    parse_size(s).and_then(|n| {
+        (n >= 4 << 20)
+            .then_some(n)
+            .ok_or_else(|| "must be 0 (no limit) or at least 4Mi".into())
+    })
 }
 
 #[derive(Args)]

@@ -211,7 +211,7 @@ async fn a_fork_mode_memory_hog_is_oom_killed_and_others_keep_answering() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn read_only_root_filesystem_allows_only_tmp() {
     let s = Server::start().await;
-    let probe = "sh -c 'for p in /var/tmp/fjord-ro-probe /etc/fjord-ro-probe /tmp/probe; do if echo x > $p 2>/dev/null; then echo $p=ok; else echo $p=failed; fi; done; mkdir /var/tmp/fjord-ro-dir 2>&1; true'";
+    let probe = "sh -c 'for p in /var/tmp/fjord-ro-probe /etc/fjord-ro-probe /tmp/probe; do if echo x > $p 2>/dev/null; then echo $p=ok; else echo $p=failed; fi; done; mkdir /etc/fjord-ro-dir 2>&1; true'";
     let mut ro = fork_fn("ro", probe);
     ro["readOnlyRootFilesystem"] = json!(true);
     s.deploy_ready(&ro).await;
@@ -226,10 +226,13 @@ async fn read_only_root_filesystem_allows_only_tmp() {
     );
     assert!(!std::path::Path::new("/var/tmp/fjord-ro-probe").exists());
 
-    // Without it, /var/tmp (world-writable) is writable: the check above is the flag's doing.
+    // Without it, /etc is refused by permissions, not by a read-only mount: the EROFS above
+    // is the flag's doing. The host's /var/tmp is out of reach either way (private or
+    // read-only: tests/attack_sandbox.rs).
     s.deploy_ready(&fork_fn("rw", probe)).await;
     let (_, body) = s.call("rw").await;
-    assert!(body.contains("/var/tmp/fjord-ro-probe=ok"), "{body}");
-    let _ = std::fs::remove_file("/var/tmp/fjord-ro-probe");
-    let _ = std::fs::remove_dir("/var/tmp/fjord-ro-dir");
+    assert!(body.contains("/tmp/probe=ok"), "{body}");
+    let mkdir = body.lines().find(|l| l.starts_with("mkdir")).unwrap_or("");
+    assert!(mkdir.contains("Permission denied"), "{body}");
+    assert!(!std::path::Path::new("/var/tmp/fjord-ro-probe").exists());
 }

@@ -125,6 +125,10 @@ pub struct FjordStatus {
     pub restarts: u64,
     /// Replicas killed by the kernel for exceeding `limits.memory`.
     pub oom_kills: u64,
+    /// The memory limit enforced: `limits.memory`, else the server's
+    /// `--default-memory-limit` (absent: unlimited).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_limit: Option<String>,
     /// The last rollout or replica error, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,

@@ -82,6 +82,16 @@ pub fn parse_memory(value: &str) -> Result<u64, QuantityError> {
     Ok(bytes as u64)
 }
 
+/// Formats bytes as the largest exact binary unit (`268435456` → `256Mi`), else bytes.
+pub fn format_memory(bytes: u64) -> String {
+    for (unit, shift) in [("Ti", 40), ("Gi", 30), ("Mi", 20), ("Ki", 10)] {
+        if bytes > 0 && bytes.is_multiple_of(1u64 << shift) {
+            return format!("{}{unit}", bytes >> shift);
+        }
+    }
+    bytes.to_string()
+}
+
 /// Parses a CPU quantity into millicores (`1` = 1000, `250m` = 250). Must be at least 1m.
 pub fn parse_cpu(value: &str) -> Result<u64, QuantityError> {
     let (number, suffix) = split(value)?;
@@ -108,6 +118,17 @@ pub fn parse_cpu(value: &str) -> Result<u64, QuantityError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn formats_memory_in_exact_binary_units() {
+        assert_eq!(format_memory(256 << 20), "256Mi");
+        assert_eq!(format_memory(2 << 30), "2Gi");
+        assert_eq!(format_memory(1536 << 10), "1536Ki");
+        assert_eq!(format_memory(1_000_000), "1000000");
+        for v in ["64Mi", "3Gi", "12Ki"] {
+            assert_eq!(format_memory(parse_memory(v).unwrap()), v);
+        }
+    }
 
     #[test]
     fn memory() {

@@ -14,6 +14,9 @@ pub const LABEL_SCALE_MIN: &str = "com.openfaas.scale.min";
 pub const LABEL_SCALE_MAX: &str = "com.openfaas.scale.max";
 /// Annotation naming an HTTP path that must answer 2xx before a replica gets traffic.
 pub const ANNOTATION_READY_PATH: &str = "com.openfaas.ready.http.path";
+/// Size of the function's `/tmp` (a tmpfs counted in its memory), e.g. `1Gi`; default
+/// `fjord serve --tmp-size`.
+pub const ANNOTATION_TMP_SIZE: &str = "com.fjord.tmp-size";
 /// Autoscaling labels, as OpenFaaS Pro reads them.
 pub const LABEL_SCALE_TYPE: &str = "com.openfaas.scale.type";
 pub const LABEL_SCALE_TARGET: &str = "com.openfaas.scale.target";
@@ -228,6 +231,8 @@ pub struct FunctionSpec {
     /// `envVars` as given; the runtime adds `fprocess`, `PORT` and its own defaults.
     pub env: BTreeMap<String, String>,
     pub memory_limit_bytes: Option<u64>,
+    /// `com.fjord.tmp-size`, if set.
+    pub tmp_size_bytes: Option<u64>,
     pub cpu_limit_millis: Option<u64>,
     pub min_replicas: u64,
     pub max_replicas: u64,
@@ -497,6 +502,26 @@ impl FunctionSpec {
             ));
         }
 
+        let tmp_size_bytes = d
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(ANNOTATION_TMP_SIZE))
+            .filter(|v| !v.is_empty())
+            .map(|v| parse_memory(v))
+            .transpose()
+            .map_err(|source| SpecError::Quantity {
+                field: "annotations.com.fjord.tmp-size",
+                source,
+            })?;
+        if let Some(t) = tmp_size_bytes
+            && t < (1 << 20)
+        {
+            return Err(invalid(
+                format!("annotations.{ANNOTATION_TMP_SIZE}"),
+                "must be at least 1Mi",
+            ));
+        }
+
         Ok(Self {
             key,
             deployment: d,
@@ -504,6 +529,7 @@ impl FunctionSpec {
             argv,
             env,
             memory_limit_bytes,
+            tmp_size_bytes,
             cpu_limit_millis,
             min_replicas,
             max_replicas,

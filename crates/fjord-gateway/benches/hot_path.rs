@@ -50,6 +50,8 @@ impl Fixture {
                 pids_max: 64,
                 tune_kernel: false,
                 network: Default::default(),
+                tmp_size_bytes: fjord_runtime::DEFAULT_TMP_SIZE,
+                default_memory_bytes: None,
             })
             .await
             .expect("start the process runtime");

@@ -692,6 +692,15 @@ fn status_of(route: &Route) -> FunctionStatus {
             mode: s.spec.mode.name().to_string(),
             restarts: s.restarts,
             oom_kills: s.oom_kills,
+            memory_limit: d
+                .limits
+                .as_ref()
+                .and_then(|l| l.memory.clone())
+                .filter(|m| !m.is_empty())
+                .or_else(|| {
+                    s.memory_limit_bytes
+                        .map(fjord_core::quantity::format_memory)
+                }),
             last_error: s.last_error,
             updated_at: Some(route.updated_at.clone()),
             cold_starts: route.metrics.cold_starts.load(Ordering::Relaxed),

@@ -61,6 +61,10 @@ pub struct GatewayConfig {
     pub ready_timeout: Duration,
     /// `pids.max` per replica.
     pub pids_max: u64,
+    /// Size of each replica's `/tmp` tmpfs (default for `com.fjord.tmp-size`).
+    pub tmp_size: u64,
+    /// Memory limit of functions without `limits.memory` (`None`: unlimited).
+    pub default_memory_limit: Option<u64>,
     /// HTTP worker threads (one per core by default).
     pub workers: usize,
     /// Limit on a request to a function that sets no `exec_timeout` (http mode; 504 beyond).
@@ -135,6 +139,8 @@ impl GatewayConfig {
             rollout_timeout: Duration::from_secs(60),
             ready_timeout: invoke::DEFAULT_READY_TIMEOUT,
             pids_max: 1024,
+            tmp_size: fjord_runtime::DEFAULT_TMP_SIZE,
+            default_memory_limit: Some(fjord_runtime::DEFAULT_MEMORY_LIMIT),
             workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
             tune_kernel: true,
             exec_timeout: Some(Duration::from_secs(300)),
@@ -619,6 +625,8 @@ pub async fn serve(config: GatewayConfig, shutdown: CancellationToken) -> Result
         pids_max: config.pids_max,
         tune_kernel: config.tune_kernel,
         network: config.network.clone(),
+        tmp_size_bytes: config.tmp_size,
+        default_memory_bytes: config.default_memory_limit,
     })
     .await?;
     let bundles = bundles::Bundles::new(data_dir, runtime.isolates()).map_err(dd_err)?;

@@ -11,11 +11,13 @@
 pub mod cgroup;
 pub mod fork;
 pub mod logs;
+mod masks;
 pub mod netns;
 pub mod program;
 mod reconcile;
 mod replica;
 mod sandbox;
+mod seccomp;
 pub mod secrets;
 
 use std::collections::HashMap;
@@ -49,6 +51,45 @@ pub struct RuntimeConfig {
     pub tune_kernel: bool,
     /// Functions' network namespaces and outbound access (root only).
     pub network: netns::NetworkConfig,
+    /// Size of each replica's `/tmp` tmpfs (and of its private `/dev/shm`, `/var/tmp`)
+    /// unless the function sets `com.fjord.tmp-size`.
+    pub tmp_size_bytes: u64,
+    /// Memory limit of functions without `limits.memory` (`None`: unlimited).
+    pub default_memory_bytes: Option<u64>,
+}
+
+/// `--tmp-size` default: like a container's `/tmp` of a few hundred MB; it is memory, counted
+/// in the function's memory limit.
+pub const DEFAULT_TMP_SIZE: u64 = 256 << 20;
+/// `--default-memory-limit` default: OpenFaaS's and Lambda's defaults are 128–256 MiB; 256 fits
+/// the example functions and templates (Pillow resizing, node, python).
+pub const DEFAULT_MEMORY_LIMIT: u64 = 256 << 20;
+
+/// As root, moves fjord into a mount namespace of its own (a slave of the host's), so the
+/// mounts it makes for replicas (their `/tmp` tmpfs) vanish with it even on `kill -9`, and
+/// the host's mount table stays clean. Call it before any thread starts: a mount namespace
+/// is per thread. Returns whether it did.
+pub fn private_mount_namespace() -> bool {
+    use nix::mount::{MsFlags, mount};
+    if !nix::unistd::geteuid().is_root() {
+        return false;
+    }
+    let done = nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).and_then(|()| {
+        mount(
+            None::<&str>,
+            "/",
+            None::<&str>,
+            MsFlags::MS_REC | MsFlags::MS_SLAVE,
+            None::<&str>,
+        )
+    });
+    match done {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot get a private mount namespace: replicas' /tmp mounts are made in the host's");
+            false
+        }
+    }
 }
 
 const RCU_EXPEDITED: &str = "/sys/kernel/rcu_expedited";
@@ -82,6 +123,12 @@ pub(crate) struct Sandbox {
     pub cgroups: Option<CgroupRoot>,
     /// Each function's own network namespace (root only).
     pub net: Option<Arc<netns::NetPool>>,
+    /// The host's world-writable directories, hidden from functions (root only).
+    pub masks: Option<Arc<sandbox::HostMasks>>,
+    /// The seccomp filter, compiled once.
+    pub seccomp: Option<Arc<seccomp::Filters>>,
+    /// Highest descriptor number for the close-on-exec fallback on old kernels.
+    pub max_fd: i32,
 }
 
 pub(crate) struct Shared {
@@ -211,6 +258,8 @@ pub struct FunctionHandle {
     /// The function's network namespace, made when its first replica starts and kept (no
     /// process) while the function exists.
     netns: tokio::sync::OnceCell<Arc<netns::NetNs>>,
+    /// `--default-memory-limit`, for functions without `limits.memory`.
+    default_memory: Option<u64>,
 }
 
 /// A function's replica counts and health, for the status API.
@@ -222,6 +271,8 @@ pub struct ReplicaStatus {
     pub restarts: u64,
     pub oom_kills: u64,
     pub last_error: Option<String>,
+    /// The memory limit enforced: `limits.memory`, else the server's default.
+    pub memory_limit_bytes: Option<u64>,
 }
 
 /// The outcome of [`FunctionHandle::pick_within`].
@@ -320,6 +371,7 @@ impl FunctionHandle {
             available: serving.endpoints.len() as u64,
             restarts: self.restarts.load(Ordering::Relaxed),
             oom_kills: self.oom_kills.load(Ordering::Relaxed),
+            memory_limit_bytes: serving.spec.memory_limit_bytes.or(self.default_memory),
             last_error: self
                 .last_error
                 .lock()
@@ -424,11 +476,31 @@ impl ProcessRuntime {
         };
         let restore_rcu = cgroups.is_some() && config.tune_kernel && tune_kernel();
         // Replica directories of an earlier run are stale by now.
-        if let Ok(entries) = std::fs::read_dir(config.data_dir.join("replicas")) {
+        let replicas = config.data_dir.join("replicas");
+        if isolate {
+            replicas_mount::clear(&replicas);
+        }
+        if let Ok(entries) = std::fs::read_dir(&replicas) {
             for e in entries.flatten() {
                 let _ = std::fs::remove_dir_all(e.path());
             }
         }
+        if isolate && let Err(e) = replicas_mount::share(&replicas) {
+            tracing::warn!(error = %e, dir = %replicas.display(), "cannot make the replicas directory a shared mount: a process may keep an ended replica's /tmp in memory until it exits");
+        }
+        let masks = isolate.then(|| Arc::new(masks::discover(&config.data_dir)));
+        if let Some(m) = &masks {
+            tracing::debug!(?m, "host directories hidden from functions");
+        }
+        let seccomp = match seccomp::build() {
+            Ok(f) => Some(Arc::new(f)),
+            Err(e) => {
+                tracing::warn!(error = %e, "functions run without a seccomp filter");
+                None
+            }
+        };
+        let max_fd = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+            .map_or(1024, |(soft, _)| soft.min(65536) as i32);
         Ok(Self {
             shared: Arc::new(Shared {
                 restore_rcu,
@@ -438,6 +510,9 @@ impl ProcessRuntime {
                     isolate,
                     cgroups,
                     net,
+                    masks,
+                    seccomp,
+                    max_fd,
                 },
                 ports: Mutex::new(Default::default()),
             }),
@@ -505,6 +580,7 @@ impl ProcessRuntime {
             last_error: Mutex::new(None),
             commands: tx,
             netns: tokio::sync::OnceCell::new(),
+            default_memory: self.shared.config.default_memory_bytes,
         });
         let _ = handle.commands.send(reconcile::Command::Apply {
             spec,
@@ -577,6 +653,9 @@ impl ProcessRuntime {
         if let Some(cg) = &self.shared.sandbox.cgroups {
             cg.remove_if_empty();
         }
+        if self.shared.sandbox.isolate {
+            replicas_mount::clear(&self.shared.config.data_dir.join("replicas"));
+        }
         if self.shared.restore_rcu {
             let _ = std::fs::write(RCU_EXPEDITED, "0");
         }
@@ -600,4 +679,37 @@ fn instance_id(data_dir: &std::path::Path) -> String {
             (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
         });
     format!("{hash:016x}")
+}
+
+/// `<data-dir>/replicas` is a shared bind mount of itself, so that function processes (whose
+/// mount namespaces are slaves) see the unmount of an ended replica's `/tmp` tmpfs.
+mod replicas_mount {
+    use std::path::Path;
+
+    use nix::mount::{MntFlags, MsFlags, mount, umount2};
+
+    /// Unmounts what an earlier run left there (the bind and every replica tmpfs under it).
+    pub fn clear(dir: &Path) {
+        if let Ok(entries) = std::fs::read_dir(dir) {
+            for e in entries.flatten() {
+                let _ = umount2(&e.path().join("tmp"), MntFlags::MNT_DETACH);
+            }
+        }
+        for _ in 0..16 {
+            if umount2(dir, MntFlags::MNT_DETACH).is_err() {
+                break;
+            }
+        }
+    }
+
+    pub fn share(dir: &Path) -> nix::Result<()> {
+        mount(Some(dir), dir, None::<&str>, MsFlags::MS_BIND, None::<&str>)?;
+        mount(
+            None::<&str>,
+            dir,
+            None::<&str>,
+            MsFlags::MS_SHARED,
+            None::<&str>,
+        )
+    }
 }

@@ -47,16 +47,30 @@ pub(crate) struct ReplicaEnv {
     pub id: Arc<str>,
     dir: PathBuf,
     pub tmp: PathBuf,
-    tmp_c: Option<CString>,
+    /// Sandboxed: `tmp` is a tmpfs mounted for this replica (unmounted at the end).
+    tmp_mounted: bool,
     pub cgroup: Option<Cgroup>,
-    pub user: Option<(u32, u32)>,
-    readonly_root: bool,
-    /// Sandboxed: the secrets tmpfs each process mounts for itself.
-    secrets: Option<Arc<crate::secrets::SecretMount>>,
     /// Not sandboxed: the private directory holding the secret files.
     secrets_dir: Option<PathBuf>,
     /// The function's network namespace, which every process of the replica joins.
     pub netns: Option<Arc<crate::netns::NetNs>>,
+    /// What each process does between fork and exec, prepared once (fork mode forks per
+    /// request: nothing is built per call).
+    plan: Arc<SandboxPlan>,
+    /// Not sandboxed: the working directory (the bundle, else `tmp`).
+    cwd: Option<PathBuf>,
+}
+
+/// tmpfs options for a replica's `/tmp` (owned by the function's uid) or, `uid` `None`, for
+/// the private scratch directories (sticky, world-writable within the namespace). The
+/// inode count is bounded too: inodes are memory.
+fn tmpfs_options(size: u64, uid: Option<u32>) -> std::io::Result<CString> {
+    let inodes = (size / 4096).clamp(1024, 1 << 20);
+    let owner = match uid {
+        Some(u) => format!("mode=0700,uid={u},gid={u}"),
+        None => "mode=1777".to_string(),
+    };
+    CString::new(format!("{owner},size={size},nr_inodes={inodes}")).map_err(std::io::Error::other)
 }
 
 impl ReplicaEnv {
@@ -74,16 +88,30 @@ impl ReplicaEnv {
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
         let isolate = shared.sandbox.isolate;
         let user = isolate.then_some((uid, uid));
-        if let Some((u, g)) = user {
-            std::os::unix::fs::chown(&tmp, Some(u), Some(g))?;
-            std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o700))?;
+        let tmp_size = spec.tmp_size_bytes.unwrap_or(shared.config.tmp_size_bytes);
+        if isolate {
+            // A tmpfs per replica, mounted here rather than in each process: fork mode's
+            // processes share it, so /tmp lasts as long as the replica (as in http mode).
+            // Its pages are charged to the memory cgroup of the process that writes them.
+            use nix::mount::{MsFlags, mount};
+            mount(
+                Some("tmpfs"),
+                &tmp,
+                Some("tmpfs"),
+                MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+                Some(tmpfs_options(tmp_size, Some(uid))?.as_c_str()),
+            )
+            .map_err(std::io::Error::from)?;
         }
+        let memory_bytes = spec
+            .memory_limit_bytes
+            .or(shared.config.default_memory_bytes);
         let cgroup = match &shared.sandbox.cgroups {
             Some(root) => Some(
                 root.create(
                     &format!("{}.{}", spec.key.namespace, id),
                     &Limits {
-                        memory_bytes: spec.memory_limit_bytes,
+                        memory_bytes,
                         cpu_millis: spec.cpu_limit_millis,
                         pids_max: Some(shared.config.pids_max),
                     },
@@ -108,23 +136,44 @@ impl ReplicaEnv {
             let d = crate::secrets::write_private_dir(&program.secrets, id, &dir.join("secrets"))?;
             (None, Some(d))
         };
+        let plan = Arc::new(SandboxPlan {
+            workdir: program
+                .workdir
+                .as_ref()
+                .and_then(|w| CString::new(w.as_os_str().as_bytes()).ok()),
+            cgroup_procs: cgroup.as_ref().map(|c| c.procs_fds()).unwrap_or_default(),
+            readonly_root: spec.deployment.read_only_root_filesystem && isolate,
+            user,
+            secrets,
+            masks: shared.sandbox.masks.clone().filter(|_| isolate),
+            scratch_options: if isolate {
+                Some(tmpfs_options(tmp_size, None)?)
+            } else {
+                None
+            },
+            drop_caps: isolate,
+            seccomp: shared.sandbox.seccomp.clone(),
+            max_fd: shared.sandbox.max_fd,
+            private_tmp: tmp_c,
+            netns: netns.as_ref().map(|n| n.raw_fd()),
+        });
+        let cwd = (!isolate).then(|| program.workdir.clone().unwrap_or_else(|| tmp.clone()));
         Ok(Self {
             id: id.clone(),
             dir,
             tmp,
-            tmp_c,
+            tmp_mounted: isolate,
             cgroup,
-            user,
-            readonly_root: spec.deployment.read_only_root_filesystem,
-            secrets,
             secrets_dir,
             netns,
+            plan,
+            cwd,
         })
     }
 
     /// Where the function finds its secret files, if it has any.
     pub fn secrets_env(&self) -> Option<(OsString, OsString)> {
-        let dir: &Path = if self.secrets.is_some() {
+        let dir: &Path = if self.plan.secrets.is_some() {
             Path::new(crate::secrets::SECRETS_MOUNT)
         } else {
             self.secrets_dir.as_deref()?
@@ -137,7 +186,7 @@ impl ReplicaEnv {
 
     /// `/tmp` inside the sandbox, else the replica's own directory.
     pub fn home(&self) -> &Path {
-        if self.tmp_c.is_some() {
+        if self.plan.private_tmp.is_some() {
             Path::new("/tmp")
         } else {
             &self.tmp
@@ -155,26 +204,10 @@ impl ReplicaEnv {
             .env_clear()
             .envs(env.iter().map(|(k, v)| (k, v)))
             .process_group(0);
-        if self.tmp_c.is_none() {
-            cmd.current_dir(program.workdir.as_deref().unwrap_or(&self.tmp));
+        if let Some(cwd) = &self.cwd {
+            cmd.current_dir(cwd);
         }
-        SandboxPlan {
-            workdir: program
-                .workdir
-                .as_ref()
-                .and_then(|w| CString::new(w.as_os_str().as_bytes()).ok()),
-            cgroup_procs: self
-                .cgroup
-                .as_ref()
-                .map(|c| c.procs_fds())
-                .unwrap_or_default(),
-            private_tmp: self.tmp_c.clone(),
-            readonly_root: self.readonly_root && self.tmp_c.is_some(),
-            user: self.user,
-            secrets: self.secrets.clone().filter(|_| self.tmp_c.is_some()),
-            netns: self.netns.as_ref().map(|n| n.raw_fd()),
-        }
-        .install(&mut cmd);
+        self.plan.install(&mut cmd);
         cmd
     }
 
@@ -182,10 +215,14 @@ impl ReplicaEnv {
         self.cgroup.as_ref().map_or(0, |c| c.oom_kills())
     }
 
-    /// Kills what is left and removes the replica's cgroup and directory.
+    /// Kills what is left and removes the replica's cgroup, `/tmp` and directory.
     pub async fn destroy(&self) {
         if let Some(cg) = &self.cgroup {
             cg.remove().await;
+        }
+        if self.tmp_mounted {
+            // Detached: also from the (slave) namespaces of processes still alive elsewhere.
+            let _ = nix::mount::umount2(&self.tmp, nix::mount::MntFlags::MNT_DETACH);
         }
         if let Some(d) = &self.secrets_dir {
             crate::secrets::remove_private_dir(d);
@@ -311,14 +348,13 @@ async fn supervise_http(args: &ReplicaArgs, env: &Arc<ReplicaEnv>, port: u16) {
             Outcome::Exited(mut reason) => {
                 if env.oom_kills() > ooms_before {
                     args.handle.count_oom_kill();
+                    let limit = args
+                        .spec
+                        .memory_limit_bytes
+                        .or(args.shared.config.default_memory_bytes)
+                        .map_or_else(|| "?".into(), fjord_core::quantity::format_memory);
                     reason = format!(
-                        "OOMKilled: used more memory than limits.memory ({}) and was killed",
-                        args.spec
-                            .deployment
-                            .limits
-                            .as_ref()
-                            .and_then(|l| l.memory.as_deref())
-                            .unwrap_or("?")
+                        "OOMKilled: used more memory than limits.memory ({limit}) and was killed"
                     );
                 }
                 args.handle

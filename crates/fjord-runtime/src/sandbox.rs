@@ -1,7 +1,10 @@
 //! The step between fork and exec that puts a function's process in its sandbox: join the
-//! replica's cgroups, get a private mount namespace with the replica's own `/tmp` (and a
-//! read-only root when asked), the function's secrets on a private read-only tmpfs at
-//! `/var/openfaas/secrets`, drop to the function's uid/gid, and die with fjord.
+//! replica's cgroups, get private mount and IPC namespaces with the replica's own `/tmp` (a
+//! size-limited tmpfs), private scratch tmpfs over the host's world-writable directories, a
+//! procfs that hides other users' processes, a read-only root when asked, the function's
+//! secrets on a private read-only tmpfs at `/var/openfaas/secrets`; then drop every
+//! capability, become the function's uid/gid, die with fjord, set no-new-privs, mark every
+//! inherited descriptor close-on-exec, and install the seccomp filter.
 //!
 //! This is the one module that needs `unsafe`: `pre_exec` runs in the forked child of a
 //! multi-threaded process, so it only makes raw, async-signal-safe system calls on data
@@ -13,14 +16,15 @@ use std::io;
 use std::os::fd::RawFd;
 use std::sync::Arc;
 
+use crate::seccomp::Filters;
 use crate::secrets::SecretMount;
 
-/// Everything the child does before exec, prepared in the parent.
-#[derive(Debug, Clone, Default)]
+/// Everything the child does before exec, prepared in the parent (once per replica).
+#[derive(Debug, Default)]
 pub struct SandboxPlan {
     /// `cgroup.procs` files of the replica's cgroups (kept open by the replica).
     pub cgroup_procs: Vec<RawFd>,
-    /// Directory bind-mounted at `/tmp` in a new mount namespace.
+    /// Directory bind-mounted at `/tmp` in a new mount namespace (the replica's tmpfs).
     pub private_tmp: Option<CString>,
     /// Working directory after the mounts (the bundle); `/tmp` when `None`.
     pub workdir: Option<CString>,
@@ -32,6 +36,29 @@ pub struct SandboxPlan {
     pub secrets: Option<Arc<SecretMount>>,
     /// The function's network namespace to join (a descriptor the replica keeps open).
     pub netns: Option<RawFd>,
+    /// The host's world-writable directories, hidden in that namespace (with `private_tmp`).
+    pub masks: Option<Arc<HostMasks>>,
+    /// tmpfs options of the private scratch directories (`/dev/shm`, `/var/tmp`, ...).
+    pub scratch_options: Option<CString>,
+    /// Empty the capability bounding, inheritable and ambient sets (running as root).
+    pub drop_caps: bool,
+    /// Installed last, right before exec.
+    pub seccomp: Option<Arc<Filters>>,
+    /// Highest descriptor to mark close-on-exec where `close_range` cannot (kernel < 5.11).
+    pub max_fd: i32,
+}
+
+/// The host's world-writable directories, found once at start: a function gets a private,
+/// size-limited tmpfs over the scratch ones and sees the others read-only, so nothing it
+/// writes outside its own `/tmp` reaches the host or another function.
+#[derive(Debug, Default)]
+pub struct HostMasks {
+    /// Well-known scratch directories (`/var/tmp`, `/dev/shm`, `/run/lock`): private tmpfs.
+    pub scratch: Vec<CString>,
+    /// Other world-writable directories: bound read-only over themselves.
+    pub readonly: Vec<CString>,
+    /// `/dev/mqueue`: a fresh mqueue mount for the process's own IPC namespace.
+    pub mqueue: Option<CString>,
 }
 
 /// Mounts a tmpfs owned by the function's uid (mode 0500) at the secrets directory of this
@@ -93,6 +120,123 @@ fn check(ret: libc::c_int) -> io::Result<()> {
     }
 }
 
+/// `capset(2)` header and data (version 3: two 32-bit words per set).
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: libc::c_int,
+}
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+
+/// Hides the host's world-writable directories in this mount namespace.
+///
+/// # Safety
+/// Called only from `pre_exec`, in a new mount namespace; raw syscalls.
+unsafe fn mask_host_dirs(m: &HostMasks, options: &CString, readonly: bool) -> io::Result<()> {
+    let mut flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+    if readonly {
+        flags |= libc::MS_RDONLY;
+    }
+    let null = std::ptr::null();
+    // SAFETY: raw syscalls with NUL-terminated strings that outlive the calls.
+    unsafe {
+        for dir in &m.scratch {
+            check(libc::mount(
+                c"tmpfs".as_ptr(),
+                dir.as_ptr(),
+                c"tmpfs".as_ptr(),
+                flags,
+                options.as_ptr().cast(),
+            ))?;
+        }
+        for dir in &m.readonly {
+            check(libc::mount(
+                dir.as_ptr(),
+                dir.as_ptr(),
+                null,
+                libc::MS_BIND | libc::MS_REC,
+                null.cast(),
+            ))?;
+            check(libc::mount(
+                null,
+                dir.as_ptr(),
+                null,
+                libc::MS_REMOUNT
+                    | libc::MS_BIND
+                    | libc::MS_RDONLY
+                    | libc::MS_NOSUID
+                    | libc::MS_NODEV,
+                null.cast(),
+            ))?;
+        }
+        if let Some(mq) = &m.mqueue {
+            // After CLONE_NEWIPC: shows only this process's own message queues.
+            check(libc::mount(
+                c"mqueue".as_ptr(),
+                mq.as_ptr(),
+                c"mqueue".as_ptr(),
+                flags,
+                null.cast(),
+            ))?;
+        }
+        // A procfs of its own where other users' processes are invisible (`hidepid`): no
+        // other function's or the gateway's command line, environment or fds.
+        let proc_flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+        let mounted = libc::mount(
+            c"proc".as_ptr(),
+            c"/proc".as_ptr(),
+            c"proc".as_ptr(),
+            proc_flags,
+            c"hidepid=invisible".as_ptr().cast(),
+        );
+        if mounted == -1 && *libc::__errno_location() == libc::EINVAL {
+            // Kernels before 5.8 know only the number.
+            check(libc::mount(
+                c"proc".as_ptr(),
+                c"/proc".as_ptr(),
+                c"proc".as_ptr(),
+                proc_flags,
+                c"hidepid=2".as_ptr().cast(),
+            ))?;
+        } else {
+            check(mounted)?;
+        }
+    }
+    Ok(())
+}
+
+/// Installs a compiled seccomp filter on the calling thread (no-new-privs already set).
+///
+/// # Safety
+/// Raw syscall on a program that outlives it.
+unsafe fn install_filter(prog: &[libc::sock_filter]) -> io::Result<()> {
+    let fprog = libc::sock_fprog {
+        len: prog.len() as libc::c_ushort,
+        filter: prog.as_ptr().cast_mut(),
+    };
+    // SAFETY: the kernel copies the program; `fprog` and `prog` outlive the call.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_seccomp,
+            libc::SECCOMP_SET_MODE_FILTER,
+            0,
+            &fprog as *const libc::sock_fprog,
+        )
+    };
+    if r == -1 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
 impl SandboxPlan {
     fn apply(&self) -> io::Result<()> {
         if let Some(fd) = self.netns {
@@ -111,12 +255,17 @@ impl SandboxPlan {
             let target = c"/tmp";
             // SAFETY: raw syscalls with NUL-terminated strings that outlive the call.
             unsafe {
-                check(libc::unshare(libc::CLONE_NEWNS))?;
+                // Own IPC namespace: SysV shared memory and POSIX message queues are private
+                // and die with the process, instead of outliving it host-wide.
+                check(libc::unshare(libc::CLONE_NEWNS | libc::CLONE_NEWIPC))?;
+                // Slave rather than private (as runc does): when a replica ends, the unmount
+                // of its /tmp tmpfs reaches every namespace's copy, so no other function's
+                // process keeps that memory alive.
                 check(libc::mount(
                     std::ptr::null(),
                     root.as_ptr(),
                     std::ptr::null(),
-                    libc::MS_REC | libc::MS_PRIVATE,
+                    libc::MS_REC | libc::MS_SLAVE,
                     std::ptr::null(),
                 ))?;
                 if let Some(m) = &self.secrets {
@@ -129,6 +278,9 @@ impl SandboxPlan {
                     libc::MS_BIND,
                     std::ptr::null(),
                 ))?;
+                if let (Some(m), Some(opts)) = (&self.masks, &self.scratch_options) {
+                    mask_host_dirs(m, opts, self.readonly_root)?;
+                }
                 // After the binds: a bind mount copies its source mount's flags, so binding
                 // /tmp from an already read-only root would make /tmp read-only too.
                 if self.readonly_root {
@@ -144,6 +296,14 @@ impl SandboxPlan {
                 check(libc::chdir(dir.as_ptr()))?;
             }
         }
+        if self.drop_caps {
+            // While still root (CAP_SETPCAP): nothing exec'd later, setuid binaries included,
+            // can get a capability back. EINVAL past the kernel's last capability.
+            for cap in 0..64 {
+                // SAFETY: prctl with integer arguments.
+                unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) };
+            }
+        }
         if let Some((uid, gid)) = self.user {
             // SAFETY: credential syscalls; order matters (groups and gid before uid).
             unsafe {
@@ -152,10 +312,34 @@ impl SandboxPlan {
                 check(libc::setuid(uid))?;
             }
         }
-        // Last, because a credential change clears it: replicas die with fjord even on
-        // `kill -9` (their own children are reaped through the cgroup at the next start).
+        if self.drop_caps {
+            // setuid cleared the permitted, effective and ambient sets; not the inheritable
+            // one, which a file's inheritable capabilities could use.
+            let header = CapHeader {
+                version: LINUX_CAPABILITY_VERSION_3,
+                pid: 0,
+            };
+            let data = [CapData {
+                effective: 0,
+                permitted: 0,
+                inheritable: 0,
+            }; 2];
+            // SAFETY: capset with structs that outlive the call; prctl with integers.
+            unsafe {
+                check(libc::syscall(libc::SYS_capset, &header, data.as_ptr()) as libc::c_int)?;
+                libc::prctl(
+                    libc::PR_CAP_AMBIENT,
+                    libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
+                    0,
+                    0,
+                    0,
+                );
+            }
+        }
         // SAFETY: prctl with integer arguments.
         unsafe {
+            // After the credential change, which clears it: replicas die with fjord even on
+            // `kill -9` (their own children are reaped through the cgroup at the next start).
             check(libc::prctl(
                 libc::PR_SET_PDEATHSIG,
                 libc::SIGKILL as libc::c_ulong,
@@ -163,15 +347,45 @@ impl SandboxPlan {
                 0,
                 0,
             ))?;
+            // No exec can raise privileges again (setuid `su`, file capabilities); also what
+            // lets an unprivileged process install the seccomp filter.
+            check(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0))?;
+        }
+        // Every descriptor past stdio closes at exec, whatever fjord (or whoever started
+        // fjord) left open without CLOEXEC. Marking rather than closing keeps std's own
+        // exec-error pipe working.
+        // SAFETY: close_range/fcntl with integer arguments.
+        unsafe {
+            let r = libc::syscall(
+                libc::SYS_close_range,
+                3 as libc::c_uint,
+                libc::c_uint::MAX,
+                libc::CLOSE_RANGE_CLOEXEC,
+            );
+            if r == -1 {
+                for fd in 3..=self.max_fd {
+                    libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
+                }
+            }
+        }
+        if let Some(f) = &self.seccomp {
+            // Last: from here on only execve runs.
+            // SAFETY: the programs live in the plan, which outlives the child's pre_exec.
+            unsafe {
+                install_filter(&f.enosys)?;
+                install_filter(&f.deny)?;
+            }
         }
         Ok(())
     }
 
-    /// Installs the plan on a command (PDEATHSIG is set even when not sandboxing).
-    pub fn install(self, cmd: &mut tokio::process::Command) {
+    /// Installs the plan on a command (PDEATHSIG, no-new-privs, seccomp and fd closing also
+    /// when not sandboxing).
+    pub fn install(self: &Arc<Self>, cmd: &mut tokio::process::Command) {
+        let plan = self.clone();
         // SAFETY: `apply` only makes async-signal-safe syscalls and does not allocate.
         unsafe {
-            cmd.pre_exec(move || self.apply());
+            cmd.pre_exec(move || plan.apply());
         }
     }
 }

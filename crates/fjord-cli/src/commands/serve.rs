@@ -27,6 +27,8 @@ pub fn run(a: ServeArgs) -> Result<(), CliError> {
     config.rollout_timeout = Duration::from_secs(a.rollout_timeout);
     config.ready_timeout = Duration::from_secs(a.ready_timeout);
     config.pids_max = a.pids_max;
+    config.tmp_size = a.tmp_size;
+    config.default_memory_limit = (a.default_memory_limit > 0).then_some(a.default_memory_limit);
     config.tune_kernel = a.tune_kernel;
     config.network = fjord_gateway::NetworkConfig {
         mode: a.function_network,
@@ -48,6 +50,8 @@ pub fn run(a: ServeArgs) -> Result<(), CliError> {
     if let Some(w) = a.workers {
         config.workers = usize::from(w);
     }
+    // Before any thread: replicas' mounts live in fjord's own mount namespace.
+    fjord_runtime::private_mount_namespace();
     // The control runtime (API side effects, replica supervision); HTTP workers have their own.
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)

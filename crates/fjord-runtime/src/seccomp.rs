@@ -1,0 +1,207 @@
+//! The seccomp filter every function process runs under, modelled on Docker's default
+//! profile: a deny-list of system calls an unprivileged process has no business making
+//! (kernel modules, mounts, namespaces, keyrings, bpf, perf, userfaultfd, io_uring, clock
+//! setting, reboot, ...). Denied calls fail with `EPERM` rather than killing the process, so
+//! programs that probe for a feature fall back as they do in a container. `clone3` fails with
+//! `ENOSYS` (its flags sit in memory a filter cannot read), which makes libc fall back to
+//! `clone`, whose namespace flags are checked.
+//!
+//! Compiled once (at runtime start) into BPF; `sandbox.rs` installs it in `pre_exec` with a
+//! raw `seccomp(2)` call, last, right before exec.
+
+use std::collections::BTreeMap;
+
+use seccompiler::{
+    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
+    SeccompRule, TargetArch,
+};
+
+/// The compiled filters, ready to install in a child.
+#[derive(Debug)]
+pub(crate) struct Filters {
+    /// Deny-list, `EPERM`.
+    pub deny: Vec<libc::sock_filter>,
+    /// `clone3` (and the x32 one), `ENOSYS`.
+    pub enosys: Vec<libc::sock_filter>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("cannot build the seccomp filter for {arch}: {source}")]
+pub struct SeccompError {
+    arch: &'static str,
+    source: seccompiler::BackendError,
+}
+
+/// Namespace flags of `clone`/`unshare`: creating namespaces (user namespaces above all)
+/// opens kernel attack surface a function does not need.
+const NS_FLAGS: [u64; 7] = [
+    libc::CLONE_NEWNS as u64,
+    libc::CLONE_NEWCGROUP as u64,
+    libc::CLONE_NEWUTS as u64,
+    libc::CLONE_NEWIPC as u64,
+    libc::CLONE_NEWUSER as u64,
+    libc::CLONE_NEWPID as u64,
+    libc::CLONE_NEWNET as u64,
+];
+/// `unshare` only (in `clone` the low byte is the exit signal).
+const CLONE_NEWTIME: u64 = 0x80;
+
+/// `personality(2)` values Docker allows: Linux, UNAME26, ADDR_NO_RANDOMIZE-less variants,
+/// and the query.
+const PERSONALITY_ALLOWED: [u64; 5] = [0x0, 0x8, 0x20000, 0x20008, 0xffff_ffff];
+
+/// System calls denied outright.
+fn denied() -> Vec<libc::c_long> {
+    let mut v = vec![
+        libc::SYS_acct,
+        libc::SYS_add_key,
+        libc::SYS_bpf,
+        libc::SYS_clock_adjtime,
+        libc::SYS_clock_settime,
+        libc::SYS_delete_module,
+        libc::SYS_fanotify_init,
+        libc::SYS_finit_module,
+        libc::SYS_fsconfig,
+        libc::SYS_fsmount,
+        libc::SYS_fsopen,
+        libc::SYS_fspick,
+        libc::SYS_init_module,
+        libc::SYS_io_uring_enter,
+        libc::SYS_io_uring_register,
+        libc::SYS_io_uring_setup,
+        libc::SYS_kexec_file_load,
+        libc::SYS_kexec_load,
+        libc::SYS_keyctl,
+        libc::SYS_lookup_dcookie,
+        libc::SYS_mount,
+        libc::SYS_mount_setattr,
+        libc::SYS_move_mount,
+        libc::SYS_nfsservctl,
+        libc::SYS_open_by_handle_at,
+        libc::SYS_open_tree,
+        libc::SYS_perf_event_open,
+        libc::SYS_pivot_root,
+        libc::SYS_quotactl,
+        libc::SYS_quotactl_fd,
+        libc::SYS_reboot,
+        libc::SYS_request_key,
+        libc::SYS_setns,
+        libc::SYS_settimeofday,
+        libc::SYS_swapoff,
+        libc::SYS_swapon,
+        libc::SYS_syslog,
+        libc::SYS_umount2,
+        libc::SYS_userfaultfd,
+        libc::SYS_vhangup,
+    ];
+    #[cfg(target_arch = "x86_64")]
+    v.extend([
+        libc::SYS_ioperm,
+        libc::SYS_iopl,
+        libc::SYS__sysctl,
+        libc::SYS_sysfs,
+        libc::SYS_uselib,
+        libc::SYS_ustat,
+    ]);
+    v
+}
+
+fn arch() -> Result<TargetArch, SeccompError> {
+    TargetArch::try_from(std::env::consts::ARCH).map_err(|source| SeccompError {
+        arch: std::env::consts::ARCH,
+        source,
+    })
+}
+
+/// x86_64 also accepts x32-ABI calls (number | 0x4000_0000, same audit arch) where the kernel
+/// enables them: each rule is repeated for that number so the ABI is no way around the list.
+fn with_x32(rules: BTreeMap<i64, Vec<SeccompRule>>) -> BTreeMap<i64, Vec<SeccompRule>> {
+    if cfg!(target_arch = "x86_64") {
+        let x32: Vec<_> = rules
+            .iter()
+            .map(|(nr, r)| (nr | 0x4000_0000, r.clone()))
+            .collect();
+        rules.into_iter().chain(x32).collect()
+    } else {
+        rules
+    }
+}
+
+fn masked(flag: u64) -> Result<SeccompRule, seccompiler::BackendError> {
+    SeccompRule::new(vec![SeccompCondition::new(
+        0,
+        SeccompCmpArgLen::Dword,
+        SeccompCmpOp::MaskedEq(flag),
+        flag,
+    )?])
+}
+
+fn compile(
+    rules: BTreeMap<i64, Vec<SeccompRule>>,
+    action: SeccompAction,
+    arch: TargetArch,
+) -> Result<Vec<libc::sock_filter>, seccompiler::BackendError> {
+    let prog: BpfProgram =
+        SeccompFilter::new(with_x32(rules), SeccompAction::Allow, action, arch)?.try_into()?;
+    Ok(prog
+        .into_iter()
+        .map(|i| libc::sock_filter {
+            code: i.code,
+            jt: i.jt,
+            jf: i.jf,
+            k: i.k,
+        })
+        .collect())
+}
+
+/// Builds the filters for this machine's architecture.
+pub(crate) fn build() -> Result<Filters, SeccompError> {
+    let arch = arch()?;
+    let err = |source| SeccompError {
+        arch: std::env::consts::ARCH,
+        source,
+    };
+    let mut rules: BTreeMap<i64, Vec<SeccompRule>> =
+        denied().into_iter().map(|nr| (nr, Vec::new())).collect();
+    let clone_rules = NS_FLAGS
+        .iter()
+        .map(|f| masked(*f))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(err)?;
+    let mut unshare_rules = clone_rules.clone();
+    unshare_rules.push(masked(CLONE_NEWTIME).map_err(err)?);
+    rules.insert(libc::SYS_clone, clone_rules);
+    rules.insert(libc::SYS_unshare, unshare_rules);
+    // One rule whose conditions must all hold: the value is none of the allowed ones.
+    let odd_personality = SeccompRule::new(
+        PERSONALITY_ALLOWED
+            .iter()
+            .map(|v| SeccompCondition::new(0, SeccompCmpArgLen::Dword, SeccompCmpOp::Ne, *v))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(err)?,
+    )
+    .map_err(err)?;
+    rules.insert(libc::SYS_personality, vec![odd_personality]);
+    let deny = compile(rules, SeccompAction::Errno(libc::EPERM as u32), arch).map_err(err)?;
+    let enosys = compile(
+        [(libc::SYS_clone3, Vec::new())].into(),
+        SeccompAction::Errno(libc::ENOSYS as u32),
+        arch,
+    )
+    .map_err(err)?;
+    Ok(Filters { deny, enosys })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filters_compile_for_this_arch() {
+        let f = build().unwrap();
+        assert!(f.deny.len() > 50, "{}", f.deny.len());
+        assert!(!f.enosys.is_empty());
+        // BPF programs are limited to 4096 instructions.
+        assert!(f.deny.len() < 4096);
+    }
+}
