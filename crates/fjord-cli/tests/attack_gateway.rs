@@ -260,7 +260,8 @@ async fn callbacks_to_internal_addresses_are_refused_by_default() {
     assert_eq!(lines, 1, "{log}");
 }
 
-/// With `--callback-allow 127.0.0.1` a loopback receiver gets the callback; a 302 from it is
+/// With `--callback-allow 127.0.0.1` a loopback receiver gets the callback (and an async call's
+/// function sees `X-Forwarded-For` completed with the peer); a 302 from it is
 /// not followed (the port it points at gets nothing); a receiver answering an endless body
 /// neither hangs the callback nor is read beyond a bound.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -276,6 +277,28 @@ async fn allowed_callbacks_are_delivered_without_redirects_or_unbounded_reads() 
     assert_eq!(got[0], b"hello");
     let (call, outcome) = callback_outcome(&s, &id, Duration::from_secs(10)).await;
     assert_eq!(outcome, "delivered (200)", "{call}");
+    // An async call's function sees the queuing client's X-Forwarded-For with its peer
+    // appended, as a sync call does.
+    s.deploy_ready(&fork_fn("env", "env")).await;
+    let r = s
+        .client
+        .post(s.url("/async-function/env"))
+        .header("X-Forwarded-For", "203.0.113.7")
+        .header(
+            "X-Callback-Url",
+            format!("http://127.0.0.1:{}/", receiver.port),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let got = receiver.wait_bodies(2, Duration::from_secs(30)).await;
+    let out = String::from_utf8_lossy(&got[1]);
+    assert!(
+        out.lines()
+            .any(|l| l == "Http_X_Forwarded_For=203.0.113.7, 127.0.0.1"),
+        "async: {out}"
+    );
     // Still refused: a loopback address the list does not name.
     let (st, _, body) = enqueue(&s, "echo", "x", "http://127.0.0.2:9/").await;
     assert_eq!(st, StatusCode::BAD_REQUEST, "{body}");
@@ -417,7 +440,7 @@ async fn metrics_auth_hides_function_names() {
 /// a call of an open function can still be cancelled by whoever knows its id.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancelling_a_protected_call_needs_its_token() {
-    let s = Server::start_opts(ServeOpts::args(&["--callback-allow", "127.0.0.1"])).await;
+    let s = Server::start().await;
     // Paused (max_inflight 0): calls stay queued, so they can be cancelled.
     let mut protected = fork_fn("vault", "cat");
     protected["annotations"] = json!({
@@ -495,10 +518,11 @@ async fn cancelling_a_protected_call_needs_its_token() {
 }
 
 /// A client's `X-Forwarded-For` reaches the function with the real peer appended, in both
-/// modes and for async calls, so a forged value can never pass for the client's address.
+/// modes (async calls: in the callback test), so a forged value can never pass for the
+/// client's address.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forwarded_for_gets_the_peer_appended() {
-    let s = Server::start_opts(ServeOpts::args(&["--callback-allow", "127.0.0.1"])).await;
+    let s = Server::start().await;
     s.deploy_ready(&fork_fn("env", "env")).await;
     s.deploy_ready(&http_fn("h", "1")).await;
 
@@ -534,26 +558,5 @@ async fn forwarded_for_gets_the_peer_appended() {
     assert_eq!(
         e["headers"]["x-forwarded-for"], "203.0.113.7, 127.0.0.1",
         "http mode: {e}"
-    );
-
-    let receiver = Listener::start(Reply::Ok).await;
-    let r = s
-        .client
-        .post(s.url("/async-function/env"))
-        .header("X-Forwarded-For", "203.0.113.7")
-        .header(
-            "X-Callback-Url",
-            format!("http://127.0.0.1:{}/", receiver.port),
-        )
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::ACCEPTED);
-    let got = receiver.wait_bodies(1, Duration::from_secs(30)).await;
-    let out = String::from_utf8_lossy(&got[0]);
-    assert!(
-        out.lines()
-            .any(|l| l == "Http_X_Forwarded_For=203.0.113.7, 127.0.0.1"),
-        "async: {out}"
     );
 }
