@@ -224,7 +224,6 @@ async fn callbacks_to_internal_addresses_are_refused_by_default() {
         format!("http://[::1]:{port}/"),
         "http://169.254.169.254/latest/meta-data/".to_string(),
         "http://10.0.0.1/".to_string(),
-        format!("http://{}/", s.addr),
     ] {
         let (st, _, body) = enqueue(&s, "echo", deploy, &url).await;
         assert_eq!(st, StatusCode::BAD_REQUEST, "{url}: {body}");
@@ -233,6 +232,13 @@ async fn callbacks_to_internal_addresses_are_refused_by_default() {
             "{url}: {body}"
         );
     }
+    let own = format!("http://{}/system/functions", s.addr);
+    let (st, _, body) = enqueue(&s, "echo", deploy, &own).await;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "{body}");
+    assert!(
+        body.contains("X-Callback-Url") && body.contains("itself"),
+        "{body}"
+    );
     let (st, _, body) = enqueue(&s, "echo", deploy, "gopher://x/").await;
     assert_eq!(st, StatusCode::BAD_REQUEST, "{body}");
 
@@ -299,9 +305,13 @@ async fn allowed_callbacks_are_delivered_without_redirects_or_unbounded_reads() 
             .any(|l| l == "Http_X_Forwarded_For=203.0.113.7, 127.0.0.1"),
         "async: {out}"
     );
-    // Still refused: a loopback address the list does not name.
+    // Still refused: a loopback address the list does not name, and the gateway itself.
     let (st, _, body) = enqueue(&s, "echo", "x", "http://127.0.0.2:9/").await;
     assert_eq!(st, StatusCode::BAD_REQUEST, "{body}");
+    let own = format!("http://{}/async-function/echo", s.addr);
+    let (st, _, body) = enqueue(&s, "echo", "x", &own).await;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "{body}");
+    assert!(body.contains("itself"), "{body}");
 
     let target = Listener::start(Reply::Ok).await;
     let redirector = Listener::start(Reply::Redirect(format!(

@@ -64,15 +64,27 @@ pub struct CallbackPolicy {
     listening: Arc<OnceLock<SocketAddr>>,
 }
 
+const OWN: &str = "this gateway's own listening address";
+
 /// Why a callback address is refused.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error(
-    "{addr} is {kind}: fjord sends no callbacks there unless the operator allows it with --callback-allow"
-)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refused {
     pub addr: IpAddr,
     pub kind: &'static str,
 }
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let why = if self.kind == OWN {
+            "fjord never sends callbacks to itself"
+        } else {
+            "fjord sends no callbacks there unless the operator allows it with --callback-allow"
+        };
+        write!(f, "{} is {}: {why}", self.addr, self.kind)
+    }
+}
+
+impl std::error::Error for Refused {}
 
 impl CallbackPolicy {
     pub fn new(allow: Vec<CallbackAllow>) -> Self {
@@ -104,17 +116,19 @@ impl CallbackPolicy {
     /// Checks one address a callback would connect to (`host` as written in the URL).
     pub fn check(&self, host: &str, addr: SocketAddr) -> Result<(), Refused> {
         let ip = addr.ip().to_canonical();
+        // Never the gateway itself, even in an allowed network: a callback could re-queue
+        // itself forever (a function's response headers travel with it), or hit /system.
+        if self.is_own(ip, addr.port()) {
+            return Err(Refused {
+                addr: ip,
+                kind: OWN,
+            });
+        }
         if self.host_allowed(host) || self.ip_allowed(ip) || self.ip_allowed(addr.ip()) {
             return Ok(());
         }
         if let Some(kind) = special(ip) {
             return Err(Refused { addr: ip, kind });
-        }
-        if self.is_own(ip, addr.port()) {
-            return Err(Refused {
-                addr: ip,
-                kind: "this gateway's own listening address",
-            });
         }
         Ok(())
     }
@@ -296,11 +310,12 @@ mod tests {
 
     #[test]
     fn own_listening_address_is_refused() {
-        let p = CallbackPolicy::new(vec![]);
+        let p = CallbackPolicy::new(vec![CallbackAllow::parse("127.0.0.0/8").unwrap()]);
         p.set_listening(sa("0.0.0.0:8080"));
-        // Loopback is refused anyway; an address of this host on the gateway's port too.
+        // Even in an allowed network.
         let r = p.check("x", sa("127.0.0.1:8080")).unwrap_err();
-        assert!(r.to_string().contains("--callback-allow"), "{r}");
+        assert!(r.to_string().contains("itself"), "{r}");
+        assert_eq!(p.check("x", sa("127.0.0.1:8081")), Ok(()));
         assert!(p.is_own("127.0.0.1".parse().unwrap(), 8080));
         assert!(!p.is_own("127.0.0.1".parse().unwrap(), 8081));
         assert!(!p.is_own("1.1.1.1".parse().unwrap(), 8080));
