@@ -393,8 +393,8 @@ pub struct ServeArgs {
     pub auth_fail_limit: u32,
     /// Where async callbacks (X-Callback-Url) may go besides public addresses: networks,
     /// IP addresses or host names, comma-separated or repeated, e.g. 10.0.0.0/8,hooks.internal.
-    /// By default callbacks to loopback, private, link-local (cloud metadata), CGNAT,
-    /// multicast and this gateway's own address are refused
+    /// By default callbacks to loopback, private, link-local (cloud metadata), CGNAT and
+    /// multicast addresses are refused [default: none]; this gateway's own address always is
     #[arg(long, env = "FJORD_CALLBACK_ALLOW", value_name = "CIDR|IP|HOST", value_delimiter = ',',
           value_parser = |s: &str| fjord_gateway::CallbackAllow::parse(s))]
     pub callback_allow: Vec<fjord_gateway::CallbackAllow>,
