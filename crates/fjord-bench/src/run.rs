@@ -118,6 +118,8 @@ impl Fjord {
         let child = tokio::process::Command::new(bin)
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data.path().join("data"))
+            // The async scenario's callback receiver listens on loopback.
+            .args(["--callback-allow", "127.0.0.1"])
             .args(extra)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())

@@ -412,6 +412,18 @@ pub struct ServeArgs {
     /// (0 = no limit)
     #[arg(long, default_value_t = 10, value_name = "N")]
     pub auth_fail_limit: u32,
+    /// Where async callbacks (X-Callback-Url) may go besides public addresses: networks,
+    /// IP addresses or host names, comma-separated or repeated, e.g. 10.0.0.0/8,hooks.internal.
+    /// By default callbacks to loopback, private, link-local (cloud metadata), CGNAT and
+    /// multicast addresses are refused [default: none]; this gateway's own address always is
+    #[arg(long, env = "FJORD_CALLBACK_ALLOW", value_name = "CIDR|IP|HOST", value_delimiter = ',',
+          value_parser = |s: &str| fjord_gateway::CallbackAllow::parse(s))]
+    pub callback_allow: Vec<fjord_gateway::CallbackAllow>,
+    /// Require the admin password or an API token of scope read on GET /metrics (its
+    /// metric labels name every function). Off by default, as in OpenFaaS
+    #[arg(long, default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1,
+          default_missing_value = "true", value_name = "true|false")]
+    pub metrics_auth: bool,
     /// Log format
     #[arg(long, value_enum, default_value = "text")]
     pub log_format: LogFormat,

@@ -475,6 +475,8 @@ impl Backend {
 
     fn opts(&self, extra: &[&str]) -> ServeOpts {
         let mut args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        // The callback receivers listen on loopback, refused unless allowed.
+        args.extend(["--callback-allow".to_string(), "127.0.0.1".to_string()]);
         if let Backend::Nats(n) = self {
             args.extend(["--queue".to_string(), n.url()]);
         }

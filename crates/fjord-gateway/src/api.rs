@@ -333,10 +333,16 @@ pub async fn method_not_allowed(req: Request<Body>) -> ApiError {
     ))
 }
 
-/// `GET /metrics`: Prometheus text format, no auth (as in OpenFaaS).
+/// `GET /metrics`: Prometheus text format, no auth by default (as in OpenFaaS); with
+/// `--metrics-auth` the admin password or a token of scope `read`.
 #[utoipa::path(
     get, path = "/metrics", tag = "system",
-    responses((status = 200, description = "Prometheus text exposition format 0.0.4", body = String, content_type = "text/plain")),
+    responses(
+        (status = 200, description = "Prometheus text exposition format 0.0.4", body = String, content_type = "text/plain"),
+        (status = 401, description = "--metrics-auth is on and no valid credentials were sent", body = String, content_type = "text/plain", headers(("WWW-Authenticate" = String))),
+        (status = 403, description = "--metrics-auth is on and the token's scope is below read", body = String, content_type = "text/plain"),
+        (status = 429, description = "Too many failed authentications from this address", body = String, content_type = "text/plain", headers(("Retry-After" = String))),
+    ),
     security(())
 )]
 pub async fn metrics(State(app): State<AppState>) -> Response {

@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::AppState;
 use crate::api::ApiPath;
+use crate::callback::{CallbackPolicy, ResolveError};
 use crate::control::{ControlPlane, Route};
 use crate::error::ApiError;
 use crate::invoke::{X_CALL_ID, split_async_path, strip_hop_by_hop};
@@ -46,6 +47,9 @@ const LEASE: Duration = Duration::from_secs(600);
 const CALLBACK_ATTEMPTS: u32 = 3;
 /// Function responses larger than this are not posted to callbacks whole.
 const MAX_CALLBACK_BODY: usize = 32 << 20;
+/// Most of a callback receiver's answer that is read (the rest is dropped with the
+/// connection): a hostile receiver cannot make fjord buffer or wait on a large body.
+const MAX_CALLBACK_RESPONSE: usize = 64 << 10;
 
 static X_CALLBACK_URL: HeaderName = HeaderName::from_static("x-callback-url");
 
@@ -137,19 +141,43 @@ pub fn max_inflight(
     }
 }
 
-fn valid_callback(url: &str) -> Result<(), ApiError> {
-    let ok = (url.starts_with("http://") || url.starts_with("https://"))
-        && url
-            .parse::<axum::http::Uri>()
-            .ok()
-            .is_some_and(|u| u.authority().is_some());
-    if ok {
-        Ok(())
-    } else {
-        Err(ApiError::BadRequest(format!(
+/// Checks `X-Callback-Url` when a call is queued: an http(s) URL, and a literal IP address
+/// only if callbacks may go there. Host names are checked when the callback is sent, after
+/// they are resolved.
+fn valid_callback(url: &str, policy: &CallbackPolicy) -> Result<(), ApiError> {
+    let shown = || url.chars().take(200).collect::<String>();
+    let uri = (url.starts_with("http://") || url.starts_with("https://"))
+        .then(|| url.parse::<axum::http::Uri>().ok())
+        .flatten()
+        .filter(|u| u.authority().is_some());
+    let Some(uri) = uri else {
+        return Err(ApiError::BadRequest(format!(
             "X-Callback-Url {:?} is not an http(s) URL, e.g. http://app.internal:8000/done",
-            url.chars().take(200).collect::<String>()
-        )))
+            shown()
+        )));
+    };
+    let host = uri.host().unwrap_or_default();
+    if let Ok(ip) = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse::<std::net::IpAddr>()
+    {
+        let port = uri.port_u16().unwrap_or(default_port(&uri));
+        if let Err(r) = policy.check(host, SocketAddr::new(ip, port)) {
+            return Err(ApiError::BadRequest(format!(
+                "X-Callback-Url {:?}: {r}",
+                shown()
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn default_port(uri: &axum::http::Uri) -> u16 {
+    if uri.scheme_str() == Some("https") {
+        443
+    } else {
+        80
     }
 }
 
@@ -158,13 +186,13 @@ fn valid_callback(url: &str) -> Result<(), ApiError> {
     post, path = "/async-function/{function}", tag = "invoke",
     params(
         ("function" = String, Path, description = "`name` or `name.namespace`"),
-        ("X-Callback-Url" = Option<String>, Header, description = "Where to POST the result (http or https)"),
+        ("X-Callback-Url" = Option<String>, Header, description = "Where to POST the result (http or https; loopback, private and link-local addresses only if allowed by --callback-allow)"),
         ("X-Call-Id" = Option<String>, Header, description = "The call's id (1 to 128 characters); default a new UUID"),
     ),
     request_body(content = String, content_type = "*/*", description = "Any body, at most --max-async-body (8 MiB)"),
     responses(
         (status = 202, description = "Stored durably; it runs later", headers(("X-Call-Id" = String, description = "The call's id"))),
-        (status = 400, description = "X-Callback-Url is not an http(s) URL, or the body could not be read", body = String, content_type = "text/plain"),
+        (status = 400, description = "X-Callback-Url is not an http(s) URL or names an address callbacks may not go to (see --callback-allow), or the body could not be read", body = String, content_type = "text/plain"),
         (status = 401, description = "The function is annotated com.fjord.auth: token and no valid token was sent", body = String, content_type = "text/plain", headers(("WWW-Authenticate" = String))),
         (status = 403, description = "The token's scope may not call functions", body = String, content_type = "text/plain"),
         (status = 404, description = "The function is not deployed", body = String, content_type = "text/plain"),
@@ -202,7 +230,7 @@ pub async fn enqueue(
             let s = v
                 .to_str()
                 .map_err(|_| ApiError::BadRequest("X-Callback-Url is not valid text".into()))?;
-            valid_callback(s)?;
+            valid_callback(s, &app.config.callback)?;
             Some(s.to_string())
         }
     };
@@ -246,6 +274,8 @@ pub async fn enqueue(
         });
     let mut headers = parts.headers.clone();
     strip_hop_by_hop(&mut headers);
+    // The function sees who queued the call, as for a sync call.
+    crate::invoke::forwarded_for(&mut headers, remote);
     headers.remove(&X_CALLBACK_URL);
     headers.remove(header::CONTENT_LENGTH);
     let headers = headers
@@ -283,15 +313,20 @@ pub async fn enqueue(
     Ok(r)
 }
 
-/// `DELETE /async-function/{call-id}`: cancels a call that has not started.
+/// `DELETE /async-function/{call-id}`: cancels a call that has not started. The call id is
+/// the capability for open functions; a call of a token-protected function (or of one this
+/// server does not know) also needs a token that may call it.
 #[utoipa::path(
     delete, path = "/async-function/{function}", tag = "invoke",
     params(("function" = String, Path, description = "Here: the id of the call to cancel (its X-Call-Id)")),
     responses(
         (status = 202, description = "Cancelled"),
         (status = 400, description = "The id is not valid UTF-8", body = String, content_type = "text/plain"),
+        (status = 401, description = "The call's function is annotated com.fjord.auth: token and no valid token was sent", body = String, content_type = "text/plain", headers(("WWW-Authenticate" = String))),
+        (status = 403, description = "The token's scope may not call functions", body = String, content_type = "text/plain"),
         (status = 404, description = "No such call", body = String, content_type = "text/plain"),
         (status = 409, description = "The call is running or finished", body = String, content_type = "text/plain"),
+        (status = 429, description = "Too many failed authentications from this address", body = String, content_type = "text/plain", headers(("Retry-After" = String))),
         (status = 500, description = "The queue failed", body = String, content_type = "text/plain"),
         (status = 503, description = "The queue is shutting down", body = String, content_type = "text/plain", headers(("Retry-After" = String))),
     ),
@@ -299,8 +334,21 @@ pub async fn enqueue(
 )]
 pub async fn cancel(
     State(app): State<AppState>,
+    axum::extract::ConnectInfo(remote): axum::extract::ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
     ApiPath(id): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
+    let Some(record) = app.queue.get(&id).await? else {
+        return Err(ApiError::NotFound(format!("no async call {id}")));
+    };
+    let (name, namespace) = FunctionKey::split_route(&record.function);
+    let protected = app
+        .control
+        .lookup(namespace, name)
+        .is_none_or(|r| r.requires_token);
+    if protected {
+        app.auth.check_invoke(remote.ip(), &headers).await?;
+    }
     match app.queue.cancel(&id).await? {
         CancelOutcome::Cancelled => Ok(StatusCode::ACCEPTED),
         CancelOutcome::NotFound => Err(ApiError::NotFound(format!("no async call {id}"))),
@@ -811,9 +859,9 @@ impl Worker {
                 let result = self
                     .callback(url, &call, s, &headers, body, elapsed, policy.attempts)
                     .await;
-                if result.starts_with("failed") {
+                if result.starts_with("failed") || result.starts_with("refused") {
                     m.async_callback_failures.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(call = %call.id, %url, %result, "callback failed");
+                    tracing::warn!(call = %call.id, %url, %result, "callback not delivered");
                 }
                 Some(result)
             }
@@ -876,6 +924,10 @@ impl Worker {
         Ok((parts.status, parts.headers, body))
     }
 
+    /// Posts the result to the call's callback URL: resolved once per attempt, every address
+    /// checked against `--callback-allow`, and sent to a checked address (never re-resolved
+    /// by the connector); redirects are not followed; at most [`MAX_CALLBACK_RESPONSE`] of
+    /// the answer is read. A refused address is final: no retry.
     #[allow(clippy::too_many_arguments)]
     async fn callback(
         &self,
@@ -887,48 +939,99 @@ impl Worker {
         elapsed: Duration,
         max_attempts: u32,
     ) -> String {
+        let uri = match url.parse::<axum::http::Uri>() {
+            Ok(u) if u.host().is_some() => u,
+            _ => return "failed: the callback URL is not valid".into(),
+        };
+        let host = uri.host().unwrap_or_default();
+        let port = uri.port_u16().unwrap_or(default_port(&uri));
+        // The Host header names the URL's host (without user info), whatever address is used.
+        let host_header = uri
+            .authority()
+            .and_then(|a| a.as_str().rsplit('@').next())
+            .and_then(|h| HeaderValue::from_str(h).ok());
+        let path = uri.path_and_query().map_or("/", |p| p.as_str());
+        let scheme = uri.scheme_str().unwrap_or("http");
         let mut last = String::new();
         for n in 0..CALLBACK_ATTEMPTS {
             if n > 0 {
                 tokio::time::sleep(Duration::from_millis(500 << n)).await;
             }
-            let mut b = axum::http::Request::builder().method("POST").uri(url);
-            for (k, v) in headers {
-                if matches!(
-                    k.as_str(),
-                    "content-length"
-                        | "transfer-encoding"
-                        | "connection"
-                        | "date"
-                        | "x-call-id"
-                        | "x-duration-seconds"
-                        | "x-start-time"
-                ) {
+            let addrs = match self.app.config.callback.resolve(host, port).await {
+                Ok(a) => a,
+                Err(ResolveError::Refused(r)) => return format!("refused: {r}"),
+                Err(e) => {
+                    last = e.to_string();
                     continue;
                 }
-                b = b.header(k, v);
-            }
-            b = b
-                .header(&X_CALL_ID, call.id.as_str())
-                .header("X-Function-Status", status.to_string())
-                .header("X-Function-Name", call.function.as_str())
-                .header(
-                    "X-Duration-Seconds",
-                    format!("{:.6}", elapsed.as_secs_f64()),
-                )
-                .header("X-Retry", call.attempt.saturating_sub(1).to_string())
-                .header("X-Retry-Max", max_attempts.saturating_sub(1).to_string());
-            let req = match b.body(Full::new(body.clone())) {
-                Ok(r) => r,
-                Err(e) => return format!("failed: invalid callback request: {e}"),
             };
-            match tokio::time::timeout(Duration::from_secs(30), self.callbacks.request(req)).await {
-                Ok(Ok(resp)) if resp.status().is_success() => {
-                    return format!("delivered ({})", resp.status().as_u16());
+            for addr in addrs {
+                let mut b = axum::http::Request::builder()
+                    .method("POST")
+                    .uri(format!("{scheme}://{addr}{path}"));
+                for (k, v) in headers {
+                    if matches!(
+                        k.as_str(),
+                        "content-length"
+                            | "transfer-encoding"
+                            | "connection"
+                            | "host"
+                            | "date"
+                            | "x-call-id"
+                            | "x-duration-seconds"
+                            | "x-start-time"
+                    ) {
+                        continue;
+                    }
+                    b = b.header(k, v);
                 }
-                Ok(Ok(resp)) => last = format!("status {}", resp.status().as_u16()),
-                Ok(Err(e)) => last = e.to_string(),
-                Err(_) => last = "timed out after 30 s".into(),
+                if let Some(h) = &host_header {
+                    b = b.header(header::HOST, h.clone());
+                }
+                b = b
+                    .header(&X_CALL_ID, call.id.as_str())
+                    .header("X-Function-Status", status.to_string())
+                    .header("X-Function-Name", call.function.as_str())
+                    .header(
+                        "X-Duration-Seconds",
+                        format!("{:.6}", elapsed.as_secs_f64()),
+                    )
+                    .header("X-Retry", call.attempt.saturating_sub(1).to_string())
+                    .header("X-Retry-Max", max_attempts.saturating_sub(1).to_string());
+                let req = match b.body(Full::new(body.clone())) {
+                    Ok(r) => r,
+                    Err(e) => return format!("failed: invalid callback request: {e}"),
+                };
+                match tokio::time::timeout(Duration::from_secs(30), self.callbacks.request(req))
+                    .await
+                {
+                    Ok(Ok(resp)) => {
+                        let code = resp.status();
+                        // Read a little (lets a keep-alive connection be reused), never more.
+                        let _ = tokio::time::timeout(
+                            Duration::from_secs(5),
+                            http_body_util::Limited::new(resp.into_body(), MAX_CALLBACK_RESPONSE)
+                                .collect(),
+                        )
+                        .await;
+                        if code.is_success() {
+                            return format!("delivered ({})", code.as_u16());
+                        }
+                        // A redirect is an answer too: it is not followed.
+                        last = format!("status {}", code.as_u16());
+                        break;
+                    }
+                    // Unreachable: try the next checked address.
+                    Ok(Err(e)) if e.is_connect() => last = e.to_string(),
+                    Ok(Err(e)) => {
+                        last = e.to_string();
+                        break;
+                    }
+                    Err(_) => {
+                        last = "timed out after 30 s".into();
+                        break;
+                    }
+                }
             }
         }
         format!("failed after {CALLBACK_ATTEMPTS} attempts: {last}")
@@ -992,10 +1095,28 @@ mod tests {
 
     #[test]
     fn callback_urls() {
-        assert!(valid_callback("http://127.0.0.1:9000/done").is_ok());
-        assert!(valid_callback("https://app.example/cb?x=1").is_ok());
+        let open = CallbackPolicy::new(vec![
+            crate::callback::CallbackAllow::parse("127.0.0.1").unwrap(),
+        ]);
+        let strict = CallbackPolicy::default();
+        assert!(valid_callback("http://127.0.0.1:9000/done", &open).is_ok());
+        assert!(valid_callback("https://app.example/cb?x=1", &strict).is_ok());
+        // Host names are checked at send time, after resolution.
+        assert!(valid_callback("http://localhost:9000/done", &strict).is_ok());
         for bad in ["", "ftp://x", "not a url", "http://", "/relative"] {
-            assert!(valid_callback(bad).is_err(), "{bad}");
+            assert!(valid_callback(bad, &open).is_err(), "{bad}");
+        }
+        for internal in [
+            "http://127.0.0.1:9000/done",
+            "http://[::1]/x",
+            "http://169.254.169.254/latest/meta-data/",
+            "http://[::ffff:10.0.0.1]:80/",
+        ] {
+            let e = valid_callback(internal, &strict).unwrap_err().to_string();
+            assert!(
+                e.contains("X-Callback-Url") && e.contains("--callback-allow"),
+                "{e}"
+            );
         }
     }
 }

@@ -27,6 +27,8 @@ pub const ADMIN_USER: &str = "admin";
 
 /// The expected `Authorization` header value, precomputed.
 pub struct Credentials {
+    /// The admin user name (for counting failed logins per user).
+    user: String,
     expected: Vec<u8>,
 }
 
@@ -68,6 +70,7 @@ pub fn load_or_create(data_dir: &Path) -> std::io::Result<(Credentials, bool)> {
     Ok((
         Credentials {
             expected: format!("Basic {token}").into_bytes(),
+            user,
         },
         created,
     ))
@@ -161,14 +164,29 @@ pub fn requires_token(
 /// Entries of the failed-authentication table; beyond it, idle entries are dropped first.
 const LIMITER_CAPACITY: usize = 10_000;
 
-/// Counts failed authentications per client address: after `limit` failures within a
-/// minute, the address gets 429 for a minute without its credentials being looked at (no
-/// argon2 work, no password guessing). Successful attempts are not counted.
+/// A user name may fail this many times the per-address limit (summed over all addresses)
+/// before it is locked: many addresses guessing one password are slowed down, while one
+/// client's typos do not lock the account for everybody.
+const USER_LIMIT_FACTOR: u32 = 5;
+
+/// What failed attempts are counted against.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum FailKey {
+    Addr(IpAddr),
+    /// An existing account: the admin user, or `token:<id>` of an existing API token.
+    User(Box<str>),
+}
+
+/// Counts failed authentications per client address and per user name: after `limit`
+/// failures within a minute from one address (or `limit` × [`USER_LIMIT_FACTOR`] for one user
+/// name from any addresses), that address (or user name) gets 429 for a minute without its
+/// credentials being looked at (no argon2 work, no password guessing). Requests without
+/// credentials and successful attempts are not counted.
 pub struct FailLimiter {
     limit: u32,
     window: Duration,
-    entries: Mutex<HashMap<IpAddr, FailEntry>>,
-    /// Unix ms until which some address is blocked: while it is past, nobody is and
+    entries: Mutex<HashMap<FailKey, FailEntry>>,
+    /// Unix ms until which some address or user is blocked: while it is past, nobody is and
     /// [`FailLimiter::blocked`] needs no lock.
     any_blocked_until: AtomicU64,
 }
@@ -187,7 +205,7 @@ fn unix_ms() -> u64 {
 }
 
 impl FailLimiter {
-    /// `limit` failures per minute (0 turns the limiter off).
+    /// `limit` failures per minute and address (0 turns the limiter off).
     pub fn new(limit: u32) -> Self {
         Self {
             limit,
@@ -197,29 +215,51 @@ impl FailLimiter {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, FailEntry>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<FailKey, FailEntry>> {
         self.entries.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// `Some(seconds to wait)` while `ip` is blocked.
-    pub fn blocked(&self, ip: IpAddr) -> Option<u64> {
-        if self.limit == 0 || unix_ms() >= self.any_blocked_until.load(Ordering::Relaxed) {
+    /// Whether anything may be blocked now (one atomic load, no lock).
+    fn any_blocked(&self) -> bool {
+        self.limit != 0 && unix_ms() < self.any_blocked_until.load(Ordering::Relaxed)
+    }
+
+    /// `Some(seconds to wait)` while `ip` or `user` is blocked.
+    pub fn blocked(&self, ip: IpAddr, user: Option<&str>) -> Option<u64> {
+        if !self.any_blocked() {
             return None;
         }
         let now = Instant::now();
         let entries = self.lock();
-        let until = entries.get(&ip)?.blocked_until?;
-        (until > now).then(|| (until - now).as_secs_f64().ceil().max(1.0) as u64)
+        let wait = |k: &FailKey| {
+            let until = entries.get(k)?.blocked_until?;
+            (until > now).then(|| (until - now).as_secs_f64().ceil().max(1.0) as u64)
+        };
+        wait(&FailKey::Addr(ip)).or_else(|| wait(&FailKey::User(user?.into())))
     }
 
-    /// Records a failed attempt from `ip`.
-    pub fn failed(&self, ip: IpAddr) {
+    /// Records a failed attempt from `ip`, for `user` when it names an existing account.
+    pub fn failed(&self, ip: IpAddr, user: Option<&str>) {
         if self.limit == 0 {
             return;
         }
         let now = Instant::now();
         let mut entries = self.lock();
-        if entries.len() >= LIMITER_CAPACITY && !entries.contains_key(&ip) {
+        self.count(&mut entries, now, FailKey::Addr(ip), self.limit);
+        if let Some(u) = user {
+            let limit = self.limit.saturating_mul(USER_LIMIT_FACTOR);
+            self.count(&mut entries, now, FailKey::User(u.into()), limit);
+        }
+    }
+
+    fn count(
+        &self,
+        entries: &mut HashMap<FailKey, FailEntry>,
+        now: Instant,
+        key: FailKey,
+        limit: u32,
+    ) {
+        if entries.len() >= LIMITER_CAPACITY && !entries.contains_key(&key) {
             let window = self.window;
             entries.retain(|_, e| {
                 e.blocked_until.is_some_and(|u| u > now) || now - e.window_start < window
@@ -228,27 +268,34 @@ impl FailLimiter {
                 entries.retain(|_, e| e.blocked_until.is_some_and(|u| u > now));
             }
             if entries.len() >= LIMITER_CAPACITY {
-                // Every slot holds a blocked address: this one is not tracked.
+                // Every slot holds a blocked key: this one is not tracked.
                 return;
             }
         }
-        let e = entries.entry(ip).or_insert(FailEntry {
+        let e = entries.entry(key.clone()).or_insert(FailEntry {
             window_start: now,
             failures: 0,
             blocked_until: None,
         });
-        if now - e.window_start >= self.window {
+        if now.saturating_duration_since(e.window_start) >= self.window {
             e.window_start = now;
             e.failures = 0;
         }
         e.failures += 1;
-        if e.failures >= self.limit {
+        if e.failures >= limit {
             e.blocked_until = Some(now + self.window);
             e.failures = 0;
             e.window_start = now + self.window;
             let until = unix_ms() + self.window.as_millis() as u64;
             self.any_blocked_until.fetch_max(until, Ordering::Relaxed);
-            tracing::warn!(client = %ip, "too many failed authentication attempts: blocked for a minute");
+            match key {
+                FailKey::Addr(ip) => {
+                    tracing::warn!(client = %ip, "too many failed authentication attempts from this address: blocked for a minute")
+                }
+                FailKey::User(u) => {
+                    tracing::warn!(user = %u, "too many failed authentication attempts for this user name (from any address): blocked for a minute")
+                }
+            }
         }
     }
 }
@@ -266,35 +313,62 @@ const UNAUTHORIZED: &str = "invalid credentials: use user admin and the password
 
 impl Auth {
     /// The scope of the request's credentials, or why there is none. Failed attempts count
-    /// towards the client's limit; a blocked client is refused before anything is checked.
+    /// towards the client's (and the user name's) limit; a blocked client is refused before
+    /// anything is checked. A request without credentials is not a failed attempt: it is
+    /// answered 401 and not counted.
     pub async fn authenticate(&self, ip: IpAddr, headers: &HeaderMap) -> Result<Scope, ApiError> {
-        if let Some(retry_after) = self.limiter.blocked(ip) {
+        let header = headers.get(header::AUTHORIZATION);
+        let Some(h) = header.map(HeaderValue::as_bytes) else {
+            if let Some(retry_after) = self.limiter.blocked(ip, None) {
+                return Err(ApiError::AuthRateLimited { retry_after });
+            }
+            return Err(ApiError::Unauthorized(UNAUTHORIZED.into()));
+        };
+        // The user name is only worked out when something is blocked or an attempt failed.
+        if self.limiter.any_blocked()
+            && let Some(retry_after) = self.limiter.blocked(ip, self.account(h).as_deref())
+        {
             return Err(ApiError::AuthRateLimited { retry_after });
         }
-        let header = headers.get(header::AUTHORIZATION);
-        let result = match header.map(HeaderValue::as_bytes) {
-            None => Err(ApiError::Unauthorized(UNAUTHORIZED.into())),
-            Some(h) if h.starts_with(b"Bearer ") => {
-                let token = std::str::from_utf8(&h[7..]).unwrap_or_default().trim();
-                match self.tokens.verify(token).await {
-                    Ok(scope) => Ok(scope),
-                    Err(TokenError::Invalid) => Err(ApiError::Unauthorized(
-                        "invalid API token: it is unknown or was revoked; create one with `fjord token create`".into(),
-                    )),
-                    Err(TokenError::Expired(id)) => Err(ApiError::Unauthorized(format!(
-                        "API token {id} has expired: create a new one with `fjord token create`"
-                    ))),
-                }
+        let result = if h.starts_with(b"Bearer ") {
+            let token = std::str::from_utf8(&h[7..]).unwrap_or_default().trim();
+            match self.tokens.verify(token).await {
+                Ok(scope) => Ok(scope),
+                Err(TokenError::Invalid) => Err(ApiError::Unauthorized(
+                    "invalid API token: it is unknown or was revoked; create one with `fjord token create`".into(),
+                )),
+                Err(TokenError::Expired(id)) => Err(ApiError::Unauthorized(format!(
+                    "API token {id} has expired: create a new one with `fjord token create`"
+                ))),
             }
-            Some(_) => match &self.basic {
+        } else {
+            match &self.basic {
                 Some(c) if c.check(header) => Ok(Scope::Admin),
                 _ => Err(ApiError::Unauthorized(UNAUTHORIZED.into())),
-            },
+            }
         };
         if result.is_err() {
-            self.limiter.failed(ip);
+            self.limiter.failed(ip, self.account(h).as_deref());
         }
         result
+    }
+
+    /// The existing account an `Authorization` value names, if any: the admin user (Basic)
+    /// or `token:<id>` of a stored token (Bearer). Names of accounts that do not exist are
+    /// not tracked: there is nothing to guess there, and they would only fill the table.
+    fn account(&self, h: &[u8]) -> Option<String> {
+        if let Some(token) = h.strip_prefix(b"Bearer ") {
+            let token = std::str::from_utf8(token).ok()?.trim();
+            let id = crate::tokens::token_id(token)?;
+            return self.tokens.known(id).then(|| format!("token:{id}"));
+        }
+        let b64 = h.strip_prefix(b"Basic ")?;
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(b64.trim_ascii())
+            .ok()?;
+        let user = decoded.split(|b| *b == b':').next()?;
+        let c = self.basic.as_ref()?;
+        (user == c.user.as_bytes()).then(|| c.user.clone())
     }
 
     /// Checks a call to a function that requires a token (`com.fjord.auth: token`).
@@ -313,6 +387,27 @@ impl Auth {
                 scope.as_str()
             )))
         }
+    }
+}
+
+/// Middleware for `GET /metrics`: with `--metrics-auth`, the admin password or a token of
+/// scope `read` (the metrics name every function, token-protected ones included).
+pub async fn require_metrics(State(app): State<AppState>, req: Request, next: Next) -> Response {
+    if !app.config.metrics_auth || app.auth.basic.is_none() {
+        return next.run(req).await;
+    }
+    let ip = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map_or(IpAddr::from([0, 0, 0, 0]), |c| c.0.ip());
+    match app.auth.authenticate(ip, req.headers()).await {
+        Ok(scope) if scope.covers(Scope::Read) => next.run(req).await,
+        Ok(scope) => ApiError::Forbidden(format!(
+            "GET /metrics needs scope read (--metrics-auth); this API token has scope {}",
+            scope.as_str()
+        ))
+        .into_response(),
+        Err(e) => e.into_response(),
     }
 }
 
@@ -445,26 +540,76 @@ mod tests {
         let l = FailLimiter::new(3);
         let a: IpAddr = [10, 0, 0, 1].into();
         let b: IpAddr = [10, 0, 0, 2].into();
-        assert_eq!(l.blocked(a), None);
-        l.failed(a);
-        l.failed(a);
-        assert_eq!(l.blocked(a), None);
-        l.failed(a);
-        let wait = l.blocked(a).expect("blocked after 3 failures");
+        assert_eq!(l.blocked(a, None), None);
+        l.failed(a, None);
+        l.failed(a, None);
+        assert_eq!(l.blocked(a, None), None);
+        l.failed(a, None);
+        let wait = l.blocked(a, None).expect("blocked after 3 failures");
         assert!((1..=60).contains(&wait), "{wait}");
-        assert_eq!(l.blocked(b), None);
+        assert_eq!(l.blocked(b, None), None);
         let off = FailLimiter::new(0);
         for _ in 0..100 {
-            off.failed(a);
+            off.failed(a, Some("admin"));
         }
-        assert_eq!(off.blocked(a), None);
+        assert_eq!(off.blocked(a, Some("admin")), None);
+    }
+
+    #[test]
+    fn limiter_blocks_a_user_failing_from_many_addresses() {
+        let l = FailLimiter::new(3);
+        // 2 failures from each of 8 addresses: no address reaches 3, the user reaches 15.
+        for i in 0..8u8 {
+            let ip = IpAddr::from([10, 0, 1, i]);
+            l.failed(ip, Some("admin"));
+            l.failed(ip, Some("admin"));
+            assert_eq!(l.blocked(ip, None), None);
+        }
+        let fresh: IpAddr = [10, 0, 2, 1].into();
+        assert!(l.blocked(fresh, Some("admin")).is_some());
+        assert_eq!(l.blocked(fresh, Some("token:0011223344556677")), None);
+        assert_eq!(l.blocked(fresh, None), None);
+    }
+
+    #[tokio::test]
+    async fn requests_without_credentials_are_not_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let (basic, _) = load_or_create(dir.path()).unwrap();
+        let store = fjord_store::Store::open(&dir.path().join("state.db")).unwrap();
+        let auth = Auth {
+            basic: Some(basic),
+            tokens: Tokens::load(&store).unwrap(),
+            limiter: FailLimiter::new(2),
+        };
+        let ip: IpAddr = [10, 0, 0, 9].into();
+        for _ in 0..10 {
+            let e = auth.authenticate(ip, &HeaderMap::new()).await.unwrap_err();
+            assert!(matches!(e, ApiError::Unauthorized(_)), "{e}");
+        }
+        let mut bad = HeaderMap::new();
+        let creds = base64::engine::general_purpose::STANDARD.encode("admin:nope");
+        bad.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_str(&format!("Basic {creds}")).unwrap(),
+        );
+        assert_eq!(
+            auth.account(bad[header::AUTHORIZATION].as_bytes())
+                .as_deref(),
+            Some("admin")
+        );
+        for _ in 0..2 {
+            let e = auth.authenticate(ip, &bad).await.unwrap_err();
+            assert!(matches!(e, ApiError::Unauthorized(_)), "{e}");
+        }
+        let e = auth.authenticate(ip, &bad).await.unwrap_err();
+        assert!(matches!(e, ApiError::AuthRateLimited { .. }), "{e}");
     }
 
     #[test]
     fn limiter_memory_is_bounded() {
         let l = FailLimiter::new(1000);
         for i in 0..(LIMITER_CAPACITY as u32 + 500) {
-            l.failed(IpAddr::from(i.to_be_bytes()));
+            l.failed(IpAddr::from(i.to_be_bytes()), None);
         }
         assert!(l.lock().len() <= LIMITER_CAPACITY);
     }

@@ -33,7 +33,7 @@ pub enum ApiError {
     /// Too many failed authentications from one client address; it may retry after this
     /// many seconds.
     #[error(
-        "too many failed authentication attempts from your address: try again in {retry_after} s"
+        "too many failed authentication attempts from your address or for this user: try again in {retry_after} s"
     )]
     AuthRateLimited { retry_after: u64 },
     #[error("{0}")]

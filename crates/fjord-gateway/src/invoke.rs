@@ -208,9 +208,38 @@ pub async fn invoke(
     run(app, remote, req, true).await
 }
 
+/// The peer of queued calls: their `X-Forwarded-For` was completed when they were queued.
+const QUEUED_PEER: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 0);
+
 /// Runs a call that was authorised when it was queued (the async dispatcher).
 pub async fn invoke_queued(app: AppState, req: Request) -> Response<Body> {
-    run(app, SocketAddr::from(([127, 0, 0, 1], 0)), req, false).await
+    run(app, QUEUED_PEER, req, false).await
+}
+
+/// Adds the peer's address to `X-Forwarded-For` as a proxy does (`<client's value>, <peer>`):
+/// what the client sent is kept but can no longer pass for the client's address. Both modes
+/// (fork mode sees it as `Http_X_Forwarded_For`). Queued calls got theirs when queued.
+pub fn forwarded_for(h: &mut HeaderMap, remote: SocketAddr) {
+    if remote == QUEUED_PEER {
+        return;
+    }
+    let ip = remote.ip();
+    let value = if h.contains_key(&X_FORWARDED_FOR) {
+        // Rare: only then is a new value built (every line the client sent, joined).
+        let mut v = Vec::with_capacity(64);
+        for line in h.get_all(&X_FORWARDED_FOR) {
+            v.extend_from_slice(line.as_bytes());
+            v.extend_from_slice(b", ");
+        }
+        v.extend_from_slice(ip.to_string().as_bytes());
+        HeaderValue::from_bytes(&v)
+    } else {
+        HeaderValue::try_from(ip.to_string())
+    };
+    if let Ok(v) = value {
+        h.insert(X_FORWARDED_FOR.clone(), v);
+    }
 }
 
 async fn run(
@@ -333,6 +362,7 @@ async fn forward(
     parts
         .headers
         .insert(X_START_TIME.clone(), start_value.clone());
+    forwarded_for(&mut parts.headers, remote);
     let guards = (inflight, gauge);
     let response = match &guards.0.endpoint().kind {
         EndpointKind::Http { authority } => {
@@ -349,11 +379,6 @@ async fn forward(
             parts.version = Version::HTTP_11;
             let h = &mut parts.headers;
             strip_hop_by_hop(h);
-            if !h.contains_key(&X_FORWARDED_FOR)
-                && let Ok(v) = HeaderValue::try_from(remote.ip().to_string())
-            {
-                h.insert(X_FORWARDED_FOR.clone(), v);
-            }
             if !h.contains_key(&X_FORWARDED_HOST)
                 && let Some(host) = h.get(header::HOST).cloned()
             {

@@ -5,6 +5,7 @@ mod api;
 mod async_calls;
 mod auth;
 mod bundles;
+mod callback;
 mod control;
 mod error;
 mod invoke;
@@ -33,6 +34,7 @@ use tokio_util::sync::CancellationToken;
 pub use api::version_info;
 pub use auth::{ADMIN_USER, password_path};
 pub use bundles::{Bundles, normalize_tag};
+pub use callback::{CallbackAllow, CallbackPolicy};
 pub use control::{ControlPlane, DeployMode};
 pub use error::ApiError;
 pub use invoke::{split_function_path, strip_hop_by_hop};
@@ -93,6 +95,10 @@ pub struct GatewayConfig {
     pub auth_fail_limit: u32,
     /// Functions' network namespaces and outbound access (as root).
     pub network: fjord_runtime::netns::NetworkConfig,
+    /// Where async callbacks may go beyond public addresses (`--callback-allow`).
+    pub callback: CallbackPolicy,
+    /// `GET /metrics` needs the admin password or a token of scope `read`.
+    pub metrics_auth: bool,
 }
 
 /// Where async calls are queued.
@@ -154,6 +160,8 @@ impl GatewayConfig {
             tls: None,
             auth_fail_limit: 10,
             network: Default::default(),
+            callback: CallbackPolicy::default(),
+            metrics_auth: false,
         }
     }
 }
@@ -363,7 +371,13 @@ fn router(state: AppState) -> Router {
             post(async_calls::enqueue).delete(async_calls::cancel),
         )
         .route("/healthz", get(api::healthz))
-        .route("/metrics", get(api::metrics))
+        .route(
+            "/metrics",
+            get(api::metrics).route_layer(axum::middleware::from_fn_with_state(
+                state.clone(),
+                auth::require_metrics,
+            )),
+        )
         .fallback(api::not_found)
         .method_not_allowed_fallback(api::method_not_allowed)
         .with_state(state)
@@ -691,6 +705,8 @@ pub async fn serve(config: GatewayConfig, shutdown: CancellationToken) -> Result
         };
         bind_to = local;
     }
+    // Callbacks are never sent to this gateway itself (unless allowed).
+    config.callback.set_listening(local);
     // Lets scripts and tests that asked for port 0 find the gateway.
     let _ = std::fs::write(data_dir.join("gateway.addr"), local.to_string());
     let scheme = if tls.is_some() { "https" } else { "http" };

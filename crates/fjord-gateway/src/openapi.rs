@@ -146,13 +146,13 @@ fn invoke_sub_path() {}
     params(
         ("function" = String, Path, description = "`name` or `name.namespace`"),
         ("path" = String, Path, description = "The path the function will see"),
-        ("X-Callback-Url" = Option<String>, Header, description = "Where to POST the result (http or https)"),
+        ("X-Callback-Url" = Option<String>, Header, description = "Where to POST the result (http or https; loopback, private and link-local addresses only if allowed by --callback-allow)"),
         ("X-Call-Id" = Option<String>, Header, description = "The call's id (1 to 128 characters); default a new UUID"),
     ),
     request_body(content = String, content_type = "*/*", description = "Any body, at most --max-async-body (8 MiB)"),
     responses(
         (status = 202, description = "Stored durably; it runs later", headers(("X-Call-Id" = String, description = "The call's id"))),
-        (status = 400, description = "X-Callback-Url is not an http(s) URL, or the body could not be read", body = String, content_type = "text/plain"),
+        (status = 400, description = "X-Callback-Url is not an http(s) URL or names an address callbacks may not go to (see --callback-allow), or the body could not be read", body = String, content_type = "text/plain"),
         (status = 401, description = "The function is annotated com.fjord.auth: token and no valid token was sent", body = String, content_type = "text/plain", headers(("WWW-Authenticate" = String))),
         (status = 403, description = "The token's scope may not call functions", body = String, content_type = "text/plain"),
         (status = 404, description = "The function is not deployed", body = String, content_type = "text/plain"),

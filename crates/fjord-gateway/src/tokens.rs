@@ -118,6 +118,14 @@ fn rfc3339(secs: u64) -> String {
     humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(secs)).to_string()
 }
 
+/// The id part of `fjord_<id>_<secret>`.
+pub fn token_id(token: &str) -> Option<&str> {
+    token
+        .strip_prefix(PREFIX)
+        .and_then(|rest| rest.split_once('_'))
+        .map(|(id, _)| id)
+}
+
 impl Tokens {
     /// The tokens of the state store; a row with an unknown scope is skipped (and logged).
     pub fn load(store: &Store) -> Result<Tokens, fjord_store::StoreError> {
@@ -144,6 +152,11 @@ impl Tokens {
         })
     }
 
+    /// Whether a token with this id exists (revoked or not yet created: false).
+    pub fn known(&self, id: &str) -> bool {
+        self.records.load().contains_key(id)
+    }
+
     /// Checks a bearer token; argon2 runs (off the event loop) only the first time a token
     /// is seen.
     pub async fn verify(&self, token: &str) -> Result<Scope, TokenError> {
@@ -155,11 +168,7 @@ impl Tokens {
             return Ok(v.scope);
         }
         // fjord_<16 hex id>_<secret>: the id finds the one hash to check.
-        let id = token
-            .strip_prefix(PREFIX)
-            .and_then(|rest| rest.split_once('_'))
-            .map(|(id, _)| id)
-            .ok_or(TokenError::Invalid)?;
+        let id = token_id(token).ok_or(TokenError::Invalid)?;
         let Some(record) = self.records.load().get(id).cloned() else {
             return Err(TokenError::Invalid);
         };

@@ -43,6 +43,8 @@ pub fn run(a: ServeArgs) -> Result<(), CliError> {
     config.async_keep_method = a.async_method == "original";
     config.queue = a.queue;
     config.auth_fail_limit = a.auth_fail_limit;
+    config.callback = fjord_gateway::CallbackPolicy::new(a.callback_allow);
+    config.metrics_auth = a.metrics_auth;
     if let (Some(cert), Some(key)) = (a.tls_cert, a.tls_key) {
         config.tls = Some(fjord_gateway::TlsFiles { cert, key });
     }
