@@ -266,6 +266,8 @@ pub enum StartError {
     Api(#[from] ApiError),
     #[error("async queue: {0}")]
     Queue(#[from] fjord_queue::QueueError),
+    #[error("{0} (each fjord instance on a host needs its own block of function uids)")]
+    UidRegistry(#[from] fjord_store::uid_registry::RegistryError),
     #[error(
         "async queue {url}: {source} (is nats-server running there with JetStream, -js? or use --queue embedded)"
     )]
@@ -577,6 +579,19 @@ pub async fn serve(config: GatewayConfig, shutdown: CancellationToken) -> Result
         tokens: tokens::Tokens::load(&store)?,
         limiter: auth::FailLimiter::new(config.auth_fail_limit),
     });
+    // Functions run as their own uids only as root; then those uids must be this instance's
+    // alone on the host, or a function could read another instance's functions. Before the
+    // runtime, like the queue: a failed start leaves nothing behind.
+    let uids = if nix::unistd::geteuid().is_root() {
+        let block = fjord_store::uid_registry::reserve(
+            std::path::Path::new(fjord_store::uid_registry::DEFAULT_REGISTRY_DIR),
+            data_dir,
+        )?;
+        tracing::info!(uids = %block, registry = fjord_store::uid_registry::DEFAULT_REGISTRY_DIR, "function uids reserved for this instance");
+        block
+    } else {
+        fjord_store::uid_registry::UidBlock::unrestricted()
+    };
     // Before the runtime: a queue that cannot be reached must not leave anything behind.
     let (queue, pruner) = open_queue(&config.queue, data_dir).await?;
     let runtime = fjord_runtime::ProcessRuntime::new(fjord_runtime::RuntimeConfig {
@@ -588,7 +603,7 @@ pub async fn serve(config: GatewayConfig, shutdown: CancellationToken) -> Result
     })
     .await?;
     let bundles = bundles::Bundles::new(data_dir, runtime.isolates()).map_err(dd_err)?;
-    let control = ControlPlane::new(store, runtime, bundles, secret_key);
+    let control = ControlPlane::with_uids(store, runtime, bundles, secret_key, uids);
     let dispatch = Arc::new(tokio::sync::Notify::new());
     let restored = control.restore().await?;
     if restored > 0 {
