@@ -5,6 +5,7 @@ mod api;
 mod async_calls;
 mod auth;
 mod bundles;
+mod conns;
 mod control;
 mod error;
 mod invoke;
@@ -17,6 +18,7 @@ mod tokens;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -85,6 +87,11 @@ pub struct GatewayConfig {
     /// Failed authentications per minute from one client address before it gets 429 for a
     /// minute (0: no limit).
     pub auth_fail_limit: u32,
+    /// Open connections above which the oldest are asked to close; `None`: 3/4 of the
+    /// open-files limit.
+    pub max_connections: Option<usize>,
+    /// Open connections from one client address (429 and closed beyond; 0: no limit).
+    pub max_connections_per_ip: u32,
 }
 
 /// Where async calls are queued.
@@ -143,6 +150,8 @@ impl GatewayConfig {
             queue: QueueBackend::Embedded,
             tls: None,
             auth_fail_limit: 10,
+            max_connections: None,
+            max_connections_per_ip: 1000,
         }
     }
 }
@@ -333,14 +342,29 @@ fn router(state: AppState) -> Router {
 }
 
 /// Each connection and each replica's pipes use descriptors: lift the soft limit to the
-/// hard one (commonly 1024 → 1M), as servers do.
+/// hard one, and as root the hard one too (up to `fs.nr_open`, at most 1M): a host's default
+/// hard limit (here 20,000) is what idle connections exhausted.
 fn raise_nofile_limit() {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
-    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
-        && soft < hard
-        && let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard)
+    const WANT: u64 = 1 << 20;
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return;
+    };
+    let mut target = hard;
+    if hard < WANT && nix::unistd::geteuid().is_root() {
+        let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .unwrap_or(WANT);
+        target = WANT.min(nr_open).max(hard);
+    }
+    if soft < target
+        && let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, target, target)
     {
-        tracing::warn!(error = %e, soft, "cannot raise the open-files limit");
+        tracing::warn!(error = %e, soft, hard, "cannot raise the open-files limit");
+        if soft < hard {
+            let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+        }
     }
 }
 
@@ -363,6 +387,9 @@ struct Worker {
     tls: Option<Arc<tls::Tls>>,
     shutdown: CancellationToken,
     ready: std::sync::mpsc::Sender<Result<SocketAddr, StartError>>,
+    /// This worker's index in `limits`.
+    index: usize,
+    limits: Arc<conns::ConnLimits>,
 }
 
 impl Worker {
@@ -446,8 +473,8 @@ impl Worker {
         let app = router(state);
         let _ = self.ready.send(Ok(local));
 
-        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-        let http = self.connection_builder();
+        let http = Arc::new(self.connection_builder());
+        let first_bytes = self.config.header_timeout;
         loop {
             let (stream, remote) = tokio::select! {
                 _ = self.shutdown.cancelled() => break,
@@ -461,6 +488,16 @@ impl Worker {
                     }
                 },
             };
+            let guard = match self.limits.admit(self.index, remote.ip()) {
+                Ok(g) => g,
+                Err(why) => {
+                    tracing::debug!(client = %remote, ?why, "connection refused");
+                    if self.tls.is_none() {
+                        self.limits.refuse(stream, why);
+                    }
+                    continue;
+                }
+            };
             let _ = stream.set_nodelay(true);
             let svc = tower::ServiceExt::map_request(
                 app.clone(),
@@ -471,49 +508,93 @@ impl Worker {
                 },
             );
             let svc = hyper_util::service::TowerToHyperService::new(svc);
-            // Plain HTTP is served exactly as without TLS support: no extra task or boxing.
+            let http = http.clone();
+            // Plain HTTP is served exactly as without TLS support: no extra boxing.
             let Some(tls) = &self.tls else {
-                let conn =
-                    http.serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(stream), svc);
-                let conn = graceful.watch(conn.into_owned());
                 tokio::spawn(async move {
-                    let _ = conn.await;
+                    let closing = guard.entry.close.notified();
+                    tokio::pin!(closing);
+                    // hyper's header timeout starts once it knows the protocol: until the
+                    // first bytes arrive, the connection would be held forever.
+                    if let Some(t) = first_bytes {
+                        tokio::select! {
+                            r = tokio::time::timeout(t, stream.readable()) => if !matches!(r, Ok(Ok(()))) { return },
+                            _ = &mut closing => return,
+                        }
+                    }
+                    let conn = http
+                        .serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(stream), svc);
+                    serve_until_closed(conn, closing).await;
                 });
                 continue;
             };
             let acceptor = tokio_rustls::TlsAcceptor::from(tls.config.clone());
-            let watcher = graceful.watcher();
-            let http = http.clone();
             tokio::spawn(async move {
+                let closing = guard.entry.close.notified();
+                tokio::pin!(closing);
                 // A client that never finishes its handshake must not hold the socket.
-                let stream = match tokio::time::timeout(
-                    TLS_HANDSHAKE_TIMEOUT,
-                    acceptor.accept(stream),
-                )
-                .await
-                {
-                    Ok(Ok(s)) => s,
-                    Ok(Err(e)) => {
-                        tracing::debug!(client = %remote, error = %e, "TLS handshake failed");
-                        return;
-                    }
-                    Err(_) => {
-                        tracing::debug!(client = %remote, "TLS handshake timed out");
-                        return;
-                    }
+                let stream = tokio::select! {
+                    r = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)) => match r {
+                        Ok(Ok(s)) => s,
+                        Ok(Err(e)) => {
+                            tracing::debug!(client = %remote, error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(client = %remote, "TLS handshake timed out");
+                            return;
+                        }
+                    },
+                    _ = &mut closing => return,
                 };
                 let conn =
                     http.serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(stream), svc);
-                let _ = watcher.watch(conn.into_owned()).await;
+                serve_until_closed(conn, closing).await;
             });
         }
         drop(listener);
-        if tokio::time::timeout(self.config.shutdown_timeout, graceful.shutdown())
+        if tokio::time::timeout(self.config.shutdown_timeout, self.limits.drain(self.index))
             .await
             .is_err()
         {
             tracing::warn!("drain timeout reached; closing remaining connections");
         }
+    }
+}
+
+/// Serves a connection until it ends; when asked to close (too many connections, or
+/// shutdown), closes it gracefully: at once if idle, else after its current request.
+async fn serve_until_closed<C, E>(conn: C, closing: Pin<&mut tokio::sync::futures::Notified<'_>>)
+where
+    C: std::future::Future<Output = Result<(), E>> + GracefulClose,
+{
+    tokio::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => return,
+        _ = closing => {}
+    }
+    conn.as_mut().close_gracefully();
+    let _ = conn.await;
+}
+
+/// hyper-util's connection types, whose `graceful_shutdown` is inherent, not a trait.
+trait GracefulClose {
+    fn close_gracefully(self: Pin<&mut Self>);
+}
+
+impl<I, S, E, B> GracefulClose
+    for hyper_util::server::conn::auto::UpgradeableConnection<'_, I, S, E>
+where
+    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = B>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    E: hyper::rt::bounds::Http2ServerConnExec<S::Future, B>,
+{
+    fn close_gracefully(self: Pin<&mut Self>) {
+        self.graceful_shutdown();
     }
 }
 
@@ -623,6 +704,15 @@ pub async fn serve(config: GatewayConfig, shutdown: CancellationToken) -> Result
     }
     let config = Arc::new(config);
     let workers = config.workers.max(1);
+    let max_connections = config
+        .max_connections
+        .unwrap_or_else(conns::default_max_connections);
+    let limits = conns::ConnLimits::new(workers, max_connections, config.max_connections_per_ip);
+    tracing::info!(
+        max_connections,
+        per_address = config.max_connections_per_ip,
+        "connection limits"
+    );
     let (addr_tx, addr_rx) = std::sync::mpsc::channel::<Result<SocketAddr, StartError>>();
     let mut threads = Vec::with_capacity(workers);
     let mut bind_to = config.listen;
@@ -638,6 +728,8 @@ pub async fn serve(config: GatewayConfig, shutdown: CancellationToken) -> Result
             tls: tls.clone(),
             shutdown: shutdown.clone(),
             ready: addr_tx.clone(),
+            index: i,
+            limits: limits.clone(),
         };
         let thread = std::thread::Builder::new()
             .name(format!("fjord-http-{i}"))

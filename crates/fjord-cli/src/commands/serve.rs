@@ -36,6 +36,10 @@ pub fn run(a: ServeArgs) -> Result<(), CliError> {
     config.async_keep_method = a.async_method == "original";
     config.queue = a.queue;
     config.auth_fail_limit = a.auth_fail_limit;
+    config.max_connections = a
+        .max_connections
+        .map(|n| usize::try_from(n).unwrap_or(usize::MAX));
+    config.max_connections_per_ip = a.max_connections_per_ip;
     if let (Some(cert), Some(key)) = (a.tls_cert, a.tls_key) {
         config.tls = Some(fjord_gateway::TlsFiles { cert, key });
     }
