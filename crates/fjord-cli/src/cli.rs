@@ -400,6 +400,14 @@ pub struct ServeArgs {
     /// behind a reverse proxy on this host, raise it above the proxy's connection pool)
     #[arg(long, default_value_t = 1000, value_name = "N")]
     pub max_connections_per_ip: u32,
+    /// Fork-mode processes of one function running at once; more calls get 429 with
+    /// Retry-After (0 = no limit)
+    #[arg(long, default_value_t = 256, value_name = "N")]
+    pub max_forks_per_function: u64,
+    /// Fork-mode processes started for one client address running at once; more get 429
+    /// with Retry-After (0 = no limit; behind a reverse proxy every client has its address)
+    #[arg(long, default_value_t = 64, value_name = "N")]
+    pub max_forks_per_ip: u32,
     /// Log format
     #[arg(long, value_enum, default_value = "text")]
     pub log_format: LogFormat,

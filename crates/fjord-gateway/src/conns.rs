@@ -30,6 +30,49 @@ const EVICT_PER_ACCEPT: usize = 2;
 /// answer is sent): beyond, refused connections are just closed.
 const MAX_REFUSING: usize = 1024;
 
+/// Counts per client address in a sharded map: one short lock of one shard per change.
+pub struct IpCounts {
+    shards: Box<[Mutex<HashMap<IpAddr, u32>>]>,
+}
+
+impl IpCounts {
+    pub fn new() -> Self {
+        Self {
+            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+        }
+    }
+
+    fn shard(&self, ip: &IpAddr) -> std::sync::MutexGuard<'_, HashMap<IpAddr, u32>> {
+        self.shards[shard_of(ip)]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Adds one for `ip` unless it has `max` already.
+    pub fn try_add(&self, ip: IpAddr, max: u32) -> bool {
+        let mut m = self.shard(&ip);
+        let n = m.entry(ip).or_insert(0);
+        if *n >= max {
+            if *n == 0 {
+                m.remove(&ip);
+            }
+            return false;
+        }
+        *n += 1;
+        true
+    }
+
+    pub fn remove_one(&self, ip: IpAddr) {
+        let mut m = self.shard(&ip);
+        if let Some(n) = m.get_mut(&ip) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&ip);
+            }
+        }
+    }
+}
+
 /// One open connection, as the eviction table sees it.
 pub struct ConnEntry {
     evicted: AtomicBool,
@@ -63,7 +106,7 @@ pub struct ConnLimits {
     /// Above this, new connections are refused outright.
     pub hard: usize,
     max_per_ip: u32,
-    per_ip: Box<[Mutex<HashMap<IpAddr, u32>>]>,
+    per_ip: IpCounts,
     tables: Box<[Mutex<Table>]>,
     /// Signalled when a worker's table becomes empty (drain at shutdown).
     drained: Box<[Notify]>,
@@ -91,13 +134,7 @@ impl Drop for ConnGuard {
         let l = &self.limits;
         l.total.fetch_sub(1, Ordering::Relaxed);
         if let Some(ip) = self.ip {
-            let mut m = l.shard(&ip).lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(n) = m.get_mut(&ip) {
-                *n -= 1;
-                if *n == 0 {
-                    m.remove(&ip);
-                }
-            }
+            l.per_ip.remove_one(ip);
         }
         let mut t = l.tables[self.worker]
             .lock()
@@ -130,15 +167,11 @@ impl ConnLimits {
             max,
             hard: max.saturating_add(max / 8).saturating_add(16),
             max_per_ip,
-            per_ip: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            per_ip: IpCounts::new(),
             tables: (0..workers.max(1)).map(|_| Mutex::default()).collect(),
             drained: (0..workers.max(1)).map(|_| Notify::new()).collect(),
             refusing: AtomicUsize::new(0),
         })
-    }
-
-    fn shard(&self, ip: &IpAddr) -> &Mutex<HashMap<IpAddr, u32>> {
-        &self.per_ip[shard_of(ip)]
     }
 
     /// Counts a new connection of `worker` from `ip`, or says why it is refused. Over the
@@ -146,12 +179,9 @@ impl ConnLimits {
     pub fn admit(self: &Arc<Self>, worker: usize, ip: IpAddr) -> Result<ConnGuard, Refusal> {
         let ip = ip.to_canonical();
         let counted_ip = if self.max_per_ip > 0 {
-            let mut m = self.shard(&ip).lock().unwrap_or_else(|p| p.into_inner());
-            let n = m.entry(ip).or_insert(0);
-            if *n >= self.max_per_ip {
+            if !self.per_ip.try_add(ip, self.max_per_ip) {
                 return Err(Refusal::PerIp(self.max_per_ip));
             }
-            *n += 1;
             Some(ip)
         } else {
             None
@@ -280,6 +310,76 @@ impl ConnLimits {
             .await;
             this.refusing.fetch_sub(1, Ordering::Relaxed);
         });
+    }
+}
+
+/// Bounds on fork-mode processes running at once: per function and per client address, so
+/// a flood of requests to a public fork-mode function cannot start thousands of host
+/// processes (429 with `Retry-After` beyond).
+pub struct ForkLimits {
+    pub per_function: u64,
+    pub per_ip: u32,
+    ips: IpCounts,
+}
+
+/// One running fork-mode process's place in the counts, released when its response ends.
+pub struct ForkPermit {
+    limits: Arc<ForkLimits>,
+    metrics: Arc<crate::metrics::FunctionMetrics>,
+    ip: Option<IpAddr>,
+}
+
+impl Drop for ForkPermit {
+    fn drop(&mut self) {
+        self.metrics.forks.fetch_sub(1, Ordering::Relaxed);
+        if let Some(ip) = self.ip {
+            self.limits.ips.remove_one(ip);
+        }
+    }
+}
+
+impl ForkLimits {
+    /// 0: no limit.
+    pub fn new(per_function: u64, per_ip: u32) -> Arc<Self> {
+        Arc::new(Self {
+            per_function,
+            per_ip,
+            ips: IpCounts::new(),
+        })
+    }
+
+    /// A place for one more process of the function whose counters are `metrics`, for a
+    /// client at `ip` (`None`: not counted per address, e.g. a queued call).
+    pub fn acquire(
+        self: &Arc<Self>,
+        function: &str,
+        metrics: &Arc<crate::metrics::FunctionMetrics>,
+        ip: Option<IpAddr>,
+    ) -> Result<ForkPermit, crate::error::ApiError> {
+        let running = metrics.forks.fetch_add(1, Ordering::Relaxed);
+        let mut permit = ForkPermit {
+            limits: self.clone(),
+            metrics: metrics.clone(),
+            ip: None,
+        };
+        if self.per_function > 0 && running >= self.per_function {
+            return Err(crate::error::ApiError::TooManyRequests(format!(
+                "function {function} has {} processes running, its limit (--max-forks-per-function); retry later",
+                self.per_function
+            )));
+        }
+        if let Some(ip) = ip.map(|i| i.to_canonical())
+            && self.per_ip > 0
+        {
+            if !self.ips.try_add(ip, self.per_ip) {
+                return Err(crate::error::ApiError::TooManyRequests(format!(
+                    "your address has {} fork-mode calls running, its limit (--max-forks-per-ip); retry later",
+                    self.per_ip
+                )));
+            }
+            permit.ip = Some(ip);
+        }
+        Ok(permit)
     }
 }
 

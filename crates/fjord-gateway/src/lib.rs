@@ -92,6 +92,11 @@ pub struct GatewayConfig {
     pub max_connections: Option<usize>,
     /// Open connections from one client address (429 and closed beyond; 0: no limit).
     pub max_connections_per_ip: u32,
+    /// Fork-mode processes of one function running at once (429 beyond; 0: no limit).
+    pub max_forks_per_function: u64,
+    /// Fork-mode processes started for one client address running at once (429 beyond;
+    /// 0: no limit).
+    pub max_forks_per_ip: u32,
 }
 
 /// Where async calls are queued.
@@ -152,6 +157,8 @@ impl GatewayConfig {
             auth_fail_limit: 10,
             max_connections: None,
             max_connections_per_ip: 1000,
+            max_forks_per_function: 256,
+            max_forks_per_ip: 64,
         }
     }
 }
@@ -167,6 +174,8 @@ pub struct AppState {
     pub config: Arc<GatewayConfig>,
     pub shutdown: CancellationToken,
     pub auth: Arc<auth::Auth>,
+    /// Bounds on fork-mode processes running at once.
+    pub forks: Arc<conns::ForkLimits>,
 }
 
 /// Opens the async queue and starts its retention task: finished calls (done, dead,
@@ -390,6 +399,7 @@ struct Worker {
     /// This worker's index in `limits`.
     index: usize,
     limits: Arc<conns::ConnLimits>,
+    forks: Arc<conns::ForkLimits>,
 }
 
 impl Worker {
@@ -469,6 +479,7 @@ impl Worker {
             config: self.config.clone(),
             shutdown: self.shutdown.clone(),
             auth: self.auth.clone(),
+            forks: self.forks.clone(),
         };
         let app = router(state);
         let _ = self.ready.send(Ok(local));
@@ -708,6 +719,7 @@ pub async fn serve(config: GatewayConfig, shutdown: CancellationToken) -> Result
         .max_connections
         .unwrap_or_else(conns::default_max_connections);
     let limits = conns::ConnLimits::new(workers, max_connections, config.max_connections_per_ip);
+    let forks = conns::ForkLimits::new(config.max_forks_per_function, config.max_forks_per_ip);
     tracing::info!(
         max_connections,
         per_address = config.max_connections_per_ip,
@@ -730,6 +742,7 @@ pub async fn serve(config: GatewayConfig, shutdown: CancellationToken) -> Result
             ready: addr_tx.clone(),
             index: i,
             limits: limits.clone(),
+            forks: forks.clone(),
         };
         let thread = std::thread::Builder::new()
             .name(format!("fjord-http-{i}"))
@@ -773,6 +786,7 @@ pub async fn serve(config: GatewayConfig, shutdown: CancellationToken) -> Result
                 config: config.clone(),
                 shutdown: shutdown.clone(),
                 auth: auth.clone(),
+                forks: forks.clone(),
             },
             keep_method: config.async_keep_method,
             exclusive: config.queue == QueueBackend::Embedded,

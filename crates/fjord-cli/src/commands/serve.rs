@@ -40,6 +40,8 @@ pub fn run(a: ServeArgs) -> Result<(), CliError> {
         .max_connections
         .map(|n| usize::try_from(n).unwrap_or(usize::MAX));
     config.max_connections_per_ip = a.max_connections_per_ip;
+    config.max_forks_per_function = a.max_forks_per_function;
+    config.max_forks_per_ip = a.max_forks_per_ip;
     if let (Some(cert), Some(key)) = (a.tls_cert, a.tls_key) {
         config.tls = Some(fjord_gateway::TlsFiles { cert, key });
     }
