@@ -528,8 +528,10 @@ impl Worker {
                     // hyper's header timeout starts once it knows the protocol: until the
                     // first bytes arrive, the connection would be held forever.
                     if let Some(t) = first_bytes {
+                        let mut first = [0u8; 1];
                         tokio::select! {
-                            r = tokio::time::timeout(t, stream.readable()) => if !matches!(r, Ok(Ok(()))) { return },
+                            // A peek: one recv(MSG_PEEK) when the request is already there.
+                            r = tokio::time::timeout(t, stream.peek(&mut first)) => if !matches!(r, Ok(Ok(1))) { return },
                             _ = &mut closing => return,
                         }
                     }
