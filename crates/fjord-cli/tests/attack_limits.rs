@@ -78,6 +78,87 @@ async fn instances_on_one_host_never_share_function_uids_and_uids_are_not_reused
     assert_ne!(ua3, ub);
 }
 
+/// Packs a fork-mode bundle whose `run.sh` prints its uid, uploads it, returns its digest.
+async fn upload_uid_bundle(s: &Server) -> String {
+    use std::os::unix::fs::PermissionsExt;
+    let src = s.dir.tmp.path().join("bundle-src");
+    std::fs::create_dir_all(&src).unwrap();
+    let run = src.join("run.sh");
+    std::fs::write(&run, "#!/bin/sh\nid -u\n").unwrap();
+    std::fs::set_permissions(&run, std::fs::Permissions::from_mode(0o755)).unwrap();
+    fjord_bundle::Manifest {
+        name: "bun".into(),
+        language: "bash".into(),
+        fprocess: "./run.sh".into(),
+        mode: "fork".into(),
+        env: Default::default(),
+        fjord_version: String::new(),
+    }
+    .write_dir(&src)
+    .unwrap();
+    let out = s.dir.tmp.path().join("bun.tar.gz");
+    let digest = fjord_bundle::pack(&src, &out).unwrap();
+    let r = s
+        .sys(Method::PUT, &format!("/system/bundles/{}", digest.as_str()))
+        .body(std::fs::read(&out).unwrap())
+        .send()
+        .await
+        .unwrap();
+    let (st, body) = text(r).await;
+    assert!(st.is_success(), "upload: {st} {body}");
+    digest.as_str().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copied_data_dir_moves_its_functions_to_uids_of_its_own() {
+    let dir_a = TestDir::new();
+    let a = Server::start_in(dir_a.clone(), ServeOpts::default()).await;
+    let digest = upload_uid_bundle(&a).await;
+    a.deploy_ready(&serde_json::json!({"service": "bun", "image": digest}))
+        .await;
+    a.deploy_ready(&uid_fn("who")).await;
+    let (bun_a, who_a) = (function_uid(&a, "bun").await, function_uid(&a, "who").await);
+    drop(a);
+
+    // A copy (a backup restored next to the original, a test instance...) is another
+    // instance: its stored uids belong to the original's block.
+    let dir_b = TestDir::new();
+    let st = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(format!("{}/.", dir_a.data_dir().display()))
+        .arg(dir_b.data_dir())
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let b = Server::start_in(dir_b.clone(), ServeOpts::default()).await;
+    b.wait_ready("bun", common::READY_TIMEOUT).await;
+    b.wait_ready("who", common::READY_TIMEOUT).await;
+    // The bundle was unpacked again for the new uid's group: the function still runs.
+    let (bun_b, who_b) = (function_uid(&b, "bun").await, function_uid(&b, "who").await);
+    assert!(
+        bun_b.abs_diff(bun_a) >= 65_536 && who_b.abs_diff(who_a) >= 65_536,
+        "the copy kept the original's uids: bun {bun_a}/{bun_b}, who {who_a}/{who_b}"
+    );
+    assert_ne!(bun_b, who_b);
+    let run: Vec<String> = std::fs::read_dir(dir_b.data_dir().join("run"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(
+        run,
+        vec![bun_b.to_string()],
+        "the old uid's unpacked bundle is left"
+    );
+    drop(b);
+
+    // The original keeps its block and its functions their uids.
+    let a = Server::start_in(dir_a, ServeOpts::default()).await;
+    a.wait_ready("bun", common::READY_TIMEOUT).await;
+    assert_eq!(function_uid(&a, "bun").await, bun_a);
+    assert_eq!(function_uid(&a, "who").await, who_a);
+}
+
 /// A connection from `source` (any 127/8 address: the kernel routes them all to loopback).
 async fn connect_from(source: &str, to: &str) -> TcpStream {
     let socket = TcpSocket::new_v4().unwrap();

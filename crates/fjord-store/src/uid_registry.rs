@@ -386,6 +386,23 @@ mod tests {
     }
 
     #[test]
+    fn a_registry_dir_others_own_is_refused() {
+        let (t, reg) = dirs();
+        let a = data(&t, "a");
+        std::fs::create_dir_all(&reg).unwrap();
+        if !nix::unistd::geteuid().is_root() {
+            return; // cannot give the dir away
+        }
+        std::os::unix::fs::chown(&reg, Some(12_345), None).unwrap();
+        let e = reserve(&reg, &a).unwrap_err();
+        assert!(
+            matches!(e, RegistryError::Unsafe { owner: 12_345, .. }),
+            "{e}"
+        );
+        assert!(!e.to_string().contains('\n'));
+    }
+
+    #[test]
     fn corrupt_registry_is_an_error() {
         let (t, reg) = dirs();
         let a = data(&t, "a");
