@@ -424,6 +424,23 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1,
           default_missing_value = "true", value_name = "true|false")]
     pub metrics_auth: bool,
+    /// Open connections above which the oldest are asked to close (idle ones at once, busy
+    /// ones after their request), so idle clients cannot keep new ones out
+    /// [default: 3/4 of the open-files limit]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_connections: Option<u64>,
+    /// Open connections from one client address; more get 429 and are closed (0 = no limit;
+    /// behind a reverse proxy on this host, raise it above the proxy's connection pool)
+    #[arg(long, default_value_t = 1000, value_name = "N")]
+    pub max_connections_per_ip: u32,
+    /// Fork-mode processes of one function running at once; more calls get 429 with
+    /// Retry-After (0 = no limit)
+    #[arg(long, default_value_t = 256, value_name = "N")]
+    pub max_forks_per_function: u64,
+    /// Fork-mode processes started for one client address running at once; more get 429
+    /// with Retry-After (0 = no limit; behind a reverse proxy every client has its address)
+    #[arg(long, default_value_t = 64, value_name = "N")]
+    pub max_forks_per_ip: u32,
     /// Log format
     #[arg(long, value_enum, default_value = "text")]
     pub log_format: LogFormat,

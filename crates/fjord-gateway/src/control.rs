@@ -13,12 +13,10 @@ use fjord_runtime::{FunctionHandle, ProcessRuntime, Program, SecretFiles};
 use crate::bundles::Bundles;
 use crate::metrics::{FunctionMetrics, FunctionSample};
 use crate::secrets::SecretKey;
+use fjord_store::uid_registry::UidBlock;
 use fjord_store::{Store, StoredFunction, now_rfc3339};
 
 use crate::error::ApiError;
-
-/// Functions run as uids from here up, one per function, far from ordinary users' uids.
-pub const UID_BASE: u32 = 2_000_000;
 
 /// One function as the invoke path sees it.
 pub struct Route {
@@ -53,6 +51,8 @@ pub struct ControlPlane {
     routes: ArcSwap<Routes>,
     /// Serialises changes (not the invoke path).
     changes: tokio::sync::Mutex<()>,
+    /// This instance's uids (reserved host-wide): each new function takes the next one.
+    uids: UidBlock,
 }
 
 impl ControlPlane {
@@ -62,6 +62,24 @@ impl ControlPlane {
         bundles: Bundles,
         secret_key: SecretKey,
     ) -> Arc<Self> {
+        Self::with_uids(
+            store,
+            runtime,
+            bundles,
+            secret_key,
+            UidBlock::unrestricted(),
+        )
+    }
+
+    /// Like [`new`](Self::new), with functions' uids taken from `uids` (this instance's
+    /// block in the host's uid registry).
+    pub fn with_uids(
+        store: Store,
+        runtime: ProcessRuntime,
+        bundles: Bundles,
+        secret_key: SecretKey,
+        uids: UidBlock,
+    ) -> Arc<Self> {
         Arc::new(Self {
             store,
             runtime,
@@ -69,6 +87,7 @@ impl ControlPlane {
             secret_key,
             routes: ArcSwap::from_pointee(HashMap::new()),
             changes: tokio::sync::Mutex::new(()),
+            uids,
         })
     }
 
@@ -102,8 +121,25 @@ impl ControlPlane {
     pub async fn restore(&self) -> Result<usize, ApiError> {
         let _guard = self.changes.lock().await;
         let mut started = 0;
-        for f in self.store.list()? {
+        for mut f in self.store.list()? {
             let name = format!("{}.{}", f.name, f.namespace);
+            if !self.uids.contains(f.uid) {
+                // Stored before this instance had its own uid block (or in a copied data
+                // dir): another instance may use that uid, so the function moves to a new
+                // one. Its unpacked bundle belongs to the old gid: unpacked again below.
+                let old = f.uid;
+                let uid = match self.store.next_uid(self.uids.first, self.uids.last) {
+                    Ok(u) => u,
+                    Err(e) => {
+                        tracing::error!(function = %name, error = %e, "stored function cannot get a uid in this instance's block");
+                        continue;
+                    }
+                };
+                self.store.set_uid(&f.namespace, &f.name, uid)?;
+                self.bundles.remove_for(old, None);
+                tracing::info!(function = %name, old_uid = old, uid, block = %self.uids, "function moved to a uid of this instance's block");
+                f.uid = uid;
+            }
             let (spec, program) = match self.resolve(f.deployment.clone(), f.uid).await {
                 Ok(s) => s,
                 Err(e) => {
@@ -306,7 +342,7 @@ impl ControlPlane {
         }
         let uid = match &existing {
             Some(e) => e.uid,
-            None => self.store.next_uid(UID_BASE)?,
+            None => self.store.next_uid(self.uids.first, self.uids.last)?,
         };
         let (spec, program) = self.resolve(deployment, uid).await?;
         let replicas = match &existing {
@@ -432,6 +468,11 @@ impl ControlPlane {
         self.runtime.remove(key).await?;
         if let Some(uid) = uid {
             self.bundles.remove_for(uid, None);
+            if self.runtime.isolates() {
+                // Uids are never reused, so nothing can read these; still, do not leave
+                // them behind (and free the space).
+                let _ = tokio::task::spawn_blocking(move || remove_leftovers(uid)).await;
+            }
         }
         tracing::info!(function = %key, "deleted");
         Ok(())
@@ -659,6 +700,43 @@ fn hold(route: &Route, replicas: u64) {
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .push_back((crate::metrics::now_ms(), replicas));
+}
+
+/// Shared writable directories where a function's processes could leave files.
+const SHARED_DIRS: [&str; 5] = ["/dev/shm", "/var/tmp", "/tmp", "/run/lock", "/dev/mqueue"];
+
+/// Removes what a deleted function's uid left in the host's shared writable directories
+/// (its processes are already gone: their cgroups were emptied). Only entries owned by that
+/// uid, never following symlinks.
+fn remove_leftovers(uid: u32) {
+    use std::os::unix::fs::MetadataExt;
+    for dir in SHARED_DIRS {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let path = e.path();
+            let Ok(meta) = std::fs::symlink_metadata(&path) else {
+                continue;
+            };
+            if meta.uid() != uid {
+                continue;
+            }
+            let removed = if meta.is_dir() {
+                std::fs::remove_dir_all(&path)
+            } else {
+                std::fs::remove_file(&path)
+            };
+            match removed {
+                Ok(()) => {
+                    tracing::info!(uid, path = %path.display(), "removed a deleted function's leftover")
+                }
+                Err(e) => {
+                    tracing::warn!(uid, path = %path.display(), error = %e, "cannot remove a deleted function's leftover")
+                }
+            }
+        }
+    }
 }
 
 pub fn not_found(key: &FunctionKey) -> ApiError {

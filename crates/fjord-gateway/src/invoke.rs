@@ -78,15 +78,17 @@ pub fn split_async_path(path: &str) -> Option<(&str, &str)> {
     })
 }
 
-/// Keeps the replica's and the function's in-flight counts until the response body is done.
-struct Guarded<B> {
+/// Keeps the replica's and the function's in-flight counts (and a fork-mode process's
+/// permit) until the response body is done.
+struct Guarded<B, G = (Inflight, Gauge)> {
     inner: B,
-    _guards: (Inflight, Gauge),
+    _guards: G,
 }
 
-impl<B> HttpBody for Guarded<B>
+impl<B, G> HttpBody for Guarded<B, G>
 where
     B: HttpBody + Unpin,
+    G: Unpin,
 {
     type Data = B::Data;
     type Error = B::Error;
@@ -432,6 +434,21 @@ async fn forward(
         }
         EndpointKind::Fork(slot) => {
             let slot = slot.clone();
+            // The body first (bounded by read_timeout and fork::PREFETCH), then a process:
+            // a client that stalls after its headers must not hold a host process.
+            let body = match fork::prefetch(body, fork::PREFETCH).await {
+                Ok(b) => b,
+                Err(e) => {
+                    return Err(read_timed_out().unwrap_or_else(|| {
+                        ApiError::BadRequest(format!("reading the request body failed: {e}"))
+                    }));
+                }
+            };
+            // Queued calls are bounded by their function's async max_inflight instead.
+            let client = (remote != QUEUED_PEER).then_some(remote.ip());
+            let permit = app
+                .forks
+                .acquire(&handle.qualified, &route.metrics, client)?;
             let resp = fork::invoke(
                 handle,
                 &serving,
@@ -453,7 +470,7 @@ async fn forward(
                 parts,
                 Body::new(Guarded {
                     inner: body,
-                    _guards: guards,
+                    _guards: (guards, permit),
                 }),
             )
         }

@@ -6,6 +6,7 @@ mod async_calls;
 mod auth;
 mod bundles;
 mod callback;
+mod conns;
 mod control;
 mod error;
 mod invoke;
@@ -18,6 +19,7 @@ mod tokens;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -99,6 +101,16 @@ pub struct GatewayConfig {
     pub callback: CallbackPolicy,
     /// `GET /metrics` needs the admin password or a token of scope `read`.
     pub metrics_auth: bool,
+    /// Open connections above which the oldest are asked to close; `None`: 3/4 of the
+    /// open-files limit.
+    pub max_connections: Option<usize>,
+    /// Open connections from one client address (429 and closed beyond; 0: no limit).
+    pub max_connections_per_ip: u32,
+    /// Fork-mode processes of one function running at once (429 beyond; 0: no limit).
+    pub max_forks_per_function: u64,
+    /// Fork-mode processes started for one client address running at once (429 beyond;
+    /// 0: no limit).
+    pub max_forks_per_ip: u32,
 }
 
 /// Where async calls are queued.
@@ -162,6 +174,10 @@ impl GatewayConfig {
             network: Default::default(),
             callback: CallbackPolicy::default(),
             metrics_auth: false,
+            max_connections: None,
+            max_connections_per_ip: 1000,
+            max_forks_per_function: 256,
+            max_forks_per_ip: 64,
         }
     }
 }
@@ -177,6 +193,8 @@ pub struct AppState {
     pub config: Arc<GatewayConfig>,
     pub shutdown: CancellationToken,
     pub auth: Arc<auth::Auth>,
+    /// Bounds on fork-mode processes running at once.
+    pub forks: Arc<conns::ForkLimits>,
 }
 
 /// Opens the async queue and starts its retention task: finished calls (done, dead,
@@ -313,6 +331,8 @@ pub enum StartError {
     Api(#[from] ApiError),
     #[error("async queue: {0}")]
     Queue(#[from] fjord_queue::QueueError),
+    #[error("{0} (each fjord instance on a host needs its own block of function uids)")]
+    UidRegistry(#[from] fjord_store::uid_registry::RegistryError),
     #[error(
         "async queue {url}: {source} (is nats-server running there with JetStream, -js? or use --queue embedded)"
     )]
@@ -384,14 +404,29 @@ fn router(state: AppState) -> Router {
 }
 
 /// Each connection and each replica's pipes use descriptors: lift the soft limit to the
-/// hard one (commonly 1024 → 1M), as servers do.
+/// hard one, and as root the hard one too (up to `fs.nr_open`, at most 1M): a host's default
+/// hard limit (here 20,000) is what idle connections exhausted.
 fn raise_nofile_limit() {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
-    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
-        && soft < hard
-        && let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard)
+    const WANT: u64 = 1 << 20;
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return;
+    };
+    let mut target = hard;
+    if hard < WANT && nix::unistd::geteuid().is_root() {
+        let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .unwrap_or(WANT);
+        target = WANT.min(nr_open).max(hard);
+    }
+    if soft < target
+        && let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, target, target)
     {
-        tracing::warn!(error = %e, soft, "cannot raise the open-files limit");
+        tracing::warn!(error = %e, soft, hard, "cannot raise the open-files limit");
+        if soft < hard {
+            let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+        }
     }
 }
 
@@ -414,6 +449,10 @@ struct Worker {
     tls: Option<Arc<tls::Tls>>,
     shutdown: CancellationToken,
     ready: std::sync::mpsc::Sender<Result<SocketAddr, StartError>>,
+    /// This worker's index in `limits`.
+    index: usize,
+    limits: Arc<conns::ConnLimits>,
+    forks: Arc<conns::ForkLimits>,
 }
 
 impl Worker {
@@ -493,12 +532,13 @@ impl Worker {
             config: self.config.clone(),
             shutdown: self.shutdown.clone(),
             auth: self.auth.clone(),
+            forks: self.forks.clone(),
         };
         let app = router(state);
         let _ = self.ready.send(Ok(local));
 
-        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-        let http = self.connection_builder();
+        let http = Arc::new(self.connection_builder());
+        let first_bytes = self.config.header_timeout;
         loop {
             let (stream, remote) = tokio::select! {
                 _ = self.shutdown.cancelled() => break,
@@ -512,6 +552,16 @@ impl Worker {
                     }
                 },
             };
+            let guard = match self.limits.admit(self.index, remote.ip()) {
+                Ok(g) => g,
+                Err(why) => {
+                    tracing::debug!(client = %remote, ?why, "connection refused");
+                    if self.tls.is_none() {
+                        self.limits.refuse(stream, why);
+                    }
+                    continue;
+                }
+            };
             let _ = stream.set_nodelay(true);
             let svc = tower::ServiceExt::map_request(
                 app.clone(),
@@ -522,49 +572,95 @@ impl Worker {
                 },
             );
             let svc = hyper_util::service::TowerToHyperService::new(svc);
-            // Plain HTTP is served exactly as without TLS support: no extra task or boxing.
+            let http = http.clone();
+            // Plain HTTP is served exactly as without TLS support: no extra boxing.
             let Some(tls) = &self.tls else {
-                let conn =
-                    http.serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(stream), svc);
-                let conn = graceful.watch(conn.into_owned());
                 tokio::spawn(async move {
-                    let _ = conn.await;
+                    let closing = guard.entry.close.notified();
+                    tokio::pin!(closing);
+                    // hyper's header timeout starts once it knows the protocol: until the
+                    // first bytes arrive, the connection would be held forever.
+                    if let Some(t) = first_bytes {
+                        let mut first = [0u8; 1];
+                        tokio::select! {
+                            // A peek: one recv(MSG_PEEK) when the request is already there.
+                            r = tokio::time::timeout(t, stream.peek(&mut first)) => if !matches!(r, Ok(Ok(1))) { return },
+                            _ = &mut closing => return,
+                        }
+                    }
+                    let conn = http
+                        .serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(stream), svc);
+                    serve_until_closed(conn, closing).await;
                 });
                 continue;
             };
             let acceptor = tokio_rustls::TlsAcceptor::from(tls.config.clone());
-            let watcher = graceful.watcher();
-            let http = http.clone();
             tokio::spawn(async move {
+                let closing = guard.entry.close.notified();
+                tokio::pin!(closing);
                 // A client that never finishes its handshake must not hold the socket.
-                let stream = match tokio::time::timeout(
-                    TLS_HANDSHAKE_TIMEOUT,
-                    acceptor.accept(stream),
-                )
-                .await
-                {
-                    Ok(Ok(s)) => s,
-                    Ok(Err(e)) => {
-                        tracing::debug!(client = %remote, error = %e, "TLS handshake failed");
-                        return;
-                    }
-                    Err(_) => {
-                        tracing::debug!(client = %remote, "TLS handshake timed out");
-                        return;
-                    }
+                let stream = tokio::select! {
+                    r = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)) => match r {
+                        Ok(Ok(s)) => s,
+                        Ok(Err(e)) => {
+                            tracing::debug!(client = %remote, error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(client = %remote, "TLS handshake timed out");
+                            return;
+                        }
+                    },
+                    _ = &mut closing => return,
                 };
                 let conn =
                     http.serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(stream), svc);
-                let _ = watcher.watch(conn.into_owned()).await;
+                serve_until_closed(conn, closing).await;
             });
         }
         drop(listener);
-        if tokio::time::timeout(self.config.shutdown_timeout, graceful.shutdown())
+        if tokio::time::timeout(self.config.shutdown_timeout, self.limits.drain(self.index))
             .await
             .is_err()
         {
             tracing::warn!("drain timeout reached; closing remaining connections");
         }
+    }
+}
+
+/// Serves a connection until it ends; when asked to close (too many connections, or
+/// shutdown), closes it gracefully: at once if idle, else after its current request.
+async fn serve_until_closed<C, E>(conn: C, closing: Pin<&mut tokio::sync::futures::Notified<'_>>)
+where
+    C: std::future::Future<Output = Result<(), E>> + GracefulClose,
+{
+    tokio::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => return,
+        _ = closing => {}
+    }
+    conn.as_mut().close_gracefully();
+    let _ = conn.await;
+}
+
+/// hyper-util's connection types, whose `graceful_shutdown` is inherent, not a trait.
+trait GracefulClose {
+    fn close_gracefully(self: Pin<&mut Self>);
+}
+
+impl<I, S, E, B> GracefulClose
+    for hyper_util::server::conn::auto::UpgradeableConnection<'_, I, S, E>
+where
+    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = B>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    E: hyper::rt::bounds::Http2ServerConnExec<S::Future, B>,
+{
+    fn close_gracefully(self: Pin<&mut Self>) {
+        self.graceful_shutdown();
     }
 }
 
@@ -630,6 +726,19 @@ pub async fn serve(config: GatewayConfig, shutdown: CancellationToken) -> Result
         tokens: tokens::Tokens::load(&store)?,
         limiter: auth::FailLimiter::new(config.auth_fail_limit),
     });
+    // Functions run as their own uids only as root; then those uids must be this instance's
+    // alone on the host, or a function could read another instance's functions. Before the
+    // runtime, like the queue: a failed start leaves nothing behind.
+    let uids = if nix::unistd::geteuid().is_root() {
+        let block = fjord_store::uid_registry::reserve(
+            std::path::Path::new(fjord_store::uid_registry::DEFAULT_REGISTRY_DIR),
+            data_dir,
+        )?;
+        tracing::info!(uids = %block, registry = fjord_store::uid_registry::DEFAULT_REGISTRY_DIR, "function uids reserved for this instance");
+        block
+    } else {
+        fjord_store::uid_registry::UidBlock::unrestricted()
+    };
     // Before the runtime: a queue that cannot be reached must not leave anything behind.
     let (queue, pruner) = open_queue(&config.queue, data_dir).await?;
     let runtime = fjord_runtime::ProcessRuntime::new(fjord_runtime::RuntimeConfig {
@@ -644,7 +753,7 @@ pub async fn serve(config: GatewayConfig, shutdown: CancellationToken) -> Result
     })
     .await?;
     let bundles = bundles::Bundles::new(data_dir, runtime.isolates()).map_err(dd_err)?;
-    let control = ControlPlane::new(store, runtime, bundles, secret_key);
+    let control = ControlPlane::with_uids(store, runtime, bundles, secret_key, uids);
     let dispatch = Arc::new(tokio::sync::Notify::new());
     let restored = control.restore().await?;
     if restored > 0 {
@@ -664,6 +773,16 @@ pub async fn serve(config: GatewayConfig, shutdown: CancellationToken) -> Result
     }
     let config = Arc::new(config);
     let workers = config.workers.max(1);
+    let max_connections = config
+        .max_connections
+        .unwrap_or_else(conns::default_max_connections);
+    let limits = conns::ConnLimits::new(workers, max_connections, config.max_connections_per_ip);
+    let forks = conns::ForkLimits::new(config.max_forks_per_function, config.max_forks_per_ip);
+    tracing::info!(
+        max_connections,
+        per_address = config.max_connections_per_ip,
+        "connection limits"
+    );
     let (addr_tx, addr_rx) = std::sync::mpsc::channel::<Result<SocketAddr, StartError>>();
     let mut threads = Vec::with_capacity(workers);
     let mut bind_to = config.listen;
@@ -679,6 +798,9 @@ pub async fn serve(config: GatewayConfig, shutdown: CancellationToken) -> Result
             tls: tls.clone(),
             shutdown: shutdown.clone(),
             ready: addr_tx.clone(),
+            index: i,
+            limits: limits.clone(),
+            forks: forks.clone(),
         };
         let thread = std::thread::Builder::new()
             .name(format!("fjord-http-{i}"))
@@ -724,6 +846,7 @@ pub async fn serve(config: GatewayConfig, shutdown: CancellationToken) -> Result
                 config: config.clone(),
                 shutdown: shutdown.clone(),
                 auth: auth.clone(),
+                forks: forks.clone(),
             },
             keep_method: config.async_keep_method,
             exclusive: config.queue == QueueBackend::Embedded,

@@ -71,6 +71,8 @@ pub struct FunctionMetrics {
     pub rejected: AtomicU64,
     /// Requests waiting for a replica right now (bounded).
     pub held: AtomicU64,
+    /// Fork-mode processes running now (bounded by `--max-forks-per-function`).
+    pub forks: AtomicU64,
     /// Unix time in ms of the last request (sync or async): the idler's clock.
     pub last_request_ms: AtomicU64,
     /// Why the replica count last changed.

@@ -27,6 +27,95 @@ use crate::{FunctionHandle, Serving};
 /// Output kept in memory before the response starts streaming.
 pub const STREAM_AFTER: usize = 1 << 20;
 
+/// Request body read before a process is started: a body up to this size arrives whole
+/// first, so a client that sends headers and then stalls costs a connection, never a
+/// process. A larger body starts the process once this much has arrived, and the rest
+/// streams to its stdin (the number of such processes is bounded by the gateway).
+pub const PREFETCH: usize = 64 << 10;
+
+/// A request body whose first bytes were read ahead ([`prefetch`]).
+pub struct Prefetched<B> {
+    head: Option<Bytes>,
+    rest: Option<B>,
+}
+
+impl<B> Prefetched<B> {
+    /// True when the whole body was read.
+    pub fn is_complete(&self) -> bool {
+        self.rest.is_none()
+    }
+}
+
+/// Reads `body` until it ends or `limit` bytes have arrived, whichever comes first.
+/// Errors are the body's own (the gateway's read-timeout wrapper, a client that went away).
+pub async fn prefetch<B>(mut body: B, limit: usize) -> Result<Prefetched<B>, B::Error>
+where
+    B: Body<Data = Bytes> + Unpin,
+{
+    let mut first: Option<Bytes> = None;
+    let mut buf = BytesMut::new();
+    loop {
+        let len = first.as_ref().map_or(0, Bytes::len) + buf.len();
+        if len >= limit {
+            break;
+        }
+        let Some(frame) = body.frame().await else {
+            let head = match first {
+                Some(f) if buf.is_empty() => Some(f),
+                _ => Some(buf.freeze()),
+            };
+            return Ok(Prefetched { head, rest: None });
+        };
+        let Ok(data) = frame?.into_data() else {
+            continue;
+        };
+        // The common single-frame body is kept as is, without a copy.
+        match &first {
+            None if buf.is_empty() => first = Some(data),
+            _ => {
+                if let Some(f) = first.take() {
+                    buf.extend_from_slice(&f);
+                }
+                buf.extend_from_slice(&data);
+            }
+        }
+    }
+    let head = match first {
+        Some(f) if buf.is_empty() => Some(f),
+        _ => Some(buf.freeze()),
+    };
+    Ok(Prefetched {
+        head,
+        rest: Some(body),
+    })
+}
+
+impl<B> Body for Prefetched<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        if let Some(h) = self.head.take().filter(|h| !h.is_empty()) {
+            return std::task::Poll::Ready(Some(Ok(http_body::Frame::data(h))));
+        }
+        match self.rest.as_mut() {
+            Some(rest) => std::pin::Pin::new(rest).poll_frame(cx),
+            None => std::task::Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.head.as_ref().is_none_or(Bytes::is_empty)
+            && self.rest.as_ref().is_none_or(Body::is_end_stream)
+    }
+}
+
 /// The response body of a fork-mode call.
 pub type ForkBody = UnsyncBoxBody<Bytes, std::io::Error>;
 
@@ -388,6 +477,28 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn prefetch_reads_small_bodies_whole_and_large_ones_in_part() {
+        use futures_util::stream;
+        let chunks = |n: usize, size: usize| {
+            StreamBody::new(stream::iter((0..n).map(move |i| {
+                Ok::<_, std::io::Error>(http_body::Frame::data(Bytes::from(vec![i as u8; size])))
+            })))
+        };
+        let p = prefetch(chunks(3, 10), 100).await.unwrap();
+        assert!(p.is_complete());
+        let all = p.collect().await.unwrap().to_bytes();
+        assert_eq!(all.len(), 30);
+        assert_eq!(&all[10..20], &[1u8; 10]);
+
+        let p = prefetch(chunks(5, 40), 100).await.unwrap();
+        assert!(!p.is_complete(), "stops once 100 bytes arrived");
+        assert_eq!(p.collect().await.unwrap().to_bytes().len(), 200);
+
+        let p = prefetch(chunks(0, 0), 100).await.unwrap();
+        assert!(p.is_complete() && p.is_end_stream());
+    }
 
     #[test]
     fn cgi_names_follow_go_canonical_form() {

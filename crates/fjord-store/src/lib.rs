@@ -4,6 +4,8 @@
 //! The store is only touched by the control plane (deploy, update, delete, scale) and at
 //! startup, never on the invoke path, so a single connection behind a mutex is plenty.
 
+pub mod uid_registry;
+
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
@@ -48,6 +50,13 @@ const MIGRATIONS: &[&str] = &[
         hash       TEXT NOT NULL,
         created_at TEXT NOT NULL,
         expires_at INTEGER
+    ) STRICT;",
+    // Named counters that only grow. `uid_high`: one above the highest uid ever given to a
+    // function, so a deleted function's uid is never handed out again (a new function with
+    // it could read what the old one left in /dev/shm, /var/tmp...).
+    "CREATE TABLE counters (
+        name  TEXT    NOT NULL PRIMARY KEY,
+        value INTEGER NOT NULL
     ) STRICT;",
 ];
 
@@ -194,9 +203,10 @@ impl Store {
                 s.to_owned()
             }
         };
-        let conn = self.lock();
-        // One statement, so insert-or-update is atomic without an explicit transaction.
-        let raw = conn.query_row(
+        let mut conn = self.lock();
+        // With the uid watermark, in one transaction.
+        let tx = conn.transaction()?;
+        let raw = tx.query_row(
             &format!(
                 "INSERT INTO functions ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
                  ON CONFLICT (namespace, name) DO UPDATE SET
@@ -216,7 +226,10 @@ impl Store {
             ],
             RawRow::read,
         )?;
-        raw.decode()
+        let stored = raw.decode()?;
+        bump_uid_high(&tx, stored.uid)?;
+        tx.commit()?;
+        Ok(stored)
     }
 
     /// Sets the desired replicas; `false` if the function is not stored. Leaves `updated_at`
@@ -243,22 +256,49 @@ impl Store {
         Ok(n > 0)
     }
 
-    /// Next uid for a new function: max(uid)+1 over all rows, or `base` when none is ≥ base.
-    /// Uids of deleted functions may be reused later; that is fine because a function's files
-    /// are removed with it.
-    pub fn next_uid(&self, base: u32) -> Result<u32, StoreError> {
-        let max: Option<i64> = self.lock().query_row(
-            "SELECT MAX(uid) FROM functions WHERE uid >= ?1",
-            [base],
+    /// The uid a new function gets, within `first ..= last` (this instance's block): one
+    /// above the highest uid ever stored in the block, whether or not that function still
+    /// exists, so uids are never reused. Nothing is reserved until a row with it is stored
+    /// ([`upsert`](Self::upsert), [`set_uid`](Self::set_uid)), so a failing deploy burns none.
+    pub fn next_uid(&self, first: u32, last: u32) -> Result<u32, StoreError> {
+        let conn = self.lock();
+        let high: Option<i64> = conn
+            .query_row(
+                "SELECT value FROM counters WHERE name = 'uid_high'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let max_row: Option<i64> = conn.query_row(
+            "SELECT MAX(uid) FROM functions WHERE uid BETWEEN ?1 AND ?2",
+            params![first, last],
             |r| r.get(0),
         )?;
-        match max {
-            None => Ok(base),
-            Some(m) => u32::try_from(m)
-                .ok()
-                .and_then(|m| m.checked_add(1))
-                .ok_or(StoreError::UidsExhausted),
+        let mut next = i64::from(first);
+        // A watermark outside the block belongs to a block this data dir had before.
+        if let Some(h) = high.filter(|h| (i64::from(first)..=i64::from(last) + 1).contains(h)) {
+            next = next.max(h);
         }
+        if let Some(m) = max_row {
+            next = next.max(m + 1);
+        }
+        if next > i64::from(last) {
+            return Err(StoreError::UidsExhausted);
+        }
+        Ok(next as u32)
+    }
+
+    /// Gives a stored function another uid (it was outside this instance's uid block).
+    pub fn set_uid(&self, namespace: &str, name: &str, uid: u32) -> Result<bool, StoreError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        let n = tx.execute(
+            "UPDATE functions SET uid = ?3 WHERE namespace = ?1 AND name = ?2",
+            params![namespace, name, uid],
+        )?;
+        bump_uid_high(&tx, uid)?;
+        tx.commit()?;
+        Ok(n > 0)
     }
 
     /// Points a bundle tag at a digest (replacing what it pointed at).
@@ -430,6 +470,16 @@ fn create_private(path: &Path) -> std::io::Result<()> {
     }
     #[cfg(not(unix))]
     let _ = path;
+    Ok(())
+}
+
+/// Raises the `uid_high` watermark above `uid` (never lowers it).
+fn bump_uid_high(tx: &rusqlite::Transaction<'_>, uid: u32) -> Result<(), StoreError> {
+    tx.execute(
+        "INSERT INTO counters (name, value) VALUES ('uid_high', ?1)
+         ON CONFLICT (name) DO UPDATE SET value = MAX(value, excluded.value)",
+        [i64::from(uid) + 1],
+    )?;
     Ok(())
 }
 
@@ -698,7 +748,7 @@ mod tests {
             ["a", "b"]
         );
         assert_eq!(all[0].replicas, 7);
-        assert_eq!(store.next_uid(1).unwrap(), 3);
+        assert_eq!(store.next_uid(1, 100).unwrap(), 3);
     }
 
     #[test]
@@ -758,21 +808,43 @@ mod tests {
     }
 
     #[test]
-    fn next_uid() {
+    fn next_uid_never_reuses() {
         let (_dir, store) = open();
-        assert_eq!(store.next_uid(100_000).unwrap(), 100_000);
+        let (first, last) = (100_000, 100_009);
+        assert_eq!(store.next_uid(first, last).unwrap(), 100_000);
+        assert_eq!(store.next_uid(first, last).unwrap(), 100_000, "a peek");
         store.upsert(&func("ns", "low", 500)).unwrap();
-        assert_eq!(store.next_uid(100_000).unwrap(), 100_000);
+        assert_eq!(store.next_uid(first, last).unwrap(), 100_000);
         store.upsert(&func("ns", "a", 100_000)).unwrap();
         store.upsert(&func("ns", "b", 100_005)).unwrap();
-        assert_eq!(store.next_uid(100_000).unwrap(), 100_006);
+        assert_eq!(store.next_uid(first, last).unwrap(), 100_006);
+        // Deleting the highest does not lower it: b's uid is never handed out again.
         store.delete("ns", "b").unwrap();
-        assert_eq!(store.next_uid(100_000).unwrap(), 100_001);
-        store.upsert(&func("ns", "max", u32::MAX)).unwrap();
+        store.delete("ns", "a").unwrap();
+        assert_eq!(store.next_uid(first, last).unwrap(), 100_006);
+        store.upsert(&func("ns", "c", 100_009)).unwrap();
         assert!(matches!(
-            store.next_uid(100_000),
+            store.next_uid(first, last),
             Err(StoreError::UidsExhausted)
         ));
+        // Another block (a copy of the data dir got a new one): starts at its first uid.
+        assert_eq!(store.next_uid(300_000, 300_009).unwrap(), 300_000);
+        assert!(store.set_uid("ns", "low", 300_000).unwrap());
+        assert_eq!(store.get("ns", "low").unwrap().unwrap().uid, 300_000);
+        store.delete("ns", "low").unwrap();
+        assert_eq!(store.next_uid(300_000, 300_009).unwrap(), 300_001);
+    }
+
+    #[test]
+    fn uid_watermark_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        let store = Store::open(&path).unwrap();
+        store.upsert(&func("ns", "a", 7)).unwrap();
+        store.delete("ns", "a").unwrap();
+        drop(store);
+        let store = Store::open(&path).unwrap();
+        assert_eq!(store.next_uid(1, 100).unwrap(), 8);
     }
 
     #[test]

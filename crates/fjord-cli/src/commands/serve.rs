@@ -45,6 +45,12 @@ pub fn run(a: ServeArgs) -> Result<(), CliError> {
     config.auth_fail_limit = a.auth_fail_limit;
     config.callback = fjord_gateway::CallbackPolicy::new(a.callback_allow);
     config.metrics_auth = a.metrics_auth;
+    config.max_connections = a
+        .max_connections
+        .map(|n| usize::try_from(n).unwrap_or(usize::MAX));
+    config.max_connections_per_ip = a.max_connections_per_ip;
+    config.max_forks_per_function = a.max_forks_per_function;
+    config.max_forks_per_ip = a.max_forks_per_ip;
     if let (Some(cert), Some(key)) = (a.tls_cert, a.tls_key) {
         config.tls = Some(fjord_gateway::TlsFiles { cert, key });
     }
