@@ -17,6 +17,16 @@
 //! - Stream `P_DEAD` (subjects `p.dead.<call>`): the requests of dead-lettered calls, for
 //!   [`replay`](Queue::replay).
 //!
+//! Integrity: whoever can publish to NATS could otherwise queue a call fjord runs (any
+//! function, any headers, any callback). Each call's message carries an HMAC-SHA256
+//! ([`QueueKey`]) over everything that decides what runs and where its result goes: id,
+//! function, creation time, method, path, query, headers, callback URL and body. A message
+//! whose MAC is missing or wrong, or that sits on another function's subject, is never run:
+//! it is dead-lettered with an "integrity check failed" reason and never sent to its
+//! callback. Every fjord server sharing the queue needs the same key. The MAC does not hide
+//! requests from someone who can read the stream, nor stop them deleting calls: NATS
+//! authorization does (see [`NatsAuth`]).
+//!
 //! Function names are `name.namespace`, two DNS-1123 labels (`[a-z0-9-]`), so in subjects and
 //! consumer names the dot becomes `_`, which such names never contain; any other byte (fjord
 //! never produces one) is escaped as `=XX`, keeping the mapping one-to-one. Call ids made of
@@ -49,6 +59,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::fmt::{Display, Write as _};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -65,7 +76,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     BoxFuture, CallRecord, CallRequest, CallState, CancelOutcome, Claimed, NewCall, Queue,
-    QueueError, now_ms,
+    QueueError, QueueKey, now_ms, redact_url,
 };
 
 /// The prefix of the stream, bucket and subject names unless told otherwise.
@@ -100,6 +111,11 @@ const SCAN_GAP: Duration = Duration::from_secs(5);
 /// How [`NatsQueue::connect_with`] sets the queue up.
 #[derive(Debug, Clone)]
 pub struct NatsOptions {
+    /// Signs every call this process queues and checks every call before it runs. Every
+    /// process sharing the queue must hold the same key.
+    pub key: QueueKey,
+    /// Credentials and TLS beyond what the URL says.
+    pub auth: NatsAuth,
     /// Names the streams, bucket and subjects (`[A-Za-z0-9_-]`), so several installs can share
     /// one NATS. Every process of one install must use the same prefix.
     pub prefix: String,
@@ -112,9 +128,12 @@ pub struct NatsOptions {
     pub replicas: usize,
 }
 
-impl Default for NatsOptions {
-    fn default() -> Self {
+impl NatsOptions {
+    /// The defaults, with this key.
+    pub fn new(key: QueueKey) -> Self {
         NatsOptions {
+            key,
+            auth: NatsAuth::default(),
             prefix: DEFAULT_PREFIX.to_owned(),
             ack_wait: DEFAULT_ACK_WAIT,
             replicas: 1,
@@ -122,15 +141,34 @@ impl Default for NatsOptions {
     }
 }
 
+/// How fjord proves who it is to NATS, beyond a user and password or token in the URL
+/// (`nats://user:pass@host:4222`, `nats://token@host:4222`; percent-encode special
+/// characters). At most one way of authenticating may be given.
+#[derive(Debug, Clone, Default)]
+pub struct NatsAuth {
+    /// A `.creds` file (a user JWT and its nkey seed), as `nsc` writes for servers in operator
+    /// (JWT) mode.
+    pub creds_file: Option<PathBuf>,
+    /// A file holding an nkey seed (`SU...`), for servers that list users by nkey.
+    pub nkey_file: Option<PathBuf>,
+    /// PEM CA certificate(s) that signed the server's certificate, instead of the system's
+    /// roots. Implies TLS.
+    pub ca_file: Option<PathBuf>,
+    /// Require TLS even with `nats://` URLs (`tls://` always does).
+    pub tls: bool,
+}
+
 /// The queue on NATS JetStream. Cheap to share behind an `Arc`; dropping it stops its
 /// background tasks without touching the calls it holds (the server redelivers them).
 pub struct NatsQueue {
     inner: Arc<Inner>,
     tasks: Vec<tokio::task::AbortHandle>,
+    anonymous_allowed: bool,
 }
 
 struct Inner {
     js: jetstream::Context,
+    key: QueueKey,
     names: Names,
     calls: stream::Stream,
     dead: stream::Stream,
@@ -227,6 +265,86 @@ struct Envelope {
     headers: Vec<(String, String)>,
     #[serde(default)]
     callback_url: Option<String>,
+    /// The [`QueueKey::id`] of the key that signed it (names the key in error messages).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    kid: Option<String>,
+    /// HMAC-SHA256 (base64url) over the fields above and the body ([`Envelope::signed`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    mac: Option<String>,
+}
+
+/// Starts every integrity failure's reason, so operators (and tests) can find them.
+pub const INTEGRITY_FAILED: &str = "integrity check failed";
+
+impl Envelope {
+    /// Calls `f` with what the MAC covers: every field that decides what runs and where its
+    /// result goes, then the body, each length-prefixed by [`QueueKey::mac`].
+    fn signed<R>(&self, body: &[u8], f: impl FnOnce(&[&[u8]]) -> R) -> R {
+        let created = self.created_at_ms.to_be_bytes();
+        let headers = (self.headers.len() as u64).to_be_bytes();
+        let flag = |o: &Option<String>| -> &'static [u8] { if o.is_some() { b"1" } else { b"0" } };
+        let mut parts: Vec<&[u8]> = Vec::with_capacity(12 + 2 * self.headers.len());
+        parts.extend([
+            b"fjord-call-v1".as_slice(),
+            self.id.as_bytes(),
+            self.function.as_bytes(),
+            &created,
+            self.method.as_bytes(),
+            self.path.as_bytes(),
+            flag(&self.query),
+            self.query.as_deref().unwrap_or_default().as_bytes(),
+            &headers,
+        ]);
+        for (name, value) in &self.headers {
+            parts.push(name.as_bytes());
+            parts.push(value.as_bytes());
+        }
+        parts.extend([
+            flag(&self.callback_url),
+            self.callback_url.as_deref().unwrap_or_default().as_bytes(),
+            body,
+        ]);
+        f(&parts)
+    }
+
+    fn sign(&mut self, key: &QueueKey, body: &[u8]) {
+        let mac = self.signed(body, |parts| key.mac(parts.iter().copied()));
+        self.kid = Some(key.id().to_owned());
+        self.mac = Some(URL_SAFE_NO_PAD.encode(mac));
+    }
+
+    /// Whether this message may run as a call of `function`; the reason if not.
+    fn check(&self, key: &QueueKey, body: &[u8], function: &str) -> Result<(), String> {
+        let reason = |detail: String| {
+            format!(
+                "{INTEGRITY_FAILED} ({detail}): not run. The stored request was forged or \
+                 altered in NATS, or queued by a fjord server with a different queue key \
+                 (servers sharing a NATS queue must share one --queue-key file: copy it)"
+            )
+        };
+        let Some(mac) = &self.mac else {
+            return Err(reason("the request carries no MAC".into()));
+        };
+        let valid = URL_SAFE_NO_PAD
+            .decode(mac)
+            .is_ok_and(|tag| self.signed(body, |parts| key.verify(parts.iter().copied(), &tag)));
+        if !valid {
+            return Err(reason(match self.kid.as_deref() {
+                Some(kid) if kid != key.id() => format!(
+                    "its MAC claims queue key {kid}; this server's key is {}",
+                    key.id()
+                ),
+                _ => "its MAC does not match".to_owned(),
+            }));
+        }
+        if self.function != function {
+            return Err(reason(format!(
+                "the request is for {} but was queued for {function}",
+                self.function
+            )));
+        }
+        Ok(())
+    }
 }
 
 impl Stored {
@@ -430,19 +548,26 @@ impl Mirror {
 }
 
 impl NatsQueue {
-    /// Connects to NATS at `url` (e.g. `nats://127.0.0.1:4222`; `tls://` works, with rustls and
-    /// the system's roots) and creates what is missing of the streams and bucket named by
-    /// `prefix` (e.g. [`DEFAULT_PREFIX`]), or reuses them: every process of an install
-    /// connects the same way. Other settings are [`NatsOptions`]'s defaults.
-    pub async fn connect(url: &str, prefix: &str) -> Result<NatsQueue, QueueError> {
+    /// Connects to NATS at `url` (e.g. `nats://user:pass@127.0.0.1:4222`; `tls://` works,
+    /// with rustls and the system's roots; several URLs separated by commas) and creates what
+    /// is missing of the streams and bucket named by `prefix` (e.g. [`DEFAULT_PREFIX`]), or
+    /// reuses them: every process of an install connects the same way, with the same `key`.
+    /// Other settings are [`NatsOptions::new`]'s defaults.
+    pub async fn connect(url: &str, prefix: &str, key: QueueKey) -> Result<NatsQueue, QueueError> {
         Self::connect_with(
             url,
             NatsOptions {
                 prefix: prefix.to_owned(),
-                ..NatsOptions::default()
+                ..NatsOptions::new(key)
             },
         )
         .await
+    }
+
+    /// Whether the server let a client without credentials connect (checked once, when this
+    /// queue connected): if so, anyone who can reach its port can read and forge calls.
+    pub fn anonymous_allowed(&self) -> bool {
+        self.anonymous_allowed
     }
 
     /// [`connect`](Self::connect) with every setting.
@@ -454,12 +579,24 @@ impl NatsQueue {
                 options.ack_wait
             )));
         }
-        let shown = redact(url);
-        let client = async_nats::ConnectOptions::new()
+        let shown = redact_url(url);
+        let target = Target::parse(url)?;
+        let base = transport(&options.auth);
+        let (authed, credentials) = authenticate(base.clone(), &target, &options.auth).await?;
+        let client = authed
             .name("fjord")
-            .connect(url)
+            .connect(target.servers.clone())
             .await
-            .map_err(|e| failed(&format!("cannot connect to NATS at {shown}"), e))?;
+            .map_err(|e| connect_failed(&shown, credentials, e))?;
+        // Once more without credentials: a server that lets that in is open to anyone who
+        // reaches its port (fjord without credentials just proved it is).
+        let anonymous_allowed = !credentials
+            || base
+                .name("fjord-anonymous-check")
+                .connection_timeout(Duration::from_secs(5))
+                .connect(target.servers.clone())
+                .await
+                .is_ok();
         let js = jetstream::new(client);
         let replicas = options.replicas.max(1);
 
@@ -541,6 +678,7 @@ impl NatsQueue {
 
         let inner = Arc::new(Inner {
             js,
+            key: options.key,
             names,
             calls,
             dead,
@@ -556,7 +694,11 @@ impl NatsQueue {
             tokio::spawn(follow(Arc::clone(&inner), watch, next)).abort_handle(),
             tokio::spawn(keep_alive(Arc::clone(&inner))).abort_handle(),
         ];
-        Ok(NatsQueue { inner, tasks })
+        Ok(NatsQueue {
+            inner,
+            tasks,
+            anonymous_allowed,
+        })
     }
 
     /// Deletes finished calls (done, dead, cancelled) last updated before `older_than_ms`
@@ -743,7 +885,7 @@ impl Inner {
             return Err(QueueError::Storage("a call needs a function".into()));
         }
         let key = key_of(&call.id);
-        let envelope = Envelope {
+        let mut envelope = Envelope {
             id: call.id,
             function: call.function,
             created_at_ms: now_ms(),
@@ -752,7 +894,10 @@ impl Inner {
             query: call.request.query,
             headers: call.request.headers,
             callback_url: call.request.callback_url,
+            kid: None,
+            mac: None,
         };
+        envelope.sign(&self.key, &call.request.body);
         let payload = encode_message(&envelope, &call.request.body)?;
         let subject = self.names.call_subject(&envelope.function);
         let mut ack = self.publish(&subject, payload.clone(), &key).await?;
@@ -1021,6 +1166,11 @@ impl Inner {
                 return Ok(None);
             }
         };
+        if let Err(reason) = envelope.check(&self.key, &body, function) {
+            return self
+                .refuse(seq, reply, &envelope, function, payload, &reason)
+                .await;
+        }
         let key = key_of(&envelope.id);
         // A second pass after adopting an orphan.
         for _ in 0..2 {
@@ -1109,6 +1259,62 @@ impl Inner {
                 }
             }
         }
+        Ok(None)
+    }
+
+    /// Dead-letters a message that failed its integrity check: it never runs and nothing is
+    /// sent to its callback. The call's record (the one pointing at this message, or a new
+    /// one) says why, and the request is kept with the dead letters for inspection; a record
+    /// of another message with the same id (a forgery reusing a real call's id) is left alone.
+    async fn refuse(
+        &self,
+        seq: u64,
+        reply: Subject,
+        envelope: &Envelope,
+        function: &str,
+        payload: bytes::Bytes,
+        reason: &str,
+    ) -> Result<Option<(u64, Claimed)>, QueueError> {
+        tracing::error!(call = %envelope.id, function, seq, %reason, "refusing a queued call");
+        let key = key_of(&envelope.id);
+        let now = now_ms();
+        let mut ours = self
+            .update_record(&key, |s| {
+                if s.seq != seq {
+                    return Edit::Keep(false);
+                }
+                if !is_active(s.record.state) {
+                    return Edit::Keep(true);
+                }
+                s.record.state = CallState::Dead;
+                s.record.last_error = Some(reason.to_owned());
+                s.record.updated_at_ms = now;
+                s.lease_until_ms = None;
+                Edit::Write(true)
+            })
+            .await?;
+        if ours.is_none() {
+            let mut stored = Stored::queued(envelope, seq);
+            stored.record.function = function.to_owned();
+            stored.record.state = CallState::Dead;
+            stored.record.last_error = Some(reason.to_owned());
+            stored.record.updated_at_ms = now;
+            ours = match self.kv.create(&key, encode_stored(&stored)?).await {
+                Ok(revision) => {
+                    self.mirror().apply(&key, revision, None, false);
+                    Some(true)
+                }
+                Err(e) if e.kind() == CreateErrorKind::AlreadyExists => Some(false),
+                Err(e) => return Err(failed("recording a refused call", e)),
+            };
+        }
+        if ours == Some(true) {
+            self.bury(&key, payload).await?;
+        }
+        self.acker(reply)
+            .ack_with(AckKind::Term)
+            .await
+            .map_err(|e| failed("dropping a refused message", e))?;
         Ok(None)
     }
 
@@ -1498,6 +1704,138 @@ impl Inner {
     }
 }
 
+/// The servers of a queue URL, and the credentials it carried (taken out, so they are never
+/// shown: async-nats logs server addresses).
+struct Target {
+    servers: Vec<async_nats::ServerAddr>,
+    /// (user, password), or (token, None).
+    login: Option<(String, Option<String>)>,
+}
+
+impl Target {
+    fn parse(url: &str) -> Result<Target, QueueError> {
+        let mut servers = Vec::new();
+        let mut login = None;
+        for one in url.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            let shown = redact_url(one);
+            let text = if one.contains("://") {
+                one.to_owned()
+            } else {
+                format!("nats://{one}")
+            };
+            let mut parsed = url::Url::parse(&text).map_err(|e| {
+                QueueError::Storage(format!("NATS URL {shown} is invalid: {e}"))
+            })?;
+            let decode = |s: &str| {
+                percent_encoding::percent_decode_str(s)
+                    .decode_utf8()
+                    .map(|c| c.into_owned())
+                    .map_err(|_| {
+                        QueueError::Storage(format!(
+                            "NATS URL {shown}: its credentials are not UTF-8 once percent-decoded"
+                        ))
+                    })
+            };
+            if !parsed.username().is_empty() {
+                let this = (
+                    decode(parsed.username())?,
+                    parsed.password().map(decode).transpose()?,
+                );
+                if login.as_ref().is_some_and(|l| *l != this) {
+                    return Err(QueueError::Storage(
+                        "the NATS URLs carry different credentials: give one set".into(),
+                    ));
+                }
+                login = Some(this);
+                // Cannot fail on a URL with a host (nats:// and tls:// URLs have one).
+                let _ = parsed.set_username("");
+                let _ = parsed.set_password(None);
+            }
+            servers.push(async_nats::ServerAddr::from_url(parsed).map_err(|e| {
+                QueueError::Storage(format!("NATS URL {shown}: {e}"))
+            })?);
+        }
+        if servers.is_empty() {
+            return Err(QueueError::Storage("the NATS URL names no server".into()));
+        }
+        Ok(Target { servers, login })
+    }
+}
+
+/// Connection settings without credentials: TLS, reconnects.
+fn transport(auth: &NatsAuth) -> async_nats::ConnectOptions {
+    let mut options = async_nats::ConnectOptions::new();
+    if let Some(ca) = &auth.ca_file {
+        options = options.add_root_certificates(ca.clone());
+    }
+    if auth.tls || auth.ca_file.is_some() {
+        options = options.require_tls(true);
+    }
+    options
+}
+
+/// `options` with fjord's credentials; whether there were any.
+async fn authenticate(
+    options: async_nats::ConnectOptions,
+    target: &Target,
+    auth: &NatsAuth,
+) -> Result<(async_nats::ConnectOptions, bool), QueueError> {
+    let given = [
+        target.login.is_some(),
+        auth.creds_file.is_some(),
+        auth.nkey_file.is_some(),
+    ];
+    if given.iter().filter(|g| **g).count() > 1 {
+        return Err(QueueError::Storage(
+            "NATS: give one way to authenticate: credentials in the URL, --nats-creds or --nats-nkey"
+                .into(),
+        ));
+    }
+    let options = if let Some((user, password)) = &target.login {
+        match password {
+            Some(password) => options.user_and_password(user.clone(), password.clone()),
+            None => options.token(user.clone()),
+        }
+    } else if let Some(path) = &auth.creds_file {
+        options.credentials_file(path).await.map_err(|e| {
+            QueueError::Storage(format!("NATS credentials file {}: {e}", path.display()))
+        })?
+    } else if let Some(path) = &auth.nkey_file {
+        let seed = zeroize::Zeroizing::new(std::fs::read_to_string(path).map_err(|e| {
+            QueueError::Storage(format!("NATS nkey seed file {}: {e}", path.display()))
+        })?);
+        let seed = seed.trim();
+        if !seed.starts_with('S') {
+            return Err(QueueError::Storage(format!(
+                "NATS nkey seed file {} does not hold a seed (it starts with S, e.g. SU...)",
+                path.display()
+            )));
+        }
+        options.nkey(seed.to_owned())
+    } else {
+        return Ok((options, false));
+    };
+    Ok((options, true))
+}
+
+fn connect_failed(shown: &str, credentials: bool, e: async_nats::ConnectError) -> QueueError {
+    use async_nats::ConnectErrorKind as K;
+    match e.kind() {
+        K::AuthorizationViolation if !credentials => QueueError::Storage(format!(
+            "NATS at {shown} requires authentication ({e}): give fjord its credentials \
+             (nats://user:password@host, nats://token@host, --nats-creds or --nats-nkey)"
+        )),
+        K::AuthorizationViolation | K::Authentication => QueueError::Storage(format!(
+            "NATS at {shown} refused fjord's credentials ({e}): check the user and password or \
+             token in the URL, --nats-creds or --nats-nkey against the server's authorization"
+        )),
+        K::Tls => QueueError::Storage(format!(
+            "NATS at {shown}: TLS failed ({e}): check --nats-ca and the server's certificate"
+        )),
+        _ => failed(&format!("cannot connect to NATS at {shown}"), e),
+    }
+}
+
 /// Messages in the bucket's stream now (the store's `status()` answers from a cached info).
 async fn record_count(kv_stream: &stream::Stream) -> Result<u64, QueueError> {
     Ok(kv_stream
@@ -1645,6 +1983,33 @@ impl Queue for NatsQueue {
     }
 }
 
+/// A call's message as [`NatsQueue`] publishes it, signed with `key`: for tests that write to
+/// the stream directly (orphans, forgeries signed with another key).
+#[cfg(feature = "testing")]
+#[doc(hidden)]
+pub fn signed_message(
+    key: &QueueKey,
+    id: &str,
+    function: &str,
+    created_at_ms: u64,
+    request: &CallRequest,
+) -> bytes::Bytes {
+    let mut envelope = Envelope {
+        id: id.to_owned(),
+        function: function.to_owned(),
+        created_at_ms,
+        method: request.method.clone(),
+        path: request.path.clone(),
+        query: request.query.clone(),
+        headers: request.headers.clone(),
+        callback_url: request.callback_url.clone(),
+        kid: None,
+        mac: None,
+    };
+    envelope.sign(key, &request.body);
+    encode_message(&envelope, &request.body).unwrap()
+}
+
 /// `name.namespace` → subject token and consumer name: `[a-z0-9-]` kept, `.` → `_` (never in
 /// DNS-1123 names), any other byte `=XX`, so distinct names stay distinct.
 fn encode_function(function: &str) -> String {
@@ -1731,20 +2096,6 @@ fn failed(context: &str, e: impl Display) -> QueueError {
     QueueError::Storage(format!("NATS: {context}: {e}"))
 }
 
-/// The URL without credentials, for messages.
-fn redact(url: &str) -> String {
-    match url.split_once("://") {
-        Some((scheme, rest)) => match rest.rsplit_once('@') {
-            Some((_, host)) => format!("{scheme}://***@{host}"),
-            None => url.to_owned(),
-        },
-        None => match url.rsplit_once('@') {
-            Some((_, host)) => format!("***@{host}"),
-            None => url.to_owned(),
-        },
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1790,6 +2141,8 @@ mod tests {
             query: Some("x=1".into()),
             headers: vec![("x-a".into(), "line\nbreak".into())],
             callback_url: None,
+            kid: None,
+            mac: None,
         };
         let body = b"\n\0binary\n\xff";
         let payload = encode_message(&envelope, body).unwrap();
@@ -1803,8 +2156,72 @@ mod tests {
 
     #[test]
     fn urls_lose_their_credentials() {
-        assert_eq!(redact("nats://user:pw@host:4222"), "nats://***@host:4222");
-        assert_eq!(redact("nats://host:4222"), "nats://host:4222");
+        assert_eq!(redact_url("nats://user:pw@host:4222"), "nats://***@host:4222");
+        assert_eq!(redact_url("nats://host:4222"), "nats://host:4222");
+        assert_eq!(
+            redact_url("nats://u:p@a:1,tls://t@b:2"),
+            "nats://***@a:1,tls://***@b:2"
+        );
+        let t = Target::parse("nats://us%40er:p%3Aw@h:4222, nats://us%40er:p%3Aw@h2").unwrap();
+        assert_eq!(t.login, Some(("us@er".into(), Some("p:w".into()))));
+        assert_eq!(t.servers.len(), 2);
+        for s in &t.servers {
+            assert!(!s.as_url_str().contains('@'), "{}", s.as_url_str());
+        }
+        let t = Target::parse("tls://s3cret@h").unwrap();
+        assert_eq!(t.login, Some(("s3cret".into(), None)));
+        assert!(t.servers[0].tls_required());
+        assert_eq!(Target::parse("nats://h:4222").unwrap().login, None);
+        let e = Target::parse("nats://a:b@h,nats://c:d@h2").unwrap_err().to_string();
+        assert!(e.contains("different credentials") && !e.contains(":b@"), "{e}");
+        let e = Target::parse("http://u:secret@h").unwrap_err().to_string();
+        assert!(!e.contains("secret"), "{e}");
+    }
+
+    #[test]
+    fn envelopes_are_signed_over_everything_that_runs() {
+        let key = QueueKey::from_bytes(&[7; 32]).unwrap();
+        let other = QueueKey::from_bytes(&[8; 32]).unwrap();
+        let mut e = Envelope {
+            id: "c1".into(),
+            function: "f.ns".into(),
+            created_at_ms: 7,
+            method: "POST".into(),
+            path: "/p".into(),
+            query: Some("x=1".into()),
+            headers: vec![("cookie".into(), "a=b".into())],
+            callback_url: Some("http://cb/".into()),
+            kid: None,
+            mac: None,
+        };
+        let missing = e.check(&key, b"body", "f.ns").unwrap_err();
+        assert!(missing.starts_with(INTEGRITY_FAILED) && missing.contains("no MAC"), "{missing}");
+        e.sign(&key, b"body");
+        e.check(&key, b"body", "f.ns").unwrap();
+        assert!(e.check(&key, b"bodY", "f.ns").is_err());
+        assert!(e.check(&key, b"body", "g.ns").unwrap_err().contains("queued for g.ns"));
+        let wrong = e.check(&other, b"body", "f.ns").unwrap_err();
+        assert!(wrong.contains(key.id()) && wrong.contains(other.id()), "{wrong}");
+        // Each field is covered.
+        let tamper: [fn(&mut Envelope); 8] = [
+            |e| e.id.push('x'),
+            |e| e.created_at_ms += 1,
+            |e| e.method = "GET".into(),
+            |e| e.path.push('x'),
+            |e| e.query = None,
+            |e| e.headers[0].1.push('x'),
+            |e| e.callback_url = Some("http://evil/".into()),
+            |e| e.callback_url = None,
+        ];
+        for t in tamper {
+            let mut altered = clone_envelope(&e);
+            t(&mut altered);
+            assert!(altered.check(&key, b"body", "f.ns").is_err(), "{altered:?}");
+        }
+    }
+
+    fn clone_envelope(e: &Envelope) -> Envelope {
+        serde_json::from_slice(&serde_json::to_vec(e).unwrap()).unwrap()
     }
 
     #[test]
