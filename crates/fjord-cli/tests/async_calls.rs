@@ -477,6 +477,10 @@ impl Backend {
         let mut args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         if let Backend::Nats(n) = self {
             args.extend(["--queue".to_string(), n.url()]);
+            // Servers sharing one NATS queue share its key (they refuse each other's calls
+            // otherwise).
+            let key = n.queue_key_file().display().to_string();
+            args.extend(["--queue-key".to_string(), key]);
         }
         ServeOpts { args }
     }

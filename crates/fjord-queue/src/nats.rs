@@ -2172,9 +2172,12 @@ mod tests {
         assert_eq!(t.login, Some(("s3cret".into(), None)));
         assert!(t.servers[0].tls_required());
         assert_eq!(Target::parse("nats://h:4222").unwrap().login, None);
-        let e = Target::parse("nats://a:b@h,nats://c:d@h2").unwrap_err().to_string();
+        let e = Target::parse("nats://a:b@h,nats://c:d@h2")
+            .err()
+            .unwrap()
+            .to_string();
         assert!(e.contains("different credentials") && !e.contains(":b@"), "{e}");
-        let e = Target::parse("http://u:secret@h").unwrap_err().to_string();
+        let e = Target::parse("http://u:secret@h").err().unwrap().to_string();
         assert!(!e.contains("secret"), "{e}");
     }
 

@@ -35,6 +35,13 @@ pub fn run(a: ServeArgs) -> Result<(), CliError> {
     config.max_async_body = usize::try_from(a.max_async_body).unwrap_or(usize::MAX);
     config.async_keep_method = a.async_method == "original";
     config.queue = a.queue;
+    config.nats = fjord_gateway::NatsSettings {
+        creds: a.nats_creds,
+        nkey: a.nats_nkey,
+        ca: a.nats_ca,
+        tls: a.nats_tls,
+        queue_key: a.queue_key,
+    };
     config.auth_fail_limit = a.auth_fail_limit;
     if let (Some(cert), Some(key)) = (a.tls_cert, a.tls_key) {
         config.tls = Some(fjord_gateway::TlsFiles { cert, key });
