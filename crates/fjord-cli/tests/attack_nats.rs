@@ -127,23 +127,38 @@ async fn a_forged_call_from_a_leaked_nats_credential_never_runs() {
         "headers": [["content-type", "text/plain"]],
         "callbackUrl": hook.url,
     });
-    js.publish("fjord.calls.private_openfaas-fn", format!("{line}\nforged").into())
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+    js.publish(
+        "fjord.calls.private_openfaas-fn",
+        format!("{line}\nforged").into(),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
 
     // fjord finds the message (its periodic sweep), refuses it, and says why.
     let mut record = Value::Null;
-    eventually(Duration::from_secs(30), "the forged call to be dead-lettered", async || {
-        let (status, v) = call_record(&s, "forged-1").await;
-        record = v;
-        status == StatusCode::OK && record["state"] == "dead"
-    })
+    eventually(
+        Duration::from_secs(30),
+        "the forged call to be dead-lettered",
+        async || {
+            let ran = hook.bodies();
+            assert!(
+                ran.is_empty(),
+                "the forged call ran and called back: {ran:?}"
+            );
+            let (status, v) = call_record(&s, "forged-1").await;
+            record = v;
+            status == StatusCode::OK && record["state"] == "dead"
+        },
+    )
     .await;
     let why = record["lastError"].as_str().unwrap_or_default();
     assert!(why.contains("integrity check failed"), "{record}");
-    assert!(why.contains("--queue-key"), "the reason names the fix: {record}");
+    assert!(
+        why.contains("--queue-key"),
+        "the reason names the fix: {record}"
+    );
     assert_eq!(record["attempts"], 0, "{record}");
     assert!(
         s.log_tail().contains("refusing a queued call"),
@@ -161,14 +176,19 @@ async fn a_forged_call_from_a_leaked_nats_credential_never_runs() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::ACCEPTED);
-    eventually(Duration::from_secs(30), "the genuine callback", async || {
-        !hook.bodies().is_empty()
-    })
+    eventually(
+        Duration::from_secs(30),
+        "the genuine callback",
+        async || !hook.bodies().is_empty(),
+    )
     .await;
     assert_eq!(hook.bodies(), ["ran:genuine"], "only the genuine call ran");
     let (_, record) = call_record(&s, "forged-1").await;
     assert_eq!(record["state"], "dead", "{record}");
-    assert!(record["callback"].is_null(), "no callback attempt: {record}");
+    assert!(
+        record["callback"].is_null(),
+        "no callback attempt: {record}"
+    );
 
     // The password fjord was given never shows in its log.
     assert!(!s.log_tail().contains(PASSWORD), "{}", s.log_tail());
@@ -180,7 +200,10 @@ async fn anonymous_nats_is_warned_about_and_refused_when_set_up_with_authorizati
     let open = NatsServer::start();
     let s = Server::start_opts(ServeOpts::args(&["--queue", &open.url()])).await;
     let log = s.log_tail();
-    let warnings: Vec<&str> = log.lines().filter(|l| l.contains(ANONYMOUS_WARNING)).collect();
+    let warnings: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains(ANONYMOUS_WARNING))
+        .collect();
     assert_eq!(warnings.len(), 1, "{log}");
     assert!(
         warnings[0].contains("WARN") && warnings[0].contains("authorization"),

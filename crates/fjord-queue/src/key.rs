@@ -58,10 +58,7 @@ impl QueueKey {
     /// Reads a key file (its bytes are the key). Refuses a missing, short or non-regular file.
     pub fn load(path: &Path) -> std::io::Result<QueueKey> {
         let meta = std::fs::metadata(path).map_err(|e| {
-            std::io::Error::new(
-                e.kind(),
-                format!("queue key {}: {e}", path.display()),
-            )
+            std::io::Error::new(e.kind(), format!("queue key {}: {e}", path.display()))
         })?;
         if !meta.is_file() {
             return Err(std::io::Error::other(format!(
@@ -173,7 +170,9 @@ mod tests {
         std::fs::write(&path, b"short").unwrap();
         let e = QueueKey::load(&path).unwrap_err().to_string();
         assert!(e.contains("at least 32 bytes"), "{e}");
-        let e = QueueKey::load(&dir.path().join("missing")).unwrap_err().to_string();
+        let e = QueueKey::load(&dir.path().join("missing"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("missing"), "{e}");
     }
 }

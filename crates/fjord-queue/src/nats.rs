@@ -1723,9 +1723,8 @@ impl Target {
             } else {
                 format!("nats://{one}")
             };
-            let mut parsed = url::Url::parse(&text).map_err(|e| {
-                QueueError::Storage(format!("NATS URL {shown} is invalid: {e}"))
-            })?;
+            let mut parsed = url::Url::parse(&text)
+                .map_err(|e| QueueError::Storage(format!("NATS URL {shown} is invalid: {e}")))?;
             let decode = |s: &str| {
                 percent_encoding::percent_decode_str(s)
                     .decode_utf8()
@@ -1751,9 +1750,10 @@ impl Target {
                 let _ = parsed.set_username("");
                 let _ = parsed.set_password(None);
             }
-            servers.push(async_nats::ServerAddr::from_url(parsed).map_err(|e| {
-                QueueError::Storage(format!("NATS URL {shown}: {e}"))
-            })?);
+            servers.push(
+                async_nats::ServerAddr::from_url(parsed)
+                    .map_err(|e| QueueError::Storage(format!("NATS URL {shown}: {e}")))?,
+            );
         }
         if servers.is_empty() {
             return Err(QueueError::Storage("the NATS URL names no server".into()));
@@ -2156,7 +2156,10 @@ mod tests {
 
     #[test]
     fn urls_lose_their_credentials() {
-        assert_eq!(redact_url("nats://user:pw@host:4222"), "nats://***@host:4222");
+        assert_eq!(
+            redact_url("nats://user:pw@host:4222"),
+            "nats://***@host:4222"
+        );
         assert_eq!(redact_url("nats://host:4222"), "nats://host:4222");
         assert_eq!(
             redact_url("nats://u:p@a:1,tls://t@b:2"),
@@ -2176,8 +2179,14 @@ mod tests {
             .err()
             .unwrap()
             .to_string();
-        assert!(e.contains("different credentials") && !e.contains(":b@"), "{e}");
-        let e = Target::parse("http://u:secret@h").err().unwrap().to_string();
+        assert!(
+            e.contains("different credentials") && !e.contains(":b@"),
+            "{e}"
+        );
+        let e = Target::parse("http://u:secret@h")
+            .err()
+            .unwrap()
+            .to_string();
         assert!(!e.contains("secret"), "{e}");
     }
 
@@ -2198,13 +2207,23 @@ mod tests {
             mac: None,
         };
         let missing = e.check(&key, b"body", "f.ns").unwrap_err();
-        assert!(missing.starts_with(INTEGRITY_FAILED) && missing.contains("no MAC"), "{missing}");
+        assert!(
+            missing.starts_with(INTEGRITY_FAILED) && missing.contains("no MAC"),
+            "{missing}"
+        );
         e.sign(&key, b"body");
         e.check(&key, b"body", "f.ns").unwrap();
         assert!(e.check(&key, b"bodY", "f.ns").is_err());
-        assert!(e.check(&key, b"body", "g.ns").unwrap_err().contains("queued for g.ns"));
+        assert!(
+            e.check(&key, b"body", "g.ns")
+                .unwrap_err()
+                .contains("queued for g.ns")
+        );
         let wrong = e.check(&other, b"body", "f.ns").unwrap_err();
-        assert!(wrong.contains(key.id()) && wrong.contains(other.id()), "{wrong}");
+        assert!(
+            wrong.contains(key.id()) && wrong.contains(other.id()),
+            "{wrong}"
+        );
         // Each field is covered.
         let tamper: [fn(&mut Envelope); 8] = [
             |e| e.id.push('x'),

@@ -33,7 +33,9 @@ fn prefix() -> String {
 }
 
 async fn connect(server: &NatsServer, prefix: &str) -> NatsQueue {
-    NatsQueue::connect(&server.url(), prefix, key()).await.unwrap()
+    NatsQueue::connect(&server.url(), prefix, key())
+        .await
+        .unwrap()
 }
 
 async fn connect_with_ack_wait(server: &NatsServer, prefix: &str, ack_wait: Duration) -> NatsQueue {
@@ -548,16 +550,27 @@ async fn forged_calls_are_dead_lettered_never_run() {
         .unwrap();
     let other_key = QueueKey::from_bytes(&[9; 32]).unwrap();
     let request = call("other-key", "f.ns").request;
-    publish(signed_message(&other_key, "other-key", "f.ns", created, &request)).await;
+    publish(signed_message(
+        &other_key,
+        "other-key",
+        "f.ns",
+        created,
+        &request,
+    ))
+    .await;
     let request = call("moved", "g.ns").request;
     publish(signed_message(&key(), "moved", "g.ns", created, &request)).await;
 
     let ids = ["no-record", "with-record", "other-key", "moved"];
-    eventually(Duration::from_secs(20), "the forged calls to be refused", async || {
-        let claimed = q.claim("f.ns", 10, Duration::from_secs(60)).await.unwrap();
-        assert!(claimed.is_empty(), "a forged call was claimed: {claimed:?}");
-        states(&q, &ids.map(String::from)).await == Some(BTreeMap::from([("dead", 4)]))
-    })
+    eventually(
+        Duration::from_secs(20),
+        "the forged calls to be refused",
+        async || {
+            let claimed = q.claim("f.ns", 10, Duration::from_secs(60)).await.unwrap();
+            assert!(claimed.is_empty(), "a forged call was claimed: {claimed:?}");
+            states(&q, &ids.map(String::from)).await == Some(BTreeMap::from([("dead", 4)]))
+        },
+    )
     .await;
     for id in ids {
         let r = q.get(id).await.unwrap().unwrap();
@@ -569,16 +582,23 @@ async fn forged_calls_are_dead_lettered_never_run() {
     let why = async |id| q.get(id).await.unwrap().unwrap().last_error.unwrap();
     assert!(why("no-record").await.contains("no MAC"));
     let other = why("other-key").await;
-    assert!(other.contains(other_key.id()) && other.contains("--queue-key"), "{other}");
+    assert!(
+        other.contains(other_key.id()) && other.contains("--queue-key"),
+        "{other}"
+    );
     assert!(why("moved").await.contains("queued for f.ns"));
     assert!(q.depth().await.unwrap().is_empty());
     // Replaying one runs nothing either: the request is still not signed.
     assert!(q.replay("no-record").await.unwrap());
-    eventually(Duration::from_secs(20), "the replayed forgery to die again", async || {
-        let claimed = q.claim("f.ns", 10, Duration::from_secs(60)).await.unwrap();
-        assert!(claimed.is_empty(), "a forged call was claimed: {claimed:?}");
-        q.get("no-record").await.unwrap().unwrap().state == CallState::Dead
-    })
+    eventually(
+        Duration::from_secs(20),
+        "the replayed forgery to die again",
+        async || {
+            let claimed = q.claim("f.ns", 10, Duration::from_secs(60)).await.unwrap();
+            assert!(claimed.is_empty(), "a forged call was claimed: {claimed:?}");
+            q.get("no-record").await.unwrap().unwrap().state == CallState::Dead
+        },
+    )
     .await;
 }
 
@@ -618,19 +638,33 @@ async fn altered_calls_are_dead_lettered_never_run() {
     let entry = kv.entry("real").await.unwrap().unwrap();
     let mut record: serde_json::Value = serde_json::from_slice(&entry.value).unwrap();
     record["seq"] = seq.into();
-    kv.update("real", serde_json::to_vec(&record).unwrap().into(), entry.revision)
-        .await
-        .unwrap();
+    kv.update(
+        "real",
+        serde_json::to_vec(&record).unwrap().into(),
+        entry.revision,
+    )
+    .await
+    .unwrap();
 
-    eventually(Duration::from_secs(20), "the altered call to be refused", async || {
-        let claimed = q.claim("f.ns", 10, Duration::from_secs(60)).await.unwrap();
-        assert!(claimed.is_empty(), "an altered call was claimed: {claimed:?}");
-        q.get("real").await.unwrap().unwrap().state == CallState::Dead
-    })
+    eventually(
+        Duration::from_secs(20),
+        "the altered call to be refused",
+        async || {
+            let claimed = q.claim("f.ns", 10, Duration::from_secs(60)).await.unwrap();
+            assert!(
+                claimed.is_empty(),
+                "an altered call was claimed: {claimed:?}"
+            );
+            q.get("real").await.unwrap().unwrap().state == CallState::Dead
+        },
+    )
     .await;
     let r = q.get("real").await.unwrap().unwrap();
     let why = r.last_error.unwrap();
-    assert!(why.starts_with(INTEGRITY_FAILED) && why.contains("does not match"), "{why}");
+    assert!(
+        why.starts_with(INTEGRITY_FAILED) && why.contains("does not match"),
+        "{why}"
+    );
     assert_eq!(r.attempts, 0);
 }
 
@@ -655,7 +689,13 @@ async fn credentials_are_used_and_anonymous_access_is_detected() {
         .unwrap();
     assert!(!q.anonymous_allowed());
     q.enqueue(call("c1", "f")).await.unwrap();
-    assert_eq!(q.claim("f", 1, Duration::from_secs(60)).await.unwrap().len(), 1);
+    assert_eq!(
+        q.claim("f", 1, Duration::from_secs(60))
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
     // A raw client without credentials cannot even connect.
     assert!(async_nats::connect(locked.url()).await.is_err());
     let err = NatsQueue::connect(&locked.url(), &prefix(), key())
@@ -669,7 +709,10 @@ async fn credentials_are_used_and_anonymous_access_is_detected() {
         .err()
         .unwrap()
         .to_string();
-    assert!(err.contains("refused fjord's credentials") && !err.contains("wrong-secret"), "{err}");
+    assert!(
+        err.contains("refused fjord's credentials") && !err.contains("wrong-secret"),
+        "{err}"
+    );
 
     let token = NatsServer::start_with_config(Some("authorization { token: \"t0ken\" }\n"));
     let q = NatsQueue::connect(&token.url_with("t0ken"), &prefix(), key())
@@ -702,7 +745,10 @@ async fn credentials_are_used_and_anonymous_access_is_detected() {
         .err()
         .unwrap()
         .to_string();
-    assert!(err.contains("nkey seed file") && err.contains("missing"), "{err}");
+    assert!(
+        err.contains("nkey seed file") && err.contains("missing"),
+        "{err}"
+    );
     // Two ways at once is a mistake.
     let err = NatsQueue::connect_with(&nkey.url_with("u:p"), with_nkey(seed))
         .await
@@ -717,8 +763,8 @@ async fn credentials_are_used_and_anonymous_access_is_detected() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_with_a_private_ca() {
     let dir = tempfile::tempdir().unwrap();
-    let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()])
-        .unwrap();
+    let cert =
+        rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()]).unwrap();
     let (cert_file, key_file) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
     std::fs::write(&cert_file, cert.cert.pem()).unwrap();
     std::fs::write(&key_file, cert.signing_key.serialize_pem()).unwrap();
@@ -745,5 +791,8 @@ async fn tls_with_a_private_ca() {
         .err()
         .unwrap()
         .to_string();
-    assert!(err.contains("TLS") || err.contains("cannot connect"), "{err}");
+    assert!(
+        err.contains("TLS") || err.contains("cannot connect"),
+        "{err}"
+    );
 }
