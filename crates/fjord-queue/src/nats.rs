@@ -91,6 +91,10 @@ const MAX_ACK_PENDING: i64 = 100_000;
 /// writing the record); after that it is an orphan (the enqueuer died between its two writes)
 /// and gets a record, so the call runs.
 const ORPHAN_AFTER_MS: u64 = 10_000;
+/// An orphan older than this is not adopted but dead-lettered: a genuine message put back in
+/// the stream after its call's record was pruned or purged (a replay) looks like an orphan,
+/// and the clients of real orphans never got their 202.
+const ORPHAN_MAX_AGE_MS: u64 = 10 * 60 * 1000;
 /// How often [`Queue::due_functions`] also looks for work the mirror cannot show as due:
 /// orphaned messages no record points at, and calls of dead processes that the server has
 /// redelivered before their lease ended.
@@ -504,12 +508,14 @@ impl Mirror {
         }
     }
 
-    fn apply_entry(&mut self, entry: &kv::Entry) {
+    fn apply_entry(&mut self, entry: &kv::Entry, qkey: &QueueKey) {
         let active = match entry.operation {
-            Operation::Put => match decode_stored(&entry.key, &entry.value) {
+            Operation::Put => match decode_stored(qkey, &entry.key, &entry.value) {
                 Ok(stored) => Active::of(&stored),
                 Err(e) => {
-                    tracing::warn!(error = %e, "ignoring an unreadable call record");
+                    // A claim of its message finds out and dead-letters the call.
+                    let e = e.into_error(&entry.key);
+                    tracing::warn!(error = %e, "ignoring an unusable call record");
                     None
                 }
             },
@@ -667,7 +673,7 @@ impl NatsQueue {
                     Ok(Some(Err(e))) => return Err(failed("loading the call records", e)),
                     Ok(Some(Ok(entry))) => {
                         next = entry.revision + 1;
-                        mirror.apply_entry(&entry);
+                        mirror.apply_entry(&entry, &options.key);
                         if entry.delta == 0 {
                             break;
                         }
@@ -725,7 +731,7 @@ async fn follow(inner: Arc<Inner>, mut watch: kv::Watch, mut next: u64) {
             match entry {
                 Ok(entry) => {
                     next = entry.revision + 1;
-                    inner.mirror().apply_entry(&entry);
+                    inner.mirror().apply_entry(&entry, &inner.key);
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "the NATS call record watch failed; resuming");
@@ -836,7 +842,15 @@ impl Inner {
         Ok(consumer)
     }
 
-    async fn read_record(&self, key: &str) -> Result<Option<(Stored, u64)>, QueueError> {
+    fn encode(&self, key: &str, stored: &Stored) -> Result<bytes::Bytes, QueueError> {
+        encode_stored(&self.key, key, stored)
+    }
+
+    /// A record and its revision; `Err((revision, reason))` if it failed its integrity check.
+    async fn read_entry(
+        &self,
+        key: &str,
+    ) -> Result<Option<Result<(Stored, u64), (u64, String)>>, QueueError> {
         match self
             .kv
             .entry(key)
@@ -844,9 +858,21 @@ impl Inner {
             .map_err(|e| failed("reading a call record", e))?
         {
             Some(entry) if entry.operation == Operation::Put => {
-                Ok(Some((decode_stored(key, &entry.value)?, entry.revision)))
+                match decode_stored(&self.key, key, &entry.value) {
+                    Ok(stored) => Ok(Some(Ok((stored, entry.revision)))),
+                    Err(BadRecord::Forged(why)) => Ok(Some(Err((entry.revision, why)))),
+                    Err(bad) => Err(bad.into_error(key)),
+                }
             }
             _ => Ok(None),
+        }
+    }
+
+    async fn read_record(&self, key: &str) -> Result<Option<(Stored, u64)>, QueueError> {
+        match self.read_entry(key).await? {
+            None => Ok(None),
+            Some(Ok(found)) => Ok(Some(found)),
+            Some(Err((_, why))) => Err(BadRecord::Forged(why).into_error(key)),
         }
     }
 
@@ -855,21 +881,40 @@ impl Inner {
     async fn update_record<T>(
         &self,
         key: &str,
-        mut edit: impl FnMut(&mut Stored) -> Edit<T>,
+        edit: impl FnMut(&mut Stored) -> Edit<T>,
     ) -> Result<Option<T>, QueueError> {
+        match self.update_checked(key, edit).await? {
+            Ok(answer) => Ok(answer),
+            Err((_, why)) => Err(BadRecord::Forged(why).into_error(key)),
+        }
+    }
+
+    /// [`update_record`](Self::update_record), but a record that fails its integrity check is
+    /// returned (`Err((revision, reason))`) for the caller to replace.
+    async fn update_checked<T>(
+        &self,
+        key: &str,
+        mut edit: impl FnMut(&mut Stored) -> Edit<T>,
+    ) -> Result<Result<Option<T>, (u64, String)>, QueueError> {
         for _ in 0..CAS_ATTEMPTS {
-            let Some((mut stored, revision)) = self.read_record(key).await? else {
-                return Ok(None);
+            let (mut stored, revision) = match self.read_entry(key).await? {
+                None => return Ok(Ok(None)),
+                Some(Err(forged)) => return Ok(Err(forged)),
+                Some(Ok(found)) => found,
             };
             let answer = match edit(&mut stored) {
-                Edit::Keep(answer) => return Ok(Some(answer)),
+                Edit::Keep(answer) => return Ok(Ok(Some(answer))),
                 Edit::Write(answer) => answer,
             };
-            match self.kv.update(key, encode_stored(&stored)?, revision).await {
+            match self
+                .kv
+                .update(key, self.encode(key, &stored)?, revision)
+                .await
+            {
                 Ok(revision) => {
                     self.mirror()
                         .apply(key, revision, Active::of(&stored), false);
-                    return Ok(Some(answer));
+                    return Ok(Ok(Some(answer)));
                 }
                 Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => continue,
                 Err(e) => return Err(failed("writing a call record", e)),
@@ -916,7 +961,7 @@ impl Inner {
         }
         let stored = Stored::queued(&envelope, ack.sequence);
         let exists = || QueueError::Duplicate(envelope.id.clone());
-        match self.kv.create(&key, encode_stored(&stored)?).await {
+        match self.kv.create(&key, self.encode(&key, &stored)?).await {
             Ok(revision) => {
                 self.mirror()
                     .apply(&key, revision, Active::of(&stored), false);
@@ -1177,7 +1222,7 @@ impl Inner {
             let now = now_ms();
             let lease_until = now.saturating_add(millis(lease));
             let decided = self
-                .update_record(&key, |s| {
+                .update_checked(&key, |s| {
                     if s.seq != seq {
                         return Edit::Keep(Take::Drop);
                     }
@@ -1199,6 +1244,28 @@ impl Inner {
                     }
                 })
                 .await?;
+            let decided = match decided {
+                Ok(decided) => decided,
+                Err((revision, why)) => {
+                    // The request is genuine, its record is not: whether it already ran, or
+                    // was cancelled, is unknown.
+                    let reason = format!(
+                        "{INTEGRITY_FAILED} (its record was altered in NATS: {why}): not run, \
+                         as its true state is unknown; replay it if it should run"
+                    );
+                    tracing::error!(call = %envelope.id, function, seq, %reason, "refusing a queued call");
+                    if !self
+                        .record_dead(&key, Some(revision), &envelope, seq, function, &reason)
+                        .await?
+                    {
+                        self.nak(reply, 1000).await;
+                        return Ok(None);
+                    }
+                    self.bury(&key, payload).await?;
+                    self.ack(reply).await;
+                    return Ok(None);
+                }
+            };
             match decided {
                 Some(Take::Run(attempt)) => {
                     self.held().insert(
@@ -1246,8 +1313,25 @@ impl Inner {
                         self.nak(reply, ORPHAN_AFTER_MS - age).await;
                         return Ok(None);
                     }
+                    if age > ORPHAN_MAX_AGE_MS {
+                        let reason = format!(
+                            "not adopted: its record is missing and it was queued {} s ago, too \
+                             long ago for an interrupted enqueue (a copy of an old call put back \
+                             in NATS?); replay it if it should run",
+                            age / 1000
+                        );
+                        tracing::error!(call = %envelope.id, function, seq, %reason, "refusing a queued call");
+                        if self
+                            .record_dead(&key, None, &envelope, seq, function, &reason)
+                            .await?
+                        {
+                            self.bury(&key, payload).await?;
+                        }
+                        self.ack(reply).await;
+                        return Ok(None);
+                    }
                     let stored = Stored::queued(&envelope, seq);
-                    match self.kv.create(&key, encode_stored(&stored)?).await {
+                    match self.kv.create(&key, self.encode(&key, &stored)?).await {
                         Ok(revision) => {
                             tracing::warn!(call = %envelope.id, "adopting a queued call whose record was never written (its enqueue was interrupted)");
                             self.mirror()
@@ -1278,8 +1362,8 @@ impl Inner {
         tracing::error!(call = %envelope.id, function, seq, %reason, "refusing a queued call");
         let key = key_of(&envelope.id);
         let now = now_ms();
-        let mut ours = self
-            .update_record(&key, |s| {
+        let ours = match self
+            .update_checked(&key, |s| {
                 if s.seq != seq {
                     return Edit::Keep(false);
                 }
@@ -1292,23 +1376,20 @@ impl Inner {
                 s.lease_until_ms = None;
                 Edit::Write(true)
             })
-            .await?;
-        if ours.is_none() {
-            let mut stored = Stored::queued(envelope, seq);
-            stored.record.function = function.to_owned();
-            stored.record.state = CallState::Dead;
-            stored.record.last_error = Some(reason.to_owned());
-            stored.record.updated_at_ms = now;
-            ours = match self.kv.create(&key, encode_stored(&stored)?).await {
-                Ok(revision) => {
-                    self.mirror().apply(&key, revision, None, false);
-                    Some(true)
-                }
-                Err(e) if e.kind() == CreateErrorKind::AlreadyExists => Some(false),
-                Err(e) => return Err(failed("recording a refused call", e)),
-            };
-        }
-        if ours == Some(true) {
+            .await?
+        {
+            Ok(Some(ours)) => ours,
+            Ok(None) => {
+                self.record_dead(&key, None, envelope, seq, function, reason)
+                    .await?
+            }
+            // A forged record (its message too, or it would not be here): replaced.
+            Err((revision, _)) => {
+                self.record_dead(&key, Some(revision), envelope, seq, function, reason)
+                    .await?
+            }
+        };
+        if ours {
             self.bury(&key, payload).await?;
         }
         self.acker(reply)
@@ -1316,6 +1397,43 @@ impl Inner {
             .await
             .map_err(|e| failed("dropping a refused message", e))?;
         Ok(None)
+    }
+
+    /// Writes a dead record for a refused message: created (`revision` `None`), or in place of
+    /// a forged record at `revision`. `false` if someone else wrote the key first.
+    async fn record_dead(
+        &self,
+        key: &str,
+        revision: Option<u64>,
+        envelope: &Envelope,
+        seq: u64,
+        function: &str,
+        reason: &str,
+    ) -> Result<bool, QueueError> {
+        let now = now_ms();
+        let mut stored = Stored::queued(envelope, seq);
+        stored.record.function = function.to_owned();
+        stored.record.state = CallState::Dead;
+        stored.record.last_error = Some(reason.to_owned());
+        stored.record.updated_at_ms = now;
+        let value = self.encode(key, &stored)?;
+        let written =
+            match revision {
+                None => self.kv.create(key, value).await.map_err(|e| {
+                    (e.kind() != CreateErrorKind::AlreadyExists).then(|| e.to_string())
+                }),
+                Some(revision) => self.kv.update(key, value, revision).await.map_err(|e| {
+                    (e.kind() != UpdateErrorKind::WrongLastRevision).then(|| e.to_string())
+                }),
+            };
+        match written {
+            Ok(revision) => {
+                self.mirror().apply(key, revision, None, false);
+                Ok(true)
+            }
+            Err(None) => Ok(false),
+            Err(Some(e)) => Err(failed("recording a refused call", e)),
+        }
     }
 
     /// Keeps a dead-lettered call's request (the message payload) for replay.
@@ -1485,10 +1603,11 @@ impl Inner {
                 Ok(Some(Err(e))) => return Err(failed("reading the call records", e)),
                 Ok(Some(Ok(entry))) => {
                     if entry.operation == Operation::Put {
-                        match decode_stored(&entry.key, &entry.value) {
+                        match decode_stored(&self.key, &entry.key, &entry.value) {
                             Ok(stored) => each(stored, entry.revision),
                             Err(e) => {
-                                tracing::warn!(error = %e, "skipping an unreadable call record")
+                                let e = e.into_error(&entry.key);
+                                tracing::warn!(error = %e, "skipping an unusable call record")
                             }
                         }
                     }
@@ -2076,15 +2195,50 @@ fn decode_message(payload: &bytes::Bytes) -> Result<(Envelope, bytes::Bytes), St
     Ok((envelope, payload.slice(newline + 1..)))
 }
 
-fn encode_stored(stored: &Stored) -> Result<bytes::Bytes, QueueError> {
-    serde_json::to_vec(stored)
-        .map(bytes::Bytes::from)
-        .map_err(|e| QueueError::Storage(format!("cannot encode a call record: {e}")))
+/// A record as the bucket stores it: its JSON, `\n`, then a MAC (base64url) over the bucket
+/// key and the JSON, so a record can be neither edited nor moved to another call.
+fn encode_stored(qkey: &QueueKey, key: &str, stored: &Stored) -> Result<bytes::Bytes, QueueError> {
+    let mut out = serde_json::to_vec(stored)
+        .map_err(|e| QueueError::Storage(format!("cannot encode a call record: {e}")))?;
+    let mac = qkey.mac([b"fjord-record-v1".as_slice(), key.as_bytes(), &out]);
+    out.push(b'\n');
+    out.extend_from_slice(URL_SAFE_NO_PAD.encode(mac).as_bytes());
+    Ok(out.into())
 }
 
-fn decode_stored(key: &str, value: &[u8]) -> Result<Stored, QueueError> {
-    serde_json::from_slice(value)
-        .map_err(|e| QueueError::Storage(format!("call record {key} is corrupt: {e}")))
+/// Why a stored record cannot be used.
+enum BadRecord {
+    /// Its MAC is missing or wrong: someone without the queue key wrote it (or a server with
+    /// another key, or a fjord from before records were signed).
+    Forged(String),
+    Corrupt(String),
+}
+
+impl BadRecord {
+    fn into_error(self, key: &str) -> QueueError {
+        match self {
+            BadRecord::Forged(why) => {
+                QueueError::Storage(format!("call record {key}: {INTEGRITY_FAILED} ({why})"))
+            }
+            BadRecord::Corrupt(why) => {
+                QueueError::Storage(format!("call record {key} is corrupt: {why}"))
+            }
+        }
+    }
+}
+
+fn decode_stored(qkey: &QueueKey, key: &str, value: &[u8]) -> Result<Stored, BadRecord> {
+    let Some(newline) = value.iter().rposition(|&b| b == b'\n') else {
+        return Err(BadRecord::Forged("the record carries no MAC".into()));
+    };
+    let (json, mac) = (&value[..newline], &value[newline + 1..]);
+    let valid = URL_SAFE_NO_PAD
+        .decode(mac)
+        .is_ok_and(|tag| qkey.verify([b"fjord-record-v1".as_slice(), key.as_bytes(), json], &tag));
+    if !valid {
+        return Err(BadRecord::Forged("the record's MAC does not match".into()));
+    }
+    serde_json::from_slice(json).map_err(|e| BadRecord::Corrupt(e.to_string()))
 }
 
 fn millis(d: Duration) -> u64 {

@@ -635,16 +635,15 @@ async fn altered_calls_are_dead_lettered_never_run() {
         .get_key_value(format!("{prefix}_CALL_STATE"))
         .await
         .unwrap();
+    // The record is JSON, then its MAC on a line of its own (kept as it was).
     let entry = kv.entry("real").await.unwrap().unwrap();
-    let mut record: serde_json::Value = serde_json::from_slice(&entry.value).unwrap();
+    let text = String::from_utf8(entry.value.to_vec()).unwrap();
+    let (json, mac) = text.split_once('\n').unwrap();
+    let mut record: serde_json::Value = serde_json::from_str(json).unwrap();
     record["seq"] = seq.into();
-    kv.update(
-        "real",
-        serde_json::to_vec(&record).unwrap().into(),
-        entry.revision,
-    )
-    .await
-    .unwrap();
+    kv.update("real", format!("{record}\n{mac}").into(), entry.revision)
+        .await
+        .unwrap();
 
     eventually(
         Duration::from_secs(20),
@@ -795,4 +794,87 @@ async fn tls_with_a_private_ca() {
         err.contains("TLS") || err.contains("cannot connect"),
         "{err}"
     );
+}
+
+/// Records are signed too. A genuine call whose record is edited in NATS (cancelled, or a
+/// finished call set queued again and pointed at a copy of its request: a replay) is
+/// dead-lettered, not run; an old genuine request put back without a record (a replay after
+/// its record was pruned or purged) is not adopted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn altered_records_and_replays_never_run() {
+    let server = NatsServer::start();
+    let prefix = prefix();
+    let q = connect(&server, &prefix).await;
+    let js = async_nats::jetstream::new(async_nats::connect(server.url()).await.unwrap());
+    let kv = js
+        .get_key_value(format!("{prefix}_CALL_STATE"))
+        .await
+        .unwrap();
+    let calls = js.get_stream(format!("{prefix}_CALLS")).await.unwrap();
+    let subject = format!("{}.calls.f_ns", prefix.to_lowercase());
+    // Edits a record's JSON as an attacker would (keeping whatever follows it).
+    let edit = async |id: &str, change: &dyn Fn(&mut serde_json::Value)| {
+        let entry = kv.entry(id).await.unwrap().unwrap();
+        let text = String::from_utf8(entry.value.to_vec()).unwrap();
+        let (json, rest) = text.split_once('\n').unwrap_or((&text, ""));
+        let mut record: serde_json::Value = serde_json::from_str(json).unwrap();
+        change(&mut record);
+        let value = format!("{record}\n{rest}");
+        kv.update(id, value.into(), entry.revision).await.unwrap();
+    };
+
+    // Cancelled behind fjord's back: dead-lettered (visibly), not silently dropped.
+    q.enqueue(call("edited", "f.ns")).await.unwrap();
+    edit("edited", &|r| r["state"] = "cancelled".into()).await;
+    // Runs once; the attacker keeps a copy of its request.
+    q.enqueue(call("paid", "f.ns")).await.unwrap();
+    let copy = calls
+        .get_last_raw_message_by_subject(&subject)
+        .await
+        .unwrap()
+        .payload;
+    let lease = Duration::from_secs(60);
+    let ran = q.claim("f.ns", 10, lease).await.unwrap();
+    assert_eq!(
+        ran.iter().map(|c| c.id.as_str()).collect::<Vec<_>>(),
+        ["paid"]
+    );
+    q.complete("paid", 200).await.unwrap();
+    let r = q.get("edited").await.unwrap().unwrap();
+    assert_eq!(r.state, CallState::Dead);
+    let why = r.last_error.unwrap();
+    assert!(
+        why.starts_with(INTEGRITY_FAILED) && why.contains("record was altered"),
+        "{why}"
+    );
+
+    // The replay: the copy put back, the record set queued and pointed at it.
+    let seq = js
+        .publish(subject.clone(), copy)
+        .await
+        .unwrap()
+        .await
+        .unwrap()
+        .sequence;
+    edit("paid", &|r| {
+        r["state"] = "queued".into();
+        r["seq"] = seq.into();
+    })
+    .await;
+    let ran = q.claim("f.ns", 10, lease).await.unwrap();
+    assert!(ran.is_empty(), "the replay ran: {ran:?}");
+    let r = q.get("paid").await.unwrap().unwrap();
+    assert_eq!(r.state, CallState::Dead);
+    assert!(r.last_error.unwrap().contains("record was altered"));
+
+    // A genuine request from 20 minutes ago, put back with no record.
+    let request = call("ancient", "f.ns").request;
+    let old = signed_message(&key(), "ancient", "f.ns", now_ms() - 20 * 60_000, &request);
+    js.publish(subject, old).await.unwrap().await.unwrap();
+    let ran = q.claim("f.ns", 10, lease).await.unwrap();
+    assert!(ran.is_empty(), "the replay ran: {ran:?}");
+    let r = q.get("ancient").await.unwrap().unwrap();
+    assert_eq!(r.state, CallState::Dead);
+    assert!(r.last_error.unwrap().starts_with("not adopted"));
+    assert!(q.depth().await.unwrap().is_empty());
 }
