@@ -197,11 +197,16 @@ pub struct AppState {
 /// cancelled) are kept a day for `GET /system/async-calls`, then pruned.
 async fn open_queue(
     backend: &QueueBackend,
-    #[cfg_attr(not(feature = "nats"), allow(unused_variables))] nats: &NatsSettings,
+    nats: &NatsSettings,
     data_dir: &std::path::Path,
 ) -> Result<(Arc<dyn fjord_queue::Queue>, tokio::task::JoinHandle<()>), StartError> {
     match backend {
         QueueBackend::Embedded => {
+            if nats.creds.is_some() || nats.nkey.is_some() || nats.ca.is_some() || nats.tls {
+                tracing::warn!(
+                    "--nats-* settings apply to a NATS queue (--queue nats://...): ignored with the embedded queue"
+                );
+            }
             let q = fjord_queue::sqlite::SqliteQueue::open(&data_dir.join("queue.db"))?;
             let p = q.clone();
             Ok((

@@ -1191,18 +1191,25 @@ impl Inner {
                     // The call's key, before any `/replay/...` or `/<ms>` suffix.
                     let key = id.as_str().split('/').next().unwrap_or_default().to_owned();
                     let now = now_ms();
-                    self.update_record(&key, |s| {
-                        if s.seq == seq && is_active(s.record.state) {
-                            s.record.state = CallState::Dead;
-                            s.record.last_error = Some(format!("corrupt stored request: {reason}"));
-                            s.record.updated_at_ms = now;
-                            s.lease_until_ms = None;
-                            Edit::Write(())
-                        } else {
-                            Edit::Keep(())
-                        }
-                    })
-                    .await?;
+                    let marked = self
+                        .update_record(&key, |s| {
+                            if s.seq == seq && is_active(s.record.state) {
+                                s.record.state = CallState::Dead;
+                                s.record.last_error =
+                                    Some(format!("corrupt stored request: {reason}"));
+                                s.record.updated_at_ms = now;
+                                s.lease_until_ms = None;
+                                Edit::Write(())
+                            } else {
+                                Edit::Keep(())
+                            }
+                        })
+                        .await;
+                    // The header is anyone's to set (a forged record behind it, say): the
+                    // message goes all the same.
+                    if let Err(e) = marked {
+                        tracing::warn!(error = %e, "cannot mark a corrupt message's call dead");
+                    }
                 }
                 self.acker(reply)
                     .ack_with(AckKind::Term)
