@@ -748,6 +748,27 @@ async fn credentials_are_used_and_anonymous_access_is_detected() {
         err.contains("nkey seed file") && err.contains("missing"),
         "{err}"
     );
+    // A .creds file that is not there, or is not one, is named in the error.
+    for (name, text) in [("missing.creds", None), ("bad.creds", Some("not a creds file"))] {
+        let path = dir.path().join(name);
+        if let Some(text) = text {
+            std::fs::write(&path, text).unwrap();
+        }
+        let options = NatsOptions {
+            prefix: prefix(),
+            auth: NatsAuth {
+                creds_file: Some(path),
+                ..NatsAuth::default()
+            },
+            ..NatsOptions::new(key())
+        };
+        let err = NatsQueue::connect_with(&nkey.url(), options)
+            .await
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("NATS credentials file") && err.contains(name), "{err}");
+    }
     // Two ways at once is a mistake.
     let err = NatsQueue::connect_with(&nkey.url_with("u:p"), with_nkey(seed))
         .await
