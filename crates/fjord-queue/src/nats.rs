@@ -509,6 +509,9 @@ impl Mirror {
     }
 
     fn apply_entry(&mut self, entry: &kv::Entry, qkey: &QueueKey) {
+        if entry.key == KEY_CHECK {
+            return;
+        }
         let active = match entry.operation {
             Operation::Put => match decode_stored(qkey, &entry.key, &entry.value) {
                 Ok(stored) => Active::of(&stored),
@@ -656,6 +659,7 @@ impl NatsQueue {
             .get_key_value(names.bucket.as_str())
             .await
             .map_err(|e| failed(&format!("cannot open bucket {}", names.bucket), e))?;
+        check_key(&kv, &options.key).await?;
 
         // Load the active calls before answering, so the first due_functions sees the backlog.
         let mut mirror = Mirror::default();
@@ -1609,7 +1613,7 @@ impl Inner {
                 Err(_) | Ok(None) => return Ok(()),
                 Ok(Some(Err(e))) => return Err(failed("reading the call records", e)),
                 Ok(Some(Ok(entry))) => {
-                    if entry.operation == Operation::Put {
+                    if entry.operation == Operation::Put && entry.key != KEY_CHECK {
                         match decode_stored(&self.key, &entry.key, &entry.value) {
                             Ok(stored) => each(stored, entry.revision),
                             Err(e) => {
@@ -1960,6 +1964,62 @@ fn connect_failed(shown: &str, credentials: bool, e: async_nats::ConnectError) -
         )),
         _ => failed(&format!("cannot connect to NATS at {shown}"), e),
     }
+}
+
+/// The bucket entry that names the queue key of the install (never a call's key: those have
+/// no `.`).
+const KEY_CHECK: &str = "_fjord.queue-key";
+
+/// What [`KEY_CHECK`] holds: the key's id and a MAC only that key makes.
+#[derive(Serialize, Deserialize)]
+struct KeyCheck {
+    kid: String,
+    mac: String,
+}
+
+/// Refuses to start with another key than the install's (the first server to start records
+/// it): such a server would dead-letter every call the others queue, and they its calls.
+async fn check_key(kv: &kv::Store, key: &QueueKey) -> Result<(), QueueError> {
+    let tag =
+        |key: &QueueKey| URL_SAFE_NO_PAD.encode(key.mac([b"fjord-queue-key-check".as_slice()]));
+    for _ in 0..CAS_ATTEMPTS {
+        let entry = kv
+            .entry(KEY_CHECK)
+            .await
+            .map_err(|e| failed("reading the queue key check", e))?;
+        let Some(entry) = entry.filter(|e| e.operation == Operation::Put) else {
+            let mine = KeyCheck {
+                kid: key.id().to_owned(),
+                mac: tag(key),
+            };
+            let value = serde_json::to_vec(&mine).unwrap_or_default();
+            match kv.create(KEY_CHECK, value.into()).await {
+                Ok(_) => return Ok(()),
+                Err(e) if e.kind() == CreateErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(failed("recording the queue key check", e)),
+            }
+        };
+        let theirs: Option<KeyCheck> = serde_json::from_slice(&entry.value).ok();
+        let valid = theirs.as_ref().is_some_and(|t| {
+            URL_SAFE_NO_PAD
+                .decode(&t.mac)
+                .is_ok_and(|m| key.verify([b"fjord-queue-key-check".as_slice()], &m))
+        });
+        if valid {
+            return Ok(());
+        }
+        let kid = theirs.map_or_else(|| "?".to_owned(), |t| t.kid);
+        return Err(QueueError::Storage(format!(
+            "the calls in this NATS queue are signed with queue key {kid}, this server's key is \
+             {}: every fjord server sharing a NATS queue needs the same key file (copy it from a \
+             server that works and pass it with --queue-key). To change the install's key, stop \
+             every server, let the queue drain, and delete the bucket entry {KEY_CHECK}",
+            key.id()
+        )));
+    }
+    Err(QueueError::Storage(
+        "the queue key check kept changing".into(),
+    ))
 }
 
 /// Messages in the bucket's stream now (the store's `status()` answers from a cached info).

@@ -749,7 +749,10 @@ async fn credentials_are_used_and_anonymous_access_is_detected() {
         "{err}"
     );
     // A .creds file that is not there, or is not one, is named in the error.
-    for (name, text) in [("missing.creds", None), ("bad.creds", Some("not a creds file"))] {
+    for (name, text) in [
+        ("missing.creds", None),
+        ("bad.creds", Some("not a creds file")),
+    ] {
         let path = dir.path().join(name);
         if let Some(text) = text {
             std::fs::write(&path, text).unwrap();
@@ -767,7 +770,10 @@ async fn credentials_are_used_and_anonymous_access_is_detected() {
             .err()
             .unwrap()
             .to_string();
-        assert!(err.contains("NATS credentials file") && err.contains(name), "{err}");
+        assert!(
+            err.contains("NATS credentials file") && err.contains(name),
+            "{err}"
+        );
     }
     // Two ways at once is a mistake.
     let err = NatsQueue::connect_with(&nkey.url_with("u:p"), with_nkey(seed))
@@ -898,4 +904,28 @@ async fn altered_records_and_replays_never_run() {
     assert_eq!(r.state, CallState::Dead);
     assert!(r.last_error.unwrap().starts_with("not adopted"));
     assert!(q.depth().await.unwrap().is_empty());
+}
+
+/// A process with another queue key than the one the install started with refuses to
+/// connect (it would dead-letter every call the others queue), naming both keys.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_with_another_key_does_not_start() {
+    let server = NatsServer::start();
+    let prefix = prefix();
+    let first = connect(&server, &prefix).await;
+    first.enqueue(call("c1", "f")).await.unwrap();
+    let other = QueueKey::from_bytes(&[5; 32]).unwrap();
+    let err = NatsQueue::connect(&server.url(), &prefix, other.clone())
+        .await
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains(key().id()) && err.contains(other.id()) && err.contains("--queue-key"),
+        "{err}"
+    );
+    // The same key connects, and the check entry is no call.
+    let again = connect(&server, &prefix).await;
+    assert_eq!(again.list(None, 10).await.unwrap().len(), 1);
+    assert_eq!(again.depth().await.unwrap(), vec![("f".to_owned(), 1)]);
 }
