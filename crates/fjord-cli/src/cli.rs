@@ -390,11 +390,33 @@ pub struct ServeArgs {
     #[arg(long, default_value = "original", value_parser = ["original", "post"])]
     pub async_method: String,
     /// Where async calls are queued: `embedded` (<data-dir>/queue.db, fsync before 202) or a
-    /// NATS JetStream server, e.g. nats://127.0.0.1:4222, which several fjord servers can
-    /// share (each runs the calls of the functions it has deployed)
-    #[arg(long, env = "FJORD_QUEUE", default_value = "embedded", value_name = "embedded|nats://HOST:PORT",
+    /// NATS JetStream server, e.g. nats://user:password@127.0.0.1:4222 (or nats://TOKEN@...),
+    /// which several fjord servers can share (each runs the calls of the functions it has
+    /// deployed). Put credentials in FJORD_QUEUE, not on the command line (which other local
+    /// users can read)
+    #[arg(long, env = "FJORD_QUEUE", hide_env_values = true, default_value = "embedded",
+          value_name = "embedded|nats://HOST:PORT",
           value_parser = |s: &str| fjord_gateway::QueueBackend::parse(s))]
     pub queue: fjord_gateway::QueueBackend,
+    /// NATS: authenticate with this .creds file (user JWT and nkey seed, as `nsc` writes)
+    #[arg(long, value_name = "FILE")]
+    pub nats_creds: Option<PathBuf>,
+    /// NATS: authenticate with the nkey seed (SU...) in this file
+    #[arg(long, value_name = "FILE", conflicts_with = "nats_creds")]
+    pub nats_nkey: Option<PathBuf>,
+    /// NATS: trust the server certificate signed by these CA certificates (PEM) instead of the
+    /// system's roots; implies TLS
+    #[arg(long, value_name = "PEM")]
+    pub nats_ca: Option<PathBuf>,
+    /// NATS: require TLS with nats:// URLs too (tls:// URLs always do)
+    #[arg(long)]
+    pub nats_tls: bool,
+    /// NATS: the key (32+ random bytes) that signs queued calls; a call without a valid
+    /// signature is dead-lettered, never run. Every fjord server sharing the NATS queue needs
+    /// the same file (copy it), or each dead-letters the others' calls [default:
+    /// <data-dir>/secrets/queue.key, made on first start]
+    #[arg(long, value_name = "FILE")]
+    pub queue_key: Option<PathBuf>,
     /// How often the autoscaler and the scale-to-zero idler decide
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     pub autoscale_interval: std::time::Duration,

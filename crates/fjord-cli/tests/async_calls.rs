@@ -479,6 +479,10 @@ impl Backend {
         args.extend(["--callback-allow".to_string(), "127.0.0.1".to_string()]);
         if let Backend::Nats(n) = self {
             args.extend(["--queue".to_string(), n.url()]);
+            // Servers sharing one NATS queue share its key (they refuse each other's calls
+            // otherwise).
+            let key = n.queue_key_file().display().to_string();
+            args.extend(["--queue-key".to_string(), key]);
         }
         ServeOpts { args }
     }

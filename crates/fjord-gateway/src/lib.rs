@@ -90,6 +90,8 @@ pub struct GatewayConfig {
     pub tune_kernel: bool,
     /// Where async calls are queued.
     pub queue: QueueBackend,
+    /// NATS credentials, TLS and the queue key (`queue` = NATS only).
+    pub nats: NatsSettings,
     /// Serve HTTPS with this certificate and key (reloaded on SIGHUP and on change).
     pub tls: Option<TlsFiles>,
     /// Failed authentications per minute from one client address before it gets 429 for a
@@ -113,14 +115,43 @@ pub struct GatewayConfig {
     pub max_forks_per_ip: u32,
 }
 
+/// How fjord authenticates to NATS and signs the calls it queues there.
+#[derive(Debug, Clone, Default)]
+pub struct NatsSettings {
+    /// `.creds` file (user JWT + nkey seed).
+    pub creds: Option<PathBuf>,
+    /// nkey seed file.
+    pub nkey: Option<PathBuf>,
+    /// CA certificate(s) of the server's certificate (implies TLS).
+    pub ca: Option<PathBuf>,
+    /// Require TLS with nats:// URLs.
+    pub tls: bool,
+    /// The queue key file; `None`: `<data-dir>/secrets/queue.key`, made on first start.
+    pub queue_key: Option<PathBuf>,
+}
+
 /// Where async calls are queued.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub enum QueueBackend {
     /// `<data-dir>/queue.db`, owned by this server.
     Embedded,
     /// NATS JetStream at this URL (`nats://host:4222`), shared with other fjord servers that
     /// use the same `prefix` for their stream and bucket names.
     Nats { url: String, prefix: String },
+}
+
+/// Never shows the URL's credentials.
+impl std::fmt::Debug for QueueBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            QueueBackend::Embedded => f.write_str("Embedded"),
+            QueueBackend::Nats { url, prefix } => f
+                .debug_struct("Nats")
+                .field("url", &fjord_queue::redact_url(url))
+                .field("prefix", prefix)
+                .finish(),
+        }
+    }
 }
 
 impl QueueBackend {
@@ -130,14 +161,15 @@ impl QueueBackend {
         if s.is_empty() || s == "embedded" {
             return Ok(QueueBackend::Embedded);
         }
+        let shown = fjord_queue::redact_url(s);
         let Some((scheme, rest)) = s.split_once("://") else {
             return Err(format!(
-                "{s:?} is not a queue: use `embedded` or a NATS URL such as nats://127.0.0.1:4222"
+                "{shown:?} is not a queue: use `embedded` or a NATS URL such as nats://127.0.0.1:4222"
             ));
         };
         if !matches!(scheme, "nats" | "tls") || rest.is_empty() {
             return Err(format!(
-                "{s:?}: the queue URL must start with nats:// or tls:// and name a host, e.g. nats://127.0.0.1:4222"
+                "{shown:?}: the queue URL must start with nats:// or tls:// and name a host, e.g. nats://127.0.0.1:4222"
             ));
         }
         Ok(QueueBackend::Nats {
@@ -169,6 +201,7 @@ impl GatewayConfig {
             max_async_body: 8 << 20,
             async_keep_method: true,
             queue: QueueBackend::Embedded,
+            nats: NatsSettings::default(),
             tls: None,
             auth_fail_limit: 10,
             network: Default::default(),
@@ -201,10 +234,16 @@ pub struct AppState {
 /// cancelled) are kept a day for `GET /system/async-calls`, then pruned.
 async fn open_queue(
     backend: &QueueBackend,
+    nats: &NatsSettings,
     data_dir: &std::path::Path,
 ) -> Result<(Arc<dyn fjord_queue::Queue>, tokio::task::JoinHandle<()>), StartError> {
     match backend {
         QueueBackend::Embedded => {
+            if nats.creds.is_some() || nats.nkey.is_some() || nats.ca.is_some() || nats.tls {
+                tracing::warn!(
+                    "--nats-* settings apply to a NATS queue (--queue nats://...): ignored with the embedded queue"
+                );
+            }
             let q = fjord_queue::sqlite::SqliteQueue::open(&data_dir.join("queue.db"))?;
             let p = q.clone();
             Ok((
@@ -217,15 +256,44 @@ async fn open_queue(
         }
         #[cfg(feature = "nats")]
         QueueBackend::Nats { url, prefix } => {
+            // Only NATS needs the key: the embedded queue's file is in the data dir already.
+            let key = match &nats.queue_key {
+                Some(path) => fjord_queue::QueueKey::load(path),
+                None => {
+                    let path = fjord_queue::key::default_key_path(data_dir);
+                    fjord_queue::QueueKey::load_or_create(&path).map(|(key, created)| {
+                        if created {
+                            tracing::info!(key_file = %path.display(), "generated the key that signs queued calls: every fjord server sharing this NATS queue needs the same file (copy it, and pass it with --queue-key)");
+                        }
+                        key
+                    })
+                }
+            }
+            .map_err(StartError::QueueKey)?;
+            let key_id = key.id().to_owned();
+            let options = fjord_queue::nats::NatsOptions {
+                prefix: prefix.clone(),
+                auth: fjord_queue::nats::NatsAuth {
+                    creds_file: nats.creds.clone(),
+                    nkey_file: nats.nkey.clone(),
+                    ca_file: nats.ca.clone(),
+                    tls: nats.tls,
+                },
+                ..fjord_queue::nats::NatsOptions::new(key)
+            };
+            let shown = fjord_queue::redact_url(url);
             let q = Arc::new(
-                fjord_queue::nats::NatsQueue::connect(url, prefix)
+                fjord_queue::nats::NatsQueue::connect_with(url, options)
                     .await
                     .map_err(|source| StartError::QueueConnect {
-                        url: url.clone(),
+                        url: shown.clone(),
                         source,
                     })?,
             );
-            tracing::info!(%url, %prefix, "async calls queue in NATS JetStream");
+            if q.anonymous_allowed() {
+                tracing::warn!(url = %shown, "NATS accepts clients without credentials: anyone who can reach its port can read every queued call (bodies, cookies, tokens), cancel calls and queue forged ones. Enable authorization in nats-server (an `authorization {{ user, password }}` block or nkeys/JWT) and give fjord the credentials (nats://user:password@host:4222 in FJORD_QUEUE, --nats-creds or --nats-nkey)");
+            }
+            tracing::info!(url = %shown, %prefix, queue_key = %key_id, "async calls queue in NATS JetStream");
             let p = q.clone();
             Ok((
                 q,
@@ -238,7 +306,8 @@ async fn open_queue(
         #[cfg(not(feature = "nats"))]
         QueueBackend::Nats { url, .. } => Err(StartError::Queue(fjord_queue::QueueError::Storage(
             format!(
-                "--queue {url}: this fjord was built without NATS support (cargo feature `nats`)"
+                "--queue {}: this fjord was built without NATS support (cargo feature `nats`)",
+                fjord_queue::redact_url(url)
             ),
         ))),
     }
@@ -333,10 +402,13 @@ pub enum StartError {
     Queue(#[from] fjord_queue::QueueError),
     #[error("{0} (each fjord instance on a host needs its own block of function uids)")]
     UidRegistry(#[from] fjord_store::uid_registry::RegistryError),
+    #[error("async queue: {0}")]
+    QueueKey(std::io::Error),
     #[error(
         "async queue {url}: {source} (is nats-server running there with JetStream, -js? or use --queue embedded)"
     )]
     QueueConnect {
+        /// Without credentials.
         url: String,
         source: fjord_queue::QueueError,
     },
@@ -740,7 +812,7 @@ pub async fn serve(config: GatewayConfig, shutdown: CancellationToken) -> Result
         fjord_store::uid_registry::UidBlock::unrestricted()
     };
     // Before the runtime: a queue that cannot be reached must not leave anything behind.
-    let (queue, pruner) = open_queue(&config.queue, data_dir).await?;
+    let (queue, pruner) = open_queue(&config.queue, &config.nats, data_dir).await?;
     let runtime = fjord_runtime::ProcessRuntime::new(fjord_runtime::RuntimeConfig {
         data_dir: data_dir.clone(),
         rollout_timeout: config.rollout_timeout,

@@ -4,6 +4,7 @@
 
 #[cfg(feature = "testing")]
 pub mod contract;
+pub mod key;
 #[cfg(feature = "nats")]
 pub mod nats;
 #[cfg(feature = "testing")]
@@ -15,6 +16,8 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+
+pub use key::QueueKey;
 
 /// A boxed future, so [`Queue`] can be used as `dyn Queue`.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -208,4 +211,22 @@ pub fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// A queue URL (or comma-separated list of URLs) without its credentials, for logs and
+/// messages: `nats://user:pass@host:4222` → `nats://***@host:4222`.
+pub fn redact_url(url: &str) -> String {
+    url.split(',')
+        .map(|one| match one.split_once("://") {
+            Some((scheme, rest)) => match rest.rsplit_once('@') {
+                Some((_, host)) => format!("{scheme}://***@{host}"),
+                None => one.to_owned(),
+            },
+            None => match one.rsplit_once('@') {
+                Some((_, host)) => format!("***@{host}"),
+                None => one.to_owned(),
+            },
+        })
+        .collect::<Vec<_>>()
+        .join(",")
 }

@@ -17,6 +17,20 @@
 //! - Stream `P_DEAD` (subjects `p.dead.<call>`): the requests of dead-lettered calls, for
 //!   [`replay`](Queue::replay).
 //!
+//! Integrity (`nats/integrity.rs`): whoever can publish to NATS could otherwise queue a call
+//! fjord runs (any function, any headers, any callback). Each call's message carries an
+//! HMAC-SHA256 ([`QueueKey`]) over everything that decides what runs and where its result
+//! goes: id, function, creation time, method, path, query, headers, callback URL and body;
+//! each record carries one over its JSON and its key (so its state, attempts and the message
+//! it points at cannot be edited). A message whose MAC is missing or wrong, or that sits on
+//! another function's subject, or whose record was edited, is never run: the call is
+//! dead-lettered with an "integrity check failed" reason and nothing goes to its callback. A
+//! genuine message put back after its record is gone is adopted only if it is younger than
+//! 10 minutes. Every fjord server sharing the queue needs the same key: the first
+//! to start records the key's id and MAC under `_fjord.queue-key` in the bucket, and a server
+//! with another key refuses to start. The MACs do not hide requests from someone who can read
+//! the stream, nor stop them deleting calls: NATS authorization does (see [`NatsAuth`]).
+//!
 //! Function names are `name.namespace`, two DNS-1123 labels (`[a-z0-9-]`), so in subjects and
 //! consumer names the dot becomes `_`, which such names never contain; any other byte (fjord
 //! never produces one) is escaped as `=XX`, keeping the mapping one-to-one. Call ids made of
@@ -49,6 +63,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::fmt::{Display, Write as _};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -65,8 +80,17 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     BoxFuture, CallRecord, CallRequest, CallState, CancelOutcome, Claimed, NewCall, Queue,
-    QueueError, now_ms,
+    QueueError, QueueKey, now_ms, redact_url,
 };
+
+mod connect;
+mod integrity;
+
+use connect::{Target, authenticate, connect_failed, transport};
+pub use integrity::INTEGRITY_FAILED;
+#[cfg(feature = "testing")]
+pub use integrity::signed_message;
+use integrity::{BadRecord, KEY_CHECK, check_key, decode_stored, encode_stored};
 
 /// The prefix of the stream, bucket and subject names unless told otherwise.
 pub const DEFAULT_PREFIX: &str = "FJORD";
@@ -80,6 +104,10 @@ const MAX_ACK_PENDING: i64 = 100_000;
 /// writing the record); after that it is an orphan (the enqueuer died between its two writes)
 /// and gets a record, so the call runs.
 const ORPHAN_AFTER_MS: u64 = 10_000;
+/// An orphan older than this is not adopted but dead-lettered: a genuine message put back in
+/// the stream after its call's record was pruned or purged (a replay) looks like an orphan,
+/// and the clients of real orphans never got their 202.
+const ORPHAN_MAX_AGE_MS: u64 = 10 * 60 * 1000;
 /// How often [`Queue::due_functions`] also looks for work the mirror cannot show as due:
 /// orphaned messages no record points at, and calls of dead processes that the server has
 /// redelivered before their lease ended.
@@ -100,6 +128,11 @@ const SCAN_GAP: Duration = Duration::from_secs(5);
 /// How [`NatsQueue::connect_with`] sets the queue up.
 #[derive(Debug, Clone)]
 pub struct NatsOptions {
+    /// Signs every call this process queues and checks every call before it runs. Every
+    /// process sharing the queue must hold the same key.
+    pub key: QueueKey,
+    /// Credentials and TLS beyond what the URL says.
+    pub auth: NatsAuth,
     /// Names the streams, bucket and subjects (`[A-Za-z0-9_-]`), so several installs can share
     /// one NATS. Every process of one install must use the same prefix.
     pub prefix: String,
@@ -112,9 +145,12 @@ pub struct NatsOptions {
     pub replicas: usize,
 }
 
-impl Default for NatsOptions {
-    fn default() -> Self {
+impl NatsOptions {
+    /// The defaults, with this key.
+    pub fn new(key: QueueKey) -> Self {
         NatsOptions {
+            key,
+            auth: NatsAuth::default(),
             prefix: DEFAULT_PREFIX.to_owned(),
             ack_wait: DEFAULT_ACK_WAIT,
             replicas: 1,
@@ -122,15 +158,34 @@ impl Default for NatsOptions {
     }
 }
 
+/// How fjord proves who it is to NATS, beyond a user and password or token in the URL
+/// (`nats://user:pass@host:4222`, `nats://token@host:4222`; percent-encode special
+/// characters). At most one way of authenticating may be given.
+#[derive(Debug, Clone, Default)]
+pub struct NatsAuth {
+    /// A `.creds` file (a user JWT and its nkey seed), as `nsc` writes for servers in operator
+    /// (JWT) mode.
+    pub creds_file: Option<PathBuf>,
+    /// A file holding an nkey seed (`SU...`), for servers that list users by nkey.
+    pub nkey_file: Option<PathBuf>,
+    /// PEM CA certificate(s) that signed the server's certificate, instead of the system's
+    /// roots. Implies TLS.
+    pub ca_file: Option<PathBuf>,
+    /// Require TLS even with `nats://` URLs (`tls://` always does).
+    pub tls: bool,
+}
+
 /// The queue on NATS JetStream. Cheap to share behind an `Arc`; dropping it stops its
 /// background tasks without touching the calls it holds (the server redelivers them).
 pub struct NatsQueue {
     inner: Arc<Inner>,
     tasks: Vec<tokio::task::AbortHandle>,
+    anonymous_allowed: bool,
 }
 
 struct Inner {
     js: jetstream::Context,
+    key: QueueKey,
     names: Names,
     calls: stream::Stream,
     dead: stream::Stream,
@@ -227,6 +282,12 @@ struct Envelope {
     headers: Vec<(String, String)>,
     #[serde(default)]
     callback_url: Option<String>,
+    /// The [`QueueKey::id`] of the key that signed it (names the key in error messages).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    kid: Option<String>,
+    /// HMAC-SHA256 (base64url) over the fields above and the body ([`Envelope::signed`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    mac: Option<String>,
 }
 
 impl Stored {
@@ -386,12 +447,17 @@ impl Mirror {
         }
     }
 
-    fn apply_entry(&mut self, entry: &kv::Entry) {
+    fn apply_entry(&mut self, entry: &kv::Entry, qkey: &QueueKey) {
+        if entry.key == KEY_CHECK {
+            return;
+        }
         let active = match entry.operation {
-            Operation::Put => match decode_stored(&entry.key, &entry.value) {
+            Operation::Put => match decode_stored(qkey, &entry.key, &entry.value) {
                 Ok(stored) => Active::of(&stored),
                 Err(e) => {
-                    tracing::warn!(error = %e, "ignoring an unreadable call record");
+                    // A claim of its message finds out and dead-letters the call.
+                    let e = e.into_error(&entry.key);
+                    tracing::warn!(error = %e, "ignoring an unusable call record");
                     None
                 }
             },
@@ -430,19 +496,26 @@ impl Mirror {
 }
 
 impl NatsQueue {
-    /// Connects to NATS at `url` (e.g. `nats://127.0.0.1:4222`; `tls://` works, with rustls and
-    /// the system's roots) and creates what is missing of the streams and bucket named by
-    /// `prefix` (e.g. [`DEFAULT_PREFIX`]), or reuses them: every process of an install
-    /// connects the same way. Other settings are [`NatsOptions`]'s defaults.
-    pub async fn connect(url: &str, prefix: &str) -> Result<NatsQueue, QueueError> {
+    /// Connects to NATS at `url` (e.g. `nats://user:pass@127.0.0.1:4222`; `tls://` works,
+    /// with rustls and the system's roots; several URLs separated by commas) and creates what
+    /// is missing of the streams and bucket named by `prefix` (e.g. [`DEFAULT_PREFIX`]), or
+    /// reuses them: every process of an install connects the same way, with the same `key`.
+    /// Other settings are [`NatsOptions::new`]'s defaults.
+    pub async fn connect(url: &str, prefix: &str, key: QueueKey) -> Result<NatsQueue, QueueError> {
         Self::connect_with(
             url,
             NatsOptions {
                 prefix: prefix.to_owned(),
-                ..NatsOptions::default()
+                ..NatsOptions::new(key)
             },
         )
         .await
+    }
+
+    /// Whether the server let a client without credentials connect (checked once, when this
+    /// queue connected): if so, anyone who can reach its port can read and forge calls.
+    pub fn anonymous_allowed(&self) -> bool {
+        self.anonymous_allowed
     }
 
     /// [`connect`](Self::connect) with every setting.
@@ -454,12 +527,24 @@ impl NatsQueue {
                 options.ack_wait
             )));
         }
-        let shown = redact(url);
-        let client = async_nats::ConnectOptions::new()
+        let shown = redact_url(url);
+        let target = Target::parse(url)?;
+        let base = transport(&options.auth);
+        let (authed, credentials) = authenticate(base.clone(), &target, &options.auth).await?;
+        let client = authed
             .name("fjord")
-            .connect(url)
+            .connect(target.servers.clone())
             .await
-            .map_err(|e| failed(&format!("cannot connect to NATS at {shown}"), e))?;
+            .map_err(|e| connect_failed(&shown, credentials, e))?;
+        // Once more without credentials: a server that lets that in is open to anyone who
+        // reaches its port (fjord without credentials just proved it is).
+        let anonymous_allowed = !credentials
+            || base
+                .name("fjord-anonymous-check")
+                .connection_timeout(Duration::from_secs(5))
+                .connect(target.servers.clone())
+                .await
+                .is_ok();
         let js = jetstream::new(client);
         let replicas = options.replicas.max(1);
 
@@ -513,6 +598,7 @@ impl NatsQueue {
             .get_key_value(names.bucket.as_str())
             .await
             .map_err(|e| failed(&format!("cannot open bucket {}", names.bucket), e))?;
+        check_key(&kv, &options.key).await?;
 
         // Load the active calls before answering, so the first due_functions sees the backlog.
         let mut mirror = Mirror::default();
@@ -530,7 +616,7 @@ impl NatsQueue {
                     Ok(Some(Err(e))) => return Err(failed("loading the call records", e)),
                     Ok(Some(Ok(entry))) => {
                         next = entry.revision + 1;
-                        mirror.apply_entry(&entry);
+                        mirror.apply_entry(&entry, &options.key);
                         if entry.delta == 0 {
                             break;
                         }
@@ -541,6 +627,7 @@ impl NatsQueue {
 
         let inner = Arc::new(Inner {
             js,
+            key: options.key,
             names,
             calls,
             dead,
@@ -556,7 +643,11 @@ impl NatsQueue {
             tokio::spawn(follow(Arc::clone(&inner), watch, next)).abort_handle(),
             tokio::spawn(keep_alive(Arc::clone(&inner))).abort_handle(),
         ];
-        Ok(NatsQueue { inner, tasks })
+        Ok(NatsQueue {
+            inner,
+            tasks,
+            anonymous_allowed,
+        })
     }
 
     /// Deletes finished calls (done, dead, cancelled) last updated before `older_than_ms`
@@ -583,7 +674,7 @@ async fn follow(inner: Arc<Inner>, mut watch: kv::Watch, mut next: u64) {
             match entry {
                 Ok(entry) => {
                     next = entry.revision + 1;
-                    inner.mirror().apply_entry(&entry);
+                    inner.mirror().apply_entry(&entry, &inner.key);
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "the NATS call record watch failed; resuming");
@@ -694,7 +785,15 @@ impl Inner {
         Ok(consumer)
     }
 
-    async fn read_record(&self, key: &str) -> Result<Option<(Stored, u64)>, QueueError> {
+    fn encode(&self, key: &str, stored: &Stored) -> Result<bytes::Bytes, QueueError> {
+        encode_stored(&self.key, key, stored)
+    }
+
+    /// A record and its revision; `Err((revision, reason))` if it failed its integrity check.
+    async fn read_entry(
+        &self,
+        key: &str,
+    ) -> Result<Option<Result<(Stored, u64), (u64, String)>>, QueueError> {
         match self
             .kv
             .entry(key)
@@ -702,9 +801,21 @@ impl Inner {
             .map_err(|e| failed("reading a call record", e))?
         {
             Some(entry) if entry.operation == Operation::Put => {
-                Ok(Some((decode_stored(key, &entry.value)?, entry.revision)))
+                match decode_stored(&self.key, key, &entry.value) {
+                    Ok(stored) => Ok(Some(Ok((stored, entry.revision)))),
+                    Err(BadRecord::Forged(why)) => Ok(Some(Err((entry.revision, why)))),
+                    Err(bad) => Err(bad.into_error(key)),
+                }
             }
             _ => Ok(None),
+        }
+    }
+
+    async fn read_record(&self, key: &str) -> Result<Option<(Stored, u64)>, QueueError> {
+        match self.read_entry(key).await? {
+            None => Ok(None),
+            Some(Ok(found)) => Ok(Some(found)),
+            Some(Err((_, why))) => Err(BadRecord::Forged(why).into_error(key)),
         }
     }
 
@@ -713,21 +824,40 @@ impl Inner {
     async fn update_record<T>(
         &self,
         key: &str,
-        mut edit: impl FnMut(&mut Stored) -> Edit<T>,
+        edit: impl FnMut(&mut Stored) -> Edit<T>,
     ) -> Result<Option<T>, QueueError> {
+        match self.update_checked(key, edit).await? {
+            Ok(answer) => Ok(answer),
+            Err((_, why)) => Err(BadRecord::Forged(why).into_error(key)),
+        }
+    }
+
+    /// [`update_record`](Self::update_record), but a record that fails its integrity check is
+    /// returned (`Err((revision, reason))`) for the caller to replace.
+    async fn update_checked<T>(
+        &self,
+        key: &str,
+        mut edit: impl FnMut(&mut Stored) -> Edit<T>,
+    ) -> Result<Result<Option<T>, (u64, String)>, QueueError> {
         for _ in 0..CAS_ATTEMPTS {
-            let Some((mut stored, revision)) = self.read_record(key).await? else {
-                return Ok(None);
+            let (mut stored, revision) = match self.read_entry(key).await? {
+                None => return Ok(Ok(None)),
+                Some(Err(forged)) => return Ok(Err(forged)),
+                Some(Ok(found)) => found,
             };
             let answer = match edit(&mut stored) {
-                Edit::Keep(answer) => return Ok(Some(answer)),
+                Edit::Keep(answer) => return Ok(Ok(Some(answer))),
                 Edit::Write(answer) => answer,
             };
-            match self.kv.update(key, encode_stored(&stored)?, revision).await {
+            match self
+                .kv
+                .update(key, self.encode(key, &stored)?, revision)
+                .await
+            {
                 Ok(revision) => {
                     self.mirror()
                         .apply(key, revision, Active::of(&stored), false);
-                    return Ok(Some(answer));
+                    return Ok(Ok(Some(answer)));
                 }
                 Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => continue,
                 Err(e) => return Err(failed("writing a call record", e)),
@@ -743,7 +873,7 @@ impl Inner {
             return Err(QueueError::Storage("a call needs a function".into()));
         }
         let key = key_of(&call.id);
-        let envelope = Envelope {
+        let mut envelope = Envelope {
             id: call.id,
             function: call.function,
             created_at_ms: now_ms(),
@@ -752,7 +882,10 @@ impl Inner {
             query: call.request.query,
             headers: call.request.headers,
             callback_url: call.request.callback_url,
+            kid: None,
+            mac: None,
         };
+        envelope.sign(&self.key, &call.request.body);
         let payload = encode_message(&envelope, &call.request.body)?;
         let subject = self.names.call_subject(&envelope.function);
         let mut ack = self.publish(&subject, payload.clone(), &key).await?;
@@ -771,7 +904,7 @@ impl Inner {
         }
         let stored = Stored::queued(&envelope, ack.sequence);
         let exists = || QueueError::Duplicate(envelope.id.clone());
-        match self.kv.create(&key, encode_stored(&stored)?).await {
+        match self.kv.create(&key, self.encode(&key, &stored)?).await {
             Ok(revision) => {
                 self.mirror()
                     .apply(&key, revision, Active::of(&stored), false);
@@ -1001,18 +1134,25 @@ impl Inner {
                     // The call's key, before any `/replay/...` or `/<ms>` suffix.
                     let key = id.as_str().split('/').next().unwrap_or_default().to_owned();
                     let now = now_ms();
-                    self.update_record(&key, |s| {
-                        if s.seq == seq && is_active(s.record.state) {
-                            s.record.state = CallState::Dead;
-                            s.record.last_error = Some(format!("corrupt stored request: {reason}"));
-                            s.record.updated_at_ms = now;
-                            s.lease_until_ms = None;
-                            Edit::Write(())
-                        } else {
-                            Edit::Keep(())
-                        }
-                    })
-                    .await?;
+                    let marked = self
+                        .update_record(&key, |s| {
+                            if s.seq == seq && is_active(s.record.state) {
+                                s.record.state = CallState::Dead;
+                                s.record.last_error =
+                                    Some(format!("corrupt stored request: {reason}"));
+                                s.record.updated_at_ms = now;
+                                s.lease_until_ms = None;
+                                Edit::Write(())
+                            } else {
+                                Edit::Keep(())
+                            }
+                        })
+                        .await;
+                    // The header is anyone's to set (a forged record behind it, say): the
+                    // message goes all the same.
+                    if let Err(e) = marked {
+                        tracing::warn!(error = %e, "cannot mark a corrupt message's call dead");
+                    }
                 }
                 self.acker(reply)
                     .ack_with(AckKind::Term)
@@ -1021,13 +1161,18 @@ impl Inner {
                 return Ok(None);
             }
         };
+        if let Err(reason) = envelope.check(&self.key, &body, function) {
+            return self
+                .refuse(seq, reply, &envelope, function, payload, &reason)
+                .await;
+        }
         let key = key_of(&envelope.id);
         // A second pass after adopting an orphan.
         for _ in 0..2 {
             let now = now_ms();
             let lease_until = now.saturating_add(millis(lease));
             let decided = self
-                .update_record(&key, |s| {
+                .update_checked(&key, |s| {
                     if s.seq != seq {
                         return Edit::Keep(Take::Drop);
                     }
@@ -1049,6 +1194,28 @@ impl Inner {
                     }
                 })
                 .await?;
+            let decided = match decided {
+                Ok(decided) => decided,
+                Err((revision, why)) => {
+                    // The request is genuine, its record is not: whether it already ran, or
+                    // was cancelled, is unknown.
+                    let reason = format!(
+                        "{INTEGRITY_FAILED} (its record was altered in NATS: {why}): not run, \
+                         as its true state is unknown; replay it if it should run"
+                    );
+                    tracing::error!(call = %envelope.id, function, seq, %reason, "refusing a queued call");
+                    if !self
+                        .record_dead(&key, Some(revision), &envelope, seq, function, &reason)
+                        .await?
+                    {
+                        self.nak(reply, 1000).await;
+                        return Ok(None);
+                    }
+                    self.bury(&key, payload).await?;
+                    self.ack(reply).await;
+                    return Ok(None);
+                }
+            };
             match decided {
                 Some(Take::Run(attempt)) => {
                     self.held().insert(
@@ -1096,8 +1263,25 @@ impl Inner {
                         self.nak(reply, ORPHAN_AFTER_MS - age).await;
                         return Ok(None);
                     }
+                    if age > ORPHAN_MAX_AGE_MS {
+                        let reason = format!(
+                            "not adopted: its record is missing and it was queued {} s ago, too \
+                             long ago for an interrupted enqueue (a copy of an old call put back \
+                             in NATS?); replay it if it should run",
+                            age / 1000
+                        );
+                        tracing::error!(call = %envelope.id, function, seq, %reason, "refusing a queued call");
+                        if self
+                            .record_dead(&key, None, &envelope, seq, function, &reason)
+                            .await?
+                        {
+                            self.bury(&key, payload).await?;
+                        }
+                        self.ack(reply).await;
+                        return Ok(None);
+                    }
                     let stored = Stored::queued(&envelope, seq);
-                    match self.kv.create(&key, encode_stored(&stored)?).await {
+                    match self.kv.create(&key, self.encode(&key, &stored)?).await {
                         Ok(revision) => {
                             tracing::warn!(call = %envelope.id, "adopting a queued call whose record was never written (its enqueue was interrupted)");
                             self.mirror()
@@ -1110,6 +1294,96 @@ impl Inner {
             }
         }
         Ok(None)
+    }
+
+    /// Dead-letters a message that failed its integrity check: it never runs and nothing is
+    /// sent to its callback. The call's record (the one pointing at this message, or a new
+    /// one) says why, and the request is kept with the dead letters for inspection; a record
+    /// of another message with the same id (a forgery reusing a real call's id) is left alone.
+    async fn refuse(
+        &self,
+        seq: u64,
+        reply: Subject,
+        envelope: &Envelope,
+        function: &str,
+        payload: bytes::Bytes,
+        reason: &str,
+    ) -> Result<Option<(u64, Claimed)>, QueueError> {
+        tracing::error!(call = %envelope.id, function, seq, %reason, "refusing a queued call");
+        let key = key_of(&envelope.id);
+        let now = now_ms();
+        let ours = match self
+            .update_checked(&key, |s| {
+                if s.seq != seq {
+                    return Edit::Keep(false);
+                }
+                if !is_active(s.record.state) {
+                    return Edit::Keep(true);
+                }
+                s.record.state = CallState::Dead;
+                s.record.last_error = Some(reason.to_owned());
+                s.record.updated_at_ms = now;
+                s.lease_until_ms = None;
+                Edit::Write(true)
+            })
+            .await?
+        {
+            Ok(Some(ours)) => ours,
+            Ok(None) => {
+                self.record_dead(&key, None, envelope, seq, function, reason)
+                    .await?
+            }
+            // A forged record (its message too, or it would not be here): replaced.
+            Err((revision, _)) => {
+                self.record_dead(&key, Some(revision), envelope, seq, function, reason)
+                    .await?
+            }
+        };
+        if ours {
+            self.bury(&key, payload).await?;
+        }
+        self.acker(reply)
+            .ack_with(AckKind::Term)
+            .await
+            .map_err(|e| failed("dropping a refused message", e))?;
+        Ok(None)
+    }
+
+    /// Writes a dead record for a refused message: created (`revision` `None`), or in place of
+    /// a forged record at `revision`. `false` if someone else wrote the key first.
+    async fn record_dead(
+        &self,
+        key: &str,
+        revision: Option<u64>,
+        envelope: &Envelope,
+        seq: u64,
+        function: &str,
+        reason: &str,
+    ) -> Result<bool, QueueError> {
+        let now = now_ms();
+        let mut stored = Stored::queued(envelope, seq);
+        stored.record.function = function.to_owned();
+        stored.record.state = CallState::Dead;
+        stored.record.last_error = Some(reason.to_owned());
+        stored.record.updated_at_ms = now;
+        let value = self.encode(key, &stored)?;
+        let written =
+            match revision {
+                None => self.kv.create(key, value).await.map_err(|e| {
+                    (e.kind() != CreateErrorKind::AlreadyExists).then(|| e.to_string())
+                }),
+                Some(revision) => self.kv.update(key, value, revision).await.map_err(|e| {
+                    (e.kind() != UpdateErrorKind::WrongLastRevision).then(|| e.to_string())
+                }),
+            };
+        match written {
+            Ok(revision) => {
+                self.mirror().apply(key, revision, None, false);
+                Ok(true)
+            }
+            Err(None) => Ok(false),
+            Err(Some(e)) => Err(failed("recording a refused call", e)),
+        }
     }
 
     /// Keeps a dead-lettered call's request (the message payload) for replay.
@@ -1278,11 +1552,12 @@ impl Inner {
                 Err(_) | Ok(None) => return Ok(()),
                 Ok(Some(Err(e))) => return Err(failed("reading the call records", e)),
                 Ok(Some(Ok(entry))) => {
-                    if entry.operation == Operation::Put {
-                        match decode_stored(&entry.key, &entry.value) {
+                    if entry.operation == Operation::Put && entry.key != KEY_CHECK {
+                        match decode_stored(&self.key, &entry.key, &entry.value) {
                             Ok(stored) => each(stored, entry.revision),
                             Err(e) => {
-                                tracing::warn!(error = %e, "skipping an unreadable call record")
+                                let e = e.into_error(&entry.key);
+                                tracing::warn!(error = %e, "skipping an unusable call record")
                             }
                         }
                     }
@@ -1711,17 +1986,6 @@ fn decode_message(payload: &bytes::Bytes) -> Result<(Envelope, bytes::Bytes), St
     Ok((envelope, payload.slice(newline + 1..)))
 }
 
-fn encode_stored(stored: &Stored) -> Result<bytes::Bytes, QueueError> {
-    serde_json::to_vec(stored)
-        .map(bytes::Bytes::from)
-        .map_err(|e| QueueError::Storage(format!("cannot encode a call record: {e}")))
-}
-
-fn decode_stored(key: &str, value: &[u8]) -> Result<Stored, QueueError> {
-    serde_json::from_slice(value)
-        .map_err(|e| QueueError::Storage(format!("call record {key} is corrupt: {e}")))
-}
-
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
@@ -1729,20 +1993,6 @@ fn millis(d: Duration) -> u64 {
 /// A NATS error with what was being done.
 fn failed(context: &str, e: impl Display) -> QueueError {
     QueueError::Storage(format!("NATS: {context}: {e}"))
-}
-
-/// The URL without credentials, for messages.
-fn redact(url: &str) -> String {
-    match url.split_once("://") {
-        Some((scheme, rest)) => match rest.rsplit_once('@') {
-            Some((_, host)) => format!("{scheme}://***@{host}"),
-            None => url.to_owned(),
-        },
-        None => match url.rsplit_once('@') {
-            Some((_, host)) => format!("***@{host}"),
-            None => url.to_owned(),
-        },
-    }
 }
 
 #[cfg(test)]
@@ -1790,6 +2040,8 @@ mod tests {
             query: Some("x=1".into()),
             headers: vec![("x-a".into(), "line\nbreak".into())],
             callback_url: None,
+            kid: None,
+            mac: None,
         };
         let body = b"\n\0binary\n\xff";
         let payload = encode_message(&envelope, body).unwrap();
@@ -1799,12 +2051,6 @@ mod tests {
         assert_eq!(back.headers, envelope.headers);
         assert!(decode_message(&bytes::Bytes::from_static(b"{}")).is_err());
         assert!(decode_message(&bytes::Bytes::from_static(b"nope\nbody")).is_err());
-    }
-
-    #[test]
-    fn urls_lose_their_credentials() {
-        assert_eq!(redact("nats://user:pw@host:4222"), "nats://***@host:4222");
-        assert_eq!(redact("nats://host:4222"), "nats://host:4222");
     }
 
     #[test]

@@ -15,16 +15,42 @@ pub struct NatsServer {
     child: Option<Child>,
     dir: tempfile::TempDir,
     port: u16,
+    /// `-c` file, if started with a configuration.
+    config: Option<PathBuf>,
 }
 
 impl NatsServer {
+    /// A server that lets anyone connect (nats-server's default).
     pub fn start() -> NatsServer {
+        Self::start_with_config(None)
+    }
+
+    /// A server that only lets `user` with `password` connect (an `authorization` block in
+    /// its configuration file, as the README sets nats-server up).
+    pub fn start_with_auth(user: &str, password: &str) -> NatsServer {
+        let q = |s: &str| serde_json::to_string(s).unwrap();
+        Self::start_with_config(Some(&format!(
+            "authorization {{\n  user: {}\n  password: {}\n}}\n",
+            q(user),
+            q(password)
+        )))
+    }
+
+    /// A server with this configuration file text (port, address and JetStream store are set
+    /// on the command line, which overrides the file).
+    pub fn start_with_config(config: Option<&str>) -> NatsServer {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
+        let config = config.map(|text| {
+            let path = dir.path().join("nats-server.conf");
+            std::fs::write(&path, text).unwrap();
+            path
+        });
         let mut server = NatsServer {
             child: None,
             dir,
             port,
+            config,
         };
         server.spawn();
         server
@@ -34,10 +60,27 @@ impl NatsServer {
         format!("nats://127.0.0.1:{}", self.port)
     }
 
+    /// [`url`](Self::url) with credentials: `user:password` or a token.
+    pub fn url_with(&self, userinfo: &str) -> String {
+        format!("nats://{userinfo}@127.0.0.1:{}", self.port)
+    }
+
+    /// A queue key file (32 random bytes) made once per server, for every fjord process of a
+    /// test that shares this server's queue (`--queue-key`).
+    pub fn queue_key_file(&self) -> PathBuf {
+        let path = self.dir.path().join("queue.key");
+        crate::QueueKey::load_or_create(&path).unwrap();
+        path
+    }
+
     fn spawn(&mut self) {
         let store = self.dir.path().join("store");
         let log = std::fs::File::create(self.log_path()).unwrap();
-        let mut child = Command::new(nats_server_binary())
+        let mut command = Command::new(nats_server_binary());
+        if let Some(config) = &self.config {
+            command.arg("-c").arg(config);
+        }
+        let mut child = command
             .arg("-js")
             .arg("-sd")
             .arg(&store)

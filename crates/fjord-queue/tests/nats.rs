@@ -13,9 +13,14 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use fjord_queue::contract::call;
-use fjord_queue::nats::{NatsOptions, NatsQueue};
+use fjord_queue::nats::{INTEGRITY_FAILED, NatsAuth, NatsOptions, NatsQueue, signed_message};
 use fjord_queue::nats_server::NatsServer;
-use fjord_queue::{CallState, Queue, now_ms};
+use fjord_queue::{CallState, Queue, QueueKey, now_ms};
+
+/// The key every queue of these tests shares (as the fjord servers of one install do).
+fn key() -> QueueKey {
+    QueueKey::from_bytes(b"fjord queue tests: a shared key..").unwrap()
+}
 
 /// A prefix of its own per queue set, so nothing could leak between tests.
 fn prefix() -> String {
@@ -28,7 +33,9 @@ fn prefix() -> String {
 }
 
 async fn connect(server: &NatsServer, prefix: &str) -> NatsQueue {
-    NatsQueue::connect(&server.url(), prefix).await.unwrap()
+    NatsQueue::connect(&server.url(), prefix, key())
+        .await
+        .unwrap()
 }
 
 async fn connect_with_ack_wait(server: &NatsServer, prefix: &str, ack_wait: Duration) -> NatsQueue {
@@ -37,7 +44,7 @@ async fn connect_with_ack_wait(server: &NatsServer, prefix: &str, ack_wait: Dura
         NatsOptions {
             prefix: prefix.to_owned(),
             ack_wait,
-            ..NatsOptions::default()
+            ..NatsOptions::new(key())
         },
     )
     .await
@@ -410,15 +417,11 @@ async fn orphaned_messages_are_adopted() {
     let js = async_nats::jetstream::new(async_nats::connect(server.url()).await.unwrap());
     let subject = format!("{}.calls.f_ns", prefix.to_lowercase());
     for (id, age_ms) in [("old", 60_000), ("young", 0)] {
-        let line = serde_json::json!({
-            "id": id,
-            "function": "f.ns",
-            "createdAtMs": now_ms() - age_ms,
-            "method": "PUT",
-            "path": "/x",
-        });
-        let payload = format!("{line}\nbody of {id}");
-        js.publish(subject.clone(), payload.into())
+        let mut request = call(id, "f.ns").request;
+        request.method = "PUT".into();
+        request.body = format!("body of {id}").into_bytes();
+        let payload = signed_message(&key(), id, "f.ns", now_ms() - age_ms, &request);
+        js.publish(subject.clone(), payload)
             .await
             .unwrap()
             .await
@@ -479,18 +482,450 @@ async fn bad_settings_are_refused() {
     let server = NatsServer::start();
     for prefix in ["", "a.b", "a b", "a*"] {
         assert!(
-            NatsQueue::connect(&server.url(), prefix).await.is_err(),
+            NatsQueue::connect(&server.url(), prefix, key())
+                .await
+                .is_err(),
             "{prefix:?}"
         );
     }
-    let err = NatsQueue::connect("nats://127.0.0.1:1", "P")
+    let err = NatsQueue::connect("nats://127.0.0.1:1", "P", key())
         .await
         .err()
         .unwrap();
     assert!(err.to_string().contains("cannot connect"), "{err}");
-    let err = NatsQueue::connect("nats://user:secret@127.0.0.1:1", "P")
+    let err = NatsQueue::connect("nats://user:secret@127.0.0.1:1", "P", key())
         .await
         .err()
         .unwrap();
     assert!(!err.to_string().contains("secret"), "{err}");
+}
+
+/// What an attacker with NATS access (a leaked credential, a function reaching the port) but
+/// without the queue key writes: a call for a function, straight into the stream, with a
+/// callback of their own, old enough that an orphan would be adopted, and one with a record
+/// pointing at it too. Plus a call signed with another key, and a genuine call of another
+/// function moved onto this function's subject. None is ever claimed; each is dead-lettered
+/// with the integrity reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_calls_are_dead_lettered_never_run() {
+    let server = NatsServer::start();
+    let prefix = prefix();
+    let q = connect(&server, &prefix).await;
+    let raw = async_nats::connect(server.url()).await.unwrap();
+    let js = async_nats::jetstream::new(raw);
+    let root = prefix.to_lowercase();
+    let subject = format!("{root}.calls.f_ns");
+    let created = now_ms() - 60_000;
+    let forged = |id: &str| {
+        let line = serde_json::json!({
+            "id": id, "function": "f.ns", "createdAtMs": created, "method": "POST",
+            "path": "/", "callbackUrl": "http://127.0.0.1:9/steal",
+            "headers": [["authorization", "Bearer forged"]],
+        });
+        format!("{line}\nforged body")
+    };
+    let publish = async |payload: bytes::Bytes| {
+        js.publish(subject.clone(), payload)
+            .await
+            .unwrap()
+            .await
+            .unwrap()
+            .sequence
+    };
+    publish(forged("no-record").into()).await;
+    let seq = publish(forged("with-record").into()).await;
+    // The record a claim would trust, as enqueue writes it.
+    let kv = js
+        .get_key_value(format!("{prefix}_CALL_STATE"))
+        .await
+        .unwrap();
+    let record = serde_json::json!({
+        "id": "with-record", "function": "f.ns", "state": "queued", "method": "POST",
+        "path": "/", "attempts": 0, "status": null, "lastError": null,
+        "callbackUrl": "http://127.0.0.1:9/steal", "callback": null,
+        "createdAtMs": created, "updatedAtMs": created, "nextAttemptMs": created, "seq": seq,
+    });
+    kv.create("with-record", serde_json::to_vec(&record).unwrap().into())
+        .await
+        .unwrap();
+    let other_key = QueueKey::from_bytes(&[9; 32]).unwrap();
+    let request = call("other-key", "f.ns").request;
+    publish(signed_message(
+        &other_key,
+        "other-key",
+        "f.ns",
+        created,
+        &request,
+    ))
+    .await;
+    let request = call("moved", "g.ns").request;
+    publish(signed_message(&key(), "moved", "g.ns", created, &request)).await;
+
+    let ids = ["no-record", "with-record", "other-key", "moved"];
+    eventually(
+        Duration::from_secs(20),
+        "the forged calls to be refused",
+        async || {
+            let claimed = q.claim("f.ns", 10, Duration::from_secs(60)).await.unwrap();
+            assert!(claimed.is_empty(), "a forged call was claimed: {claimed:?}");
+            states(&q, &ids.map(String::from)).await == Some(BTreeMap::from([("dead", 4)]))
+        },
+    )
+    .await;
+    for id in ids {
+        let r = q.get(id).await.unwrap().unwrap();
+        let why = r.last_error.unwrap_or_default();
+        assert!(why.starts_with(INTEGRITY_FAILED), "{id}: {why}");
+        assert_eq!(r.attempts, 0, "{id}");
+    }
+    let q = &q;
+    let why = async |id| q.get(id).await.unwrap().unwrap().last_error.unwrap();
+    assert!(why("no-record").await.contains("no MAC"));
+    let other = why("other-key").await;
+    assert!(
+        other.contains(other_key.id()) && other.contains("--queue-key"),
+        "{other}"
+    );
+    assert!(why("moved").await.contains("queued for f.ns"));
+    assert!(q.depth().await.unwrap().is_empty());
+    // Replaying one runs nothing either: the request is still not signed.
+    assert!(q.replay("no-record").await.unwrap());
+    eventually(
+        Duration::from_secs(20),
+        "the replayed forgery to die again",
+        async || {
+            let claimed = q.claim("f.ns", 10, Duration::from_secs(60)).await.unwrap();
+            assert!(claimed.is_empty(), "a forged call was claimed: {claimed:?}");
+            q.get("no-record").await.unwrap().unwrap().state == CallState::Dead
+        },
+    )
+    .await;
+}
+
+/// A genuine call whose stored request is altered (new body, same MAC) and put back in the
+/// stream with its record repointed at the altered copy is dead-lettered, not run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn altered_calls_are_dead_lettered_never_run() {
+    let server = NatsServer::start();
+    let prefix = prefix();
+    let q = connect(&server, &prefix).await;
+    let mut genuine = call("real", "f.ns");
+    genuine.request.body = b"pay 10 to alice".to_vec();
+    q.enqueue(genuine).await.unwrap();
+
+    let js = async_nats::jetstream::new(async_nats::connect(server.url()).await.unwrap());
+    let calls = js.get_stream(format!("{prefix}_CALLS")).await.unwrap();
+    let subject = format!("{}.calls.f_ns", prefix.to_lowercase());
+    let original = calls
+        .get_last_raw_message_by_subject(&subject)
+        .await
+        .unwrap();
+    let payload = String::from_utf8(original.payload.to_vec()).unwrap();
+    let altered = payload.replace("pay 10 to alice", "pay 9999 to mallory");
+    assert_ne!(altered, payload);
+    let seq = js
+        .publish(subject, altered.into())
+        .await
+        .unwrap()
+        .await
+        .unwrap()
+        .sequence;
+    calls.delete_message(original.sequence).await.unwrap();
+    let kv = js
+        .get_key_value(format!("{prefix}_CALL_STATE"))
+        .await
+        .unwrap();
+    // The record is JSON, then its MAC on a line of its own (kept as it was).
+    let entry = kv.entry("real").await.unwrap().unwrap();
+    let text = String::from_utf8(entry.value.to_vec()).unwrap();
+    let (json, mac) = text.split_once('\n').unwrap();
+    let mut record: serde_json::Value = serde_json::from_str(json).unwrap();
+    record["seq"] = seq.into();
+    kv.update("real", format!("{record}\n{mac}").into(), entry.revision)
+        .await
+        .unwrap();
+
+    eventually(
+        Duration::from_secs(20),
+        "the altered call to be refused",
+        async || {
+            let claimed = q.claim("f.ns", 10, Duration::from_secs(60)).await.unwrap();
+            assert!(
+                claimed.is_empty(),
+                "an altered call was claimed: {claimed:?}"
+            );
+            q.get("real").await.unwrap().unwrap().state == CallState::Dead
+        },
+    )
+    .await;
+    let r = q.get("real").await.unwrap().unwrap();
+    let why = r.last_error.unwrap();
+    assert!(
+        why.starts_with(INTEGRITY_FAILED) && why.contains("does not match"),
+        "{why}"
+    );
+    assert_eq!(r.attempts, 0);
+}
+
+/// A server that requires authorization: fjord connects with a user and password or a token
+/// in the URL, or an nkey seed file, and sees that anonymous clients are refused; without
+/// credentials (or with wrong ones) it gets a clear error that shows no secret. A server
+/// without authorization is reported as open to anonymous clients.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_are_used_and_anonymous_access_is_detected() {
+    let open = NatsServer::start();
+    let q = connect(&open, &prefix()).await;
+    assert!(q.anonymous_allowed());
+    // Credentials are ignored by an open server: still open.
+    let q = NatsQueue::connect(&open.url_with("u:p"), &prefix(), key())
+        .await
+        .unwrap();
+    assert!(q.anonymous_allowed());
+
+    let locked = NatsServer::start_with_auth("fjord", "pa:ss@w/rd");
+    let q = NatsQueue::connect(&locked.url_with("fjord:pa%3Ass%40w%2Frd"), &prefix(), key())
+        .await
+        .unwrap();
+    assert!(!q.anonymous_allowed());
+    q.enqueue(call("c1", "f")).await.unwrap();
+    assert_eq!(
+        q.claim("f", 1, Duration::from_secs(60))
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    // A raw client without credentials cannot even connect.
+    assert!(async_nats::connect(locked.url()).await.is_err());
+    let err = NatsQueue::connect(&locked.url(), &prefix(), key())
+        .await
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("requires authentication"), "{err}");
+    let err = NatsQueue::connect(&locked.url_with("fjord:wrong-secret"), &prefix(), key())
+        .await
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("refused fjord's credentials") && !err.contains("wrong-secret"),
+        "{err}"
+    );
+
+    let token = NatsServer::start_with_config(Some("authorization { token: \"t0ken\" }\n"));
+    let q = NatsQueue::connect(&token.url_with("t0ken"), &prefix(), key())
+        .await
+        .unwrap();
+    assert!(!q.anonymous_allowed());
+
+    let user = nkeys::KeyPair::new_user();
+    let nkey = NatsServer::start_with_config(Some(&format!(
+        "authorization {{ users: [ {{ nkey: {} }} ] }}\n",
+        user.public_key()
+    )));
+    let dir = tempfile::tempdir().unwrap();
+    let seed = dir.path().join("fjord.nk");
+    std::fs::write(&seed, format!("{}\n", user.seed().unwrap())).unwrap();
+    let with_nkey = |file: std::path::PathBuf| NatsOptions {
+        prefix: prefix(),
+        auth: NatsAuth {
+            nkey_file: Some(file),
+            ..NatsAuth::default()
+        },
+        ..NatsOptions::new(key())
+    };
+    let q = NatsQueue::connect_with(&nkey.url(), with_nkey(seed.clone()))
+        .await
+        .unwrap();
+    assert!(!q.anonymous_allowed());
+    let err = NatsQueue::connect_with(&nkey.url(), with_nkey(dir.path().join("missing")))
+        .await
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("nkey seed file") && err.contains("missing"),
+        "{err}"
+    );
+    // A .creds file that is not there, or is not one, is named in the error.
+    for (name, text) in [
+        ("missing.creds", None),
+        ("bad.creds", Some("not a creds file")),
+    ] {
+        let path = dir.path().join(name);
+        if let Some(text) = text {
+            std::fs::write(&path, text).unwrap();
+        }
+        let options = NatsOptions {
+            prefix: prefix(),
+            auth: NatsAuth {
+                creds_file: Some(path),
+                ..NatsAuth::default()
+            },
+            ..NatsOptions::new(key())
+        };
+        let err = NatsQueue::connect_with(&nkey.url(), options)
+            .await
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("NATS credentials file") && err.contains(name),
+            "{err}"
+        );
+    }
+    // Two ways at once is a mistake.
+    let err = NatsQueue::connect_with(&nkey.url_with("u:p"), with_nkey(seed))
+        .await
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("one way to authenticate"), "{err}");
+}
+
+/// `--nats-ca`: TLS to a server whose certificate that CA signed; without it the server's
+/// self-signed certificate is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_with_a_private_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert =
+        rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()]).unwrap();
+    let (cert_file, key_file) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert_file, cert.cert.pem()).unwrap();
+    std::fs::write(&key_file, cert.signing_key.serialize_pem()).unwrap();
+    let server = NatsServer::start_with_config(Some(&format!(
+        "tls {{ cert_file: {:?}, key_file: {:?} }}\n",
+        cert_file.display().to_string(),
+        key_file.display().to_string()
+    )));
+    let tls = |ca: Option<std::path::PathBuf>| NatsOptions {
+        prefix: prefix(),
+        auth: NatsAuth {
+            ca_file: ca,
+            tls: true,
+            ..NatsAuth::default()
+        },
+        ..NatsOptions::new(key())
+    };
+    let q = NatsQueue::connect_with(&server.url(), tls(Some(cert_file)))
+        .await
+        .unwrap();
+    q.enqueue(call("c1", "f")).await.unwrap();
+    let err = NatsQueue::connect_with(&server.url(), tls(None))
+        .await
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("TLS") || err.contains("cannot connect"),
+        "{err}"
+    );
+}
+
+/// Records are signed too. A genuine call whose record is edited in NATS (cancelled, or a
+/// finished call set queued again and pointed at a copy of its request: a replay) is
+/// dead-lettered, not run; an old genuine request put back without a record (a replay after
+/// its record was pruned or purged) is not adopted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn altered_records_and_replays_never_run() {
+    let server = NatsServer::start();
+    let prefix = prefix();
+    let q = connect(&server, &prefix).await;
+    let js = async_nats::jetstream::new(async_nats::connect(server.url()).await.unwrap());
+    let kv = js
+        .get_key_value(format!("{prefix}_CALL_STATE"))
+        .await
+        .unwrap();
+    let calls = js.get_stream(format!("{prefix}_CALLS")).await.unwrap();
+    let subject = format!("{}.calls.f_ns", prefix.to_lowercase());
+    // Edits a record's JSON as an attacker would (keeping whatever follows it).
+    let edit = async |id: &str, change: &dyn Fn(&mut serde_json::Value)| {
+        let entry = kv.entry(id).await.unwrap().unwrap();
+        let text = String::from_utf8(entry.value.to_vec()).unwrap();
+        let (json, rest) = text.split_once('\n').unwrap_or((&text, ""));
+        let mut record: serde_json::Value = serde_json::from_str(json).unwrap();
+        change(&mut record);
+        let value = format!("{record}\n{rest}");
+        kv.update(id, value.into(), entry.revision).await.unwrap();
+    };
+
+    // Cancelled behind fjord's back: dead-lettered (visibly), not silently dropped.
+    q.enqueue(call("edited", "f.ns")).await.unwrap();
+    edit("edited", &|r| r["state"] = "cancelled".into()).await;
+    // Runs once; the attacker keeps a copy of its request.
+    q.enqueue(call("paid", "f.ns")).await.unwrap();
+    let copy = calls
+        .get_last_raw_message_by_subject(&subject)
+        .await
+        .unwrap()
+        .payload;
+    let lease = Duration::from_secs(60);
+    let ran = q.claim("f.ns", 10, lease).await.unwrap();
+    assert_eq!(
+        ran.iter().map(|c| c.id.as_str()).collect::<Vec<_>>(),
+        ["paid"]
+    );
+    q.complete("paid", 200).await.unwrap();
+    let r = q.get("edited").await.unwrap().unwrap();
+    assert_eq!(r.state, CallState::Dead);
+    let why = r.last_error.unwrap();
+    assert!(
+        why.starts_with(INTEGRITY_FAILED) && why.contains("record was altered"),
+        "{why}"
+    );
+
+    // The replay: the copy put back, the record set queued and pointed at it.
+    let seq = js
+        .publish(subject.clone(), copy)
+        .await
+        .unwrap()
+        .await
+        .unwrap()
+        .sequence;
+    edit("paid", &|r| {
+        r["state"] = "queued".into();
+        r["seq"] = seq.into();
+    })
+    .await;
+    let ran = q.claim("f.ns", 10, lease).await.unwrap();
+    assert!(ran.is_empty(), "the replay ran: {ran:?}");
+    let r = q.get("paid").await.unwrap().unwrap();
+    assert_eq!(r.state, CallState::Dead);
+    assert!(r.last_error.unwrap().contains("record was altered"));
+
+    // A genuine request from 20 minutes ago, put back with no record.
+    let request = call("ancient", "f.ns").request;
+    let old = signed_message(&key(), "ancient", "f.ns", now_ms() - 20 * 60_000, &request);
+    js.publish(subject, old).await.unwrap().await.unwrap();
+    let ran = q.claim("f.ns", 10, lease).await.unwrap();
+    assert!(ran.is_empty(), "the replay ran: {ran:?}");
+    let r = q.get("ancient").await.unwrap().unwrap();
+    assert_eq!(r.state, CallState::Dead);
+    assert!(r.last_error.unwrap().starts_with("not adopted"));
+    assert!(q.depth().await.unwrap().is_empty());
+}
+
+/// A process with another queue key than the one the install started with refuses to
+/// connect (it would dead-letter every call the others queue), naming both keys.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_with_another_key_does_not_start() {
+    let server = NatsServer::start();
+    let prefix = prefix();
+    let first = connect(&server, &prefix).await;
+    first.enqueue(call("c1", "f")).await.unwrap();
+    let other = QueueKey::from_bytes(&[5; 32]).unwrap();
+    let err = NatsQueue::connect(&server.url(), &prefix, other.clone())
+        .await
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains(key().id()) && err.contains(other.id()) && err.contains("--queue-key"),
+        "{err}"
+    );
+    // The same key connects, and the check entry is no call.
+    let again = connect(&server, &prefix).await;
+    assert_eq!(again.list(None, 10).await.unwrap().len(), 1);
+    assert_eq!(again.depth().await.unwrap(), vec![("f".to_owned(), 1)]);
 }

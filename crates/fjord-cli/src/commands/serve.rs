@@ -42,6 +42,13 @@ pub fn run(a: ServeArgs) -> Result<(), CliError> {
     config.max_async_body = usize::try_from(a.max_async_body).unwrap_or(usize::MAX);
     config.async_keep_method = a.async_method == "original";
     config.queue = a.queue;
+    config.nats = fjord_gateway::NatsSettings {
+        creds: a.nats_creds,
+        nkey: a.nats_nkey,
+        ca: a.nats_ca,
+        tls: a.nats_tls,
+        queue_key: a.queue_key,
+    };
     config.auth_fail_limit = a.auth_fail_limit;
     config.callback = fjord_gateway::CallbackPolicy::new(a.callback_allow);
     config.metrics_auth = a.metrics_auth;
