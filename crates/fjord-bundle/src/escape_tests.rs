@@ -127,7 +127,7 @@ fn issue_chain() -> Vec<Entry> {
 fn the_symlink_chain_of_the_issue_is_refused() {
     for policy in [Symlinks::Contained, Symlinks::Any] {
         let (s, r) = extract_with(&Extractor::default().symlinks(policy), &issue_chain());
-        refused(r, "d/d/d/d/up", "\"d\" is a symlink");
+        refused(r, "d/d/d/d/up", "beneath \"d\", which is a symlink");
         assert!(!s.root.join("up").exists());
     }
     refused_at_upload(&issue_chain(), "d/d/d/d/up");
@@ -161,7 +161,7 @@ fn an_escaping_symlink_is_refused_but_followed_by_nothing_with_any_target_allowe
     refused_at_upload(&entries, "up");
     // Image layers may hold such links; they are made, never followed.
     let (s, r) = extract_with(&Extractor::default().symlinks(Symlinks::Any), &entries);
-    refused(r, "up/created", "\"up\" is a symlink");
+    refused(r, "up/created", "beneath \"up\", which is a symlink");
     assert_eq!(
         std::fs::read_link(s.root.join("up")).unwrap(),
         Path::new("../../../..")
@@ -170,7 +170,7 @@ fn an_escaping_symlink_is_refused_but_followed_by_nothing_with_any_target_allowe
         &Extractor::default().symlinks(Symlinks::Any),
         &[Entry::symlink("abs", "/"), Entry::file("abs/created", b"x")],
     );
-    refused(r, "abs/created", "\"abs\" is a symlink");
+    refused(r, "abs/created", "beneath \"abs\", which is a symlink");
     assert!(s.root.join("abs").is_symlink());
 }
 
@@ -287,7 +287,7 @@ fn nothing_is_written_through_a_symlinked_directory() {
     ];
     for policy in [Symlinks::Contained, Symlinks::Any] {
         let (s, r) = extract_with(&Extractor::default().symlinks(policy), &entries);
-        refused(r, "s/f", "\"s\" is a symlink");
+        refused(r, "s/f", "beneath \"s\", which is a symlink");
         assert!(!s.root.join("sub/f").exists());
     }
     refused_at_upload(&entries, "s/f");
@@ -303,7 +303,7 @@ fn a_directory_or_file_cannot_take_the_place_of_a_symlink() {
             Entry::file("x/f", b"through"),
         ];
         let (s, r) = extract(&entries);
-        refused(r, "x", "a symlink of that name is already there");
+        refused(r, "x", "clashes with a symlink");
         assert!(s.root.join("x").is_symlink());
         assert_eq!(std::fs::read_dir(s.root.join("sub")).unwrap().count(), 0);
         refused_at_upload(&entries, "x");
@@ -315,7 +315,7 @@ fn a_directory_or_file_cannot_take_the_place_of_a_symlink() {
             r.unwrap();
             assert_eq!(std::fs::read(s.root.join("x/f")).unwrap(), b"through");
         } else {
-            refused(r, "x/f", "\"x\" is a file");
+            refused(r, "x/f", "beneath \"x\", which is a file");
             assert_eq!(std::fs::read(s.root.join("x")).unwrap(), b"over");
         }
     }
@@ -326,7 +326,7 @@ fn a_directory_or_file_cannot_take_the_place_of_a_symlink() {
             .symlinks(Symlinks::Any),
         &[Entry::dir("d"), Entry::symlink("d", "/")],
     );
-    refused(r, "d", "a directory of that name is already there");
+    refused(r, "d", "clashes with a directory");
     assert!(s.root.join("d").is_dir());
 }
 
@@ -334,7 +334,7 @@ fn a_directory_or_file_cannot_take_the_place_of_a_symlink() {
 fn names_repeat_only_as_directories() {
     let entries = [Entry::file("f", b"one"), Entry::file("f", b"two")];
     let (_, r) = extract(&entries);
-    refused(r, "f", "a file of that name");
+    refused(r, "f", "clashes with a file");
     refused_at_upload(&entries, "f");
     let (s, r) = extract_with(&Extractor::default().existing(Existing::Replace), &entries);
     r.unwrap();

@@ -400,7 +400,7 @@ impl Extractor {
             for i in 1..comps.len() {
                 if let Some(k) = seen.get(&key(&comps[..i])).filter(|k| **k != Kind::Dir) {
                     return Err(fail(format!(
-                        "{} is {} (an earlier entry), not a directory",
+                        "is beneath {}, which is {} (an earlier entry), not a directory",
                         show(&join(&comps[..i])),
                         k.noun()
                     )));
@@ -412,7 +412,7 @@ impl Extractor {
                 Some(old) if old != Kind::Dir && self.existing == Existing::Replace => {}
                 Some(old) => {
                     return Err(fail(format!(
-                        "{} of that name is already in the archive",
+                        "clashes with {} of the same name earlier in the archive",
                         old.noun()
                     )));
                 }
@@ -659,7 +659,8 @@ impl Writer<'_> {
     }
 
     fn make_dirs(&self, dirs: &[&OsStr]) -> Result<OwnedFd, Fail> {
-        let mut cur = open_dir(self.root, ".").map_err(|e| classify(e, || "the root".into()))?;
+        let mut cur = open_dir(self.root, ".")
+            .map_err(|e| classify(e, || "cannot be created: the root cannot be opened".into()))?;
         for (i, c) in dirs.iter().enumerate() {
             let why = |e: Errno| {
                 let prefix = show(&join(&dirs[..=i]));
@@ -670,10 +671,10 @@ impl Writer<'_> {
                                 Kind::of(FileType::from_raw_mode(st.st_mode))
                             });
                         Fail::Entry(format!(
-                            "{prefix} is {what} (an earlier entry), not a directory"
+                            "is beneath {prefix}, which is {what} (an earlier entry), not a directory"
                         ))
                     }
-                    e => classify(e, || prefix),
+                    e => classify(e, || format!("cannot be created beneath {prefix}")),
                 }
             };
             cur = match open_dir(cur.as_fd(), *c) {
@@ -706,20 +707,20 @@ impl Writer<'_> {
             Err(e) => e,
         };
         if err != Errno::EXIST {
-            return Err(classify(err, || "cannot create it".into()));
+            return Err(classify(err, || "cannot be created".into()));
         }
         let st = rustix::fs::statat(parent, name, AtFlags::SYMLINK_NOFOLLOW)
-            .map_err(|e| classify(e, || "cannot inspect the existing entry".into()))?;
+            .map_err(|e| classify(e, || "cannot be checked against the earlier entry".into()))?;
         let ft = FileType::from_raw_mode(st.st_mode);
         if existing == Existing::Refuse || ft == FileType::Directory {
             return Err(Fail::Entry(format!(
-                "{} of that name is already there (an earlier entry)",
+                "clashes with {} of the same name made by an earlier entry",
                 Kind::of(ft)
             )));
         }
         rustix::fs::unlinkat(parent, name, AtFlags::empty())
-            .map_err(|e| classify(e, || "cannot replace the existing entry".into()))?;
-        make(parent, name).map_err(|e| classify(e, || "cannot create it".into()))
+            .map_err(|e| classify(e, || "cannot replace the earlier entry of that name".into()))?;
+        make(parent, name).map_err(|e| classify(e, || "cannot be created".into()))
     }
 
     fn dir(&mut self, comps: &[&OsStr]) -> Result<(), Fail> {
@@ -728,10 +729,10 @@ impl Writer<'_> {
         match rustix::fs::mkdirat(parent, name, Mode::from_raw_mode(0o700)) {
             Ok(()) => return Ok(()),
             Err(Errno::EXIST) => {}
-            Err(e) => return Err(classify(e, || "cannot create the directory".into())),
+            Err(e) => return Err(classify(e, || "cannot be created".into())),
         }
         let st = rustix::fs::statat(parent, name, AtFlags::SYMLINK_NOFOLLOW)
-            .map_err(|e| classify(e, || "cannot inspect the existing entry".into()))?;
+            .map_err(|e| classify(e, || "cannot be checked against the earlier entry".into()))?;
         if FileType::from_raw_mode(st.st_mode) == FileType::Directory {
             return Ok(());
         }
