@@ -398,12 +398,16 @@ impl Extractor {
                 }
             };
             for i in 1..comps.len() {
-                if let Some(k) = seen.get(&key(&comps[..i])).filter(|k| **k != Kind::Dir) {
-                    return Err(fail(format!(
-                        "is beneath {}, which is {} (an earlier entry), not a directory",
-                        show(&join(&comps[..i])),
-                        k.noun()
-                    )));
+                // Parents are made as needed: remembered as directories.
+                match *seen.entry(key(&comps[..i])).or_insert(Kind::Dir) {
+                    Kind::Dir => {}
+                    k => {
+                        return Err(fail(format!(
+                            "is beneath {}, which is {} (an earlier entry), not a directory",
+                            show(&join(&comps[..i])),
+                            k.noun()
+                        )));
+                    }
                 }
             }
             match seen.insert(key(&comps), kind) {
@@ -761,6 +765,10 @@ impl Writer<'_> {
     }
 
     fn hard_link(&mut self, comps: &[&OsStr], target: &[&OsStr]) -> Result<(), Fail> {
+        if comps == target && self.existing == Existing::Replace {
+            // Replacing a file with itself (unlinking it first would lose it).
+            return Ok(());
+        }
         let shown = || show(&join(target));
         let tdir = &target[..target.len() - 1];
         let tname = target[target.len() - 1];
