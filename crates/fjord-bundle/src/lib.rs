@@ -7,11 +7,19 @@
 use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
+use std::os::fd::AsFd;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
+
+#[cfg(test)]
+mod escape_tests;
+mod extract;
+pub mod raw;
+
+pub use extract::{Existing, Extractor, Symlinks};
 
 /// The file at a bundle's root that says how to run it.
 pub const MANIFEST: &str = "manifest.json";
@@ -26,6 +34,9 @@ pub enum BundleError {
     Io { path: PathBuf, source: io::Error },
     #[error("{0}")]
     Invalid(String),
+    /// The archive holds an entry that cannot be unpacked safely (a bad request, not a failure).
+    #[error("entry {entry} {reason}")]
+    Entry { entry: String, reason: String },
     #[error("invalid digest {0:?}: expected sha256: followed by 64 lower-case hex digits")]
     Digest(String),
 }
@@ -57,9 +68,31 @@ pub struct Manifest {
 }
 
 impl Manifest {
+    /// Reads `dir/manifest.json`, which must be a regular file (a symlink is not followed).
     pub fn read_dir(dir: &Path) -> Result<Self, BundleError> {
         let path = dir.join(MANIFEST);
-        let text = fs::read_to_string(&path).map_err(io_at(&path))?;
+        let fd = rustix::fs::open(
+            &path,
+            rustix::fs::OFlags::RDONLY
+                | rustix::fs::OFlags::NOFOLLOW
+                | rustix::fs::OFlags::NONBLOCK
+                | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        )
+        .map_err(|e| io_at(&path)(e.into()))?;
+        Self::read_from(File::from(fd), &path)
+    }
+
+    fn read_from(f: File, path: &Path) -> Result<Self, BundleError> {
+        if !f.metadata().map_err(io_at(path))?.is_file() {
+            return Err(BundleError::Invalid(format!(
+                "{MANIFEST} is not a regular file"
+            )));
+        }
+        let mut text = String::new();
+        f.take(1 << 20)
+            .read_to_string(&mut text)
+            .map_err(io_at(path))?;
         serde_json::from_str(&text)
             .map_err(|e| BundleError::Invalid(format!("{}: {e}", path.display())))
     }
@@ -261,210 +294,108 @@ pub fn pack(dir: &Path, out: &Path) -> Result<Digest, BundleError> {
     Ok(digest)
 }
 
-/// Reads the manifest of a packed bundle without unpacking it; also checks that the
-/// archive is a readable tar.gz (every entry is read through).
+/// Reads the manifest of a packed bundle without unpacking it, and checks the whole archive
+/// the way [`Extractor::check`] does (readable tar.gz, names, types, links, limits), so that
+/// an upload that could not be unpacked is refused at once.
 pub fn read_manifest(archive: &Path) -> Result<Manifest, BundleError> {
     let f = File::open(archive).map_err(io_at(archive))?;
-    let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(io::BufReader::new(f)));
     let mut manifest = None;
-    let mut count = 0u64;
-    for entry in tar.entries().map_err(|e| invalid_archive(archive, e))? {
-        let mut entry = entry.map_err(|e| invalid_archive(archive, e))?;
-        count += 1;
-        if count > MAX_ENTRIES {
-            return Err(BundleError::Invalid(format!(
-                "{}: too many entries",
-                archive.display()
-            )));
-        }
-        let path = entry
-            .path()
-            .map_err(|e| invalid_archive(archive, e))?
-            .into_owned();
-        if path
-            .components()
-            .filter(|c| !matches!(c, Component::CurDir))
-            .eq([Component::Normal(MANIFEST.as_ref())])
-        {
+    Extractor::default().check(
+        flate2::read::GzDecoder::new(io::BufReader::new(f)),
+        |comps, content| {
+            if comps != [std::ffi::OsStr::new(MANIFEST)] {
+                return Ok(());
+            }
             let mut text = String::new();
-            entry
-                .by_ref()
+            content
                 .take(1 << 20)
                 .read_to_string(&mut text)
-                .map_err(|e| invalid_archive(archive, e))?;
+                .map_err(extract::bad_archive)?;
             manifest = Some(serde_json::from_str::<Manifest>(&text).map_err(|e| {
                 BundleError::Invalid(format!("{MANIFEST} in the bundle is invalid: {e}"))
             })?);
-        }
-        io::copy(&mut entry, &mut io::sink()).map_err(|e| invalid_archive(archive, e))?;
-    }
+            Ok(())
+        },
+    )?;
     manifest.ok_or_else(|| {
         BundleError::Invalid(format!("not a fjord bundle: no {MANIFEST} at its root"))
     })
 }
 
-fn invalid_archive(archive: &Path, e: io::Error) -> BundleError {
-    BundleError::Invalid(format!(
-        "{} is not a valid bundle (tar.gz): {e}",
-        archive.display()
-    ))
-}
-
-fn safe_relative(p: &Path) -> bool {
-    p.components()
-        .all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
-}
-
-/// Unpacks a bundle into `dest` (which must not exist yet; written via a temporary sibling
-/// and renamed, so a half-unpacked bundle is never seen). With `owner = (uid, gid)` the tree
-/// is owned by `uid` and readable only by that group: directories 0750, files 0640 (0750
-/// when executable), so one function cannot read another's code.
+/// Unpacks a bundle into `dest` (which must not exist yet) with [`Extractor::default`]; see
+/// [`Extractor::unpack`]. With `owner = (uid, gid)` the tree is owned by `uid` and readable
+/// only by that group: directories 0750, files 0640 (0750 when executable), so one function
+/// cannot read another's code.
 pub fn unpack(
     archive: &Path,
     dest: &Path,
     owner: Option<(u32, u32)>,
 ) -> Result<Manifest, BundleError> {
-    let parent = dest
-        .parent()
-        .ok_or_else(|| BundleError::Invalid(format!("{} has no parent", dest.display())))?;
-    fs::create_dir_all(parent).map_err(io_at(parent))?;
-    let tmp = parent.join(format!(
-        ".unpack-{}-{}",
-        std::process::id(),
-        dest.file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or("bundle")
-    ));
-    let _ = fs::remove_dir_all(&tmp);
-    let result = unpack_into(archive, &tmp, owner);
-    if let Err(e) = result {
-        let _ = fs::remove_dir_all(&tmp);
-        return Err(e);
-    }
-    match fs::rename(&tmp, dest) {
-        Ok(()) => {}
-        // Someone unpacked the same bundle first: theirs is as good as ours.
-        Err(_) if dest.join(MANIFEST).exists() => {
-            let _ = fs::remove_dir_all(&tmp);
-        }
-        Err(e) => {
-            let _ = fs::remove_dir_all(&tmp);
-            return Err(io_at(dest)(e));
-        }
-    }
-    Manifest::read_dir(dest)
+    Extractor::default().owner(owner).unpack(archive, dest)
 }
 
-fn unpack_into(archive: &Path, dir: &Path, owner: Option<(u32, u32)>) -> Result<(), BundleError> {
-    fs::create_dir_all(dir).map_err(io_at(dir))?;
-    let f = File::open(archive).map_err(io_at(archive))?;
-    let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(io::BufReader::new(f)));
-    let (mut total, mut count) = (0u64, 0u64);
-    let mut dirs = vec![dir.to_path_buf()];
-    for entry in tar.entries().map_err(io_at(archive))? {
-        let mut entry = entry.map_err(io_at(archive))?;
-        count += 1;
-        total += entry.header().size().unwrap_or(0);
-        if count > MAX_ENTRIES || total > MAX_UNPACKED_BYTES {
-            return Err(BundleError::Invalid(format!(
-                "{}: bundle too large (more than {MAX_ENTRIES} entries or {} GiB)",
-                archive.display(),
-                MAX_UNPACKED_BYTES >> 30
-            )));
+impl Extractor {
+    /// Unpacks a bundle (tar.gz) into `dest`, which must not exist yet. Extracts into a
+    /// private staging directory next to it (`.unpack-*/`, root-only: not even the function
+    /// can reach it while it is being written), gives it its final owner and modes, checks
+    /// that `manifest.json` is a regular file at its root, and only then renames it into
+    /// place, so a half-unpacked or refused bundle is never seen at `dest`.
+    pub fn unpack(&self, archive: &Path, dest: &Path) -> Result<Manifest, BundleError> {
+        let parent = dest
+            .parent()
+            .ok_or_else(|| BundleError::Invalid(format!("{} has no parent", dest.display())))?;
+        fs::create_dir_all(parent).map_err(io_at(parent))?;
+        // Removed with everything in it when dropped (on every error).
+        let staging = tempfile::Builder::new()
+            .prefix(".unpack-")
+            .tempdir_in(parent)
+            .map_err(io_at(parent))?;
+        let tree = staging.path().join("tree");
+        fs::create_dir(&tree).map_err(io_at(&tree))?;
+        if let Some((uid, gid)) = self.extract_as_creds() {
+            std::os::unix::fs::chown(&tree, Some(uid), Some(gid)).map_err(io_at(&tree))?;
         }
-        let rel = entry.path().map_err(io_at(archive))?.into_owned();
-        if !safe_relative(&rel) {
-            return Err(BundleError::Invalid(format!(
-                "{}: entry {} escapes the bundle",
-                archive.display(),
-                rel.display()
-            )));
-        }
-        let target = dir.join(&rel);
-        let kind = entry.header().entry_type();
-        match kind {
-            tar::EntryType::Directory => {
-                fs::create_dir_all(&target).map_err(io_at(&target))?;
-                dirs.push(target.clone());
-            }
-            tar::EntryType::Regular | tar::EntryType::Continuous => {
-                if let Some(p) = target.parent() {
-                    fs::create_dir_all(p).map_err(io_at(p))?;
-                }
-                let exec = entry.header().mode().unwrap_or(0o644) & 0o111 != 0;
-                let mut out = File::create(&target).map_err(io_at(&target))?;
-                io::copy(&mut entry, &mut out).map_err(io_at(&target))?;
-                let mode = match (owner.is_some(), exec) {
-                    (true, true) => 0o750,
-                    (true, false) => 0o640,
-                    (false, true) => 0o755,
-                    (false, false) => 0o644,
-                };
-                fs::set_permissions(&target, fs::Permissions::from_mode(mode))
-                    .map_err(io_at(&target))?;
-                if let Some((u, g)) = owner {
-                    std::os::unix::fs::lchown(&target, Some(u), Some(g)).map_err(io_at(&target))?;
-                }
-            }
-            tar::EntryType::Symlink => {
-                let link = entry
-                    .link_name()
-                    .map_err(io_at(archive))?
-                    .ok_or_else(|| BundleError::Invalid("symlink without target".into()))?
-                    .into_owned();
-                // Relative, and staying inside the bundle once resolved from its directory.
-                let base = rel.parent().unwrap_or(Path::new(""));
-                let mut depth: i64 = base.components().count() as i64;
-                for c in link.components() {
-                    match c {
-                        Component::ParentDir => depth -= 1,
-                        Component::Normal(_) => depth += 1,
-                        Component::CurDir => {}
-                        _ => depth = -1,
-                    }
-                    if depth < 0 {
-                        return Err(BundleError::Invalid(format!(
-                            "{}: symlink {} → {} points outside the bundle",
-                            archive.display(),
-                            rel.display(),
-                            link.display()
-                        )));
-                    }
-                }
-                if let Some(p) = target.parent() {
-                    fs::create_dir_all(p).map_err(io_at(p))?;
-                }
-                std::os::unix::fs::symlink(&link, &target).map_err(io_at(&target))?;
-                if let Some((u, g)) = owner {
-                    std::os::unix::fs::lchown(&target, Some(u), Some(g)).map_err(io_at(&target))?;
-                }
-            }
-            _ => {
+        let root = rustix::fs::open(
+            &tree,
+            rustix::fs::OFlags::RDONLY
+                | rustix::fs::OFlags::DIRECTORY
+                | rustix::fs::OFlags::NOFOLLOW
+                | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        )
+        .map_err(|e| io_at(&tree)(e.into()))?;
+        let f = File::open(archive).map_err(io_at(archive))?;
+        self.extract(
+            flate2::read::GzDecoder::new(io::BufReader::new(f)),
+            root.as_fd(),
+        )?;
+        self.finish(root.as_fd())?;
+        let manifest = match rustix::fs::openat2(
+            &root,
+            MANIFEST,
+            rustix::fs::OFlags::RDONLY
+                | rustix::fs::OFlags::NOFOLLOW
+                | rustix::fs::OFlags::NONBLOCK
+                | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+            rustix::fs::ResolveFlags::BENEATH | rustix::fs::ResolveFlags::NO_SYMLINKS,
+        ) {
+            Ok(fd) => Manifest::read_from(File::from(fd), Path::new(MANIFEST))?,
+            Err(rustix::io::Errno::NOENT | rustix::io::Errno::LOOP) => {
                 return Err(BundleError::Invalid(format!(
-                    "{}: entry {} has an unsupported type",
-                    archive.display(),
-                    rel.display()
+                    "not a fjord bundle: no {MANIFEST} (a regular file) at its root"
                 )));
             }
+            Err(e) => return Err(io_at(&tree)(e.into())),
+        };
+        match fs::rename(&tree, dest) {
+            Ok(()) => {}
+            // Someone unpacked the same bundle first: theirs is as good as ours.
+            Err(_) if dest.join(MANIFEST).exists() => {}
+            Err(e) => return Err(io_at(dest)(e)),
         }
+        Ok(manifest)
     }
-    for d in dirs {
-        fs::set_permissions(
-            &d,
-            fs::Permissions::from_mode(if owner.is_some() { 0o750 } else { 0o755 }),
-        )
-        .map_err(io_at(&d))?;
-        if let Some((u, g)) = owner {
-            std::os::unix::fs::lchown(&d, Some(u), Some(g)).map_err(io_at(&d))?;
-        }
-    }
-    if !dir.join(MANIFEST).exists() {
-        return Err(BundleError::Invalid(format!(
-            "{}: not a fjord bundle (no {MANIFEST})",
-            archive.display()
-        )));
-    }
-    Ok(())
 }
 
 #[cfg(test)]

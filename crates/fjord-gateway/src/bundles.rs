@@ -8,7 +8,7 @@ use std::sync::Arc;
 use axum::body::Body;
 use axum::extract::{Query, Request, State};
 use axum::http::StatusCode;
-use fjord_bundle::{Digest, Manifest};
+use fjord_bundle::{BundleError, Digest, Extractor, Manifest};
 use fjord_core::ProcessDefaults;
 use fjord_store::Store;
 use http_body_util::BodyExt;
@@ -103,10 +103,15 @@ impl Bundles {
             let manifest = if dest.join(fjord_bundle::MANIFEST).exists() {
                 Manifest::read_dir(&dest)
             } else {
-                let owner = this.isolate.then_some((0, uid));
-                fjord_bundle::unpack(&this.archive(&digest), &dest, owner)
+                // Owned by root, readable by the function's group only; extracted by a thread
+                // running as the function's uid, so even a flaw in the extractor could write
+                // only where that uid may.
+                Extractor::default()
+                    .owner(this.isolate.then_some((0, uid)))
+                    .extract_as(this.isolate.then_some((uid, uid)))
+                    .unpack(&this.archive(&digest), &dest)
             }
-            .map_err(|e| ApiError::BadRequest(format!("bundle {digest}: {e}")))?;
+            .map_err(|e| bundle_error(&digest, e))?;
             let mut env = manifest.env.clone();
             if manifest.mode == "http" {
                 env.entry("mode".into()).or_insert_with(|| "http".into());
@@ -155,6 +160,15 @@ impl Bundles {
     }
 }
 
+/// What the archive holds is the client's fault (400, naming the entry); the disk failing is
+/// ours (500).
+fn bundle_error(digest: &Digest, e: BundleError) -> ApiError {
+    match e {
+        BundleError::Io { .. } => ApiError::Internal(format!("bundle {digest}: {e}")),
+        e => ApiError::BadRequest(format!("bundle {digest}: {e}")),
+    }
+}
+
 /// `HEAD /system/bundles/{digest}`: 200 if the gateway has it (the CLI then skips the upload).
 #[utoipa::path(
     head, path = "/system/bundles/{digest}", tag = "bundles",
@@ -193,7 +207,7 @@ pub async fn head_bundle(
     responses(
         (status = 200, description = "The gateway already had it"),
         (status = 201, description = "Stored"),
-        (status = 400, description = "Not a sha256 digest, a body that does not hash to it, not a bundle, or a bad tag", body = String, content_type = "text/plain"),
+        (status = 400, description = "Not a sha256 digest, a body that does not hash to it, not a bundle, an archive that cannot be unpacked safely (the message names the entry: a link out of it, a name through a symlink, a device, ...), or a bad tag", body = String, content_type = "text/plain"),
         (status = 401, response = crate::openapi::Unauthorized),
         (status = 408, description = "The upload stalled: no data for --read-timeout", body = String, content_type = "text/plain"),
         (status = 413, description = "Larger than 2 GiB", body = String, content_type = "text/plain"),
@@ -233,7 +247,7 @@ pub async fn put_bundle(
             .map_err(|e| ApiError::Internal(e.to_string()))?;
         if let Err(e) = manifest {
             let _ = tokio::fs::remove_file(&tmp).await;
-            return Err(ApiError::BadRequest(e.to_string()));
+            return Err(bundle_error(&d, e));
         }
         tokio::fs::rename(&tmp, &dest)
             .await
