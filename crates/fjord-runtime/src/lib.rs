@@ -539,7 +539,13 @@ impl ProcessRuntime {
             oom_kills: AtomicU64::new(0),
             last_error: Mutex::new(None),
             commands: tx,
-            default_memory: self.shared.config.default_memory_bytes,
+            // Shown only where it is enforced.
+            default_memory: self
+                .shared
+                .sandbox
+                .cgroups
+                .as_ref()
+                .and(self.shared.config.default_memory_bytes),
         });
         let _ = handle.commands.send(reconcile::Command::Apply {
             spec,
