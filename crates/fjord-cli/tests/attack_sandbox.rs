@@ -241,6 +241,28 @@ async fn tmp_is_a_bounded_tmpfs_that_lasts_the_replica() {
         assert_eq!(s.call("counter").await, (StatusCode::OK, format!("{n}\n")));
     }
 
+    // The replica's tmpfs lives in fjord's own mount namespace (never the host's) and goes
+    // with the replica: its memory is not kept.
+    let mounts = || {
+        std::fs::read_to_string(format!("/proc/{}/mountinfo", s.pid()))
+            .unwrap()
+            .lines()
+            .filter(|l| l.contains("/replicas/counter-") && l.contains(" - tmpfs "))
+            .count()
+    };
+    assert_eq!(mounts(), 1);
+    let host = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!host.contains("/replicas/"), "{host}");
+    let (st, body) = s
+        .sys_json(
+            Method::DELETE,
+            "/system/functions",
+            &json!({"functionName": "counter"}),
+        )
+        .await;
+    assert!(st.is_success(), "{body}");
+    assert_eq!(mounts(), 0);
+
     // A bad size is a 400 naming the annotation.
     let mut bad = fork_fn("bad-tmp", "cat");
     bad["annotations"] = json!({"com.fjord.tmp-size": "lots"});
