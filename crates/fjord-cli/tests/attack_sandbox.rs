@@ -84,6 +84,10 @@ params = ctypes.create_string_buffer(256)
 calls = [("unshare", [0x10000000]), ("keyctl", [0, -3, 0]), ("personality", [0x0400000]),
          ("io_uring_setup", [1, params]), ("clone3", [params, 88]),
          ("bpf", [0, params, 72]), ("userfaultfd", [1])]
+if not arm:
+    # The x32 ABI: same call, number | 0x40000000, past a deny-list by number.
+    nr["x32_unshare"] = 0x40000000 | 272
+    calls.append(("x32_unshare", [0x10000000]))
 for name, args in calls:
     ctypes.set_errno(0)
     r = libc.syscall(nr[name], *args)
@@ -117,6 +121,15 @@ async fn dangerous_system_calls_fail_with_eperm() {
         body.contains(&format!("clone3=-1/{}\n", nix::errno::Errno::ENOSYS as i32)),
         "{body}"
     );
+    if cfg!(target_arch = "x86_64") {
+        assert!(
+            body.contains(&format!(
+                "x32_unshare=-1/{}\n",
+                nix::errno::Errno::ENOSYS as i32
+            )),
+            "{body}"
+        );
+    }
     // The util-linux tools hit the same wall (user and mount namespaces).
     s.deploy_ready(&fork_fn(
         "tools",
@@ -227,6 +240,28 @@ async fn tmp_is_a_bounded_tmpfs_that_lasts_the_replica() {
     for n in 1..=3 {
         assert_eq!(s.call("counter").await, (StatusCode::OK, format!("{n}\n")));
     }
+
+    // The replica's tmpfs lives in fjord's own mount namespace (never the host's) and goes
+    // with the replica: its memory is not kept.
+    let mounts = || {
+        std::fs::read_to_string(format!("/proc/{}/mountinfo", s.pid()))
+            .unwrap()
+            .lines()
+            .filter(|l| l.contains("/replicas/counter-") && l.contains(" - tmpfs "))
+            .count()
+    };
+    assert_eq!(mounts(), 1);
+    let host = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!host.contains("/replicas/"), "{host}");
+    let (st, body) = s
+        .sys_json(
+            Method::DELETE,
+            "/system/functions",
+            &json!({"functionName": "counter"}),
+        )
+        .await;
+    assert!(st.is_success(), "{body}");
+    assert_eq!(mounts(), 0);
 
     // A bad size is a 400 naming the annotation.
     let mut bad = fork_fn("bad-tmp", "cat");

@@ -580,7 +580,13 @@ impl ProcessRuntime {
             last_error: Mutex::new(None),
             commands: tx,
             netns: tokio::sync::OnceCell::new(),
-            default_memory: self.shared.config.default_memory_bytes,
+            // Shown only where it is enforced.
+            default_memory: self
+                .shared
+                .sandbox
+                .cgroups
+                .as_ref()
+                .and(self.shared.config.default_memory_bytes),
         });
         let _ = handle.commands.send(reconcile::Command::Apply {
             spec,

@@ -21,7 +21,7 @@ use seccompiler::{
 pub(crate) struct Filters {
     /// Deny-list, `EPERM`.
     pub deny: Vec<libc::sock_filter>,
-    /// `clone3` (and the x32 one), `ENOSYS`.
+    /// `clone3` and x32-ABI calls, `ENOSYS`.
     pub enosys: Vec<libc::sock_filter>,
 }
 
@@ -113,18 +113,35 @@ fn arch() -> Result<TargetArch, SeccompError> {
     })
 }
 
-/// x86_64 also accepts x32-ABI calls (number | 0x4000_0000, same audit arch) where the kernel
-/// enables them: each rule is repeated for that number so the ABI is no way around the list.
-fn with_x32(rules: BTreeMap<i64, Vec<SeccompRule>>) -> BTreeMap<i64, Vec<SeccompRule>> {
-    if cfg!(target_arch = "x86_64") {
-        let x32: Vec<_> = rules
-            .iter()
-            .map(|(nr, r)| (nr | 0x4000_0000, r.clone()))
-            .collect();
-        rules.into_iter().chain(x32).collect()
-    } else {
-        rules
+/// x32-ABI calls on x86_64: the number with this bit set, under the same audit arch, so a
+/// deny-list by number would not see them.
+const X32_SYSCALL_BIT: u32 = 0x4000_0000;
+
+/// The `ENOSYS` filter, by hand (seccompiler has one action per filter and no ranges): five
+/// classic-BPF instructions. `clone3`, and on x86_64 every x32-ABI call, which is what
+/// kernels built or booted without x32 (Debian's default) answer anyway. Installing a filter
+/// costs in proportion to its length, and repeating the deny-list for x32 doubled it.
+fn enosys_filter() -> Vec<libc::sock_filter> {
+    const LD_W_ABS: u16 = 0x20; // BPF_LD | BPF_W | BPF_ABS
+    const JEQ_K: u16 = 0x15; // BPF_JMP | BPF_JEQ | BPF_K
+    const JGE_K: u16 = 0x35; // BPF_JMP | BPF_JGE | BPF_K
+    const RET_K: u16 = 0x06; // BPF_RET | BPF_K
+    const RET_ALLOW: u32 = 0x7fff_0000;
+    const RET_ERRNO: u32 = 0x0005_0000;
+    let i = |code, jt, jf, k| libc::sock_filter { code, jt, jf, k };
+    let x32 = cfg!(target_arch = "x86_64");
+    // Jump offsets count from the next instruction; the last one returns ENOSYS.
+    let mut p = vec![
+        // `seccomp_data.nr` is at offset 0.
+        i(LD_W_ABS, 0, 0, 0),
+        i(JEQ_K, if x32 { 2 } else { 1 }, 0, libc::SYS_clone3 as u32),
+    ];
+    if x32 {
+        p.push(i(JGE_K, 1, 0, X32_SYSCALL_BIT));
     }
+    p.push(i(RET_K, 0, 0, RET_ALLOW));
+    p.push(i(RET_K, 0, 0, RET_ERRNO | libc::ENOSYS as u32));
+    p
 }
 
 fn masked(flag: u64) -> Result<SeccompRule, seccompiler::BackendError> {
@@ -142,7 +159,7 @@ fn compile(
     arch: TargetArch,
 ) -> Result<Vec<libc::sock_filter>, seccompiler::BackendError> {
     let prog: BpfProgram =
-        SeccompFilter::new(with_x32(rules), SeccompAction::Allow, action, arch)?.try_into()?;
+        SeccompFilter::new(rules, SeccompAction::Allow, action, arch)?.try_into()?;
     Ok(prog
         .into_iter()
         .map(|i| libc::sock_filter {
@@ -183,13 +200,10 @@ pub(crate) fn build() -> Result<Filters, SeccompError> {
     .map_err(err)?;
     rules.insert(libc::SYS_personality, vec![odd_personality]);
     let deny = compile(rules, SeccompAction::Errno(libc::EPERM as u32), arch).map_err(err)?;
-    let enosys = compile(
-        [(libc::SYS_clone3, Vec::new())].into(),
-        SeccompAction::Errno(libc::ENOSYS as u32),
-        arch,
-    )
-    .map_err(err)?;
-    Ok(Filters { deny, enosys })
+    Ok(Filters {
+        deny,
+        enosys: enosys_filter(),
+    })
 }
 
 #[cfg(test)]
@@ -200,7 +214,14 @@ mod tests {
     fn filters_compile_for_this_arch() {
         let f = build().unwrap();
         assert!(f.deny.len() > 50, "{}", f.deny.len());
-        assert!(!f.enosys.is_empty());
+        // The last instruction is the ENOSYS return every jump lands on.
+        let last = f.enosys.len() - 1;
+        for (n, ins) in f.enosys.iter().enumerate() {
+            if ins.code == 0x15 || ins.code == 0x35 {
+                assert_eq!(n + 1 + ins.jt as usize, last);
+            }
+        }
+        assert_eq!(f.enosys[last].k, 0x0005_0000 | libc::ENOSYS as u32);
         // BPF programs are limited to 4096 instructions.
         assert!(f.deny.len() < 4096);
     }
