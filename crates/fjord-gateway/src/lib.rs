@@ -523,7 +523,7 @@ impl Worker {
             // Plain HTTP is served exactly as without TLS support: no extra boxing.
             let Some(tls) = &self.tls else {
                 tokio::spawn(async move {
-                    let closing = guard.entry.close.notified();
+                    let closing = guard.entry.closing();
                     tokio::pin!(closing);
                     // hyper's header timeout starts once it knows the protocol: until the
                     // first bytes arrive, the connection would be held forever.
@@ -543,7 +543,7 @@ impl Worker {
             };
             let acceptor = tokio_rustls::TlsAcceptor::from(tls.config.clone());
             tokio::spawn(async move {
-                let closing = guard.entry.close.notified();
+                let closing = guard.entry.closing();
                 tokio::pin!(closing);
                 // A client that never finishes its handshake must not hold the socket.
                 let stream = tokio::select! {
@@ -577,7 +577,7 @@ impl Worker {
 
 /// Serves a connection until it ends; when asked to close (too many connections, or
 /// shutdown), closes it gracefully: at once if idle, else after its current request.
-async fn serve_until_closed<C, E>(conn: C, closing: Pin<&mut tokio::sync::futures::Notified<'_>>)
+async fn serve_until_closed<C, E>(conn: C, closing: Pin<&mut conns::Closing<'_>>)
 where
     C: std::future::Future<Output = Result<(), E>> + GracefulClose,
 {
