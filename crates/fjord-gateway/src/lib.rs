@@ -370,7 +370,7 @@ fn raise_nofile_limit() {
     if soft < target
         && let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, target, target)
     {
-        tracing::warn!(error = %e, soft, hard, "cannot raise the open-files limit");
+        tracing::warn!(error = %e, soft, hard, wanted = target, "cannot raise the open-files limit (raising the hard limit needs CAP_SYS_RESOURCE; or set LimitNOFILE= in the service unit): --max-connections defaults to 3/4 of it");
         if soft < hard {
             let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
         }
