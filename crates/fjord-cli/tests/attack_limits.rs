@@ -206,16 +206,22 @@ async fn healthz_on(s: &mut TcpStream) -> String {
 }
 
 async fn healthz_and_system_answer(s: &Server) {
-    let r = s
-        .open(Method::GET, "/healthz")
+    // A new connection for each request, as a monitoring probe would open.
+    let fresh = reqwest::Client::builder()
+        .no_proxy()
+        .pool_max_idle_per_host(0)
         .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let r = fresh
+        .get(s.url("/healthz"))
         .send()
         .await
         .expect("GET /healthz from a fresh connection");
     assert_eq!(r.status(), StatusCode::OK);
-    let r = s
-        .sys(Method::GET, "/system/info")
-        .timeout(Duration::from_secs(5))
+    let r = fresh
+        .get(s.url("/system/info"))
+        .basic_auth("admin", s.password.as_deref())
         .send()
         .await
         .expect("GET /system/info from a fresh connection");
