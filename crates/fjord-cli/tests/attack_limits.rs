@@ -45,6 +45,26 @@ async fn instances_on_one_host_never_share_function_uids_and_uids_are_not_reused
     // Whole blocks apart, not just different uids: the next functions must not meet either.
     assert!(ua.abs_diff(ub) >= 65_536, "{ua} {ub}");
 
+    // What the function's uid left in shared writable directories goes with it (planted
+    // here by the test, as the function could have: only its own entries).
+    let tag = format!("attack-limits-{}", std::process::id());
+    let left_file = std::path::PathBuf::from(format!("/dev/shm/{tag}-file"));
+    let left_dir = std::path::PathBuf::from(format!("/var/tmp/{tag}-dir"));
+    let not_its = std::path::PathBuf::from(format!("/var/tmp/{tag}-other"));
+    std::fs::write(&left_file, "left behind").unwrap();
+    std::fs::create_dir_all(left_dir.join("sub")).unwrap();
+    std::fs::write(left_dir.join("sub/f"), "x").unwrap();
+    std::fs::write(&not_its, "someone else's").unwrap();
+    for p in [
+        &left_file,
+        &left_dir,
+        &left_dir.join("sub"),
+        &left_dir.join("sub/f"),
+    ] {
+        std::os::unix::fs::lchown(p, Some(ua), Some(ua)).unwrap();
+    }
+    std::os::unix::fs::lchown(&not_its, Some(ua + 1), Some(ua + 1)).unwrap();
+
     // A deleted function's uid is never handed to a new one (it could read what the old
     // one left in /dev/shm or /var/tmp).
     let (st, body) = a
@@ -55,6 +75,13 @@ async fn instances_on_one_host_never_share_function_uids_and_uids_are_not_reused
         )
         .await;
     assert!(st.is_success(), "delete: {st} {body}");
+    let other_stays = not_its.exists();
+    let _ = std::fs::remove_file(&not_its);
+    assert!(
+        !left_file.exists() && !left_dir.exists(),
+        "the deleted function's files in /dev/shm and /var/tmp are still there"
+    );
+    assert!(other_stays, "a file of another uid was removed");
     a.deploy_ready(&uid_fn("who")).await;
     let ua2 = function_uid(&a, "who").await;
     assert_ne!(ua2, ua, "the recreated function got the deleted one's uid");
@@ -206,16 +233,22 @@ async fn healthz_on(s: &mut TcpStream) -> String {
 }
 
 async fn healthz_and_system_answer(s: &Server) {
-    let r = s
-        .open(Method::GET, "/healthz")
+    // A new connection for each request, as a monitoring probe would open.
+    let fresh = reqwest::Client::builder()
+        .no_proxy()
+        .pool_max_idle_per_host(0)
         .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let r = fresh
+        .get(s.url("/healthz"))
         .send()
         .await
         .expect("GET /healthz from a fresh connection");
     assert_eq!(r.status(), StatusCode::OK);
-    let r = s
-        .sys(Method::GET, "/system/info")
-        .timeout(Duration::from_secs(5))
+    let r = fresh
+        .get(s.url("/system/info"))
+        .basic_auth("admin", s.password.as_deref())
         .send()
         .await
         .expect("GET /system/info from a fresh connection");

@@ -76,18 +76,48 @@ impl IpCounts {
 /// One open connection, as the eviction table sees it.
 pub struct ConnEntry {
     evicted: AtomicBool,
-    /// Wakes the connection's task to start its graceful close.
-    pub close: Notify,
+    /// Wakes the connection's task to start its graceful close (lock-free: polled with the
+    /// connection on every wake-up).
+    waker: futures_util::task::AtomicWaker,
 }
 
 impl ConnEntry {
     /// Asks the connection to close; false if it was asked already.
     fn evict(&self) -> bool {
-        if self.evicted.swap(true, Ordering::Relaxed) {
+        if self.evicted.swap(true, Ordering::AcqRel) {
             return false;
         }
-        self.close.notify_one();
+        self.waker.wake();
         true
+    }
+
+    /// Resolves once the connection is asked to close.
+    pub fn closing(&self) -> Closing<'_> {
+        Closing(self)
+    }
+}
+
+/// See [`ConnEntry::closing`].
+pub struct Closing<'a>(&'a ConnEntry);
+
+impl std::future::Future for Closing<'_> {
+    type Output = ();
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        let e = self.0;
+        if e.evicted.load(Ordering::Acquire) {
+            return std::task::Poll::Ready(());
+        }
+        e.waker.register(cx.waker());
+        // Asked between the check and the registration: do not miss it.
+        if e.evicted.load(Ordering::Acquire) {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
     }
 }
 
@@ -189,7 +219,7 @@ impl ConnLimits {
         let total = self.total.fetch_add(1, Ordering::Relaxed) + 1;
         let entry = Arc::new(ConnEntry {
             evicted: AtomicBool::new(false),
-            close: Notify::new(),
+            waker: futures_util::task::AtomicWaker::new(),
         });
         let seq = {
             let mut t = self.tables[worker]

@@ -495,7 +495,7 @@ fn raise_nofile_limit() {
     if soft < target
         && let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, target, target)
     {
-        tracing::warn!(error = %e, soft, hard, "cannot raise the open-files limit");
+        tracing::warn!(error = %e, soft, hard, wanted = target, "cannot raise the open-files limit (raising the hard limit needs CAP_SYS_RESOURCE; or set LimitNOFILE= in the service unit): --max-connections defaults to 3/4 of it");
         if soft < hard {
             let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
         }
@@ -648,7 +648,7 @@ impl Worker {
             // Plain HTTP is served exactly as without TLS support: no extra boxing.
             let Some(tls) = &self.tls else {
                 tokio::spawn(async move {
-                    let closing = guard.entry.close.notified();
+                    let closing = guard.entry.closing();
                     tokio::pin!(closing);
                     // hyper's header timeout starts once it knows the protocol: until the
                     // first bytes arrive, the connection would be held forever.
@@ -668,7 +668,7 @@ impl Worker {
             };
             let acceptor = tokio_rustls::TlsAcceptor::from(tls.config.clone());
             tokio::spawn(async move {
-                let closing = guard.entry.close.notified();
+                let closing = guard.entry.closing();
                 tokio::pin!(closing);
                 // A client that never finishes its handshake must not hold the socket.
                 let stream = tokio::select! {
@@ -702,7 +702,7 @@ impl Worker {
 
 /// Serves a connection until it ends; when asked to close (too many connections, or
 /// shutdown), closes it gracefully: at once if idle, else after its current request.
-async fn serve_until_closed<C, E>(conn: C, closing: Pin<&mut tokio::sync::futures::Notified<'_>>)
+async fn serve_until_closed<C, E>(conn: C, closing: Pin<&mut conns::Closing<'_>>)
 where
     C: std::future::Future<Output = Result<(), E>> + GracefulClose,
 {

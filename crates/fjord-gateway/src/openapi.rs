@@ -253,7 +253,7 @@ impl IntoResponses for InvokeResponses {
             (
                 "429",
                 retry(call_headers(plain(
-                    "Every replica is at max_inflight and the function is at its maximum scale, or too many failed authentications came from this address",
+                    "Every replica is at max_inflight and the function is at its maximum scale, (fork mode) --max-forks-per-function or --max-forks-per-ip processes are running, or too many failed authentications came from this address",
                 ))),
             ),
             (
