@@ -765,10 +765,6 @@ impl Writer<'_> {
     }
 
     fn hard_link(&mut self, comps: &[&OsStr], target: &[&OsStr]) -> Result<(), Fail> {
-        if comps == target && self.existing == Existing::Replace {
-            // Replacing a file with itself (unlinking it first would lose it).
-            return Ok(());
-        }
         let shown = || show(&join(target));
         let tdir = &target[..target.len() - 1];
         let tname = target[target.len() - 1];
@@ -797,6 +793,10 @@ impl Writer<'_> {
                 shown(),
                 Kind::of(ft)
             )));
+        }
+        if comps == target && self.existing == Existing::Replace {
+            // Replacing a file with itself (unlinking it first would lose it).
+            return Ok(());
         }
         // No AT_SYMLINK_FOLLOW: the target name itself is never followed either.
         self.create(comps, |p, n| {
