@@ -345,9 +345,10 @@ impl Extractor {
         mut visit: impl FnMut(&[&OsStr], &mut dyn Read) -> Result<(), BundleError>,
     ) -> Result<(), BundleError> {
         let mut tar = tar::Archive::new(archive);
-        // Names seen, as keyed 64-bit hashes: bounded memory whatever the names' length (a
-        // collision could only refuse a good archive, about once in 10^8 at the entry limit;
-        // the extractor, not this check, is what keeps archives inside their root).
+        // Names seen, as keyed 64-bit hashes: bounded memory whatever the names' length. A
+        // collision (about once in 10^8 archives at the entry limit) could refuse a good
+        // archive or pass one that extraction then refuses: the extractor, not this check,
+        // is what keeps archives inside their root.
         let keys = RandomState::new();
         let key = |comps: &[&OsStr]| {
             let mut h = keys.build_hasher();
