@@ -95,9 +95,11 @@ impl From<io::Error> for Fail {
     }
 }
 
-/// Errors a hostile archive cannot cause by itself: the disk, limits, our own permissions.
+/// Errors a hostile archive cannot cause by itself: the disk, limits, our own permissions,
+/// a kernel without openat2 (before Linux 5.6).
 fn host_errno(e: Errno) -> bool {
     [
+        Errno::NOSYS,
         Errno::NOSPC,
         Errno::DQUOT,
         Errno::IO,
