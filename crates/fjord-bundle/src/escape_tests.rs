@@ -545,6 +545,7 @@ fn extraction_runs_as_the_unprivileged_uid() {
             Entry::file("run.sh", b"#!/bin/sh\n").mode(0o4755),
             Entry::symlink("link", "run.sh"),
             Entry::file("sub/data", b"d"),
+            Entry::hard_link("sub/same", "sub/data"),
         ]),
     )
     .unwrap();
@@ -560,6 +561,7 @@ fn extraction_runs_as_the_unprivileged_uid() {
         ("run.sh", 0o750),
         ("sub", 0o750),
         ("sub/data", 0o640),
+        ("sub/same", 0o640),
     ] {
         let md = std::fs::symlink_metadata(dest.join(p)).unwrap();
         assert_eq!((md.mode() & 0o7777, md.uid(), md.gid()), (m, 0, gid), "{p}");

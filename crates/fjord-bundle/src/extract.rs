@@ -95,9 +95,11 @@ impl From<io::Error> for Fail {
     }
 }
 
-/// Errors a hostile archive cannot cause by itself: the disk, limits, our own permissions.
+/// Errors a hostile archive cannot cause by itself: the disk, limits, our own permissions,
+/// a kernel without openat2 (before Linux 5.6).
 fn host_errno(e: Errno) -> bool {
     [
+        Errno::NOSYS,
         Errno::NOSPC,
         Errno::DQUOT,
         Errno::IO,
@@ -345,9 +347,10 @@ impl Extractor {
         mut visit: impl FnMut(&[&OsStr], &mut dyn Read) -> Result<(), BundleError>,
     ) -> Result<(), BundleError> {
         let mut tar = tar::Archive::new(archive);
-        // Names seen, as keyed 64-bit hashes: bounded memory whatever the names' length (a
-        // collision could only refuse a good archive, about once in 10^8 at the entry limit;
-        // the extractor, not this check, is what keeps archives inside their root).
+        // Names seen, as keyed 64-bit hashes: bounded memory whatever the names' length. A
+        // collision (about once in 10^8 archives at the entry limit) could refuse a good
+        // archive or pass one that extraction then refuses: the extractor, not this check,
+        // is what keeps archives inside their root.
         let keys = RandomState::new();
         let key = |comps: &[&OsStr]| {
             let mut h = keys.build_hasher();
@@ -765,10 +768,6 @@ impl Writer<'_> {
     }
 
     fn hard_link(&mut self, comps: &[&OsStr], target: &[&OsStr]) -> Result<(), Fail> {
-        if comps == target && self.existing == Existing::Replace {
-            // Replacing a file with itself (unlinking it first would lose it).
-            return Ok(());
-        }
         let shown = || show(&join(target));
         let tdir = &target[..target.len() - 1];
         let tname = target[target.len() - 1];
@@ -797,6 +796,10 @@ impl Writer<'_> {
                 shown(),
                 Kind::of(ft)
             )));
+        }
+        if comps == target && self.existing == Existing::Replace {
+            // Replacing a file with itself (unlinking it first would lose it).
+            return Ok(());
         }
         // No AT_SYMLINK_FOLLOW: the target name itself is never followed either.
         self.create(comps, |p, n| {
