@@ -99,9 +99,12 @@ async fn eventually<F: AsyncFnMut() -> bool>(limit: Duration, what: &str, mut ch
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_forged_call_from_a_leaked_nats_credential_never_runs() {
     let nats = NatsServer::start_with_auth(USER, PASSWORD);
+    // The callback listener is on loopback, which fjord refuses unless allowed.
     let s = Server::start_opts(ServeOpts::args(&[
         "--queue",
         &nats.url_with(&format!("{USER}:{PASSWORD}")),
+        "--callback-allow",
+        "127.0.0.1",
     ]))
     .await;
     // Marks each run in the output it sends to the callback.
