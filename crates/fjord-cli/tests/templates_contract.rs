@@ -1455,7 +1455,16 @@ async fn rust_template_builds_and_serves() {
     // A panic -> 500, the server lives on; an invalid header -> 500, no injection.
     let (st, _, _) = get_text(&c, &run.url("/panic")).await;
     assert_eq!(st, 500);
-    assert!(run.stderr().contains("handler panicked on purpose"));
+    // stderr is read by another thread: wait for it rather than race it.
+    let t = Instant::now();
+    while !run.stderr().contains("handler panicked on purpose") {
+        assert!(
+            t.elapsed() < IO_TIMEOUT,
+            "panic message not on stderr: {}",
+            run.stderr()
+        );
+        thread::sleep(Duration::from_millis(5));
+    }
     let r = c.get(run.url("/bad-header")).send().await.unwrap();
     assert_eq!(r.status(), 500);
     assert!(r.headers().get("injected").is_none());
