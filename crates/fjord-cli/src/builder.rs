@@ -105,8 +105,56 @@ fn step(function: &str, name: &str, cmd: &mut Command) -> Result<(), CliError> {
     })
 }
 
-/// Builds one function of a stack.
+/// Builds one function of a stack. A failing step's output names the user's files, not
+/// their copies in the build context (`build/<name>/context/function/...`).
 pub fn build(
+    stack_dir: &Path,
+    f: &StackFunction,
+    no_cache: bool,
+    progress: &dyn Fn(&str),
+) -> Result<Built, CliError> {
+    build_in_context(stack_dir, f, no_cache, progress).map_err(|e| match e {
+        CliError::Build {
+            function,
+            step,
+            output,
+        } => {
+            let handler = stack_dir.join(f.handler.as_deref().unwrap_or("."));
+            let shown = handler
+                .strip_prefix(".")
+                .unwrap_or(&handler)
+                .display()
+                .to_string();
+            let shown = if shown.is_empty() {
+                ".".to_string()
+            } else {
+                shown
+            };
+            CliError::Build {
+                function,
+                step,
+                output: user_paths(
+                    &output,
+                    &build_dir(stack_dir, &f.name).join("context"),
+                    &shown,
+                ),
+            }
+        }
+        other => other,
+    })
+}
+
+/// Rewrites build-context paths in a tool's output to the user's handler folder: absolute
+/// ones (`<ctx>/function/handler.py`) and the relative ones cargo prints (`--> function/...`).
+fn user_paths(output: &str, ctx: &Path, handler: &str) -> String {
+    let abs = ctx.join("function");
+    let canon = std::fs::canonicalize(&abs).unwrap_or_else(|_| abs.clone());
+    let mut text = output.replace(&canon.display().to_string(), handler);
+    text = text.replace(&abs.display().to_string(), handler);
+    text.replace("--> function/", &format!("--> {handler}/"))
+}
+
+fn build_in_context(
     stack_dir: &Path,
     f: &StackFunction,
     no_cache: bool,
@@ -280,4 +328,20 @@ pub fn build(
         archive,
         cached: false,
     })
+}
+
+#[cfg(test)]
+mod user_path_tests {
+    use super::*;
+
+    #[test]
+    fn build_context_paths_become_the_handler_folder() {
+        let ctx = Path::new("/work/app/build/greet/context");
+        let out = "  File \"/work/app/build/greet/context/function/handler.py\", line 3\n\
+                   error[E0308]: mismatched types\n --> function/src/lib.rs:5:9\n";
+        let got = user_paths(out, ctx, "greet");
+        assert!(got.contains("File \"greet/handler.py\", line 3"), "{got}");
+        assert!(got.contains("--> greet/src/lib.rs:5:9"), "{got}");
+        assert!(!got.contains("context"), "{got}");
+    }
 }

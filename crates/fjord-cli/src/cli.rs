@@ -504,7 +504,7 @@ pub struct NewArgs {
     /// List the templates
     #[arg(long)]
     pub list: bool,
-    /// Image prefix, e.g. ghcr.io/acme [env: OPENFAAS_PREFIX]
+    /// Image prefix, e.g. ghcr.io/acme
     #[arg(short, long, env = "OPENFAAS_PREFIX")]
     pub prefix: Option<String>,
     /// Add the function to this existing stack file instead of creating stack.yml

@@ -386,6 +386,34 @@ async fn every_template_from_new_to_a_live_function() {
 }
 
 #[tokio::test]
+async fn new_names_the_users_folder_and_handler_file() {
+    let p = Project::offline();
+    let out = p
+        .run(&["new", "greet", "--lang", "python3-http"])
+        .await
+        .ok("fjord new greet");
+    assert!(
+        out.stdout.contains("Folder: greet/ created."),
+        "{}",
+        out.show()
+    );
+    assert!(!out.stdout.contains("./"), "no ././greet: {}", out.show());
+    assert!(
+        out.stdout.contains("greet/handler.py") && !out.stdout.contains("function/handler.py"),
+        "the welcome message names the user's handler file: {}",
+        out.show()
+    );
+    // --help names OPENFAAS_PREFIX once (clap adds it).
+    let help = p.run(&["new", "--help"]).await.ok("fjord new --help");
+    assert_eq!(
+        help.stdout.matches("OPENFAAS_PREFIX").count(),
+        1,
+        "{}",
+        help.show()
+    );
+}
+
+#[tokio::test]
 async fn new_refuses_existing_folders_and_unknown_templates() {
     let p = Project::offline();
     // --list: all five templates.
@@ -945,6 +973,11 @@ async fn failing_builds_name_the_function_step_and_output() {
             .contains(r#"return {"statusCode": 200,, "body": "x"}"#)
             && out.stderr.contains("SyntaxError"),
         "the error should show python's output with the offending line:\n{}",
+        out.show()
+    );
+    assert!(
+        out.stderr.contains("broken-syntax/handler.py") && !out.stderr.contains("context/function"),
+        "the error should point at the user's file, not its copy in the build context:\n{}",
         out.show()
     );
     assert!(

@@ -1406,6 +1406,9 @@ async fn rust_template_builds_and_serves() {
     assert_eq!(header(&h, "content-type"), "text/plain; charset=utf-8");
     let r = c.post(run.url("/")).body("fjord").send().await.unwrap();
     assert_eq!(r.text().await.unwrap(), "Hello, fjord!");
+    // `echo Ada | fjord invoke` sends a trailing newline: the skeleton trims it.
+    let r = c.post(run.url("/")).body("Ada\n").send().await.unwrap();
+    assert_eq!(r.text().await.unwrap(), "Hello, Ada!");
 
     // Echo of a 1 MB body, and a chunked one.
     let big: Vec<u8> = (0..1024 * 1024).map(|i| (i % 253) as u8).collect();

@@ -126,7 +126,13 @@ pub fn new(a: &NewArgs) -> Result<(), CliError> {
     let handler = if handler_rel.is_absolute() {
         handler_rel.clone()
     } else {
-        stack_dir.join(&handler_rel)
+        // `greet`, not `././greet`, for a stack in the current directory.
+        let rel = handler_rel.strip_prefix(".").unwrap_or(&handler_rel);
+        if stack_dir == Path::new(".") {
+            rel.to_path_buf()
+        } else {
+            stack_dir.join(rel)
+        }
     };
     if handler.exists() {
         return Err(CliError::Usage(format!(
@@ -195,13 +201,18 @@ pub fn new(a: &NewArgs) -> Result<(), CliError> {
         }
         return Err(e);
     }
-    println!("Folder: {} created.", handler.display());
+    println!("Folder: {}/ created.", handler.display());
     println!(
         "Function {name} ({lang}) added to {}.",
         stack_file.display()
     );
     if let Some(w) = &template.spec.welcome_message {
-        println!("{}", w.trim_end());
+        // The templates name their handler folder `function/`; the user's is `handler`.
+        println!(
+            "{}",
+            w.trim_end()
+                .replace("function/", &format!("{}/", handler.display()))
+        );
     }
     println!(
         "Next: fjord up{}",

@@ -66,7 +66,11 @@ impl Response {
 /// Handles one request.
 pub fn handle(req: Request) -> Response {
     let body = req.body_text();
-    let name = if body.is_empty() { "world" } else { &body };
+    // `echo Ada | fjord invoke` sends a trailing newline.
+    let name = match body.trim() {
+        "" => "world",
+        name => name,
+    };
     Response::new(200, format!("Hello, {name}!"))
         .with_header("Content-Type", "text/plain; charset=utf-8")
 }
@@ -85,5 +89,15 @@ mod tests {
         let res = handle(req);
         assert_eq!(res.status, 200);
         assert_eq!(res.body, b"Hello, fjord!");
+    }
+
+    #[test]
+    fn trims_the_body() {
+        let req = Request {
+            method: "POST".into(),
+            body: b"Ada\n".to_vec(),
+            ..Request::default()
+        };
+        assert_eq!(handle(req).body, b"Hello, Ada!");
     }
 }
