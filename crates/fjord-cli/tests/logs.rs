@@ -78,3 +78,43 @@ async fn logs_follow_streams_new_lines() {
     );
     eprintln!("follow stream so far:\n{all}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invocations_are_reported_in_the_log_when_asked() {
+    let s = Server::start().await;
+    let mut reported = fork_fn("reported", "cat");
+    reported["annotations"] = serde_json::json!({"com.fjord.log.requests": "true"});
+    s.deploy_ready(&reported).await;
+    s.deploy_ready(&fork_fn("quiet", "cat")).await;
+    let r = s
+        .invoke(Method::POST, "reported/some/path?x=1")
+        .body("hi")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let call_id = r.headers()["x-call-id"].to_str().unwrap().to_string();
+    let (code, _) = s.call("quiet").await;
+    assert_eq!(code, StatusCode::OK);
+    let lines = s
+        .wait_log("name=reported", "REPORT", Duration::from_secs(10))
+        .await;
+    let report = lines
+        .iter()
+        .filter_map(|l| l["text"].as_str())
+        .find(|t| t.starts_with("REPORT"))
+        .expect("a REPORT line");
+    assert!(
+        report.starts_with("REPORT POST /some/path status=200 duration=")
+            && report.contains(&format!("call_id={call_id}")),
+        "{report}"
+    );
+    // Not asked: no line per call.
+    let quiet = s.logs("name=quiet").await;
+    assert!(
+        !quiet
+            .iter()
+            .any(|l| l["text"].as_str().is_some_and(|t| t.contains("REPORT"))),
+        "{quiet:?}"
+    );
+}

@@ -306,6 +306,11 @@ async fn call(
     start_value: &HeaderValue,
     started: Instant,
 ) -> Response<Body> {
+    // Only for functions that asked for it (`com.fjord.log.requests`): one flag read otherwise.
+    let report = route.handle.logs.reports_requests().then(|| {
+        let path = split_function_path(req.uri().path()).map_or("/", |(_, p)| p);
+        (req.method().clone(), path.to_owned())
+    });
     let m = &route.metrics;
     m.started.fetch_add(1, Ordering::Relaxed);
     m.last_request_ms.store(now_ms(), Ordering::Relaxed);
@@ -319,7 +324,22 @@ async fn call(
             }
             e.into_response()
         });
-    m.observe(r.status().as_u16(), started.elapsed().as_secs_f64());
+    let elapsed = started.elapsed();
+    m.observe(r.status().as_u16(), elapsed.as_secs_f64());
+    if let Some((method, path)) = report {
+        // Like a Lambda REPORT line: one per call, in the function's own log.
+        static GATEWAY: std::sync::LazyLock<Arc<str>> =
+            std::sync::LazyLock::new(|| Arc::from("gateway"));
+        route.handle.logs.push(
+            &GATEWAY,
+            &format!(
+                "REPORT {method} {path} status={} duration={:.3}ms call_id={}",
+                r.status().as_u16(),
+                elapsed.as_secs_f64() * 1e3,
+                call_id.to_str().unwrap_or("?")
+            ),
+        );
+    }
     r
 }
 

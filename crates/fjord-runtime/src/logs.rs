@@ -83,9 +83,26 @@ pub struct LogBook {
     /// Created by the first follower: a broadcast channel preallocates its slots, which
     /// adds up over thousands of idle functions.
     tx: std::sync::OnceLock<broadcast::Sender<Arc<LogEntry>>>,
+    /// The gateway adds a line per invocation (annotation `com.fjord.log.requests: "true"`);
+    /// off by default, so the invoke path reads only this flag.
+    report_requests: std::sync::atomic::AtomicBool,
 }
 
+/// The annotation that turns on a log line per invocation.
+pub const ANNOTATION_LOG_REQUESTS: &str = "com.fjord.log.requests";
+
 impl LogBook {
+    /// Whether the gateway logs a line per invocation of this function.
+    pub fn reports_requests(&self) -> bool {
+        self.report_requests
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_report_requests(&self, on: bool) {
+        self.report_requests
+            .store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// `file`: where to append; `None` keeps logs in memory only.
     pub fn new(file: Option<PathBuf>) -> Self {
         Self {
@@ -95,6 +112,7 @@ impl LogBook {
                 file: file.map_or(FileState::None, FileState::Closed),
             }),
             tx: std::sync::OnceLock::new(),
+            report_requests: std::sync::atomic::AtomicBool::new(false),
         }
     }
 

@@ -186,6 +186,13 @@ impl Reconciler {
         done: oneshot::Sender<RolloutResult>,
     ) {
         self.handle.desired.store(replicas, Ordering::Relaxed);
+        self.handle.logs.set_report_requests(
+            spec.deployment
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(crate::logs::ANNOTATION_LOG_REQUESTS))
+                .is_some_and(|v| v.trim() == "true"),
+        );
         if let Some(old) = self.pending.take() {
             if let Some(d) = old.done {
                 let _ = d.send(Err("superseded by a newer update".into()));
