@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::{NS, READY_TIMEOUT, Server, ServeOpts, TestDir, fork_fn, text};
+use common::{NS, READY_TIMEOUT, ServeOpts, Server, TestDir, fork_fn, text};
 use fjord_bundle::raw::{Entry, tar_gz};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -35,10 +35,25 @@ async fn namespaces_api_round_trip() {
     let mut s = Server::start_in(dir.clone(), ServeOpts::default()).await;
     assert!(namespaces(&s).await.contains(&NS.to_string()));
 
+    // The OpenAPI document describes every method of the new route.
+    let (st, doc) = get_json(&s, "/system/openapi.json").await;
+    assert_eq!(st, StatusCode::OK);
+    let route = &doc["paths"]["/system/namespace/{name}"];
+    for method in ["get", "post", "put", "delete"] {
+        assert!(
+            route[method]["responses"].is_object(),
+            "openapi.json lacks {method} /system/namespace/{{name}}"
+        );
+    }
+    assert!(doc["components"]["schemas"]["FunctionNamespace"].is_object());
+
     // Unknown: 404 saying how to create it.
     let (st, v) = get_json(&s, "/system/namespace/team-a").await;
     assert_eq!(st, StatusCode::NOT_FOUND, "{v}");
-    assert!(v.to_string().contains("fjord namespace create team-a"), "{v}");
+    assert!(
+        v.to_string().contains("fjord namespace create team-a"),
+        "{v}"
+    );
     let (st, body) = s
         .sys_json(
             Method::PUT,
@@ -46,7 +61,11 @@ async fn namespaces_api_round_trip() {
             &json!({"labels": {}}),
         )
         .await;
-    assert_eq!(st, StatusCode::NOT_FOUND, "PUT of an unknown namespace: {body}");
+    assert_eq!(
+        st,
+        StatusCode::NOT_FOUND,
+        "PUT of an unknown namespace: {body}"
+    );
 
     // Create with labels and annotations; read back.
     let (st, body) = s
@@ -68,7 +87,10 @@ async fn namespaces_api_round_trip() {
         .sys_json(Method::POST, "/system/namespace/team-a", &json!({}))
         .await;
     assert_eq!(st, StatusCode::CONFLICT, "second create: {body}");
-    assert!(body.contains("PUT"), "the 409 should say what to do: {body}");
+    assert!(
+        body.contains("PUT"),
+        "the 409 should say what to do: {body}"
+    );
 
     // Update replaces labels and annotations.
     let (st, body) = s
@@ -87,7 +109,11 @@ async fn namespaces_api_round_trip() {
     for (path, body, field) in [
         ("/system/namespace/Team_A", json!({}), "name"),
         ("/system/namespace/team-b", json!({"name": "other"}), "name"),
-        ("/system/namespace/team-b", json!({"labels": {"": "x"}}), "labels"),
+        (
+            "/system/namespace/team-b",
+            json!({"labels": {"": "x"}}),
+            "labels",
+        ),
         (
             "/system/namespace/team-b",
             json!({"annotations": {"k": 1}}),
@@ -121,7 +147,10 @@ async fn namespaces_api_round_trip() {
     assert_eq!(st, StatusCode::OK, "{v}");
     let (st, body) = delete(&s, "/system/namespace/vault").await;
     assert_eq!(st, StatusCode::CONFLICT, "{body}");
-    assert!(body.contains("secret(s) api-key"), "should name the secret: {body}");
+    assert!(
+        body.contains("secret(s) api-key"),
+        "should name the secret: {body}"
+    );
     let (st, body) = s
         .sys_json(
             Method::DELETE,
@@ -138,7 +167,10 @@ async fn namespaces_api_round_trip() {
     s.deploy(&f).await;
     let (st, body) = delete(&s, "/system/namespace/team-a").await;
     assert_eq!(st, StatusCode::CONFLICT, "{body}");
-    assert!(body.contains("function(s) lister"), "should name the function: {body}");
+    assert!(
+        body.contains("function(s) lister"),
+        "should name the function: {body}"
+    );
     let (st, body) = s
         .sys_json(
             Method::DELETE,
@@ -287,9 +319,18 @@ async fn namespace_cli_commands() {
     let r = fjord(&s, cwd, &["namespace", "list"]).await;
     ok("list", &r);
     let listed: Vec<&str> = r.1.lines().collect();
-    assert!(listed.contains(&"team-a") && listed.contains(&NS), "{}", r.1);
+    assert!(
+        listed.contains(&"team-a") && listed.contains(&NS),
+        "{}",
+        r.1
+    );
 
-    let r = fjord(&s, cwd, &["namespace", "update", "team-a", "-l", "env=prod"]).await;
+    let r = fjord(
+        &s,
+        cwd,
+        &["namespace", "update", "team-a", "-l", "env=prod"],
+    )
+    .await;
     ok("update", &r);
     let (_, v) = get_json(&s, "/system/namespace/team-a").await;
     assert_eq!(v["labels"], json!({"env": "prod"}));
@@ -297,7 +338,11 @@ async fn namespace_cli_commands() {
     // Errors say what to do next.
     let r = fjord(&s, cwd, &["namespace", "create", "team-a"]).await;
     assert_eq!(r.0, Some(1), "second create: {}", r.2);
-    assert!(r.2.contains("409") && r.2.contains("fjord namespace update"), "{}", r.2);
+    assert!(
+        r.2.contains("409") && r.2.contains("fjord namespace update"),
+        "{}",
+        r.2
+    );
     let r = fjord(&s, cwd, &["namespace", "create", "x", "--label", "nokey"]).await;
     assert_eq!(r.0, Some(2), "bad --label: {}", r.2);
     assert!(r.2.contains("KEY=VALUE"), "{}", r.2);
@@ -355,12 +400,27 @@ async fn deploy_refuses_a_program_that_cannot_start() {
         // A relative program with no bundle to be relative to.
         ("rel", "not-a-bundle:latest", "./handler", "./handler"),
         // Not on the function's PATH.
-        ("nopath", "x:1", "no-such-program-xyz --flag", "no-such-program-xyz"),
+        (
+            "nopath",
+            "x:1",
+            "no-such-program-xyz --flag",
+            "no-such-program-xyz",
+        ),
         // Not in the bundle.
         ("missing", "scripts:1", "./handler", "./handler"),
         // In the bundle, but its interpreter is nowhere.
-        ("envinterp", "scripts:1", "./needs-missing.sh", "no-such-interpreter-xyz"),
-        ("absinterp", "scripts:1", "./gone-interp.sh", "/opt/nowhere/bin/lua"),
+        (
+            "envinterp",
+            "scripts:1",
+            "./needs-missing.sh",
+            "no-such-interpreter-xyz",
+        ),
+        (
+            "absinterp",
+            "scripts:1",
+            "./gone-interp.sh",
+            "/opt/nowhere/bin/lua",
+        ),
     ] {
         let mut body = fork_fn(name, process);
         body["image"] = json!(image);
@@ -431,9 +491,17 @@ async fn faas_cli_deploy_of_a_pushed_bundle_runs_with_the_bundles_interpreter() 
         "readOnlyRootFilesystem": false,
     });
     let (st, answer) = s.sys_json(Method::PUT, "/system/functions", &body).await;
-    assert_eq!(st, StatusCode::NOT_FOUND, "faas-cli first tries PUT: {answer}");
+    assert_eq!(
+        st,
+        StatusCode::NOT_FOUND,
+        "faas-cli first tries PUT: {answer}"
+    );
     let (st, answer) = s.sys_json(Method::POST, "/system/functions", &body).await;
-    assert_eq!(st, StatusCode::ACCEPTED, "faas-cli deploy of {image}: {answer}");
+    assert_eq!(
+        st,
+        StatusCode::ACCEPTED,
+        "faas-cli deploy of {image}: {answer}"
+    );
     s.wait_ready("greet", READY_TIMEOUT).await;
     let r = s
         .invoke(Method::POST, "greet")
