@@ -201,6 +201,24 @@ fjord secret remove api-key"
         #[command(flatten)]
         gateway: GatewayArgs,
     },
+    /// Manage namespaces: create, list, get, update, delete
+    #[command(
+        long_about = "Manage namespaces. Deploying into a namespace that does not exist yet creates it \
+implicitly (it exists while it holds functions or secrets); create one explicitly to give it labels \
+and annotations. A namespace is deleted only when it is empty.",
+        after_help = "Examples:\n  fjord namespace create team-a --label env=dev --annotation owner=ada\n  \
+fjord namespace list\n  \
+fjord namespace get team-a\n  \
+fjord namespace update team-a --label env=prod\n  \
+fjord namespace delete team-a"
+    )]
+    #[command(visible_aliases = ["ns", "namespaces"])]
+    Namespace {
+        #[command(subcommand)]
+        action: NamespaceAction,
+        #[command(flatten)]
+        gateway: GatewayArgs,
+    },
     /// Manage API tokens (admin): create, list, revoke
     #[command(
         after_help = "Scopes: read (GET the API), deploy (read + deploy, update, remove, scale, bundles), admin (everything, tokens and secrets too), invoke (only call functions annotated com.fjord.auth=token).\n\nExamples:\n  fjord token create ci --scope deploy --expires 90d\n  fjord token list\n  fjord token revoke 3f2a9c0d1e2b4a5c"
@@ -270,6 +288,47 @@ pub enum SecretAction {
         #[arg(short, long)]
         namespace: Option<String>,
     },
+}
+
+#[derive(Subcommand)]
+pub enum NamespaceAction {
+    /// Create a namespace (admin)
+    Create {
+        name: String,
+        /// A label, KEY=VALUE (repeatable) [default: none]
+        #[arg(short, long, value_name = "KEY=VALUE")]
+        label: Vec<String>,
+        /// An annotation, KEY=VALUE (repeatable) [default: none]
+        #[arg(long, value_name = "KEY=VALUE")]
+        annotation: Vec<String>,
+    },
+    /// List namespaces: created ones and those holding functions or secrets
+    #[command(visible_alias = "ls")]
+    List {
+        /// Print the gateway's JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a namespace's labels and annotations
+    Get {
+        name: String,
+        /// Print the gateway's JSON
+        #[arg(long)]
+        json: bool,
+    },
+    /// Replace a namespace's labels and annotations (admin)
+    Update {
+        name: String,
+        /// A label, KEY=VALUE (repeatable) [default: none]
+        #[arg(short, long, value_name = "KEY=VALUE")]
+        label: Vec<String>,
+        /// An annotation, KEY=VALUE (repeatable) [default: none]
+        #[arg(long, value_name = "KEY=VALUE")]
+        annotation: Vec<String>,
+    },
+    /// Delete an empty namespace (admin; refused while it holds functions or secrets)
+    #[command(visible_alias = "rm")]
+    Delete { name: String },
 }
 
 #[derive(Subcommand)]

@@ -87,6 +87,9 @@ pub fn main() -> ExitCode {
         Command::Version { gateway } => block_on(fx::version(&gateway)),
         Command::Calls { action, gateway } => block_on(fx::calls(&gateway, action)),
         Command::Secret { action, gateway } => block_on(commands::secrets::run(&gateway, action)),
+        Command::Namespace { action, gateway } => {
+            block_on(commands::namespaces::run(&gateway, action))
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

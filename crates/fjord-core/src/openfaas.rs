@@ -268,3 +268,18 @@ pub struct SecretDescription {
     pub name: String,
     pub namespace: String,
 }
+
+/// A namespace with its labels and annotations: body of `POST`/`PUT
+/// /system/namespace/{name}` and answer of `GET` (OpenFaaS's `FunctionNamespace`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct FunctionNamespace {
+    /// A DNS-1123 label; in a request body it may be left out (the path names it) but must
+    /// match the path when given.
+    #[serde(default)]
+    #[schema(example = "team-a")]
+    pub name: String,
+    #[serde(default)]
+    pub labels: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    pub annotations: Option<BTreeMap<String, String>>,
+}

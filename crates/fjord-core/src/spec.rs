@@ -219,6 +219,30 @@ pub struct ProcessDefaults {
     pub env: BTreeMap<String, String>,
 }
 
+/// For a bundle: a command that runs the bundle's own entry point with another interpreter
+/// name (`python index.py` where the bundle was built for `python3 index.py`) gets the
+/// bundle's interpreter. faas-cli sends its template's `fprocess` as `envProcess`, and the
+/// OpenFaaS templates name interpreters differently; the bundle knows which one its code
+/// was built and byte-compiled for. Anything else (other arguments, a path) is kept as given.
+fn with_bundle_interpreter(argv: Vec<String>, bundle_fprocess: &str) -> Vec<String> {
+    let Ok(bundle) = shell_words::split(bundle_fprocess) else {
+        return argv;
+    };
+    let bare = |c: &str| !c.is_empty() && !c.contains('/');
+    match (argv.split_first(), bundle.split_first()) {
+        (Some((cmd, args)), Some((bundle_cmd, bundle_args)))
+            if cmd != bundle_cmd
+                && bare(cmd)
+                && bare(bundle_cmd)
+                && !args.is_empty()
+                && args == bundle_args =>
+        {
+            bundle
+        }
+        _ => argv,
+    }
+}
+
 /// A deployment, validated: every later step uses these parsed fields.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FunctionSpec {
@@ -380,6 +404,10 @@ impl FunctionSpec {
         if argv.is_empty() {
             return Err(invalid("envProcess", "is empty"));
         }
+        let argv = match defaults {
+            Some(p) => with_bundle_interpreter(argv, &p.fprocess),
+            None => argv,
+        };
 
         let mode = match env.get("mode").map(String::as_str) {
             Some("http") => InvokeMode::Http {
@@ -547,6 +575,37 @@ mod tests {
 
     fn dep(json: &str) -> FunctionDeployment {
         serde_json::from_str(json).unwrap()
+    }
+
+    #[test]
+    fn bundle_interpreter_replaces_a_template_interpreter_only() {
+        let defaults = ProcessDefaults {
+            fprocess: "python3 index.py".into(),
+            env: Default::default(),
+        };
+        let argv = |fprocess: &str| {
+            FunctionSpec::from_deployment_with(
+                dep(&format!(
+                    r#"{{"service":"f","image":"f:latest","envProcess":"{fprocess}"}}"#
+                )),
+                Some(&defaults),
+            )
+            .unwrap()
+            .argv
+        };
+        assert_eq!(argv("python index.py"), ["python3", "index.py"]);
+        assert_eq!(argv("python3 index.py"), ["python3", "index.py"]);
+        assert_eq!(argv("python other.py"), ["python", "other.py"]);
+        assert_eq!(
+            argv("/usr/bin/python index.py"),
+            ["/usr/bin/python", "index.py"]
+        );
+        // Without a bundle nothing is replaced.
+        let s = FunctionSpec::from_deployment(dep(
+            r#"{"service":"f","image":"x","envProcess":"python index.py"}"#,
+        ))
+        .unwrap();
+        assert_eq!(s.argv, ["python", "index.py"]);
     }
 
     #[test]

@@ -297,7 +297,7 @@ pub async fn info() -> Json<GatewayInfo> {
 #[utoipa::path(
     get, path = "/system/namespaces", tag = "system",
     responses(
-        (status = 200, description = "The namespaces that hold functions, plus `openfaas-fn`, sorted", body = [String]),
+        (status = 200, description = "Every namespace, sorted: `openfaas-fn`, those created with POST /system/namespace/{name}, and those holding functions or secrets", body = [String]),
         (status = 401, response = crate::openapi::Unauthorized),
         (status = 500, description = "The state store failed", body = String, content_type = "text/plain"),
     ),

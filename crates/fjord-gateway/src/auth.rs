@@ -108,6 +108,11 @@ pub const SYSTEM_SCOPES: &[(&str, &str, Scope)] = &[
     ("POST", "/system/scale-function/{name}", Scope::Deploy),
     ("GET", "/system/info", Scope::Read),
     ("GET", "/system/namespaces", Scope::Read),
+    // Namespaces are shared by everyone's functions and secrets: changing them is the admin's.
+    ("GET", "/system/namespace/{name}", Scope::Read),
+    ("POST", "/system/namespace/{name}", Scope::Admin),
+    ("PUT", "/system/namespace/{name}", Scope::Admin),
+    ("DELETE", "/system/namespace/{name}", Scope::Admin),
     ("GET", "/system/logs", Scope::Read),
     ("GET", "/system/openapi.json", Scope::Read),
     ("PUT", "/system/bundles/{digest}", Scope::Deploy),

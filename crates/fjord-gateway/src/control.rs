@@ -685,6 +685,12 @@ impl ControlPlane {
         &self.store
     }
 
+    /// Serialises a change made outside the control plane (namespaces) with deploys and
+    /// secret changes, so a check and the write it guards see no deploy in between.
+    pub(crate) async fn lock_changes(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.changes.lock().await
+    }
+
     pub fn bundles(&self) -> &Arc<Bundles> {
         &self.bundles
     }

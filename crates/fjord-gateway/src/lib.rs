@@ -12,6 +12,7 @@ mod error;
 mod invoke;
 mod logs;
 mod metrics;
+mod namespaces;
 mod openapi;
 mod secrets;
 mod tls;
@@ -431,6 +432,13 @@ fn router(state: AppState) -> Router {
         .route("/system/scale-function/{name}", post(api::scale_function))
         .route("/system/info", get(api::info))
         .route("/system/namespaces", get(api::namespaces))
+        .route(
+            "/system/namespace/{name}",
+            get(namespaces::get_namespace)
+                .post(namespaces::create_namespace)
+                .put(namespaces::update_namespace)
+                .delete(namespaces::delete_namespace),
+        )
         .route("/system/logs", get(logs::logs))
         .route(
             "/system/bundles/{digest}",

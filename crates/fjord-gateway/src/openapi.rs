@@ -18,7 +18,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{RefOr, Response as ApiResponse};
 use utoipa::{IntoResponses, Modify, OpenApi, ToResponse};
 
-use crate::{api, async_calls, bundles, invoke, logs, secrets, tokens};
+use crate::{api, async_calls, bundles, invoke, logs, namespaces, secrets, tokens};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -32,6 +32,10 @@ use crate::{api, async_calls, bundles, invoke, logs, secrets, tokens};
         api::metrics,
         api::info,
         api::namespaces,
+        namespaces::get_namespace,
+        namespaces::create_namespace,
+        namespaces::update_namespace,
+        namespaces::delete_namespace,
         api::list_functions,
         api::create_function,
         api::update_function,
@@ -79,6 +83,7 @@ use crate::{api, async_calls, bundles, invoke, logs, secrets, tokens};
             api::Alert,
             fjord_core::openfaas::Secret,
             fjord_core::openfaas::SecretDescription,
+            fjord_core::openfaas::FunctionNamespace,
             tokens::CreateToken,
             tokens::CreatedToken,
             tokens::TokenInfo,
@@ -95,6 +100,7 @@ use crate::{api, async_calls, bundles, invoke, logs, secrets, tokens};
         (name = "system", description = "The gateway itself"),
         (name = "secrets", description = "Function secrets: values go in, never come out"),
         (name = "tokens", description = "API tokens with scopes (fjord extension)"),
+        (name = "namespaces", description = "Namespaces with labels and annotations"),
     )
 )]
 pub struct ApiDoc;

@@ -57,13 +57,19 @@ pub fn resolve(
     let found = if cmd.contains('/') {
         let p = PathBuf::from(cmd);
         if !p.is_absolute() {
-            if let Some(dir) = workdir
-                && !is_executable(&dir.join(&p))
-            {
+            // Without a bundle the working directory is the replica's private, empty /tmp:
+            // a relative program can never be there (it would fail on every call).
+            let Some(dir) = workdir else {
+                return Err(ProgramError(format!(
+                    "{cmd:?} is a relative path, but the image is not a bundle the gateway has, so there is nothing for it to be relative to: push the bundle first (`fjord push`), or give the program's absolute path"
+                )));
+            };
+            if !is_executable(&dir.join(&p)) {
                 return Err(ProgramError(format!(
                     "{cmd:?} is not an executable file in the bundle"
                 )));
             }
+            check_interpreter(cmd, &dir.join(&p), spec)?;
             // Relative to the working directory (the bundle, else the replica's /tmp).
             return Ok(Program {
                 path: p,
@@ -90,6 +96,7 @@ pub fn resolve(
                 ))
             })?
     };
+    check_interpreter(cmd, &found, spec)?;
     let real = std::fs::canonicalize(&found).unwrap_or(found);
     if sandboxed && real.starts_with("/tmp") {
         return Err(ProgramError(format!(
@@ -109,6 +116,46 @@ pub fn resolve(
         workdir: workdir.map(Path::to_path_buf),
         secrets: Default::default(),
     })
+}
+
+/// A script's `#!` interpreter must exist too, or every start fails with ENOENT although
+/// the script itself is there. `#!/usr/bin/env NAME` looks NAME up in the function's PATH.
+fn check_interpreter(cmd: &str, script: &Path, spec: &FunctionSpec) -> Result<(), ProgramError> {
+    use std::io::Read;
+    let mut head = [0u8; 256];
+    let n = std::fs::File::open(script)
+        .and_then(|mut f| f.read(&mut head))
+        .unwrap_or(0);
+    let Some(line) = head[..n].strip_prefix(b"#!") else {
+        return Ok(());
+    };
+    let line = line.split(|b| *b == b'\n').next().unwrap_or_default();
+    let line = String::from_utf8_lossy(line);
+    let mut words = line.split_whitespace();
+    let Some(interp) = words.next() else {
+        return Ok(());
+    };
+    if !is_executable(Path::new(interp)) {
+        return Err(ProgramError(format!(
+            "{cmd:?} starts with #!{interp}, which is not an executable file on this machine: install it or change the script's first line"
+        )));
+    }
+    if Path::new(interp).file_name().is_some_and(|f| f == "env")
+        && let Some(name) = words.find(|w| !w.starts_with('-') && !w.contains('='))
+        && !name.contains('/')
+    {
+        let path = spec.env.get("PATH").map_or(DEFAULT_PATH, String::as_str);
+        if !path
+            .split(':')
+            .filter(|d| !d.is_empty())
+            .any(|d| is_executable(&Path::new(d).join(name)))
+        {
+            return Err(ProgramError(format!(
+                "{cmd:?} starts with #!{interp} {name}, but {name:?} is not found in the function's PATH ({path}): install it or change the script's first line"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// The environment a replica's processes start with: defaults, then the function's
@@ -196,6 +243,41 @@ mod tests {
         std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
         let e = resolve(&spec(exe.to_str().unwrap()), true, None).unwrap_err();
         assert!(e.to_string().contains("under /tmp"), "{e}");
+    }
+
+    #[test]
+    fn relative_programs_need_a_bundle_and_scripts_their_interpreter() {
+        let e = resolve(&spec("./handler"), false, None).unwrap_err();
+        assert!(
+            e.to_string().contains("\"./handler\" is a relative path"),
+            "{e}"
+        );
+
+        let bundle = tempfile::tempdir_in("/var/tmp").unwrap();
+        let write = |name: &str, text: &str| {
+            let p = bundle.path().join(name);
+            std::fs::write(&p, text).unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        };
+        write("ok.sh", "#!/bin/sh\necho hi\n");
+        write("env.sh", "#!/usr/bin/env sh\necho hi\n");
+        write("gone.sh", "#!/no/such/interpreter\n");
+        write(
+            "envgone.sh",
+            "#!/usr/bin/env -S no-such-interpreter-xyz -u\n",
+        );
+        assert!(resolve(&spec("./ok.sh"), false, Some(bundle.path())).is_ok());
+        assert!(resolve(&spec("./env.sh"), false, Some(bundle.path())).is_ok());
+        let e = resolve(&spec("./gone.sh"), false, Some(bundle.path())).unwrap_err();
+        assert!(e.to_string().contains("#!/no/such/interpreter"), "{e}");
+        let e = resolve(&spec("./envgone.sh"), false, Some(bundle.path())).unwrap_err();
+        assert!(e.to_string().contains("no-such-interpreter-xyz"), "{e}");
+        let e = resolve(&spec("./missing"), false, Some(bundle.path())).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("not an executable file in the bundle"),
+            "{e}"
+        );
     }
 
     #[test]

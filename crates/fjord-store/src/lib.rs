@@ -6,6 +6,7 @@
 
 pub mod uid_registry;
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
@@ -57,6 +58,17 @@ const MIGRATIONS: &[&str] = &[
     "CREATE TABLE counters (
         name  TEXT    NOT NULL PRIMARY KEY,
         value INTEGER NOT NULL
+    ) STRICT;",
+    // 6: reserved for bundle digest pinning (developed in parallel; renumbered at merge).
+    "",
+    // 7: namespaces created through the API, with their labels and annotations (JSON maps).
+    // Namespaces that only hold functions or secrets exist implicitly and have no row.
+    "CREATE TABLE namespaces (
+        name        TEXT NOT NULL PRIMARY KEY,
+        labels      TEXT NOT NULL,
+        annotations TEXT NOT NULL,
+        created_at  TEXT NOT NULL,
+        updated_at  TEXT NOT NULL
     ) STRICT;",
 ];
 
@@ -128,6 +140,17 @@ pub enum StoreError {
     /// share an identity.
     #[error("no unused uid left above the base uid")]
     UidsExhausted,
+    /// A namespace record that cannot be decoded (or encoded).
+    #[error("state database: namespace {name} is corrupt: {reason}")]
+    CorruptNamespace { name: String, reason: String },
+}
+
+/// A namespace created through the API (`POST /system/namespace/{name}`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct StoredNamespace {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub annotations: BTreeMap<String, String>,
 }
 
 /// The state database. `Send + Sync`: share it behind an `Arc`.
@@ -365,13 +388,86 @@ impl Store {
         Ok(n > 0)
     }
 
-    /// Distinct namespaces of stored functions, sorted.
+    /// Every namespace that exists, sorted: created ones and those holding functions or
+    /// secrets (a namespace with only secrets is one too, as in OpenFaaS).
     pub fn namespaces(&self) -> Result<Vec<String>, StoreError> {
         let conn = self.lock();
-        let mut stmt =
-            conn.prepare("SELECT DISTINCT namespace FROM functions ORDER BY namespace")?;
+        let mut stmt = conn.prepare(
+            "SELECT namespace FROM functions UNION SELECT namespace FROM secrets
+             UNION SELECT name FROM namespaces ORDER BY 1",
+        )?;
         let names = stmt
             .query_map([], |r| r.get(0))?
+            .collect::<Result<Vec<String>, _>>()?;
+        Ok(names)
+    }
+
+    /// A created namespace's record; `None` if it was never created (it may still exist
+    /// implicitly: see [`namespaces`](Self::namespaces)).
+    pub fn namespace(&self, name: &str) -> Result<Option<StoredNamespace>, StoreError> {
+        let raw: Option<(String, String)> = self
+            .lock()
+            .query_row(
+                "SELECT labels, annotations FROM namespaces WHERE name = ?1",
+                [name],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        let Some((labels, annotations)) = raw else {
+            return Ok(None);
+        };
+        let decode = |what: &str, json: &str| {
+            serde_json::from_str(json).map_err(|e| StoreError::CorruptNamespace {
+                name: name.to_string(),
+                reason: format!("{what}: {e}"),
+            })
+        };
+        Ok(Some(StoredNamespace {
+            name: name.to_string(),
+            labels: decode("labels", &labels)?,
+            annotations: decode("annotations", &annotations)?,
+        }))
+    }
+
+    /// Creates or replaces a namespace's record (labels and annotations), keeping its
+    /// created_at.
+    pub fn upsert_namespace(&self, ns: &StoredNamespace) -> Result<(), StoreError> {
+        let encode = |m: &BTreeMap<String, String>| {
+            serde_json::to_string(m).map_err(|e| StoreError::CorruptNamespace {
+                name: ns.name.clone(),
+                reason: e.to_string(),
+            })
+        };
+        self.lock().execute(
+            "INSERT INTO namespaces (name, labels, annotations, created_at, updated_at)
+             VALUES (?1, ?2, ?3, ?4, ?4)
+             ON CONFLICT (name) DO UPDATE SET labels = excluded.labels,
+                 annotations = excluded.annotations, updated_at = excluded.updated_at",
+            params![
+                ns.name,
+                encode(&ns.labels)?,
+                encode(&ns.annotations)?,
+                now_rfc3339()
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Removes a namespace's record; `false` if it had none.
+    pub fn delete_namespace(&self, name: &str) -> Result<bool, StoreError> {
+        let n = self
+            .lock()
+            .execute("DELETE FROM namespaces WHERE name = ?1", [name])?;
+        Ok(n > 0)
+    }
+
+    /// Names of the functions of one namespace, sorted.
+    pub fn function_names(&self, namespace: &str) -> Result<Vec<String>, StoreError> {
+        let conn = self.lock();
+        let mut stmt =
+            conn.prepare("SELECT name FROM functions WHERE namespace = ?1 ORDER BY name")?;
+        let names = stmt
+            .query_map([namespace], |r| r.get(0))?
             .collect::<Result<Vec<String>, _>>()?;
         Ok(names)
     }
@@ -855,6 +951,37 @@ mod tests {
         store.upsert(&func("dev", "a", 2)).unwrap();
         store.upsert(&func("prod", "b", 3)).unwrap();
         assert_eq!(store.namespaces().unwrap(), ["dev", "prod"]);
+    }
+
+    #[test]
+    fn namespace_records_and_secret_only_namespaces() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        let store = Store::open(&path).unwrap();
+        assert_eq!(store.namespace("team").unwrap(), None);
+        let ns = StoredNamespace {
+            name: "team".into(),
+            labels: [("env".to_string(), "dev".to_string())].into(),
+            annotations: [("owner".to_string(), "ada".to_string())].into(),
+        };
+        store.upsert_namespace(&ns).unwrap();
+        store
+            .insert_secret(&SealedSecret {
+                namespace: "vault".into(),
+                name: "k".into(),
+                nonce: vec![0; 24],
+                ciphertext: vec![1],
+            })
+            .unwrap();
+        store.upsert(&func("apps", "f", 1)).unwrap();
+        assert_eq!(store.namespaces().unwrap(), ["apps", "team", "vault"]);
+        assert_eq!(store.function_names("apps").unwrap(), ["f"]);
+        drop(store);
+        let store = Store::open(&path).unwrap();
+        assert_eq!(store.namespace("team").unwrap(), Some(ns));
+        assert!(store.delete_namespace("team").unwrap());
+        assert!(!store.delete_namespace("team").unwrap());
+        assert_eq!(store.namespaces().unwrap(), ["apps", "vault"]);
     }
 
     #[cfg(unix)]

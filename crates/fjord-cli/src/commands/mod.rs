@@ -1,4 +1,5 @@
 pub mod functions;
+pub mod namespaces;
 pub mod secrets;
 pub mod serve;
 pub mod stack;
