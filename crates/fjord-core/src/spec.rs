@@ -727,6 +727,94 @@ mod tests {
     }
 
     #[test]
+    fn faas_function_label_is_the_providers() {
+        // Sent back with the function's name (a client echoing a GET): dropped, not stored.
+        let s = FunctionSpec::from_deployment(dep(
+            r#"{"service":"a","image":"x","envProcess":"env","labels":{"faas_function":"a","team":"t"}}"#,
+        ))
+        .unwrap();
+        let labels = s.deployment.labels.unwrap();
+        assert!(!labels.contains_key(LABEL_FAAS_FUNCTION), "{labels:?}");
+        assert_eq!(labels["team"], "t");
+        // Any other value is refused, naming the label.
+        let e = FunctionSpec::from_deployment(dep(
+            r#"{"service":"a","image":"x","envProcess":"env","labels":{"faas_function":"b"}}"#,
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("labels.faas_function") && e.contains("reserved"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn health_path_is_the_ready_path_unless_both_are_set() {
+        let path = |annotations: &str, env: &str| {
+            FunctionSpec::from_deployment(dep(&format!(
+                r#"{{"service":"a","image":"x","envProcess":"env","annotations":{{{annotations}}},"envVars":{{{env}}}}}"#
+            )))
+            .map(|s| s.ready_path)
+        };
+        assert_eq!(
+            path(r#""com.openfaas.health.http.path":"/healthz""#, ""),
+            Ok(Some("/healthz".into()))
+        );
+        assert_eq!(
+            path(
+                r#""com.openfaas.health.http.path":"/healthz","com.openfaas.ready.http.path":"/ready""#,
+                r#""ready_path":"/env""#
+            ),
+            Ok(Some("/ready".into())),
+            "the ready annotation wins"
+        );
+        assert_eq!(
+            path(
+                r#""com.openfaas.health.http.path":"/healthz""#,
+                r#""ready_path":"/env""#
+            ),
+            Ok(Some("/healthz".into())),
+            "annotations before the env var"
+        );
+        assert_eq!(path("", r#""ready_path":"/env""#), Ok(Some("/env".into())));
+        let e = path(r#""com.openfaas.health.http.path":"healthz""#, "")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("annotations.com.openfaas.health.http.path"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn scale_rule_factor_and_zero_duration_labels() {
+        let policy = |labels: &str| {
+            FunctionSpec::from_deployment(dep(&format!(
+                r#"{{"service":"a","image":"x","envProcess":"env","labels":{{{labels}}}}}"#
+            )))
+            .map(|s| s.scale)
+        };
+        let p = policy("").unwrap();
+        assert_eq!(p.rule, ScaleRule::Community);
+        assert_eq!(p.factor, 20.0);
+        assert_eq!(p.zero_duration, None, "the gateway's default applies");
+        let p = policy(r#""com.openfaas.scale.target":"10","com.openfaas.scale.factor":"0","com.openfaas.scale.zero-duration":"2m""#).unwrap();
+        assert_eq!(p.rule, ScaleRule::Target);
+        assert_eq!(p.factor, 0.0);
+        assert_eq!(p.zero_duration, Some(Duration::from_secs(120)));
+        for bad in [
+            r#""com.openfaas.scale.factor":"101""#,
+            r#""com.openfaas.scale.factor":"-1""#,
+            r#""com.openfaas.scale.factor":"lots""#,
+            r#""com.openfaas.scale.zero-duration":"500ms""#,
+        ] {
+            let e = policy(bad).unwrap_err().to_string();
+            let label = bad.split('"').nth(1).unwrap();
+            assert!(e.contains(&format!("labels.{label}")), "{bad}: {e}");
+        }
+    }
+
+    #[test]
     fn fprocess_from_env_var() {
         let mut d = FunctionDeployment {
             service: "a".into(),
