@@ -146,11 +146,20 @@ RUST_LOG=debug fjord serve --log-format json"
         #[command(flatten)]
         gateway: GatewayArgs,
     },
-    /// Set a function's replica count
+    /// Set a function's replica count: 0 (the next call wakes it) up to its
+    /// com.openfaas.scale.max (above is clamped; the count set is printed)
+    #[command(after_help = "Examples:\n  fjord scale hello 3\n  fjord scale hello --replicas 0")]
     Scale {
         name: String,
+        /// Replicas wanted (or --replicas)
+        #[arg(
+            value_name = "REPLICAS",
+            required_unless_present = "replicas",
+            conflicts_with = "replicas"
+        )]
+        count: Option<u64>,
         #[arg(long, short)]
-        replicas: u64,
+        replicas: Option<u64>,
         #[arg(short, long)]
         namespace: Option<String>,
         #[command(flatten)]
@@ -479,6 +488,10 @@ pub struct ServeArgs {
     /// How often the autoscaler and the scale-to-zero idler decide
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     pub autoscale_interval: std::time::Duration,
+    /// Idle time before a function labelled com.openfaas.scale.zero=true scales to zero, when
+    /// its com.openfaas.scale.zero-duration label does not say (at least 1s)
+    #[arg(long, default_value = "15m", value_parser = parse_zero_duration)]
+    pub scale_zero_duration: std::time::Duration,
     /// HTTP worker threads, each with its own event loop [default: one per core]
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub workers: Option<u16>,
@@ -530,6 +543,15 @@ pub struct ServeArgs {
 /// `8MiB`, `512KiB`, `1000000`.
 fn parse_size(s: &str) -> Result<u64, String> {
     fjord_core::quantity::parse_memory(s.trim().trim_end_matches('B')).map_err(|e| e.to_string())
+}
+
+/// `--scale-zero-duration`: a duration of at least a second.
+fn parse_zero_duration(s: &str) -> Result<std::time::Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
+    if d < std::time::Duration::from_secs(1) {
+        return Err(format!("{s:?} is under 1s: use e.g. 30s or 15m"));
+    }
+    Ok(d)
 }
 
 /// `--tmp-size`: at least 1Mi.

@@ -213,23 +213,27 @@ impl Gateway {
         Ok(())
     }
 
+    /// Scales a function; returns the count the gateway set (it clamps to
+    /// `com.openfaas.scale.max`), or `None` when its answer does not say (OpenFaaS).
     pub async fn scale(
         &self,
         name: &str,
         namespace: Option<&str>,
         replicas: u64,
-    ) -> Result<(), CliError> {
+    ) -> Result<Option<u64>, CliError> {
         let mut body = json!({"serviceName": name, "replicas": replicas});
         if let Some(ns) = namespace.filter(|n| !n.is_empty()) {
             body["namespace"] = json!(ns);
         }
-        self.send(
-            self.system(Method::POST, &format!("/system/scale-function/{name}"))
-                .json(&body),
-            &format!("scale {name}"),
-        )
-        .await?;
-        Ok(())
+        let r = self
+            .send(
+                self.system(Method::POST, &format!("/system/scale-function/{name}"))
+                    .json(&body),
+                &format!("scale {name}"),
+            )
+            .await?;
+        let answer: Option<serde_json::Value> = r.json().await.ok();
+        Ok(answer.and_then(|a| a["replicas"].as_u64()))
     }
 
     pub async fn list_secrets(

@@ -73,10 +73,17 @@ pub fn main() -> ExitCode {
         )),
         Command::Scale {
             name,
+            count,
             replicas,
             namespace,
             gateway,
-        } => block_on(fx::scale(&gateway, &name, namespace.as_deref(), replicas)),
+        } => block_on(fx::scale(
+            &gateway,
+            &name,
+            namespace.as_deref(),
+            // clap requires exactly one of them.
+            count.or(replicas).unwrap_or_default(),
+        )),
         Command::Login {
             username,
             password,

@@ -10,5 +10,6 @@ pub mod spec;
 
 pub use names::{DEFAULT_NAMESPACE, FunctionKey};
 pub use spec::{
-    FunctionSpec, InvokeMode, ProcessDefaults, ScaleKind, ScalePolicy, SpecError, WatchdogConfig,
+    FunctionSpec, InvokeMode, ProcessDefaults, ScaleKind, ScalePolicy, ScaleRule, SpecError,
+    WatchdogConfig,
 };

@@ -14,6 +14,12 @@ pub const LABEL_SCALE_MIN: &str = "com.openfaas.scale.min";
 pub const LABEL_SCALE_MAX: &str = "com.openfaas.scale.max";
 /// Annotation naming an HTTP path that must answer 2xx before a replica gets traffic.
 pub const ANNOTATION_READY_PATH: &str = "com.openfaas.ready.http.path";
+/// OpenFaaS's health-check path: fjord has no separate liveness probe, so it is read as the
+/// readiness path when [`ANNOTATION_READY_PATH`] is not set (that one wins if both are).
+pub const ANNOTATION_HEALTH_PATH: &str = "com.openfaas.health.http.path";
+/// Label OpenFaaS providers put on every function, set to its name. fjord adds it to the
+/// labels it returns and never stores it: a deployment may only send it with that value.
+pub const LABEL_FAAS_FUNCTION: &str = "faas_function";
 /// Size of the function's `/tmp` (a tmpfs counted in its memory), e.g. `1Gi`; default
 /// `fjord serve --tmp-size`.
 pub const ANNOTATION_TMP_SIZE: &str = "com.fjord.tmp-size";
@@ -24,6 +30,8 @@ pub const LABEL_SCALE_PROPORTION: &str = "com.openfaas.scale.target-proportion";
 pub const LABEL_SCALE_ZERO: &str = "com.openfaas.scale.zero";
 pub const LABEL_SCALE_ZERO_DURATION: &str = "com.openfaas.scale.zero-duration";
 pub const LABEL_SCALE_DOWN_WINDOW: &str = "com.openfaas.scale.down.window";
+/// Percent of `scale.max` one step of the Community Edition rule (and one firing alert) adds.
+pub const LABEL_SCALE_FACTOR: &str = "com.openfaas.scale.factor";
 /// Default maximum replicas, as in OpenFaaS Pro.
 pub const DEFAULT_SCALE_MAX: u64 = 20;
 /// Hard upper bound on replicas of one function on one machine.
@@ -40,9 +48,20 @@ pub enum ScaleKind {
     Cpu,
 }
 
+/// Which rule the autoscaler follows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScaleRule {
+    /// No `scale.type` / `scale.target` label: OpenFaaS Community Edition's alert rule (more
+    /// than 5 successful requests/s for 5 s steps up by `scale.factor`; back to min after).
+    Community,
+    /// `scale.type` or `scale.target` set: target tracking, as OpenFaaS Pro.
+    Target,
+}
+
 /// How a function scales, from its `com.openfaas.scale.*` labels.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ScalePolicy {
+    pub rule: ScaleRule,
     pub kind: ScaleKind,
     /// Load per replica to aim for (`.target`, default 50).
     pub target: f64,
@@ -50,8 +69,12 @@ pub struct ScalePolicy {
     pub proportion: f64,
     /// Scale to zero when idle (`.zero`, default false).
     pub zero: bool,
-    /// Idle time before scaling to zero (`.zero-duration`, default 15m).
-    pub zero_duration: Duration,
+    /// Idle time before scaling to zero (`.zero-duration`); `None`: the gateway's default
+    /// (`fjord serve --scale-zero-duration`, 15m).
+    pub zero_duration: Option<Duration>,
+    /// Percent of max added per step of the Community rule or per firing alert
+    /// (`.factor`, default 20; 0 turns both off).
+    pub factor: f64,
     /// Scale down only to the highest recommendation of this window (`.down.window`,
     /// default 30s): fast up, stabilised down.
     pub down_window: Duration,
@@ -60,11 +83,13 @@ pub struct ScalePolicy {
 impl Default for ScalePolicy {
     fn default() -> Self {
         Self {
+            rule: ScaleRule::Community,
             kind: ScaleKind::Rps,
             target: 50.0,
             proportion: 0.9,
             zero: false,
-            zero_duration: Duration::from_secs(15 * 60),
+            zero_duration: None,
+            factor: 20.0,
             down_window: Duration::from_secs(30),
         }
     }
@@ -84,6 +109,9 @@ fn label_duration(
 impl ScalePolicy {
     fn from_labels(labels: &BTreeMap<String, String>) -> Result<Self, SpecError> {
         let mut p = ScalePolicy::default();
+        if labels.contains_key(LABEL_SCALE_TYPE) || labels.contains_key(LABEL_SCALE_TARGET) {
+            p.rule = ScaleRule::Target;
+        }
         if let Some(v) = labels.get(LABEL_SCALE_TYPE) {
             p.kind = match v.trim() {
                 "rps" => ScaleKind::Rps,
@@ -118,8 +146,29 @@ impl ScalePolicy {
         if let Some(v) = labels.get(LABEL_SCALE_ZERO) {
             p.zero = parse_bool(&format!("labels.{LABEL_SCALE_ZERO}"), v)?;
         }
-        p.zero_duration = label_duration(labels, LABEL_SCALE_ZERO_DURATION, p.zero_duration)?;
-        if p.zero && p.zero_duration < Duration::from_secs(1) {
+        p.factor = match labels.get(LABEL_SCALE_FACTOR) {
+            None => p.factor,
+            Some(v) => v
+                .trim()
+                .parse::<f64>()
+                .ok()
+                .filter(|x| (0.0..=100.0).contains(x))
+                .ok_or_else(|| {
+                    invalid(
+                        format!("labels.{LABEL_SCALE_FACTOR}"),
+                        format!("{v:?} must be a percentage from 0 (no automatic steps) to 100"),
+                    )
+                })?,
+        };
+        p.zero_duration = labels
+            .get(LABEL_SCALE_ZERO_DURATION)
+            .map(|v| {
+                parse_duration(v).map_err(|e| {
+                    invalid(format!("labels.{LABEL_SCALE_ZERO_DURATION}"), e.to_string())
+                })
+            })
+            .transpose()?;
+        if p.zero_duration.is_some_and(|d| d < Duration::from_secs(1)) {
             return Err(invalid(
                 format!("labels.{LABEL_SCALE_ZERO_DURATION}"),
                 "must be at least 1s",
@@ -498,6 +547,20 @@ impl FunctionSpec {
             }
         }
 
+        // faas_function is the provider's, not the user's: one that names this function (as
+        // a client echoing a GET sends it back) is dropped; any other value is refused.
+        if let Some(labels) = d.labels.as_mut()
+            && let Some(v) = labels.remove(LABEL_FAAS_FUNCTION)
+            && v != key.name
+        {
+            return Err(invalid(
+                format!("labels.{LABEL_FAAS_FUNCTION}"),
+                format!(
+                    "{v:?} is reserved: fjord sets it to the function's name ({:?}); remove the label",
+                    key.name
+                ),
+            ));
+        }
         let labels = d.labels.clone().unwrap_or_default();
         let min_replicas = label_u64(&labels, LABEL_SCALE_MIN, 1)?;
         let max_replicas = label_u64(
@@ -514,21 +577,39 @@ impl FunctionSpec {
 
         let scale = ScalePolicy::from_labels(&labels)?;
 
-        let ready_path = d
-            .annotations
-            .as_ref()
-            .and_then(|a| a.get(ANNOTATION_READY_PATH))
-            .or_else(|| env.get("ready_path"))
-            .filter(|p| !p.is_empty())
-            .cloned();
-        if let Some(p) = &ready_path
-            && (!p.starts_with('/') || p.contains(char::is_whitespace))
-        {
-            return Err(invalid(
+        // Readiness path: the ready annotation, else OpenFaaS's health annotation, else the
+        // ready_path env var. Each set one is checked, so a bad value is never silently unused.
+        let annotation = |k: &str| {
+            d.annotations
+                .as_ref()
+                .and_then(|a| a.get(k))
+                .filter(|p| !p.is_empty())
+        };
+        let candidates = [
+            (
                 format!("annotations.{ANNOTATION_READY_PATH}"),
-                format!("{p:?} must be a path starting with '/'"),
-            ));
+                annotation(ANNOTATION_READY_PATH),
+            ),
+            (
+                format!("annotations.{ANNOTATION_HEALTH_PATH}"),
+                annotation(ANNOTATION_HEALTH_PATH),
+            ),
+            (
+                "envVars.ready_path".to_string(),
+                env.get("ready_path").filter(|p| !p.is_empty()),
+            ),
+        ];
+        for (field, p) in &candidates {
+            if let Some(p) = p
+                && (!p.starts_with('/') || p.contains(char::is_whitespace))
+            {
+                return Err(invalid(
+                    field.clone(),
+                    format!("{p:?} must be a path starting with '/'"),
+                ));
+            }
         }
+        let ready_path = candidates.into_iter().find_map(|(_, p)| p.cloned());
 
         let tmp_size_bytes = d
             .annotations
@@ -701,6 +782,94 @@ mod tests {
                 .unwrap_err()
                 .to_string();
             assert!(e.contains(field), "{json}: {e}");
+        }
+    }
+
+    #[test]
+    fn faas_function_label_is_the_providers() {
+        // Sent back with the function's name (a client echoing a GET): dropped, not stored.
+        let s = FunctionSpec::from_deployment(dep(
+            r#"{"service":"a","image":"x","envProcess":"env","labels":{"faas_function":"a","team":"t"}}"#,
+        ))
+        .unwrap();
+        let labels = s.deployment.labels.unwrap();
+        assert!(!labels.contains_key(LABEL_FAAS_FUNCTION), "{labels:?}");
+        assert_eq!(labels["team"], "t");
+        // Any other value is refused, naming the label.
+        let e = FunctionSpec::from_deployment(dep(
+            r#"{"service":"a","image":"x","envProcess":"env","labels":{"faas_function":"b"}}"#,
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("labels.faas_function") && e.contains("reserved"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn health_path_is_the_ready_path_unless_both_are_set() {
+        let path = |annotations: &str, env: &str| {
+            FunctionSpec::from_deployment(dep(&format!(
+                r#"{{"service":"a","image":"x","envProcess":"env","annotations":{{{annotations}}},"envVars":{{{env}}}}}"#
+            )))
+            .map(|s| s.ready_path)
+        };
+        assert_eq!(
+            path(r#""com.openfaas.health.http.path":"/healthz""#, ""),
+            Ok(Some("/healthz".into()))
+        );
+        assert_eq!(
+            path(
+                r#""com.openfaas.health.http.path":"/healthz","com.openfaas.ready.http.path":"/ready""#,
+                r#""ready_path":"/env""#
+            ),
+            Ok(Some("/ready".into())),
+            "the ready annotation wins"
+        );
+        assert_eq!(
+            path(
+                r#""com.openfaas.health.http.path":"/healthz""#,
+                r#""ready_path":"/env""#
+            ),
+            Ok(Some("/healthz".into())),
+            "annotations before the env var"
+        );
+        assert_eq!(path("", r#""ready_path":"/env""#), Ok(Some("/env".into())));
+        let e = path(r#""com.openfaas.health.http.path":"healthz""#, "")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("annotations.com.openfaas.health.http.path"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn scale_rule_factor_and_zero_duration_labels() {
+        let policy = |labels: &str| {
+            FunctionSpec::from_deployment(dep(&format!(
+                r#"{{"service":"a","image":"x","envProcess":"env","labels":{{{labels}}}}}"#
+            )))
+            .map(|s| s.scale)
+        };
+        let p = policy("").unwrap();
+        assert_eq!(p.rule, ScaleRule::Community);
+        assert_eq!(p.factor, 20.0);
+        assert_eq!(p.zero_duration, None, "the gateway's default applies");
+        let p = policy(r#""com.openfaas.scale.target":"10","com.openfaas.scale.factor":"0","com.openfaas.scale.zero-duration":"2m""#).unwrap();
+        assert_eq!(p.rule, ScaleRule::Target);
+        assert_eq!(p.factor, 0.0);
+        assert_eq!(p.zero_duration, Some(Duration::from_secs(120)));
+        for bad in [
+            r#""com.openfaas.scale.factor":"101""#,
+            r#""com.openfaas.scale.factor":"-1""#,
+            r#""com.openfaas.scale.factor":"lots""#,
+            r#""com.openfaas.scale.zero-duration":"500ms""#,
+        ] {
+            let e = policy(bad).unwrap_err().to_string();
+            let label = bad.split('"').nth(1).unwrap();
+            assert!(e.contains(&format!("labels.{label}")), "{bad}: {e}");
         }
     }
 

@@ -232,9 +232,9 @@ pub async fn get_function(
         ("name" = String, Path, pattern = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length = 63, description = "The function's name"),
         ("namespace" = Option<String>, Query, pattern = "^([a-z0-9]([-a-z0-9]*[a-z0-9])?)?$", max_length = 63, description = "Namespace when the body has none; default `openfaas-fn`"),
     ),
-    request_body(content = ScaleServiceRequest, description = "The replica count wanted (clamped to `com.openfaas.scale.max`; 0 allowed)"),
+    request_body(content = ScaleServiceRequest, description = "The replica count wanted: 0 to `com.openfaas.scale.max` (above is clamped); `com.openfaas.scale.min` does not apply"),
     responses(
-        (status = 202, description = "Scaling; surplus replicas drain before stopping"),
+        (status = 202, description = "Scaling to the count in the body (OpenFaaS clients ignore it); surplus replicas drain before stopping", body = ScaleResult),
         (status = 400, description = "Empty or malformed body, or a field that fails validation (the message names it)", body = String, content_type = "text/plain"),
         (status = 401, response = crate::openapi::Unauthorized),
         (status = 408, description = "The body did not arrive within --read-timeout", body = String, content_type = "text/plain"),
@@ -249,7 +249,7 @@ pub async fn scale_function(
     ApiPath(name): ApiPath<String>,
     Query(q): Query<HashMap<String, String>>,
     req: Request,
-) -> Result<StatusCode, ApiError> {
+) -> Result<(StatusCode, Json<ScaleResult>), ApiError> {
     let body: ScaleServiceRequest = json_body(&app, req, "ScaleServiceRequest").await?;
     if !body.service_name.is_empty() && body.service_name != name {
         return Err(ApiError::BadRequest(format!(
@@ -262,8 +262,29 @@ pub async fn scale_function(
         .filter(|n| !n.is_empty())
         .or(namespace_param(&q)?);
     let key = FunctionKey::new(&name, ns.as_deref())?;
-    app.control.scale(&key, body.replicas).await?;
-    Ok(StatusCode::ACCEPTED)
+    let replicas = app.control.scale(&key, body.replicas).await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(ScaleResult {
+            service_name: key.name,
+            namespace: key.namespace,
+            replicas,
+            requested: body.replicas,
+        }),
+    ))
+}
+
+/// Answer of `POST /system/scale-function/{name}` (OpenFaaS answers 202 with no body, and
+/// its clients ignore this one): the count actually set.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ScaleResult {
+    pub service_name: String,
+    pub namespace: String,
+    /// Replicas set: the request clamped to `com.openfaas.scale.max`.
+    pub replicas: u64,
+    /// Replicas asked for.
+    pub requested: u64,
 }
 
 pub fn version_info() -> VersionInfo {
@@ -377,9 +398,6 @@ pub struct Alert {
     labels: HashMap<String, String>,
 }
 
-/// Label that sets how much of `scale.max` one firing alert adds (percent, default 20).
-const LABEL_SCALE_FACTOR: &str = "com.openfaas.scale.factor";
-
 /// `POST /system/alert`: the AlertManager webhook, for users who keep their Prometheus rules.
 /// A firing alert adds `ceil(max × factor / 100)` replicas (up to max); a resolved one goes
 /// back to min.
@@ -413,18 +431,12 @@ pub async fn alert(State(app): State<AppState>, req: Request) -> Result<StatusCo
             continue;
         };
         let spec = route.handle.spec();
-        let factor: f64 = spec
-            .deployment
-            .labels
-            .as_ref()
-            .and_then(|l| l.get(LABEL_SCALE_FACTOR))
-            .and_then(|v| v.parse().ok())
-            .filter(|f: &f64| *f > 0.0 && *f <= 100.0)
-            .unwrap_or(20.0);
+        // com.openfaas.scale.factor (validated at deploy); 0 adds nothing.
+        let factor = spec.scale.factor;
         let current = route.handle.desired();
         let target = match a.status.as_str() {
             "firing" => {
-                let step = (spec.max_replicas as f64 * factor / 100.0).ceil().max(1.0) as u64;
+                let step = (spec.max_replicas as f64 * factor / 100.0).ceil() as u64;
                 (current + step).min(spec.max_replicas)
             }
             "resolved" => spec.min_replicas,

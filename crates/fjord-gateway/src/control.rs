@@ -478,29 +478,30 @@ impl ControlPlane {
         Ok(())
     }
 
+    /// Sets the replica count, as OpenFaaS does: any count from 0 (the next request wakes
+    /// the function) up to `com.openfaas.scale.max` (above is clamped). `scale.min` bounds
+    /// only the autoscaler and the idler. Returns the count actually set.
     pub async fn scale(&self, key: &FunctionKey, replicas: u64) -> Result<u64, ApiError> {
         let _guard = self.changes.lock().await;
         let route = self
             .lookup(&key.namespace, &key.name)
             .ok_or_else(|| not_found(key))?;
-        let spec = route.handle.spec();
-        // Clamped to the policy; 0 only for functions that may scale to zero.
-        let floor = if spec.scale.zero {
-            0
+        let max = route.handle.spec().max_replicas;
+        let set = replicas.min(max);
+        self.store.set_replicas(&key.namespace, &key.name, set)?;
+        self.runtime.scale(key, set)?;
+        hold(&route, set);
+        let clamped = if set < replicas {
+            format!(" (asked for {replicas}; com.openfaas.scale.max is {max})")
         } else {
-            spec.min_replicas
+            String::new()
         };
-        let replicas = replicas.clamp(floor, spec.max_replicas);
-        self.store
-            .set_replicas(&key.namespace, &key.name, replicas)?;
-        self.runtime.scale(key, replicas)?;
-        hold(&route, replicas);
         route.metrics.set_scale_reason(format!(
-            "{}: scaled to {replicas} through the API",
+            "{}: scaled to {set} through the API{clamped}",
             now_rfc3339()
         ));
-        tracing::info!(function = %key, replicas, "scaled");
-        Ok(replicas)
+        tracing::info!(function = %key, replicas = set, requested = replicas, "scaled");
+        Ok(set)
     }
 
     pub fn status(&self, key: &FunctionKey) -> Result<FunctionStatus, ApiError> {
@@ -570,11 +571,15 @@ impl ControlPlane {
         let h = &route.handle;
         let (desired, max) = (h.desired(), h.spec().max_replicas);
         if desired >= max {
+            // Every request here is turned away with 429: never wait for the lock.
+            if let Ok(mut s) = route.metrics.scaler.try_lock() {
+                s.still_saturated(crate::metrics::now_ms());
+            }
             return false;
         }
         let n = desired + 1;
         if self.runtime.scale(&h.key, n).is_ok() {
-            hold(route, n);
+            route.metrics.scaler().raised(crate::metrics::now_ms(), n);
             route
                 .metrics
                 .set_scale_reason(format!("{}: {why}: {desired} → {n}", now_rfc3339()));
@@ -582,89 +587,37 @@ impl ControlPlane {
         true
     }
 
-    /// One decision of the autoscaler and the idler, for every function. See
-    /// docs/architecture.md ("Autoscaling") for the rule.
-    pub fn autoscale_tick(&self, interval: std::time::Duration) {
-        let now = crate::metrics::now_ms();
+    /// One decision of the autoscaler and the idler, for every function, at `now_ms` (the
+    /// ticker's clock). The decisions are [`crate::autoscale::decide`]'s; see docs/api.md
+    /// ("Autoscaling") for the rules.
+    pub fn autoscale_tick(&self, now_ms: u64, defaults: &crate::autoscale::Defaults) {
         let routes = self.routes.load();
         for route in routes.values().flat_map(|m| m.values()) {
             let h = &route.handle;
             let spec = h.spec();
             let m = &route.metrics;
-            let started = m.started.load(Ordering::Relaxed);
-            let prev = m.started_at_last_tick.swap(started, Ordering::Relaxed);
-            let desired = h.desired();
-            let policy = &spec.scale;
-            // Idler: scale to zero after zero-duration without requests.
-            if policy.zero && desired > 0 {
-                let idle_ms = now.saturating_sub(m.last_request_ms.load(Ordering::Relaxed));
-                if idle_ms >= policy.zero_duration.as_millis() as u64
-                    && m.inflight.load(Ordering::Relaxed) <= 0
-                {
-                    if self.runtime.scale(&h.key, 0).is_ok() {
-                        m.set_scale_reason(format!(
-                            "{}: scaled to zero after {} without requests",
-                            now_rfc3339(),
-                            humantime::format_duration(std::time::Duration::from_secs(
-                                idle_ms / 1000
-                            ))
-                        ));
-                        tracing::info!(function = %h.qualified, "idle: scaled to zero");
-                    }
-                    continue;
-                }
-            }
-            if spec.min_replicas == spec.max_replicas || desired == 0 {
+            let o = crate::autoscale::Observation {
+                now_ms,
+                desired: h.desired(),
+                started: m.started.load(Ordering::Relaxed),
+                succeeded: m.successes(),
+                inflight: m.inflight.load(Ordering::Relaxed),
+                // Read from the cgroups only when the rule uses it.
+                cpu_ns: (spec.scale.kind == fjord_core::ScaleKind::Cpu
+                    && spec.scale.rule == fjord_core::ScaleRule::Target)
+                    .then(|| h.cpu_usage_ns().unwrap_or(0)),
+                last_request_ms: m.last_request_ms.load(Ordering::Relaxed),
+            };
+            let Some(d) = crate::autoscale::decide(&mut m.scaler(), &spec, &o, defaults) else {
                 continue;
-            }
-            let load = match policy.kind {
-                fjord_core::ScaleKind::Rps => {
-                    started.saturating_sub(prev) as f64 / interval.as_secs_f64().max(0.001)
-                }
-                fjord_core::ScaleKind::Capacity => m.inflight.load(Ordering::Relaxed).max(0) as f64,
-                fjord_core::ScaleKind::Cpu => {
-                    // Millicores over the last tick, summed over the ready replicas.
-                    let now_ns = h.cpu_usage_ns().unwrap_or(0);
-                    let prev_ns = m.cpu_ns_at_last_tick.swap(now_ns, Ordering::Relaxed);
-                    now_ns.saturating_sub(prev_ns) as f64 / 1e6 / interval.as_secs_f64().max(0.001)
-                }
             };
-            let per_replica = policy.target * policy.proportion;
-            let raw = (load / per_replica).ceil() as u64;
-            let floor = spec.min_replicas.max(1);
-            let recommended = raw.clamp(floor, spec.max_replicas);
-            // Fast up, stabilised down: scale down only to the highest recommendation of
-            // the down window.
-            let window_ms = policy.down_window.as_millis() as u64;
-            let target = {
-                let mut recs = m.recommendations.lock().unwrap_or_else(|p| p.into_inner());
-                recs.push_back((now, recommended));
-                while recs
-                    .front()
-                    .is_some_and(|(t, _)| now.saturating_sub(*t) > window_ms)
-                {
-                    recs.pop_front();
+            if self.runtime.scale(&h.key, d.replicas).is_ok() {
+                m.set_scale_reason(format!("{}: {}", now_rfc3339(), d.reason));
+                if d.idle {
+                    tracing::info!(function = %h.qualified, "idle: scaled to zero");
+                } else {
+                    tracing::info!(function = %h.qualified, from = o.desired, to = d.replicas, reason = %d.reason, "autoscaled");
                 }
-                recs.iter().map(|(_, r)| *r).max().unwrap_or(recommended)
-            };
-            let next = if recommended > desired {
-                recommended
-            } else {
-                target.min(desired)
-            };
-            if next != desired && self.runtime.scale(&h.key, next).is_ok() {
-                let unit = match policy.kind {
-                    fjord_core::ScaleKind::Rps => "req/s",
-                    fjord_core::ScaleKind::Capacity => "in flight",
-                    fjord_core::ScaleKind::Cpu => "millicores",
-                };
-                m.set_scale_reason(format!(
-                    "{}: autoscaler: {load:.1} {unit} for target {} × {} per replica → {desired} to {next}",
-                    now_rfc3339(),
-                    policy.target,
-                    policy.proportion
-                ));
-                tracing::info!(function = %h.qualified, load, from = desired, to = next, "autoscaled");
             }
         }
     }
@@ -702,10 +655,8 @@ impl ControlPlane {
 fn hold(route: &Route, replicas: u64) {
     route
         .metrics
-        .recommendations
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .push_back((crate::metrics::now_ms(), replicas));
+        .scaler()
+        .hold(crate::metrics::now_ms(), replicas);
 }
 
 /// Shared writable directories where a function's processes could leave files.
@@ -763,7 +714,15 @@ fn status_of(route: &Route) -> FunctionStatus {
         env_vars: d.env_vars.clone(),
         constraints: d.constraints.clone(),
         secrets: d.secrets.clone(),
-        labels: d.labels.clone(),
+        // As OpenFaaS providers do; never stored (see fjord_core::spec::LABEL_FAAS_FUNCTION).
+        labels: Some({
+            let mut l = d.labels.clone().unwrap_or_default();
+            l.insert(
+                fjord_core::spec::LABEL_FAAS_FUNCTION.to_string(),
+                d.service.clone(),
+            );
+            l
+        }),
         annotations: d.annotations.clone(),
         limits: d.limits.clone(),
         requests: d.requests.clone(),

@@ -4,6 +4,7 @@
 mod api;
 mod async_calls;
 mod auth;
+mod autoscale;
 mod bundles;
 mod callback;
 mod conns;
@@ -83,6 +84,9 @@ pub struct GatewayConfig {
     pub header_timeout: Option<Duration>,
     /// How often the autoscaler and idler decide.
     pub autoscale_interval: Duration,
+    /// Idle time before a `com.openfaas.scale.zero=true` function without a
+    /// `com.openfaas.scale.zero-duration` label scales to zero.
+    pub scale_zero_duration: Duration,
     /// Largest body accepted by `POST /async-function/...` (413 beyond).
     pub max_async_body: usize,
     /// Async calls keep their HTTP method (false: always POST, as OpenFaaS's queue worker).
@@ -199,6 +203,7 @@ impl GatewayConfig {
             write_timeout: None,
             header_timeout: Some(DEFAULT_HEADER_TIMEOUT),
             autoscale_interval: Duration::from_secs(1),
+            scale_zero_duration: autoscale::Defaults::default().zero_duration,
             max_async_body: 8 << 20,
             async_keep_method: true,
             queue: QueueBackend::Embedded,
@@ -936,12 +941,16 @@ pub async fn serve(config: GatewayConfig, shutdown: CancellationToken) -> Result
     let autoscaler = {
         let control = control.clone();
         let interval = config.autoscale_interval;
+        let defaults = autoscale::Defaults {
+            zero_duration: config.scale_zero_duration,
+        };
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
-                control.autoscale_tick(interval);
+                // The only wall clock the decisions see.
+                control.autoscale_tick(metrics::now_ms(), &defaults);
             }
         })
     };

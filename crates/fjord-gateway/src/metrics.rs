@@ -77,12 +77,9 @@ pub struct FunctionMetrics {
     pub last_request_ms: AtomicU64,
     /// Why the replica count last changed.
     pub scale_reason: std::sync::Mutex<Option<String>>,
-    /// The autoscaler's recent recommendations (time ms, replicas), for a stable scale-down.
-    pub recommendations: std::sync::Mutex<std::collections::VecDeque<(u64, u64)>>,
-    /// `started` at the autoscaler's previous tick, to compute requests per second.
-    pub started_at_last_tick: AtomicU64,
-    /// The replicas' CPU time (ns) at the autoscaler's previous tick, for the cpu type.
-    pub cpu_ns_at_last_tick: AtomicU64,
+    /// What the autoscaler remembers between ticks (recent samples, the rule's state).
+    /// Locked by the ticker, and by scale events outside it (never per request).
+    pub scaler: std::sync::Mutex<crate::autoscale::ScalerState>,
     /// Async calls running now, and their outcomes.
     pub async_inflight: AtomicI64,
     pub async_processed: AtomicU64,
@@ -144,6 +141,22 @@ impl FunctionMetrics {
     /// Records a finished invocation (status, seconds until the response started).
     pub fn observe(&self, code: u16, seconds: f64) {
         self.code(code).observe(seconds);
+    }
+
+    /// Invocations answered 2xx (the autoscaler's community rule counts these).
+    pub fn successes(&self) -> u64 {
+        self.codes
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|(c, _)| (200..300).contains(c))
+            .map(|(_, h)| h.count())
+            .sum()
+    }
+
+    /// The autoscaler's state, locked (a poisoned lock still holds usable state).
+    pub fn scaler(&self) -> std::sync::MutexGuard<'_, crate::autoscale::ScalerState> {
+        self.scaler.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// All invocations with a response (the function list's `invocationCount`).

@@ -168,8 +168,14 @@ pub async fn scale(
     replicas: u64,
 ) -> Result<(), CliError> {
     let gw = gateway(g, None)?;
-    gw.scale(name, ns, replicas).await?;
-    println!("Scaling {name} to {replicas} replica(s)");
+    match gw.scale(name, ns, replicas).await? {
+        Some(set) if set != replicas => println!(
+            "Scaling {name} to {set} replica(s): asked for {replicas}, its maximum (com.openfaas.scale.max) is {set}"
+        ),
+        Some(set) => println!("Scaling {name} to {set} replica(s)"),
+        // A gateway that does not say what it set (OpenFaaS).
+        None => println!("Scaling {name} to {replicas} replica(s) (requested)"),
+    }
     Ok(())
 }
 

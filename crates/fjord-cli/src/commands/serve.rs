@@ -62,6 +62,7 @@ pub fn run(a: ServeArgs) -> Result<(), CliError> {
         config.tls = Some(fjord_gateway::TlsFiles { cert, key });
     }
     config.autoscale_interval = a.autoscale_interval.max(Duration::from_millis(100));
+    config.scale_zero_duration = a.scale_zero_duration;
     if let Some(w) = a.workers {
         config.workers = usize::from(w);
     }
