@@ -162,8 +162,14 @@ impl ControlPlane {
             };
             if f.pin == Pin::Unknown {
                 // Stored by a fjord before pinning: pinned now, once.
-                self.store.set_pin(&f.namespace, &f.name, &pin)?;
-                tracing::info!(function = %name, image = %f.deployment.image, digest = pin.digest().unwrap_or("none"), "pinned the bundle of a function stored before pinning");
+                match self.store.set_pin(&f.namespace, &f.name, &pin) {
+                    Ok(_) => {
+                        tracing::info!(function = %name, image = %f.deployment.image, digest = pin.digest().unwrap_or("none"), "pinned the bundle of a function stored before pinning")
+                    }
+                    Err(e) => {
+                        tracing::error!(function = %name, error = %e, "cannot store the pinned bundle: the tag is resolved again at the next start")
+                    }
+                }
             }
             let key = spec.key.clone();
             let (handle, generation, _done) =
