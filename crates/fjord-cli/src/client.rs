@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use fjord_core::openfaas::{
-    FunctionDeployment, FunctionStatus, GatewayInfo, Secret, SecretDescription,
+    FunctionDeployment, FunctionStatus, GatewayInfo, LogMessage, RolloutStatus, Secret,
+    SecretDescription,
 };
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use serde_json::json;
@@ -189,15 +190,94 @@ impl Gateway {
         r.json().await.map_err(|e| CliError::Other(e.to_string()))
     }
 
-    /// Creates or updates a function.
-    pub async fn deploy(&self, d: &FunctionDeployment) -> Result<StatusCode, CliError> {
+    /// Creates or updates a function. Returns the status and the deploy's generation
+    /// (`X-Fjord-Generation`; absent from older fjord servers and other gateways).
+    pub async fn deploy(
+        &self,
+        d: &FunctionDeployment,
+    ) -> Result<(StatusCode, Option<u64>), CliError> {
         let r = self
             .send(
                 self.system(Method::POST, "/system/functions").json(d),
                 &format!("deploy {}", d.service),
             )
             .await?;
-        Ok(r.status())
+        let generation = r
+            .headers()
+            .get("x-fjord-generation")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok());
+        Ok((r.status(), generation))
+    }
+
+    /// Waits until the deploy numbered `generation` is ready or has failed (see
+    /// `fjord.rollout`), not merely until some replica (perhaps of the old version) is.
+    pub async fn wait_rollout(
+        &self,
+        name: &str,
+        namespace: Option<&str>,
+        generation: u64,
+        timeout: Duration,
+    ) -> Result<RolloutStatus, CliError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let s = self.get(name, namespace).await?;
+            let rollout = s.fjord.as_ref().and_then(|f| f.rollout.clone());
+            if let Some(r) = &rollout {
+                if r.generation > generation {
+                    return Err(CliError::Other(format!(
+                        "{name}: a newer deploy (generation {}) replaced this one (generation {generation}) before it was ready",
+                        r.generation
+                    )));
+                }
+                if r.generation == generation && r.state != "progressing" {
+                    return Ok(r.clone());
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                let (ready, of) = rollout
+                    .filter(|r| r.generation == generation)
+                    .map_or((0, 0), |r| (r.ready_replicas, r.replicas));
+                return Err(CliError::Other(format!(
+                    "{name}: the new version is not ready after {} s ({ready} of {of} replicas){}\n  see its logs: fjord logs {name}",
+                    timeout.as_secs(),
+                    s.fjord
+                        .and_then(|f| f.last_error)
+                        .map(|e| format!("; last error: {e}"))
+                        .unwrap_or_default()
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The last `tail` log lines of a function, of one replica if `instance` is given.
+    pub async fn log_tail(
+        &self,
+        name: &str,
+        namespace: Option<&str>,
+        instance: Option<&str>,
+        tail: u64,
+    ) -> Result<Vec<LogMessage>, CliError> {
+        let mut q: Vec<(&str, String)> =
+            vec![("name", name.to_string()), ("tail", tail.to_string())];
+        if let Some(ns) = namespace.filter(|n| !n.is_empty()) {
+            q.push(("namespace", ns.to_string()));
+        }
+        if let Some(i) = instance {
+            q.push(("instance", i.to_string()));
+        }
+        let r = self
+            .send(
+                self.system(Method::GET, "/system/logs").query(&q),
+                &format!("logs of {name}"),
+            )
+            .await?;
+        let body = r.text().await.map_err(|e| self.transport(e))?;
+        Ok(body
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect())
     }
 
     pub async fn remove(&self, name: &str, namespace: Option<&str>) -> Result<(), CliError> {

@@ -141,6 +141,37 @@ pub struct FjordStatus {
     /// Why the replica count last changed (autoscaler, idler, scale from zero, API, alert).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_scale_reason: Option<String>,
+    /// The bundle the serving version runs, pinned when it was deployed (`image` stays the
+    /// tag as given): restarts, rollbacks and scale-ups run exactly this. Absent when the
+    /// function runs no bundle.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = "^sha256:[0-9a-f]{64}$")]
+    pub digest: Option<String>,
+    /// The latest deploy or update and how far it got.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<RolloutStatus>,
+}
+
+/// `fjord.rollout`: the latest deploy or update of a function.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutStatus {
+    /// Counts this function's deploys since the server started; `POST`/`PUT
+    /// /system/functions` answer with it in the `X-Fjord-Generation` header.
+    pub generation: u64,
+    /// `progressing`, `ready` (all its replicas were ready and it took the traffic) or
+    /// `failed` (an update was rolled back; a first deploy keeps retrying).
+    #[schema(example = "ready")]
+    pub state: String,
+    /// Replicas of this version, and how many of them are ready.
+    pub replicas: u64,
+    pub ready_replicas: u64,
+    /// Why it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// The replica that failed (its log lines carry this `instance`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed_replica: Option<String>,
 }
 
 /// Body of `POST /system/scale-function/{name}`.

@@ -128,11 +128,21 @@ pub async fn list_functions(
     Ok(Json(app.control.list(ns.as_deref())).into_response())
 }
 
+/// 202 naming the deploy's generation, so a client can wait for this version (its
+/// `fjord.rollout`) rather than any ready replica.
+fn deploy_accepted(generation: u64) -> Response {
+    (
+        StatusCode::ACCEPTED,
+        [("x-fjord-generation", generation.to_string())],
+    )
+        .into_response()
+}
+
 #[utoipa::path(
     post, path = "/system/functions", tag = "functions",
     request_body(content = FunctionDeployment, description = "The function to deploy (create, or update if it exists)"),
     responses(
-        (status = 202, description = "Validated, stored and handed to the runtime; replicas become ready afterwards"),
+        (status = 202, description = "Validated, stored and handed to the runtime; replicas become ready afterwards. `X-Fjord-Generation` numbers this deploy: wait for `fjord.rollout` of that generation", headers(("X-Fjord-Generation" = u64, description = "This deploy's generation"))),
         (status = 400, description = "Empty or malformed body, or a field that fails validation (the message names it)", body = String, content_type = "text/plain"),
         (status = 401, response = crate::openapi::Unauthorized),
         (status = 408, description = "The body did not arrive within --read-timeout", body = String, content_type = "text/plain"),
@@ -144,17 +154,17 @@ pub async fn list_functions(
 pub async fn create_function(
     State(app): State<AppState>,
     req: Request,
-) -> Result<StatusCode, ApiError> {
+) -> Result<Response, ApiError> {
     let d: FunctionDeployment = json_body(&app, req, "FunctionDeployment").await?;
-    app.control.deploy(d, DeployMode::CreateOrUpdate).await?;
-    Ok(StatusCode::ACCEPTED)
+    let generation = app.control.deploy(d, DeployMode::CreateOrUpdate).await?;
+    Ok(deploy_accepted(generation))
 }
 
 #[utoipa::path(
     put, path = "/system/functions", tag = "functions",
     request_body(content = FunctionDeployment, description = "The new version of a deployed function (rolled out without downtime)"),
     responses(
-        (status = 202, description = "Validated, stored and rolling out"),
+        (status = 202, description = "Validated, stored and rolling out. `X-Fjord-Generation` numbers this deploy: wait for `fjord.rollout` of that generation", headers(("X-Fjord-Generation" = u64, description = "This deploy's generation"))),
         (status = 400, description = "Empty or malformed body, or a field that fails validation (the message names it)", body = String, content_type = "text/plain"),
         (status = 401, response = crate::openapi::Unauthorized),
         (status = 408, description = "The body did not arrive within --read-timeout", body = String, content_type = "text/plain"),
@@ -167,10 +177,10 @@ pub async fn create_function(
 pub async fn update_function(
     State(app): State<AppState>,
     req: Request,
-) -> Result<StatusCode, ApiError> {
+) -> Result<Response, ApiError> {
     let d: FunctionDeployment = json_body(&app, req, "FunctionDeployment").await?;
-    app.control.deploy(d, DeployMode::Update).await?;
-    Ok(StatusCode::ACCEPTED)
+    let generation = app.control.deploy(d, DeployMode::Update).await?;
+    Ok(deploy_accepted(generation))
 }
 
 #[utoipa::path(

@@ -84,6 +84,20 @@ impl Bundles {
         Ok(digest.filter(|d| self.archive(d).exists()))
     }
 
+    /// The bundle a stored version was pinned to. Its archive must still be here: falling
+    /// back to the tag would run code that was never deployed.
+    pub fn pinned(&self, digest: &str) -> Result<Digest, ApiError> {
+        let d = Digest::parse(digest)
+            .map_err(|e| ApiError::Internal(format!("pinned bundle {digest:?}: {e}")))?;
+        if !self.archive(&d).exists() {
+            return Err(ApiError::Internal(format!(
+                "the bundle this version was deployed with ({d}) is missing from {}: deploy the function again",
+                self.dir.display()
+            )));
+        }
+        Ok(d)
+    }
+
     /// Unpacks a bundle for one function (once per function and digest) and returns where it
     /// is and how to run it.
     pub async fn unpack_for(

@@ -6,7 +6,9 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use arc_swap::ArcSwap;
-use fjord_core::openfaas::{FjordStatus, FunctionDeployment, FunctionStatus, SecretDescription};
+use fjord_core::openfaas::{
+    FjordStatus, FunctionDeployment, FunctionStatus, RolloutStatus, SecretDescription,
+};
 use fjord_core::{DEFAULT_NAMESPACE, FunctionKey, FunctionSpec};
 use fjord_runtime::{FunctionHandle, ProcessRuntime, Program, SecretFiles};
 
@@ -14,7 +16,7 @@ use crate::bundles::Bundles;
 use crate::metrics::{FunctionMetrics, FunctionSample};
 use crate::secrets::SecretKey;
 use fjord_store::uid_registry::UidBlock;
-use fjord_store::{Store, StoredFunction, now_rfc3339};
+use fjord_store::{Pin, Store, StoredFunction, now_rfc3339};
 
 use crate::error::ApiError;
 
@@ -29,6 +31,12 @@ pub struct Route {
     uid: u32,
     created_at: String,
     updated_at: String,
+    /// The bundle digest pinned by the latest deploy (`generation`), and that of the
+    /// version that served before it (the same once it serves): the status shows the
+    /// digest of the version serving.
+    digest: Option<String>,
+    generation: u64,
+    serving_digest: Option<String>,
 }
 
 /// namespace → name → route; rebuilt on every change, read lock-free per request.
@@ -140,17 +148,33 @@ impl ControlPlane {
                 tracing::info!(function = %name, old_uid = old, uid, block = %self.uids, "function moved to a uid of this instance's block");
                 f.uid = uid;
             }
-            let (spec, program) = match self.resolve(f.deployment.clone(), f.uid).await {
+            // The version runs the bundle pinned when it was deployed, never what its tag
+            // names today.
+            let (spec, program, pin) = match self
+                .resolve(f.deployment.clone(), f.uid, Some(&f.pin))
+                .await
+            {
                 Ok(s) => s,
                 Err(e) => {
                     tracing::error!(function = %name, error = %e, "stored function cannot start");
                     continue;
                 }
             };
+            if f.pin == Pin::Unknown {
+                // Stored by a fjord before pinning: pinned now, once.
+                match self.store.set_pin(&f.namespace, &f.name, &pin) {
+                    Ok(_) => {
+                        tracing::info!(function = %name, image = %f.deployment.image, digest = pin.digest().unwrap_or("none"), "pinned the bundle of a function stored before pinning")
+                    }
+                    Err(e) => {
+                        tracing::error!(function = %name, error = %e, "cannot store the pinned bundle: the tag is resolved again at the next start")
+                    }
+                }
+            }
             let key = spec.key.clone();
-            let (handle, _done) = self
-                .runtime
-                .apply(Arc::new(spec), program, f.replicas, f.uid);
+            let (handle, generation, _done) =
+                self.runtime
+                    .apply(Arc::new(spec), program, f.replicas, f.uid);
             self.set_route(
                 &key,
                 Some(Route {
@@ -161,6 +185,9 @@ impl ControlPlane {
                     uid: f.uid,
                     created_at: f.created_at,
                     updated_at: f.updated_at,
+                    digest: pin.digest().map(str::to_string),
+                    generation,
+                    serving_digest: pin.digest().map(str::to_string),
                 }),
             );
             started += 1;
@@ -170,20 +197,27 @@ impl ControlPlane {
 
     /// Turns a deployment into what the runtime runs: when its image is a bundle on this
     /// gateway, the bundle is unpacked for the function's uid and its manifest supplies the
-    /// command and default environment.
+    /// command and default environment. `pinned`: the bundle a stored version was deployed
+    /// with (a new deploy passes `None` and its tag is resolved now); returns the pin.
     async fn resolve(
         &self,
         d: FunctionDeployment,
         uid: u32,
-    ) -> Result<(FunctionSpec, Program), ApiError> {
+        pinned: Option<&Pin>,
+    ) -> Result<(FunctionSpec, Program, Pin), ApiError> {
         crate::async_calls::RetryPolicy::from_annotations(d.annotations.as_ref())
             .map_err(ApiError::BadRequest)?;
         crate::async_calls::max_inflight(d.annotations.as_ref()).map_err(ApiError::BadRequest)?;
         crate::auth::requires_token(d.annotations.as_ref()).map_err(ApiError::BadRequest)?;
         let secrets = self.function_secrets(&d)?;
-        let (spec, mut program) = match self.bundles.resolve(&self.store, &d.image)? {
+        let bundle = match pinned {
+            None | Some(Pin::Unknown) => self.bundles.resolve(&self.store, &d.image)?,
+            Some(Pin::NoBundle) => None,
+            Some(Pin::Bundle(digest)) => Some(self.bundles.pinned(digest)?),
+        };
+        let (spec, mut program) = match &bundle {
             Some(digest) => {
-                let (dir, defaults) = self.bundles.unpack_for(&digest, uid).await?;
+                let (dir, defaults) = self.bundles.unpack_for(digest, uid).await?;
                 let spec = FunctionSpec::from_deployment_with(d, Some(&defaults))?;
                 let program = self.runtime.prepare(&spec, Some(&dir))?;
                 (spec, program)
@@ -195,7 +229,11 @@ impl ControlPlane {
             }
         };
         program.secrets = secrets;
-        Ok((spec, program))
+        let pin = match bundle {
+            Some(d) => Pin::Bundle(d.as_str().to_string()),
+            None => Pin::NoBundle,
+        };
+        Ok((spec, program, pin))
     }
 
     /// The decrypted values of the secrets a deployment names; each must exist in the
@@ -295,7 +333,11 @@ impl ControlPlane {
         );
         for f in users {
             let function = format!("{}.{}", f.name, f.namespace);
-            if let Err(e) = self.deploy(f.deployment, DeployMode::Update).await {
+            // Same code, new secret value: the pinned bundle, not what the tag names now.
+            if let Err(e) = self
+                .deploy_pinned(f.deployment, DeployMode::Update, Some(f.pin))
+                .await
+            {
                 tracing::warn!(%function, secret = name, error = %e, "cannot roll the function to the new secret value");
             }
         }
@@ -324,12 +366,23 @@ impl ControlPlane {
 
     /// Validates, stores and applies a deployment. Nothing changes if validation fails; an
     /// update that never becomes ready is rolled back in the store and the old version
-    /// keeps serving.
+    /// keeps serving. A bundle tag is resolved now and the version pinned to that digest.
+    /// Returns the deploy's generation (see `fjord.rollout`).
     pub async fn deploy(
         self: &Arc<Self>,
         deployment: FunctionDeployment,
         mode: DeployMode,
-    ) -> Result<(), ApiError> {
+    ) -> Result<u64, ApiError> {
+        self.deploy_pinned(deployment, mode, None).await
+    }
+
+    /// [`deploy`](Self::deploy), running the bundle `pin` instead of resolving the tag.
+    async fn deploy_pinned(
+        self: &Arc<Self>,
+        deployment: FunctionDeployment,
+        mode: DeployMode,
+        pin: Option<Pin>,
+    ) -> Result<u64, ApiError> {
         // Names first, so a bad name is a 400 before anything is looked up.
         let key = FunctionKey::new(&deployment.service, deployment.namespace.as_deref())?;
         let _guard = self.changes.lock().await;
@@ -344,7 +397,7 @@ impl ControlPlane {
             Some(e) => e.uid,
             None => self.store.next_uid(self.uids.first, self.uids.last)?,
         };
-        let (spec, program) = self.resolve(deployment, uid).await?;
+        let (spec, program, pin) = self.resolve(deployment, uid, pin.as_ref()).await?;
         let replicas = match &existing {
             Some(e) => e.replicas.clamp(spec.min_replicas, spec.max_replicas),
             None => spec.min_replicas,
@@ -358,9 +411,10 @@ impl ControlPlane {
             uid,
             created_at: now.clone(),
             updated_at: now,
+            pin: pin.clone(),
         })?;
         let new_deployment = spec.deployment.clone();
-        let (handle, done) = self.runtime.apply(Arc::new(spec), program, replicas, uid);
+        let (handle, generation, done) = self.runtime.apply(Arc::new(spec), program, replicas, uid);
         let metrics = self
             .lookup(&key.namespace, &key.name)
             .map(|r| r.metrics.clone())
@@ -368,6 +422,9 @@ impl ControlPlane {
         let previous_updated_at = self
             .lookup(&key.namespace, &key.name)
             .map(|r| r.updated_at.clone());
+        let previous_digest = self
+            .lookup(&key.namespace, &key.name)
+            .map(|r| r.serving_digest.clone());
         // While an update rolls out, old and new replicas may both answer: require a token if
         // either version does; after the rollout the version that serves decides.
         let requires_token = crate::auth::requires_token(new_deployment.annotations.as_ref())
@@ -385,25 +442,34 @@ impl ControlPlane {
                 created_at: stored.created_at.clone(),
                 // The update counts once it serves; until then the old time stands.
                 updated_at: previous_updated_at.unwrap_or_else(|| stored.updated_at.clone()),
+                digest: pin.digest().map(str::to_string),
+                generation,
+                serving_digest: previous_digest.unwrap_or_else(|| pin.digest().map(str::to_string)),
             }),
         );
-        tracing::info!(function = %key, image = %new_deployment.image, replicas, "deploy accepted");
+        tracing::info!(function = %key, image = %new_deployment.image, digest = pin.digest().unwrap_or("none"), replicas, generation, "deploy accepted");
         if let Some(old) = existing {
             let this = self.clone();
             tokio::spawn(async move {
                 let outcome = done.await.unwrap_or(Err("the runtime stopped".into()));
-                this.after_rollout(key, old, new_deployment, stored.updated_at, outcome)
-                    .await;
+                this.after_rollout(
+                    key,
+                    old,
+                    (new_deployment, pin, generation),
+                    stored.updated_at,
+                    outcome,
+                )
+                .await;
             });
         }
-        Ok(())
+        Ok(generation)
     }
 
     async fn after_rollout(
         &self,
         key: FunctionKey,
         old: StoredFunction,
-        new_deployment: FunctionDeployment,
+        (new_deployment, new_pin, generation): (FunctionDeployment, Pin, u64),
         updated_at: String,
         outcome: Result<(), String>,
     ) {
@@ -425,17 +491,26 @@ impl ControlPlane {
                         uid: route.uid,
                         created_at: route.created_at.clone(),
                         updated_at,
+                        digest: new_pin.digest().map(str::to_string),
+                        generation: route.generation,
+                        serving_digest: new_pin.digest().map(str::to_string),
                     }),
                 );
             }
             Err(reason) => {
-                // Roll the store back unless a newer deploy already replaced this one.
+                // Roll the store back (deployment and pinned bundle) unless a newer deploy
+                // already replaced this one, so a restart runs the version that serves.
                 match self.store.get(&key.namespace, &key.name) {
-                    Ok(Some(cur)) if cur.deployment == new_deployment => {
+                    Ok(Some(cur))
+                        if cur.deployment == new_deployment
+                            && cur.pin == new_pin
+                            && route.handle.status().rollout.generation == generation =>
+                    {
                         let replicas = route.handle.status().desired;
                         let requires_token =
                             crate::auth::requires_token(old.deployment.annotations.as_ref())
                                 .unwrap_or(true);
+                        let digest = old.pin.digest().map(str::to_string);
                         if let Err(e) = self.store.upsert(&StoredFunction { replicas, ..old }) {
                             tracing::error!(function = %key, error = %e, "cannot roll back the stored spec");
                         }
@@ -448,8 +523,12 @@ impl ControlPlane {
                                 uid: route.uid,
                                 created_at: route.created_at.clone(),
                                 updated_at: route.updated_at.clone(),
+                                digest: digest.clone(),
+                                generation: route.generation,
+                                serving_digest: digest,
                             }),
                         );
+                        route.handle.rolled_back(generation);
                         tracing::warn!(function = %key, %reason, "update rolled back");
                     }
                     _ => {}
@@ -748,6 +827,21 @@ fn status_of(route: &Route) -> FunctionStatus {
             updated_at: Some(route.updated_at.clone()),
             cold_starts: route.metrics.cold_starts.load(Ordering::Relaxed),
             last_scale_reason: route.metrics.scale_reason(),
+            digest: if s.rollout.generation == route.generation
+                && s.rollout.state == fjord_runtime::RolloutState::Ready
+            {
+                route.digest.clone()
+            } else {
+                route.serving_digest.clone()
+            },
+            rollout: Some(RolloutStatus {
+                generation: s.rollout.generation,
+                state: s.rollout.state.name().to_string(),
+                replicas: s.rollout.replicas,
+                ready_replicas: s.rollout.ready,
+                message: s.rollout.message,
+                failed_replica: s.rollout.failed_replica,
+            }),
         }),
     }
 }

@@ -254,6 +254,10 @@ pub struct FunctionHandle {
     restarts: AtomicU64,
     oom_kills: AtomicU64,
     last_error: Mutex<Option<String>>,
+    /// Generations handed out by [`ProcessRuntime::apply`] (one per deploy).
+    generations: AtomicU64,
+    /// The latest deploy's progress (status API only, never the invoke path).
+    rollout: Mutex<Rollout>,
     commands: mpsc::UnboundedSender<reconcile::Command>,
     /// The function's network namespace, made when its first replica starts and kept (no
     /// process) while the function exists.
@@ -273,6 +277,40 @@ pub struct ReplicaStatus {
     pub last_error: Option<String>,
     /// The memory limit enforced: `limits.memory`, else the server's default.
     pub memory_limit_bytes: Option<u64>,
+    pub rollout: Rollout,
+}
+
+/// How far a deploy (one generation of replicas) got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RolloutState {
+    #[default]
+    Progressing,
+    /// All its replicas were ready and it took the traffic.
+    Ready,
+    /// An update that was rolled back, or a first deploy whose replica crash-loops.
+    Failed,
+}
+
+impl RolloutState {
+    pub fn name(self) -> &'static str {
+        match self {
+            RolloutState::Progressing => "progressing",
+            RolloutState::Ready => "ready",
+            RolloutState::Failed => "failed",
+        }
+    }
+}
+
+/// The latest deploy of a function.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Rollout {
+    pub generation: u64,
+    pub state: RolloutState,
+    /// Replicas of that generation, and how many are ready.
+    pub replicas: u64,
+    pub ready: u64,
+    pub message: Option<String>,
+    pub failed_replica: Option<String>,
 }
 
 /// The outcome of [`FunctionHandle::pick_within`].
@@ -372,12 +410,17 @@ impl FunctionHandle {
             restarts: self.restarts.load(Ordering::Relaxed),
             oom_kills: self.oom_kills.load(Ordering::Relaxed),
             memory_limit_bytes: serving.spec.memory_limit_bytes.or(self.default_memory),
+            rollout: self.rollout().clone(),
             last_error: self
                 .last_error
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .clone(),
         }
+    }
+
+    pub(crate) fn rollout(&self) -> std::sync::MutexGuard<'_, Rollout> {
+        self.rollout.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub(crate) fn set_last_error(&self, e: Option<String>) {
@@ -401,6 +444,27 @@ impl FunctionHandle {
             })
             .await?;
         Ok(Some(ns.clone()))
+    }
+
+    /// Numbers a new deploy and marks it progressing before the reconciler sees it, so a
+    /// client polling right after the deploy never reads the previous one's state.
+    fn begin_rollout(&self, replicas: u64) -> u64 {
+        let generation = self.generations.fetch_add(1, Ordering::Relaxed) + 1;
+        *self.rollout() = Rollout {
+            generation,
+            replicas,
+            ..Rollout::default()
+        };
+        generation
+    }
+
+    /// Marks the update `generation` failed, once its caller has rolled back what it stored
+    /// (the reconciler has already stopped its replicas).
+    pub fn rolled_back(&self, generation: u64) {
+        let mut r = self.rollout();
+        if r.generation == generation {
+            r.state = RolloutState::Failed;
+        }
     }
 
     pub(crate) fn count_oom_kill(&self) {
@@ -536,25 +600,28 @@ impl ProcessRuntime {
     }
 
     /// Starts a new function, or rolls an existing one to `spec` without downtime.
-    /// Returns the function's handle and a receiver for the rollout's outcome.
+    /// Returns the function's handle, the deploy's generation (see [`Rollout`]) and a
+    /// receiver for the rollout's outcome.
     pub fn apply(
         &self,
         spec: Arc<FunctionSpec>,
         program: Program,
         replicas: u64,
         uid: u32,
-    ) -> (Arc<FunctionHandle>, oneshot::Receiver<RolloutResult>) {
+    ) -> (Arc<FunctionHandle>, u64, oneshot::Receiver<RolloutResult>) {
         let (done_tx, done_rx) = oneshot::channel();
         let mut functions = self.functions.lock().unwrap_or_else(|p| p.into_inner());
         let program = Arc::new(program);
         if let Some(h) = functions.get(&spec.key) {
+            let generation = h.begin_rollout(replicas);
             let _ = h.commands.send(reconcile::Command::Apply {
                 spec,
                 program,
                 replicas,
+                generation,
                 done: done_tx,
             });
-            return (h.clone(), done_rx);
+            return (h.clone(), generation, done_rx);
         }
         let (tx, rx) = mpsc::unbounded_channel();
         let key = spec.key.clone();
@@ -578,6 +645,8 @@ impl ProcessRuntime {
             restarts: AtomicU64::new(0),
             oom_kills: AtomicU64::new(0),
             last_error: Mutex::new(None),
+            generations: AtomicU64::new(0),
+            rollout: Mutex::new(Rollout::default()),
             commands: tx,
             netns: tokio::sync::OnceCell::new(),
             // Shown only where it is enforced.
@@ -588,15 +657,17 @@ impl ProcessRuntime {
                 .as_ref()
                 .and(self.shared.config.default_memory_bytes),
         });
+        let generation = handle.begin_rollout(replicas);
         let _ = handle.commands.send(reconcile::Command::Apply {
             spec,
             program,
             replicas,
+            generation,
             done: done_tx,
         });
         reconcile::spawn(handle.clone(), self.shared.clone(), uid, rx);
         functions.insert(key, handle.clone());
-        (handle, done_rx)
+        (handle, generation, done_rx)
     }
 
     /// Sets the desired replica count.

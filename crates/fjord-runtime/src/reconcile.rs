@@ -13,16 +13,21 @@ use tokio_util::sync::CancellationToken;
 
 use crate::program::Program;
 use crate::replica::{self, Event, ReplicaArgs};
-use crate::{Endpoint, FunctionHandle, RolloutResult, Serving, Shared};
+use crate::{Endpoint, FunctionHandle, RolloutResult, RolloutState, Serving, Shared};
 
 /// How long a replica being retired may keep finishing its in-flight requests.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// A new version whose replica ends this many times in a row before it was ever ready has
+/// failed: waiting out `--rollout-timeout` would only delay the answer.
+pub(crate) const CRASH_LOOP_STARTS: u32 = 3;
 
 pub(crate) enum Command {
     Apply {
         spec: Arc<FunctionSpec>,
         program: Arc<Program>,
         replicas: u64,
+        /// Numbered by [`crate::ProcessRuntime::apply`].
+        generation: u64,
         done: oneshot::Sender<RolloutResult>,
     },
     Scale(u64),
@@ -63,7 +68,8 @@ struct Pending {
     generation: Generation,
     deadline: Instant,
     done: Option<oneshot::Sender<RolloutResult>>,
-    last_reason: Option<String>,
+    /// The last replica that went down, and why.
+    last_reason: Option<(Arc<str>, String)>,
 }
 
 struct Reconciler {
@@ -72,7 +78,6 @@ struct Reconciler {
     uid: u32,
     current: Option<Generation>,
     pending: Option<Pending>,
-    next_generation: u64,
     events_tx: mpsc::UnboundedSender<Event>,
 }
 
@@ -90,7 +95,6 @@ pub(crate) fn spawn(
         uid,
         current: None,
         pending: None,
-        next_generation: 1,
         events_tx,
     };
     control.spawn(r.run(commands, events_rx));
@@ -106,8 +110,8 @@ impl Reconciler {
             let deadline = self.pending.as_ref().map(|p| p.deadline);
             tokio::select! {
                 cmd = commands.recv() => match cmd {
-                    Some(Command::Apply { spec, program, replicas, done }) => {
-                        self.apply(spec, program, replicas, done)
+                    Some(Command::Apply { spec, program, replicas, generation, done }) => {
+                        self.apply(spec, program, replicas, generation, done)
                     }
                     Some(Command::Scale(n)) => self.scale(n),
                     Some(Command::Stop { remove, done }) => {
@@ -122,9 +126,39 @@ impl Reconciler {
                 },
                 Some(ev) = events.recv() => self.on_event(ev),
                 _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
-                    self.rollout_failed();
+                    let last = self.pending.as_ref().and_then(|p| p.last_reason.as_ref());
+                    let why = format!(
+                        "its replicas were not ready within {} s{}",
+                        self.shared.config.rollout_timeout.as_secs(),
+                        last.map(|(_, r)| format!(" ({r})")).unwrap_or_default()
+                    );
+                    self.rollout_failed(why);
                 }
             }
+            self.report();
+        }
+    }
+
+    /// Updates the latest deploy's replica counts, and marks it ready once all its
+    /// replicas are ready and it is the version serving.
+    fn report(&self) {
+        let desired = self.desired();
+        let mut r = self.handle.rollout();
+        let g = [
+            self.pending.as_ref().map(|p| &p.generation),
+            self.current.as_ref(),
+        ]
+        .into_iter()
+        .flatten()
+        .find(|g| g.id == r.generation);
+        let Some(g) = g else { return };
+        r.replicas = g.replicas.len() as u64;
+        r.ready = g.replicas.iter().filter(|x| x.endpoint.is_some()).count() as u64;
+        let serving = self.current.as_ref().is_some_and(|c| c.id == g.id);
+        if serving && r.state != RolloutState::Ready && g.all_ready(desired) {
+            r.state = RolloutState::Ready;
+            r.message = None;
+            r.failed_replica = None;
         }
     }
 
@@ -163,14 +197,14 @@ impl Reconciler {
         spec: Arc<FunctionSpec>,
         program: Arc<Program>,
         replicas: u64,
+        id: u64,
     ) -> Generation {
         let mut g = Generation {
-            id: self.next_generation,
+            id,
             spec,
             program,
             replicas: Vec::new(),
         };
-        self.next_generation += 1;
         for _ in 0..replicas {
             let r = self.start_replica(&g);
             g.replicas.push(r);
@@ -183,6 +217,7 @@ impl Reconciler {
         spec: Arc<FunctionSpec>,
         program: Arc<Program>,
         replicas: u64,
+        generation: u64,
         done: oneshot::Sender<RolloutResult>,
     ) {
         self.handle.desired.store(replicas, Ordering::Relaxed);
@@ -200,13 +235,13 @@ impl Reconciler {
             stop_generation(old.generation, false);
         }
         if self.current.is_none() {
-            let g = self.new_generation(spec, program, replicas);
+            let g = self.new_generation(spec, program, replicas, generation);
             self.current = Some(g);
             self.publish();
             let _ = done.send(Ok(()));
             return;
         }
-        let g = self.new_generation(spec, program, replicas);
+        let g = self.new_generation(spec, program, replicas, generation);
         self.pending = Some(Pending {
             generation: g,
             deadline: Instant::now() + self.shared.config.rollout_timeout,
@@ -272,17 +307,45 @@ impl Reconciler {
                 generation,
                 id,
                 reason,
+                startup_failures,
+                retrying,
             } => {
+                let gave_up = !retrying || startup_failures >= CRASH_LOOP_STARTS;
+                let why = if retrying {
+                    format!(
+                        "replica {id} crashed {startup_failures} times before becoming ready (last: {reason})"
+                    )
+                } else {
+                    format!("replica {id}: {reason}")
+                };
                 if let Some(r) = self.current.as_mut().and_then(|g| g.find(generation, &id)) {
                     r.endpoint = None;
                     self.handle
                         .set_last_error(Some(format!("replica {id}: {reason}")));
                     self.publish();
+                    // A first deploy that cannot start: nothing older to keep, so its
+                    // replicas keep retrying, but the deploy is reported as failed.
+                    let mut r = self.handle.rollout();
+                    if gave_up && r.generation == generation && r.state == RolloutState::Progressing
+                    {
+                        let msg = format!(
+                            "image {} failed to start: {why}; fjord keeps retrying",
+                            self.handle.spec().deployment.image
+                        );
+                        r.state = RolloutState::Failed;
+                        r.message = Some(msg.clone());
+                        r.failed_replica = Some(id.to_string());
+                        drop(r);
+                        self.handle.set_last_error(Some(msg));
+                    }
                 } else if let Some(p) = self.pending.as_mut()
                     && let Some(r) = p.generation.find(generation, &id)
                 {
                     r.endpoint = None;
-                    p.last_reason = Some(format!("replica {id}: {reason}"));
+                    p.last_reason = Some((id.clone(), format!("replica {id}: {reason}")));
+                    if gave_up {
+                        self.rollout_failed(why);
+                    }
                 }
             }
         }
@@ -332,19 +395,25 @@ impl Reconciler {
         }
     }
 
-    fn rollout_failed(&mut self) {
+    /// Abandons the pending update (`why`: what went wrong); the current version keeps serving.
+    fn rollout_failed(&mut self, why: String) {
         let Some(mut p) = self.pending.take() else {
             return;
         };
         let msg = format!(
-            "update to image {} failed: its replicas were not ready within {} s{}; the previous version keeps serving",
+            "update to image {} failed: {why}; the previous version keeps serving",
             p.generation.spec.deployment.image,
-            self.shared.config.rollout_timeout.as_secs(),
-            p.last_reason
-                .as_ref()
-                .map(|r| format!(" ({r})"))
-                .unwrap_or_default()
         );
+        {
+            // Still `progressing`: the control plane marks it failed once it has rolled back
+            // its stored state ([`FunctionHandle::rolled_back`]), so a client that sees
+            // `failed` and restarts the server gets the old version.
+            let mut r = self.handle.rollout();
+            if r.generation == p.generation.id {
+                r.message = Some(msg.clone());
+                r.failed_replica = p.last_reason.as_ref().map(|(id, _)| id.to_string());
+            }
+        }
         tracing::warn!(function = %self.handle.qualified, "{msg}");
         self.handle
             .logs

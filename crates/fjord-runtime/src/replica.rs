@@ -39,6 +39,11 @@ pub(crate) enum Event {
         generation: u64,
         id: Arc<str>,
         reason: String,
+        /// Times in a row the replica ended before it was ever ready (0: it had been
+        /// ready), so the reconciler sees a crash loop without waiting for a timeout.
+        startup_failures: u32,
+        /// `false`: the replica will not try again (its sandbox could not be made).
+        retrying: bool,
     },
 }
 
@@ -245,11 +250,18 @@ pub(crate) struct ReplicaArgs {
 }
 
 impl ReplicaArgs {
+    /// The replica cannot start and will not try again.
     fn down(&self, reason: String) {
+        self.down_after(reason, 1, false);
+    }
+
+    fn down_after(&self, reason: String, startup_failures: u32, retrying: bool) {
         let _ = self.events.send(Event::Down {
             generation: self.generation,
             id: self.id.clone(),
             reason,
+            startup_failures,
+            retrying,
         });
     }
 
@@ -325,7 +337,11 @@ pub(crate) async fn run(args: ReplicaArgs) {
 
 enum Outcome {
     Stopped,
-    Exited(String),
+    /// The process ended; `was_ready`: after it had been ready.
+    Exited {
+        reason: String,
+        was_ready: bool,
+    },
 }
 
 async fn supervise_http(args: &ReplicaArgs, env: &Arc<ReplicaEnv>, port: u16) {
@@ -340,12 +356,17 @@ async fn supervise_http(args: &ReplicaArgs, env: &Arc<ReplicaEnv>, port: u16) {
     let mut base_env = program::base_env(&args.spec, &args.id, env.home(), Some(port));
     base_env.extend(env.secrets_env());
     let mut backoff = BACKOFF_START;
+    let mut startup_failures = 0u32;
     loop {
         let started = Instant::now();
         let ooms_before = env.oom_kills();
         match run_once(args, env, &base_env, port, &authority).await {
             Outcome::Stopped => return,
-            Outcome::Exited(mut reason) => {
+            Outcome::Exited {
+                mut reason,
+                was_ready,
+            } => {
+                startup_failures = if was_ready { 0 } else { startup_failures + 1 };
                 if env.oom_kills() > ooms_before {
                     args.handle.count_oom_kill();
                     let limit = args
@@ -370,7 +391,7 @@ async fn supervise_http(args: &ReplicaArgs, env: &Arc<ReplicaEnv>, port: u16) {
                 );
                 tracing::warn!(function = %args.handle.qualified, "{}", &msg[7..]);
                 args.handle.logs.push(&args.id, &msg);
-                args.down(reason);
+                args.down_after(reason, startup_failures, true);
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
                     _ = args.stop.cancelled() => return,
@@ -409,7 +430,10 @@ async fn run_once(
     let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => {
-            return Outcome::Exited(format!("cannot start {}: {e}", args.program.path.display()));
+            return Outcome::Exited {
+                reason: format!("cannot start {}: {e}", args.program.path.display()),
+                was_ready: false,
+            };
         }
     };
     drop(cmd);
@@ -429,7 +453,10 @@ async fn run_once(
             return Outcome::Stopped;
         }
         status = child.wait() => {
-            return Outcome::Exited(format!("{} before it was ready", describe(status)));
+            return Outcome::Exited {
+                reason: format!("{} before it was ready", describe(status)),
+                was_ready: false,
+            };
         }
         _ = probe(env.netns.as_deref(), port, args.spec.ready_path.as_deref()) => {}
     }
@@ -445,7 +472,10 @@ async fn run_once(
             terminate(&mut child, pid, args.shared.config.stop_grace).await;
             Outcome::Stopped
         }
-        status = child.wait() => Outcome::Exited(describe(status)),
+        status = child.wait() => Outcome::Exited {
+            reason: describe(status),
+            was_ready: true,
+        },
     }
 }
 

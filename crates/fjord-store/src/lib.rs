@@ -59,8 +59,9 @@ const MIGRATIONS: &[&str] = &[
         name  TEXT    NOT NULL PRIMARY KEY,
         value INTEGER NOT NULL
     ) STRICT;",
-    // 6: reserved for bundle digest pinning (developed in parallel; renumbered at merge).
-    "",
+    // 6: the bundle each deployed version runs, pinned when it was deployed, so a restart
+    // never resolves a (mutable) tag again. NULL: stored before pinning (see `Pin::Unknown`).
+    "ALTER TABLE functions ADD COLUMN digest TEXT;",
     // 7: namespaces created through the API, with their labels and annotations (JSON maps).
     // Namespaces that only hold functions or secrets exist implicitly and have no row.
     "CREATE TABLE namespaces (
@@ -72,7 +73,46 @@ const MIGRATIONS: &[&str] = &[
     ) STRICT;",
 ];
 
-const COLUMNS: &str = "namespace, name, deployment, replicas, uid, created_at, updated_at";
+const COLUMNS: &str = "namespace, name, deployment, replicas, uid, created_at, updated_at, digest";
+
+/// Which bundle a stored version runs, fixed when it was deployed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Pin {
+    /// Stored by a fjord from before pinning: its tag is resolved once more at the next
+    /// start, and pinned then.
+    #[default]
+    Unknown,
+    /// No bundle: the image is only a label, the program comes from `envProcess`.
+    NoBundle,
+    /// The bundle's digest (`sha256:…`).
+    Bundle(String),
+}
+
+impl Pin {
+    fn to_sql(&self) -> Option<&str> {
+        match self {
+            Pin::Unknown => None,
+            Pin::NoBundle => Some(""),
+            Pin::Bundle(d) => Some(d),
+        }
+    }
+
+    fn from_sql(v: Option<String>) -> Pin {
+        match v {
+            None => Pin::Unknown,
+            Some(d) if d.is_empty() => Pin::NoBundle,
+            Some(d) => Pin::Bundle(d),
+        }
+    }
+
+    /// The digest, when it is a bundle.
+    pub fn digest(&self) -> Option<&str> {
+        match self {
+            Pin::Bundle(d) => Some(d),
+            _ => None,
+        }
+    }
+}
 
 /// One deployed function as persisted.
 #[derive(Debug, Clone, PartialEq)]
@@ -91,6 +131,8 @@ pub struct StoredFunction {
     pub created_at: String,
     /// RFC 3339 time of the last deploy or update (not of scaling).
     pub updated_at: String,
+    /// The bundle this version runs, pinned at deploy time.
+    pub pin: Pin,
 }
 
 /// A secret as persisted: its value sealed with the gateway's key (the store never sees
@@ -231,11 +273,12 @@ impl Store {
         let tx = conn.transaction()?;
         let raw = tx.query_row(
             &format!(
-                "INSERT INTO functions ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                "INSERT INTO functions ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
                  ON CONFLICT (namespace, name) DO UPDATE SET
                      deployment = excluded.deployment,
                      replicas   = excluded.replicas,
-                     updated_at = excluded.updated_at
+                     updated_at = excluded.updated_at,
+                     digest     = excluded.digest
                  RETURNING {COLUMNS}"
             ),
             params![
@@ -246,6 +289,7 @@ impl Store {
                 f.uid,
                 or_now(&f.created_at),
                 or_now(&f.updated_at),
+                f.pin.to_sql(),
             ],
             RawRow::read,
         )?;
@@ -309,6 +353,16 @@ impl Store {
             return Err(StoreError::UidsExhausted);
         }
         Ok(next as u32)
+    }
+
+    /// Pins a stored function's bundle (a row stored before pinning, at its first start);
+    /// `false` if the function is not stored.
+    pub fn set_pin(&self, namespace: &str, name: &str, pin: &Pin) -> Result<bool, StoreError> {
+        let n = self.lock().execute(
+            "UPDATE functions SET digest = ?3 WHERE namespace = ?1 AND name = ?2",
+            params![namespace, name, pin.to_sql()],
+        )?;
+        Ok(n > 0)
     }
 
     /// Gives a stored function another uid (it was outside this instance's uid block).
@@ -612,6 +666,7 @@ struct RawRow {
     uid: i64,
     created_at: String,
     updated_at: String,
+    digest: Option<String>,
 }
 
 impl RawRow {
@@ -624,6 +679,7 @@ impl RawRow {
             uid: r.get(4)?,
             created_at: r.get(5)?,
             updated_at: r.get(6)?,
+            digest: r.get(7)?,
         })
     }
 
@@ -647,6 +703,7 @@ impl RawRow {
             uid,
             created_at: self.created_at,
             updated_at: self.updated_at,
+            pin: Pin::from_sql(self.digest),
         })
     }
 }
@@ -680,6 +737,7 @@ mod tests {
             uid,
             created_at: "2026-01-01T00:00:00Z".into(),
             updated_at: "2026-01-01T00:00:00Z".into(),
+            pin: Pin::NoBundle,
         }
     }
 
@@ -762,6 +820,7 @@ mod tests {
             uid: 100_007,
             created_at: "2026-11-24T08:00:00Z".into(),
             updated_at: "2026-11-24T09:00:00Z".into(),
+            pin: Pin::Bundle(format!("sha256:{}", "ab".repeat(32))),
         };
         assert_eq!(store.upsert(&f).unwrap(), f);
         assert_eq!(store.get("team-a", "resize").unwrap(), Some(f.clone()));
@@ -860,6 +919,39 @@ mod tests {
             Store::open(&path),
             Err(StoreError::UnsupportedSchema { found: 99, .. })
         ));
+    }
+
+    #[test]
+    fn pins_round_trip_and_old_rows_are_unknown() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        {
+            // A database as a fjord before pinning left it (schema 5).
+            let conn = Connection::open(&path).unwrap();
+            for sql in &MIGRATIONS[..5] {
+                conn.execute_batch(sql).unwrap();
+            }
+            conn.pragma_update(None, "user_version", 5).unwrap();
+            conn.execute(
+                "INSERT INTO functions (namespace, name, deployment, replicas, uid, created_at, updated_at)
+                 VALUES ('ns', 'old', '{\"service\":\"old\",\"image\":\"old:latest\"}', 1, 2, 'x', 'x')",
+                [],
+            )
+            .unwrap();
+        }
+        let store = Store::open(&path).unwrap();
+        assert_eq!(store.get("ns", "old").unwrap().unwrap().pin, Pin::Unknown);
+        let pin = Pin::Bundle("sha256:aa".into());
+        assert!(store.set_pin("ns", "old", &pin).unwrap());
+        assert_eq!(store.get("ns", "old").unwrap().unwrap().pin, pin);
+        let mut f = func("ns", "f", 3);
+        store.upsert(&f).unwrap();
+        assert_eq!(store.get("ns", "f").unwrap().unwrap().pin, Pin::NoBundle);
+        // An update replaces the pin; scaling keeps it.
+        f.pin = Pin::Bundle("sha256:bb".into());
+        store.upsert(&f).unwrap();
+        store.set_replicas("ns", "f", 4).unwrap();
+        assert_eq!(store.get("ns", "f").unwrap().unwrap().pin, f.pin);
     }
 
     #[test]

@@ -411,7 +411,7 @@ async fn deploy_one(
     d: &fjord_core::openfaas::FunctionDeployment,
     wait: bool,
 ) -> Result<(), CliError> {
-    let status = gw.deploy(d).await?;
+    let (status, generation) = gw.deploy(d).await?;
     println!(
         "Deployed {}. {} {}.",
         d.service,
@@ -424,16 +424,73 @@ async fn deploy_one(
         _ => d.service.clone(),
     };
     if wait {
-        let s = gw
-            .wait_ready(&d.service, ns, Duration::from_secs(90))
-            .await?;
-        println!(
-            "{}: {} of {} replica(s) ready",
-            d.service, s.available_replicas, s.replicas
-        );
+        match generation {
+            Some(g) => {
+                let r = gw
+                    .wait_rollout(&d.service, ns, g, Duration::from_secs(90))
+                    .await?;
+                if r.state != "ready" {
+                    return Err(rollout_failed(gw, &d.service, ns, &r).await);
+                }
+                // The counts of this version, not of whatever serves now (an older version's
+                // replicas during the update: "20 of 1 replicas ready").
+                println!(
+                    "{}: {} of {} replica(s) ready",
+                    d.service, r.ready_replicas, r.replicas
+                );
+            }
+            None => {
+                // A gateway that does not number deploys: any ready replica will do.
+                let s = gw
+                    .wait_ready(&d.service, ns, Duration::from_secs(90))
+                    .await?;
+                println!(
+                    "{}: {} replica(s) ready",
+                    d.service,
+                    s.available_replicas.min(s.replicas.max(1))
+                );
+            }
+        }
     }
     println!("URL: {}/function/{route}", gw.url);
     Ok(())
+}
+
+/// The error for a deploy that failed or was rolled back, after printing the failing
+/// replica's last output lines (what the function said before it died).
+async fn rollout_failed(
+    gw: &Gateway,
+    name: &str,
+    ns: Option<&str>,
+    r: &fjord_core::openfaas::RolloutStatus,
+) -> CliError {
+    const LINES: usize = 10;
+    let instance = r.failed_replica.as_deref();
+    // Without a replica (a timeout), any replica's; fjord's own lines are in the message.
+    let lines = gw
+        .log_tail(name, ns, instance, 200)
+        .await
+        .unwrap_or_default();
+    let output: Vec<_> = lines
+        .iter()
+        .filter(|l| l.instance != "fjord" && !l.text.starts_with("fjord: "))
+        .collect();
+    let shown = &output[output.len().saturating_sub(LINES)..];
+    if shown.is_empty() {
+        eprintln!("{name}: the replica printed nothing");
+    } else {
+        eprintln!(
+            "{name}: last output of replica {}:",
+            instance.unwrap_or("(any)")
+        );
+        for l in shown {
+            eprintln!("  {}", l.text.trim_end());
+        }
+    }
+    CliError::Other(format!(
+        "{name}: {}\n  see its logs: fjord logs {name}",
+        r.message.as_deref().unwrap_or("the deploy failed")
+    ))
 }
 
 pub async fn deploy_stack(
