@@ -17,8 +17,7 @@ const FJORD: &str = env!("CARGO_BIN_EXE_fjord");
 const NOBODY: u32 = 65534;
 
 /// A `fjord serve` started by the test with a clean environment; killed (SIGTERM, then
-/// SIGKILL) on drop. `root` is where its files are seen from here: `/proc/<pid>/root` when
-/// it runs in a mount namespace of its own.
+/// SIGKILL) on drop.
 struct Serve {
     child: Child,
     data_dir: PathBuf,
@@ -430,6 +429,7 @@ async fn as_a_normal_user_with_no_flags_data_goes_to_the_users_own_dir() {
 async fn a_data_dir_that_cannot_work_is_refused_with_why_and_what_to_do() {
     let t = tempdir();
     let home = private_home(t.path(), Some(NOBODY));
+    // (A server that starts instead of refusing is stopped by `timeout`, failing the test.)
     // Not writable by the user.
     let root_owned = t.path().join("root-owned");
     std::fs::create_dir_all(&root_owned).unwrap();
@@ -452,7 +452,7 @@ async fn a_data_dir_that_cannot_work_is_refused_with_why_and_what_to_do() {
     std::fs::create_dir_all(&noexec).unwrap();
     let script = r#"set -e
 mount -t tmpfs -o noexec,uid=65534,gid=65534,mode=0700 fjord-first-run "$DIR"
-exec setpriv --reuid=65534 --regid=65534 --clear-groups "$FJORD" serve --listen 127.0.0.1:0 --data-dir "$DIR/fjord""#;
+exec timeout 60 setpriv --reuid=65534 --regid=65534 --clear-groups "$FJORD" serve --listen 127.0.0.1:0 --data-dir "$DIR/fjord""#;
     let out = clean("unshare", &home)
         .args(["--mount", "--propagation", "private", "sh", "-c", script])
         .env("DIR", &noexec)
