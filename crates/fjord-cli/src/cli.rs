@@ -391,7 +391,7 @@ pub struct ServeArgs {
     /// Address to listen on (port 0 picks a free port, written to <data-dir>/gateway.addr)
     #[arg(long, default_value = "127.0.0.1:8080", env = "FJORD_LISTEN")]
     pub listen: SocketAddr,
-    /// Where functions, bundles, logs and credentials are kept [default: $XDG_DATA_HOME/fjord]
+    /// Where functions, bundles, logs and credentials are kept [default: /var/lib/fjord as root, else $XDG_DATA_HOME/fjord (~/.local/share/fjord)]
     #[arg(long, env = "FJORD_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
     /// Require HTTP basic auth on /system/* (user admin; password generated into the data dir)

@@ -18,6 +18,8 @@ pub struct Gateway {
     pub url: String,
     http: reqwest::Client,
     creds: Option<Credentials>,
+    /// Where `creds` came from (or which password files were looked at): named on a 401.
+    source: config::Source,
 }
 
 /// How to trust an https gateway's certificate.
@@ -29,10 +31,10 @@ pub struct TlsTrust {
     pub no_verify: bool,
 }
 
-fn hint(status: StatusCode, url: &str) -> String {
+fn hint(status: StatusCode, url: &str, source: &config::Source) -> String {
     match status.as_u16() {
         401 => format!(
-            "\n  log in with `fjord login -g {url}` (user admin; the password is in <data-dir>/secrets/basic-auth-password on the gateway's machine), set FJORD_PASSWORD, or give an API token with --token (FJORD_TOKEN)"
+            "\n  credentials tried: {source}\n  log in with `fjord login -g {url}` (user admin; the password is in <data-dir>/secrets/basic-auth-password on the gateway's machine), set FJORD_PASSWORD, or give an API token with --token (FJORD_TOKEN)"
         ),
         403 => "\n  this API token's scope does not allow that: use a token with the scope named above (`fjord token create NAME --scope ...`, as admin)".to_string(),
         429 => "\n  too many failed logins from this address: wait for the time above, then retry with the right credentials".to_string(),
@@ -48,8 +50,10 @@ fn is_certificate_error(reason: &str) -> bool {
 
 impl Gateway {
     pub fn new(url: String, token: Option<&str>, tls: &TlsTrust) -> Result<Self, CliError> {
-        let creds = config::credentials(&url, token);
-        Self::with_credentials(url, creds, tls)
+        let (creds, source) = config::credentials(&url, token);
+        let mut gw = Self::with_credentials(url, creds, tls)?;
+        gw.source = source;
+        Ok(gw)
     }
 
     pub fn with_credentials(
@@ -90,7 +94,12 @@ impl Gateway {
         let http = builder
             .build()
             .map_err(|e| CliError::Other(e.to_string()))?;
-        Ok(Self { url, http, creds })
+        Ok(Self {
+            url,
+            http,
+            creds,
+            source: config::Source::Given,
+        })
     }
 
     pub fn request(&self, method: Method, path: &str) -> RequestBuilder {
@@ -124,7 +133,11 @@ impl Gateway {
             return Ok(resp);
         }
         let status = resp.status();
-        let message = resp.text().await.unwrap_or_default().trim().to_string();
+        let mut message = resp.text().await.unwrap_or_default().trim().to_string();
+        if status == StatusCode::UNAUTHORIZED && self.creds.is_none() {
+            // The gateway answers "invalid credentials" to any 401: none were sent.
+            message = "no credentials sent, and this gateway requires them".to_string();
+        }
         Err(CliError::Api {
             what: what.to_string(),
             status: status.as_u16(),
@@ -133,7 +146,7 @@ impl Gateway {
             } else {
                 message
             },
-            hint: hint(status, &self.url),
+            hint: hint(status, &self.url, &self.source),
         })
     }
 
@@ -367,8 +380,12 @@ impl Gateway {
             s => Err(CliError::Api {
                 what: format!("check bundle {digest}"),
                 status: s.as_u16(),
-                message: s.canonical_reason().unwrap_or("error").into(),
-                hint: hint(s, &self.url),
+                message: if s == StatusCode::UNAUTHORIZED && self.creds.is_none() {
+                    "no credentials sent, and this gateway requires them".into()
+                } else {
+                    s.canonical_reason().unwrap_or("error").into()
+                },
+                hint: hint(s, &self.url, &self.source),
             }),
         }
     }

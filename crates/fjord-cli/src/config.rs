@@ -4,7 +4,8 @@
 //! `provider.gateway`, else `http://127.0.0.1:8080`.
 //! Credentials: `--token`/`FJORD_TOKEN` (an API token), else `FJORD_PASSWORD` (user `FJORD_USER`, default admin), else what `fjord login`
 //! saved for that URL (`$XDG_CONFIG_HOME/fjord/config.json`, mode 0600), else — for a gateway
-//! on this machine — the password file of the local data dir (`FJORD_DATA_DIR`, default
+//! on this machine — the password file of the data dir whose `gateway.addr` names that
+//! gateway (`FJORD_DATA_DIR`, else root's `/var/lib/fjord` and the user's own
 //! `$XDG_DATA_HOME/fjord`), so `fjord serve` then `fjord up` just works.
 
 use std::collections::BTreeMap;
@@ -56,10 +57,23 @@ pub fn config_path() -> PathBuf {
     base.join("fjord").join("config.json")
 }
 
+/// Where a system service keeps its state: `fjord serve`'s default when run as root.
+pub const SYSTEM_DATA_DIR: &str = "/var/lib/fjord";
+
+/// `FJORD_DATA_DIR`, else `/var/lib/fjord` for root (a system service: `/root` is 0700 and
+/// belongs in no service's path), else the user's `$XDG_DATA_HOME/fjord`.
 pub fn default_data_dir() -> PathBuf {
     if let Some(d) = std::env::var_os("FJORD_DATA_DIR").filter(|p| !p.is_empty()) {
         return PathBuf::from(d);
     }
+    if nix::unistd::geteuid().is_root() {
+        return PathBuf::from(SYSTEM_DATA_DIR);
+    }
+    user_data_dir()
+}
+
+/// The user's own data dir: `$XDG_DATA_HOME/fjord`, else `~/.local/share/fjord`.
+fn user_data_dir() -> PathBuf {
     if let Some(x) = std::env::var_os("XDG_DATA_HOME").filter(|x| !x.is_empty()) {
         return PathBuf::from(x).join("fjord");
     }
@@ -110,40 +124,157 @@ pub fn gateway_url(flag: Option<&str>, stack_gateway: Option<&str>) -> String {
     url.trim_end_matches('/').to_string()
 }
 
-fn is_local(url: &str) -> bool {
-    let rest = url.split("://").nth(1).unwrap_or(url);
-    rest.starts_with("127.") || rest.starts_with("localhost") || rest.starts_with("[::1]")
+/// `host:port` of a URL's authority (the default port of its scheme when none is given).
+fn host_port(url: &str) -> Option<(String, u16)> {
+    let (scheme, rest) = url.split_once("://")?;
+    let authority = rest.split(['/', '?', '#']).next()?;
+    let authority = authority.rsplit_once('@').map_or(authority, |(_, a)| a);
+    let default = if scheme == "https" { 443 } else { 80 };
+    if let Some(v6) = authority.strip_prefix('[') {
+        let (host, after) = v6.split_once(']')?;
+        let port = after
+            .strip_prefix(':')
+            .map_or(Some(default), |p| p.parse().ok())?;
+        return Some((host.to_string(), port));
+    }
+    match authority.rsplit_once(':') {
+        Some((h, p)) => Some((h.to_string(), p.parse().ok()?)),
+        None => Some((authority.to_string(), default)),
+    }
 }
 
-/// Credentials for a gateway, if any are known: `--token`/`FJORD_TOKEN` first.
-pub fn credentials(url: &str, token: Option<&str>) -> Option<Credentials> {
+fn is_loopback(host: &str) -> bool {
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback() || ip.is_unspecified())
+}
+
+/// Whether `gateway.addr` (what `fjord serve` listens on) is the gateway `url` names: same
+/// port, and the same host or both on this machine.
+fn addr_matches(addr: &str, url: &str) -> bool {
+    let (Some((uh, up)), Some((ah, ap))) = (host_port(url), host_port(&format!("x://{addr}")))
+    else {
+        return false;
+    };
+    up == ap && (uh == ah || (is_loopback(&uh) && is_loopback(&ah)))
+}
+
+/// Where the credentials the CLI sends come from, named in a 401's hint.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Source {
+    /// Given to the command itself (`fjord login`).
+    Given,
+    TokenFlag,
+    PasswordEnv,
+    Login(PathBuf),
+    PasswordFile(PathBuf),
+    /// Nothing was sent; the password files looked at, and why each was not used.
+    None(Vec<(PathBuf, String)>),
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::Given => write!(f, "the credentials given to this command"),
+            Source::TokenFlag => write!(f, "the API token from --token (FJORD_TOKEN)"),
+            Source::PasswordEnv => write!(f, "the password from FJORD_PASSWORD"),
+            Source::Login(p) => write!(f, "the credentials `fjord login` saved in {}", p.display()),
+            Source::PasswordFile(p) => write!(f, "the password file {}", p.display()),
+            Source::None(tried) => {
+                write!(
+                    f,
+                    "no credentials sent (no --token, FJORD_TOKEN or FJORD_PASSWORD, no `fjord login` for this URL"
+                )?;
+                for (p, why) in tried {
+                    write!(f, "; {}: {why}", p.display())?;
+                }
+                write!(f, ")")
+            }
+        }
+    }
+}
+
+/// Data dirs whose password file may belong to a gateway on this machine: `FJORD_DATA_DIR`
+/// when set, else root's `/var/lib/fjord` and the user's own.
+fn local_data_dirs() -> Vec<PathBuf> {
+    if let Some(d) = std::env::var_os("FJORD_DATA_DIR").filter(|p| !p.is_empty()) {
+        return vec![PathBuf::from(d)];
+    }
+    let mut dirs = vec![PathBuf::from(SYSTEM_DATA_DIR)];
+    let own = user_data_dir();
+    if !dirs.contains(&own) {
+        dirs.push(own);
+    }
+    dirs
+}
+
+/// The password file of the local gateway `url` names: the data dir whose `gateway.addr`
+/// matches it, else (no gateway address matches, e.g. an older fjord) the first readable one.
+fn local_password(url: &str, tried: &mut Vec<(PathBuf, String)>) -> Option<(Credentials, PathBuf)> {
+    let dirs = local_data_dirs();
+    let read = |file: PathBuf, tried: &mut Vec<(PathBuf, String)>| match std::fs::read_to_string(
+        &file,
+    ) {
+        Ok(p) => Some((
+            Credentials {
+                user: "admin".into(),
+                password: p.trim().to_string(),
+                token: None,
+            },
+            file,
+        )),
+        Err(e) => {
+            let why = match e.kind() {
+                    std::io::ErrorKind::NotFound => "no such file".to_string(),
+                    std::io::ErrorKind::PermissionDenied => "permission denied (run the command as the gateway's user, e.g. with sudo, or use `fjord login`)".to_string(),
+                    _ => format!("cannot read it ({e})"),
+                };
+            tried.push((file, why));
+            None
+        }
+    };
+    let serving = dirs.iter().find(|d| {
+        std::fs::read_to_string(d.join("gateway.addr")).is_ok_and(|a| addr_matches(a.trim(), url))
+    });
+    if let Some(d) = serving {
+        return read(d.join(PASSWORD_FILE), tried);
+    }
+    dirs.iter().find_map(|d| read(d.join(PASSWORD_FILE), tried))
+}
+
+/// The password file inside a data dir.
+pub const PASSWORD_FILE: &str = "secrets/basic-auth-password";
+
+/// Credentials for a gateway, if any are known (`--token`/`FJORD_TOKEN` first), and where
+/// they came from.
+pub fn credentials(url: &str, token: Option<&str>) -> (Option<Credentials>, Source) {
     if let Some(t) = token.map(str::trim).filter(|t| !t.is_empty()) {
-        return Some(Credentials::token(t.to_string()));
+        return (Some(Credentials::token(t.to_string())), Source::TokenFlag);
     }
     if let Ok(password) = std::env::var("FJORD_PASSWORD")
         && !password.is_empty()
     {
         let user = std::env::var("FJORD_USER").unwrap_or_else(|_| "admin".into());
-        return Some(Credentials {
-            user,
-            password,
-            token: None,
-        });
+        return (
+            Some(Credentials {
+                user,
+                password,
+                token: None,
+            }),
+            Source::PasswordEnv,
+        );
     }
     if let Some(c) = load().gateways.get(url) {
-        return Some(c.clone());
+        return (Some(c.clone()), Source::Login(config_path()));
     }
-    if is_local(url) {
-        let file = default_data_dir().join("secrets/basic-auth-password");
-        if let Ok(p) = std::fs::read_to_string(file) {
-            return Some(Credentials {
-                user: "admin".into(),
-                password: p.trim().to_string(),
-                token: None,
-            });
-        }
+    let mut tried = Vec::new();
+    if host_port(url).is_some_and(|(h, _)| is_loopback(&h))
+        && let Some((c, file)) = local_password(url, &mut tried)
+    {
+        return (Some(c), Source::PasswordFile(file));
     }
-    None
+    (None, Source::None(tried))
 }
 
 #[cfg(test)]
@@ -160,5 +291,16 @@ mod tests {
             gateway_url(Some("https://fjord.example"), None),
             "https://fjord.example"
         );
+    }
+
+    #[test]
+    fn gateway_addr_matching() {
+        assert!(addr_matches("127.0.0.1:8080", "http://127.0.0.1:8080"));
+        assert!(addr_matches("127.0.0.1:8080", "http://localhost:8080/"));
+        assert!(addr_matches("0.0.0.0:8080", "http://127.0.0.1:8080"));
+        assert!(addr_matches("[::1]:8080", "http://127.0.0.1:8080"));
+        assert!(!addr_matches("127.0.0.1:8081", "http://127.0.0.1:8080"));
+        assert!(!addr_matches("127.0.0.1:80", "http://fjord.example"));
+        assert!(addr_matches("127.0.0.1:80", "http://127.0.0.1"));
     }
 }

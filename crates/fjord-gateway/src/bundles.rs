@@ -63,8 +63,8 @@ impl Bundles {
         std::fs::create_dir_all(&dir)?;
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
         std::fs::create_dir_all(&run)?;
-        // Traversable, not listable: a function reaches only its own run/<uid>/ directory.
-        std::fs::set_permissions(&run, std::fs::Permissions::from_mode(0o711))?;
+        // Private: a sandboxed function sees only its own bundle, bound at /home/app.
+        std::fs::set_permissions(&run, std::fs::Permissions::from_mode(0o700))?;
         Ok(Self { dir, run, isolate })
     }
 

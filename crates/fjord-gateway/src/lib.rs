@@ -749,6 +749,45 @@ where
     }
 }
 
+/// Refuses a data dir that cannot work, with why and what to do: one fjord cannot write, or
+/// (not root) one on a `noexec` filesystem, where functions run their bundle's programs from.
+/// As root the bundle's bind mount allows exec whatever the data dir's mount says.
+fn check_data_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    use nix::sys::statvfs::{FsFlags, statvfs};
+    let user = || {
+        nix::unistd::User::from_uid(nix::unistd::geteuid())
+            .ok()
+            .flatten()
+            .map_or_else(|| nix::unistd::geteuid().to_string(), |u| u.name)
+    };
+    let created = std::fs::create_dir_all(dir);
+    if let Err(e) = &created
+        && e.kind() != std::io::ErrorKind::PermissionDenied
+    {
+        return created;
+    }
+    if created.is_err()
+        || nix::unistd::access(
+            dir,
+            nix::unistd::AccessFlags::W_OK | nix::unistd::AccessFlags::X_OK,
+        )
+        .is_err()
+    {
+        return Err(std::io::Error::other(format!(
+            "is not writable by user {}; choose a data dir that user owns with --data-dir (or FJORD_DATA_DIR), or run fjord as the data dir's owner",
+            user()
+        )));
+    }
+    if !nix::unistd::geteuid().is_root()
+        && statvfs(dir).is_ok_and(|s| s.flags().contains(FsFlags::ST_NOEXEC))
+    {
+        return Err(std::io::Error::other(
+            "is on a filesystem mounted noexec, so functions could not run the programs in their bundles; choose a data dir on another filesystem with --data-dir (or FJORD_DATA_DIR)",
+        ));
+    }
+    Ok(())
+}
+
 /// Runs the gateway until `shutdown` is cancelled, then drains and stops every replica.
 pub async fn serve(config: GatewayConfig, shutdown: CancellationToken) -> Result<(), StartError> {
     let data_dir = &config.data_dir.clone();
@@ -756,7 +795,7 @@ pub async fn serve(config: GatewayConfig, shutdown: CancellationToken) -> Result
         path: data_dir.clone(),
         source,
     };
-    std::fs::create_dir_all(data_dir).map_err(dd_err)?;
+    check_data_dir(data_dir).map_err(dd_err)?;
     // Sandboxed functions get a private /tmp: under it they could not see their bundles.
     if nix::unistd::geteuid().is_root()
         && std::fs::canonicalize(data_dir)
@@ -770,11 +809,11 @@ pub async fn serve(config: GatewayConfig, shutdown: CancellationToken) -> Result
             ),
         });
     }
-    // Traversable but not listable: functions reach their own unpacked bundle under run/;
-    // everything else inside is private to root.
+    // Private: sandboxed functions see their bundle bound at /home/app in their own mount
+    // namespace and never walk the data dir.
     std::fs::set_permissions(
         data_dir,
-        std::os::unix::fs::PermissionsExt::from_mode(0o711),
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
     )
     .map_err(dd_err)?;
 

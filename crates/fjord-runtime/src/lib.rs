@@ -524,6 +524,9 @@ impl ProcessRuntime {
             );
             None
         };
+        if isolate && let Err(e) = program::ensure_bundle_mount() {
+            tracing::warn!(error = %e, "cannot create {}: functions that run a bundle will not start", program::BUNDLE_MOUNT);
+        }
         if isolate && let Err(e) = secrets::ensure_mount_point() {
             tracing::warn!(error = %e, "cannot create {}: functions with secrets will not start", secrets::SECRETS_MOUNT);
         }

@@ -12,13 +12,23 @@ use fjord_core::FunctionSpec;
 /// gateway's own PATH is not inherited: a pyenv shim first on it costs ~130 ms per start.
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
+/// Where a sandboxed function sees its unpacked bundle (read-only), and its working
+/// directory: where OpenFaaS images keep the function's code, so relative commands
+/// (`./handler`, `python index.py`) and handlers that name `/home/app/...` work unchanged.
+pub const BUNDLE_MOUNT: &str = "/home/app";
+
+/// Creates the bundle mount point on the host (an empty root-owned directory) if missing.
+pub(crate) fn ensure_bundle_mount() -> std::io::Result<()> {
+    std::fs::create_dir_all(BUNDLE_MOUNT)
+}
+
 /// The executable and arguments of a function, resolved at deploy time.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Program {
     pub path: PathBuf,
     pub args: Vec<String>,
-    /// Working directory: the unpacked bundle, if the function runs one (else the replica's
-    /// private `/tmp`).
+    /// The unpacked bundle on the host, if the function runs one: its working directory,
+    /// seen at [`BUNDLE_MOUNT`] when sandboxed (else the replica's private `/tmp`).
     pub workdir: Option<PathBuf>,
     /// The function's secrets, decrypted by the gateway (files in `/var/openfaas/secrets`).
     pub secrets: crate::secrets::SecretFiles,
@@ -54,6 +64,23 @@ pub fn resolve(
     workdir: Option<&Path>,
 ) -> Result<Program, ProgramError> {
     let cmd = &spec.argv[0];
+    // The bundle as a sandboxed function sees it: `/home/app/main` is `<bundle>/main`.
+    if sandboxed
+        && let Some(dir) = workdir
+        && let Ok(inside) = Path::new(cmd).strip_prefix(BUNDLE_MOUNT)
+    {
+        if !is_executable(&dir.join(inside)) {
+            return Err(ProgramError(format!(
+                "{cmd:?} is not an executable file in the bundle"
+            )));
+        }
+        return Ok(Program {
+            path: PathBuf::from(cmd),
+            args: spec.argv[1..].to_vec(),
+            workdir: Some(dir.to_path_buf()),
+            secrets: Default::default(),
+        });
+    }
     let found = if cmd.contains('/') {
         let p = PathBuf::from(cmd);
         if !p.is_absolute() {

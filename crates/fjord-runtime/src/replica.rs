@@ -141,11 +141,23 @@ impl ReplicaEnv {
             let d = crate::secrets::write_private_dir(&program.secrets, id, &dir.join("secrets"))?;
             (None, Some(d))
         };
+        // Sandboxed, the bundle is bound at a fixed path: its host path's parents (the data
+        // dir's, maybe /root at 0700) need not be reachable by the function's uid.
+        let bundle = program
+            .workdir
+            .as_ref()
+            .filter(|_| isolate)
+            .and_then(|w| CString::new(w.as_os_str().as_bytes()).ok());
         let plan = Arc::new(SandboxPlan {
-            workdir: program
-                .workdir
-                .as_ref()
-                .and_then(|w| CString::new(w.as_os_str().as_bytes()).ok()),
+            workdir: if bundle.is_some() {
+                CString::new(crate::program::BUNDLE_MOUNT).ok()
+            } else {
+                program
+                    .workdir
+                    .as_ref()
+                    .and_then(|w| CString::new(w.as_os_str().as_bytes()).ok())
+            },
+            bundle,
             cgroup_procs: cgroup.as_ref().map(|c| c.procs_fds()).unwrap_or_default(),
             readonly_root: spec.deployment.read_only_root_filesystem && isolate,
             user,

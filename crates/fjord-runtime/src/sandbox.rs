@@ -26,8 +26,12 @@ pub struct SandboxPlan {
     pub cgroup_procs: Vec<RawFd>,
     /// Directory bind-mounted at `/tmp` in a new mount namespace (the replica's tmpfs).
     pub private_tmp: Option<CString>,
-    /// Working directory after the mounts (the bundle); `/tmp` when `None`.
+    /// Working directory after the mounts (the bundle's mount point); `/tmp` when `None`.
     pub workdir: Option<CString>,
+    /// The function's unpacked bundle on the host, bound read-only at
+    /// [`crate::program::BUNDLE_MOUNT`] (with `private_tmp`): the function never walks the
+    /// data dir's parents, which may be private (`/root` is 0700).
+    pub bundle: Option<CString>,
     /// Remount `/` read-only in that namespace (`readOnlyRootFilesystem`).
     pub readonly_root: bool,
     /// Drop to this uid and gid, with no supplementary groups.
@@ -108,6 +112,39 @@ unsafe fn mount_secrets(m: &SecretMount) -> io::Result<()> {
             std::ptr::null(),
             libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY | flags,
             std::ptr::null(),
+        ))
+    }
+}
+
+/// The bundle's mount point, NUL-terminated for the raw syscalls.
+const BUNDLE_MOUNT: &std::ffi::CStr = c"/home/app";
+const _: () = assert!(
+    BUNDLE_MOUNT.to_bytes().len() == crate::program::BUNDLE_MOUNT.len(),
+    "BUNDLE_MOUNT and program::BUNDLE_MOUNT must name the same directory"
+);
+
+/// Binds `src` at `target`, then makes that bind read-only, nosuid and nodev (exec stays
+/// allowed: the bundle holds the function's program).
+///
+/// # Safety
+/// Called only from `pre_exec`, in a new mount namespace; raw syscalls.
+unsafe fn bind_readonly(src: &CString, target: &std::ffi::CStr) -> io::Result<()> {
+    let null = std::ptr::null();
+    // SAFETY: raw syscalls with NUL-terminated strings that outlive the calls.
+    unsafe {
+        check(libc::mount(
+            src.as_ptr(),
+            target.as_ptr(),
+            null,
+            libc::MS_BIND,
+            null.cast(),
+        ))?;
+        check(libc::mount(
+            null,
+            target.as_ptr(),
+            null,
+            libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV,
+            null.cast(),
         ))
     }
 }
@@ -270,6 +307,10 @@ impl SandboxPlan {
                 ))?;
                 if let Some(m) = &self.secrets {
                     mount_secrets(m)?;
+                }
+                if let Some(src) = &self.bundle {
+                    // Before the masks: its source may lie under a directory they hide.
+                    bind_readonly(src, BUNDLE_MOUNT)?;
                 }
                 check(libc::mount(
                     tmp.as_ptr(),
