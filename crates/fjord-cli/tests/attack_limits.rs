@@ -105,35 +105,9 @@ async fn instances_on_one_host_never_share_function_uids_and_uids_are_not_reused
     assert_ne!(ua3, ub);
 }
 
-/// Packs a fork-mode bundle whose `run.sh` prints its uid, uploads it, returns its digest.
+/// Uploads a fork-mode bundle whose `run.sh` prints its uid; returns its digest.
 async fn upload_uid_bundle(s: &Server) -> String {
-    use std::os::unix::fs::PermissionsExt;
-    let src = s.dir.tmp.path().join("bundle-src");
-    std::fs::create_dir_all(&src).unwrap();
-    let run = src.join("run.sh");
-    std::fs::write(&run, "#!/bin/sh\nid -u\n").unwrap();
-    std::fs::set_permissions(&run, std::fs::Permissions::from_mode(0o755)).unwrap();
-    fjord_bundle::Manifest {
-        name: "bun".into(),
-        language: "bash".into(),
-        fprocess: "./run.sh".into(),
-        mode: "fork".into(),
-        env: Default::default(),
-        fjord_version: String::new(),
-    }
-    .write_dir(&src)
-    .unwrap();
-    let out = s.dir.tmp.path().join("bun.tar.gz");
-    let digest = fjord_bundle::pack(&src, &out).unwrap();
-    let r = s
-        .sys(Method::PUT, &format!("/system/bundles/{}", digest.as_str()))
-        .body(std::fs::read(&out).unwrap())
-        .send()
-        .await
-        .unwrap();
-    let (st, body) = text(r).await;
-    assert!(st.is_success(), "upload: {st} {body}");
-    digest.as_str().to_string()
+    s.upload_script_bundle("bun", "#!/bin/sh\nid -u\n").await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,7 +4,8 @@
 //! answers whatever the data dir's parents allow; the CLI finds the local gateway's password
 //! or says which sources it tried; a data dir that cannot work is refused with why.
 
-use std::collections::BTreeMap;
+mod common;
+
 use std::os::unix::fs::{PermissionsExt, chown};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -172,33 +173,19 @@ impl Serve {
         let src = work.join("bundle-src");
         std::fs::create_dir_all(&src).unwrap();
         std::fs::write(src.join("greeting.txt"), "hello from the bundle").unwrap();
-        let run = src.join("run.sh");
-        std::fs::write(
-            &run,
+        let (digest, out) = common::pack_script_bundle(
+            &src,
+            "greet",
             "#!/bin/sh\necho \"$(cat greeting.txt), $(cat) (cwd $(pwd))\"\n",
-        )
-        .unwrap();
-        std::fs::set_permissions(&run, std::fs::Permissions::from_mode(0o755)).unwrap();
-        fjord_bundle::Manifest {
-            name: "greet".into(),
-            language: "bash".into(),
-            fprocess: "./run.sh".into(),
-            mode: "fork".into(),
-            env: BTreeMap::new(),
-            fjord_version: String::new(),
-        }
-        .write_dir(&src)
-        .unwrap();
-        let out = work.join("greet.tar.gz");
-        let digest = fjord_bundle::pack(&src, &out).unwrap();
+        );
         let r = self
-            .sys(Method::PUT, &format!("/system/bundles/{}", digest.as_str()))
+            .sys(Method::PUT, &format!("/system/bundles/{digest}"))
             .body(std::fs::read(&out).unwrap())
             .send()
             .await
             .unwrap();
         assert!(r.status().is_success(), "upload: {}", r.status());
-        digest.as_str().to_string()
+        digest
     }
 }
 

@@ -5,50 +5,20 @@
 
 mod common;
 
-use std::collections::BTreeMap;
-use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
 use common::{ServeOpts, Server, fjord_num, fork_fn, text};
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 
-/// Packs a fork-mode bundle running `run.sh`, uploads it and returns its digest.
-async fn upload_bundle(s: &Server, script: &str) -> String {
-    let src = s.dir.tmp.path().join("bundle-src");
-    std::fs::create_dir_all(&src).unwrap();
-    let run = src.join("run.sh");
-    std::fs::write(&run, script).unwrap();
-    std::fs::set_permissions(&run, std::fs::Permissions::from_mode(0o755)).unwrap();
-    fjord_bundle::Manifest {
-        name: "victim".into(),
-        language: "bash".into(),
-        fprocess: "./run.sh".into(),
-        mode: "fork".into(),
-        env: BTreeMap::new(),
-        fjord_version: String::new(),
-    }
-    .write_dir(&src)
-    .unwrap();
-    let out = s.dir.tmp.path().join("victim.tar.gz");
-    let digest = fjord_bundle::pack(&src, &out).unwrap();
-    let r = s
-        .sys(Method::PUT, &format!("/system/bundles/{}", digest.as_str()))
-        .body(std::fs::read(&out).unwrap())
-        .send()
-        .await
-        .unwrap();
-    let (st, body) = text(r).await;
-    assert!(st.is_success(), "upload: {st} {body}");
-    digest.as_str().to_string()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_function_cannot_read_another_functions_files_or_the_gateway_state() {
     let s = Server::start().await;
     let data = s.data_dir();
     // Something in queue.db, and a log file for the victim.
-    let digest = upload_bundle(&s, "#!/bin/sh\necho victim-code\n").await;
+    let digest = s
+        .upload_script_bundle("victim", "#!/bin/sh\necho victim-code\n")
+        .await;
     s.deploy_ready(&json!({"service": "victim", "image": digest}))
         .await;
     assert_eq!(

@@ -764,3 +764,43 @@ pub fn echo(body: &str) -> Value {
     serde_json::from_str(body)
         .unwrap_or_else(|e| panic!("function answer is not the python echo JSON ({e}): {body}"))
 }
+
+/// Packs a fork-mode bundle of `src` (created if needed) whose `./run.sh` is `script`, next
+/// to `src` as `<name>.tar.gz`; returns the digest and the archive.
+pub fn pack_script_bundle(src: &Path, name: &str, script: &str) -> (String, PathBuf) {
+    use std::os::unix::fs::PermissionsExt;
+    fs::create_dir_all(src).unwrap();
+    let run = src.join("run.sh");
+    fs::write(&run, script).unwrap();
+    fs::set_permissions(&run, fs::Permissions::from_mode(0o755)).unwrap();
+    fjord_bundle::Manifest {
+        name: name.into(),
+        language: "bash".into(),
+        fprocess: "./run.sh".into(),
+        mode: "fork".into(),
+        env: Default::default(),
+        fjord_version: String::new(),
+    }
+    .write_dir(src)
+    .unwrap();
+    let out = src.with_file_name(format!("{name}.tar.gz"));
+    let digest = fjord_bundle::pack(src, &out).unwrap();
+    (digest.as_str().to_string(), out)
+}
+
+impl Server {
+    /// Packs and uploads a fork-mode bundle running `script` ([`pack_script_bundle`]).
+    pub async fn upload_script_bundle(&self, name: &str, script: &str) -> String {
+        let (digest, out) =
+            pack_script_bundle(&self.dir.tmp.path().join("bundle-src"), name, script);
+        let r = self
+            .sys(Method::PUT, &format!("/system/bundles/{digest}"))
+            .body(fs::read(&out).unwrap())
+            .send()
+            .await
+            .unwrap();
+        let (st, body) = text(r).await;
+        assert!(st.is_success(), "upload: {st} {body}");
+        digest
+    }
+}
