@@ -58,7 +58,7 @@ impl Fixture {
             let bundles = fjord_gateway::Bundles::new(dir.path(), false).expect("bundle store");
             let (key, _) =
                 fjord_gateway::SecretKey::load_or_create(dir.path()).expect("secrets key");
-            ControlPlane::new(store, runtime, bundles, key)
+            ControlPlane::new(store, std::sync::Arc::new(runtime), bundles, key)
         });
         Self { control, dir }
     }

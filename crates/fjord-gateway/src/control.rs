@@ -10,7 +10,7 @@ use fjord_core::openfaas::{
     FjordStatus, FunctionDeployment, FunctionStatus, RolloutStatus, SecretDescription,
 };
 use fjord_core::{DEFAULT_NAMESPACE, FunctionKey, FunctionSpec};
-use fjord_runtime::{FunctionHandle, ProcessRuntime, Program, SecretFiles};
+use fjord_runtime_api::{FunctionHandle, Runtime, SecretFiles, Source};
 
 use crate::bundles::Bundles;
 use crate::metrics::{FunctionMetrics, FunctionSample};
@@ -53,7 +53,7 @@ pub enum DeployMode {
 
 pub struct ControlPlane {
     store: Store,
-    runtime: ProcessRuntime,
+    runtime: Arc<dyn Runtime>,
     bundles: Arc<Bundles>,
     secret_key: SecretKey,
     routes: ArcSwap<Routes>,
@@ -66,7 +66,7 @@ pub struct ControlPlane {
 impl ControlPlane {
     pub fn new(
         store: Store,
-        runtime: ProcessRuntime,
+        runtime: Arc<dyn Runtime>,
         bundles: Bundles,
         secret_key: SecretKey,
     ) -> Arc<Self> {
@@ -83,7 +83,7 @@ impl ControlPlane {
     /// block in the host's uid registry).
     pub fn with_uids(
         store: Store,
-        runtime: ProcessRuntime,
+        runtime: Arc<dyn Runtime>,
         bundles: Bundles,
         secret_key: SecretKey,
         uids: UidBlock,
@@ -150,7 +150,7 @@ impl ControlPlane {
             }
             // The version runs the bundle pinned when it was deployed, never what its tag
             // names today.
-            let (spec, program, pin) = match self
+            let (spec, source, pin) = match self
                 .resolve(f.deployment.clone(), f.uid, Some(&f.pin))
                 .await
             {
@@ -172,9 +172,14 @@ impl ControlPlane {
                 }
             }
             let key = spec.key.clone();
-            let (handle, generation, _done) =
-                self.runtime
-                    .apply(Arc::new(spec), program, f.replicas, f.uid);
+            let (handle, generation) = match self.runtime.apply(Arc::new(spec), source, f.replicas)
+            {
+                Ok(a) => (a.handle, a.generation),
+                Err(e) => {
+                    tracing::error!(function = %name, error = %e, "stored function cannot start");
+                    continue;
+                }
+            };
             self.set_route(
                 &key,
                 Some(Route {
@@ -204,7 +209,7 @@ impl ControlPlane {
         d: FunctionDeployment,
         uid: u32,
         pinned: Option<&Pin>,
-    ) -> Result<(FunctionSpec, Program, Pin), ApiError> {
+    ) -> Result<(FunctionSpec, Source, Pin), ApiError> {
         crate::async_calls::RetryPolicy::from_annotations(d.annotations.as_ref())
             .map_err(ApiError::BadRequest)?;
         crate::async_calls::max_inflight(d.annotations.as_ref()).map_err(ApiError::BadRequest)?;
@@ -215,25 +220,33 @@ impl ControlPlane {
             Some(Pin::NoBundle) => None,
             Some(Pin::Bundle(digest)) => Some(self.bundles.pinned(digest)?),
         };
-        let (spec, mut program) = match &bundle {
+        let (spec, source) = match &bundle {
             Some(digest) => {
                 let (dir, defaults) = self.bundles.unpack_for(digest, uid).await?;
                 let spec = FunctionSpec::from_deployment_with(d, Some(&defaults))?;
-                let program = self.runtime.prepare(&spec, Some(&dir))?;
-                (spec, program)
+                let source = Source {
+                    bundle: Some(dir),
+                    secrets,
+                    uid,
+                };
+                (spec, source)
             }
             None => {
                 let spec = FunctionSpec::from_deployment(d)?;
-                let program = self.runtime.prepare(&spec, None)?;
-                (spec, program)
+                let source = Source {
+                    bundle: None,
+                    secrets,
+                    uid,
+                };
+                (spec, source)
             }
         };
-        program.secrets = secrets;
+        self.runtime.validate(&spec, &source)?;
         let pin = match bundle {
             Some(d) => Pin::Bundle(d.as_str().to_string()),
             None => Pin::NoBundle,
         };
-        Ok((spec, program, pin))
+        Ok((spec, source, pin))
     }
 
     /// The decrypted values of the secrets a deployment names; each must exist in the
@@ -397,7 +410,7 @@ impl ControlPlane {
             Some(e) => e.uid,
             None => self.store.next_uid(self.uids.first, self.uids.last)?,
         };
-        let (spec, program, pin) = self.resolve(deployment, uid, pin.as_ref()).await?;
+        let (spec, source, pin) = self.resolve(deployment, uid, pin.as_ref()).await?;
         let replicas = match &existing {
             Some(e) => e.replicas.clamp(spec.min_replicas, spec.max_replicas),
             None => spec.min_replicas,
@@ -414,7 +427,18 @@ impl ControlPlane {
             pin: pin.clone(),
         })?;
         let new_deployment = spec.deployment.clone();
-        let (handle, generation, done) = self.runtime.apply(Arc::new(spec), program, replicas, uid);
+        let fjord_runtime_api::Applied {
+            handle,
+            generation,
+            done,
+        } = match self.runtime.apply(Arc::new(spec), source, replicas) {
+            Ok(a) => a,
+            Err(e) => {
+                // Nothing started: the store goes back to what it held.
+                self.undo_store(&key, existing.as_ref());
+                return Err(e.into());
+            }
+        };
         let metrics = self
             .lookup(&key.namespace, &key.name)
             .map(|r| r.metrics.clone())
@@ -701,6 +725,17 @@ impl ControlPlane {
         }
     }
 
+    /// Puts back what the store held before a deploy that could not start.
+    fn undo_store(&self, key: &FunctionKey, previous: Option<&StoredFunction>) {
+        let undone = match previous {
+            Some(p) => self.store.upsert(p).map(|_| ()),
+            None => self.store.delete(&key.namespace, &key.name).map(|_| ()),
+        };
+        if let Err(e) = undone {
+            tracing::error!(function = %key, error = %e, "cannot undo the stored deploy");
+        }
+    }
+
     pub fn namespaces(&self) -> Result<Vec<String>, ApiError> {
         let mut ns = self.store.namespaces()?;
         ns.push(DEFAULT_NAMESPACE.to_string());
@@ -828,7 +863,7 @@ fn status_of(route: &Route) -> FunctionStatus {
             cold_starts: route.metrics.cold_starts.load(Ordering::Relaxed),
             last_scale_reason: route.metrics.scale_reason(),
             digest: if s.rollout.generation == route.generation
-                && s.rollout.state == fjord_runtime::RolloutState::Ready
+                && s.rollout.state == fjord_runtime_api::RolloutState::Ready
             {
                 route.digest.clone()
             } else {

@@ -4,7 +4,7 @@
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use fjord_core::SpecError;
-use fjord_runtime::RuntimeError;
+use fjord_runtime_api::RuntimeError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -81,7 +81,7 @@ impl From<fjord_core::names::NameError> for ApiError {
 impl From<RuntimeError> for ApiError {
     fn from(e: RuntimeError) -> Self {
         match e {
-            RuntimeError::Program(p) => ApiError::BadRequest(p.to_string()),
+            RuntimeError::Invalid(p) => ApiError::BadRequest(p),
             RuntimeError::NotFound(n) => ApiError::NotFound(format!("function {n} not found")),
             RuntimeError::Io(e) => ApiError::Internal(format!("runtime error: {e}")),
         }

@@ -12,14 +12,15 @@ use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Response, Uri, Version, header};
 use axum::response::IntoResponse;
 use fjord_core::FunctionKey;
-use fjord_runtime::fork::{self, ForkRequest};
-use fjord_runtime::{EndpointKind, Inflight, Pick, Serving};
+use fjord_runtime_api::body::{self, PREFETCH};
+use fjord_runtime_api::{EndpointKind, InProcessRequest, Inflight, Pick, Serving};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::control::Route;
 use crate::metrics::{FunctionMetrics, now_ms};
 use http_body::{Body as HttpBody, Frame, SizeHint};
+use http_body_util::BodyExt;
 
 use crate::AppState;
 use crate::error::ApiError;
@@ -452,11 +453,12 @@ async fn forward(
                 }),
             )
         }
-        EndpointKind::Fork(slot) => {
-            let slot = slot.clone();
-            // The body first (bounded by read_timeout and fork::PREFETCH), then a process:
-            // a client that stalls after its headers must not hold a host process.
-            let body = match fork::prefetch(body, fork::PREFETCH).await {
+        EndpointKind::InProcess(replica) => {
+            let replica = replica.clone();
+            // The body first (bounded by read_timeout and PREFETCH), then a process: a
+            // client that stalls after its headers must not hold a host process.
+            let body = match body::prefetch(body.map_err(Into::into).boxed_unsync(), PREFETCH).await
+            {
                 Ok(b) => b,
                 Err(e) => {
                     return Err(read_timed_out().unwrap_or_else(|| {
@@ -469,19 +471,19 @@ async fn forward(
             let permit = app
                 .forks
                 .acquire(&handle.qualified, &route.metrics, client)?;
-            let resp = fork::invoke(
-                handle,
-                &serving,
-                &slot,
-                ForkRequest {
-                    method: &parts.method,
-                    path: sub_path,
-                    query: parts.uri.query(),
-                    headers: &parts.headers,
-                    body,
-                },
-            )
-            .await;
+            let resp = replica
+                .call(
+                    handle,
+                    &serving,
+                    InProcessRequest {
+                        method: &parts.method,
+                        path: sub_path,
+                        query: parts.uri.query(),
+                        headers: &parts.headers,
+                        body,
+                    },
+                )
+                .await;
             if let Some(e) = read_timed_out() {
                 return Err(e);
             }
@@ -577,7 +579,7 @@ async fn wait_for_replica(
     }
 }
 
-fn at_capacity(handle: &fjord_runtime::FunctionHandle) -> ApiError {
+fn at_capacity(handle: &fjord_runtime_api::FunctionHandle) -> ApiError {
     let spec = handle.spec();
     ApiError::TooManyRequests(format!(
         "function {} is at capacity: {} replica(s) (its maximum, com.openfaas.scale.max) each at max_inflight={}; retry later",
@@ -587,7 +589,7 @@ fn at_capacity(handle: &fjord_runtime::FunctionHandle) -> ApiError {
     ))
 }
 
-fn not_ready(handle: &fjord_runtime::FunctionHandle) -> ApiError {
+fn not_ready(handle: &fjord_runtime_api::FunctionHandle) -> ApiError {
     let s = handle.status();
     let why = if s.desired == 0 {
         "it is at zero replicas and none started within --ready-timeout; see GET /system/logs"

@@ -876,6 +876,8 @@ pub async fn serve(config: GatewayConfig, shutdown: CancellationToken) -> Result
         default_memory_bytes: config.default_memory_limit,
     })
     .await?;
+    // The one place the server picks its runtime.
+    let runtime: Arc<dyn fjord_runtime_api::Runtime> = Arc::new(runtime);
     let bundles = bundles::Bundles::new(data_dir, runtime.isolates()).map_err(dd_err)?;
     let control = ControlPlane::with_uids(store, runtime, bundles, secret_key, uids);
     let dispatch = Arc::new(tokio::sync::Notify::new());

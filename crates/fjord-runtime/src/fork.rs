@@ -16,123 +16,67 @@ use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, header};
 use http_body::Body;
-use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full, StreamBody};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::io::ReaderStream;
 
+use fjord_runtime_api::{BoxFuture, InProcess, InProcessBody, InProcessRequest};
+
+use crate::program::Program;
 use crate::replica::{ReplicaEnv, pump};
 use crate::{FunctionHandle, Serving};
 
 /// Output kept in memory before the response starts streaming.
 pub const STREAM_AFTER: usize = 1 << 20;
 
-/// Request body read before a process is started: a body up to this size arrives whole
-/// first, so a client that sends headers and then stalls costs a connection, never a
-/// process. A larger body starts the process once this much has arrived, and the rest
-/// streams to its stdin (the number of such processes is bounded by the gateway).
-pub const PREFETCH: usize = 64 << 10;
-
-/// A request body whose first bytes were read ahead ([`prefetch`]).
-pub struct Prefetched<B> {
-    head: Option<Bytes>,
-    rest: Option<B>,
-}
-
-impl<B> Prefetched<B> {
-    /// True when the whole body was read.
-    pub fn is_complete(&self) -> bool {
-        self.rest.is_none()
-    }
-}
-
-/// Reads `body` until it ends or `limit` bytes have arrived, whichever comes first.
-/// Errors are the body's own (the gateway's read-timeout wrapper, a client that went away).
-pub async fn prefetch<B>(mut body: B, limit: usize) -> Result<Prefetched<B>, B::Error>
-where
-    B: Body<Data = Bytes> + Unpin,
-{
-    let mut first: Option<Bytes> = None;
-    let mut buf = BytesMut::new();
-    loop {
-        let len = first.as_ref().map_or(0, Bytes::len) + buf.len();
-        if len >= limit {
-            break;
-        }
-        let Some(frame) = body.frame().await else {
-            let head = match first {
-                Some(f) if buf.is_empty() => Some(f),
-                _ => Some(buf.freeze()),
-            };
-            return Ok(Prefetched { head, rest: None });
-        };
-        let Ok(data) = frame?.into_data() else {
-            continue;
-        };
-        // The common single-frame body is kept as is, without a copy.
-        match &first {
-            None if buf.is_empty() => first = Some(data),
-            _ => {
-                if let Some(f) = first.take() {
-                    buf.extend_from_slice(&f);
-                }
-                buf.extend_from_slice(&data);
-            }
-        }
-    }
-    let head = match first {
-        Some(f) if buf.is_empty() => Some(f),
-        _ => Some(buf.freeze()),
-    };
-    Ok(Prefetched {
-        head,
-        rest: Some(body),
-    })
-}
-
-impl<B> Body for Prefetched<B>
-where
-    B: Body<Data = Bytes> + Unpin,
-{
-    type Data = Bytes;
-    type Error = B::Error;
-
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
-        if let Some(h) = self.head.take().filter(|h| !h.is_empty()) {
-            return std::task::Poll::Ready(Some(Ok(http_body::Frame::data(h))));
-        }
-        match self.rest.as_mut() {
-            Some(rest) => std::pin::Pin::new(rest).poll_frame(cx),
-            None => std::task::Poll::Ready(None),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.head.as_ref().is_none_or(Bytes::is_empty)
-            && self.rest.as_ref().is_none_or(Body::is_end_stream)
-    }
-}
+pub use fjord_runtime_api::body::{PREFETCH, Prefetched, prefetch};
 
 /// The response body of a fork-mode call.
-pub type ForkBody = UnsyncBoxBody<Bytes, std::io::Error>;
+pub type ForkBody = InProcessBody;
 
 /// A fork-mode replica: the sandbox every request's process runs in.
 pub struct ForkSlot {
     env: Arc<ReplicaEnv>,
     base_env: Vec<(OsString, OsString)>,
+    /// The program of the replica's version.
+    program: Arc<Program>,
     ooms_seen: AtomicU64,
 }
 
 impl ForkSlot {
-    pub(crate) fn new(env: Arc<ReplicaEnv>, base_env: Vec<(OsString, OsString)>) -> Self {
+    pub(crate) fn new(
+        env: Arc<ReplicaEnv>,
+        base_env: Vec<(OsString, OsString)>,
+        program: Arc<Program>,
+    ) -> Self {
         Self {
             env,
             base_env,
+            program,
             ooms_seen: AtomicU64::new(0),
         }
+    }
+}
+
+impl InProcess for ForkSlot {
+    fn call<'a>(
+        &'a self,
+        handle: &'a FunctionHandle,
+        serving: &'a Serving,
+        req: InProcessRequest<'a>,
+    ) -> BoxFuture<'a, Response<InProcessBody>> {
+        Box::pin(invoke(
+            handle,
+            serving,
+            self,
+            ForkRequest {
+                method: req.method,
+                path: req.path,
+                query: req.query,
+                headers: req.headers,
+                body: req.body,
+            },
+        ))
     }
 }
 
@@ -235,7 +179,7 @@ where
     let started = Instant::now();
     let instance = &slot.env.id;
 
-    let mut cmd = slot.env.command(&serving.program, &slot.base_env);
+    let mut cmd = slot.env.command(&slot.program, &slot.base_env);
     if wd.cgi_headers {
         cmd.envs(cgi_env(&req));
     }
@@ -273,7 +217,7 @@ where
     let mut child = match spawned {
         Ok(c) => c,
         Err(e) => {
-            let msg = format!("cannot start {}: {e}", serving.program.path.display());
+            let msg = format!("cannot start {}: {e}", slot.program.path.display());
             handle.logs.push(instance, &format!("fjord: {msg}"));
             return text(StatusCode::INTERNAL_SERVER_ERROR, format!("{msg}\n"));
         }

@@ -10,7 +10,6 @@
 
 pub mod cgroup;
 pub mod fork;
-pub mod logs;
 mod masks;
 pub mod netns;
 pub mod program;
@@ -22,19 +21,21 @@ pub mod secrets;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use fjord_core::{FunctionKey, FunctionSpec};
-use tokio::sync::{Notify, mpsc, oneshot};
+use fjord_runtime_api::{Applied, BoxFuture};
+use tokio::sync::{mpsc, oneshot};
 
+pub use fjord_runtime_api::{
+    Endpoint, EndpointKind, FunctionHandle, Inflight, Pick, ReplicaStatus, Rollout, RolloutResult,
+    RolloutState, Runtime, RuntimeError, SecretFiles, Serving, Source, logs,
+};
 pub use program::{Program, ProgramError};
-pub use secrets::{SECRETS_DIR_ENV, SECRETS_MOUNT, SecretFiles};
+pub use secrets::{SECRETS_DIR_ENV, SECRETS_MOUNT};
 
 use crate::cgroup::CgroupRoot;
-use crate::fork::ForkSlot;
 use crate::logs::LogBook;
 
 /// Settings of the process runtime.
@@ -178,265 +179,31 @@ impl Shared {
     }
 }
 
-/// Where requests for one ready replica go.
-pub enum EndpointKind {
-    /// An http-mode replica: `n<netns id>:port` (its port on the loopback of its function's
-    /// network namespace, see [`netns::connect`]), or `127.0.0.1:port` without namespaces.
-    Http { authority: http::uri::Authority },
-    /// A fork-mode slot.
-    Fork(Arc<ForkSlot>),
-}
-
-/// A ready replica as the gateway sees it.
-pub struct Endpoint {
-    pub replica: Arc<str>,
-    pub kind: EndpointKind,
-    inflight: AtomicUsize,
-    sandbox: Arc<replica::ReplicaEnv>,
-}
-
-impl Endpoint {
-    pub(crate) fn new(
-        replica: Arc<str>,
-        kind: EndpointKind,
-        sandbox: Arc<replica::ReplicaEnv>,
-    ) -> Self {
-        Self {
-            replica,
-            kind,
-            inflight: AtomicUsize::new(0),
-            sandbox,
-        }
-    }
-
-    /// CPU time the replica used so far (ns), when cgroups are available.
-    pub fn cpu_usage_ns(&self) -> Option<u64> {
-        self.sandbox.cgroup.as_ref().and_then(|c| c.cpu_usage_ns())
-    }
-
-    pub fn inflight(&self) -> usize {
-        self.inflight.load(Ordering::Relaxed)
-    }
-}
-
-/// Counts a request as in flight on its replica until dropped.
-pub struct Inflight(Arc<Endpoint>);
-
-impl Inflight {
-    pub fn endpoint(&self) -> &Endpoint {
-        &self.0
-    }
-}
-
-impl Drop for Inflight {
-    fn drop(&mut self) {
-        self.0.inflight.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-/// The version of a function that takes traffic, and its ready replicas.
-pub struct Serving {
-    pub spec: Arc<FunctionSpec>,
-    pub program: Arc<Program>,
-    pub endpoints: Vec<Arc<Endpoint>>,
-}
-
-/// A function's runtime state, shared by the reconciler (writer) and the gateway (reader).
-pub struct FunctionHandle {
-    pub key: FunctionKey,
-    /// `name.namespace`, for logs and metrics.
-    pub qualified: Arc<str>,
-    pub logs: Arc<LogBook>,
-    serving: ArcSwap<Serving>,
-    ready: Notify,
-    next: AtomicUsize,
-    desired: AtomicU64,
-    restarts: AtomicU64,
-    oom_kills: AtomicU64,
-    last_error: Mutex<Option<String>>,
-    /// Generations handed out by [`ProcessRuntime::apply`] (one per deploy).
-    generations: AtomicU64,
-    /// The latest deploy's progress (status API only, never the invoke path).
-    rollout: Mutex<Rollout>,
+/// What the process runtime keeps per function besides its handle.
+pub(crate) struct ProcessFunction {
+    pub handle: Arc<FunctionHandle>,
     commands: mpsc::UnboundedSender<reconcile::Command>,
-    /// The function's network namespace, made when its first replica starts and kept (no
-    /// process) while the function exists.
-    netns: tokio::sync::OnceCell<Arc<netns::NetNs>>,
-    /// `--default-memory-limit`, for functions without `limits.memory`.
-    default_memory: Option<u64>,
 }
 
-/// A function's replica counts and health, for the status API.
-#[derive(Debug, Clone)]
-pub struct ReplicaStatus {
-    pub spec: Arc<FunctionSpec>,
-    pub desired: u64,
-    pub available: u64,
-    pub restarts: u64,
-    pub oom_kills: u64,
-    pub last_error: Option<String>,
-    /// The memory limit enforced: `limits.memory`, else the server's default.
-    pub memory_limit_bytes: Option<u64>,
-    pub rollout: Rollout,
-}
-
-/// How far a deploy (one generation of replicas) got.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum RolloutState {
-    #[default]
-    Progressing,
-    /// All its replicas were ready and it took the traffic.
-    Ready,
-    /// An update that was rolled back, or a first deploy whose replica crash-loops.
-    Failed,
-}
-
-impl RolloutState {
-    pub fn name(self) -> &'static str {
-        match self {
-            RolloutState::Progressing => "progressing",
-            RolloutState::Ready => "ready",
-            RolloutState::Failed => "failed",
-        }
+impl fjord_runtime_api::CpuProbe for replica::ReplicaEnv {
+    fn cpu_usage_ns(&self) -> Option<u64> {
+        self.cgroup.as_ref().and_then(|c| c.cpu_usage_ns())
     }
 }
 
-/// The latest deploy of a function.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Rollout {
-    pub generation: u64,
-    pub state: RolloutState,
-    /// Replicas of that generation, and how many are ready.
-    pub replicas: u64,
-    pub ready: u64,
-    pub message: Option<String>,
-    pub failed_replica: Option<String>,
-}
+/// A function's network namespace, made when its first replica starts and kept (no
+/// process) while the function exists.
+#[derive(Default)]
+pub(crate) struct FunctionNet(tokio::sync::OnceCell<Arc<netns::NetNs>>);
 
-/// The outcome of [`FunctionHandle::pick_within`].
-pub enum Pick {
-    Ready(Arc<Serving>, Inflight),
-    /// Every ready replica already has `max_inflight` requests.
-    Saturated,
-    /// No replica is ready.
-    NoneReady,
-}
-
-impl FunctionHandle {
-    /// Like [`pick`](Self::pick), but a replica with the function's `max_inflight` requests
-    /// in flight takes no more (the watchdogs' `max_inflight`).
-    pub fn pick_within(&self) -> Pick {
-        match self.pick() {
-            None => Pick::NoneReady,
-            Some((serving, inflight)) => match serving.spec.watchdog.max_inflight {
-                // `pick` counted this request already.
-                Some(max) if inflight.endpoint().inflight() as u64 > max => Pick::Saturated,
-                _ => Pick::Ready(serving, inflight),
-            },
-        }
-    }
-
-    /// Desired replicas.
-    pub fn desired(&self) -> u64 {
-        self.desired.load(Ordering::Relaxed)
-    }
-
-    /// CPU time used so far by the ready replicas, in ns (`None` without cgroups).
-    pub fn cpu_usage_ns(&self) -> Option<u64> {
-        let serving = self.serving.load();
-        let mut total = None;
-        for e in &serving.endpoints {
-            if let Some(ns) = e.cpu_usage_ns() {
-                total = Some(total.unwrap_or(0) + ns);
-            }
-        }
-        total
-    }
-
-    /// Picks the ready replica with the fewest requests in flight (ties broken round-robin,
-    /// so keep-alive connections do not pin traffic to one replica).
-    pub fn pick(&self) -> Option<(Arc<Serving>, Inflight)> {
-        let serving = self.serving.load_full();
-        let n = serving.endpoints.len();
-        if n == 0 {
-            return None;
-        }
-        let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
-        let mut best = start;
-        let mut best_load = serving.endpoints[start].inflight();
-        for i in 1..n {
-            let j = (start + i) % n;
-            let load = serving.endpoints[j].inflight();
-            if load < best_load {
-                best = j;
-                best_load = load;
-            }
-        }
-        let ep = serving.endpoints[best].clone();
-        ep.inflight.fetch_add(1, Ordering::Relaxed);
-        Some((serving, Inflight(ep)))
-    }
-
-    /// Waits until a replica is ready, up to `timeout`; false if none became ready or the
-    /// function wants no replicas.
-    pub async fn wait_ready(&self, timeout: Duration) -> bool {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            let notified = self.ready.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if !self.serving.load().endpoints.is_empty() {
-                return true;
-            }
-            if self.desired.load(Ordering::Relaxed) == 0 {
-                return false;
-            }
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                return false;
-            }
-        }
-    }
-
-    pub fn spec(&self) -> Arc<FunctionSpec> {
-        self.serving.load().spec.clone()
-    }
-
-    pub fn status(&self) -> ReplicaStatus {
-        let serving = self.serving.load();
-        ReplicaStatus {
-            spec: serving.spec.clone(),
-            desired: self.desired.load(Ordering::Relaxed),
-            available: serving.endpoints.len() as u64,
-            restarts: self.restarts.load(Ordering::Relaxed),
-            oom_kills: self.oom_kills.load(Ordering::Relaxed),
-            memory_limit_bytes: serving.spec.memory_limit_bytes.or(self.default_memory),
-            rollout: self.rollout().clone(),
-            last_error: self
-                .last_error
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone(),
-        }
-    }
-
-    pub(crate) fn rollout(&self) -> std::sync::MutexGuard<'_, Rollout> {
-        self.rollout.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    pub(crate) fn set_last_error(&self, e: Option<String>) {
-        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = e;
-    }
-
+impl FunctionNet {
     /// The function's network namespace (made on first use); `None` without namespaces.
-    pub(crate) async fn netns(
-        &self,
-        shared: &Shared,
-    ) -> std::io::Result<Option<Arc<netns::NetNs>>> {
+    pub(crate) async fn get(&self, shared: &Shared) -> std::io::Result<Option<Arc<netns::NetNs>>> {
         let Some(pool) = shared.sandbox.net.clone() else {
             return Ok(None);
         };
         let ns = self
-            .netns
+            .0
             .get_or_try_init(|| async move {
                 tokio::task::spawn_blocking(move || pool.create())
                     .await
@@ -445,52 +212,12 @@ impl FunctionHandle {
             .await?;
         Ok(Some(ns.clone()))
     }
-
-    /// Numbers a new deploy and marks it progressing before the reconciler sees it, so a
-    /// client polling right after the deploy never reads the previous one's state.
-    fn begin_rollout(&self, replicas: u64) -> u64 {
-        let generation = self.generations.fetch_add(1, Ordering::Relaxed) + 1;
-        *self.rollout() = Rollout {
-            generation,
-            replicas,
-            ..Rollout::default()
-        };
-        generation
-    }
-
-    /// Marks the update `generation` failed, once its caller has rolled back what it stored
-    /// (the reconciler has already stopped its replicas).
-    pub fn rolled_back(&self, generation: u64) {
-        let mut r = self.rollout();
-        if r.generation == generation {
-            r.state = RolloutState::Failed;
-        }
-    }
-
-    pub(crate) fn count_oom_kill(&self) {
-        self.oom_kills.fetch_add(1, Ordering::Relaxed);
-    }
 }
-
-/// Errors from the runtime's control operations.
-#[derive(Debug, thiserror::Error)]
-pub enum RuntimeError {
-    #[error(transparent)]
-    Program(#[from] ProgramError),
-    #[error("function {0} is not deployed")]
-    NotFound(String),
-    #[error("{0}")]
-    Io(#[from] std::io::Error),
-}
-
-/// The outcome of an update's rollout: `Err` carries the reason the new version never
-/// became ready (the previous version keeps serving).
-pub type RolloutResult = Result<(), String>;
 
 /// The embedded process runtime.
 pub struct ProcessRuntime {
     shared: Arc<Shared>,
-    functions: Mutex<HashMap<FunctionKey, Arc<FunctionHandle>>>,
+    functions: Mutex<HashMap<FunctionKey, ProcessFunction>>,
 }
 
 impl ProcessRuntime {
@@ -587,113 +314,38 @@ impl ProcessRuntime {
         })
     }
 
-    /// Whether functions run sandboxed (own uid, private /tmp).
-    pub fn isolates(&self) -> bool {
-        self.shared.sandbox.isolate
-    }
-
-    /// Checks that a spec can run here (its program exists and is reachable), before anything
-    /// is stored or started. `bundle`: the unpacked bundle it runs from, if any.
-    pub fn prepare(
+    fn get_function(
         &self,
-        spec: &FunctionSpec,
-        bundle: Option<&std::path::Path>,
-    ) -> Result<Program, RuntimeError> {
-        Ok(program::resolve(spec, self.shared.sandbox.isolate, bundle)?)
-    }
-
-    /// Starts a new function, or rolls an existing one to `spec` without downtime.
-    /// Returns the function's handle, the deploy's generation (see [`Rollout`]) and a
-    /// receiver for the rollout's outcome.
-    pub fn apply(
-        &self,
-        spec: Arc<FunctionSpec>,
-        program: Program,
-        replicas: u64,
-        uid: u32,
-    ) -> (Arc<FunctionHandle>, u64, oneshot::Receiver<RolloutResult>) {
-        let (done_tx, done_rx) = oneshot::channel();
-        let mut functions = self.functions.lock().unwrap_or_else(|p| p.into_inner());
-        let program = Arc::new(program);
-        if let Some(h) = functions.get(&spec.key) {
-            let generation = h.begin_rollout(replicas);
-            let _ = h.commands.send(reconcile::Command::Apply {
-                spec,
-                program,
-                replicas,
-                generation,
-                done: done_tx,
-            });
-            return (h.clone(), generation, done_rx);
-        }
-        let (tx, rx) = mpsc::unbounded_channel();
-        let key = spec.key.clone();
-        let logs = Arc::new(LogBook::new(Some(logs::log_path(
-            &self.shared.config.data_dir,
-            &key.namespace,
-            &key.name,
-        ))));
-        let handle = Arc::new(FunctionHandle {
-            qualified: Arc::from(key.to_string()),
-            key: key.clone(),
-            logs,
-            serving: ArcSwap::from_pointee(Serving {
-                spec: spec.clone(),
-                program: program.clone(),
-                endpoints: Vec::new(),
-            }),
-            ready: Notify::new(),
-            next: AtomicUsize::new(0),
-            desired: AtomicU64::new(replicas),
-            restarts: AtomicU64::new(0),
-            oom_kills: AtomicU64::new(0),
-            last_error: Mutex::new(None),
-            generations: AtomicU64::new(0),
-            rollout: Mutex::new(Rollout::default()),
-            commands: tx,
-            netns: tokio::sync::OnceCell::new(),
-            // Shown only where it is enforced.
-            default_memory: self
-                .shared
-                .sandbox
-                .cgroups
-                .as_ref()
-                .and(self.shared.config.default_memory_bytes),
-        });
-        let generation = handle.begin_rollout(replicas);
-        let _ = handle.commands.send(reconcile::Command::Apply {
-            spec,
-            program,
-            replicas,
-            generation,
-            done: done_tx,
-        });
-        reconcile::spawn(handle.clone(), self.shared.clone(), uid, rx);
-        functions.insert(key, handle.clone());
-        (handle, generation, done_rx)
-    }
-
-    /// Sets the desired replica count.
-    pub fn scale(&self, key: &FunctionKey, replicas: u64) -> Result<(), RuntimeError> {
-        let h = self
+        key: &FunctionKey,
+    ) -> Option<(
+        Arc<FunctionHandle>,
+        mpsc::UnboundedSender<reconcile::Command>,
+    )> {
+        self.functions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
             .get(key)
-            .ok_or_else(|| RuntimeError::NotFound(key.to_string()))?;
-        h.desired.store(replicas, Ordering::Relaxed);
-        let _ = h.commands.send(reconcile::Command::Scale(replicas));
-        Ok(())
+            .map(|f| (f.handle.clone(), f.commands.clone()))
     }
 
-    /// Stops and forgets a function (its log files too). Returns once its replicas stopped.
-    pub async fn remove(&self, key: &FunctionKey) -> Result<(), RuntimeError> {
-        let h = self
+    fn program(&self, spec: &FunctionSpec, source: &Source) -> Result<Program, RuntimeError> {
+        let mut program =
+            program::resolve(spec, self.shared.sandbox.isolate, source.bundle.as_deref())
+                .map_err(|e| RuntimeError::Invalid(e.to_string()))?;
+        program.secrets = source.secrets.clone();
+        Ok(program)
+    }
+
+    async fn remove_function(&self, key: &FunctionKey) -> Result<(), RuntimeError> {
+        let f = self
             .functions
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(key)
             .ok_or_else(|| RuntimeError::NotFound(key.to_string()))?;
-        h.desired.store(0, Ordering::Relaxed);
+        f.handle.set_desired(0);
         let (tx, rx) = oneshot::channel();
-        let _ = h.commands.send(reconcile::Command::Stop {
+        let _ = f.commands.send(reconcile::Command::Stop {
             remove: true,
             done: tx,
         });
@@ -701,27 +353,18 @@ impl ProcessRuntime {
         Ok(())
     }
 
-    pub fn get(&self, key: &FunctionKey) -> Option<Arc<FunctionHandle>> {
-        self.functions
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(key)
-            .cloned()
-    }
-
-    /// Stops every replica (graceful shutdown of `fjord serve`); state stays stored.
-    pub async fn shutdown(&self) {
-        let handles: Vec<_> = self
+    async fn stop_all(&self) {
+        let functions: Vec<_> = self
             .functions
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .drain()
-            .map(|(_, h)| h)
+            .map(|(_, f)| f)
             .collect();
         let mut waits = Vec::new();
-        for h in handles {
+        for f in functions {
             let (tx, rx) = oneshot::channel();
-            let _ = h.commands.send(reconcile::Command::Stop {
+            let _ = f.commands.send(reconcile::Command::Stop {
                 remove: false,
                 done: tx,
             });
@@ -742,6 +385,112 @@ impl ProcessRuntime {
         if let Some(net) = &self.shared.sandbox.net {
             net.remove_rules();
         }
+    }
+}
+
+impl Runtime for ProcessRuntime {
+    fn name(&self) -> &'static str {
+        "process"
+    }
+
+    /// Whether functions run sandboxed (own uid, private /tmp).
+    fn isolates(&self) -> bool {
+        self.shared.sandbox.isolate
+    }
+
+    /// Checks that the program exists and is reachable (by the function's uid when
+    /// sandboxed).
+    fn validate(&self, spec: &FunctionSpec, source: &Source) -> Result<(), RuntimeError> {
+        self.program(spec, source).map(|_| ())
+    }
+
+    fn apply(
+        &self,
+        spec: Arc<FunctionSpec>,
+        source: Source,
+        replicas: u64,
+    ) -> Result<Applied, RuntimeError> {
+        let program = Arc::new(self.program(&spec, &source)?);
+        let (done_tx, done) = oneshot::channel();
+        let mut functions = self.functions.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(f) = functions.get(&spec.key) {
+            let generation = f.handle.begin_rollout(replicas);
+            let _ = f.commands.send(reconcile::Command::Apply {
+                spec,
+                program,
+                replicas,
+                generation,
+                done: done_tx,
+            });
+            return Ok(Applied {
+                handle: f.handle.clone(),
+                generation,
+                done,
+            });
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        let key = spec.key.clone();
+        let logs = Arc::new(LogBook::new(Some(logs::log_path(
+            &self.shared.config.data_dir,
+            &key.namespace,
+            &key.name,
+        ))));
+        // Shown only where it is enforced.
+        let default_memory = self
+            .shared
+            .sandbox
+            .cgroups
+            .as_ref()
+            .and(self.shared.config.default_memory_bytes);
+        let handle = Arc::new(FunctionHandle::new(
+            spec.clone(),
+            replicas,
+            logs,
+            "process",
+            default_memory,
+        ));
+        let generation = handle.begin_rollout(replicas);
+        let _ = tx.send(reconcile::Command::Apply {
+            spec,
+            program,
+            replicas,
+            generation,
+            done: done_tx,
+        });
+        reconcile::spawn(handle.clone(), self.shared.clone(), source.uid, rx);
+        functions.insert(
+            key,
+            ProcessFunction {
+                handle: handle.clone(),
+                commands: tx,
+            },
+        );
+        Ok(Applied {
+            handle,
+            generation,
+            done,
+        })
+    }
+
+    fn scale(&self, key: &FunctionKey, replicas: u64) -> Result<(), RuntimeError> {
+        let (h, commands) = self
+            .get_function(key)
+            .ok_or_else(|| RuntimeError::NotFound(key.to_string()))?;
+        h.set_desired(replicas);
+        let _ = commands.send(reconcile::Command::Scale(replicas));
+        Ok(())
+    }
+
+    fn remove<'a>(&'a self, key: &'a FunctionKey) -> BoxFuture<'a, Result<(), RuntimeError>> {
+        Box::pin(self.remove_function(key))
+    }
+
+    fn get(&self, key: &FunctionKey) -> Option<Arc<FunctionHandle>> {
+        self.get_function(key).map(|(h, _)| h)
+    }
+
+    fn shutdown(&self) -> BoxFuture<'_, ()> {
+        Box::pin(self.stop_all())
     }
 }
 

@@ -2,7 +2,6 @@
 //! and publishes the ready ones to the gateway's snapshot.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use fjord_core::FunctionSpec;
@@ -76,6 +75,8 @@ struct Reconciler {
     handle: Arc<FunctionHandle>,
     shared: Arc<Shared>,
     uid: u32,
+    /// The function's network namespace, shared by its replicas.
+    net: Arc<crate::FunctionNet>,
     current: Option<Generation>,
     pending: Option<Pending>,
     events_tx: mpsc::UnboundedSender<Event>,
@@ -93,6 +94,7 @@ pub(crate) fn spawn(
         handle,
         shared,
         uid,
+        net: Arc::default(),
         current: None,
         pending: None,
         events_tx,
@@ -163,7 +165,7 @@ impl Reconciler {
     }
 
     fn desired(&self) -> u64 {
-        self.handle.desired.load(Ordering::Relaxed)
+        self.handle.desired()
     }
 
     fn start_replica(&self, generation: &Generation) -> Replica {
@@ -181,6 +183,7 @@ impl Reconciler {
             generation: generation.id,
             id: id.clone(),
             uid: self.uid,
+            net: self.net.clone(),
             events: self.events_tx.clone(),
             stop: stop.clone(),
         }));
@@ -220,7 +223,7 @@ impl Reconciler {
         generation: u64,
         done: oneshot::Sender<RolloutResult>,
     ) {
-        self.handle.desired.store(replicas, Ordering::Relaxed);
+        self.handle.set_desired(replicas);
         self.handle.logs.set_report_requests(
             spec.deployment
                 .annotations
@@ -252,7 +255,7 @@ impl Reconciler {
     }
 
     fn scale(&mut self, n: u64) {
-        self.handle.desired.store(n, Ordering::Relaxed);
+        self.handle.set_desired(n);
         if let Some(mut g) = self.current.take() {
             self.resize(&mut g, n, true);
             self.current = Some(g);
@@ -261,9 +264,9 @@ impl Reconciler {
             self.resize(&mut p.generation, n, false);
             self.pending = Some(p);
         }
+        // Publishing also wakes requests waiting for a replica, so they fail fast when
+        // scaled to zero.
         self.publish();
-        // Wake requests waiting for a replica, so they fail fast when scaled to zero.
-        self.handle.ready.notify_waiters();
         self.maybe_promote();
     }
 
@@ -359,15 +362,10 @@ impl Reconciler {
             .iter()
             .filter_map(|r| r.endpoint.clone())
             .collect();
-        let any = !endpoints.is_empty();
-        self.handle.serving.store(Arc::new(Serving {
+        self.handle.publish(Serving {
             spec: g.spec.clone(),
-            program: g.program.clone(),
             endpoints,
-        }));
-        if any {
-            self.handle.ready.notify_waiters();
-        }
+        });
     }
 
     /// Shifts traffic to the pending generation once all its replicas are ready.
@@ -420,9 +418,7 @@ impl Reconciler {
             .push(&Arc::from("fjord"), &format!("fjord: {msg}"));
         self.handle.set_last_error(Some(msg.clone()));
         if let Some(cur) = &self.current {
-            self.handle
-                .desired
-                .store(cur.replicas.len() as u64, Ordering::Relaxed);
+            self.handle.set_desired(cur.replicas.len() as u64);
         }
         if let Some(d) = p.done.take() {
             let _ = d.send(Err(msg));
@@ -439,13 +435,10 @@ impl Reconciler {
             replicas.extend(p.generation.replicas);
         }
         let spec = self.handle.spec();
-        let program = self.handle.serving.load().program.clone();
-        self.handle.serving.store(Arc::new(Serving {
+        self.handle.publish(Serving {
             spec,
-            program,
             endpoints: Vec::new(),
-        }));
-        self.handle.ready.notify_waiters();
+        });
         for r in &replicas {
             r.stop.cancel();
         }

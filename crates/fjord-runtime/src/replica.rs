@@ -257,6 +257,7 @@ pub(crate) struct ReplicaArgs {
     pub generation: u64,
     pub id: Arc<str>,
     pub uid: u32,
+    pub net: Arc<crate::FunctionNet>,
     pub events: mpsc::UnboundedSender<Event>,
     pub stop: CancellationToken,
 }
@@ -281,7 +282,7 @@ impl ReplicaArgs {
         let _ = self.events.send(Event::Ready {
             generation: self.generation,
             id: self.id.clone(),
-            endpoint: Arc::new(Endpoint::new(self.id.clone(), kind, env.clone())),
+            endpoint: Arc::new(Endpoint::new(self.id.clone(), kind, Some(env.clone()))),
         });
     }
 }
@@ -289,7 +290,7 @@ impl ReplicaArgs {
 /// Runs a replica until `stop` is cancelled.
 pub(crate) async fn run(args: ReplicaArgs) {
     let t0 = Instant::now();
-    let netns = match args.handle.netns(&args.shared).await {
+    let netns = match args.net.get(&args.shared).await {
         Ok(n) => n,
         Err(e) => {
             let reason = format!("cannot create the function's network namespace: {e}");
@@ -321,8 +322,8 @@ pub(crate) async fn run(args: ReplicaArgs) {
         InvokeMode::Fork => {
             let mut base_env = program::base_env(&args.spec, &args.id, env.home(), None);
             base_env.extend(env.secrets_env());
-            let slot = Arc::new(ForkSlot::new(env.clone(), base_env));
-            args.ready(EndpointKind::Fork(slot), &env);
+            let slot = Arc::new(ForkSlot::new(env.clone(), base_env, args.program.clone()));
+            args.ready(EndpointKind::InProcess(slot), &env);
             args.stop.cancelled().await;
         }
         InvokeMode::Http { upstream_port } => {
@@ -390,9 +391,7 @@ async fn supervise_http(args: &ReplicaArgs, env: &Arc<ReplicaEnv>, port: u16) {
                         "OOMKilled: used more memory than limits.memory ({limit}) and was killed"
                     );
                 }
-                args.handle
-                    .restarts
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                args.handle.count_restart();
                 if started.elapsed() > BACKOFF_RESET_AFTER {
                     backoff = BACKOFF_START;
                 }

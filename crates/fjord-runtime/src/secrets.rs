@@ -19,32 +19,7 @@ pub const SECRETS_MOUNT: &str = "/var/openfaas/secrets";
 /// functions that have secrets).
 pub const SECRETS_DIR_ENV: &str = "FJORD_SECRETS_DIR";
 
-/// Decrypted secret values for a function's replicas. `Debug` shows names only.
-#[derive(Clone, Default, PartialEq)]
-pub struct SecretFiles(Vec<(String, Arc<Zeroizing<Vec<u8>>>)>);
-
-impl std::fmt::Debug for SecretFiles {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_list()
-            .entries(self.0.iter().map(|(n, _)| n))
-            .finish()
-    }
-}
-
-impl SecretFiles {
-    /// `name` must already be a valid file name (the gateway validates secret names).
-    pub fn push(&mut self, name: String, value: Zeroizing<Vec<u8>>) {
-        self.0.push((name, Arc::new(value)));
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-
-    pub fn names(&self) -> impl Iterator<Item = &str> {
-        self.0.iter().map(|(n, _)| n.as_str())
-    }
-}
+pub use fjord_runtime_api::SecretFiles;
 
 /// What the sandbox needs to build the secrets tmpfs in a child, prepared before the fork.
 pub(crate) struct SecretMount {
@@ -74,8 +49,8 @@ impl SecretMount {
             return Ok(None);
         }
         let mut size = 64 << 10;
-        let mut files = Vec::with_capacity(secrets.0.len());
-        for (name, value) in &secrets.0 {
+        let mut files = Vec::with_capacity(secrets.names().count());
+        for (name, value) in secrets.iter() {
             size += value.len().div_ceil(4096) * 4096 + 4096;
             let path =
                 CString::new(format!("{SECRETS_MOUNT}/{name}")).map_err(std::io::Error::other)?;
@@ -114,7 +89,7 @@ pub(crate) fn write_private_dir(
     };
     // `create`, not `create_all`: a directory someone else made first is refused.
     std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
-    for (name, value) in &secrets.0 {
+    for (name, value) in secrets.iter() {
         let mut f = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)

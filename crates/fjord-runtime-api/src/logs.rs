@@ -98,7 +98,7 @@ impl LogBook {
             .load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    pub(crate) fn set_report_requests(&self, on: bool) {
+    pub fn set_report_requests(&self, on: bool) {
         self.report_requests
             .store(on, std::sync::atomic::Ordering::Relaxed);
     }
