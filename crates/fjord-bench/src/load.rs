@@ -27,6 +27,37 @@ pub struct Target {
     pub netns: Option<std::sync::Arc<std::fs::File>>,
 }
 
+impl Target {
+    /// Plain GETs of `path` at `addr`, from this network namespace.
+    pub fn new(addr: SocketAddr, path: &str) -> Self {
+        Self {
+            addr,
+            path: path.into(),
+            body: None,
+            tls: None,
+            netns: None,
+        }
+    }
+
+    /// POSTs of `body` instead of GETs.
+    pub fn with_body(mut self, body: Bytes) -> Self {
+        self.body = Some(body);
+        self
+    }
+
+    /// Over HTTPS with this client configuration.
+    pub fn with_tls(mut self, tls: std::sync::Arc<rustls::ClientConfig>) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// Connecting from inside this network namespace, when there is one.
+    pub fn in_netns(mut self, netns: Option<std::sync::Arc<std::fs::File>>) -> Self {
+        self.netns = netns;
+        self
+    }
+}
+
 /// A TCP connection to `addr`, made from inside `netns` when given: the socket is created
 /// while this thread is in that namespace, and keeps it.
 pub async fn tcp_connect(

@@ -2,11 +2,16 @@
 //! http-mode function (`function`). `scripts/bench` is the one command that uses them.
 
 mod ab;
+mod figure;
+mod fixtures;
 mod function;
 mod load;
+mod measure;
 mod procs;
 mod report;
 mod run;
+mod scenarios;
+mod stats;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -46,7 +51,7 @@ enum Command {
         #[arg(long, default_value = "scripts/bench")]
         command_line: String,
         /// Run one scenario alone and print its figures, without writing the report
-        /// (`async`, `tls`, or `ab`: this binary against --baseline-fjord)
+        /// (`async`, `tls`, `fork`, `scale`, or `ab`: this binary against --baseline-fjord)
         #[arg(long)]
         only: Option<String>,
         /// With `--only ab`: the fjord binary to compare with (e.g. built from the previous
@@ -93,13 +98,10 @@ fn main() -> ExitCode {
                 .await?
                 .next()
                 .ok_or_else(|| anyhow::anyhow!("cannot resolve {authority}"))?;
-            let target = load::Target {
-                addr,
-                path: path.to_string(),
-                body: body.map(bytes::Bytes::from),
-                tls: None,
-                netns: None,
-            };
+            let mut target = load::Target::new(addr, path);
+            if let Some(body) = body {
+                target = target.with_body(bytes::Bytes::from(body));
+            }
             let r = load::run(&target, connections, Duration::from_millis(500), duration).await?;
             println!(
                 "{:.0} req/s, {} ok, {} errors; latency µs p50 {} p90 {} p99 {} p99.9 {} max {}",
