@@ -87,33 +87,12 @@ fn main() -> ExitCode {
             duration,
             body,
         } => block_on(async move {
-            let rest = url
-                .strip_prefix("http://")
-                .ok_or_else(|| anyhow::anyhow!("only http:// URLs"))?;
-            let (authority, path) = match rest.find('/') {
-                Some(i) => (&rest[..i], &rest[i..]),
-                None => (rest, "/"),
-            };
-            let addr = tokio::net::lookup_host(authority)
-                .await?
-                .next()
-                .ok_or_else(|| anyhow::anyhow!("cannot resolve {authority}"))?;
-            let mut target = load::Target::new(addr, path);
+            let mut target = load::Target::from_url(&url).await?;
             if let Some(body) = body {
                 target = target.with_body(bytes::Bytes::from(body));
             }
             let r = load::run(&target, connections, Duration::from_millis(500), duration).await?;
-            println!(
-                "{:.0} req/s, {} ok, {} errors; latency µs p50 {} p90 {} p99 {} p99.9 {} max {}",
-                r.rps(),
-                r.requests,
-                r.errors,
-                r.p(0.5),
-                r.p(0.9),
-                r.p(0.99),
-                r.p(0.999),
-                r.hist.max()
-            );
+            println!("{}", r.summary());
             if let Some(e) = r.first_error {
                 println!("first error: {e}");
             }

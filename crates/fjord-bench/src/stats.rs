@@ -19,10 +19,15 @@ pub fn median_of(v: &[f64]) -> f64 {
     median(&mut v.to_vec())
 }
 
-/// Least-squares slope of (seconds, KiB) samples, in KiB per minute, after dropping the
-/// first fifth (warm-up: allocators and pools grow there). 0 when undefined.
+/// A time series without its first fifth (warm-up: allocators and pools grow there).
+pub fn after_warmup<T>(samples: &[T]) -> &[T] {
+    &samples[samples.len() / 5..]
+}
+
+/// Least-squares slope of (seconds, KiB) samples, in KiB per minute, after the warm-up
+/// ([`after_warmup`]). 0 when undefined.
 pub fn slope_per_min_after_warmup(samples: &[(f64, f64)]) -> f64 {
-    let kept = &samples[samples.len() / 5..];
+    let kept = after_warmup(samples);
     let n = kept.len() as f64;
     if kept.is_empty() {
         return 0.0;
@@ -115,6 +120,13 @@ mod tests {
             })
             .collect();
         assert_eq!(slope_per_min_after_warmup(&samples), 0.0);
+    }
+
+    #[test]
+    fn warm_up_is_the_first_fifth() {
+        let v: Vec<u32> = (0..10).collect();
+        assert_eq!(after_warmup(&v), &v[2..]);
+        assert_eq!(after_warmup(&v[..4]), &v[..4], "under 5 samples: all kept");
     }
 
     #[test]

@@ -9,7 +9,7 @@ use crate::figure::Figure;
 use crate::fixtures::Fjord;
 use crate::load;
 use crate::procs;
-use crate::stats::slope_per_min_after_warmup;
+use crate::stats::{after_warmup, slope_per_min_after_warmup};
 
 /// How long the soak lasts, in seconds.
 pub fn secs(quick: bool) -> u64 {
@@ -55,7 +55,7 @@ pub async fn run(b: &mut Bench<'_>, fjord: &Fjord, http: &WarmHttp) -> anyhow::R
                 soak.rps()
             )),
     );
-    let max_rss = samples[samples.len() / 5..]
+    let max_rss = after_warmup(&samples)
         .iter()
         .map(|s| s.1)
         .fold(0.0, f64::max);
