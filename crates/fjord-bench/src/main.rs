@@ -1,5 +1,8 @@
-//! `fjord-bench`: the benchmark runner (`run`), its load generator (`load`) and its own
-//! http-mode function (`function`). `scripts/bench` is the one command that uses them.
+//! `fjord-bench`: the benchmark runner (`run`, which calls each of `scenarios::*` in turn and
+//! hands their figures to `report`), its load generator (`load`) and its own http-mode
+//! function (`function`). `scripts/bench` is the one command that uses them. Shared by the
+//! scenarios: `fixtures` (fjord serve, nginx, the deployments), `measure` (a load with CPU
+//! accounting, the cold-start loop), `stats`, and `figure` (one line of the report).
 
 mod ab;
 mod figure;
