@@ -4,12 +4,13 @@
 //! replica, c=64) and cold start (scale 0→1 to the first response).
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use serde_json::json;
-
-use crate::load::{self, Target};
-use crate::run::{Fjord, Row, percentile};
+use crate::figure::Figure;
+use crate::fixtures::{Fjord, bench_function, one_replica, scales_to_zero};
+use crate::load;
+use crate::measure::cold_starts;
+use crate::stats::{median_of, percentile};
 
 #[derive(Default)]
 struct Side {
@@ -27,45 +28,26 @@ async fn measure(bin: &Path, bench_bin: &str, quick: bool, side: &mut Side) -> a
     };
     let fjord = Fjord::start(bin, &[], None).await?;
     fjord
-        .deploy(json!({"service": "ab-http", "image": "bench", "envProcess": format!("{bench_bin} function"),
-            "envVars": {"mode": "http"},
-            "labels": {"com.openfaas.scale.min": "1", "com.openfaas.scale.max": "1"}}))
+        .deploy_ready(
+            bench_function("ab-http", bench_bin, one_replica()),
+            Duration::from_secs(20),
+        )
         .await?;
-    fjord
-        .wait_available("ab-http", 1, Duration::from_secs(20))
-        .await?;
-    let t = Target {
-        addr: fjord.addr,
-        path: "/function/ab-http".into(),
-        body: None,
-        tls: None,
-        netns: None,
-    };
-    let r = load::run(&t, 64, warm, dur).await?;
+    let r = load::run(&fjord.function_target("ab-http"), 64, warm, dur).await?;
     r.ensure_no_errors(&format!("warm invoke via {}", bin.display()))?;
     side.rps.push(r.rps());
     side.p50.push(r.p(0.5));
     side.p99.push(r.p(0.99));
 
     fjord
-        .deploy(json!({"service": "ab-cold", "image": "bench", "envProcess": format!("{bench_bin} function"),
-            "envVars": {"mode": "http"},
-            "labels": {"com.openfaas.scale.zero": "true", "com.openfaas.scale.max": "1"}}))
+        .deploy_ready(
+            bench_function("ab-cold", bench_bin, scales_to_zero()),
+            Duration::from_secs(20),
+        )
         .await?;
-    fjord
-        .wait_available("ab-cold", 1, Duration::from_secs(20))
-        .await?;
-    for _ in 0..(if quick { 10 } else { 30 }) {
-        fjord.scale("ab-cold", 0).await?;
-        fjord
-            .wait_available("ab-cold", 0, Duration::from_secs(10))
-            .await?;
-        tokio::time::sleep(Duration::from_millis(30)).await;
-        let t0 = Instant::now();
-        fjord.scale("ab-cold", 1).await?;
-        fjord.get_ok("/function/ab-cold").await?;
-        side.cold.push(t0.elapsed().as_secs_f64() * 1e3);
-    }
+    let trials = if quick { 10 } else { 30 };
+    side.cold
+        .extend(cold_starts(&fjord, "ab-cold", trials).await?);
     fjord.stop().await
 }
 
@@ -74,7 +56,7 @@ pub(crate) async fn scenario(
     new: &Path,
     bench_bin: &str,
     quick: bool,
-    rows: &mut Vec<Row>,
+    rows: &mut Vec<Figure>,
 ) -> anyhow::Result<()> {
     let rounds = if quick { 2 } else { 4 };
     let (mut a, mut b) = (Side::default(), Side::default());
@@ -98,38 +80,38 @@ pub(crate) async fn scenario(
     let old_label = format!("baseline binary {}", old.display());
     let s = "A/B: this binary vs the baseline binary, alternating in one run";
     rows.push(
-        Row::new(
+        Figure::new(
             s,
             "warm invoke c=64, throughput (median of runs)",
-            percentile(&mut b.rps.clone(), 0.5),
+            median_of(&b.rps),
             "req/s",
         )
-        .baseline(&old_label, percentile(&mut a.rps.clone(), 0.5))
+        .baseline(&old_label, median_of(&a.rps))
         .note(&format!("new {}; old {}", spread(&b.rps), spread(&a.rps))),
     );
     rows.push(
-        Row::new(
+        Figure::new(
             s,
             "warm invoke c=64, p50 latency (median of runs)",
-            percentile(&mut b.p50.clone(), 0.5),
+            median_of(&b.p50),
             "µs",
         )
-        .baseline(&old_label, percentile(&mut a.p50.clone(), 0.5))
+        .baseline(&old_label, median_of(&a.p50))
         .note(&format!(
             "p99 new {:.0} µs, old {:.0} µs",
-            percentile(&mut b.p99, 0.5),
-            percentile(&mut a.p99, 0.5)
+            median_of(&b.p99),
+            median_of(&a.p99)
         )),
     );
     let n = b.cold.len();
     rows.push(
-        Row::new(
+        Figure::new(
             s,
             &format!("cold start 0→1 to first response, p50 ({n} trials each)"),
-            percentile(&mut b.cold.clone(), 0.5),
+            median_of(&b.cold),
             "ms",
         )
-        .baseline(&old_label, percentile(&mut a.cold.clone(), 0.5))
+        .baseline(&old_label, median_of(&a.cold))
         .note(&format!(
             "p99 new {:.1} ms, old {:.1} ms",
             percentile(&mut b.cold, 0.99),

@@ -27,6 +27,58 @@ pub struct Target {
     pub netns: Option<std::sync::Arc<std::fs::File>>,
 }
 
+/// `http://HOST:PORT/PATH` → (`HOST:PORT`, `/PATH`); the path is `/` when absent.
+pub fn split_url(url: &str) -> anyhow::Result<(&str, &str)> {
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| anyhow::anyhow!("only http:// URLs"))?;
+    Ok(match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    })
+}
+
+impl Target {
+    /// Plain GETs of an `http://` URL (the host resolved once, here).
+    pub async fn from_url(url: &str) -> anyhow::Result<Self> {
+        let (authority, path) = split_url(url)?;
+        let addr = tokio::net::lookup_host(authority)
+            .await?
+            .next()
+            .ok_or_else(|| anyhow::anyhow!("cannot resolve {authority}"))?;
+        Ok(Self::new(addr, path))
+    }
+
+    /// Plain GETs of `path` at `addr`, from this network namespace.
+    pub fn new(addr: SocketAddr, path: &str) -> Self {
+        Self {
+            addr,
+            path: path.into(),
+            body: None,
+            tls: None,
+            netns: None,
+        }
+    }
+
+    /// POSTs of `body` instead of GETs.
+    pub fn with_body(mut self, body: Bytes) -> Self {
+        self.body = Some(body);
+        self
+    }
+
+    /// Over HTTPS with this client configuration.
+    pub fn with_tls(mut self, tls: std::sync::Arc<rustls::ClientConfig>) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// Connecting from inside this network namespace, when there is one.
+    pub fn in_netns(mut self, netns: Option<std::sync::Arc<std::fs::File>>) -> Self {
+        self.netns = netns;
+        self
+    }
+}
+
 /// A TCP connection to `addr`, made from inside `netns` when given: the socket is created
 /// while this thread is in that namespace, and keeps it.
 pub async fn tcp_connect(
@@ -65,6 +117,21 @@ impl LoadResult {
     /// Percentile in microseconds.
     pub fn p(&self, q: f64) -> f64 {
         self.hist.value_at_quantile(q) as f64
+    }
+
+    /// The line `fjord-bench load` prints.
+    pub fn summary(&self) -> String {
+        format!(
+            "{:.0} req/s, {} ok, {} errors; latency µs p50 {} p90 {} p99 {} p99.9 {} max {}",
+            self.rps(),
+            self.requests,
+            self.errors,
+            self.p(0.5),
+            self.p(0.9),
+            self.p(0.99),
+            self.p(0.999),
+            self.hist.max()
+        )
     }
 
     pub fn ensure_no_errors(&self, what: &str) -> anyhow::Result<()> {
@@ -212,4 +279,58 @@ pub async fn run(
         elapsed: duration,
         hist,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_url_separates_authority_and_path() {
+        assert_eq!(
+            split_url("http://127.0.0.1:8080/function/f?x=1").unwrap(),
+            ("127.0.0.1:8080", "/function/f?x=1")
+        );
+        assert_eq!(
+            split_url("http://localhost:8080").unwrap(),
+            ("localhost:8080", "/")
+        );
+        assert!(split_url("https://localhost:8080/").is_err());
+        assert!(split_url("localhost:8080/").is_err());
+    }
+
+    fn result(latencies_us: &[u64], errors: u64) -> LoadResult {
+        let mut hist = new_hist();
+        for l in latencies_us {
+            hist.record(*l).unwrap();
+        }
+        LoadResult {
+            requests: latencies_us.len() as u64,
+            errors,
+            first_error: (errors > 0).then(|| "status 502".to_string()),
+            elapsed: Duration::from_secs(2),
+            hist,
+        }
+    }
+
+    #[test]
+    fn summary_reports_rate_counts_and_percentiles() {
+        let r = result(&[100; 10], 0);
+        assert_eq!(
+            r.summary(),
+            "5 req/s, 10 ok, 0 errors; latency µs p50 100 p90 100 p99 100 p99.9 100 max 100"
+        );
+    }
+
+    #[test]
+    fn any_error_or_no_request_fails_the_measurement() {
+        assert!(result(&[100; 10], 0).ensure_no_errors("x").is_ok());
+        let e = result(&[100; 10], 1).ensure_no_errors("x").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "x: 1 of 11 requests failed (first: status 502)"
+        );
+        let e = result(&[], 0).ensure_no_errors("x").unwrap_err();
+        assert_eq!(e.to_string(), "x: no request completed");
+    }
 }

@@ -1,12 +1,20 @@
-//! `fjord-bench`: the benchmark runner (`run`), its load generator (`load`) and its own
-//! http-mode function (`function`). `scripts/bench` is the one command that uses them.
+//! `fjord-bench`: the benchmark runner (`run`, which calls each of `scenarios::*` in turn and
+//! hands their figures to `report`), its load generator (`load`) and its own http-mode
+//! function (`function`). `scripts/bench` is the one command that uses them. Shared by the
+//! scenarios: `fixtures` (fjord serve, nginx, the deployments), `measure` (a load with CPU
+//! accounting, the cold-start loop), `stats`, and `figure` (one line of the report).
 
 mod ab;
+mod figure;
+mod fixtures;
 mod function;
 mod load;
+mod measure;
 mod procs;
 mod report;
 mod run;
+mod scenarios;
+mod stats;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -46,7 +54,7 @@ enum Command {
         #[arg(long, default_value = "scripts/bench")]
         command_line: String,
         /// Run one scenario alone and print its figures, without writing the report
-        /// (`async`, `tls`, or `ab`: this binary against --baseline-fjord)
+        /// (`async`, `tls`, `fork`, `scale`, or `ab`: this binary against --baseline-fjord)
         #[arg(long)]
         only: Option<String>,
         /// With `--only ab`: the fjord binary to compare with (e.g. built from the previous
@@ -82,36 +90,12 @@ fn main() -> ExitCode {
             duration,
             body,
         } => block_on(async move {
-            let rest = url
-                .strip_prefix("http://")
-                .ok_or_else(|| anyhow::anyhow!("only http:// URLs"))?;
-            let (authority, path) = match rest.find('/') {
-                Some(i) => (&rest[..i], &rest[i..]),
-                None => (rest, "/"),
-            };
-            let addr = tokio::net::lookup_host(authority)
-                .await?
-                .next()
-                .ok_or_else(|| anyhow::anyhow!("cannot resolve {authority}"))?;
-            let target = load::Target {
-                addr,
-                path: path.to_string(),
-                body: body.map(bytes::Bytes::from),
-                tls: None,
-                netns: None,
-            };
+            let mut target = load::Target::from_url(&url).await?;
+            if let Some(body) = body {
+                target = target.with_body(bytes::Bytes::from(body));
+            }
             let r = load::run(&target, connections, Duration::from_millis(500), duration).await?;
-            println!(
-                "{:.0} req/s, {} ok, {} errors; latency µs p50 {} p90 {} p99 {} p99.9 {} max {}",
-                r.rps(),
-                r.requests,
-                r.errors,
-                r.p(0.5),
-                r.p(0.9),
-                r.p(0.99),
-                r.p(0.999),
-                r.hist.max()
-            );
+            println!("{}", r.summary());
             if let Some(e) = r.first_error {
                 println!("first error: {e}");
             }

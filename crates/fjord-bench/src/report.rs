@@ -3,7 +3,10 @@
 use std::fmt::Write;
 use std::time::Duration;
 
-use crate::run::{CpuUse, Options, Row};
+use serde_json::Value;
+
+use crate::figure::{CpuUse, Figure};
+use crate::run::Options;
 
 fn fmt_value(v: f64, unit: &str) -> String {
     let n = if v.abs() >= 100.0 {
@@ -34,17 +37,61 @@ fn machine() -> String {
     format!("{cores} cores ({cpu}), Linux {}", kernel.trim())
 }
 
-pub fn write(opts: &Options, rows: &[Row], cpu: &[CpuUse], total: Duration) -> anyhow::Result<()> {
-    let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now());
-    let mode = if opts.quick { "quick" } else { "full" };
+/// What the report says about the run itself.
+pub struct Header {
+    /// RFC 3339, seconds.
+    pub measured_at: String,
+    pub machine: String,
+    /// `quick` or `full`.
+    pub mode: &'static str,
+    pub seconds: f64,
+    /// The command that reproduces the run.
+    pub command: String,
+}
+
+/// The "baseline (same run)" cell: value with its unit, then what it is.
+fn baseline_cell(f: &Figure) -> String {
+    match (&f.baseline, f.baseline_value) {
+        (Some(b), Some(v)) => format!("{} ({b})", fmt_value(v, &f.unit)),
+        _ => "—".into(),
+    }
+}
+
+fn ratio_cell(f: &Figure) -> String {
+    f.ratio.map_or("—".into(), |x| format!("{x:.2}×"))
+}
+
+fn met_cell(f: &Figure) -> &'static str {
+    match f.met {
+        Some(true) => "yes",
+        Some(false) => "**no**",
+        None => "—",
+    }
+}
+
+/// One line of the results table.
+fn table_line(f: &Figure) -> String {
+    format!(
+        "| {} | {} | {} | {} | {} | {} | {} | {} |",
+        f.scenario,
+        f.figure,
+        fmt_value(f.value, &f.unit),
+        baseline_cell(f),
+        ratio_cell(f),
+        f.target.as_deref().unwrap_or("—"),
+        met_cell(f),
+        f.note.as_deref().unwrap_or("")
+    )
+}
+
+/// docs/BENCHMARKS.md.
+pub fn markdown(h: &Header, rows: &[Figure], cpu: &[CpuUse]) -> String {
     let mut md = String::new();
     let _ = writeln!(md, "# fjord benchmarks\n");
     let _ = writeln!(
         md,
-        "Measured {now} on {} ({mode} run, {:.0} s). Reproduce with:\n\n```sh\n{}\n```\n",
-        machine(),
-        total.as_secs_f64(),
-        opts.command
+        "Measured {} on {} ({} run, {:.0} s). Reproduce with:\n\n```sh\n{}\n```\n",
+        h.measured_at, h.machine, h.mode, h.seconds, h.command
     );
     let _ = writeln!(
         md,
@@ -59,28 +106,7 @@ runs on the same 2 cores as fjord, the function and nginx: see the CPU table bel
     );
     let _ = writeln!(md, "|---|---|---|---|---|---|---|---|");
     for r in rows {
-        let baseline = match (&r.baseline, r.baseline_value) {
-            (Some(b), Some(v)) => format!("{} ({b})", fmt_value(v, &r.unit)),
-            _ => "—".into(),
-        };
-        let ratio = r.ratio.map_or("—".into(), |x| format!("{x:.2}×"));
-        let met = match r.met {
-            Some(true) => "yes",
-            Some(false) => "**no**",
-            None => "—",
-        };
-        let _ = writeln!(
-            md,
-            "| {} | {} | {} | {} | {} | {} | {} | {} |",
-            r.scenario,
-            r.figure,
-            fmt_value(r.value, &r.unit),
-            baseline,
-            ratio,
-            r.target.as_deref().unwrap_or("—"),
-            met,
-            r.note.as_deref().unwrap_or("")
-        );
+        let _ = writeln!(md, "{}", table_line(r));
     }
     let _ = writeln!(md, "\n## CPU use during each measurement (% of one core)\n");
     let _ = writeln!(
@@ -124,19 +150,40 @@ slope by least squares after the first 20 %.\n\
 `com.openfaas.scale.min: 0`.\n\
 - **Micro-benchmarks** of the hot-path pieces: `cargo bench -p fjord-gateway --bench hot_path`.\n"
     );
+    md
+}
+
+/// docs/benchmarks.json.
+pub fn json(h: &Header, rows: &[Figure], cpu: &[CpuUse]) -> Value {
+    serde_json::json!({
+        "measured_at": h.measured_at,
+        "mode": h.mode,
+        "machine": h.machine,
+        "command": h.command,
+        "seconds": h.seconds,
+        "rows": rows,
+        "cpu": cpu,
+    })
+}
+
+pub fn write(
+    opts: &Options,
+    rows: &[Figure],
+    cpu: &[CpuUse],
+    total: Duration,
+) -> anyhow::Result<()> {
+    let header = Header {
+        measured_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+        machine: machine(),
+        mode: if opts.quick { "quick" } else { "full" },
+        seconds: total.as_secs_f64(),
+        command: opts.command.clone(),
+    };
     if let Some(dir) = opts.out_md.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    std::fs::write(&opts.out_md, md)?;
-    let json = serde_json::json!({
-        "measured_at": now.to_string(),
-        "mode": mode,
-        "machine": machine(),
-        "command": opts.command,
-        "seconds": total.as_secs_f64(),
-        "rows": rows,
-        "cpu": cpu,
-    });
+    std::fs::write(&opts.out_md, markdown(&header, rows, cpu))?;
+    let json = json(&header, rows, cpu);
     std::fs::write(&opts.out_json, serde_json::to_string_pretty(&json)? + "\n")?;
     eprintln!(
         "wrote {} and {}",
@@ -144,4 +191,206 @@ slope by least squares after the first 20 %.\n\
         opts.out_json.display()
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header() -> Header {
+        Header {
+            measured_at: "2026-11-24T12:41:41Z".into(),
+            machine: "2 cores (AMD EPYC), Linux 6.18".into(),
+            mode: "full",
+            seconds: 268.4,
+            command: "scripts/bench".into(),
+        }
+    }
+
+    fn cpu_line() -> CpuUse {
+        CpuUse {
+            measurement: "http via fjord c=1".into(),
+            gateway_pct: 61.4,
+            replica_pct: 38.6,
+            proxy_pct: 0.0,
+            loadgen_pct: 99.6,
+        }
+    }
+
+    /// Figures as the scenarios build them, with values of a past report.
+    fn figures() -> Vec<Figure> {
+        vec![
+            Figure::new(
+                "warm invoke, fork mode (`cat`), c=1",
+                "end-to-end p50",
+                1.59,
+                "ms",
+            )
+            .baseline("spawn `cat` directly from the bench", 0.81)
+            .target("≤ 2 ms p50", true)
+            .note("p99 2.27 ms; 608 req/s"),
+            Figure::new(
+                "warm invoke, http mode, c=64",
+                "throughput via fjord",
+                53706.0,
+                "req/s",
+            )
+            .baseline("via nginx keep-alive proxy", 68278.0)
+            .target("≥ 1.0× nginx", false)
+            .note("nginx/direct = 0.48"),
+            Figure::new("soak, 60 s at c=64", "errors", 0.0, "")
+                .target("0", true)
+                .note("3311074 requests, 55185 req/s"),
+            Figure::new("footprint", "fjord serve RSS, max under load", 20.2, "MiB"),
+        ]
+    }
+
+    #[test]
+    fn values_keep_three_significant_digits_or_so() {
+        assert_eq!(fmt_value(12358.0, "req/s"), "12358 req/s");
+        assert_eq!(fmt_value(100.0, "ms"), "100 ms");
+        assert_eq!(fmt_value(14.4, "MiB"), "14.4 MiB");
+        assert_eq!(fmt_value(10.0, "ms"), "10.0 ms");
+        assert_eq!(fmt_value(1.0, "µs"), "1.00 µs");
+        assert_eq!(fmt_value(-196.0, "µs"), "-196 µs");
+        assert_eq!(fmt_value(-12.34, "µs"), "-12.3 µs");
+        assert_eq!(fmt_value(0.0, ""), "0.00", "no unit, no trailing space");
+    }
+
+    #[test]
+    fn cells_for_missing_baseline_ratio_and_target_are_dashes() {
+        let f = Figure::new("s", "f", 1.0, "ms");
+        assert_eq!(baseline_cell(&f), "—");
+        assert_eq!(ratio_cell(&f), "—");
+        assert_eq!(met_cell(&f), "—");
+        assert_eq!(table_line(&f), "| s | f | 1.00 ms | — | — | — | — |  |");
+    }
+
+    #[test]
+    fn a_missed_target_is_bold_no() {
+        assert_eq!(
+            met_cell(&Figure::new("s", "f", 1.0, "").target("0", false)),
+            "**no**"
+        );
+        assert_eq!(
+            met_cell(&Figure::new("s", "f", 0.0, "").target("0", true)),
+            "yes"
+        );
+    }
+
+    #[test]
+    fn table_lines_are_those_of_the_report() {
+        // Lines of docs/BENCHMARKS.md as the runner wrote them before the split (its values
+        // change with every run; this pins the format).
+        let lines: Vec<String> = figures().iter().map(table_line).collect();
+        assert_eq!(
+            lines,
+            [
+                "| warm invoke, fork mode (`cat`), c=1 | end-to-end p50 | 1.59 ms | 0.81 ms (spawn `cat` directly from the bench) | 1.96× | ≤ 2 ms p50 | yes | p99 2.27 ms; 608 req/s |",
+                "| warm invoke, http mode, c=64 | throughput via fjord | 53706 req/s | 68278 req/s (via nginx keep-alive proxy) | 0.79× | ≥ 1.0× nginx | **no** | nginx/direct = 0.48 |",
+                "| soak, 60 s at c=64 | errors | 0.00 | — | — | 0 | yes | 3311074 requests, 55185 req/s |",
+                "| footprint | fjord serve RSS, max under load | 20.2 MiB | — | — | — | — |  |",
+            ]
+        );
+    }
+
+    fn committed_report() -> String {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/BENCHMARKS.md");
+        std::fs::read_to_string(path).expect("docs/BENCHMARKS.md")
+    }
+
+    /// Headings, table header rows and the "Reproduce with" block: the parts of the report
+    /// that do not depend on the figures.
+    fn skeleton(md: &str) -> Vec<&str> {
+        md.lines()
+            .filter(|l| {
+                l.starts_with('#')
+                    || l.starts_with("| scenario |")
+                    || l.starts_with("| measurement |")
+                    || l.starts_with("|---")
+                    || l.starts_with("```")
+            })
+            .collect()
+    }
+
+    #[test]
+    fn markdown_has_the_committed_report_s_structure() {
+        let md = markdown(&header(), &figures(), &[cpu_line()]);
+        let committed = committed_report();
+        assert_eq!(skeleton(&md), skeleton(&committed));
+        assert_eq!(
+            skeleton(&md)
+                .iter()
+                .filter(|l| l.starts_with('#'))
+                .copied()
+                .collect::<Vec<_>>(),
+            [
+                "# fjord benchmarks",
+                "## CPU use during each measurement (% of one core)",
+                "## How each figure is taken"
+            ]
+        );
+    }
+
+    #[test]
+    fn markdown_header_names_the_run() {
+        let md = markdown(&header(), &[], &[]);
+        assert!(md.starts_with(
+            "# fjord benchmarks\n\nMeasured 2026-11-24T12:41:41Z on 2 cores (AMD EPYC), Linux 6.18 \
+             (full run, 268 s). Reproduce with:\n\n```sh\nscripts/bench\n```\n"
+        ));
+    }
+
+    #[test]
+    fn markdown_has_one_table_line_per_figure_in_order_then_the_cpu_lines() {
+        let figures = figures();
+        let md = markdown(&header(), &figures, &[cpu_line()]);
+        let lines: Vec<&str> = md.lines().collect();
+        let at = lines
+            .iter()
+            .position(|l| l.starts_with("| scenario |"))
+            .unwrap();
+        let table: Vec<&str> = lines[at + 2..]
+            .iter()
+            .take_while(|l| l.starts_with('|'))
+            .copied()
+            .collect();
+        let want: Vec<String> = figures.iter().map(table_line).collect();
+        assert_eq!(table, want);
+        let cpu_at = lines
+            .iter()
+            .position(|l| l.starts_with("| measurement |"))
+            .unwrap();
+        assert_eq!(
+            lines[cpu_at + 2],
+            "| http via fjord c=1 | 61 | 39 | 0 | 100 |"
+        );
+        assert_eq!(lines[cpu_at + 3], "");
+    }
+
+    #[test]
+    fn json_has_the_committed_keys_and_rows() {
+        let v = json(&header(), &figures(), &[cpu_line()]);
+        let committed: Value = serde_json::from_str(
+            &std::fs::read_to_string(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../../docs/benchmarks.json"
+            ))
+            .expect("docs/benchmarks.json"),
+        )
+        .expect("valid JSON");
+        let keys = |v: &Value| {
+            let mut k: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
+            k.sort();
+            k
+        };
+        assert_eq!(keys(&v), keys(&committed));
+        assert_eq!(keys(&v["rows"][0]), keys(&committed["rows"][0]));
+        assert_eq!(keys(&v["cpu"][0]), keys(&committed["cpu"][0]));
+        assert_eq!(v["mode"], "full");
+        assert_eq!(v["seconds"], 268.4);
+        assert_eq!(v["rows"].as_array().unwrap().len(), 4);
+        assert_eq!(v["rows"][1]["met"], false);
+        assert_eq!(v["rows"][3]["baseline"], Value::Null);
+    }
 }

@@ -1,0 +1,274 @@
+//! Async invocations, on the embedded (SQLite) queue and on NATS JetStream: durable accepts
+//! per second, the rate a backlog drains at against the same function called sync, and the
+//! latency from a call's 202 to the function starting it, at low load. Targets apply to the
+//! embedded queue; NATS is reported.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, ensure};
+use bytes::Bytes;
+use serde_json::{Value, json};
+
+use super::Bench;
+use crate::figure::Figure;
+use crate::fixtures::{Fjord, bench_function, one_replica};
+use crate::load::{self, Target};
+use crate::procs;
+use crate::stats::median;
+
+const FUNCTION: &str = "bench-async";
+
+/// Which queue backend an async scenario measures.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Backend {
+    Embedded,
+    Nats,
+}
+
+impl Backend {
+    fn scenario(self) -> &'static str {
+        match self {
+            Backend::Embedded => "async invoke (embedded queue)",
+            Backend::Nats => "async invoke (NATS JetStream queue)",
+        }
+    }
+}
+
+/// The async figures again with `fjord serve --queue nats://...` against a real nats-server
+/// started for the purpose (JetStream file store in a temp dir).
+pub async fn run_on_nats(b: &mut Bench<'_>) -> anyhow::Result<()> {
+    let nats = fjord_queue::nats_server::NatsServer::start();
+    let fjord = Fjord::start(&b.opts.fjord, &["--queue".into(), nats.url()], None).await?;
+    run(b, &fjord, Backend::Nats).await?;
+    fjord.stop().await?;
+    drop(nats);
+    Ok(())
+}
+
+/// The function, its async calls run at most `max_inflight` at a time (0: paused).
+fn async_function(bench_bin: &str, max_inflight: &str) -> Value {
+    let mut f = bench_function(FUNCTION, bench_bin, one_replica());
+    f["annotations"] = json!({"com.openfaas.queue.max_inflight": max_inflight});
+    f
+}
+
+/// The queue depth of `bench-async` in a Prometheus text (0 when absent).
+fn queue_depth(metrics: &str) -> f64 {
+    metrics
+        .lines()
+        .find(|l| l.starts_with("fjord_queue_depth{function_name=\"bench-async.openfaas-fn\"}"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// `backend` names the queue `fjord` was started with.
+pub async fn run(b: &mut Bench<'_>, fjord: &Fjord, backend: Backend) -> anyhow::Result<()> {
+    let scenario = backend.scenario();
+    let targets = backend == Backend::Embedded;
+    let (warm, dur) = (b.timing.warm, b.timing.dur);
+    // While accepting, the function's async calls are paused, so they all wait in the queue...
+    fjord
+        .deploy_ready(async_function(&b.bench_bin, "0"), Duration::from_secs(20))
+        .await?;
+    let hello = Bytes::from_static(b"hello");
+    let sync_target = fjord.function_target(FUNCTION).with_body(hello.clone());
+    let ticks0 = procs::cpu_ticks(fjord.pid).unwrap_or(0);
+    let sync = load::run(&sync_target, 10, warm, dur).await?;
+    // fjord's own CPU per call (the warm-up's share included: an upper bound).
+    let sync_cpu_us = (procs::cpu_ticks(fjord.pid).unwrap_or(0) - ticks0) as f64
+        / procs::ticks_per_second()
+        * 1e6
+        / (sync.requests as f64 * (1.0 + warm.as_secs_f64() / dur.as_secs_f64())).max(1.0);
+    sync.ensure_no_errors("sync baseline for async")?;
+    let async_target =
+        Target::new(fjord.addr, &format!("/async-function/{FUNCTION}")).with_body(hello);
+    let accept_dur = Duration::from_secs(2);
+    let accepted = load::run(&async_target, 64, Duration::ZERO, accept_dur).await?;
+    accepted.ensure_no_errors("async accept")?;
+    // ...then the default concurrency of 10 drains them: that rate is compared with sync.
+    fjord.deploy(async_function(&b.bench_bin, "10")).await?;
+    let drain_t0 = Instant::now();
+    let drain_ticks0 = procs::cpu_ticks(fjord.pid).unwrap_or(0);
+    let queued = queue_depth(&fjord.metrics().await?);
+    let drained = loop {
+        let depth = queue_depth(&fjord.metrics().await?);
+        if depth == 0.0 {
+            break drain_t0.elapsed();
+        }
+        ensure!(
+            drain_t0.elapsed() < Duration::from_secs(600),
+            "the async queue did not drain in 10 minutes ({depth} left)"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let drain_rate = queued / drained.as_secs_f64().max(0.001);
+    let drain_cpu_us = (procs::cpu_ticks(fjord.pid).unwrap_or(0) - drain_ticks0) as f64
+        / procs::ticks_per_second()
+        * 1e6
+        / queued.max(1.0);
+    b.push(
+        Figure::new(
+            scenario,
+            "accepted requests/s (durable 202), c=64",
+            accepted.rps(),
+            "req/s",
+        )
+        .target_when(targets, "≥ 20000/s", accepted.rps() >= 20000.0)
+        .note(&format!(
+            "p50 {:.0} µs, p99 {:.0} µs per 202",
+            accepted.p(0.5),
+            accepted.p(0.99)
+        )),
+    );
+    b.push(
+        Figure::new(
+            scenario,
+            "drain rate: calls run per second",
+            drain_rate,
+            "req/s",
+        )
+        .baseline("same function sync, c=10", sync.rps())
+        .target_when(targets, "≥ 0.8× sync", drain_rate >= 0.8 * sync.rps())
+        .note(&format!(
+            "{queued:.0} queued calls drained in {:.2} s at max_inflight 10; fjord CPU per call {drain_cpu_us:.0} µs (sync ≤ {sync_cpu_us:.0} µs)",
+            drained.as_secs_f64()
+        )),
+    );
+
+    // Accept → start at low load: one call at a time; the bench function stamps when it
+    // started (wall clock, same machine) and the callback brings the stamp back.
+    let (cb_addr, mut stamps) = callback_receiver().await?;
+    let n = if dur < Duration::from_secs(5) {
+        100
+    } else {
+        300
+    };
+    let mut after_202 = Vec::with_capacity(n);
+    let mut after_send = Vec::with_capacity(n);
+    for _ in 0..n {
+        let sent = wall_ns();
+        let r = fjord
+            .http
+            .post(fjord.url(&format!("/async-function/{FUNCTION}")))
+            .header("X-Callback-Url", format!("http://{cb_addr}/done"))
+            .body("hello")
+            .send()
+            .await?;
+        let acked = wall_ns();
+        ensure!(r.status() == 202, "async call answered {}", r.status());
+        let id = r
+            .headers()
+            .get("x-call-id")
+            .and_then(|v| v.to_str().ok())
+            .context("no X-Call-Id")?
+            .to_string();
+        let (cb_id, started) = tokio::time::timeout(Duration::from_secs(10), stamps.recv())
+            .await
+            .context("no callback within 10 s")?
+            .context("callback receiver stopped")?;
+        ensure!(cb_id == id, "callback for {cb_id}, expected {id}");
+        after_202.push(started.saturating_sub(acked) as f64 / 1000.0);
+        after_send.push(started.saturating_sub(sent) as f64 / 1000.0);
+    }
+    let (lat, lat_send) = (median(&mut after_202), median(&mut after_send));
+    // `median` sorted it.
+    let p99 = after_202[after_202.len() * 99 / 100];
+    b.push(
+        Figure::new(
+            scenario,
+            "accept → function start, p50 (202 received → function starts), low load",
+            lat,
+            "µs",
+        )
+        .target_when(targets, "≤ 2000 µs p50", lat <= 2000.0)
+        .note(&format!(
+            "{n} calls one at a time; p99 {p99:.0} µs; request sent → function start p50 {lat_send:.0} µs (includes the durable enqueue)"
+        )),
+    );
+    fjord.scale(FUNCTION, 1).await?;
+    Ok(())
+}
+
+/// Nanoseconds since the Unix epoch (the clock the bench function stamps with).
+fn wall_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// A callback server on loopback: yields (X-Call-Id, the function's start stamp) per call.
+async fn callback_receiver() -> anyhow::Result<(
+    SocketAddr,
+    tokio::sync::mpsc::UnboundedReceiver<(String, u64)>,
+)> {
+    use hyper::server::conn::http1;
+    use hyper::service::service_fn;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let h = |k: &str| {
+                        req.headers()
+                            .get(k)
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or_default()
+                            .to_string()
+                    };
+                    let stamp = h(crate::function::START_HEADER).parse().unwrap_or(0);
+                    let _ = tx.send((h("x-call-id"), stamp));
+                    async {
+                        Ok::<_, std::convert::Infallible>(hyper::Response::new(
+                            http_body_util::Full::new(Bytes::new()),
+                        ))
+                    }
+                });
+                let _ = http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    Ok((addr, rx))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queue_depth_reads_the_function_s_gauge() {
+        let text = "# TYPE fjord_queue_depth gauge\n\
+                    fjord_queue_depth{function_name=\"other.openfaas-fn\"} 7\n\
+                    fjord_queue_depth{function_name=\"bench-async.openfaas-fn\"} 4123\n";
+        assert_eq!(queue_depth(text), 4123.0);
+    }
+
+    #[test]
+    fn queue_depth_is_zero_when_the_gauge_is_absent() {
+        assert_eq!(
+            queue_depth("fjord_queue_depth{function_name=\"x.openfaas-fn\"} 3\n"),
+            0.0
+        );
+        assert_eq!(queue_depth(""), 0.0);
+    }
+
+    #[test]
+    fn the_async_function_carries_its_max_inflight() {
+        let f = async_function("/b", "0");
+        assert_eq!(f["service"], FUNCTION);
+        assert_eq!(f["annotations"]["com.openfaas.queue.max_inflight"], "0");
+        assert_eq!(f["labels"], one_replica());
+    }
+
+    #[test]
+    fn each_backend_is_reported_under_its_own_scenario() {
+        assert_ne!(Backend::Embedded.scenario(), Backend::Nats.scenario());
+        assert!(Backend::Nats.scenario().contains("NATS"));
+    }
+}

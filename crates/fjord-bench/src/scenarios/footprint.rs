@@ -1,0 +1,77 @@
+//! Footprint: RSS of `fjord serve` idle, under load, and with 100 and 1,000 fork-mode
+//! functions deployed at zero replicas; RSS of one idle http replica.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use super::Bench;
+use super::warm_http::WarmHttp;
+use crate::figure::Figure;
+use crate::fixtures::Fjord;
+
+/// How many deployments are in flight at once while filling the gateway.
+const DEPLOY_BATCH: usize = 16;
+
+pub async fn run(
+    b: &mut Bench<'_>,
+    fjord: &Fjord,
+    idle_rss_kb: u64,
+    http: &WarmHttp,
+) -> anyhow::Result<()> {
+    b.push(
+        Figure::new(
+            "footprint",
+            "fjord serve RSS, idle (no functions)",
+            idle_rss_kb as f64 / 1024.0,
+            "MiB",
+        )
+        .target("≤ 15 MiB", idle_rss_kb <= 15 * 1024),
+    );
+    b.push(Figure::new(
+        "footprint",
+        "fjord serve RSS, max under load",
+        http.max_rss_kb as f64 / 1024.0,
+        "MiB",
+    ));
+    let replicas = &http.replica_rss_kb;
+    let per_replica = replicas.iter().sum::<u64>() as f64 / replicas.len() as f64 / 1024.0;
+    b.push(Figure::new(
+        "footprint",
+        "RSS per idle http replica (bench function)",
+        per_replica,
+        "MiB",
+    ));
+    let mut deployed = 0usize;
+    for n in [100usize, 1000] {
+        let mut pending = Vec::new();
+        while deployed < n {
+            let body = json!({"service": format!("zero-{deployed}"), "image": "bench", "envProcess": "cat",
+                "labels": {"com.openfaas.scale.min": "0"}});
+            pending.push(fjord.deploy(body));
+            deployed += 1;
+            if pending.len() == DEPLOY_BATCH {
+                for r in futures_util::future::join_all(std::mem::take(&mut pending)).await {
+                    r?;
+                }
+            }
+        }
+        for r in futures_util::future::join_all(pending).await {
+            r?;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let rss = fjord.rss_kb();
+        let mut row = Figure::new(
+            "footprint",
+            &format!("fjord serve RSS, {n} functions at zero"),
+            rss as f64 / 1024.0,
+            "MiB",
+        )
+        .baseline("idle", idle_rss_kb as f64 / 1024.0);
+        if n == 1000 {
+            row = row.target("≤ 50 MiB", rss <= 50 * 1024);
+        }
+        b.push(row);
+    }
+    Ok(())
+}

@@ -1,0 +1,124 @@
+//! The template functions: the skeletons of `fjord new --lang L`, built, pushed and deployed
+//! with `fjord up` as users do; their warm throughput (their cold start is measured in
+//! `cold_start`, beside the bench's own function).
+
+use std::path::Path;
+
+use anyhow::ensure;
+
+use super::Bench;
+use crate::figure::Figure;
+use crate::fixtures::Fjord;
+use crate::load;
+
+/// A template measured: language, cold-start target (ms), and the bare start of the same
+/// interpreter or binary (program, arguments) as the baseline.
+pub type Template = (
+    &'static str,
+    Option<f64>,
+    &'static str,
+    &'static [&'static str],
+);
+
+pub const TEMPLATES: [Template; 3] = [
+    (
+        "python3-http",
+        Some(30.0),
+        "/usr/bin/python3",
+        &["-c", "pass"],
+    ),
+    ("node", None, "/usr/bin/node", &["-e", "0"]),
+    ("rust", Some(5.0), "/bin/true", &[]),
+];
+
+/// The function name a template is deployed as.
+pub fn function_name(lang: &str) -> String {
+    format!("tmpl-{lang}")
+}
+
+/// The labels appended to each function of the generated stack.yml: the cold-start loop
+/// scales it to zero, which the policy allows only with `scale.zero`; one replica (no
+/// autoscaling) while its warm throughput is measured.
+const STACK_LABELS: &str =
+    "    labels:\n      com.openfaas.scale.zero: \"true\"\n      com.openfaas.scale.max: \"1\"\n";
+
+/// Creates one function per template with `fjord new` and builds, pushes and deploys them
+/// with `fjord up --no-wait`. Returns the project dir (removed when dropped).
+pub async fn build(
+    bin: &Path,
+    fjord: &Fjord,
+    templates: &[Template],
+) -> anyhow::Result<tempfile::TempDir> {
+    let dir = tempfile::Builder::new()
+        .prefix("fjord-bench-templates-")
+        .tempdir_in("/var/tmp")?;
+    for (i, (lang, ..)) in templates.iter().enumerate() {
+        let mut cmd = tokio::process::Command::new(bin);
+        cmd.arg("new")
+            .arg(function_name(lang))
+            .arg("--lang")
+            .arg(lang)
+            .current_dir(dir.path());
+        if i > 0 {
+            cmd.args(["--append", "stack.yml"]);
+        }
+        let out = cmd.output().await?;
+        ensure!(
+            out.status.success(),
+            "fjord new --lang {lang}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let stack = dir.path().join("stack.yml");
+        let mut text = std::fs::read_to_string(&stack)?;
+        text.push_str(STACK_LABELS);
+        std::fs::write(&stack, text)?;
+    }
+    let out = tokio::process::Command::new(bin)
+        .args(["up", "--no-wait", "--quiet", "--parallel", "2"])
+        .current_dir(dir.path())
+        .env("FJORD_URL", fjord.url(""))
+        .env("FJORD_PASSWORD", &fjord.pass)
+        .output()
+        .await?;
+    ensure!(
+        out.status.success(),
+        "fjord up of the templates failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(dir)
+}
+
+/// Warm throughput of one (available) template function at c=16, against the bench's own
+/// Rust function at its best concurrency (`reference_rps`).
+pub async fn warm_throughput(
+    b: &mut Bench<'_>,
+    fjord: &Fjord,
+    name: &str,
+    label: &str,
+    reference_rps: f64,
+) -> anyhow::Result<()> {
+    let r = load::run(
+        &fjord.function_target(name),
+        16,
+        b.timing.warm,
+        b.timing.dur,
+    )
+    .await?;
+    r.ensure_no_errors(&format!("warm invoke {name}"))?;
+    b.push(
+        Figure::new(
+            &format!("warm invoke, {label}, c=16"),
+            "throughput via fjord",
+            r.rps(),
+            "req/s",
+        )
+        .baseline("bench's Rust function via fjord (best c)", reference_rps)
+        .note(&format!(
+            "p50 {:.0} µs, p99 {:.0} µs; 1 replica",
+            r.p(0.5),
+            r.p(0.99)
+        )),
+    );
+    Ok(())
+}
