@@ -40,7 +40,7 @@
 //! fed by a watch on the bucket, so [`due_functions`](Queue::due_functions) and
 //! [`depth`](Queue::depth) (called every few milliseconds by the dispatcher) cost no round
 //! trip; the mirror holds about 100 bytes per active call. [`list`](Queue::list) and
-//! [`NatsQueue::prune`] read the whole bucket.
+//! [`prune`](Queue::prune) read the whole bucket.
 //!
 //! Leases: the consumers' `ack_wait` ([`NatsOptions::ack_wait`], 30 s) is a heartbeat
 //! timeout, not the lease. While a claim's lease runs, its process tells the server every
@@ -74,7 +74,8 @@ use async_nats::jetstream::{self, stream};
 use futures_util::StreamExt as _;
 
 use crate::{
-    BoxFuture, CallRecord, CallState, CancelOutcome, Claimed, NewCall, Queue, QueueError, QueueKey,
+    BoxFuture, CallRecord, CallState, CancelOutcome, Claimed, Clock, NewCall, Queue, QueueError,
+    QueueKey,
 };
 
 mod calls;
@@ -123,7 +124,7 @@ const JUST_DUE_MS: u64 = 1000;
 const CAS_ATTEMPTS: usize = 32;
 /// Most pull rounds in one claim: a round's messages may all turn out stale or cancelled.
 const CLAIM_ROUNDS: usize = 8;
-/// A bucket read ([`NatsQueue::prune`], [`Queue::list`]) that receives nothing this long has
+/// A bucket read ([`prune`](Queue::prune), [`Queue::list`]) that receives nothing this long has
 /// seen everything (guards against a bucket emptied between its status and its watch).
 const SCAN_GAP: Duration = Duration::from_secs(5);
 
@@ -145,6 +146,10 @@ pub struct NatsOptions {
     /// Replicas of the streams and bucket when they are created (1 on a single server, 3 on a
     /// cluster for a queue that survives a lost machine).
     pub replicas: usize,
+    /// Where leases, due times and record times come from: the system clock unless a test
+    /// moves a [`ManualClock`](crate::ManualClock). The server's own timers (`ack_wait`,
+    /// delayed redelivery of a retry) run on real time regardless.
+    pub clock: Clock,
 }
 
 impl NatsOptions {
@@ -156,6 +161,7 @@ impl NatsOptions {
             prefix: DEFAULT_PREFIX.to_owned(),
             ack_wait: DEFAULT_ACK_WAIT,
             replicas: 1,
+            clock: Clock::system(),
         }
     }
 }
@@ -195,6 +201,7 @@ struct Inner {
     /// The bucket's underlying stream, for conditional purges.
     kv_stream: stream::Stream,
     ack_wait: Duration,
+    clock: Clock,
     consumers: Mutex<HashMap<String, PullConsumer>>,
     /// Calls this process claimed and has not finished, by key: their messages, to ack or NAK.
     held: Mutex<HashMap<String, Held>>,
@@ -216,15 +223,6 @@ fn is_active(state: CallState) -> bool {
         state,
         CallState::Queued | CallState::Retrying | CallState::Running
     )
-}
-
-impl NatsQueue {
-    /// Deletes finished calls (done, dead, cancelled) last updated before `older_than_ms`
-    /// (Unix ms), and their dead-letter copies; returns how many. Retention is not part of
-    /// [`Queue`]: call this periodically, as with the SQLite backend. Reads the whole bucket.
-    pub async fn prune(&self, older_than_ms: u64) -> Result<u64, QueueError> {
-        self.inner.prune(older_than_ms).await
-    }
 }
 
 impl Drop for NatsQueue {
@@ -347,6 +345,11 @@ impl Queue for NatsQueue {
     /// left alone: they are running.
     fn requeue_running(&self) -> BoxFuture<'_, Result<u64, QueueError>> {
         Box::pin(self.inner.requeue(false))
+    }
+
+    /// Also deletes the dead-letter copies of pruned dead calls. Reads the whole bucket.
+    fn prune(&self, older_than_ms: u64) -> BoxFuture<'_, Result<u64, QueueError>> {
+        Box::pin(self.inner.prune(older_than_ms))
     }
 }
 

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use fjord_queue::contract::call;
 use fjord_queue::nats::{INTEGRITY_FAILED, NatsAuth, NatsOptions, NatsQueue, signed_message};
 use fjord_queue::nats_server::NatsServer;
-use fjord_queue::{CallState, Queue, QueueKey, now_ms};
+use fjord_queue::{CallState, Clock, Queue, QueueKey, now_ms};
 
 /// The key every queue of these tests shares (as the fjord servers of one install do).
 fn key() -> QueueKey {
@@ -70,9 +70,20 @@ async fn eventually<F: AsyncFnMut() -> bool>(limit: Duration, what: &str, mut ch
     }
 }
 
-fjord_queue::contract_tests!(async || {
+// Leases and due times follow the check's manual clock; the server's real-time timers (a
+// retry's delayed redelivery) are waited for by the contract, never raced.
+fjord_queue::contract_tests!(async |clock: Clock| {
     let server = NatsServer::start();
-    let queue = connect(&server, &prefix()).await;
+    let queue = NatsQueue::connect_with(
+        &server.url(),
+        NatsOptions {
+            prefix: prefix(),
+            clock,
+            ..NatsOptions::new(key())
+        },
+    )
+    .await
+    .unwrap();
     (Arc::new(queue), server)
 });
 

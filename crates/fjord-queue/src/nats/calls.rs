@@ -21,7 +21,7 @@ use super::{
     CLAIM_ROUNDS, DUE_WAIT, Held, Inner, ORPHAN_AFTER_MS, ORPHAN_MAX_AGE_MS, SWEEP_EVERY, failed,
     is_active, millis,
 };
-use crate::{CallRequest, CallState, Claimed, NewCall, QueueError, now_ms};
+use crate::{CallRequest, CallState, Claimed, NewCall, QueueError};
 
 /// What [`Inner::take`] does with a delivered message.
 pub(super) enum Take {
@@ -40,7 +40,7 @@ pub(super) async fn keep_alive(inner: Arc<Inner>) {
     let ack_wait_ms = millis(inner.ack_wait);
     loop {
         tokio::time::sleep(inner.ack_wait / 3).await;
-        let now = now_ms();
+        let now = inner.clock.now_ms();
         let replies: Vec<Subject> = {
             let mut held = inner.held();
             held.retain(|_, h| h.lease_until_ms.saturating_add(ack_wait_ms) > now);
@@ -87,7 +87,7 @@ impl Inner {
         let mut envelope = Envelope {
             id: call.id,
             function: call.function,
-            created_at_ms: now_ms(),
+            created_at_ms: self.clock.now_ms(),
             method: call.request.method,
             path: call.request.path,
             query: call.request.query,
@@ -170,7 +170,7 @@ impl Inner {
     }
 
     pub(super) async fn due_functions(&self) -> Result<Vec<String>, QueueError> {
-        let mut due: BTreeSet<String> = self.mirror().due(now_ms()).cloned().collect();
+        let mut due: BTreeSet<String> = self.mirror().due(self.clock.now_ms()).cloned().collect();
         let sweep = {
             let mut last = self
                 .last_sweep
@@ -197,7 +197,7 @@ impl Inner {
     /// ends; a claim finds out. If it lives, the claim finds nothing: one pull per sweep.
     pub(super) fn long_running_elsewhere(&self) -> BTreeSet<String> {
         let mine: HashSet<String> = self.held().keys().cloned().collect();
-        let cutoff = now_ms().saturating_sub(millis(self.ack_wait));
+        let cutoff = self.clock.now_ms().saturating_sub(millis(self.ack_wait));
         let mirror = self.mirror();
         mirror
             .calls
@@ -291,7 +291,9 @@ impl Inner {
             }
             // Nothing else is deliverable now, unless a retry just came due and the server's
             // timer has not released it yet.
-            let expected = self.mirror().retries_just_due(function, now_ms());
+            let expected = self
+                .mirror()
+                .retries_just_due(function, self.clock.now_ms());
             if !waited && expected > 0 {
                 waited = true;
                 wait = Some((expected, DUE_WAIT));
@@ -344,7 +346,7 @@ impl Inner {
                 {
                     // The call's key, before any `/replay/...` or `/<ms>` suffix.
                     let key = id.as_str().split('/').next().unwrap_or_default().to_owned();
-                    let now = now_ms();
+                    let now = self.clock.now_ms();
                     let marked = self
                         .update_record(&key, |s| {
                             if s.seq == seq && is_active(s.record.state) {
@@ -380,7 +382,7 @@ impl Inner {
         let key = key_of(&envelope.id);
         // A second pass after adopting an orphan.
         for _ in 0..2 {
-            let now = now_ms();
+            let now = self.clock.now_ms();
             let lease_until = now.saturating_add(millis(lease));
             let decided = self
                 .update_checked(&key, |s| {
@@ -509,7 +511,7 @@ impl Inner {
 
     pub(super) async fn complete(&self, id: &str, status: u16) -> Result<(), QueueError> {
         let key = key_of(id);
-        let now = now_ms();
+        let now = self.clock.now_ms();
         // A late answer for a call already finished (its lease expired and another worker got
         // there first) must not overwrite that outcome: the first final state wins.
         self.update_record(&key, |s| {
@@ -538,7 +540,7 @@ impl Inner {
         error: &str,
     ) -> Result<(), QueueError> {
         let key = key_of(id);
-        let now = now_ms();
+        let now = self.clock.now_ms();
         let rescheduled = self
             .update_record(&key, |s| {
                 if !is_active(s.record.state) {
@@ -558,7 +560,8 @@ impl Inner {
         if let Some(h) = held {
             if rescheduled {
                 // The server holds the message back until then.
-                self.nak(h.reply, at_ms.saturating_sub(now_ms())).await;
+                self.nak(h.reply, at_ms.saturating_sub(self.clock.now_ms()))
+                    .await;
             } else {
                 self.ack(h.reply).await;
             }
@@ -580,7 +583,7 @@ impl Inner {
     /// Puts calls this process holds back in the queue: all, or those whose lease ended.
     /// Calls claimed by other (or dead) processes are theirs, or the server's to redeliver.
     pub(super) async fn requeue(&self, only_expired: bool) -> Result<u64, QueueError> {
-        let now = now_ms();
+        let now = self.clock.now_ms();
         let mut picked: Vec<(String, Held)> = {
             let mut held = self.held();
             let keys: Vec<String> = held

@@ -9,7 +9,7 @@ use async_nats::jetstream::stream::LastRawMessageErrorKind;
 use super::codec::{Envelope, key_of};
 use super::records::{Edit, Stored};
 use super::{Inner, failed, is_active};
-use crate::{CallState, CancelOutcome, Claimed, QueueError, now_ms};
+use crate::{CallState, CancelOutcome, Claimed, QueueError};
 
 impl Inner {
     /// Dead-letters a message that failed its integrity check: it never runs and nothing is
@@ -27,7 +27,7 @@ impl Inner {
     ) -> Result<Option<(u64, Claimed)>, QueueError> {
         tracing::error!(call = %envelope.id, function, seq, %reason, "refusing a queued call");
         let key = key_of(&envelope.id);
-        let now = now_ms();
+        let now = self.clock.now_ms();
         let ours = match self
             .update_checked(&key, |s| {
                 if s.seq != seq {
@@ -76,7 +76,7 @@ impl Inner {
         function: &str,
         reason: &str,
     ) -> Result<bool, QueueError> {
-        let now = now_ms();
+        let now = self.clock.now_ms();
         let mut stored = Stored::queued(envelope, seq);
         stored.record.function = function.to_owned();
         stored.record.state = CallState::Dead;
@@ -120,7 +120,7 @@ impl Inner {
         error: &str,
     ) -> Result<(), QueueError> {
         let key = key_of(id);
-        let now = now_ms();
+        let now = self.clock.now_ms();
         let buried = self
             .update_record(&key, |s| {
                 if !is_active(s.record.state) {
@@ -157,7 +157,7 @@ impl Inner {
     }
 
     pub(super) async fn cancel(&self, id: &str) -> Result<CancelOutcome, QueueError> {
-        let now = now_ms();
+        let now = self.clock.now_ms();
         let outcome = self
             .update_record(&key_of(id), |s| match s.record.state {
                 CallState::Queued | CallState::Retrying => {
@@ -217,7 +217,7 @@ impl Inner {
                 &format!("{key}/replay/{revision}"),
             )
             .await?;
-        let now = now_ms();
+        let now = self.clock.now_ms();
         // last_error is kept: it says why the call died, which matters if it dies again.
         let replayed = self
             .update_record(&key, |s| {

@@ -10,7 +10,7 @@ use super::integrity::{BadRecord, KEY_CHECK, decode_stored, encode_stored};
 use super::mirror::Active;
 use super::setup::record_count;
 use super::{CAS_ATTEMPTS, Inner, SCAN_GAP, failed, is_active};
-use crate::{CallRecord, CallState, QueueError, now_ms};
+use crate::{CallRecord, CallState, QueueError};
 
 /// What the bucket stores per call.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -146,7 +146,7 @@ impl Inner {
         id: &str,
         result: &str,
     ) -> Result<(), QueueError> {
-        let now = now_ms();
+        let now = self.clock.now_ms();
         self.update_record(&key_of(id), |s| {
             s.record.callback = Some(result.to_owned());
             s.record.updated_at_ms = now;

@@ -201,6 +201,7 @@ impl NatsQueue {
             kv,
             kv_stream,
             ack_wait: options.ack_wait,
+            clock: options.clock,
             consumers: Mutex::default(),
             held: Mutex::default(),
             mirror: Mutex::new(mirror),
