@@ -50,7 +50,9 @@
 //! [`due_functions`](Queue::due_functions) of any process (the restarted one, say) reports
 //! them within a sweep (every 5 s) after that, at the latest when their lease ends.
 //! [`requeue_running`](Queue::requeue_running) and [`requeue_expired`](Queue::requeue_expired)
-//! act on this process's claims only.
+//! act on this process's claims only. Leases, due times and record times are read from
+//! [`NatsOptions::clock`]; the server's timers (`ack_wait`, the delay of a retried call's
+//! redelivery) always run in real time.
 //!
 //! Durability: `enqueue` returns once JetStream acknowledged the publish and the record write.
 //! JetStream acknowledges a message once it is written to its file store (and, clustered, on a
@@ -78,13 +80,21 @@ use crate::{
     QueueKey,
 };
 
+/// The hot path: enqueue, due work, claim, complete, retry, requeue, heartbeats.
 mod calls;
+/// Wire forms: a call's message, function names as subjects, call ids as keys.
 mod codec;
+/// URLs, credentials and TLS.
 mod connect;
+/// Dead letters, refused messages, cancellation and replay.
 mod dead;
+/// The MACs over messages and records, and the install's key check.
 mod integrity;
+/// The in-memory view of the active calls.
 mod mirror;
+/// Call records in the bucket: compare-and-set edits, scans (list, prune).
 mod records;
+/// Streams, bucket, consumers, and following the bucket's watch.
 mod setup;
 #[cfg(test)]
 mod tests;
