@@ -256,7 +256,7 @@ async fn open_queue(
                 q,
                 spawn_pruner(move |cutoff| {
                     let p = p.clone();
-                    async move { p.prune(cutoff).await }
+                    async move { fjord_queue::Queue::prune(&*p, cutoff).await }
                 }),
             ))
         }
@@ -305,7 +305,7 @@ async fn open_queue(
                 q,
                 spawn_pruner(move |cutoff| {
                     let p = p.clone();
-                    async move { p.prune(cutoff).await }
+                    async move { fjord_queue::Queue::prune(&*p, cutoff).await }
                 }),
             ))
         }
@@ -320,7 +320,7 @@ async fn open_queue(
 }
 
 /// Every 10 minutes, deletes finished calls (done, dead, cancelled) older than a day with
-/// the backend's `prune` (not part of the `Queue` trait: retention is the server's choice).
+/// `Queue::prune` (retention is the server's choice).
 fn spawn_pruner<F, Fut>(prune: F) -> tokio::task::JoinHandle<()>
 where
     F: Fn(u64) -> Fut + Send + 'static,

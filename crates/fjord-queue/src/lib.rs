@@ -2,6 +2,7 @@
 //! retried, and their results posted to a callback. Backends implement [`Queue`]; the
 //! embedded one ([`sqlite::SqliteQueue`]) keeps everything in the data dir.
 
+pub mod clock;
 #[cfg(feature = "testing")]
 pub mod contract;
 pub mod key;
@@ -17,6 +18,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use clock::{Clock, ManualClock};
 pub use key::QueueKey;
 
 /// A boxed future, so [`Queue`] can be used as `dyn Queue`.
@@ -204,9 +206,14 @@ pub trait Queue: Send + Sync + 'static {
     fn requeue_expired(&self) -> BoxFuture<'_, Result<u64, QueueError>>;
     /// Puts every running call back in the queue (graceful shutdown).
     fn requeue_running(&self) -> BoxFuture<'_, Result<u64, QueueError>>;
+    /// Deletes finished calls (done, dead, cancelled) last updated before `older_than_ms`
+    /// (Unix ms) and whatever the backend keeps for them; returns how many. Active calls are
+    /// never touched. The server calls it periodically with its retention, so the queue does
+    /// not grow forever.
+    fn prune(&self, older_than_ms: u64) -> BoxFuture<'_, Result<u64, QueueError>>;
 }
 
-/// Milliseconds since the Unix epoch.
+/// Milliseconds since the Unix epoch (the system clock; a queue reads its [`Clock`]).
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -18,9 +18,10 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
+use crate::clock::Clock;
 use crate::{
     BoxFuture, CallRecord, CallRequest, CallState, CancelOutcome, Claimed, NewCall, Queue,
-    QueueError, now_ms,
+    QueueError,
 };
 
 /// Most jobs committed in one transaction: bounds how long the first caller of a burst waits.
@@ -83,6 +84,7 @@ pub struct SqliteQueue {
     jobs: Option<mpsc::Sender<Box<dyn Job>>>,
     writer: Option<JoinHandle<()>>,
     reader: Arc<Mutex<Connection>>,
+    clock: Clock,
 }
 
 impl SqliteQueue {
@@ -94,18 +96,18 @@ impl SqliteQueue {
     /// acknowledged enqueue must survive a power loss, not only a crash of fjord; group commit
     /// keeps that affordable.
     pub fn open(path: &Path) -> Result<Arc<SqliteQueue>, QueueError> {
-        create_private(path)
-            .map_err(|e| QueueError::Storage(format!("cannot create {}: {e}", path.display())))?;
-        let mut conn = Connection::open(path).db()?;
-        conn.busy_timeout(BUSY_TIMEOUT).db()?;
-        // journal_mode answers with the mode in effect; where WAL is impossible SQLite keeps
-        // its rollback journal, which is durable too, only slower.
-        let _mode: String = conn
-            .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
-            .db()?;
-        conn.pragma_update(None, "synchronous", "FULL").db()?;
+        Self::open_with_clock(path, Clock::system())
+    }
+
+    /// [`open`](Self::open) reading the time from `clock` (tests move a [`ManualClock`]
+    /// instead of sleeping).
+    ///
+    /// [`ManualClock`]: crate::ManualClock
+    pub fn open_with_clock(path: &Path, clock: Clock) -> Result<Arc<SqliteQueue>, QueueError> {
+        let mut conn = fjord_sqlite::open(path, fjord_sqlite::Synchronous::Full, BUSY_TIMEOUT)
+            .map_err(open_failed)?;
         conn.set_prepared_statement_cache_capacity(32);
-        migrate(&mut conn)?;
+        fjord_sqlite::migrate(&mut conn, MIGRATIONS).map_err(open_failed)?;
 
         let reader = Connection::open(path).db()?;
         reader.busy_timeout(BUSY_TIMEOUT).db()?;
@@ -121,34 +123,8 @@ impl SqliteQueue {
             jobs: Some(tx),
             writer: Some(writer),
             reader: Arc::new(Mutex::new(reader)),
+            clock,
         }))
-    }
-
-    /// Deletes finished calls (done, dead, cancelled) last updated before `older_than_ms`
-    /// (Unix ms); returns how many. Retention is not part of [`Queue`]: fjord calls this
-    /// periodically with its configured retention so the database does not grow forever.
-    /// Deletes in chunks so enqueues are never held up behind one huge transaction.
-    pub async fn prune(&self, older_than_ms: u64) -> Result<u64, QueueError> {
-        let cutoff = to_sql(older_than_ms);
-        let mut total = 0u64;
-        loop {
-            let deleted = self
-                .write(move |conn| {
-                    conn.prepare_cached(
-                        "DELETE FROM calls WHERE rowid IN (
-                            SELECT rowid FROM calls
-                            WHERE state IN ('done', 'dead', 'cancelled') AND updated_at_ms < ?1
-                            LIMIT ?2)",
-                    )
-                    .and_then(|mut s| s.execute(params![cutoff, PRUNE_CHUNK]))
-                    .db()
-                })
-                .await?;
-            total += deleted as u64;
-            if (deleted as i64) < PRUNE_CHUNK {
-                return Ok(total);
-            }
-        }
     }
 
     /// Runs `f` on the writer thread inside the current group transaction; answers only
@@ -218,8 +194,9 @@ impl Queue for SqliteQueue {
         Box::pin(async move {
             // Encode here, on the caller's task, to keep the single writer thread lean.
             let request = encode_request(&call.request)?;
+            let clock = self.clock.clone();
             self.write(move |conn| {
-                let now = to_sql(now_ms());
+                let now = to_sql(clock.now_ms());
                 let inserted = conn
                     .prepare_cached(
                         "INSERT INTO calls (id, function, state, method, path, request,
@@ -253,7 +230,8 @@ impl Queue for SqliteQueue {
     }
 
     fn due_functions(&self) -> BoxFuture<'_, Result<Vec<String>, QueueError>> {
-        Box::pin(self.read(|conn| {
+        let clock = self.clock.clone();
+        Box::pin(self.read(move |conn| {
             // A loose index scan: one indexed probe per function and state, instead of
             // reading (and sorting) every pending call of a large backlog.
             let mut next = conn
@@ -263,7 +241,7 @@ impl Queue for SqliteQueue {
                      ORDER BY function, next_attempt_ms LIMIT 1",
                 )
                 .db()?;
-            let now = to_sql(now_ms());
+            let now = to_sql(clock.now_ms());
             let mut due = std::collections::BTreeSet::new();
             for state in ["queued", "retrying"] {
                 let mut after = String::new();
@@ -297,8 +275,11 @@ impl Queue for SqliteQueue {
                 return Ok(Vec::new());
             }
             let f = function.clone();
+            let clock = self.clock.clone();
             let rows = self
-                .write(move |conn| with_savepoint(conn, |conn| claim(conn, &f, max, lease)))
+                .write(move |conn| {
+                    with_savepoint(conn, |conn| claim(conn, &f, max, lease, clock.now_ms()))
+                })
                 .await?;
             let mut claimed = Vec::with_capacity(rows.len());
             for (id, request, attempt) in rows {
@@ -332,9 +313,10 @@ impl Queue for SqliteQueue {
     }
 
     fn complete_many(&self, done: Vec<(String, u16)>) -> BoxFuture<'_, Result<(), QueueError>> {
+        let clock = self.clock.clone();
         Box::pin(self.write_deferrable(move |conn| {
             let mut stmt = conn.prepare_cached(COMPLETE).db()?;
-            let now = to_sql(now_ms());
+            let now = to_sql(clock.now_ms());
             for (id, status) in done {
                 stmt.execute(params![id, status, now]).db()?;
             }
@@ -395,6 +377,7 @@ impl Queue for SqliteQueue {
 
     fn cancel(&self, id: &str) -> BoxFuture<'_, Result<CancelOutcome, QueueError>> {
         let id = id.to_owned();
+        let clock = self.clock.clone();
         Box::pin(self.write(move |conn| {
             let state: Option<String> = conn
                 .prepare_cached("SELECT state FROM calls WHERE id = ?1")
@@ -410,7 +393,7 @@ impl Queue for SqliteQueue {
             conn.prepare_cached(
                 "UPDATE calls SET state = 'cancelled', updated_at_ms = ?2 WHERE id = ?1",
             )
-            .and_then(|mut s| s.execute(params![id, to_sql(now_ms())]))
+            .and_then(|mut s| s.execute(params![id, to_sql(clock.now_ms())]))
             .db()?;
             Ok(CancelOutcome::Cancelled)
         }))
@@ -447,9 +430,10 @@ impl Queue for SqliteQueue {
 
     fn replay(&self, id: &str) -> BoxFuture<'_, Result<bool, QueueError>> {
         let id = id.to_owned();
+        let clock = self.clock.clone();
         // last_error is kept: it says why the call died, which matters if it dies again.
         Box::pin(self.write(move |conn| {
-            let now = to_sql(now_ms());
+            let now = to_sql(clock.now_ms());
             let changed = conn
                 .prepare_cached(
                     "UPDATE calls SET state = 'queued', attempts = 0, next_attempt_ms = ?2,
@@ -490,6 +474,33 @@ impl Queue for SqliteQueue {
     fn requeue_running(&self) -> BoxFuture<'_, Result<u64, QueueError>> {
         self.requeue("")
     }
+
+    /// Deletes in chunks of [`PRUNE_CHUNK`] rows so enqueues are never held up behind one
+    /// huge transaction.
+    fn prune(&self, older_than_ms: u64) -> BoxFuture<'_, Result<u64, QueueError>> {
+        Box::pin(async move {
+            let cutoff = to_sql(older_than_ms);
+            let mut total = 0u64;
+            loop {
+                let deleted = self
+                    .write(move |conn| {
+                        conn.prepare_cached(
+                            "DELETE FROM calls WHERE rowid IN (
+                            SELECT rowid FROM calls
+                            WHERE state IN ('done', 'dead', 'cancelled') AND updated_at_ms < ?1
+                            LIMIT ?2)",
+                        )
+                        .and_then(|mut s| s.execute(params![cutoff, PRUNE_CHUNK]))
+                        .db()
+                    })
+                    .await?;
+                total += deleted as u64;
+                if (deleted as i64) < PRUNE_CHUNK {
+                    return Ok(total);
+                }
+            }
+        })
+    }
 }
 
 impl SqliteQueue {
@@ -502,14 +513,16 @@ impl SqliteQueue {
             + Send
             + 'static,
     {
+        let clock = self.clock.clone();
         Box::pin(self.write_deferrable(move |conn| {
             let mut stmt = conn.prepare_cached(sql).db()?;
-            bind(&mut stmt, to_sql(now_ms())).db()?;
+            bind(&mut stmt, to_sql(clock.now_ms())).db()?;
             Ok(())
         }))
     }
 
     fn requeue(&self, condition: &'static str) -> BoxFuture<'_, Result<u64, QueueError>> {
+        let clock = self.clock.clone();
         Box::pin(self.write(move |conn| {
             let sql = format!(
                 "UPDATE calls SET state = 'queued', next_attempt_ms = ?1, lease_until_ms = NULL,
@@ -518,7 +531,7 @@ impl SqliteQueue {
             );
             let n = conn
                 .prepare_cached(&sql)
-                .and_then(|mut s| s.execute([to_sql(now_ms())]))
+                .and_then(|mut s| s.execute([to_sql(clock.now_ms())]))
                 .db()?;
             Ok(n as u64)
         }))
@@ -532,8 +545,8 @@ fn claim(
     function: &str,
     max: usize,
     lease: Duration,
+    now: u64,
 ) -> Result<Vec<(String, String, i64)>, QueueError> {
-    let now = now_ms();
     let lease_until =
         to_sql(now.saturating_add(u64::try_from(lease.as_millis()).unwrap_or(u64::MAX)));
     let now = to_sql(now);
@@ -848,49 +861,11 @@ fn to_sql(ms: u64) -> i64 {
     i64::try_from(ms).unwrap_or(i64::MAX)
 }
 
-/// Creates the database file with mode 0600 before SQLite opens it (SQLite would use 0644),
-/// and tightens an existing file that is group- or world-accessible.
-fn create_private(path: &Path) -> std::io::Result<()> {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(path)?;
-        let mut perms = file.metadata()?.permissions();
-        if perms.mode() & 0o077 != 0 {
-            perms.set_mode(perms.mode() & 0o700);
-            file.set_permissions(perms)?;
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = path;
-    Ok(())
-}
-
-fn migrate(conn: &mut Connection) -> Result<(), QueueError> {
-    let supported = MIGRATIONS.len() as i64;
-    let tx = conn
-        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-        .db()?;
-    let version: i64 = tx
-        .pragma_query_value(None, "user_version", |r| r.get(0))
-        .db()?;
-    // A newer fjord's schema might mean something else; refuse rather than misread it.
-    if version > supported {
-        return Err(QueueError::Storage(format!(
-            "queue database has schema version {version}, newer than the {supported} this fjord supports"
-        )));
-    }
-    for sql in &MIGRATIONS[version.max(0) as usize..] {
-        tx.execute_batch(sql).db()?;
-    }
-    tx.pragma_update(None, "user_version", supported).db()?;
-    tx.commit().db()
+fn open_failed(e: fjord_sqlite::Error) -> QueueError {
+    QueueError::Storage(match e {
+        fjord_sqlite::Error::UnsupportedSchema { .. } => format!("queue database has {e}"),
+        e => e.to_string(),
+    })
 }
 
 #[cfg(test)]

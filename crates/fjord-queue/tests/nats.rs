@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use fjord_queue::contract::call;
 use fjord_queue::nats::{INTEGRITY_FAILED, NatsAuth, NatsOptions, NatsQueue, signed_message};
 use fjord_queue::nats_server::NatsServer;
-use fjord_queue::{CallState, Queue, QueueKey, now_ms};
+use fjord_queue::{CallState, Clock, ManualClock, Queue, QueueKey, now_ms};
 
 /// The key every queue of these tests shares (as the fjord servers of one install do).
 fn key() -> QueueKey {
@@ -70,9 +70,20 @@ async fn eventually<F: AsyncFnMut() -> bool>(limit: Duration, what: &str, mut ch
     }
 }
 
-fjord_queue::contract_tests!(async || {
+// Leases and due times follow the check's manual clock; the server's real-time timers (a
+// retry's delayed redelivery) are waited for by the contract, never raced.
+fjord_queue::contract_tests!(async |clock: Clock| {
     let server = NatsServer::start();
-    let queue = connect(&server, &prefix()).await;
+    let queue = NatsQueue::connect_with(
+        &server.url(),
+        NatsOptions {
+            prefix: prefix(),
+            clock,
+            ..NatsOptions::new(key())
+        },
+    )
+    .await
+    .unwrap();
     (Arc::new(queue), server)
 });
 
@@ -226,18 +237,33 @@ async fn calls_of_a_crashed_process_are_redelivered() {
 }
 
 /// A live process keeps a call past `ack_wait` while its lease lasts (heartbeats), and lets
-/// it go once the lease is over, even if the worker never reports.
+/// it go once the lease is over, even if the worker never reports. The leases run on a manual
+/// clock both processes share, so "not over yet" does not depend on how fast this machine
+/// is; only the server's `ack_wait` runs in real time.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn heartbeats_hold_a_call_for_its_lease_only() {
     let server = NatsServer::start();
     let prefix = prefix();
-    // 2 s: heartbeats every ~0.7 s tolerate a loaded machine's scheduling stalls.
-    let ack_wait = Duration::from_secs(2);
-    let a = connect_with_ack_wait(&server, &prefix, ack_wait).await;
-    let b = connect_with_ack_wait(&server, &prefix, ack_wait).await;
+    // 3 s: heartbeats every second tolerate a loaded machine's scheduling stalls.
+    let ack_wait = Duration::from_secs(3);
+    let clock = ManualClock::at_system_now();
+    let connect = async || {
+        NatsQueue::connect_with(
+            &server.url(),
+            NatsOptions {
+                prefix: prefix.clone(),
+                ack_wait,
+                clock: clock.clock(),
+                ..NatsOptions::new(key())
+            },
+        )
+        .await
+        .unwrap()
+    };
+    let a = connect().await;
+    let b = connect().await;
     a.enqueue(call("long", "f")).await.unwrap();
     a.enqueue(call("stuck", "f")).await.unwrap();
-    let started = Instant::now();
     assert_eq!(
         a.claim("f", 1, Duration::from_secs(30)).await.unwrap()[0].id,
         "long"
@@ -247,26 +273,33 @@ async fn heartbeats_hold_a_call_for_its_lease_only() {
         "stuck"
     );
 
-    // "stuck"'s lease ends after 1 s, its last heartbeat at most ack_wait / 3 before; so it
-    // is back within lease + ack_wait. "long" never is.
-    let mut stuck_back = None;
-    while started.elapsed() < Duration::from_secs(6) {
-        for c in b.claim("f", 10, Duration::from_secs(30)).await.unwrap() {
-            assert_eq!(
-                (c.id.as_str(), c.attempt),
-                ("stuck", 2),
-                "long was handed out"
-            );
-            assert!(stuck_back.is_none(), "stuck handed out twice");
-            stuck_back = Some(started.elapsed());
-        }
+    // Both leases last while the clock stands still: well past ack_wait, the server keeps
+    // both calls with a (heartbeats), so b gets nothing.
+    let held_since = Instant::now();
+    while held_since.elapsed() < ack_wait + Duration::from_millis(1500) {
+        let claimed = b.claim("f", 10, Duration::from_secs(30)).await.unwrap();
+        assert!(
+            claimed.is_empty(),
+            "handed out during its lease: {claimed:?}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let back = stuck_back.expect("the call whose lease ended came back");
-    assert!(
-        back >= Duration::from_secs(1),
-        "back after {back:?}, before its lease ended"
-    );
+    // "stuck"'s lease ends: a stops its heartbeats, the server redelivers it after ack_wait.
+    clock.advance(Duration::from_millis(1001));
+    let deadline = Instant::now() + ack_wait * 2 + Duration::from_secs(10);
+    let back = loop {
+        let claimed = b.claim("f", 10, Duration::from_secs(30)).await.unwrap();
+        if !claimed.is_empty() {
+            break claimed;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the call whose lease ended did not come back"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let back: Vec<(&str, u32)> = back.iter().map(|c| (c.id.as_str(), c.attempt)).collect();
+    assert_eq!(back, [("stuck", 2)], "only the call whose lease ended");
     a.complete("long", 200).await.unwrap();
     let r = b.get("long").await.unwrap().unwrap();
     assert_eq!((r.state, r.attempts), (CallState::Done, 1));

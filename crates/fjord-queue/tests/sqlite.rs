@@ -120,39 +120,6 @@ async fn everything_survives_reopen() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn prune_deletes_only_old_finished_calls() {
-    let dir = tempfile::tempdir().unwrap();
-    let q = SqliteQueue::open(&dir.path().join("queue.db")).unwrap();
-    for id in ["done", "dead", "cancelled", "running", "retrying"] {
-        q.enqueue(call(id, "f")).await.unwrap();
-    }
-    q.cancel("cancelled").await.unwrap();
-    q.claim("f", 10, Duration::from_secs(60)).await.unwrap();
-    q.complete("done", 200).await.unwrap();
-    q.dead_letter("dead", None, "x").await.unwrap();
-    q.retry_later("retrying", 0, None, "x").await.unwrap();
-    q.enqueue(call("queued", "f")).await.unwrap();
-    assert_eq!(
-        q.prune(0).await.unwrap(),
-        0,
-        "nothing is older than the epoch"
-    );
-    tokio::time::sleep(Duration::from_millis(5)).await;
-    let cutoff = now_ms();
-    q.enqueue(call("new-done", "f")).await.unwrap();
-    assert_eq!(q.prune(cutoff).await.unwrap(), 3);
-    for id in ["done", "dead", "cancelled"] {
-        assert!(q.get(id).await.unwrap().is_none(), "{id} pruned");
-    }
-    for id in ["running", "queued", "retrying", "new-done"] {
-        assert!(q.get(id).await.unwrap().is_some(), "{id} kept");
-    }
-    // Outcomes for pruned calls are harmless no-ops.
-    q.complete("done", 200).await.unwrap();
-    assert!(q.get("done").await.unwrap().is_none());
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prune_works_in_chunks() {
     let dir = tempfile::tempdir().unwrap();
     let q = SqliteQueue::open(&dir.path().join("queue.db")).unwrap();
@@ -224,20 +191,18 @@ async fn corrupt_rows_are_errors_not_panics() {
 /// Set in the child process of [`acknowledged_calls_survive_sigkill`]: the database to fill.
 const CRASH_CHILD_DB: &str = "FJORD_QUEUE_CRASH_CHILD_DB";
 
-/// Not a test by itself: when [`CRASH_CHILD_DB`] is set this is the child that enqueues
-/// from many tasks and prints `ACK <id>` for every acknowledged call until it is killed.
-#[test]
-fn crash_child() {
-    let Some(path) = std::env::var_os(CRASH_CHILD_DB) else {
-        return;
-    };
+/// The child of [`acknowledged_calls_survive_sigkill`] (this test binary run again with
+/// [`CRASH_CHILD_DB`] set): enqueues from many tasks and prints `ACK <id>` for every
+/// acknowledged call until it is killed. It never returns: if nobody kills it, it exits with
+/// status 3, which the parent reports as a failure.
+fn crash_child(path: &Path) -> ! {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
     rt.block_on(async {
-        let q = SqliteQueue::open(Path::new(&path)).unwrap();
+        let q = SqliteQueue::open(path).unwrap();
         let tasks: Vec<_> = (0..64)
             .map(|t| {
                 let q = Arc::clone(&q);
@@ -256,6 +221,7 @@ fn crash_child() {
             t.await.unwrap();
         }
     });
+    std::process::exit(3);
 }
 
 /// Kills the child with SIGKILL on drop so a failing test leaves no process behind.
@@ -270,12 +236,23 @@ impl Drop for KillOnDrop {
 
 /// The real durability test: a process acknowledging enqueues is `kill -9`ed mid-stream;
 /// every call it acknowledged must be in the database afterwards.
+///
+/// The child is this very test, run again in a new process of this test binary with
+/// [`CRASH_CHILD_DB`] set, so it cannot pass without doing its part.
 #[test]
 fn acknowledged_calls_survive_sigkill() {
+    if let Some(path) = std::env::var_os(CRASH_CHILD_DB) {
+        crash_child(Path::new(&path));
+    }
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("queue.db");
     let child = Command::new(std::env::current_exe().unwrap())
-        .args(["crash_child", "--exact", "--nocapture", "--test-threads=1"])
+        .args([
+            "acknowledged_calls_survive_sigkill",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env(CRASH_CHILD_DB, &path)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -305,7 +282,12 @@ fn acknowledged_calls_survive_sigkill() {
     child.0.kill().unwrap(); // SIGKILL
     while read_ack(&mut out, &mut acked) {}
     let status = child.0.wait().unwrap();
-    assert!(!status.success(), "the child was killed");
+    // Killed by our SIGKILL mid-stream, not ended some other way (a panic, exit 3).
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(9),
+        "the child did not die of SIGKILL: {status}"
+    );
 
     let conn = raw(&path);
     let mut missing = 0;

@@ -187,6 +187,18 @@ pub enum StoreError {
     CorruptNamespace { name: String, reason: String },
 }
 
+impl From<fjord_sqlite::Error> for StoreError {
+    fn from(e: fjord_sqlite::Error) -> StoreError {
+        match e {
+            fjord_sqlite::Error::Create { source, .. } => StoreError::Io(source),
+            fjord_sqlite::Error::Sqlite(e) => StoreError::Sqlite(e),
+            fjord_sqlite::Error::UnsupportedSchema { found, supported } => {
+                StoreError::UnsupportedSchema { found, supported }
+            }
+        }
+    }
+}
+
 /// A namespace created through the API (`POST /system/namespace/{name}`).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct StoredNamespace {
@@ -208,18 +220,15 @@ impl Store {
     /// permissions) because the data dir holds secrets; SQLite gives its `-wal`/`-shm` files
     /// the database file's mode.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
-        create_private(path)?;
-        let mut conn = Connection::open(path)?;
-        conn.busy_timeout(Duration::from_secs(5))?;
-        // journal_mode answers with the mode in effect; WAL cannot be set on some filesystems,
-        // in which case SQLite keeps the rollback journal, which is still durable.
-        let _mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
-        // FULL: a deploy acknowledged to the client must survive a power loss.
-        // WAL + NORMAL: a crash of fjord loses nothing committed; only a power loss may drop
-        // the last commits. FULL would put an fsync into every scale call.
-        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        // NORMAL, not FULL: with WAL a crash of fjord loses nothing committed; only a power
+        // loss may drop the last commits. FULL would put an fsync into every scale call.
+        let mut conn = fjord_sqlite::open(
+            path,
+            fjord_sqlite::Synchronous::Normal,
+            Duration::from_secs(5),
+        )?;
         conn.pragma_update(None, "foreign_keys", true)?;
-        migrate(&mut conn)?;
+        fjord_sqlite::migrate(&mut conn, MIGRATIONS)?;
         Ok(Store {
             conn: Mutex::new(conn),
         })
@@ -599,30 +608,6 @@ pub fn now_rfc3339() -> String {
     humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
 }
 
-/// Creates the database file with mode 0600 before SQLite opens it (SQLite would use 0644),
-/// and tightens an existing file that is group- or world-accessible.
-fn create_private(path: &Path) -> std::io::Result<()> {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(path)?;
-        let mut perms = file.metadata()?.permissions();
-        if perms.mode() & 0o077 != 0 {
-            perms.set_mode(perms.mode() & 0o700);
-            file.set_permissions(perms)?;
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = path;
-    Ok(())
-}
-
 /// Raises the `uid_high` watermark above `uid` (never lowers it).
 fn bump_uid_high(tx: &rusqlite::Transaction<'_>, uid: u32) -> Result<(), StoreError> {
     tx.execute(
@@ -630,24 +615,6 @@ fn bump_uid_high(tx: &rusqlite::Transaction<'_>, uid: u32) -> Result<(), StoreEr
          ON CONFLICT (name) DO UPDATE SET value = MAX(value, excluded.value)",
         [i64::from(uid) + 1],
     )?;
-    Ok(())
-}
-
-fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
-    let supported = MIGRATIONS.len() as i64;
-    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-    let version: i64 = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
-    if version > supported {
-        return Err(StoreError::UnsupportedSchema {
-            found: version,
-            supported,
-        });
-    }
-    for sql in &MIGRATIONS[version.max(0) as usize..] {
-        tx.execute_batch(sql)?;
-    }
-    tx.pragma_update(None, "user_version", supported)?;
-    tx.commit()?;
     Ok(())
 }
 

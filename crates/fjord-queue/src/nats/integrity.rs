@@ -6,9 +6,11 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::{Deserialize, Serialize};
 
+use super::codec::Envelope;
 #[cfg(feature = "testing")]
-use super::encode_message;
-use super::{CAS_ATTEMPTS, Envelope, Stored, failed};
+use super::codec::encode_message;
+use super::records::Stored;
+use super::{CAS_ATTEMPTS, failed};
 #[cfg(feature = "testing")]
 use crate::CallRequest;
 use crate::{QueueError, QueueKey};
