@@ -27,7 +27,7 @@ use crate::api::ApiPath;
 use crate::callback::{CallbackPolicy, ResolveError};
 use crate::control::{ControlPlane, Route};
 use crate::error::ApiError;
-use crate::invoke::{X_CALL_ID, split_async_path, strip_hop_by_hop};
+use crate::invoke::{Caller, Invoker, X_CALL_ID, split_async_path, strip_hop_by_hop};
 
 /// Queue annotations (OpenFaaS Pro names where they exist).
 pub const ANNOTATION_QUEUE_MAX_INFLIGHT: &str = "com.openfaas.queue.max_inflight";
@@ -275,7 +275,7 @@ pub async fn enqueue(
     let mut headers = parts.headers.clone();
     strip_hop_by_hop(&mut headers);
     // The function sees who queued the call, as for a sync call.
-    crate::invoke::forwarded_for(&mut headers, remote);
+    crate::invoke::forwarded_for(&mut headers, Caller::Client(remote));
     headers.remove(&X_CALLBACK_URL);
     headers.remove(header::CONTENT_LENGTH);
     let headers = headers
@@ -487,8 +487,22 @@ const MAX_PREFETCH: usize = 512;
 /// How long a stopping worker lets finished calls record their outcome.
 const FINISH_GRACE: Duration = Duration::from_secs(2);
 
+impl crate::trigger::Trigger for Dispatcher {
+    fn name(&self) -> &'static str {
+        "async-queue"
+    }
+
+    fn run(
+        self: Box<Self>,
+        invoker: Invoker,
+        shutdown: CancellationToken,
+    ) -> crate::trigger::BoxFuture<'static, ()> {
+        Box::pin(self.dispatch(invoker, shutdown))
+    }
+}
+
 impl Dispatcher {
-    pub async fn run(self, shutdown: CancellationToken) {
+    async fn dispatch(self, invoker: Invoker, shutdown: CancellationToken) {
         if let Ok(n) = self.queue.requeue_running().await
             && n > 0
         {
@@ -504,6 +518,7 @@ impl Dispatcher {
         let this = Arc::new(Worker {
             queue: self.queue,
             app: self.app,
+            invoker,
             keep_method: self.keep_method,
             exclusive: self.exclusive,
             callbacks,
@@ -587,6 +602,7 @@ fn ewma(avg: f64, sample: f64) -> f64 {
 struct Worker {
     queue: Arc<dyn Queue>,
     app: AppState,
+    invoker: Invoker,
     keep_method: bool,
     exclusive: bool,
     callbacks: Client<HttpConnector, Full<Bytes>>,
@@ -805,7 +821,7 @@ impl Worker {
         let m = &route.metrics;
         m.async_inflight.fetch_add(1, Ordering::Relaxed);
         let started = Instant::now();
-        let outcome = self.attempt(&mut call).await;
+        let outcome = self.attempt(route, &mut call).await;
         m.async_inflight.fetch_sub(1, Ordering::Relaxed);
         (call, outcome, started.elapsed())
     }
@@ -892,9 +908,14 @@ impl Worker {
 
     /// One attempt through the gateway's own invoke path, in-process: the same routing,
     /// waking, limits and metrics as a sync call, without a loopback connection.
-    async fn attempt(&self, call: &mut fjord_queue::Claimed) -> Outcome {
+    async fn attempt(&self, route: &Arc<Route>, call: &mut fjord_queue::Claimed) -> Outcome {
         let r = &call.request;
-        let mut uri = format!("/function/{}{}", call.function, r.path);
+        // The path the function sees (what followed its name in /async-function/...).
+        let mut uri = if r.path.starts_with('/') {
+            r.path.clone()
+        } else {
+            format!("/{}", r.path)
+        };
         if let Some(q) = r.query.as_deref().filter(|q| !q.is_empty()) {
             uri.push('?');
             uri.push_str(q);
@@ -914,7 +935,7 @@ impl Worker {
         let req = b
             .body(axum::body::Body::from(body))
             .map_err(|e| format!("invalid stored request: {e}"))?;
-        let resp = crate::invoke::invoke_queued(self.app.clone(), req).await;
+        let resp = self.invoker.call(route, Caller::Trigger, req).await;
         let (parts, body) = resp.into_parts();
         let body = http_body_util::Limited::new(body, MAX_CALLBACK_BODY)
             .collect()

@@ -208,25 +208,95 @@ pub async fn invoke(
     ConnectInfo(remote): ConnectInfo<SocketAddr>,
     req: Request,
 ) -> Response<Body> {
-    run(app, remote, req, true).await
+    run(app, remote, req).await
 }
 
-/// The peer of queued calls: their `X-Forwarded-For` was completed when they were queued.
-const QUEUED_PEER: SocketAddr =
-    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 0);
+/// Who asks for a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Caller {
+    /// An HTTP client: its address is appended to `X-Forwarded-For` and counts against the
+    /// per-address limits.
+    Client(SocketAddr),
+    /// A trigger inside fjord (the async queue, a connector): authorised when its work was
+    /// accepted, bounded by its own limits.
+    Trigger,
+}
 
-/// Runs a call that was authorised when it was queued (the async dispatcher).
-pub async fn invoke_queued(app: AppState, req: Request) -> Response<Body> {
-    run(app, QUEUED_PEER, req, false).await
+/// The one path from "call function F with this request" to its response: pick a ready
+/// replica (or wake the function / wait for capacity), proxy or call it in process, count
+/// it. The HTTP handler, the async queue worker and every other [`crate::trigger::Trigger`]
+/// call functions through it.
+#[derive(Clone)]
+pub struct Invoker {
+    app: AppState,
+}
+
+impl Invoker {
+    pub fn new(app: AppState) -> Self {
+        Self { app }
+    }
+
+    /// The function's route, when deployed (a lock-free lookup).
+    pub fn lookup(&self, key: &FunctionKey) -> Option<Arc<Route>> {
+        self.app.control.lookup(&key.namespace, &key.name)
+    }
+
+    /// Calls `route`'s function with `req`, whose URI is the path (and query) the function
+    /// sees. The answer carries `X-Call-Id` (the request's, else a new one), `X-Start-Time`
+    /// and `X-Duration-Seconds`.
+    pub async fn call(&self, route: &Arc<Route>, caller: Caller, req: Request) -> Response<Body> {
+        let started = Instant::now();
+        let (call_id, start_value) = call_headers(&req);
+        let response = call(
+            &self.app,
+            caller,
+            req,
+            route,
+            &call_id,
+            &start_value,
+            started,
+        )
+        .await;
+        stamp(response, call_id, start_value, started)
+    }
+}
+
+/// The call id (the request's `X-Call-Id`, else a new one) and the start time.
+fn call_headers(req: &Request) -> (HeaderValue, HeaderValue) {
+    let start_ns = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos();
+    let call_id = req
+        .headers()
+        .get(&X_CALL_ID)
+        .cloned()
+        .unwrap_or_else(new_call_id);
+    (call_id, HeaderValue::from(start_ns as u64))
+}
+
+fn stamp(
+    mut response: Response<Body>,
+    call_id: HeaderValue,
+    start_value: HeaderValue,
+    started: Instant,
+) -> Response<Body> {
+    let h = response.headers_mut();
+    h.insert(X_CALL_ID.clone(), call_id);
+    h.insert(X_START_TIME.clone(), start_value);
+    if let Ok(v) = HeaderValue::try_from(format!("{:.6}", started.elapsed().as_secs_f64())) {
+        h.insert(X_DURATION_SECONDS.clone(), v);
+    }
+    response
 }
 
 /// Adds the peer's address to `X-Forwarded-For` as a proxy does (`<client's value>, <peer>`):
 /// what the client sent is kept but can no longer pass for the client's address. Both modes
 /// (fork mode sees it as `Http_X_Forwarded_For`). Queued calls got theirs when queued.
-pub fn forwarded_for(h: &mut HeaderMap, remote: SocketAddr) {
-    if remote == QUEUED_PEER {
+pub fn forwarded_for(h: &mut HeaderMap, caller: Caller) {
+    let Caller::Client(remote) = caller else {
         return;
-    }
+    };
     let ip = remote.ip();
     let value = if h.contains_key(&X_FORWARDED_FOR) {
         // Rare: only then is a new value built (every line the client sent, joined).
@@ -245,28 +315,15 @@ pub fn forwarded_for(h: &mut HeaderMap, remote: SocketAddr) {
     }
 }
 
-async fn run(
-    app: AppState,
-    remote: SocketAddr,
-    mut req: Request,
-    check_auth: bool,
-) -> Response<Body> {
+async fn run(app: AppState, remote: SocketAddr, mut req: Request) -> Response<Body> {
     let started = Instant::now();
-    let start_ns = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_nanos();
-    let call_id = req
-        .headers()
-        .get(&X_CALL_ID)
-        .cloned()
-        .unwrap_or_else(new_call_id);
-    let start_value = HeaderValue::from(start_ns as u64);
+    let (call_id, start_value) = call_headers(&req);
     let route = split_function_path(req.uri().path()).and_then(|(segment, _)| {
         let (name, namespace) = FunctionKey::split_route(segment);
         app.control.lookup(namespace, name)
     });
-    let mut response = match &route {
+    let caller = Caller::Client(remote);
+    let response = match &route {
         None => {
             let (name, namespace) = split_function_path(req.uri().path())
                 .map_or(("", ""), |(s, _)| FunctionKey::split_route(s));
@@ -275,32 +332,45 @@ async fn run(
             ))
             .into_response()
         }
-        Some(route) if check_auth && route.requires_token => {
-            // Boxed: the token check's future stays out of the invoke future of open functions.
-            match Box::pin(app.auth.check_invoke(remote.ip(), req.headers())).await {
-                Ok(()) => {
-                    // The gateway's credential is not the function's business.
-                    req.headers_mut().remove(header::AUTHORIZATION);
-                    call(&app, remote, req, route, &call_id, &start_value, started).await
+        Some(route) => match function_uri(req.uri()) {
+            Err(e) => e.into_response(),
+            Ok(uri) => {
+                *req.uri_mut() = uri;
+                if route.requires_token {
+                    // Boxed: the token check's future stays out of the invoke future of open
+                    // functions.
+                    match Box::pin(app.auth.check_invoke(remote.ip(), req.headers())).await {
+                        Ok(()) => {
+                            // The gateway's credential is not the function's business.
+                            req.headers_mut().remove(header::AUTHORIZATION);
+                            call(&app, caller, req, route, &call_id, &start_value, started).await
+                        }
+                        Err(e) => e.into_response(),
+                    }
+                } else {
+                    call(&app, caller, req, route, &call_id, &start_value, started).await
                 }
-                Err(e) => e.into_response(),
             }
-        }
-        Some(route) => call(&app, remote, req, route, &call_id, &start_value, started).await,
+        },
     };
-    let h = response.headers_mut();
-    h.insert(X_CALL_ID.clone(), call_id);
-    h.insert(X_START_TIME.clone(), start_value);
-    if let Ok(v) = HeaderValue::try_from(format!("{:.6}", started.elapsed().as_secs_f64())) {
-        h.insert(X_DURATION_SECONDS.clone(), v);
-    }
-    response
+    stamp(response, call_id, start_value, started)
+}
+
+/// `/function/name.ns/rest?q` → `/rest?q`: the path the function sees.
+fn function_uri(uri: &Uri) -> Result<Uri, ApiError> {
+    let sub_path = split_function_path(uri.path()).map_or("/", |(_, p)| p);
+    let path_and_query = match uri.query() {
+        Some(q) => format!("{sub_path}?{q}"),
+        None => sub_path.to_string(),
+    };
+    Uri::try_from(path_and_query)
+        .map_err(|e| ApiError::BadRequest(format!("invalid request path: {e}")))
 }
 
 /// Counts and forwards one call to a function.
 async fn call(
     app: &AppState,
-    remote: SocketAddr,
+    caller: Caller,
     req: Request,
     route: &Arc<Route>,
     call_id: &HeaderValue,
@@ -308,16 +378,17 @@ async fn call(
     started: Instant,
 ) -> Response<Body> {
     // Only for functions that asked for it (`com.fjord.log.requests`): one flag read otherwise.
-    let report = route.handle.logs.reports_requests().then(|| {
-        let path = split_function_path(req.uri().path()).map_or("/", |(_, p)| p);
-        (req.method().clone(), path.to_owned())
-    });
+    let report = route
+        .handle
+        .logs
+        .reports_requests()
+        .then(|| (req.method().clone(), req.uri().path().to_owned()));
     let m = &route.metrics;
     m.started.fetch_add(1, Ordering::Relaxed);
     m.last_request_ms.store(now_ms(), Ordering::Relaxed);
     m.inflight.fetch_add(1, Ordering::Relaxed);
     let gauge = Gauge(m.clone());
-    let r = forward(app, remote, req, route, call_id, start_value, gauge)
+    let r = forward(app, caller, req, route, call_id, start_value, gauge)
         .await
         .unwrap_or_else(|e| {
             if matches!(e.status().as_u16(), 429 | 503) {
@@ -348,7 +419,7 @@ async fn call(
 /// (bounded in count and time), and sends the request to it.
 async fn forward(
     app: &AppState,
-    remote: SocketAddr,
+    caller: Caller,
     req: Request,
     route: &Arc<Route>,
     call_id: &HeaderValue,
@@ -379,20 +450,20 @@ async fn forward(
             ))
         })
     };
-    let sub_path = split_function_path(parts.uri.path()).map_or("/", |(_, p)| p);
     // The function sees them too (fork mode as Http_X_Call_Id, Http_X_Start_Time).
     parts.headers.insert(X_CALL_ID.clone(), call_id.clone());
     parts
         .headers
         .insert(X_START_TIME.clone(), start_value.clone());
-    forwarded_for(&mut parts.headers, remote);
+    forwarded_for(&mut parts.headers, caller);
     let guards = (inflight, gauge);
     let response = match &guards.0.endpoint().kind {
         EndpointKind::Http { authority } => {
-            let path_and_query = match parts.uri.query() {
-                Some(q) => format!("{sub_path}?{q}"),
-                None => sub_path.to_string(),
-            };
+            let path_and_query = parts
+                .uri
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
             parts.uri = Uri::builder()
                 .scheme("http")
                 .authority(authority.clone())
@@ -466,8 +537,11 @@ async fn forward(
                     }));
                 }
             };
-            // Queued calls are bounded by their function's async max_inflight instead.
-            let client = (remote != QUEUED_PEER).then_some(remote.ip());
+            // Triggers' calls are bounded by their own limits (async max_inflight) instead.
+            let client = match caller {
+                Caller::Client(a) => Some(a.ip()),
+                Caller::Trigger => None,
+            };
             let permit = app
                 .forks
                 .acquire(&handle.qualified, &route.metrics, client)?;
@@ -477,7 +551,7 @@ async fn forward(
                     &serving,
                     InProcessRequest {
                         method: &parts.method,
-                        path: sub_path,
+                        path: parts.uri.path(),
                         query: parts.uri.query(),
                         headers: &parts.headers,
                         body,

@@ -10,14 +10,17 @@ mod callback;
 mod conns;
 mod control;
 mod error;
-mod invoke;
+pub mod invoke;
 mod logs;
 mod metrics;
 mod namespaces;
 mod openapi;
+#[cfg(test)]
+mod router_tests;
 mod secrets;
 mod tls;
 mod tokens;
+pub mod trigger;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -961,24 +964,24 @@ pub async fn serve(config: GatewayConfig, shutdown: CancellationToken) -> Result
     tracing::info!(addr = %local, workers, data_dir = %data_dir.display(), "fjord serve listening on {scheme}://{local}");
     let tls_watch = tls.map(|t| tokio::spawn(t.watch(TLS_POLL)));
 
-    let dispatcher = tokio::spawn(
-        async_calls::Dispatcher {
-            queue: queue.clone(),
-            app: AppState {
-                control: control.clone(),
-                queue: queue.clone(),
-                dispatch: dispatch.clone(),
-                client: upstream_client(),
-                config: config.clone(),
-                shutdown: shutdown.clone(),
-                auth: auth.clone(),
-                forks: forks.clone(),
-            },
-            keep_method: config.async_keep_method,
-            exclusive: config.queue == QueueBackend::Embedded,
-        }
-        .run(shutdown.clone()),
-    );
+    let app = AppState {
+        control: control.clone(),
+        queue: queue.clone(),
+        dispatch: dispatch.clone(),
+        client: upstream_client(),
+        config: config.clone(),
+        shutdown: shutdown.clone(),
+        auth: auth.clone(),
+        forks: forks.clone(),
+    };
+    // The triggers besides HTTP. A connector is one more entry here.
+    let triggers: Vec<Box<dyn trigger::Trigger>> = vec![Box::new(async_calls::Dispatcher {
+        queue: queue.clone(),
+        app: app.clone(),
+        keep_method: config.async_keep_method,
+        exclusive: config.queue == QueueBackend::Embedded,
+    })];
+    let triggers = trigger::start(triggers, &invoke::Invoker::new(app), &shutdown);
     let autoscaler = {
         let control = control.clone();
         let interval = config.autoscale_interval;
@@ -1008,9 +1011,85 @@ pub async fn serve(config: GatewayConfig, shutdown: CancellationToken) -> Result
         }
     });
     let _ = joined.await;
-    let _ = dispatcher.await;
+    for t in triggers {
+        let _ = t.await;
+    }
     control.shutdown().await;
     let _ = std::fs::remove_file(data_dir.join("gateway.addr"));
     tracing::info!("stopped");
     Ok(())
+}
+
+/// An app over the in-memory fake runtime, for in-process tests of the router, the invoker
+/// and triggers (no processes, no root, no network).
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+
+    pub struct TestApp {
+        pub app: AppState,
+        pub runtime: Arc<fjord_runtime_api::fake::FakeRuntime>,
+        pub password: String,
+        _dir: tempfile::TempDir,
+    }
+
+    impl TestApp {
+        pub async fn new() -> Self {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let data = dir.path().to_path_buf();
+            let store = fjord_store::Store::open(&data.join("state.db")).expect("store");
+            let runtime = fjord_runtime_api::fake::FakeRuntime::new();
+            let bundles = bundles::Bundles::new(&data, false).expect("bundles");
+            let (key, _) = secrets::SecretKey::load_or_create(&data).expect("secrets key");
+            let queue =
+                fjord_queue::sqlite::SqliteQueue::open(&data.join("queue.db")).expect("queue");
+            let (creds, _) = auth::load_or_create(&data).expect("admin credentials");
+            let password = std::fs::read_to_string(auth::password_path(&data))
+                .expect("password file")
+                .trim()
+                .to_string();
+            let auth = Arc::new(auth::Auth {
+                basic: Some(creds),
+                tokens: tokens::Tokens::load(&store).expect("tokens"),
+                limiter: auth::FailLimiter::new(1000),
+            });
+            let control = ControlPlane::new(store, runtime.clone(), bundles, key);
+            let config = GatewayConfig::new("127.0.0.1:0".parse().expect("addr"), data);
+            let app = AppState {
+                control,
+                queue,
+                dispatch: Arc::new(tokio::sync::Notify::new()),
+                client: upstream_client(),
+                config: Arc::new(config),
+                shutdown: CancellationToken::new(),
+                auth,
+                forks: conns::ForkLimits::new(64, 64),
+            };
+            Self {
+                app,
+                runtime,
+                password,
+                _dir: dir,
+            }
+        }
+
+        pub fn router(&self) -> Router {
+            router(self.app.clone())
+        }
+
+        /// Deploys a function on the fake runtime (see its docs for `image` conventions).
+        pub async fn deploy(&self, name: &str, image: &str, marker: &str) {
+            let d: fjord_core::openfaas::FunctionDeployment =
+                serde_json::from_value(serde_json::json!({
+                    "service": name, "image": image, "envProcess": "fake",
+                    "envVars": {"MARKER": marker},
+                }))
+                .expect("a deployment");
+            self.app
+                .control
+                .deploy(d, control::DeployMode::CreateOrUpdate)
+                .await
+                .expect("deploy");
+        }
+    }
 }
