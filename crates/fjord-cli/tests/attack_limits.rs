@@ -7,7 +7,7 @@ mod common;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::{ServeOpts, Server, TestDir, fork_fn, text};
+use common::{ServeOpts, Server, TestDir, fork_fn, send_text, text};
 use reqwest::{Method, StatusCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
@@ -325,8 +325,7 @@ fn children_of(pid: i32) -> usize {
 
 /// `gateway_function_invocation_started` of one function.
 async fn started(s: &Server, function: &str) -> u64 {
-    let r = s.sys(Method::GET, "/metrics").send().await.unwrap();
-    let (_, body) = text(r).await;
+    let (_, body) = send_text(s.sys(Method::GET, "/metrics")).await;
     let key = format!("gateway_function_invocation_started{{function_name=\"{function}\"}} ");
     body.lines()
         .find_map(|l| l.strip_prefix(&key))

@@ -70,12 +70,7 @@ async fn system_routes_need_basic_auth() {
         .unwrap();
     assert_401(&r, "not Basic");
 
-    let r = s
-        .sys(Method::GET, "/system/functions")
-        .send()
-        .await
-        .unwrap();
-    let (code, body) = text(r).await;
+    let (code, body) = send_text(s.sys(Method::GET, "/system/functions")).await;
     assert_eq!(code, StatusCode::OK, "right credentials: {body}");
     assert!(
         s.get_function("sneaky").await.is_none(),
@@ -86,13 +81,7 @@ async fn system_routes_need_basic_auth() {
     assert_eq!(r.status(), StatusCode::OK, "/healthz is open");
 
     s.deploy_ready(&fork_fn("public", "cat")).await;
-    let r = s
-        .open(Method::POST, "/function/public")
-        .body("open")
-        .send()
-        .await
-        .unwrap();
-    let (code, body) = text(r).await;
+    let (code, body) = send_text(s.open(Method::POST, "/function/public").body("open")).await;
     assert_eq!(
         (code, body.as_str()),
         (StatusCode::OK, "open"),
@@ -106,12 +95,7 @@ async fn system_routes_need_basic_auth() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auth_can_be_disabled() {
     let s = Server::start_opts(ServeOpts::args(&["--auth=false"])).await;
-    let r = s
-        .open(Method::GET, "/system/functions")
-        .send()
-        .await
-        .unwrap();
-    let (code, body) = text(r).await;
+    let (code, body) = send_text(s.open(Method::GET, "/system/functions")).await;
     assert_eq!(code, StatusCode::OK, "--auth=false: {body}");
     let list: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap();
     assert!(list.is_empty(), "{list:?}");

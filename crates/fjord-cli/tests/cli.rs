@@ -873,7 +873,8 @@ async fn build_cache_and_push_skip_unchanged_work() {
     let push = p.run(&["push"]).await.ok("first fjord push");
     assert!(push.stderr.contains("cached: uploading"), "{}", push.show());
 
-    // Unchanged: nothing is rebuilt or rewritten.
+    // Unchanged: nothing is rebuilt or rewritten. Kept: time must pass so that a rewrite
+    // would show as a newer mtime.
     std::thread::sleep(Duration::from_millis(20));
     let second = p.run_in(&["build"], BUILD).await.ok("second fjord build");
     assert!(

@@ -79,13 +79,11 @@ async fn fork_env_sees_method_query_headers_and_env_vars() {
     assert_eq!(ids.len(), 3, "generated X-Call-Id must be unique: {ids:?}");
 
     // name.namespace route.
-    let r = s
-        .invoke(Method::POST, "env.openfaas-fn?testing=2")
-        .body("x")
-        .send()
-        .await
-        .unwrap();
-    let (code, body) = text(r).await;
+    let (code, body) = send_text(
+        s.invoke(Method::POST, "env.openfaas-fn?testing=2")
+            .body("x"),
+    )
+    .await;
     assert_eq!(code, StatusCode::OK, "/function/env.openfaas-fn: {body}");
     assert_line(&body, "Http_Query=testing=2", "name.namespace route");
     assert_line(&body, "Http_Method=POST", "name.namespace route");
@@ -130,8 +128,7 @@ async fn fork_cat_echoes_bodies_byte_exact() {
     assert!(got[..] == big[..], "5 MB echo is not byte-exact");
 
     // Empty body.
-    let r = s.invoke(Method::POST, "cat").send().await.unwrap();
-    let (code, body) = text(r).await;
+    let (code, body) = send_text(s.invoke(Method::POST, "cat")).await;
     assert_eq!(
         (code, body.as_str()),
         (StatusCode::OK, ""),
@@ -144,13 +141,7 @@ async fn fork_nonzero_exit_is_500_with_output() {
     let s = Server::start().await;
     s.deploy_ready(&fork_fn("fails", "sh -c 'echo oops; exit 3'"))
         .await;
-    let r = s
-        .invoke(Method::POST, "fails")
-        .body("x")
-        .send()
-        .await
-        .unwrap();
-    let (code, body) = text(r).await;
+    let (code, body) = send_text(s.invoke(Method::POST, "fails").body("x")).await;
     assert_eq!(code, StatusCode::INTERNAL_SERVER_ERROR, "exit 3: {body}");
     assert!(
         body.contains("oops"),

@@ -40,12 +40,8 @@ async fn http_mode_proxies_path_query_headers_and_redirects() {
 
     // Every method, and the bare function URL with and without a trailing slash.
     for m in ["GET", "PUT", "PATCH", "DELETE"] {
-        let r = s
-            .invoke(Method::from_bytes(m.as_bytes()).unwrap(), "h")
-            .send()
-            .await
-            .unwrap();
-        let (code, body) = text(r).await;
+        let (code, body) =
+            send_text(s.invoke(Method::from_bytes(m.as_bytes()).unwrap(), "h")).await;
         assert_eq!(code, StatusCode::OK, "{m} /function/h: {body}");
         let e = echo(&body);
         assert_eq!(e["method"], m, "{e}");
@@ -109,13 +105,7 @@ async fn http_mode_proxies_path_query_headers_and_redirects() {
 
     // A large body through the proxy.
     let big = "0123456789abcdef".repeat(128 * 1024);
-    let r = s
-        .invoke(Method::POST, "h/big")
-        .body(big.clone())
-        .send()
-        .await
-        .unwrap();
-    let (code, body) = text(r).await;
+    let (code, body) = send_text(s.invoke(Method::POST, "h/big").body(big.clone())).await;
     assert_eq!(code, StatusCode::OK);
     assert_eq!(echo(&body)["body"].as_str().map(str::len), Some(big.len()));
 }

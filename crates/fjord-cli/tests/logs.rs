@@ -55,11 +55,22 @@ async fn logs_follow_streams_new_lines() {
         }
     });
 
-    // Wait for the response head (or 5 s: the request has started either way).
-    let _ = tokio::time::timeout(Duration::from_secs(5), headers_rx).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let (code, body) = s.call("chatty/log?after-follow-marker").await;
-    assert_eq!(code, StatusCode::OK, "{body}");
+    // The response head, then marker lines until the follower sees one: a line logged before
+    // the server has subscribed the follower is (rightly) not in the stream.
+    tokio::time::timeout(Duration::from_secs(30), headers_rx)
+        .await
+        .expect("the follow request's response head within 30 s")
+        .expect("the follow reader sent its head");
+    wait_until(
+        Duration::from_secs(30),
+        "a marker line followed",
+        || async {
+            let (code, body) = s.call("chatty/log?after-follow-marker").await;
+            assert_eq!(code, StatusCode::OK, "{body}");
+            reader.is_finished()
+        },
+    )
+    .await;
 
     let (ct, line, all) = reader
         .await

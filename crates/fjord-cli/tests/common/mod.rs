@@ -145,6 +145,16 @@ pub fn client_trusting(ca_pem: &str) -> Client {
         .expect("build https client")
 }
 
+/// A client whose connections come from another loopback address (`ip`, e.g. 127.0.0.7).
+pub fn client_from(ip: &str) -> Client {
+    Client::builder()
+        .no_proxy()
+        .local_address(ip.parse::<std::net::IpAddr>().unwrap())
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
+}
+
 /// Output of a CLI run.
 pub struct CliOut {
     pub code: Option<i32>,
@@ -419,6 +429,19 @@ impl Server {
         );
     }
 
+    /// DELETE /system/functions of `name`; asserts a 2xx answer (the exact 202 is checked in the
+    /// API tests).
+    pub async fn remove(&self, name: &str) {
+        let (st, txt) = self
+            .sys_json(
+                Method::DELETE,
+                "/system/functions",
+                &json!({"functionName": name}),
+            )
+            .await;
+        assert!(st.is_success(), "delete of {name} answered {st}: {txt}");
+    }
+
     /// Deploys and waits until the function has ready replicas.
     pub async fn deploy_ready(&self, body: &Value) -> Value {
         self.deploy(body).await;
@@ -511,6 +534,33 @@ impl Server {
     pub fn invoke(&self, method: Method, path: &str) -> RequestBuilder {
         self.client
             .request(method, self.url(&format!("/function/{path}")))
+    }
+
+    /// Invokes `/function/{path}` with `method` and `body`: status and body text.
+    pub async fn call_text(
+        &self,
+        method: Method,
+        path: &str,
+        body: impl Into<reqwest::Body>,
+    ) -> (StatusCode, String) {
+        send_text(self.invoke(method, path).body(body)).await
+    }
+
+    /// An admin (/system) request without a body: status and body text.
+    pub async fn sys_text(&self, method: Method, path: &str) -> (StatusCode, String) {
+        send_text(self.sys(method, path)).await
+    }
+
+    /// [`Server::sys_json`], asserting the status; returns the body.
+    pub async fn sys_expect(
+        &self,
+        method: Method,
+        path: &str,
+        body: &Value,
+        status: StatusCode,
+    ) -> String {
+        let what = format!("{method} {path}");
+        expect_status(self.sys_json(method, path, body).await, status, &what)
     }
 
     /// GET /function/{path}: status and body.
@@ -692,6 +742,129 @@ fn descendants(root: i32) -> Vec<(i32, u64)> {
         }
     }
     out
+}
+
+/// What a condition polled by [`wait_until`] gives: done (with a value), or not yet (with what
+/// was seen, for the failure message).
+pub trait Check {
+    type Out;
+    fn check(self) -> Result<Self::Out, String>;
+}
+
+impl Check for bool {
+    type Out = ();
+    fn check(self) -> Result<(), String> {
+        if self { Ok(()) } else { Err("false".into()) }
+    }
+}
+
+impl<T> Check for Option<T> {
+    type Out = T;
+    fn check(self) -> Result<T, String> {
+        self.ok_or_else(|| "None".into())
+    }
+}
+
+impl<T, E: std::fmt::Display> Check for Result<T, E> {
+    type Out = T;
+    fn check(self) -> Result<T, String> {
+        self.map_err(|e| e.to_string())
+    }
+}
+
+/// How often [`wait_until`] polls.
+pub const POLL: Duration = Duration::from_millis(100);
+
+/// Polls `cond` every [`POLL`] until it holds (`true`, `Some`, `Ok`), for at most `bound`;
+/// returns its value, or panics naming `what` and the last thing seen. For waiting on a
+/// condition instead of sleeping a fixed time before an assert.
+pub async fn wait_until<C: Check>(
+    bound: Duration,
+    what: &str,
+    mut cond: impl AsyncFnMut() -> C,
+) -> C::Out {
+    let deadline = Instant::now() + bound;
+    loop {
+        let last = match cond().await.check() {
+            Ok(v) => return v,
+            Err(last) => last,
+        };
+        if Instant::now() > deadline {
+            panic!("{what}: not reached within {bound:?}; last: {last}");
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// [`wait_until`] for plain threads (tests that drive processes without a runtime).
+pub fn wait_until_blocking<C: Check>(
+    bound: Duration,
+    what: &str,
+    mut cond: impl FnMut() -> C,
+) -> C::Out {
+    let deadline = Instant::now() + bound;
+    loop {
+        let last = match cond().check() {
+            Ok(v) => return v,
+            Err(last) => last,
+        };
+        if Instant::now() > deadline {
+            panic!("{what}: not reached within {bound:?}; last: {last}");
+        }
+        std::thread::sleep(POLL);
+    }
+}
+
+/// Sends `rb`; status and body text. Panics (naming the request) if it could not be sent.
+pub async fn send_text(rb: RequestBuilder) -> (StatusCode, String) {
+    let what = describe(&rb);
+    let r = rb
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{what}: request failed: {e}"));
+    text(r).await
+}
+
+/// Sends `rb`; status, headers and body text.
+pub async fn send_reply(rb: RequestBuilder) -> (StatusCode, reqwest::header::HeaderMap, String) {
+    let what = describe(&rb);
+    let r = rb
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{what}: request failed: {e}"));
+    let headers = r.headers().clone();
+    let (st, body) = text(r).await;
+    (st, headers, body)
+}
+
+fn describe(rb: &RequestBuilder) -> String {
+    match rb.try_clone().and_then(|rb| rb.build().ok()) {
+        Some(req) => format!("{} {}", req.method(), req.url().path()),
+        None => "request".into(),
+    }
+}
+
+/// A header's value as text (`None` if absent or not visible ASCII).
+pub fn header<'a>(h: &'a reqwest::header::HeaderMap, name: &str) -> Option<&'a str> {
+    h.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// Asserts a reply's status and exact body, naming `what` on failure.
+#[track_caller]
+pub fn assert_reply(got: (StatusCode, String), status: StatusCode, body: &str, what: &str) {
+    assert_eq!(
+        (got.0, got.1.as_str()),
+        (status, body),
+        "{what}: unexpected reply"
+    );
+}
+
+/// Asserts a reply's status, naming `what` and showing the body on failure; returns the body.
+#[track_caller]
+pub fn expect_status(got: (StatusCode, String), status: StatusCode, what: &str) -> String {
+    let (st, body) = got;
+    assert_eq!(st, status, "{what}: {body}");
+    body
 }
 
 /// Status and body text of a response.
