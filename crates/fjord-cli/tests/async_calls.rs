@@ -125,11 +125,7 @@ async fn enqueue(
     }
     let resp = r.send().await.expect("POST /async-function");
     let status = resp.status();
-    let id = resp
-        .headers()
-        .get("x-call-id")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
+    let id = header(resp.headers(), "x-call-id").map(str::to_string);
     (status, id, resp.text().await.unwrap_or_default())
 }
 

@@ -139,21 +139,17 @@ async fn enqueue(
     body: &str,
     callback: &str,
 ) -> (StatusCode, String, String) {
-    let r = s
-        .client
-        .post(s.url(&format!("/async-function/{function}")))
-        .header("X-Callback-Url", callback)
-        .body(body.to_string())
-        .send()
-        .await
-        .expect("POST /async-function");
-    let id = r
-        .headers()
-        .get("x-call-id")
-        .and_then(|v| v.to_str().ok())
+    let (st, headers, text) = send_reply(
+        s.client
+            .post(s.url(&format!("/async-function/{function}")))
+            .header("X-Callback-Url", callback)
+            .body(body.to_string()),
+    )
+    .await;
+    let id = header(&headers, "x-call-id")
         .unwrap_or_default()
         .to_string();
-    let (st, text) = text(r).await;
+
     (st, id, text)
 }
 
@@ -372,10 +368,7 @@ async fn a_user_failing_from_many_addresses_is_locked() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
-    let retry: u64 = r
-        .headers()
-        .get("retry-after")
-        .and_then(|v| v.to_str().ok())
+    let retry: u64 = header(r.headers(), "retry-after")
         .and_then(|v| v.parse().ok())
         .expect("Retry-After in seconds");
     assert!((1..=60).contains(&retry), "Retry-After {retry}");

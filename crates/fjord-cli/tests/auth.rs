@@ -9,11 +9,7 @@ use reqwest::{Method, StatusCode};
 
 fn assert_401(r: &reqwest::Response, what: &str) {
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "{what}");
-    let www = r
-        .headers()
-        .get("www-authenticate")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default();
+    let www = header(r.headers(), "www-authenticate").unwrap_or_default();
     assert_eq!(
         www, r#"Basic realm="Restricted""#,
         "{what}: WWW-Authenticate"

@@ -51,7 +51,7 @@ async fn fork_env_sees_method_query_headers_and_env_vars() {
         .unwrap();
     assert_invocation_headers(&r, "GET /function/env/sub/path?testing=1");
     assert_eq!(
-        r.headers().get("x-call-id").and_then(|v| v.to_str().ok()),
+        header(r.headers(), "x-call-id"),
         Some("my-call-id-123"),
         "a sent X-Call-Id must be echoed; headers: {:?}",
         r.headers()
@@ -69,9 +69,7 @@ async fn fork_env_sees_method_query_headers_and_env_vars() {
         let r = s.invoke(Method::GET, "env").send().await.unwrap();
         assert_eq!(r.status(), StatusCode::OK);
         ids.insert(
-            r.headers()
-                .get("x-call-id")
-                .and_then(|v| v.to_str().ok())
+            header(r.headers(), "x-call-id")
                 .unwrap_or_default()
                 .to_string(),
         );
@@ -216,20 +214,16 @@ async fn fork_combine_output_and_content_type() {
     )
     .await;
 
-    let r = s
-        .invoke(Method::POST, "typed")
-        .header("content-type", "text/plain")
-        .body("{}")
-        .send()
-        .await
-        .unwrap();
-    let ct = r
-        .headers()
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
+    let (code, headers, body) = send_reply(
+        s.invoke(Method::POST, "typed")
+            .header("content-type", "text/plain")
+            .body("{}"),
+    )
+    .await;
+    let ct = header(&headers, "content-type")
         .unwrap_or_default()
         .to_string();
-    let (code, body) = text(r).await;
+
     assert_eq!((code, body.as_str()), (StatusCode::OK, "{}"));
     assert!(
         ct.starts_with("application/x-fjord-test"),

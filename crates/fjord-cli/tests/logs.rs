@@ -22,10 +22,7 @@ async fn logs_follow_streams_new_lines() {
     let reader = tokio::spawn(async move {
         let mut r = follow.send().await.expect("follow request");
         let code = r.status();
-        let ct = r
-            .headers()
-            .get("content-type")
-            .and_then(|v| v.to_str().ok())
+        let ct = header(r.headers(), "content-type")
             .unwrap_or_default()
             .to_string();
         let _ = headers_tx.send(());

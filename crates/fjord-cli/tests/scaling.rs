@@ -209,6 +209,27 @@ async fn wait_scaled_back_to_one(s: &Server, name: &str) -> Value {
     st
 }
 
+/// Deploys an http function that scales to zero after 2 s idle and waits (bounded) until it
+/// is there, no replica left; returns that status. Not deploy_ready: it may well be at zero
+/// before anyone looks.
+async fn deploy_at_zero(s: &Server, name: &str) -> Value {
+    s.deploy(&http_fn_labels(
+        name,
+        json!({
+            "com.openfaas.scale.zero": "true",
+            "com.openfaas.scale.zero-duration": "2s",
+        }),
+    ))
+    .await;
+    s.wait_status(
+        name,
+        Duration::from_secs(60),
+        "at zero, no replica left",
+        |v| num(v, "replicas") == 0 && num(v, "availableReplicas") == 0,
+    )
+    .await
+}
+
 async fn scale(s: &Server, name: &str, replicas: u64) {
     s.sys_expect(
         Method::POST,
@@ -329,29 +350,12 @@ async fn min_equal_max_is_never_autoscaled() {
 async fn idle_function_scales_to_zero_and_wakes_on_request() {
     let s = Server::start_opts(ServeOpts::args(&["--ready-timeout", "30"])).await;
     let name = "sleepy";
-    // Not deploy_ready: it may well be at zero before anyone looks.
-    s.deploy(&http_fn_labels(
-        name,
-        json!({
-            "com.openfaas.scale.zero": "true",
-            "com.openfaas.scale.zero-duration": "2s",
-        }),
-    ))
-    .await;
-    let st = s
-        .wait_status(name, Duration::from_secs(20), "scaled to zero", |v| {
-            num(v, "replicas") == 0
-        })
-        .await;
+    let st = deploy_at_zero(&s, name).await;
     assert!(
         reason(&st).contains("zero"),
         "lastScaleReason must say why it is at zero: {st}"
     );
     assert_eq!(fjord_num(&st, "coldStarts"), 0, "{st}");
-    s.wait_status(name, Duration::from_secs(20), "no replica left", |v| {
-        num(v, "availableReplicas") == 0
-    })
-    .await;
 
     let (code, body) = send_text(
         s.invoke(Method::GET, &format!("{name}/woken"))
@@ -387,18 +391,7 @@ async fn idle_function_scales_to_zero_and_wakes_on_request() {
 async fn fifty_concurrent_requests_at_zero_all_succeed() {
     let s = Server::start_opts(ServeOpts::args(&["--ready-timeout", "30"])).await;
     let name = "crowd";
-    s.deploy(&http_fn_labels(
-        name,
-        json!({
-            "com.openfaas.scale.zero": "true",
-            "com.openfaas.scale.zero-duration": "2s",
-        }),
-    ))
-    .await;
-    s.wait_status(name, Duration::from_secs(20), "at zero", |v| {
-        num(v, "replicas") == 0 && num(v, "availableReplicas") == 0
-    })
-    .await;
+    deploy_at_zero(&s, name).await;
     let calls = (0..50).map(|i| {
         let s = &s;
         async move {
@@ -536,18 +529,13 @@ async fn max_inflight_at_max_scale_answers_429() {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let r = s
-            .invoke(Method::GET, "single")
-            .timeout(Duration::from_secs(20))
-            .send()
-            .await
-            .expect("second request");
-        let retry = r
-            .headers()
-            .get("retry-after")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
-        let (st, body) = text(r).await;
+        let (st, headers, body) = send_reply(
+            s.invoke(Method::GET, "single")
+                .timeout(Duration::from_secs(20)),
+        )
+        .await;
+        let retry = header(&headers, "retry-after").map(str::to_string);
+
         (st, body, retry)
     };
     let ((code1, body1), (code2, body2, retry)) = tokio::join!(first, second);
@@ -625,14 +613,10 @@ async fn nothing_ready_within_ready_timeout_answers_503() {
         "envVars": {"mode": "http"},
     }))
     .await;
-    let r = s
-        .invoke(Method::GET, name)
-        .timeout(Duration::from_secs(15))
-        .send()
-        .await
-        .expect("the gateway gives up after --ready-timeout");
-    let retry = r.headers().get("retry-after").cloned();
-    let (code, body) = text(r).await;
+    let (code, headers, body) =
+        send_reply(s.invoke(Method::GET, name).timeout(Duration::from_secs(15))).await;
+    let retry = headers.get("retry-after").cloned();
+
     assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE, "{body}");
     assert!(retry.is_some(), "503 needs Retry-After");
     assert!(
@@ -642,18 +626,11 @@ async fn nothing_ready_within_ready_timeout_answers_503() {
 }
 
 async fn scrape(s: &Server) -> Scrape {
-    let r = s
-        .open(Method::GET, "/metrics")
-        .send()
-        .await
-        .expect("GET /metrics");
-    let ctype = r
-        .headers()
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
+    let (code, headers, body) = send_reply(s.open(Method::GET, "/metrics")).await;
+    let ctype = header(&headers, "content-type")
         .unwrap_or_default()
         .to_string();
-    let (code, body) = text(r).await;
+
     assert_eq!(code, StatusCode::OK, "GET /metrics without auth: {body}");
     assert!(ctype.starts_with("text/plain"), "content-type {ctype}");
     Scrape::parse(body.lines().map(|l| Ok(l.to_string()))).expect("Prometheus text format")

@@ -333,6 +333,28 @@ async fn get_text(c: &Client, url: &str) -> (StatusCode, reqwest::header::Header
     (st, h, r.text().await.unwrap())
 }
 
+/// A streamed body of `parts` (sent chunked: it has no length), and the bytes it adds up to.
+fn chunked(parts: Vec<Vec<u8>>) -> (reqwest::Body, Vec<u8>) {
+    let all = parts.concat();
+    let stream = futures_util::stream::iter(parts.into_iter().map(Ok::<_, std::io::Error>));
+    (reqwest::Body::wrap_stream(stream), all)
+}
+
+/// POSTs `body` to the function's `/echo`; asserts 200 and the same bytes back. Returns the
+/// answer's headers.
+async fn assert_echoed(
+    c: &Client,
+    run: &Running,
+    body: reqwest::Body,
+    expected: &[u8],
+) -> reqwest::header::HeaderMap {
+    let r = c.post(run.url("/echo")).body(body).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let h = r.headers().clone();
+    assert_eq!(r.bytes().await.unwrap().as_ref(), expected);
+    h
+}
+
 fn header<'a>(h: &'a reqwest::header::HeaderMap, name: &str) -> &'a str {
     h.get(name).map(|v| v.to_str().unwrap()).unwrap_or("")
 }
@@ -686,33 +708,16 @@ async fn python3_http_bodies_large_and_chunked() {
 
     // 1 MB, binary, with Content-Length.
     let big: Vec<u8> = (0..1024 * 1024).map(|i| (i * 7 % 251) as u8).collect();
-    let r = c
-        .post(run.url("/echo"))
-        .body(big.clone())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    assert_eq!(
-        header(r.headers(), "content-type"),
-        "application/octet-stream"
-    );
-    assert_eq!(r.bytes().await.unwrap().as_ref(), big.as_slice());
+    let h = assert_echoed(&c, &run, big.clone().into(), &big).await;
+    assert_eq!(header(&h, "content-type"), "application/octet-stream");
 
     // Chunked (a streamed body has no length).
-    let parts: Vec<Result<Vec<u8>, std::io::Error>> = vec![
-        Ok(b"hello ".to_vec()),
-        Ok(vec![b'x'; 100_000]),
-        Ok(b" bye".to_vec()),
-    ];
-    let expected: Vec<u8> = parts
-        .iter()
-        .flat_map(|p| p.as_ref().unwrap().clone())
-        .collect();
-    let body = reqwest::Body::wrap_stream(futures_util::stream::iter(parts));
-    let r = c.post(run.url("/echo")).body(body).send().await.unwrap();
-    assert_eq!(r.status(), 200);
-    assert_eq!(r.bytes().await.unwrap().as_ref(), expected.as_slice());
+    let (body, expected) = chunked(vec![
+        b"hello ".to_vec(),
+        vec![b'x'; 100_000],
+        b" bye".to_vec(),
+    ]);
+    assert_echoed(&c, &run, body, &expected).await;
 
     // Chunked by hand: extensions and trailers, then another request on the connection.
     let mut raw = run.raw();
@@ -1190,16 +1195,8 @@ async fn node_raw_body_and_limits() {
         .unwrap();
     assert_eq!(r.status(), 413);
     // Chunked over the limit too.
-    let parts: Vec<Result<Vec<u8>, std::io::Error>> =
-        vec![Ok(vec![b'a'; 600]), Ok(vec![b'b'; 600])];
-    let r = c
-        .post(run.url("/echo"))
-        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
-            parts,
-        )))
-        .send()
-        .await
-        .unwrap();
+    let (body, _) = chunked(vec![vec![b'a'; 600], vec![b'b'; 600]]);
+    let r = c.post(run.url("/echo")).body(body).send().await.unwrap();
     assert_eq!(r.status(), 413);
 }
 
@@ -1358,32 +1355,9 @@ async fn rust_template_builds_and_serves() {
 
     // Echo of a 1 MB body, and a chunked one.
     let big: Vec<u8> = (0..1024 * 1024).map(|i| (i % 253) as u8).collect();
-    let r = c
-        .post(run.url("/echo"))
-        .body(big.clone())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    assert_eq!(r.bytes().await.unwrap().as_ref(), big.as_slice());
-    let parts: Vec<Result<Vec<u8>, std::io::Error>> = vec![
-        Ok(b"ab".to_vec()),
-        Ok(vec![b'c'; 70_000]),
-        Ok(b"d".to_vec()),
-    ];
-    let expected: Vec<u8> = parts
-        .iter()
-        .flat_map(|p| p.as_ref().unwrap().clone())
-        .collect();
-    let r = c
-        .post(run.url("/echo"))
-        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
-            parts,
-        )))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.bytes().await.unwrap().as_ref(), expected.as_slice());
+    assert_echoed(&c, &run, big.clone().into(), &big).await;
+    let (body, expected) = chunked(vec![b"ab".to_vec(), vec![b'c'; 70_000], b"d".to_vec()]);
+    assert_echoed(&c, &run, body, &expected).await;
 
     // Status and headers.
     let r = c.get(run.url("/status")).send().await.unwrap();
