@@ -6,7 +6,7 @@
 
 use std::fs;
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -22,7 +22,7 @@ use serde_json::{Value, json};
 use tempfile::TempDir;
 
 mod common;
-use common::wait_until_blocking;
+use common::{free_port, wait_until_blocking};
 
 /// The PATH fjord gives functions (fjord-runtime's DEFAULT_PATH).
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -209,14 +209,6 @@ impl Drop for Running {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 impl Running {
@@ -804,19 +796,26 @@ fn python3_http_protocol() {
     assert_eq!(raw.response(false).status, 200);
 }
 
-#[test]
-fn python3_http_sigterm_drains_then_exits() {
-    let b = py_http_bundle();
-    let mut run = Running::start(&b, &[]);
+/// Starts `b`, sends `GET /slow` and, once the handler has it, SIGTERM: the request is still
+/// answered, then the process exits 0. Returns the answer.
+fn assert_sigterm_drains(b: &Bundle) -> RawResponse {
+    let mut run = Running::start(b, &[]);
     let mut raw = run.raw();
     raw.send(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n");
     run.wait_stderr("slow started");
     run.sigterm();
     let r = raw.response(false);
     assert_eq!((r.status, r.body.as_slice()), (200, &b"slow done"[..]));
-    assert_eq!(r.header("connection"), Some("close"));
     let st = run.wait_exit(EXIT_TIMEOUT);
     assert!(st.success(), "{st}");
+    r
+}
+
+#[test]
+fn python3_http_sigterm_drains_then_exits() {
+    let b = py_http_bundle();
+    let r = assert_sigterm_drains(&b);
+    assert_eq!(r.header("connection"), Some("close"));
 
     // Idle: at once.
     let mut run = Running::start(&b, &[]);
@@ -1202,16 +1201,7 @@ async fn node_raw_body_and_limits() {
 
 #[test]
 fn node_sigterm_drains_then_exits() {
-    let b = node_bundle();
-    let mut run = Running::start(&b, &[]);
-    let mut raw = run.raw();
-    raw.send(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n");
-    run.wait_stderr("slow started");
-    run.sigterm();
-    let r = raw.response(false);
-    assert_eq!((r.status, r.body.as_slice()), (200, &b"slow done"[..]));
-    let st = run.wait_exit(EXIT_TIMEOUT);
-    assert!(st.success(), "{st}");
+    assert_sigterm_drains(&node_bundle());
 }
 
 // --- rust --------------------------------------------------------------------------------
@@ -1407,14 +1397,5 @@ async fn rust_template_builds_and_serves() {
 
 #[test]
 fn rust_sigterm_drains_then_exits() {
-    let b = rust_bundle();
-    let mut run = Running::start(&b, &[]);
-    let mut raw = run.raw();
-    raw.send(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n");
-    run.wait_stderr("slow started");
-    run.sigterm();
-    let r = raw.response(false);
-    assert_eq!((r.status, r.body.as_slice()), (200, &b"slow done"[..]));
-    let st = run.wait_exit(EXIT_TIMEOUT);
-    assert!(st.success(), "{st}");
+    assert_sigterm_drains(&rust_bundle());
 }

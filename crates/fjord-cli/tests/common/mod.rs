@@ -145,6 +145,15 @@ pub fn client_trusting(ca_pem: &str) -> Client {
         .expect("build https client")
 }
 
+/// A loopback TCP port free at the time of the call.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// A client whose connections come from another loopback address (`ip`, e.g. 127.0.0.7).
 pub fn client_from(ip: &str) -> Client {
     Client::builder()
