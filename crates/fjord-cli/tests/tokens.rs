@@ -253,18 +253,10 @@ async fn functions_can_require_a_token() {
 
     // Dropping the annotation opens the function again.
     s.update(&fork_fn("private", "env")).await;
-    let deadline = std::time::Instant::now() + READY_TIMEOUT;
-    loop {
-        let (st, _) = status_of(s.open(Method::POST, "/function/private")).await;
-        if st == StatusCode::OK {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "still {st} after the update"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_until(READY_TIMEOUT, "open again after the update", async || {
+        status_of(s.open(Method::POST, "/function/private")).await.0 == StatusCode::OK
+    })
+    .await;
     let mut all = Vec::new();
     files(&s.data_dir(), &mut all);
     for p in &all {

@@ -492,24 +492,10 @@ impl Server {
 
     /// Polls until `availableReplicas >= max(replicas, 1)`; returns the last status.
     pub async fn wait_ready(&self, name: &str, timeout: Duration) -> Value {
-        let deadline = Instant::now() + timeout;
-        let mut last = None;
-        loop {
-            if let Some(st) = self.get_function(name).await {
-                let want = num(&st, "replicas").max(1);
-                if num(&st, "availableReplicas") >= want {
-                    return st;
-                }
-                last = Some(st);
-            }
-            if Instant::now() > deadline {
-                panic!(
-                    "function {name} not ready within {timeout:?}; last status: {}",
-                    last.map(|v| v.to_string()).unwrap_or_else(|| "404".into())
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        self.wait_status(name, timeout, "ready", |st| {
+            num(st, "availableReplicas") >= num(st, "replicas").max(1)
+        })
+        .await
     }
 
     /// Polls the function status until `pred` holds; returns that status.
@@ -520,23 +506,15 @@ impl Server {
         what: &str,
         pred: impl Fn(&Value) -> bool,
     ) -> Value {
-        let deadline = Instant::now() + timeout;
-        let mut last = None;
-        loop {
-            if let Some(st) = self.get_function(name).await {
-                if pred(&st) {
-                    return st;
-                }
-                last = Some(st);
+        let what = format!("function {name}: {what} (last status)");
+        wait_until(timeout, &what, async || {
+            match self.get_function(name).await {
+                Some(st) if pred(&st) => Ok(st),
+                Some(st) => Err(st.to_string()),
+                None => Err("404".to_string()),
             }
-            if Instant::now() > deadline {
-                panic!(
-                    "function {name}: {what} not reached within {timeout:?}; last status: {}",
-                    last.map(|v| v.to_string()).unwrap_or_else(|| "404".into())
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        })
+        .await
     }
 
     /// Invokes `/function/{path}` (path includes the name, e.g. `env/sub?x=1`).
@@ -584,29 +562,20 @@ impl Server {
 
     /// Polls GET /function/{path} until it answers 200; returns the body.
     pub async fn call_until_ok(&self, path: &str, timeout: Duration) -> String {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let last;
-            match self
+        let what = format!("GET /function/{path} answering 200");
+        wait_until(timeout, &what, async || {
+            let rb = self
                 .invoke(Method::GET, path)
-                .timeout(Duration::from_secs(10))
-                .send()
-                .await
-            {
-                Ok(r) => {
-                    let (st, body) = text(r).await;
-                    if st == StatusCode::OK {
-                        return body;
-                    }
-                    last = format!("{st}: {body}");
-                }
-                Err(e) => last = format!("error: {e}"),
+                .timeout(Duration::from_secs(10));
+            match rb.send().await {
+                Ok(r) => match text(r).await {
+                    (StatusCode::OK, body) => Ok(body),
+                    (st, body) => Err(format!("{st}: {body}")),
+                },
+                Err(e) => Err(format!("error: {e}")),
             }
-            if Instant::now() > deadline {
-                panic!("GET /function/{path} never answered 200 within {timeout:?}; last: {last}");
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        })
+        .await
     }
 
     /// Non-following log request; returns parsed NDJSON lines.
@@ -625,27 +594,19 @@ impl Server {
 
     /// Polls the logs until a line's text contains `needle`; returns all lines of that answer.
     pub async fn wait_log(&self, query: &str, needle: &str, timeout: Duration) -> Vec<Value> {
-        let deadline = Instant::now() + timeout;
-        loop {
+        let what = format!("a log line containing {needle:?} for {query}");
+        wait_until(timeout, &what, async || {
             let lines = self.logs(query).await;
             if lines
                 .iter()
                 .any(|l| l["text"].as_str().unwrap_or_default().contains(needle))
             {
-                return lines;
+                return Ok(lines);
             }
-            if Instant::now() > deadline {
-                panic!(
-                    "no log line containing {needle:?} within {timeout:?} for {query}; got:\n{}",
-                    lines
-                        .iter()
-                        .map(|l| l.to_string())
-                        .collect::<Vec<_>>()
-                        .join("\n")
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(300)).await;
-        }
+            let got: Vec<String> = lines.iter().map(|l| l.to_string()).collect();
+            Err(format!("got:\n{}", got.join("\n")))
+        })
+        .await
     }
 
     /// Sends SIGTERM and waits for the process to exit; returns its status.
