@@ -455,7 +455,7 @@ async fn info_namespaces_and_scaling() {
     );
     // The function still answers with 2 replicas.
     for _ in 0..10 {
-        let body = s.call_until_ok("scaler/", Duration::from_secs(10)).await;
+        let body = s.call_until_ok("scaler/", Duration::from_secs(30)).await;
         assert_eq!(echo(&body)["version"], "1");
     }
 
@@ -487,5 +487,5 @@ async fn info_namespaces_and_scaling() {
     )
     .await;
     s.wait_ready("scaler", READY_TIMEOUT).await;
-    s.call_until_ok("scaler/", Duration::from_secs(10)).await;
+    s.call_until_ok("scaler/", Duration::from_secs(30)).await;
 }

@@ -154,7 +154,7 @@ async fn accepted_calls_run_and_call_back_with_headers(b: &Backend) {
     let (status, id, body) = enqueue(&s, "echo/some/path?x=1", "hello async", Some(&cb.url)).await;
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
     let id = id.expect("X-Call-Id on the 202");
-    let got = cb.wait_for(1, Duration::from_secs(20)).await;
+    let got = cb.wait_for(1, Duration::from_secs(30)).await;
     let c = &got[0];
     assert_eq!(c.body, b"hello async");
     assert_eq!(c.headers["x-call-id"], id);
@@ -190,7 +190,7 @@ async fn accepted_calls_run_and_call_back_with_headers(b: &Backend) {
     // The function saw the original method, path and query.
     s.deploy_ready(&fork_fn("env", "env")).await;
     let (_, id2, _) = enqueue(&s, "env/p/q?testing=1", "", Some(&cb.url)).await;
-    let got = cb.wait_for(2, Duration::from_secs(20)).await;
+    let got = cb.wait_for(2, Duration::from_secs(30)).await;
     let c = got
         .iter()
         .find(|c| c.headers.get("x-call-id") == id2.as_ref())
@@ -260,12 +260,12 @@ async fn retries_follow_the_policy_then_dead_letter_and_replay(b: &Backend) {
     s.deploy_ready(&f).await;
     let (_, id, _) = enqueue(&s, "flaky", "", Some(&cb.url)).await;
     let id = id.unwrap();
-    let got = cb.wait_for(1, Duration::from_secs(20)).await;
+    let got = cb.wait_for(1, Duration::from_secs(30)).await;
     assert_eq!(got[0].headers["x-function-status"], "200");
     assert_eq!(got[0].headers["x-retry"], "2", "third attempt");
     assert_eq!(got[0].headers["x-retry-max"], "3");
     assert_eq!(String::from_utf8_lossy(&got[0].body).trim(), "ok-3");
-    let v = wait_state(&s, &id, "done", Duration::from_secs(5)).await;
+    let v = wait_state(&s, &id, "done", Duration::from_secs(30)).await;
     assert_eq!(v["attempts"], 3, "{v}");
 
     // Never succeeds: dead-lettered after 4 attempts, failure posted to the callback.
@@ -274,10 +274,10 @@ async fn retries_follow_the_policy_then_dead_letter_and_replay(b: &Backend) {
     s.deploy_ready(&f).await;
     let (_, id, _) = enqueue(&s, "broken", "", Some(&cb.url)).await;
     let id = id.unwrap();
-    let v = wait_state(&s, &id, "dead", Duration::from_secs(20)).await;
+    let v = wait_state(&s, &id, "dead", Duration::from_secs(30)).await;
     assert_eq!(v["attempts"], 4, "{v}");
     assert_eq!(v["status"], 500, "{v}");
-    let got = cb.wait_for(2, Duration::from_secs(10)).await;
+    let got = cb.wait_for(2, Duration::from_secs(30)).await;
     assert!(got.iter().any(
         |c| c.headers.get("x-call-id") == Some(&id) && c.headers["x-function-status"] == "500"
     ));
@@ -295,9 +295,9 @@ async fn retries_follow_the_policy_then_dead_letter_and_replay(b: &Backend) {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::ACCEPTED);
-    let v = wait_state(&s, &id, "dead", Duration::from_secs(20)).await;
+    let v = wait_state(&s, &id, "dead", Duration::from_secs(30)).await;
     assert_eq!(v["attempts"], 4, "{v}");
-    let got = cb.wait_for(3, Duration::from_secs(10)).await;
+    let got = cb.wait_for(3, Duration::from_secs(30)).await;
     assert_eq!(
         got.iter()
             .filter(|c| c.headers.get("x-call-id") == Some(&id))
@@ -322,7 +322,7 @@ async fn queued_calls_can_be_cancelled_running_ones_cannot(b: &Backend) {
     let (_, first, _) = enqueue(&s, "slow", "", None).await;
     let (_, second, _) = enqueue(&s, "slow", "", None).await;
     let (first, second) = (first.unwrap(), second.unwrap());
-    wait_state(&s, &first, "running", Duration::from_secs(10)).await;
+    wait_state(&s, &first, "running", Duration::from_secs(30)).await;
     let r = s
         .client
         .delete(s.url(&format!("/async-function/{second}")))
@@ -459,7 +459,7 @@ async fn max_inflight_zero_pauses_until_updated(b: &Backend) {
     f["annotations"] = json!({"com.openfaas.queue.max_inflight": "2"});
     s.deploy_ready(&f).await;
     for id in &ids {
-        wait_state(&s, id, "done", Duration::from_secs(10)).await;
+        wait_state(&s, id, "done", Duration::from_secs(30)).await;
     }
     // Out of range is a deploy error naming the annotation.
     f["annotations"] = json!({"com.openfaas.queue.max_inflight": "-1"});

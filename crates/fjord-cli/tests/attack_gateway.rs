@@ -261,7 +261,7 @@ async fn allowed_callbacks_are_delivered_without_redirects_or_unbounded_reads() 
     assert_eq!(st, StatusCode::ACCEPTED, "{body}");
     let got = receiver.wait_bodies(1, Duration::from_secs(30)).await;
     assert_eq!(got[0], b"hello");
-    let (call, outcome) = callback_outcome(&s, &id, Duration::from_secs(10)).await;
+    let (call, outcome) = callback_outcome(&s, &id, Duration::from_secs(30)).await;
     assert_eq!(outcome, "delivered (200)", "{call}");
     // An async call's function sees the queuing client's X-Forwarded-For with its peer
     // appended, as a sync call does.

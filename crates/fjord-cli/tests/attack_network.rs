@@ -113,7 +113,7 @@ async fn a_stranger_listening_on_a_replicas_port_never_gets_its_traffic() {
     let mut victim = http_fn("victim", "genuine");
     victim["envVars"]["upstream_url"] = json!(format!("http://127.0.0.1:{port}"));
     s.deploy(&victim).await;
-    let first = s.call_until_ok("victim", Duration::from_secs(20)).await;
+    let first = s.call_until_ok("victim", Duration::from_secs(30)).await;
     let mut answers = vec![first];
     for _ in 0..20 {
         let (st, body) = s.call("victim").await;

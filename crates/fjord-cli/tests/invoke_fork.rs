@@ -210,7 +210,7 @@ async fn fork_combine_output_and_content_type() {
     s.wait_log(
         "name=quiet&tail=100",
         "err-line-quiet",
-        Duration::from_secs(10),
+        Duration::from_secs(30),
     )
     .await;
 
@@ -248,7 +248,7 @@ async fn fork_logs_have_watchdog_lines() {
         .wait_log(
             "name=logged&tail=100",
             "Forking fprocess.",
-            Duration::from_secs(10),
+            Duration::from_secs(30),
         )
         .await;
     let lines = if lines
@@ -257,7 +257,7 @@ async fn fork_logs_have_watchdog_lines() {
     {
         lines
     } else {
-        s.wait_log("name=logged&tail=100", "Wrote ", Duration::from_secs(10))
+        s.wait_log("name=logged&tail=100", "Wrote ", Duration::from_secs(30))
             .await
     };
     let wrote = lines

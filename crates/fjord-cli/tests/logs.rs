@@ -105,7 +105,7 @@ async fn invocations_are_reported_in_the_log_when_asked() {
     let (code, _) = s.call("quiet").await;
     assert_eq!(code, StatusCode::OK);
     let lines = s
-        .wait_log("name=reported", "REPORT", Duration::from_secs(10))
+        .wait_log("name=reported", "REPORT", Duration::from_secs(30))
         .await;
     let report = lines
         .iter()

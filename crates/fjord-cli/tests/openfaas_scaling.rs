@@ -126,7 +126,7 @@ async fn scale_to_zero_below_min_works_and_the_next_call_wakes_it() {
     let st = s
         .wait_status(
             name,
-            Duration::from_secs(20),
+            Duration::from_secs(30),
             "0 replicas, none left",
             |v| num(v, "replicas") == 0 && num(v, "availableReplicas") == 0,
         )
@@ -377,7 +377,7 @@ async fn health_path_annotation_is_the_readiness_path() {
     s.wait_log(
         "name=healthy&tail=100",
         "LOGLINE probed-health",
-        Duration::from_secs(20),
+        Duration::from_secs(30),
     )
     .await;
 
@@ -392,7 +392,7 @@ async fn health_path_annotation_is_the_readiness_path() {
         .wait_log(
             "name=both&tail=100",
             "LOGLINE ready-wins",
-            Duration::from_secs(20),
+            Duration::from_secs(30),
         )
         .await;
     assert!(

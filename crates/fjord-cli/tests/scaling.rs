@@ -472,7 +472,7 @@ async fn manual_scale_is_clamped_to_the_policy() {
     .await;
     scale(&s, zero, 0).await;
     let st = s
-        .wait_status(zero, Duration::from_secs(20), "0 replicas", |v| {
+        .wait_status(zero, Duration::from_secs(30), "0 replicas", |v| {
             num(v, "replicas") == 0 && num(v, "availableReplicas") == 0
         })
         .await;
@@ -836,6 +836,17 @@ async fn invalid_scale_labels_are_rejected_at_deploy() {
     s.sys_expect(Method::POST, "/system/functions", &http_fn_labels("good", json!({"com.openfaas.scale.type": "capacity", "com.openfaas.scale.target": "2.5", "com.openfaas.scale.target-proportion": "1", "com.openfaas.scale.zero": "false", "com.openfaas.scale.zero-duration": "90s", "com.openfaas.scale.down.window": "1m",}),), StatusCode::ACCEPTED).await;
 }
 
+/// POSTs an AlertManager webhook (`status` firing or resolved) for `function`; asserts 200.
+async fn alert(s: &Server, status: &str, function: &str) {
+    s.sys_expect(
+        Method::POST,
+        "/system/alert",
+        &alert_body(status, function),
+        StatusCode::OK,
+    )
+    .await;
+}
+
 fn alert_body(status: &str, function: &str) -> Value {
     json!({
         "receiver": "scale-up",
@@ -886,37 +897,19 @@ async fn alertmanager_webhook_scales_up_and_back() {
     );
     assert_eq!(num(&s.get_function(name).await.unwrap(), "replicas"), 1);
 
-    s.sys_expect(
-        Method::POST,
-        "/system/alert",
-        &alert_body("firing", &q),
-        StatusCode::OK,
-    )
-    .await;
+    alert(&s, "firing", &q).await;
     let st = s.get_function(name).await.unwrap();
     assert_eq!(num(&st, "replicas"), 3, "1 + ceil(10 × 20 / 100): {st}");
     s.wait_status(name, READY_TIMEOUT, "3 available", |v| {
         num(v, "availableReplicas") == 3
     })
     .await;
-    s.sys_expect(
-        Method::POST,
-        "/system/alert",
-        &alert_body("firing", &q),
-        StatusCode::OK,
-    )
-    .await;
+    alert(&s, "firing", &q).await;
     assert_eq!(num(&s.get_function(name).await.unwrap(), "replicas"), 5);
 
-    s.sys_expect(
-        Method::POST,
-        "/system/alert",
-        &alert_body("resolved", &q),
-        StatusCode::OK,
-    )
-    .await;
+    alert(&s, "resolved", &q).await;
     let st = s
-        .wait_status(name, Duration::from_secs(20), "back to min", |v| {
+        .wait_status(name, Duration::from_secs(30), "back to min", |v| {
             num(v, "replicas") == 1 && num(v, "availableReplicas") == 1
         })
         .await;

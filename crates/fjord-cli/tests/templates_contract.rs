@@ -27,8 +27,9 @@ use common::{free_port, wait_until_blocking};
 /// The PATH fjord gives functions (fjord-runtime's DEFAULT_PATH).
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 const HOSTNAME: &str = "tmpl-contract-replica";
-const READY_TIMEOUT: Duration = Duration::from_secs(15);
-const IO_TIMEOUT: Duration = Duration::from_secs(15);
+// Generous: the machine running the tests is shared.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+const IO_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a function may take to exit after SIGTERM (generous: the machine is shared).
 const EXIT_TIMEOUT: Duration = Duration::from_secs(30);
 

@@ -29,6 +29,7 @@ pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// - `/hog`: allocates and touches 300 MB, then answers 200 `survived`
 /// - `/log?<text>`: prints `LOGLINE <text>` on stdout, then answers as usual
 /// - `/status/<code>`: answers with that status and header `X-Fn-Header: set`
+/// - `/stream?<seconds>`: server-sent events, the second `<seconds>` (default 6) after the first
 pub const PY_HTTP: &str = r#"
 import http.server, json, os, sys, time
 class H(http.server.BaseHTTPRequestHandler):
@@ -59,16 +60,19 @@ class H(http.server.BaseHTTPRequestHandler):
             return self.reply(200, "survived " + str(len(x)), "text/plain")
         if path == "/stream":
             # Server-sent events, chunked: the first event comes at once, the second only
-            # after a long pause, so a proxy that buffers cannot deliver the first in time.
+            # after a long pause (?<seconds>, default 6), so a proxy that buffers cannot
+            # deliver the first in time.
+            pause = float(query or 6)
             self.send_response(200)
             self.send_header("Content-Type", "text/event-stream")
             self.send_header("Transfer-Encoding", "chunked")
             self.end_headers()
-            for i, pause in ((0, 6.0), (1, 0.0)):
+            for i in (0, 1):
                 data = ("data: event " + str(i) + "\n\n").encode()
                 self.wfile.write(hex(len(data))[2:].encode() + b"\r\n" + data + b"\r\n")
                 self.wfile.flush()
-                time.sleep(pause)
+                if i == 0:
+                    time.sleep(pause)
             self.wfile.write(b"0\r\n\r\n")
             return
         if path == "/log":
