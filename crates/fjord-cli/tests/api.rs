@@ -124,12 +124,8 @@ async fn deploy_get_list_update_delete_round_trip() {
     assert_status_matches(entry, &sent, "list entry");
 
     // The function works.
-    let (code, body) = send_text(s.invoke(Method::POST, "roundtrip").body("ping")).await;
-    assert_eq!(
-        (code, body.as_str()),
-        (StatusCode::OK, "ping"),
-        "invoke roundtrip"
-    );
+    let (code, body) = s.call_text(Method::POST, "roundtrip", "ping").await;
+    assert_reply((code, body), StatusCode::OK, "ping", "invoke roundtrip");
 
     // PUT changes fields.
     let updated = json!({

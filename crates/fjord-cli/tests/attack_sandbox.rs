@@ -9,7 +9,7 @@ mod common;
 
 use std::os::unix::fs::PermissionsExt;
 
-use common::{ServeOpts, Server, fork_fn, send_text, text};
+use common::{ServeOpts, Server, fork_fn, text};
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 
@@ -278,7 +278,7 @@ async fn functions_without_limits_get_the_default_memory_limit() {
     let status = s.get_function("hog").await.unwrap();
     assert_eq!(status["fjord"]["memoryLimit"], "256Mi", "{status}");
     assert!(status["limits"].is_null(), "{status}");
-    let (st, body) = send_text(s.invoke(Method::POST, "hog").body("400")).await;
+    let (st, body) = s.call_text(Method::POST, "hog", "400").await;
     assert_eq!(st, StatusCode::INTERNAL_SERVER_ERROR, "{body}");
     assert!(body.contains("out of memory"), "{body}");
     let r = s

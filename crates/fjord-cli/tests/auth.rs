@@ -78,11 +78,7 @@ async fn system_routes_need_basic_auth() {
 
     s.deploy_ready(&fork_fn("public", "cat")).await;
     let (code, body) = send_text(s.open(Method::POST, "/function/public").body("open")).await;
-    assert_eq!(
-        (code, body.as_str()),
-        (StatusCode::OK, "open"),
-        "/function/* is open"
-    );
+    assert_reply((code, body), StatusCode::OK, "open", "/function/* is open");
     // Unknown functions are a 404 without credentials, not a 401.
     let r = s.open(Method::GET, "/function/nope").send().await.unwrap();
     assert_eq!(r.status(), StatusCode::NOT_FOUND);

@@ -77,11 +77,9 @@ async fn fork_env_sees_method_query_headers_and_env_vars() {
     assert_eq!(ids.len(), 3, "generated X-Call-Id must be unique: {ids:?}");
 
     // name.namespace route.
-    let (code, body) = send_text(
-        s.invoke(Method::POST, "env.openfaas-fn?testing=2")
-            .body("x"),
-    )
-    .await;
+    let (code, body) = s
+        .call_text(Method::POST, "env.openfaas-fn?testing=2", "x")
+        .await;
     assert_eq!(code, StatusCode::OK, "/function/env.openfaas-fn: {body}");
     assert_line(&body, "Http_Query=testing=2", "name.namespace route");
     assert_line(&body, "Http_Method=POST", "name.namespace route");
@@ -100,7 +98,7 @@ async fn fork_cat_echoes_bodies_byte_exact() {
         .unwrap();
     assert_invocation_headers(&r, "POST /function/cat");
     let (code, body) = text(r).await;
-    assert_eq!((code, body.as_str()), (StatusCode::OK, "hello, fjord"));
+    assert_reply((code, body), StatusCode::OK, "hello, fjord", "reply");
 
     // ~5 MB of binary data, every byte value, not a repeating short pattern.
     let mut big = Vec::with_capacity(5 * 1024 * 1024 + 7);
@@ -127,11 +125,7 @@ async fn fork_cat_echoes_bodies_byte_exact() {
 
     // Empty body.
     let (code, body) = send_text(s.invoke(Method::POST, "cat")).await;
-    assert_eq!(
-        (code, body.as_str()),
-        (StatusCode::OK, ""),
-        "empty body echo"
-    );
+    assert_reply((code, body), StatusCode::OK, "", "empty body echo");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -139,7 +133,7 @@ async fn fork_nonzero_exit_is_500_with_output() {
     let s = Server::start().await;
     s.deploy_ready(&fork_fn("fails", "sh -c 'echo oops; exit 3'"))
         .await;
-    let (code, body) = send_text(s.invoke(Method::POST, "fails").body("x")).await;
+    let (code, body) = s.call_text(Method::POST, "fails", "x").await;
     assert_eq!(code, StatusCode::INTERNAL_SERVER_ERROR, "exit 3: {body}");
     assert!(
         body.contains("oops"),
@@ -224,7 +218,7 @@ async fn fork_combine_output_and_content_type() {
         .unwrap_or_default()
         .to_string();
 
-    assert_eq!((code, body.as_str()), (StatusCode::OK, "{}"));
+    assert_reply((code, body), StatusCode::OK, "{}", "reply");
     assert!(
         ct.starts_with("application/x-fjord-test"),
         "content_type env must set the answer's Content-Type, got {ct:?}"

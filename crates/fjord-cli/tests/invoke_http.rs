@@ -105,7 +105,7 @@ async fn http_mode_proxies_path_query_headers_and_redirects() {
 
     // A large body through the proxy.
     let big = "0123456789abcdef".repeat(128 * 1024);
-    let (code, body) = send_text(s.invoke(Method::POST, "h/big").body(big.clone())).await;
+    let (code, body) = s.call_text(Method::POST, "h/big", big.clone()).await;
     assert_eq!(code, StatusCode::OK);
     assert_eq!(echo(&body)["body"].as_str().map(str::len), Some(big.len()));
 }

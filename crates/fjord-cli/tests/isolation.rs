@@ -137,7 +137,7 @@ async fn a_fork_mode_memory_hog_is_oom_killed_and_others_keep_answering() {
     );
     hog["limits"] = json!({"memory": "32Mi"});
     s.deploy_ready(&hog).await;
-    let (st, body) = send_text(s.invoke(Method::POST, "hog").body("300")).await;
+    let (st, body) = s.call_text(Method::POST, "hog", "300").await;
     assert_eq!(st, StatusCode::INTERNAL_SERVER_ERROR, "{body}");
     assert!(body.contains("out of memory"), "{body}");
     assert!(!body.contains("allocated"), "{body}");

@@ -499,7 +499,7 @@ async fn faas_cli_deploy_of_a_pushed_bundle_runs_with_the_bundles_interpreter() 
     )
     .await;
     s.wait_ready("greet", READY_TIMEOUT).await;
-    let (st, out) = send_text(s.invoke(Method::POST, "greet").body("Ada")).await;
+    let (st, out) = s.call_text(Method::POST, "greet", "Ada").await;
     let python3 = std::process::Command::new("/usr/bin/python3")
         .args(["-c", "import sys; print(sys.version.split()[0])"])
         .output()

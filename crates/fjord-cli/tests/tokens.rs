@@ -242,7 +242,7 @@ async fn functions_can_require_a_token() {
 
     // Functions without the annotation stay open.
     let (st, body) = status_of(s.open(Method::POST, "/function/public").body("hi")).await;
-    assert_eq!((st, body.as_str()), (StatusCode::OK, "hi"));
+    assert_reply((st, body), StatusCode::OK, "hi", "reply");
 
     // A typo in the annotation is refused, not silently open.
     let mut bad = fork_fn("typo", "cat");
