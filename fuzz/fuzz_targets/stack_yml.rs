@@ -8,13 +8,16 @@
 //!
 //! `environment_file` entries are read from disk, relative to a scratch directory holding a few
 //! environment files (the golden tests' ones). So that no input makes the fuzzer open a file
-//! outside it (a blocking `/dev/stdin`, a device), inputs that could name a file by an absolute
-//! path or through `..` are skipped; see [`could_read_outside_the_sandbox`].
+//! outside it (a blocking `/dev/stdin`, a device), an input is skipped only when its YAML, decoded
+//! by the same library with the same options as the parser (escapes, tags, merges and aliases
+//! resolved), has an `environment_file` key and a string that is an absolute path or climbs
+//! with `..`; see [`could_read_outside_the_sandbox`]. Escaped scalars (`"\x2fetc"`) are fuzzed.
 
 #![no_main]
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::fmt;
+use std::path::{Component, Path, PathBuf};
 use std::sync::OnceLock;
 
 use fjord_core::FunctionSpec;
@@ -22,6 +25,9 @@ use fjord_core::names::validate_label;
 use fjord_core::quantity::{parse_cpu, parse_memory};
 use fjord_stack::{MAX_FILE_BYTES, PROVIDERS, ParseOptions, parse_str};
 use libfuzzer_sys::fuzz_target;
+use serde::Deserialize;
+use serde::de::{Deserializer, MapAccess, SeqAccess, Visitor};
+use serde_saphyr::Spanned;
 
 /// The environment every input sees; the same as the golden tests'.
 const ENV: &[(&str, &str)] = &[("OWNER", "acme"), ("TAG", "1.2"), ("EMPTY", "")];
@@ -80,35 +86,141 @@ fn substituted(input: &str) -> String {
     fjord_stack::substitute_env(input, &env)
 }
 
-/// Whether parsing `text` might open a file outside [`sandbox`]. Conservative: it may only
-/// when some mapping key can read `environment_file` and some scalar can be a path that is
-/// absolute or climbs with `..`. `text` is the input after `${VAR}` substitution.
-///
-/// - A key can be spelt with escapes only inside double quotes (`"\x65nvironment_file"`), or
-///   as a `!!binary` scalar (also through a `%TAG` directive or a `%`-escaped tag).
-/// - A path is absolute when a scalar starts with `/`: a `/` after anything but a character
-///   that can only continue a scalar (`a/b`, `./b`, `http://`) is taken as one.
-fn could_read_outside_the_sandbox(text: &str) -> bool {
-    let has = |needle: &str| text.contains(needle);
-    if (has("\\") && has("\"")) || (has("!") && (has("%") || has("binary"))) {
-        return true;
+/// A YAML document as `fjord_stack`'s YAML layer decodes it (crates/fjord-stack/src/yaml.rs,
+/// `Raw`: keys as spanned strings, values through `deserialize_any`), escapes, tags, merges and
+/// aliases resolved; only strings are kept.
+enum Tree {
+    Other,
+    Str(String),
+    Seq(Vec<Spanned<Tree>>),
+    Map(Vec<(Spanned<String>, Spanned<Tree>)>),
+}
+
+impl<'de> Deserialize<'de> for Tree {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Tree;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("any YAML value")
+            }
+            fn visit_unit<E>(self) -> Result<Tree, E> {
+                Ok(Tree::Other)
+            }
+            fn visit_none<E>(self) -> Result<Tree, E> {
+                Ok(Tree::Other)
+            }
+            fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Tree, D::Error> {
+                Tree::deserialize(d)
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Tree, E> {
+                Ok(Tree::Other)
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Tree, E> {
+                Ok(Tree::Other)
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Tree, E> {
+                Ok(Tree::Other)
+            }
+            fn visit_i128<E>(self, _: i128) -> Result<Tree, E> {
+                Ok(Tree::Other)
+            }
+            fn visit_u128<E>(self, _: u128) -> Result<Tree, E> {
+                Ok(Tree::Other)
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Tree, E> {
+                Ok(Tree::Other)
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Tree, E> {
+                Ok(Tree::Str(v.to_string()))
+            }
+            fn visit_string<E>(self, v: String) -> Result<Tree, E> {
+                Ok(Tree::Str(v))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut a: A) -> Result<Tree, A::Error> {
+                let mut items = Vec::new();
+                while let Some(item) = a.next_element::<Spanned<Tree>>()? {
+                    items.push(item);
+                }
+                Ok(Tree::Seq(items))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<Tree, A::Error> {
+                let mut entries = Vec::new();
+                while let Some(key) = a.next_key::<Spanned<String>>()? {
+                    let value = a.next_value::<Spanned<Tree>>()?;
+                    entries.push((key, value));
+                }
+                Ok(Tree::Map(entries))
+            }
+        }
+        d.deserialize_any(V)
     }
-    if !has("environment_file") {
+}
+
+impl Tree {
+    /// Every mapping key and every string scalar, decoded.
+    fn strings<'a>(&'a self, keys: &mut Vec<&'a str>, values: &mut Vec<&'a str>) {
+        match self {
+            Tree::Other => {}
+            Tree::Str(s) => values.push(s),
+            Tree::Seq(items) => items.iter().for_each(|i| i.value.strings(keys, values)),
+            Tree::Map(entries) => {
+                for (k, v) in entries {
+                    keys.push(&k.value);
+                    v.value.strings(keys, values);
+                }
+            }
+        }
+    }
+}
+
+/// The options of `fjord_stack`'s YAML layer (crates/fjord-stack/src/yaml.rs), so that this
+/// decoding accepts exactly the documents the parser accepts.
+fn yaml_options() -> serde_saphyr::Options {
+    use fjord_stack::{MAX_ALIASES, MAX_DEPTH, MAX_NODES};
+    serde_saphyr::options! {
+        budget: serde_saphyr::budget! {
+            max_depth: MAX_DEPTH,
+            max_nodes: MAX_NODES,
+            max_events: 4 * MAX_NODES,
+            max_aliases: MAX_ALIASES,
+            max_anchors: MAX_ALIASES,
+            max_documents: 1,
+            max_merge_keys: MAX_ALIASES,
+            max_total_scalar_bytes: MAX_FILE_BYTES,
+            max_recorded_anchor_events: MAX_NODES,
+            max_recorded_anchor_bytes: MAX_FILE_BYTES,
+            max_inclusion_depth: 0,
+        },
+        alias_limits: serde_saphyr::alias_limits! {
+            max_total_replayed_events: MAX_NODES,
+            max_replay_stack_depth: MAX_DEPTH,
+        },
+        duplicate_keys: serde_saphyr::DuplicateKeyPolicy::PassThrough,
+        non_finite_float_policy: serde_saphyr::NonFiniteFloatPolicy::AsString,
+        with_snippet: false,
+    }
+}
+
+/// Whether parsing `text` (the input after `${VAR}` substitution) might open a file outside
+/// [`sandbox`]: it may only when the decoded document has an `environment_file` key and some
+/// decoded string is an absolute path or has a `..` component (`base_dir.join(s)` would leave
+/// the sandbox). A document the YAML layer refuses never reaches the schema, which is what
+/// reads environment files, so it is safe to parse.
+fn could_read_outside_the_sandbox(text: &str) -> bool {
+    let Ok(tree) = serde_saphyr::from_str_with_options::<Spanned<Tree>>(text, yaml_options())
+    else {
+        return false;
+    };
+    let (mut keys, mut values) = (Vec::new(), Vec::new());
+    tree.value.strings(&mut keys, &mut values);
+    if !keys.contains(&"environment_file") {
         return false;
     }
-    if has("..") {
-        return true;
-    }
-    let b = text.as_bytes();
-    let continues = |k: usize| {
-        let c = b[k];
-        c.is_ascii_alphanumeric()
-            || b"._~+-/%@=".contains(&c)
-            || (c == b':' && k > 0 && b[k - 1].is_ascii_alphanumeric())
-    };
-    b.iter()
-        .enumerate()
-        .any(|(k, &c)| c == b'/' && (k == 0 || !continues(k - 1)))
+    keys.iter().chain(&values).any(|s| {
+        let p = Path::new(s);
+        p.is_absolute() || p.components().any(|c| c == Component::ParentDir)
+    })
 }
 
 fn check(data: &[u8]) {

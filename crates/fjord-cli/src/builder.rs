@@ -9,7 +9,7 @@ use fjord_bundle::Manifest;
 use fjord_stack::StackFunction;
 
 use crate::error::CliError;
-use crate::templates::{self, BuildKind};
+use crate::templates::{self, BuildKind, Template};
 
 /// Files and folders of a handler that are never part of its inputs.
 const SKIP: [&str; 6] = [
@@ -80,6 +80,15 @@ fn copy_handler(src: &Path, dest: &Path) -> std::io::Result<()> {
         let mode = std::fs::metadata(src.join(&rel))?.permissions();
         std::fs::set_permissions(&out, mode)?;
     }
+    Ok(())
+}
+
+/// Lays out a build context in `ctx`: the template's runtime files at the root and the
+/// handler folder as `function/`. (Public for the template contract tests, which run the
+/// templates from a context laid out exactly so.)
+pub fn assemble(template: &Template, handler: &Path, ctx: &Path) -> Result<(), CliError> {
+    template.write_runtime(ctx)?;
+    copy_handler(handler, &ctx.join("function"))?;
     Ok(())
 }
 
@@ -210,8 +219,7 @@ fn build_in_context(
     let ctx = dir.join("context");
     let _ = std::fs::remove_dir_all(&ctx);
     std::fs::create_dir_all(&ctx)?;
-    template.write_runtime(&ctx)?;
-    copy_handler(&handler, &ctx.join("function"))?;
+    assemble(&template, &handler, &ctx)?;
 
     let mut root = ctx.clone();
     let spec = &template.spec;

@@ -2,13 +2,15 @@
 //! deploy and manage functions against a gateway (fjord's, or any OpenFaaS-compatible one for
 //! the API commands).
 
-mod builder;
+// `builder` and `templates` are public for tests/templates_contract.rs, which checks the
+// templates in the layout `fjord build` makes, with this very code.
+pub mod builder;
 pub mod cli;
 mod client;
 mod commands;
 mod config;
 mod error;
-mod templates;
+pub mod templates;
 
 use std::process::ExitCode;
 

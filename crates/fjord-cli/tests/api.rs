@@ -2,7 +2,7 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use reqwest::{Method, StatusCode};
@@ -77,15 +77,21 @@ async fn deploy_get_list_update_delete_round_trip() {
     // Secrets must exist before a function names them (tests/secrets.rs covers the rest).
     for name in ["db-password", "api-key"] {
         let secret = json!({"name": name, "value": "v"});
-        let (st, body) = s.sys_json(Method::POST, "/system/secrets", &secret).await;
-        assert_eq!(
-            st,
+        s.sys_expect(
+            Method::POST,
+            "/system/secrets",
+            &secret,
             StatusCode::ACCEPTED,
-            "POST /system/secrets {name}: {body}"
-        );
+        )
+        .await;
     }
-    let (st, body) = s.sys_json(Method::POST, "/system/functions", &sent).await;
-    assert_eq!(st, StatusCode::ACCEPTED, "POST /system/functions: {body}");
+    s.sys_expect(
+        Method::POST,
+        "/system/functions",
+        &sent,
+        StatusCode::ACCEPTED,
+    )
+    .await;
 
     // GET right after the 202: the function is known (possibly not ready yet).
     let got = s
@@ -103,15 +109,11 @@ async fn deploy_get_list_update_delete_round_trip() {
     assert_eq!(ready["fjord"]["mode"], "fork", "fjord.mode: {ready}");
 
     // ?namespace= form.
-    let r = s
-        .sys(
-            Method::GET,
-            "/system/function/roundtrip?namespace=openfaas-fn",
-        )
-        .send()
-        .await
-        .unwrap();
-    let (code, body) = text(r).await;
+    let (code, body) = send_text(s.sys(
+        Method::GET,
+        "/system/function/roundtrip?namespace=openfaas-fn",
+    ))
+    .await;
     assert_eq!(code, StatusCode::OK, "GET with ?namespace=: {body}");
 
     let list = s.list_functions().await;
@@ -122,18 +124,8 @@ async fn deploy_get_list_update_delete_round_trip() {
     assert_status_matches(entry, &sent, "list entry");
 
     // The function works.
-    let r = s
-        .invoke(Method::POST, "roundtrip")
-        .body("ping")
-        .send()
-        .await
-        .unwrap();
-    let (code, body) = text(r).await;
-    assert_eq!(
-        (code, body.as_str()),
-        (StatusCode::OK, "ping"),
-        "invoke roundtrip"
-    );
+    let (code, body) = s.call_text(Method::POST, "roundtrip", "ping").await;
+    assert_reply((code, body), StatusCode::OK, "ping", "invoke roundtrip");
 
     // PUT changes fields.
     let updated = json!({
@@ -147,8 +139,13 @@ async fn deploy_get_list_update_delete_round_trip() {
         "requests": {"memory": "32Mi"},
         "secrets": ["api-key"],
     });
-    let (st, body) = s.sys_json(Method::PUT, "/system/functions", &updated).await;
-    assert_eq!(st, StatusCode::ACCEPTED, "PUT /system/functions: {body}");
+    s.sys_expect(
+        Method::PUT,
+        "/system/functions",
+        &updated,
+        StatusCode::ACCEPTED,
+    )
+    .await;
     let got = s
         .wait_status("roundtrip", Duration::from_secs(30), "image 2.0", |v| {
             v["image"] == "ghcr.io/example/roundtrip:2.0"
@@ -161,12 +158,13 @@ async fn deploy_get_list_update_delete_round_trip() {
     // POST of an existing function updates it as well.
     let mut again = updated.clone();
     again["envVars"] = json!({"GREETING": "hallo"});
-    let (st, body) = s.sys_json(Method::POST, "/system/functions", &again).await;
-    assert_eq!(
-        st,
+    s.sys_expect(
+        Method::POST,
+        "/system/functions",
+        &again,
         StatusCode::ACCEPTED,
-        "POST of an existing function: {body}"
-    );
+    )
+    .await;
     let got = s
         .wait_status("roundtrip", Duration::from_secs(30), "envVars hallo", |v| {
             v["envVars"]["GREETING"] == "hallo"
@@ -181,14 +179,13 @@ async fn deploy_get_list_update_delete_round_trip() {
     );
 
     // DELETE.
-    let (st, body) = s
-        .sys_json(
-            Method::DELETE,
-            "/system/functions",
-            &json!({"functionName": "roundtrip"}),
-        )
-        .await;
-    assert_eq!(st, StatusCode::ACCEPTED, "DELETE /system/functions: {body}");
+    s.sys_expect(
+        Method::DELETE,
+        "/system/functions",
+        &json!({"functionName": "roundtrip"}),
+        StatusCode::ACCEPTED,
+    )
+    .await;
     assert!(
         s.get_function("roundtrip").await.is_none(),
         "GET after DELETE must be 404"
@@ -198,22 +195,21 @@ async fn deploy_get_list_update_delete_round_trip() {
         !list.iter().any(|f| f["name"] == "roundtrip"),
         "deleted function still listed: {list:?}"
     );
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let (code, body) = s.call("roundtrip").await;
-        if code == StatusCode::NOT_FOUND {
-            assert!(
-                body.contains("roundtrip"),
-                "404 body must name the function: {body}"
-            );
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "invoking a deleted function must give 404, got {code}: {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let body = wait_until(
+        Duration::from_secs(30),
+        "invoking a deleted function gives 404",
+        || async {
+            match s.call("roundtrip").await {
+                (StatusCode::NOT_FOUND, body) => Ok(body),
+                (code, body) => Err(format!("{code}: {body}")),
+            }
+        },
+    )
+    .await;
+    assert!(
+        body.contains("roundtrip"),
+        "404 body must name the function: {body}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -292,14 +288,12 @@ async fn errors_are_4xx_plain_text_never_500() {
     // so it may answer 400 or 404, but never 5xx; a 400 must name the field too.
     for method in [Method::POST, Method::PUT] {
         for (what, raw, needle) in &cases {
-            let r = s
-                .sys(method.clone(), "/system/functions")
-                .header("content-type", "application/json")
-                .body(raw.clone())
-                .send()
-                .await
-                .unwrap_or_else(|e| panic!("{method} {what}: {e}"));
-            let (code, body) = text(r).await;
+            let (code, body) = send_text(
+                s.sys(method.clone(), "/system/functions")
+                    .header("content-type", "application/json")
+                    .body(raw.clone()),
+            )
+            .await;
             let complete =
                 serde_json::from_str::<Value>(raw).is_ok_and(|v| v.get("service").is_some());
             if method == Method::PUT && code == StatusCode::NOT_FOUND && complete {
@@ -325,40 +319,30 @@ async fn errors_are_4xx_plain_text_never_500() {
     );
 
     // PUT of a missing function.
-    let (code, body) = s
-        .sys_json(
-            Method::PUT,
-            "/system/functions",
-            &fork_fn("missing-fn", "cat"),
-        )
-        .await;
-    assert_eq!(
-        code,
+    s.sys_expect(
+        Method::PUT,
+        "/system/functions",
+        &fork_fn("missing-fn", "cat"),
         StatusCode::NOT_FOUND,
-        "PUT of a missing function: {body}"
-    );
+    )
+    .await;
 
     // DELETE of a missing function; DELETE with a bad body.
-    let (code, body) = s
-        .sys_json(
+    s.sys_expect(
+        Method::DELETE,
+        "/system/functions",
+        &json!({"functionName": "missing-fn"}),
+        StatusCode::NOT_FOUND,
+    )
+    .await;
+    let body = s
+        .sys_expect(
             Method::DELETE,
             "/system/functions",
-            &json!({"functionName": "missing-fn"}),
+            &json!({"nope": 1}),
+            StatusCode::BAD_REQUEST,
         )
         .await;
-    assert_eq!(
-        code,
-        StatusCode::NOT_FOUND,
-        "DELETE of a missing function: {body}"
-    );
-    let (code, body) = s
-        .sys_json(Method::DELETE, "/system/functions", &json!({"nope": 1}))
-        .await;
-    assert_eq!(
-        code,
-        StatusCode::BAD_REQUEST,
-        "DELETE without functionName: {body}"
-    );
     assert!(
         body.contains("functionName"),
         "DELETE 400 must name functionName: {body}"
@@ -366,18 +350,13 @@ async fn errors_are_4xx_plain_text_never_500() {
 
     // GET / scale of a missing function.
     assert!(s.get_function("missing-fn").await.is_none());
-    let (code, body) = s
-        .sys_json(
-            Method::POST,
-            "/system/scale-function/missing-fn",
-            &json!({"serviceName": "missing-fn", "replicas": 1}),
-        )
-        .await;
-    assert_eq!(
-        code,
+    s.sys_expect(
+        Method::POST,
+        "/system/scale-function/missing-fn",
+        &json!({"serviceName": "missing-fn", "replicas": 1}),
         StatusCode::NOT_FOUND,
-        "scale of a missing function: {body}"
-    );
+    )
+    .await;
 
     // Oversize body on /system → 413 (retry on transport errors: the server may close early).
     let huge = json!({
@@ -427,8 +406,7 @@ async fn info_namespaces_and_scaling() {
     // No autoscaler: it would take a manual scale above min back to min within a tick.
     let s = Server::start_opts(ServeOpts::args(&["--autoscale-interval", "1h"])).await;
 
-    let r = s.sys(Method::GET, "/system/info").send().await.unwrap();
-    let (code, body) = text(r).await;
+    let (code, body) = send_text(s.sys(Method::GET, "/system/info")).await;
     assert_eq!(code, StatusCode::OK, "/system/info: {body}");
     let info: Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
     assert_eq!(info["provider"]["provider"], "fjord", "info: {info}");
@@ -445,12 +423,7 @@ async fn info_namespaces_and_scaling() {
         "arch: {info}"
     );
 
-    let r = s
-        .sys(Method::GET, "/system/namespaces")
-        .send()
-        .await
-        .unwrap();
-    let (code, body) = text(r).await;
+    let (code, body) = send_text(s.sys(Method::GET, "/system/namespaces")).await;
     assert_eq!(code, StatusCode::OK, "/system/namespaces: {body}");
     let ns: Vec<String> = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
     assert!(
@@ -459,14 +432,13 @@ async fn info_namespaces_and_scaling() {
     );
 
     s.deploy_ready(&http_fn("scaler", "1")).await;
-    let (code, body) = s
-        .sys_json(
-            Method::POST,
-            "/system/scale-function/scaler",
-            &json!({"serviceName": "scaler", "replicas": 2}),
-        )
-        .await;
-    assert_eq!(code, StatusCode::ACCEPTED, "scale to 2: {body}");
+    s.sys_expect(
+        Method::POST,
+        "/system/scale-function/scaler",
+        &json!({"serviceName": "scaler", "replicas": 2}),
+        StatusCode::ACCEPTED,
+    )
+    .await;
     let st = s
         .wait_status("scaler", READY_TIMEOUT, "2 available replicas", |v| {
             num(v, "availableReplicas") == 2
@@ -479,19 +451,18 @@ async fn info_namespaces_and_scaling() {
     );
     // The function still answers with 2 replicas.
     for _ in 0..10 {
-        let body = s.call_until_ok("scaler/", Duration::from_secs(10)).await;
+        let body = s.call_until_ok("scaler/", Duration::from_secs(30)).await;
         assert_eq!(echo(&body)["version"], "1");
     }
 
     // As in OpenFaaS, scale to 0 sets 0 whatever scale.min says; the next call wakes it.
-    let (code, body) = s
-        .sys_json(
-            Method::POST,
-            "/system/scale-function/scaler",
-            &json!({"serviceName": "scaler", "replicas": 0}),
-        )
-        .await;
-    assert_eq!(code, StatusCode::ACCEPTED, "scale to 0: {body}");
+    s.sys_expect(
+        Method::POST,
+        "/system/scale-function/scaler",
+        &json!({"serviceName": "scaler", "replicas": 0}),
+        StatusCode::ACCEPTED,
+    )
+    .await;
     let st = s.get_function("scaler").await.expect("scaler exists");
     assert!(st["name"] == "scaler");
     assert_eq!(num(&st, "replicas"), 0, "scale to 0 sets 0: {st}");
@@ -504,14 +475,13 @@ async fn info_namespaces_and_scaling() {
     assert_eq!(echo(&body)["version"], "1");
 
     // And back to 1.
-    let (code, body) = s
-        .sys_json(
-            Method::POST,
-            "/system/scale-function/scaler",
-            &json!({"serviceName": "scaler", "replicas": 1}),
-        )
-        .await;
-    assert_eq!(code, StatusCode::ACCEPTED, "scale to 1: {body}");
+    s.sys_expect(
+        Method::POST,
+        "/system/scale-function/scaler",
+        &json!({"serviceName": "scaler", "replicas": 1}),
+        StatusCode::ACCEPTED,
+    )
+    .await;
     s.wait_ready("scaler", READY_TIMEOUT).await;
-    s.call_until_ok("scaler/", Duration::from_secs(10)).await;
+    s.call_until_ok("scaler/", Duration::from_secs(30)).await;
 }

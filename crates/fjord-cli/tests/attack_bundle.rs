@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use common::{Server, text};
+use common::{Server, send_text};
 use fjord_bundle::raw::{Entry, tar_gz};
 use reqwest::{Method, StatusCode};
 use serde_json::json;
@@ -107,13 +107,11 @@ async fn a_bundle_whose_symlinks_climb_out_is_refused_at_upload() {
     let targets = Targets::plant(&s);
     let bundle = evil_bundle();
     let digest = sha256(&bundle);
-    let r = s
-        .sys(Method::PUT, &format!("/system/bundles/{digest}?tag=evil:1"))
-        .body(bundle)
-        .send()
-        .await
-        .unwrap();
-    let (st, body) = text(r).await;
+    let (st, body) = send_text(
+        s.sys(Method::PUT, &format!("/system/bundles/{digest}?tag=evil:1"))
+            .body(bundle),
+    )
+    .await;
     assert_refusal(st, &body, "upload");
     // Not stored, not tagged: nothing can deploy it.
     let r = s

@@ -6,10 +6,9 @@
 mod common;
 
 use std::convert::Infallible;
-use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use common::*;
@@ -122,19 +121,15 @@ impl Listener {
     }
 
     async fn wait_bodies(&self, n: usize, timeout: Duration) -> Vec<Vec<u8>> {
-        let deadline = Instant::now() + timeout;
-        loop {
+        wait_until(timeout, &format!("{n} requests"), || async {
             let b = self.bodies();
             if b.len() >= n {
-                return b;
+                Ok(b)
+            } else {
+                Err(format!("{} requests", b.len()))
             }
-            assert!(
-                Instant::now() < deadline,
-                "only {} of {n} requests after {timeout:?}",
-                b.len()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        })
+        .await
     }
 }
 
@@ -144,67 +139,52 @@ async fn enqueue(
     body: &str,
     callback: &str,
 ) -> (StatusCode, String, String) {
-    let r = s
-        .client
-        .post(s.url(&format!("/async-function/{function}")))
-        .header("X-Callback-Url", callback)
-        .body(body.to_string())
-        .send()
-        .await
-        .expect("POST /async-function");
-    let id = r
-        .headers()
-        .get("x-call-id")
-        .and_then(|v| v.to_str().ok())
+    let (st, headers, text) = send_reply(
+        s.client
+            .post(s.url(&format!("/async-function/{function}")))
+            .header("X-Callback-Url", callback)
+            .body(body.to_string()),
+    )
+    .await;
+    let id = header(&headers, "x-call-id")
         .unwrap_or_default()
         .to_string();
-    let (st, text) = text(r).await;
+
     (st, id, text)
 }
 
 /// Waits until the call's callback outcome is recorded (it is, after its final state).
 async fn callback_outcome(s: &Server, id: &str, timeout: Duration) -> (Value, String) {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let r = s
-            .sys(Method::GET, &format!("/system/async-calls/{id}"))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), StatusCode::OK);
-        let v: Value = r.json().await.unwrap();
-        if let Some(cb) = v["callback"].as_str() {
-            return (v.clone(), cb.to_string());
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no callback outcome for {id} after {timeout:?}: {v}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_until(
+        timeout,
+        &format!("the callback outcome of {id}"),
+        || async {
+            let (st, body) = s
+                .sys_text(Method::GET, &format!("/system/async-calls/{id}"))
+                .await;
+            assert_eq!(st, StatusCode::OK, "{body}");
+            let v: Value = serde_json::from_str(&body).unwrap();
+            match v["callback"].as_str() {
+                Some(cb) => Ok((v.clone(), cb.to_string())),
+                None => Err(v),
+            }
+        },
+    )
+    .await
 }
 
 /// Creates an API token; returns the token.
 async fn token(s: &Server, name: &str, scope: &str) -> String {
-    let (st, txt) = s
-        .sys_json(
+    let txt = s
+        .sys_expect(
             Method::POST,
             "/system/tokens",
             &json!({"name": name, "scope": scope}),
+            StatusCode::CREATED,
         )
         .await;
-    assert_eq!(st, StatusCode::CREATED, "{txt}");
     let v: Value = serde_json::from_str(&txt).unwrap();
     v["token"].as_str().unwrap().to_string()
-}
-
-fn client_from(ip: &str) -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
-        .local_address(ip.parse::<IpAddr>().unwrap())
-        .timeout(Duration::from_secs(30))
-        .build()
-        .unwrap()
 }
 
 /// The SSRF: a callback aimed at a loopback service (here a listener this test runs,
@@ -281,7 +261,7 @@ async fn allowed_callbacks_are_delivered_without_redirects_or_unbounded_reads() 
     assert_eq!(st, StatusCode::ACCEPTED, "{body}");
     let got = receiver.wait_bodies(1, Duration::from_secs(30)).await;
     assert_eq!(got[0], b"hello");
-    let (call, outcome) = callback_outcome(&s, &id, Duration::from_secs(10)).await;
+    let (call, outcome) = callback_outcome(&s, &id, Duration::from_secs(30)).await;
     assert_eq!(outcome, "delivered (200)", "{call}");
     // An async call's function sees the queuing client's X-Forwarded-For with its peer
     // appended, as a sync call does.
@@ -388,10 +368,7 @@ async fn a_user_failing_from_many_addresses_is_locked() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
-    let retry: u64 = r
-        .headers()
-        .get("retry-after")
-        .and_then(|v| v.to_str().ok())
+    let retry: u64 = header(r.headers(), "retry-after")
         .and_then(|v| v.parse().ok())
         .expect("Retry-After in seconds");
     assert!((1..=60).contains(&retry), "Retry-After {retry}");
@@ -536,33 +513,28 @@ async fn forwarded_for_gets_the_peer_appended() {
     s.deploy_ready(&fork_fn("env", "env")).await;
     s.deploy_ready(&http_fn("h", "1")).await;
 
-    let r = s
-        .invoke(Method::POST, "env")
-        .header("X-Forwarded-For", "203.0.113.7")
-        .send()
-        .await
-        .unwrap();
-    let (st, out) = text(r).await;
+    let (st, out) = send_text(
+        s.invoke(Method::POST, "env")
+            .header("X-Forwarded-For", "203.0.113.7"),
+    )
+    .await;
     assert_eq!(st, StatusCode::OK, "{out}");
     assert!(
         out.lines()
             .any(|l| l == "Http_X_Forwarded_For=203.0.113.7, 127.0.0.1"),
         "fork mode: {out}"
     );
-    let r = s.invoke(Method::POST, "env").send().await.unwrap();
-    let (_, out) = text(r).await;
+    let (_, out) = send_text(s.invoke(Method::POST, "env")).await;
     assert!(
         out.lines().any(|l| l == "Http_X_Forwarded_For=127.0.0.1"),
         "fork mode without the header: {out}"
     );
 
-    let r = s
-        .invoke(Method::POST, "h")
-        .header("X-Forwarded-For", "203.0.113.7")
-        .send()
-        .await
-        .unwrap();
-    let (st, body) = text(r).await;
+    let (st, body) = send_text(
+        s.invoke(Method::POST, "h")
+            .header("X-Forwarded-For", "203.0.113.7"),
+    )
+    .await;
     assert_eq!(st, StatusCode::OK, "{body}");
     let e = echo(&body);
     assert_eq!(

@@ -11,7 +11,7 @@ mod common;
 
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use common::*;
@@ -88,12 +88,8 @@ async fn call_record(s: &Server, id: &str) -> (StatusCode, Value) {
     (status, r.json().await.unwrap_or(Value::Null))
 }
 
-async fn eventually<F: AsyncFnMut() -> bool>(limit: Duration, what: &str, mut check: F) {
-    let deadline = Instant::now() + limit;
-    while !check().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+async fn eventually<F: AsyncFnMut() -> bool>(limit: Duration, what: &str, check: F) {
+    wait_until(limit, what, check).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

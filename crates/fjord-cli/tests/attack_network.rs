@@ -15,17 +15,9 @@ use std::net::TcpListener;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{ServeOpts, Server, fork_fn, http_fn};
+use common::{ServeOpts, Server, fork_fn, free_port, http_fn};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// A fork-mode function whose Python `code` prints one JSON line: `try(host, port)` is
 /// 0 when a TCP connection succeeds (connect_ex's errno otherwise), within 1 s.
@@ -121,7 +113,7 @@ async fn a_stranger_listening_on_a_replicas_port_never_gets_its_traffic() {
     let mut victim = http_fn("victim", "genuine");
     victim["envVars"]["upstream_url"] = json!(format!("http://127.0.0.1:{port}"));
     s.deploy(&victim).await;
-    let first = s.call_until_ok("victim", Duration::from_secs(20)).await;
+    let first = s.call_until_ok("victim", Duration::from_secs(30)).await;
     let mut answers = vec![first];
     for _ in 0..20 {
         let (st, body) = s.call("victim").await;

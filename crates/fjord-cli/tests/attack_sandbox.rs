@@ -253,21 +253,20 @@ async fn tmp_is_a_bounded_tmpfs_that_lasts_the_replica() {
     assert_eq!(mounts(), 1);
     let host = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     assert!(!host.contains("/replicas/"), "{host}");
-    let (st, body) = s
-        .sys_json(
-            Method::DELETE,
-            "/system/functions",
-            &json!({"functionName": "counter"}),
-        )
-        .await;
-    assert!(st.is_success(), "{body}");
+    s.remove("counter").await;
     assert_eq!(mounts(), 0);
 
     // A bad size is a 400 naming the annotation.
     let mut bad = fork_fn("bad-tmp", "cat");
     bad["annotations"] = json!({"com.fjord.tmp-size": "lots"});
-    let (st, body) = s.sys_json(Method::POST, "/system/functions", &bad).await;
-    assert_eq!(st, StatusCode::BAD_REQUEST, "{body}");
+    let body = s
+        .sys_expect(
+            Method::POST,
+            "/system/functions",
+            &bad,
+            StatusCode::BAD_REQUEST,
+        )
+        .await;
     assert!(body.contains("com.fjord.tmp-size"), "{body}");
 }
 
@@ -279,13 +278,7 @@ async fn functions_without_limits_get_the_default_memory_limit() {
     let status = s.get_function("hog").await.unwrap();
     assert_eq!(status["fjord"]["memoryLimit"], "256Mi", "{status}");
     assert!(status["limits"].is_null(), "{status}");
-    let r = s
-        .invoke(Method::POST, "hog")
-        .body("400")
-        .send()
-        .await
-        .unwrap();
-    let (st, body) = text(r).await;
+    let (st, body) = s.call_text(Method::POST, "hog", "400").await;
     assert_eq!(st, StatusCode::INTERNAL_SERVER_ERROR, "{body}");
     assert!(body.contains("out of memory"), "{body}");
     let r = s

@@ -9,11 +9,7 @@ use reqwest::{Method, StatusCode};
 
 fn assert_401(r: &reqwest::Response, what: &str) {
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "{what}");
-    let www = r
-        .headers()
-        .get("www-authenticate")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default();
+    let www = header(r.headers(), "www-authenticate").unwrap_or_default();
     assert_eq!(
         www, r#"Basic realm="Restricted""#,
         "{what}: WWW-Authenticate"
@@ -70,12 +66,7 @@ async fn system_routes_need_basic_auth() {
         .unwrap();
     assert_401(&r, "not Basic");
 
-    let r = s
-        .sys(Method::GET, "/system/functions")
-        .send()
-        .await
-        .unwrap();
-    let (code, body) = text(r).await;
+    let (code, body) = send_text(s.sys(Method::GET, "/system/functions")).await;
     assert_eq!(code, StatusCode::OK, "right credentials: {body}");
     assert!(
         s.get_function("sneaky").await.is_none(),
@@ -86,18 +77,8 @@ async fn system_routes_need_basic_auth() {
     assert_eq!(r.status(), StatusCode::OK, "/healthz is open");
 
     s.deploy_ready(&fork_fn("public", "cat")).await;
-    let r = s
-        .open(Method::POST, "/function/public")
-        .body("open")
-        .send()
-        .await
-        .unwrap();
-    let (code, body) = text(r).await;
-    assert_eq!(
-        (code, body.as_str()),
-        (StatusCode::OK, "open"),
-        "/function/* is open"
-    );
+    let (code, body) = send_text(s.open(Method::POST, "/function/public").body("open")).await;
+    assert_reply((code, body), StatusCode::OK, "open", "/function/* is open");
     // Unknown functions are a 404 without credentials, not a 401.
     let r = s.open(Method::GET, "/function/nope").send().await.unwrap();
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
@@ -106,12 +87,7 @@ async fn system_routes_need_basic_auth() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auth_can_be_disabled() {
     let s = Server::start_opts(ServeOpts::args(&["--auth=false"])).await;
-    let r = s
-        .open(Method::GET, "/system/functions")
-        .send()
-        .await
-        .unwrap();
-    let (code, body) = text(r).await;
+    let (code, body) = send_text(s.open(Method::GET, "/system/functions")).await;
     assert_eq!(code, StatusCode::OK, "--auth=false: {body}");
     let list: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap();
     assert!(list.is_empty(), "{list:?}");

@@ -11,9 +11,9 @@ mod common;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{ServeOpts, Server, TestDir};
+use common::{ServeOpts, Server, TestDir, wait_until};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use tempfile::TempDir;
@@ -873,7 +873,8 @@ async fn build_cache_and_push_skip_unchanged_work() {
     let push = p.run(&["push"]).await.ok("first fjord push");
     assert!(push.stderr.contains("cached: uploading"), "{}", push.show());
 
-    // Unchanged: nothing is rebuilt or rewritten.
+    // Unchanged: nothing is rebuilt or rewritten. Kept: time must pass so that a rewrite
+    // would show as a newer mtime.
     std::thread::sleep(Duration::from_millis(20));
     let second = p.run_in(&["build"], BUILD).await.ok("second fjord build");
     assert!(
@@ -1334,20 +1335,20 @@ async fn deploy_scale_logs_and_remove_from_flags() {
         .await
         .ok("scale env");
     assert!(out.stdout.contains("2 replica"), "{}", out.show());
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let d = p.run(&["describe", "env"]).await.ok("describe env");
-        assert_eq!(field(&d.stdout, "Replicas:"), Some("2"), "{}", d.show());
-        if field(&d.stdout, "Available replicas:") == Some("2") {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "env never had 2 available replicas:\n{}",
-            d.show()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_until(
+        Duration::from_secs(60),
+        "env with 2 available replicas",
+        async || {
+            let d = p.run(&["describe", "env"]).await.ok("describe env");
+            assert_eq!(field(&d.stdout, "Replicas:"), Some("2"), "{}", d.show());
+            if field(&d.stdout, "Available replicas:") == Some("2") {
+                Ok(())
+            } else {
+                Err(d.show())
+            }
+        },
+    )
+    .await;
     let out = p.run(&["list", "-v"]).await.ok("list -v");
     let line = out
         .stdout
@@ -1358,29 +1359,29 @@ async fn deploy_scale_logs_and_remove_from_flags() {
     assert_eq!(cols, ["env", "env", "1", "2", "2", "fork"], "{line:?}");
 
     // Logs: the watchdog's line for the call above.
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let out = p
-            .run(&["logs", "env", "--tail", "5"])
-            .await
-            .ok("logs env --tail 5");
-        let lines: Vec<&str> = out.stdout.lines().collect();
-        assert!(
-            lines.len() <= 5,
-            "--tail 5 gave {} lines:\n{}",
-            lines.len(),
-            out.show()
-        );
-        if lines.iter().any(|l| l.contains("Forking fprocess.")) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no 'Forking fprocess.' in the logs:\n{}",
-            out.show()
-        );
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
+    wait_until(
+        Duration::from_secs(60),
+        "'Forking fprocess.' in the logs",
+        async || {
+            let out = p
+                .run(&["logs", "env", "--tail", "5"])
+                .await
+                .ok("logs env --tail 5");
+            let lines: Vec<&str> = out.stdout.lines().collect();
+            assert!(
+                lines.len() <= 5,
+                "--tail 5 gave {} lines:\n{}",
+                lines.len(),
+                out.show()
+            );
+            if lines.iter().any(|l| l.contains("Forking fprocess.")) {
+                Ok(())
+            } else {
+                Err(out.show())
+            }
+        },
+    )
+    .await;
     p.run(&["logs", "nope"]).await.code(5, "logs nope");
 
     let out = p.run(&["remove", "env"]).await.ok("remove env");

@@ -64,13 +64,7 @@ fn request(s: &Server, method: &str, path: &str, body: &[u8]) -> Vec<u8> {
 
 /// The deployed function still answers, unchanged.
 async fn still_answers(s: &Server) {
-    let r = s
-        .invoke(Method::POST, "echo")
-        .body("still here")
-        .send()
-        .await
-        .unwrap();
-    let (st, body) = text(r).await;
+    let (st, body) = s.call_text(Method::POST, "echo", "still here").await;
     assert_eq!(st, StatusCode::OK, "{body}");
     assert_eq!(body, "still here");
 }

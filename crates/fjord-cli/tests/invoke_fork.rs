@@ -51,7 +51,7 @@ async fn fork_env_sees_method_query_headers_and_env_vars() {
         .unwrap();
     assert_invocation_headers(&r, "GET /function/env/sub/path?testing=1");
     assert_eq!(
-        r.headers().get("x-call-id").and_then(|v| v.to_str().ok()),
+        header(r.headers(), "x-call-id"),
         Some("my-call-id-123"),
         "a sent X-Call-Id must be echoed; headers: {:?}",
         r.headers()
@@ -69,9 +69,7 @@ async fn fork_env_sees_method_query_headers_and_env_vars() {
         let r = s.invoke(Method::GET, "env").send().await.unwrap();
         assert_eq!(r.status(), StatusCode::OK);
         ids.insert(
-            r.headers()
-                .get("x-call-id")
-                .and_then(|v| v.to_str().ok())
+            header(r.headers(), "x-call-id")
                 .unwrap_or_default()
                 .to_string(),
         );
@@ -79,13 +77,9 @@ async fn fork_env_sees_method_query_headers_and_env_vars() {
     assert_eq!(ids.len(), 3, "generated X-Call-Id must be unique: {ids:?}");
 
     // name.namespace route.
-    let r = s
-        .invoke(Method::POST, "env.openfaas-fn?testing=2")
-        .body("x")
-        .send()
-        .await
-        .unwrap();
-    let (code, body) = text(r).await;
+    let (code, body) = s
+        .call_text(Method::POST, "env.openfaas-fn?testing=2", "x")
+        .await;
     assert_eq!(code, StatusCode::OK, "/function/env.openfaas-fn: {body}");
     assert_line(&body, "Http_Query=testing=2", "name.namespace route");
     assert_line(&body, "Http_Method=POST", "name.namespace route");
@@ -104,7 +98,7 @@ async fn fork_cat_echoes_bodies_byte_exact() {
         .unwrap();
     assert_invocation_headers(&r, "POST /function/cat");
     let (code, body) = text(r).await;
-    assert_eq!((code, body.as_str()), (StatusCode::OK, "hello, fjord"));
+    assert_reply((code, body), StatusCode::OK, "hello, fjord", "reply");
 
     // ~5 MB of binary data, every byte value, not a repeating short pattern.
     let mut big = Vec::with_capacity(5 * 1024 * 1024 + 7);
@@ -130,13 +124,8 @@ async fn fork_cat_echoes_bodies_byte_exact() {
     assert!(got[..] == big[..], "5 MB echo is not byte-exact");
 
     // Empty body.
-    let r = s.invoke(Method::POST, "cat").send().await.unwrap();
-    let (code, body) = text(r).await;
-    assert_eq!(
-        (code, body.as_str()),
-        (StatusCode::OK, ""),
-        "empty body echo"
-    );
+    let (code, body) = send_text(s.invoke(Method::POST, "cat")).await;
+    assert_reply((code, body), StatusCode::OK, "", "empty body echo");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -144,13 +133,7 @@ async fn fork_nonzero_exit_is_500_with_output() {
     let s = Server::start().await;
     s.deploy_ready(&fork_fn("fails", "sh -c 'echo oops; exit 3'"))
         .await;
-    let r = s
-        .invoke(Method::POST, "fails")
-        .body("x")
-        .send()
-        .await
-        .unwrap();
-    let (code, body) = text(r).await;
+    let (code, body) = s.call_text(Method::POST, "fails", "x").await;
     assert_eq!(code, StatusCode::INTERNAL_SERVER_ERROR, "exit 3: {body}");
     assert!(
         body.contains("oops"),
@@ -221,25 +204,21 @@ async fn fork_combine_output_and_content_type() {
     s.wait_log(
         "name=quiet&tail=100",
         "err-line-quiet",
-        Duration::from_secs(10),
+        Duration::from_secs(30),
     )
     .await;
 
-    let r = s
-        .invoke(Method::POST, "typed")
-        .header("content-type", "text/plain")
-        .body("{}")
-        .send()
-        .await
-        .unwrap();
-    let ct = r
-        .headers()
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
+    let (code, headers, body) = send_reply(
+        s.invoke(Method::POST, "typed")
+            .header("content-type", "text/plain")
+            .body("{}"),
+    )
+    .await;
+    let ct = header(&headers, "content-type")
         .unwrap_or_default()
         .to_string();
-    let (code, body) = text(r).await;
-    assert_eq!((code, body.as_str()), (StatusCode::OK, "{}"));
+
+    assert_reply((code, body), StatusCode::OK, "{}", "reply");
     assert!(
         ct.starts_with("application/x-fjord-test"),
         "content_type env must set the answer's Content-Type, got {ct:?}"
@@ -263,7 +242,7 @@ async fn fork_logs_have_watchdog_lines() {
         .wait_log(
             "name=logged&tail=100",
             "Forking fprocess.",
-            Duration::from_secs(10),
+            Duration::from_secs(30),
         )
         .await;
     let lines = if lines
@@ -272,7 +251,7 @@ async fn fork_logs_have_watchdog_lines() {
     {
         lines
     } else {
-        s.wait_log("name=logged&tail=100", "Wrote ", Duration::from_secs(10))
+        s.wait_log("name=logged&tail=100", "Wrote ", Duration::from_secs(30))
             .await
     };
     let wrote = lines

@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{ServeOpts, Server, fjord_num, fork_fn, text};
+use common::{ServeOpts, Server, fjord_num, fork_fn, send_text, text};
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 
@@ -102,13 +102,11 @@ async fn a_fork_bomb_hits_the_pids_limit_and_others_keep_answering() {
     );
     bomb["envVars"] = json!({"exec_timeout": "10s"});
     s.deploy_ready(&bomb).await;
-    let r = s
-        .invoke(Method::GET, "bomb")
-        .timeout(Duration::from_secs(30))
-        .send()
-        .await
-        .unwrap();
-    let (st, body) = text(r).await;
+    let (st, body) = send_text(
+        s.invoke(Method::GET, "bomb")
+            .timeout(Duration::from_secs(30)),
+    )
+    .await;
     assert!(
         body.contains("fork") && !body.contains("started 300"),
         "300 processes started under a 40-process limit: {st} {body}"
@@ -126,14 +124,7 @@ async fn a_fork_bomb_hits_the_pids_limit_and_others_keep_answering() {
     let r = s.open(Method::GET, "/healthz").send().await.unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     // Deleting the function kills what is left of it.
-    let (st, body) = s
-        .sys_json(
-            Method::DELETE,
-            "/system/functions",
-            &json!({"functionName": "bomb"}),
-        )
-        .await;
-    assert!(st.is_success(), "{body}");
+    s.remove("bomb").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -146,13 +137,7 @@ async fn a_fork_mode_memory_hog_is_oom_killed_and_others_keep_answering() {
     );
     hog["limits"] = json!({"memory": "32Mi"});
     s.deploy_ready(&hog).await;
-    let r = s
-        .invoke(Method::POST, "hog")
-        .body("300")
-        .send()
-        .await
-        .unwrap();
-    let (st, body) = text(r).await;
+    let (st, body) = s.call_text(Method::POST, "hog", "300").await;
     assert_eq!(st, StatusCode::INTERNAL_SERVER_ERROR, "{body}");
     assert!(body.contains("out of memory"), "{body}");
     assert!(!body.contains("allocated"), "{body}");

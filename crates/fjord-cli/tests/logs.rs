@@ -22,10 +22,7 @@ async fn logs_follow_streams_new_lines() {
     let reader = tokio::spawn(async move {
         let mut r = follow.send().await.expect("follow request");
         let code = r.status();
-        let ct = r
-            .headers()
-            .get("content-type")
-            .and_then(|v| v.to_str().ok())
+        let ct = header(r.headers(), "content-type")
             .unwrap_or_default()
             .to_string();
         let _ = headers_tx.send(());
@@ -55,11 +52,22 @@ async fn logs_follow_streams_new_lines() {
         }
     });
 
-    // Wait for the response head (or 5 s: the request has started either way).
-    let _ = tokio::time::timeout(Duration::from_secs(5), headers_rx).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let (code, body) = s.call("chatty/log?after-follow-marker").await;
-    assert_eq!(code, StatusCode::OK, "{body}");
+    // The response head, then marker lines until the follower sees one: a line logged before
+    // the server has subscribed the follower is (rightly) not in the stream.
+    tokio::time::timeout(Duration::from_secs(30), headers_rx)
+        .await
+        .expect("the follow request's response head within 30 s")
+        .expect("the follow reader sent its head");
+    wait_until(
+        Duration::from_secs(30),
+        "a marker line followed",
+        || async {
+            let (code, body) = s.call("chatty/log?after-follow-marker").await;
+            assert_eq!(code, StatusCode::OK, "{body}");
+            reader.is_finished()
+        },
+    )
+    .await;
 
     let (ct, line, all) = reader
         .await
@@ -97,7 +105,7 @@ async fn invocations_are_reported_in_the_log_when_asked() {
     let (code, _) = s.call("quiet").await;
     assert_eq!(code, StatusCode::OK);
     let lines = s
-        .wait_log("name=reported", "REPORT", Duration::from_secs(10))
+        .wait_log("name=reported", "REPORT", Duration::from_secs(30))
         .await;
     let report = lines
         .iter()

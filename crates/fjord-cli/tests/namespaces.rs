@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::{NS, READY_TIMEOUT, ServeOpts, Server, TestDir, fork_fn, text};
+use common::{NS, READY_TIMEOUT, ServeOpts, Server, TestDir, fork_fn, send_text, text};
 use fjord_bundle::raw::{Entry, tar_gz};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -54,28 +54,22 @@ async fn namespaces_api_round_trip() {
         v.to_string().contains("fjord namespace create team-a"),
         "{v}"
     );
-    let (st, body) = s
-        .sys_json(
-            Method::PUT,
-            "/system/namespace/team-a",
-            &json!({"labels": {}}),
-        )
-        .await;
-    assert_eq!(
-        st,
+    s.sys_expect(
+        Method::PUT,
+        "/system/namespace/team-a",
+        &json!({"labels": {}}),
         StatusCode::NOT_FOUND,
-        "PUT of an unknown namespace: {body}"
-    );
+    )
+    .await;
 
     // Create with labels and annotations; read back.
-    let (st, body) = s
-        .sys_json(
-            Method::POST,
-            "/system/namespace/team-a",
-            &json!({"name": "team-a", "labels": {"env": "dev"}, "annotations": {"owner": "ada"}}),
-        )
-        .await;
-    assert_eq!(st, StatusCode::ACCEPTED, "{body}");
+    s.sys_expect(
+        Method::POST,
+        "/system/namespace/team-a",
+        &json!({"name": "team-a", "labels": {"env": "dev"}, "annotations": {"owner": "ada"}}),
+        StatusCode::ACCEPTED,
+    )
+    .await;
     let (st, v) = get_json(&s, "/system/namespace/team-a").await;
     assert_eq!(st, StatusCode::OK, "{v}");
     assert_eq!(
@@ -83,24 +77,27 @@ async fn namespaces_api_round_trip() {
         json!({"name": "team-a", "labels": {"env": "dev"}, "annotations": {"owner": "ada"}})
     );
     assert!(namespaces(&s).await.contains(&"team-a".to_string()));
-    let (st, body) = s
-        .sys_json(Method::POST, "/system/namespace/team-a", &json!({}))
+    let body = s
+        .sys_expect(
+            Method::POST,
+            "/system/namespace/team-a",
+            &json!({}),
+            StatusCode::CONFLICT,
+        )
         .await;
-    assert_eq!(st, StatusCode::CONFLICT, "second create: {body}");
     assert!(
         body.contains("PUT"),
         "the 409 should say what to do: {body}"
     );
 
     // Update replaces labels and annotations.
-    let (st, body) = s
-        .sys_json(
-            Method::PUT,
-            "/system/namespace/team-a",
-            &json!({"labels": {"env": "prod"}}),
-        )
-        .await;
-    assert_eq!(st, StatusCode::ACCEPTED, "{body}");
+    s.sys_expect(
+        Method::PUT,
+        "/system/namespace/team-a",
+        &json!({"labels": {"env": "prod"}}),
+        StatusCode::ACCEPTED,
+    )
+    .await;
     let (_, v) = get_json(&s, "/system/namespace/team-a").await;
     assert_eq!(v["labels"], json!({"env": "prod"}));
     assert_eq!(v["annotations"], json!({}));
@@ -120,8 +117,9 @@ async fn namespaces_api_round_trip() {
             "annotations",
         ),
     ] {
-        let (st, answer) = s.sys_json(Method::POST, path, &body).await;
-        assert_eq!(st, StatusCode::BAD_REQUEST, "POST {path} {body}: {answer}");
+        let answer = s
+            .sys_expect(Method::POST, path, &body, StatusCode::BAD_REQUEST)
+            .await;
         assert!(
             answer.contains(field),
             "POST {path} {body}: should name {field}: {answer}"
@@ -134,14 +132,13 @@ async fn namespaces_api_round_trip() {
 
     // A namespace holding only a secret is listed; it cannot be deleted while the secret is
     // there, and is gone with it.
-    let (st, body) = s
-        .sys_json(
-            Method::POST,
-            "/system/secrets",
-            &json!({"name": "api-key", "namespace": "vault", "value": "s3cr3t"}),
-        )
-        .await;
-    assert_eq!(st, StatusCode::ACCEPTED, "{body}");
+    s.sys_expect(
+        Method::POST,
+        "/system/secrets",
+        &json!({"name": "api-key", "namespace": "vault", "value": "s3cr3t"}),
+        StatusCode::ACCEPTED,
+    )
+    .await;
     assert!(namespaces(&s).await.contains(&"vault".to_string()));
     let (st, v) = get_json(&s, "/system/namespace/vault").await;
     assert_eq!(st, StatusCode::OK, "{v}");
@@ -151,14 +148,13 @@ async fn namespaces_api_round_trip() {
         body.contains("secret(s) api-key"),
         "should name the secret: {body}"
     );
-    let (st, body) = s
-        .sys_json(
-            Method::DELETE,
-            "/system/secrets",
-            &json!({"name": "api-key", "namespace": "vault"}),
-        )
-        .await;
-    assert_eq!(st, StatusCode::ACCEPTED, "{body}");
+    s.sys_expect(
+        Method::DELETE,
+        "/system/secrets",
+        &json!({"name": "api-key", "namespace": "vault"}),
+        StatusCode::ACCEPTED,
+    )
+    .await;
     assert!(!namespaces(&s).await.contains(&"vault".to_string()));
 
     // A namespace with a function: 409 naming it; empty, it is deleted.
@@ -171,14 +167,13 @@ async fn namespaces_api_round_trip() {
         body.contains("function(s) lister"),
         "should name the function: {body}"
     );
-    let (st, body) = s
-        .sys_json(
-            Method::DELETE,
-            "/system/functions",
-            &json!({"functionName": "lister", "namespace": "team-a"}),
-        )
-        .await;
-    assert_eq!(st, StatusCode::ACCEPTED, "{body}");
+    s.sys_expect(
+        Method::DELETE,
+        "/system/functions",
+        &json!({"functionName": "lister", "namespace": "team-a"}),
+        StatusCode::ACCEPTED,
+    )
+    .await;
     // Still created (it has a record), now empty.
     assert!(namespaces(&s).await.contains(&"team-a".to_string()));
     let (st, body) = delete(&s, "/system/namespace/team-a").await;
@@ -226,14 +221,13 @@ async fn namespaces_api_round_trip() {
     assert_eq!(r.status(), StatusCode::FORBIDDEN);
 
     // Created namespaces and their labels survive a restart.
-    let (st, body) = s
-        .sys_json(
-            Method::POST,
-            "/system/namespace/kept",
-            &json!({"labels": {"tier": "gold"}}),
-        )
-        .await;
-    assert_eq!(st, StatusCode::ACCEPTED, "{body}");
+    s.sys_expect(
+        Method::POST,
+        "/system/namespace/kept",
+        &json!({"labels": {"tier": "gold"}}),
+        StatusCode::ACCEPTED,
+    )
+    .await;
     s.terminate(Duration::from_secs(20)).await;
     let s = Server::start_in(dir, ServeOpts::default()).await;
     let (st, v) = get_json(&s, "/system/namespace/kept").await;
@@ -367,13 +361,11 @@ async fn upload(s: &Server, tag: &str, manifest: Value, files: &[(&str, &[u8], u
     let mut h = fjord_bundle::Hasher::default();
     h.update(&bundle);
     let digest = h.finish().as_str().to_string();
-    let r = s
-        .sys(Method::PUT, &format!("/system/bundles/{digest}?tag={tag}"))
-        .body(bundle)
-        .send()
-        .await
-        .unwrap();
-    let (st, body) = text(r).await;
+    let (st, body) = send_text(
+        s.sys(Method::PUT, &format!("/system/bundles/{digest}?tag={tag}"))
+            .body(bundle),
+    )
+    .await;
     assert!(st.is_success(), "upload {tag}: {st} {body}");
 }
 
@@ -424,12 +416,14 @@ async fn deploy_refuses_a_program_that_cannot_start() {
     ] {
         let mut body = fork_fn(name, process);
         body["image"] = json!(image);
-        let (st, answer) = s.sys_json(Method::POST, "/system/functions", &body).await;
-        assert_eq!(
-            st,
-            StatusCode::BAD_REQUEST,
-            "{name} ({process}) must be refused at deploy: {answer}"
-        );
+        let answer = s
+            .sys_expect(
+                Method::POST,
+                "/system/functions",
+                &body,
+                StatusCode::BAD_REQUEST,
+            )
+            .await;
         assert!(
             answer.contains("envProcess") && answer.contains(needle),
             "{name}: the 400 should name the field and {needle}: {answer}"
@@ -490,26 +484,22 @@ async fn faas_cli_deploy_of_a_pushed_bundle_runs_with_the_bundles_interpreter() 
         "network": "func_functions",
         "readOnlyRootFilesystem": false,
     });
-    let (st, answer) = s.sys_json(Method::PUT, "/system/functions", &body).await;
-    assert_eq!(
-        st,
+    s.sys_expect(
+        Method::PUT,
+        "/system/functions",
+        &body,
         StatusCode::NOT_FOUND,
-        "faas-cli first tries PUT: {answer}"
-    );
-    let (st, answer) = s.sys_json(Method::POST, "/system/functions", &body).await;
-    assert_eq!(
-        st,
+    )
+    .await;
+    s.sys_expect(
+        Method::POST,
+        "/system/functions",
+        &body,
         StatusCode::ACCEPTED,
-        "faas-cli deploy of {image}: {answer}"
-    );
+    )
+    .await;
     s.wait_ready("greet", READY_TIMEOUT).await;
-    let r = s
-        .invoke(Method::POST, "greet")
-        .body("Ada")
-        .send()
-        .await
-        .unwrap();
-    let (st, out) = text(r).await;
+    let (st, out) = s.call_text(Method::POST, "greet", "Ada").await;
     let python3 = std::process::Command::new("/usr/bin/python3")
         .args(["-c", "import sys; print(sys.version.split()[0])"])
         .output()

@@ -72,8 +72,13 @@ async fn faas_function_label_is_returned_and_never_stored() {
     let mut again = fork_fn(name, "cat");
     again["labels"] = st_labels(&s, name).await;
     again["labels"]["team"] = json!("edge");
-    let (code, body) = s.sys_json(Method::PUT, "/system/functions", &again).await;
-    assert_eq!(code, StatusCode::ACCEPTED, "echoed faas_function: {body}");
+    s.sys_expect(
+        Method::PUT,
+        "/system/functions",
+        &again,
+        StatusCode::ACCEPTED,
+    )
+    .await;
     let st = s
         .wait_status(name, READY_TIMEOUT, "team edge", |v| {
             v["labels"]["team"] == "edge"
@@ -87,8 +92,14 @@ async fn faas_function_label_is_returned_and_never_stored() {
 
     // Another value is refused, naming the label; nothing changes.
     let bad = with_labels(fork_fn(name, "cat"), json!({"faas_function": "other"}));
-    let (code, body) = s.sys_json(Method::PUT, "/system/functions", &bad).await;
-    assert_eq!(code, StatusCode::BAD_REQUEST, "{body}");
+    let body = s
+        .sys_expect(
+            Method::PUT,
+            "/system/functions",
+            &bad,
+            StatusCode::BAD_REQUEST,
+        )
+        .await;
     assert!(
         body.contains("labels.faas_function") && body.contains("reserved"),
         "the 400 names the label and why: {body}"
@@ -115,7 +126,7 @@ async fn scale_to_zero_below_min_works_and_the_next_call_wakes_it() {
     let st = s
         .wait_status(
             name,
-            Duration::from_secs(20),
+            Duration::from_secs(30),
             "0 replicas, none left",
             |v| num(v, "replicas") == 0 && num(v, "availableReplicas") == 0,
         )
@@ -123,13 +134,11 @@ async fn scale_to_zero_below_min_works_and_the_next_call_wakes_it() {
     assert!(reason(&st).contains("API"), "{st}");
 
     // Held until a replica is ready, then answered.
-    let r = s
-        .invoke(Method::GET, &format!("{name}/wake"))
-        .timeout(Duration::from_secs(40))
-        .send()
-        .await
-        .expect("call at zero");
-    let (code, body) = text(r).await;
+    let (code, body) = send_text(
+        s.invoke(Method::GET, &format!("{name}/wake"))
+            .timeout(Duration::from_secs(40)),
+    )
+    .await;
     assert_eq!(
         code,
         StatusCode::OK,
@@ -368,7 +377,7 @@ async fn health_path_annotation_is_the_readiness_path() {
     s.wait_log(
         "name=healthy&tail=100",
         "LOGLINE probed-health",
-        Duration::from_secs(20),
+        Duration::from_secs(30),
     )
     .await;
 
@@ -383,7 +392,7 @@ async fn health_path_annotation_is_the_readiness_path() {
         .wait_log(
             "name=both&tail=100",
             "LOGLINE ready-wins",
-            Duration::from_secs(20),
+            Duration::from_secs(30),
         )
         .await;
     assert!(

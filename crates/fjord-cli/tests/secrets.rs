@@ -7,28 +7,22 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{NS, Server, TestDir, fork_fn, http_fn, text};
+use common::{NS, Server, TestDir, fork_fn, http_fn, send_text, wait_until};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
 async fn create(s: &Server, name: &str, value: &str) {
-    let (st, body) = s
-        .sys_json(
-            Method::POST,
-            "/system/secrets",
-            &json!({"name": name, "value": value}),
-        )
-        .await;
-    assert_eq!(st, StatusCode::ACCEPTED, "create secret {name}: {body}");
+    s.sys_expect(
+        Method::POST,
+        "/system/secrets",
+        &json!({"name": name, "value": value}),
+        StatusCode::ACCEPTED,
+    )
+    .await;
 }
 
 async fn list(s: &Server, query: &str) -> (String, Vec<Value>) {
-    let r = s
-        .sys(Method::GET, &format!("/system/secrets{query}"))
-        .send()
-        .await
-        .unwrap();
-    let (st, body) = text(r).await;
+    let (st, body) = send_text(s.sys(Method::GET, &format!("/system/secrets{query}"))).await;
     assert_eq!(st, StatusCode::OK, "GET /system/secrets{query}: {body}");
     let v: Vec<Value> = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
     (body, v)
@@ -66,27 +60,26 @@ async fn secrets_api_statuses_and_values_never_returned() {
     let s = Server::start().await;
     let value = "v4lue-never-returned-1f2e";
     create(&s, "api-key", value).await;
-    let (st, body) = s
-        .sys_json(
+    let body = s
+        .sys_expect(
             Method::POST,
             "/system/secrets",
             &json!({"name": "api-key", "value": "x"}),
+            StatusCode::CONFLICT,
         )
         .await;
-    assert_eq!(st, StatusCode::CONFLICT, "{body}");
     assert!(
         body.contains("api-key") && body.contains("update"),
         "{body}"
     );
     // rawValue (base64) is the other way to give a value.
-    let (st, body) = s
-        .sys_json(
-            Method::POST,
-            "/system/secrets",
-            &json!({"name": "raw.bin", "rawValue": "AAEC/w=="}),
-        )
-        .await;
-    assert_eq!(st, StatusCode::ACCEPTED, "{body}");
+    s.sys_expect(
+        Method::POST,
+        "/system/secrets",
+        &json!({"name": "raw.bin", "rawValue": "AAEC/w=="}),
+        StatusCode::ACCEPTED,
+    )
+    .await;
 
     let (raw, items) = list(&s, "").await;
     assert_eq!(
@@ -100,22 +93,21 @@ async fn secrets_api_statuses_and_values_never_returned() {
     let (_, other) = list(&s, "?namespace=other-ns").await;
     assert!(other.is_empty(), "{other:?}");
 
-    let (st, body) = s
-        .sys_json(
-            Method::PUT,
-            "/system/secrets",
-            &json!({"name": "api-key", "value": "n3w"}),
-        )
-        .await;
-    assert_eq!(st, StatusCode::ACCEPTED, "{body}");
-    let (st, body) = s
-        .sys_json(
+    s.sys_expect(
+        Method::PUT,
+        "/system/secrets",
+        &json!({"name": "api-key", "value": "n3w"}),
+        StatusCode::ACCEPTED,
+    )
+    .await;
+    let body = s
+        .sys_expect(
             Method::PUT,
             "/system/secrets",
             &json!({"name": "absent", "value": "n3w"}),
+            StatusCode::NOT_FOUND,
         )
         .await;
-    assert_eq!(st, StatusCode::NOT_FOUND, "{body}");
     assert!(body.contains("absent") && body.contains("create"), "{body}");
 
     // Names become file names: strictly validated, 400 naming the field.
@@ -130,50 +122,53 @@ async fn secrets_api_statuses_and_values_never_returned() {
         "tab\there",
         long.as_str(),
     ] {
-        let (st, body) = s
-            .sys_json(
+        let body = s
+            .sys_expect(
                 Method::POST,
                 "/system/secrets",
                 &json!({"name": bad, "value": "x"}),
+                StatusCode::BAD_REQUEST,
             )
             .await;
-        assert_eq!(st, StatusCode::BAD_REQUEST, "name {bad:?}: {body}");
         assert!(body.starts_with("name:"), "name {bad:?}: {body}");
     }
-    let (st, body) = s
-        .sys_json(Method::POST, "/system/secrets", &json!({"name": "novalue"}))
+    let body = s
+        .sys_expect(
+            Method::POST,
+            "/system/secrets",
+            &json!({"name": "novalue"}),
+            StatusCode::BAD_REQUEST,
+        )
         .await;
-    assert_eq!(st, StatusCode::BAD_REQUEST, "{body}");
     assert!(body.starts_with("value:"), "{body}");
-    let (st, body) = s
-        .sys_json(
+    let body = s
+        .sys_expect(
             Method::POST,
             "/system/secrets",
             &json!({"name": "b64", "rawValue": "!!"}),
+            StatusCode::BAD_REQUEST,
         )
         .await;
-    assert_eq!(st, StatusCode::BAD_REQUEST, "{body}");
     assert!(body.starts_with("rawValue:"), "{body}");
-    let (st, body) = s
-        .sys_json(
+    let body = s
+        .sys_expect(
             Method::POST,
             "/system/secrets",
             &json!({"name": 5, "value": "x"}),
+            StatusCode::BAD_REQUEST,
         )
         .await;
-    assert_eq!(st, StatusCode::BAD_REQUEST, "{body}");
     assert!(body.contains("name"), "{body}");
-    let r = s
-        .sys(Method::POST, "/system/secrets")
-        .body("{not json")
-        .send()
-        .await
-        .unwrap();
-    let (st, body) = text(r).await;
+    let (st, body) = send_text(s.sys(Method::POST, "/system/secrets").body("{not json")).await;
     assert_eq!(st, StatusCode::BAD_REQUEST, "{body}");
     let big = json!({"name": "big", "value": "x".repeat(2 << 20)});
-    let (st, body) = s.sys_json(Method::POST, "/system/secrets", &big).await;
-    assert_eq!(st, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
+    s.sys_expect(
+        Method::POST,
+        "/system/secrets",
+        &big,
+        StatusCode::PAYLOAD_TOO_LARGE,
+    )
+    .await;
 
     // Not without credentials. A new connection: the server closes the one the 413 arrived
     // on (the rest of that body was never read), and a pooled reuse could race with that.
@@ -184,22 +179,20 @@ async fn secrets_api_statuses_and_values_never_returned() {
         .unwrap();
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
 
-    let (st, body) = s
-        .sys_json(
-            Method::DELETE,
-            "/system/secrets",
-            &json!({"name": "api-key"}),
-        )
-        .await;
-    assert_eq!(st, StatusCode::ACCEPTED, "{body}");
-    let (st, body) = s
-        .sys_json(
-            Method::DELETE,
-            "/system/secrets",
-            &json!({"name": "api-key"}),
-        )
-        .await;
-    assert_eq!(st, StatusCode::NOT_FOUND, "{body}");
+    s.sys_expect(
+        Method::DELETE,
+        "/system/secrets",
+        &json!({"name": "api-key"}),
+        StatusCode::ACCEPTED,
+    )
+    .await;
+    s.sys_expect(
+        Method::DELETE,
+        "/system/secrets",
+        &json!({"name": "api-key"}),
+        StatusCode::NOT_FOUND,
+    )
+    .await;
     let (_, items) = list(&s, "").await;
     assert_eq!(items, vec![json!({"name": "raw.bin", "namespace": NS})]);
 
@@ -330,8 +323,14 @@ async fn missing_secret_is_400_and_the_old_version_keeps_serving() {
     s.deploy_ready(&fork_fn("svc", "echo v1")).await;
     let mut v2 = fork_fn("svc", "echo v2");
     v2["secrets"] = json!(["not-there"]);
-    let (st, body) = s.sys_json(Method::PUT, "/system/functions", &v2).await;
-    assert_eq!(st, StatusCode::BAD_REQUEST, "{body}");
+    let body = s
+        .sys_expect(
+            Method::PUT,
+            "/system/functions",
+            &v2,
+            StatusCode::BAD_REQUEST,
+        )
+        .await;
     assert!(
         body.contains("secrets[0]") && body.contains("not-there"),
         "{body}"
@@ -345,8 +344,14 @@ async fn missing_secret_is_400_and_the_old_version_keeps_serving() {
 
     let mut fresh = fork_fn("fresh", "echo hi");
     fresh["secrets"] = json!(["../escape"]);
-    let (st, body) = s.sys_json(Method::POST, "/system/functions", &fresh).await;
-    assert_eq!(st, StatusCode::BAD_REQUEST, "{body}");
+    let body = s
+        .sys_expect(
+            Method::POST,
+            "/system/functions",
+            &fresh,
+            StatusCode::BAD_REQUEST,
+        )
+        .await;
     assert!(body.starts_with("secrets[0]:"), "{body}");
     assert!(s.get_function("fresh").await.is_none());
 }
@@ -369,33 +374,30 @@ async fn updating_a_secret_rolls_its_functions_and_deleting_one_in_use_is_409() 
     assert_eq!(s.call("fork-user").await.1, "first");
     assert_eq!(s.call("http-user").await.1, "first");
 
-    let (st, body) = s
-        .sys_json(
-            Method::PUT,
-            "/system/secrets",
-            &json!({"name": "token", "value": "second"}),
-        )
-        .await;
-    assert_eq!(st, StatusCode::ACCEPTED, "{body}");
+    s.sys_expect(
+        Method::PUT,
+        "/system/secrets",
+        &json!({"name": "token", "value": "second"}),
+        StatusCode::ACCEPTED,
+    )
+    .await;
     for name in ["fork-user", "http-user"] {
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        loop {
+        let what = format!("{name} answers the changed secret");
+        wait_until(Duration::from_secs(30), &what, || async {
             let (st, body) = s.call(name).await;
-            if st == StatusCode::OK && body == "second" {
-                break;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "{name} still answers {st} {body:?} 30 s after the secret changed"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+            st == StatusCode::OK && body == "second"
+        })
+        .await;
     }
 
-    let (st, body) = s
-        .sys_json(Method::DELETE, "/system/secrets", &json!({"name": "token"}))
+    let body = s
+        .sys_expect(
+            Method::DELETE,
+            "/system/secrets",
+            &json!({"name": "token"}),
+            StatusCode::CONFLICT,
+        )
         .await;
-    assert_eq!(st, StatusCode::CONFLICT, "{body}");
     assert!(
         body.contains("fork-user") && body.contains("http-user"),
         "{body}"
@@ -403,22 +405,25 @@ async fn updating_a_secret_rolls_its_functions_and_deleting_one_in_use_is_409() 
     let (_, items) = list(&s, "").await;
     assert_eq!(items.len(), 2, "nothing deleted: {items:?}");
     for name in ["fork-user", "http-user"] {
-        let (st, body) = s
-            .sys_json(
-                Method::DELETE,
-                "/system/functions",
-                &json!({"functionName": name}),
-            )
-            .await;
-        assert!(st.is_success(), "{body}");
+        s.remove(name).await;
     }
-    let (st, body) = s
-        .sys_json(Method::DELETE, "/system/secrets", &json!({"name": "token"}))
-        .await;
-    assert_eq!(st, StatusCode::ACCEPTED, "{body}");
+    s.sys_expect(
+        Method::DELETE,
+        "/system/secrets",
+        &json!({"name": "token"}),
+        StatusCode::ACCEPTED,
+    )
+    .await;
 }
 
 /// Runs the real `fjord` binary against `s`.
+/// Runs `fjord args` with `stdin` against `s`; asserts its exit code; stdout and stderr.
+async fn fjord_exits(s: &Server, args: &[&str], stdin: &[u8], code: i32) -> (String, String) {
+    let (got, out, err) = fjord(s, args, stdin).await;
+    assert_eq!(got, code, "fjord {}: {out}{err}", args.join(" "));
+    (out, err)
+}
+
 async fn fjord(s: &Server, args: &[&str], stdin: &[u8]) -> (i32, String, String) {
     use tokio::io::AsyncWriteExt;
     let cfg = s.dir.tmp.path().join("cli-config.json");
@@ -452,27 +457,27 @@ async fn fjord(s: &Server, args: &[&str], stdin: &[u8]) -> (i32, String, String)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cli_secret_create_list_update_remove() {
     let s = Server::start().await;
-    let (code, out, err) = fjord(
+    fjord_exits(
         &s,
         &["secret", "create", "lit", "--from-literal", "one"],
         b"",
+        0,
     )
     .await;
-    assert_eq!(code, 0, "{out}{err}");
-    let (code, _, err) = fjord(
+    let (_, err) = fjord_exits(
         &s,
         &["secret", "create", "lit", "--from-literal", "again"],
         b"",
+        1,
     )
     .await;
-    assert_eq!(code, 1, "{err}");
     assert!(
         err.contains("409") && err.contains("fjord secret update"),
         "{err}"
     );
     let file = s.dir.tmp.path().join("value.txt");
     std::fs::write(&file, "from-file\n").unwrap();
-    let (code, _, err) = fjord(
+    fjord_exits(
         &s,
         &[
             "secret",
@@ -482,17 +487,14 @@ async fn cli_secret_create_list_update_remove() {
             file.to_str().unwrap(),
         ],
         b"",
+        0,
     )
     .await;
-    assert_eq!(code, 0, "{err}");
-    let (code, _, err) = fjord(&s, &["secret", "create", "piped"], b"  from-stdin\n").await;
-    assert_eq!(code, 0, "{err}");
-    let (code, _, err) = fjord(&s, &["secret", "create", "empty"], b"\n").await;
-    assert_eq!(code, 2, "an empty value is a usage error: {err}");
+    fjord_exits(&s, &["secret", "create", "piped"], b" from-stdin\n", 0).await;
+    let (_, err) = fjord_exits(&s, &["secret", "create", "empty"], b"\n", 2).await;
     assert!(err.contains("--from-literal"), "{err}");
 
-    let (code, out, _) = fjord(&s, &["secret", "list"], b"").await;
-    assert_eq!(code, 0);
+    let (out, _) = fjord_exits(&s, &["secret", "list"], b"", 0).await;
     for n in ["lit", "filed", "piped"] {
         assert!(out.lines().any(|l| l.starts_with(n)), "{n} in {out}");
     }
@@ -500,8 +502,7 @@ async fn cli_secret_create_list_update_remove() {
         !out.contains("one") && !out.contains("from-"),
         "no values: {out}"
     );
-    let (code, out, _) = fjord(&s, &["secret", "ls", "--json"], b"").await;
-    assert_eq!(code, 0);
+    let (out, _) = fjord_exits(&s, &["secret", "ls", "--json"], b"", 0).await;
     let v: Vec<Value> = serde_json::from_str(&out).unwrap();
     assert_eq!(v.len(), 3);
 
@@ -514,25 +515,29 @@ async fn cli_secret_create_list_update_remove() {
     s.deploy_ready(&f).await;
     assert_eq!(s.call("show").await.1, "onefrom-filefrom-stdin");
 
-    let (code, _, err) = fjord(
+    fjord_exits(
         &s,
         &["secret", "update", "lit", "--from-literal", "two"],
         b"",
+        0,
     )
     .await;
-    assert_eq!(code, 0, "{err}");
-    let (code, _, err) = fjord(
+    fjord_exits(
         &s,
         &["secret", "update", "nope", "--from-literal", "x"],
         b"",
+        5,
     )
     .await;
-    assert_eq!(code, 5, "not found: {err}");
-    let (code, _, err) = fjord(&s, &["secret", "rm", "lit"], b"").await;
-    assert_eq!(code, 1, "in use: {err}");
+    let (_, err) = fjord_exits(&s, &["secret", "rm", "lit"], b"", 1).await;
     assert!(err.contains("show"), "{err}");
-    let (code, _, err) = fjord(&s, &["secret", "remove", "piped", "--namespace", NS], b"").await;
-    assert_eq!(code, 1, "in use: {err}");
+    fjord_exits(
+        &s,
+        &["secret", "remove", "piped", "--namespace", NS],
+        b"",
+        1,
+    )
+    .await;
     let (st, _) = s
         .sys_json(
             Method::DELETE,
@@ -541,13 +546,10 @@ async fn cli_secret_create_list_update_remove() {
         )
         .await;
     assert!(st.is_success());
-    let (code, _, err) = fjord(&s, &["secret", "rm", "lit"], b"").await;
-    assert_eq!(code, 0, "{err}");
-    let (code, _, err) = fjord(&s, &["secret", "rm", "lit"], b"").await;
-    assert_eq!(code, 5, "{err}");
+    fjord_exits(&s, &["secret", "rm", "lit"], b"", 0).await;
+    fjord_exits(&s, &["secret", "rm", "lit"], b"", 5).await;
 
-    let (code, out, _) = fjord(&s, &["secret", "--help"], b"").await;
-    assert_eq!(code, 0);
+    let (out, _) = fjord_exits(&s, &["secret", "--help"], b"", 0).await;
     for w in [
         "create",
         "list",
@@ -557,8 +559,7 @@ async fn cli_secret_create_list_update_remove() {
     ] {
         assert!(out.contains(w), "{w} in help: {out}");
     }
-    let (code, out, _) = fjord(&s, &["secret", "create", "--help"], b"").await;
-    assert_eq!(code, 0);
+    let (out, _) = fjord_exits(&s, &["secret", "create", "--help"], b"", 0).await;
     for w in ["--from-literal", "--from-file", "--trim", "stdin"] {
         assert!(out.contains(w), "{w} in help: {out}");
     }

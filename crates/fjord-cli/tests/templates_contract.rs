@@ -6,24 +6,32 @@
 
 use std::fs;
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use fjord_cli::builder;
+use fjord_cli::templates::{self, Template, TemplateSpec};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use reqwest::{Client, StatusCode, redirect};
 use serde_json::{Value, json};
 use tempfile::TempDir;
 
+mod common;
+use common::{free_port, wait_until_blocking};
+
 /// The PATH fjord gives functions (fjord-runtime's DEFAULT_PATH).
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 const HOSTNAME: &str = "tmpl-contract-replica";
-const READY_TIMEOUT: Duration = Duration::from_secs(15);
-const IO_TIMEOUT: Duration = Duration::from_secs(15);
+// Generous: the machine running the tests is shared.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+const IO_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a function may take to exit after SIGTERM (generous: the machine is shared).
+const EXIT_TIMEOUT: Duration = Duration::from_secs(30);
 
 fn templates_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../templates")
@@ -31,140 +39,82 @@ fn templates_dir() -> PathBuf {
 
 // --- template.yml ----------------------------------------------------------------------
 
-#[derive(Debug, Default)]
-struct Spec {
-    language: String,
-    fprocess: String,
-    mode: String,
-    build: String,
-    env: Vec<(String, String)>,
-}
-
-fn unquote(v: &str) -> String {
-    let v = v.trim();
-    if v.len() >= 2
-        && ((v.starts_with('"') && v.ends_with('"')) || (v.starts_with('\'') && v.ends_with('\'')))
-    {
-        v[1..v.len() - 1].to_string()
-    } else {
-        v.to_string()
-    }
-}
-
-/// Reads the few template.yml keys the tests need (top-level scalars and the `env` map).
-fn read_spec(lang: &str) -> Spec {
-    let path = templates_dir().join(lang).join("template.yml");
-    let text = fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let mut spec = Spec::default();
-    let mut in_env = false;
-    for line in text.lines() {
-        if line.starts_with(' ') || line.starts_with('\t') {
-            if in_env && let Some((k, v)) = line.trim().split_once(':') {
-                spec.env.push((k.trim().to_string(), unquote(v)));
-            }
-            continue;
-        }
-        in_env = false;
-        let Some((k, v)) = line.split_once(':') else {
-            continue;
-        };
-        let v = unquote(v);
-        match k.trim() {
-            "language" => spec.language = v,
-            "fprocess" => spec.fprocess = v,
-            "mode" => spec.mode = v,
-            "build" => spec.build = v,
-            "env" => {
-                assert!(
-                    v.is_empty() || v == "{}",
-                    "{lang}: env must be a map: {v:?}"
-                );
-                in_env = v.is_empty();
-            }
-            _ => {}
-        }
-    }
-    assert_eq!(spec.language, lang, "{lang}: template.yml language");
+/// A shipped template, found and parsed by the CLI's own code (`fjord new`/`fjord build`).
+fn template(lang: &str) -> Template {
+    // A stack directory without a `template/` folder: the templates built into the binary.
+    let t = templates::find(lang, Path::new("/nonexistent-stack-dir"))
+        .unwrap_or_else(|e| panic!("template {lang}: {e}"));
+    assert_eq!(t.spec.language, lang, "{lang}: template.yml language");
     assert!(
-        ["http", "fork"].contains(&spec.mode.as_str()),
+        ["http", "fork"].contains(&t.spec.mode.as_str()),
         "{lang}: mode {:?}",
-        spec.mode
+        t.spec.mode
     );
-    assert!(
-        ["pip", "npm", "cargo", "none"].contains(&spec.build.as_str()),
-        "{lang}: build {:?}",
-        spec.build
-    );
-    spec
+    t
 }
 
 #[test]
 fn every_template_has_a_valid_spec_and_skeleton() {
-    let mut langs: Vec<String> = fs::read_dir(templates_dir())
+    let langs = templates::names();
+    assert_eq!(langs, ["bash", "node", "python3", "python3-http", "rust"]);
+    // The binary embeds the repository's templates/: the same set.
+    let mut on_disk: Vec<String> = fs::read_dir(templates_dir())
         .unwrap()
         .flatten()
         .filter(|e| e.path().join("template.yml").is_file())
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
-    langs.sort();
-    assert_eq!(langs, ["bash", "node", "python3", "python3-http", "rust"]);
+    on_disk.sort();
+    assert_eq!(langs, on_disk);
     for lang in &langs {
-        let spec = read_spec(lang);
-        assert!(!spec.fprocess.is_empty(), "{lang}: fprocess");
+        let t = template(lang);
+        assert!(!t.spec.fprocess.is_empty(), "{lang}: fprocess");
+        assert!(t.spec.welcome_message.is_some(), "{lang}: welcome_message");
+        let skeleton = TempDir::new().unwrap();
+        let dest = skeleton.path().join("handler");
+        t.write_skeleton(&dest).unwrap();
         assert!(
-            templates_dir().join(lang).join("function").is_dir(),
+            fs::read_dir(&dest).unwrap().next().is_some(),
             "{lang}: function/ skeleton"
         );
-        let text = fs::read_to_string(templates_dir().join(lang).join("template.yml")).unwrap();
-        assert!(text.contains("welcome_message:"), "{lang}: welcome_message");
     }
 }
 
 // --- bundles ---------------------------------------------------------------------------
-
-fn copy_tree(src: &Path, dest: &Path, skip_top: &[&str]) {
-    fs::create_dir_all(dest).unwrap();
-    for e in fs::read_dir(src).unwrap().flatten() {
-        let name = e.file_name();
-        if skip_top.iter().any(|s| name == *s) {
-            continue;
-        }
-        let to = dest.join(&name);
-        if e.file_type().unwrap().is_dir() {
-            copy_tree(&e.path(), &to, &[]);
-        } else {
-            fs::copy(e.path(), &to).unwrap();
-        }
-    }
-}
 
 fn write_file(path: &Path, content: &[u8]) {
     fs::create_dir_all(path.parent().unwrap()).unwrap();
     fs::write(path, content).unwrap();
 }
 
-/// A bundle directory: the template's runtime files at the root and `function/` = the skeleton
-/// overwritten by `handler` files (as a user edits what `fjord new` copied).
+/// A handler folder as a user has it: the skeleton `fjord new` copies, with `handler`'s files
+/// written over it.
+fn handler_dir(t: &Template, handler: &[(&str, &str)], dest: &Path) {
+    t.write_skeleton(dest).unwrap();
+    for (rel, content) in handler {
+        write_file(&dest.join(rel), content.as_bytes());
+    }
+}
+
+/// A bundle directory, laid out by `fjord build`'s own code ([`builder::assemble`]): the
+/// template's runtime files at the root and the handler as `function/`.
 struct Bundle {
     tmp: TempDir,
-    spec: Spec,
+    spec: TemplateSpec,
 }
 
 impl Bundle {
     fn new(lang: &str, handler: &[(&str, &str)]) -> Bundle {
-        let spec = read_spec(lang);
+        let t = template(lang);
         let tmp = tempfile::Builder::new()
             .prefix(&format!("fjord-tmpl-{lang}-"))
             .tempdir_in("/var/tmp")
             .expect("temp dir under /var/tmp");
-        let root = tmp.path();
-        let tdir = templates_dir().join(lang);
-        copy_tree(&tdir, root, &["template.yml", "function"]);
-        copy_tree(&tdir.join("function"), &root.join("function"), &[]);
-        for (rel, content) in handler {
-            write_file(&root.join("function").join(rel), content.as_bytes());
-        }
-        Bundle { tmp, spec }
+        let user = TempDir::new().unwrap();
+        let src = user.path().join("handler");
+        handler_dir(&t, handler, &src);
+        builder::assemble(&t, &src, tmp.path()).unwrap();
+        Bundle { tmp, spec: t.spec }
     }
 
     fn root(&self) -> &Path {
@@ -216,7 +166,7 @@ impl Bundle {
             .env("LANG", "C.UTF-8")
             .env("HOSTNAME", HOSTNAME)
             .env("fprocess", &self.spec.fprocess)
-            .envs(self.spec.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .envs(&self.spec.env)
             .envs(extra_env.iter().copied());
         cmd
     }
@@ -238,6 +188,13 @@ fn collect(mut r: impl Read + Send + 'static) -> Arc<Mutex<Vec<u8>>> {
     out
 }
 
+/// Waits (bounded) until both collectors have ended: they end at EOF, which follows the exit.
+fn wait_collected(stdout: &Arc<Mutex<Vec<u8>>>, stderr: &Arc<Mutex<Vec<u8>>>) {
+    wait_until_blocking(IO_TIMEOUT, "output pipes closed", || {
+        Arc::strong_count(stdout) == 1 && Arc::strong_count(stderr) == 1
+    });
+}
+
 /// A running http-mode function; killed on drop.
 struct Running {
     child: Child,
@@ -253,14 +210,6 @@ impl Drop for Running {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 impl Running {
@@ -339,23 +288,27 @@ impl Running {
         Raw { s, buf: Vec::new() }
     }
 
+    /// Waits (bounded) until the process wrote `needle` on stderr (read by another thread).
+    fn wait_stderr(&self, needle: &str) -> String {
+        wait_until_blocking(IO_TIMEOUT, &format!("{needle:?} on stderr"), || {
+            let err = self.stderr();
+            if err.contains(needle) {
+                Ok(err)
+            } else {
+                Err(err)
+            }
+        })
+    }
+
     fn sigterm(&self) {
         kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM).unwrap();
     }
 
     /// Waits (bounded) for the process to exit.
     fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
-        let t = Instant::now();
-        loop {
-            if let Some(st) = self.child.try_wait().unwrap() {
-                return st;
-            }
-            assert!(
-                t.elapsed() < timeout,
-                "still running {timeout:?} after SIGTERM"
-            );
-            thread::sleep(Duration::from_millis(5));
-        }
+        wait_until_blocking(timeout, "exit after SIGTERM", || {
+            self.child.try_wait().unwrap()
+        })
     }
 }
 
@@ -371,6 +324,28 @@ async fn get_text(c: &Client, url: &str) -> (StatusCode, reqwest::header::Header
     let r = c.get(url).send().await.unwrap();
     let (st, h) = (r.status(), r.headers().clone());
     (st, h, r.text().await.unwrap())
+}
+
+/// A streamed body of `parts` (sent chunked: it has no length), and the bytes it adds up to.
+fn chunked(parts: Vec<Vec<u8>>) -> (reqwest::Body, Vec<u8>) {
+    let all = parts.concat();
+    let stream = futures_util::stream::iter(parts.into_iter().map(Ok::<_, std::io::Error>));
+    (reqwest::Body::wrap_stream(stream), all)
+}
+
+/// POSTs `body` to the function's `/echo`; asserts 200 and the same bytes back. Returns the
+/// answer's headers.
+async fn assert_echoed(
+    c: &Client,
+    run: &Running,
+    body: reqwest::Body,
+    expected: &[u8],
+) -> reqwest::header::HeaderMap {
+    let r = c.post(run.url("/echo")).body(body).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let h = r.headers().clone();
+    assert_eq!(r.bytes().await.unwrap().as_ref(), expected);
+    h
 }
 
 fn header<'a>(h: &'a reqwest::header::HeaderMap, name: &str) -> &'a str {
@@ -501,12 +476,7 @@ fn run_fork(bundle: &Bundle, stdin: &[u8], env: &[(&str, &str)]) -> ForkOutput {
         thread::sleep(Duration::from_millis(2));
     };
     writer.join().unwrap();
-    // The collectors finish at EOF, which follows the exit; bounded wait for it.
-    let t = Instant::now();
-    while Arc::strong_count(&stdout) > 1 || Arc::strong_count(&stderr) > 1 {
-        assert!(t.elapsed() < IO_TIMEOUT, "output pipes not closed");
-        thread::sleep(Duration::from_millis(1));
-    }
+    wait_collected(&stdout, &stderr);
     let stdout = stdout.lock().unwrap().clone();
     let stderr = String::from_utf8_lossy(&stderr.lock().unwrap()).into_owned();
     ForkOutput {
@@ -518,7 +488,8 @@ fn run_fork(bundle: &Bundle, stdin: &[u8], env: &[(&str, &str)]) -> ForkOutput {
 
 // --- python3-http ----------------------------------------------------------------------
 
-const PY_HTTP_HANDLER: &str = r#"import time
+const PY_HTTP_HANDLER: &str = r#"import sys
+import time
 
 import helper  # a sibling module of handler.py (function/ is on sys.path)
 import fjorddep  # from <bundle>/deps (pip --target)
@@ -568,7 +539,8 @@ def handle(event, context):
     if p == "/imports":
         return {"body": {"helper": helper.VALUE, "dep": fjorddep.VALUE, "pth": pthmod.VALUE}}
     if p == "/slow":
-        time.sleep(0.5)
+        print("slow started", file=sys.stderr, flush=True)
+        time.sleep(1)
         return {"body": "slow done"}
     if p == "/upstream-method":
         # The example from the OpenFaaS python3-http docs.
@@ -672,15 +644,7 @@ async fn python3_http_event_and_response_contract() {
     assert_eq!(st, 500);
     assert!(body.contains("Internal Server Error"), "{body}");
     assert!(!body.contains("kaboom"), "no details to the caller: {body}");
-    let t = Instant::now();
-    while !run.stderr().contains("ValueError: kaboom") {
-        assert!(
-            t.elapsed() < IO_TIMEOUT,
-            "traceback not on stderr: {}",
-            run.stderr()
-        );
-        thread::sleep(Duration::from_millis(5));
-    }
+    run.wait_stderr("ValueError: kaboom");
     assert!(run.stderr().contains("Traceback"), "{}", run.stderr());
 
     // Headers as a list of pairs: repeated names kept.
@@ -737,33 +701,16 @@ async fn python3_http_bodies_large_and_chunked() {
 
     // 1 MB, binary, with Content-Length.
     let big: Vec<u8> = (0..1024 * 1024).map(|i| (i * 7 % 251) as u8).collect();
-    let r = c
-        .post(run.url("/echo"))
-        .body(big.clone())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    assert_eq!(
-        header(r.headers(), "content-type"),
-        "application/octet-stream"
-    );
-    assert_eq!(r.bytes().await.unwrap().as_ref(), big.as_slice());
+    let h = assert_echoed(&c, &run, big.clone().into(), &big).await;
+    assert_eq!(header(&h, "content-type"), "application/octet-stream");
 
     // Chunked (a streamed body has no length).
-    let parts: Vec<Result<Vec<u8>, std::io::Error>> = vec![
-        Ok(b"hello ".to_vec()),
-        Ok(vec![b'x'; 100_000]),
-        Ok(b" bye".to_vec()),
-    ];
-    let expected: Vec<u8> = parts
-        .iter()
-        .flat_map(|p| p.as_ref().unwrap().clone())
-        .collect();
-    let body = reqwest::Body::wrap_stream(futures_util::stream::iter(parts));
-    let r = c.post(run.url("/echo")).body(body).send().await.unwrap();
-    assert_eq!(r.status(), 200);
-    assert_eq!(r.bytes().await.unwrap().as_ref(), expected.as_slice());
+    let (body, expected) = chunked(vec![
+        b"hello ".to_vec(),
+        vec![b'x'; 100_000],
+        b" bye".to_vec(),
+    ]);
+    assert_echoed(&c, &run, body, &expected).await;
 
     // Chunked by hand: extensions and trailers, then another request on the connection.
     let mut raw = run.raw();
@@ -850,24 +797,31 @@ fn python3_http_protocol() {
     assert_eq!(raw.response(false).status, 200);
 }
 
-#[test]
-fn python3_http_sigterm_drains_then_exits() {
-    let b = py_http_bundle();
-    let mut run = Running::start(&b, &[]);
+/// Starts `b`, sends `GET /slow` and, once the handler has it, SIGTERM: the request is still
+/// answered, then the process exits 0. Returns the answer.
+fn assert_sigterm_drains(b: &Bundle) -> RawResponse {
+    let mut run = Running::start(b, &[]);
     let mut raw = run.raw();
     raw.send(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n");
-    thread::sleep(Duration::from_millis(150));
+    run.wait_stderr("slow started");
     run.sigterm();
     let r = raw.response(false);
     assert_eq!((r.status, r.body.as_slice()), (200, &b"slow done"[..]));
-    assert_eq!(r.header("connection"), Some("close"));
-    let st = run.wait_exit(Duration::from_secs(5));
+    let st = run.wait_exit(EXIT_TIMEOUT);
     assert!(st.success(), "{st}");
+    r
+}
+
+#[test]
+fn python3_http_sigterm_drains_then_exits() {
+    let b = py_http_bundle();
+    let r = assert_sigterm_drains(&b);
+    assert_eq!(r.header("connection"), Some("close"));
 
     // Idle: at once.
     let mut run = Running::start(&b, &[]);
     run.sigterm();
-    let st = run.wait_exit(Duration::from_secs(5));
+    let st = run.wait_exit(EXIT_TIMEOUT);
     assert!(st.success(), "{st}");
     assert!(run.stdout().contains("listening"), "{}", run.stdout());
 }
@@ -1009,7 +963,8 @@ module.exports = async (event, context) => {
     case '/dep':
       return dep()
     case '/slow':
-      await new Promise((resolve) => setTimeout(resolve, 500))
+      console.error('slow started')
+      await new Promise((resolve) => setTimeout(resolve, 1000))
       return 'slow done'
   }
   return context.status(404).succeed('not found: ' + event.path)
@@ -1084,15 +1039,7 @@ async fn node_results_status_and_errors() {
     // fail() bumps 200 to 500.
     let (st, _, body) = get_text(&c, &run.url("/fail")).await;
     assert_eq!((st.as_u16(), body.as_str()), (500, "went wrong"));
-    let t = Instant::now();
-    while !run.stderr().contains("boom") {
-        assert!(
-            t.elapsed() < IO_TIMEOUT,
-            "error not logged: {}",
-            run.stderr()
-        );
-        thread::sleep(Duration::from_millis(5));
-    }
+    run.wait_stderr("boom");
 
     let (st, h, body) = get_text(&c, &run.url("/string")).await;
     assert_eq!((st.as_u16(), body.as_str()), (200, "plain string"));
@@ -1248,38 +1195,26 @@ async fn node_raw_body_and_limits() {
         .unwrap();
     assert_eq!(r.status(), 413);
     // Chunked over the limit too.
-    let parts: Vec<Result<Vec<u8>, std::io::Error>> =
-        vec![Ok(vec![b'a'; 600]), Ok(vec![b'b'; 600])];
-    let r = c
-        .post(run.url("/echo"))
-        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
-            parts,
-        )))
-        .send()
-        .await
-        .unwrap();
+    let (body, _) = chunked(vec![vec![b'a'; 600], vec![b'b'; 600]]);
+    let r = c.post(run.url("/echo")).body(body).send().await.unwrap();
     assert_eq!(r.status(), 413);
 }
 
 #[test]
 fn node_sigterm_drains_then_exits() {
-    let b = node_bundle();
-    let mut run = Running::start(&b, &[]);
-    let mut raw = run.raw();
-    raw.send(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n");
-    thread::sleep(Duration::from_millis(150));
-    run.sigterm();
-    let r = raw.response(false);
-    assert_eq!((r.status, r.body.as_slice()), (200, &b"slow done"[..]));
-    let st = run.wait_exit(Duration::from_secs(5));
-    assert!(st.success(), "{st}");
+    assert_sigterm_drains(&node_bundle());
 }
 
 // --- rust --------------------------------------------------------------------------------
 
 /// The test's handler: the skeleton's own code (types, helpers, greeting) plus routes.
 fn rust_handler_source() -> String {
-    let skeleton = fs::read_to_string(templates_dir().join("rust/function/src/lib.rs")).unwrap();
+    let skeleton = template("rust")
+        .files()
+        .into_iter()
+        .find(|(p, _)| p == Path::new("function/src/lib.rs"))
+        .map(|(_, bytes)| String::from_utf8(bytes).unwrap())
+        .expect("the rust skeleton's function/src/lib.rs");
     let skeleton = skeleton.replace("pub fn handle(req: Request)", "pub fn greet(req: Request)");
     assert!(skeleton.contains("pub fn greet(req: Request)"));
     let skeleton = skeleton.replace("let res = handle(req);", "let res = greet(req);");
@@ -1310,7 +1245,8 @@ pub fn handle(req: Request) -> Response {
         "/panic" => panic!("handler panicked on purpose"),
         "/bad-header" => Response::new(200, "x").with_header("X-Bad", "a\r\nInjected: 1"),
         "/slow" => {
-            std::thread::sleep(std::time::Duration::from_millis(500));
+            eprintln!("slow started");
+            std::thread::sleep(std::time::Duration::from_millis(1000));
             Response::new(200, "slow done")
         }
         _ => greet(req),
@@ -1327,7 +1263,7 @@ fn rust_bundle() -> Bundle {
     static BINARY: OnceLock<PathBuf> = OnceLock::new();
     let binary = BINARY.get_or_init(build_rust_template);
     // The bundle: only the binary, at the root.
-    let spec = read_spec("rust");
+    let spec = template("rust").spec;
     assert_eq!(spec.fprocess, "./main");
     let tmp = tempfile::Builder::new()
         .prefix("fjord-tmpl-rust-")
@@ -1345,15 +1281,13 @@ fn build_rust_template() -> PathBuf {
     let cache = Path::new("/var/tmp/fjord-target-tmpl/templates-contract");
     let src = cache.join("rust-workspace");
     let _ = fs::remove_dir_all(&src);
-    copy_tree(
-        &templates_dir().join("rust"),
-        &src,
-        &["template.yml", "target"],
-    );
-    write_file(
-        &src.join("function/src/lib.rs"),
-        rust_handler_source().as_bytes(),
-    );
+    // Laid out as `fjord build` does before it runs cargo.
+    let t = template("rust");
+    let handler = cache.join("rust-handler");
+    let _ = fs::remove_dir_all(&handler);
+    handler_dir(&t, &[("src/lib.rs", &rust_handler_source())], &handler);
+    fs::create_dir_all(&src).unwrap();
+    builder::assemble(&t, &handler, &src).unwrap();
     let target = cache.join("target");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut child = Command::new(cargo)
@@ -1384,7 +1318,7 @@ fn build_rust_template() -> PathBuf {
         }
         thread::sleep(Duration::from_millis(20));
     };
-    thread::sleep(Duration::from_millis(50));
+    wait_collected(&out, &err);
     assert!(
         st.success(),
         "cargo build failed:\n{}\n{}",
@@ -1412,32 +1346,9 @@ async fn rust_template_builds_and_serves() {
 
     // Echo of a 1 MB body, and a chunked one.
     let big: Vec<u8> = (0..1024 * 1024).map(|i| (i % 253) as u8).collect();
-    let r = c
-        .post(run.url("/echo"))
-        .body(big.clone())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    assert_eq!(r.bytes().await.unwrap().as_ref(), big.as_slice());
-    let parts: Vec<Result<Vec<u8>, std::io::Error>> = vec![
-        Ok(b"ab".to_vec()),
-        Ok(vec![b'c'; 70_000]),
-        Ok(b"d".to_vec()),
-    ];
-    let expected: Vec<u8> = parts
-        .iter()
-        .flat_map(|p| p.as_ref().unwrap().clone())
-        .collect();
-    let r = c
-        .post(run.url("/echo"))
-        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
-            parts,
-        )))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.bytes().await.unwrap().as_ref(), expected.as_slice());
+    assert_echoed(&c, &run, big.clone().into(), &big).await;
+    let (body, expected) = chunked(vec![b"ab".to_vec(), vec![b'c'; 70_000], b"d".to_vec()]);
+    assert_echoed(&c, &run, body, &expected).await;
 
     // Status and headers.
     let r = c.get(run.url("/status")).send().await.unwrap();
@@ -1459,15 +1370,7 @@ async fn rust_template_builds_and_serves() {
     let (st, _, _) = get_text(&c, &run.url("/panic")).await;
     assert_eq!(st, 500);
     // stderr is read by another thread: wait for it rather than race it.
-    let t = Instant::now();
-    while !run.stderr().contains("handler panicked on purpose") {
-        assert!(
-            t.elapsed() < IO_TIMEOUT,
-            "panic message not on stderr: {}",
-            run.stderr()
-        );
-        thread::sleep(Duration::from_millis(5));
-    }
+    run.wait_stderr("handler panicked on purpose");
     let r = c.get(run.url("/bad-header")).send().await.unwrap();
     assert_eq!(r.status(), 500);
     assert!(r.headers().get("injected").is_none());
@@ -1495,14 +1398,5 @@ async fn rust_template_builds_and_serves() {
 
 #[test]
 fn rust_sigterm_drains_then_exits() {
-    let b = rust_bundle();
-    let mut run = Running::start(&b, &[]);
-    let mut raw = run.raw();
-    raw.send(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n");
-    thread::sleep(Duration::from_millis(150));
-    run.sigterm();
-    let r = raw.response(false);
-    assert_eq!((r.status, r.body.as_slice()), (200, &b"slow done"[..]));
-    let st = run.wait_exit(Duration::from_secs(5));
-    assert!(st.success(), "{st}");
+    assert_sigterm_drains(&rust_bundle());
 }

@@ -88,23 +88,18 @@ async fn write_timeout_cuts_a_slow_response() {
         .expect("response headers");
     assert_eq!(r.status(), StatusCode::OK);
     let mut got = Vec::new();
-    let t0 = std::time::Instant::now();
     loop {
-        match tokio::time::timeout(Duration::from_secs(10), r.chunk()).await {
+        match tokio::time::timeout(Duration::from_secs(30), r.chunk()).await {
             Ok(Ok(Some(c))) => got.extend_from_slice(&c),
             Ok(Ok(None)) | Ok(Err(_)) => break,
-            Err(_) => panic!("the response was not cut within 10 s"),
+            Err(_) => panic!("the response was neither cut nor finished within 30 s"),
         }
     }
     let text = String::from_utf8_lossy(&got);
     assert!(text.contains("event 0"), "{text}");
+    // Cut, not finished: the second event (6 s later) never came.
     assert!(
         !text.contains("event 1"),
         "write_timeout must cut the stream: {text}"
-    );
-    assert!(
-        t0.elapsed() < Duration::from_secs(5),
-        "cut after {:?}",
-        t0.elapsed()
     );
 }

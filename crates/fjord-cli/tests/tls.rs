@@ -5,7 +5,7 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use nix::sys::signal::{Signal, kill};
@@ -121,31 +121,30 @@ async fn presented(s: &TlsServer) -> Vec<u8> {
         .to_vec()
 }
 
-/// Waits until new connections see `want`, or panics with what they saw.
+/// Waits until new connections see `want`, or panics with the server's log.
 async fn wait_presented(s: &TlsServer, want: &[u8], what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while presented(s).await != want {
-        if Instant::now() > deadline {
-            panic!(
-                "{what}: the server still presents another certificate after 20 s; log:\n{}",
-                s.server.log_tail()
-            );
+    let what = format!("{what}: the server presents the expected certificate");
+    wait_until(Duration::from_secs(60), &what, async || {
+        if presented(s).await == want {
+            Ok(())
+        } else {
+            Err(format!("another one; log:\n{}", s.server.log_tail()))
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    })
+    .await
 }
 
 async fn wait_log(s: &TlsServer, needle: &str, times: usize) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while s.server.log_tail().matches(needle).count() < times {
-        if Instant::now() > deadline {
-            panic!(
-                "no {needle:?} (x{times}) in the server log within 20 s:\n{}",
-                s.server.log_tail()
-            );
+    let what = format!("{needle:?} (x{times}) in the server log");
+    wait_until(Duration::from_secs(60), &what, async || {
+        let log = s.server.log_tail();
+        if log.matches(needle).count() >= times {
+            Ok(())
+        } else {
+            Err(log)
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

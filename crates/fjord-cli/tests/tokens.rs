@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::net::IpAddr;
 use std::time::Duration;
 
 use common::*;
@@ -17,8 +16,9 @@ async fn create(s: &Server, name: &str, scope: &str, expires: Option<&str>) -> (
     if let Some(e) = expires {
         body["expiresIn"] = json!(e);
     }
-    let (st, txt) = s.sys_json(Method::POST, "/system/tokens", &body).await;
-    assert_eq!(st, StatusCode::CREATED, "create token {name}: {txt}");
+    let txt = s
+        .sys_expect(Method::POST, "/system/tokens", &body, StatusCode::CREATED)
+        .await;
     let v: Value = serde_json::from_str(&txt).unwrap();
     assert_eq!(v["name"], name);
     assert_eq!(v["scope"], scope);
@@ -146,9 +146,15 @@ async fn tokens_scopes_revocation_expiry_and_storage() {
 
     // Expiry.
     let (_, short) = create(&s, "short", "read", Some("1s")).await;
-    tokio::time::sleep(Duration::from_millis(2500)).await;
-    let (st, body) = status_of(bearer(&s, Method::GET, "/system/info", &short)).await;
-    assert_eq!(st, StatusCode::UNAUTHORIZED);
+    let body = wait_until(Duration::from_secs(30), "the 1s token refused", || async {
+        let (st, body) = status_of(bearer(&s, Method::GET, "/system/info", &short)).await;
+        if st == StatusCode::UNAUTHORIZED {
+            Ok(body)
+        } else {
+            Err(format!("{st} {body}"))
+        }
+    })
+    .await;
     assert!(body.contains("expired"), "{body}");
 
     // Hashed at rest: no token (nor its secret part) in any file of the data dir, nor in
@@ -236,7 +242,7 @@ async fn functions_can_require_a_token() {
 
     // Functions without the annotation stay open.
     let (st, body) = status_of(s.open(Method::POST, "/function/public").body("hi")).await;
-    assert_eq!((st, body.as_str()), (StatusCode::OK, "hi"));
+    assert_reply((st, body), StatusCode::OK, "hi", "reply");
 
     // A typo in the annotation is refused, not silently open.
     let mut bad = fork_fn("typo", "cat");
@@ -247,18 +253,10 @@ async fn functions_can_require_a_token() {
 
     // Dropping the annotation opens the function again.
     s.update(&fork_fn("private", "env")).await;
-    let deadline = std::time::Instant::now() + READY_TIMEOUT;
-    loop {
-        let (st, _) = status_of(s.open(Method::POST, "/function/private")).await;
-        if st == StatusCode::OK {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "still {st} after the update"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_until(READY_TIMEOUT, "open again after the update", async || {
+        status_of(s.open(Method::POST, "/function/private")).await.0 == StatusCode::OK
+    })
+    .await;
     let mut all = Vec::new();
     files(&s.data_dir(), &mut all);
     for p in &all {
@@ -269,16 +267,6 @@ async fn functions_can_require_a_token() {
             p.display()
         );
     }
-}
-
-/// A client whose connections come from another loopback address.
-fn client_from(ip: &str) -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
-        .local_address(ip.parse::<IpAddr>().unwrap())
-        .timeout(Duration::from_secs(30))
-        .build()
-        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -303,10 +291,7 @@ async fn failed_logins_are_rate_limited_per_address() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
-    let retry: u64 = r
-        .headers()
-        .get("retry-after")
-        .and_then(|v| v.to_str().ok())
+    let retry: u64 = header(r.headers(), "retry-after")
         .and_then(|v| v.parse().ok())
         .expect("Retry-After in seconds");
     assert!((1..=60).contains(&retry), "Retry-After {retry}");

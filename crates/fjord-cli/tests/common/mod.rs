@@ -29,6 +29,7 @@ pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// - `/hog`: allocates and touches 300 MB, then answers 200 `survived`
 /// - `/log?<text>`: prints `LOGLINE <text>` on stdout, then answers as usual
 /// - `/status/<code>`: answers with that status and header `X-Fn-Header: set`
+/// - `/stream?<seconds>`: server-sent events, the second `<seconds>` (default 6) after the first
 pub const PY_HTTP: &str = r#"
 import http.server, json, os, sys, time
 class H(http.server.BaseHTTPRequestHandler):
@@ -59,16 +60,19 @@ class H(http.server.BaseHTTPRequestHandler):
             return self.reply(200, "survived " + str(len(x)), "text/plain")
         if path == "/stream":
             # Server-sent events, chunked: the first event comes at once, the second only
-            # after a long pause, so a proxy that buffers cannot deliver the first in time.
+            # after a long pause (?<seconds>, default 6), so a proxy that buffers cannot
+            # deliver the first in time.
+            pause = float(query or 6)
             self.send_response(200)
             self.send_header("Content-Type", "text/event-stream")
             self.send_header("Transfer-Encoding", "chunked")
             self.end_headers()
-            for i, pause in ((0, 6.0), (1, 0.0)):
+            for i in (0, 1):
                 data = ("data: event " + str(i) + "\n\n").encode()
                 self.wfile.write(hex(len(data))[2:].encode() + b"\r\n" + data + b"\r\n")
                 self.wfile.flush()
-                time.sleep(pause)
+                if i == 0:
+                    time.sleep(pause)
             self.wfile.write(b"0\r\n\r\n")
             return
         if path == "/log":
@@ -143,6 +147,25 @@ pub fn client_trusting(ca_pem: &str) -> Client {
         .add_root_certificate(reqwest::Certificate::from_pem(ca_pem.as_bytes()).expect("CA PEM"))
         .build()
         .expect("build https client")
+}
+
+/// A loopback TCP port free at the time of the call.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A client whose connections come from another loopback address (`ip`, e.g. 127.0.0.7).
+pub fn client_from(ip: &str) -> Client {
+    Client::builder()
+        .no_proxy()
+        .local_address(ip.parse::<std::net::IpAddr>().unwrap())
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
 }
 
 /// Output of a CLI run.
@@ -419,6 +442,19 @@ impl Server {
         );
     }
 
+    /// DELETE /system/functions of `name`; asserts a 2xx answer (the exact 202 is checked in the
+    /// API tests).
+    pub async fn remove(&self, name: &str) {
+        let (st, txt) = self
+            .sys_json(
+                Method::DELETE,
+                "/system/functions",
+                &json!({"functionName": name}),
+            )
+            .await;
+        assert!(st.is_success(), "delete of {name} answered {st}: {txt}");
+    }
+
     /// Deploys and waits until the function has ready replicas.
     pub async fn deploy_ready(&self, body: &Value) -> Value {
         self.deploy(body).await;
@@ -460,24 +496,10 @@ impl Server {
 
     /// Polls until `availableReplicas >= max(replicas, 1)`; returns the last status.
     pub async fn wait_ready(&self, name: &str, timeout: Duration) -> Value {
-        let deadline = Instant::now() + timeout;
-        let mut last = None;
-        loop {
-            if let Some(st) = self.get_function(name).await {
-                let want = num(&st, "replicas").max(1);
-                if num(&st, "availableReplicas") >= want {
-                    return st;
-                }
-                last = Some(st);
-            }
-            if Instant::now() > deadline {
-                panic!(
-                    "function {name} not ready within {timeout:?}; last status: {}",
-                    last.map(|v| v.to_string()).unwrap_or_else(|| "404".into())
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        self.wait_status(name, timeout, "ready", |st| {
+            num(st, "availableReplicas") >= num(st, "replicas").max(1)
+        })
+        .await
     }
 
     /// Polls the function status until `pred` holds; returns that status.
@@ -488,29 +510,48 @@ impl Server {
         what: &str,
         pred: impl Fn(&Value) -> bool,
     ) -> Value {
-        let deadline = Instant::now() + timeout;
-        let mut last = None;
-        loop {
-            if let Some(st) = self.get_function(name).await {
-                if pred(&st) {
-                    return st;
-                }
-                last = Some(st);
+        let what = format!("function {name}: {what} (last status)");
+        wait_until(timeout, &what, async || {
+            match self.get_function(name).await {
+                Some(st) if pred(&st) => Ok(st),
+                Some(st) => Err(st.to_string()),
+                None => Err("404".to_string()),
             }
-            if Instant::now() > deadline {
-                panic!(
-                    "function {name}: {what} not reached within {timeout:?}; last status: {}",
-                    last.map(|v| v.to_string()).unwrap_or_else(|| "404".into())
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        })
+        .await
     }
 
     /// Invokes `/function/{path}` (path includes the name, e.g. `env/sub?x=1`).
     pub fn invoke(&self, method: Method, path: &str) -> RequestBuilder {
         self.client
             .request(method, self.url(&format!("/function/{path}")))
+    }
+
+    /// Invokes `/function/{path}` with `method` and `body`: status and body text.
+    pub async fn call_text(
+        &self,
+        method: Method,
+        path: &str,
+        body: impl Into<reqwest::Body>,
+    ) -> (StatusCode, String) {
+        send_text(self.invoke(method, path).body(body)).await
+    }
+
+    /// An admin (/system) request without a body: status and body text.
+    pub async fn sys_text(&self, method: Method, path: &str) -> (StatusCode, String) {
+        send_text(self.sys(method, path)).await
+    }
+
+    /// [`Server::sys_json`], asserting the status; returns the body.
+    pub async fn sys_expect(
+        &self,
+        method: Method,
+        path: &str,
+        body: &Value,
+        status: StatusCode,
+    ) -> String {
+        let what = format!("{method} {path}");
+        expect_status(self.sys_json(method, path, body).await, status, &what)
     }
 
     /// GET /function/{path}: status and body.
@@ -525,29 +566,20 @@ impl Server {
 
     /// Polls GET /function/{path} until it answers 200; returns the body.
     pub async fn call_until_ok(&self, path: &str, timeout: Duration) -> String {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let last;
-            match self
+        let what = format!("GET /function/{path} answering 200");
+        wait_until(timeout, &what, async || {
+            let rb = self
                 .invoke(Method::GET, path)
-                .timeout(Duration::from_secs(10))
-                .send()
-                .await
-            {
-                Ok(r) => {
-                    let (st, body) = text(r).await;
-                    if st == StatusCode::OK {
-                        return body;
-                    }
-                    last = format!("{st}: {body}");
-                }
-                Err(e) => last = format!("error: {e}"),
+                .timeout(Duration::from_secs(10));
+            match rb.send().await {
+                Ok(r) => match text(r).await {
+                    (StatusCode::OK, body) => Ok(body),
+                    (st, body) => Err(format!("{st}: {body}")),
+                },
+                Err(e) => Err(format!("error: {e}")),
             }
-            if Instant::now() > deadline {
-                panic!("GET /function/{path} never answered 200 within {timeout:?}; last: {last}");
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        })
+        .await
     }
 
     /// Non-following log request; returns parsed NDJSON lines.
@@ -566,27 +598,19 @@ impl Server {
 
     /// Polls the logs until a line's text contains `needle`; returns all lines of that answer.
     pub async fn wait_log(&self, query: &str, needle: &str, timeout: Duration) -> Vec<Value> {
-        let deadline = Instant::now() + timeout;
-        loop {
+        let what = format!("a log line containing {needle:?} for {query}");
+        wait_until(timeout, &what, async || {
             let lines = self.logs(query).await;
             if lines
                 .iter()
                 .any(|l| l["text"].as_str().unwrap_or_default().contains(needle))
             {
-                return lines;
+                return Ok(lines);
             }
-            if Instant::now() > deadline {
-                panic!(
-                    "no log line containing {needle:?} within {timeout:?} for {query}; got:\n{}",
-                    lines
-                        .iter()
-                        .map(|l| l.to_string())
-                        .collect::<Vec<_>>()
-                        .join("\n")
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(300)).await;
-        }
+            let got: Vec<String> = lines.iter().map(|l| l.to_string()).collect();
+            Err(format!("got:\n{}", got.join("\n")))
+        })
+        .await
     }
 
     /// Sends SIGTERM and waits for the process to exit; returns its status.
@@ -692,6 +716,129 @@ fn descendants(root: i32) -> Vec<(i32, u64)> {
         }
     }
     out
+}
+
+/// What a condition polled by [`wait_until`] gives: done (with a value), or not yet (with what
+/// was seen, for the failure message).
+pub trait Check {
+    type Out;
+    fn check(self) -> Result<Self::Out, String>;
+}
+
+impl Check for bool {
+    type Out = ();
+    fn check(self) -> Result<(), String> {
+        if self { Ok(()) } else { Err("false".into()) }
+    }
+}
+
+impl<T> Check for Option<T> {
+    type Out = T;
+    fn check(self) -> Result<T, String> {
+        self.ok_or_else(|| "None".into())
+    }
+}
+
+impl<T, E: std::fmt::Display> Check for Result<T, E> {
+    type Out = T;
+    fn check(self) -> Result<T, String> {
+        self.map_err(|e| e.to_string())
+    }
+}
+
+/// How often [`wait_until`] polls.
+pub const POLL: Duration = Duration::from_millis(100);
+
+/// Polls `cond` every [`POLL`] until it holds (`true`, `Some`, `Ok`), for at most `bound`;
+/// returns its value, or panics naming `what` and the last thing seen. For waiting on a
+/// condition instead of sleeping a fixed time before an assert.
+pub async fn wait_until<C: Check>(
+    bound: Duration,
+    what: &str,
+    mut cond: impl AsyncFnMut() -> C,
+) -> C::Out {
+    let deadline = Instant::now() + bound;
+    loop {
+        let last = match cond().await.check() {
+            Ok(v) => return v,
+            Err(last) => last,
+        };
+        if Instant::now() > deadline {
+            panic!("{what}: not reached within {bound:?}; last: {last}");
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// [`wait_until`] for plain threads (tests that drive processes without a runtime).
+pub fn wait_until_blocking<C: Check>(
+    bound: Duration,
+    what: &str,
+    mut cond: impl FnMut() -> C,
+) -> C::Out {
+    let deadline = Instant::now() + bound;
+    loop {
+        let last = match cond().check() {
+            Ok(v) => return v,
+            Err(last) => last,
+        };
+        if Instant::now() > deadline {
+            panic!("{what}: not reached within {bound:?}; last: {last}");
+        }
+        std::thread::sleep(POLL);
+    }
+}
+
+/// Sends `rb`; status and body text. Panics (naming the request) if it could not be sent.
+pub async fn send_text(rb: RequestBuilder) -> (StatusCode, String) {
+    let what = describe(&rb);
+    let r = rb
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{what}: request failed: {e}"));
+    text(r).await
+}
+
+/// Sends `rb`; status, headers and body text.
+pub async fn send_reply(rb: RequestBuilder) -> (StatusCode, reqwest::header::HeaderMap, String) {
+    let what = describe(&rb);
+    let r = rb
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{what}: request failed: {e}"));
+    let headers = r.headers().clone();
+    let (st, body) = text(r).await;
+    (st, headers, body)
+}
+
+fn describe(rb: &RequestBuilder) -> String {
+    match rb.try_clone().and_then(|rb| rb.build().ok()) {
+        Some(req) => format!("{} {}", req.method(), req.url().path()),
+        None => "request".into(),
+    }
+}
+
+/// A header's value as text (`None` if absent or not visible ASCII).
+pub fn header<'a>(h: &'a reqwest::header::HeaderMap, name: &str) -> Option<&'a str> {
+    h.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// Asserts a reply's status and exact body, naming `what` on failure.
+#[track_caller]
+pub fn assert_reply(got: (StatusCode, String), status: StatusCode, body: &str, what: &str) {
+    assert_eq!(
+        (got.0, got.1.as_str()),
+        (status, body),
+        "{what}: unexpected reply"
+    );
+}
+
+/// Asserts a reply's status, naming `what` and showing the body on failure; returns the body.
+#[track_caller]
+pub fn expect_status(got: (StatusCode, String), status: StatusCode, what: &str) -> String {
+    let (st, body) = got;
+    assert_eq!(st, status, "{what}: {body}");
+    body
 }
 
 /// Status and body text of a response.
