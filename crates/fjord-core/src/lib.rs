@@ -5,6 +5,7 @@
 pub mod duration;
 pub mod names;
 pub mod openfaas;
+pub mod policy;
 pub mod quantity;
 pub mod spec;
 

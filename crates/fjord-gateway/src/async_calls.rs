@@ -22,6 +22,8 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use tokio_util::sync::CancellationToken;
 
+use fjord_core::policy::{DEFAULT_MAX_INFLIGHT, RetryPolicy, max_inflight};
+
 use crate::AppState;
 use crate::api::ApiPath;
 use crate::callback::{CallbackPolicy, ResolveError};
@@ -29,18 +31,6 @@ use crate::control::{ControlPlane, Route};
 use crate::error::ApiError;
 use crate::invoke::{Caller, Invoker, X_CALL_ID, split_async_path, strip_hop_by_hop};
 
-/// Queue annotations (OpenFaaS Pro names where they exist).
-pub const ANNOTATION_QUEUE_MAX_INFLIGHT: &str = "com.openfaas.queue.max_inflight";
-pub const ANNOTATION_RETRY_ATTEMPTS: &str = "com.openfaas.retry.attempts";
-pub const ANNOTATION_RETRY_CODES: &str = "com.openfaas.retry.codes";
-pub const ANNOTATION_RETRY_MIN_WAIT: &str = "com.openfaas.retry.min_wait";
-pub const ANNOTATION_RETRY_MAX_WAIT: &str = "com.openfaas.retry.max_wait";
-
-const DEFAULT_MAX_INFLIGHT: usize = 10;
-const DEFAULT_ATTEMPTS: u32 = 3;
-const DEFAULT_CODES: [u16; 6] = [408, 429, 500, 502, 503, 504];
-const DEFAULT_MIN_WAIT: Duration = Duration::from_secs(1);
-const DEFAULT_MAX_WAIT: Duration = Duration::from_secs(60);
 /// A worker that dies leaves its calls to be re-run after this long.
 const LEASE: Duration = Duration::from_secs(600);
 /// Callback deliveries tried per call.
@@ -52,94 +42,6 @@ const MAX_CALLBACK_BODY: usize = 32 << 20;
 const MAX_CALLBACK_RESPONSE: usize = 64 << 10;
 
 static X_CALLBACK_URL: HeaderName = HeaderName::from_static("x-callback-url");
-
-/// How a function's async calls are retried, from its annotations.
-#[derive(Debug, Clone)]
-pub struct RetryPolicy {
-    pub attempts: u32,
-    pub codes: Vec<u16>,
-    pub min_wait: Duration,
-    pub max_wait: Duration,
-}
-
-impl Default for RetryPolicy {
-    fn default() -> Self {
-        RetryPolicy {
-            attempts: DEFAULT_ATTEMPTS,
-            codes: DEFAULT_CODES.to_vec(),
-            min_wait: DEFAULT_MIN_WAIT,
-            max_wait: DEFAULT_MAX_WAIT,
-        }
-    }
-}
-
-impl RetryPolicy {
-    pub fn from_annotations(
-        a: Option<&std::collections::BTreeMap<String, String>>,
-    ) -> Result<Self, String> {
-        let get = |k: &str| a.and_then(|m| m.get(k)).map(|v| v.trim().to_string());
-        let attempts = match get(ANNOTATION_RETRY_ATTEMPTS) {
-            None => DEFAULT_ATTEMPTS,
-            Some(v) => v
-                .parse::<u32>()
-                .ok()
-                .filter(|n| (1..=1000).contains(n))
-                .ok_or_else(|| format!("annotations.{ANNOTATION_RETRY_ATTEMPTS}: {v:?} must be a whole number from 1 to 1000"))?,
-        };
-        let codes = match get(ANNOTATION_RETRY_CODES) {
-            None => DEFAULT_CODES.to_vec(),
-            Some(v) => v
-                .split(',')
-                .map(|c| c.trim().parse::<u16>().ok().filter(|c| (100..=599).contains(c)))
-                .collect::<Option<Vec<u16>>>()
-                .ok_or_else(|| format!("annotations.{ANNOTATION_RETRY_CODES}: {v:?} must be HTTP status codes separated by commas, e.g. 429,503"))?,
-        };
-        let dur = |k: &str, d: Duration| -> Result<Duration, String> {
-            match get(k) {
-                None => Ok(d),
-                Some(v) => fjord_core::duration::parse_duration(&v)
-                    .map_err(|e| format!("annotations.{k}: {e}")),
-            }
-        };
-        let min_wait = dur(ANNOTATION_RETRY_MIN_WAIT, DEFAULT_MIN_WAIT)?;
-        let max_wait = dur(ANNOTATION_RETRY_MAX_WAIT, DEFAULT_MAX_WAIT)?.max(min_wait);
-        Ok(Self {
-            attempts,
-            codes,
-            min_wait,
-            max_wait,
-        })
-    }
-
-    /// Exponential backoff with equal jitter, honouring `Retry-After` within the bounds.
-    fn wait(&self, attempt: u32, retry_after: Option<Duration>) -> Duration {
-        if let Some(ra) = retry_after {
-            return ra.clamp(self.min_wait, self.max_wait);
-        }
-        let exp = self
-            .min_wait
-            .saturating_mul(1u32 << attempt.saturating_sub(1).min(20))
-            .min(self.max_wait);
-        let half = exp / 2;
-        half + half.mul_f64(rand::random::<f64>())
-    }
-}
-
-/// Per-function concurrency of async calls; 0 pauses them (they stay queued until the
-/// function is updated with a higher value), e.g. during maintenance of what it calls.
-pub fn max_inflight(
-    a: Option<&std::collections::BTreeMap<String, String>>,
-) -> Result<usize, String> {
-    match a.and_then(|m| m.get(ANNOTATION_QUEUE_MAX_INFLIGHT)) {
-        None => Ok(DEFAULT_MAX_INFLIGHT),
-        Some(v) => v
-            .trim()
-            .parse::<usize>()
-            .ok()
-            .filter(|n| *n <= 10_000)
-            .ok_or_else(|| format!("annotations.{ANNOTATION_QUEUE_MAX_INFLIGHT}: {v:?} must be a whole number from 0 (paused) to 10000")),
-    }
-}
 
 /// Checks `X-Callback-Url` when a call is queued: an http(s) URL, and a literal IP address
 /// only if callbacks may go there. Host names are checked when the callback is sent, after
@@ -845,7 +747,7 @@ impl Worker {
             None => true,
         };
         if retryable && call.attempt < policy.attempts {
-            let wait = policy.wait(call.attempt, retry_after);
+            let wait = policy.wait(call.attempt, retry_after, rand::random::<f64>());
             m.async_retried.fetch_add(1, Ordering::Relaxed);
             let why = error
                 .clone()
@@ -1075,6 +977,7 @@ fn retry_after(h: &HeaderMap) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use fjord_core::policy::*;
 
     #[test]
     fn retry_policy_from_annotations() {
@@ -1091,18 +994,18 @@ mod tests {
         let p = RetryPolicy::from_annotations(Some(&a)).unwrap();
         assert_eq!((p.attempts, p.codes.clone()), (5, vec![500, 418]));
         for attempt in 1..10 {
-            let w = p.wait(attempt, None);
+            let w = p.wait(attempt, None, rand::random::<f64>());
             assert!(
                 w >= Duration::from_millis(50) && w <= Duration::from_secs(2),
                 "{w:?}"
             );
         }
         assert_eq!(
-            p.wait(1, Some(Duration::from_secs(1))),
+            p.wait(1, Some(Duration::from_secs(1)), 0.5),
             Duration::from_secs(1)
         );
         assert_eq!(
-            p.wait(1, Some(Duration::from_secs(100))),
+            p.wait(1, Some(Duration::from_secs(100)), 0.5),
             Duration::from_secs(2)
         );
         let bad: std::collections::BTreeMap<String, String> =

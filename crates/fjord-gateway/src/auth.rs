@@ -145,26 +145,8 @@ pub fn needed_scope(method: &str, pattern: &str) -> Scope {
         .unwrap_or(Scope::Admin)
 }
 
-/// Annotation that makes a function's calls (`/function/NAME`, `/async-function/NAME`)
-/// require an API token: `token`, or `none` (the default).
-pub const ANNOTATION_AUTH: &str = "com.fjord.auth";
-
-/// Whether a deployment's annotations ask for token-protected calls; an unknown value is a
-/// deploy error (a typo must not leave a function open).
-pub fn requires_token(
-    annotations: Option<&std::collections::BTreeMap<String, String>>,
-) -> Result<bool, String> {
-    match annotations
-        .and_then(|a| a.get(ANNOTATION_AUTH))
-        .map(|v| v.trim())
-    {
-        None | Some("" | "none") => Ok(false),
-        Some("token") => Ok(true),
-        Some(other) => Err(format!(
-            "annotation {ANNOTATION_AUTH}: {other:?} is not known; use \"token\" (calls need an API token) or \"none\""
-        )),
-    }
-}
+#[cfg(test)]
+use fjord_core::policy::{ANNOTATION_AUTH, requires_token};
 
 /// Entries of the failed-authentication table; beyond it, idle entries are dropped first.
 const LIMITER_CAPACITY: usize = 10_000;

@@ -185,8 +185,10 @@ impl ControlPlane {
                 Some(Route {
                     handle,
                     metrics: Arc::new(FunctionMetrics::new()),
-                    requires_token: crate::auth::requires_token(f.deployment.annotations.as_ref())
-                        .unwrap_or(true),
+                    requires_token: fjord_core::policy::requires_token(
+                        f.deployment.annotations.as_ref(),
+                    )
+                    .unwrap_or(true),
                     uid: f.uid,
                     created_at: f.created_at,
                     updated_at: f.updated_at,
@@ -210,10 +212,10 @@ impl ControlPlane {
         uid: u32,
         pinned: Option<&Pin>,
     ) -> Result<(FunctionSpec, Source, Pin), ApiError> {
-        crate::async_calls::RetryPolicy::from_annotations(d.annotations.as_ref())
+        fjord_core::policy::RetryPolicy::from_annotations(d.annotations.as_ref())
             .map_err(ApiError::BadRequest)?;
-        crate::async_calls::max_inflight(d.annotations.as_ref()).map_err(ApiError::BadRequest)?;
-        crate::auth::requires_token(d.annotations.as_ref()).map_err(ApiError::BadRequest)?;
+        fjord_core::policy::max_inflight(d.annotations.as_ref()).map_err(ApiError::BadRequest)?;
+        fjord_core::policy::requires_token(d.annotations.as_ref()).map_err(ApiError::BadRequest)?;
         let secrets = self.function_secrets(&d)?;
         let bundle = match pinned {
             None | Some(Pin::Unknown) => self.bundles.resolve(&self.store, &d.image)?,
@@ -451,11 +453,11 @@ impl ControlPlane {
             .map(|r| r.serving_digest.clone());
         // While an update rolls out, old and new replicas may both answer: require a token if
         // either version does; after the rollout the version that serves decides.
-        let requires_token = crate::auth::requires_token(new_deployment.annotations.as_ref())
-            .unwrap_or(true)
-            || self
-                .lookup(&key.namespace, &key.name)
-                .is_some_and(|r| r.requires_token);
+        let requires_token =
+            fjord_core::policy::requires_token(new_deployment.annotations.as_ref()).unwrap_or(true)
+                || self
+                    .lookup(&key.namespace, &key.name)
+                    .is_some_and(|r| r.requires_token);
         self.set_route(
             &key,
             Some(Route {
@@ -508,7 +510,7 @@ impl ControlPlane {
                     Some(Route {
                         handle: route.handle.clone(),
                         metrics: route.metrics.clone(),
-                        requires_token: crate::auth::requires_token(
+                        requires_token: fjord_core::policy::requires_token(
                             new_deployment.annotations.as_ref(),
                         )
                         .unwrap_or(true),
@@ -532,7 +534,7 @@ impl ControlPlane {
                     {
                         let replicas = route.handle.status().desired;
                         let requires_token =
-                            crate::auth::requires_token(old.deployment.annotations.as_ref())
+                            fjord_core::policy::requires_token(old.deployment.annotations.as_ref())
                                 .unwrap_or(true);
                         let digest = old.pin.digest().map(str::to_string);
                         if let Err(e) = self.store.upsert(&StoredFunction { replicas, ..old }) {
