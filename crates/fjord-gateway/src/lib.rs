@@ -9,6 +9,8 @@ mod bundles;
 mod callback;
 mod conns;
 mod control;
+#[cfg(test)]
+mod control_tests;
 mod error;
 pub mod invoke;
 mod logs;

@@ -1,0 +1,208 @@
+//! The control plane's rules over the fake runtime: rollback of a failed update, nothing
+//! stored for what cannot run, scale limits, waking from zero, and the autoscaler/idler
+//! ticks driven with a fake clock (no processes, no sleeps).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use fjord_core::FunctionKey;
+use fjord_core::openfaas::FunctionDeployment;
+use fjord_runtime_api::fake::Recorded;
+
+use crate::control::DeployMode;
+use crate::error::ApiError;
+use crate::testing::TestApp;
+
+fn deployment(name: &str, image: &str, labels: serde_json::Value) -> FunctionDeployment {
+    serde_json::from_value(serde_json::json!({
+        "service": name, "image": image, "envProcess": "fake",
+        "envVars": {"MARKER": image}, "labels": labels,
+    }))
+    .expect("a deployment")
+}
+
+fn key(name: &str) -> FunctionKey {
+    FunctionKey::new(name, None).expect("a key")
+}
+
+#[tokio::test]
+async fn a_failed_update_is_rolled_back_in_the_store_and_the_old_version_serves() {
+    let t = TestApp::new().await;
+    let c = &t.app.control;
+    c.deploy(
+        deployment("f", "fake/v1", serde_json::json!({})),
+        DeployMode::CreateOrUpdate,
+    )
+    .await
+    .expect("v1");
+    let generation = c
+        .deploy(
+            deployment("f", "broken/v2", serde_json::json!({})),
+            DeployMode::Update,
+        )
+        .await
+        .expect("the update is accepted; it fails while rolling out");
+    // The rollback runs when the runtime reports the outcome: wait for the status to say so.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let s = c.status(&key("f")).expect("status");
+        let r = s
+            .fjord
+            .as_ref()
+            .and_then(|f| f.rollout.clone())
+            .expect("rollout");
+        if r.generation == generation && r.state == "failed" {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never marked failed: {r:?}"
+        );
+        tokio::task::yield_now().await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let stored = c
+        .store()
+        .get("openfaas-fn", "f")
+        .expect("store")
+        .expect("stored");
+    assert_eq!(
+        stored.deployment.image, "fake/v1",
+        "the store holds the version that serves"
+    );
+    let route = c.lookup("openfaas-fn", "f").expect("route");
+    assert_eq!(route.handle.spec().deployment.image, "fake/v1");
+}
+
+#[tokio::test]
+async fn what_the_runtime_refuses_is_not_stored_and_update_of_nothing_is_404() {
+    let t = TestApp::new().await;
+    let c = &t.app.control;
+    let e = c
+        .deploy(
+            deployment("bad", "invalid/x", serde_json::json!({})),
+            DeployMode::CreateOrUpdate,
+        )
+        .await
+        .expect_err("refused");
+    assert!(matches!(e, ApiError::BadRequest(_)), "{e:?}");
+    assert!(
+        c.store()
+            .get("openfaas-fn", "bad")
+            .expect("store")
+            .is_none()
+    );
+    assert!(c.lookup("openfaas-fn", "bad").is_none());
+    let e = c
+        .deploy(
+            deployment("ghost", "fake/x", serde_json::json!({})),
+            DeployMode::Update,
+        )
+        .await
+        .expect_err("no such function");
+    assert!(matches!(e, ApiError::NotFound(_)), "{e:?}");
+    assert!(
+        t.runtime.recorded().is_empty(),
+        "the runtime was never asked: {:?}",
+        t.runtime.recorded()
+    );
+}
+
+#[tokio::test]
+async fn scale_is_clamped_to_the_maximum_and_stored() {
+    let t = TestApp::new().await;
+    let c = &t.app.control;
+    c.deploy(
+        deployment(
+            "s",
+            "fake/s",
+            serde_json::json!({"com.openfaas.scale.max": "4"}),
+        ),
+        DeployMode::CreateOrUpdate,
+    )
+    .await
+    .expect("deploy");
+    assert_eq!(c.scale(&key("s"), 9).await.expect("scale"), 4);
+    assert_eq!(
+        c.store()
+            .get("openfaas-fn", "s")
+            .expect("store")
+            .expect("f")
+            .replicas,
+        4
+    );
+    assert!(t.runtime.recorded().contains(&Recorded::Scale {
+        function: "s.openfaas-fn".into(),
+        replicas: 4
+    }));
+    assert_eq!(c.scale(&key("s"), 0).await.expect("to zero"), 0);
+    assert!(matches!(
+        c.scale(&key("nope"), 1).await,
+        Err(ApiError::NotFound(_))
+    ));
+}
+
+#[tokio::test]
+async fn a_request_wakes_a_function_at_zero() {
+    let t = TestApp::new().await;
+    let c = &t.app.control;
+    c.deploy(
+        deployment("w", "fake/w", serde_json::json!({})),
+        DeployMode::CreateOrUpdate,
+    )
+    .await
+    .expect("deploy");
+    c.scale(&key("w"), 0).await.expect("to zero");
+    let route = c.lookup("openfaas-fn", "w").expect("route");
+    assert_eq!(route.handle.desired(), 0);
+    c.wake(&route);
+    assert_eq!(route.handle.desired(), 1);
+    assert!(route.handle.wait_ready(Duration::from_secs(5)).await);
+    // Waking a running function changes nothing.
+    let before = t.runtime.recorded().len();
+    c.wake(&route);
+    assert_eq!(t.runtime.recorded().len(), before);
+}
+
+#[tokio::test]
+async fn the_idler_scales_an_idle_function_to_zero_on_the_clock_it_is_given() {
+    let t = TestApp::new().await;
+    let c = &t.app.control;
+    c.deploy(
+        deployment(
+            "idle",
+            "fake/i",
+            serde_json::json!({"com.openfaas.scale.zero": "true", "com.openfaas.scale.zero-duration": "60s"}),
+        ),
+        DeployMode::CreateOrUpdate,
+    )
+    .await
+    .expect("deploy");
+    let defaults = crate::autoscale::Defaults::default();
+    let start = crate::metrics::now_ms();
+    let route = c.lookup("openfaas-fn", "idle").expect("route");
+    // Ticks every second of a fake clock: nothing before a minute of idleness, zero after.
+    for s in 0..59 {
+        c.autoscale_tick(start + s * 1000, &defaults);
+        assert_eq!(route.handle.desired(), 1, "scaled down after {s}s");
+    }
+    for s in 59..65 {
+        c.autoscale_tick(start + s * 1000, &defaults);
+    }
+    assert_eq!(
+        route.handle.desired(),
+        0,
+        "not at zero after 65 idle seconds"
+    );
+    let reason = c
+        .status(&key("idle"))
+        .expect("status")
+        .fjord
+        .expect("fjord")
+        .last_scale_reason;
+    assert!(
+        reason.is_some_and(|r| r.contains("zero")),
+        "the reason is recorded"
+    );
+    let _ = Arc::clone(&t.runtime);
+}
