@@ -19,6 +19,7 @@ mod namespaces;
 mod openapi;
 #[cfg(test)]
 mod router_tests;
+pub mod routes;
 mod secrets;
 mod tls;
 mod tokens;
@@ -35,7 +36,6 @@ pub use fjord_runtime::netns::{FunctionNetwork, NetworkConfig};
 use axum::Router;
 use axum::body::Body;
 use axum::http::Uri;
-use axum::routing::{any, get, post};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tokio_util::sync::CancellationToken;
@@ -425,69 +425,33 @@ pub enum StartError {
     },
 }
 
-/// Every route, with its handler. A new route must also be documented: `#[utoipa::path]` on its
-/// handler, listed in `openapi::ApiDoc` (the test `every_route_is_documented` reads this
-/// function and fails otherwise); a `/system` route also needs its scope in
-/// [`auth::SYSTEM_SCOPES`] (checked the same way).
+/// The router, built from [`routes::table`]: `/system` routes behind the auth middleware
+/// (which checks each route's scope from the same table), `/metrics` behind its own.
 fn router(state: AppState) -> Router {
-    let system = Router::new()
-        .route(
-            "/system/functions",
-            get(api::list_functions)
-                .post(api::create_function)
-                .put(api::update_function)
-                .delete(api::delete_function),
-        )
-        .route("/system/function/{name}", get(api::get_function))
-        .route("/system/scale-function/{name}", post(api::scale_function))
-        .route("/system/info", get(api::info))
-        .route("/system/namespaces", get(api::namespaces))
-        .route(
-            "/system/namespace/{name}",
-            get(namespaces::get_namespace)
-                .post(namespaces::create_namespace)
-                .put(namespaces::update_namespace)
-                .delete(namespaces::delete_namespace),
-        )
-        .route("/system/logs", get(logs::logs))
-        .route(
-            "/system/bundles/{digest}",
-            axum::routing::put(bundles::put_bundle).head(bundles::head_bundle),
-        )
-        .route("/system/bundle-tags", post(bundles::set_tag))
-        .route("/system/alert", post(api::alert))
-        .route(
-            "/system/secrets",
-            get(secrets::list)
-                .post(secrets::create)
-                .put(secrets::update)
-                .delete(secrets::delete),
-        )
-        .route("/system/async-calls", get(async_calls::list_calls))
-        .route("/system/async-calls/{id}", get(async_calls::get_call))
-        .route("/system/async-calls/{id}/replay", post(async_calls::replay))
-        .route("/system/openapi.json", get(openapi::openapi_json))
-        .route("/system/tokens", get(tokens::list).post(tokens::create))
-        .route("/system/tokens/{id}", axum::routing::delete(tokens::revoke))
-        .route_layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            auth::require,
-        ));
+    let mut system = Router::new();
+    let mut open = Router::new();
+    for e in routes::table() {
+        match e.access {
+            routes::Access::System(_) => system = system.route(e.path, e.handler),
+            routes::Access::Open => open = open.route(e.path, e.handler),
+            routes::Access::Metrics => {
+                open = open.route(
+                    e.path,
+                    e.handler.route_layer(axum::middleware::from_fn_with_state(
+                        state.clone(),
+                        auth::require_metrics,
+                    )),
+                )
+            }
+        }
+    }
+    let system = system.route_layer(axum::middleware::from_fn_with_state(
+        state.clone(),
+        auth::require,
+    ));
     Router::new()
         .merge(system)
-        .route("/function/{*path}", any(invoke::invoke))
-        .route(
-            "/async-function/{*path}",
-            post(async_calls::enqueue).delete(async_calls::cancel),
-        )
-        .route("/healthz", get(api::healthz))
-        .route(
-            "/metrics",
-            get(api::metrics).route_layer(axum::middleware::from_fn_with_state(
-                state.clone(),
-                auth::require_metrics,
-            )),
-        )
+        .merge(open)
         .fallback(api::not_found)
         .method_not_allowed_fallback(api::method_not_allowed)
         .with_state(state)

@@ -155,3 +155,38 @@ async fn scale_goes_to_the_runtime() {
     assert_eq!(status["replicas"], 3);
     assert_eq!(status["availableReplicas"], 3);
 }
+
+/// Every entry of the route table is served with its method, and every `/system` entry is
+/// behind the auth middleware: without credentials it answers 401 (never 404/405, never the
+/// handler).
+#[tokio::test]
+async fn every_table_route_is_routed_and_system_routes_are_protected() {
+    let t = TestApp::new().await;
+    let mut checked = 0;
+    for e in crate::routes::table() {
+        let path = e
+            .path
+            .replace("{name}", "x")
+            .replace("{id}", "x")
+            .replace("{digest}", "sha256:00")
+            .replace("{*path}", "x");
+        let method = if e.method == "ANY" { "PATCH" } else { e.method };
+        let (status, body) = send(&t, request(method, &path, "")).await;
+        match e.access {
+            crate::routes::Access::System(_) => {
+                assert_eq!(status, StatusCode::UNAUTHORIZED, "{method} {path}: {body}")
+            }
+            _ => assert!(
+                status != StatusCode::METHOD_NOT_ALLOWED && status != StatusCode::UNAUTHORIZED,
+                "{method} {path}: {status} {body}"
+            ),
+        }
+        checked += 1;
+    }
+    assert!(checked > 30, "only {checked} routes in the table");
+    // Not in the table: 404 from the fallback, even under /system.
+    let (status, _) = send(&t, admin(&t, request("GET", "/system/no-such-thing", ""))).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = send(&t, admin(&t, request("PATCH", "/system/functions", ""))).await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+}
