@@ -22,6 +22,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::io::ReaderStream;
 
 use crate::replica::{ReplicaEnv, pump};
+use crate::sandbox::PidNs;
 use crate::{FunctionHandle, Serving};
 
 /// Output kept in memory before the response starts streaming.
@@ -124,14 +125,30 @@ pub struct ForkSlot {
     env: Arc<ReplicaEnv>,
     base_env: Vec<(OsString, OsString)>,
     ooms_seen: AtomicU64,
+    /// The replica's PID namespace, which every call's process joins (sandboxed). One per
+    /// replica rather than per call: joining costs two `setns` calls, while a namespace
+    /// per call would add an init process to create and reap on every request.
+    pidns: Option<PidNs>,
 }
 
 impl ForkSlot {
-    pub(crate) fn new(env: Arc<ReplicaEnv>, base_env: Vec<(OsString, OsString)>) -> Self {
+    pub(crate) fn new(
+        env: Arc<ReplicaEnv>,
+        base_env: Vec<(OsString, OsString)>,
+        pidns: Option<PidNs>,
+    ) -> Self {
         Self {
             env,
             base_env,
             ooms_seen: AtomicU64::new(0),
+            pidns,
+        }
+    }
+
+    /// Kills every process left in the replica's PID namespace (the replica is stopping).
+    pub(crate) fn stop(&self) {
+        if let Some(ns) = &self.pidns {
+            ns.kill();
         }
     }
 }
@@ -267,7 +284,10 @@ where
         .kill_on_drop(true);
 
     handle.logs.push(instance, "Forking fprocess.");
-    let spawned = cmd.spawn();
+    let spawned = match &slot.pidns {
+        Some(ns) => ns.spawn(&mut cmd),
+        None => cmd.spawn(),
+    };
     // The command holds the pipe's write ends: drop them so EOF arrives when the child exits.
     drop(cmd);
     let mut child = match spawned {
