@@ -305,12 +305,16 @@ async fn a_connection_that_never_sends_a_byte_is_closed_after_the_header_timeout
     assert!(got.is_empty(), "{got}");
 }
 
-/// Processes whose parent is the server: fork-mode calls running now.
+/// Processes whose parent is the server: fork-mode calls running now (not the init of a
+/// replica's PID namespace).
 fn children_of(pid: i32) -> usize {
     std::fs::read_dir("/proc")
         .unwrap()
         .flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c != "fjord-pidns\n")
+        })
         .filter(|p| {
             std::fs::read_to_string(format!("/proc/{p}/stat"))
                 .ok()

@@ -395,3 +395,223 @@ async fn http_mode_replicas_get_the_same_sandbox() {
         assert!(lines.contains(&format!("count {n}")), "{body}");
     }
 }
+
+/// Python, fork or http mode: the function's view of process ids. Reports its own pid, the
+/// pids its `/proc` lists, and for each pid in `targets` what `kill(pid, 0)` says. In http
+/// mode (`serve`) it also answers `/orphan` (starts `sleep <query>` in a new session and
+/// leaves it behind), `/orphan-exit` (a grandchild that outlives its parent and exits
+/// soon), `/zombies` (how many processes it sees as zombies) and `/crash` (exits).
+const PY_PIDS: &str = r#"
+import errno, os, subprocess, sys
+def report(targets):
+    out = ["pid " + str(os.getpid())]
+    out.append("procs " + " ".join(sorted((p for p in os.listdir("/proc") if p.isdigit()), key=int)))
+    for t in targets:
+        try:
+            os.kill(t, 0)
+            r = "ok"
+        except OSError as e:
+            r = errno.errorcode[e.errno]
+        out.append("kill " + str(t) + " " + r)
+    return "\n".join(out) + "\n"
+def zombies():
+    n = 0
+    for p in os.listdir("/proc"):
+        try:
+            if p.isdigit() and open("/proc/" + p + "/stat").read().rsplit(")", 1)[1].split()[0] == "Z":
+                n += 1
+        except OSError:
+            pass
+    return str(n) + "\n"
+if sys.argv[1:] != ["serve"]:
+    sys.stdout.write(report([int(t) for t in sys.stdin.read().split()]))
+    sys.exit(0)
+import http.server
+class H(http.server.BaseHTTPRequestHandler):
+    def log_message(self, *a):
+        pass
+    def do_GET(self):
+        path, _, query = self.path.partition("?")
+        if path == "/crash":
+            os._exit(3)
+        if path == "/orphan":
+            body = str(subprocess.Popen(["sleep", query], start_new_session=True).pid) + "\n"
+        elif path == "/orphan-exit":
+            subprocess.run(["sh", "-c", "sleep 0.2 &"])
+            body = "started\n"
+        elif path == "/zombies":
+            body = zombies()
+        else:
+            body = report([int(t) for t in query.split("+") if t])
+        b = body.encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(b)))
+        self.end_headers()
+        self.wfile.write(b)
+http.server.HTTPServer(("127.0.0.1", int(os.environ["PORT"])), H).serve_forever()
+"#;
+
+/// Host pids (as fjord and the test see them) of processes whose command line contains
+/// `needle` and whose environment holds `env`.
+fn host_pids(needle: &str, env: &str) -> Vec<i32> {
+    let mut found = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|p| p.parse::<i32>().ok()) else {
+            continue;
+        };
+        let read = |f: &str| std::fs::read(format!("/proc/{pid}/{f}")).unwrap_or_default();
+        let cmdline = String::from_utf8_lossy(&read("cmdline")).replace('\0', " ");
+        let environ = String::from_utf8_lossy(&read("environ")).into_owned();
+        if cmdline.contains(needle) && environ.split('\0').any(|v| v == env) {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+/// The `kill <pid> <result>` lines of a [`PY_PIDS`] report, and its own pid and listing.
+fn parse_pids(body: &str) -> (i32, Vec<i32>, Vec<(i32, String)>) {
+    let mut pid = 0;
+    let mut procs = Vec::new();
+    let mut kills = Vec::new();
+    for line in body.lines() {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        match words.as_slice() {
+            ["pid", p] => pid = p.parse().unwrap(),
+            ["procs", rest @ ..] => procs = rest.iter().map(|p| p.parse().unwrap()).collect(),
+            ["kill", p, r] => kills.push((p.parse().unwrap(), r.to_string())),
+            _ => panic!("unexpected line {line:?} in {body}"),
+        }
+    }
+    (pid, procs, kills)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_replica_has_its_own_pid_namespace() {
+    assert!(!PY_PIDS.contains('\''));
+    let s = Server::start().await;
+    // An http-mode function (the attacker's neighbour) and the fork-mode attacker.
+    let victim = json!({
+        "service": "pid-victim",
+        "image": "fjord-test/python-http:latest",
+        "envProcess": format!("/usr/bin/python3 -c '{PY_PIDS}' serve"),
+        "envVars": {"mode": "http", "PIDNS_TEST": "victim"},
+    });
+    s.deploy_ready(&victim).await;
+    let victims = host_pids("serve", "PIDNS_TEST=victim");
+    assert_eq!(victims.len(), 1, "{victims:?}");
+    let victim_pid = victims[0];
+    let gateway = s.pid();
+    let me = std::process::id() as i32;
+    let targets = format!("{gateway} {victim_pid} {me}");
+
+    s.deploy_ready(&fork_fn(
+        "pid-peek",
+        &format!("/usr/bin/python3 -c '{PY_PIDS}'"),
+    ))
+    .await;
+    for call in 1..=2 {
+        let r = s
+            .invoke(Method::POST, "pid-peek")
+            .body(targets.clone())
+            .send()
+            .await
+            .unwrap();
+        let (st, body) = text(r).await;
+        assert_eq!(st, StatusCode::OK, "{body}");
+        let (pid, procs, kills) = parse_pids(&body);
+        // A small number in the replica's namespace (its init is 1, calls follow), not the
+        // host's: fjord and the test run with host pids far above.
+        assert!(pid > 1 && pid < 16, "call {call}: pid {pid}: {body}");
+        assert!(gateway > 16 && me > 16, "{gateway} {me}");
+        // Its /proc is the namespace's: it lists only itself (the init is root's, hidden).
+        assert_eq!(procs, vec![pid], "{body}");
+        // Host pids name nothing it can reach: no such process, whatever the uid.
+        for (target, result) in &kills {
+            assert_eq!(result, "ESRCH", "kill({target}, 0): {body}");
+        }
+        assert_eq!(kills.len(), 3, "{body}");
+    }
+
+    // http mode: the same from a long-running replica, which sees the fork-mode one's
+    // neighbours no better.
+    let body = s
+        .call_until_ok(
+            &format!("pid-victim/?{gateway}+{me}"),
+            std::time::Duration::from_secs(10),
+        )
+        .await;
+    let (pid, procs, kills) = parse_pids(&body);
+    assert!(pid > 1 && pid < 16, "pid {pid}: {body}");
+    assert_eq!(procs, vec![pid], "{body}");
+    assert_eq!(kills.len(), 2, "{body}");
+    assert!(kills.iter().all(|(_, r)| r == "ESRCH"), "{body}");
+
+    // The victim keeps running, and a second replica of it lives in a namespace of its own.
+    let (st, body) = s
+        .sys_json(
+            Method::POST,
+            "/system/scale-function/pid-victim",
+            &json!({"serviceName": "pid-victim", "replicas": 2}),
+        )
+        .await;
+    assert!(st.is_success(), "{body}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while host_pids("serve", "PIDNS_TEST=victim").len() < 2 {
+        assert!(std::time::Instant::now() < deadline, "no second replica");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let pidns = |pid: i32| std::fs::read_link(format!("/proc/{pid}/ns/pid")).unwrap();
+    let replicas = host_pids("serve", "PIDNS_TEST=victim");
+    assert_ne!(pidns(replicas[0]), pidns(replicas[1]), "{replicas:?}");
+    assert_ne!(pidns(replicas[0]), pidns(gateway));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orphans_are_reaped_and_die_with_their_replica_process() {
+    assert!(!PY_PIDS.contains('\''));
+    let s = Server::start().await;
+    s.deploy_ready(&json!({
+        "service": "orphans",
+        "image": "fjord-test/python-http:latest",
+        "envProcess": format!("/usr/bin/python3 -c '{PY_PIDS}' serve"),
+        "envVars": {"mode": "http", "PIDNS_TEST": "orphans"},
+    }))
+    .await;
+    let wait = std::time::Duration::from_secs(10);
+    // A grandchild that outlives its parent is reparented to the namespace's init, which
+    // reaps it when it exits: no zombie stays behind to count against the pids limit.
+    let (st, body) = s.call("orphans/orphan-exit").await;
+    assert_eq!((st, body.as_str()), (StatusCode::OK, "started\n"));
+    let deadline = std::time::Instant::now() + wait;
+    loop {
+        let (_, zombies) = s.call("orphans/zombies").await;
+        if zombies == "0\n" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "zombies: {zombies}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+
+    // A daemon left in its own session (out of reach of the process group's signals)
+    // dies when the replica's process does, instead of outliving it into the next start
+    // (where it could, say, hold the port or the replica's files).
+    let secs = format!("{}", 86_000 + std::process::id() % 1000);
+    let (st, body) = s.call(&format!("orphans/orphan?{secs}")).await;
+    assert_eq!(st, StatusCode::OK, "{body}");
+    let daemon = host_pids(&format!("sleep {secs}"), "PIDNS_TEST=orphans");
+    assert_eq!(daemon.len(), 1, "{daemon:?}");
+    let _ = s.call("orphans/crash").await;
+    let deadline = std::time::Instant::now() + wait;
+    while std::path::Path::new(&format!("/proc/{}", daemon[0])).exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the orphan {} outlived its replica process",
+            daemon[0]
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    // The replica restarts and serves again.
+    s.call_until_ok("orphans/", std::time::Duration::from_secs(20))
+        .await;
+}

@@ -55,8 +55,7 @@ async fn functions_survive_a_restart() {
 async fn crashed_replica_is_restarted() {
     let s = Server::start().await;
     s.deploy_ready(&http_fn("crashy", "1")).await;
-    let body = s.call_until_ok("crashy/", Duration::from_secs(30)).await;
-    let pid_before = echo(&body)["pid"].as_u64().unwrap();
+    s.call_until_ok("crashy/", Duration::from_secs(30)).await;
 
     // The process dies mid-request: any error answer (or a dropped connection) is fine, but
     // not a hang and not a 200.
@@ -73,12 +72,9 @@ async fn crashed_replica_is_restarted() {
         Err(e) => assert!(!e.is_timeout(), "/crash hung: {e}"),
     }
 
-    let body = s.call_until_ok("crashy/", Duration::from_secs(30)).await;
-    let pid_after = echo(&body)["pid"].as_u64().unwrap();
-    assert_ne!(
-        pid_before, pid_after,
-        "a new process must serve after the crash"
-    );
+    // A new process serves after the crash (the old one exited; each process start has its
+    // own PID namespace, so the pid it sees is the same: the restart count tells them apart).
+    s.call_until_ok("crashy/", Duration::from_secs(30)).await;
     let st = s
         .wait_status(
             "crashy",

@@ -24,6 +24,7 @@ use fjord_runtime_api::{BoxFuture, InProcess, InProcessBody, InProcessRequest};
 
 use crate::program::Program;
 use crate::replica::{ReplicaEnv, pump};
+use crate::sandbox::PidNs;
 use crate::{FunctionHandle, Serving};
 
 /// Output kept in memory before the response starts streaming.
@@ -41,6 +42,10 @@ pub struct ForkSlot {
     /// The program of the replica's version.
     program: Arc<Program>,
     ooms_seen: AtomicU64,
+    /// The replica's PID namespace, which every call's process joins (sandboxed). One per
+    /// replica rather than per call: joining costs two `setns` calls, while a namespace
+    /// per call would add an init process to create and reap on every request.
+    pidns: Option<PidNs>,
 }
 
 impl ForkSlot {
@@ -48,12 +53,21 @@ impl ForkSlot {
         env: Arc<ReplicaEnv>,
         base_env: Vec<(OsString, OsString)>,
         program: Arc<Program>,
+        pidns: Option<PidNs>,
     ) -> Self {
         Self {
             env,
             base_env,
             program,
             ooms_seen: AtomicU64::new(0),
+            pidns,
+        }
+    }
+
+    /// Kills every process left in the replica's PID namespace (the replica is stopping).
+    pub(crate) fn stop(&self) {
+        if let Some(ns) = &self.pidns {
+            ns.kill();
         }
     }
 }
@@ -211,7 +225,10 @@ where
         .kill_on_drop(true);
 
     handle.logs.push(instance, "Forking fprocess.");
-    let spawned = cmd.spawn();
+    let spawned = match &slot.pidns {
+        Some(ns) => ns.spawn(&mut cmd),
+        None => cmd.spawn(),
+    };
     // The command holds the pipe's write ends: drop them so EOF arrives when the child exits.
     drop(cmd);
     let mut child = match spawned {

@@ -19,7 +19,7 @@ use crate::cgroup::{Cgroup, Limits};
 use crate::fork::ForkSlot;
 use crate::logs::{LogBook, MAX_LINE_BYTES};
 use crate::program::{self, Program};
-use crate::sandbox::SandboxPlan;
+use crate::sandbox::{PidNs, SandboxPlan};
 use crate::{Endpoint, EndpointKind, FunctionHandle, Shared};
 
 /// Backoff between restarts of a crashing replica.
@@ -64,6 +64,8 @@ pub(crate) struct ReplicaEnv {
     plan: Arc<SandboxPlan>,
     /// Not sandboxed: the working directory (the bundle, else `tmp`).
     cwd: Option<PathBuf>,
+    /// Sandboxed: processes run in a PID namespace ([`ReplicaEnv::pid_namespace`]).
+    pidns: bool,
 }
 
 /// tmpfs options for a replica's `/tmp` (owned by the function's uid) or, `uid` `None`, for
@@ -185,7 +187,18 @@ impl ReplicaEnv {
             netns,
             plan,
             cwd,
+            pidns: isolate,
         })
+    }
+
+    /// A new PID namespace for this replica's processes, when sandboxed: one per process
+    /// start in http mode, one per replica in fork mode.
+    pub fn pid_namespace(&self) -> std::io::Result<Option<PidNs>> {
+        if self.pidns {
+            PidNs::new().map(Some)
+        } else {
+            Ok(None)
+        }
     }
 
     /// Where the function finds its secret files, if it has any.
@@ -322,9 +335,22 @@ pub(crate) async fn run(args: ReplicaArgs) {
         InvokeMode::Fork => {
             let mut base_env = program::base_env(&args.spec, &args.id, env.home(), None);
             base_env.extend(env.secrets_env());
-            let slot = Arc::new(ForkSlot::new(env.clone(), base_env, args.program.clone()));
-            args.ready(EndpointKind::InProcess(slot), &env);
+            let pidns = match env.pid_namespace() {
+                Ok(ns) => ns,
+                Err(e) => {
+                    let reason = format!("cannot create the replica's PID namespace: {e}");
+                    args.handle.logs.push(&args.id, &format!("fjord: {reason}"));
+                    args.down(reason);
+                    args.stop.cancelled().await;
+                    env.destroy().await;
+                    return;
+                }
+            };
+            let slot = Arc::new(ForkSlot::new(env.clone(), base_env, args.program.clone(), pidns));
+            args.ready(EndpointKind::InProcess(slot.clone()), &env);
             args.stop.cancelled().await;
+            // Calls still running and whatever they left behind go with the replica.
+            slot.stop();
         }
         InvokeMode::Http { upstream_port } => {
             let port = match upstream_port {
@@ -433,12 +459,27 @@ async fn run_once(
     authority: &http::uri::Authority,
 ) -> Outcome {
     let before_spawn = Instant::now();
+    // Per process start: what a process leaves behind dies with it (dropped at the end),
+    // never reaching the next start of the replica.
+    let pidns = match env.pid_namespace() {
+        Ok(ns) => ns,
+        Err(e) => {
+            return Outcome::Exited {
+                reason: format!("cannot create a PID namespace: {e}"),
+                was_ready: false,
+            };
+        }
+    };
     let mut cmd = env.command(&args.program, base_env);
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
-    let mut child = match cmd.spawn() {
+    let spawned = match &pidns {
+        Some(ns) => ns.spawn(&mut cmd),
+        None => cmd.spawn(),
+    };
+    let mut child = match spawned {
         Ok(c) => c,
         Err(e) => {
             return Outcome::Exited {

@@ -4,7 +4,8 @@
 //! procfs that hides other users' processes, a read-only root when asked, the function's
 //! secrets on a private read-only tmpfs at `/var/openfaas/secrets`; then drop every
 //! capability, become the function's uid/gid, die with fjord, set no-new-privs, mark every
-//! inherited descriptor close-on-exec, and install the seccomp filter.
+//! inherited descriptor close-on-exec, and install the seccomp filter. Before the fork, the
+//! spawning thread points its children at the replica's PID namespace ([`PidNs`]).
 //!
 //! This is the one module that needs `unsafe`: `pre_exec` runs in the forked child of a
 //! multi-threaded process, so it only makes raw, async-signal-safe system calls on data
@@ -13,7 +14,7 @@
 
 use std::ffi::CString;
 use std::io;
-use std::os::fd::RawFd;
+use std::os::fd::{OwnedFd, RawFd};
 use std::sync::Arc;
 
 use crate::seccomp::Filters;
@@ -224,7 +225,8 @@ unsafe fn mask_host_dirs(m: &HostMasks, options: &CString, readonly: bool) -> io
             ))?;
         }
         // A procfs of its own where other users' processes are invisible (`hidepid`): no
-        // other function's or the gateway's command line, environment or fds.
+        // other function's or the gateway's command line, environment or fds. Mounted from
+        // inside the replica's PID namespace, it lists that namespace's processes only.
         let proc_flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
         let mounted = libc::mount(
             c"proc".as_ptr(),
@@ -428,5 +430,208 @@ impl SandboxPlan {
         unsafe {
             cmd.pre_exec(move || plan.apply());
         }
+    }
+}
+
+/// Stack of a PID namespace's init: it runs in fjord's address space, on this stack only.
+const INIT_STACK: usize = 64 << 10;
+/// `__WALL`: also reap children whose exit signal is not SIGCHLD.
+const WALL: u32 = 0x4000_0000;
+
+/// A PID namespace for a replica's processes: they see themselves with small PIDs and see,
+/// signal or `pidfd_open` no process outside it (fjord, other functions, the host).
+///
+/// Its PID 1 is a minimal init that only reaps the orphans reparented to it. The function's
+/// processes join the namespace as ordinary members (PID 2 and up) while staying fjord's
+/// direct children, so a function is never PID 1 (whose signals without a handler the
+/// kernel drops): SIGTERM on stop, the timeout's SIGKILL to its process group, exit
+/// statuses and stdio pipes behave exactly as without a namespace. Dropping (or
+/// [`PidNs::kill`]) kills the init, and the kernel then kills everything left in the
+/// namespace: no orphan outlives its replica.
+///
+/// The init is created with `CLONE_VM | CLONE_FILES`: it shares fjord's memory and
+/// descriptor table instead of holding a copy-on-write snapshot of them (a forked copy would
+/// pin the gateway's memory as it changes, and keep its sockets open) and costs one cheap
+/// `clone` per namespace.
+pub struct PidNs {
+    /// The init, in fjord's own namespace: fjord's unreaped child, so the number cannot be
+    /// reused before [`Drop`] reaps it.
+    pid: libc::pid_t,
+    /// `/proc/<init>/ns/pid`, which the spawning thread joins for the children it forks.
+    ns: OwnedFd,
+    stack: InitStack,
+}
+
+/// The init's stack, unmapped only once the init is reaped.
+struct InitStack(*mut libc::c_void);
+// SAFETY: a plain mapping address, used by one owner at a time.
+unsafe impl Send for InitStack {}
+unsafe impl Sync for InitStack {}
+
+impl std::fmt::Debug for PidNs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PidNs").field("init", &self.pid).finish()
+    }
+}
+
+/// PID 1 of a replica's namespace. It runs in fjord's address space on its own stack, so it
+/// makes raw system calls only: rustix's `linux_raw` backend, never libc, whose `errno` is
+/// the thread-local of the fjord thread that cloned it. Every signal stays blocked (the
+/// mask is set before the clone): fjord's handlers, copied into it, never run here, and
+/// only SIGKILL (from fjord) ends it.
+extern "C" fn pidns_init(_: *mut libc::c_void) -> libc::c_int {
+    use rustix::process::{Signal, WaitId, WaitIdOptions, waitid};
+    // Dies with the fjord thread that made it (then the kernel kills the whole namespace).
+    let _ = rustix::process::set_parent_process_death_signal(Some(Signal::KILL));
+    let _ = rustix::thread::set_name(c"fjord-pidns");
+    let options = WaitIdOptions::from_bits_retain(WaitIdOptions::EXITED.bits() | WALL);
+    let idle = rustix::thread::Timespec {
+        tv_sec: 1,
+        tv_nsec: 0,
+    };
+    loop {
+        // Blocks while it has children (orphans reparented to it) and reaps each as it
+        // exits; ECHILD, none yet: look again in a second (a raw `waitid` cannot wait for
+        // the first one to arrive, and a late reap only keeps a zombie a little longer).
+        if waitid(WaitId::All, options).is_err() {
+            let _ = rustix::thread::nanosleep(&idle);
+        }
+    }
+}
+
+/// fjord's own PID namespace, to return the spawning thread to after a spawn.
+fn own_pidns() -> io::Result<std::os::fd::BorrowedFd<'static>> {
+    use std::os::fd::AsFd;
+    static OWN: std::sync::OnceLock<OwnedFd> = std::sync::OnceLock::new();
+    if let Some(fd) = OWN.get() {
+        return Ok(fd.as_fd());
+    }
+    let fd = OwnedFd::from(std::fs::File::open("/proc/self/ns/pid")?);
+    Ok(OWN.get_or_init(|| fd).as_fd())
+}
+
+impl PidNs {
+    /// A new namespace with its init running.
+    pub fn new() -> io::Result<Self> {
+        own_pidns()?;
+        // SAFETY: anonymous mapping, checked below; unmapped on every path that does not
+        // hand it to a running init. Its lowest page is a guard: an overflow faults rather
+        // than writing over fjord's memory.
+        let stack = unsafe {
+            let stack = libc::mmap(
+                std::ptr::null_mut(),
+                INIT_STACK,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK,
+                -1,
+                0,
+            );
+            if stack == libc::MAP_FAILED {
+                return Err(io::Error::last_os_error());
+            }
+            if libc::mprotect(stack, 4096, libc::PROT_NONE) == -1 {
+                let e = io::Error::last_os_error();
+                libc::munmap(stack, INIT_STACK);
+                return Err(e);
+            }
+            stack
+        };
+        // SAFETY: signal masks of this thread only (restored right after); `clone` with a
+        // stack the init alone uses and a function that only makes raw syscalls on it.
+        let pid = unsafe {
+            let mut all: libc::sigset_t = std::mem::zeroed();
+            let mut old: libc::sigset_t = std::mem::zeroed();
+            libc::sigfillset(&mut all);
+            libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
+            let top = stack.cast::<u8>().add(INIT_STACK).cast::<libc::c_void>();
+            let pid = libc::clone(
+                pidns_init,
+                top,
+                libc::CLONE_VM | libc::CLONE_FILES | libc::CLONE_NEWPID | libc::SIGCHLD,
+                std::ptr::null_mut(),
+            );
+            let err = io::Error::last_os_error();
+            libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
+            if pid == -1 {
+                libc::munmap(stack, INIT_STACK);
+                return Err(err);
+            }
+            pid
+        };
+        // Our unreaped child: the number names this init and nothing else.
+        match std::fs::File::open(format!("/proc/{pid}/ns/pid")) {
+            Ok(fd) => Ok(Self {
+                pid,
+                ns: OwnedFd::from(fd),
+                stack: InitStack(stack),
+            }),
+            Err(e) => {
+                // SAFETY: our own child, with no other process in its namespace yet (so it
+                // is reaped at once); its stack is unmapped after it is gone.
+                unsafe {
+                    libc::kill(pid, libc::SIGKILL);
+                    libc::waitpid(pid, std::ptr::null_mut(), libc::__WALL);
+                    libc::munmap(stack, INIT_STACK);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Spawns `cmd` as a member of this namespace: the calling thread's children go there
+    /// for the duration of the (synchronous) spawn only.
+    pub fn spawn(&self, cmd: &mut tokio::process::Command) -> io::Result<tokio::process::Child> {
+        use std::os::fd::AsRawFd;
+        let own = own_pidns()?;
+        /// Puts the thread's children back in fjord's namespace, whatever the spawn did.
+        struct Back(std::os::fd::BorrowedFd<'static>);
+        impl Drop for Back {
+            fn drop(&mut self) {
+                // SAFETY: setns(2) on a descriptor that lives as long as the process.
+                if unsafe { libc::setns(self.0.as_raw_fd(), libc::CLONE_NEWPID) } == -1 {
+                    // Never seen (fjord's own namespace is always allowed), and a thread
+                    // whose next child would land in a function's namespace cannot go on.
+                    std::process::abort();
+                }
+            }
+        }
+        // SAFETY: setns(2) on a descriptor we own; only this thread's children are affected.
+        check(unsafe { libc::setns(self.ns.as_raw_fd(), libc::CLONE_NEWPID) })?;
+        let _back = Back(own);
+        cmd.spawn()
+    }
+
+    /// Kills the init, and with it every process left in the namespace.
+    pub fn kill(&self) {
+        // SAFETY: kill(2) of our own unreaped child.
+        unsafe { libc::kill(self.pid, libc::SIGKILL) };
+    }
+}
+
+impl Drop for PidNs {
+    fn drop(&mut self) {
+        self.kill();
+        let pid = self.pid;
+        let stack = InitStack(std::mem::replace(&mut self.stack.0, std::ptr::null_mut()));
+        // The init exits only once every process of the namespace is gone, including
+        // fjord's own children there that it has not reaped yet: wait off the async threads.
+        let reap = move || {
+            let stack = stack;
+            loop {
+                // SAFETY: waitpid(2) of our own child.
+                let r = unsafe { libc::waitpid(pid, std::ptr::null_mut(), libc::__WALL) };
+                if r == pid || io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+                    break;
+                }
+            }
+            // SAFETY: the init that ran on it is gone.
+            unsafe { libc::munmap(stack.0, INIT_STACK) };
+        };
+        // A detached thread rather than tokio's blocking pool, which a runtime shutting down
+        // waits for: the zombies the init waits on may be the ones that shutdown never reaps.
+        // (Without a thread, the stack leaks; the kill is sent.)
+        let _ = std::thread::Builder::new()
+            .name("fjord-pidns-reap".into())
+            .spawn(reap);
     }
 }
