@@ -346,7 +346,12 @@ pub(crate) async fn run(args: ReplicaArgs) {
                     return;
                 }
             };
-            let slot = Arc::new(ForkSlot::new(env.clone(), base_env, args.program.clone(), pidns));
+            let slot = Arc::new(ForkSlot::new(
+                env.clone(),
+                base_env,
+                args.program.clone(),
+                pidns,
+            ));
             args.ready(EndpointKind::InProcess(slot.clone()), &env);
             args.stop.cancelled().await;
             // Calls still running and whatever they left behind go with the replica.
