@@ -356,7 +356,9 @@ async fn queued_calls_can_be_cancelled_running_ones_cannot(b: &Backend) {
 async fn a_slow_function_does_not_starve_another(b: &Backend) {
     let s = b.server(&[]).await;
     let cb = Receiver::start().await;
-    s.deploy_ready(&fork_fn("slowpoke", "sh -c 'sleep 1; echo slow'"))
+    // Slow enough that the 40 calls take ≥ 40 s at 10 at a time: a loaded machine delaying the
+    // quick calls by seconds must not look like starvation (the test ends with the quick ones).
+    s.deploy_ready(&fork_fn("slowpoke", "sh -c 'sleep 10; echo slow'"))
         .await;
     s.deploy_ready(&fork_fn("quick", "sh -c 'echo quick'"))
         .await;
@@ -375,7 +377,7 @@ async fn a_slow_function_does_not_starve_another(b: &Backend) {
         || async { cb.count_from("quick.openfaas-fn") == 5 },
     )
     .await;
-    // 40 slow calls at 10 at a time take ≥ 4 s; the quick ones must not wait for them.
+    // 40 slow calls at 10 at a time take ≥ 40 s; the quick ones must not wait for them.
     let slow_done = cb.count_from("slowpoke.openfaas-fn");
     assert!(
         slow_done < 40,
