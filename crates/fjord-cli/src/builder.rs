@@ -310,7 +310,14 @@ fn build_in_context(
             root = dir.join("bundle");
             let _ = std::fs::remove_dir_all(&root);
             std::fs::create_dir_all(&root)?;
-            std::fs::copy(target.join("release/main"), root.join("main"))?;
+            let binary = target.join("release/main");
+            std::fs::copy(&binary, root.join("main")).map_err(|e| {
+                CliError::Other(format!(
+                    "{}: `cargo build --release` finished but its binary {} cannot be copied ({e}): the template's Cargo.toml must build a binary named `main`",
+                    f.name,
+                    binary.display()
+                ))
+            })?;
         }
         BuildKind::None => {}
     }

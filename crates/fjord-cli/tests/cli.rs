@@ -1026,6 +1026,41 @@ async fn failing_builds_name_the_function_step_and_output() {
         "{}",
         out.show()
     );
+
+    // A Rust build that succeeds without producing the template's `main` binary (here a
+    // `cargo` that does nothing): the error names the function and the missing file, not a
+    // bare "No such file or directory".
+    p.run(&[
+        "new",
+        "no-binary",
+        "--lang",
+        "rust",
+        "--append",
+        "stack.yml",
+    ])
+    .await
+    .ok("fjord new no-binary");
+    use std::os::unix::fs::PermissionsExt;
+    let shim = p.path("shim");
+    fs::create_dir_all(&shim).unwrap();
+    fs::write(shim.join("cargo"), "#!/bin/sh\nexit 0\n").unwrap();
+    fs::set_permissions(shim.join("cargo"), fs::Permissions::from_mode(0o755)).unwrap();
+    let path = format!(
+        "{}:{}",
+        shim.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let out = p
+        .run_with(&["build", "--filter", "no-binary"], b"", BUILD, |c| {
+            c.env("PATH", &path);
+        })
+        .await;
+    assert!(out.code.is_some_and(|c| c != 0), "{}", out.show());
+    assert!(
+        out.stderr.contains("no-binary") && out.stderr.contains("release/main"),
+        "the error should name the function and the missing binary:\n{}",
+        out.show()
+    );
 }
 
 // ---------------------------------------------------------------------- 6. CLI error paths
