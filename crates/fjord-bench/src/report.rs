@@ -148,7 +148,8 @@ concurrency per function).\n\
 slope by least squares after the first 20 %.\n\
 - **Footprint**: RSS of `fjord serve` from /proc; functions at zero are fork-mode `cat` functions deployed with \
 `com.openfaas.scale.min: 0`.\n\
-- **Micro-benchmarks** of the hot-path pieces: `cargo bench -p fjord-gateway --bench hot_path`.\n"
+- **Micro-benchmarks** of the hot-path pieces: `cargo bench -p fjord-gateway --bench hot_path`.\n\
+- **What a change cost**: fjord against the binary before the change, alternating in one run (`--only ab`); results kept in [benchmarks-ab.md](benchmarks-ab.md).\n"
     );
     md
 }

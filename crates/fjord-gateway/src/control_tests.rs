@@ -2,7 +2,6 @@
 //! stored for what cannot run, scale limits, waking from zero, and the autoscaler/idler
 //! ticks driven with a fake clock (no processes, no sleeps).
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use fjord_core::FunctionKey;
@@ -204,5 +203,4 @@ async fn the_idler_scales_an_idle_function_to_zero_on_the_clock_it_is_given() {
         reason.is_some_and(|r| r.contains("zero")),
         "the reason is recorded"
     );
-    let _ = Arc::clone(&t.runtime);
 }

@@ -42,7 +42,6 @@ pub fn start(
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
 
     use fjord_core::FunctionKey;
     use http_body_util::BodyExt;
@@ -115,6 +114,5 @@ mod tests {
         for h in handles {
             h.await.expect("the trigger stopped");
         }
-        let _ = Arc::clone(&t.runtime);
     }
 }
