@@ -230,6 +230,7 @@ impl ControlPlane {
                     bundle: Some(dir),
                     secrets,
                     uid,
+                    image: None,
                 };
                 (spec, source)
             }
@@ -239,6 +240,7 @@ impl ControlPlane {
                     bundle: None,
                     secrets,
                     uid,
+                    image: None,
                 };
                 (spec, source)
             }

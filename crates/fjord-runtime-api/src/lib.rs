@@ -43,6 +43,36 @@ pub struct Source {
     pub secrets: SecretFiles,
     /// The function's own uid (and gid) on this host, when the runtime isolates functions.
     pub uid: u32,
+    /// The container image, pulled and unpacked on this host, when the function runs one.
+    pub image: Option<Arc<ImageRootfs>>,
+}
+
+/// A container image ready to run: its layers unpacked in the host's layer store (shared by
+/// every replica and function using them, never written to) and its configuration.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ImageRootfs {
+    /// The manifest digest (`sha256:<hex>`) the deployment is pinned to.
+    pub digest: String,
+    /// Unpacked layer directories, lowest first (the overlay's lower dirs). Whiteouts and
+    /// opaque directories are already in overlayfs form (0/0 character devices,
+    /// `trusted.overlay.opaque=y`), so the layers stack as they are.
+    pub layers: Vec<PathBuf>,
+    pub config: ImageConfig,
+}
+
+/// The parts of an OCI image configuration (`config` in the image config JSON) a runtime
+/// needs to start a container the way the image's author meant.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ImageConfig {
+    pub entrypoint: Vec<String>,
+    pub cmd: Vec<String>,
+    /// `KEY=value` entries, in the image's order.
+    pub env: Vec<String>,
+    pub working_dir: Option<String>,
+    /// `user`, `uid`, `user:group` or `uid:gid`, as the image says.
+    pub user: Option<String>,
+    /// `ExposedPorts` keys, e.g. `8080/tcp`.
+    pub exposed_ports: Vec<String>,
 }
 
 /// The outcome of an update's rollout: `Err` carries the reason the new version never
