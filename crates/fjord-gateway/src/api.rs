@@ -1,5 +1,5 @@
 //! `/system/*` handlers: requests are parsed into typed commands here, executed by the
-//! [`ControlPlane`](crate::control::ControlPlane).
+//! [`ControlPlane`](fjord_control::ControlPlane).
 
 use std::collections::HashMap;
 
@@ -17,8 +17,8 @@ use http_body_util::BodyExt;
 use serde::de::DeserializeOwned;
 
 use crate::AppState;
-use crate::control::DeployMode;
 use crate::error::ApiError;
+use fjord_control::DeployMode;
 
 /// axum's `Path`, with its rejections (e.g. `%FF`, not UTF-8) as our plain-text errors.
 pub struct ApiPath<T>(pub T);

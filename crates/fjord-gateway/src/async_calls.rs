@@ -27,9 +27,9 @@ use fjord_core::policy::{DEFAULT_MAX_INFLIGHT, RetryPolicy, max_inflight};
 use crate::AppState;
 use crate::api::ApiPath;
 use crate::callback::{CallbackPolicy, ResolveError};
-use crate::control::{ControlPlane, Route};
 use crate::error::ApiError;
 use crate::invoke::{Caller, Invoker, X_CALL_ID, split_async_path, strip_hop_by_hop};
+use fjord_control::{ControlPlane, Route};
 
 /// A worker that dies leaves its calls to be re-run after this long.
 const LEASE: Duration = Duration::from_secs(600);
@@ -200,7 +200,7 @@ pub async fn enqueue(
     route
         .metrics
         .last_request_ms
-        .store(crate::metrics::now_ms(), Ordering::Relaxed);
+        .store(fjord_control::metrics::now_ms(), Ordering::Relaxed);
     // Start a function at zero now, not when a worker gets to the call.
     app.control.wake(&route);
     if route.metrics.async_worker.load(Ordering::Acquire) {

@@ -355,7 +355,7 @@ pub struct ForkLimits {
 /// One running fork-mode process's place in the counts, released when its response ends.
 pub struct ForkPermit {
     limits: Arc<ForkLimits>,
-    metrics: Arc<crate::metrics::FunctionMetrics>,
+    metrics: Arc<fjord_control::metrics::FunctionMetrics>,
     ip: Option<IpAddr>,
 }
 
@@ -383,7 +383,7 @@ impl ForkLimits {
     pub fn acquire(
         self: &Arc<Self>,
         function: &str,
-        metrics: &Arc<crate::metrics::FunctionMetrics>,
+        metrics: &Arc<fjord_control::metrics::FunctionMetrics>,
         ip: Option<IpAddr>,
     ) -> Result<ForkPermit, crate::error::ApiError> {
         let running = metrics.forks.fetch_add(1, Ordering::Relaxed);

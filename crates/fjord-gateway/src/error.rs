@@ -66,6 +66,18 @@ impl ApiError {
     }
 }
 
+impl From<fjord_control::ControlError> for ApiError {
+    fn from(e: fjord_control::ControlError) -> Self {
+        use fjord_control::ControlError;
+        match e {
+            ControlError::BadRequest(m) => ApiError::BadRequest(m),
+            ControlError::NotFound(m) => ApiError::NotFound(m),
+            ControlError::Conflict(m) => ApiError::Conflict(m),
+            ControlError::Internal(m) => ApiError::Internal(m),
+        }
+    }
+}
+
 impl From<SpecError> for ApiError {
     fn from(e: SpecError) -> Self {
         ApiError::BadRequest(e.to_string())

@@ -17,8 +17,8 @@ use fjord_runtime_api::{EndpointKind, InProcessRequest, Inflight, Pick, Serving}
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use crate::control::Route;
-use crate::metrics::{FunctionMetrics, now_ms};
+use fjord_control::Route;
+use fjord_control::metrics::{FunctionMetrics, now_ms};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use http_body_util::BodyExt;
 

@@ -4,17 +4,12 @@
 mod api;
 mod async_calls;
 mod auth;
-mod autoscale;
 mod bundles;
 mod callback;
 mod conns;
-mod control;
-#[cfg(test)]
-mod control_tests;
 mod error;
 pub mod invoke;
 mod logs;
-mod metrics;
 mod namespaces;
 mod openapi;
 #[cfg(test)]
@@ -42,12 +37,12 @@ use tokio_util::sync::CancellationToken;
 
 pub use api::version_info;
 pub use auth::{ADMIN_USER, password_path};
-pub use bundles::{Bundles, normalize_tag};
 pub use callback::{CallbackAllow, CallbackPolicy};
-pub use control::{ControlPlane, DeployMode};
 pub use error::ApiError;
+pub use fjord_control::bundles::{Bundles, normalize_tag};
+pub use fjord_control::secrets::{SecretKey, key_path as secrets_key_path};
+pub use fjord_control::{ControlPlane, DeployMode};
 pub use invoke::{split_function_path, strip_hop_by_hop};
-pub use secrets::{SecretKey, key_path as secrets_key_path};
 pub use tls::{TlsError, TlsFiles};
 pub use tokens::Scope;
 
@@ -208,7 +203,7 @@ impl GatewayConfig {
             write_timeout: None,
             header_timeout: Some(DEFAULT_HEADER_TIMEOUT),
             autoscale_interval: Duration::from_secs(1),
-            scale_zero_duration: autoscale::Defaults::default().zero_duration,
+            scale_zero_duration: fjord_control::autoscale::Defaults::default().zero_duration,
             max_async_body: 8 << 20,
             async_keep_method: true,
             queue: QueueBackend::Embedded,
@@ -408,7 +403,7 @@ pub enum StartError {
         source: std::io::Error,
     },
     #[error("{0}")]
-    Api(#[from] ApiError),
+    Control(#[from] fjord_control::ControlError),
     #[error("async queue: {0}")]
     Queue(#[from] fjord_queue::QueueError),
     #[error("{0} (each fjord instance on a host needs its own block of function uids)")]
@@ -804,9 +799,9 @@ pub async fn serve(config: GatewayConfig, shutdown: CancellationToken) -> Result
     };
 
     let (secret_key, key_created) =
-        secrets::SecretKey::load_or_create(data_dir).map_err(StartError::SecretsKey)?;
+        SecretKey::load_or_create(data_dir).map_err(StartError::SecretsKey)?;
     if key_created {
-        tracing::info!(key_file = %secrets::key_path(data_dir).display(), "generated the key that encrypts function secrets: back it up, without it stored secrets cannot be read");
+        tracing::info!(key_file = %secrets_key_path(data_dir).display(), "generated the key that encrypts function secrets: back it up, without it stored secrets cannot be read");
     }
     // Before anything starts: a certificate that cannot be loaded is a startup error.
     let tls = match &config.tls {
@@ -847,7 +842,7 @@ pub async fn serve(config: GatewayConfig, shutdown: CancellationToken) -> Result
     .await?;
     // The one place the server picks its runtime.
     let runtime: Arc<dyn fjord_runtime_api::Runtime> = Arc::new(runtime);
-    let bundles = bundles::Bundles::new(data_dir, runtime.isolates()).map_err(dd_err)?;
+    let bundles = Bundles::new(data_dir, runtime.isolates()).map_err(dd_err)?;
     let control = ControlPlane::with_uids(store, runtime, bundles, secret_key, uids);
     let dispatch = Arc::new(tokio::sync::Notify::new());
     let restored = control.restore().await?;
@@ -951,7 +946,7 @@ pub async fn serve(config: GatewayConfig, shutdown: CancellationToken) -> Result
     let autoscaler = {
         let control = control.clone();
         let interval = config.autoscale_interval;
-        let defaults = autoscale::Defaults {
+        let defaults = fjord_control::autoscale::Defaults {
             zero_duration: config.scale_zero_duration,
         };
         tokio::spawn(async move {
@@ -960,7 +955,7 @@ pub async fn serve(config: GatewayConfig, shutdown: CancellationToken) -> Result
             loop {
                 tick.tick().await;
                 // The only wall clock the decisions see.
-                control.autoscale_tick(metrics::now_ms(), &defaults);
+                control.autoscale_tick(fjord_control::metrics::now_ms(), &defaults);
             }
         })
     };
@@ -1005,8 +1000,8 @@ pub(crate) mod testing {
             let data = dir.path().to_path_buf();
             let store = fjord_store::Store::open(&data.join("state.db")).expect("store");
             let runtime = fjord_runtime_api::fake::FakeRuntime::new();
-            let bundles = bundles::Bundles::new(&data, false).expect("bundles");
-            let (key, _) = secrets::SecretKey::load_or_create(&data).expect("secrets key");
+            let bundles = Bundles::new(&data, false).expect("bundles");
+            let (key, _) = SecretKey::load_or_create(&data).expect("secrets key");
             let queue =
                 fjord_queue::sqlite::SqliteQueue::open(&data.join("queue.db")).expect("queue");
             let (creds, _) = auth::load_or_create(&data).expect("admin credentials");
@@ -1053,7 +1048,7 @@ pub(crate) mod testing {
                 .expect("a deployment");
             self.app
                 .control
-                .deploy(d, control::DeployMode::CreateOrUpdate)
+                .deploy(d, DeployMode::CreateOrUpdate)
                 .await
                 .expect("deploy");
         }

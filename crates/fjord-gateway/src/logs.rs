@@ -16,8 +16,8 @@ use fjord_runtime::logs::LogEntry;
 use futures_util::StreamExt;
 
 use crate::AppState;
-use crate::control::not_found;
 use crate::error::ApiError;
+use fjord_control::not_found;
 
 fn line(key: &FunctionKey, e: &LogEntry) -> Bytes {
     let msg = LogMessage {

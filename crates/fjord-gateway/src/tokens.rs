@@ -1,235 +1,16 @@
-//! API tokens: `Authorization: Bearer fjord_<id>_<secret>` on `/system/*` (and on functions
-//! that ask for it), each with a scope. Only an argon2id hash of a token is stored; the
-//! token is shown once, when it is created.
-//!
-//! argon2 is slow on purpose, so a token is verified once: afterwards the SHA-256 of the
-//! token finds it in an in-memory cache (id, scope, expiry). Revoking a token drops its
-//! cache entries before the revocation is answered, so it stops working at once.
+//! `/system/tokens`: the HTTP face of the token registry (fjord_control::tokens).
 
-use std::collections::HashMap;
-use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
-use arc_swap::ArcSwap;
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use axum::Json;
 use axum::extract::{Path, Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use base64::Engine;
-use fjord_store::{Store, StoredToken};
-use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
+use serde::Deserialize;
+
+pub use fjord_control::tokens::{CreatedToken, Scope, TokenError, TokenInfo, Tokens, token_id};
 
 use crate::AppState;
 use crate::api::json_body;
 use crate::error::ApiError;
-
-/// What a credential may do. `/system/*` scopes nest: read ⊂ deploy ⊂ admin. `invoke` only
-/// calls functions that require a token (`com.fjord.auth: token`); deploy and admin tokens
-/// may call them too (they could deploy code that does anything anyway), read tokens not.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum Scope {
-    Invoke,
-    Read,
-    Deploy,
-    Admin,
-}
-
-impl Scope {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Scope::Invoke => "invoke",
-            Scope::Read => "read",
-            Scope::Deploy => "deploy",
-            Scope::Admin => "admin",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Scope> {
-        Some(match s {
-            "invoke" => Scope::Invoke,
-            "read" => Scope::Read,
-            "deploy" => Scope::Deploy,
-            "admin" => Scope::Admin,
-            _ => return None,
-        })
-    }
-
-    /// Whether a credential of this scope may do what `needed` asks.
-    pub fn covers(self, needed: Scope) -> bool {
-        match needed {
-            Scope::Invoke => matches!(self, Scope::Invoke | Scope::Deploy | Scope::Admin),
-            Scope::Read => matches!(self, Scope::Read | Scope::Deploy | Scope::Admin),
-            Scope::Deploy => matches!(self, Scope::Deploy | Scope::Admin),
-            Scope::Admin => self == Scope::Admin,
-        }
-    }
-}
-
-const PREFIX: &str = "fjord_";
-
-/// A token as the gateway keeps it in memory.
-#[derive(Clone)]
-struct Record {
-    name: String,
-    scope: Scope,
-    hash: String,
-    created_at: String,
-    expires_at: Option<u64>,
-}
-
-/// A verified token, found by the SHA-256 of its text.
-#[derive(Clone, Copy)]
-struct Verified {
-    scope: Scope,
-    expires_at: Option<u64>,
-}
-
-/// Why a bearer token was refused (the message says what to do).
-#[derive(Debug)]
-pub enum TokenError {
-    Invalid,
-    Expired(String),
-}
-
-/// All tokens (id → record) and the cache of verified ones, both read lock-free.
-pub struct Tokens {
-    records: ArcSwap<HashMap<String, Record>>,
-    verified: ArcSwap<VerifiedCache>,
-}
-
-/// SHA-256 of a token → its id and what it may do.
-type VerifiedCache = HashMap<[u8; 32], (Arc<str>, Verified)>;
-
-fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs()
-}
-
-fn expired(expires_at: Option<u64>) -> bool {
-    expires_at.is_some_and(|e| now_secs() >= e)
-}
-
-fn rfc3339(secs: u64) -> String {
-    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(secs)).to_string()
-}
-
-/// The id part of `fjord_<id>_<secret>`.
-pub fn token_id(token: &str) -> Option<&str> {
-    token
-        .strip_prefix(PREFIX)
-        .and_then(|rest| rest.split_once('_'))
-        .map(|(id, _)| id)
-}
-
-impl Tokens {
-    /// The tokens of the state store; a row with an unknown scope is skipped (and logged).
-    pub fn load(store: &Store) -> Result<Tokens, fjord_store::StoreError> {
-        let mut records = HashMap::new();
-        for t in store.list_tokens()? {
-            let Some(scope) = Scope::parse(&t.scope) else {
-                tracing::error!(id = %t.id, scope = %t.scope, "API token with an unknown scope is ignored");
-                continue;
-            };
-            records.insert(
-                t.id,
-                Record {
-                    name: t.name,
-                    scope,
-                    hash: t.hash,
-                    created_at: t.created_at,
-                    expires_at: t.expires_at,
-                },
-            );
-        }
-        Ok(Tokens {
-            records: ArcSwap::from_pointee(records),
-            verified: ArcSwap::from_pointee(HashMap::new()),
-        })
-    }
-
-    /// Whether a token with this id exists (revoked or not yet created: false).
-    pub fn known(&self, id: &str) -> bool {
-        self.records.load().contains_key(id)
-    }
-
-    /// Checks a bearer token; argon2 runs (off the event loop) only the first time a token
-    /// is seen.
-    pub async fn verify(&self, token: &str) -> Result<Scope, TokenError> {
-        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        if let Some((id, v)) = self.verified.load().get(&digest) {
-            if expired(v.expires_at) {
-                return Err(TokenError::Expired(id.to_string()));
-            }
-            return Ok(v.scope);
-        }
-        // fjord_<16 hex id>_<secret>: the id finds the one hash to check.
-        let id = token_id(token).ok_or(TokenError::Invalid)?;
-        let Some(record) = self.records.load().get(id).cloned() else {
-            return Err(TokenError::Invalid);
-        };
-        if expired(record.expires_at) {
-            return Err(TokenError::Expired(id.to_string()));
-        }
-        let secret = token.to_string();
-        let hash = record.hash.clone();
-        let ok = tokio::task::spawn_blocking(move || {
-            PasswordHash::new(&hash).is_ok_and(|h| {
-                argon2::Argon2::default()
-                    .verify_password(secret.as_bytes(), &h)
-                    .is_ok()
-            })
-        })
-        .await
-        .unwrap_or(false);
-        if !ok {
-            return Err(TokenError::Invalid);
-        }
-        let id: Arc<str> = Arc::from(id);
-        let v = Verified {
-            scope: record.scope,
-            expires_at: record.expires_at,
-        };
-        // Only while the token still exists: a revocation that raced with this check has
-        // removed the record first, so it cannot come back into the cache.
-        self.verified.rcu(|cache| {
-            let mut next = HashMap::clone(cache);
-            if self.records.load().contains_key(&*id) {
-                next.insert(digest, (id.clone(), v));
-            }
-            next
-        });
-        Ok(v.scope)
-    }
-
-    fn add(&self, id: String, record: Record) {
-        self.records.rcu(|m| {
-            let mut next = HashMap::clone(m);
-            next.insert(id.clone(), record.clone());
-            next
-        });
-    }
-
-    /// Forgets a token and every cached verification of it; `false` if it was unknown.
-    fn remove(&self, id: &str) -> bool {
-        let mut found = false;
-        self.records.rcu(|m| {
-            let mut next = HashMap::clone(m);
-            found = next.remove(id).is_some();
-            next
-        });
-        self.verified.rcu(|m| {
-            let mut next = HashMap::clone(m);
-            next.retain(|_, (cached, _)| &**cached != id);
-            next
-        });
-        found
-    }
-}
 
 /// `POST /system/tokens` body.
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -242,33 +23,6 @@ pub struct CreateToken {
     expires_in: Option<String>,
 }
 
-/// What `POST /system/tokens` answers: the only time the token is shown.
-#[derive(Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct CreatedToken {
-    id: String,
-    name: String,
-    scope: Scope,
-    token: String,
-    created_at: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    expires_at: Option<String>,
-}
-
-/// One entry of `GET /system/tokens`: never the token or its hash.
-#[derive(Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct TokenInfo {
-    id: String,
-    name: String,
-    scope: Scope,
-    created_at: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    expires_at: Option<String>,
-    expired: bool,
-}
-
-/// `POST /system/tokens` (admin): creates a token and answers it once.
 #[utoipa::path(
     post, path = "/system/tokens", tag = "tokens",
     request_body(content = CreateToken),
@@ -286,80 +40,16 @@ pub struct TokenInfo {
 )]
 pub async fn create(State(app): State<AppState>, req: Request) -> Result<Response, ApiError> {
     let body: CreateToken = json_body(&app, req, "token request").await?;
-    let name = body.name.trim().to_string();
-    if name.is_empty() || name.len() > 64 || name.chars().any(char::is_control) {
-        return Err(ApiError::BadRequest(
-            "name: give the token a name of 1 to 64 printable characters, e.g. \"ci-deploy\""
-                .into(),
-        ));
-    }
-    let scope = Scope::parse(&body.scope).ok_or_else(|| {
-        ApiError::BadRequest(format!(
-            "scope: {:?} is not a scope; use invoke, read, deploy or admin",
-            body.scope
-        ))
-    })?;
-    let expires_at = match body.expires_in.as_deref().map(str::trim) {
-        None | Some("") => None,
-        Some(s) => {
-            let d = humantime::parse_duration(s).map_err(|e| {
-                ApiError::BadRequest(format!(
-                    "expiresIn: {s:?} is not a duration ({e}); use e.g. 30d, 12h or 90m"
-                ))
-            })?;
-            if d.is_zero() {
-                return Err(ApiError::BadRequest(
-                    "expiresIn: must be longer than 0s".into(),
-                ));
-            }
-            Some(now_secs().saturating_add(d.as_secs().max(1)))
-        }
-    };
-    let id_bytes: [u8; 8] = rand::random();
-    let id: String = id_bytes.iter().map(|b| format!("{b:02x}")).collect();
-    let secret_bytes: [u8; 32] = rand::random();
-    let secret = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret_bytes);
-    let token = format!("{PREFIX}{id}_{secret}");
-    let salt_bytes: [u8; 16] = rand::random();
-    let to_hash = token.clone();
-    let hash = tokio::task::spawn_blocking(move || {
-        let salt = SaltString::encode_b64(&salt_bytes).map_err(|e| e.to_string())?;
-        argon2::Argon2::default()
-            .hash_password(to_hash.as_bytes(), &salt)
-            .map(|h| h.to_string())
-            .map_err(|e| e.to_string())
-    })
-    .await
-    .map_err(|e| ApiError::Internal(format!("hashing the token: {e}")))?
-    .map_err(|e| ApiError::Internal(format!("hashing the token: {e}")))?;
-    let created_at = fjord_store::now_rfc3339();
-    app.control.store().insert_token(&StoredToken {
-        id: id.clone(),
-        name: name.clone(),
-        scope: scope.as_str().to_string(),
-        hash: hash.clone(),
-        created_at: created_at.clone(),
-        expires_at,
-    })?;
-    app.auth.tokens.add(
-        id.clone(),
-        Record {
-            name: name.clone(),
-            scope,
-            hash,
-            created_at: created_at.clone(),
-            expires_at,
-        },
-    );
-    tracing::info!(%id, %name, scope = scope.as_str(), "API token created");
-    let out = CreatedToken {
-        id,
-        name,
-        scope,
-        token,
-        created_at,
-        expires_at: expires_at.map(rfc3339),
-    };
+    let out = app
+        .auth
+        .tokens
+        .create(
+            app.control.store(),
+            &body.name,
+            &body.scope,
+            body.expires_in.as_deref(),
+        )
+        .await?;
     Ok((StatusCode::CREATED, Json(out)).into_response())
 }
 
@@ -376,20 +66,7 @@ pub async fn create(State(app): State<AppState>, req: Request) -> Result<Respons
     security(("basicAuth" = []))
 )]
 pub async fn list(State(app): State<AppState>) -> Json<Vec<TokenInfo>> {
-    let records = app.auth.tokens.records.load();
-    let mut out: Vec<TokenInfo> = records
-        .iter()
-        .map(|(id, r)| TokenInfo {
-            id: id.clone(),
-            name: r.name.clone(),
-            scope: r.scope,
-            created_at: r.created_at.clone(),
-            expires_at: r.expires_at.map(rfc3339),
-            expired: expired(r.expires_at),
-        })
-        .collect();
-    out.sort_by(|a, b| (&a.created_at, &a.id).cmp(&(&b.created_at, &b.id)));
-    Json(out)
+    Json(app.auth.tokens.list())
 }
 
 /// `DELETE /system/tokens/{id}` (admin): revokes at once.
@@ -410,76 +87,6 @@ pub async fn revoke(
     State(app): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let stored = app.control.store().delete_token(&id)?;
-    let known = app.auth.tokens.remove(&id);
-    if !stored && !known {
-        return Err(ApiError::NotFound(format!(
-            "no API token with id {id:?}: list them with GET /system/tokens"
-        )));
-    }
-    tracing::info!(%id, "API token revoked");
+    app.auth.tokens.revoke(app.control.store(), &id)?;
     Ok(StatusCode::NO_CONTENT)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn scopes_nest_and_invoke_is_separate() {
-        use Scope::*;
-        assert!(Admin.covers(Deploy) && Admin.covers(Read) && Admin.covers(Invoke));
-        assert!(Deploy.covers(Read) && Deploy.covers(Invoke) && !Deploy.covers(Admin));
-        assert!(Read.covers(Read) && !Read.covers(Deploy) && !Read.covers(Invoke));
-        assert!(Invoke.covers(Invoke) && !Invoke.covers(Read));
-        for s in [Invoke, Read, Deploy, Admin] {
-            assert_eq!(Scope::parse(s.as_str()), Some(s));
-        }
-    }
-
-    #[tokio::test]
-    async fn verified_once_then_cached_and_revoked_at_once() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("state.db")).unwrap();
-        let tokens = Tokens::load(&store).unwrap();
-        let token = "fjord_0011223344556677_secret";
-        let salt = SaltString::encode_b64(&[7u8; 16]).unwrap();
-        let hash = argon2::Argon2::default()
-            .hash_password(token.as_bytes(), &salt)
-            .unwrap()
-            .to_string();
-        let record = |expires_at| Record {
-            name: "t".into(),
-            scope: Scope::Deploy,
-            hash: hash.clone(),
-            created_at: "2026-01-01T00:00:00Z".into(),
-            expires_at,
-        };
-        tokens.add("0011223344556677".into(), record(None));
-        assert_eq!(tokens.verify(token).await.unwrap(), Scope::Deploy);
-        assert_eq!(
-            tokens.verified.load().len(),
-            1,
-            "cached after one argon2 check"
-        );
-        assert!(matches!(
-            tokens.verify("fjord_0011223344556677_wrong").await,
-            Err(TokenError::Invalid)
-        ));
-        assert!(matches!(
-            tokens.verify("Basic abc").await,
-            Err(TokenError::Invalid)
-        ));
-        assert!(tokens.remove("0011223344556677"));
-        assert!(tokens.verified.load().is_empty());
-        assert!(matches!(
-            tokens.verify(token).await,
-            Err(TokenError::Invalid)
-        ));
-        tokens.add("0011223344556677".into(), record(Some(1)));
-        assert!(matches!(
-            tokens.verify(token).await,
-            Err(TokenError::Expired(_))
-        ));
-    }
 }

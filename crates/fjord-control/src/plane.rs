@@ -18,7 +18,7 @@ use crate::secrets::SecretKey;
 use fjord_store::uid_registry::UidBlock;
 use fjord_store::{Pin, Store, StoredFunction, now_rfc3339};
 
-use crate::error::ApiError;
+use crate::ControlError;
 
 /// One function as the invoke path sees it.
 pub struct Route {
@@ -126,7 +126,7 @@ impl ControlPlane {
     }
 
     /// Starts every stored function (after a restart).
-    pub async fn restore(&self) -> Result<usize, ApiError> {
+    pub async fn restore(&self) -> Result<usize, ControlError> {
         let _guard = self.changes.lock().await;
         let mut started = 0;
         for mut f in self.store.list()? {
@@ -211,11 +211,13 @@ impl ControlPlane {
         d: FunctionDeployment,
         uid: u32,
         pinned: Option<&Pin>,
-    ) -> Result<(FunctionSpec, Source, Pin), ApiError> {
+    ) -> Result<(FunctionSpec, Source, Pin), ControlError> {
         fjord_core::policy::RetryPolicy::from_annotations(d.annotations.as_ref())
-            .map_err(ApiError::BadRequest)?;
-        fjord_core::policy::max_inflight(d.annotations.as_ref()).map_err(ApiError::BadRequest)?;
-        fjord_core::policy::requires_token(d.annotations.as_ref()).map_err(ApiError::BadRequest)?;
+            .map_err(ControlError::BadRequest)?;
+        fjord_core::policy::max_inflight(d.annotations.as_ref())
+            .map_err(ControlError::BadRequest)?;
+        fjord_core::policy::requires_token(d.annotations.as_ref())
+            .map_err(ControlError::BadRequest)?;
         let secrets = self.function_secrets(&d)?;
         let bundle = match pinned {
             None | Some(Pin::Unknown) => self.bundles.resolve(&self.store, &d.image)?,
@@ -255,7 +257,7 @@ impl ControlPlane {
 
     /// The decrypted values of the secrets a deployment names; each must exist in the
     /// function's namespace (400 naming the first one that does not).
-    fn function_secrets(&self, d: &FunctionDeployment) -> Result<SecretFiles, ApiError> {
+    fn function_secrets(&self, d: &FunctionDeployment) -> Result<SecretFiles, ControlError> {
         let ns = d
             .namespace
             .as_deref()
@@ -269,7 +271,7 @@ impl ControlPlane {
                 continue;
             }
             let Some(sealed) = self.store.secret(ns, name)? else {
-                return Err(ApiError::BadRequest(format!(
+                return Err(ControlError::BadRequest(format!(
                     "secrets[{i}]: secret {name:?} not found in namespace {ns}: create it first with `fjord secret create {name}` (POST /system/secrets)"
                 )));
             };
@@ -283,7 +285,7 @@ impl ControlPlane {
         &self,
         namespace: &str,
         name: &str,
-    ) -> Result<Vec<StoredFunction>, ApiError> {
+    ) -> Result<Vec<StoredFunction>, ControlError> {
         Ok(self
             .store
             .list()?
@@ -295,7 +297,7 @@ impl ControlPlane {
     }
 
     /// Secrets of one namespace, names only.
-    pub fn list_secrets(&self, namespace: &str) -> Result<Vec<SecretDescription>, ApiError> {
+    pub fn list_secrets(&self, namespace: &str) -> Result<Vec<SecretDescription>, ControlError> {
         Ok(self
             .store
             .secret_names(namespace)?
@@ -312,11 +314,11 @@ impl ControlPlane {
         namespace: &str,
         name: &str,
         value: &[u8],
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), ControlError> {
         let _guard = self.changes.lock().await;
         let sealed = self.secret_key.seal(namespace, name, value)?;
         if !self.store.insert_secret(&sealed)? {
-            return Err(ApiError::Conflict(format!(
+            return Err(ControlError::Conflict(format!(
                 "secret {name} already exists in namespace {namespace}: change its value with PUT /system/secrets (`fjord secret update {name}`)"
             )));
         }
@@ -331,12 +333,12 @@ impl ControlPlane {
         namespace: &str,
         name: &str,
         value: &[u8],
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), ControlError> {
         let users = {
             let _guard = self.changes.lock().await;
             let sealed = self.secret_key.seal(namespace, name, value)?;
             if !self.store.update_secret(&sealed)? {
-                return Err(ApiError::NotFound(format!(
+                return Err(ControlError::NotFound(format!(
                     "secret {name} not found in namespace {namespace}: create it with POST /system/secrets (`fjord secret create {name}`)"
                 )));
             }
@@ -362,18 +364,18 @@ impl ControlPlane {
     }
 
     /// Deletes a secret no function uses (409 naming those that do).
-    pub async fn delete_secret(&self, namespace: &str, name: &str) -> Result<(), ApiError> {
+    pub async fn delete_secret(&self, namespace: &str, name: &str) -> Result<(), ControlError> {
         let _guard = self.changes.lock().await;
         let users = self.functions_using(namespace, name)?;
         if !users.is_empty() {
             let names: Vec<&str> = users.iter().map(|f| f.name.as_str()).collect();
-            return Err(ApiError::Conflict(format!(
+            return Err(ControlError::Conflict(format!(
                 "secret {name} is used by function(s) {}: remove it from their secrets or delete them first",
                 names.join(", ")
             )));
         }
         if !self.store.delete_secret(namespace, name)? {
-            return Err(ApiError::NotFound(format!(
+            return Err(ControlError::NotFound(format!(
                 "secret {name} not found in namespace {namespace}"
             )));
         }
@@ -389,7 +391,7 @@ impl ControlPlane {
         self: &Arc<Self>,
         deployment: FunctionDeployment,
         mode: DeployMode,
-    ) -> Result<u64, ApiError> {
+    ) -> Result<u64, ControlError> {
         self.deploy_pinned(deployment, mode, None).await
     }
 
@@ -399,13 +401,13 @@ impl ControlPlane {
         deployment: FunctionDeployment,
         mode: DeployMode,
         pin: Option<Pin>,
-    ) -> Result<u64, ApiError> {
+    ) -> Result<u64, ControlError> {
         // Names first, so a bad name is a 400 before anything is looked up.
         let key = FunctionKey::new(&deployment.service, deployment.namespace.as_deref())?;
         let _guard = self.changes.lock().await;
         let existing = self.store.get(&key.namespace, &key.name)?;
         if mode == DeployMode::Update && existing.is_none() {
-            return Err(ApiError::NotFound(format!(
+            return Err(ControlError::NotFound(format!(
                 "function {} not found in namespace {}: create it with POST /system/functions",
                 key.name, key.namespace
             )));
@@ -565,7 +567,7 @@ impl ControlPlane {
         }
     }
 
-    pub async fn delete(&self, key: &FunctionKey) -> Result<(), ApiError> {
+    pub async fn delete(&self, key: &FunctionKey) -> Result<(), ControlError> {
         let _guard = self.changes.lock().await;
         if !self.store.delete(&key.namespace, &key.name)? {
             return Err(not_found(key));
@@ -588,7 +590,7 @@ impl ControlPlane {
     /// Sets the replica count, as OpenFaaS does: any count from 0 (the next request wakes
     /// the function) up to `com.openfaas.scale.max` (above is clamped). `scale.min` bounds
     /// only the autoscaler and the idler. Returns the count actually set.
-    pub async fn scale(&self, key: &FunctionKey, replicas: u64) -> Result<u64, ApiError> {
+    pub async fn scale(&self, key: &FunctionKey, replicas: u64) -> Result<u64, ControlError> {
         let _guard = self.changes.lock().await;
         let route = self
             .lookup(&key.namespace, &key.name)
@@ -611,7 +613,7 @@ impl ControlPlane {
         Ok(set)
     }
 
-    pub fn status(&self, key: &FunctionKey) -> Result<FunctionStatus, ApiError> {
+    pub fn status(&self, key: &FunctionKey) -> Result<FunctionStatus, ControlError> {
         let route = self
             .lookup(&key.namespace, &key.name)
             .ok_or_else(|| not_found(key))?;
@@ -740,7 +742,7 @@ impl ControlPlane {
         }
     }
 
-    pub fn namespaces(&self) -> Result<Vec<String>, ApiError> {
+    pub fn namespaces(&self) -> Result<Vec<String>, ControlError> {
         let mut ns = self.store.namespaces()?;
         ns.push(DEFAULT_NAMESPACE.to_string());
         ns.sort();
@@ -758,7 +760,7 @@ impl ControlPlane {
 
     /// Serialises a change made outside the control plane (namespaces) with deploys and
     /// secret changes, so a check and the write it guards see no deploy in between.
-    pub(crate) async fn lock_changes(&self) -> tokio::sync::MutexGuard<'_, ()> {
+    pub async fn lock_changes(&self) -> tokio::sync::MutexGuard<'_, ()> {
         self.changes.lock().await
     }
 
@@ -814,8 +816,8 @@ fn remove_leftovers(uid: u32) {
     }
 }
 
-pub fn not_found(key: &FunctionKey) -> ApiError {
-    ApiError::NotFound(format!(
+pub fn not_found(key: &FunctionKey) -> ControlError {
+    ControlError::NotFound(format!(
         "function {} not found in namespace {}",
         key.name, key.namespace
     ))

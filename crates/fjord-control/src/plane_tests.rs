@@ -8,9 +8,39 @@ use fjord_core::FunctionKey;
 use fjord_core::openfaas::FunctionDeployment;
 use fjord_runtime_api::fake::Recorded;
 
-use crate::control::DeployMode;
-use crate::error::ApiError;
-use crate::testing::TestApp;
+use crate::ControlError;
+use crate::plane::DeployMode;
+use std::sync::Arc;
+
+use fjord_runtime_api::fake::FakeRuntime;
+
+use crate::ControlPlane;
+use crate::bundles::Bundles;
+use crate::secrets::SecretKey;
+
+/// A control plane over a fake runtime and a state store in a temp dir.
+struct TestApp {
+    control: Arc<ControlPlane>,
+    runtime: Arc<FakeRuntime>,
+    _dir: tempfile::TempDir,
+}
+
+impl TestApp {
+    async fn new() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let data = dir.path();
+        let store = fjord_store::Store::open(&data.join("state.db")).expect("store");
+        let runtime = FakeRuntime::new();
+        let bundles = Bundles::new(data, false).expect("bundles");
+        let (key, _) = SecretKey::load_or_create(data).expect("secrets key");
+        let control = ControlPlane::new(store, runtime.clone(), bundles, key);
+        Self {
+            control,
+            runtime,
+            _dir: dir,
+        }
+    }
+}
 
 fn deployment(name: &str, image: &str, labels: serde_json::Value) -> FunctionDeployment {
     serde_json::from_value(serde_json::json!({
@@ -27,7 +57,7 @@ fn key(name: &str) -> FunctionKey {
 #[tokio::test]
 async fn a_failed_update_is_rolled_back_in_the_store_and_the_old_version_serves() {
     let t = TestApp::new().await;
-    let c = &t.app.control;
+    let c = &t.control;
     c.deploy(
         deployment("f", "fake/v1", serde_json::json!({})),
         DeployMode::CreateOrUpdate,
@@ -76,7 +106,7 @@ async fn a_failed_update_is_rolled_back_in_the_store_and_the_old_version_serves(
 #[tokio::test]
 async fn what_the_runtime_refuses_is_not_stored_and_update_of_nothing_is_404() {
     let t = TestApp::new().await;
-    let c = &t.app.control;
+    let c = &t.control;
     let e = c
         .deploy(
             deployment("bad", "invalid/x", serde_json::json!({})),
@@ -84,7 +114,7 @@ async fn what_the_runtime_refuses_is_not_stored_and_update_of_nothing_is_404() {
         )
         .await
         .expect_err("refused");
-    assert!(matches!(e, ApiError::BadRequest(_)), "{e:?}");
+    assert!(matches!(e, ControlError::BadRequest(_)), "{e:?}");
     assert!(
         c.store()
             .get("openfaas-fn", "bad")
@@ -99,7 +129,7 @@ async fn what_the_runtime_refuses_is_not_stored_and_update_of_nothing_is_404() {
         )
         .await
         .expect_err("no such function");
-    assert!(matches!(e, ApiError::NotFound(_)), "{e:?}");
+    assert!(matches!(e, ControlError::NotFound(_)), "{e:?}");
     assert!(
         t.runtime.recorded().is_empty(),
         "the runtime was never asked: {:?}",
@@ -110,7 +140,7 @@ async fn what_the_runtime_refuses_is_not_stored_and_update_of_nothing_is_404() {
 #[tokio::test]
 async fn scale_is_clamped_to_the_maximum_and_stored() {
     let t = TestApp::new().await;
-    let c = &t.app.control;
+    let c = &t.control;
     c.deploy(
         deployment(
             "s",
@@ -137,14 +167,14 @@ async fn scale_is_clamped_to_the_maximum_and_stored() {
     assert_eq!(c.scale(&key("s"), 0).await.expect("to zero"), 0);
     assert!(matches!(
         c.scale(&key("nope"), 1).await,
-        Err(ApiError::NotFound(_))
+        Err(ControlError::NotFound(_))
     ));
 }
 
 #[tokio::test]
 async fn a_request_wakes_a_function_at_zero() {
     let t = TestApp::new().await;
-    let c = &t.app.control;
+    let c = &t.control;
     c.deploy(
         deployment("w", "fake/w", serde_json::json!({})),
         DeployMode::CreateOrUpdate,
@@ -166,7 +196,7 @@ async fn a_request_wakes_a_function_at_zero() {
 #[tokio::test]
 async fn the_idler_scales_an_idle_function_to_zero_on_the_clock_it_is_given() {
     let t = TestApp::new().await;
-    let c = &t.app.control;
+    let c = &t.control;
     c.deploy(
         deployment(
             "idle",

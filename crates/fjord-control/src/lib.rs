@@ -1,0 +1,25 @@
+//! The control plane: what fjord does with functions, independent of how requests arrive
+//! (the gateway's HTTP handlers, the async worker and every trigger call it) and of where
+//! replicas run (it drives a [`fjord_runtime_api::Runtime`], never a runtime crate).
+//!
+//! - [`ControlPlane`]: deploy, update and rollback, scale, restore at startup, the routing
+//!   snapshot the invoke path reads, the autoscaler's and idler's ticks.
+//! - [`autoscale`]: the scaling rules as pure functions of (state, spec, observation).
+//! - [`metrics`]: per-function counters and the Prometheus rendering.
+//! - [`bundles`], [`secrets`], [`tokens`]: the bundle store, the secrets vault, the API token
+//!   registry.
+//!
+//! Errors are [`ControlError`]; the gateway maps them to HTTP statuses in one place.
+
+pub mod autoscale;
+pub mod bundles;
+mod error;
+pub mod metrics;
+mod plane;
+#[cfg(test)]
+mod plane_tests;
+pub mod secrets;
+pub mod tokens;
+
+pub use error::ControlError;
+pub use plane::{ControlPlane, DeployMode, Route, not_found};
