@@ -16,8 +16,8 @@ use fjord_core::openfaas::{
 use http_body_util::BodyExt;
 use serde::de::DeserializeOwned;
 
-use crate::AppState;
 use crate::error::ApiError;
+use crate::state::AppState;
 use fjord_control::DeployMode;
 
 /// axum's `Path`, with its rejections (e.g. `%FF`, not UTF-8) as our plain-text errors.
@@ -116,7 +116,7 @@ pub(crate) fn namespace_param(q: &HashMap<String, String>) -> Result<Option<Stri
     responses(
         (status = 200, description = "The functions of the namespace, sorted by name", body = [FunctionStatus]),
         (status = 400, description = "`namespace` is not a DNS-1123 label", body = String, content_type = "text/plain"),
-        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 401, response = crate::responses::Unauthorized),
     ),
     security(("basicAuth" = []))
 )]
@@ -144,7 +144,7 @@ fn deploy_accepted(generation: u64) -> Response {
     responses(
         (status = 202, description = "Validated, stored and handed to the runtime; replicas become ready afterwards. `X-Fjord-Generation` numbers this deploy: wait for `fjord.rollout` of that generation", headers(("X-Fjord-Generation" = u64, description = "This deploy's generation"))),
         (status = 400, description = "Empty or malformed body, or a field that fails validation (the message names it)", body = String, content_type = "text/plain"),
-        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 401, response = crate::responses::Unauthorized),
         (status = 408, description = "The body did not arrive within --read-timeout", body = String, content_type = "text/plain"),
         (status = 413, description = "The body is larger than 1 MiB", body = String, content_type = "text/plain"),
         (status = 500, description = "The state store or runtime failed", body = String, content_type = "text/plain"),
@@ -166,7 +166,7 @@ pub async fn create_function(
     responses(
         (status = 202, description = "Validated, stored and rolling out. `X-Fjord-Generation` numbers this deploy: wait for `fjord.rollout` of that generation", headers(("X-Fjord-Generation" = u64, description = "This deploy's generation"))),
         (status = 400, description = "Empty or malformed body, or a field that fails validation (the message names it)", body = String, content_type = "text/plain"),
-        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 401, response = crate::responses::Unauthorized),
         (status = 408, description = "The body did not arrive within --read-timeout", body = String, content_type = "text/plain"),
         (status = 413, description = "The body is larger than 1 MiB", body = String, content_type = "text/plain"),
         (status = 404, description = "The function is not deployed (POST creates it)", body = String, content_type = "text/plain"),
@@ -190,7 +190,7 @@ pub async fn update_function(
     responses(
         (status = 202, description = "Replicas stopped, function and its logs removed"),
         (status = 400, description = "Empty or malformed body, or a field that fails validation (the message names it)", body = String, content_type = "text/plain"),
-        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 401, response = crate::responses::Unauthorized),
         (status = 408, description = "The body did not arrive within --read-timeout", body = String, content_type = "text/plain"),
         (status = 413, description = "The body is larger than 1 MiB", body = String, content_type = "text/plain"),
         (status = 404, description = "The function is not deployed", body = String, content_type = "text/plain"),
@@ -222,7 +222,7 @@ pub async fn delete_function(
     responses(
         (status = 200, description = "The function's status", body = FunctionStatus),
         (status = 400, description = "`name` or `namespace` is not a DNS-1123 label", body = String, content_type = "text/plain"),
-        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 401, response = crate::responses::Unauthorized),
         (status = 404, description = "The function is not deployed", body = String, content_type = "text/plain"),
     ),
     security(("basicAuth" = []))
@@ -246,7 +246,7 @@ pub async fn get_function(
     responses(
         (status = 202, description = "Scaling to the count in the body (OpenFaaS clients ignore it); surplus replicas drain before stopping", body = ScaleResult),
         (status = 400, description = "Empty or malformed body, or a field that fails validation (the message names it)", body = String, content_type = "text/plain"),
-        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 401, response = crate::responses::Unauthorized),
         (status = 408, description = "The body did not arrive within --read-timeout", body = String, content_type = "text/plain"),
         (status = 413, description = "The body is larger than 1 MiB", body = String, content_type = "text/plain"),
         (status = 404, description = "The function is not deployed", body = String, content_type = "text/plain"),
@@ -309,7 +309,7 @@ pub fn version_info() -> VersionInfo {
     get, path = "/system/info", tag = "system",
     responses(
         (status = 200, description = "What this gateway is", body = GatewayInfo),
-        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 401, response = crate::responses::Unauthorized),
     ),
     security(("basicAuth" = []))
 )]
@@ -329,7 +329,7 @@ pub async fn info() -> Json<GatewayInfo> {
     get, path = "/system/namespaces", tag = "system",
     responses(
         (status = 200, description = "Every namespace, sorted: `openfaas-fn`, those created with POST /system/namespace/{name}, and those holding functions or secrets", body = [String]),
-        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 401, response = crate::responses::Unauthorized),
         (status = 500, description = "The state store failed", body = String, content_type = "text/plain"),
     ),
     security(("basicAuth" = []))
@@ -417,7 +417,7 @@ pub struct Alert {
     responses(
         (status = 200, description = "Every named function was scaled"),
         (status = 400, description = "Empty or malformed body, or a field that fails validation (the message names it)", body = String, content_type = "text/plain"),
-        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 401, response = crate::responses::Unauthorized),
         (status = 408, description = "The body did not arrive within --read-timeout", body = String, content_type = "text/plain"),
         (status = 413, description = "The body is larger than 1 MiB", body = String, content_type = "text/plain"),
         (status = 404, description = "Some named functions are not deployed (the others were scaled)", body = String, content_type = "text/plain"),

@@ -24,11 +24,11 @@ use tokio_util::sync::CancellationToken;
 
 use fjord_core::policy::{DEFAULT_MAX_INFLIGHT, RetryPolicy, max_inflight};
 
-use crate::AppState;
 use crate::api::ApiPath;
 use crate::callback::{CallbackPolicy, ResolveError};
 use crate::error::ApiError;
 use crate::invoke::{Caller, Invoker, X_CALL_ID, split_async_path, strip_hop_by_hop};
+use crate::state::AppState;
 use fjord_control::{ControlPlane, Route};
 
 /// A worker that dies leaves its calls to be re-run after this long.
@@ -268,7 +268,7 @@ pub async fn cancel(
     responses(
         (status = 200, description = "The call", body = CallRecord),
         (status = 400, description = "The id is not valid UTF-8", body = String, content_type = "text/plain"),
-        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 401, response = crate::responses::Unauthorized),
         (status = 404, description = "No such call", body = String, content_type = "text/plain"),
         (status = 500, description = "The queue failed", body = String, content_type = "text/plain"),
         (status = 503, description = "The queue is shutting down", body = String, content_type = "text/plain", headers(("Retry-After" = String))),
@@ -296,7 +296,7 @@ pub async fn get_call(
     responses(
         (status = 200, description = "The calls", body = [CallRecord]),
         (status = 400, description = "`state` or `limit` is invalid", body = String, content_type = "text/plain"),
-        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 401, response = crate::responses::Unauthorized),
         (status = 500, description = "The queue failed", body = String, content_type = "text/plain"),
         (status = 503, description = "The queue is shutting down", body = String, content_type = "text/plain", headers(("Retry-After" = String))),
     ),
@@ -332,7 +332,7 @@ pub async fn list_calls(
     responses(
         (status = 202, description = "Queued again"),
         (status = 400, description = "The id is not valid UTF-8", body = String, content_type = "text/plain"),
-        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 401, response = crate::responses::Unauthorized),
         (status = 404, description = "No such call", body = String, content_type = "text/plain"),
         (status = 409, description = "The call is not dead-lettered", body = String, content_type = "text/plain"),
         (status = 500, description = "The queue failed", body = String, content_type = "text/plain"),

@@ -1,27 +1,23 @@
 //! Auth on `/system/*`, on by default: HTTP Basic with the admin password (generated on first
 //! start into the data dir, mode 0600, where OpenFaaS keeps `basic-auth-password`) or an API
-//! token with a scope ([`crate::tokens`]); per-route scopes; failed-attempt rate limiting.
+//! token with a scope ([`fjord_control::tokens`]); per-route scopes; failed-attempt rate limiting.
 
 use std::collections::HashMap;
 use std::io::Write;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use axum::extract::{ConnectInfo, MatchedPath, Request, State};
 use axum::http::{HeaderMap, HeaderValue, header};
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use rand::Rng;
 use subtle::ConstantTimeEq;
 
-use crate::AppState;
 use crate::error::ApiError;
-use crate::tokens::{Scope, TokenError, Tokens};
+use fjord_control::tokens::{Scope, TokenError, Tokens};
 
 pub const ADMIN_USER: &str = "admin";
 
@@ -95,8 +91,6 @@ impl Credentials {
         }
     }
 }
-
-use crate::routes::needed_scope;
 
 #[cfg(test)]
 use fjord_core::policy::{ANNOTATION_AUTH, requires_token};
@@ -299,7 +293,7 @@ impl Auth {
     fn account(&self, h: &[u8]) -> Option<String> {
         if let Some(token) = h.strip_prefix(b"Bearer ") {
             let token = std::str::from_utf8(token).ok()?.trim();
-            let id = crate::tokens::token_id(token)?;
+            let id = fjord_control::tokens::token_id(token)?;
             return self.tokens.known(id).then(|| format!("token:{id}"));
         }
         let b64 = h.strip_prefix(b"Basic ")?;
@@ -330,65 +324,10 @@ impl Auth {
     }
 }
 
-/// Middleware for `GET /metrics`: with `--metrics-auth`, the admin password or a token of
-/// scope `read` (the metrics name every function, token-protected ones included).
-pub async fn require_metrics(State(app): State<AppState>, req: Request, next: Next) -> Response {
-    if !app.config.metrics_auth || app.auth.basic.is_none() {
-        return next.run(req).await;
-    }
-    let ip = req
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map_or(IpAddr::from([0, 0, 0, 0]), |c| c.0.ip());
-    match app.auth.authenticate(ip, req.headers()).await {
-        Ok(scope) if scope.covers(Scope::Read) => next.run(req).await,
-        Ok(scope) => ApiError::Forbidden(format!(
-            "GET /metrics needs scope read (--metrics-auth); this API token has scope {}",
-            scope.as_str()
-        ))
-        .into_response(),
-        Err(e) => e.into_response(),
-    }
-}
-
-/// Middleware for `/system/*`: authenticates, then checks the route's scope.
-pub async fn require(State(app): State<AppState>, req: Request, next: Next) -> Response {
-    let auth = &app.auth;
-    if auth.basic.is_none() {
-        return next.run(req).await;
-    }
-    let ip = req
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map_or(IpAddr::from([0, 0, 0, 0]), |c| c.0.ip());
-    let scope = match auth.authenticate(ip, req.headers()).await {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::debug!(path = %req.uri().path(), client = %ip, "rejected /system request: {e}");
-            return e.into_response();
-        }
-    };
-    let pattern = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or("", MatchedPath::as_str);
-    let needed = needed_scope(req.method().as_str(), pattern);
-    if !scope.covers(needed) {
-        return ApiError::Forbidden(format!(
-            "{} {} needs scope {}; this API token has scope {}",
-            req.method(),
-            req.uri().path(),
-            needed.as_str(),
-            scope.as_str()
-        ))
-        .into_response();
-    }
-    next.run(req).await
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::routes::needed_scope;
     use std::os::unix::fs::PermissionsExt;
 
     #[test]

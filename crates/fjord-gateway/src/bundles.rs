@@ -10,10 +10,10 @@ use fjord_control::bundles::{MAX_BUNDLE_BYTES, normalize_tag, validate_tag};
 use http_body_util::BodyExt;
 use tokio::io::AsyncWriteExt;
 
-use crate::AppState;
 use crate::api::ApiPath;
 use crate::api::json_body;
 use crate::error::ApiError;
+use crate::state::AppState;
 
 /// `HEAD /system/bundles/{digest}`: 200 if the gateway has it (the CLI then skips the upload).
 #[utoipa::path(
@@ -54,7 +54,7 @@ pub async fn head_bundle(
         (status = 200, description = "The gateway already had it"),
         (status = 201, description = "Stored"),
         (status = 400, description = "Not a sha256 digest, a body that does not hash to it, not a bundle, an archive that cannot be unpacked safely (the message names the entry: a link out of it, a name through a symlink, a device, ...), or a bad tag", body = String, content_type = "text/plain"),
-        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 401, response = crate::responses::Unauthorized),
         (status = 408, description = "The upload stalled: no data for --read-timeout", body = String, content_type = "text/plain"),
         (status = 413, description = "Larger than 2 GiB", body = String, content_type = "text/plain"),
         (status = 500, description = "Storing it failed (disk)", body = String, content_type = "text/plain"),
@@ -163,7 +163,7 @@ pub struct TagRequest {
     responses(
         (status = 200, description = "Tagged"),
         (status = 400, description = "Empty or malformed body, a bad digest or tag", body = String, content_type = "text/plain"),
-        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 401, response = crate::responses::Unauthorized),
         (status = 404, description = "The gateway does not have this bundle", body = String, content_type = "text/plain"),
         (status = 408, description = "The body did not arrive within --read-timeout", body = String, content_type = "text/plain"),
         (status = 413, description = "The body is larger than 1 MiB", body = String, content_type = "text/plain"),

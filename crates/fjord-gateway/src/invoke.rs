@@ -22,8 +22,8 @@ use fjord_control::metrics::{FunctionMetrics, now_ms};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use http_body_util::BodyExt;
 
-use crate::AppState;
 use crate::error::ApiError;
+use crate::state::AppState;
 
 pub static X_CALL_ID: HeaderName = HeaderName::from_static("x-call-id");
 pub static X_START_TIME: HeaderName = HeaderName::from_static("x-start-time");
@@ -200,7 +200,7 @@ fn new_call_id() -> HeaderValue {
         ("X-Call-Id" = Option<String>, Header, description = "Passed to the function and returned; default a new UUID"),
     ),
     request_body(content = String, content_type = "*/*", description = "Any body; streamed to the function"),
-    responses(crate::openapi::InvokeResponses),
+    responses(crate::responses::InvokeResponses),
     security(())
 )]
 pub async fn invoke(
@@ -679,9 +679,6 @@ fn not_ready(handle: &fjord_runtime_api::FunctionHandle) -> ApiError {
     };
     ApiError::Unavailable(format!("function {} is not ready: {why}", handle.qualified))
 }
-
-/// How long a request waits for a starting replica before it gets a 503.
-pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[cfg(test)]
 mod tests {

@@ -8,14 +8,17 @@ mod bundles;
 mod callback;
 mod conns;
 mod error;
+mod guard;
 pub mod invoke;
 mod logs;
 mod namespaces;
 mod openapi;
+mod responses;
 #[cfg(test)]
 mod router_tests;
 pub mod routes;
 mod secrets;
+mod state;
 mod tls;
 mod tokens;
 pub mod trigger;
@@ -29,9 +32,6 @@ use std::time::Duration;
 pub use fjord_runtime::netns::{FunctionNetwork, NetworkConfig};
 
 use axum::Router;
-use axum::body::Body;
-use axum::http::Uri;
-use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tokio_util::sync::CancellationToken;
 
@@ -41,200 +41,14 @@ pub use callback::{CallbackAllow, CallbackPolicy};
 pub use error::ApiError;
 pub use fjord_control::bundles::{Bundles, normalize_tag};
 pub use fjord_control::secrets::{SecretKey, key_path as secrets_key_path};
+pub use fjord_control::tokens::Scope;
 pub use fjord_control::{ControlPlane, DeployMode};
 pub use invoke::{split_function_path, strip_hop_by_hop};
+pub use state::{
+    AppState, DEFAULT_HEADER_TIMEOUT, GatewayConfig, MAX_HEADER_BYTES, NatsSettings, QueueBackend,
+    ReplicaConnector,
+};
 pub use tls::{TlsError, TlsFiles};
-pub use tokens::Scope;
-
-/// Largest request head (request line and headers) accepted, HTTP/1 and HTTP/2: `431` beyond.
-/// Go's net/http allows 1 MiB and nginx 32 KiB; 64 KiB fits large cookies and tokens.
-pub const MAX_HEADER_BYTES: usize = 64 << 10;
-/// How long a client may take to send a request's headers (slowloris).
-pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Settings of `fjord serve`.
-#[derive(Debug, Clone)]
-pub struct GatewayConfig {
-    pub listen: SocketAddr,
-    pub data_dir: PathBuf,
-    /// Basic auth on `/system/*`.
-    pub auth: bool,
-    /// How long in-flight requests may finish after SIGTERM/SIGINT.
-    pub shutdown_timeout: Duration,
-    /// How long an update may take to become ready before it is abandoned.
-    pub rollout_timeout: Duration,
-    /// How long a request waits for a starting replica before a 503.
-    pub ready_timeout: Duration,
-    /// `pids.max` per replica.
-    pub pids_max: u64,
-    /// Size of each replica's `/tmp` tmpfs (default for `com.fjord.tmp-size`).
-    pub tmp_size: u64,
-    /// Memory limit of functions without `limits.memory` (`None`: unlimited).
-    pub default_memory_limit: Option<u64>,
-    /// HTTP worker threads (one per core by default).
-    pub workers: usize,
-    /// Limit on a request to a function that sets no `exec_timeout` (http mode; 504 beyond).
-    pub exec_timeout: Option<Duration>,
-    /// Limit on receiving a request body, for functions that set no `read_timeout` (408).
-    pub read_timeout: Option<Duration>,
-    /// Limit on sending a response body, for functions that set no `write_timeout`.
-    pub write_timeout: Option<Duration>,
-    /// Limit on receiving a request's headers (HTTP/1; the connection is closed beyond). Also
-    /// how long an idle keep-alive connection stays open.
-    pub header_timeout: Option<Duration>,
-    /// How often the autoscaler and idler decide.
-    pub autoscale_interval: Duration,
-    /// Idle time before a `com.openfaas.scale.zero=true` function without a
-    /// `com.openfaas.scale.zero-duration` label scales to zero.
-    pub scale_zero_duration: Duration,
-    /// Largest body accepted by `POST /async-function/...` (413 beyond).
-    pub max_async_body: usize,
-    /// Async calls keep their HTTP method (false: always POST, as OpenFaaS's queue worker).
-    pub async_keep_method: bool,
-    /// Let the runtime tune kernel settings that cut replica start time.
-    pub tune_kernel: bool,
-    /// Where async calls are queued.
-    pub queue: QueueBackend,
-    /// NATS credentials, TLS and the queue key (`queue` = NATS only).
-    pub nats: NatsSettings,
-    /// Serve HTTPS with this certificate and key (reloaded on SIGHUP and on change).
-    pub tls: Option<TlsFiles>,
-    /// Failed authentications per minute from one client address before it gets 429 for a
-    /// minute (0: no limit).
-    pub auth_fail_limit: u32,
-    /// Functions' network namespaces and outbound access (as root).
-    pub network: fjord_runtime::netns::NetworkConfig,
-    /// Where async callbacks may go beyond public addresses (`--callback-allow`).
-    pub callback: CallbackPolicy,
-    /// `GET /metrics` needs the admin password or a token of scope `read`.
-    pub metrics_auth: bool,
-    /// Open connections above which the oldest are asked to close; `None`: 3/4 of the
-    /// open-files limit.
-    pub max_connections: Option<usize>,
-    /// Open connections from one client address (429 and closed beyond; 0: no limit).
-    pub max_connections_per_ip: u32,
-    /// Fork-mode processes of one function running at once (429 beyond; 0: no limit).
-    pub max_forks_per_function: u64,
-    /// Fork-mode processes started for one client address running at once (429 beyond;
-    /// 0: no limit).
-    pub max_forks_per_ip: u32,
-}
-
-/// How fjord authenticates to NATS and signs the calls it queues there.
-#[derive(Debug, Clone, Default)]
-pub struct NatsSettings {
-    /// `.creds` file (user JWT + nkey seed).
-    pub creds: Option<PathBuf>,
-    /// nkey seed file.
-    pub nkey: Option<PathBuf>,
-    /// CA certificate(s) of the server's certificate (implies TLS).
-    pub ca: Option<PathBuf>,
-    /// Require TLS with nats:// URLs.
-    pub tls: bool,
-    /// The queue key file; `None`: `<data-dir>/secrets/queue.key`, made on first start.
-    pub queue_key: Option<PathBuf>,
-}
-
-/// Where async calls are queued.
-#[derive(Clone, PartialEq, Eq)]
-pub enum QueueBackend {
-    /// `<data-dir>/queue.db`, owned by this server.
-    Embedded,
-    /// NATS JetStream at this URL (`nats://host:4222`), shared with other fjord servers that
-    /// use the same `prefix` for their stream and bucket names.
-    Nats { url: String, prefix: String },
-}
-
-/// Never shows the URL's credentials.
-impl std::fmt::Debug for QueueBackend {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            QueueBackend::Embedded => f.write_str("Embedded"),
-            QueueBackend::Nats { url, prefix } => f
-                .debug_struct("Nats")
-                .field("url", &fjord_queue::redact_url(url))
-                .field("prefix", prefix)
-                .finish(),
-        }
-    }
-}
-
-impl QueueBackend {
-    /// Parses `--queue`: `embedded`, or a `nats://` / `tls://` server URL.
-    pub fn parse(s: &str) -> Result<Self, String> {
-        let s = s.trim();
-        if s.is_empty() || s == "embedded" {
-            return Ok(QueueBackend::Embedded);
-        }
-        let shown = fjord_queue::redact_url(s);
-        let Some((scheme, rest)) = s.split_once("://") else {
-            return Err(format!(
-                "{shown:?} is not a queue: use `embedded` or a NATS URL such as nats://127.0.0.1:4222"
-            ));
-        };
-        if !matches!(scheme, "nats" | "tls") || rest.is_empty() {
-            return Err(format!(
-                "{shown:?}: the queue URL must start with nats:// or tls:// and name a host, e.g. nats://127.0.0.1:4222"
-            ));
-        }
-        Ok(QueueBackend::Nats {
-            url: s.to_string(),
-            prefix: "FJORD".to_string(),
-        })
-    }
-}
-
-impl GatewayConfig {
-    pub fn new(listen: SocketAddr, data_dir: PathBuf) -> Self {
-        Self {
-            listen,
-            data_dir,
-            auth: true,
-            shutdown_timeout: Duration::from_secs(10),
-            rollout_timeout: Duration::from_secs(60),
-            ready_timeout: invoke::DEFAULT_READY_TIMEOUT,
-            pids_max: 1024,
-            tmp_size: fjord_runtime::DEFAULT_TMP_SIZE,
-            default_memory_limit: Some(fjord_runtime::DEFAULT_MEMORY_LIMIT),
-            workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
-            tune_kernel: true,
-            exec_timeout: Some(Duration::from_secs(300)),
-            read_timeout: Some(Duration::from_secs(60)),
-            write_timeout: None,
-            header_timeout: Some(DEFAULT_HEADER_TIMEOUT),
-            autoscale_interval: Duration::from_secs(1),
-            scale_zero_duration: fjord_control::autoscale::Defaults::default().zero_duration,
-            max_async_body: 8 << 20,
-            async_keep_method: true,
-            queue: QueueBackend::Embedded,
-            nats: NatsSettings::default(),
-            tls: None,
-            auth_fail_limit: 10,
-            network: Default::default(),
-            callback: CallbackPolicy::default(),
-            metrics_auth: false,
-            max_connections: None,
-            max_connections_per_ip: 1000,
-            max_forks_per_function: 256,
-            max_forks_per_ip: 64,
-        }
-    }
-}
-
-/// Shared by every handler.
-#[derive(Clone)]
-pub struct AppState {
-    pub control: Arc<ControlPlane>,
-    pub queue: Arc<dyn fjord_queue::Queue>,
-    /// Wakes the async dispatcher when a call is queued.
-    pub dispatch: Arc<tokio::sync::Notify>,
-    pub client: Client<ReplicaConnector, Body>,
-    pub config: Arc<GatewayConfig>,
-    pub shutdown: CancellationToken,
-    pub auth: Arc<auth::Auth>,
-    /// Bounds on fork-mode processes running at once.
-    pub forks: Arc<conns::ForkLimits>,
-}
 
 /// Opens the async queue and starts its retention task: finished calls (done, dead,
 /// cancelled) are kept a day for `GET /system/async-calls`, then pruned.
@@ -339,44 +153,6 @@ where
     })
 }
 
-/// Opens connections to replicas: inside their function's network namespace when the
-/// authority names one (`n<id>:port`), else plain TCP. Only new pooled connections pay for it.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct ReplicaConnector;
-
-impl tower::Service<Uri> for ReplicaConnector {
-    type Response = hyper_util::rt::TokioIo<tokio::net::TcpStream>;
-    type Error = std::io::Error;
-    type Future = std::pin::Pin<
-        Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>,
-    >;
-
-    fn poll_ready(
-        &mut self,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), Self::Error>> {
-        std::task::Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, uri: Uri) -> Self::Future {
-        Box::pin(async move {
-            let (Some(host), Some(port)) = (uri.host(), uri.port_u16()) else {
-                return Err(std::io::Error::other(format!("no host:port in {uri}")));
-            };
-            let stream = fjord_runtime::netns::connect(host, port).await?;
-            Ok(hyper_util::rt::TokioIo::new(stream))
-        })
-    }
-}
-
-/// The client that forwards invocations to replicas (one pool per HTTP worker thread).
-fn upstream_client() -> Client<ReplicaConnector, Body> {
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(90))
-        .pool_max_idle_per_host(1024)
-        .build(ReplicaConnector)
-}
-
 /// Errors that stop `fjord serve` from starting.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -434,7 +210,7 @@ fn router(state: AppState) -> Router {
                     e.path,
                     e.handler.route_layer(axum::middleware::from_fn_with_state(
                         state.clone(),
-                        auth::require_metrics,
+                        guard::require_metrics,
                     )),
                 )
             }
@@ -442,7 +218,7 @@ fn router(state: AppState) -> Router {
     }
     let system = system.route_layer(axum::middleware::from_fn_with_state(
         state.clone(),
-        auth::require,
+        guard::require,
     ));
     Router::new()
         .merge(system)
@@ -577,7 +353,7 @@ impl Worker {
             control: self.control.clone(),
             queue: self.queue.clone(),
             dispatch: self.dispatch.clone(),
-            client: upstream_client(),
+            client: state::upstream_client(),
             config: self.config.clone(),
             shutdown: self.shutdown.clone(),
             auth: self.auth.clone(),
@@ -811,7 +587,7 @@ pub async fn serve(config: GatewayConfig, shutdown: CancellationToken) -> Result
     let store = fjord_store::Store::open(&data_dir.join("state.db"))?;
     let auth = Arc::new(auth::Auth {
         basic: creds,
-        tokens: tokens::Tokens::load(&store)?,
+        tokens: fjord_control::tokens::Tokens::load(&store)?,
         limiter: auth::FailLimiter::new(config.auth_fail_limit),
     });
     // Functions run as their own uids only as root; then those uids must be this instance's
@@ -929,7 +705,7 @@ pub async fn serve(config: GatewayConfig, shutdown: CancellationToken) -> Result
         control: control.clone(),
         queue: queue.clone(),
         dispatch: dispatch.clone(),
-        client: upstream_client(),
+        client: state::upstream_client(),
         config: config.clone(),
         shutdown: shutdown.clone(),
         auth: auth.clone(),
@@ -1011,7 +787,7 @@ pub(crate) mod testing {
                 .to_string();
             let auth = Arc::new(auth::Auth {
                 basic: Some(creds),
-                tokens: tokens::Tokens::load(&store).expect("tokens"),
+                tokens: fjord_control::tokens::Tokens::load(&store).expect("tokens"),
                 limiter: auth::FailLimiter::new(1000),
             });
             let control = ControlPlane::new(store, runtime.clone(), bundles, key);
@@ -1020,7 +796,7 @@ pub(crate) mod testing {
                 control,
                 queue,
                 dispatch: Arc::new(tokio::sync::Notify::new()),
-                client: upstream_client(),
+                client: state::upstream_client(),
                 config: Arc::new(config),
                 shutdown: CancellationToken::new(),
                 auth,

@@ -15,8 +15,8 @@ use fjord_core::openfaas::LogMessage;
 use fjord_runtime::logs::LogEntry;
 use futures_util::StreamExt;
 
-use crate::AppState;
 use crate::error::ApiError;
+use crate::state::AppState;
 use fjord_control::not_found;
 
 fn line(key: &FunctionKey, e: &LogEntry) -> Bytes {
@@ -55,7 +55,7 @@ fn parse_bool(field: &str, v: &str) -> Result<bool, ApiError> {
     responses(
         (status = 200, description = "Newline-delimited JSON, one LogMessage per line", body = LogMessage, content_type = "application/x-ndjson"),
         (status = 400, description = "A missing name, or a bad name, namespace, tail, follow or since (the message names it)", body = String, content_type = "text/plain"),
-        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 401, response = crate::responses::Unauthorized),
         (status = 404, description = "The function is not deployed", body = String, content_type = "text/plain"),
     ),
     security(("basicAuth" = []))

@@ -15,9 +15,9 @@ use fjord_core::DEFAULT_NAMESPACE;
 use fjord_core::openfaas::FunctionNamespace;
 use fjord_store::StoredNamespace;
 
-use crate::AppState;
 use crate::api::{ApiPath, json_body};
 use crate::error::ApiError;
+use crate::state::AppState;
 
 /// Most labels or annotations a namespace may carry (each), and the longest key and value:
 /// generous for metadata, small enough that a namespace record stays a small row.
@@ -89,7 +89,7 @@ async fn read_body(app: &AppState, name: &str, req: Request) -> Result<StoredNam
     responses(
         (status = 200, description = "The namespace with its labels and annotations (empty for a namespace that was never created, only used)", body = FunctionNamespace),
         (status = 400, description = "`name` is not a DNS-1123 label", body = String, content_type = "text/plain"),
-        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 401, response = crate::responses::Unauthorized),
         (status = 403, description = "The credentials' scope does not allow this (the message names the scope needed)", body = String, content_type = "text/plain"),
         (status = 404, description = "No such namespace", body = String, content_type = "text/plain"),
         (status = 429, description = "Too many failed authentications from this address", body = String, content_type = "text/plain", headers(("Retry-After" = String))),
@@ -124,7 +124,7 @@ pub async fn get_namespace(
     responses(
         (status = 202, description = "Created"),
         (status = 400, description = "Malformed JSON, or a field is invalid (the message names it)", body = String, content_type = "text/plain"),
-        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 401, response = crate::responses::Unauthorized),
         (status = 403, description = "The credentials' scope does not allow this (the message names the scope needed)", body = String, content_type = "text/plain"),
         (status = 408, description = "The body did not arrive within --read-timeout", body = String, content_type = "text/plain"),
         (status = 409, description = "The namespace exists (created, or holding functions or secrets): change it with PUT", body = String, content_type = "text/plain"),
@@ -159,7 +159,7 @@ pub async fn create_namespace(
     responses(
         (status = 202, description = "Labels and annotations replaced"),
         (status = 400, description = "Malformed JSON, or a field is invalid (the message names it)", body = String, content_type = "text/plain"),
-        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 401, response = crate::responses::Unauthorized),
         (status = 403, description = "The credentials' scope does not allow this (the message names the scope needed)", body = String, content_type = "text/plain"),
         (status = 404, description = "No such namespace: create it with POST", body = String, content_type = "text/plain"),
         (status = 408, description = "The body did not arrive within --read-timeout", body = String, content_type = "text/plain"),
@@ -191,7 +191,7 @@ pub async fn update_namespace(
     responses(
         (status = 202, description = "Deleted"),
         (status = 400, description = "`name` is not a DNS-1123 label, or is the default namespace `openfaas-fn`", body = String, content_type = "text/plain"),
-        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 401, response = crate::responses::Unauthorized),
         (status = 403, description = "The credentials' scope does not allow this (the message names the scope needed)", body = String, content_type = "text/plain"),
         (status = 404, description = "No such namespace", body = String, content_type = "text/plain"),
         (status = 409, description = "Functions or secrets are still in it (the message names them)", body = String, content_type = "text/plain"),

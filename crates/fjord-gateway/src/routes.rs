@@ -6,10 +6,9 @@ use std::sync::LazyLock;
 use axum::handler::Handler;
 use axum::routing::{MethodFilter, MethodRouter, any, on};
 
-use crate::tokens::Scope;
-use crate::{
-    AppState, api, async_calls, bundles, invoke, logs, namespaces, openapi, secrets, tokens,
-};
+use crate::state::AppState;
+use crate::{api, async_calls, bundles, invoke, logs, namespaces, openapi, secrets, tokens};
+use fjord_control::tokens::Scope;
 
 /// Who may call a route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

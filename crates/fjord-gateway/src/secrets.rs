@@ -11,9 +11,9 @@ use fjord_core::DEFAULT_NAMESPACE;
 use fjord_core::openfaas::{Secret, SecretDescription};
 use zeroize::Zeroizing;
 
-use crate::AppState;
 use crate::api::{json_body, namespace_param};
 use crate::error::ApiError;
+use crate::state::AppState;
 use fjord_control::secrets::validate_name;
 
 fn namespace_of(body: Option<&str>, q: &HashMap<String, String>) -> Result<String, ApiError> {
@@ -51,7 +51,7 @@ fn value_of(s: &Secret) -> Result<Zeroizing<Vec<u8>>, ApiError> {
     responses(
         (status = 200, description = "The secrets' names (never their values)", body = [fjord_core::openfaas::SecretDescription]),
         (status = 400, description = "Invalid namespace", body = String, content_type = "text/plain"),
-        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 401, response = crate::responses::Unauthorized),
         (status = 403, description = "The credentials' scope does not allow this (the message names the scope needed)", body = String, content_type = "text/plain"),
         (status = 429, description = "Too many failed authentications from this address", body = String, content_type = "text/plain", headers(("Retry-After" = String))),
         (status = 500, description = "The state store failed, or the secrets key cannot open a stored secret", body = String, content_type = "text/plain"),
@@ -89,7 +89,7 @@ async fn read_secret(
         (status = 408, description = "The body did not arrive within --read-timeout", body = String, content_type = "text/plain"),
         (status = 413, description = "The body is larger than 1 MiB", body = String, content_type = "text/plain"),
         (status = 409, description = "A secret with this name exists: update it with PUT", body = String, content_type = "text/plain"),
-        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 401, response = crate::responses::Unauthorized),
         (status = 403, description = "The credentials' scope does not allow this (the message names the scope needed)", body = String, content_type = "text/plain"),
         (status = 429, description = "Too many failed authentications from this address", body = String, content_type = "text/plain", headers(("Retry-After" = String))),
         (status = 500, description = "The state store failed, or the secrets key cannot open a stored secret", body = String, content_type = "text/plain"),
@@ -118,7 +118,7 @@ pub async fn create(
         (status = 408, description = "The body did not arrive within --read-timeout", body = String, content_type = "text/plain"),
         (status = 413, description = "The body is larger than 1 MiB", body = String, content_type = "text/plain"),
         (status = 404, description = "No secret with this name: create it with POST", body = String, content_type = "text/plain"),
-        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 401, response = crate::responses::Unauthorized),
         (status = 403, description = "The credentials' scope does not allow this (the message names the scope needed)", body = String, content_type = "text/plain"),
         (status = 429, description = "Too many failed authentications from this address", body = String, content_type = "text/plain", headers(("Retry-After" = String))),
         (status = 500, description = "The state store failed, or the secrets key cannot open a stored secret", body = String, content_type = "text/plain"),
@@ -149,7 +149,7 @@ pub async fn update(
         (status = 413, description = "The body is larger than 1 MiB", body = String, content_type = "text/plain"),
         (status = 404, description = "No secret with this name", body = String, content_type = "text/plain"),
         (status = 409, description = "Functions still use it (the message names them)", body = String, content_type = "text/plain"),
-        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 401, response = crate::responses::Unauthorized),
         (status = 403, description = "The credentials' scope does not allow this (the message names the scope needed)", body = String, content_type = "text/plain"),
         (status = 429, description = "Too many failed authentications from this address", body = String, content_type = "text/plain", headers(("Retry-After" = String))),
         (status = 500, description = "The state store failed, or the secrets key cannot open a stored secret", body = String, content_type = "text/plain"),

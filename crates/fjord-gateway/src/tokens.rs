@@ -6,11 +6,11 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
-pub use fjord_control::tokens::{CreatedToken, Scope, TokenError, TokenInfo, Tokens, token_id};
+use fjord_control::tokens::{CreatedToken, TokenInfo};
 
-use crate::AppState;
 use crate::api::json_body;
 use crate::error::ApiError;
+use crate::state::AppState;
 
 /// `POST /system/tokens` body.
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -31,7 +31,7 @@ pub struct CreateToken {
         (status = 400, description = "Malformed JSON, or a field is invalid (the message names it)", body = String, content_type = "text/plain"),
         (status = 408, description = "The body did not arrive within --read-timeout", body = String, content_type = "text/plain"),
         (status = 413, description = "The body is larger than 1 MiB", body = String, content_type = "text/plain"),
-        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 401, response = crate::responses::Unauthorized),
         (status = 403, description = "The credentials' scope does not allow this (the message names the scope needed)", body = String, content_type = "text/plain"),
         (status = 429, description = "Too many failed authentications from this address", body = String, content_type = "text/plain", headers(("Retry-After" = String))),
         (status = 500, description = "The state store failed", body = String, content_type = "text/plain"),
@@ -58,7 +58,7 @@ pub async fn create(State(app): State<AppState>, req: Request) -> Result<Respons
     get, path = "/system/tokens", tag = "tokens",
     responses(
         (status = 200, description = "Every token (never the token itself or its hash)", body = [TokenInfo]),
-        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 401, response = crate::responses::Unauthorized),
         (status = 403, description = "The credentials' scope does not allow this (the message names the scope needed)", body = String, content_type = "text/plain"),
         (status = 429, description = "Too many failed authentications from this address", body = String, content_type = "text/plain", headers(("Retry-After" = String))),
         (status = 500, description = "The state store failed", body = String, content_type = "text/plain"),
@@ -76,7 +76,7 @@ pub async fn list(State(app): State<AppState>) -> Json<Vec<TokenInfo>> {
     responses(
         (status = 204, description = "Revoked: the token is refused from now on"),
         (status = 404, description = "No token with this id", body = String, content_type = "text/plain"),
-        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 401, response = crate::responses::Unauthorized),
         (status = 403, description = "The credentials' scope does not allow this (the message names the scope needed)", body = String, content_type = "text/plain"),
         (status = 429, description = "Too many failed authentications from this address", body = String, content_type = "text/plain", headers(("Retry-After" = String))),
         (status = 500, description = "The state store failed", body = String, content_type = "text/plain"),

@@ -1,0 +1,70 @@
+//! The auth middleware of `/system/*` and `/metrics`: authenticates with [`crate::auth`], then
+//! checks the route's scope from the route table.
+
+use axum::extract::{ConnectInfo, MatchedPath, Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use std::net::{IpAddr, SocketAddr};
+
+use fjord_control::tokens::Scope;
+
+use crate::error::ApiError;
+use crate::routes::needed_scope;
+use crate::state::AppState;
+
+/// Middleware for `GET /metrics`: with `--metrics-auth`, the admin password or a token of
+/// scope `read` (the metrics name every function, token-protected ones included).
+pub async fn require_metrics(State(app): State<AppState>, req: Request, next: Next) -> Response {
+    if !app.config.metrics_auth || app.auth.basic.is_none() {
+        return next.run(req).await;
+    }
+    let ip = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map_or(IpAddr::from([0, 0, 0, 0]), |c| c.0.ip());
+    match app.auth.authenticate(ip, req.headers()).await {
+        Ok(scope) if scope.covers(Scope::Read) => next.run(req).await,
+        Ok(scope) => ApiError::Forbidden(format!(
+            "GET /metrics needs scope read (--metrics-auth); this API token has scope {}",
+            scope.as_str()
+        ))
+        .into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// Middleware for `/system/*`: authenticates, then checks the route's scope.
+pub async fn require(State(app): State<AppState>, req: Request, next: Next) -> Response {
+    let auth = &app.auth;
+    if auth.basic.is_none() {
+        return next.run(req).await;
+    }
+    let ip = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map_or(IpAddr::from([0, 0, 0, 0]), |c| c.0.ip());
+    let scope = match auth.authenticate(ip, req.headers()).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::debug!(path = %req.uri().path(), client = %ip, "rejected /system request: {e}");
+            return e.into_response();
+        }
+    };
+    let pattern = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("", MatchedPath::as_str);
+    let needed = needed_scope(req.method().as_str(), pattern);
+    if !scope.covers(needed) {
+        return ApiError::Forbidden(format!(
+            "{} {} needs scope {}; this API token has scope {}",
+            req.method(),
+            req.uri().path(),
+            needed.as_str(),
+            scope.as_str()
+        ))
+        .into_response();
+    }
+    next.run(req).await
+}
