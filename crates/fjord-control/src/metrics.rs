@@ -75,22 +75,12 @@ pub struct FunctionMetrics {
     pub forks: AtomicU64,
     /// Unix time in ms of the last request (sync or async): the idler's clock.
     pub last_request_ms: AtomicU64,
-    /// Why the replica count last changed.
-    pub scale_reason: std::sync::Mutex<Option<String>>,
-    /// What the autoscaler remembers between ticks (recent samples, the rule's state).
-    /// Locked by the ticker, and by scale events outside it (never per request).
-    pub scaler: std::sync::Mutex<crate::autoscale::ScalerState>,
     /// Async calls running now, and their outcomes.
     pub async_inflight: AtomicI64,
     pub async_processed: AtomicU64,
     pub async_retried: AtomicU64,
     pub async_dead: AtomicU64,
     pub async_callback_failures: AtomicU64,
-    /// Whether this gateway runs an async worker for the function now: enqueues then wake
-    /// that worker directly instead of the dispatcher's queue scan.
-    pub async_worker: std::sync::atomic::AtomicBool,
-    /// Wakes the function's async worker (new call, or the scan found due retries).
-    pub async_wake: tokio::sync::Notify,
 }
 
 /// Milliseconds since the Unix epoch.
@@ -105,17 +95,6 @@ impl FunctionMetrics {
         let m = Self::default();
         m.last_request_ms.store(now_ms(), Ordering::Relaxed);
         m
-    }
-
-    pub fn set_scale_reason(&self, reason: String) {
-        *self.scale_reason.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason);
-    }
-
-    pub fn scale_reason(&self) -> Option<String> {
-        self.scale_reason
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
     }
 
     fn code(&self, code: u16) -> Arc<Histogram> {
@@ -152,11 +131,6 @@ impl FunctionMetrics {
             .filter(|(c, _)| (200..300).contains(c))
             .map(|(_, h)| h.count())
             .sum()
-    }
-
-    /// The autoscaler's state, locked (a poisoned lock still holds usable state).
-    pub fn scaler(&self) -> std::sync::MutexGuard<'_, crate::autoscale::ScalerState> {
-        self.scaler.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// All invocations with a response (the function list's `invocationCount`).

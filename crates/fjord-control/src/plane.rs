@@ -12,6 +12,7 @@ use fjord_core::openfaas::{
 use fjord_core::{DEFAULT_NAMESPACE, FunctionKey, FunctionSpec};
 use fjord_runtime_api::{FunctionHandle, Runtime, SecretFiles, Source};
 
+use crate::autoscale::ScalerState;
 use crate::bundles::Bundles;
 use crate::metrics::{FunctionMetrics, FunctionSample};
 use crate::secrets::SecretKey;
@@ -23,8 +24,12 @@ use crate::ControlError;
 /// One function as the invoke path sees it.
 pub struct Route {
     pub handle: Arc<FunctionHandle>,
-    /// Kept across updates of the function.
+    /// Counters and histograms; kept across updates of the function (as are the next two).
     pub metrics: Arc<FunctionMetrics>,
+    /// The autoscaler's memory and the last scale's reason.
+    pub scaling: Arc<Scaling>,
+    /// Whether an async worker consumes this function's queued calls here, and its wake-up.
+    pub queued: Arc<QueueSignal>,
     /// Calls need an API token (annotation `com.fjord.auth: token`), decided at deploy time
     /// so the invoke path only reads this field.
     pub requires_token: bool,
@@ -37,6 +42,45 @@ pub struct Route {
     digest: Option<String>,
     generation: u64,
     serving_digest: Option<String>,
+}
+
+/// What the autoscaler keeps per function between ticks, and why the count last changed.
+#[derive(Default)]
+pub struct Scaling {
+    /// Locked by the ticker and by scale events outside it (never per request).
+    state: std::sync::Mutex<ScalerState>,
+    reason: std::sync::Mutex<Option<String>>,
+}
+
+impl Scaling {
+    /// The autoscaler's state, locked (a poisoned lock still holds usable state).
+    pub fn state(&self) -> std::sync::MutexGuard<'_, ScalerState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The state if nobody holds it now (the saturated invoke path never waits for it).
+    pub fn try_state(&self) -> Option<std::sync::MutexGuard<'_, ScalerState>> {
+        self.state.try_lock().ok()
+    }
+
+    pub fn set_reason(&self, reason: String) {
+        *self.reason.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason);
+    }
+
+    pub fn reason(&self) -> Option<String> {
+        self.reason
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
+/// The link between a function's async enqueues and the worker running its queued calls on
+/// this gateway: enqueues wake that worker directly instead of waiting for the queue scan.
+#[derive(Default)]
+pub struct QueueSignal {
+    pub worker_running: std::sync::atomic::AtomicBool,
+    pub wake: tokio::sync::Notify,
 }
 
 /// namespace → name → route; rebuilt on every change, read lock-free per request.
@@ -185,6 +229,8 @@ impl ControlPlane {
                 Some(Route {
                     handle,
                     metrics: Arc::new(FunctionMetrics::new()),
+                    scaling: Arc::default(),
+                    queued: Arc::default(),
                     requires_token: fjord_core::policy::requires_token(
                         f.deployment.annotations.as_ref(),
                     )
@@ -445,10 +491,14 @@ impl ControlPlane {
                 return Err(e.into());
             }
         };
-        let metrics = self
-            .lookup(&key.namespace, &key.name)
-            .map(|r| r.metrics.clone())
-            .unwrap_or_else(|| Arc::new(FunctionMetrics::new()));
+        let (metrics, scaling, queued) = match self.lookup(&key.namespace, &key.name) {
+            Some(r) => (r.metrics.clone(), r.scaling.clone(), r.queued.clone()),
+            None => (
+                Arc::new(FunctionMetrics::new()),
+                Arc::default(),
+                Arc::default(),
+            ),
+        };
         let previous_updated_at = self
             .lookup(&key.namespace, &key.name)
             .map(|r| r.updated_at.clone());
@@ -467,6 +517,8 @@ impl ControlPlane {
             Some(Route {
                 handle,
                 metrics,
+                scaling,
+                queued,
                 requires_token,
                 uid,
                 created_at: stored.created_at.clone(),
@@ -514,6 +566,8 @@ impl ControlPlane {
                     Some(Route {
                         handle: route.handle.clone(),
                         metrics: route.metrics.clone(),
+                        scaling: route.scaling.clone(),
+                        queued: route.queued.clone(),
                         requires_token: fjord_core::policy::requires_token(
                             new_deployment.annotations.as_ref(),
                         )
@@ -549,6 +603,8 @@ impl ControlPlane {
                             Some(Route {
                                 handle: route.handle.clone(),
                                 metrics: route.metrics.clone(),
+                                scaling: route.scaling.clone(),
+                                queued: route.queued.clone(),
                                 requires_token,
                                 uid: route.uid,
                                 created_at: route.created_at.clone(),
@@ -605,7 +661,7 @@ impl ControlPlane {
         } else {
             String::new()
         };
-        route.metrics.set_scale_reason(format!(
+        route.scaling.set_reason(format!(
             "{}: scaled to {set} through the API{clamped}",
             now_rfc3339()
         ));
@@ -666,7 +722,7 @@ impl ControlPlane {
             let n = h.spec().min_replicas.max(1);
             if self.runtime.scale(&h.key, n).is_ok() {
                 hold(route, n);
-                route.metrics.set_scale_reason(format!(
+                route.scaling.set_reason(format!(
                     "{}: scaled from zero to {n} by a request",
                     now_rfc3339()
                 ));
@@ -681,17 +737,17 @@ impl ControlPlane {
         let (desired, max) = (h.desired(), h.spec().max_replicas);
         if desired >= max {
             // Every request here is turned away with 429: never wait for the lock.
-            if let Ok(mut s) = route.metrics.scaler.try_lock() {
+            if let Some(mut s) = route.scaling.try_state() {
                 s.still_saturated(crate::metrics::now_ms());
             }
             return false;
         }
         let n = desired + 1;
         if self.runtime.scale(&h.key, n).is_ok() {
-            route.metrics.scaler().raised(crate::metrics::now_ms(), n);
+            route.scaling.state().raised(crate::metrics::now_ms(), n);
             route
-                .metrics
-                .set_scale_reason(format!("{}: {why}: {desired} → {n}", now_rfc3339()));
+                .scaling
+                .set_reason(format!("{}: {why}: {desired} → {n}", now_rfc3339()));
         }
         true
     }
@@ -717,11 +773,14 @@ impl ControlPlane {
                     .then(|| h.cpu_usage_ns().unwrap_or(0)),
                 last_request_ms: m.last_request_ms.load(Ordering::Relaxed),
             };
-            let Some(d) = crate::autoscale::decide(&mut m.scaler(), &spec, &o, defaults) else {
+            let Some(d) = crate::autoscale::decide(&mut route.scaling.state(), &spec, &o, defaults)
+            else {
                 continue;
             };
             if self.runtime.scale(&h.key, d.replicas).is_ok() {
-                m.set_scale_reason(format!("{}: {}", now_rfc3339(), d.reason));
+                route
+                    .scaling
+                    .set_reason(format!("{}: {}", now_rfc3339(), d.reason));
                 if d.idle {
                     tracing::info!(function = %h.qualified, "idle: scaled to zero");
                 } else {
@@ -774,8 +833,8 @@ impl ControlPlane {
 /// undo it on its next tick.
 fn hold(route: &Route, replicas: u64) {
     route
-        .metrics
-        .scaler()
+        .scaling
+        .state()
         .hold(crate::metrics::now_ms(), replicas);
 }
 
@@ -867,7 +926,7 @@ fn status_of(route: &Route) -> FunctionStatus {
             last_error: s.last_error,
             updated_at: Some(route.updated_at.clone()),
             cold_starts: route.metrics.cold_starts.load(Ordering::Relaxed),
-            last_scale_reason: route.metrics.scale_reason(),
+            last_scale_reason: route.scaling.reason(),
             digest: if s.rollout.generation == route.generation
                 && s.rollout.state == fjord_runtime_api::RolloutState::Ready
             {

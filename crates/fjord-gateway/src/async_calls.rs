@@ -203,8 +203,8 @@ pub async fn enqueue(
         .store(fjord_control::metrics::now_ms(), Ordering::Relaxed);
     // Start a function at zero now, not when a worker gets to the call.
     app.control.wake(&route);
-    if route.metrics.async_worker.load(Ordering::Acquire) {
-        route.metrics.async_wake.notify_one();
+    if route.queued.worker_running.load(Ordering::Acquire) {
+        route.queued.wake.notify_one();
     } else {
         app.dispatch.notify_one();
     }
@@ -469,7 +469,7 @@ impl Dispatcher {
                 if let Some(route) = &route
                     && workers.contains_key(&function)
                 {
-                    route.metrics.async_wake.notify_one();
+                    route.queued.wake.notify_one();
                     continue;
                 }
                 let (w, f, s) = (this.clone(), function.clone(), shutdown.clone());
@@ -531,7 +531,8 @@ impl Worker {
             return;
         };
         let metrics = route.metrics.clone();
-        metrics.async_worker.store(true, Ordering::Release);
+        let queued = route.queued.clone();
+        queued.worker_running.store(true, Ordering::Release);
         let mut buffer: std::collections::VecDeque<fjord_queue::Claimed> = Default::default();
         let mut running = tokio::task::JoinSet::new();
         let mut finishing = tokio::task::JoinSet::new();
@@ -557,7 +558,7 @@ impl Worker {
         // (a lock) every time a call finishes.
         let stopping = shutdown.cancelled();
         tokio::pin!(stopping);
-        let woken = metrics.async_wake.notified();
+        let woken = queued.wake.notified();
         tokio::pin!(woken);
         loop {
             let (name, ns) = FunctionKey::split_route(function);
@@ -671,13 +672,13 @@ impl Worker {
                     }
                 }
                 _ = &mut woken => {
-                    woken.set(metrics.async_wake.notified());
+                    woken.set(queued.wake.notified());
                     empty = false;
                 }
                 _ = tokio::time::sleep(WORKER_IDLE), if empty => {}
             }
         }
-        metrics.async_worker.store(false, Ordering::Release);
+        queued.worker_running.store(false, Ordering::Release);
         // A worker stops idle (nothing claimed), deleted (claimed calls dead-lettered) or at
         // shutdown, when the dispatcher re-queues every claimed call. Let finished calls
         // record their outcome first.
