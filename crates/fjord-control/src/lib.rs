@@ -22,4 +22,4 @@ pub mod secrets;
 pub mod tokens;
 
 pub use error::ControlError;
-pub use plane::{ControlPlane, DeployMode, QueueSignal, Route, Scaling, not_found};
+pub use plane::{ControlPlane, Demand, DeployMode, QueueSignal, Route, Scaling, not_found};

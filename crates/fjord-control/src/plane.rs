@@ -86,6 +86,15 @@ pub struct QueueSignal {
 /// namespace → name → route; rebuilt on every change, read lock-free per request.
 type Routes = HashMap<String, HashMap<String, Arc<Route>>>;
 
+/// Why a request found no replica to take it (see [`ControlPlane::demand`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Demand {
+    /// The function is at zero replicas.
+    Cold,
+    /// Every ready replica is at its `max_inflight`.
+    Saturated,
+}
+
 /// Whether a deploy may create, must update, or may do either.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DeployMode {
@@ -714,42 +723,48 @@ impl ControlPlane {
         crate::metrics::render(&samples)
     }
 
-    /// Starts a replica for a function at zero replicas, from the invoke path (no store
-    /// write: the idler brings it back to zero).
-    pub fn wake(&self, route: &Route) {
+    /// The invoke path's one call into the control plane: no replica could take a request
+    /// at once. [`Demand::Cold`] starts a function at zero replicas (no store write: the
+    /// idler brings it back to zero); [`Demand::Saturated`] asks for one more replica.
+    /// Returns `false` when the function is saturated at its maximum scale (the caller
+    /// answers 429 and must not wait).
+    pub fn demand(&self, route: &Route, demand: Demand) -> bool {
         let h = &route.handle;
-        if h.desired() == 0 {
-            let n = h.spec().min_replicas.max(1);
-            if self.runtime.scale(&h.key, n).is_ok() {
-                hold(route, n);
-                route.scaling.set_reason(format!(
-                    "{}: scaled from zero to {n} by a request",
-                    now_rfc3339()
-                ));
-                tracing::info!(function = %h.qualified, replicas = n, "scaling from zero");
+        match demand {
+            Demand::Cold => {
+                if h.desired() == 0 {
+                    let n = h.spec().min_replicas.max(1);
+                    if self.runtime.scale(&h.key, n).is_ok() {
+                        hold(route, n);
+                        route.scaling.set_reason(format!(
+                            "{}: scaled from zero to {n} by a request",
+                            now_rfc3339()
+                        ));
+                        tracing::info!(function = %h.qualified, replicas = n, "scaling from zero");
+                    }
+                }
+                true
+            }
+            Demand::Saturated => {
+                let (desired, max) = (h.desired(), h.spec().max_replicas);
+                if desired >= max {
+                    // Every request here is turned away with 429: never wait for the lock.
+                    if let Some(mut s) = route.scaling.try_state() {
+                        s.still_saturated(crate::metrics::now_ms());
+                    }
+                    return false;
+                }
+                let n = desired + 1;
+                if self.runtime.scale(&h.key, n).is_ok() {
+                    route.scaling.state().raised(crate::metrics::now_ms(), n);
+                    route.scaling.set_reason(format!(
+                        "{}: all replicas at max_inflight: {desired} → {n}",
+                        now_rfc3339()
+                    ));
+                }
+                true
             }
         }
-    }
-
-    /// Asks for one more replica (a saturated function below its maximum).
-    pub fn scale_up_one(&self, route: &Route, why: &str) -> bool {
-        let h = &route.handle;
-        let (desired, max) = (h.desired(), h.spec().max_replicas);
-        if desired >= max {
-            // Every request here is turned away with 429: never wait for the lock.
-            if let Some(mut s) = route.scaling.try_state() {
-                s.still_saturated(crate::metrics::now_ms());
-            }
-            return false;
-        }
-        let n = desired + 1;
-        if self.runtime.scale(&h.key, n).is_ok() {
-            route.scaling.state().raised(crate::metrics::now_ms(), n);
-            route
-                .scaling
-                .set_reason(format!("{}: {why}: {desired} → {n}", now_rfc3339()));
-        }
-        true
     }
 
     /// One decision of the autoscaler and the idler, for every function, at `now_ms` (the

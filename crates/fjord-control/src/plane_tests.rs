@@ -184,13 +184,45 @@ async fn a_request_wakes_a_function_at_zero() {
     c.scale(&key("w"), 0).await.expect("to zero");
     let route = c.lookup("openfaas-fn", "w").expect("route");
     assert_eq!(route.handle.desired(), 0);
-    c.wake(&route);
+    c.demand(&route, crate::Demand::Cold);
     assert_eq!(route.handle.desired(), 1);
     assert!(route.handle.wait_ready(Duration::from_secs(5)).await);
     // Waking a running function changes nothing.
     let before = t.runtime.recorded().len();
-    c.wake(&route);
+    c.demand(&route, crate::Demand::Cold);
     assert_eq!(t.runtime.recorded().len(), before);
+}
+
+#[tokio::test]
+async fn a_saturated_function_gets_one_more_replica_until_its_maximum() {
+    let t = TestApp::new().await;
+    let c = &t.control;
+    c.deploy(
+        deployment(
+            "busy",
+            "fake/b",
+            serde_json::json!({"com.openfaas.scale.min": "1", "com.openfaas.scale.max": "2"}),
+        ),
+        DeployMode::CreateOrUpdate,
+    )
+    .await
+    .expect("deploy");
+    let route = c.lookup("openfaas-fn", "busy").expect("route");
+    assert_eq!(route.handle.desired(), 1);
+    assert!(c.demand(&route, crate::Demand::Saturated), "below max");
+    assert_eq!(route.handle.desired(), 2);
+    assert!(
+        route
+            .scaling
+            .reason()
+            .is_some_and(|r| r.contains("all replicas at max_inflight: 1 → 2")),
+        "{:?}",
+        route.scaling.reason()
+    );
+    let before = t.runtime.recorded().len();
+    assert!(!c.demand(&route, crate::Demand::Saturated), "at max: 429");
+    assert_eq!(route.handle.desired(), 2);
+    assert_eq!(t.runtime.recorded().len(), before, "no scale at max");
 }
 
 #[tokio::test]

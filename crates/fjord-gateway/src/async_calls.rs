@@ -202,7 +202,7 @@ pub async fn enqueue(
         .last_request_ms
         .store(fjord_control::metrics::now_ms(), Ordering::Relaxed);
     // Start a function at zero now, not when a worker gets to the call.
-    app.control.wake(&route);
+    app.control.demand(&route, fjord_control::Demand::Cold);
     if route.queued.worker_running.load(Ordering::Acquire) {
         route.queued.wake.notify_one();
     } else {

@@ -17,8 +17,8 @@ use fjord_runtime_api::{EndpointKind, InProcessRequest, Inflight, Pick, Serving}
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use fjord_control::Route;
 use fjord_control::metrics::{FunctionMetrics, now_ms};
+use fjord_control::{Demand, Route};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use http_body_util::BodyExt;
 
@@ -602,17 +602,13 @@ async fn wait_for_replica(
     let deadline = tokio::time::Instant::now() + app.config.ready_timeout;
     let mut cold = false;
     let mut saturated = matches!(first, Pick::Saturated);
-    if saturated
-        && !app
-            .control
-            .scale_up_one(route, "all replicas at max_inflight")
-    {
+    if saturated && !app.control.demand(route, Demand::Saturated) {
         return Err(at_capacity(handle));
     }
     loop {
         if handle.desired() == 0 {
             cold = true;
-            app.control.wake(route);
+            app.control.demand(route, Demand::Cold);
         }
         let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
         if remaining.is_zero() {
@@ -634,11 +630,7 @@ async fn wait_for_replica(
                 return Ok((s, i));
             }
             Pick::Saturated => {
-                if !saturated
-                    && !app
-                        .control
-                        .scale_up_one(route, "all replicas at max_inflight")
-                {
+                if !saturated && !app.control.demand(route, Demand::Saturated) {
                     return Err(at_capacity(handle));
                 }
                 saturated = true;
