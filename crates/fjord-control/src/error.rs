@@ -14,9 +14,23 @@ pub enum ControlError {
     /// The request conflicts with what exists (a secret already there, one still in use).
     #[error("{0}")]
     Conflict(String),
+    /// A service fjord depends on failed (a container registry down or answering errors).
+    #[error("{0}")]
+    Upstream(String),
     /// Ours, not the caller's: the disk, the state store, a bundle gone missing.
     #[error("{0}")]
     Internal(String),
+}
+
+impl From<crate::images::ImageError> for ControlError {
+    fn from(e: crate::images::ImageError) -> Self {
+        use crate::images::ImageError;
+        match e {
+            ImageError::Invalid(m) => ControlError::BadRequest(m),
+            ImageError::Unreachable(m) => ControlError::Upstream(m),
+            ImageError::Internal(m) => ControlError::Internal(m),
+        }
+    }
 }
 
 impl From<SpecError> for ControlError {

@@ -14,7 +14,10 @@
 pub mod autoscale;
 pub mod bundles;
 mod error;
+pub mod images;
 pub mod metrics;
+#[cfg(test)]
+mod placement_tests;
 mod plane;
 #[cfg(test)]
 mod plane_tests;
@@ -22,4 +25,7 @@ pub mod secrets;
 pub mod tokens;
 
 pub use error::ControlError;
-pub use plane::{ControlPlane, Demand, DeployMode, QueueSignal, Route, Scaling, not_found};
+pub use plane::{
+    Containers, ControlPlane, Demand, DeployMode, Parts, QueueSignal, RUNTIME_ANNOTATION, Route,
+    Scaling, not_found,
+};

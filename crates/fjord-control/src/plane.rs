@@ -12,6 +12,8 @@ use fjord_core::openfaas::{
 use fjord_core::{DEFAULT_NAMESPACE, FunctionKey, FunctionSpec};
 use fjord_runtime_api::{FunctionHandle, Runtime, SecretFiles, Source};
 
+use crate::images::{ImageSource, REGISTRY_AUTH_ANNOTATION, RegistryAuth};
+
 use crate::autoscale::ScalerState;
 use crate::bundles::Bundles;
 use crate::metrics::{FunctionMetrics, FunctionSample};
@@ -24,6 +26,11 @@ use crate::ControlError;
 /// One function as the invoke path sees it.
 pub struct Route {
     pub handle: Arc<FunctionHandle>,
+    /// The runtime that runs this function's replicas.
+    runtime: Arc<dyn Runtime>,
+    /// While an update moves the function to another runtime: the new runtime's handle,
+    /// whose rollout the status shows (this route's `handle` serves until it is ready).
+    switching: Option<Arc<FunctionHandle>>,
     /// Counters and histograms; kept across updates of the function (as are the next two).
     pub metrics: Arc<FunctionMetrics>,
     /// The autoscaler's memory and the last scale's reason.
@@ -104,9 +111,34 @@ pub enum DeployMode {
     Update,
 }
 
+/// What a control plane is made of (see [`ControlPlane::from_parts`]).
+pub struct Parts {
+    pub store: Store,
+    /// Runs bundles and `envProcess` commands.
+    pub process: Arc<dyn Runtime>,
+    /// Runs container images, when this server can (`None`: images need `envProcess`).
+    pub containers: Option<Containers>,
+    pub bundles: Bundles,
+    pub secret_key: SecretKey,
+    /// This instance's uids (reserved host-wide): each new function takes the next one.
+    pub uids: UidBlock,
+}
+
+/// The container runtime and where its images come from.
+#[derive(Clone)]
+pub struct Containers {
+    pub runtime: Arc<dyn Runtime>,
+    pub images: Arc<dyn ImageSource>,
+}
+
+/// The annotation that picks a function's runtime (`process` or `container`) instead of the
+/// default: bundles and `envProcess` commands run as processes, other images as containers.
+pub const RUNTIME_ANNOTATION: &str = "com.fjord.runtime";
+
 pub struct ControlPlane {
     store: Store,
-    runtime: Arc<dyn Runtime>,
+    process: Arc<dyn Runtime>,
+    containers: Option<Containers>,
     bundles: Arc<Bundles>,
     secret_key: SecretKey,
     routes: ArcSwap<Routes>,
@@ -117,38 +149,33 @@ pub struct ControlPlane {
 }
 
 impl ControlPlane {
+    /// A control plane with one runtime for everything (tests, the fake runtime).
     pub fn new(
         store: Store,
         runtime: Arc<dyn Runtime>,
         bundles: Bundles,
         secret_key: SecretKey,
     ) -> Arc<Self> {
-        Self::with_uids(
+        Self::from_parts(Parts {
             store,
-            runtime,
+            process: runtime,
+            containers: None,
             bundles,
             secret_key,
-            UidBlock::unrestricted(),
-        )
+            uids: UidBlock::unrestricted(),
+        })
     }
 
-    /// Like [`new`](Self::new), with functions' uids taken from `uids` (this instance's
-    /// block in the host's uid registry).
-    pub fn with_uids(
-        store: Store,
-        runtime: Arc<dyn Runtime>,
-        bundles: Bundles,
-        secret_key: SecretKey,
-        uids: UidBlock,
-    ) -> Arc<Self> {
+    pub fn from_parts(p: Parts) -> Arc<Self> {
         Arc::new(Self {
-            store,
-            runtime,
-            bundles: Arc::new(bundles),
-            secret_key,
+            store: p.store,
+            process: p.process,
+            containers: p.containers,
+            bundles: Arc::new(p.bundles),
+            secret_key: p.secret_key,
             routes: ArcSwap::from_pointee(HashMap::new()),
             changes: tokio::sync::Mutex::new(()),
-            uids,
+            uids: p.uids,
         })
     }
 
@@ -203,7 +230,12 @@ impl ControlPlane {
             }
             // The version runs the bundle pinned when it was deployed, never what its tag
             // names today.
-            let (spec, source, pin) = match self
+            let Resolved {
+                spec,
+                source,
+                pin,
+                runtime,
+            } = match self
                 .resolve(f.deployment.clone(), f.uid, Some(&f.pin))
                 .await
             {
@@ -225,8 +257,7 @@ impl ControlPlane {
                 }
             }
             let key = spec.key.clone();
-            let (handle, generation) = match self.runtime.apply(Arc::new(spec), source, f.replicas)
-            {
+            let (handle, generation) = match runtime.apply(Arc::new(spec), source, f.replicas) {
                 Ok(a) => (a.handle, a.generation),
                 Err(e) => {
                     tracing::error!(function = %name, error = %e, "stored function cannot start");
@@ -237,6 +268,8 @@ impl ControlPlane {
                 &key,
                 Some(Route {
                     handle,
+                    runtime,
+                    switching: None,
                     metrics: Arc::new(FunctionMetrics::new()),
                     scaling: Arc::default(),
                     queued: Arc::default(),
@@ -257,28 +290,74 @@ impl ControlPlane {
         Ok(started)
     }
 
-    /// Turns a deployment into what the runtime runs: when its image is a bundle on this
-    /// gateway, the bundle is unpacked for the function's uid and its manifest supplies the
-    /// command and default environment. `pinned`: the bundle a stored version was deployed
-    /// with (a new deploy passes `None` and its tag is resolved now); returns the pin.
+    /// Turns a deployment into what a runtime runs, and picks the runtime (see
+    /// [`RUNTIME_ANNOTATION`]). A bundle on this gateway is unpacked for the function's uid
+    /// and its manifest supplies the command and default environment; a container image is
+    /// pulled and its layers unpacked. `pinned`: the bundle or image a stored version was
+    /// deployed with (a new deploy passes `None` and its tag is resolved now).
     async fn resolve(
         &self,
         d: FunctionDeployment,
         uid: u32,
         pinned: Option<&Pin>,
-    ) -> Result<(FunctionSpec, Source, Pin), ControlError> {
+    ) -> Result<Resolved, ControlError> {
         fjord_core::policy::RetryPolicy::from_annotations(d.annotations.as_ref())
             .map_err(ControlError::BadRequest)?;
         fjord_core::policy::max_inflight(d.annotations.as_ref())
             .map_err(ControlError::BadRequest)?;
         fjord_core::policy::requires_token(d.annotations.as_ref())
             .map_err(ControlError::BadRequest)?;
+        let wanted = wanted_runtime(&d)?;
         let secrets = self.function_secrets(&d)?;
         let bundle = match pinned {
-            None | Some(Pin::Unknown) => self.bundles.resolve(&self.store, &d.image)?,
-            Some(Pin::NoBundle) => None,
+            None | Some(Pin::Unknown) if wanted != Some(Wanted::Container) => {
+                self.bundles.resolve(&self.store, &d.image)?
+            }
             Some(Pin::Bundle(digest)) => Some(self.bundles.pinned(digest)?),
+            _ => None,
         };
+        let container = match (pinned, wanted, &bundle) {
+            (Some(Pin::Image(_)), _, _) => true,
+            (_, Some(Wanted::Container), Some(_)) => {
+                return Err(ControlError::BadRequest(format!(
+                    "annotations.{RUNTIME_ANNOTATION}: {:?} is a bundle, and bundles run on the process runtime: remove the annotation, or deploy a container image",
+                    d.image
+                )));
+            }
+            (_, Some(w), _) => w == Wanted::Container,
+            (_, None, Some(_)) => false,
+            // An image with a command to run on this host is a process function (the image
+            // is a label); without one, the image's own entry point runs in a container.
+            (_, None, None) => !has_command(&d) && self.containers.is_some(),
+        };
+        if container {
+            let Some(c) = &self.containers else {
+                return Err(ControlError::BadRequest(format!(
+                    "annotations.{RUNTIME_ANNOTATION}: this server cannot run containers (they need fjord serve running as root, with runc installed): remove the annotation and give envProcess, or deploy to a server that runs containers"
+                )));
+            };
+            let spec = FunctionSpec::from_deployment_for_image(d)?;
+            let auth = self.registry_auth(&spec.deployment)?;
+            let image = &spec.deployment.image;
+            let rootfs = match pinned {
+                Some(Pin::Image(digest)) => c.images.pinned(image, digest, auth.as_ref()).await?,
+                _ => c.images.pull(image, auth.as_ref()).await?,
+            };
+            let pin = Pin::Image(rootfs.digest.clone());
+            let source = Source {
+                bundle: None,
+                secrets,
+                uid,
+                image: Some(rootfs),
+            };
+            c.runtime.validate(&spec, &source)?;
+            return Ok(Resolved {
+                spec,
+                source,
+                pin,
+                runtime: c.runtime.clone(),
+            });
+        }
         let (spec, source) = match &bundle {
             Some(digest) => {
                 let (dir, defaults) = self.bundles.unpack_for(digest, uid).await?;
@@ -302,12 +381,44 @@ impl ControlPlane {
                 (spec, source)
             }
         };
-        self.runtime.validate(&spec, &source)?;
+        self.process.validate(&spec, &source)?;
         let pin = match bundle {
             Some(d) => Pin::Bundle(d.as_str().to_string()),
             None => Pin::NoBundle,
         };
-        Ok((spec, source, pin))
+        Ok(Resolved {
+            spec,
+            source,
+            pin,
+            runtime: self.process.clone(),
+        })
+    }
+
+    /// The registry credentials a deployment names (annotation
+    /// [`REGISTRY_AUTH_ANNOTATION`]: a secret of its namespace holding a Docker config.json).
+    fn registry_auth(&self, d: &FunctionDeployment) -> Result<Option<RegistryAuth>, ControlError> {
+        let Some(name) = d
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(REGISTRY_AUTH_ANNOTATION))
+            .map(|n| n.trim())
+            .filter(|n| !n.is_empty())
+        else {
+            return Ok(None);
+        };
+        let field = format!("annotations.{REGISTRY_AUTH_ANNOTATION}");
+        crate::secrets::validate_name(&field, name)?;
+        let ns = d
+            .namespace
+            .as_deref()
+            .filter(|n| !n.is_empty())
+            .unwrap_or(DEFAULT_NAMESPACE);
+        let Some(sealed) = self.store.secret(ns, name)? else {
+            return Err(ControlError::BadRequest(format!(
+                "{field}: secret {name:?} not found in namespace {ns}: create it from your Docker config with `fjord secret create {name} --from-file ~/.docker/config.json`"
+            )));
+        };
+        Ok(Some(RegistryAuth(self.secret_key.open(&sealed)?)))
     }
 
     /// The decrypted values of the secrets a deployment names; each must exist in the
@@ -471,7 +582,20 @@ impl ControlPlane {
             Some(e) => e.uid,
             None => self.store.next_uid(self.uids.first, self.uids.last)?,
         };
-        let (spec, source, pin) = self.resolve(deployment, uid, pin.as_ref()).await?;
+        let Resolved {
+            spec,
+            source,
+            pin,
+            runtime,
+        } = self.resolve(deployment, uid, pin.as_ref()).await?;
+        let previous = self.lookup(&key.namespace, &key.name);
+        if let Some(p) = &previous
+            && !Arc::ptr_eq(&p.runtime, &runtime)
+        {
+            return self
+                .switch_runtime(key, existing, p.clone(), (spec, source, pin, runtime))
+                .await;
+        }
         let replicas = match &existing {
             Some(e) => e.replicas.clamp(spec.min_replicas, spec.max_replicas),
             None => spec.min_replicas,
@@ -492,7 +616,7 @@ impl ControlPlane {
             handle,
             generation,
             done,
-        } = match self.runtime.apply(Arc::new(spec), source, replicas) {
+        } = match runtime.apply(Arc::new(spec), source, replicas) {
             Ok(a) => a,
             Err(e) => {
                 // Nothing started: the store goes back to what it held.
@@ -525,6 +649,8 @@ impl ControlPlane {
             &key,
             Some(Route {
                 handle,
+                runtime,
+                switching: None,
                 metrics,
                 scaling,
                 queued,
@@ -556,6 +682,116 @@ impl ControlPlane {
         Ok(generation)
     }
 
+    /// An update that moves a function to another runtime (process ↔ container): the new
+    /// runtime starts the new version while the old one keeps serving; once it is ready the
+    /// route switches and the old runtime's replicas stop. If it never becomes ready, the
+    /// new runtime forgets it and the store goes back to the old version.
+    async fn switch_runtime(
+        self: &Arc<Self>,
+        key: FunctionKey,
+        existing: Option<StoredFunction>,
+        previous: Arc<Route>,
+        (spec, source, pin, runtime): (FunctionSpec, Source, Pin, Arc<dyn Runtime>),
+    ) -> Result<u64, ControlError> {
+        let replicas = existing
+            .as_ref()
+            .map_or(spec.min_replicas, |e| e.replicas)
+            .clamp(spec.min_replicas, spec.max_replicas)
+            // Never start from zero: the switch waits for a ready replica.
+            .max(1);
+        let now = now_rfc3339();
+        let stored = self.store.upsert(&StoredFunction {
+            namespace: key.namespace.clone(),
+            name: key.name.clone(),
+            deployment: spec.deployment.clone(),
+            replicas,
+            uid: previous.uid,
+            created_at: now.clone(),
+            updated_at: now,
+            pin: pin.clone(),
+        })?;
+        let new_deployment = spec.deployment.clone();
+        let applied = match runtime.apply(Arc::new(spec), source, replicas) {
+            Ok(a) => a,
+            Err(e) => {
+                self.undo_store(&key, existing.as_ref());
+                return Err(e.into());
+            }
+        };
+        let generation = applied.generation;
+        let mut during = route_like(&previous);
+        during.switching = Some(applied.handle.clone());
+        self.set_route(&key, Some(during));
+        tracing::info!(function = %key, from = previous.runtime.name(), to = runtime.name(), image = %new_deployment.image, generation, "deploy accepted: moving to another runtime");
+        let this = self.clone();
+        tokio::spawn(async move {
+            let outcome = applied
+                .done
+                .await
+                .unwrap_or(Err("the runtime stopped".into()));
+            let _guard = this.changes.lock().await;
+            let Some(current) = this.lookup(&key.namespace, &key.name) else {
+                // Deleted meanwhile.
+                let _ = runtime.remove(&key).await;
+                return;
+            };
+            let still_this_deploy = current
+                .switching
+                .as_ref()
+                .is_some_and(|h| Arc::ptr_eq(h, &applied.handle));
+            if !still_this_deploy {
+                return;
+            }
+            match outcome {
+                Ok(()) => {
+                    let requires_token =
+                        fjord_core::policy::requires_token(new_deployment.annotations.as_ref())
+                            .unwrap_or(true);
+                    let digest = pin.digest().map(str::to_string);
+                    this.set_route(
+                        &key,
+                        Some(Route {
+                            handle: applied.handle.clone(),
+                            runtime: runtime.clone(),
+                            switching: None,
+                            metrics: current.metrics.clone(),
+                            scaling: current.scaling.clone(),
+                            queued: current.queued.clone(),
+                            requires_token,
+                            uid: current.uid,
+                            created_at: current.created_at.clone(),
+                            updated_at: stored.updated_at.clone(),
+                            digest: digest.clone(),
+                            generation,
+                            serving_digest: digest,
+                        }),
+                    );
+                    if let Err(e) = current.runtime.remove(&key).await {
+                        tracing::warn!(function = %key, error = %e, "cannot stop the replicas of the previous runtime");
+                    }
+                    tracing::info!(function = %key, runtime = runtime.name(), "moved to another runtime");
+                }
+                Err(reason) => {
+                    if let Err(e) = runtime.remove(&key).await {
+                        tracing::warn!(function = %key, error = %e, "cannot stop the new runtime's replicas");
+                    }
+                    if let Some(old) = existing {
+                        let replicas = current.handle.status().desired;
+                        if let Err(e) = this.store.upsert(&StoredFunction { replicas, ..old }) {
+                            tracing::error!(function = %key, error = %e, "cannot roll back the stored spec");
+                        }
+                    }
+                    // The failed rollout stays visible in the status until the next deploy.
+                    let mut after = route_like(&current);
+                    after.switching = current.switching.clone();
+                    this.set_route(&key, Some(after));
+                    tracing::warn!(function = %key, %reason, "update rolled back: the previous runtime keeps serving");
+                }
+            }
+        });
+        Ok(generation)
+    }
+
     async fn after_rollout(
         &self,
         key: FunctionKey,
@@ -574,6 +810,8 @@ impl ControlPlane {
                     &key,
                     Some(Route {
                         handle: route.handle.clone(),
+                        runtime: route.runtime.clone(),
+                        switching: None,
                         metrics: route.metrics.clone(),
                         scaling: route.scaling.clone(),
                         queued: route.queued.clone(),
@@ -611,6 +849,8 @@ impl ControlPlane {
                             &key,
                             Some(Route {
                                 handle: route.handle.clone(),
+                                runtime: route.runtime.clone(),
+                                switching: None,
                                 metrics: route.metrics.clone(),
                                 scaling: route.scaling.clone(),
                                 queued: route.queued.clone(),
@@ -637,12 +877,17 @@ impl ControlPlane {
         if !self.store.delete(&key.namespace, &key.name)? {
             return Err(not_found(key));
         }
-        let uid = self.lookup(&key.namespace, &key.name).map(|r| r.uid);
+        let route = self.lookup(&key.namespace, &key.name);
         self.set_route(key, None);
-        self.runtime.remove(key).await?;
-        if let Some(uid) = uid {
+        let Some(route) = route else {
+            tracing::info!(function = %key, "deleted (it was not running)");
+            return Ok(());
+        };
+        route.runtime.remove(key).await?;
+        let uid = route.uid;
+        {
             self.bundles.remove_for(uid, None);
-            if self.runtime.isolates() {
+            if route.runtime.isolates() {
                 // Uids are never reused, so nothing can read these; still, do not leave
                 // them behind (and free the space).
                 let _ = tokio::task::spawn_blocking(move || remove_leftovers(uid)).await;
@@ -663,7 +908,7 @@ impl ControlPlane {
         let max = route.handle.spec().max_replicas;
         let set = replicas.min(max);
         self.store.set_replicas(&key.namespace, &key.name, set)?;
-        self.runtime.scale(key, set)?;
+        route.runtime.scale(key, set)?;
         hold(&route, set);
         let clamped = if set < replicas {
             format!(" (asked for {replicas}; com.openfaas.scale.max is {max})")
@@ -734,7 +979,7 @@ impl ControlPlane {
             Demand::Cold => {
                 if h.desired() == 0 {
                     let n = h.spec().min_replicas.max(1);
-                    if self.runtime.scale(&h.key, n).is_ok() {
+                    if route.runtime.scale(&h.key, n).is_ok() {
                         hold(route, n);
                         route.scaling.set_reason(format!(
                             "{}: scaled from zero to {n} by a request",
@@ -755,7 +1000,7 @@ impl ControlPlane {
                     return false;
                 }
                 let n = desired + 1;
-                if self.runtime.scale(&h.key, n).is_ok() {
+                if route.runtime.scale(&h.key, n).is_ok() {
                     route.scaling.state().raised(crate::metrics::now_ms(), n);
                     route.scaling.set_reason(format!(
                         "{}: all replicas at max_inflight: {desired} → {n}",
@@ -792,7 +1037,7 @@ impl ControlPlane {
             else {
                 continue;
             };
-            if self.runtime.scale(&h.key, d.replicas).is_ok() {
+            if route.runtime.scale(&h.key, d.replicas).is_ok() {
                 route
                     .scaling
                     .set_reason(format!("{}: {}", now_rfc3339(), d.reason));
@@ -825,7 +1070,10 @@ impl ControlPlane {
     }
 
     pub async fn shutdown(&self) {
-        self.runtime.shutdown().await;
+        self.process.shutdown().await;
+        if let Some(c) = &self.containers {
+            c.runtime.shutdown().await;
+        }
     }
 
     pub fn store(&self) -> &Store {
@@ -890,6 +1138,68 @@ fn remove_leftovers(uid: u32) {
     }
 }
 
+/// A copy of a route (the same handle, runtime and kept parts), to change a field or two.
+fn route_like(r: &Route) -> Route {
+    Route {
+        handle: r.handle.clone(),
+        runtime: r.runtime.clone(),
+        switching: None,
+        metrics: r.metrics.clone(),
+        scaling: r.scaling.clone(),
+        queued: r.queued.clone(),
+        requires_token: r.requires_token,
+        uid: r.uid,
+        created_at: r.created_at.clone(),
+        updated_at: r.updated_at.clone(),
+        digest: r.digest.clone(),
+        generation: r.generation,
+        serving_digest: r.serving_digest.clone(),
+    }
+}
+
+/// A deployment made ready to run: its spec, what it runs, its pin and its runtime.
+struct Resolved {
+    spec: FunctionSpec,
+    source: Source,
+    pin: Pin,
+    runtime: Arc<dyn Runtime>,
+}
+
+/// The runtime a deployment asks for with [`RUNTIME_ANNOTATION`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wanted {
+    Process,
+    Container,
+}
+
+fn wanted_runtime(d: &FunctionDeployment) -> Result<Option<Wanted>, ControlError> {
+    let Some(v) = d
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(RUNTIME_ANNOTATION))
+    else {
+        return Ok(None);
+    };
+    match v.trim() {
+        "" => Ok(None),
+        "process" => Ok(Some(Wanted::Process)),
+        "container" => Ok(Some(Wanted::Container)),
+        other => Err(ControlError::BadRequest(format!(
+            "annotations.{RUNTIME_ANNOTATION}: {other:?} is not a runtime: use process or container"
+        ))),
+    }
+}
+
+/// Whether a deployment names a command to run on this host (`envProcess`, or the
+/// watchdog's `fprocess`/`function_process` variables).
+fn has_command(d: &FunctionDeployment) -> bool {
+    let set = |v: Option<&String>| v.is_some_and(|v| !v.trim().is_empty());
+    set(d.env_process.as_ref())
+        || d.env_vars
+            .as_ref()
+            .is_some_and(|e| set(e.get("fprocess")) || set(e.get("function_process")))
+}
+
 pub fn not_found(key: &FunctionKey) -> ControlError {
     ControlError::NotFound(format!(
         "function {} not found in namespace {}",
@@ -899,6 +1209,10 @@ pub fn not_found(key: &FunctionKey) -> ControlError {
 
 fn status_of(route: &Route) -> FunctionStatus {
     let s = route.handle.status();
+    let rollout = match &route.switching {
+        Some(next) => next.status().rollout,
+        None => s.rollout.clone(),
+    };
     let d = &s.spec.deployment;
     FunctionStatus {
         name: d.service.clone(),
@@ -926,6 +1240,7 @@ fn status_of(route: &Route) -> FunctionStatus {
         available_replicas: s.available,
         created_at: route.created_at.clone(),
         fjord: Some(FjordStatus {
+            runtime: Some(route.runtime.name().to_string()),
             mode: s.spec.mode.name().to_string(),
             restarts: s.restarts,
             oom_kills: s.oom_kills,
@@ -950,12 +1265,12 @@ fn status_of(route: &Route) -> FunctionStatus {
                 route.serving_digest.clone()
             },
             rollout: Some(RolloutStatus {
-                generation: s.rollout.generation,
-                state: s.rollout.state.name().to_string(),
-                replicas: s.rollout.replicas,
-                ready_replicas: s.rollout.ready,
-                message: s.rollout.message,
-                failed_replica: s.rollout.failed_replica,
+                generation: rollout.generation,
+                state: rollout.state.name().to_string(),
+                replicas: rollout.replicas,
+                ready_replicas: rollout.ready,
+                message: rollout.message,
+                failed_replica: rollout.failed_replica,
             }),
         }),
     }

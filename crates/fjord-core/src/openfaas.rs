@@ -119,6 +119,10 @@ pub struct FunctionStatus {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct FjordStatus {
+    /// Where the replicas run: `process` (sandboxed processes on this host, for bundles
+    /// and `envProcess` commands) or `container` (OCI containers of the image, run by runc).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<String>,
     /// `http` (long-running replicas) or `fork` (a process per request).
     pub mode: String,
     /// Replica restarts since the function was deployed or fjord started.
@@ -141,9 +145,9 @@ pub struct FjordStatus {
     /// Why the replica count last changed (autoscaler, idler, scale from zero, API, alert).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_scale_reason: Option<String>,
-    /// The bundle the serving version runs, pinned when it was deployed (`image` stays the
-    /// tag as given): restarts, rollbacks and scale-ups run exactly this. Absent when the
-    /// function runs no bundle.
+    /// The bundle, or the container image's manifest, the serving version runs, pinned when
+    /// it was deployed (`image` stays the reference as given): restarts, rollbacks and
+    /// scale-ups run exactly this. Absent when the function runs no bundle or image.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(pattern = "^sha256:[0-9a-f]{64}$")]
     pub digest: Option<String>,

@@ -619,7 +619,14 @@ pub async fn serve(config: GatewayConfig, shutdown: CancellationToken) -> Result
     // The one place the server picks its runtime.
     let runtime: Arc<dyn fjord_runtime_api::Runtime> = Arc::new(runtime);
     let bundles = Bundles::new(data_dir, runtime.isolates()).map_err(dd_err)?;
-    let control = ControlPlane::with_uids(store, runtime, bundles, secret_key, uids);
+    let control = ControlPlane::from_parts(fjord_control::Parts {
+        store,
+        process: runtime,
+        containers: None,
+        bundles,
+        secret_key,
+        uids,
+    });
     let dispatch = Arc::new(tokio::sync::Notify::new());
     let restored = control.restore().await?;
     if restored > 0 {

@@ -39,6 +39,8 @@ struct FakeFunction {
 /// See the module docs.
 #[derive(Default)]
 pub struct FakeRuntime {
+    /// Shown as the runtime's name ("fake" unless made with [`FakeRuntime::named`]).
+    name: &'static str,
     functions: Mutex<HashMap<FunctionKey, FakeFunction>>,
     recorded: Mutex<Vec<Recorded>>,
 }
@@ -65,6 +67,15 @@ impl InProcess for FakeReplica {
 impl FakeRuntime {
     pub fn new() -> Arc<Self> {
         Arc::new(Self::default())
+    }
+
+    /// A fake runtime that calls itself `name` (to tell two apart, e.g. `process` and
+    /// `container`, in a control plane's tests).
+    pub fn named(name: &'static str) -> Arc<Self> {
+        Arc::new(Self {
+            name,
+            ..Self::default()
+        })
     }
 
     /// What it was asked to do so far, oldest first.
@@ -107,7 +118,11 @@ impl FakeRuntime {
 
 impl Runtime for FakeRuntime {
     fn name(&self) -> &'static str {
-        "fake"
+        if self.name.is_empty() {
+            "fake"
+        } else {
+            self.name
+        }
     }
 
     fn isolates(&self) -> bool {
@@ -179,7 +194,14 @@ impl Runtime for FakeRuntime {
             });
             handle.rollout().state = crate::RolloutState::Ready;
         }
-        let _ = tx.send(Ok(()));
+        let _ = tx.send(if broken {
+            Err(format!(
+                "version {generation} never became ready (fake: image {})",
+                spec.deployment.image
+            ))
+        } else {
+            Ok(())
+        });
         functions.insert(
             spec.key.clone(),
             FakeFunction {

@@ -75,7 +75,7 @@ const MIGRATIONS: &[&str] = &[
 
 const COLUMNS: &str = "namespace, name, deployment, replicas, uid, created_at, updated_at, digest";
 
-/// Which bundle a stored version runs, fixed when it was deployed.
+/// Which bundle or image a stored version runs, fixed when it was deployed.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum Pin {
     /// Stored by a fjord from before pinning: its tag is resolved once more at the next
@@ -86,14 +86,20 @@ pub enum Pin {
     NoBundle,
     /// The bundle's digest (`sha256:…`).
     Bundle(String),
+    /// A container image's manifest digest (`sha256:…`), stored as `image:sha256:…`.
+    Image(String),
 }
 
+/// How an image pin is told from a bundle pin in the `digest` column.
+const IMAGE_PIN: &str = "image:";
+
 impl Pin {
-    fn to_sql(&self) -> Option<&str> {
+    fn to_sql(&self) -> Option<String> {
         match self {
             Pin::Unknown => None,
-            Pin::NoBundle => Some(""),
-            Pin::Bundle(d) => Some(d),
+            Pin::NoBundle => Some(String::new()),
+            Pin::Bundle(d) => Some(d.clone()),
+            Pin::Image(d) => Some(format!("{IMAGE_PIN}{d}")),
         }
     }
 
@@ -101,14 +107,17 @@ impl Pin {
         match v {
             None => Pin::Unknown,
             Some(d) if d.is_empty() => Pin::NoBundle,
-            Some(d) => Pin::Bundle(d),
+            Some(d) => match d.strip_prefix(IMAGE_PIN) {
+                Some(image) => Pin::Image(image.to_string()),
+                None => Pin::Bundle(d),
+            },
         }
     }
 
-    /// The digest, when it is a bundle.
+    /// The digest, when it is a bundle or an image.
     pub fn digest(&self) -> Option<&str> {
         match self {
-            Pin::Bundle(d) => Some(d),
+            Pin::Bundle(d) | Pin::Image(d) => Some(d),
             _ => None,
         }
     }
@@ -794,6 +803,28 @@ mod tests {
         assert_eq!(store.list().unwrap(), vec![f]);
         assert_eq!(store.get("team-a", "other").unwrap(), None);
         assert_eq!(store.get("team-b", "resize").unwrap(), None);
+    }
+
+    #[test]
+    fn every_pin_round_trips() {
+        let (_dir, store) = open();
+        let digest = format!("sha256:{}", "cd".repeat(32));
+        for pin in [
+            Pin::NoBundle,
+            Pin::Bundle(digest.clone()),
+            Pin::Image(digest.clone()),
+        ] {
+            let mut f = func("ns", "p", 100_000);
+            f.pin = pin.clone();
+            store.upsert(&f).unwrap();
+            assert_eq!(store.get("ns", "p").unwrap().unwrap().pin, pin);
+        }
+        store
+            .set_pin("ns", "p", &Pin::Image(digest.clone()))
+            .unwrap();
+        let got = store.get("ns", "p").unwrap().unwrap().pin;
+        assert_eq!(got, Pin::Image(digest.clone()));
+        assert_eq!(got.digest(), Some(digest.as_str()));
     }
 
     #[test]

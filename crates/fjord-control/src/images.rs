@@ -1,0 +1,64 @@
+//! Container images as the control plane sees them: an [`ImageSource`] pulls an image
+//! reference (or finds a pinned digest again) and hands back its unpacked layers; the
+//! control plane pins the deployment to the digest and gives the layers to the container
+//! runtime. The image store (fjord-oci) implements it; tests use a fake.
+
+use std::sync::Arc;
+
+use fjord_runtime_api::{BoxFuture, ImageRootfs};
+use zeroize::Zeroizing;
+
+/// The annotation naming a secret (in the function's namespace) that holds registry
+/// credentials for pulling its image, as a Docker `config.json` (`.dockerconfigjson`).
+pub const REGISTRY_AUTH_ANNOTATION: &str = "com.fjord.registry-auth";
+
+/// Registry credentials for one pull: a Docker `config.json` document (`{"auths": {...}}`).
+pub struct RegistryAuth(pub Zeroizing<Vec<u8>>);
+
+/// Why an image cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    /// The user's to fix (shown as 400): an invalid reference, an unknown repository or tag,
+    /// missing or wrong credentials, no linux/amd64 image, a layer that cannot be unpacked
+    /// safely or is too large. The message names the image and what to do.
+    #[error("{0}")]
+    Invalid(String),
+    /// The registry could not be reached or failed (shown as 502).
+    #[error("{0}")]
+    Unreachable(String),
+    /// Ours: the disk, the store (500).
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// What image garbage collection removed.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct GcReport {
+    pub images: usize,
+    pub layers: usize,
+    pub bytes: u64,
+}
+
+/// Where container images come from.
+pub trait ImageSource: Send + Sync + 'static {
+    /// Resolves `reference` and pulls what is missing, by the pull policy of Kubernetes
+    /// (`:latest` or no tag: check the registry's digest; another tag: only if not present;
+    /// a digest: never when present). The result's `digest` is what the deployment pins.
+    fn pull<'a>(
+        &'a self,
+        reference: &'a str,
+        auth: Option<&'a RegistryAuth>,
+    ) -> BoxFuture<'a, Result<Arc<ImageRootfs>, ImageError>>;
+
+    /// The image a version was pinned to: from the local store, or pulled by digest from
+    /// `reference`'s repository if it is gone (never what the tag names today).
+    fn pinned<'a>(
+        &'a self,
+        reference: &'a str,
+        digest: &'a str,
+        auth: Option<&'a RegistryAuth>,
+    ) -> BoxFuture<'a, Result<Arc<ImageRootfs>, ImageError>>;
+
+    /// Removes images and layers no digest in `keep` needs.
+    fn gc<'a>(&'a self, keep: &'a [String]) -> BoxFuture<'a, Result<GcReport, ImageError>>;
+}

@@ -1,0 +1,401 @@
+//! Which runtime runs a deployment (process or container), image pulls and pins, registry
+//! credentials, and updates that move a function between runtimes — over two fake runtimes
+//! and a fake image source (no registry, no runc).
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use fjord_core::FunctionKey;
+use fjord_core::openfaas::FunctionDeployment;
+use fjord_runtime_api::fake::{FakeRuntime, Recorded};
+use fjord_runtime_api::{BoxFuture, ImageRootfs};
+use fjord_store::Pin;
+
+use crate::bundles::Bundles;
+use crate::images::{GcReport, ImageError, ImageSource, RegistryAuth};
+use crate::secrets::SecretKey;
+use crate::{Containers, ControlError, ControlPlane, DeployMode, Parts};
+
+/// What the fake image source was asked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Asked {
+    Pull {
+        reference: String,
+        auth: Option<String>,
+    },
+    Pinned {
+        reference: String,
+        digest: String,
+    },
+}
+
+/// Images named `missing/…` do not exist, `down/…` live on a registry that is down; any other
+/// reference pulls, with a digest derived from the reference.
+#[derive(Default)]
+struct FakeImages {
+    asked: Mutex<Vec<Asked>>,
+}
+
+fn digest_of(reference: &str) -> String {
+    let mut hex: String = reference
+        .bytes()
+        .map(|b| format!("{:02x}", b % 16))
+        .collect();
+    hex.truncate(64);
+    format!("sha256:{hex:0<64}")
+}
+
+impl ImageSource for FakeImages {
+    fn pull<'a>(
+        &'a self,
+        reference: &'a str,
+        auth: Option<&'a RegistryAuth>,
+    ) -> BoxFuture<'a, Result<Arc<ImageRootfs>, ImageError>> {
+        Box::pin(async move {
+            self.asked.lock().unwrap().push(Asked::Pull {
+                reference: reference.into(),
+                auth: auth.map(|a| String::from_utf8_lossy(&a.0).into_owned()),
+            });
+            if reference.starts_with("missing/") {
+                return Err(ImageError::Invalid(format!(
+                    "image {reference}: not found in the registry"
+                )));
+            }
+            if reference.starts_with("down/") {
+                return Err(ImageError::Unreachable(format!(
+                    "image {reference}: registry down: connection refused"
+                )));
+            }
+            Ok(Arc::new(ImageRootfs {
+                digest: digest_of(reference),
+                ..ImageRootfs::default()
+            }))
+        })
+    }
+
+    fn pinned<'a>(
+        &'a self,
+        reference: &'a str,
+        digest: &'a str,
+        _auth: Option<&'a RegistryAuth>,
+    ) -> BoxFuture<'a, Result<Arc<ImageRootfs>, ImageError>> {
+        Box::pin(async move {
+            self.asked.lock().unwrap().push(Asked::Pinned {
+                reference: reference.into(),
+                digest: digest.into(),
+            });
+            Ok(Arc::new(ImageRootfs {
+                digest: digest.into(),
+                ..ImageRootfs::default()
+            }))
+        })
+    }
+
+    fn gc<'a>(&'a self, _keep: &'a [String]) -> BoxFuture<'a, Result<GcReport, ImageError>> {
+        Box::pin(async { Ok(GcReport::default()) })
+    }
+}
+
+struct Setup {
+    control: Arc<ControlPlane>,
+    process: Arc<FakeRuntime>,
+    container: Arc<FakeRuntime>,
+    images: Arc<FakeImages>,
+}
+
+fn control_in(dir: &std::path::Path, with_containers: bool) -> Setup {
+    let store = fjord_store::Store::open(&dir.join("state.db")).expect("store");
+    let process = FakeRuntime::named("process");
+    let container = FakeRuntime::named("container");
+    let images = Arc::new(FakeImages::default());
+    let (secret_key, _) = SecretKey::load_or_create(dir).expect("secrets key");
+    let control = ControlPlane::from_parts(Parts {
+        store,
+        process: process.clone(),
+        containers: with_containers.then(|| Containers {
+            runtime: container.clone(),
+            images: images.clone(),
+        }),
+        bundles: Bundles::new(dir, false).expect("bundles"),
+        secret_key,
+        uids: fjord_store::uid_registry::UidBlock::unrestricted(),
+    });
+    Setup {
+        control,
+        process,
+        container,
+        images,
+    }
+}
+
+fn setup(with_containers: bool) -> (Setup, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let s = control_in(dir.path(), with_containers);
+    (s, dir)
+}
+
+fn deployment(json: serde_json::Value) -> FunctionDeployment {
+    serde_json::from_value(json).expect("a deployment")
+}
+
+fn key(name: &str) -> FunctionKey {
+    FunctionKey::new(name, None).expect("a key")
+}
+
+fn applied(rt: &FakeRuntime, name: &str) -> bool {
+    rt.recorded().iter().any(
+        |r| matches!(r, Recorded::Apply { function, .. } if function == &format!("{name}.openfaas-fn")),
+    )
+}
+
+fn runtime_of(c: &ControlPlane, name: &str) -> String {
+    c.status(&key(name))
+        .expect("status")
+        .fjord
+        .and_then(|f| f.runtime)
+        .expect("runtime")
+}
+
+#[tokio::test]
+async fn a_command_runs_as_a_process_and_an_image_alone_as_a_container() {
+    let (s, _dir) = setup(true);
+    let c = &s.control;
+    c.deploy(
+        deployment(serde_json::json!({"service": "cmd", "image": "label", "envProcess": "cat"})),
+        DeployMode::CreateOrUpdate,
+    )
+    .await
+    .expect("process deploy");
+    assert!(applied(&s.process, "cmd") && !applied(&s.container, "cmd"));
+    assert_eq!(runtime_of(c, "cmd"), "process");
+
+    c.deploy(
+        deployment(serde_json::json!({"service": "img", "image": "ghcr.io/acme/figlet:1.0"})),
+        DeployMode::CreateOrUpdate,
+    )
+    .await
+    .expect("container deploy");
+    assert!(applied(&s.container, "img") && !applied(&s.process, "img"));
+    assert_eq!(runtime_of(c, "img"), "container");
+    // Pinned to the digest the pull resolved, in the status and the store.
+    let want = digest_of("ghcr.io/acme/figlet:1.0");
+    let status = c.status(&key("img")).expect("status");
+    assert_eq!(status.fjord.and_then(|f| f.digest), Some(want.clone()));
+    let stored = c.store().get("openfaas-fn", "img").unwrap().unwrap();
+    assert_eq!(stored.pin, Pin::Image(want));
+
+    // The annotation wins both ways.
+    c.deploy(
+        deployment(serde_json::json!({"service": "forced", "image": "acme/w:2", "envProcess": "python3 index.py",
+            "annotations": {"com.fjord.runtime": "container"}})),
+        DeployMode::CreateOrUpdate,
+    )
+    .await
+    .expect("forced container");
+    assert_eq!(runtime_of(c, "forced"), "container");
+    let e = c
+        .deploy(
+            deployment(
+                serde_json::json!({"service": "bad", "image": "x", "envProcess": "cat",
+            "annotations": {"com.fjord.runtime": "vm"}}),
+            ),
+            DeployMode::CreateOrUpdate,
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, ControlError::BadRequest(m) if m.contains("com.fjord.runtime") && m.contains("process or container")),
+        "{e}"
+    );
+}
+
+#[tokio::test]
+async fn without_a_container_runtime_an_image_needs_a_command_and_says_so() {
+    let (s, _dir) = setup(false);
+    let c = &s.control;
+    let e = c
+        .deploy(
+            deployment(serde_json::json!({"service": "img", "image": "acme/figlet"})),
+            DeployMode::CreateOrUpdate,
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, ControlError::BadRequest(m) if m.contains("envProcess")),
+        "{e}"
+    );
+    let e = c
+        .deploy(
+            deployment(serde_json::json!({"service": "img", "image": "acme/figlet",
+            "annotations": {"com.fjord.runtime": "container"}})),
+            DeployMode::CreateOrUpdate,
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, ControlError::BadRequest(m) if m.contains("cannot run containers")),
+        "{e}"
+    );
+    assert!(c.store().list().unwrap().is_empty(), "nothing stored");
+}
+
+#[tokio::test]
+async fn pull_failures_are_clear_and_store_nothing() {
+    let (s, _dir) = setup(true);
+    let c = &s.control;
+    let e = c
+        .deploy(
+            deployment(serde_json::json!({"service": "m", "image": "missing/x:1"})),
+            DeployMode::CreateOrUpdate,
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, ControlError::BadRequest(m) if m.contains("not found")),
+        "{e}"
+    );
+    let e = c
+        .deploy(
+            deployment(serde_json::json!({"service": "d", "image": "down/x:1"})),
+            DeployMode::CreateOrUpdate,
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(&e, ControlError::Upstream(_)), "{e}");
+    assert!(c.store().list().unwrap().is_empty());
+    assert!(s.container.recorded().is_empty(), "nothing started");
+}
+
+#[tokio::test]
+async fn registry_credentials_come_from_the_named_secret() {
+    let (s, _dir) = setup(true);
+    let c = &s.control;
+    let auth = r#"{"auths":{"registry.acme:5000":{"auth":"dTpw"}}}"#;
+    let e = c
+        .deploy(
+            deployment(
+                serde_json::json!({"service": "p", "image": "registry.acme:5000/p:1",
+            "annotations": {"com.fjord.registry-auth": "acme-pull"}}),
+            ),
+            DeployMode::CreateOrUpdate,
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, ControlError::BadRequest(m) if m.contains("acme-pull") && m.contains("not found")),
+        "{e}"
+    );
+    c.create_secret("openfaas-fn", "acme-pull", auth.as_bytes())
+        .await
+        .expect("secret");
+    c.deploy(
+        deployment(
+            serde_json::json!({"service": "p", "image": "registry.acme:5000/p:1",
+            "annotations": {"com.fjord.registry-auth": "acme-pull"}}),
+        ),
+        DeployMode::CreateOrUpdate,
+    )
+    .await
+    .expect("deploy with credentials");
+    assert!(s.images.asked.lock().unwrap().contains(&Asked::Pull {
+        reference: "registry.acme:5000/p:1".into(),
+        auth: Some(auth.into()),
+    }));
+}
+
+#[tokio::test]
+async fn a_restart_runs_the_pinned_image_digest_not_the_tag() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let digest = {
+        let s = control_in(dir.path(), true);
+        s.control
+            .deploy(
+                deployment(serde_json::json!({"service": "img", "image": "acme/app:latest"})),
+                DeployMode::CreateOrUpdate,
+            )
+            .await
+            .expect("deploy");
+        s.control.shutdown().await;
+        digest_of("acme/app:latest")
+    };
+    let s = control_in(dir.path(), true);
+    assert_eq!(s.control.restore().await.expect("restore"), 1);
+    let asked = s.images.asked.lock().unwrap().clone();
+    assert_eq!(
+        asked,
+        vec![Asked::Pinned {
+            reference: "acme/app:latest".into(),
+            digest
+        }],
+        "no pull of the tag on restart"
+    );
+    assert_eq!(runtime_of(&s.control, "img"), "container");
+}
+
+#[tokio::test]
+async fn moving_to_another_runtime_keeps_the_old_version_until_the_new_is_ready() {
+    let (s, _dir) = setup(true);
+    let c = &s.control;
+    c.deploy(
+        deployment(serde_json::json!({"service": "mv", "image": "label", "envProcess": "cat"})),
+        DeployMode::CreateOrUpdate,
+    )
+    .await
+    .expect("v1 as a process");
+    // A version that never becomes ready: the process version keeps serving, the store
+    // goes back to it, the container runtime forgets the function.
+    c.deploy(
+        deployment(serde_json::json!({"service": "mv", "image": "broken/img:2"})),
+        DeployMode::Update,
+    )
+    .await
+    .expect("update accepted");
+    let stored_is_v1 = || async {
+        c.store()
+            .get("openfaas-fn", "mv")
+            .unwrap()
+            .is_some_and(|f| f.deployment.image == "label")
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !(stored_is_v1().await
+        && s.container.recorded().contains(&Recorded::Remove {
+            function: "mv.openfaas-fn".into(),
+        }))
+    {
+        assert!(tokio::time::Instant::now() < deadline, "never rolled back");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(runtime_of(c, "mv"), "process");
+    assert!(
+        !s.process
+            .recorded()
+            .iter()
+            .any(|r| matches!(r, Recorded::Remove { .. }))
+    );
+
+    // A good image: the route moves to the container, then the process replicas stop.
+    c.deploy(
+        deployment(serde_json::json!({"service": "mv", "image": "acme/mv:3"})),
+        DeployMode::Update,
+    )
+    .await
+    .expect("update to a container");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while runtime_of(c, "mv") != "container" {
+        assert!(tokio::time::Instant::now() < deadline, "never switched");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !s.process.recorded().contains(&Recorded::Remove {
+        function: "mv.openfaas-fn".into(),
+    }) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "old replicas never stopped"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let stored = c.store().get("openfaas-fn", "mv").unwrap().unwrap();
+    assert_eq!(stored.deployment.image, "acme/mv:3");
+    assert_eq!(stored.pin, Pin::Image(digest_of("acme/mv:3")));
+}
