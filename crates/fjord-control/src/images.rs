@@ -32,10 +32,13 @@ pub enum ImageError {
 }
 
 /// What image garbage collection removed.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct GcReport {
+    /// Images (manifests and their configs) removed.
     pub images: usize,
+    /// Unpacked layers removed.
     pub layers: usize,
+    /// Bytes freed on disk.
     pub bytes: u64,
 }
 

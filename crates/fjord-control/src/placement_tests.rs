@@ -34,6 +34,8 @@ enum Asked {
 #[derive(Default)]
 struct FakeImages {
     asked: Mutex<Vec<Asked>>,
+    /// The `keep` list of every garbage collection.
+    collected: Mutex<Vec<Vec<String>>>,
 }
 
 fn digest_of(reference: &str) -> String {
@@ -91,7 +93,8 @@ impl ImageSource for FakeImages {
         })
     }
 
-    fn gc<'a>(&'a self, _keep: &'a [String]) -> BoxFuture<'a, Result<GcReport, ImageError>> {
+    fn gc<'a>(&'a self, keep: &'a [String]) -> BoxFuture<'a, Result<GcReport, ImageError>> {
+        self.collected.lock().unwrap().push(keep.to_vec());
         Box::pin(async { Ok(GcReport::default()) })
     }
 }
@@ -398,4 +401,47 @@ async fn moving_to_another_runtime_keeps_the_old_version_until_the_new_is_ready(
     let stored = c.store().get("openfaas-fn", "mv").unwrap().unwrap();
     assert_eq!(stored.deployment.image, "acme/mv:3");
     assert_eq!(stored.pin, Pin::Image(digest_of("acme/mv:3")));
+}
+
+#[tokio::test]
+async fn images_no_version_uses_are_collected_after_updates_and_deletes() {
+    let (s, _dir) = setup(true);
+    let c = &s.control;
+    for (name, image) in [("a", "acme/a:1"), ("b", "acme/b:1")] {
+        c.deploy(
+            deployment(serde_json::json!({"service": name, "image": image})),
+            DeployMode::CreateOrUpdate,
+        )
+        .await
+        .expect("deploy");
+    }
+    c.deploy(
+        deployment(serde_json::json!({"service": "a", "image": "acme/a:2"})),
+        DeployMode::Update,
+    )
+    .await
+    .expect("update");
+    // After the update's rollout: a:1 is no longer kept, a:2 and b:1 are.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let last = s.images.collected.lock().unwrap().last().cloned();
+        if let Some(keep) = last {
+            let mut want = vec![digest_of("acme/a:2"), digest_of("acme/b:1")];
+            want.sort();
+            assert_eq!(keep, want);
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no collection after the update"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    c.delete(&key("b")).await.expect("delete");
+    let keep = s.images.collected.lock().unwrap().last().cloned().unwrap();
+    assert_eq!(keep, vec![digest_of("acme/a:2")]);
+    // On demand too.
+    let n = s.images.collected.lock().unwrap().len();
+    c.gc_images().await.expect("gc");
+    assert_eq!(s.images.collected.lock().unwrap().len(), n + 1);
 }

@@ -12,7 +12,7 @@ use fjord_core::openfaas::{
 use fjord_core::{DEFAULT_NAMESPACE, FunctionKey, FunctionSpec};
 use fjord_runtime_api::{FunctionHandle, Runtime, SecretFiles, Source};
 
-use crate::images::{ImageSource, REGISTRY_AUTH_ANNOTATION, RegistryAuth};
+use crate::images::{GcReport, ImageSource, REGISTRY_AUTH_ANNOTATION, RegistryAuth};
 
 use crate::autoscale::ScalerState;
 use crate::bundles::Bundles;
@@ -770,6 +770,7 @@ impl ControlPlane {
                         tracing::warn!(function = %key, error = %e, "cannot stop the replicas of the previous runtime");
                     }
                     tracing::info!(function = %key, runtime = runtime.name(), "moved to another runtime");
+                    this.collect_images().await;
                 }
                 Err(reason) => {
                     if let Err(e) = runtime.remove(&key).await {
@@ -827,6 +828,9 @@ impl ControlPlane {
                         serving_digest: new_pin.digest().map(str::to_string),
                     }),
                 );
+                if matches!(old.pin, Pin::Image(_)) {
+                    self.collect_images().await;
+                }
             }
             Err(reason) => {
                 // Roll the store back (deployment and pinned bundle) unless a newer deploy
@@ -894,7 +898,54 @@ impl ControlPlane {
             }
         }
         tracing::info!(function = %key, "deleted");
+        self.collect_images().await;
         Ok(())
+    }
+
+    /// Removes the images and layers no stored or serving version uses (also done after
+    /// every delete and every update of a container function). Returns what went.
+    pub async fn gc_images(&self) -> Result<GcReport, ControlError> {
+        let _guard = self.changes.lock().await;
+        self.gc_images_locked().await
+    }
+
+    /// [`gc_images`](Self::gc_images) with the change lock held: a deploy pulling an image
+    /// holds it too, so nothing it just pulled can go before it is stored.
+    async fn gc_images_locked(&self) -> Result<GcReport, ControlError> {
+        let Some(c) = &self.containers else {
+            return Ok(GcReport::default());
+        };
+        let mut keep: Vec<String> = self
+            .store
+            .list()?
+            .into_iter()
+            .filter_map(|f| match f.pin {
+                Pin::Image(d) => Some(d),
+                _ => None,
+            })
+            .collect();
+        for r in self.routes.load().values().flat_map(|m| m.values()) {
+            keep.extend(r.digest.iter().chain(&r.serving_digest).cloned());
+        }
+        keep.sort();
+        keep.dedup();
+        let report = c.images.gc(&keep).await?;
+        if report.images + report.layers > 0 {
+            tracing::info!(
+                images = report.images,
+                layers = report.layers,
+                bytes = report.bytes,
+                "removed images no function uses"
+            );
+        }
+        Ok(report)
+    }
+
+    /// Automatic image collection: a failure is logged, never the caller's problem.
+    async fn collect_images(&self) {
+        if let Err(e) = self.gc_images_locked().await {
+            tracing::warn!(error = %e, "image garbage collection failed");
+        }
     }
 
     /// Sets the replica count, as OpenFaaS does: any count from 0 (the next request wakes
@@ -1135,6 +1186,13 @@ fn remove_leftovers(uid: u32) {
                 }
             }
         }
+    }
+}
+
+impl Route {
+    /// The runtime serving this function (`process`, `container`, …).
+    pub fn runtime_name(&self) -> &'static str {
+        self.runtime.name()
     }
 }
 

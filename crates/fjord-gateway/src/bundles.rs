@@ -202,3 +202,21 @@ mod tests {
         assert!(validate_tag("").is_err());
     }
 }
+
+/// `POST /system/images/gc`: removes the container images and layers no function uses
+/// (fjord also does this after every delete and every update of a container function).
+#[utoipa::path(
+    post, path = "/system/images/gc", tag = "images",
+    responses(
+        (status = 200, description = "What was removed", body = fjord_control::images::GcReport),
+        (status = 401, response = crate::responses::Unauthorized),
+        (status = 403, description = "The credentials' scope does not allow this (the message names the scope needed)", body = String, content_type = "text/plain"),
+        (status = 500, description = "The image store failed", body = String, content_type = "text/plain"),
+    ),
+    security(("basicAuth" = []))
+)]
+pub async fn gc_images(
+    State(app): State<AppState>,
+) -> Result<axum::Json<fjord_control::images::GcReport>, ApiError> {
+    Ok(axum::Json(app.control.gc_images().await?))
+}

@@ -45,6 +45,7 @@ use crate::{api, async_calls, bundles, invoke, logs, namespaces, secrets, tokens
         bundles::head_bundle,
         bundles::put_bundle,
         bundles::set_tag,
+        bundles::gc_images,
         async_calls::list_calls,
         async_calls::get_call,
         async_calls::replay,
@@ -64,6 +65,7 @@ use crate::{api, async_calls, bundles, invoke, logs, namespaces, secrets, tokens
     ),
     components(
         schemas(
+            fjord_control::images::GcReport,
             fjord_core::openfaas::FunctionDeployment,
             fjord_core::openfaas::FunctionResources,
             fjord_core::openfaas::FunctionStatus,
@@ -96,6 +98,7 @@ use crate::{api, async_calls, bundles, invoke, logs, namespaces, secrets, tokens
         (name = "invoke", description = "Call functions, synchronously or queued"),
         (name = "async calls", description = "Queued calls (fjord extension)"),
         (name = "bundles", description = "Function code without images (fjord extension)"),
+        (name = "images", description = "Container images pulled for functions (fjord extension)"),
         (name = "system", description = "The gateway itself"),
         (name = "secrets", description = "Function secrets: values go in, never come out"),
         (name = "tokens", description = "API tokens with scopes (fjord extension)"),

@@ -190,3 +190,23 @@ async fn every_table_route_is_routed_and_system_routes_are_protected() {
     let (status, _) = send(&t, admin(&t, request("PATCH", "/system/functions", ""))).await;
     assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
 }
+
+#[tokio::test]
+async fn image_gc_answers_what_it_removed_and_status_names_the_runtime() {
+    let t = TestApp::new().await;
+    let (status, body) = send(&t, request("POST", "/system/images/gc", "")).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    let (status, body) = send(&t, admin(&t, request("POST", "/system/images/gc", ""))).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let report: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(
+        report,
+        serde_json::json!({"images": 0, "layers": 0, "bytes": 0})
+    );
+
+    t.deploy("rt", "fake/rt", "m").await;
+    let (status, body) = send(&t, admin(&t, request("GET", "/system/function/rt", ""))).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let f: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(f["fjord"]["runtime"], "fake");
+}

@@ -143,6 +143,12 @@ pub fn table() -> Vec<RouteEntry> {
             System(Deploy),
             bundles::set_tag,
         ),
+        entry(
+            "POST",
+            "/system/images/gc",
+            System(Deploy),
+            bundles::gc_images,
+        ),
         entry("POST", "/system/alert", System(Deploy), api::alert),
         entry(
             "GET",
