@@ -246,7 +246,9 @@ fn refused_type(t: tar::EntryType) -> String {
 enum Item<'a> {
     Skip,
     Dir,
-    File { size: u64 },
+    File {
+        size: u64,
+    },
     Symlink(PathBuf),
     HardLink(Vec<&'a OsStr>, PathBuf),
     /// OCI `.wh.NAME` (the name without its prefix is the last component).
@@ -541,8 +543,16 @@ impl Extractor {
                 .map_err(|r| fail(Fail::Entry(r)))?;
             let owner = |h: &tar::Header| {
                 let mode = h.mode().unwrap_or(0o644) & LAYER_MODE_MASK;
-                let uid = h.uid().ok().and_then(|u| u32::try_from(u).ok()).unwrap_or(0);
-                let gid = h.gid().ok().and_then(|g| u32::try_from(g).ok()).unwrap_or(0);
+                let uid = h
+                    .uid()
+                    .ok()
+                    .and_then(|u| u32::try_from(u).ok())
+                    .unwrap_or(0);
+                let gid = h
+                    .gid()
+                    .ok()
+                    .and_then(|g| u32::try_from(g).ok())
+                    .unwrap_or(0);
                 (mode, uid, gid)
             };
             match item {

@@ -303,7 +303,9 @@ mod tests {
     #[test]
     fn normalises_like_docker() {
         let d = D;
-        let cases: &[(&str, &str, &str, Option<&str>, Option<&str>)] = &[
+        // (input, registry, repository, tag, digest)
+        type Case<'a> = (&'a str, &'a str, &'a str, Option<&'a str>, Option<&'a str>);
+        let cases: &[Case] = &[
             // Docker's own examples (distribution/reference normalize_test.go).
             (
                 "busybox",
