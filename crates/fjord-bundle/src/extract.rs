@@ -590,13 +590,20 @@ impl Extractor {
                         // chown first: it clears setuid bits, and the mode is set after it.
                         let (mode, uid, gid) = owner(entry.header());
                         set_attrs(file.as_fd(), mode, uid, gid).map_err(|e| fail(Fail::Io(e)))?;
+                        // Kept so that caches keyed by mtime (Python's .pyc) stay valid.
+                        let mtime = entry.header().mtime().unwrap_or(0);
+                        file.set_modified(
+                            std::time::UNIX_EPOCH + std::time::Duration::from_secs(mtime),
+                        )
+                        .map_err(|e| fail(Fail::Io(e)))?;
                     }
                 }
                 Item::Symlink(target) => {
                     w.symlink(&comps, &target).map_err(fail)?;
                     if self.oci_layer {
                         let (_, uid, gid) = owner(entry.header());
-                        w.chown_link(&comps, uid, gid).map_err(fail)?;
+                        let mtime = entry.header().mtime().unwrap_or(0);
+                        w.chown_link(&comps, uid, gid, mtime).map_err(fail)?;
                     }
                 }
                 Item::HardLink(target, _) => w.hard_link(&comps, &target).map_err(fail)?,
@@ -903,7 +910,7 @@ impl Writer<'_> {
         .map_err(|e| Fail::Io(e.into()))
     }
 
-    fn chown_link(&mut self, comps: &[&OsStr], uid: u32, gid: u32) -> Result<(), Fail> {
+    fn chown_link(&mut self, comps: &[&OsStr], uid: u32, gid: u32, mtime: u64) -> Result<(), Fail> {
         let name = comps[comps.len() - 1];
         let parent = self.parent(comps)?;
         rustix::fs::chownat(
@@ -913,7 +920,17 @@ impl Writer<'_> {
             Some(rustix::fs::Gid::from_raw(gid)),
             AtFlags::SYMLINK_NOFOLLOW,
         )
-        .map_err(|e| Fail::Io(e.into()))
+        .map_err(|e| Fail::Io(e.into()))?;
+        let t = rustix::fs::Timespec {
+            tv_sec: i64::try_from(mtime).unwrap_or(0),
+            tv_nsec: 0,
+        };
+        let times = rustix::fs::Timestamps {
+            last_access: t,
+            last_modification: t,
+        };
+        rustix::fs::utimensat(parent, name, &times, AtFlags::SYMLINK_NOFOLLOW)
+            .map_err(|e| Fail::Io(e.into()))
     }
 
     fn file(&mut self, comps: &[&OsStr], exec: bool) -> Result<File, Fail> {

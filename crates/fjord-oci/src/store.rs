@@ -321,6 +321,11 @@ impl ImageStore {
         // installed (by the server's TLS) is fine.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let root = root.into();
+        std::fs::create_dir_all(&root).map_err(io_at(&root))?;
+        // Others may traverse (a runtime in a user namespace reaches layers by their path) but
+        // not list which images this host has.
+        std::fs::set_permissions(&root, std::os::unix::fs::PermissionsExt::from_mode(0o711))
+            .map_err(io_at(&root))?;
         for d in ["tmp", "blobs/sha256", "layers", "images", "tags"] {
             let p = root.join(d);
             std::fs::create_dir_all(&p).map_err(io_at(&p))?;
@@ -468,7 +473,8 @@ impl ImageStore {
     /// Remembers that `r` resolved to `digest` (tag record, and the image's references).
     fn remember(&self, r: &Reference, digest: &str) -> Result<(), OciError> {
         let tmp = self.tmp();
-        if let Some(key) = r.tag_key() {
+        // `repo:tag@digest` pulls the digest; it says nothing about where the tag is now.
+        if let Some(key) = r.tag_key().filter(|_| r.digest().is_none()) {
             let rec = TagRecord {
                 reference: key.clone(),
                 digest: digest.to_string(),
@@ -588,6 +594,13 @@ impl ImageStore {
 
     fn gc_blocking(&self, keep: &[String]) -> Result<GcReport, OciError> {
         let mut report = GcReport::default();
+        // No pull runs (GC holds the lock exclusively): anything in tmp/ is a leftover.
+        let tmp = self.tmp();
+        for e in std::fs::read_dir(&tmp).map_err(io_at(&tmp))? {
+            let p = e.map_err(io_at(&tmp))?.path();
+            report.bytes += du(&p);
+            remove_any(&p).map_err(io_at(&p))?;
+        }
         let (mut blobs, mut layers, mut images) =
             (BTreeSet::new(), BTreeSet::new(), BTreeSet::new());
         for info in self.list()? {
@@ -1083,4 +1096,33 @@ fn install_layer(tmp: &Path, dest: &Path, u: &layer::Unpack<'_>) -> Result<(), O
             .map_err(io_at(parent))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The server awaits pulls in spawned tasks.
+    #[test]
+    fn pull_futures_are_send() {
+        fn send<T: Send>(_: &T) {}
+        let dir = tempfile::tempdir().unwrap();
+        let store = ImageStore::open(dir.path(), StoreConfig::default()).unwrap();
+        let r = Reference::parse("127.0.0.1:1/x:1").unwrap();
+        let fut = store.pull(&r, PullPolicy::Never, None, &|_: &Progress| {});
+        send(&fut);
+        let gc = store.gc(&[]);
+        send(&gc);
+    }
+
+    #[test]
+    fn default_pull_policy_is_kubernetes() {
+        let p = |s: &str| PullPolicy::default_for(&Reference::parse(s).unwrap());
+        assert_eq!(p("busybox"), PullPolicy::Always);
+        assert_eq!(p("busybox:latest"), PullPolicy::Always);
+        assert_eq!(p("busybox:1.36"), PullPolicy::IfNotPresent);
+        let d = "sha256:e6693c20186f837fc393390135d8a598a96a833917917789d63766cab6c59582";
+        assert_eq!(p(&format!("busybox@{d}")), PullPolicy::IfNotPresent);
+        assert_eq!(p(&format!("busybox:latest@{d}")), PullPolicy::IfNotPresent);
+    }
 }
