@@ -600,3 +600,74 @@ async fn gc_removes_what_no_kept_image_uses_and_keeps_shared_layers() {
             .is_none()
     );
 }
+
+/// Set in the child process of the kill -9 test: `<store root>\n<reference>\n<stuck file>`.
+const CHILD_ENV: &str = "FJORD_OCI_TEST_KILL_CHILD";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_in_the_middle_of_a_pull_leaves_nothing_trusted() {
+    if let Ok(spec) = std::env::var(CHILD_ENV) {
+        // The child: pull until the second layer is downloaded, then hang there (in tmp/,
+        // before its unpack) until killed.
+        let mut parts = spec.lines();
+        let (root, r, stuck) = (
+            parts.next().unwrap().to_string(),
+            parts.next().unwrap().to_string(),
+            parts.next().unwrap().to_string(),
+        );
+        let store = ImageStore::open(&root, StoreConfig::default()).unwrap();
+        let r = Reference::parse(&r).unwrap();
+        let hang = move |p: &Progress| {
+            if p.index == 1 && p.state == LayerState::Unpacking {
+                std::fs::write(&stuck, "").unwrap();
+                loop {
+                    std::thread::sleep(std::time::Duration::from_secs(1));
+                }
+            }
+        };
+        let _ = store.pull(&r, PullPolicy::Always, None, &hang).await;
+        panic!("the child was meant to be killed");
+    }
+    let layout = layout();
+    let reg = Registry::start(None);
+    reg.push(layout, "big", "fn/big", "1");
+    let dir = tempfile::tempdir().unwrap();
+    let stuck = dir.path().join("stuck");
+    let root = dir.path().join("store");
+    let r = reference(&reg, "fn/big:1");
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "kill_9_in_the_middle_of_a_pull_leaves_nothing_trusted",
+            "--exact",
+            "--test-threads=1",
+        ])
+        .env(
+            CHILD_ENV,
+            format!("{}\n{r}\n{}", root.display(), stuck.display()),
+        )
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for("the child to reach the second layer", 60, || {
+        stuck.exists() || child.try_wait().unwrap().is_some()
+    });
+    assert!(stuck.exists(), "the child exited early");
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let leftovers = std::fs::read_dir(root.join("tmp")).unwrap().count();
+    assert!(leftovers > 0, "the downloaded blob was in tmp/");
+
+    let store = store(&root);
+    assert!(tmp_is_empty(&store));
+    assert!(store.list().unwrap().is_empty(), "no image recorded");
+    assert_eq!(layer_dirs(&store).len(), 1, "only the finished base layer");
+    let (img, progress) = pull(&store, &r).await;
+    let img = img.unwrap();
+    assert_eq!(img.layers.len(), 2);
+    assert!(img.layers[1].join("big").is_file());
+    assert!(
+        progress
+            .iter()
+            .any(|p| p.index == 0 && p.state == LayerState::Present)
+    );
+}
