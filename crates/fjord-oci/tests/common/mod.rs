@@ -233,6 +233,11 @@ pub fn layout() -> &'static Path {
         run(Command::new("chmod").arg("0640").arg(r.join("etc/owned")));
         run(Command::new("chmod").arg("1777").arg(r.join("tmp")));
         std::fs::write(r.join("etc/removed"), "gone soon").unwrap();
+        // An old, whole-second mtime, to check that unpacking keeps it.
+        run(Command::new("touch")
+            .arg("-d")
+            .arg("@1000000000")
+            .arg(r.join("bin/busybox")));
         std::fs::write(r.join("opq/old"), "hidden soon").unwrap();
         run(Command::new("umoci")
             .args(["repack", "--image", &img("base")])
