@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use fjord_bundle::{BundleError, Extractor};
+use ruzstd::decoding::{FrameDecoder, StreamingDecoder};
 use sha2::{Digest as _, Sha256};
 
 use crate::error::{OciError, io_at};
@@ -47,7 +48,39 @@ pub(crate) struct Unpack<'a> {
     pub max_entries: u64,
 }
 
-/// Unpacks `u.blob` (gzip or plain tar, told apart by their magic numbers) beneath `dest`
+/// A zstd stream of one or more frames (as `zstd` and `pzstd` write them).
+struct Zstd<R: BufRead> {
+    frame: Option<StreamingDecoder<R, FrameDecoder>>,
+}
+
+impl<R: BufRead> Zstd<R> {
+    fn new(inner: R) -> io::Result<Self> {
+        let frame = StreamingDecoder::new(inner).map_err(io::Error::other)?;
+        Ok(Self { frame: Some(frame) })
+    }
+}
+
+impl<R: BufRead> Read for Zstd<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            let Some(frame) = self.frame.as_mut() else {
+                return Ok(0);
+            };
+            let n = frame.read(buf)?;
+            if n > 0 || buf.is_empty() {
+                return Ok(n);
+            }
+            // This frame is done: another may follow.
+            let mut inner = self.frame.take().expect("just used").into_inner();
+            if inner.fill_buf()?.is_empty() {
+                return Ok(0);
+            }
+            self.frame = Some(StreamingDecoder::new(inner).map_err(io::Error::other)?);
+        }
+    }
+}
+
+/// Unpacks `u.blob` (gzip, zstd or plain tar, told apart by their magic numbers) beneath `dest`
 /// and checks the uncompressed stream against the diff_id.
 pub(crate) fn unpack(u: &Unpack<'_>, dest: &Path) -> Result<(), OciError> {
     let file = File::open(u.blob).map_err(io_at(u.blob))?;
@@ -56,11 +89,11 @@ pub(crate) fn unpack(u: &Unpack<'_>, dest: &Path) -> Result<(), OciError> {
     let tar: Box<dyn Read + Send> = if head.starts_with(GZIP_MAGIC) {
         Box::new(flate2::bufread::MultiGzDecoder::new(buf))
     } else if head.starts_with(ZSTD_MAGIC) {
-        return Err(OciError::BadLayer {
+        Box::new(Zstd::new(buf).map_err(|e| OciError::BadLayer {
             digest: u.digest.to_string(),
             entry: String::new(),
-            reason: "zstd-compressed layers are not supported (gzip or plain tar only)".into(),
-        });
+            reason: format!("not a valid zstd stream: {e}"),
+        })?)
     } else {
         Box::new(buf)
     };

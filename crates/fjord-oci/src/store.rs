@@ -147,6 +147,8 @@ const MT_OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 const MT_DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
 const MT_OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 const MT_DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+const MT_OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
+const MT_DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
 /// Manifests and configs are small; anything bigger is not one.
 const MAX_JSON: u64 = 8 << 20;
 
@@ -798,6 +800,22 @@ impl Puller<'_> {
             return Err(self.unsupported("the manifest has no config or no layers"));
         };
         check_sha256(&config_desc.digest, r)?;
+        // Artifacts (Helm charts, Wasm modules, signatures) share the registry protocol.
+        let mt = &config_desc.media_type;
+        if !(mt.is_empty() || mt == MT_OCI_CONFIG || mt == MT_DOCKER_CONFIG) {
+            return Err(self.unsupported(&format!(
+                "its config is {mt}, not a container image config: is it an artifact?"
+            )));
+        }
+        if let Some(l) = layers
+            .iter()
+            .find(|l| !(l.media_type.is_empty() || l.media_type.contains(".tar")))
+        {
+            return Err(self.unsupported(&format!(
+                "layer {} is {}, not a tar layer",
+                l.digest, l.media_type
+            )));
+        }
         let config_bytes = self.config_blob(&config_desc).await?;
         let config: RawImageConfig = self.parse_json(&config_bytes, "image config")?;
         if (!config.os.is_empty() && config.os != "linux")
@@ -967,12 +985,6 @@ impl Puller<'_> {
         if store.layer_trusted(diff_id) {
             report(LayerState::Present, total);
             return Ok(());
-        }
-        if desc.media_type.contains("zstd") {
-            return Err(self.unsupported(&format!(
-                "layer {} is zstd-compressed ({}); only gzip and plain tar layers are supported",
-                desc.digest, desc.media_type
-            )));
         }
         let too_large = || OciError::LayerTooLarge {
             digest: desc.digest.clone(),

@@ -663,3 +663,39 @@ async fn kill_9_in_the_middle_of_a_pull_leaves_nothing_trusted() {
             .any(|p| p.index == 0 && p.state == LayerState::Present)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zstd_layers_are_unpacked_too() {
+    let layout = layout();
+    let reg = Registry::start(None);
+    run(Command::new("skopeo")
+        .args([
+            "copy",
+            "--dest-tls-verify=false",
+            "--dest-compress-format=zstd",
+            "--dest-compress",
+        ])
+        .arg(format!("oci:{}:wh", layout.display()))
+        .arg(format!("docker://{}/fn/zstd:1", reg.host())));
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(dir.path());
+    let img = pull(&store, &reference(&reg, "fn/zstd:1")).await.0.unwrap();
+    assert_eq!(img.layers.len(), 2);
+    assert_eq!(
+        std::fs::read(img.layers[0].join("bin/busybox")).unwrap(),
+        std::fs::read("/bin/busybox").unwrap()
+    );
+    let removed = std::fs::symlink_metadata(img.layers[1].join("etc/removed")).unwrap();
+    assert!(removed.file_type().is_char_device());
+    // The manifest pulled (kept in the store) really names zstd layers.
+    let hex = img.digest.strip_prefix("sha256:").unwrap();
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("blobs/sha256").join(hex)).unwrap())
+            .unwrap();
+    for l in manifest["layers"].as_array().unwrap() {
+        assert_eq!(
+            l["mediaType"],
+            "application/vnd.oci.image.layer.v1.tar+zstd"
+        );
+    }
+}
