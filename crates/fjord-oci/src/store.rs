@@ -149,6 +149,8 @@ const MT_OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 const MT_DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
 const MT_OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
 const MT_DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
+/// Layers fetched at once by one pull.
+const PARALLEL_LAYERS: usize = 3;
 /// Manifests and configs are small; anything bigger is not one.
 const MAX_JSON: u64 = 8 << 20;
 
@@ -249,7 +251,8 @@ struct Inner {
     root: PathBuf,
     config: StoreConfig,
     /// Pulls hold it shared, GC exclusively: GC never removes what a pull is writing.
-    gc: tokio::sync::RwLock<()>,
+    /// (Owned guards: an unpack on a blocking thread keeps it even if its pull is dropped.)
+    gc: Arc<tokio::sync::RwLock<()>>,
     /// One lock per layer being fetched, so two pulls of the same layer do it once.
     layer_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
@@ -355,7 +358,7 @@ impl ImageStore {
             inner: Arc::new(Inner {
                 root,
                 config,
-                gc: tokio::sync::RwLock::new(()),
+                gc: Arc::new(tokio::sync::RwLock::new(())),
                 layer_locks: Mutex::new(HashMap::new()),
             }),
         })
@@ -507,7 +510,7 @@ impl ImageStore {
         credentials: Option<&Credentials>,
         progress: &(dyn Fn(&Progress) + Send + Sync),
     ) -> Result<ImageRootfs, OciError> {
-        let _shared = self.inner.gc.read().await;
+        let shared = Arc::new(self.inner.gc.clone().read_owned().await);
         if let Some(d) = reference.digest() {
             if let Some(img) = self.get(d)? {
                 self.remember(reference, d)?;
@@ -544,22 +547,14 @@ impl ImageStore {
             auth: creds.map_or(RegistryAuth::Anonymous, Credentials::to_client),
             credentials_given: creds.is_some(),
             progress,
+            shared,
         };
         puller.pull().await
     }
 
     fn client(&self, r: &Reference) -> oci_client::Client {
         let registry = r.registry();
-        let host = host_of(registry);
-        let loopback =
-            host == "localhost" || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback());
-        let insecure = self
-            .inner
-            .config
-            .insecure
-            .iter()
-            .any(|i| i == registry || i == host);
-        let protocol = if loopback || insecure {
+        let protocol = if plain_http(&self.inner.config.insecure, registry) {
             ClientProtocol::HttpsExcept(vec![registry.to_string()])
         } else {
             ClientProtocol::Https
@@ -655,6 +650,14 @@ impl ImageStore {
     }
 }
 
+/// Whether a registry is reached over plain HTTP: only loopback ones (`localhost`,
+/// 127.0.0.0/8, ::1) and those named in `insecure` (`host` for every port, or `host:port`).
+fn plain_http(insecure: &[String], registry: &str) -> bool {
+    let host = host_of(registry);
+    let loopback = host == "localhost" || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback());
+    loopback || insecure.iter().any(|i| i == registry || i == host)
+}
+
 fn image_config(c: RawContainerConfig) -> ImageConfig {
     let mut exposed_ports: Vec<String> = c
         .exposed_ports
@@ -680,6 +683,8 @@ struct Puller<'a> {
     auth: RegistryAuth,
     credentials_given: bool,
     progress: &'a (dyn Fn(&Progress) + Send + Sync),
+    /// This pull's share of the GC lock, also held by its unpacks.
+    shared: Arc<tokio::sync::OwnedRwLockReadGuard<()>>,
 }
 
 impl Puller<'_> {
@@ -837,11 +842,34 @@ impl Puller<'_> {
             .save_blob_file(&config_desc.digest, &config_bytes)?;
         let count = layers.len();
         let mut size = 0u64;
-        for (index, (desc, diff_id)) in layers.iter().zip(&config.rootfs.diff_ids).enumerate() {
+        for (desc, diff_id) in layers.iter().zip(&config.rootfs.diff_ids) {
             check_sha256(&desc.digest, r)?;
             check_sha256(diff_id, r)?;
             size += u64::try_from(desc.size).unwrap_or(0);
-            self.layer(desc, diff_id, index, count).await?;
+        }
+        // A few layers at once: downloads overlap each other's unpacking (on blocking
+        // threads). After an error no new layer starts, those running finish (and stay, for
+        // the next try), then the pull fails.
+        let mut todo = Vec::with_capacity(count);
+        // (The futures are made first: a closure inside a stream makes the pull not Send.)
+        for (index, (desc, diff_id)) in layers.iter().zip(&config.rootfs.diff_ids).enumerate() {
+            todo.push(self.layer(desc, diff_id, index, count));
+        }
+        let mut todo = todo.into_iter();
+        let mut running = futures_util::stream::FuturesUnordered::new();
+        running.extend(todo.by_ref().take(PARALLEL_LAYERS));
+        let mut failed = None;
+        while let Some(done) = running.next().await {
+            match done {
+                Ok(()) if failed.is_none() => running.extend(todo.next()),
+                Ok(()) => {}
+                Err(e) => {
+                    failed.get_or_insert(e);
+                }
+            }
+        }
+        if let Some(e) = failed {
+            return Err(e);
         }
         let rec = ImageRecord {
             digest: top.clone(),
@@ -980,8 +1008,7 @@ impl Puller<'_> {
                 total,
             })
         };
-        let lock = store.layer_lock(diff_id);
-        let _held = lock.lock().await;
+        let held = store.layer_lock(diff_id).lock_owned().await;
         if store.layer_trusted(diff_id) {
             report(LayerState::Present, total);
             return Ok(());
@@ -1052,7 +1079,10 @@ impl Puller<'_> {
         let dest = store.layer_dir(diff_id);
         let (digest, diff) = (desc.digest.clone(), diff_id.to_string());
         let blob_path = blob.path().to_path_buf();
+        let shared = self.shared.clone();
         tokio::task::spawn_blocking(move || {
+            // Both locks stay held until the unpack ends, even if this pull is dropped.
+            let _locks = (held, shared);
             let unpack = layer::Unpack {
                 blob: &blob_path,
                 digest: &digest,
@@ -1098,6 +1128,11 @@ fn install_layer(tmp: &Path, dest: &Path, u: &layer::Unpack<'_>) -> Result<(), O
     let dir = std::fs::File::open(work.path()).map_err(io_at(work.path()))?;
     // Everything unpacked reaches the disk before the layer can be marked complete.
     rustix::fs::syncfs(&dir).map_err(|e| io_at(work.path())(e.into()))?;
+    if dest.join("ok").is_file() {
+        // Made meanwhile by another pull (the layer lock makes that rare): keep that one, in
+        // use perhaps, and drop this copy.
+        return Ok(());
+    }
     remove_any(dest).map_err(io_at(dest))?;
     let work = work.keep();
     std::fs::rename(&work, dest).map_err(io_at(dest))?;
@@ -1125,6 +1160,28 @@ mod tests {
         send(&fut);
         let gc = store.gc(&[]);
         send(&gc);
+    }
+
+    #[test]
+    fn plain_http_only_for_loopback_and_insecure_registries() {
+        let insecure = vec!["reg.lan".to_string(), "other.lan:5000".to_string()];
+        for (registry, plain) in [
+            ("127.0.0.1:5000", true),
+            ("127.1.2.3", true),
+            ("localhost:5000", true),
+            ("localhost", true),
+            ("[::1]:5000", true),
+            ("reg.lan:443", true),
+            ("reg.lan", true),
+            ("other.lan:5000", true),
+            ("other.lan:5001", false),
+            ("docker.io", false),
+            ("10.0.0.1:5000", false),
+            ("localhost.example.com", false),
+            ("[::2]:5000", false),
+        ] {
+            assert_eq!(plain_http(&insecure, registry), plain, "{registry}");
+        }
     }
 
     #[test]
