@@ -76,7 +76,7 @@ impl fmt::Debug for DockerConfig {
 #[derive(Deserialize)]
 struct Raw {
     #[serde(default)]
-    auths: BTreeMap<String, RawEntry>,
+    auths: Option<BTreeMap<String, RawEntry>>,
 }
 
 #[derive(Deserialize)]
@@ -101,12 +101,31 @@ impl DockerConfig {
         Self::parse(&text)
     }
 
-    /// Parses `config.json` or `.dockerconfigjson` text (the same format: `{"auths": {…}}`).
+    /// Parses `config.json` or `.dockerconfigjson` text (the same format: `{"auths": {…}}`),
+    /// or the legacy `.dockercfg` (the entries without the `auths` wrapper).
     pub fn parse(json: &str) -> Result<Self, AuthConfigError> {
-        let raw: Raw =
-            serde_json::from_str(json).map_err(|e| AuthConfigError::Json(e.to_string()))?;
+        let json_err = |e: serde_json::Error| AuthConfigError::Json(e.to_string());
+        let raw: Raw = serde_json::from_str(json).map_err(json_err)?;
+        let entries = match raw.auths {
+            Some(a) => a,
+            None => {
+                // Legacy: every top-level object is an entry; other keys (credsStore, …) are not.
+                let all: BTreeMap<String, serde_json::Value> =
+                    serde_json::from_str(json).map_err(json_err)?;
+                all.into_iter()
+                    .filter(|(_, v)| {
+                        v.as_object().is_some_and(|o| {
+                            ["auth", "username", "registrytoken"]
+                                .iter()
+                                .any(|k| o.contains_key(*k))
+                        })
+                    })
+                    .map(|(k, v)| Ok((k, serde_json::from_value(v).map_err(json_err)?)))
+                    .collect::<Result<_, AuthConfigError>>()?
+            }
+        };
         let mut auths = BTreeMap::new();
-        for (key, e) in raw.auths {
+        for (key, e) in entries {
             let creds = if let Some(token) = e.registrytoken.filter(|t| !t.is_empty()) {
                 Credentials::Bearer(token)
             } else if let Some(a) = e.auth.filter(|a| !a.is_empty()) {
@@ -229,5 +248,25 @@ mod tests {
             Err(AuthConfigError::Empty { .. })
         ));
         assert!(DockerConfig::parse("{}").unwrap().is_empty());
+        assert!(
+            DockerConfig::parse(r#"{"credsStore":"desktop"}"#)
+                .unwrap()
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn parses_legacy_dockercfg() {
+        let c = DockerConfig::parse(
+            r#"{"https://index.docker.io/v1/":{"auth":"dXNlcjpwYXNz","email":"a@b"}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            c.credentials_for("docker.io"),
+            Some(&Credentials::Basic {
+                username: "user".into(),
+                password: "pass".into()
+            })
+        );
     }
 }
