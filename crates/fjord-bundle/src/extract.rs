@@ -10,8 +10,9 @@
 //! sparse files are refused. Modes are normalised (no setuid, setgid, sticky or world bits);
 //! ownership is set by a last pass ([`Extractor::finish`]).
 //!
-//! The same extractor is meant for image layers later: [`Existing::Replace`] and
-//! [`Symlinks::Any`] are what stacked layers need (whiteouts are not implemented).
+//! Image layers use the same extractor with [`Extractor::oci_layer`]: [`Existing::Replace`],
+//! [`Symlinks::Any`] (absolute targets stored, never followed), OCI whiteouts turned into
+//! overlayfs ones, and the tar's own modes (without setuid/setgid) and numeric owners.
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -68,6 +69,7 @@ pub struct Extractor {
     existing: Existing,
     max_bytes: u64,
     max_entries: u64,
+    oci_layer: bool,
 }
 
 impl Default for Extractor {
@@ -79,6 +81,7 @@ impl Default for Extractor {
             existing: Existing::Refuse,
             max_bytes: MAX_UNPACKED_BYTES,
             max_entries: MAX_ENTRIES,
+            oci_layer: false,
         }
     }
 }
@@ -243,10 +246,23 @@ fn refused_type(t: tar::EntryType) -> String {
 enum Item<'a> {
     Skip,
     Dir,
-    File { size: u64 },
+    File {
+        size: u64,
+    },
     Symlink(PathBuf),
     HardLink(Vec<&'a OsStr>, PathBuf),
+    /// OCI `.wh.NAME` (the name without its prefix is the last component).
+    Whiteout,
+    /// OCI `.wh..wh..opq`: the parent directory hides what lower layers have in it.
+    Opaque,
 }
+
+/// OCI whiteout names (image-spec layer.md).
+const WHITEOUT_PREFIX: &[u8] = b".wh.";
+const OPAQUE: &[u8] = b".wh..wh..opq";
+
+/// Mode bits kept from a layer's tar headers: permissions and sticky, never setuid/setgid.
+const LAYER_MODE_MASK: u32 = 0o1777;
 
 impl Extractor {
     /// After extraction, chown everything to `uid:gid` (fjord: root and the function's group)
@@ -284,6 +300,20 @@ impl Extractor {
         self
     }
 
+    /// Extract an OCI image layer for overlayfs: `.wh.NAME` becomes a 0/0 character device
+    /// NAME, `.wh..wh..opq` the `trusted.overlay.opaque=y` xattr on its directory (both need
+    /// root); modes come from the tar without setuid/setgid, owners are the tar's numeric
+    /// uid/gid, directories the archive does not list are made 0755. Implies
+    /// [`Symlinks::Any`] and [`Existing::Replace`]; [`Extractor::finish`] is not needed.
+    pub fn oci_layer(mut self, on: bool) -> Self {
+        self.oci_layer = on;
+        if on {
+            self.symlinks = Symlinks::Any;
+            self.existing = Existing::Replace;
+        }
+        self
+    }
+
     pub(crate) fn extract_as_creds(&self) -> Option<(u32, u32)> {
         self.extract_as
     }
@@ -313,6 +343,20 @@ impl Extractor {
             } else {
                 Err("has no name".into())
             };
+        }
+        let last = comps[comps.len() - 1].as_bytes();
+        if self.oci_layer && last.starts_with(WHITEOUT_PREFIX) && !t.is_dir() {
+            if last == OPAQUE {
+                return Ok(Item::Opaque);
+            }
+            if last.starts_with(b".wh..wh.") {
+                // aufs bookkeeping (`.wh..wh.plnk`, …), meaningless to overlayfs.
+                return Ok(Item::Skip);
+            }
+            if last.len() == WHITEOUT_PREFIX.len() {
+                return Err("is a whiteout without a name".into());
+            }
+            return Ok(Item::Whiteout);
         }
         match t {
             tar::EntryType::Directory => Ok(Item::Dir),
@@ -380,7 +424,7 @@ impl Extractor {
             let comps = components(&name).map_err(fail)?;
             let item = self.item(&entry, &comps, link.as_deref()).map_err(fail)?;
             let kind = match &item {
-                Item::Skip => continue,
+                Item::Skip | Item::Whiteout | Item::Opaque => continue,
                 Item::Dir => Kind::Dir,
                 Item::File { size } => {
                     bytes = bytes.saturating_add(*size);
@@ -468,6 +512,7 @@ impl Extractor {
             root,
             existing: self.existing,
             cache: None,
+            dir_mode: if self.oci_layer { 0o755 } else { 0o700 },
         };
         let (mut count, mut bytes) = (0u64, 0u64);
         let mut buf = vec![0u8; 64 << 10];
@@ -496,9 +541,37 @@ impl Extractor {
             let item = self
                 .item(&entry, &comps, link.as_deref())
                 .map_err(|r| fail(Fail::Entry(r)))?;
+            let owner = |h: &tar::Header| {
+                let mode = h.mode().unwrap_or(0o644) & LAYER_MODE_MASK;
+                let uid = h
+                    .uid()
+                    .ok()
+                    .and_then(|u| u32::try_from(u).ok())
+                    .unwrap_or(0);
+                let gid = h
+                    .gid()
+                    .ok()
+                    .and_then(|g| u32::try_from(g).ok())
+                    .unwrap_or(0);
+                (mode, uid, gid)
+            };
             match item {
                 Item::Skip => {}
-                Item::Dir => w.dir(&comps).map_err(fail)?,
+                Item::Dir => {
+                    w.dir(&comps).map_err(fail)?;
+                    if self.oci_layer {
+                        w.set_dir_attrs(&comps, owner(entry.header()))
+                            .map_err(fail)?;
+                    }
+                }
+                Item::Whiteout => {
+                    let mut hidden = comps.clone();
+                    let last = hidden.len() - 1;
+                    hidden[last] =
+                        OsStr::from_bytes(&comps[last].as_bytes()[WHITEOUT_PREFIX.len()..]);
+                    w.whiteout(&hidden).map_err(fail)?;
+                }
+                Item::Opaque => w.opaque(&comps).map_err(fail)?,
                 Item::File { size } => {
                     bytes = bytes.saturating_add(size);
                     if bytes > self.max_bytes {
@@ -513,8 +586,26 @@ impl Extractor {
                         }
                         file.write_all(&buf[..n]).map_err(|e| fail(Fail::Io(e)))?;
                     }
+                    if self.oci_layer {
+                        // chown first: it clears setuid bits, and the mode is set after it.
+                        let (mode, uid, gid) = owner(entry.header());
+                        set_attrs(file.as_fd(), mode, uid, gid).map_err(|e| fail(Fail::Io(e)))?;
+                        // Kept so that caches keyed by mtime (Python's .pyc) stay valid.
+                        let mtime = entry.header().mtime().unwrap_or(0);
+                        file.set_modified(
+                            std::time::UNIX_EPOCH + std::time::Duration::from_secs(mtime),
+                        )
+                        .map_err(|e| fail(Fail::Io(e)))?;
+                    }
                 }
-                Item::Symlink(target) => w.symlink(&comps, &target).map_err(fail)?,
+                Item::Symlink(target) => {
+                    w.symlink(&comps, &target).map_err(fail)?;
+                    if self.oci_layer {
+                        let (_, uid, gid) = owner(entry.header());
+                        let mtime = entry.header().mtime().unwrap_or(0);
+                        w.chown_link(&comps, uid, gid, mtime).map_err(fail)?;
+                    }
+                }
                 Item::HardLink(target, _) => w.hard_link(&comps, &target).map_err(fail)?,
             }
         }
@@ -598,6 +689,17 @@ impl Extractor {
     }
 }
 
+/// Owner, then mode (a chown clears setuid/setgid, which layers never keep anyway).
+fn set_attrs(fd: BorrowedFd<'_>, mode: u32, uid: u32, gid: u32) -> io::Result<()> {
+    rustix::fs::fchown(
+        fd,
+        Some(rustix::fs::Uid::from_raw(uid)),
+        Some(rustix::fs::Gid::from_raw(gid)),
+    )?;
+    rustix::fs::fchmod(fd, Mode::from_raw_mode(mode))?;
+    Ok(())
+}
+
 fn io_err(path: &Path) -> impl FnOnce(Errno) -> BundleError + '_ {
     move |e| BundleError::Io {
         path: path.to_path_buf(),
@@ -625,6 +727,8 @@ struct Writer<'a> {
     root: BorrowedFd<'a>,
     existing: Existing,
     cache: Option<(PathBuf, OwnedFd)>,
+    /// The mode of directories the archive does not list but its entries need.
+    dir_mode: u32,
 }
 
 fn open_dir(at: BorrowedFd<'_>, path: impl rustix::path::Arg) -> Result<OwnedFd, Errno> {
@@ -687,7 +791,7 @@ impl Writer<'_> {
             cur = match open_dir(cur.as_fd(), *c) {
                 Ok(fd) => fd,
                 Err(Errno::NOENT) => {
-                    match rustix::fs::mkdirat(&cur, *c, Mode::from_raw_mode(0o700)) {
+                    match rustix::fs::mkdirat(&cur, *c, Mode::from_raw_mode(self.dir_mode)) {
                         Ok(()) | Err(Errno::EXIST) => {}
                         Err(e) => return Err(why(e)),
                     }
@@ -747,6 +851,86 @@ impl Writer<'_> {
         self.create(comps, |p, n| {
             rustix::fs::mkdirat(p, n, Mode::from_raw_mode(0o700))
         })
+    }
+
+    /// Opens a directory the archive made, for its attributes (never through a symlink).
+    fn open_made_dir(&mut self, comps: &[&OsStr]) -> Result<OwnedFd, Fail> {
+        let name = comps[comps.len() - 1];
+        let parent = self.parent(comps)?;
+        rustix::fs::openat2(
+            parent,
+            name,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+            RESOLVE,
+        )
+        .map_err(|e| classify(e, || "cannot be opened".into()))
+    }
+
+    fn set_dir_attrs(&mut self, comps: &[&OsStr], attrs: (u32, u32, u32)) -> Result<(), Fail> {
+        let fd = self.open_made_dir(comps)?;
+        let (mode, uid, gid) = attrs;
+        set_attrs(fd.as_fd(), mode, uid, gid).map_err(Fail::Io)
+    }
+
+    /// An overlayfs whiteout (a 0/0 character device) for a name of the layers below. An
+    /// entry of this same layer with that name wins: whiteouts hide only lower layers.
+    fn whiteout(&mut self, comps: &[&OsStr]) -> Result<(), Fail> {
+        let name = comps[comps.len() - 1];
+        let parent = self.parent(comps)?;
+        match rustix::fs::mknodat(
+            parent,
+            name,
+            FileType::CharacterDevice,
+            Mode::empty(),
+            rustix::fs::makedev(0, 0),
+        ) {
+            Ok(()) | Err(Errno::EXIST) => Ok(()),
+            Err(e) => Err(classify(e, || "cannot be made a whiteout".into())),
+        }
+    }
+
+    /// Marks the entry's directory opaque for overlayfs.
+    fn opaque(&mut self, comps: &[&OsStr]) -> Result<(), Fail> {
+        let parent = self.parent(comps)?;
+        let dir = rustix::fs::openat2(
+            parent,
+            ".",
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+            RESOLVE,
+        )
+        .map_err(|e| classify(e, || "cannot open its directory".into()))?;
+        rustix::fs::fsetxattr(
+            &dir,
+            "trusted.overlay.opaque",
+            b"y",
+            rustix::fs::XattrFlags::empty(),
+        )
+        .map_err(|e| Fail::Io(e.into()))
+    }
+
+    fn chown_link(&mut self, comps: &[&OsStr], uid: u32, gid: u32, mtime: u64) -> Result<(), Fail> {
+        let name = comps[comps.len() - 1];
+        let parent = self.parent(comps)?;
+        rustix::fs::chownat(
+            parent,
+            name,
+            Some(rustix::fs::Uid::from_raw(uid)),
+            Some(rustix::fs::Gid::from_raw(gid)),
+            AtFlags::SYMLINK_NOFOLLOW,
+        )
+        .map_err(|e| Fail::Io(e.into()))?;
+        let t = rustix::fs::Timespec {
+            tv_sec: i64::try_from(mtime).unwrap_or(0),
+            tv_nsec: 0,
+        };
+        let times = rustix::fs::Timestamps {
+            last_access: t,
+            last_modification: t,
+        };
+        rustix::fs::utimensat(parent, name, &times, AtFlags::SYMLINK_NOFOLLOW)
+            .map_err(|e| Fail::Io(e.into()))
     }
 
     fn file(&mut self, comps: &[&OsStr], exec: bool) -> Result<File, Fail> {

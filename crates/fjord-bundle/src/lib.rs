@@ -17,6 +17,8 @@ use sha2::{Digest as _, Sha256};
 #[cfg(test)]
 mod escape_tests;
 mod extract;
+#[cfg(test)]
+mod oci_layer_tests;
 pub mod raw;
 
 pub use extract::{Existing, Extractor, Symlinks};
