@@ -535,6 +535,27 @@ pub struct ServeArgs {
     /// with Retry-After (0 = no limit; behind a reverse proxy every client has its address)
     #[arg(long, default_value_t = 64, value_name = "N")]
     pub max_forks_per_ip: u32,
+    /// Run container images (functions whose image is not a bundle and that give no
+    /// envProcess, or annotated com.fjord.runtime: container): auto = when fjord runs as root
+    /// and the OCI runtime is installed; on = refuse to start without them; off = never
+    #[arg(long, value_enum, default_value = "auto", value_name = "auto|on|off")]
+    pub containers: fjord_gateway::ContainerMode,
+    /// The OCI runtime that runs containers: a program name looked up in PATH, or a path
+    /// (runc, crun, youki)
+    #[arg(long, default_value = "runc", value_name = "PROGRAM")]
+    pub oci_runtime: PathBuf,
+    /// A registry reached over plain HTTP although it is not on loopback (loopback
+    /// registries always are), e.g. registry.lan:5000; repeat or separate with commas
+    #[arg(long, value_name = "HOST[:PORT]", value_delimiter = ',')]
+    pub insecure_registry: Vec<String>,
+    /// A Docker config.json with registry credentials for pulls of functions that name no
+    /// registry-auth secret (read at every pull, so `docker login` needs no restart)
+    /// [default: $DOCKER_CONFIG/config.json, else ~/.docker/config.json, when present]
+    #[arg(long, value_name = "FILE")]
+    pub registry_config: Option<PathBuf>,
+    /// Largest image layer accepted, uncompressed (a decompression bomb stops here)
+    #[arg(long, default_value = "16Gi", value_parser = parse_size, value_name = "BYTES")]
+    pub max_layer_size: u64,
     /// Log format
     #[arg(long, value_enum, default_value = "text")]
     pub log_format: LogFormat,

@@ -1121,10 +1121,11 @@ impl ControlPlane {
     }
 
     pub async fn shutdown(&self) {
-        self.process.shutdown().await;
+        // Containers first: they share the process runtime's sandbox (network pool, cgroups).
         if let Some(c) = &self.containers {
             c.runtime.shutdown().await;
         }
+        self.process.shutdown().await;
     }
 
     pub fn store(&self) -> &Store {

@@ -9,6 +9,7 @@ mod callback;
 mod conns;
 mod error;
 mod guard;
+mod images;
 pub mod invoke;
 mod logs;
 mod namespaces;
@@ -45,8 +46,8 @@ pub use fjord_control::tokens::Scope;
 pub use fjord_control::{ControlPlane, DeployMode};
 pub use invoke::{split_function_path, strip_hop_by_hop};
 pub use state::{
-    AppState, DEFAULT_HEADER_TIMEOUT, GatewayConfig, MAX_HEADER_BYTES, NatsSettings, QueueBackend,
-    ReplicaConnector,
+    AppState, ContainerMode, ContainerSettings, DEFAULT_HEADER_TIMEOUT, GatewayConfig,
+    MAX_HEADER_BYTES, NatsSettings, QueueBackend, ReplicaConnector,
 };
 pub use tls::{TlsError, TlsFiles};
 

@@ -92,6 +92,46 @@ pub struct GatewayConfig {
     /// Fork-mode processes started for one client address running at once (429 beyond;
     /// 0: no limit).
     pub max_forks_per_ip: u32,
+    /// Container images: whether, which OCI runtime, registries.
+    pub containers: ContainerSettings,
+}
+
+/// Whether `fjord serve` runs container images.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum ContainerMode {
+    /// When fjord runs as root and the OCI runtime is installed (else one log line says why
+    /// not).
+    #[default]
+    Auto,
+    /// Refuse to start without them.
+    On,
+    Off,
+}
+
+/// Where container images come from and what runs them.
+#[derive(Debug, Clone)]
+pub struct ContainerSettings {
+    pub mode: ContainerMode,
+    /// `runc`, `crun`, `youki`: a name looked up in PATH, or a path.
+    pub oci_runtime: PathBuf,
+    /// Registries reached over plain HTTP besides loopback ones.
+    pub insecure_registries: Vec<String>,
+    /// Docker config.json with registry credentials (`None`: the usual places, if present).
+    pub registry_config: Option<PathBuf>,
+    /// Largest uncompressed image layer.
+    pub max_layer_bytes: u64,
+}
+
+impl Default for ContainerSettings {
+    fn default() -> Self {
+        Self {
+            mode: ContainerMode::Auto,
+            oci_runtime: PathBuf::from("runc"),
+            insecure_registries: Vec::new(),
+            registry_config: None,
+            max_layer_bytes: 16 << 30,
+        }
+    }
 }
 
 /// How fjord authenticates to NATS and signs the calls it queues there.
@@ -191,6 +231,7 @@ impl GatewayConfig {
             max_connections_per_ip: 1000,
             max_forks_per_function: 256,
             max_forks_per_ip: 64,
+            containers: ContainerSettings::default(),
         }
     }
 }

@@ -63,6 +63,13 @@ pub fn run(a: ServeArgs) -> Result<(), CliError> {
     }
     config.autoscale_interval = a.autoscale_interval.max(Duration::from_millis(100));
     config.scale_zero_duration = a.scale_zero_duration;
+    config.containers = fjord_gateway::ContainerSettings {
+        mode: a.containers,
+        oci_runtime: a.oci_runtime,
+        insecure_registries: a.insecure_registry,
+        registry_config: a.registry_config,
+        max_layer_bytes: a.max_layer_size,
+    };
     if let Some(w) = a.workers {
         config.workers = usize::from(w);
     }
