@@ -398,8 +398,26 @@ impl FunctionSpec {
     /// Validates a deployment whose image is a bundle: `defaults` fill in the command and
     /// environment the deployment leaves out. `deployment` keeps what the user sent.
     pub fn from_deployment_with(
+        d: FunctionDeployment,
+        defaults: Option<&ProcessDefaults>,
+    ) -> Result<Self, SpecError> {
+        Self::build(d, defaults, false)
+    }
+
+    /// Validates a deployment whose image is a container image: the image's own Entrypoint
+    /// and Cmd (its watchdog, usually) run, so `envProcess` may be missing (`argv` is then
+    /// empty) and only becomes the watchdog's `fprocess`. Every replica is an HTTP server
+    /// (the watchdog), so `mode` is always [`InvokeMode::Http`] with no fixed upstream port:
+    /// `mode` and `upstream_url` are for the watchdog inside the image (of-watchdog's
+    /// `static` mode included), and the runtime picks the port the watchdog listens on.
+    pub fn from_deployment_for_image(d: FunctionDeployment) -> Result<Self, SpecError> {
+        Self::build(d, None, true)
+    }
+
+    fn build(
         mut d: FunctionDeployment,
         defaults: Option<&ProcessDefaults>,
+        image: bool,
     ) -> Result<Self, SpecError> {
         let key = FunctionKey::new(&d.service, d.namespace.as_deref())?;
         d.namespace = Some(key.namespace.clone());
@@ -435,30 +453,39 @@ impl FunctionSpec {
             .or_else(|| env.get("function_process").cloned())
             .or_else(|| defaults.map(|p| p.fprocess.clone()))
             .filter(|p| !p.trim().is_empty());
-        let Some(fprocess) = fprocess else {
-            return Err(SpecError::NoProcess {
-                name: key.name.clone(),
-                image: d.image.clone(),
-            });
+        let argv = match fprocess {
+            None if image => Vec::new(),
+            None => {
+                return Err(SpecError::NoProcess {
+                    name: key.name.clone(),
+                    image: d.image.clone(),
+                });
+            }
+            Some(fprocess) => {
+                if fprocess.contains('\0') {
+                    return Err(invalid("envProcess", "must not contain NUL"));
+                }
+                let argv = shell_words::split(&fprocess).map_err(|e| {
+                    invalid(
+                        "envProcess",
+                        format!("{fprocess:?} cannot be split into words: {e}"),
+                    )
+                })?;
+                if argv.is_empty() {
+                    return Err(invalid("envProcess", "is empty"));
+                }
+                argv
+            }
         };
-        if fprocess.contains('\0') {
-            return Err(invalid("envProcess", "must not contain NUL"));
-        }
-        let argv = shell_words::split(&fprocess).map_err(|e| {
-            invalid(
-                "envProcess",
-                format!("{fprocess:?} cannot be split into words: {e}"),
-            )
-        })?;
-        if argv.is_empty() {
-            return Err(invalid("envProcess", "is empty"));
-        }
         let argv = match defaults {
             Some(p) => with_bundle_interpreter(argv, &p.fprocess),
             None => argv,
         };
 
         let mode = match env.get("mode").map(String::as_str) {
+            _ if image => InvokeMode::Http {
+                upstream_port: None,
+            },
             Some("http") => InvokeMode::Http {
                 upstream_port: env
                     .get("upstream_url")
@@ -687,6 +714,32 @@ mod tests {
         ))
         .unwrap();
         assert_eq!(s.argv, ["python", "index.py"]);
+    }
+
+    #[test]
+    fn images_need_no_envprocess_and_always_speak_http() {
+        let d = dep(r#"{"service":"a","image":"ghcr.io/x/y:1"}"#);
+        assert!(matches!(
+            FunctionSpec::from_deployment(d.clone()),
+            Err(SpecError::NoProcess { .. })
+        ));
+        let s = FunctionSpec::from_deployment_for_image(d).unwrap();
+        assert!(s.argv.is_empty());
+        assert_eq!(s.mode, InvokeMode::Http { upstream_port: None });
+        // mode and upstream_url are the watchdog's inside the image; envProcess its fprocess.
+        let s = FunctionSpec::from_deployment_for_image(dep(
+            r#"{"service":"a","image":"x","envProcess":"python3 index.py","envVars":{"mode":"static","upstream_url":"http://127.0.0.1:5000"}}"#,
+        ))
+        .unwrap();
+        assert_eq!(s.argv, ["python3", "index.py"]);
+        assert_eq!(s.mode, InvokeMode::Http { upstream_port: None });
+        // Everything else is checked as for processes.
+        assert!(
+            FunctionSpec::from_deployment_for_image(dep(
+                r#"{"service":"a","image":"x","limits":{"memory":"1Ki"}}"#
+            ))
+            .is_err()
+        );
     }
 
     #[test]
