@@ -725,14 +725,24 @@ mod tests {
         ));
         let s = FunctionSpec::from_deployment_for_image(d).unwrap();
         assert!(s.argv.is_empty());
-        assert_eq!(s.mode, InvokeMode::Http { upstream_port: None });
+        assert_eq!(
+            s.mode,
+            InvokeMode::Http {
+                upstream_port: None
+            }
+        );
         // mode and upstream_url are the watchdog's inside the image; envProcess its fprocess.
         let s = FunctionSpec::from_deployment_for_image(dep(
             r#"{"service":"a","image":"x","envProcess":"python3 index.py","envVars":{"mode":"static","upstream_url":"http://127.0.0.1:5000"}}"#,
         ))
         .unwrap();
         assert_eq!(s.argv, ["python3", "index.py"]);
-        assert_eq!(s.mode, InvokeMode::Http { upstream_port: None });
+        assert_eq!(
+            s.mode,
+            InvokeMode::Http {
+                upstream_port: None
+            }
+        );
         // Everything else is checked as for processes.
         assert!(
             FunctionSpec::from_deployment_for_image(dep(
