@@ -3,7 +3,7 @@
 
 use std::io::Write;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -25,7 +25,10 @@ pub(crate) fn unmount_all(dir: &Path) {
 /// One replica's bundle, made by [`Bundle::create`] and gone after [`Bundle::destroy`].
 #[derive(Debug)]
 pub(crate) struct Bundle {
+    /// Config and mount points (reachable from the container's user namespace).
     dir: PathBuf,
+    /// The overlay's upper and work dirs (private, on disk).
+    disk: PathBuf,
     /// The container id (the replica id): unique in this instance's runc state directory.
     id: String,
     host: Arc<Host>,
@@ -58,9 +61,13 @@ impl Bundle {
         cgroups_path: Option<String>,
     ) -> std::io::Result<Self> {
         let dir = plan.host.bundles.join(id);
-        std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
+        // Searchable by the container's root (runc reaches the rootfs by path from inside
+        // the user namespace), not listable.
+        std::fs::DirBuilder::new().mode(0o711).create(&dir)?;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o711))?;
         let bundle = Self {
             dir,
+            disk: plan.host.disk.join(id),
             id: id.to_string(),
             host: plan.host.clone(),
         };
@@ -69,6 +76,7 @@ impl Bundle {
             Err(e) => {
                 unmount_all(&bundle.dir);
                 let _ = std::fs::remove_dir_all(&bundle.dir);
+                let _ = std::fs::remove_dir_all(&bundle.disk);
                 Err(e)
             }
         }
@@ -102,10 +110,13 @@ impl Bundle {
             flags |= MsFlags::MS_RDONLY;
             format!("lowerdir={}", lower.join(":"))
         } else {
-            let upper = dir.join("upper");
-            let work = dir.join("work");
+            let upper = self.disk.join("upper");
+            let work = self.disk.join("work");
+            std::fs::DirBuilder::new().mode(0o700).create(&self.disk)?;
             std::fs::create_dir(&upper)?;
             std::fs::create_dir(&work)?;
+            // The upper dir's root is the container's `/`: as an image's root is.
+            std::fs::set_permissions(&upper, std::fs::Permissions::from_mode(0o755))?;
             format!(
                 "lowerdir={},upperdir={},workdir={}",
                 lower.join(":"),
@@ -227,6 +238,11 @@ impl Bundle {
             tracing::warn!(container = %self.id, error = %e, "cannot delete the container");
         }
         let dir = self.dir.clone();
-        let _ = tokio::task::spawn_blocking(move || unmount_all(&dir)).await;
+        let disk = self.disk.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            unmount_all(&dir);
+            let _ = std::fs::remove_dir_all(disk);
+        })
+        .await;
     }
 }

@@ -6,7 +6,10 @@
 //! namespaces): a replica is `runc run --keep --bundle <dir> <id>` as fjord's child in the
 //! foreground, its output piped into the function's logs.
 //!
-//! Per replica, under `<data-dir>/containers/<id>/` (0700, root's):
+//! Per replica, under `/run/fjord/c-<instance>/<id>/` (0711: runc, already in the
+//! container's user namespace, must reach the mount points by path, and the data dir may
+//! be private), with its overlay's upper and work dirs under `<data-dir>/containers/<id>`
+//! (0700, on disk):
 //! - `rootfs`: an overlay mounted by fjord over the image's layers (shared, never written)
 //!   with a private upper dir; read-only without one (`readOnlyRootFilesystem`);
 //! - `secrets`: a tmpfs with the function's secrets, bound read-only at
@@ -38,6 +41,9 @@ use crate::{Engine, FunctionHandle, Runtime, RuntimeConfig, RuntimeError, Shared
 /// `--oci-runtime` default: the distribution's runc.
 pub const DEFAULT_OCI_RUNTIME: &str = "runc";
 
+/// Parent of the bundle directories (shared with the network pool's subnet registry).
+const RUN_DIR: &str = "/run/fjord";
+
 /// The port a watchdog listens on unless the function sets `port` (OpenFaaS's).
 pub const WATCHDOG_PORT: u16 = 8080;
 
@@ -63,8 +69,11 @@ pub(crate) struct Host {
     pub oci_runtime: PathBuf,
     /// The OCI runtime's state directory (`--root`): this instance's containers only.
     pub state: PathBuf,
-    /// Where replicas' bundles are made.
+    /// Where replicas' bundles (config and mount points) are made, reachable by path from
+    /// the containers' user namespaces.
     pub bundles: PathBuf,
+    /// Where replicas' overlay upper and work dirs are (on disk, private).
+    pub disk: PathBuf,
 }
 
 impl Host {
@@ -105,6 +114,11 @@ impl Host {
         if let Ok(entries) = std::fs::read_dir(&self.bundles) {
             for e in entries.flatten() {
                 bundle::unmount_all(&e.path());
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+        if let Ok(entries) = std::fs::read_dir(&self.disk) {
+            for e in entries.flatten() {
                 let _ = std::fs::remove_dir_all(e.path());
             }
         }
@@ -208,11 +222,23 @@ impl ContainerRuntime {
         let host = Host {
             oci_runtime,
             state: data.join("runc"),
-            bundles: data.join("containers"),
+            bundles: Path::new(RUN_DIR)
+                .join(format!("c-{}", crate::instance_id(&shared.config.data_dir))),
+            disk: data.join("containers"),
         };
-        for d in [&host.state, &host.bundles] {
+        use std::os::unix::fs::PermissionsExt;
+        for (d, mode) in [
+            (&host.state, 0o700),
+            (&host.disk, 0o700),
+            (&host.bundles, 0o711),
+        ] {
             std::fs::create_dir_all(d)?;
-            std::fs::set_permissions(d, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
+            std::fs::set_permissions(d, std::fs::Permissions::from_mode(mode))?;
+        }
+        // Searchable (not listable) down to the bundles.
+        let run = std::fs::metadata(RUN_DIR)?.permissions().mode();
+        if run & 0o001 == 0 {
+            std::fs::set_permissions(RUN_DIR, std::fs::Permissions::from_mode(run | 0o111))?;
         }
         let stale = host.clean_stale().await;
         if stale > 0 {
@@ -286,6 +312,8 @@ impl ContainerRuntime {
 
     async fn stop_all(&self) {
         self.engine.stop_all().await;
+        // Empty once every replica is gone (it is this instance's, under /run).
+        let _ = std::fs::remove_dir(&self.host.bundles);
         if self.owns_shared {
             self.engine.shared.release().await;
         }
