@@ -95,6 +95,9 @@ static HOST_NETNS: OnceLock<OwnedFd> = OnceLock::new();
 /// at once) must never hand out the same one.
 static USED: Mutex<Option<HashSet<u32>>> = Mutex::new(None);
 
+/// Where [`NetPool::allocate`] looks for a free id next.
+static NEXT_ID: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
 fn used() -> std::sync::MutexGuard<'static, Option<HashSet<u32>>> {
     USED.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -490,10 +493,18 @@ impl NetPool {
         let slots = 1u32 << (32 - u32::from(self.subnet.prefix_len()) - 2);
         let mut used = used();
         let used = used.get_or_insert_with(HashSet::new);
-        let id = (0..slots).find(|i| !used.contains(i)).ok_or_else(|| {
-            io::Error::other("function subnet exhausted: set a larger --function-subnet")
-        })?;
+        // Round robin from after the last id handed out: an id just freed names a namespace
+        // the kernel may still be tearing down (with its veth pair), and a client may still
+        // hold its `n<id>` authority. Container replicas come and go fast.
+        let start = NEXT_ID.load(std::sync::atomic::Ordering::Relaxed) % slots;
+        let id = (0..slots)
+            .map(|i| (start + i) % slots)
+            .find(|i| !used.contains(i))
+            .ok_or_else(|| {
+                io::Error::other("function subnet exhausted: set a larger --function-subnet")
+            })?;
         used.insert(id);
+        NEXT_ID.store(id + 1, std::sync::atomic::Ordering::Relaxed);
         Ok(id)
     }
 
@@ -512,6 +523,14 @@ impl NetPool {
         } else {
             None
         };
+        if let Some((host_if, _, _)) = &setup
+            && std::path::Path::new("/sys/class/net")
+                .join(host_if)
+                .exists()
+        {
+            // The veth of an earlier namespace with this id, still being torn down.
+            let _ = run_ip(&format!("link del {host_if}\n"));
+        }
         let inner = setup.clone();
         // unshare(CLONE_NEWNET) moves only the calling thread: a short-lived thread makes the
         // namespace, and the `ip` it starts configures it from inside.

@@ -51,6 +51,52 @@ fn overlay_path(p: &Path) -> std::io::Result<String> {
     Ok(s.to_string())
 }
 
+/// Directories the container's mounts need (`/proc`, `/dev`, `/tmp`, the secrets').
+const MOUNT_POINTS: [&str; 4] = ["proc", "dev", "tmp", "var/openfaas/secrets"];
+
+/// Makes, in `top`, each mount point (and parent) the image does not have as a directory;
+/// a parent the image has keeps its mode. Never follows the image's symlinks.
+fn mount_points(layers: &[PathBuf], top: &Path) -> std::io::Result<()> {
+    std::fs::DirBuilder::new().mode(0o755).create(top)?;
+    // The top-most layer that has `rel`, as what (no whiteout handling: a deleted
+    // directory only makes fjord add a mount point that would be needed anyway).
+    let in_image = |rel: &Path| {
+        layers
+            .iter()
+            .rev()
+            .find_map(|l| std::fs::symlink_metadata(l.join(rel)).ok())
+    };
+    for point in MOUNT_POINTS {
+        let mut rel = PathBuf::new();
+        for part in Path::new(point).components() {
+            rel.push(part);
+            let target = top.join(&rel);
+            if target.exists() {
+                continue;
+            }
+            match in_image(&rel) {
+                // The image has it: nothing to add unless a child must be made below.
+                Some(m) if m.is_dir() && rel.as_path() == Path::new(point) => {}
+                Some(m) if m.is_dir() => {
+                    std::fs::DirBuilder::new().mode(0o755).create(&target)?;
+                    std::fs::set_permissions(&target, m.permissions())?;
+                }
+                Some(_) => break,
+                None => {
+                    let mode = if part.as_os_str() == "tmp" {
+                        0o1777
+                    } else {
+                        0o755
+                    };
+                    std::fs::DirBuilder::new().mode(mode).create(&target)?;
+                    std::fs::set_permissions(&target, std::fs::Permissions::from_mode(mode))?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 impl Bundle {
     /// Makes the bundle (blocking): directory, overlay rootfs, secrets tmpfs, network
     /// namespace bind, `config.json`. On failure, undoes what it did.
@@ -91,32 +137,31 @@ impl Bundle {
         let dir = &self.dir;
         let rootfs = dir.join("rootfs");
         std::fs::create_dir(&rootfs)?;
+        std::fs::DirBuilder::new().mode(0o700).create(&self.disk)?;
+        // A small top layer of fjord's with the mount points the image lacks: runc cannot
+        // create them from the container's user namespace (the image's directories are
+        // the host root's), and a read-only rootfs has no upper dir to make them in.
+        let points = self.disk.join("mounts");
+        mount_points(&plan.image.layers, &points)?;
         // overlayfs wants the top layer first.
-        let mut lower: Vec<String> = plan
-            .image
-            .layers
-            .iter()
-            .rev()
-            .map(|l| overlay_path(l))
+        let lower: Vec<String> = std::iter::once(points.as_path())
+            .chain(plan.image.layers.iter().rev().map(PathBuf::as_path))
+            .map(overlay_path)
             .collect::<Result<_, _>>()?;
         let mut flags = MsFlags::MS_NODEV | MsFlags::MS_NOSUID;
         let options = if plan.read_only {
-            // Without an upper dir overlayfs needs two lower dirs.
-            if lower.len() == 1 {
-                let empty = dir.join("empty");
-                std::fs::create_dir(&empty)?;
-                lower.push(overlay_path(&empty)?);
-            }
             flags |= MsFlags::MS_RDONLY;
             format!("lowerdir={}", lower.join(":"))
         } else {
             let upper = self.disk.join("upper");
             let work = self.disk.join("work");
-            std::fs::DirBuilder::new().mode(0o700).create(&self.disk)?;
             std::fs::create_dir(&upper)?;
             std::fs::create_dir(&work)?;
-            // The upper dir's root is the container's `/`: as an image's root is.
+            // The upper dir's root is the container's `/`, owned by container root (the
+            // function's uid) so it may create files there. The image's own files stay the
+            // host root's, which no container uid maps to: read-only for the container.
             std::fs::set_permissions(&upper, std::fs::Permissions::from_mode(0o755))?;
+            std::os::unix::fs::chown(&upper, Some(plan.host_uid), Some(plan.host_uid))?;
             format!(
                 "lowerdir={},upperdir={},workdir={}",
                 lower.join(":"),

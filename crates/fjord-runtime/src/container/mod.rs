@@ -314,6 +314,14 @@ impl ContainerRuntime {
         self.engine.stop_all().await;
         // Empty once every replica is gone (it is this instance's, under /run).
         let _ = std::fs::remove_dir(&self.host.bundles);
+        // runc made this instance's directory in every v1 controller (devices, freezer…),
+        // not only in those fjord's cgroup root knows.
+        let instance = crate::instance_id(&self.engine.shared.config.data_dir);
+        if let Ok(controllers) = std::fs::read_dir("/sys/fs/cgroup") {
+            for c in controllers.flatten() {
+                let _ = std::fs::remove_dir(c.path().join("fjord").join(&instance));
+            }
+        }
         if self.owns_shared {
             self.engine.shared.release().await;
         }
