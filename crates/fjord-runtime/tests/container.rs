@@ -281,6 +281,25 @@ async fn secrets_are_visible_inside_only() {
         .await;
     let seen = call_any(&other).await;
     assert!(!seen.contains("s3cr3t"), "another function sees {seen:?}");
+    // The bundle (secrets, rootfs) is closed to every other uid on the host.
+    let id = h.serving().endpoints[0].replica.clone();
+    let bundle = std::fs::read_dir("/run/fjord")
+        .unwrap()
+        .flatten()
+        .map(|d| d.path().join(&*id))
+        .find(|p| p.exists())
+        .expect("the replica's bundle");
+    let meta = std::fs::metadata(&bundle).unwrap();
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    assert_eq!(
+        meta.permissions().mode() & 0o777,
+        0o710,
+        "{}",
+        bundle.display()
+    );
+    assert_eq!(meta.gid(), common::UID);
+    let config = std::fs::metadata(bundle.join("config.json")).unwrap();
+    assert_eq!(config.permissions().mode() & 0o777, 0o600);
     // Never written to the data dir's disk.
     let out = std::process::Command::new("grep")
         .args(["-r", "-l", "s3cr3t-value"])

@@ -107,10 +107,12 @@ impl Bundle {
         cgroups_path: Option<String>,
     ) -> std::io::Result<Self> {
         let dir = plan.host.bundles.join(id);
-        // Searchable by the container's root (runc reaches the rootfs by path from inside
-        // the user namespace), not listable.
-        std::fs::DirBuilder::new().mode(0o711).create(&dir)?;
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o711))?;
+        // Searchable by the container's root only (runc reaches the rootfs by path from
+        // inside the user namespace, as the function's gid): other functions' uids cannot
+        // reach its rootfs (and what the container writes there), nor its secrets.
+        std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
+        std::os::unix::fs::chown(&dir, None, Some(plan.host_uid))?;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o710))?;
         let bundle = Self {
             dir,
             disk: plan.host.disk.join(id),
@@ -238,8 +240,14 @@ impl Bundle {
             },
         )
         .map_err(std::io::Error::other)?;
-        spec.save(dir.join("config.json"))
-            .map_err(std::io::Error::other)?;
+        // runc reads it as root; the environment may hold what envVars carry.
+        let config = dir.join("config.json");
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&config)?;
+        spec.save(&config).map_err(std::io::Error::other)?;
         Ok(())
     }
 

@@ -6,10 +6,10 @@
 //! namespaces): a replica is `runc run --keep --bundle <dir> <id>` as fjord's child in the
 //! foreground, its output piped into the function's logs.
 //!
-//! Per replica, under `/run/fjord/c-<instance>/<id>/` (0711: runc, already in the
-//! container's user namespace, must reach the mount points by path, and the data dir may
-//! be private), with its overlay's upper and work dirs under `<data-dir>/containers/<id>`
-//! (0700, on disk):
+//! Per replica, under `/run/fjord/c-<instance>/<id>/` (0710, group the function's uid:
+//! runc, already in the container's user namespace, must reach the mount points by path,
+//! and the data dir may be private; other functions' uids cannot), with its overlay's
+//! upper and work dirs under `<data-dir>/containers/<id>` (0700, on disk):
 //! - `rootfs`: an overlay mounted by fjord over the image's layers (shared, never written)
 //!   with a private upper dir; read-only without one (`readOnlyRootFilesystem`);
 //! - `secrets`: a tmpfs with the function's secrets, bound read-only at
