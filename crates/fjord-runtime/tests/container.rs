@@ -420,7 +420,7 @@ async fn container_root_is_not_host_root() {
         .deploy(
             f.probe(
                 "whoami",
-                "id -u; cat /proc/self/uid_map; cat /root-only; touch /etc/passwd",
+                "id -u; cat /proc/self/uid_map; cat /root-only; touch /etc/passwd; cat /proc/net/route; busybox unshare -n true; echo unshare=$?; busybox mount -t tmpfs x /mnt; echo mount=$?; cat /proc/self/status",
                 serde_json::json!({}),
             ),
             1,
@@ -440,6 +440,33 @@ async fn container_root_is_not_host_root() {
         out.matches("Permission denied").count(),
         2,
         "a host-root file is neither readable nor writable: {out}"
+    );
+    // No namespaces, no mounts for container root (no CAP_SYS_ADMIN; the seccomp
+    // deny-list, installed as `Seccomp: 2` shows, refuses them too), no new privileges.
+    assert!(
+        out.contains("unshare=1") && out.contains("mount=1"),
+        "{out}"
+    );
+    assert!(out.contains("Operation not permitted"), "{out}");
+    let status = |key: &str| {
+        out.lines()
+            .find_map(|l| l.strip_prefix(key))
+            .map(str::trim)
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert_eq!(status("NoNewPrivs:"), "1", "{out}");
+    assert_eq!(status("Seccomp:"), "2", "{out}");
+    // Fewer capabilities than Docker's defaults: no CAP_SYS_ADMIN (21), CAP_NET_RAW (13),
+    // CAP_MKNOD (27).
+    let eff = u64::from_str_radix(&status("CapEff:"), 16).expect("CapEff");
+    assert_eq!(eff & (1 << 21 | 1 << 13 | 1 << 27), 0, "{out}");
+    assert_ne!(eff, 0, "container root keeps some capabilities: {out}");
+    // Outbound network by default: the replica's own eth0 (a veth to the host, NAT'd and
+    // filtered by the network pool) is its default route.
+    assert!(
+        out.lines().any(|l| l.starts_with("eth0\t00000000\t")),
+        "no default route through eth0: {out}"
     );
     f.rt.shutdown().await;
 }
