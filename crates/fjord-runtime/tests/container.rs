@@ -617,3 +617,53 @@ async fn runc_alone(f: &Fixture, config: &str, runs: usize) -> Vec<Duration> {
     sh(&format!("ip netns del {ns_name}"));
     times
 }
+
+/// A server running both runtimes makes the container one from the process one: one
+/// network pool (one nftables table, one address range), one cgroup root.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn beside_the_process_runtime() {
+    let dir = common::data_dir();
+    let process = fjord_runtime::ProcessRuntime::new(common::config(dir.path()))
+        .await
+        .unwrap();
+    let containers = process
+        .container(fjord_runtime::ContainerConfig::default())
+        .await
+        .unwrap();
+    let layers = common::Layers::busybox(&[PROBE_CGI]);
+    let (spec, source) = common::spec(
+        serde_json::json!({"service": "boxed", "image": "fjord-test/probe:1", "envVars": {"PROBE": "echo boxed"}}),
+        layers.image(&common::HTTPD, &[]),
+    );
+    let c = containers.apply(Arc::new(spec), source, 1).unwrap().handle;
+    let d: fjord_core::openfaas::FunctionDeployment = serde_json::from_value(serde_json::json!({
+        "service": "plain", "image": "sh", "envProcess": "/bin/sh -c 'exec busybox httpd -f -p $PORT -h /'",
+        "envVars": {"mode": "http"},
+    }))
+    .unwrap();
+    let source = fjord_runtime::Source {
+        uid: common::UID + 1,
+        ..Default::default()
+    };
+    let p = process
+        .apply(
+            Arc::new(fjord_core::FunctionSpec::from_deployment(d).unwrap()),
+            source,
+            1,
+        )
+        .unwrap()
+        .handle;
+    assert!(c.wait_ready(PATIENCE).await, "{:?}", c.status());
+    assert!(p.wait_ready(PATIENCE).await, "{:?}", p.status());
+    assert_eq!(c.runtime, "container");
+    assert_eq!(p.runtime, "process");
+    assert_eq!(call_any(&c).await, "boxed\n");
+    let (ca, pa) = (authorities(&c), authorities(&p));
+    assert_ne!(
+        ca[0].split(':').next(),
+        pa[0].split(':').next(),
+        "each has its own namespace"
+    );
+    containers.shutdown().await;
+    process.shutdown().await;
+}
