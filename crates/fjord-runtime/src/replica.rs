@@ -529,7 +529,12 @@ async fn run_once(
             }
         },
         (None, Launch::Process(program)) => env.command(program, base_env),
-        (None, Launch::Container(_)) => unreachable!("a container replica has a bundle"),
+        (None, Launch::Container(_)) => {
+            return Outcome::Exited {
+                reason: "a container replica without its bundle".into(),
+                was_ready: false,
+            };
+        }
     };
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())

@@ -22,10 +22,11 @@ const PROBE_CGI: (&str, &str, u32) = (
 /// A file only host root may read (layers are unpacked as root).
 const ROOT_ONLY: (&str, &str, u32) = ("root-only", "host root's eyes only\n", 0o600);
 
+/// Dropped in this order: the data dir's cleanup (after a failed test) before the layers.
 struct Fixture {
     rt: Arc<ContainerRuntime>,
+    dir: common::DataDir,
     layers: common::Layers,
-    dir: tempfile::TempDir,
 }
 
 async fn fixture() -> Fixture {

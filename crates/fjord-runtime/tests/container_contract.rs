@@ -9,10 +9,11 @@ use fjord_core::FunctionSpec;
 use fjord_runtime::{ContainerRuntime, Runtime, Source};
 use fjord_runtime_api::BoxFuture;
 
+/// Dropped in this order: the data dir's cleanup (after a failed check) before the layers.
 struct Container {
     runtime: Arc<ContainerRuntime>,
+    _dir: common::DataDir,
     layers: common::Layers,
-    _dir: tempfile::TempDir,
 }
 
 async fn subject() -> Container {

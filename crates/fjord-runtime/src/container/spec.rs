@@ -230,7 +230,11 @@ pub(crate) fn build(plan: &Plan, r: &Replica<'_>) -> Result<Spec, oci_spec::OciS
     let nofile = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
         .map_or(1024, |(soft, _)| soft);
     let mut env = plan.env.clone();
-    env.push(format!("HOSTNAME={}", r.id));
+    // The replica's name, as for process replicas, unless envVars or the image set one
+    // (libc's getenv takes the first of duplicates).
+    if !env.iter().any(|kv| kv.starts_with("HOSTNAME=")) {
+        env.push(format!("HOSTNAME={}", r.id));
+    }
     let process = ProcessBuilder::default()
         .terminal(false)
         .args(plan.args.clone())

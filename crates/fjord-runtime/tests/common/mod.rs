@@ -124,15 +124,66 @@ pub fn config(data_dir: &Path) -> RuntimeConfig {
     }
 }
 
-pub fn data_dir() -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix("fjord-container-")
-        .tempdir_in("/var/tmp")
-        .expect("temp dir")
+pub fn data_dir() -> DataDir {
+    DataDir(
+        tempfile::Builder::new()
+            .prefix("fjord-container-")
+            .tempdir_in("/var/tmp")
+            .expect("temp dir"),
+    )
 }
 
 pub async fn runtime(data_dir: &Path) -> ContainerRuntime {
     ContainerRuntime::new(config(data_dir), ContainerConfig::default())
         .await
         .expect("the container runtime starts")
+}
+
+/// Removes what a runtime on `data_dir` left when a test failed before its shutdown (its
+/// containers would keep running after the test process): runc's containers, the bundles'
+/// mounts. Nothing to do after a clean shutdown.
+pub fn cleanup(data_dir: &Path) {
+    let state = data_dir.join("runc");
+    for e in std::fs::read_dir(&state).into_iter().flatten().flatten() {
+        let _ = std::process::Command::new("runc")
+            .arg("--root")
+            .arg(&state)
+            .args(["delete", "--force"])
+            .arg(e.file_name())
+            .status();
+    }
+    let ids: Vec<String> = std::fs::read_dir(data_dir.join("containers"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().into_string().ok())
+        .collect();
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mut points: Vec<&str> = mountinfo
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|p| {
+            p.starts_with("/run/fjord/c-") && ids.iter().any(|id| p.contains(&format!("/{id}/")))
+                || p.starts_with(&*data_dir.to_string_lossy())
+        })
+        .collect();
+    points.sort_by_key(|p| std::cmp::Reverse(p.len()));
+    for p in points {
+        let _ = nix::mount::umount2(p, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+/// A data dir that cleans up after a failed test when dropped.
+pub struct DataDir(pub tempfile::TempDir);
+
+impl DataDir {
+    pub fn path(&self) -> &Path {
+        self.0.path()
+    }
+}
+
+impl Drop for DataDir {
+    fn drop(&mut self) {
+        cleanup(self.0.path());
+    }
 }
