@@ -171,6 +171,16 @@ pub fn cleanup(data_dir: &Path) {
     for p in points {
         let _ = nix::mount::umount2(p, nix::mount::MntFlags::MNT_DETACH);
     }
+    for instance in std::fs::read_dir("/run/fjord")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        // The replicas' bundles only: another test's runtime may be using its instance dir.
+        for id in &ids {
+            let _ = std::fs::remove_dir_all(instance.path().join(id));
+        }
+    }
 }
 
 /// A data dir that cleans up after a failed test when dropped.
