@@ -57,9 +57,16 @@ pub struct CgroupRoot {
     version: Version,
     /// One directory per controller (v1) or the single unified directory (v2).
     dirs: Vec<PathBuf>,
+    instance: String,
 }
 
 impl CgroupRoot {
+    /// A replica cgroup's path below each controller's mount, as an OCI runtime's
+    /// `linux.cgroupsPath` names it (the container runtime lets runc join it).
+    pub fn oci_path(&self, name: &str) -> String {
+        format!("/fjord/{}/{name}", self.instance)
+    }
+
     /// Detects the hierarchy and creates this instance's directories.
     pub fn new(instance: &str) -> Result<Self, CgroupError> {
         let mount = Path::new(CGROUP_MOUNT);
@@ -90,7 +97,11 @@ impl CgroupRoot {
             }
             dirs.push(dir);
         }
-        Ok(Self { version, dirs })
+        Ok(Self {
+            version,
+            dirs,
+            instance: instance.to_string(),
+        })
     }
 
     pub fn version(&self) -> Version {

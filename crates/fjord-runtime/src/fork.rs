@@ -241,7 +241,7 @@ where
     };
     let pid = child.id().map(|p| p as i32);
     if let Some(err) = child.stderr.take() {
-        tokio::spawn(pump(err, handle.logs.clone(), instance.clone()));
+        tokio::spawn(pump(err, handle.logs.clone(), instance.clone(), false));
     }
     let mut out = match tokio::net::unix::pipe::Receiver::from_owned_fd(OwnedFd::from(reader)) {
         Ok(r) => r,

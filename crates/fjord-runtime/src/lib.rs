@@ -9,6 +9,7 @@
 //! ready endpoints from a lock-free snapshot ([`FunctionHandle::pick`]).
 
 pub mod cgroup;
+pub mod container;
 pub mod fork;
 mod masks;
 pub mod netns;
@@ -28,6 +29,7 @@ use fjord_core::{FunctionKey, FunctionSpec};
 use fjord_runtime_api::{Applied, BoxFuture};
 use tokio::sync::{mpsc, oneshot};
 
+pub use container::{ContainerConfig, ContainerRuntime};
 pub use fjord_runtime_api::{
     Endpoint, EndpointKind, FunctionHandle, Inflight, Pick, ReplicaStatus, Rollout, RolloutResult,
     RolloutState, Runtime, RuntimeError, SecretFiles, Serving, Source, logs,
@@ -214,16 +216,10 @@ impl FunctionNet {
     }
 }
 
-/// The embedded process runtime.
-pub struct ProcessRuntime {
-    shared: Arc<Shared>,
-    functions: Mutex<HashMap<FunctionKey, ProcessFunction>>,
-}
-
-impl ProcessRuntime {
+impl Shared {
     /// Sets up sandboxing as far as this machine allows and cleans up replicas left by an
     /// earlier run that was killed. Call it on the runtime that should run the control work.
-    pub async fn new(config: RuntimeConfig) -> Result<Self, RuntimeError> {
+    pub(crate) async fn new(config: RuntimeConfig) -> Result<Arc<Self>, RuntimeError> {
         for private in ["replicas", "logs"] {
             let dir = config.data_dir.join(private);
             std::fs::create_dir_all(&dir)?;
@@ -295,23 +291,55 @@ impl ProcessRuntime {
         };
         let max_fd = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
             .map_or(1024, |(soft, _)| soft.min(65536) as i32);
-        Ok(Self {
-            shared: Arc::new(Shared {
-                restore_rcu,
-                config,
-                control: tokio::runtime::Handle::current(),
-                sandbox: Sandbox {
-                    isolate,
-                    cgroups,
-                    net,
-                    masks,
-                    seccomp,
-                    max_fd,
-                },
-                ports: Mutex::new(Default::default()),
-            }),
+        Ok(Arc::new(Shared {
+            restore_rcu,
+            config,
+            control: tokio::runtime::Handle::current(),
+            sandbox: Sandbox {
+                isolate,
+                cgroups,
+                net,
+                masks,
+                seccomp,
+                max_fd,
+            },
+            ports: Mutex::new(Default::default()),
+        }))
+    }
+
+    /// Undoes what [`Shared::new`] set up on the host, once no replica runs any more.
+    async fn release(&self) {
+        if let Some(cg) = &self.sandbox.cgroups {
+            cg.remove_if_empty();
+        }
+        if self.sandbox.isolate {
+            replicas_mount::clear(&self.config.data_dir.join("replicas"));
+        }
+        if self.restore_rcu {
+            let _ = std::fs::write(RCU_EXPEDITED, "0");
+        }
+        if let Some(net) = &self.sandbox.net {
+            net.remove_rules();
+        }
+    }
+}
+
+/// What every runtime of this crate shares: the functions it runs, each with its handle
+/// and reconciler. Runtimes differ only in how a replica is launched ([`replica::Launch`]).
+pub(crate) struct Engine {
+    pub shared: Arc<Shared>,
+    /// Shown in the function's status (`process`, `container`).
+    name: &'static str,
+    functions: Mutex<HashMap<FunctionKey, ProcessFunction>>,
+}
+
+impl Engine {
+    pub(crate) fn new(shared: Arc<Shared>, name: &'static str) -> Self {
+        Self {
+            shared,
+            name,
             functions: Mutex::new(HashMap::new()),
-        })
+        }
     }
 
     fn get_function(
@@ -328,15 +356,7 @@ impl ProcessRuntime {
             .map(|f| (f.handle.clone(), f.commands.clone()))
     }
 
-    fn program(&self, spec: &FunctionSpec, source: &Source) -> Result<Program, RuntimeError> {
-        let mut program =
-            program::resolve(spec, self.shared.sandbox.isolate, source.bundle.as_deref())
-                .map_err(|e| RuntimeError::Invalid(e.to_string()))?;
-        program.secrets = source.secrets.clone();
-        Ok(program)
-    }
-
-    async fn remove_function(&self, key: &FunctionKey) -> Result<(), RuntimeError> {
+    pub(crate) async fn remove(&self, key: &FunctionKey) -> Result<(), RuntimeError> {
         let f = self
             .functions
             .lock()
@@ -353,7 +373,8 @@ impl ProcessRuntime {
         Ok(())
     }
 
-    async fn stop_all(&self) {
+    /// Stops every function's replicas (they stay stored).
+    pub(crate) async fn stop_all(&self) {
         let functions: Vec<_> = self
             .functions
             .lock()
@@ -373,51 +394,22 @@ impl ProcessRuntime {
         for w in waits {
             let _ = w.await;
         }
-        if let Some(cg) = &self.shared.sandbox.cgroups {
-            cg.remove_if_empty();
-        }
-        if self.shared.sandbox.isolate {
-            replicas_mount::clear(&self.shared.config.data_dir.join("replicas"));
-        }
-        if self.shared.restore_rcu {
-            let _ = std::fs::write(RCU_EXPEDITED, "0");
-        }
-        if let Some(net) = &self.shared.sandbox.net {
-            net.remove_rules();
-        }
-    }
-}
-
-impl Runtime for ProcessRuntime {
-    fn name(&self) -> &'static str {
-        "process"
     }
 
-    /// Whether functions run sandboxed (own uid, private /tmp).
-    fn isolates(&self) -> bool {
-        self.shared.sandbox.isolate
-    }
-
-    /// Checks that the program exists and is reachable (by the function's uid when
-    /// sandboxed).
-    fn validate(&self, spec: &FunctionSpec, source: &Source) -> Result<(), RuntimeError> {
-        self.program(spec, source).map(|_| ())
-    }
-
-    fn apply(
+    pub(crate) fn apply(
         &self,
         spec: Arc<FunctionSpec>,
-        source: Source,
+        launch: replica::Launch,
+        uid: u32,
         replicas: u64,
     ) -> Result<Applied, RuntimeError> {
-        let program = Arc::new(self.program(&spec, &source)?);
         let (done_tx, done) = oneshot::channel();
         let mut functions = self.functions.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(f) = functions.get(&spec.key) {
             let generation = f.handle.begin_rollout(replicas);
             let _ = f.commands.send(reconcile::Command::Apply {
                 spec,
-                program,
+                launch,
                 replicas,
                 generation,
                 done: done_tx,
@@ -446,18 +438,18 @@ impl Runtime for ProcessRuntime {
             spec.clone(),
             replicas,
             logs,
-            "process",
+            self.name,
             default_memory,
         ));
         let generation = handle.begin_rollout(replicas);
         let _ = tx.send(reconcile::Command::Apply {
             spec,
-            program,
+            launch,
             replicas,
             generation,
             done: done_tx,
         });
-        reconcile::spawn(handle.clone(), self.shared.clone(), source.uid, rx);
+        reconcile::spawn(handle.clone(), self.shared.clone(), uid, rx);
         functions.insert(
             key,
             ProcessFunction {
@@ -472,7 +464,7 @@ impl Runtime for ProcessRuntime {
         })
     }
 
-    fn scale(&self, key: &FunctionKey, replicas: u64) -> Result<(), RuntimeError> {
+    pub(crate) fn scale(&self, key: &FunctionKey, replicas: u64) -> Result<(), RuntimeError> {
         let (h, commands) = self
             .get_function(key)
             .ok_or_else(|| RuntimeError::NotFound(key.to_string()))?;
@@ -481,12 +473,92 @@ impl Runtime for ProcessRuntime {
         Ok(())
     }
 
+    pub(crate) fn get(&self, key: &FunctionKey) -> Option<Arc<FunctionHandle>> {
+        self.get_function(key).map(|(h, _)| h)
+    }
+}
+
+/// The embedded process runtime.
+pub struct ProcessRuntime {
+    engine: Engine,
+}
+
+impl ProcessRuntime {
+    /// Sets up sandboxing as far as this machine allows and cleans up replicas left by an
+    /// earlier run that was killed. Call it on the runtime that should run the control work.
+    pub async fn new(config: RuntimeConfig) -> Result<Self, RuntimeError> {
+        Ok(Self {
+            engine: Engine::new(Shared::new(config).await?, "process"),
+        })
+    }
+
+    /// A container runtime beside this one, sharing its sandbox: cgroup root, network pool
+    /// (one nftables table, one address range), ports. Stop it before this one.
+    pub async fn container(
+        &self,
+        config: ContainerConfig,
+    ) -> Result<ContainerRuntime, RuntimeError> {
+        ContainerRuntime::with_shared(self.engine.shared.clone(), config, false).await
+    }
+
+    fn program(&self, spec: &FunctionSpec, source: &Source) -> Result<Program, RuntimeError> {
+        let mut program = program::resolve(
+            spec,
+            self.engine.shared.sandbox.isolate,
+            source.bundle.as_deref(),
+        )
+        .map_err(|e| RuntimeError::Invalid(e.to_string()))?;
+        program.secrets = source.secrets.clone();
+        Ok(program)
+    }
+
+    async fn stop_all(&self) {
+        self.engine.stop_all().await;
+        self.engine.shared.release().await;
+    }
+}
+
+impl Runtime for ProcessRuntime {
+    fn name(&self) -> &'static str {
+        "process"
+    }
+
+    /// Whether functions run sandboxed (own uid, private /tmp).
+    fn isolates(&self) -> bool {
+        self.engine.shared.sandbox.isolate
+    }
+
+    /// Checks that the program exists and is reachable (by the function's uid when
+    /// sandboxed).
+    fn validate(&self, spec: &FunctionSpec, source: &Source) -> Result<(), RuntimeError> {
+        self.program(spec, source).map(|_| ())
+    }
+
+    fn apply(
+        &self,
+        spec: Arc<FunctionSpec>,
+        source: Source,
+        replicas: u64,
+    ) -> Result<Applied, RuntimeError> {
+        let program = Arc::new(self.program(&spec, &source)?);
+        self.engine.apply(
+            spec,
+            replica::Launch::Process(program),
+            source.uid,
+            replicas,
+        )
+    }
+
+    fn scale(&self, key: &FunctionKey, replicas: u64) -> Result<(), RuntimeError> {
+        self.engine.scale(key, replicas)
+    }
+
     fn remove<'a>(&'a self, key: &'a FunctionKey) -> BoxFuture<'a, Result<(), RuntimeError>> {
-        Box::pin(self.remove_function(key))
+        Box::pin(self.engine.remove(key))
     }
 
     fn get(&self, key: &FunctionKey) -> Option<Arc<FunctionHandle>> {
-        self.get_function(key).map(|(h, _)| h)
+        self.engine.get(key)
     }
 
     fn shutdown(&self) -> BoxFuture<'_, ()> {

@@ -90,6 +90,18 @@ const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
 /// The host's namespace, to come back to after creating a socket in a function's.
 static HOST_NETNS: OnceLock<OwnedFd> = OnceLock::new();
 
+/// Namespace ids in use, by every pool of this process: the ids name namespaces in
+/// [`REGISTRY`] (`n<id>` authorities), so two pools (two runtimes, or tests running several
+/// at once) must never hand out the same one.
+static USED: Mutex<Option<HashSet<u32>>> = Mutex::new(None);
+
+/// Where [`NetPool::allocate`] looks for a free id next.
+static NEXT_ID: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+fn used() -> std::sync::MutexGuard<'static, Option<HashSet<u32>>> {
+    USED.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// Namespaces by id, for the gateway's connector (read only when a connection is made).
 static REGISTRY: RwLock<Option<HashMap<u32, Weak<NetNs>>>> = RwLock::new(None);
 
@@ -146,7 +158,8 @@ pub async fn connect(host: &str, port: u16) -> io::Result<tokio::net::TcpStream>
 pub struct NetNs {
     pub id: u32,
     fd: OwnedFd,
-    pool: Arc<NetPool>,
+    /// Keeps the pool (its nftables table) while a namespace lives.
+    _pool: Arc<NetPool>,
 }
 
 impl std::fmt::Debug for NetNs {
@@ -172,11 +185,9 @@ impl Drop for NetNs {
             m.remove(&self.id);
         }
         // The veth pair disappears with the namespace (when its last process exits).
-        self.pool
-            .used
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&self.id);
+        if let Some(u) = used().as_mut() {
+            u.remove(&self.id);
+        }
     }
 }
 
@@ -186,7 +197,6 @@ pub struct NetPool {
     /// `fj<instance>`: host-side interfaces are `fj<instance>-<id>`.
     prefix: String,
     subnet: Ipv4Net,
-    used: Mutex<HashSet<u32>>,
     /// Whether the nftables table is in place (else functions get loopback only).
     table: Option<String>,
     turned_forwarding_on: bool,
@@ -424,7 +434,6 @@ impl NetPool {
             mode,
             prefix,
             subnet,
-            used: Mutex::new(HashSet::new()),
             table: installed,
             turned_forwarding_on,
         }))
@@ -482,11 +491,20 @@ impl NetPool {
 
     fn allocate(&self) -> io::Result<u32> {
         let slots = 1u32 << (32 - u32::from(self.subnet.prefix_len()) - 2);
-        let mut used = self.used.lock().unwrap_or_else(|p| p.into_inner());
-        let id = (0..slots).find(|i| !used.contains(i)).ok_or_else(|| {
-            io::Error::other("function subnet exhausted: set a larger --function-subnet")
-        })?;
+        let mut used = used();
+        let used = used.get_or_insert_with(HashSet::new);
+        // Round robin from after the last id handed out: an id just freed names a namespace
+        // the kernel may still be tearing down (with its veth pair), and a client may still
+        // hold its `n<id>` authority. Container replicas come and go fast.
+        let start = NEXT_ID.load(std::sync::atomic::Ordering::Relaxed) % slots;
+        let id = (0..slots)
+            .map(|i| (start + i) % slots)
+            .find(|i| !used.contains(i))
+            .ok_or_else(|| {
+                io::Error::other("function subnet exhausted: set a larger --function-subnet")
+            })?;
         used.insert(id);
+        NEXT_ID.store(id + 1, std::sync::atomic::Ordering::Relaxed);
         Ok(id)
     }
 
@@ -505,6 +523,14 @@ impl NetPool {
         } else {
             None
         };
+        if let Some((host_if, _, _)) = &setup
+            && std::path::Path::new("/sys/class/net")
+                .join(host_if)
+                .exists()
+        {
+            // The veth of an earlier namespace with this id, still being torn down.
+            let _ = run_ip(&format!("link del {host_if}\n"));
+        }
         let inner = setup.clone();
         // unshare(CLONE_NEWNET) moves only the calling thread: a short-lived thread makes the
         // namespace, and the `ip` it starts configures it from inside.
@@ -527,15 +553,14 @@ impl NetPool {
         let ns = Arc::new(NetNs {
             id,
             fd: fd.map_err(|e| {
-                pool.used
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(&id);
+                if let Some(u) = used().as_mut() {
+                    u.remove(&id);
+                }
                 io::Error::other(format!(
                     "cannot create the function's network namespace: {e}"
                 ))
             })?,
-            pool,
+            _pool: pool,
         });
         if let Some((host_if, outer, _)) = setup {
             run_ip(&format!(

@@ -10,8 +10,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::program::Program;
-use crate::replica::{self, Event, ReplicaArgs};
+use crate::replica::{self, Event, Launch, ReplicaArgs};
 use crate::{Endpoint, FunctionHandle, RolloutResult, RolloutState, Serving, Shared};
 
 /// How long a replica being retired may keep finishing its in-flight requests.
@@ -23,9 +22,9 @@ pub(crate) const CRASH_LOOP_STARTS: u32 = 3;
 pub(crate) enum Command {
     Apply {
         spec: Arc<FunctionSpec>,
-        program: Arc<Program>,
+        launch: Launch,
         replicas: u64,
-        /// Numbered by [`crate::ProcessRuntime::apply`].
+        /// Numbered by [`crate::Engine::apply`].
         generation: u64,
         done: oneshot::Sender<RolloutResult>,
     },
@@ -46,7 +45,7 @@ struct Replica {
 struct Generation {
     id: u64,
     spec: Arc<FunctionSpec>,
-    program: Arc<Program>,
+    launch: Launch,
     replicas: Vec<Replica>,
 }
 
@@ -112,8 +111,8 @@ impl Reconciler {
             let deadline = self.pending.as_ref().map(|p| p.deadline);
             tokio::select! {
                 cmd = commands.recv() => match cmd {
-                    Some(Command::Apply { spec, program, replicas, generation, done }) => {
-                        self.apply(spec, program, replicas, generation, done)
+                    Some(Command::Apply { spec, launch, replicas, generation, done }) => {
+                        self.apply(spec, launch, replicas, generation, done)
                     }
                     Some(Command::Scale(n)) => self.scale(n),
                     Some(Command::Stop { remove, done }) => {
@@ -179,7 +178,7 @@ impl Reconciler {
             shared: self.shared.clone(),
             handle: self.handle.clone(),
             spec: generation.spec.clone(),
-            program: generation.program.clone(),
+            launch: generation.launch.clone(),
             generation: generation.id,
             id: id.clone(),
             uid: self.uid,
@@ -198,14 +197,14 @@ impl Reconciler {
     fn new_generation(
         &mut self,
         spec: Arc<FunctionSpec>,
-        program: Arc<Program>,
+        launch: Launch,
         replicas: u64,
         id: u64,
     ) -> Generation {
         let mut g = Generation {
             id,
             spec,
-            program,
+            launch,
             replicas: Vec::new(),
         };
         for _ in 0..replicas {
@@ -218,7 +217,7 @@ impl Reconciler {
     fn apply(
         &mut self,
         spec: Arc<FunctionSpec>,
-        program: Arc<Program>,
+        launch: Launch,
         replicas: u64,
         generation: u64,
         done: oneshot::Sender<RolloutResult>,
@@ -238,13 +237,13 @@ impl Reconciler {
             stop_generation(old.generation, false);
         }
         if self.current.is_none() {
-            let g = self.new_generation(spec, program, replicas, generation);
+            let g = self.new_generation(spec, launch, replicas, generation);
             self.current = Some(g);
             self.publish();
             let _ = done.send(Ok(()));
             return;
         }
-        let g = self.new_generation(spec, program, replicas, generation);
+        let g = self.new_generation(spec, launch, replicas, generation);
         self.pending = Some(Pending {
             generation: g,
             deadline: Instant::now() + self.shared.config.rollout_timeout,

@@ -28,6 +28,16 @@ const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// A replica that ran this long resets the backoff.
 const BACKOFF_RESET_AFTER: Duration = Duration::from_secs(10);
 
+/// How a version's replicas are launched: what differs between the runtimes of this crate
+/// (everything else, from rollouts to supervision and logs, is shared).
+#[derive(Clone)]
+pub(crate) enum Launch {
+    /// The process runtime: the function's program, exec'd in fjord's own sandbox.
+    Process(Arc<Program>),
+    /// The container runtime: `runc run` of a bundle made from an image.
+    Container(Arc<crate::container::Plan>),
+}
+
 /// What a replica tells its function's reconciler.
 pub(crate) enum Event {
     Ready {
@@ -66,6 +76,8 @@ pub(crate) struct ReplicaEnv {
     cwd: Option<PathBuf>,
     /// Sandboxed: processes run in a PID namespace ([`ReplicaEnv::pid_namespace`]).
     pidns: bool,
+    /// A container replica: its runc bundle (the OCI runtime does the sandboxing).
+    pub(crate) container: Option<crate::container::Bundle>,
 }
 
 /// tmpfs options for a replica's `/tmp` (owned by the function's uid) or, `uid` `None`, for
@@ -188,7 +200,32 @@ impl ReplicaEnv {
             plan,
             cwd,
             pidns: isolate,
+            container: None,
         })
+    }
+
+    /// The environment of a container replica: runc sandboxes it, so fjord's own plan is
+    /// empty; the cgroup (made by fjord, joined by runc) gives limits, OOM kills and CPU.
+    pub(crate) fn for_container(
+        id: Arc<str>,
+        cgroup: Option<Cgroup>,
+        netns: Option<Arc<crate::netns::NetNs>>,
+        bundle: crate::container::Bundle,
+    ) -> Self {
+        let dir = bundle.dir().to_path_buf();
+        Self {
+            id,
+            tmp: dir.clone(),
+            dir,
+            tmp_mounted: false,
+            cgroup,
+            secrets_dir: None,
+            netns,
+            plan: Arc::default(),
+            cwd: None,
+            pidns: false,
+            container: Some(bundle),
+        }
     }
 
     /// A new PID namespace for this replica's processes, when sandboxed: one per process
@@ -247,6 +284,10 @@ impl ReplicaEnv {
 
     /// Kills what is left and removes the replica's cgroup, `/tmp` and directory.
     pub async fn destroy(&self) {
+        if let Some(b) = &self.container {
+            // runc's state and cgroups, then the rootfs mounts.
+            b.destroy().await;
+        }
         if let Some(cg) = &self.cgroup {
             cg.remove().await;
         }
@@ -266,7 +307,7 @@ pub(crate) struct ReplicaArgs {
     pub shared: Arc<Shared>,
     pub handle: Arc<FunctionHandle>,
     pub spec: Arc<FunctionSpec>,
-    pub program: Arc<Program>,
+    pub launch: Launch,
     pub generation: u64,
     pub id: Arc<str>,
     pub uid: u32,
@@ -277,7 +318,7 @@ pub(crate) struct ReplicaArgs {
 
 impl ReplicaArgs {
     /// The replica cannot start and will not try again.
-    fn down(&self, reason: String) {
+    pub(crate) fn down(&self, reason: String) {
         self.down_after(reason, 1, false);
     }
 
@@ -302,6 +343,13 @@ impl ReplicaArgs {
 
 /// Runs a replica until `stop` is cancelled.
 pub(crate) async fn run(args: ReplicaArgs) {
+    let program = match &args.launch {
+        Launch::Process(p) => p.clone(),
+        Launch::Container(plan) => {
+            let plan = plan.clone();
+            return crate::container::run_replica(args, plan).await;
+        }
+    };
     let t0 = Instant::now();
     let netns = match args.net.get(&args.shared).await {
         Ok(n) => n,
@@ -316,7 +364,7 @@ pub(crate) async fn run(args: ReplicaArgs) {
     let env = match ReplicaEnv::create(
         &args.shared,
         &args.spec,
-        &args.program,
+        &program,
         &args.id,
         args.uid,
         netns,
@@ -346,12 +394,7 @@ pub(crate) async fn run(args: ReplicaArgs) {
                     return;
                 }
             };
-            let slot = Arc::new(ForkSlot::new(
-                env.clone(),
-                base_env,
-                args.program.clone(),
-                pidns,
-            ));
+            let slot = Arc::new(ForkSlot::new(env.clone(), base_env, program, pidns));
             args.ready(EndpointKind::InProcess(slot.clone()), &env);
             args.stop.cancelled().await;
             // Calls still running and whatever they left behind go with the replica.
@@ -388,7 +431,7 @@ enum Outcome {
     },
 }
 
-async fn supervise_http(args: &ReplicaArgs, env: &Arc<ReplicaEnv>, port: u16) {
+pub(crate) async fn supervise_http(args: &ReplicaArgs, env: &Arc<ReplicaEnv>, port: u16) {
     let host = match &env.netns {
         Some(ns) => crate::netns::authority_host(ns.id),
         None => "127.0.0.1".to_string(),
@@ -475,7 +518,24 @@ async fn run_once(
             };
         }
     };
-    let mut cmd = env.command(&args.program, base_env);
+    let mut cmd = match (&env.container, &args.launch) {
+        (Some(bundle), _) => match bundle.command().await {
+            Ok(cmd) => cmd,
+            Err(e) => {
+                return Outcome::Exited {
+                    reason: format!("cannot start the container: {e}"),
+                    was_ready: false,
+                };
+            }
+        },
+        (None, Launch::Process(program)) => env.command(program, base_env),
+        (None, Launch::Container(_)) => {
+            return Outcome::Exited {
+                reason: "a container replica without its bundle".into(),
+                was_ready: false,
+            };
+        }
+    };
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -487,8 +547,12 @@ async fn run_once(
     let mut child = match spawned {
         Ok(c) => c,
         Err(e) => {
+            let what = match &args.launch {
+                Launch::Process(p) => p.path.display().to_string(),
+                Launch::Container(p) => p.oci_runtime().display().to_string(),
+            };
             return Outcome::Exited {
-                reason: format!("cannot start {}: {e}", args.program.path.display()),
+                reason: format!("cannot start {what}: {e}"),
                 was_ready: false,
             };
         }
@@ -497,21 +561,33 @@ async fn run_once(
     let spawned = Instant::now();
     tracing::debug!(replica = %args.id, spawn_us = (spawned - before_spawn).as_micros() as u64, "replica process started");
     if let Some(out) = child.stdout.take() {
-        tokio::spawn(pump(out, args.handle.logs.clone(), args.id.clone()));
+        tokio::spawn(pump(out, args.handle.logs.clone(), args.id.clone(), false));
     }
-    if let Some(err) = child.stderr.take() {
-        tokio::spawn(pump(err, args.handle.logs.clone(), args.id.clone()));
-    }
+    let stderr = child.stderr.take().map(|err| {
+        let tail = env.container.is_some();
+        tokio::spawn(pump(err, args.handle.logs.clone(), args.id.clone(), tail))
+    });
     let pid = child.id().map(|p| p as i32);
+    let container = env.container.as_ref();
     tokio::select! {
         biased;
         _ = args.stop.cancelled() => {
-            terminate(&mut child, pid, args.shared.config.stop_grace).await;
+            terminate(&mut child, pid, args.shared.config.stop_grace, container).await;
             return Outcome::Stopped;
         }
         status = child.wait() => {
+            let mut reason = format!("{} before it was ready", describe(status));
+            // A container's own errors (and runc's) are all there is to see: give the
+            // last lines its process wrote to stderr, as the status shows them.
+            if container.is_some()
+                && let Some(task) = stderr
+                && let Ok(Ok(tail)) = tokio::time::timeout(Duration::from_secs(2), task).await
+                && !tail.is_empty()
+            {
+                reason = format!("{reason}: {}", tail.join(" | "));
+            }
             return Outcome::Exited {
-                reason: format!("{} before it was ready", describe(status)),
+                reason,
                 was_ready: false,
             };
         }
@@ -526,7 +602,7 @@ async fn run_once(
     );
     tokio::select! {
         _ = args.stop.cancelled() => {
-            terminate(&mut child, pid, args.shared.config.stop_grace).await;
+            terminate(&mut child, pid, args.shared.config.stop_grace, container).await;
             Outcome::Stopped
         }
         status = child.wait() => Outcome::Exited {
@@ -536,13 +612,29 @@ async fn run_once(
     }
 }
 
-/// SIGTERM to the replica's process group, SIGKILL after `grace`.
-async fn terminate(child: &mut tokio::process::Child, pid: Option<i32>, grace: Duration) {
+/// SIGTERM to the replica's process group, SIGKILL after `grace`. A container: runc
+/// forwards the SIGTERM to the container's process; after `grace`, `runc kill KILL` ends
+/// the container (SIGKILL to runc alone would leave it running).
+async fn terminate(
+    child: &mut tokio::process::Child,
+    pid: Option<i32>,
+    grace: Duration,
+    container: Option<&crate::container::Bundle>,
+) {
     use nix::sys::signal::{Signal, killpg};
     use nix::unistd::Pid;
     let Some(pid) = pid else { return };
     let _ = killpg(Pid::from_raw(pid), Signal::SIGTERM);
     if tokio::time::timeout(grace, child.wait()).await.is_err() {
+        if let Some(b) = container {
+            b.kill().await;
+            if tokio::time::timeout(Duration::from_secs(2), child.wait())
+                .await
+                .is_ok()
+            {
+                return;
+            }
+        }
         let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
         let _ = child.wait().await;
     }
@@ -591,10 +683,27 @@ async fn http_get_ok(mut stream: TcpStream, path: &str) -> bool {
     }
 }
 
+/// How many of the last output lines [`pump`] returns.
+const TAIL_LINES: usize = 3;
+
 /// Copies a child's output into the function's logs, a line at a time (long lines cut).
-pub(crate) async fn pump(reader: impl AsyncRead + Unpin, logs: Arc<LogBook>, instance: Arc<str>) {
+/// With `tail`, returns the last few lines (for a start failure's reason).
+pub(crate) async fn pump(
+    reader: impl AsyncRead + Unpin,
+    logs: Arc<LogBook>,
+    instance: Arc<str>,
+    tail: bool,
+) -> Vec<String> {
+    let keep_tail = tail;
     let mut r = BufReader::with_capacity(8 << 10, reader);
     let mut line: Vec<u8> = Vec::new();
+    let mut tail = std::collections::VecDeque::with_capacity(TAIL_LINES);
+    let mut keep = |text: String| {
+        if tail.len() == TAIL_LINES {
+            tail.pop_front();
+        }
+        tail.push_back(text);
+    };
     loop {
         let buf = match r.fill_buf().await {
             Ok([]) | Err(_) => break,
@@ -607,11 +716,21 @@ pub(crate) async fn pump(reader: impl AsyncRead + Unpin, logs: Arc<LogBook>, ins
         line.extend_from_slice(&buf[..take]);
         r.consume(take);
         if complete || line.len() >= MAX_LINE_BYTES {
-            logs.push(&instance, &String::from_utf8_lossy(&line));
+            let text = String::from_utf8_lossy(&line);
+            logs.push(&instance, &text);
+            let text = text.trim_end();
+            if keep_tail && !text.is_empty() {
+                keep(text.to_string());
+            }
             line.clear();
         }
     }
     if !line.is_empty() {
-        logs.push(&instance, &String::from_utf8_lossy(&line));
+        let text = String::from_utf8_lossy(&line);
+        logs.push(&instance, &text);
+        if keep_tail {
+            keep(text.trim_end().to_string());
+        }
     }
+    tail.into()
 }

@@ -34,7 +34,7 @@ pub struct SeccompError {
 
 /// Namespace flags of `clone`/`unshare`: creating namespaces (user namespaces above all)
 /// opens kernel attack surface a function does not need.
-const NS_FLAGS: [u64; 7] = [
+pub(crate) const NS_FLAGS: [u64; 7] = [
     libc::CLONE_NEWNS as u64,
     libc::CLONE_NEWCGROUP as u64,
     libc::CLONE_NEWUTS as u64,
@@ -44,64 +44,73 @@ const NS_FLAGS: [u64; 7] = [
     libc::CLONE_NEWNET as u64,
 ];
 /// `unshare` only (in `clone` the low byte is the exit signal).
-const CLONE_NEWTIME: u64 = 0x80;
+pub(crate) const CLONE_NEWTIME: u64 = 0x80;
 
 /// `personality(2)` values Docker allows: Linux, UNAME26, ADDR_NO_RANDOMIZE-less variants,
 /// and the query.
 const PERSONALITY_ALLOWED: [u64; 5] = [0x0, 0x8, 0x20000, 0x20008, 0xffff_ffff];
 
+/// `(name, number)` of each listed system call: the name for OCI seccomp profiles (the
+/// container runtime), the number for the BPF filter.
+macro_rules! syscalls {
+    ($($n:ident),* $(,)?) => {
+        vec![$((stringify!($n).trim_start_matches("SYS_"), libc::$n)),*]
+    };
+}
+
 /// System calls denied outright.
-fn denied() -> Vec<libc::c_long> {
-    let mut v = vec![
-        libc::SYS_acct,
-        libc::SYS_add_key,
-        libc::SYS_bpf,
-        libc::SYS_clock_adjtime,
-        libc::SYS_clock_settime,
-        libc::SYS_delete_module,
-        libc::SYS_fanotify_init,
-        libc::SYS_finit_module,
-        libc::SYS_fsconfig,
-        libc::SYS_fsmount,
-        libc::SYS_fsopen,
-        libc::SYS_fspick,
-        libc::SYS_init_module,
-        libc::SYS_io_uring_enter,
-        libc::SYS_io_uring_register,
-        libc::SYS_io_uring_setup,
-        libc::SYS_kexec_file_load,
-        libc::SYS_kexec_load,
-        libc::SYS_keyctl,
-        libc::SYS_lookup_dcookie,
-        libc::SYS_mount,
-        libc::SYS_mount_setattr,
-        libc::SYS_move_mount,
-        libc::SYS_nfsservctl,
-        libc::SYS_open_by_handle_at,
-        libc::SYS_open_tree,
-        libc::SYS_perf_event_open,
-        libc::SYS_pivot_root,
-        libc::SYS_quotactl,
-        libc::SYS_quotactl_fd,
-        libc::SYS_reboot,
-        libc::SYS_request_key,
-        libc::SYS_setns,
-        libc::SYS_settimeofday,
-        libc::SYS_swapoff,
-        libc::SYS_swapon,
-        libc::SYS_syslog,
-        libc::SYS_umount2,
-        libc::SYS_userfaultfd,
-        libc::SYS_vhangup,
+pub(crate) fn denied() -> Vec<(&'static str, libc::c_long)> {
+    #[allow(unused_mut)]
+    let mut v = syscalls![
+        SYS_acct,
+        SYS_add_key,
+        SYS_bpf,
+        SYS_clock_adjtime,
+        SYS_clock_settime,
+        SYS_delete_module,
+        SYS_fanotify_init,
+        SYS_finit_module,
+        SYS_fsconfig,
+        SYS_fsmount,
+        SYS_fsopen,
+        SYS_fspick,
+        SYS_init_module,
+        SYS_io_uring_enter,
+        SYS_io_uring_register,
+        SYS_io_uring_setup,
+        SYS_kexec_file_load,
+        SYS_kexec_load,
+        SYS_keyctl,
+        SYS_lookup_dcookie,
+        SYS_mount,
+        SYS_mount_setattr,
+        SYS_move_mount,
+        SYS_nfsservctl,
+        SYS_open_by_handle_at,
+        SYS_open_tree,
+        SYS_perf_event_open,
+        SYS_pivot_root,
+        SYS_quotactl,
+        SYS_quotactl_fd,
+        SYS_reboot,
+        SYS_request_key,
+        SYS_setns,
+        SYS_settimeofday,
+        SYS_swapoff,
+        SYS_swapon,
+        SYS_syslog,
+        SYS_umount2,
+        SYS_userfaultfd,
+        SYS_vhangup,
     ];
     #[cfg(target_arch = "x86_64")]
-    v.extend([
-        libc::SYS_ioperm,
-        libc::SYS_iopl,
-        libc::SYS__sysctl,
-        libc::SYS_sysfs,
-        libc::SYS_uselib,
-        libc::SYS_ustat,
+    v.extend(syscalls![
+        SYS_ioperm,
+        SYS_iopl,
+        SYS__sysctl,
+        SYS_sysfs,
+        SYS_uselib,
+        SYS_ustat,
     ]);
     v
 }
@@ -178,8 +187,10 @@ pub(crate) fn build() -> Result<Filters, SeccompError> {
         arch: std::env::consts::ARCH,
         source,
     };
-    let mut rules: BTreeMap<i64, Vec<SeccompRule>> =
-        denied().into_iter().map(|nr| (nr, Vec::new())).collect();
+    let mut rules: BTreeMap<i64, Vec<SeccompRule>> = denied()
+        .into_iter()
+        .map(|(_, nr)| (nr, Vec::new()))
+        .collect();
     let clone_rules = NS_FLAGS
         .iter()
         .map(|f| masked(*f))
@@ -224,5 +235,8 @@ mod tests {
         assert_eq!(f.enosys[last].k, 0x0005_0000 | libc::ENOSYS as u32);
         // BPF programs are limited to 4096 instructions.
         assert!(f.deny.len() < 4096);
+        let names = denied();
+        assert!(names.contains(&("mount", libc::SYS_mount)));
+        assert!(names.iter().all(|(n, _)| !n.starts_with("SYS_")));
     }
 }
