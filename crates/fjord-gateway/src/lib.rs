@@ -183,6 +183,8 @@ pub enum StartError {
     Control(#[from] fjord_control::ControlError),
     #[error("async queue: {0}")]
     Queue(#[from] fjord_queue::QueueError),
+    #[error("containers: {0}")]
+    Containers(String),
     #[error("{0} (each fjord instance on a host needs its own block of function uids)")]
     UidRegistry(#[from] fjord_store::uid_registry::RegistryError),
     #[error("async queue: {0}")]
@@ -529,6 +531,69 @@ fn check_data_dir(dir: &std::path::Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// The container runtime and its image store, as `--containers` asks: `auto` runs them when
+/// fjord is root and the OCI runtime is installed (else one log line says why not), `on`
+/// refuses to start without them.
+async fn containers(
+    config: &GatewayConfig,
+    process: &fjord_runtime::ProcessRuntime,
+    data_dir: &std::path::Path,
+) -> Result<Option<fjord_control::Containers>, StartError> {
+    let c = &config.containers;
+    if c.mode == ContainerMode::Off {
+        return Ok(None);
+    }
+    let runtime = match process
+        .container(fjord_runtime::ContainerConfig {
+            oci_runtime: c.oci_runtime.clone(),
+        })
+        .await
+    {
+        Ok(r) => r,
+        Err(e) if c.mode == ContainerMode::Auto => {
+            tracing::info!(reason = %e, "container images will not run here (functions need envProcess or a bundle); --containers on makes this an error");
+            return Ok(None);
+        }
+        Err(e) => return Err(StartError::Containers(e.to_string())),
+    };
+    let docker_config = c.registry_config.clone().or_else(default_docker_config);
+    if let Some(p) = &c.registry_config
+        && !p.is_file()
+    {
+        return Err(StartError::Containers(format!(
+            "--registry-config {}: no such file (a Docker config.json, as `docker login` writes)",
+            p.display()
+        )));
+    }
+    let store = fjord_oci::ImageStore::open(
+        data_dir.join("images"),
+        fjord_oci::StoreConfig {
+            insecure: c.insecure_registries.clone(),
+            docker_config,
+            limits: fjord_oci::Limits {
+                max_unpacked: c.max_layer_bytes,
+                ..fjord_oci::Limits::default()
+            },
+        },
+    )
+    .map_err(|e| StartError::Containers(format!("image store: {e}")))?;
+    tracing::info!(oci_runtime = %c.oci_runtime.display(), images = %data_dir.join("images").display(), "container images run here");
+    Ok(Some(fjord_control::Containers {
+        runtime: Arc::new(runtime),
+        images: Arc::new(images::OciImages::new(Arc::new(store))),
+    }))
+}
+
+/// Where Docker keeps credentials: `$DOCKER_CONFIG/config.json`, else `~/.docker/config.json`,
+/// when the file exists.
+fn default_docker_config() -> Option<PathBuf> {
+    let path = match std::env::var_os("DOCKER_CONFIG") {
+        Some(dir) => PathBuf::from(dir).join("config.json"),
+        None => PathBuf::from(std::env::var_os("HOME")?).join(".docker/config.json"),
+    };
+    path.is_file().then_some(path)
+}
+
 /// Runs the gateway until `shutdown` is cancelled, then drains and stops every replica.
 pub async fn serve(config: GatewayConfig, shutdown: CancellationToken) -> Result<(), StartError> {
     let data_dir = &config.data_dir.clone();
@@ -617,13 +682,15 @@ pub async fn serve(config: GatewayConfig, shutdown: CancellationToken) -> Result
         default_memory_bytes: config.default_memory_limit,
     })
     .await?;
-    // The one place the server picks its runtime.
+    // The one place the server picks its runtimes: processes always, containers beside
+    // them when this server can run them (`--containers`).
+    let containers = containers(&config, &runtime, data_dir).await?;
     let runtime: Arc<dyn fjord_runtime_api::Runtime> = Arc::new(runtime);
     let bundles = Bundles::new(data_dir, runtime.isolates()).map_err(dd_err)?;
     let control = ControlPlane::from_parts(fjord_control::Parts {
         store,
         process: runtime,
-        containers: None,
+        containers,
         bundles,
         secret_key,
         uids,

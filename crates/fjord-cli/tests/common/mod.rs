@@ -2,6 +2,8 @@
 //! talk to it over HTTP, and always stop it (and every process it started) at the end.
 #![allow(dead_code)]
 
+pub mod registry;
+
 use std::collections::HashSet;
 use std::fs::{self, File};
 use std::io::Read;

@@ -1,0 +1,301 @@
+//! Container images end to end through the real binary, as root with the defaults
+//! (`--containers auto`): a real `docker-registry` on loopback, images assembled by umoci and
+//! pushed by skopeo, replicas run by runc.
+
+mod common;
+
+use std::time::Duration;
+
+use common::registry::{HTTPD, Images, Registry};
+use common::{READY_TIMEOUT, ServeOpts, Server, TestDir, wait_until};
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+
+fn root() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "the container tests need root (runc, user and network namespaces)"
+    );
+}
+
+fn fjord_status(st: &serde_json::Value) -> &serde_json::Value {
+    &st["fjord"]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_image_from_a_registry_serves_updates_rolls_back_scales_and_is_collected() {
+    root();
+    let reg = Registry::start(None);
+    let images = Images::new();
+    images
+        .httpd("v1", "v1", &HTTPD)
+        .httpd("v2", "v2", &HTTPD)
+        .httpd("broken", "x", &["/bin/false"]);
+    let d1 = reg.push(&images.layout(), "v1", "web", "1");
+    reg.push(&images.layout(), "v2", "web", "2");
+    reg.push(&images.layout(), "broken", "web", "broken");
+
+    let s = Server::start().await;
+    // No envProcess: the image's own entry point runs, in containers.
+    s.deploy(&json!({
+        "service": "web", "image": reg.image("web", "1"),
+        "labels": {"com.openfaas.scale.min": "2"},
+    }))
+    .await;
+    let st = s.wait_ready("web", READY_TIMEOUT).await;
+    assert_eq!(st["availableReplicas"], 2, "{st}");
+    assert_eq!(fjord_status(&st)["runtime"], "container", "{st}");
+    assert_eq!(
+        fjord_status(&st)["digest"],
+        d1.as_str(),
+        "pinned to the pulled digest: {st}"
+    );
+    assert_eq!(st["image"], reg.image("web", "1"), "image as given");
+    // Both replicas listen on 8080, each in its own network namespace: a handful of calls
+    // all succeed whichever replica takes them.
+    for i in 0..6 {
+        let (code, body) = s.call_text(Method::POST, "web", format!("Ada{i}")).await;
+        assert_eq!(
+            (code, body.as_str()),
+            (StatusCode::OK, format!("hello v1 Ada{i}").as_str())
+        );
+    }
+
+    // Update: v2 serves once ready.
+    s.update(&json!({"service": "web", "image": reg.image("web", "2"),
+        "labels": {"com.openfaas.scale.min": "2"}}))
+        .await;
+    wait_until(READY_TIMEOUT, "v2 serves", async || {
+        let (code, body) = s.call_text(Method::POST, "web", "Bo").await;
+        if (code, body.as_str()) == (StatusCode::OK, "hello v2 Bo") {
+            Ok(())
+        } else {
+            Err(format!("{code} {body}"))
+        }
+    })
+    .await;
+
+    // An image whose process exits at once: the rollout fails, v2 keeps serving.
+    s.update(
+        &json!({"service": "web", "image": reg.image("web", "broken"),
+        "labels": {"com.openfaas.scale.min": "2"}}),
+    )
+    .await;
+    let st = s
+        .wait_status(
+            "web",
+            READY_TIMEOUT * 2,
+            "the broken update rolled back",
+            |st| st["fjord"]["rollout"]["state"] == "failed",
+        )
+        .await;
+    assert!(
+        st["fjord"]["lastError"]
+            .as_str()
+            .is_some_and(|e| e.contains("exit")),
+        "the reason names the exit: {st}"
+    );
+    let (code, body) = s.call_text(Method::POST, "web", "Cy").await;
+    assert_eq!((code, body.as_str()), (StatusCode::OK, "hello v2 Cy"));
+    let stored = s.get_function("web").await.expect("status");
+    assert_eq!(
+        stored["image"],
+        reg.image("web", "2"),
+        "store rolled back: {stored}"
+    );
+
+    // Scale to zero, then a request wakes a container again.
+    s.sys_expect(
+        Method::POST,
+        "/system/scale-function/web",
+        &json!({"serviceName": "web", "replicas": 0}),
+        StatusCode::ACCEPTED,
+    )
+    .await;
+    s.wait_status("web", READY_TIMEOUT, "at zero", |st| {
+        st["availableReplicas"] == 0
+    })
+    .await;
+    let (code, body) = s.call_text(Method::POST, "web", "Di").await;
+    assert_eq!(
+        (code, body.as_str()),
+        (StatusCode::OK, "hello v2 Di"),
+        "woken from zero"
+    );
+
+    // Delete: its layers no longer used by any function are collected.
+    let layers = s.data_dir().join("images/layers");
+    let count = || std::fs::read_dir(&layers).map_or(0, |d| d.count());
+    assert!(count() > 0, "layers unpacked in {}", layers.display());
+    s.remove("web").await;
+    wait_until(
+        Duration::from_secs(30),
+        "layers collected after the delete",
+        async || match count() {
+            0 => Ok(()),
+            n => Err(format!("{n} layer dirs left")),
+        },
+    )
+    .await;
+    let body = s
+        .sys_expect(
+            Method::POST,
+            "/system/images/gc",
+            &json!({}),
+            StatusCode::OK,
+        )
+        .await;
+    let report: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(report["layers"], 0, "nothing left to collect: {report}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn private_registries_take_credentials_from_a_registry_auth_secret() {
+    root();
+    let reg = Registry::start(Some(("puller", "s3cret")));
+    let images = Images::new();
+    images.httpd("v1", "private", &HTTPD);
+    reg.push(&images.layout(), "v1", "priv", "1");
+    let s = Server::start().await;
+    let function = json!({"service": "priv", "image": reg.image("priv", "1"),
+        "annotations": {"com.fjord.registry-auth": "pull-creds"}});
+
+    // The secret does not exist yet: 400 naming it, nothing deployed.
+    let body = s
+        .sys_expect(
+            Method::POST,
+            "/system/functions",
+            &function,
+            StatusCode::BAD_REQUEST,
+        )
+        .await;
+    assert!(body.contains("pull-creds"), "{body}");
+    // Without the annotation the registry refuses: 400 saying credentials are needed.
+    let body = s
+        .sys_expect(
+            Method::POST,
+            "/system/functions",
+            &json!({"service": "priv", "image": reg.image("priv", "1")}),
+            StatusCode::BAD_REQUEST,
+        )
+        .await;
+    assert!(body.contains("credentials"), "{body}");
+    assert!(s.get_function("priv").await.is_none());
+
+    use base64::Engine;
+    let auth = base64::engine::general_purpose::STANDARD.encode("puller:s3cret");
+    let config = json!({"auths": {reg.host(): {"auth": auth}}}).to_string();
+    s.sys_expect(
+        Method::POST,
+        "/system/secrets",
+        &json!({"name": "pull-creds", "value": config}),
+        StatusCode::ACCEPTED,
+    )
+    .await;
+    s.deploy(&function).await;
+    s.wait_ready("priv", READY_TIMEOUT).await;
+    let (code, body) = s.call_text(Method::POST, "priv", "x").await;
+    assert_eq!((code, body.as_str()), (StatusCode::OK, "hello private x"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_are_files_inside_and_container_root_is_not_host_root() {
+    root();
+    let reg = Registry::start(None);
+    let images = Images::new();
+    images.httpd("v1", "s", &HTTPD);
+    reg.push(&images.layout(), "v1", "sec", "1");
+    let s = Server::start().await;
+    s.sys_expect(
+        Method::POST,
+        "/system/secrets",
+        &json!({"name": "api-key", "value": "k-123"}),
+        StatusCode::ACCEPTED,
+    )
+    .await;
+    s.deploy(
+        &json!({"service": "sec", "image": reg.image("sec", "1"), "secrets": ["api-key"],
+        "readOnlyRootFilesystem": true}),
+    )
+    .await;
+    s.wait_ready("sec", READY_TIMEOUT).await;
+    let (code, body) = s.call_text(Method::GET, "sec?secret=api-key", "").await;
+    assert_eq!((code, body.as_str()), (StatusCode::OK, "k-123"));
+    // Root inside (uid 0) is the function's own unprivileged uid outside: the image's
+    // files are not writable, and with readOnlyRootFilesystem nothing in / is; /tmp is.
+    let (_, uid) = s.call_text(Method::GET, "sec?id", "").await;
+    assert_eq!(uid.trim(), "0");
+    let (_, wrote) = s.call_text(Method::GET, "sec?write=/www/new", "").await;
+    assert_eq!(wrote.trim(), "refused", "read-only root filesystem");
+    let (_, wrote) = s.call_text(Method::GET, "sec?write=/tmp/new", "").await;
+    assert_eq!(wrote.trim(), "wrote", "/tmp stays writable");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_images_get_clear_errors_and_the_old_version_keeps_serving() {
+    root();
+    let mut reg = Registry::start(None);
+    let images = Images::new();
+    images.httpd("v1", "v1", &HTTPD).httpd("bare", "b", &[]);
+    reg.push(&images.layout(), "v1", "app", "1");
+    reg.push(&images.layout(), "bare", "app", "bare");
+    let dir = TestDir::new();
+    let mut s = Server::start_in(dir.clone(), ServeOpts::default()).await;
+    s.deploy(&json!({"service": "app", "image": reg.image("app", "1")}))
+        .await;
+    s.wait_ready("app", READY_TIMEOUT).await;
+
+    // An unknown tag: 400 naming it; the function is unchanged.
+    let body = s
+        .sys_expect(
+            Method::PUT,
+            "/system/functions",
+            &json!({"service": "app", "image": reg.image("app", "nope")}),
+            StatusCode::BAD_REQUEST,
+        )
+        .await;
+    assert!(body.contains("not found"), "{body}");
+    // No Entrypoint, no Cmd, no envProcess: 400 saying what to add.
+    let body = s
+        .sys_expect(
+            Method::PUT,
+            "/system/functions",
+            &json!({"service": "app", "image": reg.image("app", "bare")}),
+            StatusCode::BAD_REQUEST,
+        )
+        .await;
+    assert!(
+        body.contains("envProcess") || body.contains("Entrypoint"),
+        "{body}"
+    );
+    // A malformed reference: 400.
+    let body = s
+        .sys_expect(
+            Method::POST,
+            "/system/functions",
+            &json!({"service": "other", "image": "UPPER/Case"}),
+            StatusCode::BAD_REQUEST,
+        )
+        .await;
+    assert!(body.contains("UPPER/Case"), "{body}");
+    let (code, body) = s.call_text(Method::POST, "app", "still").await;
+    assert_eq!((code, body.as_str()), (StatusCode::OK, "hello v1 still"));
+
+    // The registry goes away: a deploy of a tag not pulled yet answers 502 naming it; a
+    // restart runs the pinned digest from the local store without the registry.
+    reg.stop();
+    let body = s
+        .sys_expect(
+            Method::POST,
+            "/system/functions",
+            &json!({"service": "other", "image": reg.image("app", "2")}),
+            StatusCode::BAD_GATEWAY,
+        )
+        .await;
+    assert!(body.contains(&reg.host()), "{body}");
+    s.terminate(Duration::from_secs(30)).await;
+    let s = Server::start_in(dir, ServeOpts::default()).await;
+    s.wait_ready("app", READY_TIMEOUT).await;
+    let (code, body) = s.call_text(Method::POST, "app", "again").await;
+    assert_eq!((code, body.as_str()), (StatusCode::OK, "hello v1 again"));
+}
