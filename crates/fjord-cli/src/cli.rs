@@ -65,7 +65,7 @@ pub enum Command {
         after_help = "Examples:\n  fjord serve\n  fjord serve --listen 0.0.0.0:8080 --data-dir /var/lib/fjord\n  \
 RUST_LOG=debug fjord serve --log-format json"
     )]
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Create a function from a template and add it to the stack file
     #[command(
         after_help = "Examples:\n  fjord new --list\n  fjord new hello --lang python3-http\n  fjord new resize --lang python3-http --append stack.yml --prefix ghcr.io/acme"

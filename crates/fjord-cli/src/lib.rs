@@ -33,7 +33,7 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     use commands::{functions as fx, stack};
     let result = match cli.command {
-        Command::Serve(a) => commands::serve::run(a),
+        Command::Serve(a) => commands::serve::run(*a),
         Command::New(a) => stack::new(&a),
         Command::Build(a) => stack::build(&a),
         Command::Push { stack: s, gateway } => block_on(stack::push(&s, &gateway)),
