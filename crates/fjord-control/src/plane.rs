@@ -339,10 +339,25 @@ impl ControlPlane {
             let spec = FunctionSpec::from_deployment_for_image(d)?;
             let auth = self.registry_auth(&spec.deployment)?;
             let image = &spec.deployment.image;
-            let rootfs = match pinned {
-                Some(Pin::Image(digest)) => c.images.pinned(image, digest, auth.as_ref()).await?,
-                _ => c.images.pull(image, auth.as_ref()).await?,
+            let pulled = match pinned {
+                Some(Pin::Image(digest)) => c.images.pinned(image, digest, auth.as_ref()).await,
+                _ => c.images.pull(image, auth.as_ref()).await,
             };
+            let rootfs = pulled.map_err(|e| {
+                let e = ControlError::from(e);
+                if wanted.is_some() {
+                    return e;
+                }
+                // Perhaps meant as a bundle: say that there is none by that name either.
+                let hint = format!(
+                    " (nor is {image:?} a bundle on this gateway: `fjord push` uploads one, or give envProcess to run a command)"
+                );
+                match e {
+                    ControlError::BadRequest(m) => ControlError::BadRequest(m + &hint),
+                    ControlError::Upstream(m) => ControlError::Upstream(m + &hint),
+                    e => e,
+                }
+            })?;
             let pin = Pin::Image(rootfs.digest.clone());
             let source = Source {
                 bundle: None,

@@ -143,11 +143,12 @@ fn deploy_accepted(generation: u64) -> Response {
     request_body(content = FunctionDeployment, description = "The function to deploy (create, or update if it exists)"),
     responses(
         (status = 202, description = "Validated, stored and handed to the runtime; replicas become ready afterwards. `X-Fjord-Generation` numbers this deploy: wait for `fjord.rollout` of that generation", headers(("X-Fjord-Generation" = u64, description = "This deploy's generation"))),
-        (status = 400, description = "Empty or malformed body, or a field that fails validation (the message names it)", body = String, content_type = "text/plain"),
+        (status = 400, description = "Empty or malformed body, or a field that fails validation (the message names it); for a container image also an unknown image or tag, missing or wrong registry credentials, no linux/amd64 variant, a layer that cannot be unpacked safely or is too large", body = String, content_type = "text/plain"),
         (status = 401, response = crate::responses::Unauthorized),
         (status = 408, description = "The body did not arrive within --read-timeout", body = String, content_type = "text/plain"),
         (status = 413, description = "The body is larger than 1 MiB", body = String, content_type = "text/plain"),
         (status = 500, description = "The state store or runtime failed", body = String, content_type = "text/plain"),
+        (status = 502, description = "The image's registry cannot be reached or failed (the message names it); nothing changed", body = String, content_type = "text/plain"),
     ),
     security(("basicAuth" = []))
 )]
@@ -165,12 +166,13 @@ pub async fn create_function(
     request_body(content = FunctionDeployment, description = "The new version of a deployed function (rolled out without downtime)"),
     responses(
         (status = 202, description = "Validated, stored and rolling out. `X-Fjord-Generation` numbers this deploy: wait for `fjord.rollout` of that generation", headers(("X-Fjord-Generation" = u64, description = "This deploy's generation"))),
-        (status = 400, description = "Empty or malformed body, or a field that fails validation (the message names it)", body = String, content_type = "text/plain"),
+        (status = 400, description = "Empty or malformed body, or a field that fails validation (the message names it); for a container image also an unknown image or tag, missing or wrong registry credentials, no linux/amd64 variant, a layer that cannot be unpacked safely or is too large", body = String, content_type = "text/plain"),
         (status = 401, response = crate::responses::Unauthorized),
         (status = 408, description = "The body did not arrive within --read-timeout", body = String, content_type = "text/plain"),
         (status = 413, description = "The body is larger than 1 MiB", body = String, content_type = "text/plain"),
         (status = 404, description = "The function is not deployed (POST creates it)", body = String, content_type = "text/plain"),
         (status = 500, description = "The state store or runtime failed", body = String, content_type = "text/plain"),
+        (status = 502, description = "The image's registry cannot be reached or failed (the message names it); nothing changed", body = String, content_type = "text/plain"),
     ),
     security(("basicAuth" = []))
 )]
