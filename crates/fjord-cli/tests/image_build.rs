@@ -235,7 +235,9 @@ struct Netns(String);
 
 impl Netns {
     fn new() -> Netns {
-        let name = format!("fjord-img-{}", std::process::id());
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = format!("fjord-img-{}-{n}", std::process::id());
         let _ = Command::new("ip")
             .args(["netns", "del", &name])
             .stderr(Stdio::null())
@@ -296,6 +298,56 @@ impl Drop for Container {
     }
 }
 
+/// Pulls `image` with skopeo, unpacks it with umoci and starts it with `runc run -d` in a
+/// network namespace of its own (reached with [`Netns::curl`]); `env` is added to the
+/// process's environment. The container's output goes to `work/container.log`.
+fn run_on_runc(image: &str, work: &Path, env: &[&str]) -> (Netns, Container) {
+    let pulled = work.join("pulled");
+    run(Command::new("skopeo")
+        .args(["copy", "--src-tls-verify=false"])
+        .arg(format!("docker://{image}"))
+        .arg(format!("oci:{}:run", pulled.display())));
+    let bundle = work.join("bundle");
+    run(Command::new("umoci")
+        .args(["unpack", "--image"])
+        .arg(format!("{}:run", pulled.display()))
+        .arg(&bundle));
+    let netns = Netns::new();
+    let cfg_path = bundle.join("config.json");
+    let mut cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&cfg_path).unwrap()).unwrap();
+    // The image's own config, as umoci turned it into a runtime spec.
+    assert_eq!(cfg["process"]["user"]["uid"], 1000);
+    assert_eq!(cfg["process"]["cwd"], "/home/app");
+    cfg["process"]["terminal"] = false.into();
+    for e in env {
+        cfg["process"]["env"]
+            .as_array_mut()
+            .unwrap()
+            .push((*e).into());
+    }
+    for ns in cfg["linux"]["namespaces"].as_array_mut().unwrap() {
+        if ns["type"] == "network" {
+            ns["path"] = format!("/var/run/netns/{}", netns.0).into();
+        }
+    }
+    std::fs::write(&cfg_path, serde_json::to_vec(&cfg).unwrap()).unwrap();
+    let id = netns.0.clone();
+    let log = std::fs::File::create(work.join("container.log")).unwrap();
+    let _ = Command::new("runc")
+        .args(["delete", "--force", &id])
+        .stderr(Stdio::null())
+        .status();
+    run(Command::new("runc")
+        .args(["run", "-d", "--bundle"])
+        .arg(&bundle)
+        .arg(&id)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log));
+    (netns, Container(id))
+}
+
 #[test]
 fn build_is_reproducible_push_skips_what_the_registry_has_and_the_image_runs_on_runc() {
     let reg = Registry::start(None);
@@ -354,43 +406,7 @@ fn build_is_reproducible_push_skips_what_the_registry_has_and_the_image_runs_on_
 
     // The pushed image, unpacked by umoci from the registry's copy, runs on plain runc.
     let work = tempfile::tempdir().unwrap();
-    let pulled = work.path().join("pulled");
-    run(Command::new("skopeo")
-        .args(["copy", "--src-tls-verify=false"])
-        .arg(format!("docker://{image}"))
-        .arg(format!("oci:{}:run", pulled.display())));
-    let bundle = work.path().join("bundle");
-    run(Command::new("umoci")
-        .args(["unpack", "--image"])
-        .arg(format!("{}:run", pulled.display()))
-        .arg(&bundle));
-    let netns = Netns::new();
-    let cfg_path = bundle.join("config.json");
-    let mut cfg: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&cfg_path).unwrap()).unwrap();
-    // The image's own config, as umoci turned it into a runtime spec.
-    assert_eq!(cfg["process"]["user"]["uid"], 1000);
-    assert_eq!(cfg["process"]["cwd"], "/home/app");
-    cfg["process"]["terminal"] = false.into();
-    for ns in cfg["linux"]["namespaces"].as_array_mut().unwrap() {
-        if ns["type"] == "network" {
-            ns["path"] = format!("/var/run/netns/{}", netns.0).into();
-        }
-    }
-    std::fs::write(&cfg_path, serde_json::to_vec(&cfg).unwrap()).unwrap();
-    let id = format!("fjord-img-{}", std::process::id());
-    let log = std::fs::File::create(work.path().join("container.log")).unwrap();
-    let _ = Command::new("runc")
-        .args(["delete", "--force", &id])
-        .status();
-    run(Command::new("runc")
-        .args(["run", "-d", "--bundle"])
-        .arg(&bundle)
-        .arg(&id)
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log));
-    let container = Container(id);
+    let (netns, container) = run_on_runc(&image, work.path(), &[]);
     let container_log = || std::fs::read_to_string(work.path().join("container.log")).unwrap();
     wait_for("the watchdog's /_/health on 8080", 30, || {
         netns
@@ -499,7 +515,10 @@ fn wrong_or_missing_credentials_and_a_registry_that_is_down_are_clear_errors() {
 
 /// A fake gateway that records the requests `fjord up` sends (the real one is being
 /// wired to the container runtime elsewhere): answers /system/info and accepts deploys.
-fn fake_gateway() -> (u16, Arc<Mutex<Vec<(String, String)>>>) {
+/// `(method and path, body)` of each request.
+type Seen = Arc<Mutex<Vec<(String, String)>>>;
+
+fn fake_gateway() -> (u16, Seen) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let seen = Arc::new(Mutex::new(Vec::new()));
@@ -594,5 +613,68 @@ fn up_with_image_pushes_to_the_registry_and_deploys_the_image_reference() {
     assert!(
         !seen.iter().any(|(r, _)| r.contains("/system/bundle")),
         "{seen:?}"
+    );
+}
+
+#[test]
+fn an_http_mode_template_is_proxied_by_the_watchdog_which_honours_port() {
+    let reg = Registry::start(None);
+    let base = reg.push_base(None);
+    let image = format!("{}/fn/web:1", reg.host());
+    let app = tempfile::tempdir().unwrap();
+    let dir = app.path();
+    // A stack-local template whose server is busybox httpd on the upstream port.
+    std::fs::create_dir_all(dir.join("template/bbhttp")).unwrap();
+    std::fs::write(
+        dir.join("template/bbhttp/template.yml"),
+        "language: bbhttp\nfprocess: busybox httpd -f -p 127.0.0.1:5000 -h /home/app/function\nmode: http\nbuild: none\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("stack.yml"),
+        format!(
+            "version: 1.0\nprovider:\n  name: openfaas\nfunctions:\n  web:\n    lang: bbhttp\n    handler: ./web\n    image: {image}\n    build_args:\n      BASE_IMAGE: {base}\n"
+        ),
+    )
+    .unwrap();
+    std::fs::create_dir(dir.join("web")).unwrap();
+    std::fs::write(dir.join("web/index.html"), "served by httpd\n").unwrap();
+    // The base image comes from stack.yml's build_args.BASE_IMAGE here.
+    let out = fjord(dir, &["build", "--image", "-q"]);
+    let digest = printed_digest(&ok(&out), &image);
+    let cfg = run(Command::new("skopeo")
+        .args(["inspect", "--config"])
+        .arg(format!("oci:{}:1", dir.join("build/web/image").display())));
+    assert!(
+        cfg.contains("mode=http") && cfg.contains("upstream_url=http://127.0.0.1:5000"),
+        "{cfg}"
+    );
+    assert_eq!(
+        printed_digest(&ok(&fjord(dir, &["push", "--image"])), &image),
+        digest
+    );
+
+    let work = tempfile::tempdir().unwrap();
+    let (netns, _container) = run_on_runc(&image, work.path(), &["port=9000"]);
+    let log = || std::fs::read_to_string(work.path().join("container.log")).unwrap();
+    wait_for("the upstream behind /_/health on port 9000", 30, || {
+        netns
+            .curl(&["http://127.0.0.1:9000/_/health"])
+            .is_some_and(|(s, _)| s == 200)
+    });
+    let (status, body) = netns.curl(&["http://127.0.0.1:9000/index.html"]).unwrap();
+    assert_eq!(
+        (status, body.as_str()),
+        (200, "served by httpd\n"),
+        "{}",
+        log()
+    );
+    // `port` moved the listener: nothing on 8080.
+    assert!(
+        netns
+            .curl(&["http://127.0.0.1:8080/_/health"])
+            .is_none_or(|(s, _)| s == 0),
+        "{}",
+        log()
     );
 }
