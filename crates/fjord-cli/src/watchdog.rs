@@ -420,12 +420,73 @@ async fn serve(config: Config) -> Result<(), CliError> {
 pub fn run() -> Result<(), CliError> {
     let config = Config::from_env(|k| std::env::var(k).ok())
         .map_err(|e| CliError::Usage(format!("watchdog: {e}")))?;
+    if nix::unistd::getpid().as_raw() == 1 {
+        return init();
+    }
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .map_err(|e| CliError::Other(e.to_string()))?
         .block_on(serve(config))
+}
+
+/// As a container's PID 1 the watchdog would inherit every orphaned process (a function's
+/// background children) and never reap them, and signals without a handler are ignored. So
+/// PID 1 only starts the watchdog again as its child, forwards SIGTERM/SIGINT to it, reaps
+/// every zombie, and exits with the watchdog's status, as tini does.
+fn init() -> Result<(), CliError> {
+    use nix::sys::signal::{SigSet, Signal, kill};
+    use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+    use nix::unistd::Pid;
+
+    let exe = std::env::current_exe().map_err(|e| CliError::Other(e.to_string()))?;
+    let mut argv = std::env::args_os();
+    let argv0 = argv.next().unwrap_or_default();
+    let mut cmd = std::process::Command::new(&exe);
+    // In an image fjord runs through its own loader (the entrypoint): so does the child.
+    if exe
+        .file_name()
+        .is_some_and(|n| n.to_string_lossy().starts_with("ld-linux"))
+    {
+        cmd.arg("--library-path")
+            .arg(exe.parent().unwrap_or(std::path::Path::new("/")))
+            .arg(&argv0);
+    }
+    cmd.args(argv);
+    let child = cmd
+        .spawn()
+        .map_err(|e| CliError::Other(format!("watchdog: cannot start itself: {e}")))?;
+    let pid = Pid::from_raw(i32::try_from(child.id()).unwrap_or(i32::MAX));
+    let mut set = SigSet::empty();
+    for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGCHLD] {
+        set.add(s);
+    }
+    // Blocked, then taken with sigwait: no handler runs. (A SIGCHLD blocked is kept pending
+    // although its default action is to ignore it.)
+    set.thread_block()
+        .map_err(|e| CliError::Other(format!("watchdog: {e}")))?;
+    loop {
+        // Reap first: the child may have exited before the signals were blocked.
+        loop {
+            match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(p, code)) if p == pid => std::process::exit(code),
+                Ok(WaitStatus::Signaled(p, sig, _)) if p == pid => {
+                    std::process::exit(128 + sig as i32)
+                }
+                Ok(WaitStatus::StillAlive) => break,
+                Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
+                Err(_) => break,
+            }
+        }
+        match set.wait() {
+            Ok(s @ (Signal::SIGTERM | Signal::SIGINT)) => {
+                let _ = kill(pid, s);
+            }
+            Ok(_) => {}
+            Err(e) => return Err(CliError::Other(format!("watchdog: sigwait: {e}"))),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -152,7 +152,7 @@ fn base_layout() -> &'static Path {
         }
         run(Command::new("chmod").arg("1777").arg(r.join("tmp")));
         std::fs::copy("/bin/busybox", r.join("bin/busybox")).unwrap();
-        for applet in ["sh", "cat", "env"] {
+        for applet in ["sh", "cat", "env", "sleep"] {
             std::os::unix::fs::symlink("busybox", r.join("bin").join(applet)).unwrap();
         }
         std::fs::copy("/bin/bash", r.join("bin/bash")).unwrap();
@@ -183,7 +183,8 @@ fn stack(image: &str) -> tempfile::TempDir {
     std::fs::create_dir(dir.path().join("hello")).unwrap();
     std::fs::write(
         dir.path().join("hello/handler.sh"),
-        "body=$(cat)\necho \"hello ${body:-world} from $Http_Method $Http_Path\"\n",
+        // A background process left behind (its parent exits): PID 1 must reap it.
+        "body=$(cat)\n(sleep 0.2 &)\necho \"hello ${body:-world} from $Http_Method $Http_Path\"\n",
     )
     .unwrap();
     dir
@@ -280,6 +281,13 @@ impl Drop for Netns {
 struct Container(String);
 
 impl Container {
+    /// The container's PID 1, as the host sees it.
+    fn pid(&self) -> u64 {
+        let out = run(Command::new("runc").args(["state", &self.0]));
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        v["pid"].as_u64().unwrap()
+    }
+
     fn state(&self) -> String {
         let out = Command::new("runc")
             .args(["state", &self.0])
@@ -422,6 +430,22 @@ fn build_is_reproducible_push_skips_what_the_registry_has_and_the_image_runs_on_
         "{}",
         container_log()
     );
+    // The orphaned `sleep` was reaped: no zombie stays in the container.
+    wait_for("the orphaned sleep to be reaped", 30, || {
+        // Orphans become children of the container's PID 1, zombies included (which have
+        // left the cgroup, so `runc ps` would not list them): look for them in /proc.
+        let init = container.pid();
+        !std::fs::read_dir("/proc").unwrap().flatten().any(|e| {
+            // `pid (comm) state ppid ...`
+            std::fs::read_to_string(e.path().join("stat")).is_ok_and(|st| {
+                let Some((head, tail)) = st.rsplit_once(") ") else {
+                    return false;
+                };
+                let ppid = tail.split_whitespace().nth(1);
+                head.ends_with("(sleep") && ppid == Some(init.to_string().as_str())
+            })
+        })
+    });
     // SIGTERM: the watchdog drains and exits.
     run(Command::new("runc").args(["kill", &container.0, "TERM"]));
     wait_for("the container to stop after SIGTERM", 30, || {
