@@ -172,6 +172,8 @@ async fn fork(state: &State, req: Request<Incoming>) -> Response<Body> {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
+        // Its own process group: a timeout kills what it started too.
+        .process_group(0)
         .env("Http_Method", parts.method.as_str())
         .env("Http_Path", parts.uri.path())
         .env("Http_Query", parts.uri.query().unwrap_or(""))
@@ -191,6 +193,10 @@ async fn fork(state: &State, req: Request<Incoming>) -> Response<Body> {
             );
         }
     };
+    let pgid = child
+        .id()
+        .and_then(|p| i32::try_from(p).ok())
+        .map(nix::unistd::Pid::from_raw);
     let mut stdin = child.stdin.take().expect("piped");
     let writer = tokio::spawn(async move {
         // A function that does not read its input closes the pipe: not an error.
@@ -200,8 +206,12 @@ async fn fork(state: &State, req: Request<Incoming>) -> Response<Body> {
     let out = match c.exec_timeout {
         Some(t) => match tokio::time::timeout(t, run).await {
             Ok(r) => r,
-            // Dropping the future kills the process (kill_on_drop).
-            Err(_) => return text(StatusCode::GATEWAY_TIMEOUT, "exec_timeout exceeded\n"),
+            Err(_) => {
+                if let Some(g) = pgid {
+                    let _ = nix::sys::signal::killpg(g, nix::sys::signal::Signal::SIGKILL);
+                }
+                return text(StatusCode::GATEWAY_TIMEOUT, "exec_timeout exceeded\n");
+            }
         },
         None => run.await,
     };

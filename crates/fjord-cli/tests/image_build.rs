@@ -702,3 +702,103 @@ fn an_http_mode_template_is_proxied_by_the_watchdog_which_honours_port() {
         log()
     );
 }
+
+/// `fjord watchdog` on the host (not PID 1): `fprocess` on stdin/stdout with the request's
+/// metadata, exec_timeout, max_inflight, health, and draining on SIGTERM.
+#[test]
+fn the_watchdog_forks_times_out_limits_inflight_and_drains_on_sigterm() {
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("fn.sh");
+    std::fs::write(
+        &script,
+        "#!/bin/sh\nbody=$(cat)\ncase \"$body\" in\n  slow*) touch \"$TMPDIR/started\"; sleep ${body#slow } ;;\n  fail) echo broken >&2; exit 3 ;;\nesac\necho \"got $body $Http_Method $Http_Path $Http_Query $Http_X_Trace\"\n",
+    )
+    .unwrap();
+    run(Command::new("chmod").arg("755").arg(&script));
+    let log = std::fs::File::create(dir.path().join("watchdog.log")).unwrap();
+    let mut child = Command::new(FJORD)
+        .arg("watchdog")
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .env("fprocess", script.to_str().unwrap())
+        .env("port", port.to_string())
+        .env("exec_timeout", "3s")
+        .env("max_inflight", "1")
+        .env("TMPDIR", dir.path())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    struct Kill<'a>(&'a mut Child);
+    impl Drop for Kill<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let url = |p: &str| format!("http://127.0.0.1:{port}{p}");
+    let curl = |args: &[&str]| -> (u16, String) {
+        let out = run(Command::new("curl")
+            .args(["-s", "-m", "20", "-w", "\n%{http_code}"])
+            .args(args));
+        let (body, code) = out.rsplit_once('\n').unwrap();
+        (code.trim().parse().unwrap(), body.to_string())
+    };
+    wait_for("the watchdog's health", 30, || {
+        http_status(port, "/_/health") == Some(200)
+    });
+    assert!(
+        dir.path().join(".lock").exists(),
+        "no /tmp/.lock equivalent"
+    );
+    assert_eq!(
+        curl(&["-d", "hi", "-H", "X-Trace: t1", &url("/a/b?c=1")]),
+        (200, "got hi POST /a/b c=1 t1\n".to_string())
+    );
+    let (status, body) = curl(&["-d", "fail", &url("/")]);
+    assert_eq!(status, 500);
+    assert!(body.contains("broken"), "{body}");
+    assert_eq!(curl(&["-d", "slow 100", &url("/")]).0, 504);
+    // The timed-out request's processes are gone, its `sleep` included.
+    wait_for("the timed-out sleep to be killed", 30, || {
+        !std::fs::read_dir("/proc").unwrap().flatten().any(|e| {
+            std::fs::read(e.path().join("cmdline")).is_ok_and(|c| c == b"sleep\x00100\x00")
+                && std::fs::read_to_string(e.path().join("environ"))
+                    .is_ok_and(|env| env.contains(dir.path().to_str().unwrap()))
+        })
+    });
+    std::fs::remove_file(dir.path().join("started")).unwrap();
+
+    // One request in flight (a slow one, started in the background): the next gets 429.
+    let wd = Kill(&mut child);
+    let slow_url = url("/");
+    let slow = std::thread::spawn(move || {
+        Command::new("curl")
+            .args([
+                "-s",
+                "-m",
+                "20",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "-d",
+                "slow 2",
+                &slow_url,
+            ])
+            .output()
+            .unwrap()
+    });
+    // Wait until the slow request's process runs, then a second request is refused.
+    wait_for("the slow request to start", 30, || {
+        dir.path().join("started").exists()
+    });
+    assert_eq!(curl(&["-d", "x", &url("/")]).0, 429);
+    // SIGTERM while it runs: the watchdog lets it finish, then exits 0.
+    run(Command::new("kill").args(["-TERM", &wd.0.id().to_string()]));
+    let out = slow.join().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "200");
+    let status = wd.0.wait().unwrap();
+    assert!(status.success(), "{status}");
+}
