@@ -802,3 +802,117 @@ fn the_watchdog_forks_times_out_limits_inflight_and_drains_on_sigterm() {
     let status = wd.0.wait().unwrap();
     assert!(status.success(), "{status}");
 }
+
+/// A Python base image, made once by umoci from the host's own files: busybox-static,
+/// /usr/bin/python3.11 with its standard library (no tests) and every library `ldd` lists for
+/// it and its extension modules. (~50 MB: also a realistic size for pulls.)
+fn python_layout() -> &'static Path {
+    static LAYOUT: OnceLock<PathBuf> = OnceLock::new();
+    LAYOUT.get_or_init(|| {
+        let work = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("fjord-image-python");
+        let _ = std::fs::remove_dir_all(&work);
+        std::fs::create_dir_all(&work).unwrap();
+        let l = work.join("oci");
+        let img = format!("{}:python", l.display());
+        run(Command::new("umoci").args(["init", "--layout"]).arg(&l));
+        run(Command::new("umoci").args(["new", "--image", &img]));
+        let b = work.join("bundle");
+        run(Command::new("umoci")
+            .args(["unpack", "--image", &img])
+            .arg(&b));
+        let r = b.join("rootfs");
+        for d in ["bin", "tmp", "usr/bin", "usr/lib"] {
+            std::fs::create_dir_all(r.join(d)).unwrap();
+        }
+        run(Command::new("chmod").arg("1777").arg(r.join("tmp")));
+        std::fs::copy("/bin/busybox", r.join("bin/busybox")).unwrap();
+        std::os::unix::fs::symlink("busybox", r.join("bin/sh")).unwrap();
+        std::fs::copy("/usr/bin/python3.11", r.join("usr/bin/python3.11")).unwrap();
+        std::os::unix::fs::symlink("python3.11", r.join("usr/bin/python3")).unwrap();
+        run(Command::new("cp")
+            .args(["-a", "/usr/lib/python3.11"])
+            .arg(r.join("usr/lib/")));
+        for skip in ["test", "idlelib", "tkinter", "ensurepip", "lib2to3"] {
+            let _ = std::fs::remove_dir_all(r.join("usr/lib/python3.11").join(skip));
+        }
+        let mut objects = vec![PathBuf::from("/usr/bin/python3.11")];
+        for e in std::fs::read_dir("/usr/lib/python3.11/lib-dynload").unwrap() {
+            objects.push(e.unwrap().path());
+        }
+        for o in objects {
+            let out = Command::new("ldd").arg(&o).output().unwrap();
+            for lib in String::from_utf8_lossy(&out.stdout)
+                .split_whitespace()
+                .filter(|w| w.starts_with('/'))
+            {
+                let dest = r.join(lib.trim_start_matches('/'));
+                if !dest.exists() {
+                    std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
+                    std::fs::copy(lib, &dest).unwrap();
+                }
+            }
+        }
+        run(Command::new("umoci")
+            .args(["repack", "--image", &img])
+            .arg(&b));
+        run(Command::new("umoci").args([
+            "config",
+            "--image",
+            &img,
+            "--config.env=PATH=/usr/bin:/bin",
+        ]));
+        l
+    })
+}
+
+/// The real python3-http template, built into an image on a Python base, runs on runc: the
+/// watchdog starts the template's own server with PORT and proxies to it.
+#[test]
+fn a_python3_http_function_image_runs_on_runc() {
+    let reg = Registry::start(None);
+    let base = format!("{}/base/python:3.11", reg.host());
+    run(Command::new("skopeo")
+        .args(["copy", "--dest-tls-verify=false"])
+        .arg(format!("oci:{}:python", python_layout().display()))
+        .arg(format!("docker://{base}")));
+    let image = format!("{}/fn/py:1", reg.host());
+    let app = tempfile::tempdir().unwrap();
+    let dir = app.path();
+    std::fs::write(
+        dir.join("stack.yml"),
+        format!(
+            "version: 1.0\nprovider:\n  name: openfaas\nfunctions:\n  py:\n    lang: python3-http\n    handler: ./py\n    image: {image}\n"
+        ),
+    )
+    .unwrap();
+    std::fs::create_dir(dir.join("py")).unwrap();
+    std::fs::write(
+        dir.join("py/handler.py"),
+        "import os\n\ndef handle(event, context):\n    return {\"statusCode\": 201, \"body\": {\"got\": event.body.decode(), \"path\": event.path, \"port\": os.environ.get(\"PORT\")}}\n",
+    )
+    .unwrap();
+    std::fs::write(dir.join("py/requirements.txt"), "").unwrap();
+    let out = fjord(
+        dir,
+        &["up", "--image", "--base-image", &base, "--skip-push", "-q"],
+    );
+    printed_digest(&ok(&out), &image);
+    ok(&fjord(dir, &["push", "--image"]));
+
+    let work = tempfile::tempdir().unwrap();
+    let (netns, _container) = run_on_runc(&image, work.path(), &[]);
+    let log = || std::fs::read_to_string(work.path().join("container.log")).unwrap();
+    wait_for("the python server behind /_/health", 60, || {
+        netns
+            .curl(&["http://127.0.0.1:8080/_/health"])
+            .is_some_and(|(s, _)| s == 200)
+    });
+    let (status, body) = netns
+        .curl(&["-d", "ping", "http://127.0.0.1:8080/some/path"])
+        .unwrap();
+    assert_eq!(status, 201, "{body}\n{}", log());
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["got"], "ping");
+    assert_eq!(v["path"], "/some/path");
+    assert_eq!(v["port"], "5000");
+}
