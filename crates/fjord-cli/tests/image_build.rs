@@ -804,7 +804,7 @@ fn the_watchdog_forks_times_out_limits_inflight_and_drains_on_sigterm() {
 }
 
 /// A Python base image, made once by umoci from the host's own files: busybox-static,
-/// /usr/bin/python3.11 with its standard library (no tests) and every library `ldd` lists for
+/// Debian's python3 (/usr/bin/python3.X) with its standard library (no tests) and every library `ldd` lists for
 /// it and its extension modules. (~50 MB: also a realistic size for pulls.)
 fn python_layout() -> &'static Path {
     static LAYOUT: OnceLock<PathBuf> = OnceLock::new();
@@ -821,22 +821,27 @@ fn python_layout() -> &'static Path {
             .args(["unpack", "--image", &img])
             .arg(&b));
         let r = b.join("rootfs");
+        // The version `fjord build` compiles with (it runs /usr/bin/python3).
+        let exe = std::fs::canonicalize("/usr/bin/python3").unwrap();
+        let py = exe.file_name().unwrap().to_str().unwrap().to_string();
+        let stdlib = Path::new("/usr/lib").join(&py);
         for d in ["bin", "tmp", "usr/bin", "usr/lib"] {
             std::fs::create_dir_all(r.join(d)).unwrap();
         }
         run(Command::new("chmod").arg("1777").arg(r.join("tmp")));
         std::fs::copy("/bin/busybox", r.join("bin/busybox")).unwrap();
         std::os::unix::fs::symlink("busybox", r.join("bin/sh")).unwrap();
-        std::fs::copy("/usr/bin/python3.11", r.join("usr/bin/python3.11")).unwrap();
-        std::os::unix::fs::symlink("python3.11", r.join("usr/bin/python3")).unwrap();
+        std::fs::copy(&exe, r.join("usr/bin").join(&py)).unwrap();
+        std::os::unix::fs::symlink(&py, r.join("usr/bin/python3")).unwrap();
         run(Command::new("cp")
-            .args(["-a", "/usr/lib/python3.11"])
+            .arg("-a")
+            .arg(&stdlib)
             .arg(r.join("usr/lib/")));
         for skip in ["test", "idlelib", "tkinter", "ensurepip", "lib2to3"] {
-            let _ = std::fs::remove_dir_all(r.join("usr/lib/python3.11").join(skip));
+            let _ = std::fs::remove_dir_all(r.join("usr/lib").join(&py).join(skip));
         }
-        let mut objects = vec![PathBuf::from("/usr/bin/python3.11")];
-        for e in std::fs::read_dir("/usr/lib/python3.11/lib-dynload").unwrap() {
+        let mut objects = vec![exe.clone()];
+        for e in std::fs::read_dir(stdlib.join("lib-dynload")).unwrap() {
             objects.push(e.unwrap().path());
         }
         for o in objects {
