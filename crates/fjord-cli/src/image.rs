@@ -234,13 +234,12 @@ pub fn build(
         .enable_all()
         .build()
         .map_err(other)?;
-    let say = |m: &str| eprintln!("==> {}: {m}", f.name);
     let base = rt
         .block_on(fjord_oci::push::fetch_base(
             &base_ref,
             &opts.registry,
             &layout,
-            &say,
+            progress,
         ))
         .map_err(|e| CliError::Other(format!("{}: base image: {e}", f.name)))?;
 

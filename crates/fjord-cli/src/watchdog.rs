@@ -16,7 +16,7 @@
 //! - `GET /_/health`: 200 once ready (http mode: once the upstream accepts connections),
 //!   else 503. `/tmp/.lock` is written when ready, as the classic watchdog does.
 //! - SIGTERM/SIGINT: stop accepting, let in-flight requests finish (up to exec_timeout, or
-//!   10 s), stop fprocess, exit 0.
+//!   10 s), SIGTERM an http-mode fprocess (SIGKILL 5 s later), exit 0. As PID 1, see `init`.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -421,7 +421,19 @@ async fn serve(config: Config) -> Result<(), CliError> {
     eprintln!("fjord watchdog: draining in-flight requests (up to {grace:?})");
     let _ = tokio::time::timeout(grace, graceful.shutdown()).await;
     if let Some(mut c) = child {
-        let _ = c.kill().await;
+        // The function's server may have cleanup to do: SIGTERM first.
+        if let Some(pid) = c.id().and_then(|p| i32::try_from(p).ok()) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        }
+        if tokio::time::timeout(Duration::from_secs(5), c.wait())
+            .await
+            .is_err()
+        {
+            let _ = c.kill().await;
+        }
     }
     Ok(())
 }

@@ -679,7 +679,7 @@ fn an_http_mode_template_is_proxied_by_the_watchdog_which_honours_port() {
     );
 
     let work = tempfile::tempdir().unwrap();
-    let (netns, _container) = run_on_runc(&image, work.path(), &["port=9000"]);
+    let (netns, container) = run_on_runc(&image, work.path(), &["port=9000"]);
     let log = || std::fs::read_to_string(work.path().join("container.log")).unwrap();
     wait_for("the upstream behind /_/health on port 9000", 30, || {
         netns
@@ -701,6 +701,12 @@ fn an_http_mode_template_is_proxied_by_the_watchdog_which_honours_port() {
         "{}",
         log()
     );
+    // SIGTERM: the watchdog stops the function's server and exits.
+    run(Command::new("runc").args(["kill", &container.0, "TERM"]));
+    wait_for("the container to stop after SIGTERM", 30, || {
+        container.state() == "stopped"
+    });
+    assert!(log().contains("draining"), "{}", log());
 }
 
 /// `fjord watchdog` on the host (not PID 1): `fprocess` on stdin/stdout with the request's

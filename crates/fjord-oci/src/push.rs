@@ -271,12 +271,13 @@ const ACCEPT: &[&str] = &[
 ];
 
 /// Fetches `reference`'s linux/amd64 image into `layout` (blobs already there are not
-/// downloaded again); every blob is checked against its digest.
+/// downloaded again); every blob is checked against its digest. `progress` hears of each
+/// layer downloaded. (For a build: the future is not `Send`, as `progress` need not be.)
 pub async fn fetch_base(
     reference: &Reference,
     opts: &RegistryOptions,
     layout: &Layout,
-    progress: &(dyn Fn(&str) + Send + Sync),
+    progress: &dyn Fn(&str),
 ) -> Result<BaseImage, RegistryError> {
     let s = Session::new(reference, opts)?;
     let (bytes, top) = manifest(&s, &s.cref, reference.digest()).await?;
