@@ -9,6 +9,7 @@ use fjord_bundle::Manifest;
 use fjord_stack::StackFunction;
 
 use crate::error::CliError;
+use crate::image::ImageOptions;
 use crate::templates::{self, BuildKind, Template};
 
 /// Files and folders of a handler that are never part of its inputs.
@@ -27,6 +28,8 @@ pub struct Built {
     pub digest: String,
     pub archive: PathBuf,
     pub cached: bool,
+    /// With `--image`: the OCI image made from the bundle.
+    pub image: Option<crate::image::BuiltImage>,
 }
 
 /// Where a function's build output lives: `<stack dir>/build/<name>/`.
@@ -46,6 +49,7 @@ pub fn last_build(stack_dir: &Path, name: &str) -> Option<Built> {
         digest,
         archive,
         cached: true,
+        image: None,
     })
 }
 
@@ -120,9 +124,10 @@ pub fn build(
     stack_dir: &Path,
     f: &StackFunction,
     no_cache: bool,
+    image: Option<&ImageOptions>,
     progress: &dyn Fn(&str),
 ) -> Result<Built, CliError> {
-    build_in_context(stack_dir, f, no_cache, progress).map_err(|e| match e {
+    build_in_context(stack_dir, f, no_cache, image, progress).map_err(|e| match e {
         CliError::Build {
             function,
             step,
@@ -167,6 +172,7 @@ fn build_in_context(
     stack_dir: &Path,
     f: &StackFunction,
     no_cache: bool,
+    image: Option<&ImageOptions>,
     progress: &dyn Fn(&str),
 ) -> Result<Built, CliError> {
     let lang = f.lang.as_deref().ok_or_else(|| {
@@ -207,12 +213,30 @@ fn build_in_context(
         h.update(bytes);
     }
     let inputs = h.finish().to_string();
+    let spec = &template.spec;
+    // What the bundle's directory is (only the binary for cargo builds).
+    let root = match spec.build {
+        BuildKind::Cargo => dir.join("bundle"),
+        _ => dir.join("context"),
+    };
+    let fprocess = f.fprocess.clone().unwrap_or_else(|| spec.fprocess.clone());
+    // The image is made from the bundle's directory, cached or new; the base image's tag
+    // is resolved again each time (it may have moved).
+    let with_image = |mut b: Built| -> Result<Built, CliError> {
+        if let Some(opts) = image {
+            b.image = Some(crate::image::build(
+                f, &template, &root, &dir, &fprocess, &spec.env, opts, progress,
+            )?);
+        }
+        Ok(b)
+    };
     if !no_cache
         && std::fs::read_to_string(dir.join("inputs")).ok().as_deref() == Some(inputs.as_str())
+        && root.is_dir()
         && let Some(b) = last_build(stack_dir, &f.name)
     {
         progress("unchanged: using the cached bundle");
-        return Ok(b);
+        return with_image(b);
     }
 
     progress("assembling");
@@ -221,8 +245,6 @@ fn build_in_context(
     std::fs::create_dir_all(&ctx)?;
     assemble(&template, &handler, &ctx)?;
 
-    let mut root = ctx.clone();
-    let spec = &template.spec;
     match spec.build {
         BuildKind::Pip => {
             let req = ctx.join("function/requirements.txt");
@@ -307,7 +329,6 @@ fn build_in_context(
                     .env("CARGO_TARGET_DIR", &target),
             )?;
             // Only the binary ships.
-            root = dir.join("bundle");
             let _ = std::fs::remove_dir_all(&root);
             std::fs::create_dir_all(&root)?;
             let binary = target.join("release/main");
@@ -325,7 +346,7 @@ fn build_in_context(
     Manifest {
         name: f.name.clone(),
         language: lang.to_string(),
-        fprocess: f.fprocess.clone().unwrap_or_else(|| spec.fprocess.clone()),
+        fprocess: fprocess.clone(),
         mode: spec.mode.clone(),
         env: spec.env.clone(),
         fjord_version: env!("CARGO_PKG_VERSION").to_string(),
@@ -338,10 +359,11 @@ fn build_in_context(
     let digest = fjord_bundle::pack(&root, &archive).map_err(|e| CliError::Other(e.to_string()))?;
     std::fs::write(dir.join("digest"), digest.as_str())?;
     std::fs::write(dir.join("inputs"), &inputs)?;
-    Ok(Built {
+    with_image(Built {
         digest: digest.to_string(),
         archive,
         cached: false,
+        image: None,
     })
 }
 

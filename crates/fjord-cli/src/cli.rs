@@ -71,15 +71,28 @@ RUST_LOG=debug fjord serve --log-format json"
         after_help = "Examples:\n  fjord new --list\n  fjord new hello --lang python3-http\n  fjord new resize --lang python3-http --append stack.yml --prefix ghcr.io/acme"
     )]
     New(NewArgs),
-    /// Build functions into bundles (no Docker needed)
+    /// Build functions into bundles, or OCI images with --image (no Docker needed)
+    #[command(
+        after_help = "Examples:\n  fjord build\n  fjord build --image                 # image: fields name the images, e.g. 127.0.0.1:5000/hello:1\n  fjord build --image --base-image 127.0.0.1:5000/python:3.11-slim"
+    )]
     Build(BuildArgs),
-    /// Upload built bundles to the gateway (skipped when it already has them)
+    /// Upload built bundles to the gateway (skipped when it already has them), or with
+    /// --image push built images to their registries (blobs the registry has are skipped)
     Push {
         #[command(flatten)]
         stack: StackArgs,
+        /// Push the images of `fjord build --image` to the registries their `image:` names
+        #[arg(long)]
+        image: bool,
+        #[command(flatten)]
+        registry: RegistryArgs,
         #[command(flatten)]
         gateway: GatewayArgs,
     },
+    /// Serve a function inside its image as the OpenFaaS watchdog does (the entrypoint of
+    /// images built with --image; configured by fprocess, mode, port, upstream_url,
+    /// exec_timeout, read_timeout, max_inflight in the environment)
+    Watchdog,
     /// Deploy functions from the stack file, or one function from flags
     #[command(
         after_help = "Examples:\n  fjord deploy\n  fjord deploy --name env --image env --fprocess env\n  fjord deploy --name web --image web --fprocess 'python3 -m http.server' -e mode=http -e upstream_url=http://127.0.0.1:8000"
@@ -619,10 +632,39 @@ pub struct NewArgs {
     pub gateway: GatewayArgs,
 }
 
+/// How registries are reached (`--image` builds and pushes).
+#[derive(Args, Clone, Default)]
+pub struct RegistryArgs {
+    /// Docker config.json with registry credentials (`auths`, as `docker login` writes)
+    /// [default: $DOCKER_CONFIG/config.json, else ~/.docker/config.json]
+    #[arg(long, value_name = "FILE")]
+    pub registry_config: Option<PathBuf>,
+    /// A registry reached over plain HTTP (only loopback ones are, otherwise), host or
+    /// host:port; comma-separated or repeated
+    #[arg(long, value_delimiter = ',', value_name = "HOST[:PORT]")]
+    pub insecure_registry: Vec<String>,
+}
+
+/// `--image`: OCI images instead of bundles.
+#[derive(Args, Clone, Default)]
+pub struct ImageArgs {
+    /// Build OCI images (a base image + fjord's watchdog + the function), named by each
+    /// function's `image:`, into build/NAME/image/ (an OCI image layout)
+    #[arg(long)]
+    pub image: bool,
+    /// The base image [default: stack.yml's build_args.BASE_IMAGE, else the template's]
+    #[arg(long, value_name = "IMAGE", requires = "image")]
+    pub base_image: Option<String>,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+}
+
 #[derive(Args)]
 pub struct BuildArgs {
     #[command(flatten)]
     pub stack: StackArgs,
+    #[command(flatten)]
+    pub image: ImageArgs,
     /// Build this many functions at once
     #[arg(long, default_value_t = 1)]
     pub parallel: usize,
@@ -673,11 +715,14 @@ pub struct DeployArgs {
 pub struct UpArgs {
     #[command(flatten)]
     pub stack: StackArgs,
+    /// With --image, images are pushed to their registries and deployed by reference
+    #[command(flatten)]
+    pub image: ImageArgs,
     #[arg(long, default_value_t = 1)]
     pub parallel: usize,
     #[arg(long)]
     pub no_cache: bool,
-    /// Build only locally: do not upload
+    /// Build only locally: do not upload (or push the images)
     #[arg(long)]
     pub skip_push: bool,
     /// Build and push, do not deploy

@@ -10,7 +10,9 @@ mod client;
 mod commands;
 mod config;
 mod error;
+mod image;
 pub mod templates;
+mod watchdog;
 
 use std::process::ExitCode;
 
@@ -36,7 +38,13 @@ pub fn main() -> ExitCode {
         Command::Serve(a) => commands::serve::run(*a),
         Command::New(a) => stack::new(&a),
         Command::Build(a) => stack::build(&a),
-        Command::Push { stack: s, gateway } => block_on(stack::push(&s, &gateway)),
+        Command::Push {
+            stack: s,
+            image,
+            registry,
+            gateway,
+        } => block_on(stack::push(&s, image, &registry, &gateway)),
+        Command::Watchdog => watchdog::run(),
         Command::Deploy(a) => block_on(stack::deploy(&a)),
         Command::Up(a) => block_on(stack::up(&a)),
         Command::Invoke(a) => block_on(fx::invoke(&a)),

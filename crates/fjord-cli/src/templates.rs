@@ -32,6 +32,9 @@ pub struct TemplateSpec {
     pub env: BTreeMap<String, String>,
     #[serde(default)]
     pub welcome_message: Option<String>,
+    /// The base image of `fjord build --image` (its layers come first).
+    #[serde(default)]
+    pub base_image: Option<String>,
 }
 
 /// Where a template's files come from.

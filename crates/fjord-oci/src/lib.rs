@@ -8,6 +8,8 @@
 mod auth;
 mod error;
 mod layer;
+pub mod layout;
+pub mod push;
 mod reference;
 mod store;
 

@@ -10,11 +10,29 @@ use fjord_stack::{ParseOptions, Stack, StackFunction};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
 use crate::builder::{self, Built};
-use crate::cli::{BuildArgs, DeployArgs, GatewayArgs, NewArgs, StackArgs, UpArgs};
+use crate::cli::{
+    BuildArgs, DeployArgs, GatewayArgs, ImageArgs, NewArgs, RegistryArgs, StackArgs, UpArgs,
+};
 use crate::client::Gateway;
 use crate::commands::functions::{gateway, pairs};
 use crate::error::CliError;
+use crate::image::{self, ImageOptions};
 use crate::templates;
+
+fn registry_options(r: &RegistryArgs) -> fjord_oci::push::RegistryOptions {
+    fjord_oci::push::RegistryOptions {
+        insecure: r.insecure_registry.clone(),
+        docker_config: r.registry_config.clone(),
+    }
+}
+
+/// `--image` and its flags, when given.
+fn image_options(a: &ImageArgs) -> Option<ImageOptions> {
+    a.image.then(|| ImageOptions {
+        base_image: a.base_image.clone(),
+        registry: registry_options(&a.registry),
+    })
+}
 
 pub struct Loaded {
     pub stack: Stack,
@@ -266,6 +284,7 @@ pub fn build_all(
     parallel: usize,
     no_cache: bool,
     quiet: bool,
+    image: Option<&ImageOptions>,
 ) -> Result<Vec<Built>, CliError> {
     let todo: Vec<&StackFunction> = loaded
         .stack
@@ -289,7 +308,7 @@ pub fn build_all(
                         }
                         progress.line(&f.name, msg);
                     };
-                    let r = builder::build(&loaded.dir, f, no_cache, &report);
+                    let r = builder::build(&loaded.dir, f, no_cache, image, &report);
                     if let Some(b) = &bar {
                         match &r {
                             Ok(b2) if b2.cached => {
@@ -342,11 +361,20 @@ fn short(digest: &str) -> &str {
 
 pub fn build(a: &BuildArgs) -> Result<(), CliError> {
     let loaded = load(&a.stack)?;
-    let built = build_all(&loaded, a.parallel, a.no_cache, a.quiet)?;
+    let opts = image_options(&a.image);
+    let built = build_all(&loaded, a.parallel, a.no_cache, a.quiet, opts.as_ref())?;
     if built.is_empty() && !a.quiet {
         eprintln!("nothing to build: no function in the stack has a lang");
     }
+    print_images(&built);
     Ok(())
+}
+
+/// One line per image on stdout: `REFERENCE DIGEST`.
+fn print_images(built: &[Built]) {
+    for i in built.iter().filter_map(|b| b.image.as_ref()) {
+        println!("{} {}", i.reference, i.digest);
+    }
 }
 
 // --------------------------------------------------------------------------------- push
@@ -390,8 +418,41 @@ pub async fn push_built(gw: &Gateway, loaded: &Loaded, quiet: bool) -> Result<()
     Ok(())
 }
 
-pub async fn push(stack: &StackArgs, g: &GatewayArgs) -> Result<(), CliError> {
+/// Pushes each function's image (`fjord build --image`) to its registry.
+pub async fn push_images(
+    loaded: &Loaded,
+    opts: &fjord_oci::push::RegistryOptions,
+    quiet: bool,
+) -> Result<(), CliError> {
+    for f in loaded
+        .stack
+        .functions
+        .iter()
+        .filter(|f| f.lang.is_some() && !f.skip_build)
+    {
+        let built =
+            image::last_image(&builder::build_dir(&loaded.dir, &f.name), f).ok_or_else(|| {
+                CliError::Usage(format!(
+                    "{} has no image: run `fjord build --image` (or `fjord up --image`)",
+                    f.name
+                ))
+            })?;
+        let digest = image::push(&built, &f.name, opts, quiet).await?;
+        println!("{} {digest}", built.reference);
+    }
+    Ok(())
+}
+
+pub async fn push(
+    stack: &StackArgs,
+    images: bool,
+    registry: &RegistryArgs,
+    g: &GatewayArgs,
+) -> Result<(), CliError> {
     let loaded = load(stack)?;
+    if images {
+        return push_images(&loaded, &registry_options(registry), false).await;
+    }
     let gw = gateway(g, loaded.stack.provider.gateway.as_deref())?;
     push_built(&gw, &loaded, false).await
 }
@@ -550,30 +611,46 @@ pub async fn deploy(a: &DeployArgs) -> Result<(), CliError> {
 
 // ----------------------------------------------------------------------------------- up
 
+/// Which runtime serves a function (issue 14): `process` or `container`.
+const RUNTIME_ANNOTATION: &str = "com.fjord.runtime";
+
 pub async fn up(a: &UpArgs) -> Result<(), CliError> {
     let loaded = load(&a.stack)?;
     let gw = gateway(&a.gateway, loaded.stack.provider.gateway.as_deref())?;
-    if !a.skip_push {
+    // Images go to their registries: the gateway is needed only to deploy them.
+    let needs_gateway = !(a.skip_push || (a.image.image && a.skip_deploy));
+    if needs_gateway {
         // Fail fast, before a long build, if the gateway is down or refuses us.
         gw.info().await?;
     }
     let (parallel, no_cache, quiet) = (a.parallel, a.no_cache, a.quiet);
-    let loaded = tokio::task::spawn_blocking(move || {
-        build_all(&loaded, parallel, no_cache, quiet).map(|_| loaded)
+    let opts = image_options(&a.image);
+    let build_opts = opts.clone();
+    let (loaded, built) = tokio::task::spawn_blocking(move || {
+        build_all(&loaded, parallel, no_cache, quiet, build_opts.as_ref()).map(|b| (loaded, b))
     })
     .await
     .map_err(|e| CliError::Other(e.to_string()))??;
     if a.skip_push {
+        print_images(&built);
         return Ok(());
     }
-    push_built(&gw, &loaded, a.quiet).await?;
+    let mut annotations = BTreeMap::new();
+    match &opts {
+        Some(o) => {
+            push_images(&loaded, &o.registry, a.quiet).await?;
+            // The server pulls `image:` from its registry and runs it as a container.
+            annotations.insert(RUNTIME_ANNOTATION.to_string(), "container".to_string());
+        }
+        None => push_built(&gw, &loaded, a.quiet).await?,
+    }
     if a.skip_deploy {
         return Ok(());
     }
     let extras = Extras {
         env: BTreeMap::new(),
         labels: BTreeMap::new(),
-        annotations: BTreeMap::new(),
+        annotations,
         secrets: Vec::new(),
         namespace: None,
     };
