@@ -11,28 +11,12 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::free_port;
+use common::registry::{Registry, run};
+
 const FJORD: &str = env!("CARGO_BIN_EXE_fjord");
-
-fn run(cmd: &mut Command) -> String {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn wait_for(what: &str, secs: u64, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(secs);
@@ -51,83 +35,18 @@ fn http_status(port: u16, path: &str) -> Option<u16> {
     out.split_whitespace().nth(1)?.parse().ok()
 }
 
-/// A `docker-registry` with storage in a temp dir, optionally behind htpasswd basic auth.
-struct Registry {
-    port: u16,
-    _dir: tempfile::TempDir,
-    child: Child,
-}
-
-impl Registry {
-    fn start(auth: Option<(&str, &str)>) -> Registry {
-        let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
-        let storage = dir.path().join("storage");
-        std::fs::create_dir(&storage).unwrap();
-        let mut auth_yaml = String::new();
-        if let Some((user, pass)) = auth {
-            let hash = bcrypt::hash(pass, 5).unwrap();
-            let htpasswd = dir.path().join("htpasswd");
-            std::fs::write(&htpasswd, format!("{user}:{hash}\n")).unwrap();
-            auth_yaml = format!(
-                "auth:\n  htpasswd:\n    realm: fjord-test\n    path: {}\n",
-                htpasswd.display()
-            );
-        }
-        let config = dir.path().join("config.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: {}\n\
-                 http:\n  addr: 127.0.0.1:{port}\n  secret: fjord-test-secret\n{auth_yaml}",
-                storage.display()
-            ),
-        )
-        .unwrap();
-        let log = std::fs::File::create(dir.path().join("registry.log")).unwrap();
-        let child = Command::new("docker-registry")
-            .arg("serve")
-            .arg(&config)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("docker-registry (Debian package docker-registry) must be installed");
-        let reg = Registry {
-            port,
-            _dir: dir,
-            child,
-        };
-        wait_for("the registry to answer /v2/", 30, || {
-            matches!(http_status(port, "/v2/"), Some(200 | 401))
-        });
-        reg
+/// Pushes the test base image to `reg` with skopeo: `HOST/base/bash:1`.
+fn push_base(reg: &Registry, creds: Option<&str>) -> String {
+    let mut cmd = Command::new("skopeo");
+    cmd.args(["copy", "--dest-tls-verify=false"]);
+    if let Some(c) = creds {
+        cmd.arg(format!("--dest-creds={c}"));
     }
-
-    fn host(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    /// Pushes the test base image here with skopeo: `HOST/base/bash:1`.
-    fn push_base(&self, creds: Option<&str>) -> String {
-        let mut cmd = Command::new("skopeo");
-        cmd.args(["copy", "--dest-tls-verify=false"]);
-        if let Some(c) = creds {
-            cmd.arg(format!("--dest-creds={c}"));
-        }
-        let name = format!("{}/base/bash:1", self.host());
-        cmd.arg(format!("oci:{}:base", base_layout().display()))
-            .arg(format!("docker://{name}"));
-        run(&mut cmd);
-        name
-    }
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+    let name = format!("{}/base/bash:1", reg.host());
+    cmd.arg(format!("oci:{}:base", base_layout().display()))
+        .arg(format!("docker://{name}"));
+    run(&mut cmd);
+    name
 }
 
 /// The base image, made once by umoci: busybox-static (with `sh` and `cat` links), the
@@ -359,7 +278,7 @@ fn run_on_runc(image: &str, work: &Path, env: &[&str]) -> (Netns, Container) {
 #[test]
 fn build_is_reproducible_push_skips_what_the_registry_has_and_the_image_runs_on_runc() {
     let reg = Registry::start(None);
-    let base = reg.push_base(None);
+    let base = push_base(&reg, None);
     let image = format!("{}/fn/hello:1", reg.host());
     let app = stack(&image);
     let dir = app.path();
@@ -457,7 +376,7 @@ fn build_is_reproducible_push_skips_what_the_registry_has_and_the_image_runs_on_
 #[test]
 fn wrong_or_missing_credentials_and_a_registry_that_is_down_are_clear_errors() {
     let public = Registry::start(None);
-    let base = public.push_base(None);
+    let base = push_base(&public, None);
     let private = Registry::start(Some(("alice", "right")));
     let image = format!("{}/fn/hello:1", private.host());
     let app = stack(&image);
@@ -600,7 +519,7 @@ fn fake_gateway() -> (u16, Seen) {
 #[test]
 fn up_with_image_pushes_to_the_registry_and_deploys_the_image_reference() {
     let reg = Registry::start(None);
-    let base = reg.push_base(None);
+    let base = push_base(&reg, None);
     let image = format!("{}/fn/hello:2", reg.host());
     let app = stack(&image);
     let dir = app.path();
@@ -643,7 +562,7 @@ fn up_with_image_pushes_to_the_registry_and_deploys_the_image_reference() {
 #[test]
 fn an_http_mode_template_is_proxied_by_the_watchdog_which_honours_port() {
     let reg = Registry::start(None);
-    let base = reg.push_base(None);
+    let base = push_base(&reg, None);
     let image = format!("{}/fn/web:1", reg.host());
     let app = tempfile::tempdir().unwrap();
     let dir = app.path();
@@ -936,4 +855,48 @@ fn a_python3_http_function_image_runs_on_runc() {
     assert_eq!(v["got"], "ping");
     assert_eq!(v["path"], "/some/path");
     assert_eq!(v["port"], "5000");
+}
+
+/// The whole path a user takes: `fjord up --image` builds the image, pushes it to the local
+/// registry and deploys it to a real `fjord serve`, which pulls it and runs it in a container
+/// (its own watchdog inside); then a call answers through the gateway.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn up_with_image_runs_the_function_as_a_container_on_fjord() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "this test needs root (the server runs containers)"
+    );
+    let reg = Registry::start(None);
+    let base = push_base(&reg, None);
+    let image = format!("{}/fn/hello:e2e", reg.host());
+    let app = stack(&image);
+    let server = common::Server::start().await;
+    let password = std::fs::read_to_string(server.password_file()).expect("password");
+    let out = Command::new(FJORD)
+        .args(["up", "--image", "--base-image", &base, "-q", "-g"])
+        .arg(server.url(""))
+        .current_dir(app.path())
+        .env("DOCKER_CONFIG", app.path().join(".docker"))
+        .env(
+            "XDG_CACHE_HOME",
+            PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("fjord-image-cache"),
+        )
+        .env("FJORD_PASSWORD", password.trim())
+        .env("FJORD_CONFIG", app.path().join("fjord-config.json"))
+        .output()
+        .expect("fjord up");
+    let stdout = ok(&out);
+    let digest = printed_digest(&stdout, &image);
+    let st = server.wait_ready("hello", common::READY_TIMEOUT).await;
+    assert_eq!(st["fjord"]["runtime"], "container", "{st}");
+    assert_eq!(
+        st["fjord"]["digest"],
+        digest.as_str(),
+        "runs what was pushed: {st}"
+    );
+    let (code, body) = server
+        .call_text(reqwest::Method::POST, "hello/greet", "Ada")
+        .await;
+    assert_eq!(code, reqwest::StatusCode::OK, "{body}");
+    assert_eq!(body.trim(), "hello Ada from POST /greet");
 }
