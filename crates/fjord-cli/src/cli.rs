@@ -241,6 +241,17 @@ fjord namespace delete team-a"
         #[command(flatten)]
         gateway: GatewayArgs,
     },
+    /// Container images on the gateway (pulled for functions that run as containers)
+    #[command(
+        after_help = "Examples:\n  fjord images gc\n\nThe gateway also collects images after every delete and every update of a container function.",
+        visible_alias = "image"
+    )]
+    Images {
+        #[command(subcommand)]
+        action: ImagesAction,
+        #[command(flatten)]
+        gateway: GatewayArgs,
+    },
     /// Manage API tokens (admin): create, list, revoke
     #[command(
         after_help = "Scopes: read (GET the API), deploy (read + deploy, update, remove, scale, bundles), admin (everything, tokens and secrets too), invoke (only call functions annotated com.fjord.auth=token).\n\nExamples:\n  fjord token create ci --scope deploy --expires 90d\n  fjord token list\n  fjord token revoke 3f2a9c0d1e2b4a5c"
@@ -310,6 +321,12 @@ pub enum SecretAction {
         #[arg(short, long)]
         namespace: Option<String>,
     },
+}
+
+#[derive(Subcommand)]
+pub enum ImagesAction {
+    /// Remove the images and layers no deployed function uses; prints what was freed
+    Gc,
 }
 
 #[derive(Subcommand)]

@@ -306,6 +306,19 @@ impl Gateway {
         Ok(())
     }
 
+    /// `POST /system/images/gc`: what the gateway removed.
+    pub async fn gc_images(&self) -> Result<serde_json::Value, CliError> {
+        let r = self
+            .send(
+                self.system(Method::POST, "/system/images/gc"),
+                "collect unused images",
+            )
+            .await?;
+        r.json()
+            .await
+            .map_err(|e| CliError::Other(format!("the gateway's answer to images gc: {e}")))
+    }
+
     /// Scales a function; returns the count the gateway set (it clamps to
     /// `com.openfaas.scale.max`), or `None` when its answer does not say (OpenFaaS).
     pub async fn scale(

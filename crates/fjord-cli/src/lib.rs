@@ -107,6 +107,9 @@ pub fn main() -> ExitCode {
         Command::Namespace { action, gateway } => {
             block_on(commands::namespaces::run(&gateway, action))
         }
+        Command::Images { action, gateway } => {
+            block_on(commands::functions::images(&gateway, action))
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -137,16 +137,21 @@ async fn an_image_from_a_registry_serves_updates_rolls_back_scales_and_is_collec
         },
     )
     .await;
-    let body = s
-        .sys_expect(
-            Method::POST,
-            "/system/images/gc",
-            &json!({}),
-            StatusCode::OK,
-        )
-        .await;
-    let report: serde_json::Value = serde_json::from_str(&body).expect("json");
-    assert_eq!(report["layers"], 0, "nothing left to collect: {report}");
+    // `fjord images gc` finds nothing left to collect.
+    let password = std::fs::read_to_string(s.password_file()).expect("password");
+    let config = s.data_dir().with_extension("cli.json");
+    let out = common::run_cli(
+        &["images", "gc", "-g", &s.url("")],
+        &[("FJORD_PASSWORD", password.trim())],
+        &config,
+    )
+    .await;
+    assert_eq!(out.code, Some(0), "{}{}", out.stdout, out.stderr);
+    assert!(
+        out.stdout.contains("Removed 0 image(s) and 0 layer(s)"),
+        "{}",
+        out.stdout
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -161,6 +161,23 @@ pub async fn describe(
     Ok(())
 }
 
+pub async fn images(g: &GatewayArgs, action: crate::cli::ImagesAction) -> Result<(), CliError> {
+    let gw = gateway(g, None)?;
+    match action {
+        crate::cli::ImagesAction::Gc => {
+            let r = gw.gc_images().await?;
+            let n = |k: &str| r[k].as_u64().unwrap_or(0);
+            println!(
+                "Removed {} image(s) and {} layer(s), {:.1} MiB freed",
+                n("images"),
+                n("layers"),
+                n("bytes") as f64 / (1u64 << 20) as f64
+            );
+        }
+    }
+    Ok(())
+}
+
 pub async fn scale(
     g: &GatewayArgs,
     name: &str,
