@@ -51,6 +51,28 @@ async fn an_image_from_a_registry_serves_updates_rolls_back_scales_and_is_collec
         "pinned to the pulled digest: {st}"
     );
     assert_eq!(st["image"], reg.image("web", "1"), "image as given");
+    let password = std::fs::read_to_string(s.password_file()).expect("password");
+    let config = s.data_dir().with_extension("cli.json");
+    let cli = async |args: &[&str]| {
+        let mut all = args.to_vec();
+        let url = s.url("");
+        all.extend(["-g", url.as_str()]);
+        let out = common::run_cli(&all, &[("FJORD_PASSWORD", password.trim())], &config).await;
+        assert_eq!(
+            out.code,
+            Some(0),
+            "fjord {args:?}: {}{}",
+            out.stdout,
+            out.stderr
+        );
+        out.stdout
+    };
+    let described = cli(&["describe", "web"]).await;
+    assert!(
+        described.contains("Runtime:") && described.contains("container"),
+        "{described}"
+    );
+    assert!(described.contains(&d1), "the digest: {described}");
     // Both replicas listen on 8080, each in its own network namespace: a handful of calls
     // all succeed whichever replica takes them.
     for i in 0..6 {
@@ -138,20 +160,8 @@ async fn an_image_from_a_registry_serves_updates_rolls_back_scales_and_is_collec
     )
     .await;
     // `fjord images gc` finds nothing left to collect.
-    let password = std::fs::read_to_string(s.password_file()).expect("password");
-    let config = s.data_dir().with_extension("cli.json");
-    let out = common::run_cli(
-        &["images", "gc", "-g", &s.url("")],
-        &[("FJORD_PASSWORD", password.trim())],
-        &config,
-    )
-    .await;
-    assert_eq!(out.code, Some(0), "{}{}", out.stdout, out.stderr);
-    assert!(
-        out.stdout.contains("Removed 0 image(s) and 0 layer(s)"),
-        "{}",
-        out.stdout
-    );
+    let out = cli(&["images", "gc"]).await;
+    assert!(out.contains("Removed 0 image(s) and 0 layer(s)"), "{out}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

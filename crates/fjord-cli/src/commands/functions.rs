@@ -95,15 +95,26 @@ fn describe_text(f: &FunctionStatus, url: &str) -> String {
     line("Available replicas:", f.available_replicas.to_string());
     line("Invocations:", f.invocation_count.to_string());
     line("Image:", f.image.clone());
+    let runtime = f.fjord.as_ref().and_then(|x| x.runtime.clone());
     line(
         "Function process:",
-        f.env_process
-            .clone()
-            .unwrap_or_else(|| "(from the bundle)".into()),
+        f.env_process.clone().unwrap_or_else(|| {
+            if runtime.as_deref() == Some("container") {
+                "(the image's entry point)".into()
+            } else {
+                "(from the bundle)".into()
+            }
+        }),
     );
     line("URL:", format!("{url}/function/{}.{}", f.name, f.namespace));
     line("Created:", f.created_at.clone());
     if let Some(x) = &f.fjord {
+        if let Some(r) = &x.runtime {
+            line("Runtime:", r.clone());
+        }
+        if let Some(d) = &x.digest {
+            line("Digest:", d.clone());
+        }
         line("Mode:", x.mode.clone());
         line("Restarts:", x.restarts.to_string());
         line("OOM kills:", x.oom_kills.to_string());
