@@ -314,3 +314,61 @@ async fn bad_images_get_clear_errors_and_the_old_version_keeps_serving() {
     let (code, body) = s.call_text(Method::POST, "app", "again").await;
     assert_eq!((code, body.as_str()), (StatusCode::OK, "hello v1 again"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_function_moves_to_a_container_without_downtime_and_back_on_failure() {
+    root();
+    let reg = Registry::start(None);
+    let images = Images::new();
+    images
+        .httpd("v1", "moved", &HTTPD)
+        .httpd("broken", "x", &["/bin/false"]);
+    reg.push(&images.layout(), "v1", "mv", "1");
+    reg.push(&images.layout(), "broken", "mv", "broken");
+    let s = Server::start().await;
+    s.deploy(&json!({"service": "mv", "image": "label", "envProcess": "cat"}))
+        .await;
+    let st = s.wait_ready("mv", READY_TIMEOUT).await;
+    assert_eq!(st["fjord"]["runtime"], "process", "{st}");
+
+    // To an image that never starts: the process version answers throughout, and the
+    // failed switch shows in the status.
+    s.update(&json!({"service": "mv", "image": reg.image("mv", "broken")}))
+        .await;
+    let deadline = std::time::Instant::now() + READY_TIMEOUT * 2;
+    loop {
+        let (code, body) = s.call_text(Method::POST, "mv", "echo").await;
+        assert_eq!(
+            (code, body.as_str()),
+            (StatusCode::OK, "echo"),
+            "served while switching"
+        );
+        let st = s.get_function("mv").await.expect("status");
+        if st["fjord"]["rollout"]["state"] == "failed" {
+            assert_eq!(st["fjord"]["runtime"], "process", "{st}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the switch never failed: {st}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // To a good image: calls keep succeeding, first from the process, then the container.
+    s.update(&json!({"service": "mv", "image": reg.image("mv", "1")}))
+        .await;
+    let deadline = std::time::Instant::now() + READY_TIMEOUT * 2;
+    loop {
+        let (code, body) = s.call_text(Method::POST, "mv", "x").await;
+        assert_eq!(code, StatusCode::OK, "{body}");
+        if body == "hello moved x" {
+            break;
+        }
+        assert_eq!(body, "x", "the process version until the switch");
+        assert!(std::time::Instant::now() < deadline, "never switched");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let st = s.get_function("mv").await.expect("status");
+    assert_eq!(st["fjord"]["runtime"], "container", "{st}");
+}

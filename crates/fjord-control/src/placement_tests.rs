@@ -122,6 +122,7 @@ fn control_in(dir: &std::path::Path, with_containers: bool) -> Setup {
         bundles: Bundles::new(dir, false).expect("bundles"),
         secret_key,
         uids: fjord_store::uid_registry::UidBlock::unrestricted(),
+        switch_timeout: Duration::from_secs(10),
     });
     Setup {
         control,
@@ -375,6 +376,14 @@ async fn moving_to_another_runtime_keeps_the_old_version_until_the_new_is_ready(
             .iter()
             .any(|r| matches!(r, Recorded::Remove { .. }))
     );
+    // The status shows the failed switch (what `fjord up` waits for).
+    let rollout = c
+        .status(&key("mv"))
+        .expect("status")
+        .fjord
+        .and_then(|f| f.rollout)
+        .expect("rollout");
+    assert_eq!(rollout.state, "failed", "{rollout:?}");
 
     // A good image: the route moves to the container, then the process replicas stop.
     c.deploy(

@@ -122,6 +122,9 @@ pub struct Parts {
     pub secret_key: SecretKey,
     /// This instance's uids (reserved host-wide): each new function takes the next one.
     pub uids: UidBlock,
+    /// How long an update that moves a function to another runtime may take to become
+    /// ready (the server's `--rollout-timeout`).
+    pub switch_timeout: std::time::Duration,
 }
 
 /// The container runtime and where its images come from.
@@ -146,6 +149,7 @@ pub struct ControlPlane {
     changes: tokio::sync::Mutex<()>,
     /// This instance's uids (reserved host-wide): each new function takes the next one.
     uids: UidBlock,
+    switch_timeout: std::time::Duration,
 }
 
 impl ControlPlane {
@@ -163,6 +167,7 @@ impl ControlPlane {
             bundles,
             secret_key,
             uids: UidBlock::unrestricted(),
+            switch_timeout: std::time::Duration::from_secs(120),
         })
     }
 
@@ -176,6 +181,7 @@ impl ControlPlane {
             routes: ArcSwap::from_pointee(HashMap::new()),
             changes: tokio::sync::Mutex::new(()),
             uids: p.uids,
+            switch_timeout: p.switch_timeout,
         })
     }
 
@@ -740,10 +746,7 @@ impl ControlPlane {
         tracing::info!(function = %key, from = previous.runtime.name(), to = runtime.name(), image = %new_deployment.image, generation, "deploy accepted: moving to another runtime");
         let this = self.clone();
         tokio::spawn(async move {
-            let outcome = applied
-                .done
-                .await
-                .unwrap_or(Err("the runtime stopped".into()));
+            let outcome = switched(&applied, this.switch_timeout).await;
             let _guard = this.changes.lock().await;
             let Some(current) = this.lookup(&key.namespace, &key.name) else {
                 // Deleted meanwhile.
@@ -798,6 +801,7 @@ impl ControlPlane {
                         }
                     }
                     // The failed rollout stays visible in the status until the next deploy.
+                    applied.handle.rolled_back(generation);
                     let mut after = route_like(&current);
                     after.switching = current.switching.clone();
                     this.set_route(&key, Some(after));
@@ -1209,6 +1213,38 @@ impl Route {
     /// The runtime serving this function (`process`, `container`, …).
     pub fn runtime_name(&self) -> &'static str {
         self.runtime.name()
+    }
+}
+
+/// Whether a version started on another runtime became ready: a runtime answers a new
+/// function's `done` at once, so readiness is read from its rollout (ready once every
+/// replica is; failed when they crash-loop), bounded by `timeout`.
+async fn switched(
+    applied: &fjord_runtime_api::Applied,
+    timeout: std::time::Duration,
+) -> Result<(), String> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let r = applied.handle.status().rollout;
+        if r.generation != applied.generation {
+            return Err("superseded by a newer deploy".into());
+        }
+        match r.state {
+            fjord_runtime_api::RolloutState::Ready => return Ok(()),
+            fjord_runtime_api::RolloutState::Failed => {
+                return Err(r
+                    .message
+                    .unwrap_or_else(|| "its replicas failed to start".into()));
+            }
+            fjord_runtime_api::RolloutState::Progressing => {}
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(format!(
+                "its replicas were not ready within {} s",
+                timeout.as_secs()
+            ));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
 

@@ -694,6 +694,7 @@ pub async fn serve(config: GatewayConfig, shutdown: CancellationToken) -> Result
         bundles,
         secret_key,
         uids,
+        switch_timeout: config.rollout_timeout,
     });
     let dispatch = Arc::new(tokio::sync::Notify::new());
     let restored = control.restore().await?;

@@ -471,3 +471,259 @@ fn stop_generation(g: Generation, drain: bool) {
         retire(r, drain);
     }
 }
+
+/// The reconciler's decisions — start, publish, roll out, roll back, scale, time out — over
+/// scripted replicas that touch nothing of the OS (no processes, mounts, cgroups or network
+/// namespaces; no root), on tokio's paused clock where time matters.
+#[cfg(test)]
+pub(crate) mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use fjord_core::openfaas::FunctionDeployment;
+    use fjord_runtime_api::EndpointKind;
+
+    use super::*;
+    use crate::{Engine, RuntimeConfig, Sandbox};
+
+    /// What a scripted replica does once started.
+    #[derive(Clone, Copy, PartialEq, Eq)]
+    pub(crate) enum Act {
+        /// Ready at once.
+        Ready,
+        /// Ends before it is ready, again and again (a crash loop).
+        Crash,
+        /// Never ready, never ends (a replica that hangs).
+        Hang,
+    }
+
+    /// A version's replicas, as a script; counts what happened to them.
+    pub(crate) struct Script {
+        act: Act,
+        started: AtomicUsize,
+        stopped: AtomicUsize,
+    }
+
+    impl Script {
+        fn new(act: Act) -> Arc<Self> {
+            Arc::new(Self {
+                act,
+                started: AtomicUsize::new(0),
+                stopped: AtomicUsize::new(0),
+            })
+        }
+
+        fn started(&self) -> usize {
+            self.started.load(Ordering::SeqCst)
+        }
+
+        fn stopped(&self) -> usize {
+            self.stopped.load(Ordering::SeqCst)
+        }
+
+        /// The replica: reports to the reconciler as a real one would, then waits to stop.
+        pub(crate) async fn run(self: Arc<Self>, args: ReplicaArgs) {
+            self.started.fetch_add(1, Ordering::SeqCst);
+            match self.act {
+                Act::Ready => {
+                    let endpoint = Endpoint::new(
+                        args.id.clone(),
+                        EndpointKind::Http {
+                            authority: "127.0.0.1:9".parse().expect("authority"),
+                        },
+                        None,
+                    );
+                    let _ = args.events.send(Event::Ready {
+                        generation: args.generation,
+                        id: args.id.clone(),
+                        endpoint: Arc::new(endpoint),
+                    });
+                }
+                Act::Crash => {
+                    for n in 1..=CRASH_LOOP_STARTS {
+                        let _ = args.events.send(Event::Down {
+                            generation: args.generation,
+                            id: args.id.clone(),
+                            reason: "exited with status 1".into(),
+                            startup_failures: n,
+                            retrying: true,
+                        });
+                    }
+                }
+                Act::Hang => {}
+            }
+            args.stop.cancelled().await;
+            self.stopped.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// An engine whose sandbox does nothing (as for a server that is not root).
+    fn engine(dir: &std::path::Path) -> Engine {
+        let shared = Arc::new(Shared {
+            config: RuntimeConfig {
+                data_dir: dir.to_path_buf(),
+                rollout_timeout: Duration::from_secs(60),
+                stop_grace: Duration::from_secs(1),
+                pids_max: 64,
+                tune_kernel: false,
+                network: Default::default(),
+                tmp_size_bytes: 1 << 20,
+                default_memory_bytes: None,
+            },
+            restore_rcu: false,
+            control: tokio::runtime::Handle::current(),
+            sandbox: Sandbox {
+                isolate: false,
+                cgroups: None,
+                net: None,
+                masks: None,
+                seccomp: None,
+                max_fd: 1024,
+            },
+            ports: Default::default(),
+        });
+        Engine::new(shared, "test")
+    }
+
+    fn spec(image: &str) -> Arc<FunctionSpec> {
+        let d: FunctionDeployment = serde_json::from_value(serde_json::json!({
+            "service": "f", "image": image, "envProcess": "true",
+        }))
+        .expect("deployment");
+        Arc::new(FunctionSpec::from_deployment(d).expect("spec"))
+    }
+
+    fn key() -> fjord_core::FunctionKey {
+        fjord_core::FunctionKey::new("f", None).expect("key")
+    }
+
+    /// Waits (on the test's clock) until `cond` holds.
+    async fn until(what: &str, cond: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !cond() {
+            assert!(Instant::now() < deadline, "never: {what}");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+
+    fn serving(engine: &Engine) -> (String, usize) {
+        let s = engine.get(&key()).expect("handle").serving();
+        (s.spec.deployment.image.clone(), s.endpoints.len())
+    }
+
+    fn apply(engine: &Engine, image: &str, script: &Arc<Script>, n: u64) -> crate::Applied {
+        engine
+            .apply(spec(image), Launch::Scripted(script.clone()), 0, n)
+            .expect("apply")
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_new_function_starts_its_replicas_and_publishes_them() {
+        let dir = tempfile::tempdir().expect("dir");
+        let e = engine(dir.path());
+        let v1 = Script::new(Act::Ready);
+        let a = apply(&e, "v1", &v1, 2);
+        assert_eq!(a.done.await.expect("done"), Ok(()));
+        assert_eq!(serving(&e), ("v1".into(), 2));
+        assert_eq!(v1.started(), 2);
+        let status = e.get(&key()).expect("handle").status();
+        assert_eq!(status.rollout.state, RolloutState::Ready);
+        assert_eq!((status.desired, status.available), (2, 2));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_good_update_replaces_every_old_replica_after_the_new_ones_are_ready() {
+        let dir = tempfile::tempdir().expect("dir");
+        let e = engine(dir.path());
+        let (v1, v2) = (Script::new(Act::Ready), Script::new(Act::Ready));
+        apply(&e, "v1", &v1, 2)
+            .done
+            .await
+            .expect("v1")
+            .expect("v1 ready");
+        let a = apply(&e, "v2", &v2, 2);
+        assert_eq!(a.done.await.expect("done"), Ok(()));
+        assert_eq!(serving(&e), ("v2".into(), 2));
+        until("the old replicas stopped", || v1.stopped() == 2).await;
+        assert_eq!(v2.stopped(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_update_that_crash_loops_is_rolled_back_and_the_old_replicas_serve_on() {
+        let dir = tempfile::tempdir().expect("dir");
+        let e = engine(dir.path());
+        let (v1, v2) = (Script::new(Act::Ready), Script::new(Act::Crash));
+        apply(&e, "v1", &v1, 2)
+            .done
+            .await
+            .expect("v1")
+            .expect("v1 ready");
+        let a = apply(&e, "v2", &v2, 2);
+        let why = a.done.await.expect("done").expect_err("v2 fails");
+        assert!(why.contains("crashed 3 times"), "{why}");
+        assert_eq!(serving(&e), ("v1".into(), 2));
+        until("the failed version's replicas stopped", || {
+            v2.started() > 0 && v2.stopped() == v2.started()
+        })
+        .await;
+        assert_eq!(v1.stopped(), 0, "the old version was never touched");
+        // Still `progressing` with the reason: the control plane marks it failed once it has
+        // rolled its stored state back (FunctionHandle::rolled_back).
+        let h = e.get(&key()).expect("handle");
+        let r = h.status().rollout;
+        assert_eq!(r.state, RolloutState::Progressing);
+        assert!(
+            r.message
+                .as_deref()
+                .is_some_and(|m| m.contains("the previous version keeps serving")),
+            "{:?}",
+            r.message
+        );
+        assert_eq!(h.desired(), 2, "the desired count is the old version's");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_update_that_never_gets_ready_fails_at_the_rollout_timeout() {
+        let dir = tempfile::tempdir().expect("dir");
+        let e = engine(dir.path());
+        let (v1, v2) = (Script::new(Act::Ready), Script::new(Act::Hang));
+        apply(&e, "v1", &v1, 1)
+            .done
+            .await
+            .expect("v1")
+            .expect("v1 ready");
+        let started = Instant::now();
+        let why = apply(&e, "v2", &v2, 1)
+            .done
+            .await
+            .expect("done")
+            .expect_err("v2 times out");
+        assert!(why.contains("not ready within 60 s"), "{why}");
+        // The paused clock jumped to the deadline: no real minute was waited.
+        assert!(started.elapsed() >= Duration::from_secs(60));
+        assert_eq!(serving(&e), ("v1".into(), 1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn scaling_starts_and_stops_replicas_down_to_zero_and_back() {
+        let dir = tempfile::tempdir().expect("dir");
+        let e = engine(dir.path());
+        let v1 = Script::new(Act::Ready);
+        apply(&e, "v1", &v1, 1)
+            .done
+            .await
+            .expect("v1")
+            .expect("v1 ready");
+        e.scale(&key(), 3).expect("scale up");
+        until("3 replicas serve", || serving(&e).1 == 3).await;
+        e.scale(&key(), 0).expect("scale to zero");
+        until("no replica serves and all stopped", || {
+            serving(&e).1 == 0 && v1.stopped() == 3
+        })
+        .await;
+        e.scale(&key(), 1).expect("back from zero");
+        until("one replica serves again", || serving(&e).1 == 1).await;
+        assert_eq!(v1.started(), 4);
+        e.remove(&key()).await.expect("remove");
+        assert_eq!(v1.stopped(), 4, "remove returns once every replica stopped");
+    }
+}

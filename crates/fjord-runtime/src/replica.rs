@@ -36,6 +36,10 @@ pub(crate) enum Launch {
     Process(Arc<Program>),
     /// The container runtime: `runc run` of a bundle made from an image.
     Container(Arc<crate::container::Plan>),
+    /// Tests of the reconciler: a replica that touches nothing of the OS and reports what
+    /// its script says (see `reconcile::tests`).
+    #[cfg(test)]
+    Scripted(Arc<crate::reconcile::tests::Script>),
 }
 
 /// What a replica tells its function's reconciler.
@@ -349,6 +353,11 @@ pub(crate) async fn run(args: ReplicaArgs) {
             let plan = plan.clone();
             return crate::container::run_replica(args, plan).await;
         }
+        #[cfg(test)]
+        Launch::Scripted(script) => {
+            let script = script.clone();
+            return script.run(args).await;
+        }
     };
     let t0 = Instant::now();
     let netns = match args.net.get(&args.shared).await {
@@ -535,6 +544,8 @@ async fn run_once(
                 was_ready: false,
             };
         }
+        #[cfg(test)]
+        (_, Launch::Scripted(_)) => unreachable!("scripted replicas never start a process"),
     };
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -550,6 +561,8 @@ async fn run_once(
             let what = match &args.launch {
                 Launch::Process(p) => p.path.display().to_string(),
                 Launch::Container(p) => p.oci_runtime().display().to_string(),
+                #[cfg(test)]
+                Launch::Scripted(_) => unreachable!("scripted replicas never start a process"),
             };
             return Outcome::Exited {
                 reason: format!("cannot start {what}: {e}"),
