@@ -54,7 +54,8 @@ enum Command {
         #[arg(long, default_value = "scripts/bench")]
         command_line: String,
         /// Run one scenario alone and print its figures, without writing the report
-        /// (`async`, `tls`, `fork`, `scale`, or `ab`: this binary against --baseline-fjord)
+        /// (`async`, `tls`, `fork`, `scale`, or `ab`: this binary against --baseline-fjord);
+        /// `containers` (root) also rewrites its own section of the report
         #[arg(long)]
         only: Option<String>,
         /// With `--only ab`: the fjord binary to compare with (e.g. built from the previous

@@ -7,6 +7,7 @@ use serde_json::Value;
 
 use crate::figure::{CpuUse, Figure};
 use crate::run::Options;
+use crate::scenarios::containers::SCENARIO_PREFIX as CONTAINER_PREFIX;
 
 fn fmt_value(v: f64, unit: &str) -> String {
     let n = if v.abs() >= 100.0 {
@@ -105,7 +106,7 @@ runs on the same 2 cores as fjord, the function and nginx: see the CPU table bel
         "| scenario | figure | fjord | baseline (same run) | ratio | target | met | notes |"
     );
     let _ = writeln!(md, "|---|---|---|---|---|---|---|---|");
-    for r in rows {
+    for r in rows.iter().filter(|r| !is_container_figure(r)) {
         let _ = writeln!(md, "{}", table_line(r));
     }
     let _ = writeln!(md, "\n## CPU use during each measurement (% of one core)\n");
@@ -151,7 +152,107 @@ slope by least squares after the first 20 %.\n\
 - **Micro-benchmarks** of the hot-path pieces: `cargo bench -p fjord-gateway --bench hot_path`.\n\
 - **What a change cost**: fjord against the binary before the change, alternating in one run (`--only ab`); results kept in [benchmarks-ab.md](benchmarks-ab.md).\n"
     );
+    md.push_str(&containers_section(h, rows));
     md
+}
+
+/// The heading of the container figures' own section (the last of the report).
+const CONTAINERS_HEADING: &str = "## Container images";
+
+fn is_container_figure(f: &Figure) -> bool {
+    f.scenario.starts_with(CONTAINER_PREFIX)
+}
+
+/// The container figures' section: its own run line and command (`--only containers`
+/// rewrites just this section), its table, and how each figure is taken.
+pub fn containers_section(h: &Header, rows: &[Figure]) -> String {
+    let mut md = String::new();
+    let _ = writeln!(md, "{CONTAINERS_HEADING}\n");
+    let _ = writeln!(
+        md,
+        "Measured {} on {} ({} run). Reproduce with:\n\n```sh\n{}\n```\n",
+        h.measured_at, h.machine, h.mode, h.command
+    );
+    let _ = writeln!(
+        md,
+        "| scenario | figure | fjord | baseline (same run) | ratio | target | met | notes |"
+    );
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|");
+    for r in rows.iter().filter(|r| is_container_figure(r)) {
+        let _ = writeln!(md, "{}", table_line(r));
+    }
+    let _ = writeln!(
+        md,
+        "\nThe images are made in the run with umoci from the bench's own http function (its binary and \
+the libraries `ldd` lists; entry point `fjord-bench function` on 127.0.0.1:8080): `small`, and `big` = `small` \
++ 3 layers of 34 MiB of random bytes. skopeo pushes both to a `docker-registry` on a free loopback port. \
+The figures are taken in a `fjord serve` of their own (as root, `--containers auto`), started with an empty \
+image store.\n\n\
+- **Pull + unpack**: `POST /system/functions` of a new function (min 0 replicas) naming `big`, timed until \
+its 202 (fjord resolves the tag, downloads and verifies every blob, unpacks the layers and pins the digest \
+before answering); then the function is deleted and `POST /system/images/gc` empties the store. Alternating \
+with `skopeo copy docker://… oci:DIR` of the same image into a new directory (download and verify, no unpack). \
+Median of each; speed ratio = skopeo's time / fjord's.\n\
+- **Cold start, cached image**: `small`, scale 0→1 to the first response as for the other cold starts. \
+Baseline: `umoci unpack` of the same image to a runc bundle (its config changed only to join a network \
+namespace made beforehand, as fjord's replicas join one made ahead of need), then `runc run` of it, timed \
+from the spawn to the first HTTP 200 from inside that namespace, killed and deleted after each run.\n\
+- **Warm invoke**: the same binary as a container replica of `small` and as a process replica \
+(`envProcess` with `com.fjord.runtime: process`), one replica each, through fjord with the bench's load \
+generator: p50 at c=1 and throughput at c=64.\n\
+- **Disk**: `big` deployed with 50 replicas; once all are available, bytes allocated (st_blocks, each inode \
+once) under `<data-dir>/images/layers` plus `<data-dir>/containers` (each replica's overlay upper and \
+work dir), against the layers alone.\n"
+    );
+    md
+}
+
+/// `md` with its container section replaced by `section` (appended when it has none); the
+/// rest of the report is left as it is.
+pub fn splice_containers(md: &str, section: &str) -> String {
+    let Some(start) = md
+        .match_indices(CONTAINERS_HEADING)
+        .map(|(i, _)| i)
+        .find(|&i| i == 0 || md[..i].ends_with('\n'))
+    else {
+        let mut out = md.trim_end_matches('\n').to_string();
+        out.push_str("\n\n");
+        out.push_str(section);
+        return out;
+    };
+    let after = start + CONTAINERS_HEADING.len();
+    let end = md[after..]
+        .find("\n## ")
+        .map_or(md.len(), |i| after + i + 1);
+    let mut out = md[..start].to_string();
+    out.push_str(section);
+    if end < md.len() {
+        out.push('\n');
+        out.push_str(&md[end..]);
+    }
+    out
+}
+
+/// `--only containers`: rewrites the container section of the report in place.
+pub fn write_containers(opts: &Options, rows: &[Figure], total: Duration) -> anyhow::Result<()> {
+    let header = header(opts, total);
+    let md = std::fs::read_to_string(&opts.out_md).unwrap_or_default();
+    std::fs::write(
+        &opts.out_md,
+        splice_containers(&md, &containers_section(&header, rows)),
+    )?;
+    eprintln!("rewrote the container section of {}", opts.out_md.display());
+    Ok(())
+}
+
+fn header(opts: &Options, total: Duration) -> Header {
+    Header {
+        measured_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+        machine: machine(),
+        mode: if opts.quick { "quick" } else { "full" },
+        seconds: total.as_secs_f64(),
+        command: opts.command.clone(),
+    }
 }
 
 /// docs/benchmarks.json.
@@ -173,13 +274,7 @@ pub fn write(
     cpu: &[CpuUse],
     total: Duration,
 ) -> anyhow::Result<()> {
-    let header = Header {
-        measured_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
-        machine: machine(),
-        mode: if opts.quick { "quick" } else { "full" },
-        seconds: total.as_secs_f64(),
-        command: opts.command.clone(),
-    };
+    let header = header(opts, total);
     if let Some(dir) = opts.out_md.parent() {
         std::fs::create_dir_all(dir)?;
     }
@@ -328,7 +423,8 @@ mod tests {
             [
                 "# fjord benchmarks",
                 "## CPU use during each measurement (% of one core)",
-                "## How each figure is taken"
+                "## How each figure is taken",
+                "## Container images"
             ]
         );
     }
@@ -393,5 +489,63 @@ mod tests {
         assert_eq!(v["rows"].as_array().unwrap().len(), 4);
         assert_eq!(v["rows"][1]["met"], false);
         assert_eq!(v["rows"][3]["baseline"], Value::Null);
+    }
+
+    fn container_figure() -> Figure {
+        Figure::new(
+            &format!("{CONTAINER_PREFIX}: cold start, cached image"),
+            "scale 0→1 to first response, p50 (20 trials)",
+            30.0,
+            "ms",
+        )
+        .baseline("`runc run`", 25.0)
+    }
+
+    #[test]
+    fn container_figures_get_their_own_section_not_the_main_table() {
+        let mut rows = figures();
+        rows.push(container_figure());
+        let md = markdown(&header(), &rows, &[cpu_line()]);
+        let line = table_line(&container_figure());
+        assert_eq!(md.matches(&line).count(), 1, "once: {md}");
+        let section_at = md.find("\n## Container images\n").expect("section");
+        assert!(md.find(&line).unwrap() > section_at);
+        assert!(md[section_at..].contains("```sh\nscripts/bench\n```"));
+        assert!(!md[section_at..].contains(&table_line(&figures()[0])));
+        assert!(md.ends_with('\n'));
+    }
+
+    #[test]
+    fn splice_replaces_only_the_container_section() {
+        let before =
+            "# r\n\n| a |\n\n## How each figure is taken\n\n- x\n\n## Container images\n\nold\n";
+        let out = splice_containers(before, "## Container images\n\nnew\n");
+        assert_eq!(
+            out,
+            "# r\n\n| a |\n\n## How each figure is taken\n\n- x\n\n## Container images\n\nnew\n"
+        );
+        // A section after it is kept.
+        let with_next = "# r\n## Container images\nold\n## Later\nkept\n";
+        assert_eq!(
+            splice_containers(with_next, "## Container images\nnew\n"),
+            "# r\n## Container images\nnew\n\n## Later\nkept\n"
+        );
+        // None yet: appended after a blank line.
+        assert_eq!(
+            splice_containers("# r\n\nbody\n", "## Container images\nnew\n"),
+            "# r\n\nbody\n\n## Container images\nnew\n"
+        );
+    }
+
+    #[test]
+    fn splicing_a_fresh_section_into_the_full_report_gives_the_full_report() {
+        let mut rows = figures();
+        rows.push(container_figure());
+        let full = markdown(&header(), &rows, &[cpu_line()]);
+        let without = markdown(&header(), &figures(), &[cpu_line()]);
+        assert_eq!(
+            splice_containers(&without, &containers_section(&header(), &rows)),
+            full
+        );
     }
 }
