@@ -81,13 +81,18 @@ pub(crate) struct Host {
 
 /// How many network namespaces are kept ready.
 const SPARE_NETNS: usize = 2;
+/// How long the spare namespaces wait for the replica that took one to be ready before
+/// they are made anyway (a replica that never gets ready must not starve the pool).
+const REFILL_AFTER_AT_MOST: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl Host {
     /// A fresh network namespace for a replica: a spare one if there is one (then another
-    /// is made in the background), else a new one.
+    /// is made in the background, once the function has a ready replica: making one runs
+    /// `ip` twice, which would compete with this cold start for the CPU), else a new one.
     async fn netns(
         self: &Arc<Self>,
         pool: &Arc<crate::netns::NetPool>,
+        function: &Arc<crate::FunctionHandle>,
     ) -> std::io::Result<Arc<crate::netns::NetNs>> {
         let spare = self
             .spare_netns
@@ -103,8 +108,18 @@ impl Host {
                     .map_err(std::io::Error::other)??
             }
         };
-        let (host, pool) = (self.clone(), pool.clone());
-        tokio::task::spawn_blocking(move || {
+        let (host, pool, function) = (self.clone(), pool.clone(), function.clone());
+        tokio::spawn(async move {
+            function.wait_ready(REFILL_AFTER_AT_MOST).await;
+            Self::refill(&host, &pool).await;
+        });
+        Ok(ns)
+    }
+
+    /// Makes spare namespaces until there are [`SPARE_NETNS`].
+    async fn refill(host: &Arc<Self>, pool: &Arc<crate::netns::NetPool>) {
+        let (host, pool) = (host.clone(), pool.clone());
+        let _ = tokio::task::spawn_blocking(move || {
             let short = || {
                 host.spare_netns
                     .lock()
@@ -125,8 +140,8 @@ impl Host {
                     }
                 }
             }
-        });
-        Ok(ns)
+        })
+        .await;
     }
 
     /// `<oci-runtime> --root <state> ARGS…`, quiet, waited for.
@@ -443,7 +458,7 @@ pub(crate) async fn run_replica(args: ReplicaArgs, plan: Arc<Plan>) {
             args.stop.cancelled().await;
             return;
         }
-        Some(pool) => match plan.host.netns(&pool).await {
+        Some(pool) => match plan.host.netns(&pool, &args.handle).await {
             Ok(ns) => ns,
             Err(e) => {
                 fail(format!(
