@@ -556,7 +556,10 @@ async fn containers(
         }
         Err(e) => return Err(StartError::Containers(e.to_string())),
     };
-    let docker_config = c.registry_config.clone().or_else(default_docker_config);
+    let docker_config = c
+        .registry_config
+        .clone()
+        .or_else(|| fjord_oci::default_docker_config().filter(|p| p.is_file()));
     if let Some(p) = &c.registry_config
         && !p.is_file()
     {
@@ -582,16 +585,6 @@ async fn containers(
         runtime: Arc::new(runtime),
         images: Arc::new(images::OciImages::new(Arc::new(store))),
     }))
-}
-
-/// Where Docker keeps credentials: `$DOCKER_CONFIG/config.json`, else `~/.docker/config.json`,
-/// when the file exists.
-fn default_docker_config() -> Option<PathBuf> {
-    let path = match std::env::var_os("DOCKER_CONFIG") {
-        Some(dir) => PathBuf::from(dir).join("config.json"),
-        None => PathBuf::from(std::env::var_os("HOME")?).join(".docker/config.json"),
-    };
-    path.is_file().then_some(path)
 }
 
 /// Runs the gateway until `shutdown` is cancelled, then drains and stops every replica.

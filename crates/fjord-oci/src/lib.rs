@@ -6,6 +6,7 @@
 //! lowest first, ready to be an overlay's lower dirs, and the image's configuration.
 
 mod auth;
+mod client;
 mod error;
 mod layer;
 pub mod layout;
@@ -14,6 +15,7 @@ mod reference;
 mod store;
 
 pub use auth::{AuthConfigError, Credentials, DockerConfig};
+pub use client::default_docker_config;
 pub use error::OciError;
 pub use reference::{DOCKER_HUB, Reference, ReferenceError};
 pub use store::{

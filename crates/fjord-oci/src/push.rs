@@ -3,20 +3,18 @@
 //! layout's image to a registry (blobs first, those the registry has skipped, then the
 //! manifest).
 
-use std::net::IpAddr;
 use std::path::PathBuf;
-use std::time::Duration;
 
 use oci_client::RegistryOperation;
-use oci_client::client::{ClientConfig, ClientProtocol};
-use oci_client::errors::{OciDistributionError, OciErrorCode};
+use oci_client::errors::OciDistributionError;
 use oci_client::secrets::RegistryAuth;
 use serde::Deserialize;
 
 use crate::auth::DockerConfig;
-use crate::error::{OciError, chain};
+use crate::client::{Failure, classify, default_docker_config, registry_client};
+use crate::error::OciError;
 use crate::layout::{Descriptor, Layout, MT_OCI_MANIFEST, oci_layer_media_type, sha256_hex};
-use crate::reference::{Reference, host_of};
+use crate::reference::Reference;
 
 /// How registries are reached and with which credentials.
 #[derive(Debug, Clone, Default)]
@@ -26,15 +24,6 @@ pub struct RegistryOptions {
     /// The Docker `config.json` to read credentials from; [`default_docker_config`] when
     /// `None`.
     pub docker_config: Option<PathBuf>,
-}
-
-/// The Docker config the docker CLI reads: `$DOCKER_CONFIG/config.json`, else
-/// `~/.docker/config.json`.
-pub fn default_docker_config() -> Option<PathBuf> {
-    if let Some(d) = std::env::var_os("DOCKER_CONFIG").filter(|d| !d.is_empty()) {
-        return Some(PathBuf::from(d).join("config.json"));
-    }
-    std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".docker/config.json"))
 }
 
 /// Why a registry operation failed.
@@ -82,28 +71,10 @@ struct Session {
     cref: oci_client::Reference,
 }
 
-fn plain_http(insecure: &[String], registry: &str) -> bool {
-    let host = host_of(registry);
-    let loopback = host == "localhost" || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback());
-    loopback || insecure.iter().any(|i| i == registry || i == host)
-}
-
 impl Session {
     fn new(reference: &Reference, opts: &RegistryOptions) -> Result<Self, RegistryError> {
-        let _ = rustls::crypto::ring::default_provider().install_default();
         let registry = reference.registry();
-        let protocol = if plain_http(&opts.insecure, registry) {
-            ClientProtocol::HttpsExcept(vec![registry.to_string()])
-        } else {
-            ClientProtocol::Https
-        };
-        let client = oci_client::Client::new(ClientConfig {
-            protocol,
-            platform_resolver: None,
-            connect_timeout: Some(Duration::from_secs(15)),
-            read_timeout: Some(Duration::from_secs(120)),
-            ..ClientConfig::default()
-        });
+        let client = registry_client(registry, &opts.insecure, None);
         // An explicit file must exist; the default one may not.
         let (path, explicit) = match &opts.docker_config {
             Some(p) => (Some(p.clone()), true),
@@ -132,85 +103,25 @@ impl Session {
     fn err(&self, op: &'static str, e: OciDistributionError) -> RegistryError {
         let registry = self.reference.registry().to_string();
         let reference = self.reference.to_string();
-        let unauthorized = || RegistryError::Unauthorized {
-            registry: registry.clone(),
-            reference: reference.clone(),
-            op,
-            config: self.config.clone(),
-        };
-        match e {
-            OciDistributionError::UnauthorizedError { .. }
-            | OciDistributionError::AuthenticationFailure(_)
-            | OciDistributionError::ServerError {
-                code: 401 | 403, ..
-            } => unauthorized(),
-            OciDistributionError::ServerError {
-                code: 404, message, ..
-            } => RegistryError::NotFound {
-                reference,
-                detail: format!("the registry answered 404 {}", message.trim()),
-            },
-            OciDistributionError::ImageManifestNotFoundError(m) => RegistryError::NotFound {
-                reference,
-                detail: m,
-            },
-            OciDistributionError::RegistryError { envelope, .. } => {
-                let codes: Vec<&OciErrorCode> = envelope.errors.iter().map(|e| &e.code).collect();
-                let detail = envelope
-                    .errors
-                    .iter()
-                    .map(|e| format!("{:?}: {}", e.code, e.message))
-                    .collect::<Vec<_>>()
-                    .join("; ");
-                if codes
-                    .iter()
-                    .any(|c| matches!(c, OciErrorCode::Unauthorized | OciErrorCode::Denied))
-                {
-                    unauthorized()
-                } else if codes
-                    .iter()
-                    .any(|c| matches!(c, OciErrorCode::NameInvalid | OciErrorCode::TagInvalid))
-                {
-                    RegistryError::NameRefused {
-                        registry,
-                        reference,
-                        detail,
-                    }
-                } else if codes.iter().any(|c| {
-                    matches!(
-                        c,
-                        OciErrorCode::ManifestUnknown
-                            | OciErrorCode::NameUnknown
-                            | OciErrorCode::BlobUnknown
-                            | OciErrorCode::NotFound
-                    )
-                }) {
-                    RegistryError::NotFound { reference, detail }
-                } else {
-                    RegistryError::Registry { registry, detail }
-                }
-            }
-            // blob_exists turns a 401 into a plain HTTP error.
-            OciDistributionError::RequestError(e)
-                if e.status()
-                    .is_some_and(|c| c.as_u16() == 401 || c.as_u16() == 403) =>
-            {
-                unauthorized()
-            }
-            OciDistributionError::RequestError(e) if e.status().is_some() => {
-                RegistryError::Registry {
-                    registry,
-                    detail: chain(&e),
-                }
-            }
-            OciDistributionError::RequestError(e) => RegistryError::Unreachable {
+        match classify(e) {
+            Failure::Unauthorized => RegistryError::Unauthorized {
                 registry,
-                detail: chain(&e),
+                reference,
+                op,
+                config: self.config.clone(),
             },
-            other => RegistryError::Registry {
+            Failure::NotFound(detail) => RegistryError::NotFound { reference, detail },
+            Failure::NameRefused(detail) => RegistryError::NameRefused {
                 registry,
-                detail: chain(&other),
+                reference,
+                detail,
             },
+            Failure::Unreachable(detail) => RegistryError::Unreachable { registry, detail },
+            Failure::DigestMismatch { expected, actual } => RegistryError::Registry {
+                registry,
+                detail: format!("digest mismatch: expected {expected}, got {actual}"),
+            },
+            Failure::Registry(detail) => RegistryError::Registry { registry, detail },
         }
     }
 }

@@ -16,24 +16,22 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::io::Write as _;
-use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use fjord_runtime_api::{ImageConfig, ImageRootfs};
 use futures_util::StreamExt as _;
-use oci_client::client::{ClientConfig, ClientProtocol};
-use oci_client::errors::{OciDistributionError, OciErrorCode};
+use oci_client::errors::OciDistributionError;
 use oci_client::secrets::RegistryAuth;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 use tokio::io::AsyncWriteExt as _;
 
 use crate::auth::{Credentials, DockerConfig};
+use crate::client::{Failure, classify, registry_client};
 use crate::error::{OciError, chain, io_at};
 use crate::layer;
-use crate::reference::{Reference, check_digest, host_of};
+use crate::reference::{Reference, check_digest};
 
 /// Size limits per layer (a decompression bomb stops at `max_unpacked`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -322,9 +320,6 @@ impl ImageStore {
     /// Opens (creating) the store at `root`: removes leftovers of interrupted pulls and
     /// layer directories that were never marked complete.
     pub fn open(root: impl Into<PathBuf>, config: StoreConfig) -> Result<Self, OciError> {
-        // reqwest is built without a crypto provider; fjord uses ring everywhere. Already
-        // installed (by the server's TLS) is fine.
-        let _ = rustls::crypto::ring::default_provider().install_default();
         let root = root.into();
         std::fs::create_dir_all(&root).map_err(io_at(&root))?;
         // Others may traverse (a runtime in a user namespace reaches layers by their path) but
@@ -553,20 +548,7 @@ impl ImageStore {
     }
 
     fn client(&self, r: &Reference) -> oci_client::Client {
-        let registry = r.registry();
-        let protocol = if plain_http(&self.inner.config.insecure, registry) {
-            ClientProtocol::HttpsExcept(vec![registry.to_string()])
-        } else {
-            ClientProtocol::Https
-        };
-        oci_client::Client::new(ClientConfig {
-            protocol,
-            platform_resolver: None,
-            connect_timeout: Some(Duration::from_secs(15)),
-            read_timeout: Some(Duration::from_secs(120)),
-            max_concurrent_download: 4,
-            ..ClientConfig::default()
-        })
+        registry_client(r.registry(), &self.inner.config.insecure, Some(4))
     }
 
     fn layer_lock(&self, diff_id: &str) -> Arc<tokio::sync::Mutex<()>> {
@@ -652,12 +634,6 @@ impl ImageStore {
 
 /// Whether a registry is reached over plain HTTP: only loopback ones (`localhost`,
 /// 127.0.0.0/8, ::1) and those named in `insecure` (`host` for every port, or `host:port`).
-fn plain_http(insecure: &[String], registry: &str) -> bool {
-    let host = host_of(registry);
-    let loopback = host == "localhost" || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback());
-    loopback || insecure.iter().any(|i| i == registry || i == host)
-}
-
 fn image_config(c: RawContainerConfig) -> ImageConfig {
     let mut exposed_ports: Vec<String> = c
         .exposed_ports
@@ -692,69 +668,22 @@ impl Puller<'_> {
     fn err(&self, e: OciDistributionError) -> OciError {
         let registry = self.reference.registry().to_string();
         let reference = self.reference.to_string();
-        let unauthorized = || OciError::Unauthorized {
-            registry: registry.clone(),
-            reference: reference.clone(),
-            credentials_given: self.credentials_given,
-        };
-        match e {
-            OciDistributionError::UnauthorizedError { .. }
-            | OciDistributionError::AuthenticationFailure(_) => unauthorized(),
-            OciDistributionError::ServerError {
-                code: 401 | 403, ..
-            } => unauthorized(),
-            OciDistributionError::ServerError {
-                code: 404, message, ..
-            } => OciError::NotFound {
+        match classify(e) {
+            Failure::Unauthorized => OciError::Unauthorized {
+                registry,
                 reference,
-                detail: format!("the registry answered 404 {}", message.trim()),
+                credentials_given: self.credentials_given,
             },
-            OciDistributionError::ImageManifestNotFoundError(m) => OciError::NotFound {
-                reference,
-                detail: m,
-            },
-            OciDistributionError::RegistryError { envelope, .. } => {
-                let codes: Vec<&OciErrorCode> = envelope.errors.iter().map(|e| &e.code).collect();
-                let detail = envelope
-                    .errors
-                    .iter()
-                    .map(|e| format!("{:?}: {}", e.code, e.message))
-                    .collect::<Vec<_>>()
-                    .join("; ");
-                if codes
-                    .iter()
-                    .any(|c| matches!(c, OciErrorCode::Unauthorized | OciErrorCode::Denied))
-                {
-                    unauthorized()
-                } else if codes.iter().any(|c| {
-                    matches!(
-                        c,
-                        OciErrorCode::ManifestUnknown
-                            | OciErrorCode::NameUnknown
-                            | OciErrorCode::BlobUnknown
-                            | OciErrorCode::NotFound
-                    )
-                }) {
-                    OciError::NotFound { reference, detail }
-                } else {
-                    OciError::Registry { registry, detail }
-                }
-            }
-            OciDistributionError::DigestError(
-                oci_client::errors::DigestError::VerificationError { expected, actual },
-            ) => OciError::DigestMismatch {
+            Failure::NotFound(detail) => OciError::NotFound { reference, detail },
+            Failure::DigestMismatch { expected, actual } => OciError::DigestMismatch {
                 what: format!("content served for {reference}"),
                 expected,
                 actual,
             },
-            OciDistributionError::RequestError(e) => OciError::Unreachable {
-                registry,
-                detail: chain(&e),
-            },
-            other => OciError::Registry {
-                registry,
-                detail: chain(&other),
-            },
+            Failure::Unreachable(detail) => OciError::Unreachable { registry, detail },
+            Failure::NameRefused(detail) | Failure::Registry(detail) => {
+                OciError::Registry { registry, detail }
+            }
         }
     }
 
@@ -1160,28 +1089,6 @@ mod tests {
         send(&fut);
         let gc = store.gc(&[]);
         send(&gc);
-    }
-
-    #[test]
-    fn plain_http_only_for_loopback_and_insecure_registries() {
-        let insecure = vec!["reg.lan".to_string(), "other.lan:5000".to_string()];
-        for (registry, plain) in [
-            ("127.0.0.1:5000", true),
-            ("127.1.2.3", true),
-            ("localhost:5000", true),
-            ("localhost", true),
-            ("[::1]:5000", true),
-            ("reg.lan:443", true),
-            ("reg.lan", true),
-            ("other.lan:5000", true),
-            ("other.lan:5001", false),
-            ("docker.io", false),
-            ("10.0.0.1:5000", false),
-            ("localhost.example.com", false),
-            ("[::2]:5000", false),
-        ] {
-            assert_eq!(plain_http(&insecure, registry), plain, "{registry}");
-        }
     }
 
     #[test]
