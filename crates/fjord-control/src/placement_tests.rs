@@ -454,3 +454,41 @@ async fn images_no_version_uses_are_collected_after_updates_and_deletes() {
     c.gc_images().await.expect("gc");
     assert_eq!(s.images.collected.lock().unwrap().len(), n + 1);
 }
+
+#[tokio::test]
+async fn a_failed_switch_does_not_undo_a_newer_deploy_to_the_same_runtime() {
+    let (s, _dir) = setup(true);
+    let c = &s.control;
+    c.deploy(
+        deployment(serde_json::json!({"service": "mv", "image": "label", "envProcess": "cat"})),
+        DeployMode::CreateOrUpdate,
+    )
+    .await
+    .expect("v1 as a process");
+    // A broken image, then at once a good one: the second reuses the container runtime's
+    // handle of the first before the first's outcome is handled.
+    c.deploy(
+        deployment(serde_json::json!({"service": "mv", "image": "broken/img:2"})),
+        DeployMode::Update,
+    )
+    .await
+    .expect("broken accepted");
+    c.deploy(
+        deployment(serde_json::json!({"service": "mv", "image": "acme/mv:3"})),
+        DeployMode::Update,
+    )
+    .await
+    .expect("good accepted");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while runtime_of(c, "mv") != "container" {
+        assert!(tokio::time::Instant::now() < deadline, "never switched");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        !s.container.recorded().contains(&Recorded::Remove {
+            function: "mv.openfaas-fn".into()
+        }),
+        "the newer deploy was removed: {:?}",
+        s.container.recorded()
+    );
+}

@@ -753,10 +753,13 @@ impl ControlPlane {
                 let _ = runtime.remove(&key).await;
                 return;
             };
+            // A newer deploy to the same runtime reuses its handle with a higher generation:
+            // then this outcome is no longer the function's to act on.
             let still_this_deploy = current
                 .switching
                 .as_ref()
-                .is_some_and(|h| Arc::ptr_eq(h, &applied.handle));
+                .is_some_and(|h| Arc::ptr_eq(h, &applied.handle))
+                && applied.handle.status().rollout.generation == generation;
             if !still_this_deploy {
                 return;
             }
