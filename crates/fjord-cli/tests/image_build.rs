@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 mod common;
 
 use common::free_port;
-use common::registry::{Registry, run};
+use common::registry::{Registry, copy_with_libs, run, umoci_image};
 
 const FJORD: &str = env!("CARGO_BIN_EXE_fjord");
 
@@ -58,33 +58,18 @@ fn base_layout() -> &'static Path {
         let _ = std::fs::remove_dir_all(&work);
         std::fs::create_dir_all(&work).unwrap();
         let l = work.join("oci");
-        let img = format!("{}:base", l.display());
-        run(Command::new("umoci").args(["init", "--layout"]).arg(&l));
-        run(Command::new("umoci").args(["new", "--image", &img]));
-        let b = work.join("bundle");
-        run(Command::new("umoci")
-            .args(["unpack", "--image", &img])
-            .arg(&b));
-        let r = b.join("rootfs");
-        for d in ["bin", "tmp"] {
-            std::fs::create_dir_all(r.join(d)).unwrap();
-        }
-        run(Command::new("chmod").arg("1777").arg(r.join("tmp")));
-        std::fs::copy("/bin/busybox", r.join("bin/busybox")).unwrap();
-        for applet in ["sh", "cat", "env", "sleep"] {
-            std::os::unix::fs::symlink("busybox", r.join("bin").join(applet)).unwrap();
-        }
-        std::fs::copy("/bin/bash", r.join("bin/bash")).unwrap();
-        let ldd = run(Command::new("ldd").arg("/bin/bash"));
-        for lib in ldd.split_whitespace().filter(|w| w.starts_with('/')) {
-            let dest = r.join(lib.trim_start_matches('/'));
-            std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
-            std::fs::copy(lib, &dest).unwrap();
-        }
-        run(Command::new("umoci")
-            .args(["repack", "--image", &img])
-            .arg(&b));
-        run(Command::new("umoci").args(["config", "--image", &img, "--config.env=PATH=/bin"]));
+        let populate = |r: &Path| {
+            for d in ["bin", "tmp"] {
+                std::fs::create_dir_all(r.join(d)).unwrap();
+            }
+            run(Command::new("chmod").arg("1777").arg(r.join("tmp")));
+            std::fs::copy("/bin/busybox", r.join("bin/busybox")).unwrap();
+            for applet in ["sh", "cat", "env", "sleep"] {
+                std::os::unix::fs::symlink("busybox", r.join("bin").join(applet)).unwrap();
+            }
+            copy_with_libs(r, Path::new("/bin/bash"));
+        };
+        umoci_image(&l, "base", populate, &["--config.env=PATH=/bin".into()]);
         l
     })
 }
@@ -738,59 +723,36 @@ fn python_layout() -> &'static Path {
         let _ = std::fs::remove_dir_all(&work);
         std::fs::create_dir_all(&work).unwrap();
         let l = work.join("oci");
-        let img = format!("{}:python", l.display());
-        run(Command::new("umoci").args(["init", "--layout"]).arg(&l));
-        run(Command::new("umoci").args(["new", "--image", &img]));
-        let b = work.join("bundle");
-        run(Command::new("umoci")
-            .args(["unpack", "--image", &img])
-            .arg(&b));
-        let r = b.join("rootfs");
-        // The version `fjord build` compiles with (it runs /usr/bin/python3).
-        let exe = std::fs::canonicalize("/usr/bin/python3").unwrap();
-        let py = exe.file_name().unwrap().to_str().unwrap().to_string();
-        let stdlib = Path::new("/usr/lib").join(&py);
-        for d in ["bin", "tmp", "usr/bin", "usr/lib"] {
-            std::fs::create_dir_all(r.join(d)).unwrap();
-        }
-        run(Command::new("chmod").arg("1777").arg(r.join("tmp")));
-        std::fs::copy("/bin/busybox", r.join("bin/busybox")).unwrap();
-        std::os::unix::fs::symlink("busybox", r.join("bin/sh")).unwrap();
-        std::fs::copy(&exe, r.join("usr/bin").join(&py)).unwrap();
-        std::os::unix::fs::symlink(&py, r.join("usr/bin/python3")).unwrap();
-        run(Command::new("cp")
-            .arg("-a")
-            .arg(&stdlib)
-            .arg(r.join("usr/lib/")));
-        for skip in ["test", "idlelib", "tkinter", "ensurepip", "lib2to3"] {
-            let _ = std::fs::remove_dir_all(r.join("usr/lib").join(&py).join(skip));
-        }
-        let mut objects = vec![exe.clone()];
-        for e in std::fs::read_dir(stdlib.join("lib-dynload")).unwrap() {
-            objects.push(e.unwrap().path());
-        }
-        for o in objects {
-            let out = Command::new("ldd").arg(&o).output().unwrap();
-            for lib in String::from_utf8_lossy(&out.stdout)
-                .split_whitespace()
-                .filter(|w| w.starts_with('/'))
-            {
-                let dest = r.join(lib.trim_start_matches('/'));
-                if !dest.exists() {
-                    std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
-                    std::fs::copy(lib, &dest).unwrap();
-                }
+        let populate = |r: &Path| {
+            // The version `fjord build` compiles with (it runs /usr/bin/python3).
+            let exe = std::fs::canonicalize("/usr/bin/python3").unwrap();
+            let py = exe.file_name().unwrap().to_str().unwrap().to_string();
+            let stdlib = Path::new("/usr/lib").join(&py);
+            for d in ["bin", "tmp", "usr/bin", "usr/lib"] {
+                std::fs::create_dir_all(r.join(d)).unwrap();
             }
-        }
-        run(Command::new("umoci")
-            .args(["repack", "--image", &img])
-            .arg(&b));
-        run(Command::new("umoci").args([
-            "config",
-            "--image",
-            &img,
-            "--config.env=PATH=/usr/bin:/bin",
-        ]));
+            run(Command::new("chmod").arg("1777").arg(r.join("tmp")));
+            std::fs::copy("/bin/busybox", r.join("bin/busybox")).unwrap();
+            std::os::unix::fs::symlink("busybox", r.join("bin/sh")).unwrap();
+            std::os::unix::fs::symlink(&py, r.join("usr/bin/python3")).unwrap();
+            run(Command::new("cp")
+                .arg("-a")
+                .arg(&stdlib)
+                .arg(r.join("usr/lib/")));
+            for skip in ["test", "idlelib", "tkinter", "ensurepip", "lib2to3"] {
+                let _ = std::fs::remove_dir_all(r.join("usr/lib").join(&py).join(skip));
+            }
+            copy_with_libs(r, &exe);
+            for e in std::fs::read_dir(stdlib.join("lib-dynload")).unwrap() {
+                copy_with_libs(r, &e.unwrap().path());
+            }
+        };
+        umoci_image(
+            &l,
+            "python",
+            populate,
+            &["--config.env=PATH=/usr/bin:/bin".into()],
+        );
         l
     })
 }

@@ -124,6 +124,47 @@ impl Drop for Registry {
     }
 }
 
+/// Makes image `tag` in the OCI layout `layout` (made with `umoci init` if missing) with
+/// umoci: `populate` fills its root filesystem, which becomes one layer, then `config`
+/// (umoci `--config.*` flags) is applied.
+pub fn umoci_image(layout: &Path, tag: &str, populate: impl FnOnce(&Path), config: &[String]) {
+    if !layout.join("index.json").exists() {
+        run(Command::new("umoci").args(["init", "--layout"]).arg(layout));
+    }
+    let img = format!("{}:{tag}", layout.display());
+    run(Command::new("umoci").args(["new", "--image", &img]));
+    let bundle = layout.with_file_name(format!("bundle-{tag}"));
+    run(Command::new("umoci")
+        .args(["unpack", "--image", &img])
+        .arg(&bundle));
+    populate(&bundle.join("rootfs"));
+    run(Command::new("umoci")
+        .args(["repack", "--image", &img])
+        .arg(&bundle));
+    run(Command::new("umoci")
+        .args(["config", "--image", &img])
+        .args(config));
+}
+
+/// Copies `binary` into `root` at the same path, with every library `ldd` lists for it
+/// (those already there are kept).
+pub fn copy_with_libs(root: &Path, binary: &Path) {
+    let dest = root.join(binary.strip_prefix("/").unwrap_or(binary));
+    std::fs::create_dir_all(dest.parent().expect("a parent")).expect("dir");
+    std::fs::copy(binary, &dest).expect("copy the binary");
+    let out = Command::new("ldd").arg(binary).output().expect("ldd");
+    for lib in String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .filter(|w| w.starts_with('/'))
+    {
+        let dest = root.join(lib.trim_start_matches('/'));
+        if !dest.exists() {
+            std::fs::create_dir_all(dest.parent().expect("a parent")).expect("dir");
+            std::fs::copy(lib, &dest).expect("copy a library");
+        }
+    }
+}
+
 /// The CGI every test image serves on 8080 (busybox httpd): `?secret=NAME` prints the
 /// secret's file, `?id` the uid, `?write=PATH` tries to create PATH; anything else answers
 /// `hello $MARKER <body>`.
@@ -140,10 +181,6 @@ impl Images {
             .prefix("fjord-images-")
             .tempdir_in("/var/tmp")
             .expect("work dir");
-        let layout = work.path().join("oci");
-        run(Command::new("umoci")
-            .args(["init", "--layout"])
-            .arg(&layout));
         Images { work }
     }
 
@@ -151,51 +188,40 @@ impl Images {
         self.work.path().join("oci")
     }
 
-    fn image_arg(&self, tag: &str) -> String {
-        format!("{}:{tag}", self.layout().display())
-    }
-
     /// An image `tag` whose busybox httpd answers `hello <marker> <body>` on 8080. With
     /// `entrypoint` empty, the image has no Entrypoint and no Cmd.
     pub fn httpd(&self, tag: &str, marker: &str, entrypoint: &[&str]) -> &Self {
-        let img = self.image_arg(tag);
-        run(Command::new("umoci").args(["new", "--image", &img]));
-        let bundle = self.work.path().join(format!("bundle-{tag}"));
-        run(Command::new("umoci")
-            .args(["unpack", "--image", &img])
-            .arg(&bundle));
-        let root = bundle.join("rootfs");
-        for d in ["bin", "etc", "tmp", "proc", "dev", "www/cgi-bin"] {
-            std::fs::create_dir_all(root.join(d)).expect("dir");
-        }
-        std::fs::copy("/bin/busybox", root.join("bin/busybox")).expect("busybox");
-        for applet in ["sh", "cat", "id", "touch", "httpd", "printf", "false"] {
-            std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).expect("applet");
-        }
-        std::fs::write(root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").expect("passwd");
-        let cgi = root.join("www/cgi-bin/index.cgi");
-        std::fs::write(&cgi, CGI).expect("cgi");
-        run(Command::new("chmod").arg("0755").arg(&cgi));
-        run(Command::new("umoci")
-            .args(["repack", "--image", &img])
-            .arg(&bundle));
-        let mut config = Command::new("umoci");
-        config.args([
-            "config",
-            "--image",
-            &img,
-            "--config.env=PATH=/bin",
-            &format!("--config.env=MARKER={marker}"),
-            "--config.exposedports=8080/tcp",
-            "--config.workingdir=/",
-        ]);
+        let mut config: Vec<String> = [
+            "--config.env=PATH=/bin".to_string(),
+            format!("--config.env=MARKER={marker}"),
+            "--config.exposedports=8080/tcp".to_string(),
+            "--config.workingdir=/".to_string(),
+        ]
+        .into();
         if let Some((first, rest)) = entrypoint.split_first() {
-            config.arg(format!("--config.entrypoint={first}"));
-            for a in rest {
-                config.arg(format!("--config.cmd={a}"));
-            }
+            config.push(format!("--config.entrypoint={first}"));
+            config.extend(rest.iter().map(|a| format!("--config.cmd={a}")));
         }
-        run(&mut config);
+        umoci_image(
+            &self.layout(),
+            tag,
+            |root| {
+                for d in ["bin", "etc", "tmp", "proc", "dev", "www/cgi-bin"] {
+                    std::fs::create_dir_all(root.join(d)).expect("dir");
+                }
+                std::fs::copy("/bin/busybox", root.join("bin/busybox")).expect("busybox");
+                for applet in ["sh", "cat", "id", "touch", "httpd", "printf", "false"] {
+                    std::os::unix::fs::symlink("busybox", root.join("bin").join(applet))
+                        .expect("applet");
+                }
+                std::fs::write(root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n")
+                    .expect("passwd");
+                let cgi = root.join("www/cgi-bin/index.cgi");
+                std::fs::write(&cgi, CGI).expect("cgi");
+                run(Command::new("chmod").arg("0755").arg(&cgi));
+            },
+            &config,
+        );
         self
     }
 }
