@@ -740,9 +740,13 @@ impl ControlPlane {
             }
         };
         let generation = applied.generation;
-        let mut during = route_like(&previous);
-        during.switching = Some(applied.handle.clone());
-        self.set_route(&key, Some(during));
+        self.set_route(
+            &key,
+            Some(Route {
+                switching: Some(applied.handle.clone()),
+                ..route_like(&previous)
+            }),
+        );
         tracing::info!(function = %key, from = previous.runtime.name(), to = runtime.name(), image = %new_deployment.image, generation, "deploy accepted: moving to another runtime");
         let this = self.clone();
         tokio::spawn(async move {
@@ -774,17 +778,12 @@ impl ControlPlane {
                         Some(Route {
                             handle: applied.handle.clone(),
                             runtime: runtime.clone(),
-                            switching: None,
-                            metrics: current.metrics.clone(),
-                            scaling: current.scaling.clone(),
-                            queued: current.queued.clone(),
                             requires_token,
-                            uid: current.uid,
-                            created_at: current.created_at.clone(),
                             updated_at: stored.updated_at.clone(),
                             digest: digest.clone(),
                             generation,
                             serving_digest: digest,
+                            ..route_like(&current)
                         }),
                     );
                     if let Err(e) = current.runtime.remove(&key).await {
@@ -805,9 +804,13 @@ impl ControlPlane {
                     }
                     // The failed rollout stays visible in the status until the next deploy.
                     applied.handle.rolled_back(generation);
-                    let mut after = route_like(&current);
-                    after.switching = current.switching.clone();
-                    this.set_route(&key, Some(after));
+                    this.set_route(
+                        &key,
+                        Some(Route {
+                            switching: current.switching.clone(),
+                            ..route_like(&current)
+                        }),
+                    );
                     tracing::warn!(function = %key, %reason, "update rolled back: the previous runtime keeps serving");
                 }
             }
@@ -832,22 +835,14 @@ impl ControlPlane {
                 self.set_route(
                     &key,
                     Some(Route {
-                        handle: route.handle.clone(),
-                        runtime: route.runtime.clone(),
-                        switching: None,
-                        metrics: route.metrics.clone(),
-                        scaling: route.scaling.clone(),
-                        queued: route.queued.clone(),
                         requires_token: fjord_core::policy::requires_token(
                             new_deployment.annotations.as_ref(),
                         )
                         .unwrap_or(true),
-                        uid: route.uid,
-                        created_at: route.created_at.clone(),
                         updated_at,
                         digest: new_pin.digest().map(str::to_string),
-                        generation: route.generation,
                         serving_digest: new_pin.digest().map(str::to_string),
+                        ..route_like(&route)
                     }),
                 );
                 if matches!(old.pin, Pin::Image(_)) {
@@ -874,19 +869,10 @@ impl ControlPlane {
                         self.set_route(
                             &key,
                             Some(Route {
-                                handle: route.handle.clone(),
-                                runtime: route.runtime.clone(),
-                                switching: None,
-                                metrics: route.metrics.clone(),
-                                scaling: route.scaling.clone(),
-                                queued: route.queued.clone(),
                                 requires_token,
-                                uid: route.uid,
-                                created_at: route.created_at.clone(),
-                                updated_at: route.updated_at.clone(),
                                 digest: digest.clone(),
-                                generation: route.generation,
                                 serving_digest: digest,
+                                ..route_like(&route)
                             }),
                         );
                         route.handle.rolled_back(generation);
