@@ -299,6 +299,42 @@ async fn outbound_traffic_reaches_the_internet_but_private_networks_only_when_al
         0,
         "link-local (cloud metadata) is blocked: {r}"
     );
+    // One function opts out of the network: loopback only, the others keep theirs.
+    let mut sealed = prober("sealed", &egress_code(&outside));
+    sealed["annotations"] = json!({"com.fjord.network": "none"});
+    s.deploy_ready(&sealed).await;
+    let r = probe(&s, "sealed").await;
+    assert_ne!(
+        errno(&r, "public"),
+        0,
+        "com.fjord.network: none: loopback only: {r}"
+    );
+    let r = probe(&s, "egress").await;
+    assert_eq!(errno(&r, "public"), 0, "the other function keeps its: {r}");
+    // An update that drops the annotation gives the function the network back.
+    sealed["annotations"] = json!({"com.fjord.network": "default"});
+    s.update(&sealed).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = probe(&s, "sealed").await;
+        if errno(&r, "public") == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the updated function never got the server's network back: {r}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // A value that is not a mode is refused, naming the annotation; nothing changes.
+    sealed["annotations"] = json!({"com.fjord.network": "host"});
+    let (st, body) = s
+        .sys_json(reqwest::Method::PUT, "/system/functions", &sealed)
+        .await;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "{body}");
+    assert!(body.contains("com.fjord.network"), "{body}");
+    let r = probe(&s, "sealed").await;
+    assert_eq!(errno(&r, "public"), 0, "{r}");
     drop(s);
 
     let allowed = format!("{}.0/30", outside.private);

@@ -244,6 +244,17 @@ async fn secrets_are_files_inside_and_container_root_is_not_host_root() {
     assert_eq!(wrote.trim(), "refused", "read-only root filesystem");
     let (_, wrote) = s.call_text(Method::GET, "sec?write=/tmp/new", "").await;
     assert_eq!(wrote.trim(), "wrote", "/tmp stays writable");
+    // Outbound network by default (an eth0 behind NAT); `com.fjord.network: none` gives a
+    // replica loopback only.
+    let (_, net) = s.call_text(Method::GET, "sec?net", "").await;
+    assert!(net.contains("eth0:") && net.contains("lo:"), "{net}");
+    s.deploy(&json!({"service": "sealed", "image": reg.image("sec", "1"),
+        "annotations": {"com.fjord.network": "none"}}))
+        .await;
+    s.wait_ready("sealed", READY_TIMEOUT).await;
+    let (code, net) = s.call_text(Method::GET, "sealed?net", "").await;
+    assert_eq!(code, StatusCode::OK, "{net}");
+    assert!(net.contains("lo:") && !net.contains("eth0"), "{net}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -23,6 +23,9 @@ pub const LABEL_FAAS_FUNCTION: &str = "faas_function";
 /// Size of the function's `/tmp` (a tmpfs counted in its memory), e.g. `1Gi`; default
 /// `fjord serve --tmp-size`.
 pub const ANNOTATION_TMP_SIZE: &str = "com.fjord.tmp-size";
+/// `none`: the function's replicas get a network namespace with loopback only (no outbound
+/// access); `default` (or absent): the server's `--function-network`.
+pub const ANNOTATION_NETWORK: &str = "com.fjord.network";
 /// Autoscaling labels, as OpenFaaS Pro reads them.
 pub const LABEL_SCALE_TYPE: &str = "com.openfaas.scale.type";
 pub const LABEL_SCALE_TARGET: &str = "com.openfaas.scale.target";
@@ -306,6 +309,8 @@ pub struct FunctionSpec {
     pub memory_limit_bytes: Option<u64>,
     /// `com.fjord.tmp-size`, if set.
     pub tmp_size_bytes: Option<u64>,
+    /// False with `com.fjord.network: none`: loopback only, whatever the server's default.
+    pub outbound_network: bool,
     pub cpu_limit_millis: Option<u64>,
     pub min_replicas: u64,
     pub max_replicas: u64,
@@ -658,6 +663,22 @@ impl FunctionSpec {
             ));
         }
 
+        let outbound_network = match d
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(ANNOTATION_NETWORK))
+            .map(|v| v.trim())
+        {
+            None | Some("" | "default") => true,
+            Some("none") => false,
+            Some(other) => {
+                return Err(invalid(
+                    format!("annotations.{ANNOTATION_NETWORK}"),
+                    format!("{other:?} is not a network mode: use none (loopback only) or default"),
+                ));
+            }
+        };
+
         Ok(Self {
             key,
             deployment: d,
@@ -666,6 +687,7 @@ impl FunctionSpec {
             env,
             memory_limit_bytes,
             tmp_size_bytes,
+            outbound_network,
             cpu_limit_millis,
             min_replicas,
             max_replicas,

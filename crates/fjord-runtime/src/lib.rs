@@ -200,14 +200,20 @@ pub(crate) struct FunctionNet(tokio::sync::OnceCell<Arc<netns::NetNs>>);
 
 impl FunctionNet {
     /// The function's network namespace (made on first use); `None` without namespaces.
-    pub(crate) async fn get(&self, shared: &Shared) -> std::io::Result<Option<Arc<netns::NetNs>>> {
+    /// `outbound: false` (the spec's `com.fjord.network: none`) makes it loopback only; a
+    /// function whose annotation changes gets a new `FunctionNet` with the new version.
+    pub(crate) async fn get(
+        &self,
+        shared: &Shared,
+        outbound: bool,
+    ) -> std::io::Result<Option<Arc<netns::NetNs>>> {
         let Some(pool) = shared.sandbox.net.clone() else {
             return Ok(None);
         };
         let ns = self
             .0
             .get_or_try_init(|| async move {
-                tokio::task::spawn_blocking(move || pool.create())
+                tokio::task::spawn_blocking(move || pool.create_with(outbound))
                     .await
                     .map_err(std::io::Error::other)?
             })

@@ -510,10 +510,16 @@ impl NetPool {
 
     /// Creates a function's namespace (blocking: run it off the async threads).
     pub fn create(self: &Arc<Self>) -> io::Result<Arc<NetNs>> {
+        self.create_with(true)
+    }
+
+    /// [`create`](Self::create); `outbound: false` (a function's `com.fjord.network: none`)
+    /// gives loopback only, whatever the server's mode.
+    pub fn create_with(self: &Arc<Self>, outbound: bool) -> io::Result<Arc<NetNs>> {
         let id = self.allocate()?;
         // From here on, dropping `ns` gives the id back.
         let pool = self.clone();
-        let setup = if self.mode == FunctionNetwork::Nat {
+        let setup = if outbound && self.mode == FunctionNetwork::Nat {
             let base = u32::from(self.subnet.network()) + id * 4;
             Some((
                 format!("{}-{id}", self.prefix),

@@ -47,6 +47,9 @@ struct Generation {
     spec: Arc<FunctionSpec>,
     launch: Launch,
     replicas: Vec<Replica>,
+    /// The function's network namespace, shared by its replicas and kept across versions
+    /// while `com.fjord.network` stays the same.
+    net: Arc<crate::FunctionNet>,
 }
 
 impl Generation {
@@ -74,8 +77,6 @@ struct Reconciler {
     handle: Arc<FunctionHandle>,
     shared: Arc<Shared>,
     uid: u32,
-    /// The function's network namespace, shared by its replicas.
-    net: Arc<crate::FunctionNet>,
     current: Option<Generation>,
     pending: Option<Pending>,
     events_tx: mpsc::UnboundedSender<Event>,
@@ -93,7 +94,6 @@ pub(crate) fn spawn(
         handle,
         shared,
         uid,
-        net: Arc::default(),
         current: None,
         pending: None,
         events_tx,
@@ -182,7 +182,7 @@ impl Reconciler {
             generation: generation.id,
             id: id.clone(),
             uid: self.uid,
-            net: self.net.clone(),
+            net: generation.net.clone(),
             events: self.events_tx.clone(),
             stop: stop.clone(),
         }));
@@ -201,11 +201,16 @@ impl Reconciler {
         replicas: u64,
         id: u64,
     ) -> Generation {
+        let net = match &self.current {
+            Some(c) if c.spec.outbound_network == spec.outbound_network => c.net.clone(),
+            _ => Arc::default(),
+        };
         let mut g = Generation {
             id,
             spec,
             launch,
             replicas: Vec::new(),
+            net,
         };
         for _ in 0..replicas {
             let r = self.start_replica(&g);

@@ -360,7 +360,7 @@ pub(crate) async fn run(args: ReplicaArgs) {
         }
     };
     let t0 = Instant::now();
-    let netns = match args.net.get(&args.shared).await {
+    let netns = match args.net.get(&args.shared, args.spec.outbound_network).await {
         Ok(n) => n,
         Err(e) => {
             let reason = format!("cannot create the function's network namespace: {e}");

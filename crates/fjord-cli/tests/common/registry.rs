@@ -166,9 +166,10 @@ pub fn copy_with_libs(root: &Path, binary: &Path) {
 }
 
 /// The CGI every test image serves on 8080 (busybox httpd): `?secret=NAME` prints the
-/// secret's file, `?id` the uid, `?write=PATH` tries to create PATH; anything else answers
+/// secret's file, `?id` the uid, `?write=PATH` tries to create PATH, `?net` lists the network
+/// interfaces (`/proc/net/dev`); anything else answers
 /// `hello $MARKER <body>`.
-const CGI: &str = "#!/bin/sh\nprintf 'Content-Type: text/plain\\r\\n\\r\\n'\ncase \"$QUERY_STRING\" in\n  secret=*) cat \"/var/openfaas/secrets/${QUERY_STRING#secret=}\" ;;\n  id) id -u ;;\n  write=*) if touch \"${QUERY_STRING#write=}\" 2>/dev/null; then echo wrote; else echo refused; fi ;;\n  *) printf 'hello %s ' \"$MARKER\"; cat ;;\nesac\n";
+const CGI: &str = "#!/bin/sh\nprintf 'Content-Type: text/plain\\r\\n\\r\\n'\ncase \"$QUERY_STRING\" in\n  secret=*) cat \"/var/openfaas/secrets/${QUERY_STRING#secret=}\" ;;\n  id) id -u ;;\n  net) cat /proc/net/dev ;;\n  write=*) if touch \"${QUERY_STRING#write=}\" 2>/dev/null; then echo wrote; else echo refused; fi ;;\n  *) printf 'hello %s ' \"$MARKER\"; cat ;;\nesac\n";
 
 /// An OCI layout of test images, made with umoci from `/bin/busybox`.
 pub struct Images {

@@ -89,11 +89,20 @@ impl Host {
     /// A fresh network namespace for a replica: a spare one if there is one (then another
     /// is made in the background, once the function has a ready replica: making one runs
     /// `ip` twice, which would compete with this cold start for the CPU), else a new one.
+    /// `outbound: false` (`com.fjord.network: none`) makes a loopback-only one (spares have
+    /// the server's network).
     async fn netns(
         self: &Arc<Self>,
         pool: &Arc<crate::netns::NetPool>,
         function: &Arc<crate::FunctionHandle>,
+        outbound: bool,
     ) -> std::io::Result<Arc<crate::netns::NetNs>> {
+        if !outbound {
+            let pool = pool.clone();
+            return tokio::task::spawn_blocking(move || pool.create_with(false))
+                .await
+                .map_err(std::io::Error::other)?;
+        }
         let spare = self
             .spare_netns
             .lock()
@@ -458,7 +467,11 @@ pub(crate) async fn run_replica(args: ReplicaArgs, plan: Arc<Plan>) {
             args.stop.cancelled().await;
             return;
         }
-        Some(pool) => match plan.host.netns(&pool, &args.handle).await {
+        Some(pool) => match plan
+            .host
+            .netns(&pool, &args.handle, args.spec.outbound_network)
+            .await
+        {
             Ok(ns) => ns,
             Err(e) => {
                 fail(format!(
