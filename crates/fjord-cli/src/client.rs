@@ -209,12 +209,43 @@ impl Gateway {
         &self,
         d: &FunctionDeployment,
     ) -> Result<(StatusCode, Option<u64>), CliError> {
-        let r = self
-            .send(
-                self.system(Method::POST, "/system/functions").json(d),
-                &format!("deploy {}", d.service),
-            )
-            .await?;
+        let what = format!("deploy {}", d.service);
+        let call = self.send(
+            self.system(Method::POST, "/system/functions").json(d),
+            &what,
+        );
+        tokio::pin!(call);
+        // The call answers once a container image is pulled: meanwhile, show the pull.
+        let mut tick = tokio::time::interval_at(
+            tokio::time::Instant::now() + Duration::from_secs(1),
+            Duration::from_secs(1),
+        );
+        let mut shown = None;
+        let r = loop {
+            tokio::select! {
+                r = &mut call => break r?,
+                _ = tick.tick() => {
+                    let Ok(s) = self.get(&d.service, d.namespace.as_deref()).await else {
+                        continue;
+                    };
+                    if let Some(p) = s.fjord.and_then(|f| f.pull).filter(|p| p.image == d.image) {
+                        let line = format!(
+                            "{}: pulling {}: {} of {} layers, {:.1} of {:.1} MB",
+                            d.service,
+                            p.image,
+                            p.layers_done,
+                            p.layers,
+                            p.bytes as f64 / 1e6,
+                            p.total_bytes as f64 / 1e6
+                        );
+                        if shown.as_ref() != Some(&line) {
+                            eprintln!("{line} ({:.0} s)", p.seconds);
+                            shown = Some(line);
+                        }
+                    }
+                }
+            }
+        };
         let generation = r
             .headers()
             .get("x-fjord-generation")

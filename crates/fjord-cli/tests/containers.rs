@@ -383,3 +383,121 @@ async fn a_process_function_moves_to_a_container_without_downtime_and_back_on_fa
     let st = s.get_function("mv").await.expect("status");
     assert_eq!(st["fjord"]["runtime"], "container", "{st}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn containers_serve_async_calls_and_their_output_reaches_the_logs() {
+    root();
+    let reg = Registry::start(None);
+    let images = Images::new();
+    // The entry point says hello on stderr, then runs the usual httpd.
+    images.httpd(
+        "v1",
+        "logged",
+        &[
+            "/bin/sh",
+            "-c",
+            "echo container-started $MARKER >&2; exec /bin/busybox httpd -f -p 8080 -h /www",
+        ],
+    );
+    reg.push(&images.layout(), "v1", "alog", "1");
+    let s = Server::start().await;
+    s.deploy(&json!({"service": "alog", "image": reg.image("alog", "1")}))
+        .await;
+    s.wait_ready("alog", READY_TIMEOUT).await;
+    // The replica's output, with its instance, in GET /system/logs.
+    let lines = s
+        .wait_log("name=alog", "container-started logged", READY_TIMEOUT)
+        .await;
+    let line = lines
+        .iter()
+        .find(|l| {
+            l["text"]
+                .as_str()
+                .unwrap_or("")
+                .contains("container-started")
+        })
+        .expect("the line");
+    assert_eq!(line["name"], "alog", "{line}");
+    assert!(
+        line["instance"]
+            .as_str()
+            .is_some_and(|i| i.starts_with("alog-")),
+        "{line}"
+    );
+    // An async call: accepted, run in the container, recorded as done with its status.
+    let r = s
+        .client
+        .post(s.url("/async-function/alog"))
+        .body("queued body")
+        .send()
+        .await
+        .expect("POST /async-function");
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let id = r
+        .headers()
+        .get("x-call-id")
+        .and_then(|v| v.to_str().ok())
+        .expect("X-Call-Id")
+        .to_string();
+    let v = wait_until(Duration::from_secs(30), "the async call done", async || {
+        let r = s
+            .sys(Method::GET, &format!("/system/async-calls/{id}"))
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        let v: serde_json::Value = r.json().await.map_err(|e| e.to_string())?;
+        if v["state"] == "done" {
+            Ok(v)
+        } else {
+            Err(v.to_string())
+        }
+    })
+    .await;
+    assert_eq!(v["status"], 200, "{v}");
+    assert_eq!(v["attempts"], 1, "{v}");
+    // Scaled to zero, an async call wakes the function like a sync one.
+    s.sys_expect(
+        Method::POST,
+        "/system/scale-function/alog",
+        &json!({"serviceName": "alog", "replicas": 0}),
+        StatusCode::ACCEPTED,
+    )
+    .await;
+    wait_until(Duration::from_secs(30), "zero replicas", async || {
+        let st = s.get_function("alog").await.expect("status");
+        if st["availableReplicas"] == 0 {
+            Ok(())
+        } else {
+            Err(st.to_string())
+        }
+    })
+    .await;
+    let r = s
+        .client
+        .post(s.url("/async-function/alog"))
+        .body("from zero")
+        .send()
+        .await
+        .expect("POST /async-function");
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let id = r.headers()["x-call-id"].to_str().unwrap().to_string();
+    let v = wait_until(
+        Duration::from_secs(60),
+        "the async call from zero done",
+        async || {
+            let r = s
+                .sys(Method::GET, &format!("/system/async-calls/{id}"))
+                .send()
+                .await
+                .map_err(|e| e.to_string())?;
+            let v: serde_json::Value = r.json().await.map_err(|e| e.to_string())?;
+            if v["state"] == "done" {
+                Ok(v)
+            } else {
+                Err(v.to_string())
+            }
+        },
+    )
+    .await;
+    assert_eq!(v["status"], 200, "{v}");
+}

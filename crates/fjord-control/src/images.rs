@@ -42,15 +42,71 @@ pub struct GcReport {
     pub bytes: u64,
 }
 
+/// How far a pull has come, layer by layer: the image source reports into it, the
+/// function's status reads it (`fjord.pull`) while the deploy waits for the pull.
+#[derive(Default)]
+pub struct PullWatch {
+    layers: std::sync::Mutex<Vec<LayerPull>>,
+}
+
+#[derive(Default, Clone, Copy)]
+struct LayerPull {
+    bytes: u64,
+    total: u64,
+    done: bool,
+}
+
+/// A summary of a [`PullWatch`].
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct PullSnapshot {
+    pub layers: usize,
+    pub layers_done: usize,
+    /// Bytes downloaded (layers already present count as downloaded).
+    pub bytes: u64,
+    /// Sum of the layers' sizes known so far (a layer's size is known when its download
+    /// starts).
+    pub total_bytes: u64,
+}
+
+impl PullWatch {
+    /// Layer `index` of `count` has `bytes` of `total`; `done` once it is unpacked (or was
+    /// already present).
+    pub fn layer(&self, index: usize, count: usize, bytes: u64, total: u64, done: bool) {
+        let mut layers = self.layers.lock().unwrap_or_else(|p| p.into_inner());
+        if layers.len() < count {
+            layers.resize(count, LayerPull::default());
+        }
+        if let Some(l) = layers.get_mut(index) {
+            *l = LayerPull {
+                bytes: bytes.max(l.bytes),
+                total: total.max(l.total),
+                done: done || l.done,
+            };
+        }
+    }
+
+    pub fn snapshot(&self) -> PullSnapshot {
+        let layers = self.layers.lock().unwrap_or_else(|p| p.into_inner());
+        PullSnapshot {
+            layers: layers.len(),
+            layers_done: layers.iter().filter(|l| l.done).count(),
+            bytes: layers.iter().map(|l| l.bytes).sum(),
+            total_bytes: layers.iter().map(|l| l.total).sum(),
+        }
+    }
+}
+
 /// Where container images come from.
 pub trait ImageSource: Send + Sync + 'static {
     /// Resolves `reference` and pulls what is missing, by the pull policy of Kubernetes
     /// (`:latest` or no tag: check the registry's digest; another tag: only if not present;
     /// a digest: never when present). The result's `digest` is what the deployment pins.
+    /// Layers' progress goes to `watch`.
     fn pull<'a>(
         &'a self,
         reference: &'a str,
         auth: Option<&'a RegistryAuth>,
+        watch: &'a PullWatch,
     ) -> BoxFuture<'a, Result<Arc<ImageRootfs>, ImageError>>;
 
     /// The image a version was pinned to: from the local store, or pulled by digest from
@@ -60,6 +116,7 @@ pub trait ImageSource: Send + Sync + 'static {
         reference: &'a str,
         digest: &'a str,
         auth: Option<&'a RegistryAuth>,
+        watch: &'a PullWatch,
     ) -> BoxFuture<'a, Result<Arc<ImageRootfs>, ImageError>>;
 
     /// Removes images and layers no digest in `keep` needs.

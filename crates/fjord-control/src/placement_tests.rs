@@ -12,7 +12,7 @@ use fjord_runtime_api::{BoxFuture, ImageRootfs};
 use fjord_store::Pin;
 
 use crate::bundles::Bundles;
-use crate::images::{GcReport, ImageError, ImageSource, RegistryAuth};
+use crate::images::{GcReport, ImageError, ImageSource, PullWatch, RegistryAuth};
 use crate::secrets::SecretKey;
 use crate::{Containers, ControlError, ControlPlane, DeployMode, Parts};
 
@@ -29,13 +29,15 @@ enum Asked {
     },
 }
 
-/// Images named `missing/…` do not exist, `down/…` live on a registry that is down; any other
-/// reference pulls, with a digest derived from the reference.
+/// Images named `missing/…` do not exist, `down/…` live on a registry that is down, `slow/…`
+/// report one of two layers and wait for `release`; any other reference pulls, with a digest
+/// derived from the reference.
 #[derive(Default)]
 struct FakeImages {
     asked: Mutex<Vec<Asked>>,
     /// The `keep` list of every garbage collection.
     collected: Mutex<Vec<Vec<String>>>,
+    release: tokio::sync::Notify,
 }
 
 fn digest_of(reference: &str) -> String {
@@ -52,8 +54,14 @@ impl ImageSource for FakeImages {
         &'a self,
         reference: &'a str,
         auth: Option<&'a RegistryAuth>,
+        watch: &'a PullWatch,
     ) -> BoxFuture<'a, Result<Arc<ImageRootfs>, ImageError>> {
         Box::pin(async move {
+            if reference.starts_with("slow/") {
+                watch.layer(0, 2, 100, 100, true);
+                watch.layer(1, 2, 30, 300, false);
+                self.release.notified().await;
+            }
             self.asked.lock().unwrap().push(Asked::Pull {
                 reference: reference.into(),
                 auth: auth.map(|a| String::from_utf8_lossy(&a.0).into_owned()),
@@ -80,6 +88,7 @@ impl ImageSource for FakeImages {
         reference: &'a str,
         digest: &'a str,
         _auth: Option<&'a RegistryAuth>,
+        _watch: &'a PullWatch,
     ) -> BoxFuture<'a, Result<Arc<ImageRootfs>, ImageError>> {
         Box::pin(async move {
             self.asked.lock().unwrap().push(Asked::Pinned {
@@ -241,6 +250,72 @@ async fn without_a_container_runtime_an_image_needs_a_command_and_says_so() {
         "{e}"
     );
     assert!(c.store().list().unwrap().is_empty(), "nothing stored");
+}
+
+#[tokio::test]
+async fn a_pull_in_progress_shows_in_the_status_of_a_new_function_and_of_an_update() {
+    let (s, _dir) = setup(true);
+    let c = s.control.clone();
+    let deploy = |image: &str| {
+        let c = c.clone();
+        let d = deployment(serde_json::json!({"service": "big", "image": image}));
+        tokio::spawn(async move { c.deploy(d, DeployMode::CreateOrUpdate).await })
+    };
+    // A new function: listed while its image is pulled, rollout `pulling`, no replicas.
+    let first = deploy("slow/big:1");
+    let (st, p) = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let Ok(st) = c.status(&key("big"))
+                && let Some(p) = st.fjord.as_ref().and_then(|f| f.pull.clone())
+            {
+                break (st, p);
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the pull shows in the status");
+    assert_eq!(st.available_replicas, 0);
+    assert_eq!(
+        st.fjord.as_ref().unwrap().rollout.as_ref().unwrap().state,
+        "pulling"
+    );
+    assert_eq!(
+        (
+            p.image.as_str(),
+            p.layers,
+            p.layers_done,
+            p.bytes,
+            p.total_bytes
+        ),
+        ("slow/big:1", 2, 1, 130, 400)
+    );
+    assert_eq!(c.list(None).len(), 1, "listed while pulling");
+    s.images.release.notify_one();
+    first.await.unwrap().expect("deployed");
+    let st = c.status(&key("big")).expect("status");
+    assert!(
+        st.fjord.as_ref().unwrap().pull.is_none(),
+        "no pull once done"
+    );
+    // An update: the serving version's status gains the pull.
+    let second = deploy("slow/big:2");
+    let (st, p) = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            tokio::task::yield_now().await;
+            if let Ok(st) = c.status(&key("big"))
+                && let Some(p) = st.fjord.as_ref().and_then(|f| f.pull.clone())
+            {
+                break (st, p);
+            }
+        }
+    })
+    .await
+    .expect("the update's pull shows");
+    assert_eq!(st.image, "slow/big:1", "the old version serves meanwhile");
+    assert_eq!(p.image, "slow/big:2");
+    s.images.release.notify_one();
+    second.await.unwrap().expect("updated");
 }
 
 #[tokio::test]

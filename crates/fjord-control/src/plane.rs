@@ -12,7 +12,7 @@ use fjord_core::openfaas::{
 use fjord_core::{DEFAULT_NAMESPACE, FunctionKey, FunctionSpec};
 use fjord_runtime_api::{FunctionHandle, Runtime, SecretFiles, Source};
 
-use crate::images::{GcReport, ImageSource, REGISTRY_AUTH_ANNOTATION, RegistryAuth};
+use crate::images::{GcReport, ImageSource, PullWatch, REGISTRY_AUTH_ANNOTATION, RegistryAuth};
 
 use crate::autoscale::ScalerState;
 use crate::bundles::Bundles;
@@ -150,6 +150,31 @@ pub struct ControlPlane {
     /// This instance's uids (reserved host-wide): each new function takes the next one.
     uids: UidBlock,
     switch_timeout: std::time::Duration,
+    /// Image pulls that deploys wait for, by function: the status shows their progress
+    /// (a new function's too, before it has a route).
+    pulls: std::sync::Mutex<HashMap<FunctionKey, Pulling>>,
+}
+
+struct Pulling {
+    deployment: FunctionDeployment,
+    watch: Arc<PullWatch>,
+    started: std::time::Instant,
+}
+
+/// Removes a pull from [`ControlPlane::pulls`] when it ends, however it ends.
+struct PullEntry<'a> {
+    plane: &'a ControlPlane,
+    key: FunctionKey,
+}
+
+impl Drop for PullEntry<'_> {
+    fn drop(&mut self) {
+        self.plane
+            .pulls
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.key);
+    }
 }
 
 impl ControlPlane {
@@ -182,6 +207,7 @@ impl ControlPlane {
             changes: tokio::sync::Mutex::new(()),
             uids: p.uids,
             switch_timeout: p.switch_timeout,
+            pulls: Default::default(),
         })
     }
 
@@ -345,9 +371,13 @@ impl ControlPlane {
             let spec = FunctionSpec::from_deployment_for_image(d)?;
             let auth = self.registry_auth(&spec.deployment)?;
             let image = &spec.deployment.image;
+            let watch = Arc::new(PullWatch::default());
+            let _pulling = self.pulling(&spec, &watch);
             let pulled = match pinned {
-                Some(Pin::Image(digest)) => c.images.pinned(image, digest, auth.as_ref()).await,
-                _ => c.images.pull(image, auth.as_ref()).await,
+                Some(Pin::Image(digest)) => {
+                    c.images.pinned(image, digest, auth.as_ref(), &watch).await
+                }
+                _ => c.images.pull(image, auth.as_ref(), &watch).await,
             };
             let rootfs = pulled.map_err(|e| {
                 let e = ControlError::from(e);
@@ -983,22 +1013,71 @@ impl ControlPlane {
     }
 
     pub fn status(&self, key: &FunctionKey) -> Result<FunctionStatus, ControlError> {
-        let route = self
-            .lookup(&key.namespace, &key.name)
-            .ok_or_else(|| not_found(key))?;
-        Ok(status_of(&route))
+        let pulls = self.pulls.lock().unwrap_or_else(|p| p.into_inner());
+        match self.lookup(&key.namespace, &key.name) {
+            Some(route) => {
+                let mut st = status_of(&route);
+                if let (Some(p), Some(f)) = (pulls.get(key), st.fjord.as_mut()) {
+                    f.pull = Some(p.status());
+                }
+                Ok(st)
+            }
+            None => pulls
+                .get(key)
+                .map(|p| p.new_function_status(key))
+                .ok_or_else(|| not_found(key)),
+        }
     }
 
-    /// Functions of one namespace (the default when `None`), sorted by name.
+    /// Functions of one namespace (the default when `None`), sorted by name; new ones whose
+    /// image is being pulled are listed too (no replicas, rollout `pulling`).
     pub fn list(&self, namespace: Option<&str>) -> Vec<FunctionStatus> {
         let ns = namespace.unwrap_or(DEFAULT_NAMESPACE);
         let routes = self.routes.load();
-        let mut out: Vec<FunctionStatus> = routes
-            .get(ns)
-            .map(|m| m.values().map(|r| status_of(r)).collect())
+        let in_ns = routes.get(ns);
+        let pulls = self.pulls.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out: Vec<FunctionStatus> = in_ns
+            .map(|m| {
+                m.iter()
+                    .map(|(name, r)| {
+                        let mut st = status_of(r);
+                        if !pulls.is_empty()
+                            && let Ok(key) = FunctionKey::new(name, Some(ns))
+                            && let (Some(p), Some(f)) = (pulls.get(&key), st.fjord.as_mut())
+                        {
+                            f.pull = Some(p.status());
+                        }
+                        st
+                    })
+                    .collect()
+            })
             .unwrap_or_default();
+        out.extend(
+            pulls
+                .iter()
+                .filter(|(k, _)| {
+                    k.namespace == ns && in_ns.is_none_or(|m| !m.contains_key(&k.name))
+                })
+                .map(|(k, p)| p.new_function_status(k)),
+        );
         out.sort_by(|a, b| a.name.cmp(&b.name));
         out
+    }
+
+    /// Registers a pull for the function's status until the returned entry is dropped.
+    fn pulling(&self, spec: &FunctionSpec, watch: &Arc<PullWatch>) -> PullEntry<'_> {
+        self.pulls.lock().unwrap_or_else(|p| p.into_inner()).insert(
+            spec.key.clone(),
+            Pulling {
+                deployment: spec.deployment.clone(),
+                watch: watch.clone(),
+                started: std::time::Instant::now(),
+            },
+        );
+        PullEntry {
+            plane: self,
+            key: spec.key.clone(),
+        }
     }
 
     /// Every function's metrics in the Prometheus text format.
@@ -1306,6 +1385,53 @@ pub fn not_found(key: &FunctionKey) -> ControlError {
     ))
 }
 
+impl Pulling {
+    fn status(&self) -> fjord_core::openfaas::PullStatus {
+        let s = self.watch.snapshot();
+        fjord_core::openfaas::PullStatus {
+            image: self.deployment.image.clone(),
+            layers: s.layers as u64,
+            layers_done: s.layers_done as u64,
+            bytes: s.bytes,
+            total_bytes: s.total_bytes,
+            seconds: self.started.elapsed().as_secs_f64(),
+        }
+    }
+
+    /// The status of a function that does not exist yet: its first deploy waits for the pull.
+    fn new_function_status(&self, key: &FunctionKey) -> FunctionStatus {
+        let d = &self.deployment;
+        FunctionStatus {
+            name: key.name.clone(),
+            image: d.image.clone(),
+            namespace: key.namespace.clone(),
+            env_process: d.env_process.clone(),
+            env_vars: d.env_vars.clone(),
+            constraints: d.constraints.clone(),
+            secrets: d.secrets.clone(),
+            labels: d.labels.clone(),
+            annotations: d.annotations.clone(),
+            limits: d.limits.clone(),
+            requests: d.requests.clone(),
+            read_only_root_filesystem: d.read_only_root_filesystem,
+            invocation_count: 0.0,
+            replicas: 0,
+            available_replicas: 0,
+            created_at: now_rfc3339(),
+            fjord: Some(FjordStatus {
+                runtime: Some("container".into()),
+                mode: "http".into(),
+                pull: Some(self.status()),
+                rollout: Some(RolloutStatus {
+                    state: "pulling".into(),
+                    ..RolloutStatus::default()
+                }),
+                ..FjordStatus::default()
+            }),
+        }
+    }
+}
+
 fn status_of(route: &Route) -> FunctionStatus {
     let s = route.handle.status();
     let rollout = match &route.switching {
@@ -1363,6 +1489,7 @@ fn status_of(route: &Route) -> FunctionStatus {
             } else {
                 route.serving_digest.clone()
             },
+            pull: None,
             rollout: Some(RolloutStatus {
                 generation: rollout.generation,
                 state: rollout.state.name().to_string(),

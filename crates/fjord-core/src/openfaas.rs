@@ -151,9 +151,30 @@ pub struct FjordStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(pattern = "^sha256:[0-9a-f]{64}$")]
     pub digest: Option<String>,
+    /// While a deploy or update waits for its container image: how far the pull has come.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pull: Option<PullStatus>,
     /// The latest deploy or update and how far it got.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollout: Option<RolloutStatus>,
+}
+
+/// `fjord.pull`: a container image being pulled for a deploy or update (the call answers
+/// once the image is unpacked).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PullStatus {
+    /// The image reference as deployed.
+    pub image: String,
+    /// Layers of the image (0 until its manifest is read), and how many are unpacked (or
+    /// were already in the store).
+    pub layers: u64,
+    pub layers_done: u64,
+    /// Compressed bytes downloaded, of the layers' sizes known so far.
+    pub bytes: u64,
+    pub total_bytes: u64,
+    /// Seconds since the pull started.
+    pub seconds: f64,
 }
 
 /// `fjord.rollout`: the latest deploy or update of a function.
@@ -163,8 +184,9 @@ pub struct RolloutStatus {
     /// Counts this function's deploys since the server started; `POST`/`PUT
     /// /system/functions` answer with it in the `X-Fjord-Generation` header.
     pub generation: u64,
-    /// `progressing`, `ready` (all its replicas were ready and it took the traffic) or
-    /// `failed` (an update was rolled back; a first deploy keeps retrying).
+    /// `progressing`, `ready` (all its replicas were ready and it took the traffic),
+    /// `failed` (an update was rolled back; a first deploy keeps retrying), or `pulling` (a
+    /// new function whose first deploy waits for its image; see `pull`).
     #[schema(example = "ready")]
     pub state: String,
     /// Replicas of this version, and how many of them are ready.

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use fjord_control::images::{GcReport, ImageError, ImageSource, RegistryAuth};
+use fjord_control::images::{GcReport, ImageError, ImageSource, PullWatch, RegistryAuth};
 use fjord_oci::{Credentials, DockerConfig, ImageStore, OciError, PullPolicy, Reference};
 use fjord_runtime_api::{BoxFuture, ImageRootfs};
 
@@ -71,6 +71,7 @@ impl OciImages {
         r: &Reference,
         policy: PullPolicy,
         auth: Option<&RegistryAuth>,
+        watch: &PullWatch,
     ) -> Result<Arc<ImageRootfs>, ImageError> {
         let creds = credentials(r, auth)?;
         let started = Instant::now();
@@ -78,11 +79,18 @@ impl OciImages {
         // One log line per layer download (not per chunk).
         let logged = AtomicU64::new(u64::MAX);
         let progress = |p: &fjord_oci::Progress| {
-            if p.state == fjord_oci::LayerState::Downloading
+            use fjord_oci::LayerState;
+            if p.state == LayerState::Downloading
                 && logged.swap(p.index as u64, Ordering::Relaxed) != p.index as u64
             {
                 tracing::info!(image = %name, layer = %p.layer, index = p.index + 1, count = p.count, bytes = p.total, "pulling layer");
             }
+            let (bytes, done) = match p.state {
+                LayerState::Downloading => (p.bytes, false),
+                LayerState::Unpacking => (p.total, false),
+                LayerState::Present | LayerState::Done => (p.total, true),
+            };
+            watch.layer(p.index, p.count, bytes, p.total, done);
         };
         let image = self
             .store
@@ -99,10 +107,12 @@ impl ImageSource for OciImages {
         &'a self,
         reference: &'a str,
         auth: Option<&'a RegistryAuth>,
+        watch: &'a PullWatch,
     ) -> BoxFuture<'a, Result<Arc<ImageRootfs>, ImageError>> {
         Box::pin(async move {
             let r = parse(reference)?;
-            self.fetch(&r, PullPolicy::default_for(&r), auth).await
+            self.fetch(&r, PullPolicy::default_for(&r), auth, watch)
+                .await
         })
     }
 
@@ -111,6 +121,7 @@ impl ImageSource for OciImages {
         reference: &'a str,
         digest: &'a str,
         auth: Option<&'a RegistryAuth>,
+        watch: &'a PullWatch,
     ) -> BoxFuture<'a, Result<Arc<ImageRootfs>, ImageError>> {
         Box::pin(async move {
             if let Some(image) = self.store.get(digest).map_err(image_error)? {
@@ -118,7 +129,7 @@ impl ImageSource for OciImages {
             }
             // Gone from the store (collected, or a new data dir): the same digest again.
             let r = parse(reference)?.with_digest(digest);
-            self.fetch(&r, PullPolicy::IfNotPresent, auth).await
+            self.fetch(&r, PullPolicy::IfNotPresent, auth, watch).await
         })
     }
 
