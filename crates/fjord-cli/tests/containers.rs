@@ -501,3 +501,59 @@ async fn containers_serve_async_calls_and_their_output_reaches_the_logs() {
     .await;
     assert_eq!(v["status"], 200, "{v}");
 }
+
+/// The container processes of the replicas runc runs for this data dir (`init_process_pid`
+/// of each container in its state directory).
+fn container_pids(data: &std::path::Path) -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir(data.join("runc")) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| std::fs::read_to_string(e.path().join("state.json")).ok())
+        .filter_map(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
+        .filter_map(|v| v["init_process_pid"].as_i64())
+        .map(|p| p as i32)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn containers_die_with_a_server_killed_by_sigkill() {
+    root();
+    let reg = Registry::start(None);
+    let images = Images::new();
+    images.httpd("v1", "k", &HTTPD);
+    reg.push(&images.layout(), "v1", "orphan", "1");
+    let mut s = Server::start().await;
+    s.deploy(
+        &json!({"service": "orphan", "image": reg.image("orphan", "1"),
+        "labels": {"com.openfaas.scale.min": "2"}}),
+    )
+    .await;
+    s.wait_ready("orphan", READY_TIMEOUT).await;
+    let data = s.data_dir();
+    let pids = container_pids(&data);
+    assert_eq!(pids.len(), 2, "two containers running");
+    for p in &pids {
+        assert!(std::path::Path::new(&format!("/proc/{p}")).exists());
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(s.pid()),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill -9");
+    // No fjord left to stop them: its reaper does.
+    wait_until(Duration::from_secs(20), "the containers gone", async || {
+        let alive: Vec<_> = pids
+            .iter()
+            .filter(|p| std::path::Path::new(&format!("/proc/{p}")).exists())
+            .collect();
+        if alive.is_empty() && container_pids(&data).is_empty() {
+            Ok(())
+        } else {
+            Err(format!("still running: {alive:?}"))
+        }
+    })
+    .await;
+    let _ = s.terminate(Duration::from_secs(1)).await;
+}

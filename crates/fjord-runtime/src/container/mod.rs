@@ -77,7 +77,16 @@ pub(crate) struct Host {
     /// Network namespaces made ahead of need: making one (`ip` twice) is a quarter of a
     /// container's cold start.
     spare_netns: std::sync::Mutex<Vec<Arc<crate::netns::NetNs>>>,
+    /// The write end of the reaper's pipe (see [`Host::start_reaper`]): closed by the kernel
+    /// when fjord dies, by [`ContainerRuntime::stop_all`] at shutdown.
+    reaper: std::sync::Mutex<Option<tokio::process::ChildStdin>>,
 }
+
+/// Waits for EOF on stdin (fjord gone), then deletes every container in the OCI runtime's
+/// state directory. `$1` the OCI runtime, `$2` the state directory.
+const REAPER: &str = r#"while read -r _; do :; done
+for c in "$2"/*; do [ -e "$c" ] && "$1" --root "$2" delete --force "${c##*/}"; done
+exit 0"#;
 
 /// How many network namespaces are kept ready.
 const SPARE_NETNS: usize = 2;
@@ -174,6 +183,28 @@ impl Host {
                 String::from_utf8_lossy(&out.stderr).trim()
             )))
         }
+    }
+
+    /// Starts the reaper: a shell that outlives a fjord killed with `kill -9` and then
+    /// deletes this instance's containers (runc's own processes survive their parent, and a
+    /// container outlives its `runc run`). In its own process group, so a Ctrl-C meant for
+    /// fjord does not stop it first. Mounts and bundle directories wait for the next start.
+    fn start_reaper(&self) -> std::io::Result<()> {
+        let mut child = tokio::process::Command::new("/bin/sh")
+            .args(["-c", REAPER, "fjord-container-reaper"])
+            .arg(&self.oci_runtime)
+            .arg(&self.state)
+            .env_clear()
+            .env("PATH", crate::program::DEFAULT_PATH)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .process_group(0)
+            .spawn()?;
+        *self.reaper.lock().unwrap_or_else(|p| p.into_inner()) = child.stdin.take();
+        // Tokio reaps it once it exits (after shutdown closes the pipe).
+        drop(child);
+        Ok(())
     }
 
     /// Removes containers, mounts and bundles an earlier run left (killed before it could).
@@ -302,6 +333,7 @@ impl ContainerRuntime {
                 .join(format!("c-{}", crate::instance_id(&shared.config.data_dir))),
             disk: data.join("containers"),
             spare_netns: Default::default(),
+            reaper: Default::default(),
         };
         use std::os::unix::fs::PermissionsExt;
         for (d, mode) in [
@@ -321,6 +353,7 @@ impl ContainerRuntime {
         if stale > 0 {
             tracing::info!(stale, "removed containers left by an earlier run");
         }
+        host.start_reaper()?;
         Ok(Self {
             engine: Engine::new(shared, "container"),
             host: Arc::new(host),
@@ -394,6 +427,14 @@ impl ContainerRuntime {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clear();
+        // Every container is gone: the reaper finds none and exits.
+        drop(
+            self.host
+                .reaper
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take(),
+        );
         // Empty once every replica is gone (it is this instance's, under /run).
         let _ = std::fs::remove_dir(&self.host.bundles);
         // runc made this instance's directory in every v1 controller (devices, freezer…),
