@@ -71,6 +71,7 @@ use crate::{api, async_calls, bundles, invoke, logs, namespaces, secrets, tokens
             fjord_core::openfaas::FunctionStatus,
             fjord_core::openfaas::FjordStatus,
             fjord_core::openfaas::RolloutStatus,
+            fjord_core::openfaas::TriggerStatus,
             fjord_core::openfaas::ScaleServiceRequest,
             fjord_core::openfaas::DeleteFunctionRequest,
             fjord_core::openfaas::GatewayInfo,
