@@ -210,20 +210,30 @@ pub struct NatsClaims {
 impl NatsClaims {
     /// Opens (or creates) `<prefix>_CRON_RUNS` on the queue's JetStream.
     pub async fn open(js: &async_nats::jetstream::Context, prefix: &str) -> Result<Self, String> {
+        use async_nats::jetstream::stream;
         let bucket = format!("{prefix}_CRON_RUNS");
-        let kv = match js.get_key_value(&bucket).await {
-            Ok(kv) => kv,
-            Err(_) => js
-                .create_key_value(async_nats::jetstream::kv::Config {
-                    bucket: bucket.clone(),
-                    description: "fjord: which server ran each scheduled function run".into(),
-                    max_age: std::time::Duration::from_secs(24 * 3600),
-                    history: 1,
-                    ..Default::default()
-                })
-                .await
-                .map_err(|e| format!("cannot create the JetStream bucket {bucket}: {e}"))?,
-        };
+        // The bucket's stream, as create_key_value would make it (which first reads the
+        // account info, which async-nats 0.51 cannot parse from nats-server 2.9; the queue
+        // does the same). One message per key; keys expire after a day.
+        js.get_or_create_stream(stream::Config {
+            name: format!("KV_{bucket}"),
+            description: Some("fjord: which server ran each scheduled function run".into()),
+            subjects: vec![format!("$KV.{bucket}.>")],
+            max_messages_per_subject: 1,
+            max_age: std::time::Duration::from_secs(24 * 3600),
+            storage: stream::StorageType::File,
+            allow_rollup: true,
+            deny_delete: true,
+            allow_direct: true,
+            discard: stream::DiscardPolicy::New,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| format!("cannot set up the JetStream bucket {bucket}: {e}"))?;
+        let kv = js
+            .get_key_value(bucket.as_str())
+            .await
+            .map_err(|e| format!("cannot open the JetStream bucket {bucket}: {e}"))?;
         Ok(Self { kv })
     }
 }
