@@ -1443,10 +1443,11 @@ impl ControlPlane {
             .push(check);
     }
 
-    /// Every function that has a route, with its latest stored deployment, sorted by key.
+    /// Every function that has a route, with its latest stored deployment, in the store's
+    /// order (namespace, name).
     /// Reads the store: for connectors on a change, never for the invoke path.
     pub fn deployed(&self) -> Result<Vec<Deployed>, ControlError> {
-        let mut out: Vec<Deployed> = self
+        let out: Vec<Deployed> = self
             .store
             .list()?
             .into_iter()
@@ -1460,7 +1461,6 @@ impl ControlPlane {
                 })
             })
             .collect();
-        out.sort_by(|a, b| a.key.to_string().cmp(&b.key.to_string()));
         Ok(out)
     }
 }

@@ -329,10 +329,10 @@ impl<K: Eq + Hash + Clone, V: PartialEq> Tasks<K, V> {
             keep
         });
         for (k, v) in desired {
-            if !self.running.contains_key(&k) {
+            if let std::collections::hash_map::Entry::Vacant(e) = self.running.entry(k) {
                 let stop = CancellationToken::new();
-                let handle = start(&k, &v, stop.clone());
-                self.running.insert(k, (v, stop, handle));
+                let handle = start(e.key(), &v, stop.clone());
+                e.insert((v, stop, handle));
             }
         }
     }
