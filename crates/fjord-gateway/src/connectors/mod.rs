@@ -260,6 +260,8 @@ pub(crate) fn rfc3339(t: chrono::DateTime<chrono::Utc>) -> String {
 /// The answer of one connector call.
 pub(crate) struct Answer {
     pub status: u16,
+    /// The NATS reply and response subject carry it.
+    #[cfg_attr(not(feature = "nats"), allow(dead_code))]
     pub body: Bytes,
 }
 
