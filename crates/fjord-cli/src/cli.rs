@@ -496,6 +496,11 @@ pub struct ServeArgs {
           value_name = "embedded|nats://HOST:PORT",
           value_parser = |s: &str| fjord_gateway::QueueBackend::parse(s))]
     pub queue: fjord_gateway::QueueBackend,
+    /// Connector: subscribe to the NATS subjects in functions' `topic` annotations on this
+    /// server (nats://HOST:PORT; the queue's server or another; --nats-* settings apply)
+    #[arg(long = "nats", env = "FJORD_NATS", hide_env_values = true, value_name = "nats://HOST:PORT",
+          value_parser = |s: &str| fjord_gateway::connectors::parse_nats_url(s))]
+    pub nats_connector: Option<String>,
     /// NATS: authenticate with this .creds file (user JWT and nkey seed, as `nsc` writes)
     #[arg(long, value_name = "FILE")]
     pub nats_creds: Option<PathBuf>,

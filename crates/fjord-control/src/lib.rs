@@ -26,6 +26,6 @@ pub mod tokens;
 
 pub use error::ControlError;
 pub use plane::{
-    Containers, ControlPlane, Demand, DeployMode, Parts, QueueSignal, RUNTIME_ANNOTATION, Route,
-    Scaling, not_found,
+    Containers, ControlPlane, Demand, DeployCheck, DeployMode, Deployed, Parts, QueueSignal,
+    RUNTIME_ANNOTATION, Route, Scaling, not_found,
 };

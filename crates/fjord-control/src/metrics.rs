@@ -81,6 +81,154 @@ pub struct FunctionMetrics {
     pub async_retried: AtomicU64,
     pub async_dead: AtomicU64,
     pub async_callback_failures: AtomicU64,
+    /// The connectors' view of this function (cron, NATS, MQTT): kept across updates like
+    /// the counters above, gone with the function.
+    pub triggers: TriggerBoard,
+}
+
+/// How one trigger run ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TriggerOutcome {
+    /// The function answered 2xx.
+    Ok,
+    /// A non-2xx answer or no answer; the reason is shown as the last status.
+    Failed(String),
+    /// Not run (e.g. the previous run was still going); the reason is shown.
+    Skipped(String),
+}
+
+/// Per connector source of one function: last and next run, last status, counts. Written by
+/// connectors (a few times per message or run), read by the status and metrics endpoints;
+/// never touched by the HTTP invoke path.
+#[derive(Default)]
+pub struct TriggerBoard {
+    entries: std::sync::Mutex<Vec<TriggerEntry>>,
+}
+
+#[derive(Clone, Default)]
+struct TriggerEntry {
+    kind: &'static str,
+    source: String,
+    active: bool,
+    last_run: Option<String>,
+    next_run: Option<String>,
+    last_status: Option<String>,
+    fired: u64,
+    failed: u64,
+    skipped: u64,
+}
+
+impl TriggerBoard {
+    fn with<R>(
+        &self,
+        kind: &'static str,
+        source: &str,
+        f: impl FnOnce(&mut TriggerEntry) -> R,
+    ) -> R {
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        let i = match entries
+            .iter()
+            .position(|e| e.kind == kind && e.source == source)
+        {
+            Some(i) => i,
+            None => {
+                entries.push(TriggerEntry {
+                    kind,
+                    source: source.to_string(),
+                    ..TriggerEntry::default()
+                });
+                entries.len() - 1
+            }
+        };
+        f(&mut entries[i])
+    }
+
+    /// Makes `kind`'s sources exactly `sources` (a redeploy changed them): counts of the
+    /// sources that stay are kept, the others go.
+    pub fn set_sources(&self, kind: &'static str, sources: &[String]) {
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        entries.retain(|e| e.kind != kind || sources.contains(&e.source));
+        for s in sources {
+            if !entries.iter().any(|e| e.kind == kind && &e.source == s) {
+                entries.push(TriggerEntry {
+                    kind,
+                    source: s.clone(),
+                    ..TriggerEntry::default()
+                });
+            }
+        }
+    }
+
+    /// Whether the source is subscribed or scheduled now.
+    pub fn set_active(&self, kind: &'static str, source: &str, active: bool) {
+        self.with(kind, source, |e| e.active = active);
+    }
+
+    /// The next scheduled run (RFC 3339), or none.
+    pub fn set_next_run(&self, kind: &'static str, source: &str, next: Option<String>) {
+        self.with(kind, source, |e| e.next_run = next);
+    }
+
+    /// Records one run that started at `at` (RFC 3339).
+    pub fn record(&self, kind: &'static str, source: &str, at: String, outcome: TriggerOutcome) {
+        self.with(kind, source, |e| {
+            match &outcome {
+                TriggerOutcome::Ok => e.fired += 1,
+                TriggerOutcome::Failed(_) => e.failed += 1,
+                TriggerOutcome::Skipped(_) => e.skipped += 1,
+            }
+            if !matches!(outcome, TriggerOutcome::Skipped(_)) {
+                e.last_run = Some(at);
+            }
+            e.last_status = Some(match outcome {
+                TriggerOutcome::Ok => "ok".into(),
+                TriggerOutcome::Failed(why) => format!("failed: {why}"),
+                TriggerOutcome::Skipped(why) => format!("skipped: {why}"),
+            });
+        });
+    }
+
+    /// The entries for `fjord.triggers` (none: `None`), sorted by kind and source.
+    pub fn statuses(&self) -> Option<Vec<fjord_core::openfaas::TriggerStatus>> {
+        let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        if entries.is_empty() {
+            return None;
+        }
+        let mut out: Vec<_> = entries
+            .iter()
+            .map(|e| fjord_core::openfaas::TriggerStatus {
+                kind: e.kind.to_string(),
+                source: e.source.clone(),
+                last_run: e.last_run.clone(),
+                next_run: e.next_run.clone(),
+                last_status: e.last_status.clone(),
+                fired: e.fired,
+                failed: e.failed,
+                skipped: e.skipped,
+                active: e.active,
+            })
+            .collect();
+        out.sort_by(|a, b| (&a.kind, &a.source).cmp(&(&b.kind, &b.source)));
+        Some(out)
+    }
+
+    /// (kind, ok, failed, skipped) summed over each kind's sources, sorted by kind.
+    fn totals(&self) -> Vec<(&'static str, u64, u64, u64)> {
+        let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out: Vec<(&'static str, u64, u64, u64)> = Vec::new();
+        for e in entries.iter() {
+            match out.iter_mut().find(|t| t.0 == e.kind) {
+                Some(t) => {
+                    t.1 += e.fired;
+                    t.2 += e.failed;
+                    t.3 += e.skipped;
+                }
+                None => out.push((e.kind, e.fired, e.failed, e.skipped)),
+            }
+        }
+        out.sort_by_key(|t| t.0);
+        out
+    }
 }
 
 /// Milliseconds since the Unix epoch.
@@ -293,6 +441,23 @@ pub fn render(samples: &[FunctionSample<'_>]) -> String {
     }
     family(
         &mut out,
+        "fjord_trigger_invocations_total",
+        "counter",
+        "Invocations by connectors (cron, nats, mqtt) by outcome: ok, failed, skipped",
+    );
+    for s in samples {
+        for (kind, ok, failed, skipped) in s.metrics.triggers.totals() {
+            for (status, v) in [("ok", ok), ("failed", failed), ("skipped", skipped)] {
+                let _ = writeln!(
+                    out,
+                    "fjord_trigger_invocations_total{{trigger=\"{kind}\",function=\"{}\",status=\"{status}\"}} {v}",
+                    s.function_name
+                );
+            }
+        }
+    }
+    family(
+        &mut out,
         "fjord_function_cold_start_seconds",
         "histogram",
         "Time requests waited for a replica to start",
@@ -354,5 +519,59 @@ mod tests {
             text.contains("fjord_async_dead_lettered_total{function_name=\"env.openfaas-fn\"} 0"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn trigger_board_counts_and_follows_sources() {
+        let m = FunctionMetrics::default();
+        assert!(m.triggers.statuses().is_none(), "no triggers: no list");
+        m.triggers
+            .set_sources("nats", &["a.b".to_string(), "c".to_string()]);
+        m.triggers
+            .record("nats", "a.b", "t1".into(), TriggerOutcome::Ok);
+        m.triggers.record(
+            "nats",
+            "c",
+            "t2".into(),
+            TriggerOutcome::Failed("500".into()),
+        );
+        m.triggers.record(
+            "cron",
+            "* * * * * (UTC)",
+            "t3".into(),
+            TriggerOutcome::Skipped("still running".into()),
+        );
+        let text = render(&[FunctionSample {
+            function_name: "f.ns",
+            metrics: &m,
+            desired: 1,
+            ready: 1,
+            restarts: 0,
+            oom_kills: 0,
+            queue_depth: 0,
+        }]);
+        for line in [
+            "fjord_trigger_invocations_total{trigger=\"nats\",function=\"f.ns\",status=\"ok\"} 1",
+            "fjord_trigger_invocations_total{trigger=\"nats\",function=\"f.ns\",status=\"failed\"} 1",
+            "fjord_trigger_invocations_total{trigger=\"cron\",function=\"f.ns\",status=\"skipped\"} 1",
+        ] {
+            assert!(text.contains(line), "{line} in {text}");
+        }
+        let cron = &m.triggers.statuses().expect("listed")[0];
+        assert_eq!(cron.kind, "cron");
+        assert_eq!(cron.last_run, None, "a skipped run is not a run");
+        assert_eq!(cron.last_status.as_deref(), Some("skipped: still running"));
+        // A redeploy drops subject c and keeps a.b's counts.
+        m.triggers.set_sources("nats", &["a.b".to_string()]);
+        let nats: Vec<_> = m
+            .triggers
+            .statuses()
+            .expect("listed")
+            .into_iter()
+            .filter(|t| t.kind == "nats")
+            .collect();
+        assert_eq!(nats.len(), 1);
+        assert_eq!((nats[0].source.as_str(), nats[0].fired), ("a.b", 1));
+        assert_eq!(nats[0].last_run.as_deref(), Some("t1"));
     }
 }

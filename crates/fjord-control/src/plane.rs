@@ -150,6 +150,8 @@ pub struct ControlPlane {
     /// This instance's uids (reserved host-wide): each new function takes the next one.
     uids: UidBlock,
     switch_timeout: std::time::Duration,
+    /// Connectors' seam: bumped on every routing change, checks run before each deploy.
+    hooks: Hooks,
     /// Image pulls that deploys wait for, by function: the status shows their progress
     /// (a new function's too, before it has a route).
     pulls: std::sync::Mutex<HashMap<FunctionKey, Pulling>>,
@@ -208,6 +210,7 @@ impl ControlPlane {
             uids: p.uids,
             switch_timeout: p.switch_timeout,
             pulls: Default::default(),
+            hooks: Hooks::default(),
         })
     }
 
@@ -235,6 +238,7 @@ impl ControlPlane {
             }
         }
         self.routes.store(Arc::new(next));
+        self.hooks.routes_changed();
     }
 
     /// Starts every stored function (after a restart).
@@ -621,6 +625,7 @@ impl ControlPlane {
     ) -> Result<u64, ControlError> {
         // Names first, so a bad name is a 400 before anything is looked up.
         let key = FunctionKey::new(&deployment.service, deployment.namespace.as_deref())?;
+        self.hooks.check(&deployment)?;
         let _guard = self.changes.lock().await;
         let existing = self.store.get(&key.namespace, &key.name)?;
         if mode == DeployMode::Update && existing.is_none() {
@@ -1197,6 +1202,8 @@ impl ControlPlane {
         if let Err(e) = undone {
             tracing::error!(function = %key, error = %e, "cannot undo the stored deploy");
         }
+        // Connectors follow the stored deployment: a rolled-back one is a change too.
+        self.hooks.routes_changed();
     }
 
     pub fn namespaces(&self) -> Result<Vec<String>, ControlError> {
@@ -1498,6 +1505,89 @@ fn status_of(route: &Route) -> FunctionStatus {
                 message: rollout.message,
                 failed_replica: rollout.failed_replica,
             }),
+            triggers: route.metrics.triggers.statuses(),
         }),
+    }
+}
+
+/// A check of a deployment's annotations by a connector (cron schedule, topic list), run
+/// before anything is looked up or stored: an error is a 400 and the function stays as it was.
+pub trait DeployCheck: Send + Sync {
+    /// `Err` names the annotation and the reason.
+    fn check(&self, deployment: &FunctionDeployment) -> Result<(), String>;
+}
+
+/// What connectors hook into: a change counter they watch, and their deploy checks.
+struct Hooks {
+    version: tokio::sync::watch::Sender<u64>,
+    checks: std::sync::RwLock<Vec<Arc<dyn DeployCheck>>>,
+}
+
+impl Default for Hooks {
+    fn default() -> Self {
+        Self {
+            version: tokio::sync::watch::Sender::new(0),
+            checks: std::sync::RwLock::default(),
+        }
+    }
+}
+
+impl Hooks {
+    fn routes_changed(&self) {
+        self.version.send_modify(|v| *v = v.wrapping_add(1));
+    }
+
+    fn check(&self, d: &FunctionDeployment) -> Result<(), ControlError> {
+        let checks = self.checks.read().unwrap_or_else(|p| p.into_inner());
+        for c in checks.iter() {
+            c.check(d).map_err(ControlError::BadRequest)?;
+        }
+        Ok(())
+    }
+}
+
+/// One deployed function as connectors see it (see [`ControlPlane::deployed`]).
+pub struct Deployed {
+    pub key: FunctionKey,
+    /// The latest stored deployment (its annotations configure the connectors).
+    pub deployment: FunctionDeployment,
+    pub route: Arc<Route>,
+}
+
+impl ControlPlane {
+    /// Changes whenever a function is deployed, updated, rolled back or deleted: connectors
+    /// re-read [`deployed`](Self::deployed) then, instead of polling.
+    pub fn watch_routes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.hooks.version.subscribe()
+    }
+
+    /// Adds a check every later deploy must pass (registered by `serve` before `restore`).
+    pub fn add_deploy_check(&self, check: Arc<dyn DeployCheck>) {
+        self.hooks
+            .checks
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(check);
+    }
+
+    /// Every function that has a route, with its latest stored deployment, in the store's
+    /// order (namespace, name).
+    /// Reads the store: for connectors on a change, never for the invoke path.
+    pub fn deployed(&self) -> Result<Vec<Deployed>, ControlError> {
+        let out: Vec<Deployed> = self
+            .store
+            .list()?
+            .into_iter()
+            .filter_map(|f| {
+                let route = self.lookup(&f.namespace, &f.name)?;
+                let key = FunctionKey::new(&f.name, Some(&f.namespace)).ok()?;
+                Some(Deployed {
+                    key,
+                    deployment: f.deployment,
+                    route,
+                })
+            })
+            .collect();
+        Ok(out)
     }
 }

@@ -157,6 +157,41 @@ pub struct FjordStatus {
     /// The latest deploy or update and how far it got.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollout: Option<RolloutStatus>,
+    /// What invokes the function besides HTTP: its cron schedule, NATS subjects and MQTT
+    /// topics (see docs/connectors.md), each with its last and next run. Absent when none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub triggers: Option<Vec<TriggerStatus>>,
+}
+
+/// `fjord.triggers[]`: one connector source of a function (a schedule, a subject, a topic).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TriggerStatus {
+    /// `cron`, `nats` or `mqtt`.
+    #[schema(example = "cron")]
+    pub kind: String,
+    /// The schedule (with its timezone), the NATS subject or the MQTT topic filter.
+    #[schema(example = "*/5 * * * * (UTC)")]
+    pub source: String,
+    /// RFC 3339 time the function was last invoked by this trigger.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_run: Option<String>,
+    /// RFC 3339 time of the next scheduled run (cron only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_run: Option<String>,
+    /// How the last run ended: `ok`, `failed: …` (the status or error) or `skipped: …`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_status: Option<String>,
+    /// Invocations that answered 2xx.
+    pub fired: u64,
+    /// Invocations that failed (non-2xx, or no answer).
+    pub failed: u64,
+    /// Runs not made because the previous run was still going (cron; a run another server
+    /// sharing the NATS queue took is not counted here).
+    pub skipped: u64,
+    /// Subscribed or scheduled now (false while the broker is unreachable).
+    #[serde(default)]
+    pub active: bool,
 }
 
 /// `fjord.pull`: a container image being pulled for a deploy or update (the call answers

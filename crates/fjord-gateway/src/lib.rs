@@ -6,6 +6,7 @@ mod async_calls;
 mod auth;
 mod bundles;
 mod callback;
+pub mod connectors;
 mod conns;
 mod error;
 mod guard;
@@ -57,7 +58,14 @@ async fn open_queue(
     backend: &QueueBackend,
     nats: &NatsSettings,
     data_dir: &std::path::Path,
-) -> Result<(Arc<dyn fjord_queue::Queue>, tokio::task::JoinHandle<()>), StartError> {
+) -> Result<
+    (
+        Arc<dyn fjord_queue::Queue>,
+        tokio::task::JoinHandle<()>,
+        Arc<dyn connectors::cron::Claims>,
+    ),
+    StartError,
+> {
     match backend {
         QueueBackend::Embedded => {
             if nats.creds.is_some() || nats.nkey.is_some() || nats.ca.is_some() || nats.tls {
@@ -73,6 +81,8 @@ async fn open_queue(
                     let p = p.clone();
                     async move { fjord_queue::Queue::prune(&*p, cutoff).await }
                 }),
+                // One server owns its queue: its scheduled runs are its own.
+                Arc::new(connectors::cron::Alone),
             ))
         }
         #[cfg(feature = "nats")]
@@ -115,6 +125,10 @@ async fn open_queue(
                 tracing::warn!(url = %shown, "NATS accepts clients without credentials: anyone who can reach its port can read every queued call (bodies, cookies, tokens), cancel calls and queue forged ones. Enable authorization in nats-server (an `authorization {{ user, password }}` block or nkeys/JWT) and give fjord the credentials (nats://user:password@host:4222 in FJORD_QUEUE, --nats-creds or --nats-nkey)");
             }
             tracing::info!(url = %shown, %prefix, queue_key = %key_id, "async calls queue in NATS JetStream");
+            // Servers sharing the queue share the schedules' claims: each run runs once.
+            let claims = connectors::cron::NatsClaims::open(&q.jetstream(), q.prefix())
+                .await
+                .map_err(|e| StartError::Queue(fjord_queue::QueueError::Storage(e)))?;
             let p = q.clone();
             Ok((
                 q,
@@ -122,6 +136,7 @@ async fn open_queue(
                     let p = p.clone();
                     async move { fjord_queue::Queue::prune(&*p, cutoff).await }
                 }),
+                Arc::new(claims),
             ))
         }
         #[cfg(not(feature = "nats"))]
@@ -185,6 +200,8 @@ pub enum StartError {
     Queue(#[from] fjord_queue::QueueError),
     #[error("containers: {0}")]
     Containers(String),
+    #[error("{0}")]
+    Connector(String),
     #[error("{0} (each fjord instance on a host needs its own block of function uids)")]
     UidRegistry(#[from] fjord_store::uid_registry::RegistryError),
     #[error("async queue: {0}")]
@@ -663,7 +680,9 @@ pub async fn serve(config: GatewayConfig, shutdown: CancellationToken) -> Result
         fjord_store::uid_registry::UidBlock::unrestricted()
     };
     // Before the runtime: a queue that cannot be reached must not leave anything behind.
-    let (queue, pruner) = open_queue(&config.queue, &config.nats, data_dir).await?;
+    let (queue, pruner, cron_claims) = open_queue(&config.queue, &config.nats, data_dir).await?;
+    // Before the runtime too: a broker that cannot be reached is a startup error.
+    let brokers = connectors::Brokers::connect(&config.connectors, &config.nats).await?;
     let runtime = fjord_runtime::ProcessRuntime::new(fjord_runtime::RuntimeConfig {
         data_dir: data_dir.clone(),
         rollout_timeout: config.rollout_timeout,
@@ -690,6 +709,8 @@ pub async fn serve(config: GatewayConfig, shutdown: CancellationToken) -> Result
         switch_timeout: config.rollout_timeout,
     });
     let dispatch = Arc::new(tokio::sync::Notify::new());
+    // Before restore: deploys from now on must pass the connectors' checks.
+    control.add_deploy_check(Arc::new(brokers.checks()));
     let restored = control.restore().await?;
     if restored > 0 {
         tracing::info!(
@@ -781,12 +802,20 @@ pub async fn serve(config: GatewayConfig, shutdown: CancellationToken) -> Result
         forks: forks.clone(),
     };
     // The triggers besides HTTP. A connector is one more entry here.
-    let triggers: Vec<Box<dyn trigger::Trigger>> = vec![Box::new(async_calls::Dispatcher {
-        queue: queue.clone(),
-        app: app.clone(),
-        keep_method: config.async_keep_method,
-        exclusive: config.queue == QueueBackend::Embedded,
-    })];
+    let mut triggers: Vec<Box<dyn trigger::Trigger>> = vec![
+        Box::new(async_calls::Dispatcher {
+            queue: queue.clone(),
+            app: app.clone(),
+            keep_method: config.async_keep_method,
+            exclusive: config.queue == QueueBackend::Embedded,
+        }),
+        Box::new(connectors::cron::CronTrigger {
+            control: control.clone(),
+            claims: cron_claims,
+            clock: Arc::new(connectors::cron::SystemClock),
+        }),
+    ];
+    triggers.extend(brokers.triggers(&control));
     let triggers = trigger::start(triggers, &invoke::Invoker::new(app), &shutdown);
     let autoscaler = {
         let control = control.clone();

@@ -72,6 +72,7 @@ use crate::{api, async_calls, bundles, invoke, logs, namespaces, secrets, tokens
             fjord_core::openfaas::FjordStatus,
             fjord_core::openfaas::RolloutStatus,
             fjord_core::openfaas::PullStatus,
+            fjord_core::openfaas::TriggerStatus,
             fjord_core::openfaas::ScaleServiceRequest,
             fjord_core::openfaas::DeleteFunctionRequest,
             fjord_core::openfaas::GatewayInfo,

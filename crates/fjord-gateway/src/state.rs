@@ -71,6 +71,8 @@ pub struct GatewayConfig {
     pub queue: QueueBackend,
     /// NATS credentials, TLS and the queue key (`queue` = NATS only).
     pub nats: NatsSettings,
+    /// Brokers the topic connectors subscribe to (`--nats`).
+    pub connectors: crate::connectors::ConnectorSettings,
     /// Serve HTTPS with this certificate and key (reloaded on SIGHUP and on change).
     pub tls: Option<TlsFiles>,
     /// Failed authentications per minute from one client address before it gets 429 for a
@@ -222,6 +224,7 @@ impl GatewayConfig {
             async_keep_method: true,
             queue: QueueBackend::Embedded,
             nats: NatsSettings::default(),
+            connectors: Default::default(),
             tls: None,
             auth_fail_limit: 10,
             network: Default::default(),

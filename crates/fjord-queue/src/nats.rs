@@ -243,6 +243,38 @@ impl Drop for NatsQueue {
     }
 }
 
+impl NatsQueue {
+    /// The queue's JetStream context, for other users of the same server (the cron
+    /// connector claims each scheduled run in a bucket of its own there).
+    pub fn jetstream(&self) -> jetstream::Context {
+        self.inner.js.clone()
+    }
+
+    /// The prefix of the queue's streams and bucket (upper case as given, e.g. `FJORD`).
+    pub fn prefix(&self) -> &str {
+        self.inner.names.calls_stream.trim_end_matches("_CALLS")
+    }
+}
+
+/// A client of the NATS server(s) at `url` with the same credentials rules as the queue
+/// (URL login, `.creds` or nkey, TLS), for connectors that subscribe to subjects there.
+/// `more` adds the caller's settings (name, event callback); the first connection must
+/// succeed, later ones are retried with async-nats's backoff.
+pub async fn connect_client(
+    url: &str,
+    auth: &NatsAuth,
+    more: impl FnOnce(async_nats::ConnectOptions) -> async_nats::ConnectOptions,
+) -> Result<async_nats::Client, QueueError> {
+    let shown = crate::redact_url(url);
+    let target = connect::Target::parse(url)?;
+    let (options, credentials) =
+        connect::authenticate(connect::transport(auth), &target, auth).await?;
+    more(options)
+        .connect(target.servers.clone())
+        .await
+        .map_err(|e| connect::connect_failed(&shown, credentials, e))
+}
+
 impl Inner {
     fn mirror(&self) -> MutexGuard<'_, Mirror> {
         // Every mirror update is self-contained: a panic elsewhere leaves it usable.

@@ -71,6 +71,15 @@ const MIGRATIONS: &[&str] = &[
         created_at  TEXT NOT NULL,
         updated_at  TEXT NOT NULL
     ) STRICT;",
+    // 8: when a function's scheduled trigger (cron) last ran, in ms since the epoch, so a
+    // restart can run the latest missed run once (annotation `com.fjord.schedule.missed`).
+    "CREATE TABLE trigger_runs (
+        namespace TEXT    NOT NULL,
+        name      TEXT    NOT NULL,
+        trigger   TEXT    NOT NULL,
+        last_ms   INTEGER NOT NULL,
+        PRIMARY KEY (namespace, name, trigger)
+    ) STRICT;",
 ];
 
 const COLUMNS: &str = "namespace, name, deployment, replicas, uid, created_at, updated_at, digest";
@@ -334,11 +343,51 @@ impl Store {
 
     /// Removes a function; `false` if it was not stored.
     pub fn delete(&self, namespace: &str, name: &str) -> Result<bool, StoreError> {
-        let n = self.lock().execute(
+        let conn = self.lock();
+        let n = conn.execute(
             "DELETE FROM functions WHERE namespace = ?1 AND name = ?2",
             params![namespace, name],
         )?;
+        // A function deployed again under this name starts without a schedule history.
+        conn.execute(
+            "DELETE FROM trigger_runs WHERE namespace = ?1 AND name = ?2",
+            params![namespace, name],
+        )?;
         Ok(n > 0)
+    }
+
+    /// When `trigger` (e.g. `cron`) last ran `namespace/name` (ms since the epoch).
+    pub fn trigger_run(
+        &self,
+        namespace: &str,
+        name: &str,
+        trigger: &str,
+    ) -> Result<Option<u64>, StoreError> {
+        let v: Option<i64> = self
+            .lock()
+            .query_row(
+                "SELECT last_ms FROM trigger_runs WHERE namespace = ?1 AND name = ?2 AND trigger = ?3",
+                params![namespace, name, trigger],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(v.map(|v| v.max(0) as u64))
+    }
+
+    /// Records that `trigger` ran `namespace/name` for the time `at_ms` (kept if later).
+    pub fn set_trigger_run(
+        &self,
+        namespace: &str,
+        name: &str,
+        trigger: &str,
+        at_ms: u64,
+    ) -> Result<(), StoreError> {
+        self.lock().execute(
+            "INSERT INTO trigger_runs (namespace, name, trigger, last_ms) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (namespace, name, trigger) DO UPDATE SET last_ms = max(last_ms, excluded.last_ms)",
+            params![namespace, name, trigger, at_ms as i64],
+        )?;
+        Ok(())
     }
 
     /// The uid a new function gets, within `first ..= last` (this instance's block): one
@@ -697,6 +746,18 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("state.db")).unwrap();
         (dir, store)
+    }
+
+    #[test]
+    fn trigger_runs_keep_the_latest_and_go_with_the_function() {
+        let (_d, store) = open();
+        store.upsert(&func("ns", "f", 1)).unwrap();
+        assert_eq!(store.trigger_run("ns", "f", "cron").unwrap(), None);
+        store.set_trigger_run("ns", "f", "cron", 2000).unwrap();
+        store.set_trigger_run("ns", "f", "cron", 1000).unwrap();
+        assert_eq!(store.trigger_run("ns", "f", "cron").unwrap(), Some(2000));
+        store.delete("ns", "f").unwrap();
+        assert_eq!(store.trigger_run("ns", "f", "cron").unwrap(), None);
     }
 
     fn func(namespace: &str, name: &str, uid: u32) -> StoredFunction {

@@ -78,6 +78,28 @@ pub async fn list(
     Ok(())
 }
 
+/// One connector on one line: `cron */5 * * * * (UTC): next 2026-…, last 2026-… ok, fired 3`.
+fn trigger_text(t: &fjord_core::openfaas::TriggerStatus) -> String {
+    let mut s = format!("{} {}", t.kind, t.source);
+    if !t.active {
+        s.push_str(" (inactive)");
+    }
+    if let Some(n) = &t.next_run {
+        s.push_str(&format!(", next {n}"));
+    }
+    if let Some(l) = &t.last_run {
+        s.push_str(&format!(", last {l}"));
+    }
+    if let Some(st) = &t.last_status {
+        s.push_str(&format!(" {st}"));
+    }
+    s.push_str(&format!(
+        ", fired {} failed {} skipped {}",
+        t.fired, t.failed, t.skipped
+    ));
+    s
+}
+
 fn describe_text(f: &FunctionStatus, url: &str) -> String {
     let mut s = String::new();
     let mut line = |k: &str, v: String| s.push_str(&format!("{k:<20} {v}\n"));
@@ -127,6 +149,9 @@ fn describe_text(f: &FunctionStatus, url: &str) -> String {
         }
         if let Some(e) = &x.last_error {
             line("Last error:", e.clone());
+        }
+        for t in x.triggers.iter().flatten() {
+            line("Trigger:", trigger_text(t));
         }
     }
     let kv = |m: &Option<BTreeMap<String, String>>| {

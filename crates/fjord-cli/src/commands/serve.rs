@@ -49,6 +49,9 @@ pub fn run(a: ServeArgs) -> Result<(), CliError> {
         tls: a.nats_tls,
         queue_key: a.queue_key,
     };
+    config.connectors = fjord_gateway::connectors::ConnectorSettings {
+        nats: a.nats_connector,
+    };
     config.auth_fail_limit = a.auth_fail_limit;
     config.callback = fjord_gateway::CallbackPolicy::new(a.callback_allow);
     config.metrics_auth = a.metrics_auth;

@@ -1,0 +1,429 @@
+//! Event connectors through the real binary: cron schedules (a seconds schedule end to end,
+//! exactly once across two servers sharing NATS with one stopped halfway) and NATS subjects
+//! (payload in, reply out, response subject, subscriptions following redeploys and
+//! deletes), with deploy-time checks and startup errors. Brokers are real `nats-server`s
+//! started per test.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use common::*;
+use fjord_queue::nats_server::NatsServer;
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+/// A fork-mode function logging each call's scheduled time and connector to stderr (the
+/// function's logs), answering with its body (`cat`).
+fn logging_fn(name: &str, annotations: Value) -> Value {
+    json!({
+        "service": name,
+        "image": "fjord-test/cron:latest",
+        "envProcess": "sh -c 'echo \"RUN $Http_X_Scheduled_Time $Http_X_Connector $Http_X_Topic\" >&2; cat'",
+        // stderr to the logs, not into the answer.
+        "envVars": {"combine_output": "false"},
+        "annotations": annotations,
+    })
+}
+
+/// The scheduled times of the runs `name` logged on `s`.
+async fn runs(s: &Server, name: &str) -> Vec<String> {
+    s.logs(&format!("name={name}&tail=10000"))
+        .await
+        .iter()
+        .filter_map(|l| {
+            let t = l["text"].as_str()?;
+            let rest = t.split("RUN ").nth(1)?;
+            let mut f = rest.split_whitespace();
+            let at = f.next()?.to_string();
+            assert_eq!(f.next(), Some("cron"), "X-Connector: {t}");
+            assert_eq!(f.next(), Some("cron-function"), "X-Topic: {t}");
+            Some(at)
+        })
+        .collect()
+}
+
+fn secs(rfc3339: &str) -> i64 {
+    chrono::DateTime::parse_from_rfc3339(rfc3339)
+        .unwrap_or_else(|e| panic!("{rfc3339}: {e}"))
+        .timestamp()
+}
+
+fn trigger(f: &Value, kind: &str) -> Option<Value> {
+    f["fjord"]["triggers"]
+        .as_array()?
+        .iter()
+        .find(|t| t["kind"] == kind)
+        .cloned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cron_runs_a_seconds_schedule_shows_it_and_follows_updates() {
+    let s = Server::start().await;
+    let every_second = json!({"topic": "cron-function", "schedule": "* * * * * *"});
+    s.deploy_ready(&logging_fn("tick", every_second.clone()))
+        .await;
+    let seen = wait_until(
+        Duration::from_secs(30),
+        "three scheduled runs",
+        async || {
+            let r = runs(&s, "tick").await;
+            if r.len() >= 3 {
+                Ok(r)
+            } else {
+                Err(format!("{r:?}"))
+            }
+        },
+    )
+    .await;
+    // Whole seconds, in order, none twice, none skipped.
+    let t: Vec<i64> = seen.iter().map(|r| secs(r)).collect();
+    for w in t.windows(2) {
+        assert_eq!(w[1] - w[0], 1, "consecutive seconds: {seen:?}");
+    }
+    assert!(
+        seen.iter().all(|r| r.ends_with('Z') && !r.contains('.')),
+        "{seen:?}"
+    );
+
+    let f = s.get_function("tick").await.expect("deployed");
+    let c = trigger(&f, "cron").unwrap_or_else(|| panic!("a cron trigger in {f}"));
+    assert_eq!(c["source"], "* * * * * * (UTC)");
+    assert_eq!(c["active"], true);
+    assert!(c["fired"].as_u64().unwrap_or(0) >= 3, "{c}");
+    assert_eq!(c["lastStatus"], "ok", "{c}");
+    let (last, next) = (
+        c["lastRun"].as_str().unwrap(),
+        c["nextRun"].as_str().unwrap(),
+    );
+    assert!(secs(next) > secs(last), "{c}");
+
+    let (st, text) = text(
+        s.open(Method::GET, "/metrics")
+            .send()
+            .await
+            .expect("metrics"),
+    )
+    .await;
+    assert_eq!(st, StatusCode::OK);
+    assert!(
+        text.lines().any(|l| l.starts_with(
+            "fjord_trigger_invocations_total{trigger=\"cron\",function=\"tick.openfaas-fn\",status=\"ok\"}"
+        )),
+        "{text}"
+    );
+
+    // A bad schedule is refused, naming the annotation, and the function keeps running.
+    for (annotations, named) in [
+        (
+            json!({"topic": "cron-function", "schedule": "61 * * * *"}),
+            "annotations.schedule",
+        ),
+        (json!({"topic": "cron-function"}), "annotations.schedule"),
+        (
+            json!({"topic": "cron-function", "schedule": "* * * * *", "com.fjord.schedule.timezone": "Nowhere/Land"}),
+            "annotations.com.fjord.schedule.timezone",
+        ),
+    ] {
+        let msg = s
+            .sys_expect(
+                Method::PUT,
+                "/system/functions",
+                &logging_fn("tick", annotations),
+                StatusCode::BAD_REQUEST,
+            )
+            .await;
+        assert!(msg.contains(named), "{msg}");
+    }
+    let f = s.get_function("tick").await.expect("still deployed");
+    assert_eq!(
+        f["annotations"]["schedule"], "* * * * * *",
+        "unchanged: {f}"
+    );
+
+    // An update without the schedule stops the runs and the trigger goes from the status.
+    s.update(&logging_fn("tick", json!({}))).await;
+    let f = wait_until(
+        Duration::from_secs(30),
+        "the cron trigger gone",
+        async || {
+            let f = s.get_function("tick").await.expect("deployed");
+            if trigger(&f, "cron").is_none() {
+                Ok(f)
+            } else {
+                Err(f.to_string())
+            }
+        },
+    )
+    .await;
+    assert!(f["fjord"]["triggers"].is_null(), "{f}");
+    let before = runs(&s, "tick").await.len();
+    // Two scheduled seconds pass without a new run (the log is read after them).
+    let t0 = std::time::Instant::now();
+    wait_until(Duration::from_secs(10), "two seconds", async || {
+        t0.elapsed() > Duration::from_secs(2)
+    })
+    .await;
+    assert!(
+        runs(&s, "tick").await.len() <= before + 1,
+        "at most the run in flight at the update"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cron_runs_each_scheduled_time_once_across_servers_sharing_nats() {
+    let nats = NatsServer::start();
+    let key = nats.queue_key_file().display().to_string();
+    let opts = ServeOpts::args(&["--queue", &nats.url(), "--queue-key", &key]);
+    let mut a = Server::start_opts(opts.clone()).await;
+    let b = Server::start_opts(opts).await;
+    let f = logging_fn(
+        "tick",
+        json!({"topic": "cron-function", "schedule": "* * * * * *"}),
+    );
+    a.deploy_ready(&f).await;
+    b.deploy_ready(&f).await;
+    // Both run some (the first to claim a second wins it).
+    let (ra, rb) = wait_until(
+        Duration::from_secs(60),
+        "runs on both servers",
+        async || {
+            let (ra, rb) = (runs(&a, "tick").await, runs(&b, "tick").await);
+            if ra.len() + rb.len() >= 8 && !ra.is_empty() && !rb.is_empty() {
+                Ok((ra, rb))
+            } else {
+                Err(format!("a {ra:?} b {rb:?}"))
+            }
+        },
+    )
+    .await;
+    let _ = (ra, rb);
+    // A's runs as they stand when it stops (it drains what it runs; later runs are B's).
+    let ra: BTreeSet<i64> = runs(&a, "tick").await.iter().map(|r| secs(r)).collect();
+    a.terminate(Duration::from_secs(30)).await;
+    let stopped = chrono::Utc::now().timestamp();
+    let rb: Vec<String> = wait_until(Duration::from_secs(60), "B runs on alone", async || {
+        let rb = runs(&b, "tick").await;
+        let after = rb.iter().filter(|r| secs(r) > stopped + 1).count();
+        if after >= 4 {
+            Ok(rb)
+        } else {
+            Err(format!("{after} after the stop: {rb:?}"))
+        }
+    })
+    .await;
+    let rb_set: BTreeSet<i64> = rb.iter().map(|r| secs(r)).collect();
+    assert_eq!(rb_set.len(), rb.len(), "B ran a second twice: {rb:?}");
+    let both: Vec<_> = ra.intersection(&rb_set).collect();
+    assert!(both.is_empty(), "seconds run on both servers: {both:?}");
+    // Every second up to A's last recorded run ran on one of them...
+    let first = *ra.iter().chain(&rb_set).min().expect("runs");
+    let a_last = *ra.iter().max().expect("A ran");
+    for t in first..=a_last {
+        assert!(
+            ra.contains(&t) || rb_set.contains(&t),
+            "second {t} ran nowhere: a {ra:?} b {rb_set:?}"
+        );
+    }
+    // ...and every second after A stopped ran on B.
+    let b_last = *rb_set.iter().max().expect("B ran");
+    for t in (stopped + 2)..=b_last {
+        assert!(
+            rb_set.contains(&t),
+            "second {t} not run after A stopped: {rb_set:?}"
+        );
+    }
+}
+
+/// The NATS server and a fjord subscribed to it.
+async fn nats_setup() -> (NatsServer, Server, async_nats::Client) {
+    let nats = NatsServer::start();
+    let s = Server::start_opts(ServeOpts::args(&["--nats", &nats.url()])).await;
+    let client = async_nats::connect(nats.url()).await.expect("test client");
+    (nats, s, client)
+}
+
+/// Requests on `subject` until a subscriber answers (subscriptions follow deploys at once,
+/// but asynchronously); returns the reply.
+async fn request_until_answered(
+    c: &async_nats::Client,
+    subject: &str,
+    body: &str,
+) -> async_nats::Message {
+    wait_until(
+        Duration::from_secs(30),
+        &format!("an answer on {subject}"),
+        async || match tokio::time::timeout(
+            Duration::from_secs(10),
+            c.request(subject.to_string(), body.to_string().into()),
+        )
+        .await
+        {
+            Ok(Ok(m)) => Ok(m),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("timed out".to_string()),
+        },
+    )
+    .await
+}
+
+/// Whether nobody subscribes to `subject` any more (NATS answers "no responders").
+async fn no_responders(c: &async_nats::Client, subject: &str) -> bool {
+    matches!(
+        c.request(subject.to_string(), "x".into()).await,
+        Err(e) if e.kind() == async_nats::RequestErrorKind::NoResponders
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_subjects_invoke_reply_publish_and_follow_redeploys() {
+    let (_nats, s, c) = nats_setup().await;
+    s.deploy_ready(&logging_fn(
+        "orders",
+        json!({"topic": "orders.*, audit", "com.fjord.topic.response": "results"}),
+    ))
+    .await;
+    let mut results = c.subscribe("results").await.expect("subscribe results");
+    c.flush().await.expect("flush");
+    // The payload is the body; the reply is the function's answer, with its status.
+    let m = request_until_answered(&c, "orders.new", "order 1").await;
+    assert_eq!(&m.payload[..], b"order 1");
+    let status = m
+        .headers
+        .as_ref()
+        .and_then(|h| h.get("Fjord-Status"))
+        .map(|v| v.to_string());
+    assert_eq!(status.as_deref(), Some("200"));
+    // The response subject got it too, saying where it came from.
+    let r = tokio::time::timeout(
+        Duration::from_secs(30),
+        futures_util::StreamExt::next(&mut results),
+    )
+    .await
+    .expect("a result in time")
+    .expect("a result");
+    assert_eq!(&r.payload[..], b"order 1");
+    assert_eq!(
+        r.headers
+            .as_ref()
+            .and_then(|h| h.get("X-Topic"))
+            .map(|v| v.to_string())
+            .as_deref(),
+        Some("orders.new")
+    );
+    // The function saw the subject in X-Topic.
+    s.wait_log("name=orders", "nats orders.new", Duration::from_secs(20))
+        .await;
+    // A plain publish (no reply) runs it as well: counted on the board.
+    c.publish("audit", "fire and forget".into())
+        .await
+        .expect("publish");
+    let f = wait_until(
+        Duration::from_secs(30),
+        "both subjects counted",
+        async || {
+            let f = s.get_function("orders").await.expect("deployed");
+            let t = f["fjord"]["triggers"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            let fired = |src: &str| {
+                t.iter()
+                    .find(|x| x["source"] == src)
+                    .and_then(|x| x["fired"].as_u64())
+                    .unwrap_or(0)
+            };
+            if fired("orders.*") >= 1 && fired("audit") >= 1 {
+                Ok(f)
+            } else {
+                Err(f.to_string())
+            }
+        },
+    )
+    .await;
+    let t = trigger(&f, "nats").expect("nats triggers");
+    assert_eq!(t["active"], true, "{f}");
+
+    // Bad topics are refused at deploy, naming the annotation; nothing changes.
+    for bad in ["orders..x", "orders.>.x", "a b", "orders,,audit"] {
+        let msg = s
+            .sys_expect(
+                Method::PUT,
+                "/system/functions",
+                &logging_fn("orders", json!({"topic": bad})),
+                StatusCode::BAD_REQUEST,
+            )
+            .await;
+        assert!(msg.contains("annotations.topic"), "{bad}: {msg}");
+    }
+    assert_eq!(
+        &request_until_answered(&c, "orders.again", "still")
+            .await
+            .payload[..],
+        b"still"
+    );
+
+    // A redeploy moves the subscription; a delete removes it.
+    s.update(&logging_fn("orders", json!({"topic": "invoices"})))
+        .await;
+    assert_eq!(
+        &request_until_answered(&c, "invoices", "inv 1")
+            .await
+            .payload[..],
+        b"inv 1"
+    );
+    wait_until(
+        Duration::from_secs(30),
+        "orders.* unsubscribed",
+        async || no_responders(&c, "orders.x").await,
+    )
+    .await;
+    let f = s.get_function("orders").await.expect("deployed");
+    let sources: Vec<_> = f["fjord"]["triggers"]
+        .as_array()
+        .expect("triggers")
+        .iter()
+        .map(|t| t["source"].clone())
+        .collect();
+    assert_eq!(sources, vec![json!("invoices")], "{f}");
+    s.remove("orders").await;
+    wait_until(
+        Duration::from_secs(30),
+        "invoices unsubscribed",
+        async || no_responders(&c, "invoices").await,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_bad_broker_url_is_a_startup_error() {
+    let dir = TestDir::new();
+    for (url, expect) in [
+        ("http://127.0.0.1:4222", "is not a NATS URL"),
+        ("nats://", "is not a NATS URL"),
+    ] {
+        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_fjord"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(dir.data_dir())
+            .args(["--nats", url])
+            .output()
+            .await
+            .expect("run fjord");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{url}: {err}");
+        assert!(err.contains(expect), "{url}: {err}");
+    }
+    // A broker nobody listens on: refused at start, naming it.
+    let port = free_port();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_fjord"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.data_dir())
+        .args(["--nats", &format!("nats://127.0.0.1:{port}")])
+        .output()
+        .await
+        .expect("run fjord");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains(&format!("127.0.0.1:{port}")), "{err}");
+}

@@ -1,0 +1,245 @@
+//! The NATS connector (`fjord serve --nats nats://…`): each function's `topic` subjects are
+//! subscribed to on core NATS, and each message invokes the function with its payload as the
+//! body (`X-Connector: nats`, `X-Topic: <subject>`). At most once: a message that arrives
+//! while fjord is down, or whose call fails, is not redelivered.
+//!
+//! Subscriptions use one queue group per function (`fjord.<namespace>.<name>`), so several
+//! fjord servers deploying the same function share its messages instead of each running
+//! every one. A message with a reply subject gets the function's response body as the reply
+//! (header `Fjord-Status`); `com.fjord.topic.response` publishes successful responses to a
+//! subject. Calls per function run at most `com.openfaas.queue.max_inflight` at a time
+//! (default 10); beyond that the subscription waits (NATS buffers, then drops as a slow
+//! consumer).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use fjord_control::ControlPlane;
+use fjord_control::metrics::TriggerOutcome;
+use fjord_core::FunctionKey;
+use futures_util::StreamExt as _;
+use tokio_util::sync::CancellationToken;
+
+use super::{RESPONSE_SUBJECT, rfc3339};
+use crate::invoke::Invoker;
+use crate::trigger::{BoxFuture, Trigger};
+
+pub const KIND: &str = "nats";
+
+/// What a subscription needs from the deployment; a change restarts it.
+#[derive(Clone, PartialEq, Eq)]
+struct Sub {
+    response: Option<String>,
+    max_inflight: usize,
+}
+
+/// The broker's state, shown in `/healthz` detail and logged once per change.
+#[derive(Default)]
+pub struct BrokerState {
+    connected: std::sync::atomic::AtomicBool,
+}
+
+impl BrokerState {
+    pub fn connected(&self) -> bool {
+        self.connected.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// Connects to `url` with the `--nats-*` credentials; the first connection must succeed.
+pub async fn connect(
+    url: &str,
+    auth: &fjord_queue::nats::NatsAuth,
+) -> Result<(async_nats::Client, Arc<BrokerState>), String> {
+    let state = Arc::new(BrokerState::default());
+    let events = state.clone();
+    let shown = fjord_queue::redact_url(url);
+    let logged = shown.clone();
+    let client = fjord_queue::nats::connect_client(url, auth, move |o| {
+        o.name("fjord-connector").event_callback(move |e| {
+            let events = events.clone();
+            let url = logged.clone();
+            async move {
+                use std::sync::atomic::Ordering;
+                match e {
+                    async_nats::Event::Connected => {
+                        if !events.connected.swap(true, Ordering::Relaxed) {
+                            tracing::info!(url = %url, "nats connector: connected");
+                        }
+                    }
+                    async_nats::Event::Disconnected | async_nats::Event::Closed => {
+                        if events.connected.swap(false, Ordering::Relaxed) {
+                            tracing::warn!(url = %url, "nats connector: disconnected, reconnecting with backoff");
+                        }
+                    }
+                    other => tracing::debug!(url = %url, event = %other, "nats connector"),
+                }
+            }
+        })
+    })
+    .await
+    .map_err(|e| format!("--nats {shown}: {e}"))?;
+    state
+        .connected
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    tracing::info!(url = %shown, "nats connector: subscribing to functions' topic subjects");
+    Ok((client, state))
+}
+
+pub struct NatsTrigger {
+    pub client: async_nats::Client,
+    pub control: Arc<ControlPlane>,
+}
+
+impl Trigger for NatsTrigger {
+    fn name(&self) -> &'static str {
+        "nats"
+    }
+
+    fn run(
+        self: Box<Self>,
+        invoker: Invoker,
+        shutdown: CancellationToken,
+    ) -> BoxFuture<'static, ()> {
+        Box::pin(async move {
+            let mut watch = self.control.watch_routes();
+            let mut tasks = super::Tasks::new();
+            loop {
+                watch.borrow_and_update();
+                let mut desired: HashMap<(FunctionKey, String), Sub> = HashMap::new();
+                for d in super::deployed(&self.control) {
+                    let subjects = super::subscriptions(&d.deployment);
+                    d.route.metrics.triggers.set_sources(KIND, &subjects);
+                    let a = d.deployment.annotations.as_ref();
+                    let sub = Sub {
+                        response: a
+                            .and_then(|a| a.get(RESPONSE_SUBJECT))
+                            .map(|s| s.trim().to_string())
+                            .filter(|s| !s.is_empty()),
+                        max_inflight: fjord_core::policy::max_inflight(a)
+                            .unwrap_or(fjord_core::policy::DEFAULT_MAX_INFLIGHT)
+                            .max(1),
+                    };
+                    for s in subjects {
+                        desired.insert((d.key.clone(), s), sub.clone());
+                    }
+                }
+                tasks.sync(desired, |(key, subject), sub, stop| {
+                    tokio::spawn(subscribe(
+                        self.client.clone(),
+                        invoker.clone(),
+                        key.clone(),
+                        subject.clone(),
+                        sub.clone(),
+                        stop,
+                    ))
+                });
+                if !super::changed(&mut watch, &shutdown).await {
+                    break;
+                }
+            }
+            tasks.stop_all().await;
+        })
+    }
+}
+
+async fn subscribe(
+    client: async_nats::Client,
+    invoker: Invoker,
+    key: FunctionKey,
+    subject: String,
+    sub: Sub,
+    stop: CancellationToken,
+) {
+    let board = |active: bool| {
+        if let Some(r) = invoker.lookup(&key) {
+            r.metrics.triggers.set_active(KIND, &subject, active);
+        }
+    };
+    let group = format!("fjord.{}.{}", key.namespace, key.name);
+    let mut messages = match client.queue_subscribe(subject.clone(), group).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(function = %key, %subject, error = %e, "nats connector: cannot subscribe");
+            board(false);
+            return;
+        }
+    };
+    board(true);
+    tracing::info!(function = %key, %subject, "nats connector: subscribed");
+    let permits = Arc::new(tokio::sync::Semaphore::new(sub.max_inflight));
+    let sub = Arc::new(sub);
+    loop {
+        let m = tokio::select! {
+            m = messages.next() => m,
+            () = stop.cancelled() => break,
+        };
+        let Some(m) = m else { break };
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            break;
+        };
+        let (client, invoker, key, subject, sub) = (
+            client.clone(),
+            invoker.clone(),
+            key.clone(),
+            subject.clone(),
+            sub.clone(),
+        );
+        tokio::spawn(async move {
+            handle(&client, &invoker, &key, &subject, &sub, m).await;
+            drop(permit);
+        });
+    }
+    let _ = messages.unsubscribe().await;
+    tracing::info!(function = %key, %subject, "nats connector: unsubscribed");
+}
+
+/// One message: the call, the reply, the response subject, the board.
+async fn handle(
+    client: &async_nats::Client,
+    invoker: &Invoker,
+    key: &FunctionKey,
+    subscription: &str,
+    sub: &Sub,
+    m: async_nats::Message,
+) {
+    let at = chrono::Utc::now();
+    let headers = [
+        (super::HEADER_CONNECTOR, KIND.to_string()),
+        (super::HEADER_TOPIC, m.subject.to_string()),
+    ];
+    let answer = super::call(invoker, key, &headers, m.payload.clone()).await;
+    let outcome = match &answer {
+        Ok(a) => a.outcome(),
+        Err(e) => TriggerOutcome::Failed(e.clone()),
+    };
+    if let Some(reply) = &m.reply {
+        let (status, body) = match &answer {
+            Ok(a) => (a.status, a.body.clone()),
+            Err(e) => (502, bytes::Bytes::from(e.clone())),
+        };
+        let mut h = async_nats::HeaderMap::new();
+        h.insert("Fjord-Status", status.to_string().as_str());
+        if let Err(e) = client.publish_with_headers(reply.clone(), h, body).await {
+            tracing::warn!(function = %key, error = %e, "nats connector: cannot send the reply");
+        }
+    }
+    if let (Ok(a), Some(to), TriggerOutcome::Ok) = (&answer, &sub.response, &outcome) {
+        let mut h = async_nats::HeaderMap::new();
+        h.insert("X-Topic", m.subject.as_str());
+        h.insert("X-Function", key.to_string().as_str());
+        if let Err(e) = client
+            .publish_with_headers(to.clone(), h, a.body.clone())
+            .await
+        {
+            tracing::warn!(function = %key, subject = %to, error = %e, "nats connector: cannot publish the response");
+        }
+    }
+    if let TriggerOutcome::Failed(why) = &outcome {
+        tracing::debug!(function = %key, subject = %m.subject, reason = %why, "nats connector: call failed");
+    }
+    if let Some(r) = invoker.lookup(key) {
+        r.metrics
+            .triggers
+            .record(KIND, subscription, rfc3339(at), outcome);
+    }
+}
