@@ -137,6 +137,20 @@ fn describe_text(f: &FunctionStatus, url: &str) -> String {
         if let Some(d) = &x.digest {
             line("Digest:", d.clone());
         }
+        if let Some(p) = &x.pull {
+            line(
+                "Pulling:",
+                format!(
+                    "{}: {} of {} layers, {:.1} of {:.1} MB ({:.0} s)",
+                    p.image,
+                    p.layers_done,
+                    p.layers,
+                    p.bytes as f64 / 1e6,
+                    p.total_bytes as f64 / 1e6,
+                    p.seconds
+                ),
+            );
+        }
         line("Mode:", x.mode.clone());
         line("Restarts:", x.restarts.to_string());
         line("OOM kills:", x.oom_kills.to_string());
@@ -561,4 +575,32 @@ pub async fn token(g: &GatewayArgs, action: crate::cli::TokenAction) -> Result<(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn describe_shows_a_pull_in_progress() {
+        let f: FunctionStatus = serde_json::from_value(serde_json::json!({
+            "name": "big", "image": "reg:5000/big:1", "namespace": "openfaas-fn",
+            "createdAt": "2026-12-01T00:00:00Z",
+            "fjord": {"mode": "http", "restarts": 0, "oomKills": 0, "runtime": "container",
+                "pull": {"image": "reg:5000/big:1", "layers": 3, "layersDone": 1,
+                    "bytes": 40_000_000, "totalBytes": 100_000_000, "seconds": 4.2},
+                "rollout": {"generation": 0, "state": "pulling", "replicas": 0, "readyReplicas": 0}}
+        }))
+        .expect("a status");
+        let text = describe_text(&f, "http://gw");
+        assert!(
+            text.contains("Pulling:")
+                && text.contains("reg:5000/big:1: 1 of 3 layers, 40.0 of 100.0 MB (4 s)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("Runtime:") && text.contains("container"),
+            "{text}"
+        );
+    }
 }
