@@ -1,15 +1,17 @@
-//! Unpacking one verified layer blob into a directory that overlayfs can stack.
+//! Unpacking one layer, as it downloads, into a directory that overlayfs can stack.
 
 use std::fs::File;
-use std::io::{self, BufRead, BufReader, Read};
+use std::io::{self, BufRead, Read};
 use std::os::fd::AsFd;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use bytes::Bytes;
 use fjord_bundle::{BundleError, Extractor};
 use ruzstd::decoding::{FrameDecoder, StreamingDecoder};
 use sha2::{Digest as _, Sha256};
+use tokio::sync::mpsc::Receiver;
 
 use crate::error::{OciError, io_at};
 
@@ -39,13 +41,93 @@ impl<R: Read> Read for Counted<R> {
 }
 
 pub(crate) struct Unpack<'a> {
-    pub blob: &'a Path,
     /// The layer's (compressed) digest, for errors.
     pub digest: &'a str,
     /// The config's `rootfs.diff_ids` entry: sha256 of the uncompressed tar.
     pub diff_id: &'a str,
     pub max_unpacked: u64,
     pub max_entries: u64,
+}
+
+/// A layer's body as it downloads: chunks from the download task (async) to the unpack (a
+/// blocking thread), so that nothing waits for the whole blob and no copy of it is written.
+pub(crate) struct Body {
+    rx: Receiver<Bytes>,
+    chunk: Bytes,
+    done: bool,
+}
+
+impl Body {
+    pub(crate) fn new(rx: Receiver<Bytes>) -> Self {
+        Self {
+            rx,
+            chunk: Bytes::new(),
+            done: false,
+        }
+    }
+
+    /// Takes the next non-empty chunk; false at the end (the sender is gone).
+    fn next_chunk(&mut self) -> bool {
+        while !self.done {
+            match self.rx.blocking_recv() {
+                Some(c) if c.is_empty() => {}
+                Some(c) => {
+                    self.chunk = c;
+                    return true;
+                }
+                None => self.done = true,
+            }
+        }
+        false
+    }
+
+    /// At least `n` bytes at the front of the current chunk (fewer only at the end).
+    fn peek(&mut self, n: usize) -> &[u8] {
+        if self.chunk.len() < n {
+            let mut joined = self.chunk.to_vec();
+            while joined.len() < n && self.next_chunk() {
+                joined.extend_from_slice(&self.chunk);
+            }
+            self.chunk = Bytes::from(joined);
+        }
+        &self.chunk
+    }
+}
+
+/// The sha256 digest of every chunk received until the sender is gone (on a blocking thread of
+/// its own: it runs beside the unpack, on the other core, instead of adding to it).
+pub(crate) fn digest_of(mut rx: Receiver<Bytes>) -> String {
+    let mut hash = Sha256::new();
+    while let Some(c) = rx.blocking_recv() {
+        hash.update(&c);
+    }
+    format!("sha256:{:x}", hash.finalize())
+}
+
+impl Read for Body {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = {
+            let have = self.fill_buf()?;
+            let n = have.len().min(buf.len());
+            buf[..n].copy_from_slice(&have[..n]);
+            n
+        };
+        self.consume(n);
+        Ok(n)
+    }
+}
+
+impl BufRead for Body {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        if self.chunk.is_empty() {
+            self.next_chunk();
+        }
+        Ok(&self.chunk)
+    }
+
+    fn consume(&mut self, amt: usize) {
+        let _ = self.chunk.split_to(amt.min(self.chunk.len()));
+    }
 }
 
 /// A zstd stream of one or more frames (as `zstd` and `pzstd` write them).
@@ -80,22 +162,23 @@ impl<R: BufRead> Read for Zstd<R> {
     }
 }
 
-/// Unpacks `u.blob` (gzip, zstd or plain tar, told apart by their magic numbers) beneath `dest`
-/// and checks the uncompressed stream against the diff_id.
-pub(crate) fn unpack(u: &Unpack<'_>, dest: &Path) -> Result<(), OciError> {
-    let file = File::open(u.blob).map_err(io_at(u.blob))?;
-    let mut buf = BufReader::with_capacity(256 << 10, file);
-    let head = buf.fill_buf().map_err(io_at(u.blob))?;
-    let tar: Box<dyn Read + Send> = if head.starts_with(GZIP_MAGIC) {
-        Box::new(flate2::bufread::MultiGzDecoder::new(buf))
+/// Unpacks `body` (gzip, zstd or plain tar, told apart by their magic numbers) beneath `dest`
+/// as it arrives and checks the uncompressed stream against the diff_id. The body is not
+/// verified yet (the caller checks its digest once all of it came, and trusts nothing before):
+/// the extractor refuses unsafe entries whatever their origin, and `dest` is a fresh directory
+/// under `tmp/` that is removed unless both digests match.
+pub(crate) fn unpack(u: &Unpack<'_>, body: &mut Body, dest: &Path) -> Result<(), OciError> {
+    let head = body.peek(ZSTD_MAGIC.len());
+    let tar: Box<dyn Read + Send + '_> = if head.starts_with(GZIP_MAGIC) {
+        Box::new(flate2::bufread::MultiGzDecoder::new(body))
     } else if head.starts_with(ZSTD_MAGIC) {
-        Box::new(Zstd::new(buf).map_err(|e| OciError::BadLayer {
+        Box::new(Zstd::new(body).map_err(|e| OciError::BadLayer {
             digest: u.digest.to_string(),
             entry: String::new(),
             reason: format!("not a valid zstd stream: {e}"),
         })?)
     } else {
-        Box::new(buf)
+        Box::new(body)
     };
     let over = Arc::new(AtomicBool::new(false));
     let mut counted = Counted {

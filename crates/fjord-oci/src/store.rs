@@ -3,7 +3,7 @@
 //! Layout under the root (the server passes `<data-dir>/images`):
 //!
 //! ```text
-//! tmp/                         downloads and unpacks in progress; emptied at open
+//! tmp/                         unpacks in progress (as layers download); emptied at open
 //! blobs/sha256/<hex>           verified manifests, indexes and image configs
 //! layers/<hex>/rootfs/         a layer unpacked for overlayfs, keyed by its diff_id
 //! layers/<hex>/ok              written last: a layer without it is never used (removed at open)
@@ -21,11 +21,11 @@ use std::sync::{Arc, Mutex};
 
 use fjord_runtime_api::{ImageConfig, ImageRootfs};
 use futures_util::StreamExt as _;
+use oci_client::client::BlobResponse;
 use oci_client::errors::OciDistributionError;
 use oci_client::secrets::RegistryAuth;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
-use tokio::io::AsyncWriteExt as _;
 
 use crate::auth::{Credentials, DockerConfig};
 use crate::client::{Failure, classify, registry_client};
@@ -94,8 +94,11 @@ impl PullPolicy {
 pub enum LayerState {
     /// Already unpacked in the store (shared with another image or an earlier pull).
     Present,
+    /// Bytes arriving (`bytes` of `total`); they are unpacked as they come.
     Downloading,
+    /// All bytes came; the unpack finishes, then both digests are checked.
     Unpacking,
+    /// Verified and in the store.
     Done,
 }
 
@@ -149,6 +152,10 @@ const MT_OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
 const MT_DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
 /// Layers fetched at once by one pull.
 const PARALLEL_LAYERS: usize = 3;
+/// Chunks of a layer's body in flight between its download and its unpack (the chunks are
+/// what the connection read at once: tens to hundreds of KiB), so a slow disk holds the
+/// download back instead of filling memory.
+const BODY_CHUNKS: usize = 32;
 /// Manifests and configs are small; anything bigger is not one.
 const MAX_JSON: u64 = 8 << 20;
 
@@ -915,8 +922,10 @@ impl Puller<'_> {
         Ok(out)
     }
 
-    /// Makes one layer present: downloaded to `tmp/`, verified, unpacked into `tmp/`,
-    /// checked against its diff_id, renamed into `layers/`, then marked.
+    /// Makes one layer present in one pass over its bytes: the download is unpacked into a
+    /// fresh directory under `tmp/` as it arrives (hashing the compressed bytes and the tar
+    /// stream on the way), and renamed into `layers/` and marked only once the whole body
+    /// matched its digest and the tar its diff_id.
     async fn layer(
         &self,
         desc: &Descriptor,
@@ -937,7 +946,9 @@ impl Puller<'_> {
                 total,
             })
         };
-        let held = store.layer_lock(diff_id).lock_owned().await;
+        // Shared with the blocking threads below: they keep both locks until they end, even
+        // if this pull is dropped.
+        let held = Arc::new(store.layer_lock(diff_id).lock_owned().await);
         if store.layer_trusted(diff_id) {
             report(LayerState::Present, total);
             return Ok(());
@@ -951,82 +962,119 @@ impl Puller<'_> {
             return Err(too_large());
         }
         report(LayerState::Downloading, 0);
-        let tmp = store.tmp();
-        let blob = tempfile::Builder::new()
-            .prefix("blob-")
-            .tempfile_in(&tmp)
-            .map_err(io_at(&tmp))?;
-        let mut file = tokio::fs::File::create(blob.path())
-            .await
-            .map_err(io_at(blob.path()))?;
-        let mut stream = self
+        // `Range: bytes=0-` gets the whole blob without oci-client's own digest check: every
+        // byte is hashed below anyway, and SHA-256 is already most of a pull's CPU time (the
+        // body and the tar stream each need a pass). A registry that ignores the range answers
+        // 200 and the client checks as well.
+        let response = self
             .client
-            .pull_blob_stream(&self.cref, desc.digest.as_str())
+            .pull_blob_stream_partial(&self.cref, desc.digest.as_str(), 0, None)
             .await
             .map_err(|e| self.err(e))?;
-        let mut hash = Sha256::new();
+        let mut stream = match response {
+            BlobResponse::Full(s) | BlobResponse::Partial(s) => s,
+        };
+        // Every chunk goes to two blocking threads: one hashes the body, the other unpacks it
+        // (hashing the tar stream); each holds both locks until it ends, even if this pull is
+        // dropped.
+        let locks = || (held.clone(), self.shared.clone());
+        let (hash_tx, hash_rx) = tokio::sync::mpsc::channel(BODY_CHUNKS);
+        let hashed = {
+            let locks = locks();
+            tokio::task::spawn_blocking(move || {
+                let _locks = locks;
+                layer::digest_of(hash_rx)
+            })
+        };
+        let (unpack_tx, unpack_rx) = tokio::sync::mpsc::channel(BODY_CHUNKS);
+        let mut unpack_tx = Some(unpack_tx);
+        let tmp = store.tmp();
+        let unpacked = {
+            let (tmp, digest, diff) = (tmp.clone(), desc.digest.clone(), diff_id.to_string());
+            let locks = locks();
+            tokio::task::spawn_blocking(move || {
+                let _locks = locks;
+                let u = layer::Unpack {
+                    digest: &digest,
+                    diff_id: &diff,
+                    max_unpacked: limits.max_unpacked,
+                    max_entries: limits.max_entries,
+                };
+                unpack_layer(&tmp, layer::Body::new(unpack_rx), &u)
+            })
+        };
         let mut got = 0u64;
         let mut last_report = 0u64;
+        let mut failed = None;
         while let Some(chunk) = stream.next().await {
             let chunk = match chunk {
                 Ok(c) => c,
                 Err(e) => {
-                    // The client's own check fails after the last byte: report ours.
-                    if got == total
-                        && format!("sha256:{:x}", hash.clone().finalize()) != desc.digest
-                    {
-                        break;
-                    }
-                    return Err(OciError::Unreachable {
+                    failed = Some(OciError::Unreachable {
                         registry: self.reference.registry().to_string(),
                         detail: format!("while downloading layer {}: {}", desc.digest, chain(&e)),
                     });
+                    break;
                 }
             };
             got += chunk.len() as u64;
             if got > limits.max_compressed {
-                return Err(too_large());
+                failed = Some(too_large());
+                break;
             }
-            hash.update(&chunk);
-            file.write_all(&chunk).await.map_err(io_at(blob.path()))?;
+            if let Some(tx) = &unpack_tx
+                && tx.send(chunk.clone()).await.is_err()
+            {
+                // The unpack failed already. The rest is still hashed: a blob altered on the
+                // way fails as a digest mismatch (what it is), not as whatever its altered
+                // bytes made the unpack trip on.
+                unpack_tx = None;
+            }
+            if hash_tx.send(chunk).await.is_err() {
+                break; // The hashing thread panicked: its join says so.
+            }
             if got - last_report >= 1 << 20 {
                 last_report = got;
                 report(LayerState::Downloading, got);
             }
         }
-        file.sync_all().await.map_err(io_at(blob.path()))?;
-        drop(file);
-        let actual = format!("sha256:{:x}", hash.finalize());
-        if actual != desc.digest {
-            return Err(OciError::DigestMismatch {
-                what: format!("layer {} of {}", desc.digest, self.reference),
-                expected: desc.digest.clone(),
-                actual,
-            });
+        // The end of the body (or, after an error, a truncated one the unpack fails on).
+        drop((hash_tx, unpack_tx));
+        if failed.is_none() {
+            report(LayerState::Unpacking, got);
         }
-        report(LayerState::Unpacking, got);
-        let dest = store.layer_dir(diff_id);
-        let (digest, diff) = (desc.digest.clone(), diff_id.to_string());
-        let blob_path = blob.path().to_path_buf();
-        let shared = self.shared.clone();
-        tokio::task::spawn_blocking(move || {
-            // Both locks stay held until the unpack ends, even if this pull is dropped.
-            let _locks = (held, shared);
-            let unpack = layer::Unpack {
-                blob: &blob_path,
-                digest: &digest,
-                diff_id: &diff,
-                max_unpacked: limits.max_unpacked,
-                max_entries: limits.max_entries,
-            };
-            install_layer(&tmp, &dest, &unpack)
-        })
-        .await
-        .map_err(|e| OciError::Io {
+        let joined = |e: tokio::task::JoinError| OciError::Io {
             path: store.layer_dir(diff_id),
             source: std::io::Error::other(e),
-        })??;
-        drop(blob);
+        };
+        let actual = hashed.await.map_err(joined)?;
+        let unpacked = unpacked.await.map_err(joined)?;
+        let mismatch = (actual != desc.digest).then(|| OciError::DigestMismatch {
+            what: format!("layer {} of {}", desc.digest, self.reference),
+            expected: desc.digest.clone(),
+            actual,
+        });
+        let failed = match (failed, mismatch) {
+            // The client's own check (a registry that ignored the range) fails after the last
+            // byte: the mismatch with the manifest's digest says more.
+            (Some(_), Some(m)) if got == total => Some(m),
+            (Some(e), _) | (None, Some(e)) => Some(e),
+            (None, None) => None,
+        };
+        let dest = store.layer_dir(diff_id);
+        let digest = desc.digest.clone();
+        let locks = locks();
+        tokio::task::spawn_blocking(move || {
+            let _locks = locks;
+            match failed {
+                // Whatever was unpacked is removed here, off the async threads, before the
+                // pull returns.
+                Some(e) => Err(e),
+                None => install_layer(&tmp, unpacked?, &dest, &digest),
+            }
+        })
+        .await
+        .map_err(joined)??;
         report(LayerState::Done, got);
         Ok(())
     }
@@ -1042,9 +1090,14 @@ impl ImageStore {
     }
 }
 
-/// Unpacks into a fresh directory under `tmp`, syncs it, renames it to `dest` and writes
-/// `dest/ok` last: a crash before that leaves a directory the next open removes.
-fn install_layer(tmp: &Path, dest: &Path, u: &layer::Unpack<'_>) -> Result<(), OciError> {
+/// Unpacks `body` into a fresh directory under `tmp`, checking the tar stream against the
+/// diff_id; on failure the directory is removed (after a crash, by the next open, as all of
+/// `tmp/`).
+fn unpack_layer(
+    tmp: &Path,
+    mut body: layer::Body,
+    u: &layer::Unpack<'_>,
+) -> Result<tempfile::TempDir, OciError> {
     let work = tempfile::Builder::new()
         .prefix("layer-")
         .tempdir_in(tmp)
@@ -1053,9 +1106,23 @@ fn install_layer(tmp: &Path, dest: &Path, u: &layer::Unpack<'_>) -> Result<(), O
     std::fs::create_dir(&rootfs).map_err(io_at(&rootfs))?;
     std::fs::set_permissions(&rootfs, std::os::unix::fs::PermissionsExt::from_mode(0o755))
         .map_err(io_at(&rootfs))?;
-    layer::unpack(u, &rootfs)?;
+    layer::unpack(u, &mut body, &rootfs)?;
+    Ok(work)
+}
+
+/// Moves a verified layer directory to `dest`: synced first, renamed, then `dest/ok` written
+/// last, so a crash at any point leaves a directory the next open removes.
+fn install_layer(
+    tmp: &Path,
+    work: tempfile::TempDir,
+    dest: &Path,
+    digest: &str,
+) -> Result<(), OciError> {
+    // One syncfs for the whole layer, not an fsync per file (as containerd's
+    // `image_pull_with_sync_fs`): everything unpacked is on disk before the layer can be marked
+    // complete, so not even a power loss leaves a trusted layer with holes. (A kill -9 alone
+    // would need no sync: the page cache outlives the process.)
     let dir = std::fs::File::open(work.path()).map_err(io_at(work.path()))?;
-    // Everything unpacked reaches the disk before the layer can be marked complete.
     rustix::fs::syncfs(&dir).map_err(|e| io_at(work.path())(e.into()))?;
     if dest.join("ok").is_file() {
         // Made meanwhile by another pull (the layer lock makes that rare): keep that one, in
@@ -1065,7 +1132,7 @@ fn install_layer(tmp: &Path, dest: &Path, u: &layer::Unpack<'_>) -> Result<(), O
     remove_any(dest).map_err(io_at(dest))?;
     let work = work.keep();
     std::fs::rename(&work, dest).map_err(io_at(dest))?;
-    write_atomic(tmp, &dest.join("ok"), format!("{}\n", u.digest).as_bytes())?;
+    write_atomic(tmp, &dest.join("ok"), format!("{digest}\n").as_bytes())?;
     if let Some(parent) = dest.parent() {
         std::fs::File::open(parent)
             .and_then(|d| d.sync_all())

@@ -593,49 +593,54 @@ async fn gc_removes_what_no_kept_image_uses_and_keeps_shared_layers() {
     );
 }
 
-/// Set in the child process of the kill -9 test: `<store root>\n<reference>\n<stuck file>`.
+/// Set in the child process of the kill -9 tests: `<store root>\n<reference>\n<stuck file>\n<when>`.
 const CHILD_ENV: &str = "FJORD_OCI_TEST_KILL_CHILD";
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kill_9_in_the_middle_of_a_pull_leaves_nothing_trusted() {
-    if let Ok(spec) = std::env::var(CHILD_ENV) {
-        // The child: pull until the second layer is downloaded, then hang there (in tmp/,
-        // before its unpack) until killed.
-        let mut parts = spec.lines();
-        let (root, r, stuck) = (
-            parts.next().unwrap().to_string(),
-            parts.next().unwrap().to_string(),
-            parts.next().unwrap().to_string(),
-        );
-        let store = ImageStore::open(&root, StoreConfig::default()).unwrap();
-        let r = Reference::parse(&r).unwrap();
-        let hang = move |p: &Progress| {
-            if p.index == 1 && p.state == LayerState::Unpacking {
-                std::fs::write(&stuck, "").unwrap();
-                loop {
-                    std::thread::sleep(std::time::Duration::from_secs(1));
-                }
+/// In a kill -9 test's child: pulls, and hangs in the progress callback (the pull's own task)
+/// once the second layer reaches `when` (`unpacking`: all of it downloaded; `downloading`:
+/// its first MiB downloaded, the rest not), until killed.
+async fn child_pull_until_stuck(spec: &str) -> ! {
+    let mut parts = spec.lines();
+    let (root, r, stuck, when) = (
+        parts.next().unwrap().to_string(),
+        parts.next().unwrap().to_string(),
+        parts.next().unwrap().to_string(),
+        parts.next().unwrap().to_string(),
+    );
+    let store = ImageStore::open(&root, StoreConfig::default()).unwrap();
+    let r = Reference::parse(&r).unwrap();
+    let hang = move |p: &Progress| {
+        let reached = p.index == 1
+            && match when.as_str() {
+                "unpacking" => p.state == LayerState::Unpacking,
+                "downloading" => p.state == LayerState::Downloading && p.bytes > 0,
+                other => panic!("unknown stage {other}"),
+            };
+        if reached {
+            std::fs::write(&stuck, "").unwrap();
+            loop {
+                std::thread::sleep(std::time::Duration::from_secs(1));
             }
-        };
-        let _ = store.pull(&r, PullPolicy::Always, None, &hang).await;
-        panic!("the child was meant to be killed");
-    }
-    let layout = layout();
-    let reg = Registry::start(None);
-    reg.push(layout, "big", "fn/big", "1");
-    let dir = tempfile::tempdir().unwrap();
-    let stuck = dir.path().join("stuck");
-    let root = dir.path().join("store");
-    let r = reference(&reg, "fn/big:1");
+        }
+    };
+    let _ = store.pull(&r, PullPolicy::Always, None, &hang).await;
+    panic!("the child was meant to be killed");
+}
+
+/// Runs `test` (this very test) in a child process that pulls `r` into `root` and hangs as
+/// [`child_pull_until_stuck`] says; returns once it hangs there.
+fn spawn_stuck_child(
+    test: &str,
+    root: &Path,
+    r: &Reference,
+    stuck: &Path,
+    when: &str,
+) -> std::process::Child {
     let mut child = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "kill_9_in_the_middle_of_a_pull_leaves_nothing_trusted",
-            "--exact",
-            "--test-threads=1",
-        ])
+        .args([test, "--exact", "--test-threads=1"])
         .env(
             CHILD_ENV,
-            format!("{}\n{r}\n{}", root.display(), stuck.display()),
+            format!("{}\n{r}\n{}\n{when}", root.display(), stuck.display()),
         )
         .stdout(std::process::Stdio::null())
         .spawn()
@@ -644,16 +649,40 @@ async fn kill_9_in_the_middle_of_a_pull_leaves_nothing_trusted() {
         stuck.exists() || child.try_wait().unwrap().is_some()
     });
     assert!(stuck.exists(), "the child exited early");
+    child
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_in_the_middle_of_a_pull_leaves_nothing_trusted() {
+    if let Ok(spec) = std::env::var(CHILD_ENV) {
+        // The child: pull until the second layer is downloaded (and unpacked, or nearly, in
+        // tmp/), then hang there, before it is checked and renamed into place.
+        child_pull_until_stuck(&spec).await;
+    }
+    let layout = layout();
+    let reg = Registry::start(None);
+    reg.push(layout, "big", "fn/big", "1");
+    let dir = tempfile::tempdir().unwrap();
+    let stuck = dir.path().join("stuck");
+    let root = dir.path().join("store");
+    let r = reference(&reg, "fn/big:1");
+    let mut child = spawn_stuck_child(
+        "kill_9_in_the_middle_of_a_pull_leaves_nothing_trusted",
+        &root,
+        &r,
+        &stuck,
+        "unpacking",
+    );
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
     let leftovers = std::fs::read_dir(root.join("tmp")).unwrap().count();
-    assert!(leftovers > 0, "the downloaded blob was in tmp/");
+    assert!(leftovers > 0, "the layer was being unpacked in tmp/");
 
     let store = store(&root);
     assert!(tmp_is_empty(&store));
     assert!(store.list().unwrap().is_empty(), "no image recorded");
     // Layers unpack in parallel: the base layer may or may not have finished; the big one,
-    // only downloaded, is not there.
+    // not yet checked, is not there.
     let kept = layer_dirs(&store);
     assert!(kept.len() <= 1, "{kept:?}");
     for l in &kept {
@@ -665,6 +694,87 @@ async fn kill_9_in_the_middle_of_a_pull_leaves_nothing_trusted() {
     assert_eq!(
         std::fs::metadata(img.layers[1].join("big")).unwrap().len(),
         3 << 20
+    );
+    assert!(
+        progress
+            .iter()
+            .any(|p| p.index == 1 && p.state == LayerState::Done)
+    );
+}
+
+/// Files (not directories) anywhere beneath `dir`, with their sizes.
+fn files_beneath(dir: &Path) -> Vec<(PathBuf, u64)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let md = e.metadata().unwrap();
+            if md.is_dir() {
+                stack.push(e.path());
+            } else {
+                out.push((e.path(), md.len()));
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_while_a_layer_streams_in_leaves_its_half_unpacked_files_unused() {
+    if let Ok(spec) = std::env::var(CHILD_ENV) {
+        // The child: hang once the second layer's first MiB came, its unpack still going.
+        child_pull_until_stuck(&spec).await;
+    }
+    let layout = layout();
+    let reg = Registry::start(None);
+    reg.push(layout, "noise", "fn/noise", "1");
+    let dir = tempfile::tempdir().unwrap();
+    let stuck = dir.path().join("stuck");
+    let root = dir.path().join("store");
+    let r = reference(&reg, "fn/noise:1");
+    let mut child = spawn_stuck_child(
+        "kill_9_while_a_layer_streams_in_leaves_its_half_unpacked_files_unused",
+        &root,
+        &r,
+        &stuck,
+        "downloading",
+    );
+    // Layers unpack as they download: the file is being written in tmp/, but only as far as
+    // the bytes that came (the download waits in the hung callback).
+    let noise = || {
+        files_beneath(&root.join("tmp"))
+            .into_iter()
+            .find(|(p, _)| p.ends_with("rootfs/noise"))
+    };
+    wait_for("the unpack to write part of the file", 60, || {
+        noise().is_some_and(|(_, len)| len > 0)
+    });
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let (_, len) = noise().unwrap();
+    assert!(len < 4 << 20, "half written: {len} bytes");
+
+    let store = store(&root);
+    assert!(
+        tmp_is_empty(&store),
+        "the half-unpacked layer is removed at open"
+    );
+    assert!(store.list().unwrap().is_empty(), "no image recorded");
+    let kept = layer_dirs(&store);
+    assert!(kept.len() <= 1, "at most the base layer: {kept:?}");
+    assert!(
+        files_beneath(&root.join("layers"))
+            .iter()
+            .all(|(p, _)| !p.ends_with("rootfs/noise")),
+        "nothing of the half-made layer is in layers/"
+    );
+    let (img, progress) = pull(&store, &r).await;
+    let img = img.unwrap();
+    assert_eq!(
+        std::fs::metadata(img.layers[1].join("noise"))
+            .unwrap()
+            .len(),
+        4 << 20
     );
     assert!(
         progress

@@ -166,12 +166,12 @@ impl Drop for Registry {
 }
 
 /// Writes an uncompressed tar with Python's tarfile from a list of entries:
-/// `(kind, name, arg)` with kind `dir`, `file` (arg: content), `zeros` (arg: size),
-/// `symlink` (arg: target).
+/// `(kind, name, arg)` with kind `dir`, `file` (arg: content), `zeros` or `random` (arg:
+/// size), `symlink` (arg: target).
 pub fn craft_tar(path: &Path, entries: &[(&str, &str, &str)]) {
     let spec = serde_json::to_string(entries).unwrap();
     let script = r#"
-import io, json, sys, tarfile
+import io, json, os, sys, tarfile
 entries = json.loads(sys.argv[2])
 with tarfile.open(sys.argv[1], "w", format=tarfile.PAX_FORMAT) as t:
     for kind, name, arg in entries:
@@ -183,6 +183,8 @@ with tarfile.open(sys.argv[1], "w", format=tarfile.PAX_FORMAT) as t:
             ti.type = tarfile.SYMTYPE; ti.linkname = arg; t.addfile(ti)
         elif kind == "zeros":
             ti.size = int(arg); ti.mode = 0o644; t.addfile(ti, io.BytesIO(bytes(ti.size)))
+        elif kind == "random":
+            ti.size = int(arg); ti.mode = 0o644; t.addfile(ti, io.BytesIO(os.urandom(ti.size)))
         else:
             data = arg.encode(); ti.size = len(data); ti.mode = 0o644; t.addfile(ti, io.BytesIO(data))
 "#;
@@ -201,6 +203,7 @@ with tarfile.open(sys.argv[1], "w", format=tarfile.PAX_FORMAT) as t:
 /// - `other`: base + a layer adding `other` (shares base's layer).
 /// - `dotdot`, `escape`: base + a layer with `../x`, or writing through `evil -> /etc`.
 /// - `big`: base + a layer holding 3 MiB of zeros.
+/// - `noise`: base + a layer holding 4 MiB of random bytes (as large compressed).
 /// - `multi`: an image index listing only a linux/arm64 image.
 pub fn layout() -> &'static Path {
     static LAYOUT: OnceLock<PathBuf> = OnceLock::new();
@@ -289,6 +292,7 @@ pub fn layout() -> &'static Path {
             ],
         );
         add("big", &[("zeros", "big", &(3u64 << 20).to_string())]);
+        add("noise", &[("random", "noise", &(4u64 << 20).to_string())]);
         add("unique", &[("file", "unique", "tamper with me")]);
 
         // An index listing only a linux/arm64 image.
