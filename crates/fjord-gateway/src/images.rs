@@ -76,12 +76,14 @@ impl OciImages {
         let creds = credentials(r, auth)?;
         let started = Instant::now();
         let name = r.to_string();
-        // One log line per layer download (not per chunk).
-        let logged = AtomicU64::new(u64::MAX);
+        // One log line per layer download (not per chunk; layers download in parallel, so
+        // remember which were logged: a bit per layer index, more than 64 layers are rare).
+        let logged = AtomicU64::new(0);
         let progress = |p: &fjord_oci::Progress| {
             use fjord_oci::LayerState;
+            let bit = 1u64 << (p.index % 64);
             if p.state == LayerState::Downloading
-                && logged.swap(p.index as u64, Ordering::Relaxed) != p.index as u64
+                && logged.fetch_or(bit, Ordering::Relaxed) & bit == 0
             {
                 tracing::info!(image = %name, layer = %p.layer, index = p.index + 1, count = p.count, bytes = p.total, "pulling layer");
             }
