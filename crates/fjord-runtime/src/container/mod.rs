@@ -495,6 +495,7 @@ impl Runtime for ContainerRuntime {
 /// Runs a container replica until `stop` is cancelled: its own network namespace, its
 /// cgroup, its bundle, then the process runtime's supervision of an HTTP replica.
 pub(crate) async fn run_replica(args: ReplicaArgs, plan: Arc<Plan>) {
+    let t0 = std::time::Instant::now();
     let shared = args.shared.clone();
     let fail = |reason: String| {
         args.handle.logs.push(&args.id, &format!("fjord: {reason}"));
@@ -566,6 +567,7 @@ pub(crate) async fn run_replica(args: ReplicaArgs, plan: Arc<Plan>) {
             return;
         }
     };
+    tracing::debug!(replica = %args.id, elapsed_us = t0.elapsed().as_micros() as u64, "container bundle ready");
     let env = Arc::new(ReplicaEnv::for_container(
         args.id.clone(),
         cgroup,
