@@ -278,7 +278,12 @@ async fn no_responders(c: &async_nats::Client, subject: &str) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nats_subjects_invoke_reply_publish_and_follow_redeploys() {
-    let (_nats, s, c) = nats_setup().await;
+    let (mut nats, s, c) = nats_setup().await;
+    let (st, health) = send_text(s.open(Method::GET, "/healthz")).await;
+    assert_eq!(
+        (st, health.as_str()),
+        (StatusCode::OK, "OK\nnats: connected\n")
+    );
     s.deploy_ready(&logging_fn(
         "orders",
         json!({"topic": "orders.*, audit", "com.fjord.topic.response": "results"}),
@@ -387,6 +392,27 @@ async fn nats_subjects_invoke_reply_publish_and_follow_redeploys() {
         .map(|t| t["source"].clone())
         .collect();
     assert_eq!(sources, vec![json!("invoices")], "{f}");
+    // The broker restarts: fjord reconnects and its subscriptions come back.
+    nats.crash_and_restart();
+    let c = async_nats::connect(nats.url())
+        .await
+        .expect("test client again");
+    assert_eq!(
+        &request_until_answered(&c, "invoices", "inv 2")
+            .await
+            .payload[..],
+        b"inv 2"
+    );
+    let health = wait_until(Duration::from_secs(30), "healthz: connected", async || {
+        let (_, h) = send_text(s.open(Method::GET, "/healthz")).await;
+        if h.contains("nats: connected") {
+            Ok(h)
+        } else {
+            Err(h)
+        }
+    })
+    .await;
+    assert!(health.starts_with("OK\n"), "{health}");
     s.remove("orders").await;
     wait_until(
         Duration::from_secs(30),

@@ -52,6 +52,40 @@ pub const HEADER_TOPIC: &str = "x-topic";
 pub struct ConnectorSettings {
     /// `--nats nats://…`: core NATS subjects (the same server as the queue, or another).
     pub nats: Option<String>,
+    /// Filled in by `serve` once connected: what `/healthz` reports.
+    pub health: BrokerHealth,
+}
+
+/// Each connected broker's name and whether it is connected now (`/healthz` detail).
+#[derive(Clone, Default)]
+pub struct BrokerHealth(Arc<std::sync::Mutex<Vec<(&'static str, BrokerProbe)>>>);
+
+type BrokerProbe = Arc<dyn Fn() -> bool + Send + Sync>;
+
+impl BrokerHealth {
+    fn add(&self, name: &'static str, probe: BrokerProbe) {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((name, probe));
+    }
+
+    /// `nats: connected` lines, one per broker; empty without brokers.
+    pub fn report(&self) -> String {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(name, up)| {
+                let state = if up() {
+                    "connected"
+                } else {
+                    "disconnected, reconnecting"
+                };
+                format!("{name}: {state}\n")
+            })
+            .collect()
+    }
 }
 
 impl std::fmt::Debug for ConnectorSettings {
@@ -111,6 +145,12 @@ impl Brokers {
                 ),
                 None => None,
             };
+            if let Some((_, state)) = &nats {
+                let state = state.clone();
+                settings
+                    .health
+                    .add("nats", Arc::new(move || state.connected()));
+            }
             Ok(Brokers { nats })
         }
         #[cfg(not(feature = "nats"))]
@@ -134,17 +174,6 @@ impl Brokers {
             #[cfg(not(feature = "nats"))]
             nats: false,
         }
-    }
-
-    /// `(broker, connected)` for `/healthz` detail.
-    pub fn health(&self) -> Vec<(&'static str, bool)> {
-        #[allow(unused_mut)]
-        let mut out = Vec::new();
-        #[cfg(feature = "nats")]
-        if let Some((_, state)) = &self.nats {
-            out.push(("nats", state.connected()));
-        }
-        out
     }
 
     /// The broker triggers to start.
