@@ -453,3 +453,136 @@ async fn a_bad_broker_url_is_a_startup_error() {
     assert!(!out.status.success(), "{err}");
     assert!(err.contains(&format!("127.0.0.1:{port}")), "{err}");
 }
+
+/// A fork-mode worker: answers `done <body>` after a short pause, fails (500) on `fail`.
+fn worker(annotations: Value) -> Value {
+    json!({
+        "service": "worker",
+        "image": "fjord-test/worker:latest",
+        "envProcess": "sh -c 'b=$(cat); echo \"RUN $b\" >&2; sleep 0.1; [ \"$b\" != fail ] && echo \"done $b\"'",
+        "envVars": {"combine_output": "false"},
+        "annotations": annotations,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jetstream_subjects_ack_after_success_retry_dead_letter_and_survive_kill_9() {
+    use async_nats::jetstream;
+    let nats = NatsServer::start();
+    let c = async_nats::connect(nats.url()).await.expect("test client");
+    let js = jetstream::new(c.clone());
+    js.get_or_create_stream(jetstream::stream::Config {
+        name: "JOBS".into(),
+        subjects: vec!["jobs.>".into()],
+        ..Default::default()
+    })
+    .await
+    .expect("the JOBS stream");
+    let mut results = c.subscribe("results").await.expect("subscribe results");
+    let mut dead = c
+        .subscribe("fjord.dead.openfaas-fn.worker")
+        .await
+        .expect("subscribe dead letters");
+    c.flush().await.expect("flush");
+    let dir = TestDir::new();
+    let opts = ServeOpts::args(&["--nats", &nats.url()]);
+    let s = Server::start_in(dir.clone(), opts.clone()).await;
+    s.deploy_ready(&worker(json!({
+        "topic": "jobs.*",
+        "com.fjord.topic.response": "results",
+        "com.openfaas.queue.max_inflight": "2",
+        "com.openfaas.retry.attempts": "3",
+        "com.openfaas.retry.codes": "500",
+        "com.openfaas.retry.min_wait": "100ms",
+        "com.openfaas.retry.max_wait": "200ms",
+    })))
+    .await;
+    // Messages stored in the stream before and while fjord runs.
+    const N: usize = 30;
+    for i in 0..20 {
+        js.publish(format!("jobs.{}", i % 3), format!("m{i}").into())
+            .await
+            .expect("publish")
+            .await
+            .expect("stored");
+    }
+    let mut seen = BTreeSet::new();
+    let mut next = async |seen: &mut BTreeSet<String>| {
+        let m = tokio::time::timeout(
+            Duration::from_secs(60),
+            futures_util::StreamExt::next(&mut results),
+        )
+        .await
+        .expect("a result in time")
+        .expect("a result");
+        let body = String::from_utf8_lossy(&m.payload).trim().to_string();
+        seen.insert(body.trim_start_matches("done ").to_string());
+    };
+    while seen.len() < 3 {
+        next(&mut seen).await;
+    }
+    // kill -9 in the middle of the batch, more messages while it is down, then a restart.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(s.pid()),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill -9");
+    drop(s);
+    for i in 20..N {
+        js.publish("jobs.late", format!("m{i}").into())
+            .await
+            .expect("publish")
+            .await
+            .expect("stored");
+    }
+    let s = Server::start_in(dir.clone(), opts).await;
+    // Unacked messages come back after the ack wait (15 s): none is lost.
+    let all: BTreeSet<String> = (0..N).map(|i| format!("m{i}")).collect();
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while !all.is_subset(&seen) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "lost after kill -9: {:?}",
+            all.difference(&seen).collect::<Vec<_>>()
+        );
+        next(&mut seen).await;
+    }
+    // A message the function keeps failing is tried three times, then dead-lettered.
+    js.publish("jobs.x", "fail".into())
+        .await
+        .expect("publish")
+        .await
+        .expect("stored");
+    let d = tokio::time::timeout(
+        Duration::from_secs(60),
+        futures_util::StreamExt::next(&mut dead),
+    )
+    .await
+    .expect("a dead letter in time")
+    .expect("a dead letter");
+    assert_eq!(&d.payload[..], b"fail");
+    let h = d.headers.expect("dead letter headers");
+    assert_eq!(
+        h.get("Fjord-Attempts").map(|v| v.to_string()).as_deref(),
+        Some("3")
+    );
+    assert_eq!(
+        h.get("X-Topic").map(|v| v.to_string()).as_deref(),
+        Some("jobs.x")
+    );
+    assert!(
+        h.get("Fjord-Reason")
+            .is_some_and(|r| r.as_str().contains("HTTP 500")),
+        "{h:?}"
+    );
+    let lines = s.logs("name=worker&tail=10000").await;
+    let tries = lines
+        .iter()
+        .filter(|l| l["text"].as_str().is_some_and(|t| t.contains("RUN fail")))
+        .count();
+    assert_eq!(tries, 3, "attempts of the failing message");
+    let f = s.get_function("worker").await.expect("deployed");
+    let t = trigger(&f, "nats").expect("a nats trigger");
+    assert_eq!(t["source"], "jobs.*");
+    assert!(t["failed"].as_u64().unwrap_or(0) >= 3, "{t}");
+}
