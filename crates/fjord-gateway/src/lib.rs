@@ -682,7 +682,7 @@ pub async fn serve(config: GatewayConfig, shutdown: CancellationToken) -> Result
     // Before the runtime: a queue that cannot be reached must not leave anything behind.
     let (queue, pruner, cron_claims) = open_queue(&config.queue, &config.nats, data_dir).await?;
     // Before the runtime too: a broker that cannot be reached is a startup error.
-    let brokers = connectors::Brokers::connect(&config.connectors, &config.nats).await?;
+    let brokers = connectors::Brokers::connect(&config.connectors, &config.nats, data_dir).await?;
     let runtime = fjord_runtime::ProcessRuntime::new(fjord_runtime::RuntimeConfig {
         data_dir: data_dir.clone(),
         rollout_timeout: config.rollout_timeout,
