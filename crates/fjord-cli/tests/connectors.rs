@@ -586,3 +586,212 @@ async fn jetstream_subjects_ack_after_success_retry_dead_letter_and_survive_kill
     assert_eq!(t["source"], "jobs.*");
     assert!(t["failed"].as_u64().unwrap_or(0) >= 3, "{t}");
 }
+
+/// A real mosquitto on a free loopback port, stopped on drop.
+struct Mosquitto {
+    child: std::process::Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Mosquitto {
+    fn start() -> Mosquitto {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let port = free_port();
+        let conf = dir.path().join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"),
+        )
+        .expect("config");
+        let child = std::process::Command::new("mosquitto")
+            .arg("-c")
+            .arg(&conf)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("mosquitto (scripts/test installs it)");
+        wait_until_blocking(Duration::from_secs(10), "mosquitto listening", || {
+            std::net::TcpStream::connect(("127.0.0.1", port))
+        });
+        Mosquitto {
+            child,
+            port,
+            _dir: dir,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("mqtt://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A test MQTT client: publishes QoS 1, and forwards what it receives on `topics`.
+async fn mqtt_client(
+    port: u16,
+    topics: &[&str],
+) -> (
+    rumqttc::AsyncClient,
+    tokio::sync::mpsc::UnboundedReceiver<(String, Vec<u8>)>,
+) {
+    let o = rumqttc::MqttOptions::new("connectors-test", "127.0.0.1", port);
+    let (client, mut events) = rumqttc::AsyncClient::new(o, 100);
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    for t in topics {
+        client
+            .subscribe(*t, rumqttc::QoS::AtLeastOnce)
+            .await
+            .expect("subscribe");
+    }
+    let (subacked_tx, mut subacked) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            match events.poll().await {
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) => {
+                    let _ = tx.send((p.topic.clone(), p.payload.to_vec()));
+                }
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_))) => {
+                    let _ = subacked_tx.send(());
+                }
+                Ok(_) => {}
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    });
+    for _ in topics {
+        tokio::time::timeout(Duration::from_secs(10), subacked.recv())
+            .await
+            .expect("subscribed in time");
+    }
+    (client, rx)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt_qos1_acks_after_success_retries_dead_letters_and_survives_kill_9() {
+    let broker = Mosquitto::start();
+    let (c, mut rx) = mqtt_client(broker.port, &["results", "fjord/dead/openfaas-fn/worker"]).await;
+    let dir = TestDir::new();
+    let opts = ServeOpts::args(&["--mqtt", &broker.url()]);
+    let s = Server::start_in(dir.clone(), opts.clone()).await;
+    let (_, health) = send_text(s.open(Method::GET, "/healthz")).await;
+    assert_eq!(health, "OK\nmqtt: connected\n");
+    // Bad filters are refused at deploy.
+    let msg = s
+        .sys_expect(
+            Method::POST,
+            "/system/functions",
+            &worker(json!({"topic": "sensors/#/temp"})),
+            StatusCode::BAD_REQUEST,
+        )
+        .await;
+    assert!(
+        msg.contains("annotations.topic") && msg.contains("MQTT"),
+        "{msg}"
+    );
+    s.deploy_ready(&worker(json!({
+        "topic": "sensors/+/temp",
+        "com.fjord.topic.response": "results",
+        "com.openfaas.retry.attempts": "3",
+        "com.openfaas.retry.codes": "500",
+        "com.openfaas.retry.min_wait": "100ms",
+        "com.openfaas.retry.max_wait": "200ms",
+    })))
+    .await;
+    let publish = async |topic: &str, body: String| {
+        c.publish(topic, rumqttc::QoS::AtLeastOnce, false, body.into_bytes())
+            .await
+            .expect("publish");
+    };
+    // Once fjord's subscription is in place (a probe gets an answer)...
+    let mut seen: BTreeSet<String> = BTreeSet::new();
+    let mut dead: Vec<String> = Vec::new();
+    let mut take =
+        async |seen: &mut BTreeSet<String>, dead: &mut Vec<String>, bound: Duration| -> bool {
+            match tokio::time::timeout(bound, rx.recv()).await {
+                Ok(Some((topic, body))) => {
+                    let body = String::from_utf8_lossy(&body).trim().to_string();
+                    if topic == "results" {
+                        seen.insert(body.trim_start_matches("done ").to_string());
+                    } else {
+                        dead.push(body);
+                    }
+                    true
+                }
+                _ => false,
+            }
+        };
+    let mut probe = 0;
+    while !seen.iter().any(|b| b.starts_with("probe")) {
+        probe += 1;
+        assert!(probe < 60, "fjord never answered on sensors/+/temp");
+        publish("sensors/probe/temp", format!("probe{probe}")).await;
+        take(&mut seen, &mut dead, Duration::from_millis(500)).await;
+    }
+    // ...a batch, a kill -9 in its middle, more while fjord is down, and a restart.
+    const N: usize = 20;
+    for i in 0..10 {
+        publish(&format!("sensors/r{}/temp", i % 3), format!("m{i}")).await;
+    }
+    while seen.iter().filter(|b| b.starts_with('m')).count() < 2 {
+        assert!(
+            take(&mut seen, &mut dead, Duration::from_secs(60)).await,
+            "results in time"
+        );
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(s.pid()),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill -9");
+    drop(s);
+    for i in 10..N {
+        publish("sensors/late/temp", format!("m{i}")).await;
+    }
+    let s = Server::start_in(dir.clone(), opts).await;
+    let all: BTreeSet<String> = (0..N).map(|i| format!("m{i}")).collect();
+    while !all.is_subset(&seen) {
+        assert!(
+            take(&mut seen, &mut dead, Duration::from_secs(60)).await,
+            "lost across kill -9: {:?}",
+            all.difference(&seen).collect::<Vec<_>>()
+        );
+    }
+    // Three attempts, then the dead-letter topic.
+    publish("sensors/x/temp", "fail".to_string()).await;
+    while dead.is_empty() {
+        assert!(
+            take(&mut seen, &mut dead, Duration::from_secs(60)).await,
+            "a dead letter in time"
+        );
+    }
+    assert_eq!(dead, vec!["fail".to_string()]);
+    let lines = s.logs("name=worker&tail=10000").await;
+    let tries = lines
+        .iter()
+        .filter(|l| l["text"].as_str().is_some_and(|t| t.contains("RUN fail")))
+        .count();
+    assert_eq!(tries, 3, "attempts of the failing message");
+    let f = s.get_function("worker").await.expect("deployed");
+    let t = trigger(&f, "mqtt").expect("an mqtt trigger");
+    assert_eq!(t["source"], "sensors/+/temp");
+    assert!(t["fired"].as_u64().unwrap_or(0) >= 1, "{t}");
+    // A redeploy moves the subscription.
+    s.update(&worker(
+        json!({"topic": "other/#", "com.fjord.topic.response": "results"}),
+    ))
+    .await;
+    let mut n = 0;
+    while !seen.contains("moved") {
+        n += 1;
+        assert!(n < 60, "no answer on other/# after the update");
+        publish("other/a/b", "moved".to_string()).await;
+        take(&mut seen, &mut dead, Duration::from_millis(500)).await;
+    }
+}
