@@ -114,6 +114,29 @@ async fn cron_runs_a_seconds_schedule_shows_it_and_follows_updates() {
         "{text}"
     );
 
+    // fjord describe prints it.
+    let password = std::fs::read_to_string(s.password_file()).expect("password");
+    let cfg = tempfile::tempdir().expect("config dir");
+    let out = run_cli(
+        &["describe", "tick"],
+        &[
+            ("FJORD_URL", &s.url("")),
+            ("FJORD_PASSWORD", password.trim()),
+        ],
+        &cfg.path().join("config.yml"),
+    )
+    .await;
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let line = out
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("Trigger:"))
+        .unwrap_or_else(|| panic!("a Trigger: line in {}", out.stdout));
+    assert!(
+        line.contains("cron * * * * * * (UTC), next ") && line.contains(" ok, fired "),
+        "{line}"
+    );
+
     // A bad schedule is refused, naming the annotation, and the function keeps running.
     for (annotations, named) in [
         (
@@ -584,6 +607,10 @@ async fn jetstream_subjects_ack_after_success_retry_dead_letter_and_survive_kill
     let f = s.get_function("worker").await.expect("deployed");
     let t = trigger(&f, "nats").expect("a nats trigger");
     assert_eq!(t["source"], "jobs.*");
+    assert!(
+        t["lag"].is_u64(),
+        "a JetStream consumer reports its lag: {t}"
+    );
     assert!(t["failed"].as_u64().unwrap_or(0) >= 3, "{t}");
 }
 

@@ -6,7 +6,8 @@
 //! matches, with the payload as the body (`X-Connector: mqtt`, `X-Topic: <topic>`), and is
 //! acknowledged (PUBACK) only once those calls are done: after a 2xx, or after the retry
 //! policy's last attempt, when it is published to `fjord/dead/<namespace>/<name>` instead.
-//! A fjord killed before the ack gets the message again at its next connection.
+//! A fjord killed before the ack gets the message again at its next connection. Calls per
+//! function run at most `com.openfaas.queue.max_inflight` at a time (default 10).
 
 use std::sync::{Arc, RwLock};
 
@@ -204,6 +205,8 @@ struct Route {
     key: FunctionKey,
     response: Option<String>,
     policy: fjord_core::policy::RetryPolicy,
+    /// The function's `com.openfaas.queue.max_inflight` calls at once (all its filters).
+    permits: Arc<tokio::sync::Semaphore>,
 }
 
 pub struct MqttTrigger {
@@ -304,6 +307,11 @@ async fn sync(
             .map(|s| s.trim().to_string())
             .filter(|s| !s.is_empty());
         let policy = fjord_core::policy::RetryPolicy::from_annotations(a).unwrap_or_default();
+        let permits = Arc::new(tokio::sync::Semaphore::new(
+            fjord_core::policy::max_inflight(a)
+                .unwrap_or(fjord_core::policy::DEFAULT_MAX_INFLIGHT)
+                .max(1),
+        ));
         for f in filters {
             d.route.metrics.triggers.set_active(KIND, &f, true);
             table.push(Route {
@@ -311,6 +319,7 @@ async fn sync(
                 key: d.key.clone(),
                 response: response.clone(),
                 policy: policy.clone(),
+                permits: permits.clone(),
             });
         }
     }
@@ -337,6 +346,9 @@ async fn sync(
 
 /// One function's call for one message, with its retries; dead letters after the last.
 async fn handle(client: &AsyncClient, invoker: &Invoker, r: &Route, p: &rumqttc::Publish) {
+    let Ok(_permit) = r.permits.acquire().await else {
+        return;
+    };
     let mut attempt = 1;
     loop {
         let at = chrono::Utc::now();

@@ -372,7 +372,13 @@ async fn handle_jetstream(
 ) {
     use async_nats::jetstream::AckKind;
     let at = chrono::Utc::now();
-    let attempt = m.info().map(|i| i.delivered.max(1) as u32).unwrap_or(1);
+    let (attempt, pending) = m
+        .info()
+        .map(|i| (i.delivered.max(1) as u32, Some(i.pending)))
+        .unwrap_or((1, None));
+    if let (Some(p), Some(r)) = (pending, invoker.lookup(key)) {
+        r.metrics.triggers.set_lag(KIND, subscription, p);
+    }
     let headers = [
         (super::HEADER_CONNECTOR, KIND.to_string()),
         (super::HEADER_TOPIC, m.subject.to_string()),
