@@ -631,9 +631,18 @@ impl Mosquitto {
             format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"),
         )
         .expect("config");
+        let child = Self::spawn(&conf, port);
+        Mosquitto {
+            child,
+            port,
+            _dir: dir,
+        }
+    }
+
+    fn spawn(conf: &std::path::Path, port: u16) -> std::process::Child {
         let child = std::process::Command::new("mosquitto")
             .arg("-c")
-            .arg(&conf)
+            .arg(conf)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
@@ -641,11 +650,15 @@ impl Mosquitto {
         wait_until_blocking(Duration::from_secs(10), "mosquitto listening", || {
             std::net::TcpStream::connect(("127.0.0.1", port))
         });
-        Mosquitto {
-            child,
-            port,
-            _dir: dir,
-        }
+        child
+    }
+
+    /// Kills the broker (its sessions and subscriptions are gone: no persistence) and starts
+    /// a new one on the same port.
+    fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.child = Self::spawn(&self._dir.path().join("mosquitto.conf"), self.port);
     }
 
     fn url(&self) -> String {
@@ -668,7 +681,10 @@ async fn mqtt_client(
     rumqttc::AsyncClient,
     tokio::sync::mpsc::UnboundedReceiver<(String, Vec<u8>)>,
 ) {
-    let o = rumqttc::MqttOptions::new("connectors-test", "127.0.0.1", port);
+    // A client id of its own: a second client with the same id would keep kicking this one.
+    static CLIENTS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = CLIENTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let o = rumqttc::MqttOptions::new(format!("connectors-test-{n}"), "127.0.0.1", port);
     let (client, mut events) = rumqttc::AsyncClient::new(o, 100);
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     for t in topics {
@@ -702,7 +718,7 @@ async fn mqtt_client(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mqtt_qos1_acks_after_success_retries_dead_letters_and_survives_kill_9() {
-    let broker = Mosquitto::start();
+    let mut broker = Mosquitto::start();
     let (c, mut rx) = mqtt_client(broker.port, &["results", "fjord/dead/openfaas-fn/worker"]).await;
     let dir = TestDir::new();
     let opts = ServeOpts::args(&["--mqtt", &broker.url()]);
@@ -821,4 +837,30 @@ async fn mqtt_qos1_acks_after_success_retries_dead_letters_and_survives_kill_9()
         publish("other/a/b", "moved".to_string()).await;
         take(&mut seen, &mut dead, Duration::from_millis(500)).await;
     }
+    drop(take);
+    drop(c);
+    // The broker restarts and forgets everything: fjord reconnects and subscribes again.
+    broker.restart();
+    let (c, mut rx) = mqtt_client(broker.port, &["results"]).await;
+    let mut n = 0;
+    loop {
+        n += 1;
+        assert!(n < 60, "no answer after the broker restart");
+        c.publish(
+            "other/x",
+            rumqttc::QoS::AtLeastOnce,
+            false,
+            b"again".to_vec(),
+        )
+        .await
+        .expect("publish");
+        if let Ok(Some((_, body))) =
+            tokio::time::timeout(Duration::from_millis(500), rx.recv()).await
+            && String::from_utf8_lossy(&body).contains("again")
+        {
+            break;
+        }
+    }
+    let (_, health) = send_text(s.open(Method::GET, "/healthz")).await;
+    assert_eq!(health, "OK\nmqtt: connected\n");
 }
