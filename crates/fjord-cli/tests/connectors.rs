@@ -864,3 +864,62 @@ async fn mqtt_qos1_acks_after_success_retries_dead_letters_and_survives_kill_9()
     let (_, health) = send_text(s.open(Method::GET, "/healthz")).await;
     assert_eq!(health, "OK\nmqtt: connected\n");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cron_schedules_survive_a_restart_and_replay_only_the_latest_missed_run() {
+    let dir = TestDir::new();
+    let mut s = Server::start_in(dir.clone(), ServeOpts::default()).await;
+    s.deploy_ready(&logging_fn(
+        "tick",
+        json!({"topic": "cron-function", "schedule": "* * * * * *", "com.fjord.schedule.missed": "latest"}),
+    ))
+    .await;
+    let before = wait_until(Duration::from_secs(30), "two runs", async || {
+        let r = runs(&s, "tick").await;
+        if r.len() >= 2 {
+            Ok(r)
+        } else {
+            Err(format!("{r:?}"))
+        }
+    })
+    .await;
+    s.terminate(Duration::from_secs(30)).await;
+    let last = runs_last(&before);
+    // Down for a few scheduled seconds.
+    let down = std::time::Instant::now();
+    wait_until(Duration::from_secs(10), "3 s down", async || {
+        down.elapsed() > Duration::from_secs(3)
+    })
+    .await;
+    let s = Server::start_in(dir.clone(), ServeOpts::default()).await;
+    let after = wait_until(
+        Duration::from_secs(30),
+        "runs after the restart",
+        async || {
+            let r = runs(&s, "tick").await;
+            if r.len() >= 2 {
+                Ok(r)
+            } else {
+                Err(format!("{r:?}"))
+            }
+        },
+    )
+    .await;
+    let after: Vec<i64> = after.iter().map(|r| secs(r)).collect();
+    // The schedule came back from the store; the first run is the latest missed second
+    // (only that one: none of the seconds between the last run and it).
+    assert!(
+        after[0] >= last + 3,
+        "the latest missed run, not an earlier one: last {last}, after {after:?}"
+    );
+    assert_eq!(after[1], after[0] + 1, "then on schedule: {after:?}");
+    assert!(
+        s.log_tail().contains("running the latest missed run"),
+        "{}",
+        s.log_tail()
+    );
+}
+
+fn runs_last(r: &[String]) -> i64 {
+    r.iter().map(|r| secs(r)).max().expect("runs")
+}
