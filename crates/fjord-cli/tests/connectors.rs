@@ -837,8 +837,6 @@ async fn mqtt_qos1_acks_after_success_retries_dead_letters_and_survives_kill_9()
         publish("other/a/b", "moved".to_string()).await;
         take(&mut seen, &mut dead, Duration::from_millis(500)).await;
     }
-    drop(take);
-    drop(c);
     // The broker restarts and forgets everything: fjord reconnects and subscribes again.
     broker.restart();
     let (c, mut rx) = mqtt_client(broker.port, &["results"]).await;
