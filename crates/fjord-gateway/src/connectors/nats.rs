@@ -344,7 +344,13 @@ async fn consume(
             None => break,
             Some(Ok(m)) => m,
             Some(Err(e)) => {
+                // Missed heartbeats and the like while the broker is away: the stream
+                // recovers by itself; do not spin on the errors meanwhile.
                 tracing::debug!(function = %key, %subject, error = %e, "nats connector: JetStream pull");
+                tokio::select! {
+                    () = tokio::time::sleep(std::time::Duration::from_millis(200)) => {}
+                    () = stop.cancelled() => break,
+                }
                 continue;
             }
         };
