@@ -323,6 +323,12 @@ async fn nats_subjects_invoke_reply_publish_and_follow_redeploys() {
         .and_then(|h| h.get("Fjord-Status"))
         .map(|v| v.to_string());
     assert_eq!(status.as_deref(), Some("200"));
+    let call_id = m.headers.as_ref().and_then(|h| h.get("x-call-id"));
+    assert!(
+        call_id.is_some(),
+        "the function's answer headers come along: {:?}",
+        m.headers
+    );
     // The response subject got it too, saying where it came from.
     let r = tokio::time::timeout(
         Duration::from_secs(30),

@@ -325,8 +325,10 @@ pub(crate) fn rfc3339(t: chrono::DateTime<chrono::Utc>) -> String {
 /// The answer of one connector call.
 pub(crate) struct Answer {
     pub status: u16,
-    /// The NATS reply and response subject carry it.
+    /// The NATS reply carries them (and the body).
     #[cfg_attr(not(feature = "nats"), allow(dead_code))]
+    pub headers: http::HeaderMap,
+    /// The NATS reply and response subject carry it.
     pub body: Bytes,
 }
 
@@ -360,13 +362,17 @@ pub(crate) async fn call(
         .map_err(|e| format!("cannot build the request: {e}"))?;
     let resp = invoker.call(&route, Caller::Trigger, req).await;
     let status = resp.status().as_u16();
-    let body = resp
-        .into_body()
+    let (parts, body) = resp.into_parts();
+    let body = body
         .collect()
         .await
         .map_err(|e| format!("the answer's body failed: {e}"))?
         .to_bytes();
-    Ok(Answer { status, body })
+    Ok(Answer {
+        status,
+        headers: parts.headers,
+        body,
+    })
 }
 
 /// Tasks kept in step with what the deployments ask for: one per key, restarted when its

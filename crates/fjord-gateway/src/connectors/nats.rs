@@ -236,6 +236,14 @@ async fn handle(
             Err(e) => (502, bytes::Bytes::from(e.clone())),
         };
         let mut h = async_nats::HeaderMap::new();
+        // The function's own headers (Content-Type, X-Call-Id, …) come along.
+        if let Ok(a) = &answer {
+            for (k, v) in &a.headers {
+                if let Ok(v) = v.to_str() {
+                    h.append(k.as_str(), v);
+                }
+            }
+        }
         h.insert("Fjord-Status", status.to_string().as_str());
         if let Err(e) = client.publish_with_headers(reply.clone(), h, body).await {
             tracing::warn!(function = %key, error = %e, "nats connector: cannot send the reply");
