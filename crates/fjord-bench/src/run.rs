@@ -30,7 +30,15 @@ pub struct Options {
 }
 
 /// The scenarios `--only` runs alone.
-pub const ONLY: [&str; 6] = ["async", "tls", "fork", "scale", "ab", "containers"];
+pub const ONLY: [&str; 7] = [
+    "async",
+    "tls",
+    "fork",
+    "scale",
+    "ab",
+    "containers",
+    "connectors",
+];
 
 pub async fn run(opts: Options) -> anyhow::Result<()> {
     let mut b = Bench::new(&opts)?;
@@ -43,6 +51,14 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             println!("{}", f.summary_line());
         }
         return crate::report::write_containers(&opts, &b.figures, started.elapsed());
+    }
+    if opts.only.as_deref() == Some("connectors") {
+        // Its own nats-server and gateway; printed, not in the report yet.
+        crate::scenarios::connectors::run(&mut b).await?;
+        for f in &b.figures {
+            println!("{}", f.summary_line());
+        }
+        return Ok(());
     }
     if let Some(only) = &opts.only {
         run_only(&mut b, only).await?;

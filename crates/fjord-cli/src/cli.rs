@@ -501,6 +501,11 @@ pub struct ServeArgs {
     #[arg(long = "nats", env = "FJORD_NATS", hide_env_values = true, value_name = "nats://HOST:PORT",
           value_parser = |s: &str| fjord_gateway::connectors::parse_nats_url(s))]
     pub nats_connector: Option<String>,
+    /// Connector: subscribe to the MQTT topic filters in functions' `topic` annotations on
+    /// this broker (mqtt://[user:password@]HOST:PORT; QoS 1, persistent session)
+    #[arg(long, env = "FJORD_MQTT", hide_env_values = true, value_name = "mqtt://HOST:PORT",
+          value_parser = |s: &str| fjord_gateway::connectors::mqtt::parse_url(s))]
+    pub mqtt: Option<String>,
     /// NATS: authenticate with this .creds file (user JWT and nkey seed, as `nsc` writes)
     #[arg(long, value_name = "FILE")]
     pub nats_creds: Option<PathBuf>,

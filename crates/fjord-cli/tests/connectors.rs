@@ -87,11 +87,17 @@ async fn cron_runs_a_seconds_schedule_shows_it_and_follows_updates() {
         "{seen:?}"
     );
 
-    let f = s.get_function("tick").await.expect("deployed");
-    let c = trigger(&f, "cron").unwrap_or_else(|| panic!("a cron trigger in {f}"));
+    // Counted once each call has answered (the log line comes before the answer).
+    let c = wait_until(Duration::from_secs(30), "three runs counted", async || {
+        let f = s.get_function("tick").await.expect("deployed");
+        match trigger(&f, "cron") {
+            Some(c) if c["fired"].as_u64().unwrap_or(0) >= 3 => Ok(c),
+            _ => Err(f.to_string()),
+        }
+    })
+    .await;
     assert_eq!(c["source"], "* * * * * * (UTC)");
     assert_eq!(c["active"], true);
-    assert!(c["fired"].as_u64().unwrap_or(0) >= 3, "{c}");
     assert_eq!(c["lastStatus"], "ok", "{c}");
     let (last, next) = (
         c["lastRun"].as_str().unwrap(),
@@ -112,6 +118,29 @@ async fn cron_runs_a_seconds_schedule_shows_it_and_follows_updates() {
             "fjord_trigger_invocations_total{trigger=\"cron\",function=\"tick.openfaas-fn\",status=\"ok\"}"
         )),
         "{text}"
+    );
+
+    // fjord describe prints it.
+    let password = std::fs::read_to_string(s.password_file()).expect("password");
+    let cfg = tempfile::tempdir().expect("config dir");
+    let out = run_cli(
+        &["describe", "tick"],
+        &[
+            ("FJORD_URL", &s.url("")),
+            ("FJORD_PASSWORD", password.trim()),
+        ],
+        &cfg.path().join("config.yml"),
+    )
+    .await;
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let line = out
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("Trigger:"))
+        .unwrap_or_else(|| panic!("a Trigger: line in {}", out.stdout));
+    assert!(
+        line.contains("cron * * * * * * (UTC), next ") && line.contains(" ok, fired "),
+        "{line}"
     );
 
     // A bad schedule is refused, naming the annotation, and the function keeps running.
@@ -165,9 +194,21 @@ async fn cron_runs_a_seconds_schedule_shows_it_and_follows_updates() {
         t0.elapsed() > Duration::from_secs(2)
     })
     .await;
+    let settled = runs(&s, "tick").await.len();
     assert!(
-        runs(&s, "tick").await.len() <= before + 1,
+        settled <= before + 1,
         "at most the run in flight at the update"
+    );
+    // And none in the next two scheduled seconds either.
+    let t1 = std::time::Instant::now();
+    wait_until(Duration::from_secs(10), "two more seconds", async || {
+        t1.elapsed() > Duration::from_secs(2)
+    })
+    .await;
+    assert_eq!(
+        runs(&s, "tick").await.len(),
+        settled,
+        "no runs once unscheduled"
     );
 }
 
@@ -278,7 +319,12 @@ async fn no_responders(c: &async_nats::Client, subject: &str) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nats_subjects_invoke_reply_publish_and_follow_redeploys() {
-    let (_nats, s, c) = nats_setup().await;
+    let (mut nats, s, c) = nats_setup().await;
+    let (st, health) = send_text(s.open(Method::GET, "/healthz")).await;
+    assert_eq!(
+        (st, health.as_str()),
+        (StatusCode::OK, "OK\nnats: connected\n")
+    );
     s.deploy_ready(&logging_fn(
         "orders",
         json!({"topic": "orders.*, audit", "com.fjord.topic.response": "results"}),
@@ -295,6 +341,12 @@ async fn nats_subjects_invoke_reply_publish_and_follow_redeploys() {
         .and_then(|h| h.get("Fjord-Status"))
         .map(|v| v.to_string());
     assert_eq!(status.as_deref(), Some("200"));
+    let call_id = m.headers.as_ref().and_then(|h| h.get("x-call-id"));
+    assert!(
+        call_id.is_some(),
+        "the function's answer headers come along: {:?}",
+        m.headers
+    );
     // The response subject got it too, saying where it came from.
     let r = tokio::time::timeout(
         Duration::from_secs(30),
@@ -387,6 +439,27 @@ async fn nats_subjects_invoke_reply_publish_and_follow_redeploys() {
         .map(|t| t["source"].clone())
         .collect();
     assert_eq!(sources, vec![json!("invoices")], "{f}");
+    // The broker restarts: fjord reconnects and its subscriptions come back.
+    nats.crash_and_restart();
+    let c = async_nats::connect(nats.url())
+        .await
+        .expect("test client again");
+    assert_eq!(
+        &request_until_answered(&c, "invoices", "inv 2")
+            .await
+            .payload[..],
+        b"inv 2"
+    );
+    let health = wait_until(Duration::from_secs(30), "healthz: connected", async || {
+        let (_, h) = send_text(s.open(Method::GET, "/healthz")).await;
+        if h.contains("nats: connected") {
+            Ok(h)
+        } else {
+            Err(h)
+        }
+    })
+    .await;
+    assert!(health.starts_with("OK\n"), "{health}");
     s.remove("orders").await;
     wait_until(
         Duration::from_secs(30),
@@ -426,4 +499,477 @@ async fn a_bad_broker_url_is_a_startup_error() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{err}");
     assert!(err.contains(&format!("127.0.0.1:{port}")), "{err}");
+}
+
+/// A fork-mode worker: answers `done <body>` after a short pause, fails (500) on `fail`.
+fn worker(annotations: Value) -> Value {
+    json!({
+        "service": "worker",
+        "image": "fjord-test/worker:latest",
+        "envProcess": "sh -c 'b=$(cat); echo \"RUN $b\" >&2; sleep 0.1; [ \"$b\" != fail ] && echo \"done $b\"'",
+        "envVars": {"combine_output": "false"},
+        "annotations": annotations,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jetstream_subjects_ack_after_success_retry_dead_letter_and_survive_kill_9() {
+    use async_nats::jetstream;
+    let nats = NatsServer::start();
+    let c = async_nats::connect(nats.url()).await.expect("test client");
+    let js = jetstream::new(c.clone());
+    js.get_or_create_stream(jetstream::stream::Config {
+        name: "JOBS".into(),
+        subjects: vec!["jobs.>".into()],
+        ..Default::default()
+    })
+    .await
+    .expect("the JOBS stream");
+    let mut results = c.subscribe("results").await.expect("subscribe results");
+    let mut dead = c
+        .subscribe("fjord.dead.openfaas-fn.worker")
+        .await
+        .expect("subscribe dead letters");
+    c.flush().await.expect("flush");
+    let dir = TestDir::new();
+    let opts = ServeOpts::args(&["--nats", &nats.url()]);
+    let s = Server::start_in(dir.clone(), opts.clone()).await;
+    s.deploy_ready(&worker(json!({
+        "topic": "jobs.*",
+        "com.fjord.topic.response": "results",
+        "com.openfaas.queue.max_inflight": "2",
+        "com.openfaas.retry.attempts": "3",
+        "com.openfaas.retry.codes": "500",
+        "com.openfaas.retry.min_wait": "100ms",
+        "com.openfaas.retry.max_wait": "200ms",
+    })))
+    .await;
+    // Messages stored in the stream before and while fjord runs.
+    const N: usize = 30;
+    for i in 0..20 {
+        js.publish(format!("jobs.{}", i % 3), format!("m{i}").into())
+            .await
+            .expect("publish")
+            .await
+            .expect("stored");
+    }
+    let mut seen = BTreeSet::new();
+    let mut next = async |seen: &mut BTreeSet<String>| {
+        let m = tokio::time::timeout(
+            Duration::from_secs(60),
+            futures_util::StreamExt::next(&mut results),
+        )
+        .await
+        .expect("a result in time")
+        .expect("a result");
+        let body = String::from_utf8_lossy(&m.payload).trim().to_string();
+        seen.insert(body.trim_start_matches("done ").to_string());
+    };
+    while seen.len() < 3 {
+        next(&mut seen).await;
+    }
+    // kill -9 in the middle of the batch, more messages while it is down, then a restart.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(s.pid()),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill -9");
+    drop(s);
+    for i in 20..N {
+        js.publish("jobs.late", format!("m{i}").into())
+            .await
+            .expect("publish")
+            .await
+            .expect("stored");
+    }
+    let s = Server::start_in(dir.clone(), opts).await;
+    // Unacked messages come back after the ack wait (15 s): none is lost.
+    let all: BTreeSet<String> = (0..N).map(|i| format!("m{i}")).collect();
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while !all.is_subset(&seen) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "lost after kill -9: {:?}",
+            all.difference(&seen).collect::<Vec<_>>()
+        );
+        next(&mut seen).await;
+    }
+    // A message the function keeps failing is tried three times, then dead-lettered.
+    js.publish("jobs.x", "fail".into())
+        .await
+        .expect("publish")
+        .await
+        .expect("stored");
+    let d = tokio::time::timeout(
+        Duration::from_secs(60),
+        futures_util::StreamExt::next(&mut dead),
+    )
+    .await
+    .expect("a dead letter in time")
+    .expect("a dead letter");
+    assert_eq!(&d.payload[..], b"fail");
+    let h = d.headers.expect("dead letter headers");
+    assert_eq!(
+        h.get("Fjord-Attempts").map(|v| v.to_string()).as_deref(),
+        Some("3")
+    );
+    assert_eq!(
+        h.get("X-Topic").map(|v| v.to_string()).as_deref(),
+        Some("jobs.x")
+    );
+    assert!(
+        h.get("Fjord-Reason")
+            .is_some_and(|r| r.as_str().contains("HTTP 500")),
+        "{h:?}"
+    );
+    // The log lines and the board may trail the dead letter by a moment.
+    let tries = wait_until(
+        Duration::from_secs(20),
+        "three attempts logged",
+        async || {
+            let n = s
+                .logs("name=worker&tail=10000")
+                .await
+                .iter()
+                .filter(|l| l["text"].as_str().is_some_and(|t| t.contains("RUN fail")))
+                .count();
+            if n >= 3 { Ok(n) } else { Err(n.to_string()) }
+        },
+    )
+    .await;
+    assert_eq!(tries, 3, "attempts of the failing message");
+    let t = wait_until(
+        Duration::from_secs(20),
+        "three failures counted",
+        async || {
+            let f = s.get_function("worker").await.expect("deployed");
+            match trigger(&f, "nats") {
+                Some(t) if t["failed"].as_u64().unwrap_or(0) >= 3 => Ok(t),
+                _ => Err(f.to_string()),
+            }
+        },
+    )
+    .await;
+    assert_eq!(t["source"], "jobs.*");
+    assert!(
+        t["lag"].is_u64(),
+        "a JetStream consumer reports its lag: {t}"
+    );
+}
+
+/// A real mosquitto on a free loopback port, stopped on drop.
+struct Mosquitto {
+    child: std::process::Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Mosquitto {
+    fn start() -> Mosquitto {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let port = free_port();
+        let conf = dir.path().join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"),
+        )
+        .expect("config");
+        let child = Self::spawn(&conf, port);
+        Mosquitto {
+            child,
+            port,
+            _dir: dir,
+        }
+    }
+
+    fn spawn(conf: &std::path::Path, port: u16) -> std::process::Child {
+        let child = std::process::Command::new("mosquitto")
+            .arg("-c")
+            .arg(conf)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("mosquitto (scripts/test installs it)");
+        wait_until_blocking(Duration::from_secs(10), "mosquitto listening", || {
+            std::net::TcpStream::connect(("127.0.0.1", port))
+        });
+        child
+    }
+
+    /// Kills the broker (its sessions and subscriptions are gone: no persistence) and starts
+    /// a new one on the same port.
+    fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.child = Self::spawn(&self._dir.path().join("mosquitto.conf"), self.port);
+    }
+
+    fn url(&self) -> String {
+        format!("mqtt://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A test MQTT client: publishes QoS 1, and forwards what it receives on `topics`.
+async fn mqtt_client(
+    port: u16,
+    topics: &[&str],
+) -> (
+    rumqttc::AsyncClient,
+    tokio::sync::mpsc::UnboundedReceiver<(String, Vec<u8>)>,
+) {
+    // A client id of its own: a second client with the same id would keep kicking this one.
+    static CLIENTS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = CLIENTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let o = rumqttc::MqttOptions::new(format!("connectors-test-{n}"), "127.0.0.1", port);
+    let (client, mut events) = rumqttc::AsyncClient::new(o, 100);
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    for t in topics {
+        client
+            .subscribe(*t, rumqttc::QoS::AtLeastOnce)
+            .await
+            .expect("subscribe");
+    }
+    let (subacked_tx, mut subacked) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            match events.poll().await {
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) => {
+                    let _ = tx.send((p.topic.clone(), p.payload.to_vec()));
+                }
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_))) => {
+                    let _ = subacked_tx.send(());
+                }
+                Ok(_) => {}
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    });
+    for _ in topics {
+        tokio::time::timeout(Duration::from_secs(10), subacked.recv())
+            .await
+            .expect("subscribed in time");
+    }
+    (client, rx)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt_qos1_acks_after_success_retries_dead_letters_and_survives_kill_9() {
+    let mut broker = Mosquitto::start();
+    let (c, mut rx) = mqtt_client(broker.port, &["results", "fjord/dead/openfaas-fn/worker"]).await;
+    let dir = TestDir::new();
+    let opts = ServeOpts::args(&["--mqtt", &broker.url()]);
+    let s = Server::start_in(dir.clone(), opts.clone()).await;
+    let (_, health) = send_text(s.open(Method::GET, "/healthz")).await;
+    assert_eq!(health, "OK\nmqtt: connected\n");
+    // Bad filters are refused at deploy.
+    let msg = s
+        .sys_expect(
+            Method::POST,
+            "/system/functions",
+            &worker(json!({"topic": "sensors/#/temp"})),
+            StatusCode::BAD_REQUEST,
+        )
+        .await;
+    assert!(
+        msg.contains("annotations.topic") && msg.contains("MQTT"),
+        "{msg}"
+    );
+    s.deploy_ready(&worker(json!({
+        "topic": "sensors/+/temp",
+        "com.fjord.topic.response": "results",
+        "com.openfaas.retry.attempts": "3",
+        "com.openfaas.retry.codes": "500",
+        "com.openfaas.retry.min_wait": "100ms",
+        "com.openfaas.retry.max_wait": "200ms",
+    })))
+    .await;
+    let publish = async |topic: &str, body: String| {
+        c.publish(topic, rumqttc::QoS::AtLeastOnce, false, body.into_bytes())
+            .await
+            .expect("publish");
+    };
+    // Once fjord's subscription is in place (a probe gets an answer)...
+    let mut seen: BTreeSet<String> = BTreeSet::new();
+    let mut dead: Vec<String> = Vec::new();
+    let mut take =
+        async |seen: &mut BTreeSet<String>, dead: &mut Vec<String>, bound: Duration| -> bool {
+            match tokio::time::timeout(bound, rx.recv()).await {
+                Ok(Some((topic, body))) => {
+                    let body = String::from_utf8_lossy(&body).trim().to_string();
+                    if topic == "results" {
+                        seen.insert(body.trim_start_matches("done ").to_string());
+                    } else {
+                        dead.push(body);
+                    }
+                    true
+                }
+                _ => false,
+            }
+        };
+    let mut probe = 0;
+    while !seen.iter().any(|b| b.starts_with("probe")) {
+        probe += 1;
+        assert!(probe < 60, "fjord never answered on sensors/+/temp");
+        publish("sensors/probe/temp", format!("probe{probe}")).await;
+        take(&mut seen, &mut dead, Duration::from_millis(500)).await;
+    }
+    // ...a batch, a kill -9 in its middle, more while fjord is down, and a restart.
+    const N: usize = 20;
+    for i in 0..10 {
+        publish(&format!("sensors/r{}/temp", i % 3), format!("m{i}")).await;
+    }
+    while seen.iter().filter(|b| b.starts_with('m')).count() < 2 {
+        assert!(
+            take(&mut seen, &mut dead, Duration::from_secs(60)).await,
+            "results in time"
+        );
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(s.pid()),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill -9");
+    drop(s);
+    for i in 10..N {
+        publish("sensors/late/temp", format!("m{i}")).await;
+    }
+    let s = Server::start_in(dir.clone(), opts).await;
+    let all: BTreeSet<String> = (0..N).map(|i| format!("m{i}")).collect();
+    while !all.is_subset(&seen) {
+        assert!(
+            take(&mut seen, &mut dead, Duration::from_secs(60)).await,
+            "lost across kill -9: {:?}",
+            all.difference(&seen).collect::<Vec<_>>()
+        );
+    }
+    // Three attempts, then the dead-letter topic.
+    publish("sensors/x/temp", "fail".to_string()).await;
+    while dead.is_empty() {
+        assert!(
+            take(&mut seen, &mut dead, Duration::from_secs(60)).await,
+            "a dead letter in time"
+        );
+    }
+    assert_eq!(dead, vec!["fail".to_string()]);
+    let tries = wait_until(
+        Duration::from_secs(20),
+        "three attempts logged",
+        async || {
+            let n = s
+                .logs("name=worker&tail=10000")
+                .await
+                .iter()
+                .filter(|l| l["text"].as_str().is_some_and(|t| t.contains("RUN fail")))
+                .count();
+            if n >= 3 { Ok(n) } else { Err(n.to_string()) }
+        },
+    )
+    .await;
+    assert_eq!(tries, 3, "attempts of the failing message");
+    let f = s.get_function("worker").await.expect("deployed");
+    let t = trigger(&f, "mqtt").expect("an mqtt trigger");
+    assert_eq!(t["source"], "sensors/+/temp");
+    assert!(t["fired"].as_u64().unwrap_or(0) >= 1, "{t}");
+    // A redeploy moves the subscription.
+    s.update(&worker(
+        json!({"topic": "other/#", "com.fjord.topic.response": "results"}),
+    ))
+    .await;
+    let mut n = 0;
+    while !seen.contains("moved") {
+        n += 1;
+        assert!(n < 60, "no answer on other/# after the update");
+        publish("other/a/b", "moved".to_string()).await;
+        take(&mut seen, &mut dead, Duration::from_millis(500)).await;
+    }
+    // The broker restarts and forgets everything: fjord reconnects and subscribes again.
+    broker.restart();
+    let (c, mut rx) = mqtt_client(broker.port, &["results"]).await;
+    let mut n = 0;
+    loop {
+        n += 1;
+        assert!(n < 60, "no answer after the broker restart");
+        c.publish(
+            "other/x",
+            rumqttc::QoS::AtLeastOnce,
+            false,
+            b"again".to_vec(),
+        )
+        .await
+        .expect("publish");
+        if let Ok(Some((_, body))) =
+            tokio::time::timeout(Duration::from_millis(500), rx.recv()).await
+            && String::from_utf8_lossy(&body).contains("again")
+        {
+            break;
+        }
+    }
+    let (_, health) = send_text(s.open(Method::GET, "/healthz")).await;
+    assert_eq!(health, "OK\nmqtt: connected\n");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cron_schedules_survive_a_restart_and_replay_only_the_latest_missed_run() {
+    let dir = TestDir::new();
+    let mut s = Server::start_in(dir.clone(), ServeOpts::default()).await;
+    s.deploy_ready(&logging_fn(
+        "tick",
+        json!({"topic": "cron-function", "schedule": "* * * * * *", "com.fjord.schedule.missed": "latest"}),
+    ))
+    .await;
+    let before = wait_until(Duration::from_secs(30), "two runs", async || {
+        let r = runs(&s, "tick").await;
+        if r.len() >= 2 {
+            Ok(r)
+        } else {
+            Err(format!("{r:?}"))
+        }
+    })
+    .await;
+    s.terminate(Duration::from_secs(30)).await;
+    let last = runs_last(&before);
+    // Down for a few scheduled seconds.
+    let down = std::time::Instant::now();
+    wait_until(Duration::from_secs(10), "3 s down", async || {
+        down.elapsed() > Duration::from_secs(3)
+    })
+    .await;
+    let s = Server::start_in(dir.clone(), ServeOpts::default()).await;
+    let after = wait_until(
+        Duration::from_secs(30),
+        "runs after the restart",
+        async || {
+            let r = runs(&s, "tick").await;
+            if r.len() >= 2 {
+                Ok(r)
+            } else {
+                Err(format!("{r:?}"))
+            }
+        },
+    )
+    .await;
+    let after: Vec<i64> = after.iter().map(|r| secs(r)).collect();
+    // The schedule came back from the store; the first run is the latest missed second
+    // (only that one: none of the seconds between the last run and it).
+    assert!(
+        after[0] >= last + 3,
+        "the latest missed run, not an earlier one: last {last}, after {after:?}"
+    );
+    assert_eq!(after[1], after[0] + 1, "then on schedule: {after:?}");
+    assert!(
+        s.log_tail().contains("running the latest missed run"),
+        "{}",
+        s.log_tail()
+    );
+}
+
+fn runs_last(r: &[String]) -> i64 {
+    r.iter().map(|r| secs(r)).max().expect("runs")
 }

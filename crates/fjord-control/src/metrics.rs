@@ -116,6 +116,8 @@ struct TriggerEntry {
     fired: u64,
     failed: u64,
     skipped: u64,
+    /// Messages waiting in a JetStream consumer (as of its last delivery).
+    lag: Option<u64>,
 }
 
 impl TriggerBoard {
@@ -164,6 +166,11 @@ impl TriggerBoard {
         self.with(kind, source, |e| e.active = active);
     }
 
+    /// Messages still waiting for this source (a JetStream consumer's pending count).
+    pub fn set_lag(&self, kind: &'static str, source: &str, lag: u64) {
+        self.with(kind, source, |e| e.lag = Some(lag));
+    }
+
     /// The next scheduled run (RFC 3339), or none.
     pub fn set_next_run(&self, kind: &'static str, source: &str, next: Option<String>) {
         self.with(kind, source, |e| e.next_run = next);
@@ -206,10 +213,20 @@ impl TriggerBoard {
                 failed: e.failed,
                 skipped: e.skipped,
                 active: e.active,
+                lag: e.lag,
             })
             .collect();
         out.sort_by(|a, b| (&a.kind, &a.source).cmp(&(&b.kind, &b.source)));
         Some(out)
+    }
+
+    /// (kind, source, lag) of the sources that report one.
+    fn lags(&self) -> Vec<(&'static str, String, u64)> {
+        let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        entries
+            .iter()
+            .filter_map(|e| Some((e.kind, e.source.clone(), e.lag?)))
+            .collect()
     }
 
     /// (kind, ok, failed, skipped) summed over each kind's sources, sorted by kind.
@@ -458,6 +475,22 @@ pub fn render(samples: &[FunctionSample<'_>]) -> String {
     }
     family(
         &mut out,
+        "fjord_trigger_consumer_lag",
+        "gauge",
+        "Messages waiting in a connector's JetStream consumer, by subject",
+    );
+    for s in samples {
+        for (kind, source, lag) in s.metrics.triggers.lags() {
+            let source = source.replace('\\', "\\\\").replace('"', "\\\"");
+            let _ = writeln!(
+                out,
+                "fjord_trigger_consumer_lag{{trigger=\"{kind}\",function=\"{}\",source=\"{source}\"}} {lag}",
+                s.function_name
+            );
+        }
+    }
+    family(
+        &mut out,
         "fjord_function_cold_start_seconds",
         "histogram",
         "Time requests waited for a replica to start",
@@ -529,6 +562,7 @@ mod tests {
             .set_sources("nats", &["a.b".to_string(), "c".to_string()]);
         m.triggers
             .record("nats", "a.b", "t1".into(), TriggerOutcome::Ok);
+        m.triggers.set_lag("nats", "a.b", 7);
         m.triggers.record(
             "nats",
             "c",
@@ -554,6 +588,7 @@ mod tests {
             "fjord_trigger_invocations_total{trigger=\"nats\",function=\"f.ns\",status=\"ok\"} 1",
             "fjord_trigger_invocations_total{trigger=\"nats\",function=\"f.ns\",status=\"failed\"} 1",
             "fjord_trigger_invocations_total{trigger=\"cron\",function=\"f.ns\",status=\"skipped\"} 1",
+            "fjord_trigger_consumer_lag{trigger=\"nats\",function=\"f.ns\",source=\"a.b\"} 7",
         ] {
             assert!(text.contains(line), "{line} in {text}");
         }

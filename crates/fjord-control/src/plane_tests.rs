@@ -266,3 +266,56 @@ async fn the_idler_scales_an_idle_function_to_zero_on_the_clock_it_is_given() {
         "the reason is recorded"
     );
 }
+
+/// Refuses deployments carrying the annotation `refuse`.
+struct RefuseAnnotated;
+
+impl crate::DeployCheck for RefuseAnnotated {
+    fn check(&self, d: &FunctionDeployment) -> Result<(), String> {
+        match d.annotations.as_ref().and_then(|a| a.get("refuse")) {
+            Some(why) => Err(format!("annotations.refuse: {why}")),
+            None => Ok(()),
+        }
+    }
+}
+
+#[tokio::test]
+async fn connectors_see_every_change_and_their_checks_refuse_before_anything_changes() {
+    let t = TestApp::new().await;
+    let c = &t.control;
+    c.add_deploy_check(Arc::new(RefuseAnnotated));
+    let mut watch = c.watch_routes();
+    let seen = *watch.borrow_and_update();
+    c.deploy(
+        deployment("f", "fake/one:1", serde_json::json!({})),
+        DeployMode::CreateOrUpdate,
+    )
+    .await
+    .expect("deploy");
+    assert!(watch.has_changed().expect("open"), "a deploy is a change");
+    assert!(*watch.borrow_and_update() > seen);
+    let listed = c.deployed().expect("deployed");
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].key, key("f"));
+    assert_eq!(listed[0].deployment.image, "fake/one:1");
+
+    // A refused update: 400 naming the annotation; store, route and watch unchanged.
+    let mut bad = deployment("f", "fake/two:1", serde_json::json!({}));
+    bad.annotations = Some([("refuse".to_string(), "no".to_string())].into());
+    match c.deploy(bad, DeployMode::Update).await {
+        Err(ControlError::BadRequest(m)) => assert!(m.contains("annotations.refuse"), "{m}"),
+        other => panic!("expected a 400, got {other:?}"),
+    }
+    assert!(
+        !watch.has_changed().expect("open"),
+        "a refused deploy changes nothing"
+    );
+    assert_eq!(
+        c.deployed().expect("deployed")[0].deployment.image,
+        "fake/one:1"
+    );
+
+    c.delete(&key("f")).await.expect("delete");
+    assert!(watch.has_changed().expect("open"), "a delete is a change");
+    assert!(c.deployed().expect("deployed").is_empty());
+}

@@ -192,6 +192,10 @@ pub struct TriggerStatus {
     /// Subscribed or scheduled now (false while the broker is unreachable).
     #[serde(default)]
     pub active: bool,
+    /// Messages waiting in the JetStream consumer (NATS subjects a stream captures), as of
+    /// the last delivery.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lag: Option<u64>,
 }
 
 /// `fjord.pull`: a container image being pulled for a deploy or update (the call answers

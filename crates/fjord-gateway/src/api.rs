@@ -342,11 +342,16 @@ pub async fn namespaces(State(app): State<AppState>) -> Result<Json<Vec<String>>
 
 #[utoipa::path(
     get, path = "/healthz", tag = "system",
-    responses((status = 200, description = "The gateway is up", body = String, content_type = "text/plain", example = "OK")),
+    responses((status = 200, description = "The gateway is up; with connectors' brokers (`--nats`), one more line per broker: `nats: connected` or `nats: disconnected, reconnecting`", body = String, content_type = "text/plain", example = "OK")),
     security(())
 )]
-pub async fn healthz() -> &'static str {
-    "OK"
+pub async fn healthz(State(app): State<AppState>) -> String {
+    let brokers = app.config.connectors.health.report();
+    if brokers.is_empty() {
+        "OK".into()
+    } else {
+        format!("OK\n{brokers}")
+    }
 }
 
 pub async fn not_found(req: Request<Body>) -> ApiError {

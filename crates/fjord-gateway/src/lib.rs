@@ -57,6 +57,7 @@ pub use tls::{TlsError, TlsFiles};
 async fn open_queue(
     backend: &QueueBackend,
     nats: &NatsSettings,
+    nats_connector: bool,
     data_dir: &std::path::Path,
 ) -> Result<
     (
@@ -68,7 +69,10 @@ async fn open_queue(
 > {
     match backend {
         QueueBackend::Embedded => {
-            if nats.creds.is_some() || nats.nkey.is_some() || nats.ca.is_some() || nats.tls {
+            // The NATS connector (--nats) uses them too.
+            if !nats_connector
+                && (nats.creds.is_some() || nats.nkey.is_some() || nats.ca.is_some() || nats.tls)
+            {
                 tracing::warn!(
                     "--nats-* settings apply to a NATS queue (--queue nats://...): ignored with the embedded queue"
                 );
@@ -680,9 +684,15 @@ pub async fn serve(config: GatewayConfig, shutdown: CancellationToken) -> Result
         fjord_store::uid_registry::UidBlock::unrestricted()
     };
     // Before the runtime: a queue that cannot be reached must not leave anything behind.
-    let (queue, pruner, cron_claims) = open_queue(&config.queue, &config.nats, data_dir).await?;
+    let (queue, pruner, cron_claims) = open_queue(
+        &config.queue,
+        &config.nats,
+        config.connectors.nats.is_some(),
+        data_dir,
+    )
+    .await?;
     // Before the runtime too: a broker that cannot be reached is a startup error.
-    let brokers = connectors::Brokers::connect(&config.connectors, &config.nats).await?;
+    let brokers = connectors::Brokers::connect(&config.connectors, &config.nats, data_dir).await?;
     let runtime = fjord_runtime::ProcessRuntime::new(fjord_runtime::RuntimeConfig {
         data_dir: data_dir.clone(),
         rollout_timeout: config.rollout_timeout,

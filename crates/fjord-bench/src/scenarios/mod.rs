@@ -4,6 +4,7 @@
 
 pub mod async_queue;
 pub mod cold_start;
+pub mod connectors;
 pub mod containers;
 pub mod footprint;
 pub mod fork;

@@ -97,6 +97,9 @@ fn trigger_text(t: &fjord_core::openfaas::TriggerStatus) -> String {
         ", fired {} failed {} skipped {}",
         t.fired, t.failed, t.skipped
     ));
+    if let Some(lag) = t.lag {
+        s.push_str(&format!(", lag {lag}"));
+    }
     s
 }
 

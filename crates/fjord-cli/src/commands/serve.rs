@@ -51,6 +51,8 @@ pub fn run(a: ServeArgs) -> Result<(), CliError> {
     };
     config.connectors = fjord_gateway::connectors::ConnectorSettings {
         nats: a.nats_connector,
+        mqtt: a.mqtt,
+        ..Default::default()
     };
     config.auth_fail_limit = a.auth_fail_limit;
     config.callback = fjord_gateway::CallbackPolicy::new(a.callback_allow);

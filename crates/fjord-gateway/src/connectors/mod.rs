@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 use crate::invoke::{Caller, Invoker};
 
 pub mod cron;
+pub mod mqtt;
 #[cfg(feature = "nats")]
 pub mod nats;
 
@@ -52,12 +53,49 @@ pub const HEADER_TOPIC: &str = "x-topic";
 pub struct ConnectorSettings {
     /// `--nats nats://…`: core NATS subjects (the same server as the queue, or another).
     pub nats: Option<String>,
+    /// `--mqtt mqtt://…`: MQTT topic filters.
+    pub mqtt: Option<String>,
+    /// Filled in by `serve` once connected: what `/healthz` reports.
+    pub health: BrokerHealth,
+}
+
+/// Each connected broker's name and whether it is connected now (`/healthz` detail).
+#[derive(Clone, Default)]
+pub struct BrokerHealth(Arc<std::sync::Mutex<Vec<(&'static str, BrokerProbe)>>>);
+
+type BrokerProbe = Arc<dyn Fn() -> bool + Send + Sync>;
+
+impl BrokerHealth {
+    fn add(&self, name: &'static str, probe: BrokerProbe) {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((name, probe));
+    }
+
+    /// `nats: connected` lines, one per broker; empty without brokers.
+    pub fn report(&self) -> String {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(name, up)| {
+                let state = if up() {
+                    "connected"
+                } else {
+                    "disconnected, reconnecting"
+                };
+                format!("{name}: {state}\n")
+            })
+            .collect()
+    }
 }
 
 impl std::fmt::Debug for ConnectorSettings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ConnectorSettings")
             .field("nats", &self.nats.as_deref().map(fjord_queue::redact_url))
+            .field("mqtt", &self.mqtt.as_deref().map(fjord_queue::redact_url))
             .finish()
     }
 }
@@ -85,6 +123,7 @@ pub fn parse_nats_url(s: &str) -> Result<String, String> {
 pub struct Brokers {
     #[cfg(feature = "nats")]
     nats: Option<(async_nats::Client, Arc<nats::BrokerState>)>,
+    mqtt: Option<mqtt::Connected>,
 }
 
 impl Brokers {
@@ -92,7 +131,22 @@ impl Brokers {
     pub async fn connect(
         settings: &ConnectorSettings,
         auth: &crate::NatsSettings,
+        data_dir: &std::path::Path,
     ) -> Result<Brokers, crate::StartError> {
+        let mqtt = match &settings.mqtt {
+            Some(url) => {
+                let c = mqtt::connect(url, data_dir)
+                    .await
+                    .map_err(crate::StartError::Connector)?;
+                let state = c.state.clone();
+                settings
+                    .health
+                    .add("mqtt", Arc::new(move || state.connected()));
+                tracing::info!(url = %c.url, "mqtt connector: subscribing to functions' topic filters");
+                Some(c)
+            }
+            None => None,
+        };
         #[cfg(feature = "nats")]
         {
             let nats = match &settings.nats {
@@ -111,7 +165,13 @@ impl Brokers {
                 ),
                 None => None,
             };
-            Ok(Brokers { nats })
+            if let Some((_, state)) = &nats {
+                let state = state.clone();
+                settings
+                    .health
+                    .add("nats", Arc::new(move || state.connected()));
+            }
+            Ok(Brokers { nats, mqtt })
         }
         #[cfg(not(feature = "nats"))]
         {
@@ -121,7 +181,7 @@ impl Brokers {
                     "--nats {}: this fjord was built without NATS support (cargo feature `nats`)",
                     fjord_queue::redact_url(url)
                 ))),
-                None => Ok(Brokers {}),
+                None => Ok(Brokers { mqtt }),
             }
         }
     }
@@ -133,24 +193,19 @@ impl Brokers {
             nats: self.nats.is_some(),
             #[cfg(not(feature = "nats"))]
             nats: false,
+            mqtt: self.mqtt.is_some(),
         }
-    }
-
-    /// `(broker, connected)` for `/healthz` detail.
-    pub fn health(&self) -> Vec<(&'static str, bool)> {
-        #[allow(unused_mut)]
-        let mut out = Vec::new();
-        #[cfg(feature = "nats")]
-        if let Some((_, state)) = &self.nats {
-            out.push(("nats", state.connected()));
-        }
-        out
     }
 
     /// The broker triggers to start.
-    pub fn triggers(&self, control: &Arc<ControlPlane>) -> Vec<Box<dyn crate::trigger::Trigger>> {
-        #[allow(unused_mut)]
+    pub fn triggers(self, control: &Arc<ControlPlane>) -> Vec<Box<dyn crate::trigger::Trigger>> {
         let mut out: Vec<Box<dyn crate::trigger::Trigger>> = Vec::new();
+        if let Some(connected) = self.mqtt {
+            out.push(Box::new(mqtt::MqttTrigger {
+                connected,
+                control: control.clone(),
+            }));
+        }
         #[cfg(feature = "nats")]
         if let Some((client, _)) = &self.nats {
             out.push(Box::new(nats::NatsTrigger {
@@ -195,6 +250,7 @@ pub fn subscriptions(d: &FunctionDeployment) -> Vec<String> {
 /// topic syntax when that broker is configured.
 pub struct Checks {
     pub nats: bool,
+    pub mqtt: bool,
 }
 
 impl DeployCheck for Checks {
@@ -208,19 +264,28 @@ impl DeployCheck for Checks {
                     format!("annotations.{TOPIC}: {t:?} is not a NATS subject: {why}")
                 })?;
             }
-            if let Some(s) = a.and_then(|a| a.get(RESPONSE_SUBJECT)) {
-                check_nats_subject(s)
-                    .and_then(|()| {
-                        if s.split('.').any(|t| t == "*" || t == ">") {
-                            Err("wildcards cannot be published to".into())
-                        } else {
-                            Ok(())
-                        }
-                    })
-                    .map_err(|why| {
-                        format!("annotations.{RESPONSE_SUBJECT}: {s:?} is not a subject to publish to: {why}")
-                    })?;
+        }
+        if self.mqtt {
+            for t in list.iter().flatten().filter(|t| *t != CRON_TOPIC) {
+                mqtt::check_filter(t).map_err(|why| {
+                    format!("annotations.{TOPIC}: {t:?} is not an MQTT topic filter: {why}")
+                })?;
             }
+        }
+        if self.nats
+            && let Some(s) = a.and_then(|a| a.get(RESPONSE_SUBJECT))
+        {
+            check_nats_subject(s)
+                .and_then(|()| {
+                    if s.split('.').any(|t| t == "*" || t == ">") {
+                        Err("wildcards cannot be published to".into())
+                    } else {
+                        Ok(())
+                    }
+                })
+                .map_err(|why| {
+                    format!("annotations.{RESPONSE_SUBJECT}: {s:?} is not a subject to publish to: {why}")
+                })?;
         }
         Ok(())
     }
@@ -260,8 +325,10 @@ pub(crate) fn rfc3339(t: chrono::DateTime<chrono::Utc>) -> String {
 /// The answer of one connector call.
 pub(crate) struct Answer {
     pub status: u16,
-    /// The NATS reply and response subject carry it.
+    /// The NATS reply carries them (and the body).
     #[cfg_attr(not(feature = "nats"), allow(dead_code))]
+    pub headers: http::HeaderMap,
+    /// The NATS reply and response subject carry it.
     pub body: Bytes,
 }
 
@@ -295,13 +362,17 @@ pub(crate) async fn call(
         .map_err(|e| format!("cannot build the request: {e}"))?;
     let resp = invoker.call(&route, Caller::Trigger, req).await;
     let status = resp.status().as_u16();
-    let body = resp
-        .into_body()
+    let (parts, body) = resp.into_parts();
+    let body = body
         .collect()
         .await
         .map_err(|e| format!("the answer's body failed: {e}"))?
         .to_bytes();
-    Ok(Answer { status, body })
+    Ok(Answer {
+        status,
+        headers: parts.headers,
+        body,
+    })
 }
 
 /// Tasks kept in step with what the deployments ask for: one per key, restarted when its
@@ -389,8 +460,28 @@ mod tests {
 
     #[test]
     fn checks_name_the_annotation_and_the_reason() {
-        let with_nats = Checks { nats: true };
-        let without = Checks { nats: false };
+        let with_nats = Checks {
+            nats: true,
+            mqtt: false,
+        };
+        let without = Checks {
+            nats: false,
+            mqtt: false,
+        };
+        let with_mqtt = Checks {
+            nats: false,
+            mqtt: true,
+        };
+        for (t, why) in [("a/b#", "wildcard misuse"), ("a/#/b", "last")] {
+            let e = with_mqtt.check(&dep(&[("topic", t)])).expect_err(t);
+            assert!(
+                e.contains("annotations.topic") && e.contains("MQTT") && e.contains(why),
+                "{t}: {e}"
+            );
+        }
+        with_mqtt
+            .check(&dep(&[("topic", "sensors/+/temp, alerts/#")]))
+            .expect("MQTT filters");
         for (a, annotation, why) in [
             (vec![("topic", "a,,b")], "annotations.topic", "empty entry"),
             (vec![("topic", " ")], "annotations.topic", "empty entry"),
