@@ -294,7 +294,11 @@ impl RuncBaseline {
         std::fs::create_dir_all(&bundle)?;
         sh(
             "cp",
-            &["-a", path_str(&self.bundle.join("rootfs"))?, path_str(&bundle)?],
+            &[
+                "-a",
+                path_str(&self.bundle.join("rootfs"))?,
+                path_str(&bundle)?,
+            ],
         )
         .await?;
         for d in ["proc", "dev", "tmp", "var/openfaas/secrets"] {
@@ -312,7 +316,10 @@ impl RuncBaseline {
         if let Some(m) = config["mounts"].as_array_mut() {
             m.retain(|m| m["destination"] != "/var/openfaas/secrets");
         }
-        std::fs::write(bundle.join("config.json"), serde_json::to_vec_pretty(&config)?)?;
+        std::fs::write(
+            bundle.join("config.json"),
+            serde_json::to_vec_pretty(&config)?,
+        )?;
         // The container's root (the function's uid outside) reaches the rootfs by path.
         let mut p = bundle.as_path();
         while let Some(parent) = p.parent() {
@@ -553,9 +560,7 @@ async fn cold(
     fjord
         .wait_available(name, 1, Duration::from_secs(60))
         .await?;
-    let same_config = runc
-        .with_fjord_config(&replica_config(name)?)
-        .await?;
+    let same_config = runc.with_fjord_config(&replica_config(name)?).await?;
     let mut ours = container_cold_starts(fjord, name, n).await?;
     fjord.scale(name, 0).await?;
     fjord
