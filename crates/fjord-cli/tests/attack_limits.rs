@@ -306,7 +306,7 @@ async fn a_connection_that_never_sends_a_byte_is_closed_after_the_header_timeout
 }
 
 /// Processes whose parent is the server: fork-mode calls running now (not the init of a
-/// replica's PID namespace).
+/// replica's PID namespace, nor the container runtime's reaper).
 fn children_of(pid: i32) -> usize {
     std::fs::read_dir("/proc")
         .unwrap()
@@ -314,6 +314,10 @@ fn children_of(pid: i32) -> usize {
         .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
         .filter(|p| {
             std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c != "fjord-pidns\n")
+        })
+        .filter(|p| {
+            !std::fs::read(format!("/proc/{p}/cmdline"))
+                .is_ok_and(|c| c.windows(22).any(|w| w == b"fjord-container-reaper"))
         })
         .filter(|p| {
             std::fs::read_to_string(format!("/proc/{p}/stat"))
