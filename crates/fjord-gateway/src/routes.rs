@@ -7,7 +7,7 @@ use axum::handler::Handler;
 use axum::routing::{MethodFilter, MethodRouter, any, on};
 
 use crate::state::AppState;
-use crate::{api, async_calls, bundles, invoke, logs, namespaces, openapi, secrets, tokens};
+use crate::{api, async_calls, bundles, invoke, logs, namespaces, openapi, secrets, tokens, ui};
 use fjord_control::tokens::Scope;
 
 /// Who may call a route.
@@ -84,6 +84,12 @@ pub fn table() -> Vec<RouteEntry> {
             "/system/function/{name}",
             System(Read),
             api::get_function,
+        ),
+        entry(
+            "GET",
+            "/system/function/{name}/history",
+            System(Read),
+            ui::history,
         ),
         entry(
             "POST",
