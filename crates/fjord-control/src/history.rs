@@ -50,6 +50,26 @@ pub struct FunctionHistory {
     pub samples: Vec<Point>,
 }
 
+/// Samples in the list's sparkline (2.5 minutes).
+pub const SPARK_POINTS: usize = 30;
+/// Samples the list's error rate and percentiles cover (1 minute).
+const SUMMARY_SAMPLES: usize = 12;
+
+/// One function in `GET /system/functions/history`: what the functions list shows.
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FunctionSummary {
+    pub name: String,
+    pub namespace: String,
+    /// Requests per second of the last samples (oldest first, at most 30: 2.5 minutes).
+    pub rps: Vec<f64>,
+    /// Share of the last minute's responses that were 5xx (absent without requests).
+    pub error_rate: Option<f64>,
+    /// Latency percentiles (ms) over the last minute (absent without requests).
+    pub p50_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
+}
+
 /// The gauges of a function at sampling time (read by the control plane from the handle).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Gauges {
@@ -77,6 +97,8 @@ pub struct History {
 struct Ring {
     last: Option<Totals>,
     points: VecDeque<Point>,
+    /// The totals of the last minute's samples (the list's error rate and percentiles).
+    recent: VecDeque<Totals>,
 }
 
 impl History {
@@ -90,6 +112,10 @@ impl History {
             cpu_ns: gauges.cpu_ns,
         };
         let mut ring = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if ring.recent.len() > SUMMARY_SAMPLES {
+            ring.recent.pop_front();
+        }
+        ring.recent.push_back(totals);
         if let Some(prev) = ring.last.replace(totals) {
             let secs = now_ms.saturating_sub(prev.at_ms) as f64 / 1000.0;
             if secs <= 0.0 {
@@ -127,6 +153,40 @@ impl History {
     pub fn points(&self) -> Vec<Point> {
         let ring = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         ring.points.iter().cloned().collect()
+    }
+
+    /// The list's view: sparkline, error rate and percentiles over the last minute.
+    pub fn summary(&self, name: &str, namespace: &str) -> FunctionSummary {
+        let ring = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let skip = ring.points.len().saturating_sub(SPARK_POINTS);
+        let rps = ring
+            .points
+            .iter()
+            .skip(skip)
+            .map(|p| ((p.rps2xx + p.rps3xx + p.rps4xx + p.rps5xx) * 100.0).round() / 100.0)
+            .collect();
+        let (mut error_rate, mut p50_ms, mut p99_ms) = (None, None, None);
+        if let (Some(old), Some(new)) = (ring.recent.front(), ring.recent.back()) {
+            let d = |i: usize| new.classes[i].saturating_sub(old.classes[i]);
+            let total: u64 = (0..4).map(d).sum();
+            if total > 0 {
+                error_rate = Some(d(3) as f64 / total as f64);
+            }
+            let mut delta = [0u64; BUCKETS.len() + 1];
+            for (x, (n, o)) in delta.iter_mut().zip(new.buckets.iter().zip(old.buckets)) {
+                *x = n.saturating_sub(o);
+            }
+            p50_ms = quantile(&delta, 0.5).map(|s| s * 1000.0);
+            p99_ms = quantile(&delta, 0.99).map(|s| s * 1000.0);
+        }
+        FunctionSummary {
+            name: name.to_string(),
+            namespace: namespace.to_string(),
+            rps,
+            error_rate,
+            p50_ms,
+            p99_ms,
+        }
     }
 
     pub fn snapshot(&self) -> FunctionHistory {
@@ -204,6 +264,33 @@ mod tests {
         let last = h.points().pop().unwrap();
         assert_eq!(last.rps2xx, 0.0);
         assert_eq!(last.p50_ms, None);
+    }
+
+    #[test]
+    fn the_lists_summary_covers_the_last_minute() {
+        let m = FunctionMetrics::new();
+        let h = History::default();
+        let empty = h.summary("f", "ns");
+        assert_eq!((empty.error_rate, empty.p50_ms), (None, None));
+        h.sample(&m, gauges(1), 0);
+        for _ in 0..3 {
+            m.observe(200, 0.02);
+        }
+        m.observe(500, 0.02);
+        h.sample(&m, gauges(1), 5_000);
+        let s = h.summary("f", "ns");
+        assert_eq!(s.rps, vec![0.8]);
+        assert_eq!(s.error_rate, Some(0.25));
+        let p50 = s.p50_ms.unwrap();
+        assert!(p50 > 10.0 && p50 <= 25.0, "{p50}");
+        // A minute later without requests, the old ones no longer count.
+        for i in 2..=(SUMMARY_SAMPLES as u64 + 2) {
+            h.sample(&m, gauges(1), i * INTERVAL_MS);
+        }
+        let s = h.summary("f", "ns");
+        assert_eq!(s.error_rate, None);
+        assert_eq!(s.p99_ms, None);
+        assert!(s.rps.len() <= SPARK_POINTS);
     }
 
     #[test]

@@ -1208,6 +1208,26 @@ impl ControlPlane {
         }
     }
 
+    /// The functions list's sparklines, error rates and percentiles of one namespace (the
+    /// default when `None`), sorted by name.
+    pub fn history_summaries(
+        &self,
+        namespace: Option<&str>,
+    ) -> Vec<crate::history::FunctionSummary> {
+        let ns = namespace.unwrap_or(DEFAULT_NAMESPACE);
+        let routes = self.routes.load();
+        let mut out: Vec<_> = routes
+            .get(ns)
+            .map(|m| {
+                m.iter()
+                    .map(|(name, r)| r.metrics.history.summary(name, ns))
+                    .collect()
+            })
+            .unwrap_or_default();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+
     /// A function's last 15 minutes of samples.
     pub fn history(
         &self,

@@ -87,6 +87,12 @@ pub fn table() -> Vec<RouteEntry> {
         ),
         entry(
             "GET",
+            "/system/functions/history",
+            System(Read),
+            ui::summaries,
+        ),
+        entry(
+            "GET",
             "/system/function/{name}/history",
             System(Read),
             ui::history,

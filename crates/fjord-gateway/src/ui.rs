@@ -516,6 +516,26 @@ pub async fn history(
     Ok(axum::Json(app.control.history(&key)?).into_response())
 }
 
+/// `GET /system/functions/history`: per function of a namespace, what the functions list
+/// shows besides the status (requests/s sparkline, error rate, p50/p99 of the last minute).
+#[utoipa::path(
+    get, path = "/system/functions/history", tag = "functions",
+    params(("namespace" = Option<String>, Query, pattern = "^([a-z0-9]([-a-z0-9]*[a-z0-9])?)?$", max_length = 63, description = "Default `openfaas-fn`; an unknown namespace gives `[]`")),
+    responses(
+        (status = 200, description = "One entry per function, sorted by name", body = Vec<fjord_control::history::FunctionSummary>),
+        (status = 400, description = "`namespace` is not a DNS-1123 label", body = String, content_type = "text/plain"),
+        (status = 401, response = crate::responses::Unauthorized),
+    ),
+    security(("basicAuth" = []))
+)]
+pub async fn summaries(
+    State(app): State<AppState>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let ns = namespace_param(&q)?;
+    Ok(axum::Json(app.control.history_summaries(ns.as_deref())).into_response())
+}
+
 /// The dashboard's routes (outside the API's route table: they are not JSON API and the
 /// guard does not cover them; `/ui/session` checks credentials itself).
 pub fn router() -> axum::Router<AppState> {

@@ -22,9 +22,33 @@ function shortImage(f) {
   return d ? `${f.image} (${d.slice(0, 19)})` : f.image;
 }
 
-const COLUMNS = ['Name', 'Namespace', 'Runtime', 'Image / digest', 'Ready / desired', 'Invocations', 'Cold starts', 'Status'];
+const COLUMNS = ['Name', 'Namespace', 'Runtime', 'Image / digest', 'Ready / desired', 'Invocations', 'Req/s', 'Errors', 'p50 / p99 ms', 'Cold starts', 'Status'];
+const SPARK = 6; // the column with the sparkline
 
-function cellsOf(f) {
+// A small line of requests/s, drawn on a canvas (no per-row chart objects).
+function drawSpark(canvas, values) {
+  const ctx = canvas.getContext('2d');
+  const w = canvas.width;
+  const hgt = canvas.height;
+  ctx.clearRect(0, 0, w, hgt);
+  if (!values || values.length < 2) return;
+  const max = Math.max(...values, 0.001);
+  ctx.strokeStyle = '#2b6cb0';
+  ctx.lineWidth = 1.5;
+  ctx.beginPath();
+  values.forEach((v, i) => {
+    const x = (i / (values.length - 1)) * (w - 2) + 1;
+    const y = hgt - 1 - (v / max) * (hgt - 2);
+    if (i === 0) ctx.moveTo(x, y); else ctx.lineTo(x, y);
+  });
+  ctx.stroke();
+}
+
+function pct(x) {
+  return x === null || x === undefined ? '–' : `${fmtNum(x * 100, 1)} %`;
+}
+
+function cellsOf(f, sum) {
   const fj = f.fjord || {};
   const st = statusOf(f);
   return [
@@ -34,6 +58,9 @@ function cellsOf(f) {
     shortImage(f),
     `${f.availableReplicas} / ${f.replicas}`,
     fmtNum(f.invocationCount, 0),
+    sum && sum.rps.length ? fmtNum(sum.rps[sum.rps.length - 1], 2) : '–',
+    pct(sum && sum.errorRate),
+    sum ? `${fmtNum(sum.p50Ms, 1)} / ${fmtNum(sum.p99Ms, 1)}` : '–',
     fmtNum(fj.coldStarts || 0, 0),
     st,
   ];
@@ -67,7 +94,7 @@ export function listView(main) {
     count.textContent = `${shown} of ${rows.size}`;
   }
 
-  function update(list) {
+  function update(list, sums) {
     const seen = new Set();
     const frag = document.createDocumentFragment();
     list.forEach((f) => {
@@ -76,19 +103,25 @@ export function listView(main) {
       if (!r) {
         const link = h('a', { href: `#/fn/${encodeURIComponent(f.namespace)}/${encodeURIComponent(f.name)}` }, f.name);
         const tds = COLUMNS.map((_, i) => h('td', {}, i === 0 ? link : null));
-        r = { tr: h('tr', { dataset: { name: f.name } }, tds), tds, values: [] };
+        const spark = h('canvas', { width: 60, height: 16, class: 'spark', 'aria-hidden': 'true' });
+        const rate = h('span');
+        tds[SPARK].append(spark, ' ', rate);
+        r = { tr: h('tr', { dataset: { name: f.name } }, tds), tds, values: [], spark, rate, sparkKey: '' };
         rows.set(f.name, r);
       }
-      const cells = cellsOf(f);
+      const sum = sums.get(f.name);
+      const cells = cellsOf(f, sum);
       for (let i = 1; i < cells.length; i++) {
         const v = cells[i];
         const text = typeof v === 'object' ? v.text : v;
         if (r.values[i] !== text) {
           r.values[i] = text;
-          r.tds[i].textContent = text;
+          if (i === SPARK) r.rate.textContent = text; else r.tds[i].textContent = text;
           if (typeof v === 'object') r.tds[i].className = `status ${v.cls}`;
         }
       }
+      const key = sum ? sum.rps.join(',') : '';
+      if (key !== r.sparkKey) { r.sparkKey = key; drawSpark(r.spark, sum && sum.rps); }
       r.search = [f.name, f.image, ...Object.entries(f.labels || {}).flat()].join(' ').toLowerCase();
       frag.append(r.tr); // keeps the server's order (by name)
     });
@@ -99,10 +132,14 @@ export function listView(main) {
 
   async function refresh() {
     try {
-      const list = await api('GET', `/system/functions?namespace=${encodeURIComponent(nsSelect.value || 'openfaas-fn')}`);
+      const ns = encodeURIComponent(nsSelect.value || 'openfaas-fn');
+      const [list, summaries] = await Promise.all([
+        api('GET', `/system/functions?namespace=${ns}`),
+        api('GET', `/system/functions/history?namespace=${ns}`).catch(() => []),
+      ]);
       if (stopped) return;
       message(err, '');
-      update(list);
+      update(list, new Map(summaries.map((x) => [x.name, x])));
       if (!list.length) message(err, 'No functions in this namespace yet: deploy one.', 'muted');
     } catch (x) {
       if (!stopped) message(err, `Could not load the functions: ${x.message}`);
