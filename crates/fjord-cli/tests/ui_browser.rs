@@ -43,7 +43,10 @@ async fn start_driver() -> Driver {
     let status = format!("{url}/status");
     let http = client();
     wait_until(BOUND, "chromedriver answers", async || {
-        http.get(&status).send().await.is_ok_and(|r| r.status().is_success())
+        http.get(&status)
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
     })
     .await;
     Driver { child, url }
@@ -76,11 +79,14 @@ async fn js(c: &Client, script: &str) -> Value {
 
 async fn text_of(c: &Client, css: &str) -> String {
     let q = serde_json::to_string(css).unwrap();
-    js(c, &format!("const e = document.querySelector({q}); return e ? e.textContent : null;"))
-        .await
-        .as_str()
-        .unwrap_or("")
-        .to_string()
+    js(
+        c,
+        &format!("const e = document.querySelector({q}); return e ? e.textContent : null;"),
+    )
+    .await
+    .as_str()
+    .unwrap_or("")
+    .to_string()
 }
 
 async fn wait_text(c: &Client, css: &str, needle: &str) -> String {
@@ -117,6 +123,11 @@ async fn sign_in(c: &Client, s: &Server, secret: &str) {
 }
 
 async fn screenshot(c: &Client, name: &str) {
+    js(
+        c,
+        "window.scrollTo(0, 0); document.activeElement && document.activeElement.blur();",
+    )
+    .await;
     let png = c.screenshot().await.expect("screenshot");
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../docs/img");
     std::fs::create_dir_all(&dir).unwrap();
@@ -138,7 +149,11 @@ async fn assert_nothing_executed(c: &Client, where_: &str) {
         "return [window.__xss === undefined, document.querySelectorAll('script:not([src]), img[src=\"x\"], img[onerror]').length];",
     )
     .await;
-    assert_eq!(r, json!([true, 0]), "{where_}: a payload ran or became markup");
+    assert_eq!(
+        r,
+        json!([true, 0]),
+        "{where_}: a payload ran or became markup"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -157,7 +172,8 @@ async fn the_dashboard_works_in_a_real_browser() {
         "image": "fjord-test/fork:latest",
         "envProcess": echo,
         "labels": {"evil": SCRIPT, "img": IMG},
-        "envVars": {"EVIL": IMG},
+        // stderr to the log, not into the response.
+        "envVars": {"EVIL": IMG, "combine_output": "false"},
         "annotations": {"note": SCRIPT},
     }))
     .await;
@@ -190,7 +206,7 @@ async fn the_dashboard_works_in_a_real_browser() {
     set_value(&c, "#filter", "web").await;
     wait_text(&c, "#count", "1 of 2").await;
     set_value(&c, "#filter", "").await;
-    screenshot(&c, "functions").await;
+    wait_text(&c, "#count", "2 of 2").await;
 
     // The function page: invoke from the console and read the answer.
     c.goto(&s.url("/ui/#/fn/openfaas-fn/web")).await.unwrap();
@@ -220,12 +236,55 @@ async fn the_dashboard_works_in_a_real_browser() {
     for _ in 0..5 {
         s.call("web/").await;
     }
-    wait_until(Duration::from_secs(60), "the graphs show requests", async || {
-        let n = js(&c, "return Number(document.querySelector('.graphs').dataset.requests || 0);").await;
-        n.as_f64().is_some_and(|n| n > 0.0).then_some(()).ok_or(n)
+    wait_until(
+        Duration::from_secs(60),
+        "the graphs show requests",
+        async || {
+            let n = js(
+                &c,
+                "return Number(document.querySelector('.graphs').dataset.requests || 0);",
+            )
+            .await;
+            let why = text_of(&c, "#actions-msg").await;
+            let samples = js(
+                &c,
+                "return document.querySelector('.graphs').dataset.samples;",
+            )
+            .await;
+            n.as_f64()
+                .is_some_and(|n| n > 0.0)
+                .then_some(())
+                .ok_or(format!(
+                    "{n} requests in {samples} samples; {why}; server: {:?}",
+                    s.sys_text(Method::GET, "/system/function/web/history")
+                        .await
+                ))
+        },
+    )
+    .await;
+    // A few samples, for the screenshot's graphs.
+    wait_until(Duration::from_secs(60), "three samples", async || {
+        let n = js(
+            &c,
+            "return Number(document.querySelector('.graphs').dataset.samples || 0);",
+        )
+        .await;
+        n.as_u64().is_some_and(|n| n >= 3).then_some(()).ok_or(n)
     })
     .await;
     screenshot(&c, "function").await;
+    // The list shows the requests too.
+    click(&c, "#nav a[href='#/']").await;
+    wait_until(BOUND, "the list's requests/s", async || {
+        let t = text_of(&c, "#functions tr[data-name=web] td:nth-child(9)").await;
+        (t.contains('/') && !t.starts_with('–'))
+            .then_some(())
+            .ok_or(t)
+    })
+    .await;
+    screenshot(&c, "functions").await;
+    c.goto(&s.url("/ui/#/fn/openfaas-fn/web")).await.unwrap();
+    wait_text(&c, "#fn-status", "ready").await;
 
     // Scale to zero and back.
     click(&c, "#scale-zero").await;
@@ -241,7 +300,11 @@ async fn the_dashboard_works_in_a_real_browser() {
     set_value(&c, "#inv-body", &format!("{SCRIPT}{IMG}")).await;
     click(&c, "#inv-send").await;
     let shown = wait_text(&c, "#inv-body-out", "<img").await;
-    assert_eq!(shown, format!("{SCRIPT}{IMG}"), "the response is shown as text");
+    assert_eq!(
+        shown,
+        format!("{SCRIPT}{IMG}"),
+        "the response is shown as text"
+    );
     // Each call writes the payloads to the function's log.
     wait_text(&c, "#logs", "LOG <script>").await;
     assert_nothing_executed(&c, "function page").await;
@@ -249,24 +312,47 @@ async fn the_dashboard_works_in_a_real_browser() {
     // Deleting needs a confirmation.
     click(&c, "#delete").await;
     wait_until(BOUND, "the confirmation shows", async || {
-        js(&c, "return !document.querySelector('#confirm-delete').hidden;").await == json!(true)
+        js(
+            &c,
+            "return !document.querySelector('#confirm-delete').hidden;",
+        )
+        .await
+            == json!(true)
     })
     .await;
     click(&c, "#confirm-delete-no").await;
     assert!(s.get_function("xss").await.is_some());
     click(&c, "#delete").await;
     click(&c, "#confirm-delete-yes").await;
-    wait_until(BOUND, "xss is deleted", async || s.get_function("xss").await.is_none()).await;
-    c.goto(&s.url("/ui/#/deploy")).await.unwrap();
+    wait_until(BOUND, "xss is deleted", async || {
+        s.get_function("xss").await.is_none()
+    })
+    .await;
+    // The page goes back to the list once the delete is accepted.
+    wait_until(BOUND, "back at the list", async || {
+        c.find(Locator::Css("#functions")).await.is_ok()
+    })
+    .await;
+    click(&c, "#nav a[href='#/deploy']").await;
     wait_until(BOUND, "the deploy form", async || {
-        c.find(Locator::Css("#deploy")).await.is_ok()
+        let found = c.find(Locator::Css("#deploy")).await.is_ok();
+        let page = js(
+            &c,
+            "return location.hash + ' ' + document.getElementById('main').textContent;",
+        )
+        .await;
+        found.then_some(()).ok_or(page)
     })
     .await;
     screenshot(&c, "deploy").await;
 
     // A read token: sees the function, no enabled change button; a forged call is refused.
     let (st, created) = s
-        .sys_json(Method::POST, "/system/tokens", &json!({"name": "viewer", "scope": "read"}))
+        .sys_json(
+            Method::POST,
+            "/system/tokens",
+            &json!({"name": "viewer", "scope": "read"}),
+        )
         .await;
     assert_eq!(st, StatusCode::CREATED, "{created}");
     let token: Value = serde_json::from_str(&created).unwrap();
@@ -285,7 +371,11 @@ async fn the_dashboard_works_in_a_real_browser() {
     )
     .await;
     assert_eq!(enabled, json!([]), "change buttons a read token may press");
-    let buttons = js(&c, "return document.querySelectorAll('[data-needs]').length;").await;
+    let buttons = js(
+        &c,
+        "return document.querySelectorAll('[data-needs]').length;",
+    )
+    .await;
     assert!(buttons.as_u64().unwrap() >= 4, "{buttons}");
     let forged = c
         .execute_async(
@@ -301,7 +391,11 @@ async fn the_dashboard_works_in_a_real_browser() {
         )
         .await
         .unwrap();
-    assert_eq!(forged, json!(403), "the API refuses what the read scope cannot do");
+    assert_eq!(
+        forged,
+        json!(403),
+        "the API refuses what the read scope cannot do"
+    );
     assert_eq!(s.get_function("web").await.unwrap()["replicas"], 1);
     assert_nothing_executed(&c, "read token").await;
 
@@ -364,7 +458,11 @@ async fn cookie_sessions_need_the_csrf_header_for_changes() {
         rb
     };
     // Reads work with the cookie alone.
-    let (st, _) = send_text(s.open(Method::GET, "/system/functions").header("cookie", &cookie)).await;
+    let (st, _) = send_text(
+        s.open(Method::GET, "/system/functions")
+            .header("cookie", &cookie),
+    )
+    .await;
     assert_eq!(st, StatusCode::OK);
     let (st, body) = send_text(scale(None)).await;
     assert_eq!(st, StatusCode::FORBIDDEN, "{body}");
@@ -377,9 +475,15 @@ async fn cookie_sessions_need_the_csrf_header_for_changes() {
 
     // The history endpoint answers with samples (every 5 s).
     let h = wait_until(BOUND, "a history sample", async || {
-        let (st, body) = s.sys_text(Method::GET, "/system/function/web/history").await;
+        let (st, body) = s
+            .sys_text(Method::GET, "/system/function/web/history")
+            .await;
         let v: Value = serde_json::from_str(&body).map_err(|e| format!("{st} {body}: {e}"))?;
-        if v["samples"].as_array().is_some_and(|a| !a.is_empty()) { Ok(v) } else { Err(body) }
+        if v["samples"].as_array().is_some_and(|a| !a.is_empty()) {
+            Ok(v)
+        } else {
+            Err(body)
+        }
     })
     .await;
     assert_eq!(h["intervalSeconds"], 5);
@@ -389,12 +493,19 @@ async fn cookie_sessions_need_the_csrf_header_for_changes() {
     let r = s.open(Method::GET, "/ui/").send().await.unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     let csp = r.headers()["content-security-policy"].to_str().unwrap();
-    assert!(csp.contains("script-src 'self'") && csp.contains("frame-ancestors 'none'"), "{csp}");
+    assert!(
+        csp.contains("script-src 'self'") && csp.contains("frame-ancestors 'none'"),
+        "{csp}"
+    );
     let (st, _) = send_text(s.open(Method::GET, "/")).await;
     assert_eq!(st, StatusCode::NOT_FOUND);
 
     // Sign-out ends the session (it needs the CSRF header too).
-    let (st, _) = send_text(s.open(Method::DELETE, "/ui/session").header("cookie", &cookie)).await;
+    let (st, _) = send_text(
+        s.open(Method::DELETE, "/ui/session")
+            .header("cookie", &cookie),
+    )
+    .await;
     assert_eq!(st, StatusCode::FORBIDDEN);
     let (st, _) = send_text(
         s.open(Method::DELETE, "/ui/session")
@@ -403,7 +514,11 @@ async fn cookie_sessions_need_the_csrf_header_for_changes() {
     )
     .await;
     assert_eq!(st, StatusCode::NO_CONTENT);
-    let (st, _) = send_text(s.open(Method::GET, "/system/functions").header("cookie", &cookie)).await;
+    let (st, _) = send_text(
+        s.open(Method::GET, "/system/functions")
+            .header("cookie", &cookie),
+    )
+    .await;
     assert_eq!(st, StatusCode::UNAUTHORIZED);
 }
 

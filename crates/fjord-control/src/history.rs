@@ -111,42 +111,52 @@ impl History {
             buckets,
             cpu_ns: gauges.cpu_ns,
         };
+        // Before the first sample the counters were zero (they start with the function):
+        // requests made before it count in the first interval.
+        let zero = Totals {
+            at_ms: now_ms.saturating_sub(INTERVAL_MS),
+            classes: [0; 4],
+            buckets: [0; BUCKETS.len() + 1],
+            cpu_ns: None,
+        };
         let mut ring = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if ring.recent.is_empty() {
+            ring.recent.push_back(zero);
+        }
         if ring.recent.len() > SUMMARY_SAMPLES {
             ring.recent.pop_front();
         }
         ring.recent.push_back(totals);
-        if let Some(prev) = ring.last.replace(totals) {
-            let secs = now_ms.saturating_sub(prev.at_ms) as f64 / 1000.0;
-            if secs <= 0.0 {
-                return;
-            }
-            let rate = |i: usize| classes[i].saturating_sub(prev.classes[i]) as f64 / secs;
-            let mut delta = [0u64; BUCKETS.len() + 1];
-            for (d, (now, before)) in delta.iter_mut().zip(buckets.iter().zip(prev.buckets)) {
-                *d = now.saturating_sub(before);
-            }
-            let point = Point {
-                t: now_ms,
-                rps2xx: rate(0),
-                rps3xx: rate(1),
-                rps4xx: rate(2),
-                rps5xx: rate(3),
-                p50_ms: quantile(&delta, 0.5).map(|s| s * 1000.0),
-                p99_ms: quantile(&delta, 0.99).map(|s| s * 1000.0),
-                ready: gauges.ready,
-                desired: gauges.desired,
-                inflight: metrics.inflight.load(std::sync::atomic::Ordering::Relaxed),
-                cpu_cores: match (prev.cpu_ns, gauges.cpu_ns) {
-                    (Some(a), Some(b)) => Some(b.saturating_sub(a) as f64 / 1e9 / secs),
-                    _ => None,
-                },
-            };
-            if ring.points.len() == CAPACITY {
-                ring.points.pop_front();
-            }
-            ring.points.push_back(point);
+        let prev = ring.last.replace(totals).unwrap_or(zero);
+        let secs = now_ms.saturating_sub(prev.at_ms) as f64 / 1000.0;
+        if secs <= 0.0 {
+            return;
         }
+        let rate = |i: usize| classes[i].saturating_sub(prev.classes[i]) as f64 / secs;
+        let mut delta = [0u64; BUCKETS.len() + 1];
+        for (d, (now, before)) in delta.iter_mut().zip(buckets.iter().zip(prev.buckets)) {
+            *d = now.saturating_sub(before);
+        }
+        let point = Point {
+            t: now_ms,
+            rps2xx: rate(0),
+            rps3xx: rate(1),
+            rps4xx: rate(2),
+            rps5xx: rate(3),
+            p50_ms: quantile(&delta, 0.5).map(|s| s * 1000.0),
+            p99_ms: quantile(&delta, 0.99).map(|s| s * 1000.0),
+            ready: gauges.ready,
+            desired: gauges.desired,
+            inflight: metrics.inflight.load(std::sync::atomic::Ordering::Relaxed),
+            cpu_cores: match (prev.cpu_ns, gauges.cpu_ns) {
+                (Some(a), Some(b)) => Some(b.saturating_sub(a) as f64 / 1e9 / secs),
+                _ => None,
+            },
+        };
+        if ring.points.len() == CAPACITY {
+            ring.points.pop_front();
+        }
+        ring.points.push_back(point);
     }
 
     /// The samples, oldest first.
@@ -238,8 +248,12 @@ mod tests {
     fn rates_by_status_class_and_percentiles_between_samples() {
         let m = FunctionMetrics::new();
         let h = History::default();
+        // Requests before the first sample count in its interval.
+        m.observe(200, 0.003);
         h.sample(&m, gauges(1), 10_000);
-        assert!(h.points().is_empty(), "the first sample is the baseline");
+        let first = h.points();
+        assert_eq!(first.len(), 1);
+        assert!((first[0].rps2xx - 0.2).abs() < 1e-9, "{first:?}");
         for _ in 0..98 {
             m.observe(200, 0.003);
         }
@@ -247,8 +261,8 @@ mod tests {
         m.observe(502, 2.0);
         h.sample(&m, gauges(2), 15_000);
         let p = h.points();
-        assert_eq!(p.len(), 1);
-        let p = &p[0];
+        assert_eq!(p.len(), 2);
+        let p = &p[1];
         assert_eq!(p.t, 15_000);
         assert!((p.rps2xx - 98.0 / 5.0).abs() < 1e-9, "{p:?}");
         assert!((p.rps4xx - 0.2).abs() < 1e-9, "{p:?}");
@@ -272,14 +286,14 @@ mod tests {
         let h = History::default();
         let empty = h.summary("f", "ns");
         assert_eq!((empty.error_rate, empty.p50_ms), (None, None));
-        h.sample(&m, gauges(1), 0);
+        h.sample(&m, gauges(1), 5_000);
         for _ in 0..3 {
             m.observe(200, 0.02);
         }
         m.observe(500, 0.02);
-        h.sample(&m, gauges(1), 5_000);
+        h.sample(&m, gauges(1), 10_000);
         let s = h.summary("f", "ns");
-        assert_eq!(s.rps, vec![0.8]);
+        assert_eq!(s.rps, vec![0.0, 0.8]);
         assert_eq!(s.error_rate, Some(0.25));
         let p50 = s.p50_ms.unwrap();
         assert!(p50 > 10.0 && p50 <= 25.0, "{p50}");
@@ -315,9 +329,14 @@ mod tests {
             desired: 1,
             cpu_ns: Some(ns),
         };
-        h.sample(&m, g(1_000_000_000), 0);
-        h.sample(&m, g(3_500_000_000), 5_000);
-        assert!((h.points()[0].cpu_cores.unwrap() - 0.5).abs() < 1e-9);
+        h.sample(&m, g(1_000_000_000), 5_000);
+        h.sample(&m, g(3_500_000_000), 10_000);
+        assert_eq!(
+            h.points()[0].cpu_cores,
+            None,
+            "nothing to compare the first with"
+        );
+        assert!((h.points()[1].cpu_cores.unwrap() - 0.5).abs() < 1e-9);
     }
 
     #[test]

@@ -19,9 +19,10 @@ function chart(el, title, series, yLabel) {
   const colors = ['#1b7f3b', '#2b6cb0', '#b7791f', '#c53030', '#6b46c1'];
   const opts = {
     title, width: Math.max(280, el.clientWidth || 320), height: 180,
-    scales: { x: { time: true } },
+    // Always the last 15 minutes, however few samples there are yet.
+    scales: { x: { time: true, range: () => { const now = Date.now() / 1000; return [now - 900, now]; } } },
     axes: [{}, { label: yLabel }],
-    series: [{}, ...series.map((label, i) => ({ label, stroke: colors[i % colors.length], width: 1.5, spanGaps: false }))],
+    series: [{}, ...series.map((label, i) => ({ label, stroke: colors[i % colors.length], width: 1.5, spanGaps: false, points: { show: true, size: 4 } }))],
   };
   return new window.uPlot(opts, [[], ...series.map(() => [])], el);
 }

@@ -164,6 +164,6 @@ export function listView(main) {
     rows.clear();
     refresh();
   });
-  filter.addEventListener('input', applyFilter);
+  for (const ev of ['input', 'change', 'search']) filter.addEventListener(ev, applyFilter);
   return () => { stopped = true; clearTimeout(timer); };
 }
