@@ -346,6 +346,72 @@ async fn the_dashboard_works_in_a_real_browser() {
     .await;
     screenshot(&c, "deploy").await;
 
+    // Secrets: create one, see it listed (never its value), delete it.
+    click(&c, "#nav a[href='#/secrets']").await;
+    set_value(&c, "#s-name", "db-password").await;
+    set_value(&c, "#s-value", "hunter2-value").await;
+    click(&c, "#secret-form button[type=submit]").await;
+    wait_text(&c, "#secrets", "db-password").await;
+    let page = js(&c, "return document.body.innerText;").await;
+    assert!(
+        !page.as_str().unwrap().contains("hunter2-value"),
+        "a secret's value is shown"
+    );
+    assert_eq!(
+        js(&c, "return document.querySelector('#s-value').value;").await,
+        json!("")
+    );
+    click(&c, "#secrets tbody button").await;
+    wait_until(BOUND, "the secret is deleted", async || {
+        let (_, list) = s.sys_text(Method::GET, "/system/secrets").await;
+        (!list.contains("db-password")).then_some(()).ok_or(list)
+    })
+    .await;
+
+    // A dead-lettered call is replayed from the async calls page.
+    let mut flaky = http_fn("flaky", "v1");
+    flaky["annotations"] = json!({"com.openfaas.retry.attempts": "1"});
+    s.deploy_ready(&flaky).await;
+    let r = s
+        .client
+        .post(s.url("/async-function/flaky/status/503"))
+        .header("x-call-id", "call-to-replay")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let dead = wait_until(BOUND, "the call is dead-lettered", async || {
+        let (_, body) = s
+            .sys_text(Method::GET, "/system/async-calls/call-to-replay")
+            .await;
+        let v: Value = serde_json::from_str(&body).map_err(|e| format!("{body}: {e}"))?;
+        if v["state"] == "dead" {
+            Ok(v)
+        } else {
+            Err(body)
+        }
+    })
+    .await;
+    click(&c, "#nav a[href='#/async']").await;
+    wait_text(&c, "#calls tr[data-call=call-to-replay]", "dead").await;
+    screenshot(&c, "async").await;
+    click(&c, "#calls tr[data-call=call-to-replay] button").await;
+    wait_until(BOUND, "the call is replayed", async || {
+        let (_, body) = s
+            .sys_text(Method::GET, "/system/async-calls/call-to-replay")
+            .await;
+        let v: Value = serde_json::from_str(&body).map_err(|e| format!("{body}: {e}"))?;
+        (v["updatedAtMs"].as_u64() > dead["updatedAtMs"].as_u64())
+            .then_some(())
+            .ok_or(body)
+    })
+    .await;
+
+    // The system page.
+    click(&c, "#nav a[href='#/system']").await;
+    wait_text(&c, "#system", "embedded: healthy").await;
+    screenshot(&c, "system").await;
+
     // A read token: sees the function, no enabled change button; a forged call is refused.
     let (st, created) = s
         .sys_json(

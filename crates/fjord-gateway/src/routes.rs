@@ -104,6 +104,7 @@ pub fn table() -> Vec<RouteEntry> {
             api::scale_function,
         ),
         entry("GET", "/system/info", System(Read), api::info),
+        entry("GET", "/system/status", System(Read), ui::system_status),
         entry("GET", "/system/namespaces", System(Read), api::namespaces),
         // Namespaces are shared by everyone's functions and secrets: changing them is the admin's.
         entry(

@@ -536,10 +536,82 @@ pub async fn summaries(
     Ok(axum::Json(app.control.history_summaries(ns.as_deref())).into_response())
 }
 
+/// When this server started (for its uptime).
+static STARTED: std::sync::LazyLock<Instant> = std::sync::LazyLock::new(Instant::now);
+
+/// `GET /system/status`: the server as the dashboard's System page shows it.
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SystemStatus {
+    /// fjord's release and commit.
+    pub version: String,
+    pub commit: String,
+    pub arch: String,
+    /// `--containers`: `auto`, `on` or `off` (processes always run).
+    pub containers: String,
+    /// `embedded` (SQLite in the data dir) or `nats`.
+    pub queue: String,
+    /// Whether the queue answered just now; why not when it did not.
+    pub queue_healthy: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub queue_error: Option<String>,
+    /// Async calls waiting, over every function.
+    pub queued: u64,
+    pub uptime_seconds: u64,
+    /// Authentication on `/system` (off with `--auth=false`), HTTPS.
+    pub auth: bool,
+    pub tls: bool,
+    /// The data dir's file system: size and free space.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub disk_total_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub disk_free_bytes: Option<u64>,
+}
+
+#[utoipa::path(
+    get, path = "/system/status", tag = "system",
+    responses(
+        (status = 200, description = "The server: version, queue and its health, uptime, disk", body = SystemStatus),
+        (status = 401, response = crate::responses::Unauthorized),
+    ),
+    security(("basicAuth" = []))
+)]
+pub async fn system_status(State(app): State<AppState>) -> axum::Json<SystemStatus> {
+    let v = crate::api::version_info();
+    let (queue_healthy, queue_error, queued) = match app.queue.depth().await {
+        Ok(d) => (true, None, d.iter().map(|e| e.1).sum()),
+        Err(e) => (false, Some(e.to_string()), 0),
+    };
+    let disk = nix::sys::statvfs::statvfs(&app.config.data_dir).ok();
+    axum::Json(SystemStatus {
+        version: v.release,
+        commit: v.sha,
+        arch: std::env::consts::ARCH.into(),
+        containers: format!("{:?}", app.config.containers.mode).to_lowercase(),
+        queue: match app.config.queue {
+            crate::state::QueueBackend::Embedded => "embedded".into(),
+            crate::state::QueueBackend::Nats { .. } => "nats".into(),
+        },
+        queue_healthy,
+        queue_error,
+        queued,
+        uptime_seconds: STARTED.elapsed().as_secs(),
+        auth: app.auth.basic.is_some(),
+        tls: app.config.tls.is_some(),
+        disk_total_bytes: disk
+            .as_ref()
+            .map(|d| d.blocks() as u64 * d.fragment_size() as u64),
+        disk_free_bytes: disk
+            .as_ref()
+            .map(|d| d.blocks_available() as u64 * d.fragment_size() as u64),
+    })
+}
+
 /// The dashboard's routes (outside the API's route table: they are not JSON API and the
 /// guard does not cover them; `/ui/session` checks credentials itself).
 pub fn router() -> axum::Router<AppState> {
     use axum::routing::get;
+    std::sync::LazyLock::force(&STARTED);
     axum::Router::new()
         .route("/", get(root))
         .route("/ui", get(ui_root))

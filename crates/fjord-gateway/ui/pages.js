@@ -155,43 +155,81 @@ export function tokensView(main) {
 
 export function asyncView(main) {
   main.append(h('h1', {}, 'Async calls'));
-  const list = h('div', { id: 'calls' });
+  const state = h('select', { id: 'call-state', 'aria-label': 'State' },
+    ['', 'queued', 'running', 'retrying', 'done', 'dead', 'cancelled'].map((v) => h('option', { value: v }, v || 'any state')));
+  const fn = h('input', { id: 'call-fn', type: 'search', placeholder: 'Function', 'aria-label': 'Function', spellcheck: false });
+  const list = h('div', { id: 'calls', class: 'scroll' });
   const msg = h('div');
+  let all = [];
+  const when = (ms) => (ms ? new Date(ms).toISOString().replace('T', ' ').slice(0, 19) : '–');
+  function render() {
+    const q = fn.value.trim();
+    const calls = all.filter((c) => !q || c.function.includes(q));
+    clear(list).append(calls.length ? h('table', { class: 'list' },
+      h('thead', {}, h('tr', {}, ['Id', 'Function', 'State', 'Attempts', 'Last status', 'Callback', 'Created', ''].map((c) => h('th', { scope: 'col' }, c)))),
+      h('tbody', {}, calls.map((c) => {
+        const replay = h('button', { type: 'button', disabled: !can('deploy') || c.state !== 'dead', dataset: { needs: 'deploy' } }, 'Replay');
+        replay.addEventListener('click', async () => {
+          try { await api('POST', `/system/async-calls/${encodeURIComponent(c.id)}/replay`); load(); } catch (x) { message(msg, x.message); }
+        });
+        const cancel = h('button', { type: 'button', disabled: !can('deploy') || !['queued', 'retrying'].includes(c.state), dataset: { needs: 'deploy' } }, 'Cancel');
+        cancel.addEventListener('click', async () => {
+          try { await api('DELETE', `/async-function/${encodeURIComponent(c.id)}`); load(); } catch (x) { message(msg, x.message); }
+        });
+        return h('tr', { dataset: { call: c.id } }, h('td', {}, c.id), h('td', {}, c.function), h('td', { class: `state ${c.state}` }, c.state),
+          h('td', {}, String(c.attempts)), h('td', { title: c.lastError || undefined }, c.status ? String(c.status) : (c.lastError || '–')),
+          h('td', {}, c.callback || (c.callbackUrl ? 'pending' : '–')), h('td', {}, when(c.createdAtMs)), h('td', {}, replay, ' ', cancel));
+      }))) : h('p', { class: 'muted' }, 'No async calls (finished ones are kept a day).'));
+  }
   async function load() {
     try {
-      const calls = await api('GET', '/system/async-calls');
-      clear(list).append(calls.length ? h('table', { class: 'list' },
-        h('thead', {}, h('tr', {}, ['Id', 'Function', 'State', 'Attempts', 'Callback', ''].map((c) => h('th', { scope: 'col' }, c)))),
-        h('tbody', {}, calls.map((c) => {
-          const replay = h('button', { type: 'button', disabled: !can('deploy') || c.state !== 'dead', dataset: { needs: 'deploy' } }, 'Replay');
-          replay.addEventListener('click', async () => {
-            try { await api('POST', `/system/async-calls/${encodeURIComponent(c.id)}/replay`); load(); } catch (x) { message(msg, x.message); }
-          });
-          return h('tr', {}, h('td', {}, c.id), h('td', {}, c.function || ''), h('td', {}, c.state), h('td', {}, String(c.attempts ?? '')),
-            h('td', {}, c.callbackStatus ? String(c.callbackStatus) : (c.callbackUrl ? 'pending' : '–')), h('td', {}, replay));
-        }))) : h('p', { class: 'muted' }, 'No async calls kept (finished calls are kept a day).'));
+      all = await api('GET', `/system/async-calls?limit=500${state.value ? `&state=${state.value}` : ''}`);
+      message(msg, '');
+      render();
     } catch (x) { message(msg, x.message); }
   }
-  main.append(list, msg);
+  state.addEventListener('change', load);
+  fn.addEventListener('input', render);
+  main.append(h('div', { class: 'toolbar' }, state, fn), msg, list);
   load();
+  const timer = setInterval(load, 5000);
+  return () => clearInterval(timer);
+}
+
+function bytes(n) {
+  if (n === undefined || n === null) return '–';
+  const u = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
+  let i = 0;
+  while (n >= 1024 && i < u.length - 1) { n /= 1024; i++; }
+  return `${n.toFixed(i ? 1 : 0)} ${u[i]}`;
+}
+
+function duration(s) {
+  const d = Math.floor(s / 86400); const hh = Math.floor((s % 86400) / 3600); const m = Math.floor((s % 3600) / 60);
+  return `${d ? d + ' d ' : ''}${hh} h ${m} min`;
 }
 
 export function systemView(main) {
   main.append(h('h1', {}, 'System'));
   const box = h('div', { id: 'system' });
   main.append(box);
-  (async () => {
+  async function load() {
     try {
-      const info = await api('GET', '/system/info');
-      const flat = {};
-      const walk = (o, p) => {
-        for (const [k, v] of Object.entries(o || {})) {
-          if (v && typeof v === 'object' && !Array.isArray(v)) walk(v, `${p}${k}.`);
-          else flat[`${p}${k}`] = Array.isArray(v) ? v.join(', ') : v;
-        }
-      };
-      walk(info, '');
-      box.append(kvTable(flat, 'Server'));
+      const st = await api('GET', '/system/status');
+      clear(box).append(kvTable({
+        version: `${st.version} (${st.commit})`,
+        architecture: st.arch,
+        runtimes: st.containers === 'off' ? 'processes' : `processes, containers (--containers ${st.containers})`,
+        queue: `${st.queue}: ${st.queueHealthy ? 'healthy' : `failing: ${st.queueError}`}`,
+        'async calls waiting': st.queued,
+        uptime: duration(st.uptimeSeconds),
+        authentication: st.auth ? 'on' : 'OFF (--auth=false)',
+        TLS: st.tls ? 'on' : 'off',
+        'data dir disk': st.diskTotalBytes ? `${bytes(st.diskFreeBytes)} free of ${bytes(st.diskTotalBytes)}` : '–',
+      }, 'Server'));
     } catch (x) { message(box, x.message); }
-  })();
+  }
+  load();
+  const timer = setInterval(load, 10000);
+  return () => clearInterval(timer);
 }
