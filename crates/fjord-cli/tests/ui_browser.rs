@@ -344,7 +344,18 @@ async fn the_dashboard_works_in_a_real_browser() {
         found.then_some(()).ok_or(page)
     })
     .await;
+    // Deploy from the form: a validation error shows next to its field, then a good one
+    // becomes ready.
+    set_value(&c, "#d-name", "Bad_Name").await;
+    set_value(&c, "#d-image", "fjord-test/fork:latest").await;
+    set_value(&c, "#d-process", "cat").await;
+    click(&c, "#deploy button[type=submit]").await;
+    wait_text(&c, "#d-name-err", "function name").await;
     screenshot(&c, "deploy").await;
+    set_value(&c, "#d-name", "formfn").await;
+    click(&c, "#deploy button[type=submit]").await;
+    wait_text(&c, "#fn-status", "1 of 1 replicas ready").await;
+    assert_eq!(s.get_function("formfn").await.unwrap()["envProcess"], "cat");
 
     // Secrets: create one, see it listed (never its value), delete it.
     click(&c, "#nav a[href='#/secrets']").await;

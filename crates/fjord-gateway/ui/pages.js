@@ -17,14 +17,24 @@ function parseLines(text) {
   return out;
 }
 
-// Puts an API validation message next to the field it names (same validation as the API).
+// Puts an API validation message next to the field it names (the API validates; the page
+// only places its message). First match wins.
+const FIELD_WORDS = [
+  [/function name|service/i, 'd-name'],
+  [/namespace/i, 'd-ns'],
+  [/envProcess|fprocess|program|command/i, 'd-process'],
+  [/image|bundle|reference/i, 'd-image'],
+  [/envVars|environment/i, 'd-env'],
+  [/label/i, 'd-labels'],
+  [/memory|limits/i, 'd-memory'],
+];
+
 function showFieldError(form, text) {
   for (const el of form.querySelectorAll('.field-error')) el.textContent = '';
-  const names = { service: 'd-name', image: 'd-image', envProcess: 'd-process', envVars: 'd-env', labels: 'd-labels', memory: 'd-memory', limits: 'd-memory' };
-  for (const [k, id] of Object.entries(names)) {
-    if (text.includes(k)) {
+  for (const [re, id] of FIELD_WORDS) {
+    if (re.test(text)) {
       const err = form.querySelector(`#${id}-err`);
-      if (err) { err.textContent = text; return true; }
+      if (err) { err.textContent = text; form.querySelector(`#${id}`).focus(); return true; }
     }
   }
   return false;
