@@ -598,12 +598,10 @@ pub async fn system_status(State(app): State<AppState>) -> axum::Json<SystemStat
         uptime_seconds: STARTED.elapsed().as_secs(),
         auth: app.auth.basic.is_some(),
         tls: app.config.tls.is_some(),
-        disk_total_bytes: disk
-            .as_ref()
-            .map(|d| d.blocks() as u64 * d.fragment_size() as u64),
+        disk_total_bytes: disk.as_ref().map(|d| d.blocks() * d.fragment_size()),
         disk_free_bytes: disk
             .as_ref()
-            .map(|d| d.blocks_available() as u64 * d.fragment_size() as u64),
+            .map(|d| d.blocks_available() * d.fragment_size()),
     })
 }
 
