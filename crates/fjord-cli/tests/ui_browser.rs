@@ -611,3 +611,49 @@ async fn without_auth_the_dashboard_says_so() {
     assert_eq!(st, StatusCode::OK);
     assert!(page.contains("Authentication is off"), "the banner's text");
 }
+
+/// Under TLS the session cookie is `Secure` (never sent over plain HTTP).
+#[tokio::test(flavor = "multi_thread")]
+async fn under_tls_the_session_cookie_is_secure() {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec!["127.0.0.1".to_string()])
+        .unwrap()
+        .signed_by(&key, &ca)
+        .unwrap();
+    let dir = TestDir::new();
+    let cert_path = dir.tmp.path().join("cert.pem");
+    let key_path = dir.tmp.path().join("key.pem");
+    std::fs::write(&cert_path, leaf.pem()).unwrap();
+    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    let s = Server::start_tls(
+        dir.clone(),
+        ServeOpts::args(&[
+            "--containers",
+            "off",
+            "--tls-cert",
+            cert_path.to_str().unwrap(),
+            "--tls-key",
+            key_path.to_str().unwrap(),
+        ]),
+        &ca.pem(),
+    )
+    .await;
+    let password = s.password.clone().unwrap();
+    let r = s
+        .open(Method::POST, "/ui/session")
+        .json(&json!({"password": password}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let set = r.headers()["set-cookie"].to_str().unwrap();
+    assert!(set.contains("; Secure"), "{set}");
+    assert!(
+        set.contains("HttpOnly") && set.contains("SameSite=Strict"),
+        "{set}"
+    );
+}
