@@ -418,6 +418,41 @@ async fn the_dashboard_works_in_a_real_browser() {
     })
     .await;
 
+    // API tokens: created with a scope, shown once in the page, revoked.
+    click(&c, "#nav a[href='#/tokens']").await;
+    set_value(&c, "#t-name", "ci-deployer").await;
+    c.find(Locator::Css("#t-scope"))
+        .await
+        .unwrap()
+        .select_by_value("deploy")
+        .await
+        .unwrap();
+    click(&c, "#token-form button[type=submit]").await;
+    let shown = wait_text(&c, "#token-once", "fjord_").await;
+    wait_text(&c, "#tokens", "ci-deployer").await;
+    assert!(
+        !c.current_url().await.unwrap().as_str().contains("fjord_"),
+        "the token went into the URL"
+    );
+    let (_, listed) = s.sys_text(Method::GET, "/system/tokens").await;
+    assert!(
+        listed.contains("ci-deployer") && listed.contains("\"deploy\""),
+        "{listed}"
+    );
+    let token = &shown[shown.find("fjord_").unwrap()..];
+    assert!(token.len() > 20, "{shown}");
+    assert!(!listed.contains(token), "the list has the token");
+    js(
+        &c,
+        "[...document.querySelectorAll('#tokens tbody tr')].find(tr => tr.textContent.includes('ci-deployer')).querySelector('button').click();",
+    )
+    .await;
+    wait_until(BOUND, "the token is revoked", async || {
+        let (_, list) = s.sys_text(Method::GET, "/system/tokens").await;
+        (!list.contains("ci-deployer")).then_some(()).ok_or(list)
+    })
+    .await;
+
     // The system page.
     click(&c, "#nav a[href='#/system']").await;
     wait_text(&c, "#system", "embedded: healthy").await;
