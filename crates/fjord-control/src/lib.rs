@@ -5,7 +5,8 @@
 //! - [`ControlPlane`]: deploy, update and rollback, scale, restore at startup, the routing
 //!   snapshot the invoke path reads, the autoscaler's and idler's ticks.
 //! - [`autoscale`]: the scaling rules as pure functions of (state, spec, observation).
-//! - [`metrics`]: per-function counters and the Prometheus rendering.
+//! - [`metrics`]: per-function counters and the Prometheus rendering; [`history`]: their last
+//!   15 minutes in memory, for the dashboard.
 //! - [`bundles`], [`secrets`], [`tokens`]: the bundle store, the secrets vault, the API token
 //!   registry.
 //!
@@ -14,6 +15,7 @@
 pub mod autoscale;
 pub mod bundles;
 mod error;
+pub mod history;
 pub mod images;
 pub mod metrics;
 #[cfg(test)]

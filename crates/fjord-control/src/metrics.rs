@@ -84,6 +84,9 @@ pub struct FunctionMetrics {
     /// The connectors' view of this function (cron, NATS, MQTT): kept across updates like
     /// the counters above, gone with the function.
     pub triggers: TriggerBoard,
+    /// The last 15 minutes, sampled every few seconds for the dashboard (never touched by
+    /// the invoke path).
+    pub history: crate::history::History,
 }
 
 /// How one trigger run ended.
@@ -306,6 +309,32 @@ impl FunctionMetrics {
             .iter()
             .map(|(_, h)| h.count())
             .sum()
+    }
+
+    /// Responses per status class (1xx/2xx, 3xx, 4xx, 5xx) and per latency bucket (not
+    /// cumulative; the last is above the largest bound), summed over status codes: the
+    /// history's sampler reads these every few seconds.
+    pub fn class_totals(&self) -> ([u64; 4], [u64; BUCKETS.len() + 1]) {
+        let mut classes = [0u64; 4];
+        let mut per_bucket = [0u64; BUCKETS.len() + 1];
+        for (code, h) in self.codes.read().unwrap_or_else(|p| p.into_inner()).iter() {
+            let count = h.count();
+            let class = match code {
+                ..300 => 0,
+                300..400 => 1,
+                400..500 => 2,
+                _ => 3,
+            };
+            classes[class] += count;
+            let mut below = 0;
+            for (i, b) in h.buckets.iter().enumerate() {
+                let cumulative = b.load(Ordering::Relaxed);
+                per_bucket[i] += cumulative.saturating_sub(below);
+                below = cumulative;
+            }
+            per_bucket[BUCKETS.len()] += count.saturating_sub(below);
+        }
+        (classes, per_bucket)
     }
 
     fn codes(&self) -> Vec<(u16, Arc<Histogram>)> {

@@ -1193,6 +1193,51 @@ impl ControlPlane {
         }
     }
 
+    /// Takes one sample of every function's history (the dashboard's graphs); called every
+    /// [`crate::history::INTERVAL_MS`] by the server.
+    pub fn sample_history(&self, now_ms: u64) {
+        for route in self.routes.load().values().flat_map(|m| m.values()) {
+            let h = &route.handle;
+            let s = h.status();
+            let gauges = crate::history::Gauges {
+                ready: s.available,
+                desired: s.desired,
+                cpu_ns: h.cpu_usage_ns(),
+            };
+            route.metrics.history.sample(&route.metrics, gauges, now_ms);
+        }
+    }
+
+    /// The functions list's sparklines, error rates and percentiles of one namespace (the
+    /// default when `None`), sorted by name.
+    pub fn history_summaries(
+        &self,
+        namespace: Option<&str>,
+    ) -> Vec<crate::history::FunctionSummary> {
+        let ns = namespace.unwrap_or(DEFAULT_NAMESPACE);
+        let routes = self.routes.load();
+        let mut out: Vec<_> = routes
+            .get(ns)
+            .map(|m| {
+                m.iter()
+                    .map(|(name, r)| r.metrics.history.summary(name, ns))
+                    .collect()
+            })
+            .unwrap_or_default();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+
+    /// A function's last 15 minutes of samples.
+    pub fn history(
+        &self,
+        key: &FunctionKey,
+    ) -> Result<crate::history::FunctionHistory, ControlError> {
+        self.lookup(&key.namespace, &key.name)
+            .map(|r| r.metrics.history.snapshot())
+            .ok_or_else(|| not_found(key))
+    }
+
     /// Puts back what the store held before a deploy that could not start.
     fn undo_store(&self, key: &FunctionKey, previous: Option<&StoredFunction>) {
         let undone = match previous {

@@ -113,6 +113,8 @@ pub async fn enqueue(
     req: Request,
 ) -> Result<Response, ApiError> {
     let (mut parts, body) = req.into_parts();
+    // Queued calls never carry the dashboard's session either.
+    crate::ui::strip_session_cookie(&mut parts.headers);
     let (segment, sub_path) = split_async_path(parts.uri.path())
         .ok_or_else(|| ApiError::NotFound("no function named in the path".into()))?;
     let (name, namespace) = FunctionKey::split_route(segment);

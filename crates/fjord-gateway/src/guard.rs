@@ -1,5 +1,6 @@
-//! The auth middleware of `/system/*` and `/metrics`: authenticates with [`crate::auth`], then
-//! checks the route's scope from the route table.
+//! The auth middleware of `/system/*` and `/metrics`: authenticates with [`crate::auth`] (or
+//! the dashboard's session cookie, [`crate::ui`]), then checks the route's scope from the
+//! route table.
 
 use axum::extract::{ConnectInfo, MatchedPath, Request, State};
 use axum::middleware::Next;
@@ -44,11 +45,27 @@ pub async fn require(State(app): State<AppState>, req: Request, next: Next) -> R
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .map_or(IpAddr::from([0, 0, 0, 0]), |c| c.0.ip());
-    let scope = match auth.authenticate(ip, req.headers()).await {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::debug!(path = %req.uri().path(), client = %ip, "rejected /system request: {e}");
-            return e.into_response();
+    // The dashboard's session cookie counts as credentials when no Authorization header is
+    // sent (changes need its CSRF header too).
+    let cookie = match req
+        .headers()
+        .contains_key(axum::http::header::AUTHORIZATION)
+    {
+        false => crate::ui::session_cookie(req.headers()),
+        true => None,
+    };
+    let scope = if let Some(id) = cookie {
+        match crate::ui::authenticate_cookie(&app.sessions, req.method(), req.headers(), id) {
+            Ok(s) => s,
+            Err(r) => return r,
+        }
+    } else {
+        match auth.authenticate(ip, req.headers()).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::debug!(path = %req.uri().path(), client = %ip, "rejected /system request: {e}");
+                return e.into_response();
+            }
         }
     };
     let pattern = req

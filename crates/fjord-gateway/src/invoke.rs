@@ -206,8 +206,10 @@ fn new_call_id() -> HeaderValue {
 pub async fn invoke(
     State(app): State<AppState>,
     ConnectInfo(remote): ConnectInfo<SocketAddr>,
-    req: Request,
+    mut req: Request,
 ) -> Response<Body> {
+    // Functions never see the dashboard's session (a browser sends it to every path).
+    crate::ui::strip_session_cookie(req.headers_mut());
     run(app, remote, req).await
 }
 

@@ -24,6 +24,7 @@ mod state;
 mod tls;
 mod tokens;
 pub mod trigger;
+mod ui;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -247,6 +248,7 @@ fn router(state: AppState) -> Router {
     Router::new()
         .merge(system)
         .merge(open)
+        .merge(ui::router())
         .fallback(api::not_found)
         .method_not_allowed_fallback(api::method_not_allowed)
         .with_state(state)
@@ -302,6 +304,8 @@ struct Worker {
     index: usize,
     limits: Arc<conns::ConnLimits>,
     forks: Arc<conns::ForkLimits>,
+    /// The dashboard's sessions, shared by every worker.
+    sessions: Arc<ui::Sessions>,
 }
 
 impl Worker {
@@ -382,6 +386,7 @@ impl Worker {
             shutdown: self.shutdown.clone(),
             auth: self.auth.clone(),
             forks: self.forks.clone(),
+            sessions: self.sessions.clone(),
         };
         let app = router(state);
         let _ = self.ready.send(Ok(local));
@@ -749,6 +754,7 @@ pub async fn serve(config: GatewayConfig, shutdown: CancellationToken) -> Result
         per_address = config.max_connections_per_ip,
         "connection limits"
     );
+    let sessions = Arc::new(ui::Sessions::new());
     let (addr_tx, addr_rx) = std::sync::mpsc::channel::<Result<SocketAddr, StartError>>();
     let mut threads = Vec::with_capacity(workers);
     let mut bind_to = config.listen;
@@ -767,6 +773,7 @@ pub async fn serve(config: GatewayConfig, shutdown: CancellationToken) -> Result
             index: i,
             limits: limits.clone(),
             forks: forks.clone(),
+            sessions: sessions.clone(),
         };
         let thread = std::thread::Builder::new()
             .name(format!("fjord-http-{i}"))
@@ -810,6 +817,7 @@ pub async fn serve(config: GatewayConfig, shutdown: CancellationToken) -> Result
         shutdown: shutdown.clone(),
         auth: auth.clone(),
         forks: forks.clone(),
+        sessions: sessions.clone(),
     };
     // The triggers besides HTTP. A connector is one more entry here.
     let mut triggers: Vec<Box<dyn trigger::Trigger>> = vec![
@@ -843,7 +851,21 @@ pub async fn serve(config: GatewayConfig, shutdown: CancellationToken) -> Result
             }
         })
     };
+    // The dashboard's graphs: every function's history, sampled on its own task.
+    let history = {
+        let control = control.clone();
+        tokio::spawn(async move {
+            let mut tick =
+                tokio::time::interval(Duration::from_millis(fjord_control::history::INTERVAL_MS));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                control.sample_history(fjord_control::metrics::now_ms());
+            }
+        })
+    };
     shutdown.cancelled().await;
+    history.abort();
     autoscaler.abort();
     pruner.abort();
     if let Some(t) = tls_watch {
@@ -909,6 +931,7 @@ pub(crate) mod testing {
                 shutdown: CancellationToken::new(),
                 auth,
                 forks: conns::ForkLimits::new(64, 64),
+                sessions: Default::default(),
             };
             Self {
                 app,

@@ -7,7 +7,7 @@ use axum::handler::Handler;
 use axum::routing::{MethodFilter, MethodRouter, any, on};
 
 use crate::state::AppState;
-use crate::{api, async_calls, bundles, invoke, logs, namespaces, openapi, secrets, tokens};
+use crate::{api, async_calls, bundles, invoke, logs, namespaces, openapi, secrets, tokens, ui};
 use fjord_control::tokens::Scope;
 
 /// Who may call a route.
@@ -86,12 +86,25 @@ pub fn table() -> Vec<RouteEntry> {
             api::get_function,
         ),
         entry(
+            "GET",
+            "/system/functions/history",
+            System(Read),
+            ui::summaries,
+        ),
+        entry(
+            "GET",
+            "/system/function/{name}/history",
+            System(Read),
+            ui::history,
+        ),
+        entry(
             "POST",
             "/system/scale-function/{name}",
             System(Deploy),
             api::scale_function,
         ),
         entry("GET", "/system/info", System(Read), api::info),
+        entry("GET", "/system/status", System(Read), ui::system_status),
         entry("GET", "/system/namespaces", System(Read), api::namespaces),
         // Namespaces are shared by everyone's functions and secrets: changing them is the admin's.
         entry(

@@ -252,6 +252,8 @@ pub struct AppState {
     pub auth: Arc<auth::Auth>,
     /// Bounds on fork-mode processes running at once.
     pub forks: Arc<conns::ForkLimits>,
+    /// The dashboard's browser sessions.
+    pub sessions: Arc<crate::ui::Sessions>,
 }
 
 /// Opens connections to replicas: inside their function's network namespace when the

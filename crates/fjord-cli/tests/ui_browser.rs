@@ -1,0 +1,694 @@
+//! The dashboard (`/ui/`) in a real browser: headless Chromium driven over WebDriver
+//! (chromedriver, from the distribution's packages) against the real `fjord serve`. Sign-in,
+//! the list, the function page (invoke console, scale to zero and back, live logs, graphs),
+//! XSS payloads in every user-controlled string, a `read` token's disabled buttons; CSRF and
+//! the session cookie are checked with plain HTTP too. Screenshots go to docs/img/.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::*;
+use fantoccini::{Client, ClientBuilder, Locator};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+const BOUND: Duration = Duration::from_secs(30);
+
+/// chromedriver on a free loopback port, killed when dropped.
+struct Driver {
+    child: std::process::Child,
+    url: String,
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn start_driver() -> Driver {
+    let port = free_port();
+    let child = std::process::Command::new("chromedriver")
+        .arg(format!("--port={port}"))
+        .arg("--allowed-ips=127.0.0.1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("chromedriver (apt-get install chromium chromium-driver; scripts/test does)");
+    let url = format!("http://127.0.0.1:{port}");
+    let status = format!("{url}/status");
+    let http = client();
+    wait_until(BOUND, "chromedriver answers", async || {
+        http.get(&status)
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+    })
+    .await;
+    Driver { child, url }
+}
+
+async fn browser(driver: &Driver) -> Client {
+    let caps = json!({
+        "goog:chromeOptions": {
+            "binary": "/usr/bin/chromium",
+            "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                     "--no-proxy-server", "--window-size=1280,1000", "--disable-extensions"],
+        },
+    });
+    let Value::Object(caps) = caps else {
+        unreachable!()
+    };
+    ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+        .capabilities(caps)
+        .connect(&driver.url)
+        .await
+        .expect("a WebDriver session")
+}
+
+/// Runs `script` (a function body) in the page.
+async fn js(c: &Client, script: &str) -> Value {
+    c.execute(script, vec![])
+        .await
+        .unwrap_or_else(|e| panic!("script failed: {e}\n{script}"))
+}
+
+async fn text_of(c: &Client, css: &str) -> String {
+    let q = serde_json::to_string(css).unwrap();
+    js(
+        c,
+        &format!("const e = document.querySelector({q}); return e ? e.textContent : null;"),
+    )
+    .await
+    .as_str()
+    .unwrap_or("")
+    .to_string()
+}
+
+async fn wait_text(c: &Client, css: &str, needle: &str) -> String {
+    wait_until(BOUND, &format!("{css} shows {needle:?}"), async || {
+        let t = text_of(c, css).await;
+        if t.contains(needle) { Ok(t) } else { Err(t) }
+    })
+    .await
+}
+
+async fn set_value(c: &Client, css: &str, value: &str) {
+    let e = c.find(Locator::Css(css)).await.expect(css);
+    e.clear().await.expect("clear");
+    e.send_keys(value).await.expect("type");
+}
+
+async fn click(c: &Client, css: &str) {
+    c.find(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("{css}: {e}"))
+        .click()
+        .await
+        .unwrap_or_else(|e| panic!("click {css}: {e}"));
+}
+
+async fn sign_in(c: &Client, s: &Server, secret: &str) {
+    c.goto(&s.url("/ui/")).await.unwrap();
+    wait_until(BOUND, "the sign-in form", async || {
+        c.find(Locator::Css("#signin input")).await.is_ok()
+    })
+    .await;
+    set_value(c, "#signin input", secret).await;
+    click(c, "#signin button[type=submit]").await;
+}
+
+async fn screenshot(c: &Client, name: &str) {
+    js(
+        c,
+        "window.scrollTo(0, 0); document.activeElement && document.activeElement.blur();",
+    )
+    .await;
+    let png = c.screenshot().await.expect("screenshot");
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../docs/img");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join(format!("ui-{name}.png")), png).unwrap();
+}
+
+/// Payloads that would run code if any user string were put into the page as HTML.
+const SCRIPT: &str = "<script>window.__xss = 1; alert(1)</script>";
+const IMG: &str = "<img src=x onerror=\"window.__xss = 2; alert(2)\">";
+
+/// Nothing ran and no element came from a payload.
+async fn assert_nothing_executed(c: &Client, where_: &str) {
+    assert!(
+        c.get_alert_text().await.is_err(),
+        "{where_}: an alert is open: a payload ran"
+    );
+    let r = js(
+        c,
+        "return [window.__xss === undefined, document.querySelectorAll('script:not([src]), img[src=\"x\"], img[onerror]').length];",
+    )
+    .await;
+    assert_eq!(
+        r,
+        json!([true, 0]),
+        "{where_}: a payload ran or became markup"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_dashboard_works_in_a_real_browser() {
+    let s = Server::start_opts(ServeOpts::args(&["--containers", "off"])).await;
+    let password = s.password.clone().expect("auth is on");
+    // `web` answers with JSON about the request; `xss` carries payloads in its labels and env,
+    // writes one to its log and echoes the body (a response carrying them).
+    s.deploy_ready(&http_fn("web", "v1")).await;
+    let echo = format!(
+        "/bin/sh -c 'echo \"LOG {SCRIPT} {}\" >&2; cat'",
+        IMG.replace('"', "\\\"")
+    );
+    s.deploy_ready(&json!({
+        "service": "xss",
+        "image": "fjord-test/fork:latest",
+        "envProcess": echo,
+        "labels": {"evil": SCRIPT, "img": IMG},
+        // stderr to the log, not into the response.
+        "envVars": {"EVIL": IMG, "combine_output": "false"},
+        "annotations": {"note": SCRIPT},
+    }))
+    .await;
+
+    let driver = start_driver().await;
+    let c = browser(&driver).await;
+
+    // `/` sends browsers to the dashboard.
+    c.goto(&s.url("/")).await.unwrap();
+    wait_until(BOUND, "/ redirects to /ui/", async || {
+        c.current_url().await.is_ok_and(|u| u.path() == "/ui/")
+    })
+    .await;
+
+    // Wrong password: refused, still at the form.
+    sign_in(&c, &s, "not-the-password").await;
+    wait_text(&c, "#signin-error", "Wrong password").await;
+    assert!(c.find(Locator::Css("#functions")).await.is_err());
+    screenshot(&c, "sign-in").await;
+
+    // The list shows both functions.
+    set_value(&c, "#signin input", &password).await;
+    click(&c, "#signin button[type=submit]").await;
+    wait_text(&c, "#functions tbody", "web").await;
+    wait_text(&c, "#functions tbody", "xss").await;
+    let row = wait_text(&c, "#functions tr[data-name=web]", "ready").await;
+    assert!(row.contains("1 / 1"), "{row}");
+    assert_nothing_executed(&c, "list").await;
+    // The text filter hides what does not match.
+    set_value(&c, "#filter", "web").await;
+    wait_text(&c, "#count", "1 of 2").await;
+    set_value(&c, "#filter", "").await;
+    wait_text(&c, "#count", "2 of 2").await;
+
+    // The function page: invoke from the console and read the answer.
+    c.goto(&s.url("/ui/#/fn/openfaas-fn/web")).await.unwrap();
+    wait_text(&c, "#fn-status", "ready").await;
+    set_value(&c, "#inv-path", "/hello").await;
+    set_value(&c, "#inv-query", "x=1").await;
+    set_value(&c, "#inv-body", "from the console").await;
+    click(&c, "#inv-send").await;
+    wait_text(&c, "#inv-status", "200").await;
+    let body: Value = serde_json::from_str(&wait_text(&c, "#inv-body-out", "console").await)
+        .expect("the function's JSON answer");
+    assert_eq!(body["path"], "/hello");
+    assert_eq!(body["query"], "x=1");
+    assert_eq!(body["body"], "from the console");
+    assert!(
+        body["headers"].get("cookie").is_none(),
+        "the function saw the browser's cookie: {body}"
+    );
+    let call_id = text_of(&c, "#inv-callid").await;
+    assert!(call_id.len() > 8, "a call id is shown: {call_id:?}");
+
+    // A log line appears live.
+    s.call_text(Method::GET, "web/log?live-line-42", "").await;
+    wait_text(&c, "#logs", "LOGLINE live-line-42").await;
+
+    // The requests graph gets samples with requests.
+    for _ in 0..5 {
+        s.call("web/").await;
+    }
+    wait_until(
+        Duration::from_secs(60),
+        "the graphs show requests",
+        async || {
+            let n = js(
+                &c,
+                "return Number(document.querySelector('.graphs').dataset.requests || 0);",
+            )
+            .await;
+            let why = text_of(&c, "#actions-msg").await;
+            let samples = js(
+                &c,
+                "return document.querySelector('.graphs').dataset.samples;",
+            )
+            .await;
+            n.as_f64()
+                .is_some_and(|n| n > 0.0)
+                .then_some(())
+                .ok_or(format!(
+                    "{n} requests in {samples} samples; {why}; server: {:?}",
+                    s.sys_text(Method::GET, "/system/function/web/history")
+                        .await
+                ))
+        },
+    )
+    .await;
+    // A few samples, for the screenshot's graphs.
+    wait_until(Duration::from_secs(60), "three samples", async || {
+        let n = js(
+            &c,
+            "return Number(document.querySelector('.graphs').dataset.samples || 0);",
+        )
+        .await;
+        n.as_u64().is_some_and(|n| n >= 3).then_some(()).ok_or(n)
+    })
+    .await;
+    screenshot(&c, "function").await;
+    // The list shows the requests too.
+    click(&c, "#nav a[href='#/']").await;
+    wait_until(BOUND, "the list's requests/s", async || {
+        let t = text_of(&c, "#functions tr[data-name=web] td:nth-child(9)").await;
+        (t.contains('/') && !t.starts_with('–'))
+            .then_some(())
+            .ok_or(t)
+    })
+    .await;
+    screenshot(&c, "functions").await;
+    c.goto(&s.url("/ui/#/fn/openfaas-fn/web")).await.unwrap();
+    wait_text(&c, "#fn-status", "ready").await;
+
+    // Scale to zero and back.
+    click(&c, "#scale-zero").await;
+    wait_text(&c, "#fn-status", "at zero").await;
+    assert_eq!(s.get_function("web").await.unwrap()["replicas"], 0);
+    set_value(&c, "#replicas", "1").await;
+    click(&c, "#scale").await;
+    wait_text(&c, "#fn-status", "1 of 1 replicas ready").await;
+
+    // XSS: payloads in labels, env, annotations, logs and the response show as text only.
+    c.goto(&s.url("/ui/#/fn/openfaas-fn/xss")).await.unwrap();
+    wait_text(&c, "#spec", "onerror").await;
+    set_value(&c, "#inv-body", &format!("{SCRIPT}{IMG}")).await;
+    click(&c, "#inv-send").await;
+    let shown = wait_text(&c, "#inv-body-out", "<img").await;
+    assert_eq!(
+        shown,
+        format!("{SCRIPT}{IMG}"),
+        "the response is shown as text"
+    );
+    // Each call writes the payloads to the function's log.
+    wait_text(&c, "#logs", "LOG <script>").await;
+    assert_nothing_executed(&c, "function page").await;
+
+    // Deleting needs a confirmation.
+    click(&c, "#delete").await;
+    wait_until(BOUND, "the confirmation shows", async || {
+        js(
+            &c,
+            "return !document.querySelector('#confirm-delete').hidden;",
+        )
+        .await
+            == json!(true)
+    })
+    .await;
+    click(&c, "#confirm-delete-no").await;
+    assert!(s.get_function("xss").await.is_some());
+    click(&c, "#delete").await;
+    click(&c, "#confirm-delete-yes").await;
+    wait_until(BOUND, "xss is deleted", async || {
+        s.get_function("xss").await.is_none()
+    })
+    .await;
+    // The page goes back to the list once the delete is accepted.
+    wait_until(BOUND, "back at the list", async || {
+        c.find(Locator::Css("#functions")).await.is_ok()
+    })
+    .await;
+    click(&c, "#nav a[href='#/deploy']").await;
+    wait_until(BOUND, "the deploy form", async || {
+        let found = c.find(Locator::Css("#deploy")).await.is_ok();
+        let page = js(
+            &c,
+            "return location.hash + ' ' + document.getElementById('main').textContent;",
+        )
+        .await;
+        found.then_some(()).ok_or(page)
+    })
+    .await;
+    // Deploy from the form: a validation error shows next to its field, then a good one
+    // becomes ready.
+    set_value(&c, "#d-name", "Bad_Name").await;
+    set_value(&c, "#d-image", "fjord-test/fork:latest").await;
+    set_value(&c, "#d-process", "cat").await;
+    click(&c, "#deploy button[type=submit]").await;
+    wait_text(&c, "#d-name-err", "function name").await;
+    screenshot(&c, "deploy").await;
+    set_value(&c, "#d-name", "formfn").await;
+    click(&c, "#deploy button[type=submit]").await;
+    wait_text(&c, "#fn-status", "1 of 1 replicas ready").await;
+    assert_eq!(s.get_function("formfn").await.unwrap()["envProcess"], "cat");
+
+    // Secrets: create one, see it listed (never its value), delete it.
+    click(&c, "#nav a[href='#/secrets']").await;
+    set_value(&c, "#s-name", "db-password").await;
+    set_value(&c, "#s-value", "hunter2-value").await;
+    click(&c, "#secret-form button[type=submit]").await;
+    wait_text(&c, "#secrets", "db-password").await;
+    let page = js(&c, "return document.body.innerText;").await;
+    assert!(
+        !page.as_str().unwrap().contains("hunter2-value"),
+        "a secret's value is shown"
+    );
+    assert_eq!(
+        js(&c, "return document.querySelector('#s-value').value;").await,
+        json!("")
+    );
+    click(&c, "#secrets tbody button").await;
+    wait_until(BOUND, "the secret is deleted", async || {
+        let (_, list) = s.sys_text(Method::GET, "/system/secrets").await;
+        (!list.contains("db-password")).then_some(()).ok_or(list)
+    })
+    .await;
+
+    // A dead-lettered call is replayed from the async calls page.
+    let mut flaky = http_fn("flaky", "v1");
+    flaky["annotations"] = json!({"com.openfaas.retry.attempts": "1"});
+    s.deploy_ready(&flaky).await;
+    let r = s
+        .client
+        .post(s.url("/async-function/flaky/status/503"))
+        .header("x-call-id", "call-to-replay")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let dead = wait_until(BOUND, "the call is dead-lettered", async || {
+        let (_, body) = s
+            .sys_text(Method::GET, "/system/async-calls/call-to-replay")
+            .await;
+        let v: Value = serde_json::from_str(&body).map_err(|e| format!("{body}: {e}"))?;
+        if v["state"] == "dead" {
+            Ok(v)
+        } else {
+            Err(body)
+        }
+    })
+    .await;
+    click(&c, "#nav a[href='#/async']").await;
+    wait_text(&c, "#calls tr[data-call=call-to-replay]", "dead").await;
+    screenshot(&c, "async").await;
+    click(&c, "#calls tr[data-call=call-to-replay] button").await;
+    wait_until(BOUND, "the call is replayed", async || {
+        let (_, body) = s
+            .sys_text(Method::GET, "/system/async-calls/call-to-replay")
+            .await;
+        let v: Value = serde_json::from_str(&body).map_err(|e| format!("{body}: {e}"))?;
+        (v["updatedAtMs"].as_u64() > dead["updatedAtMs"].as_u64())
+            .then_some(())
+            .ok_or(body)
+    })
+    .await;
+
+    // API tokens: created with a scope, shown once in the page, revoked.
+    click(&c, "#nav a[href='#/tokens']").await;
+    set_value(&c, "#t-name", "ci-deployer").await;
+    c.find(Locator::Css("#t-scope"))
+        .await
+        .unwrap()
+        .select_by_value("deploy")
+        .await
+        .unwrap();
+    click(&c, "#token-form button[type=submit]").await;
+    let shown = wait_text(&c, "#token-once", "fjord_").await;
+    wait_text(&c, "#tokens", "ci-deployer").await;
+    assert!(
+        !c.current_url().await.unwrap().as_str().contains("fjord_"),
+        "the token went into the URL"
+    );
+    let (_, listed) = s.sys_text(Method::GET, "/system/tokens").await;
+    assert!(
+        listed.contains("ci-deployer") && listed.contains("\"deploy\""),
+        "{listed}"
+    );
+    let token = &shown[shown.find("fjord_").unwrap()..];
+    assert!(token.len() > 20, "{shown}");
+    assert!(!listed.contains(token), "the list has the token");
+    js(
+        &c,
+        "[...document.querySelectorAll('#tokens tbody tr')].find(tr => tr.textContent.includes('ci-deployer')).querySelector('button').click();",
+    )
+    .await;
+    wait_until(BOUND, "the token is revoked", async || {
+        let (_, list) = s.sys_text(Method::GET, "/system/tokens").await;
+        (!list.contains("ci-deployer")).then_some(()).ok_or(list)
+    })
+    .await;
+
+    // The system page.
+    click(&c, "#nav a[href='#/system']").await;
+    wait_text(&c, "#system", "embedded: healthy").await;
+    screenshot(&c, "system").await;
+
+    // A read token: sees the function, no enabled change button; a forged call is refused.
+    let (st, created) = s
+        .sys_json(
+            Method::POST,
+            "/system/tokens",
+            &json!({"name": "viewer", "scope": "read"}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CREATED, "{created}");
+    let token: Value = serde_json::from_str(&created).unwrap();
+    click(&c, "#signout").await;
+    wait_until(BOUND, "signed out", async || {
+        c.find(Locator::Css("#signin input")).await.is_ok()
+    })
+    .await;
+    sign_in(&c, &s, token["token"].as_str().unwrap()).await;
+    wait_text(&c, "#who", "read").await;
+    c.goto(&s.url("/ui/#/fn/openfaas-fn/web")).await.unwrap();
+    wait_text(&c, "#fn-status", "ready").await;
+    let enabled = js(
+        &c,
+        "return [...document.querySelectorAll('[data-needs]')].filter(b => !b.disabled).map(b => b.textContent);",
+    )
+    .await;
+    assert_eq!(enabled, json!([]), "change buttons a read token may press");
+    let buttons = js(
+        &c,
+        "return document.querySelectorAll('[data-needs]').length;",
+    )
+    .await;
+    assert!(buttons.as_u64().unwrap() >= 4, "{buttons}");
+    let forged = c
+        .execute_async(
+            r#"const done = arguments[arguments.length - 1];
+            (async () => {
+              const s = await (await fetch('/ui/session')).json();
+              const r = await fetch('/system/scale-function/web', {method: 'POST',
+                headers: {'Content-Type': 'application/json', 'X-Fjord-CSRF': s.csrf},
+                body: JSON.stringify({serviceName: 'web', replicas: 0})});
+              done(r.status);
+            })();"#,
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        forged,
+        json!(403),
+        "the API refuses what the read scope cannot do"
+    );
+    assert_eq!(s.get_function("web").await.unwrap()["replicas"], 1);
+    assert_nothing_executed(&c, "read token").await;
+
+    c.close().await.unwrap();
+}
+
+/// Sign-in over plain HTTP: the session cookie's attributes, and a cookie-authenticated
+/// change without the CSRF header (what a cross-site form would send) is refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn cookie_sessions_need_the_csrf_header_for_changes() {
+    let s = Server::start_opts(ServeOpts::args(&["--containers", "off"])).await;
+    let password = s.password.clone().unwrap();
+    s.deploy_ready(&http_fn("web", "v1")).await;
+
+    // Wrong password: 401, no cookie, no browser dialog.
+    let r = s
+        .open(Method::POST, "/ui/session")
+        .json(&json!({"password": "nope"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    assert!(r.headers().get("set-cookie").is_none());
+    assert!(r.headers().get("www-authenticate").is_none());
+    // A form post (not JSON) is not a sign-in.
+    let r = s
+        .open(Method::POST, "/ui/session")
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("password={password}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+
+    let r = s
+        .open(Method::POST, "/ui/session")
+        .json(&json!({"password": password}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let set = r.headers()["set-cookie"].to_str().unwrap().to_string();
+    for attr in ["HttpOnly", "SameSite=Strict", "Path=/"] {
+        assert!(set.contains(attr), "{set}");
+    }
+    assert!(!set.contains("Secure"), "no TLS here: {set}");
+    let cookie = set.split(';').next().unwrap().to_string();
+    let session: Value = r.json().await.unwrap();
+    assert_eq!(session["scope"], "admin");
+    let csrf = session["csrf"].as_str().unwrap().to_string();
+
+    let scale = |csrf: Option<&str>| {
+        let mut rb = s
+            .open(Method::POST, "/system/scale-function/web")
+            .header("cookie", &cookie)
+            .json(&json!({"serviceName": "web", "replicas": 2}));
+        if let Some(t) = csrf {
+            rb = rb.header("x-fjord-csrf", t);
+        }
+        rb
+    };
+    // Reads work with the cookie alone.
+    let (st, _) = send_text(
+        s.open(Method::GET, "/system/functions")
+            .header("cookie", &cookie),
+    )
+    .await;
+    assert_eq!(st, StatusCode::OK);
+    let (st, body) = send_text(scale(None)).await;
+    assert_eq!(st, StatusCode::FORBIDDEN, "{body}");
+    assert!(body.contains("X-Fjord-CSRF"), "{body}");
+    let (st, body) = send_text(scale(Some("forged"))).await;
+    assert_eq!(st, StatusCode::FORBIDDEN, "{body}");
+    assert_eq!(s.get_function("web").await.unwrap()["replicas"], 1);
+    let (st, body) = send_text(scale(Some(&csrf))).await;
+    assert_eq!(st, StatusCode::ACCEPTED, "{body}");
+
+    // The history endpoint answers with samples (every 5 s).
+    let h = wait_until(BOUND, "a history sample", async || {
+        let (st, body) = s
+            .sys_text(Method::GET, "/system/function/web/history")
+            .await;
+        let v: Value = serde_json::from_str(&body).map_err(|e| format!("{st} {body}: {e}"))?;
+        if v["samples"].as_array().is_some_and(|a| !a.is_empty()) {
+            Ok(v)
+        } else {
+            Err(body)
+        }
+    })
+    .await;
+    assert_eq!(h["intervalSeconds"], 5);
+    assert!(h["samples"][0]["desired"].is_u64(), "{h}");
+
+    // The dashboard's files carry the CSP; `/` stays a 404 for API clients.
+    let r = s.open(Method::GET, "/ui/").send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let csp = r.headers()["content-security-policy"].to_str().unwrap();
+    assert!(
+        csp.contains("script-src 'self'") && csp.contains("frame-ancestors 'none'"),
+        "{csp}"
+    );
+    let (st, _) = send_text(s.open(Method::GET, "/")).await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+
+    // Sign-out ends the session (it needs the CSRF header too).
+    let (st, _) = send_text(
+        s.open(Method::DELETE, "/ui/session")
+            .header("cookie", &cookie),
+    )
+    .await;
+    assert_eq!(st, StatusCode::FORBIDDEN);
+    let (st, _) = send_text(
+        s.open(Method::DELETE, "/ui/session")
+            .header("cookie", &cookie)
+            .header("x-fjord-csrf", &csrf),
+    )
+    .await;
+    assert_eq!(st, StatusCode::NO_CONTENT);
+    let (st, _) = send_text(
+        s.open(Method::GET, "/system/functions")
+            .header("cookie", &cookie),
+    )
+    .await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED);
+}
+
+/// With `--auth=false` the dashboard is told so (it shows a banner).
+#[tokio::test(flavor = "multi_thread")]
+async fn without_auth_the_dashboard_says_so() {
+    let s = Server::start_opts(ServeOpts::args(&["--auth=false", "--containers", "off"])).await;
+    let (st, body) = send_text(s.open(Method::GET, "/ui/session")).await;
+    assert_eq!(st, StatusCode::OK);
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["authDisabled"], true);
+    let (st, page) = send_text(s.open(Method::GET, "/ui/")).await;
+    assert_eq!(st, StatusCode::OK);
+    assert!(page.contains("Authentication is off"), "the banner's text");
+}
+
+/// Under TLS the session cookie is `Secure` (never sent over plain HTTP).
+#[tokio::test(flavor = "multi_thread")]
+async fn under_tls_the_session_cookie_is_secure() {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec!["127.0.0.1".to_string()])
+        .unwrap()
+        .signed_by(&key, &ca)
+        .unwrap();
+    let dir = TestDir::new();
+    let cert_path = dir.tmp.path().join("cert.pem");
+    let key_path = dir.tmp.path().join("key.pem");
+    std::fs::write(&cert_path, leaf.pem()).unwrap();
+    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    let s = Server::start_tls(
+        dir.clone(),
+        ServeOpts::args(&[
+            "--containers",
+            "off",
+            "--tls-cert",
+            cert_path.to_str().unwrap(),
+            "--tls-key",
+            key_path.to_str().unwrap(),
+        ]),
+        &ca.pem(),
+    )
+    .await;
+    let password = s.password.clone().unwrap();
+    let r = s
+        .open(Method::POST, "/ui/session")
+        .json(&json!({"password": password}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let set = r.headers()["set-cookie"].to_str().unwrap();
+    assert!(set.contains("; Secure"), "{set}");
+    assert!(
+        set.contains("HttpOnly") && set.contains("SameSite=Strict"),
+        "{set}"
+    );
+}
