@@ -597,7 +597,7 @@ async fn cold(
             p99,
             "ms",
         )
-        .baseline("`runc run`, p99", r99),
+        .baseline("`runc run` of umoci's default bundle, p99", r99),
     );
     delete_function(fjord, name).await
 }
