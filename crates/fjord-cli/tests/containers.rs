@@ -425,34 +425,7 @@ async fn containers_serve_async_calls_and_their_output_reaches_the_logs() {
         "{line}"
     );
     // An async call: accepted, run in the container, recorded as done with its status.
-    let r = s
-        .client
-        .post(s.url("/async-function/alog"))
-        .body("queued body")
-        .send()
-        .await
-        .expect("POST /async-function");
-    assert_eq!(r.status(), StatusCode::ACCEPTED);
-    let id = r
-        .headers()
-        .get("x-call-id")
-        .and_then(|v| v.to_str().ok())
-        .expect("X-Call-Id")
-        .to_string();
-    let v = wait_until(Duration::from_secs(30), "the async call done", async || {
-        let r = s
-            .sys(Method::GET, &format!("/system/async-calls/{id}"))
-            .send()
-            .await
-            .map_err(|e| e.to_string())?;
-        let v: serde_json::Value = r.json().await.map_err(|e| e.to_string())?;
-        if v["state"] == "done" {
-            Ok(v)
-        } else {
-            Err(v.to_string())
-        }
-    })
-    .await;
+    let v = async_call_done(&s, "alog", "queued body", Duration::from_secs(30)).await;
     assert_eq!(v["status"], 200, "{v}");
     assert_eq!(v["attempts"], 1, "{v}");
     // Scaled to zero, an async call wakes the function like a sync one.
@@ -472,34 +445,46 @@ async fn containers_serve_async_calls_and_their_output_reaches_the_logs() {
         }
     })
     .await;
+    let v = async_call_done(&s, "alog", "from zero", Duration::from_secs(60)).await;
+    assert_eq!(v["status"], 200, "{v}");
+}
+
+/// Queues a call of `function` with `body` (202 and an `X-Call-Id`) and waits until its state
+/// is `done`; returns that state.
+async fn async_call_done(
+    s: &Server,
+    function: &str,
+    body: &str,
+    bound: Duration,
+) -> serde_json::Value {
     let r = s
         .client
-        .post(s.url("/async-function/alog"))
-        .body("from zero")
+        .post(s.url(&format!("/async-function/{function}")))
+        .body(body.to_string())
         .send()
         .await
         .expect("POST /async-function");
     assert_eq!(r.status(), StatusCode::ACCEPTED);
-    let id = r.headers()["x-call-id"].to_str().unwrap().to_string();
-    let v = wait_until(
-        Duration::from_secs(60),
-        "the async call from zero done",
-        async || {
-            let r = s
-                .sys(Method::GET, &format!("/system/async-calls/{id}"))
-                .send()
-                .await
-                .map_err(|e| e.to_string())?;
-            let v: serde_json::Value = r.json().await.map_err(|e| e.to_string())?;
-            if v["state"] == "done" {
-                Ok(v)
-            } else {
-                Err(v.to_string())
-            }
-        },
-    )
-    .await;
-    assert_eq!(v["status"], 200, "{v}");
+    let id = r
+        .headers()
+        .get("x-call-id")
+        .and_then(|v| v.to_str().ok())
+        .expect("X-Call-Id")
+        .to_string();
+    wait_until(bound, &format!("async call {id} done"), async || {
+        let r = s
+            .sys(Method::GET, &format!("/system/async-calls/{id}"))
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        let v: serde_json::Value = r.json().await.map_err(|e| e.to_string())?;
+        if v["state"] == "done" {
+            Ok(v)
+        } else {
+            Err(v.to_string())
+        }
+    })
+    .await
 }
 
 /// The container processes of the replicas runc runs for this data dir (`init_process_pid`

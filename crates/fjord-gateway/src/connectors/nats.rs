@@ -155,6 +155,13 @@ impl Trigger for NatsTrigger {
     }
 }
 
+/// Shows on the function's trigger board whether `subject` is subscribed now.
+fn mark_active(invoker: &Invoker, key: &FunctionKey, subject: &str, active: bool) {
+    if let Some(r) = invoker.lookup(key) {
+        r.metrics.triggers.set_active(KIND, subject, active);
+    }
+}
+
 async fn subscribe(
     client: async_nats::Client,
     invoker: Invoker,
@@ -163,11 +170,7 @@ async fn subscribe(
     sub: Sub,
     stop: CancellationToken,
 ) {
-    let board = |active: bool| {
-        if let Some(r) = invoker.lookup(&key) {
-            r.metrics.triggers.set_active(KIND, &subject, active);
-        }
-    };
+    let board = |active: bool| mark_active(&invoker, &key, &subject, active);
     // A subject some stream captures is consumed from that stream (at least once).
     let js = async_nats::jetstream::new(client.clone());
     if let Ok(stream) = js.stream_by_subject(subject.clone()).await {
@@ -286,11 +289,7 @@ async fn consume(
 ) {
     use async_nats::jetstream::consumer::{AckPolicy, pull};
     use sha2::Digest;
-    let board = |active: bool| {
-        if let Some(r) = invoker.lookup(&key) {
-            r.metrics.triggers.set_active(KIND, &subject, active);
-        }
-    };
+    let board = |active: bool| mark_active(&invoker, &key, &subject, active);
     let hash = sha2::Sha256::digest(subject.as_bytes());
     let name = format!(
         "fjord_{}_{}_{:02x}{:02x}{:02x}{:02x}",
