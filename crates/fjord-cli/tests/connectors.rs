@@ -532,7 +532,8 @@ async fn jetstream_subjects_ack_after_success_retry_dead_letter_and_survive_kill
         .expect("subscribe dead letters");
     c.flush().await.expect("flush");
     let dir = TestDir::new();
-    let opts = ServeOpts::args(&["--nats", &nats.url()]);
+    // A small body limit, so one message below is too large for the function.
+    let opts = ServeOpts::args(&["--nats", &nats.url(), "--max-async-body", "4KiB"]);
     let s = Server::start_in(dir.clone(), opts.clone()).await;
     s.deploy_ready(&worker(json!({
         "topic": "jobs.*",
@@ -622,6 +623,34 @@ async fn jetstream_subjects_ack_after_success_retry_dead_letter_and_survive_kill
             .is_some_and(|r| r.as_str().contains("HTTP 500")),
         "{h:?}"
     );
+    // A message over the body limit is dead-lettered at once with the reason, never called.
+    let big = "big".repeat(2000);
+    js.publish("jobs.big", big.clone().into())
+        .await
+        .expect("publish")
+        .await
+        .expect("stored");
+    let d = tokio::time::timeout(
+        Duration::from_secs(60),
+        futures_util::StreamExt::next(&mut dead),
+    )
+    .await
+    .expect("the too-large message dead-lettered in time")
+    .expect("a dead letter");
+    assert_eq!(d.payload.len(), big.len());
+    let h = d.headers.expect("dead letter headers");
+    let reason = h
+        .get("Fjord-Reason")
+        .map(|v| v.to_string())
+        .unwrap_or_default();
+    assert!(
+        reason.contains("6000 bytes") && reason.contains("4096-byte body limit"),
+        "{reason}"
+    );
+    assert_eq!(
+        h.get("Fjord-Attempts").map(|v| v.to_string()).as_deref(),
+        Some("1")
+    );
     // The log lines and the board may trail the dead letter by a moment.
     let tries = wait_until(
         Duration::from_secs(20),
@@ -638,13 +667,20 @@ async fn jetstream_subjects_ack_after_success_retry_dead_letter_and_survive_kill
     )
     .await;
     assert_eq!(tries, 3, "attempts of the failing message");
+    assert!(
+        !s.logs("name=worker&tail=10000")
+            .await
+            .iter()
+            .any(|l| l["text"].as_str().is_some_and(|t| t.contains("RUN big"))),
+        "the function was called with the too-large message"
+    );
     let t = wait_until(
         Duration::from_secs(20),
-        "three failures counted",
+        "four failures counted (three attempts, one too large)",
         async || {
             let f = s.get_function("worker").await.expect("deployed");
             match trigger(&f, "nats") {
-                Some(t) if t["failed"].as_u64().unwrap_or(0) >= 3 => Ok(t),
+                Some(t) if t["failed"].as_u64().unwrap_or(0) >= 4 => Ok(t),
                 _ => Err(f.to_string()),
             }
         },

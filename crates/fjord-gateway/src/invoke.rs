@@ -238,6 +238,12 @@ impl Invoker {
         Self { app }
     }
 
+    /// Largest message a connector passes to a function: the async calls' body limit, since
+    /// both are bodies fjord holds whole in memory before the call.
+    pub fn max_message_body(&self) -> usize {
+        self.app.config.max_async_body
+    }
+
     /// The function's route, when deployed (a lock-free lookup).
     pub fn lookup(&self, key: &FunctionKey) -> Option<Arc<Route>> {
         self.app.control.lookup(&key.namespace, &key.name)

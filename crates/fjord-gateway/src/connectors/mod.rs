@@ -330,15 +330,25 @@ pub(crate) struct Answer {
     pub headers: http::HeaderMap,
     /// The NATS reply and response subject carry it.
     pub body: Bytes,
+    /// Set when the message was refused before any call (larger than the body limit): never
+    /// retried, dead-lettered at once with this reason.
+    pub refused: Option<String>,
 }
 
 impl Answer {
     pub fn outcome(&self) -> TriggerOutcome {
-        if (200..300).contains(&self.status) {
+        if let Some(why) = &self.refused {
+            TriggerOutcome::Failed(why.clone())
+        } else if (200..300).contains(&self.status) {
             TriggerOutcome::Ok
         } else {
             TriggerOutcome::Failed(format!("HTTP {}", self.status))
         }
+    }
+
+    /// Whether a failed call may be tried again under a retry policy retrying `codes`.
+    pub fn retryable(&self, codes: &[u16]) -> bool {
+        self.refused.is_none() && codes.contains(&self.status)
     }
 }
 
@@ -353,6 +363,20 @@ pub(crate) async fn call(
     let route = invoker
         .lookup(key)
         .ok_or_else(|| format!("function {key} is not deployed"))?;
+    let limit = invoker.max_message_body();
+    if body.len() > limit {
+        // As an HTTP caller would get from the async endpoint: 413, with the reason.
+        let why = format!(
+            "HTTP 413: the message is {} bytes, over the {limit}-byte body limit (fjord serve --max-async-body)",
+            body.len()
+        );
+        return Ok(Answer {
+            status: 413,
+            headers: http::HeaderMap::new(),
+            body: Bytes::from(why.clone()),
+            refused: Some(why),
+        });
+    }
     let mut req = axum::http::Request::builder().method("POST").uri("/");
     for (k, v) in headers {
         req = req.header(*k, v.as_str());
@@ -372,6 +396,7 @@ pub(crate) async fn call(
         status,
         headers: parts.headers,
         body,
+        refused: None,
     })
 }
 

@@ -358,7 +358,7 @@ async fn handle(client: &AsyncClient, invoker: &Invoker, r: &Route, p: &rumqttc:
         ];
         let answer = super::call(invoker, &r.key, &headers, p.payload.clone()).await;
         let (outcome, retry) = match &answer {
-            Ok(a) => (a.outcome(), r.policy.codes.contains(&a.status)),
+            Ok(a) => (a.outcome(), a.retryable(&r.policy.codes)),
             Err(e) => (TriggerOutcome::Failed(e.clone()), true),
         };
         if let Some(route) = invoker.lookup(&r.key) {

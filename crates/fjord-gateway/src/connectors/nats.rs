@@ -263,8 +263,25 @@ async fn handle(
             tracing::warn!(function = %key, subject = %to, error = %e, "nats connector: cannot publish the response");
         }
     }
-    if let TriggerOutcome::Failed(why) = &outcome {
-        tracing::debug!(function = %key, subject = %m.subject, reason = %why, "nats connector: call failed");
+    match (&answer, &outcome) {
+        (Ok(a), TriggerOutcome::Failed(why)) if a.refused.is_some() => {
+            // Too large to call with: kept for whoever can act on it, as JetStream's are.
+            tracing::warn!(function = %key, subject = %m.subject, reason = %why, "nats connector: message dead-lettered");
+            let mut h = async_nats::HeaderMap::new();
+            h.insert("X-Topic", m.subject.as_str());
+            h.insert("Fjord-Reason", why.as_str());
+            h.insert("Fjord-Status", "413");
+            if let Err(e) = client
+                .publish_with_headers(dead_letter_subject(key), h, m.payload.clone())
+                .await
+            {
+                tracing::warn!(function = %key, error = %e, "nats connector: cannot publish the dead letter");
+            }
+        }
+        (_, TriggerOutcome::Failed(why)) => {
+            tracing::debug!(function = %key, subject = %m.subject, reason = %why, "nats connector: call failed");
+        }
+        _ => {}
     }
     if let Some(r) = invoker.lookup(key) {
         r.metrics
@@ -408,10 +425,7 @@ async fn handle_jetstream(
         }
     };
     let (outcome, retry) = match &answer {
-        Ok(a) => {
-            let retry = policy.codes.contains(&a.status);
-            (a.outcome(), retry)
-        }
+        Ok(a) => (a.outcome(), a.retryable(&policy.codes)),
         Err(e) => (TriggerOutcome::Failed(e.clone()), true),
     };
     match &outcome {
@@ -439,7 +453,10 @@ async fn handle_jetstream(
         }
         TriggerOutcome::Failed(why) | TriggerOutcome::Skipped(why) => {
             let status = answer.as_ref().map(|a| a.status).unwrap_or(0);
-            let reason = if retry {
+            let refused = answer.as_ref().is_ok_and(|a| a.refused.is_some());
+            let reason = if refused {
+                why.clone()
+            } else if retry {
                 format!("{why} after {attempt} attempt(s)")
             } else {
                 format!("{why}, a status not retried (com.openfaas.retry.codes)")
