@@ -7,6 +7,7 @@ use serde_json::Value;
 
 use crate::figure::{CpuUse, Figure};
 use crate::run::Options;
+use crate::scenarios::connectors::SCENARIO_PREFIX as CONNECTOR_PREFIX;
 use crate::scenarios::containers::SCENARIO_PREFIX as CONTAINER_PREFIX;
 
 fn fmt_value(v: f64, unit: &str) -> String {
@@ -106,7 +107,7 @@ runs on the same 2 cores as fjord, the function and nginx: see the CPU table bel
         "| scenario | figure | fjord | baseline (same run) | ratio | target | met | notes |"
     );
     let _ = writeln!(md, "|---|---|---|---|---|---|---|---|");
-    for r in rows.iter().filter(|r| !is_container_figure(r)) {
+    for r in rows.iter().filter(|r| Section::of(r).is_none()) {
         let _ = writeln!(md, "{}", table_line(r));
     }
     let _ = writeln!(md, "\n## CPU use during each measurement (% of one core)\n");
@@ -152,38 +153,75 @@ slope by least squares after the first 20 %.\n\
 - **Micro-benchmarks** of the hot-path pieces: `cargo bench -p fjord-gateway --bench hot_path`.\n\
 - **What a change cost**: fjord against the binary before the change, alternating in one run (`--only ab`); results kept in [benchmarks-ab.md](benchmarks-ab.md).\n"
     );
-    md.push_str(&containers_section(h, rows));
+    for section in Section::ALL {
+        if !md.ends_with("\n\n") {
+            md.push('\n');
+        }
+        md.push_str(&section.markdown(h, rows));
+    }
     md
 }
 
-/// The heading of the container figures' own section (the last of the report).
-const CONTAINERS_HEADING: &str = "## Container images";
-
-fn is_container_figure(f: &Figure) -> bool {
-    f.scenario.starts_with(CONTAINER_PREFIX)
+/// A group of figures with a section of its own at the end of the report: measured in a
+/// gateway of its own, so `--only NAME` rewrites just its section and leaves the rest.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Section {
+    Containers,
+    Connectors,
 }
 
-/// The container figures' section: its own run line and command (`--only containers`
-/// rewrites just this section), its table, and how each figure is taken.
-pub fn containers_section(h: &Header, rows: &[Figure]) -> String {
-    let mut md = String::new();
-    let _ = writeln!(md, "{CONTAINERS_HEADING}\n");
-    let _ = writeln!(
-        md,
-        "Measured {} on {} ({} run). Reproduce with:\n\n```sh\n{}\n```\n",
-        h.measured_at, h.machine, h.mode, h.command
-    );
-    let _ = writeln!(
-        md,
-        "| scenario | figure | fjord | baseline (same run) | ratio | target | met | notes |"
-    );
-    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|");
-    for r in rows.iter().filter(|r| is_container_figure(r)) {
-        let _ = writeln!(md, "{}", table_line(r));
+impl Section {
+    /// In the report's order (the last sections of it).
+    pub const ALL: [Section; 2] = [Section::Containers, Section::Connectors];
+
+    pub fn heading(self) -> &'static str {
+        match self {
+            Section::Containers => "## Container images",
+            Section::Connectors => "## Event connectors",
+        }
     }
-    let _ = writeln!(
-        md,
-        "\nThe images are made in the run with umoci from the bench's own http function (its binary and \
+
+    fn prefix(self) -> &'static str {
+        match self {
+            Section::Containers => CONTAINER_PREFIX,
+            Section::Connectors => CONNECTOR_PREFIX,
+        }
+    }
+
+    /// The section a figure belongs to; `None` for the main table.
+    fn of(f: &Figure) -> Option<Section> {
+        Self::ALL
+            .into_iter()
+            .find(|s| f.scenario.starts_with(s.prefix()))
+    }
+
+    /// Its heading, run line and command, its table, and how each figure is taken.
+    pub fn markdown(self, h: &Header, rows: &[Figure]) -> String {
+        let mut md = String::new();
+        let _ = writeln!(md, "{}\n", self.heading());
+        let _ = writeln!(
+            md,
+            "Measured {} on {} ({} run). Reproduce with:\n\n```sh\n{}\n```\n",
+            h.measured_at, h.machine, h.mode, h.command
+        );
+        let _ = writeln!(
+            md,
+            "| scenario | figure | fjord | baseline (same run) | ratio | target | met | notes |"
+        );
+        let _ = writeln!(md, "|---|---|---|---|---|---|---|---|");
+        for r in rows.iter().filter(|r| Self::of(r) == Some(self)) {
+            let _ = writeln!(md, "{}", table_line(r));
+        }
+        md.push('\n');
+        md.push_str(match self {
+            Section::Containers => CONTAINERS_HOW,
+            Section::Connectors => CONNECTORS_HOW,
+        });
+        md
+    }
+}
+
+const CONTAINERS_HOW: &str = "The images are made in the run with umoci from the bench's own http function (its binary and \
 the libraries `ldd` lists; entry point `fjord-bench function` on 127.0.0.1:8080): `small`, and `big` = `small` \
 + 3 layers of 34 MiB of random bytes. skopeo pushes both to a `docker-registry` on a free loopback port. \
 The figures are taken in a `fjord serve` of their own (as root, `--containers auto`), started with an empty \
@@ -202,25 +240,35 @@ from the spawn to the first HTTP 200 from inside that namespace, killed and dele
 generator: p50 at c=1 and throughput at c=64.\n\
 - **Disk**: `big` deployed with 50 replicas; once all are available, bytes allocated (st_blocks, each inode \
 once) under `<data-dir>/images/layers` plus `<data-dir>/containers` (each replica's overlay upper and \
-work dir), against the layers alone.\n"
-    );
-    md
-}
+work dir), against the layers alone.\n";
 
-/// `md` with its container section replaced by `section` (appended when it has none); the
+const CONNECTORS_HOW: &str = "The figures are taken in a `fjord serve` of their own, started with `--nats` \
+(a `nats-server` with JetStream on a free loopback port) and `--mqtt` (a `mosquitto` on a free loopback \
+port), serving the bench's own http function (its answer to a connector call is the wall-clock time it \
+started the request, in ns).\n\n\
+- **Message → function start**: one message at a time; the sender's wall clock when it sent the message \
+against the function's start stamp. NATS core: a request on the function's subject, the stamp read from the \
+reply. MQTT: a QoS 1 publish to the function's topic, the stamp read from the function's response \
+published to `com.fjord.topic.response` (a topic the bench subscribes to).\n\
+- **Messages/s**: 10 messages in flight (NATS: 10 requesters; MQTT: 10 outstanding QoS 1 publishes, \
+`com.openfaas.queue.max_inflight: 10`), for the run's duration, counted when the function's answer comes \
+back; baseline: the same function called over HTTP through fjord at c=10 in the same run.\n\
+- **Cron jitter**: 10 functions on the schedule `* * * * * *` (every second) for ~11 s; each run's lateness \
+= the function's start stamp − the run's `X-Scheduled-Time`, read from the function's log lines; the first \
+100 runs.\n";
+
+/// `md` with `heading`'s section replaced by `section` (appended when it has none); the
 /// rest of the report is left as it is.
-pub fn splice_containers(md: &str, section: &str) -> String {
-    let Some(start) = md
-        .match_indices(CONTAINERS_HEADING)
-        .map(|(i, _)| i)
-        .find(|&i| i == 0 || md[..i].ends_with('\n'))
-    else {
+pub fn splice(md: &str, heading: &str, section: &str) -> String {
+    let Some(start) = md.match_indices(heading).map(|(i, _)| i).find(|&i| {
+        (i == 0 || md[..i].ends_with('\n')) && md[i + heading.len()..].starts_with('\n')
+    }) else {
         let mut out = md.trim_end_matches('\n').to_string();
         out.push_str("\n\n");
         out.push_str(section);
         return out;
     };
-    let after = start + CONTAINERS_HEADING.len();
+    let after = start + heading.len();
     let end = md[after..]
         .find("\n## ")
         .map_or(md.len(), |i| after + i + 1);
@@ -233,15 +281,24 @@ pub fn splice_containers(md: &str, section: &str) -> String {
     out
 }
 
-/// `--only containers`: rewrites the container section of the report in place.
-pub fn write_containers(opts: &Options, rows: &[Figure], total: Duration) -> anyhow::Result<()> {
+/// `--only containers|connectors`: rewrites that section of the report in place.
+pub fn write_section(
+    opts: &Options,
+    section: Section,
+    rows: &[Figure],
+    total: Duration,
+) -> anyhow::Result<()> {
     let header = header(opts, total);
     let md = std::fs::read_to_string(&opts.out_md).unwrap_or_default();
     std::fs::write(
         &opts.out_md,
-        splice_containers(&md, &containers_section(&header, rows)),
+        splice(&md, section.heading(), &section.markdown(&header, rows)),
     )?;
-    eprintln!("rewrote the container section of {}", opts.out_md.display());
+    eprintln!(
+        "rewrote the section {:?} of {}",
+        section.heading().trim_start_matches("## "),
+        opts.out_md.display()
+    );
     Ok(())
 }
 
@@ -424,7 +481,8 @@ mod tests {
                 "# fjord benchmarks",
                 "## CPU use during each measurement (% of one core)",
                 "## How each figure is taken",
-                "## Container images"
+                "## Container images",
+                "## Event connectors"
             ]
         );
     }
@@ -501,6 +559,15 @@ mod tests {
         .baseline("`runc run`", 25.0)
     }
 
+    fn connector_figure() -> Figure {
+        Figure::new(
+            &format!("{CONNECTOR_PREFIX}: cron"),
+            "lateness p99",
+            2.0,
+            "ms",
+        )
+    }
+
     #[test]
     fn container_figures_get_their_own_section_not_the_main_table() {
         let mut rows = figures();
@@ -519,7 +586,11 @@ mod tests {
     fn splice_replaces_only_the_container_section() {
         let before =
             "# r\n\n| a |\n\n## How each figure is taken\n\n- x\n\n## Container images\n\nold\n";
-        let out = splice_containers(before, "## Container images\n\nnew\n");
+        let out = splice(
+            before,
+            "## Container images",
+            "## Container images\n\nnew\n",
+        );
         assert_eq!(
             out,
             "# r\n\n| a |\n\n## How each figure is taken\n\n- x\n\n## Container images\n\nnew\n"
@@ -527,12 +598,20 @@ mod tests {
         // A section after it is kept.
         let with_next = "# r\n## Container images\nold\n## Later\nkept\n";
         assert_eq!(
-            splice_containers(with_next, "## Container images\nnew\n"),
+            splice(
+                with_next,
+                "## Container images",
+                "## Container images\nnew\n"
+            ),
             "# r\n## Container images\nnew\n\n## Later\nkept\n"
         );
         // None yet: appended after a blank line.
         assert_eq!(
-            splice_containers("# r\n\nbody\n", "## Container images\nnew\n"),
+            splice(
+                "# r\n\nbody\n",
+                "## Container images",
+                "## Container images\nnew\n"
+            ),
             "# r\n\nbody\n\n## Container images\nnew\n"
         );
     }
@@ -541,11 +620,15 @@ mod tests {
     fn splicing_a_fresh_section_into_the_full_report_gives_the_full_report() {
         let mut rows = figures();
         rows.push(container_figure());
+        rows.push(connector_figure());
         let full = markdown(&header(), &rows, &[cpu_line()]);
-        let without = markdown(&header(), &figures(), &[cpu_line()]);
-        assert_eq!(
-            splice_containers(&without, &containers_section(&header(), &rows)),
-            full
-        );
+        let mut spliced = markdown(&header(), &figures(), &[cpu_line()]);
+        for s in Section::ALL {
+            spliced = splice(&spliced, s.heading(), &s.markdown(&header(), &rows));
+        }
+        assert_eq!(spliced, full);
+        let connectors_at = full.find("\n## Event connectors\n").expect("its section");
+        assert!(full.find(&table_line(&connector_figure())).unwrap() > connectors_at);
+        assert!(full.find("\n## Container images\n").unwrap() < connectors_at);
     }
 }

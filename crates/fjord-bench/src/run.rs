@@ -50,15 +50,26 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         for f in &b.figures {
             println!("{}", f.summary_line());
         }
-        return crate::report::write_containers(&opts, &b.figures, started.elapsed());
+        return crate::report::write_section(
+            &opts,
+            crate::report::Section::Containers,
+            &b.figures,
+            started.elapsed(),
+        );
     }
     if opts.only.as_deref() == Some("connectors") {
-        // Its own nats-server and gateway; printed, not in the report yet.
+        // Its own brokers and gateway; its section of the report is rewritten in place.
+        let started = Instant::now();
         crate::scenarios::connectors::run(&mut b).await?;
         for f in &b.figures {
             println!("{}", f.summary_line());
         }
-        return Ok(());
+        return crate::report::write_section(
+            &opts,
+            crate::report::Section::Connectors,
+            &b.figures,
+            started.elapsed(),
+        );
     }
     if let Some(only) = &opts.only {
         run_only(&mut b, only).await?;
@@ -70,36 +81,38 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     let started = Instant::now();
     let (fjord, idle_rss_kb) = start_idle(&opts).await?;
 
-    eprintln!("[1/9] warm invoke, http mode");
+    eprintln!("[1/10] warm invoke, http mode");
     let http = warm_http::run(&mut b, &fjord, idle_rss_kb).await?;
-    eprintln!("[2/9] warm invoke, fork mode");
+    eprintln!("[2/10] warm invoke, fork mode");
     fork::run(&mut b, &fjord).await?;
-    eprintln!("[3/9] cold start per template (building the templates with `fjord up`)");
+    eprintln!("[3/10] cold start per template (building the templates with `fjord up`)");
     cold_start::run(&mut b, &fjord, http.best_rps).await?;
-    eprintln!("[4/9] scale-out 1 → 50");
+    eprintln!("[4/10] scale-out 1 → 50");
     scale::scale_out(&mut b, &fjord).await?;
     scale::autoscaler(&mut b, &fjord).await?;
-    eprintln!("[5/9] TLS: the same function through an HTTPS gateway");
+    eprintln!("[5/10] TLS: the same function through an HTTPS gateway");
     tls::run(&mut b, &fjord).await?;
     // Before the footprint step fills fjord with 1,000 functions.
     eprintln!(
-        "[6/9] soak {} s at c={}",
+        "[6/10] soak {} s at c={}",
         soak::secs(b.quick()),
         http.best_c
     );
     soak::run(&mut b, &fjord, &http).await?;
-    eprintln!("[7/9] footprint: 100 and 1,000 functions at zero");
+    eprintln!("[7/10] footprint: 100 and 1,000 functions at zero");
     footprint::run(&mut b, &fjord, idle_rss_kb, &http).await?;
     // Last, so its backlog does not weigh on the footprint figures.
-    eprintln!("[8/9] async: accept rate, drain rate, accept → start latency");
+    eprintln!("[8/10] async: accept rate, drain rate, accept → start latency");
     async_queue::run(&mut b, &fjord, Backend::Embedded).await?;
     fjord.stop().await?;
-    eprintln!("[8/9] async on NATS JetStream: the same figures");
+    eprintln!("[8/10] async on NATS JetStream: the same figures");
     async_queue::run_on_nats(&mut b).await?;
     eprintln!(
-        "[9/9] container images: pull, cold start, warm invoke, disk (a gateway of their own)"
+        "[9/10] container images: pull, cold start, warm invoke, disk (a gateway of their own)"
     );
     containers::run(&mut b).await?;
+    eprintln!("[10/10] event connectors: NATS, MQTT, cron (brokers and a gateway of their own)");
+    crate::scenarios::connectors::run(&mut b).await?;
 
     let total = started.elapsed();
     eprintln!("done in {:.0} s", total.as_secs_f64());

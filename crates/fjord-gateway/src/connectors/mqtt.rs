@@ -153,6 +153,11 @@ pub async fn connect(url: &str, data_dir: &std::path::Path) -> Result<Connected,
         );
     }
     let (client, mut events) = AsyncClient::new(o, 256);
+    // Without it a PUBACK written right after a response's PUBLISH waits for the broker's
+    // delayed ACK (Nagle): ~40 ms per message.
+    let mut net = rumqttc::NetworkOptions::new();
+    net.set_tcp_nodelay(true);
+    events.set_network_options(net);
     let first = tokio::time::timeout(std::time::Duration::from_secs(10), async {
         loop {
             match events.poll().await {
