@@ -277,6 +277,67 @@ async fn cron_runs_each_scheduled_time_once_across_servers_sharing_nats() {
     }
 }
 
+/// A run still going on one server makes the next scheduled times skipped on every server:
+/// runs of a slow function never overlap across two servers sharing NATS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cron_runs_never_overlap_across_servers_sharing_nats() {
+    let nats = NatsServer::start();
+    let key = nats.queue_key_file().display().to_string();
+    let opts = ServeOpts::args(&["--queue", &nats.url(), "--queue-key", &key]);
+    let a = Server::start_opts(opts.clone()).await;
+    let b = Server::start_opts(opts).await;
+    // Each run takes 2.5 s and logs when it started and ended (ns).
+    let f = json!({
+        "service": "slow",
+        "image": "fjord-test/slow:latest",
+        "envProcess": "sh -c 's=$(date +%s%N); sleep 2.5; echo \"RAN $s $(date +%s%N)\" >&2; cat'",
+        "envVars": {"combine_output": "false"},
+        "annotations": {"topic": "cron-function", "schedule": "* * * * * *"},
+    });
+    a.deploy_ready(&f).await;
+    b.deploy_ready(&f).await;
+    let ran = async |s: &Server| -> Vec<(u128, u128)> {
+        s.logs("name=slow&tail=10000")
+            .await
+            .iter()
+            .filter_map(|l| {
+                let t = l["text"].as_str()?;
+                let mut w = t.split("RAN ").nth(1)?.split_whitespace();
+                Some((w.next()?.parse().ok()?, w.next()?.parse().ok()?))
+            })
+            .collect()
+    };
+    let mut all = wait_until(Duration::from_secs(60), "five runs ended", async || {
+        let mut all = ran(&a).await;
+        all.extend(ran(&b).await);
+        if all.len() >= 5 {
+            Ok(all)
+        } else {
+            Err(format!("{all:?}"))
+        }
+    })
+    .await;
+    all.sort();
+    for w in all.windows(2) {
+        assert!(
+            w[1].0 >= w[0].1,
+            "a run started at {} while another (from {} to {}) was going: {all:?}",
+            w[1].0,
+            w[0].0,
+            w[0].1
+        );
+    }
+    // The seconds in between were skipped (and counted) rather than run.
+    let mut skipped = 0;
+    for s in [&a, &b] {
+        let f = s.get_function("slow").await.expect("deployed");
+        skipped += trigger(&f, "cron").expect("the cron trigger")["skipped"]
+            .as_u64()
+            .unwrap_or(0);
+    }
+    assert!(skipped >= 5, "skipped runs counted: {skipped}");
+}
+
 /// The NATS server and a fjord subscribed to it.
 async fn nats_setup() -> (NatsServer, Server, async_nats::Client) {
     let nats = NatsServer::start();

@@ -7,7 +7,9 @@
 //! schedule are not replayed, unless `com.fjord.schedule.missed: latest`: then the latest
 //! one runs once at start. With several servers sharing a NATS queue, each run is claimed in
 //! a JetStream key-value bucket first (`create` of function + scheduled time succeeds for one
-//! server only), so it runs once across them.
+//! server only), so it runs once across them; and a run still going on one server makes the
+//! next ones skipped on all of them (a "going" key renewed while the run lasts, taken as
+//! ended 20 s after its server stops renewing it).
 
 use std::collections::HashMap;
 use std::str::FromStr;
@@ -176,7 +178,8 @@ impl Clock for TokioClock {
     }
 }
 
-/// Who runs a scheduled time: this server alone, or the first of several to claim it.
+/// Who runs a scheduled time: this server alone, or the first of several to claim it; and
+/// whether a run of the function is still going on another server.
 pub trait Claims: Send + Sync + 'static {
     /// `Ok(true)`: run it here; `Ok(false)`: another server has.
     fn claim<'a>(
@@ -184,9 +187,34 @@ pub trait Claims: Send + Sync + 'static {
         key: &'a FunctionKey,
         at: DateTime<Utc>,
     ) -> BoxFuture<'a, Result<bool, String>>;
+
+    /// Before a claimed run starts: `Ok(false)` when a run of the function is still going
+    /// on another server (the claimed one is then skipped), else marks this run as going.
+    fn begin<'a>(
+        &'a self,
+        _key: &'a FunctionKey,
+        _at: DateTime<Utc>,
+    ) -> BoxFuture<'a, Result<bool, String>> {
+        Box::pin(async { Ok(true) })
+    }
+
+    /// While the run goes, every [`RENEW_EVERY`]: it is still going.
+    fn renew<'a>(&'a self, _key: &'a FunctionKey, _at: DateTime<Utc>) -> BoxFuture<'a, ()> {
+        Box::pin(async {})
+    }
+
+    /// The run has ended.
+    fn end<'a>(&'a self, _key: &'a FunctionKey, _at: DateTime<Utc>) -> BoxFuture<'a, ()> {
+        Box::pin(async {})
+    }
 }
 
-/// One server: every run is its own.
+/// How often a server running a scheduled run says so to the others.
+pub const RENEW_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+/// A run not renewed for this long is taken as ended (its server died).
+pub const RUN_LEASE_MS: i64 = 20_000;
+
+/// One server: every run is its own (its own runs are kept apart by the scheduler).
 pub struct Alone;
 
 impl Claims for Alone {
@@ -197,6 +225,16 @@ impl Claims for Alone {
     ) -> BoxFuture<'a, Result<bool, String>> {
         Box::pin(async { Ok(true) })
     }
+}
+
+#[cfg_attr(not(feature = "nats"), allow(dead_code))]
+/// The value of a function's "run going" key: `<scheduled ms> <renewed ms>`, empty when none.
+fn run_going(value: &[u8], now_ms: i64) -> Option<i64> {
+    let s = std::str::from_utf8(value).ok()?;
+    let mut w = s.split_whitespace();
+    let at: i64 = w.next()?.parse().ok()?;
+    let renewed: i64 = w.next()?.parse().ok()?;
+    (now_ms - renewed < RUN_LEASE_MS).then_some(at)
 }
 
 /// Servers sharing a NATS queue: a run is claimed by creating its key in a JetStream
@@ -257,6 +295,58 @@ impl Claims for NatsClaims {
             }
         })
     }
+
+    fn begin<'a>(
+        &'a self,
+        key: &'a FunctionKey,
+        at: DateTime<Utc>,
+    ) -> BoxFuture<'a, Result<bool, String>> {
+        Box::pin(async move {
+            let k = going_key(key);
+            let now = Utc::now().timestamp_millis();
+            let value = bytes::Bytes::from(format!("{} {now}", at.timestamp_millis()));
+            let e = |e: &dyn std::fmt::Display| format!("cannot mark the run in JetStream: {e}");
+            let taken = match self.kv.entry(&k).await.map_err(|x| e(&x))? {
+                Some(entry) if run_going(&entry.value, now).is_some() => return Ok(false),
+                // Compare-and-set: of two servers starting at once, one wins.
+                Some(entry) => self.kv.update(&k, value, entry.revision).await.is_ok(),
+                None => self.kv.create(&k, value).await.is_ok(),
+            };
+            Ok(taken)
+        })
+    }
+
+    fn renew<'a>(&'a self, key: &'a FunctionKey, at: DateTime<Utc>) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            let now = Utc::now().timestamp_millis();
+            let value = format!("{} {now}", at.timestamp_millis());
+            let _ = self.kv.put(going_key(key), value.into()).await;
+        })
+    }
+
+    fn end<'a>(&'a self, key: &'a FunctionKey, at: DateTime<Utc>) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            let k = going_key(key);
+            // Only this run's mark (a lease taken over after a stall is another's).
+            if let Ok(Some(entry)) = self.kv.entry(&k).await
+                && std::str::from_utf8(&entry.value)
+                    .ok()
+                    .and_then(|v| v.split_whitespace().next())
+                    == Some(at.timestamp_millis().to_string().as_str())
+            {
+                let _ = self
+                    .kv
+                    .update(&k, bytes::Bytes::new(), entry.revision)
+                    .await;
+            }
+        })
+    }
+}
+
+/// The key marking a function's scheduled run as going (on whichever server).
+#[cfg(feature = "nats")]
+fn going_key(key: &FunctionKey) -> String {
+    format!("{}.{}.going", key.namespace, key.name)
 }
 
 /// The cron trigger: one scheduler task per scheduled function.
@@ -462,10 +552,40 @@ impl Scheduler {
                 return;
             }
         }
+        match self.claims.begin(&self.key, at).await {
+            Ok(true) => {}
+            Ok(false) => {
+                busy.store(false, Ordering::Release);
+                tracing::debug!(function = %self.key, scheduled = %rfc3339(at), "cron: skipped, the previous run is still going on another server");
+                self.runner.record(
+                    &self.key,
+                    source,
+                    at,
+                    TriggerOutcome::Skipped(
+                        "the previous run was still going on another server".into(),
+                    ),
+                );
+                return;
+            }
+            // The claim itself went through: run rather than lose the run.
+            Err(e) => {
+                tracing::warn!(function = %self.key, scheduled = %rfc3339(at), error = %e, "cron: running without marking the run")
+            }
+        }
         self.runner.set_last_run(&self.key, at);
         let busy = busy.clone();
         tokio::spawn(async move {
-            let outcome = self.runner.run(&self.key, at).await;
+            let run = self.runner.run(&self.key, at);
+            tokio::pin!(run);
+            let mut renew =
+                tokio::time::interval_at(tokio::time::Instant::now() + RENEW_EVERY, RENEW_EVERY);
+            let outcome = loop {
+                tokio::select! {
+                    o = &mut run => break o,
+                    _ = renew.tick() => self.claims.renew(&self.key, at).await,
+                }
+            };
+            self.claims.end(&self.key, at).await;
             if let TriggerOutcome::Failed(why) = &outcome {
                 tracing::warn!(function = %self.key, scheduled = %rfc3339(at), reason = %why, "cron: run failed");
             }
@@ -722,9 +842,13 @@ mod tests {
         }
     }
 
-    /// Claims shared by two schedulers, like the JetStream bucket: the first create wins.
+    /// Claims shared by two schedulers, like the JetStream bucket: the first create wins;
+    /// the run going, as its key.
     #[derive(Default)]
-    struct SharedClaims(Mutex<std::collections::HashSet<i64>>);
+    struct SharedClaims(
+        Mutex<std::collections::HashSet<i64>>,
+        Mutex<Option<DateTime<Utc>>>,
+    );
 
     impl Claims for SharedClaims {
         fn claim<'a>(
@@ -734,6 +858,73 @@ mod tests {
         ) -> BoxFuture<'a, Result<bool, String>> {
             Box::pin(async move { Ok(self.0.lock().unwrap().insert(at.timestamp_millis())) })
         }
+        fn begin<'a>(
+            &'a self,
+            _key: &'a FunctionKey,
+            at: DateTime<Utc>,
+        ) -> BoxFuture<'a, Result<bool, String>> {
+            Box::pin(async move {
+                let mut going = self.1.lock().unwrap();
+                if going.is_some() {
+                    return Ok(false);
+                }
+                *going = Some(at);
+                Ok(true)
+            })
+        }
+        fn end<'a>(&'a self, _key: &'a FunctionKey, at: DateTime<Utc>) -> BoxFuture<'a, ()> {
+            Box::pin(async move {
+                let mut going = self.1.lock().unwrap();
+                if *going == Some(at) {
+                    *going = None;
+                }
+            })
+        }
+    }
+
+    #[test]
+    fn a_run_mark_is_going_until_its_lease_ends() {
+        assert_eq!(run_going(b"1000 5000", 5000 + RUN_LEASE_MS - 1), Some(1000));
+        assert_eq!(run_going(b"1000 5000", 5000 + RUN_LEASE_MS), None);
+        assert_eq!(run_going(b"", 0), None);
+        assert_eq!(run_going(b"garbage", 0), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_run_still_going_on_one_server_makes_the_next_skipped_on_the_other() {
+        let claims: Arc<dyn Claims> = Arc::new(SharedClaims::default());
+        let (a, b) = (Arc::new(Recorder::default()), Arc::new(Recorder::default()));
+        let release = Arc::new(tokio::sync::Notify::new());
+        for r in [&a, &b] {
+            *r.hold.lock().unwrap() = Some(release.clone());
+        }
+        let stop = CancellationToken::new();
+        let base = "2026-01-01T00:00:00Z";
+        let ha = tokio::spawn(
+            scheduler("* * * * * *", None, &a, claims.clone(), base).run(stop.clone()),
+        );
+        let hb = tokio::spawn(
+            scheduler("* * * * * *", None, &b, claims.clone(), base).run(stop.clone()),
+        );
+        let runs = || a.runs.lock().unwrap().len() + b.runs.lock().unwrap().len();
+        let skips = || {
+            [&a, &b]
+                .iter()
+                .flat_map(|r| r.records.lock().unwrap().clone())
+                .filter(|(_, o)| matches!(o, TriggerOutcome::Skipped(_)))
+                .count()
+        };
+        // The first run hangs: the next four scheduled times are skipped, wherever claimed.
+        until(|| skips() >= 4).await;
+        assert_eq!(runs(), 1, "a run started while another was going");
+        for r in [&a, &b] {
+            *r.hold.lock().unwrap() = None;
+        }
+        release.notify_waiters();
+        until(|| runs() >= 3).await;
+        stop.cancel();
+        ha.await.expect("a");
+        hb.await.expect("b");
     }
 
     #[tokio::test(start_paused = true)]
