@@ -119,6 +119,19 @@ pub trait ImageSource: Send + Sync + 'static {
         watch: &'a PullWatch,
     ) -> BoxFuture<'a, Result<Arc<ImageRootfs>, ImageError>>;
 
+    /// The signatures stored next to image `digest` of `reference`'s repository (cosign's
+    /// `sha256-<hex>.sig` tag); empty when it has none. Sources that cannot hold
+    /// signatures (test fakes) have none.
+    fn signatures<'a>(
+        &'a self,
+        reference: &'a str,
+        digest: &'a str,
+        auth: Option<&'a RegistryAuth>,
+    ) -> BoxFuture<'a, Result<Vec<fjord_trust::Signature>, ImageError>> {
+        let _ = (reference, digest, auth);
+        Box::pin(async { Ok(Vec::new()) })
+    }
+
     /// Removes images and layers no digest in `keep` needs.
     fn gc<'a>(&'a self, keep: &'a [String]) -> BoxFuture<'a, Result<GcReport, ImageError>>;
 }

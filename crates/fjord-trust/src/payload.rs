@@ -138,6 +138,16 @@ impl BundleSignatures {
                 "not a signature document ({{\"signatures\":[{{\"payload\":…,\"signature\":…}}]}}): {e}"
             ))
         })?;
+        doc.validate()?;
+        Ok(doc)
+    }
+
+    /// Checks the document's shape (not its signatures: the trust policy does that).
+    pub fn validate(&self) -> Result<(), TrustError> {
+        let doc = self;
+        if doc.signatures.is_empty() {
+            return Err(TrustError::Signature("no signatures".into()));
+        }
         if doc.signatures.len() > MAX_SIGNATURES {
             return Err(TrustError::Signature(format!(
                 "more than {MAX_SIGNATURES} signatures"
@@ -151,7 +161,7 @@ impl BundleSignatures {
             B64.decode(&s.signature)
                 .map_err(|e| TrustError::Signature(format!("signature is not base64: {e}")))?;
         }
-        Ok(doc)
+        Ok(())
     }
 
     /// Adds `other`'s signatures not already here (signing again with a second key, e.g.
