@@ -284,7 +284,9 @@ fjord namespace delete team-a"
     )]
     Sign(SignArgs),
     /// Content trust on the gateway: which functions its --trust-policy refuses
-    #[command(after_help = "Examples:\n  fjord trust check          # exit status 1 if any function is refused")]
+    #[command(
+        after_help = "Examples:\n  fjord trust check          # exit status 1 if any function is refused"
+    )]
     Trust {
         #[command(subcommand)]
         action: TrustAction,

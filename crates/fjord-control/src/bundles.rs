@@ -75,7 +75,9 @@ impl Bundles {
             Ok(b) => fjord_trust::BundleSignatures::parse(&b)
                 .map_err(|e| ControlError::Internal(format!("bundle {d}: stored {e}"))),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Default::default()),
-            Err(e) => Err(ControlError::Internal(format!("bundle {d} signatures: {e}"))),
+            Err(e) => Err(ControlError::Internal(format!(
+                "bundle {d} signatures: {e}"
+            ))),
         }
     }
 

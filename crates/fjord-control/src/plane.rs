@@ -1691,7 +1691,10 @@ pub struct TrustReport {
 /// A function that runs a command of this host (`envProcess`) runs no image or bundle that
 /// could carry a signature: under a policy that wants signatures it is refused, or a stolen
 /// deploy token could run any program of the host.
-fn unsigned_command(required: &Required, d: &FunctionDeployment) -> Result<TrustState, ControlError> {
+fn unsigned_command(
+    required: &Required,
+    d: &FunctionDeployment,
+) -> Result<TrustState, ControlError> {
     match required {
         Required::Nothing => Ok(TrustState::UnsignedAllowed),
         Required::Keys(_) => Err(ControlError::Forbidden(format!(

@@ -72,7 +72,10 @@ pub(crate) struct Session {
 }
 
 impl Session {
-    pub(crate) fn new(reference: &Reference, opts: &RegistryOptions) -> Result<Self, RegistryError> {
+    pub(crate) fn new(
+        reference: &Reference,
+        opts: &RegistryOptions,
+    ) -> Result<Self, RegistryError> {
         let registry = reference.registry();
         let client = registry_client(registry, &opts.insecure, None);
         // An explicit file must exist; the default one may not.

@@ -179,14 +179,20 @@ pub async fn run(g: &GatewayArgs, action: TrustAction) -> Result<(), CliError> {
     match action {
         TrustAction::Check { json } => {
             let r = gw
-                .send(gw.system(Method::GET, "/system/trust"), "check content trust")
+                .send(
+                    gw.system(Method::GET, "/system/trust"),
+                    "check content trust",
+                )
                 .await?;
             let list: Vec<serde_json::Value> = r
                 .json()
                 .await
                 .map_err(|e| CliError::Other(format!("the gateway's answer: {e}")))?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&list).unwrap_or_default());
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&list).unwrap_or_default()
+                );
             }
             let refused: Vec<&serde_json::Value> = list
                 .iter()
@@ -200,13 +206,20 @@ pub async fn run(g: &GatewayArgs, action: TrustAction) -> Result<(), CliError> {
                         "{:<24} {:<16} {:<8} {}",
                         f["name"].as_str().unwrap_or(""),
                         f["namespace"].as_str().unwrap_or(""),
-                        if f["running"] == true { "running" } else { "stopped" },
+                        if f["running"] == true {
+                            "running"
+                        } else {
+                            "stopped"
+                        },
                         describe(&t)
                     );
                 }
             }
             if refused.is_empty() {
-                eprintln!("{} function(s), none refused by the trust policy", list.len());
+                eprintln!(
+                    "{} function(s), none refused by the trust policy",
+                    list.len()
+                );
                 Ok(())
             } else {
                 Err(CliError::Other(format!(
