@@ -65,6 +65,9 @@ pub struct Trust {
     refused: Mutex<HashMap<FunctionKey, String>>,
 }
 
+/// Reads a secret of the function's namespace (`None`: it does not exist).
+pub type SecretReader<'a> = dyn Fn(&str) -> Result<Option<Vec<u8>>, ControlError> + 'a;
+
 /// Which keys a namespace's functions must be signed with (`None`: anything runs).
 pub enum Required {
     Nothing,
@@ -88,7 +91,7 @@ impl Trust {
     pub fn required(
         &self,
         namespace: &str,
-        secret: &dyn Fn(&str) -> Result<Option<Vec<u8>>, ControlError>,
+        secret: &SecretReader<'_>,
     ) -> Result<Required, ControlError> {
         let Some(policy) = self.policy() else {
             return Ok(Required::Nothing);

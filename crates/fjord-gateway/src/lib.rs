@@ -730,7 +730,7 @@ pub async fn serve(config: GatewayConfig, shutdown: CancellationToken) -> Result
     // Before restore: deploys from now on must pass the connectors' checks.
     control.add_deploy_check(Arc::new(brokers.checks()));
     // Before restore: stored functions are verified again under the policy.
-    control.set_trust_policy(trust_policy(&config)?);
+    control.set_trust_policy(trust::policy(&config)?);
     let restored = control.restore().await?;
     if restored > 0 {
         tracing::info!(
@@ -965,17 +965,4 @@ pub(crate) mod testing {
                 .expect("deploy");
         }
     }
-}
-
-/// The content trust policy (`--trust-policy`), with its one startup log line either way.
-fn trust_policy(config: &GatewayConfig) -> Result<Option<fjord_trust::Policy>, StartError> {
-    let Some(path) = &config.trust_policy else {
-        tracing::info!(
-            "content trust: no --trust-policy, unsigned images and bundles are allowed to run"
-        );
-        return Ok(None);
-    };
-    let policy = fjord_trust::Policy::load(path)?;
-    tracing::info!(policy = %path.display(), rules = %policy.describe(), "content trust: policy loaded");
-    Ok(Some(policy))
 }

@@ -62,3 +62,18 @@ pub async fn report(
 ) -> Result<axum::Json<Vec<fjord_control::TrustReport>>, ApiError> {
     Ok(axum::Json(app.control.trust_report().await?))
 }
+
+/// The content trust policy (`--trust-policy`), with its one startup log line either way.
+pub(crate) fn policy(
+    config: &crate::GatewayConfig,
+) -> Result<Option<fjord_trust::Policy>, crate::StartError> {
+    let Some(path) = &config.trust_policy else {
+        tracing::info!(
+            "content trust: no --trust-policy, unsigned images and bundles are allowed to run"
+        );
+        return Ok(None);
+    };
+    let policy = fjord_trust::Policy::load(path)?;
+    tracing::info!(policy = %path.display(), rules = %policy.describe(), "content trust: policy loaded");
+    Ok(Some(policy))
+}

@@ -306,11 +306,16 @@ mod tests {
         let (k1, p1) = key();
         let (k2, p2) = key();
         assert_eq!(
-            verify(&[p1.clone()], A, IMAGE_SIGNATURE_TYPE, &[]),
+            verify(std::slice::from_ref(&p1), A, IMAGE_SIGNATURE_TYPE, &[]),
             Err(Refusal::Unsigned { digest: A.into() })
         );
         assert_eq!(
-            verify(&[p1.clone()], A, IMAGE_SIGNATURE_TYPE, &[image_sig(&k2, A)]),
+            verify(
+                std::slice::from_ref(&p1),
+                A,
+                IMAGE_SIGNATURE_TYPE,
+                &[image_sig(&k2, A)]
+            ),
             Err(Refusal::UntrustedKey {
                 digest: A.into(),
                 signatures: 1
@@ -318,7 +323,12 @@ mod tests {
         );
         // A's signature found next to B (copied to B's signature tag).
         assert_eq!(
-            verify(&[p1.clone()], B, IMAGE_SIGNATURE_TYPE, &[image_sig(&k1, A)]),
+            verify(
+                std::slice::from_ref(&p1),
+                B,
+                IMAGE_SIGNATURE_TYPE,
+                &[image_sig(&k1, A)]
+            ),
             Err(Refusal::OtherDigest {
                 digest: B.into(),
                 signed: A.into()
@@ -336,7 +346,7 @@ mod tests {
         // An image signature does not vouch for a bundle with the same digest.
         assert!(matches!(
             verify(
-                &[p1.clone()],
+                std::slice::from_ref(&p1),
                 A,
                 BUNDLE_SIGNATURE_TYPE,
                 &[image_sig(&k1, A)]

@@ -27,7 +27,12 @@ fn an_independently_made_signature_verifies_and_its_key_opens() {
     assert_eq!(ok.key_id, public.id());
     let other = "sha256:6666666666666666666666666666666666666666666666666666666666666666";
     assert!(matches!(
-        verify(&[public.clone()], other, IMAGE_SIGNATURE_TYPE, &[sig]),
+        verify(
+            std::slice::from_ref(&public),
+            other,
+            IMAGE_SIGNATURE_TYPE,
+            &[sig]
+        ),
         Err(Refusal::OtherDigest { .. })
     ));
     // The encrypted private key (scrypt + NaCl secretbox by PyNaCl) opens with its
