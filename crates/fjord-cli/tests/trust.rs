@@ -440,3 +440,62 @@ async fn malformed_policies_and_keys_stop_the_server_with_a_reason() {
     }
     let _ = Arc::clone(&dir);
 }
+
+/// `fjord up` in a stack folder with one python3-http function `greet` answering `body`.
+async fn up(s: &Server, project: &Path, body: &str, extra: &[&str]) -> common::CliOut {
+    let handler = project.join("greet");
+    std::fs::create_dir_all(&handler).unwrap();
+    std::fs::write(
+        project.join("stack.yml"),
+        "version: 1.0\nprovider:\n  name: openfaas\nfunctions:\n  greet:\n    lang: python3-http\n    handler: ./greet\n    image: greet:latest\n",
+    )
+    .unwrap();
+    std::fs::write(
+        handler.join("handler.py"),
+        format!("def handle(event, context):\n    return {{\"statusCode\": 200, \"body\": \"{body}\"}}\n"),
+    )
+    .unwrap();
+    let password = std::fs::read_to_string(s.password_file()).expect("password");
+    let url = s.url("");
+    let stack = project.join("stack.yml");
+    let mut args = vec!["up", "-f", stack.to_str().unwrap(), "-g", url.as_str()];
+    args.extend_from_slice(extra);
+    common::run_cli(
+        &args,
+        &[
+            ("FJORD_PASSWORD", password.trim()),
+            ("FJORD_KEY_PASSWORD", PASS),
+        ],
+        &project.join("cli.json"),
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fjord_up_sign_uploads_a_bundle_signature_the_policy_accepts() {
+    let dir = TestDir::new();
+    let keys = dir.tmp.path();
+    let (trusted, trusted_id) = generate_key(keys, "trusted").await;
+    let policy = write_policy(
+        keys,
+        "policy.yml",
+        &format!("default:\n  keys: [{}]\n", key_file(&trusted, "pub")),
+    );
+    let s = Server::start_in(dir.clone(), ServeOpts::args(&["--trust-policy", &policy])).await;
+    let project = keys.join("project");
+    let key = key_file(&trusted, "key");
+    let out = up(&s, &project, "v1", &["--sign", &key]).await;
+    assert_eq!(out.code, Some(0), "{}{}", out.stdout, out.stderr);
+    assert_eq!(s.call("greet").await, (StatusCode::OK, "v1".into()));
+    let st = s.get_function("greet").await.unwrap();
+    assert_eq!(trust(&st)["keyId"], trusted_id.as_str(), "{st}");
+    // Without --sign the new bundle is uploaded but refused at deploy; v1 keeps serving.
+    let out = up(&s, &project, "v2", &[]).await;
+    assert_ne!(out.code, Some(0), "{}{}", out.stdout, out.stderr);
+    assert!(
+        out.stderr.contains("403") && out.stderr.contains("unsigned"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(s.call("greet").await, (StatusCode::OK, "v1".into()));
+}
