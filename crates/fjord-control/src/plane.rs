@@ -1741,18 +1741,24 @@ impl ControlPlane {
         let Required::Keys(keys) = required else {
             return Ok(TrustState::UnsignedAllowed);
         };
+        let started = std::time::Instant::now();
         let signatures = c
             .images
             .signatures(reference, digest, auth)
             .await
             .map_err(ControlError::from)?;
-        crate::trust::Trust::check(
+        let fetched = started.elapsed();
+        let verdict = crate::trust::Trust::check(
             keys,
             &format!("image {reference} ({digest})"),
             digest,
             fjord_trust::IMAGE_SIGNATURE_TYPE,
             &signatures,
-        )
+        );
+        if let Ok(TrustState::Verified { key_id }) = &verdict {
+            tracing::info!(image = %reference, %digest, key_id, fetch_us = fetched.as_micros() as u64, total_us = started.elapsed().as_micros() as u64, "content trust: image signature verified");
+        }
+        verdict
     }
 
     /// Bundle `digest` must carry a signature by a required key, and its archive must
@@ -1765,6 +1771,7 @@ impl ControlPlane {
         let Required::Keys(keys) = required else {
             return Ok(TrustState::UnsignedAllowed);
         };
+        let started = std::time::Instant::now();
         let what = format!("bundle {digest}");
         let trust = crate::trust::Trust::check(
             keys,
@@ -1777,6 +1784,9 @@ impl ControlPlane {
             return Err(ControlError::Forbidden(format!(
                 "refused by the trust policy: {what} was tampered with: its archive on this gateway no longer hashes to its digest (upload it again)"
             )));
+        }
+        if let TrustState::Verified { key_id } = &trust {
+            tracing::info!(%digest, key_id, total_us = started.elapsed().as_micros() as u64, "content trust: bundle signature verified");
         }
         Ok(trust)
     }
