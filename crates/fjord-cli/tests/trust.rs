@@ -394,6 +394,19 @@ async fn bundles_run_only_with_a_trusted_signature_beside_them() {
     })
     .await;
 
+    // The key secret replaced by something that is not a public key: 400 naming it.
+    s.sys_expect(
+        Method::PUT,
+        "/system/secrets",
+        &json!({"name": "signing-key", "value": "not a key"}),
+        StatusCode::ACCEPTED,
+    )
+    .await;
+    let (code, body) = refused(&s, Method::PUT, &f(&a)).await;
+    assert_eq!(code, StatusCode::BAD_REQUEST, "{body}");
+    assert!(body.contains("signing-key"), "{body}");
+    assert_eq!(s.call("fn").await, (StatusCode::OK, "B\n".into()));
+
     // A namespace the policy does not name (and no default): refused.
     let mut elsewhere = f(&a);
     elsewhere["namespace"] = json!("dev");
