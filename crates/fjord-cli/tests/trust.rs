@@ -512,3 +512,86 @@ async fn fjord_up_sign_uploads_a_bundle_signature_the_policy_accepts() {
     );
     assert_eq!(s.call("greet").await, (StatusCode::OK, "v1".into()));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fjord_up_image_sign_pushes_a_cosign_signature_the_policy_accepts() {
+    use common::registry::{copy_with_libs, run, umoci_image};
+    root();
+    let reg = Registry::start(None);
+    let dir = TestDir::new();
+    let keys = dir.tmp.path();
+    // A base image made by umoci: busybox and the host's bash (the bash template's needs).
+    let layout = keys.join("base-oci");
+    umoci_image(
+        &layout,
+        "base",
+        |r: &Path| {
+            for d in ["bin", "tmp"] {
+                std::fs::create_dir_all(r.join(d)).unwrap();
+            }
+            run(std::process::Command::new("chmod")
+                .arg("1777")
+                .arg(r.join("tmp")));
+            std::fs::copy("/bin/busybox", r.join("bin/busybox")).unwrap();
+            for applet in ["sh", "cat", "env", "sleep"] {
+                std::os::unix::fs::symlink("busybox", r.join("bin").join(applet)).unwrap();
+            }
+            copy_with_libs(r, Path::new("/bin/bash"));
+        },
+        &["--config.env=PATH=/bin".into()],
+    );
+    let base = reg.push(&layout, "base", "base/bash", "1");
+    assert!(base.starts_with("sha256:"));
+    let (trusted, trusted_id) = generate_key(keys, "trusted").await;
+    let policy = write_policy(
+        keys,
+        "policy.yml",
+        &format!("default:\n  keys: [{}]\n", key_file(&trusted, "pub")),
+    );
+    let s = Server::start_in(dir.clone(), ServeOpts::args(&["--trust-policy", &policy])).await;
+    let project = keys.join("project");
+    std::fs::create_dir_all(project.join("hello")).unwrap();
+    let image = reg.image("hello", "1");
+    std::fs::write(
+        project.join("stack.yml"),
+        format!("version: 1.0\nprovider:\n  name: openfaas\nfunctions:\n  hello:\n    lang: bash\n    handler: ./hello\n    image: {image}\n"),
+    )
+    .unwrap();
+    std::fs::write(project.join("hello/handler.sh"), "echo signed\n").unwrap();
+    let password = std::fs::read_to_string(s.password_file()).expect("password");
+    let url = s.url("");
+    let stack = project.join("stack.yml");
+    let base_ref = reg.image("base/bash", "1");
+    let key = key_file(&trusted, "key");
+    let out = common::run_cli(
+        &[
+            "up",
+            "-f",
+            stack.to_str().unwrap(),
+            "-g",
+            &url,
+            "--image",
+            "--base-image",
+            &base_ref,
+            "--sign",
+            &key,
+        ],
+        &[
+            ("FJORD_PASSWORD", password.trim()),
+            ("FJORD_KEY_PASSWORD", PASS),
+        ],
+        &project.join("cli.json"),
+    )
+    .await;
+    assert_eq!(out.code, Some(0), "{}{}", out.stdout, out.stderr);
+    let st = s.wait_ready("hello", READY_TIMEOUT).await;
+    assert_eq!(st["fjord"]["runtime"], "container", "{st}");
+    assert_eq!(trust(&st)["state"], "verified", "{st}");
+    assert_eq!(trust(&st)["keyId"], trusted_id.as_str(), "{st}");
+    let digest = st["fjord"]["digest"].as_str().unwrap().to_string();
+    // The signature sits where cosign puts it, over the digest that runs.
+    let (_, m) = get_manifest(&reg, "hello", &sig_tag(&digest)).await;
+    assert!(String::from_utf8_lossy(&m).contains("dev.cosignproject.cosign/signature"));
+    let (code, body) = s.call_text(Method::POST, "hello", "").await;
+    assert_eq!((code, body.trim()), (StatusCode::OK, "signed"));
+}
