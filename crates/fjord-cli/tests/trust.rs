@@ -231,6 +231,15 @@ async fn only_images_signed_by_a_trusted_key_deploy_and_restarts_verify_again() 
     let st = s.get_function("web").await.unwrap();
     assert_eq!(st["image"], reg.image("web", "1"), "nothing changed: {st}");
 
+    // Refused before the pull: nothing of the unsigned image was downloaded.
+    let record = |d: &str| {
+        s.data_dir()
+            .join("images/images")
+            .join(format!("{}.json", d.trim_start_matches("sha256:")))
+    };
+    assert!(record(&d1).exists(), "{}", record(&d1).display());
+    assert!(!record(&d2).exists(), "the refused image was pulled");
+
     // Another namespace: the default entry allows unsigned images.
     let mut dev = web("2");
     dev["namespace"] = json!("dev");

@@ -390,14 +390,7 @@ impl ControlPlane {
             let image = &spec.deployment.image;
             let watch = Arc::new(PullWatch::default());
             let _pulling = self.pulling(&spec, &watch);
-            let pulled = match pinned {
-                Some(Pin::Image(digest)) => {
-                    c.images.pinned(image, digest, auth.as_ref(), &watch).await
-                }
-                _ => c.images.pull(image, auth.as_ref(), &watch).await,
-            };
-            let rootfs = pulled.map_err(|e| {
-                let e = ControlError::from(e);
+            let hint = |e: ControlError| {
                 if wanted.is_some() {
                     return e;
                 }
@@ -410,11 +403,42 @@ impl ControlPlane {
                     ControlError::Upstream(m) => ControlError::Upstream(m + &hint),
                     e => e,
                 }
-            })?;
-            // Before anything of the image runs (its layers are only unpacked files so far).
-            let trust = self
-                .verify_image(&required, c, image, &rootfs.digest, auth.as_ref())
-                .await?;
+            };
+            // Under a policy, the digest is verified before the image is pulled, so nothing
+            // of an image the policy refuses is downloaded or unpacked; then exactly that
+            // digest is pulled.
+            let verify_first = match (&required, pinned) {
+                (Required::Nothing, _) => None,
+                (Required::Keys(_), Some(Pin::Image(d))) => Some(d.clone()),
+                (Required::Keys(_), _) => c
+                    .images
+                    .resolve(image, auth.as_ref())
+                    .await
+                    .map_err(|e| hint(e.into()))?,
+            };
+            let early = match &verify_first {
+                Some(d) => Some(
+                    self.verify_image(&required, c, image, d, auth.as_ref())
+                        .await?,
+                ),
+                None => None,
+            };
+            let pulled = match (pinned, &verify_first) {
+                (Some(Pin::Image(digest)), _) | (_, Some(digest)) => {
+                    c.images.pinned(image, digest, auth.as_ref(), &watch).await
+                }
+                _ => c.images.pull(image, auth.as_ref(), &watch).await,
+            };
+            let rootfs = pulled.map_err(|e| hint(e.into()))?;
+            // Before anything of the image runs (verified already unless the source could
+            // not say which digest the reference names).
+            let trust = match early {
+                Some(t) if verify_first.as_deref() == Some(rootfs.digest.as_str()) => t,
+                _ => {
+                    self.verify_image(&required, c, image, &rootfs.digest, auth.as_ref())
+                        .await?
+                }
+            };
             let pin = Pin::Image(rootfs.digest.clone());
             let source = Source {
                 bundle: None,

@@ -135,6 +135,23 @@ impl ImageSource for OciImages {
         })
     }
 
+    fn resolve<'a>(
+        &'a self,
+        reference: &'a str,
+        auth: Option<&'a RegistryAuth>,
+    ) -> BoxFuture<'a, Result<Option<String>, ImageError>> {
+        Box::pin(async move {
+            let r = parse(reference)?;
+            let creds = credentials(&r, auth)?;
+            let d = self
+                .store
+                .resolve_digest(&r, creds.as_ref())
+                .await
+                .map_err(image_error)?;
+            Ok(Some(d))
+        })
+    }
+
     fn signatures<'a>(
         &'a self,
         reference: &'a str,

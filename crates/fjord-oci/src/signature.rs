@@ -167,16 +167,30 @@ pub async fn resolve_digest(
 }
 
 impl ImageStore {
-    /// The signatures stored next to image `digest` of `reference`'s repository (none when
-    /// the registry has no signature manifest for it). Each payload is checked against its
-    /// digest; layers that are not simple-signing payloads or carry no signature are skipped.
-    pub async fn signatures(
+    /// The digest `reference` names: its own, or the one the registry serves for its tag now
+    /// (a HEAD request; nothing is pulled).
+    pub async fn resolve_digest(
         &self,
         reference: &Reference,
-        digest: &str,
         credentials: Option<&Credentials>,
-    ) -> Result<Vec<SignatureLayer>, OciError> {
-        let target = reference.with_tag(&signature_tag(digest));
+    ) -> Result<String, OciError> {
+        if let Some(d) = reference.digest() {
+            return Ok(d.to_string());
+        }
+        let (client, auth, given) = self.session(reference, credentials)?;
+        client
+            .fetch_manifest_digest(&reference.to_client(), &auth)
+            .await
+            .map_err(|e| crate::store::classify_for(reference, given, e))
+    }
+
+    /// A client for `reference`'s registry and the credentials to use: those given, else the
+    /// Docker config's entry, else none.
+    fn session(
+        &self,
+        reference: &Reference,
+        credentials: Option<&Credentials>,
+    ) -> Result<(oci_client::Client, oci_client::secrets::RegistryAuth, bool), OciError> {
         let config = self.config();
         let docker_config;
         let creds = match credentials {
@@ -190,12 +204,26 @@ impl ImageStore {
             },
         };
         let client = registry_client(reference.registry(), &config.insecure, None);
-        let cref = target.to_client();
         let auth = creds.map_or(
             oci_client::secrets::RegistryAuth::Anonymous,
             Credentials::to_client,
         );
-        let err = |e| crate::store::classify_for(&target, creds.is_some(), e);
+        Ok((client, auth, creds.is_some()))
+    }
+
+    /// The signatures stored next to image `digest` of `reference`'s repository (none when
+    /// the registry has no signature manifest for it). Each payload is checked against its
+    /// digest; layers that are not simple-signing payloads or carry no signature are skipped.
+    pub async fn signatures(
+        &self,
+        reference: &Reference,
+        digest: &str,
+        credentials: Option<&Credentials>,
+    ) -> Result<Vec<SignatureLayer>, OciError> {
+        let target = reference.with_tag(&signature_tag(digest));
+        let (client, auth, given) = self.session(reference, credentials)?;
+        let cref = target.to_client();
+        let err = |e| crate::store::classify_for(&target, given, e);
         let bytes = match client.pull_manifest_raw(&cref, &auth, ACCEPT).await {
             Ok((bytes, _)) => bytes,
             Err(e) => match err(e) {
