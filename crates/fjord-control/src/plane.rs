@@ -1843,11 +1843,19 @@ impl ControlPlane {
                         Err(e) => Err(ControlError::Internal(e.to_string())),
                     },
                     Pin::Image(d) => match &self.containers {
-                        Some(c) => {
-                            let auth = self.registry_auth(&f.deployment)?;
-                            self.verify_image(&required, c, &f.deployment.image, d, auth.as_ref())
+                        Some(c) => match self.registry_auth(&f.deployment) {
+                            Ok(auth) => {
+                                self.verify_image(
+                                    &required,
+                                    c,
+                                    &f.deployment.image,
+                                    d,
+                                    auth.as_ref(),
+                                )
                                 .await
-                        }
+                            }
+                            Err(e) => Err(e),
+                        },
                         None => Err(ControlError::BadRequest(
                             "this server runs no containers".into(),
                         )),

@@ -49,10 +49,7 @@ impl TrustState {
 /// A refusal as the API shows it: 403 with the reason (`unsigned`, `signed by an untrusted
 /// key`, `signature over another digest`, …).
 pub fn refused(what: &str, r: &Refusal) -> ControlError {
-    match r {
-        Refusal::BadKey(m) => ControlError::BadRequest(format!("trust policy: {m}")),
-        r => ControlError::Forbidden(format!("refused by the trust policy: {what} is {r}")),
-    }
+    ControlError::Forbidden(format!("refused by the trust policy: {what} is {r}"))
 }
 
 /// The policy and the verdicts.

@@ -209,9 +209,6 @@ pub enum Refusal {
         "signature over another digest: the signature was made for {signed}, not for {digest} (copied from another image or bundle?)"
     )]
     OtherDigest { digest: String, signed: String },
-    /// The policy names a key that cannot be used (a missing or malformed secret).
-    #[error("{0}")]
-    BadKey(String),
 }
 
 /// Whether `signatures` vouch for `digest` under `keys`, for payloads of type `kind`
