@@ -26,6 +26,8 @@ mod plane_tests;
 pub mod secrets;
 pub mod tokens;
 pub mod trust;
+#[cfg(test)]
+mod trust_tests;
 
 pub use error::ControlError;
 pub use plane::{
