@@ -87,6 +87,8 @@ RUST_LOG=debug fjord serve --log-format json"
         #[command(flatten)]
         registry: RegistryArgs,
         #[command(flatten)]
+        sign: SignFlag,
+        #[command(flatten)]
         gateway: GatewayArgs,
     },
     /// Serve a function inside its image as the OpenFaaS watchdog does (the entrypoint of
@@ -267,6 +269,76 @@ fjord namespace delete team-a"
         #[command(flatten)]
         gateway: GatewayArgs,
     },
+    /// Signing keys (cosign's key-pair format: the same keys work with cosign)
+    #[command(
+        after_help = "Examples:\n  fjord key generate                      # cosign.key (encrypted) + cosign.pub\n  FJORD_KEY_PASSWORD=... fjord key generate --output-key-prefix release\n\nThe passphrase comes from FJORD_KEY_PASSWORD (or COSIGN_PASSWORD), else a prompt."
+    )]
+    Key {
+        #[command(subcommand)]
+        action: KeyAction,
+    },
+    /// Sign an image in its registry as `cosign sign --key` does (the signature goes next
+    /// to the image, over its manifest digest)
+    #[command(
+        after_help = "Examples:\n  fjord sign --key cosign.key 127.0.0.1:5000/hello@sha256:...\n  fjord sign --key cosign.key 127.0.0.1:5000/hello:1     # the digest the tag names now"
+    )]
+    Sign(SignArgs),
+    /// Content trust on the gateway: which functions its --trust-policy refuses
+    #[command(
+        after_help = "Examples:\n  fjord trust check          # exit status 1 if any function is refused"
+    )]
+    Trust {
+        #[command(subcommand)]
+        action: TrustAction,
+        #[command(flatten)]
+        gateway: GatewayArgs,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum KeyAction {
+    /// Write a new key pair: PREFIX.key (private, encrypted with a passphrase, mode 0600)
+    /// and PREFIX.pub (public: give it to the gateway's --trust-policy)
+    Generate {
+        /// File name prefix
+        #[arg(long, default_value = "cosign", value_name = "PREFIX")]
+        output_key_prefix: PathBuf,
+        /// Overwrite existing files
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum TrustAction {
+    /// Check every deployed function against the gateway's trust policy (signatures read
+    /// again) and list those it refuses
+    Check {
+        /// Print the gateway's JSON
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Args)]
+pub struct SignArgs {
+    /// The image: `registry/repo@sha256:...`, or a tag (signed at the digest it names now)
+    pub image: String,
+    /// The private key (cosign.key)
+    #[arg(long, value_name = "FILE")]
+    pub key: PathBuf,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+}
+
+/// `--sign KEY` on push and up.
+#[derive(Args, Clone, Default)]
+pub struct SignFlag {
+    /// Sign what is pushed with this private key (cosign.key): images get a cosign
+    /// signature in their registry, bundles a signature uploaded beside them
+    /// (passphrase: FJORD_KEY_PASSWORD or COSIGN_PASSWORD, else a prompt)
+    #[arg(long, value_name = "KEY")]
+    pub sign: Option<PathBuf>,
 }
 
 /// Where a secret's value comes from: a flag, a file, else stdin.
@@ -596,6 +668,11 @@ pub struct ServeArgs {
     /// Largest image layer accepted, uncompressed (a decompression bomb stops here)
     #[arg(long, default_value = "16Gi", value_parser = parse_size, value_name = "BYTES")]
     pub max_layer_size: u64,
+    /// Content trust: a YAML policy saying, per namespace, which public keys must have
+    /// signed a function's image or bundle (or allow-unsigned); see docs/trust.md.
+    /// Without it unsigned code runs
+    #[arg(long, value_name = "FILE")]
+    pub trust_policy: Option<PathBuf>,
     /// Log format
     #[arg(long, value_enum, default_value = "text")]
     pub log_format: LogFormat,
@@ -755,6 +832,8 @@ pub struct UpArgs {
     /// Build and push, do not deploy
     #[arg(long)]
     pub skip_deploy: bool,
+    #[command(flatten)]
+    pub sign: SignFlag,
     /// Do not wait for the functions to become ready
     #[arg(long)]
     pub no_wait: bool,

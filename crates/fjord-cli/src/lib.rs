@@ -42,8 +42,9 @@ pub fn main() -> ExitCode {
             stack: s,
             image,
             registry,
+            sign,
             gateway,
-        } => block_on(stack::push(&s, image, &registry, &gateway)),
+        } => block_on(stack::push(&s, image, &registry, &sign, &gateway)),
         Command::Watchdog => watchdog::run(),
         Command::Deploy(a) => block_on(stack::deploy(&a)),
         Command::Up(a) => block_on(stack::up(&a)),
@@ -110,6 +111,9 @@ pub fn main() -> ExitCode {
         Command::Images { action, gateway } => {
             block_on(commands::functions::images(&gateway, action))
         }
+        Command::Key { action } => commands::trust::key(action),
+        Command::Sign(a) => block_on(commands::trust::sign(&a)),
+        Command::Trust { action, gateway } => block_on(commands::trust::run(&gateway, action)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -64,6 +64,66 @@ impl Bundles {
         self.dir.join(format!("{}.tar.gz", d.hex()))
     }
 
+    /// The signature document stored beside bundle `d` (content trust).
+    pub fn signature_path(&self, d: &Digest) -> PathBuf {
+        self.dir.join(format!("{}.sig.json", d.hex()))
+    }
+
+    /// The signatures stored for bundle `d` (none: an empty document).
+    pub fn signatures(&self, d: &Digest) -> Result<fjord_trust::BundleSignatures, ControlError> {
+        match std::fs::read(self.signature_path(d)) {
+            Ok(b) => fjord_trust::BundleSignatures::parse(&b)
+                .map_err(|e| ControlError::Internal(format!("bundle {d}: stored {e}"))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Default::default()),
+            Err(e) => Err(ControlError::Internal(format!(
+                "bundle {d} signatures: {e}"
+            ))),
+        }
+    }
+
+    /// Adds the signatures of `doc` to those stored for bundle `d`, which must be here.
+    /// They are not checked against any key: the trust policy does that at each deploy.
+    pub fn add_signatures(
+        &self,
+        d: &Digest,
+        doc: fjord_trust::BundleSignatures,
+    ) -> Result<(), ControlError> {
+        if !self.archive(d).exists() {
+            return Err(ControlError::NotFound(format!(
+                "bundle {d} is not on this gateway: upload it first (fjord push)"
+            )));
+        }
+        let mut all = self.signatures(d)?;
+        all.merge(doc);
+        let tmp = self.upload_path(d);
+        let bytes = serde_json::to_vec(&all).map_err(|e| ControlError::Internal(e.to_string()))?;
+        std::fs::write(&tmp, bytes)
+            .and_then(|()| std::fs::rename(&tmp, self.signature_path(d)))
+            .map_err(|e| {
+                let _ = std::fs::remove_file(&tmp);
+                ControlError::Internal(format!("storing the signature of bundle {d}: {e}"))
+            })
+    }
+
+    /// Hashes the archive of `d` again: what runs must be what was signed, even if the file
+    /// changed on disk since it was uploaded (upload checked it once).
+    pub async fn archive_matches(&self, d: &Digest) -> Result<bool, ControlError> {
+        let path = self.archive(d);
+        let want = d.clone();
+        tokio::task::spawn_blocking(move || {
+            use sha2::{Digest as _, Sha256};
+            let mut f = std::fs::File::open(&path)
+                .map_err(|e| ControlError::Internal(format!("{}: {e}", path.display())))?;
+            let mut h = Sha256::new();
+            std::io::copy(&mut f, &mut h)
+                .map_err(|e| ControlError::Internal(format!("{}: {e}", path.display())))?;
+            let hex: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
+            Ok(hex == want.hex())
+        })
+        .await
+        .map_err(|e| ControlError::Internal(e.to_string()))?
+    }
+
     /// Where an upload of `d` is written before [`admit`](Self::admit) checks it (a name no
     /// other upload uses, beside the archives so the rename is atomic).
     pub fn upload_path(&self, d: &Digest) -> PathBuf {

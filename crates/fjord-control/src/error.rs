@@ -11,6 +11,10 @@ pub enum ControlError {
     BadRequest(String),
     #[error("{0}")]
     NotFound(String),
+    /// Refused by the server's trust policy (unsigned, an untrusted key, a signature over
+    /// another digest, a tampered bundle): shown as 403.
+    #[error("{0}")]
+    Forbidden(String),
     /// The request conflicts with what exists (a secret already there, one still in use).
     #[error("{0}")]
     Conflict(String),

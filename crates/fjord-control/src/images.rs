@@ -119,6 +119,31 @@ pub trait ImageSource: Send + Sync + 'static {
         watch: &'a PullWatch,
     ) -> BoxFuture<'a, Result<Arc<ImageRootfs>, ImageError>>;
 
+    /// The digest `reference` names now (its own digest if it has one; else the registry's
+    /// answer for its tag), without pulling anything: what the trust policy verifies before
+    /// a pull. `None`: this source cannot tell before pulling (verified after the pull).
+    fn resolve<'a>(
+        &'a self,
+        reference: &'a str,
+        auth: Option<&'a RegistryAuth>,
+    ) -> BoxFuture<'a, Result<Option<String>, ImageError>> {
+        let _ = (reference, auth);
+        Box::pin(async { Ok(None) })
+    }
+
+    /// The signatures stored next to image `digest` of `reference`'s repository (cosign's
+    /// `sha256-<hex>.sig` tag); empty when it has none. Sources that cannot hold
+    /// signatures (test fakes) have none.
+    fn signatures<'a>(
+        &'a self,
+        reference: &'a str,
+        digest: &'a str,
+        auth: Option<&'a RegistryAuth>,
+    ) -> BoxFuture<'a, Result<Vec<fjord_trust::Signature>, ImageError>> {
+        let _ = (reference, digest, auth);
+        Box::pin(async { Ok(Vec::new()) })
+    }
+
     /// Removes images and layers no digest in `keep` needs.
     fn gc<'a>(&'a self, keep: &'a [String]) -> BoxFuture<'a, Result<GcReport, ImageError>>;
 }

@@ -25,9 +25,12 @@ mod plane;
 mod plane_tests;
 pub mod secrets;
 pub mod tokens;
+pub mod trust;
+#[cfg(test)]
+mod trust_tests;
 
 pub use error::ControlError;
 pub use plane::{
     Containers, ControlPlane, Demand, DeployCheck, DeployMode, Deployed, Parts, QueueSignal,
-    RUNTIME_ANNOTATION, Route, Scaling, not_found,
+    RUNTIME_ANNOTATION, Route, Scaling, TrustReport, not_found,
 };

@@ -22,6 +22,7 @@ use fjord_store::uid_registry::UidBlock;
 use fjord_store::{Pin, Store, StoredFunction, now_rfc3339};
 
 use crate::ControlError;
+use crate::trust::{Required, TrustState};
 
 /// One function as the invoke path sees it.
 pub struct Route {
@@ -155,6 +156,8 @@ pub struct ControlPlane {
     /// Image pulls that deploys wait for, by function: the status shows their progress
     /// (a new function's too, before it has a route).
     pulls: std::sync::Mutex<HashMap<FunctionKey, Pulling>>,
+    /// Content trust: the server's policy and the verdicts (see `crate::trust`).
+    trust: crate::trust::Trust,
 }
 
 struct Pulling {
@@ -211,6 +214,7 @@ impl ControlPlane {
             switch_timeout: p.switch_timeout,
             pulls: Default::default(),
             hooks: Hooks::default(),
+            trust: Default::default(),
         })
     }
 
@@ -271,12 +275,19 @@ impl ControlPlane {
                 source,
                 pin,
                 runtime,
+                trust,
             } = match self
                 .resolve(f.deployment.clone(), f.uid, Some(&f.pin))
                 .await
             {
                 Ok(s) => s,
                 Err(e) => {
+                    if let (ControlError::Forbidden(m), Ok(key)) =
+                        (&e, FunctionKey::new(&f.name, Some(&f.namespace)))
+                    {
+                        // Listed by `GET /system/trust` (`fjord trust check`).
+                        self.trust.refuse_at_restore(&key, m.clone());
+                    }
                     tracing::error!(function = %name, error = %e, "stored function cannot start");
                     continue;
                 }
@@ -293,6 +304,7 @@ impl ControlPlane {
                 }
             }
             let key = spec.key.clone();
+            self.trust.remember(&key, pin.digest(), trust);
             let (handle, generation) = match runtime.apply(Arc::new(spec), source, f.replicas) {
                 Ok(a) => (a.handle, a.generation),
                 Err(e) => {
@@ -345,6 +357,7 @@ impl ControlPlane {
             .map_err(ControlError::BadRequest)?;
         let wanted = wanted_runtime(&d)?;
         let secrets = self.function_secrets(&d)?;
+        let required = self.required_keys(&d)?;
         let bundle = match pinned {
             None | Some(Pin::Unknown) if wanted != Some(Wanted::Container) => {
                 self.bundles.resolve(&self.store, &d.image)?
@@ -377,14 +390,7 @@ impl ControlPlane {
             let image = &spec.deployment.image;
             let watch = Arc::new(PullWatch::default());
             let _pulling = self.pulling(&spec, &watch);
-            let pulled = match pinned {
-                Some(Pin::Image(digest)) => {
-                    c.images.pinned(image, digest, auth.as_ref(), &watch).await
-                }
-                _ => c.images.pull(image, auth.as_ref(), &watch).await,
-            };
-            let rootfs = pulled.map_err(|e| {
-                let e = ControlError::from(e);
+            let hint = |e: ControlError| {
                 if wanted.is_some() {
                     return e;
                 }
@@ -397,7 +403,42 @@ impl ControlPlane {
                     ControlError::Upstream(m) => ControlError::Upstream(m + &hint),
                     e => e,
                 }
-            })?;
+            };
+            // Under a policy, the digest is verified before the image is pulled, so nothing
+            // of an image the policy refuses is downloaded or unpacked; then exactly that
+            // digest is pulled.
+            let verify_first = match (&required, pinned) {
+                (Required::Nothing, _) => None,
+                (Required::Keys(_), Some(Pin::Image(d))) => Some(d.clone()),
+                (Required::Keys(_), _) => c
+                    .images
+                    .resolve(image, auth.as_ref())
+                    .await
+                    .map_err(|e| hint(e.into()))?,
+            };
+            let early = match &verify_first {
+                Some(d) => Some(
+                    self.verify_image(&required, c, image, d, auth.as_ref())
+                        .await?,
+                ),
+                None => None,
+            };
+            let pulled = match (pinned, &verify_first) {
+                (Some(Pin::Image(digest)), _) | (_, Some(digest)) => {
+                    c.images.pinned(image, digest, auth.as_ref(), &watch).await
+                }
+                _ => c.images.pull(image, auth.as_ref(), &watch).await,
+            };
+            let rootfs = pulled.map_err(|e| hint(e.into()))?;
+            // Before anything of the image runs (verified already unless the source could
+            // not say which digest the reference names).
+            let trust = match early {
+                Some(t) if verify_first.as_deref() == Some(rootfs.digest.as_str()) => t,
+                _ => {
+                    self.verify_image(&required, c, image, &rootfs.digest, auth.as_ref())
+                        .await?
+                }
+            };
             let pin = Pin::Image(rootfs.digest.clone());
             let source = Source {
                 bundle: None,
@@ -411,8 +452,13 @@ impl ControlPlane {
                 source,
                 pin,
                 runtime: c.runtime.clone(),
+                trust,
             });
         }
+        let trust = match &bundle {
+            Some(digest) => self.verify_bundle(&required, digest).await?,
+            None => unsigned_command(&required, &d)?,
+        };
         let (spec, source) = match &bundle {
             Some(digest) => {
                 let (dir, defaults) = self.bundles.unpack_for(digest, uid).await?;
@@ -446,6 +492,7 @@ impl ControlPlane {
             source,
             pin,
             runtime: self.process.clone(),
+            trust,
         })
     }
 
@@ -643,7 +690,9 @@ impl ControlPlane {
             source,
             pin,
             runtime,
+            trust,
         } = self.resolve(deployment, uid, pin.as_ref()).await?;
+        self.trust.remember(&key, pin.digest(), trust);
         let previous = self.lookup(&key.namespace, &key.name);
         if let Some(p) = &previous
             && !Arc::ptr_eq(&p.runtime, &runtime)
@@ -921,6 +970,7 @@ impl ControlPlane {
 
     pub async fn delete(&self, key: &FunctionKey) -> Result<(), ControlError> {
         let _guard = self.changes.lock().await;
+        self.trust.forget(key);
         if !self.store.delete(&key.namespace, &key.name)? {
             return Err(not_found(key));
         }
@@ -1025,6 +1075,7 @@ impl ControlPlane {
                 if let (Some(p), Some(f)) = (pulls.get(key), st.fjord.as_mut()) {
                     f.pull = Some(p.status());
                 }
+                self.add_trust(key, &mut st);
                 Ok(st)
             }
             None => pulls
@@ -1051,6 +1102,9 @@ impl ControlPlane {
                             && let (Some(p), Some(f)) = (pulls.get(&key), st.fjord.as_mut())
                         {
                             f.pull = Some(p.status());
+                        }
+                        if let Ok(key) = FunctionKey::new(name, Some(ns)) {
+                            self.add_trust(&key, &mut st);
                         }
                         st
                     })
@@ -1393,6 +1447,8 @@ struct Resolved {
     source: Source,
     pin: Pin,
     runtime: Arc<dyn Runtime>,
+    /// What the trust policy found (verified before anything was unpacked or started).
+    trust: TrustState,
 }
 
 /// The runtime a deployment asks for with [`RUNTIME_ANNOTATION`].
@@ -1551,6 +1607,8 @@ fn status_of(route: &Route) -> FunctionStatus {
                 failed_replica: rollout.failed_replica,
             }),
             triggers: route.metrics.triggers.statuses(),
+            // Set by the caller, which holds the verdicts.
+            trust: None,
         }),
     }
 }
@@ -1633,6 +1691,200 @@ impl ControlPlane {
                 })
             })
             .collect();
+        Ok(out)
+    }
+}
+
+// ------------------------------------------------------------------------- content trust
+
+/// One stored function under the current trust policy (`GET /system/trust`).
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TrustReport {
+    pub name: String,
+    pub namespace: String,
+    pub image: String,
+    /// The pinned bundle or image digest (absent for a command of the host).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+    /// Whether it runs on this server now.
+    pub running: bool,
+    pub trust: fjord_core::openfaas::TrustStatus,
+}
+
+/// A function that runs a command of this host (`envProcess`) runs no image or bundle that
+/// could carry a signature: under a policy that wants signatures it is refused, or a stolen
+/// deploy token could run any program of the host.
+fn unsigned_command(
+    required: &Required,
+    d: &FunctionDeployment,
+) -> Result<TrustState, ControlError> {
+    match required {
+        Required::Nothing => Ok(TrustState::UnsignedAllowed),
+        Required::Keys(_) => Err(ControlError::Forbidden(format!(
+            "refused by the trust policy: unsigned: {:?} is neither a bundle on this gateway nor a container image, and a command of this host (envProcess) cannot be signed",
+            d.image
+        ))),
+    }
+}
+
+impl ControlPlane {
+    /// Sets the trust policy (`fjord serve --trust-policy`; before `restore`). `None`:
+    /// unsigned code runs.
+    pub fn set_trust_policy(&self, policy: Option<fjord_trust::Policy>) {
+        self.trust.set_policy(policy);
+    }
+
+    /// The keys a deployment's namespace requires under the policy.
+    fn required_keys(&self, d: &FunctionDeployment) -> Result<Required, ControlError> {
+        let ns = d
+            .namespace
+            .as_deref()
+            .filter(|n| !n.is_empty())
+            .unwrap_or(DEFAULT_NAMESPACE);
+        self.trust.required(ns, &|name| {
+            crate::secrets::validate_name("trust policy key", name)?;
+            match self.store.secret(ns, name)? {
+                Some(sealed) => Ok(Some(self.secret_key.open(&sealed)?.to_vec())),
+                None => Ok(None),
+            }
+        })
+    }
+
+    /// Image `digest` (pulled for `reference`) must carry a cosign signature by a required
+    /// key; the signatures are read from the registry each time (a signature removed there,
+    /// or a key no longer trusted, counts at the next pull or restart).
+    async fn verify_image(
+        &self,
+        required: &Required,
+        c: &Containers,
+        reference: &str,
+        digest: &str,
+        auth: Option<&RegistryAuth>,
+    ) -> Result<TrustState, ControlError> {
+        let Required::Keys(keys) = required else {
+            return Ok(TrustState::UnsignedAllowed);
+        };
+        let started = std::time::Instant::now();
+        let signatures = c
+            .images
+            .signatures(reference, digest, auth)
+            .await
+            .map_err(ControlError::from)?;
+        let fetched = started.elapsed();
+        let verdict = crate::trust::Trust::check(
+            keys,
+            &format!("image {reference} ({digest})"),
+            digest,
+            fjord_trust::IMAGE_SIGNATURE_TYPE,
+            &signatures,
+        );
+        if let Ok(TrustState::Verified { key_id }) = &verdict {
+            tracing::info!(image = %reference, %digest, key_id, fetch_us = fetched.as_micros() as u64, total_us = started.elapsed().as_micros() as u64, "content trust: image signature verified");
+        }
+        verdict
+    }
+
+    /// Bundle `digest` must carry a signature by a required key, and its archive must
+    /// still hash to its digest.
+    async fn verify_bundle(
+        &self,
+        required: &Required,
+        digest: &fjord_bundle::Digest,
+    ) -> Result<TrustState, ControlError> {
+        let Required::Keys(keys) = required else {
+            return Ok(TrustState::UnsignedAllowed);
+        };
+        let started = std::time::Instant::now();
+        let what = format!("bundle {digest}");
+        let trust = crate::trust::Trust::check(
+            keys,
+            &what,
+            digest.as_str(),
+            fjord_trust::BUNDLE_SIGNATURE_TYPE,
+            &self.bundles.signatures(digest)?.decoded(),
+        )?;
+        if !self.bundles.archive_matches(digest).await? {
+            return Err(ControlError::Forbidden(format!(
+                "refused by the trust policy: {what} was tampered with: its archive on this gateway no longer hashes to its digest (upload it again)"
+            )));
+        }
+        if let TrustState::Verified { key_id } = &trust {
+            tracing::info!(%digest, key_id, total_us = started.elapsed().as_micros() as u64, "content trust: bundle signature verified");
+        }
+        Ok(trust)
+    }
+
+    /// Sets `fjord.trust` of a status from the verdict on the version it shows.
+    fn add_trust(&self, key: &FunctionKey, st: &mut FunctionStatus) {
+        if let Some(f) = st.fjord.as_mut() {
+            f.trust = self
+                .trust
+                .state(key, f.digest.as_deref())
+                .map(|t| t.status());
+        }
+    }
+
+    /// Every stored function checked again under the current policy (signatures read
+    /// again: a key secret rotated or a signature removed shows here), without changing
+    /// anything: what `fjord trust check` lists.
+    pub async fn trust_report(&self) -> Result<Vec<TrustReport>, ControlError> {
+        let mut out = Vec::new();
+        for f in self.store.list()? {
+            let Ok(key) = FunctionKey::new(&f.name, Some(&f.namespace)) else {
+                continue;
+            };
+            let running = self.lookup(&f.namespace, &f.name).is_some();
+            let verdict = match self.required_keys(&f.deployment) {
+                Err(e) => Err(e),
+                Ok(required) => match &f.pin {
+                    Pin::Bundle(d) => match fjord_bundle::Digest::parse(d) {
+                        Ok(d) => self.verify_bundle(&required, &d).await,
+                        Err(e) => Err(ControlError::Internal(e.to_string())),
+                    },
+                    Pin::Image(d) => match &self.containers {
+                        Some(c) => match self.registry_auth(&f.deployment) {
+                            Ok(auth) => {
+                                self.verify_image(
+                                    &required,
+                                    c,
+                                    &f.deployment.image,
+                                    d,
+                                    auth.as_ref(),
+                                )
+                                .await
+                            }
+                            Err(e) => Err(e),
+                        },
+                        None => Err(ControlError::BadRequest(
+                            "this server runs no containers".into(),
+                        )),
+                    },
+                    Pin::NoBundle | Pin::Unknown => unsigned_command(&required, &f.deployment),
+                },
+            };
+            let trust = match verdict {
+                Ok(t) => t.status(),
+                Err(e) => fjord_core::openfaas::TrustStatus {
+                    state: "refused".into(),
+                    key_id: None,
+                    reason: Some(
+                        self.trust
+                            .refused_at_restore(&key)
+                            .filter(|_| !running)
+                            .unwrap_or_else(|| e.to_string()),
+                    ),
+                },
+            };
+            out.push(TrustReport {
+                name: f.name.clone(),
+                namespace: f.namespace.clone(),
+                image: f.deployment.image.clone(),
+                digest: f.pin.digest().map(str::to_string),
+                running,
+                trust,
+            });
+        }
         Ok(out)
     }
 }

@@ -161,9 +161,28 @@ pub struct FjordStatus {
     /// topics (see docs/connectors.md), each with its last and next run. Absent when none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub triggers: Option<Vec<TriggerStatus>>,
+    /// Content trust: how the serving version was verified (`--trust-policy`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trust: Option<TrustStatus>,
 }
 
 /// `fjord.triggers[]`: one connector source of a function (a schedule, a subject, a topic).
+/// A function's verification under the server's trust policy.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TrustStatus {
+    /// `verified` (signed by a trusted key), `unsigned-allowed` (no policy, or the
+    /// namespace allows unsigned code) or `refused` (the policy refuses it: not running).
+    pub state: String,
+    /// The id of the key that signed it (`verified`): the first 8 bytes of the SHA-256 of
+    /// its PKIX encoding, in hex.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_id: Option<String>,
+    /// Why it is refused (`refused`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TriggerStatus {

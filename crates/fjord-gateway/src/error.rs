@@ -72,6 +72,7 @@ impl From<fjord_control::ControlError> for ApiError {
         match e {
             ControlError::BadRequest(m) => ApiError::BadRequest(m),
             ControlError::NotFound(m) => ApiError::NotFound(m),
+            ControlError::Forbidden(m) => ApiError::Forbidden(m),
             ControlError::Conflict(m) => ApiError::Conflict(m),
             ControlError::Upstream(m) => ApiError::BadGateway(m),
             ControlError::Internal(m) => ApiError::Internal(m),

@@ -135,6 +135,47 @@ impl ImageSource for OciImages {
         })
     }
 
+    fn resolve<'a>(
+        &'a self,
+        reference: &'a str,
+        auth: Option<&'a RegistryAuth>,
+    ) -> BoxFuture<'a, Result<Option<String>, ImageError>> {
+        Box::pin(async move {
+            let r = parse(reference)?;
+            let creds = credentials(&r, auth)?;
+            let d = self
+                .store
+                .resolve_digest(&r, creds.as_ref())
+                .await
+                .map_err(image_error)?;
+            Ok(Some(d))
+        })
+    }
+
+    fn signatures<'a>(
+        &'a self,
+        reference: &'a str,
+        digest: &'a str,
+        auth: Option<&'a RegistryAuth>,
+    ) -> BoxFuture<'a, Result<Vec<fjord_trust::Signature>, ImageError>> {
+        Box::pin(async move {
+            let r = parse(reference)?;
+            let creds = credentials(&r, auth)?;
+            let found = self
+                .store
+                .signatures(&r, digest, creds.as_ref())
+                .await
+                .map_err(image_error)?;
+            Ok(found
+                .into_iter()
+                .map(|s| fjord_trust::Signature {
+                    payload: s.payload,
+                    signature: s.signature,
+                })
+                .collect())
+        })
+    }
+
     fn gc<'a>(&'a self, keep: &'a [String]) -> BoxFuture<'a, Result<GcReport, ImageError>> {
         Box::pin(async move {
             let r = self.store.gc(keep).await.map_err(image_error)?;

@@ -24,6 +24,7 @@ mod state;
 mod tls;
 mod tokens;
 pub mod trigger;
+mod trust;
 mod ui;
 
 use std::net::SocketAddr;
@@ -205,6 +206,8 @@ pub enum StartError {
     Queue(#[from] fjord_queue::QueueError),
     #[error("containers: {0}")]
     Containers(String),
+    #[error("--trust-policy: {0}")]
+    TrustPolicy(#[from] fjord_trust::TrustError),
     #[error("{0}")]
     Connector(String),
     #[error("{0} (each fjord instance on a host needs its own block of function uids)")]
@@ -726,6 +729,8 @@ pub async fn serve(config: GatewayConfig, shutdown: CancellationToken) -> Result
     let dispatch = Arc::new(tokio::sync::Notify::new());
     // Before restore: deploys from now on must pass the connectors' checks.
     control.add_deploy_check(Arc::new(brokers.checks()));
+    // Before restore: stored functions are verified again under the policy.
+    control.set_trust_policy(trust::policy(&config)?);
     let restored = control.restore().await?;
     if restored > 0 {
         tracing::info!(

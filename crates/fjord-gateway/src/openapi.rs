@@ -49,6 +49,8 @@ use crate::{api, async_calls, bundles, invoke, logs, namespaces, secrets, tokens
         bundles::put_bundle,
         bundles::set_tag,
         bundles::gc_images,
+        crate::trust::put_bundle_signature,
+        crate::trust::report,
         async_calls::list_calls,
         async_calls::get_call,
         async_calls::replay,
@@ -69,6 +71,10 @@ use crate::{api, async_calls, bundles, invoke, logs, namespaces, secrets, tokens
     components(
         schemas(
             fjord_control::images::GcReport,
+            fjord_control::TrustReport,
+            fjord_core::openfaas::TrustStatus,
+            fjord_trust::BundleSignatures,
+            fjord_trust::payload::EncodedSignature,
             fjord_core::openfaas::FunctionDeployment,
             fjord_core::openfaas::FunctionResources,
             fjord_core::openfaas::FunctionStatus,

@@ -7,7 +7,9 @@ use axum::handler::Handler;
 use axum::routing::{MethodFilter, MethodRouter, any, on};
 
 use crate::state::AppState;
-use crate::{api, async_calls, bundles, invoke, logs, namespaces, openapi, secrets, tokens, ui};
+use crate::{
+    api, async_calls, bundles, invoke, logs, namespaces, openapi, secrets, tokens, trust, ui,
+};
 use fjord_control::tokens::Scope;
 
 /// Who may call a route.
@@ -150,6 +152,13 @@ pub fn table() -> Vec<RouteEntry> {
             System(Deploy),
             bundles::head_bundle,
         ),
+        entry(
+            "PUT",
+            "/system/bundles/{digest}/signature",
+            System(Deploy),
+            trust::put_bundle_signature,
+        ),
+        entry("GET", "/system/trust", System(Read), trust::report),
         entry(
             "POST",
             "/system/bundle-tags",

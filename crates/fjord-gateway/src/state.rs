@@ -96,6 +96,8 @@ pub struct GatewayConfig {
     pub max_forks_per_ip: u32,
     /// Container images: whether, which OCI runtime, registries.
     pub containers: ContainerSettings,
+    /// Content trust: the policy file (`--trust-policy`); `None`: unsigned code runs.
+    pub trust_policy: Option<PathBuf>,
 }
 
 /// Whether `fjord serve` runs container images.
@@ -235,6 +237,7 @@ impl GatewayConfig {
             max_forks_per_function: 256,
             max_forks_per_ip: 64,
             containers: ContainerSettings::default(),
+            trust_policy: None,
         }
     }
 }

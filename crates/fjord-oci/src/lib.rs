@@ -12,6 +12,7 @@ mod layer;
 pub mod layout;
 pub mod push;
 mod reference;
+pub mod signature;
 mod store;
 
 pub use auth::{AuthConfigError, Credentials, DockerConfig};

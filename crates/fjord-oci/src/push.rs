@@ -63,16 +63,19 @@ pub enum RegistryError {
 }
 
 /// A client for one registry, with the credentials the options give for it.
-struct Session {
-    client: oci_client::Client,
-    auth: RegistryAuth,
+pub(crate) struct Session {
+    pub(crate) client: oci_client::Client,
+    pub(crate) auth: RegistryAuth,
     config: Option<PathBuf>,
     reference: Reference,
-    cref: oci_client::Reference,
+    pub(crate) cref: oci_client::Reference,
 }
 
 impl Session {
-    fn new(reference: &Reference, opts: &RegistryOptions) -> Result<Self, RegistryError> {
+    pub(crate) fn new(
+        reference: &Reference,
+        opts: &RegistryOptions,
+    ) -> Result<Self, RegistryError> {
         let registry = reference.registry();
         let client = registry_client(registry, &opts.insecure, None);
         // An explicit file must exist; the default one may not.
@@ -100,7 +103,7 @@ impl Session {
         })
     }
 
-    fn err(&self, op: &'static str, e: OciDistributionError) -> RegistryError {
+    pub(crate) fn err(&self, op: &'static str, e: OciDistributionError) -> RegistryError {
         let registry = self.reference.registry().to_string();
         let reference = self.reference.to_string();
         match classify(e) {

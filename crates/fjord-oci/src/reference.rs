@@ -150,6 +150,16 @@ impl Reference {
         }
     }
 
+    /// Another tag of the same repository (`sha256-H.sig`, where cosign keeps signatures).
+    pub fn with_tag(&self, tag: &str) -> Self {
+        Self {
+            registry: self.registry.clone(),
+            repository: self.repository.clone(),
+            tag: Some(tag.to_string()),
+            digest: None,
+        }
+    }
+
     /// `registry/repository:tag` without the digest: what a tag record is kept under.
     pub(crate) fn tag_key(&self) -> Option<String> {
         self.tag

@@ -554,6 +554,11 @@ impl ImageStore {
         puller.pull().await
     }
 
+    /// The settings the store was opened with (signature fetches use the same registries).
+    pub(crate) fn config(&self) -> &StoreConfig {
+        &self.inner.config
+    }
+
     fn client(&self, r: &Reference) -> oci_client::Client {
         registry_client(r.registry(), &self.inner.config.insecure, Some(4))
     }
@@ -658,6 +663,33 @@ fn image_config(c: RawContainerConfig) -> ImageConfig {
 }
 
 /// One pull in progress.
+/// What a registry's failure about `reference` means to the store.
+pub(crate) fn classify_for(
+    reference: &Reference,
+    credentials_given: bool,
+    e: OciDistributionError,
+) -> OciError {
+    let registry = reference.registry().to_string();
+    let reference = reference.to_string();
+    match classify(e) {
+        Failure::Unauthorized => OciError::Unauthorized {
+            registry,
+            reference,
+            credentials_given,
+        },
+        Failure::NotFound(detail) => OciError::NotFound { reference, detail },
+        Failure::DigestMismatch { expected, actual } => OciError::DigestMismatch {
+            what: format!("content served for {reference}"),
+            expected,
+            actual,
+        },
+        Failure::Unreachable(detail) => OciError::Unreachable { registry, detail },
+        Failure::NameRefused(detail) | Failure::Registry(detail) => {
+            OciError::Registry { registry, detail }
+        }
+    }
+}
+
 struct Puller<'a> {
     store: &'a ImageStore,
     reference: &'a Reference,
@@ -673,25 +705,7 @@ struct Puller<'a> {
 impl Puller<'_> {
     /// Maps the client's errors to the store's.
     fn err(&self, e: OciDistributionError) -> OciError {
-        let registry = self.reference.registry().to_string();
-        let reference = self.reference.to_string();
-        match classify(e) {
-            Failure::Unauthorized => OciError::Unauthorized {
-                registry,
-                reference,
-                credentials_given: self.credentials_given,
-            },
-            Failure::NotFound(detail) => OciError::NotFound { reference, detail },
-            Failure::DigestMismatch { expected, actual } => OciError::DigestMismatch {
-                what: format!("content served for {reference}"),
-                expected,
-                actual,
-            },
-            Failure::Unreachable(detail) => OciError::Unreachable { registry, detail },
-            Failure::NameRefused(detail) | Failure::Registry(detail) => {
-                OciError::Registry { registry, detail }
-            }
-        }
+        classify_for(self.reference, self.credentials_given, e)
     }
 
     async fn pull(&self) -> Result<ImageRootfs, OciError> {

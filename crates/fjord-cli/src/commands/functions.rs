@@ -140,6 +140,9 @@ fn describe_text(f: &FunctionStatus, url: &str) -> String {
         if let Some(d) = &x.digest {
             line("Digest:", d.clone());
         }
+        if let Some(t) = &x.trust {
+            line("Trust:", super::trust::describe(t));
+        }
         if let Some(p) = &x.pull {
             line(
                 "Pulling:",

@@ -3,3 +3,4 @@ pub mod namespaces;
 pub mod secrets;
 pub mod serve;
 pub mod stack;
+pub mod trust;

@@ -75,6 +75,7 @@ pub fn run(a: ServeArgs) -> Result<(), CliError> {
         registry_config: a.registry_config,
         max_layer_bytes: a.max_layer_size,
     };
+    config.trust_policy = a.trust_policy;
     if let Some(w) = a.workers {
         config.workers = usize::from(w);
     }

@@ -379,7 +379,13 @@ fn print_images(built: &[Built]) {
 
 // --------------------------------------------------------------------------------- push
 
-pub async fn push_built(gw: &Gateway, loaded: &Loaded, quiet: bool) -> Result<(), CliError> {
+/// Uploads each function's bundle (and, with `sign`, a signature of it).
+pub async fn push_built(
+    gw: &Gateway,
+    loaded: &Loaded,
+    quiet: bool,
+    sign: Option<&fjord_trust::PrivateKey>,
+) -> Result<(), CliError> {
     for f in loaded
         .stack
         .functions
@@ -414,6 +420,17 @@ pub async fn push_built(gw: &Gateway, loaded: &Loaded, quiet: bool) -> Result<()
             }
             gw.upload_bundle(&b.digest, &b.archive, &tag).await?;
         }
+        if let Some(key) = sign {
+            super::trust::sign_bundle(gw, key, &b.digest, &tag).await?;
+            if !quiet {
+                eprintln!(
+                    "==> {}: signed {} with key {}",
+                    f.name,
+                    short(&b.digest),
+                    key.public().id()
+                );
+            }
+        }
     }
     Ok(())
 }
@@ -423,6 +440,7 @@ pub async fn push_images(
     loaded: &Loaded,
     opts: &fjord_oci::push::RegistryOptions,
     quiet: bool,
+    sign: Option<&fjord_trust::PrivateKey>,
 ) -> Result<(), CliError> {
     for f in loaded
         .stack
@@ -438,6 +456,14 @@ pub async fn push_images(
                 ))
             })?;
         let digest = image::push(&built, &f.name, opts, quiet).await?;
+        if let Some(key) = sign {
+            let target = fjord_oci::Reference::parse(&built.reference)
+                .map_err(|e| CliError::Usage(format!("{}: {e}", built.reference)))?;
+            let at = super::trust::sign_image(key, &target, &digest, opts).await?;
+            if !quiet {
+                eprintln!("==> {}: signed {digest} ({at})", f.name);
+            }
+        }
         println!("{} {digest}", built.reference);
     }
     Ok(())
@@ -447,14 +473,16 @@ pub async fn push(
     stack: &StackArgs,
     images: bool,
     registry: &RegistryArgs,
+    sign: &crate::cli::SignFlag,
     g: &GatewayArgs,
 ) -> Result<(), CliError> {
     let loaded = load(stack)?;
+    let key = super::trust::signing_key(sign)?;
     if images {
-        return push_images(&loaded, &registry_options(registry), false).await;
+        return push_images(&loaded, &registry_options(registry), false, key.as_ref()).await;
     }
     let gw = gateway(g, loaded.stack.provider.gateway.as_deref())?;
-    push_built(&gw, &loaded, false).await
+    push_built(&gw, &loaded, false, key.as_ref()).await
 }
 
 // ------------------------------------------------------------------------------- deploy
@@ -623,6 +651,8 @@ pub async fn up(a: &UpArgs) -> Result<(), CliError> {
         // Fail fast, before a long build, if the gateway is down or refuses us.
         gw.info().await?;
     }
+    // Before the build: a wrong passphrase should not cost a build.
+    let key = super::trust::signing_key(&a.sign)?;
     let (parallel, no_cache, quiet) = (a.parallel, a.no_cache, a.quiet);
     let opts = image_options(&a.image);
     let build_opts = opts.clone();
@@ -638,11 +668,11 @@ pub async fn up(a: &UpArgs) -> Result<(), CliError> {
     let mut annotations = BTreeMap::new();
     match &opts {
         Some(o) => {
-            push_images(&loaded, &o.registry, a.quiet).await?;
+            push_images(&loaded, &o.registry, a.quiet, key.as_ref()).await?;
             // The server pulls `image:` from its registry and runs it as a container.
             annotations.insert(RUNTIME_ANNOTATION.to_string(), "container".to_string());
         }
-        None => push_built(&gw, &loaded, a.quiet).await?,
+        None => push_built(&gw, &loaded, a.quiet, key.as_ref()).await?,
     }
     if a.skip_deploy {
         return Ok(());
