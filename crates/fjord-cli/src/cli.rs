@@ -778,6 +778,11 @@ pub struct BuildArgs {
     /// Print only errors
     #[arg(short, long)]
     pub quiet: bool,
+    /// Sign each bundle built with this private key (cosign.key): the signature is written
+    /// beside it (build/NAME/bundle.sig.json) and uploaded by `fjord push`/`up`. Images are
+    /// signed where they are stored: `fjord push --image --sign KEY`
+    #[arg(long, value_name = "KEY")]
+    pub sign: Option<PathBuf>,
 }
 
 #[derive(Args)]

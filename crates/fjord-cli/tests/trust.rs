@@ -465,6 +465,17 @@ async fn malformed_policies_and_keys_stop_the_server_with_a_reason() {
 
 /// `fjord up` in a stack folder with one python3-http function `greet` answering `body`.
 async fn up(s: &Server, project: &Path, body: &str, extra: &[&str]) -> common::CliOut {
+    stack_cli(s, project, body, "up", extra).await
+}
+
+/// `fjord CMD` (up, build, push, deploy) on the one-function stack, its handler answering `body`.
+async fn stack_cli(
+    s: &Server,
+    project: &Path,
+    body: &str,
+    cmd: &str,
+    extra: &[&str],
+) -> common::CliOut {
     let handler = project.join("greet");
     std::fs::create_dir_all(&handler).unwrap();
     std::fs::write(
@@ -480,7 +491,10 @@ async fn up(s: &Server, project: &Path, body: &str, extra: &[&str]) -> common::C
     let password = std::fs::read_to_string(s.password_file()).expect("password");
     let url = s.url("");
     let stack = project.join("stack.yml");
-    let mut args = vec!["up", "-f", stack.to_str().unwrap(), "-g", url.as_str()];
+    let mut args = vec![cmd, "-f", stack.to_str().unwrap()];
+    if cmd != "build" {
+        args.extend(["-g", url.as_str()]);
+    }
     args.extend_from_slice(extra);
     common::run_cli(
         &args,
@@ -520,6 +534,45 @@ async fn fjord_up_sign_uploads_a_bundle_signature_the_policy_accepts() {
         out.stderr
     );
     assert_eq!(s.call("greet").await, (StatusCode::OK, "v1".into()));
+    // `fjord build --sign` leaves the signature beside the bundle; a plain push uploads it.
+    let out = stack_cli(&s, &project, "v3", "build", &["--sign", &key]).await;
+    assert_eq!(out.code, Some(0), "{}{}", out.stdout, out.stderr);
+    assert!(project.join("build/greet/bundle.sig.json").exists());
+    for cmd in ["push", "deploy"] {
+        let out = stack_cli(&s, &project, "v3", cmd, &[]).await;
+        assert_eq!(out.code, Some(0), "{cmd}: {}{}", out.stdout, out.stderr);
+    }
+    wait_until(Duration::from_secs(30), "v3 serving", async || {
+        match s.call("greet").await {
+            (StatusCode::OK, b) if b == "v3" => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    let st = s.get_function("greet").await.unwrap();
+    assert_eq!(trust(&st)["keyId"], trusted_id.as_str(), "{st}");
+    // A later build without --sign: the signature left over names the old digest and is
+    // not uploaded, so the new bundle is refused and v3 keeps serving.
+    for cmd in ["build", "push"] {
+        let out = stack_cli(&s, &project, "v4", cmd, &[]).await;
+        assert_eq!(out.code, Some(0), "{cmd}: {}{}", out.stdout, out.stderr);
+    }
+    let out = stack_cli(&s, &project, "v4", "deploy", &[]).await;
+    assert!(
+        out.code != Some(0) && out.stderr.contains("403"),
+        "{}{}",
+        out.stdout,
+        out.stderr
+    );
+    assert_eq!(s.call("greet").await, (StatusCode::OK, "v3".into()));
+    // --sign with --image is a usage error naming where images are signed.
+    let out = stack_cli(&s, &project, "v4", "build", &["--image", "--sign", &key]).await;
+    assert_eq!(out.code, Some(2), "{}{}", out.stdout, out.stderr);
+    assert!(
+        out.stderr.contains("fjord push --image --sign"),
+        "{}",
+        out.stderr
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

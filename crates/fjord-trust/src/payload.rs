@@ -164,6 +164,16 @@ impl BundleSignatures {
         Ok(())
     }
 
+    /// Whether some signature's payload names `digest` (its signature is not checked here).
+    pub fn names(&self, digest: &str) -> bool {
+        self.signatures.iter().any(|s| {
+            B64.decode(&s.payload)
+                .ok()
+                .and_then(|p| SimpleSigning::parse(&p).ok())
+                .is_some_and(|p| p.critical.image.docker_manifest_digest == digest)
+        })
+    }
+
     /// Adds `other`'s signatures not already here (signing again with a second key, e.g.
     /// during a key rotation, keeps the first signature).
     pub fn merge(&mut self, other: BundleSignatures) {

@@ -362,12 +362,72 @@ fn short(digest: &str) -> &str {
 pub fn build(a: &BuildArgs) -> Result<(), CliError> {
     let loaded = load(&a.stack)?;
     let opts = image_options(&a.image);
+    if a.sign.is_some() && opts.is_some() {
+        return Err(CliError::Usage(
+            "--sign with --image: an image's signature is stored in its registry, so sign it when pushing: `fjord push --image --sign KEY` (or `fjord up --image --sign KEY`)".into(),
+        ));
+    }
+    // Before building: a wrong passphrase should not cost a build.
+    let key = a.sign.as_deref().map(super::trust::load_key).transpose()?;
     let built = build_all(&loaded, a.parallel, a.no_cache, a.quiet, opts.as_ref())?;
     if built.is_empty() && !a.quiet {
         eprintln!("nothing to build: no function in the stack has a lang");
     }
+    if let Some(key) = &key {
+        for f in built_functions(&loaded) {
+            let Some(b) = builder::last_build(&loaded.dir, &f.name) else {
+                continue;
+            };
+            let doc = fjord_trust::BundleSignatures::sign(
+                key,
+                &fjord_gateway::normalize_tag(&f.image),
+                &b.digest,
+            );
+            let path = signature_path(&loaded.dir, &f.name);
+            let json = serde_json::to_vec_pretty(&doc)
+                .map_err(|e| CliError::Other(format!("cannot encode the signature: {e}")))?;
+            std::fs::write(&path, json)
+                .map_err(|e| CliError::Other(format!("cannot write {}: {e}", path.display())))?;
+            if !a.quiet {
+                eprintln!(
+                    "==> {}: signed {} with key {} ({})",
+                    f.name,
+                    short(&b.digest),
+                    key.public().id(),
+                    path.display()
+                );
+            }
+        }
+    }
     print_images(&built);
     Ok(())
+}
+
+/// The functions of the stack that `fjord build` builds.
+fn built_functions(loaded: &Loaded) -> impl Iterator<Item = &StackFunction> {
+    loaded
+        .stack
+        .functions
+        .iter()
+        .filter(|f| f.lang.is_some() && !f.skip_build)
+}
+
+/// Where `fjord build --sign` leaves a bundle's signature for `fjord push` to upload.
+fn signature_path(stack_dir: &std::path::Path, name: &str) -> std::path::PathBuf {
+    builder::build_dir(stack_dir, name).join("bundle.sig.json")
+}
+
+/// The signature `fjord build --sign` left beside this build's bundle, if it is over
+/// `digest` (a later unsigned build leaves a stale one, which is not uploaded).
+fn signature_beside(
+    stack_dir: &std::path::Path,
+    name: &str,
+    digest: &str,
+) -> Option<fjord_trust::BundleSignatures> {
+    let bytes = std::fs::read(signature_path(stack_dir, name)).ok()?;
+    fjord_trust::BundleSignatures::parse(&bytes)
+        .ok()
+        .filter(|d| d.names(digest))
 }
 
 /// One line per image on stdout: `REFERENCE DIGEST`.
@@ -386,12 +446,7 @@ pub async fn push_built(
     quiet: bool,
     sign: Option<&fjord_trust::PrivateKey>,
 ) -> Result<(), CliError> {
-    for f in loaded
-        .stack
-        .functions
-        .iter()
-        .filter(|f| f.lang.is_some() && !f.skip_build)
-    {
+    for f in built_functions(loaded) {
         let b = builder::last_build(&loaded.dir, &f.name).ok_or_else(|| {
             CliError::Usage(format!(
                 "{} has not been built: run `fjord build` (or `fjord up`)",
@@ -428,6 +483,14 @@ pub async fn push_built(
                     f.name,
                     short(&b.digest),
                     key.public().id()
+                );
+            }
+        } else if let Some(doc) = signature_beside(&loaded.dir, &f.name, &b.digest) {
+            super::trust::upload_bundle_signature(gw, &doc, &b.digest, &tag).await?;
+            if !quiet {
+                eprintln!(
+                    "==> {}: uploaded the signature `fjord build --sign` made",
+                    f.name
                 );
             }
         }

@@ -131,10 +131,19 @@ pub async fn sign_bundle(
     digest: &str,
     tag: &str,
 ) -> Result<(), CliError> {
-    let doc = BundleSignatures::sign(key, tag, digest);
+    upload_bundle_signature(gw, &BundleSignatures::sign(key, tag, digest), digest, tag).await
+}
+
+/// Uploads a signature document of bundle `digest` (pushed as `tag`).
+pub async fn upload_bundle_signature(
+    gw: &Gateway,
+    doc: &BundleSignatures,
+    digest: &str,
+    tag: &str,
+) -> Result<(), CliError> {
     gw.send(
         gw.system(Method::PUT, &format!("/system/bundles/{digest}/signature"))
-            .json(&doc),
+            .json(doc),
         &format!("upload the signature of bundle {tag}"),
     )
     .await?;
