@@ -30,7 +30,7 @@ pub struct Options {
 }
 
 /// The scenarios `--only` runs alone.
-pub const ONLY: [&str; 7] = [
+pub const ONLY: [&str; 8] = [
     "async",
     "tls",
     "fork",
@@ -38,6 +38,7 @@ pub const ONLY: [&str; 7] = [
     "ab",
     "containers",
     "connectors",
+    "ui",
 ];
 
 pub async fn run(opts: Options) -> anyhow::Result<()> {
@@ -150,6 +151,7 @@ async fn run_only(b: &mut Bench<'_>, only: &str) -> anyhow::Result<()> {
             tls::run(b, &fjord).await?;
         }
         "fork" => fork::run(b, &fjord).await?,
+        "ui" => crate::scenarios::ui::run(b, &fjord).await?,
         "scale" => {
             scale::scale_out(b, &fjord).await?;
             scale::autoscaler(b, &fjord).await?;

@@ -468,7 +468,6 @@ async fn the_dashboard_works_in_a_real_browser() {
     // The system page.
     click(&c, "#nav a[href='#/system']").await;
     wait_text(&c, "#system", "embedded: healthy").await;
-    screenshot(&c, "system").await;
 
     // A read token: sees the function, no enabled change button; a forged call is refused.
     let (st, created) = s
@@ -705,6 +704,276 @@ async fn the_dashboard_listener_can_be_moved_or_turned_off() {
     assert!(body.contains("--ui-listen off"), "{body}");
     let (st, _) = send_text(s.open(Method::GET, "/").header("accept", "text/html")).await;
     assert_eq!(st, StatusCode::NOT_FOUND);
+}
+
+/// Every form control of the page has a label (its own, `aria-label` or `aria-labelledby`)
+/// and every button a name.
+async fn assert_controls_labelled(c: &Client, page: &str) {
+    let unlabelled = js(
+        c,
+        "return [...document.querySelectorAll('input, select, textarea, button')]\
+           .filter(e => !e.closest('[hidden]') && e.type !== 'hidden')\
+           .filter(e => !((e.labels && e.labels.length) || e.getAttribute('aria-label') || e.getAttribute('aria-labelledby')\
+                          || (e.tagName === 'BUTTON' && e.textContent.trim())))\
+           .map(e => e.outerHTML.slice(0, 120));",
+    )
+    .await;
+    assert_eq!(unlabelled, json!([]), "{page}: controls without a label");
+}
+
+/// Nothing wider than the window but the tables' own scroll boxes.
+async fn assert_fits(c: &Client, page: &str) {
+    let r = js(
+        c,
+        "return [document.documentElement.scrollWidth, window.innerWidth];",
+    )
+    .await;
+    let (w, inner) = (r[0].as_u64().unwrap(), r[1].as_u64().unwrap());
+    assert!(inner <= 500, "{page}: not a narrow window: {inner} px");
+    assert!(
+        w <= inner,
+        "{page}: the page is {w} px wide in a {inner} px window"
+    );
+}
+
+/// The rest of the issue's pages: the invoke console sends a token to a `com.fjord.auth:
+/// token` function; the deploy form takes annotations (with the API's error next to them)
+/// and uploads a bundle; secrets of another namespace; the system page (connectors, data dir
+/// usage); the memory graph; labels, keyboard focus and a narrow screen.
+#[tokio::test(flavor = "multi_thread")]
+async fn forms_tokens_namespaces_and_system_in_a_real_browser() {
+    let s = Server::start_opts(ServeOpts::args(&["--containers", "off"])).await;
+    let password = s.password.clone().unwrap();
+    let mut private = http_fn("private", "v1");
+    private["annotations"] = json!({"com.fjord.auth": "token"});
+    s.deploy_ready(&private).await;
+    let (st, body) = s
+        .sys_json(Method::POST, "/system/namespace/team-a", &json!({}))
+        .await;
+    assert!(st.is_success(), "{st} {body}");
+    let (st, body) = s
+        .sys_json(
+            Method::POST,
+            "/system/secrets",
+            &json!({"name": "team-secret", "value": "v", "namespace": "team-a"}),
+        )
+        .await;
+    assert!(st.is_success(), "{st} {body}");
+    let (st, created) = s
+        .sys_json(
+            Method::POST,
+            "/system/tokens",
+            &json!({"name": "caller", "scope": "invoke"}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CREATED, "{created}");
+    let invoke_token = serde_json::from_str::<Value>(&created).unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    let driver = start_driver().await;
+    let c = browser(&driver).await;
+    sign_in(&c, &s, &password).await;
+    wait_text(&c, "#functions tbody", "private").await;
+    assert_controls_labelled(&c, "functions").await;
+
+    // Keyboard: on a fresh load the first Tab goes to the skip link, visibly focused.
+    c.goto(&s.ui_url("/ui/")).await.unwrap();
+    wait_text(&c, "#functions tbody", "private").await;
+    c.find(Locator::Css("body"))
+        .await
+        .unwrap()
+        .send_keys(&fantoccini::key::Key::Tab.to_string())
+        .await
+        .unwrap();
+    let focused = js(
+        &c,
+        "const e = document.activeElement; const st = getComputedStyle(e);\
+         return [e.className, st.outlineStyle, st.outlineWidth];",
+    )
+    .await;
+    assert_eq!(focused[0], "skip", "{focused}");
+    assert_ne!(focused[1], "none", "focus is visible: {focused}");
+
+    // The console: the token field shows for this function; without it 401, with it 200.
+    c.goto(&s.ui_url("/ui/#/fn/openfaas-fn/private"))
+        .await
+        .unwrap();
+    wait_text(&c, "#fn-status", "ready").await;
+    wait_until(BOUND, "the token field shows", async || {
+        js(
+            &c,
+            "return !document.querySelector('#inv-token').closest('.field').hidden;",
+        )
+        .await
+            == json!(true)
+    })
+    .await;
+    assert_controls_labelled(&c, "function").await;
+    click(&c, "#inv-send").await;
+    wait_text(&c, "#inv-status", "401").await;
+    set_value(&c, "#inv-token", &invoke_token).await;
+    set_value(&c, "#inv-body", "with a token").await;
+    click(&c, "#inv-send").await;
+    wait_text(&c, "#inv-status", "200").await;
+    let body: Value =
+        serde_json::from_str(&wait_text(&c, "#inv-body-out", "with a token").await).unwrap();
+    assert!(
+        body["headers"].get("authorization").is_none(),
+        "the token reached the function: {body}"
+    );
+    assert!(
+        !c.current_url().await.unwrap().as_str().contains("fjord_"),
+        "the token went into the URL"
+    );
+
+    // Memory: where the runtime measures the replicas (cgroups, with their CPU), the samples
+    // carry their memory and the page graphs it.
+    let h = wait_until(Duration::from_secs(60), "two history samples", async || {
+        let (_, body) = s
+            .sys_text(Method::GET, "/system/function/private/history")
+            .await;
+        let v: Value = serde_json::from_str(&body).map_err(|e| format!("{body}: {e}"))?;
+        if v["samples"].as_array().is_some_and(|a| a.len() >= 2) {
+            Ok(v)
+        } else {
+            Err(body)
+        }
+    })
+    .await;
+    let last = h["samples"].as_array().unwrap().last().unwrap().clone();
+    if last["cpuCores"].is_number() {
+        assert!(
+            last["memoryBytes"].as_u64().is_some_and(|m| m > 0),
+            "CPU is measured but not memory: {last}"
+        );
+        wait_until(BOUND, "the memory graph has data", async || {
+            let m = js(
+                &c,
+                "return Number(document.querySelector('.graphs').dataset.memory || 0);",
+            )
+            .await;
+            m.as_f64().is_some_and(|m| m > 0.0).then_some(()).ok_or(m)
+        })
+        .await;
+    }
+
+    // Deploy: an unknown auth annotation is refused next to the annotations field; then a
+    // bundle uploaded from the form is deployed and runs.
+    let (digest, archive) = pack_script_bundle(
+        &s.dir.tmp.path().join("form-bundle"),
+        "formbundle",
+        "#!/bin/sh\necho \"bundle says $(cat)\"\n",
+    );
+    click(&c, "#nav a[href='#/deploy']").await;
+    wait_until(BOUND, "the deploy form", async || {
+        c.find(Locator::Css("#d-bundle")).await.is_ok()
+    })
+    .await;
+    assert_controls_labelled(&c, "deploy").await;
+    set_value(&c, "#d-name", "uploaded").await;
+    set_value(&c, "#d-annotations", "com.fjord.auth=sometimes").await;
+    c.find(Locator::Css("#d-bundle"))
+        .await
+        .unwrap()
+        .send_keys(archive.to_str().unwrap())
+        .await
+        .unwrap();
+    click(&c, "#deploy button[type=submit]").await;
+    wait_text(&c, "#d-annotations-err", "com.fjord.auth").await;
+    assert!(s.get_function("uploaded").await.is_none());
+    let (st, _) = send_text(s.sys(Method::HEAD, &format!("/system/bundles/{digest}"))).await;
+    assert_eq!(
+        st,
+        StatusCode::OK,
+        "the bundle was uploaded under its digest"
+    );
+    set_value(&c, "#d-annotations", "note=from the form").await;
+    click(&c, "#deploy button[type=submit]").await;
+    wait_text(&c, "#fn-status", "1 of 1 replicas ready").await;
+    let f = s.get_function("uploaded").await.unwrap();
+    assert_eq!(f["image"], "uploaded:latest", "{f}");
+    assert_eq!(f["annotations"]["note"], "from the form", "{f}");
+    let (st, out) = s.call_text(Method::POST, "uploaded", "hi").await;
+    assert_eq!((st, out.trim()), (StatusCode::OK, "bundle says hi"));
+
+    // The fallback digest (for plain HTTP away from loopback) agrees with the browser's.
+    let same = c
+        .execute_async(
+            "const done = arguments[arguments.length - 1];\
+             import('/ui/sha256.js').then(async (m) => {\
+               const out = [];\
+               for (const n of [0, 3, 55, 64, 1000, 70000]) {\
+                 const b = new Uint8Array(n).map((_, i) => (i * 31 + 7) & 255);\
+                 const d = new Uint8Array(await crypto.subtle.digest('SHA-256', b));\
+                 out.push(m.sha256Hex(b) === [...d].map((x) => x.toString(16).padStart(2, '0')).join(''));\
+               }\
+               done(out);\
+             }, (e) => done(String(e)));",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(same, json!([true, true, true, true, true, true]));
+
+    // Secrets of another namespace.
+    click(&c, "#nav a[href='#/secrets']").await;
+    wait_until(BOUND, "team-a in the namespaces", async || {
+        js(
+            &c,
+            "return [...document.querySelectorAll('#s-ns option')].map(o => o.value);",
+        )
+        .await
+        .as_array()
+        .is_some_and(|a| a.contains(&json!("team-a")))
+    })
+    .await;
+    assert!(!text_of(&c, "#secrets").await.contains("team-secret"));
+    c.find(Locator::Css("#s-ns"))
+        .await
+        .unwrap()
+        .select_by_value("team-a")
+        .await
+        .unwrap();
+    wait_text(&c, "#secrets", "team-secret").await;
+    set_value(&c, "#s-name", "team-second").await;
+    set_value(&c, "#s-value", "w").await;
+    click(&c, "#secret-form button[type=submit]").await;
+    wait_text(&c, "#secrets", "team-second").await;
+    let (_, list) = s
+        .sys_text(Method::GET, "/system/secrets?namespace=team-a")
+        .await;
+    assert!(list.contains("team-second"), "{list}");
+    assert_controls_labelled(&c, "secrets").await;
+
+    // The system page: connectors and what the data dir holds.
+    click(&c, "#nav a[href='#/system']").await;
+    wait_text(&c, "#system", "embedded: healthy").await;
+    let page = wait_text(&c, "#system", "state.db").await;
+    assert!(page.contains("cron") && page.contains("built in"), "{page}");
+    assert!(page.contains("bundles"), "{page}");
+    screenshot(&c, "system").await;
+
+    // A narrow screen (a phone): no page wider than the window.
+    c.set_window_size(390, 844).await.unwrap();
+    for (hash, ready) in [
+        ("#/", "#functions thead"),
+        ("#/fn/openfaas-fn/private", "#spec table"),
+        ("#/deploy", "#deploy"),
+        ("#/system", "#system table"),
+    ] {
+        c.goto(&s.ui_url(&format!("/ui/{hash}"))).await.unwrap();
+        wait_until(BOUND, &format!("{hash} shows {ready}"), async || {
+            c.find(Locator::Css(ready)).await.is_ok()
+        })
+        .await;
+        assert_fits(&c, hash).await;
+        if hash == "#/fn/openfaas-fn/private" {
+            screenshot(&c, "narrow").await;
+        }
+    }
+    c.close().await.unwrap();
 }
 
 /// Sign-in over plain HTTP: the session cookie's attributes, and a cookie-authenticated

@@ -291,6 +291,11 @@ const ASSETS: &[(&str, &str, &[u8])] = &[
         include_bytes!("../ui/pages.js"),
     ),
     (
+        "sha256.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../ui/sha256.js"),
+    ),
+    (
         "vendor/uplot/uPlot.iife.min.js",
         "text/javascript; charset=utf-8",
         include_bytes!("../ui/vendor/uplot/uPlot.iife.min.js"),
@@ -700,17 +705,96 @@ pub struct SystemStatus {
     /// Authentication on `/system` (off with `--auth=false`), HTTPS.
     pub auth: bool,
     pub tls: bool,
+    /// The NATS queue's server (without credentials), with `--queue nats://…`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub queue_url: Option<String>,
+    /// The triggers besides HTTP: `cron` (built in) and each broker connector (`--nats`,
+    /// `--mqtt`) with its connection state, as `/healthz` reports it.
+    pub connectors: Vec<ConnectorStatus>,
     /// The data dir's file system: size and free space.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub disk_total_bytes: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub disk_free_bytes: Option<u64>,
+    /// What the data dir holds: its top-level entries (bundles, images, logs, the state and
+    /// queue databases…) with their sizes, largest first (counted at most once a minute).
+    pub data_dir: String,
+    pub data_dir_bytes: u64,
+    pub data_dir_parts: Vec<DataDirPart>,
+}
+
+/// One connector on the System page.
+#[derive(Serialize, utoipa::ToSchema, Clone)]
+pub struct ConnectorStatus {
+    pub name: String,
+    /// `connected`, `disconnected, reconnecting`, or `built in` (cron).
+    pub state: String,
+}
+
+/// One top-level entry of the data dir and its size.
+#[derive(Serialize, utoipa::ToSchema, Clone)]
+pub struct DataDirPart {
+    pub name: String,
+    pub bytes: u64,
+}
+
+/// Files counted at most per data dir walk (a huge image store is reported as at least this).
+const WALK_LIMIT: usize = 200_000;
+
+/// The data dir's top-level entries and their sizes (allocated bytes), largest first.
+fn data_dir_usage(dir: &std::path::Path) -> Vec<DataDirPart> {
+    use std::os::unix::fs::MetadataExt;
+    fn size(p: &std::path::Path, budget: &mut usize) -> u64 {
+        let Ok(m) = std::fs::symlink_metadata(p) else {
+            return 0;
+        };
+        let mut total = m.blocks() * 512;
+        if m.is_dir() {
+            for e in std::fs::read_dir(p).into_iter().flatten().flatten() {
+                if *budget == 0 {
+                    break;
+                }
+                *budget -= 1;
+                total += size(&e.path(), budget);
+            }
+        }
+        total
+    }
+    let mut budget = WALK_LIMIT;
+    let mut parts: Vec<DataDirPart> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| DataDirPart {
+            name: e.file_name().to_string_lossy().into_owned(),
+            bytes: size(&e.path(), &mut budget),
+        })
+        .collect();
+    parts.sort_by(|a, b| b.bytes.cmp(&a.bytes).then_with(|| a.name.cmp(&b.name)));
+    parts
+}
+
+/// The last count of the data dir, and when.
+static USAGE: Mutex<Option<(Instant, Vec<DataDirPart>)>> = Mutex::new(None);
+
+async fn cached_data_dir_usage(dir: std::path::PathBuf) -> Vec<DataDirPart> {
+    const FRESH: Duration = Duration::from_secs(60);
+    if let Some((at, parts)) = USAGE.lock().unwrap_or_else(|p| p.into_inner()).as_ref()
+        && at.elapsed() < FRESH
+    {
+        return parts.clone();
+    }
+    let parts = tokio::task::spawn_blocking(move || data_dir_usage(&dir))
+        .await
+        .unwrap_or_default();
+    *USAGE.lock().unwrap_or_else(|p| p.into_inner()) = Some((Instant::now(), parts.clone()));
+    parts
 }
 
 #[utoipa::path(
     get, path = "/system/status", tag = "system",
     responses(
-        (status = 200, description = "The server: version, queue and its health, uptime, disk", body = SystemStatus),
+        (status = 200, description = "The server: version, queue and its health, connectors, uptime, disk and data dir usage", body = SystemStatus),
         (status = 401, response = crate::responses::Unauthorized),
     ),
     security(("basicAuth" = []))
@@ -722,6 +806,23 @@ pub async fn system_status(State(app): State<AppState>) -> axum::Json<SystemStat
         Err(e) => (false, Some(e.to_string()), 0),
     };
     let disk = nix::sys::statvfs::statvfs(&app.config.data_dir).ok();
+    let mut connectors = vec![ConnectorStatus {
+        name: "cron".into(),
+        state: "built in".into(),
+    }];
+    connectors.extend(
+        app.config
+            .connectors
+            .health
+            .report()
+            .lines()
+            .filter_map(|l| l.split_once(": "))
+            .map(|(name, state)| ConnectorStatus {
+                name: name.into(),
+                state: state.into(),
+            }),
+    );
+    let parts = cached_data_dir_usage(app.config.data_dir.clone()).await;
     axum::Json(SystemStatus {
         version: v.release,
         commit: v.sha,
@@ -734,6 +835,14 @@ pub async fn system_status(State(app): State<AppState>) -> axum::Json<SystemStat
         queue_healthy,
         queue_error,
         queued,
+        queue_url: match &app.config.queue {
+            crate::state::QueueBackend::Nats { url, .. } => Some(fjord_queue::redact_url(url)),
+            crate::state::QueueBackend::Embedded => None,
+        },
+        connectors,
+        data_dir: app.config.data_dir.display().to_string(),
+        data_dir_bytes: parts.iter().map(|p| p.bytes).sum(),
+        data_dir_parts: parts,
         uptime_seconds: STARTED.elapsed().as_secs(),
         auth: app.auth.basic.is_some(),
         tls: app.config.tls.is_some(),
