@@ -900,8 +900,11 @@ pub async fn serve(config: GatewayConfig, shutdown: CancellationToken) -> Result
         };
         bind_to = local;
     }
-    // Callbacks are never sent to this gateway itself (unless allowed).
+    // Callbacks are never sent to this gateway itself (unless allowed), nor its dashboard.
     config.callback.set_listening(local);
+    if let Some(ui) = ui_local {
+        config.callback.set_dashboard(ui);
+    }
     // Lets scripts and tests that asked for port 0 find the gateway (and, written first, its
     // dashboard).
     let scheme = if tls.is_some() { "https" } else { "http" };
