@@ -704,6 +704,34 @@ async fn the_dashboard_listener_can_be_moved_or_turned_off() {
     assert!(body.contains("--ui-listen off"), "{body}");
     let (st, _) = send_text(s.open(Method::GET, "/").header("accept", "text/html")).await;
     assert_eq!(st, StatusCode::NOT_FOUND);
+    drop(s);
+
+    // One port for both is refused (they would share it, each taking some connections).
+    let dir = TestDir::new();
+    let port = free_port().to_string();
+    let at = format!("127.0.0.1:{port}");
+    let data = dir.data_dir();
+    let out = run_cli(
+        &[
+            "serve",
+            "--listen",
+            &at,
+            "--ui-listen",
+            &at,
+            "--tune-kernel=false",
+            "--data-dir",
+            data.to_str().unwrap(),
+        ],
+        &[],
+        &dir.tmp.path().join("config.json"),
+    )
+    .await;
+    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("--ui-listen") && out.stderr.contains("its own"),
+        "{}",
+        out.stderr
+    );
 }
 
 /// Every form control of the page has a label (its own, `aria-label` or `aria-labelledby`)

@@ -788,6 +788,17 @@ pub async fn serve(config: GatewayConfig, shutdown: CancellationToken) -> Result
         })?;
     }
     let ui_bind = config.ui_listen.resolve(config.listen);
+    // SO_REUSEPORT would let both listeners share one port, each taking a random share of
+    // the connections.
+    if let Some(addr) = ui_bind
+        && addr.port() != 0
+        && addr.port() == config.listen.port()
+    {
+        return Err(StartError::UiListen {
+            addr,
+            source: std::io::Error::other("it is --listen's port; the dashboard needs its own"),
+        });
+    }
     if let Some(addr) = ui_bind
         && addr.port() != 0
     {
