@@ -14,14 +14,23 @@ function changeButton(text, needs, attrs = {}) {
   return h('button', { type: 'button', ...attrs, disabled: !ok, title: ok ? undefined : `needs scope ${needs}`, dataset: { needs } }, text);
 }
 
+// Axis numbers: small values (a few thousandths of a core) keep two significant digits.
+function tick(v) {
+  return v !== 0 && Math.abs(v) < 1 ? String(Number(v.toPrecision(2))) : fmtNum(v, 1);
+}
+
 function chart(el, title, series, yLabel) {
   if (!window.uPlot) return null;
   const colors = ['#1b7f3b', '#2b6cb0', '#b7791f', '#c53030', '#6b46c1'];
   const opts = {
     title, width: Math.max(280, el.clientWidth || 320), height: 180,
     // Always the last 15 minutes, however few samples there are yet.
-    scales: { x: { time: true, range: () => { const now = Date.now() / 1000; return [now - 900, now]; } } },
-    axes: [{}, { label: yLabel }],
+    scales: {
+      x: { time: true, range: () => { const now = Date.now() / 1000; return [now - 900, now]; } },
+      // From zero: a flat line near a small value is not blown up into noise.
+      y: { range: (u, min, max) => [0, max > 0 ? max * 1.1 : 1] },
+    },
+    axes: [{}, { label: yLabel, size: 64, values: (u, splits) => splits.map(tick) }],
     series: [{}, ...series.map((label, i) => ({ label, stroke: colors[i % colors.length], width: 1.5, spanGaps: false, points: { show: true, size: 4 } }))],
   };
   return new window.uPlot(opts, [[], ...series.map(() => [])], el);
