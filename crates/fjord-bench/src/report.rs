@@ -9,6 +9,7 @@ use crate::figure::{CpuUse, Figure};
 use crate::run::Options;
 use crate::scenarios::connectors::SCENARIO_PREFIX as CONNECTOR_PREFIX;
 use crate::scenarios::containers::SCENARIO_PREFIX as CONTAINER_PREFIX;
+use crate::scenarios::ui::SCENARIO as DASHBOARD_PREFIX;
 
 fn fmt_value(v: f64, unit: &str) -> String {
     let n = if v.abs() >= 100.0 {
@@ -168,16 +169,18 @@ slope by least squares after the first 20 %.\n\
 pub enum Section {
     Containers,
     Connectors,
+    Dashboard,
 }
 
 impl Section {
     /// In the report's order (the last sections of it).
-    pub const ALL: [Section; 2] = [Section::Containers, Section::Connectors];
+    pub const ALL: [Section; 3] = [Section::Containers, Section::Connectors, Section::Dashboard];
 
     pub fn heading(self) -> &'static str {
         match self {
             Section::Containers => "## Container images",
             Section::Connectors => "## Event connectors",
+            Section::Dashboard => "## Dashboard",
         }
     }
 
@@ -185,6 +188,7 @@ impl Section {
         match self {
             Section::Containers => CONTAINER_PREFIX,
             Section::Connectors => CONNECTOR_PREFIX,
+            Section::Dashboard => DASHBOARD_PREFIX,
         }
     }
 
@@ -216,6 +220,7 @@ impl Section {
         md.push_str(match self {
             Section::Containers => CONTAINERS_HOW,
             Section::Connectors => CONNECTORS_HOW,
+            Section::Dashboard => DASHBOARD_HOW,
         });
         md
     }
@@ -256,6 +261,9 @@ back; baseline: the same function called over HTTP through fjord at c=10 in the 
 - **Cron jitter**: 10 functions on the schedule `* * * * * *` (every second) for ~11 s; each run's lateness \
 = the function's start stamp − the run's `X-Scheduled-Time`, read from the function's log lines; the first \
 100 runs.\n";
+
+/// The dashboard section's notes (its figures come from `--only ui`: a browser is needed).
+const DASHBOARD_HOW: &str = "- **Browser time to content**: 999 fork-mode `cat` functions at zero replicas (as in the footprint scenario) plus the bench's http function; chromedriver drives headless Chromium (`--headless=new`, 1280×1000) to the dashboard's port, signs in with the admin password, then loads `/ui/?load=N#/` six times (the first, which warms Chromium's caches, is not counted). The list marks `performance.mark('fjord:list-rendered')` when its first full table is in the page; the figure is that mark's time from navigation start.\n- **Server time**: each API call the list makes, alone, 20 times over one keep-alive connection on loopback (Basic auth), median; the sum is the row's value.\n- **10 open pages**: 10 clients doing what one function page does — follow the logs (`/system/logs?follow=true`, one streamed request each) and read the function and its history every 5 s, with the dashboard session's cookie on the dashboard's port, started 0.5 s apart — while the bench's load generator sends c=64 to the http function; three rounds of 10 s without, then 10 s with, the figure being the median of the rounds' ratios.\n- **Size**: the bytes of `crates/fjord-gateway/ui/` (every file is embedded, `include_bytes!`) against the release `fjord` binary.\n";
 
 /// `md` with `heading`'s section replaced by `section` (appended when it has none); the
 /// rest of the report is left as it is.
@@ -482,7 +490,8 @@ mod tests {
                 "## CPU use during each measurement (% of one core)",
                 "## How each figure is taken",
                 "## Container images",
-                "## Event connectors"
+                "## Event connectors",
+                "## Dashboard"
             ]
         );
     }

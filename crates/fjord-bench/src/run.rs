@@ -30,7 +30,7 @@ pub struct Options {
 }
 
 /// The scenarios `--only` runs alone.
-pub const ONLY: [&str; 7] = [
+pub const ONLY: [&str; 8] = [
     "async",
     "tls",
     "fork",
@@ -38,6 +38,7 @@ pub const ONLY: [&str; 7] = [
     "ab",
     "containers",
     "connectors",
+    "ui",
 ];
 
 pub async fn run(opts: Options) -> anyhow::Result<()> {
@@ -71,6 +72,22 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             started.elapsed(),
         );
     }
+    if opts.only.as_deref() == Some("ui") {
+        // A gateway of its own with 1,000 functions and a browser; its section is rewritten.
+        let started = Instant::now();
+        let (fjord, _) = start_idle(&opts).await?;
+        crate::scenarios::ui::run(&mut b, &fjord).await?;
+        fjord.stop().await?;
+        for f in &b.figures {
+            println!("{}", f.summary_line());
+        }
+        return crate::report::write_section(
+            &opts,
+            crate::report::Section::Dashboard,
+            &b.figures,
+            started.elapsed(),
+        );
+    }
     if let Some(only) = &opts.only {
         run_only(&mut b, only).await?;
         for f in &b.figures {
@@ -81,38 +98,42 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     let started = Instant::now();
     let (fjord, idle_rss_kb) = start_idle(&opts).await?;
 
-    eprintln!("[1/10] warm invoke, http mode");
+    eprintln!("[1/11] warm invoke, http mode");
     let http = warm_http::run(&mut b, &fjord, idle_rss_kb).await?;
-    eprintln!("[2/10] warm invoke, fork mode");
+    eprintln!("[2/11] warm invoke, fork mode");
     fork::run(&mut b, &fjord).await?;
-    eprintln!("[3/10] cold start per template (building the templates with `fjord up`)");
+    eprintln!("[3/11] cold start per template (building the templates with `fjord up`)");
     cold_start::run(&mut b, &fjord, http.best_rps).await?;
-    eprintln!("[4/10] scale-out 1 → 50");
+    eprintln!("[4/11] scale-out 1 → 50");
     scale::scale_out(&mut b, &fjord).await?;
     scale::autoscaler(&mut b, &fjord).await?;
-    eprintln!("[5/10] TLS: the same function through an HTTPS gateway");
+    eprintln!("[5/11] TLS: the same function through an HTTPS gateway");
     tls::run(&mut b, &fjord).await?;
     // Before the footprint step fills fjord with 1,000 functions.
     eprintln!(
-        "[6/10] soak {} s at c={}",
+        "[6/11] soak {} s at c={}",
         soak::secs(b.quick()),
         http.best_c
     );
     soak::run(&mut b, &fjord, &http).await?;
-    eprintln!("[7/10] footprint: 100 and 1,000 functions at zero");
+    eprintln!("[7/11] footprint: 100 and 1,000 functions at zero");
     footprint::run(&mut b, &fjord, idle_rss_kb, &http).await?;
     // Last, so its backlog does not weigh on the footprint figures.
-    eprintln!("[8/10] async: accept rate, drain rate, accept → start latency");
+    eprintln!("[8/11] async: accept rate, drain rate, accept → start latency");
     async_queue::run(&mut b, &fjord, Backend::Embedded).await?;
     fjord.stop().await?;
-    eprintln!("[8/10] async on NATS JetStream: the same figures");
+    eprintln!("[8/11] async on NATS JetStream: the same figures");
     async_queue::run_on_nats(&mut b).await?;
     eprintln!(
-        "[9/10] container images: pull, cold start, warm invoke, disk (a gateway of their own)"
+        "[9/11] container images: pull, cold start, warm invoke, disk (a gateway of their own)"
     );
     containers::run(&mut b).await?;
-    eprintln!("[10/10] event connectors: NATS, MQTT, cron (brokers and a gateway of their own)");
+    eprintln!("[10/11] event connectors: NATS, MQTT, cron (brokers and a gateway of their own)");
     crate::scenarios::connectors::run(&mut b).await?;
+    eprintln!("[11/11] dashboard: 1,000 functions in a browser, 10 open pages under load");
+    let (fjord, _) = start_idle(&opts).await?;
+    crate::scenarios::ui::run(&mut b, &fjord).await?;
+    fjord.stop().await?;
 
     let total = started.elapsed();
     eprintln!("done in {:.0} s", total.as_secs_f64());

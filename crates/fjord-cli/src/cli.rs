@@ -63,6 +63,7 @@ pub enum Command {
     /// Run the platform: gateway, runtime and state store
     #[command(
         after_help = "Examples:\n  fjord serve\n  fjord serve --listen 0.0.0.0:8080 --data-dir /var/lib/fjord\n  \
+fjord serve --listen 0.0.0.0:8080 --ui-listen 127.0.0.1:8081   # dashboard on loopback only\n  \
 RUST_LOG=debug fjord serve --log-format json"
     )]
     Serve(Box<ServeArgs>),
@@ -493,6 +494,17 @@ pub struct ServeArgs {
     /// Address to listen on (port 0 picks a free port, written to <data-dir>/gateway.addr)
     #[arg(long, default_value = "127.0.0.1:8080", env = "FJORD_LISTEN")]
     pub listen: SocketAddr,
+    /// Address of the web dashboard (/ui/) and its browser sessions, on its own port so that
+    /// functions' pages cannot reach it: `default` is the --listen address with port + 1 (a
+    /// free port, written to <data-dir>/ui.addr, when --listen's port is 0); `off` disables
+    /// the dashboard. Browsers opening /ui/ or / on --listen are redirected there
+    #[arg(
+        long,
+        default_value = "default",
+        env = "FJORD_UI_LISTEN",
+        value_name = "ADDR|default|off"
+    )]
+    pub ui_listen: fjord_gateway::UiListen,
     /// Where functions, bundles, logs and credentials are kept [default: /var/lib/fjord as root, else $XDG_DATA_HOME/fjord (~/.local/share/fjord)]
     #[arg(long, env = "FJORD_DATA_DIR")]
     pub data_dir: Option<PathBuf>,

@@ -38,6 +38,10 @@ pub struct Point {
     /// CPU used by the replicas (cores) since the previous sample, where the runtime
     /// measures it.
     pub cpu_cores: Option<f64>,
+    /// Memory used by the ready replicas now (bytes, their cgroups' usage), where the
+    /// runtime measures it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory_bytes: Option<u64>,
 }
 
 /// `GET /system/function/{name}/history`.
@@ -76,6 +80,7 @@ pub struct Gauges {
     pub ready: u64,
     pub desired: u64,
     pub cpu_ns: Option<u64>,
+    pub memory_bytes: Option<u64>,
 }
 
 /// Cumulative counters at the previous sample.
@@ -152,6 +157,7 @@ impl History {
                 (Some(a), Some(b)) => Some(b.saturating_sub(a) as f64 / 1e9 / secs),
                 _ => None,
             },
+            memory_bytes: gauges.memory_bytes,
         };
         if ring.points.len() == CAPACITY {
             ring.points.pop_front();
@@ -241,6 +247,7 @@ mod tests {
             ready,
             desired: ready,
             cpu_ns: None,
+            memory_bytes: None,
         }
     }
 
@@ -321,22 +328,28 @@ mod tests {
     }
 
     #[test]
-    fn cpu_is_a_rate_where_measured() {
+    fn cpu_is_a_rate_where_measured_and_memory_a_gauge() {
         let m = FunctionMetrics::new();
         let h = History::default();
-        let g = |ns| Gauges {
+        let g = |ns, mem| Gauges {
             ready: 1,
             desired: 1,
             cpu_ns: Some(ns),
+            memory_bytes: mem,
         };
-        h.sample(&m, g(1_000_000_000), 5_000);
-        h.sample(&m, g(3_500_000_000), 10_000);
+        h.sample(&m, g(1_000_000_000, Some(10 << 20)), 5_000);
+        h.sample(&m, g(3_500_000_000, Some(12 << 20)), 10_000);
+        h.sample(&m, g(3_500_000_000, None), 15_000);
+        let p = h.points();
+        assert_eq!(p[0].cpu_cores, None, "nothing to compare the first with");
+        assert!((p[1].cpu_cores.unwrap() - 0.5).abs() < 1e-9);
+        assert_eq!(p[0].memory_bytes, Some(10 << 20));
         assert_eq!(
-            h.points()[0].cpu_cores,
-            None,
-            "nothing to compare the first with"
+            p[1].memory_bytes,
+            Some(12 << 20),
+            "what it is now, not a rate"
         );
-        assert!((h.points()[1].cpu_cores.unwrap() - 0.5).abs() < 1e-9);
+        assert_eq!(p[2].memory_bytes, None);
     }
 
     #[test]

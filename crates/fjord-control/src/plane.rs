@@ -1257,6 +1257,7 @@ impl ControlPlane {
                 ready: s.available,
                 desired: s.desired,
                 cpu_ns: h.cpu_usage_ns(),
+                memory_bytes: h.memory_bytes(),
             };
             route.metrics.history.sample(&route.metrics, gauges, now_ms);
         }

@@ -62,6 +62,9 @@ pub struct CallbackPolicy {
     allow: Arc<[CallbackAllow]>,
     /// Known once the listening socket is bound (the port may have been 0).
     listening: Arc<OnceLock<SocketAddr>>,
+    /// The dashboard's listener (`--ui-listen`): the same API, so never a callback target
+    /// either.
+    dashboard: Arc<OnceLock<SocketAddr>>,
 }
 
 const OWN: &str = "this gateway's own listening address";
@@ -91,12 +94,18 @@ impl CallbackPolicy {
         Self {
             allow: allow.into(),
             listening: Arc::default(),
+            dashboard: Arc::default(),
         }
     }
 
     /// Records the address the gateway listens on, once bound.
     pub fn set_listening(&self, addr: SocketAddr) {
         let _ = self.listening.set(addr);
+    }
+
+    /// Records the dashboard listener's address, once bound.
+    pub fn set_dashboard(&self, addr: SocketAddr) {
+        let _ = self.dashboard.set(addr);
     }
 
     /// Whether the allow list names `host` (a host name from the URL).
@@ -134,9 +143,13 @@ impl CallbackPolicy {
     }
 
     fn is_own(&self, ip: IpAddr, port: u16) -> bool {
-        let Some(l) = self.listening.get() else {
-            return false;
-        };
+        [self.listening.get(), self.dashboard.get()]
+            .into_iter()
+            .flatten()
+            .any(|l| Self::is_at(l, ip, port))
+    }
+
+    fn is_at(l: &SocketAddr, ip: IpAddr, port: u16) -> bool {
         if l.port() != port {
             return false;
         }
@@ -319,6 +332,18 @@ mod tests {
         assert!(p.is_own("127.0.0.1".parse().unwrap(), 8080));
         assert!(!p.is_own("127.0.0.1".parse().unwrap(), 8081));
         assert!(!p.is_own("1.1.1.1".parse().unwrap(), 8080));
+    }
+
+    #[test]
+    fn the_dashboards_address_is_refused_too() {
+        let p = CallbackPolicy::new(vec![CallbackAllow::parse("127.0.0.0/8").unwrap()]);
+        p.set_listening(sa("127.0.0.1:8080"));
+        p.set_dashboard(sa("127.0.0.1:8081"));
+        for port in [8080, 8081] {
+            let r = p.check("x", sa(&format!("127.0.0.1:{port}"))).unwrap_err();
+            assert!(r.to_string().contains("itself"), "{r}");
+        }
+        assert_eq!(p.check("x", sa("127.0.0.1:8082")), Ok(()));
     }
 
     #[tokio::test]

@@ -35,8 +35,19 @@ pub async fn require_metrics(State(app): State<AppState>, req: Request, next: Ne
     }
 }
 
-/// Middleware for `/system/*`: authenticates, then checks the route's scope.
+/// Middleware for `/system/*` on the main listener: authenticates (Basic or Bearer; the
+/// dashboard's session cookie is not credentials here, where functions' pages share the
+/// origin), then checks the route's scope.
 pub async fn require(State(app): State<AppState>, req: Request, next: Next) -> Response {
+    check(&app, req, next, false).await
+}
+
+/// Middleware for `/system/*` on the dashboard's listener: the session cookie counts too.
+pub async fn require_session(State(app): State<AppState>, req: Request, next: Next) -> Response {
+    check(&app, req, next, true).await
+}
+
+async fn check(app: &AppState, req: Request, next: Next, cookies: bool) -> Response {
     let auth = &app.auth;
     if auth.basic.is_none() {
         return next.run(req).await;
@@ -45,14 +56,15 @@ pub async fn require(State(app): State<AppState>, req: Request, next: Next) -> R
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .map_or(IpAddr::from([0, 0, 0, 0]), |c| c.0.ip());
-    // The dashboard's session cookie counts as credentials when no Authorization header is
-    // sent (changes need its CSRF header too).
-    let cookie = match req
-        .headers()
-        .contains_key(axum::http::header::AUTHORIZATION)
+    // On the dashboard's listener the session cookie counts as credentials when no
+    // Authorization header is sent (changes need its CSRF header too).
+    let cookie = match cookies
+        && !req
+            .headers()
+            .contains_key(axum::http::header::AUTHORIZATION)
     {
-        false => crate::ui::session_cookie(req.headers()),
-        true => None,
+        true => crate::ui::session_cookie(req.headers()),
+        false => None,
     };
     let scope = if let Some(id) = cookie {
         match crate::ui::authenticate_cookie(&app.sessions, req.method(), req.headers(), id) {

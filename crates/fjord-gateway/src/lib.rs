@@ -53,6 +53,7 @@ pub use state::{
     MAX_HEADER_BYTES, NatsSettings, QueueBackend, ReplicaConnector,
 };
 pub use tls::{TlsError, TlsFiles};
+pub use ui::UiListen;
 
 /// Opens the async queue and starts its retention task: finished calls (done, dead,
 /// cancelled) are kept a day for `GET /system/async-calls`, then pruned.
@@ -200,6 +201,13 @@ pub enum StartError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error(
+        "cannot listen on {addr} for the dashboard: {source} (pick another address with --ui-listen, or --ui-listen off)"
+    )]
+    UiListen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("{0}")]
     Control(#[from] fjord_control::ControlError),
     #[error("async queue: {0}")]
@@ -224,9 +232,24 @@ pub enum StartError {
     },
 }
 
+/// Which listener a router serves.
+#[derive(Clone, Copy, Debug)]
+enum Listener {
+    /// Functions and the API; `/ui/…` redirects to the dashboard's port (`None`: off).
+    Main { ui_port: Option<u16> },
+    /// The dashboard: its pages, browser sessions, the API (session cookie accepted) and
+    /// functions for its invoke console, sandboxed.
+    Ui,
+}
+
 /// The router, built from [`routes::table`]: `/system` routes behind the auth middleware
 /// (which checks each route's scope from the same table), `/metrics` behind its own.
+#[cfg(test)]
 fn router(state: AppState) -> Router {
+    router_for(state, Listener::Main { ui_port: None })
+}
+
+fn router_for(state: AppState, listener: Listener) -> Router {
     let mut system = Router::new();
     let mut open = Router::new();
     for e in routes::table() {
@@ -244,17 +267,34 @@ fn router(state: AppState) -> Router {
             }
         }
     }
-    let system = system.route_layer(axum::middleware::from_fn_with_state(
-        state.clone(),
-        guard::require,
-    ));
-    Router::new()
+    let (system, dashboard) = match listener {
+        Listener::Main { ui_port } => (
+            system.route_layer(axum::middleware::from_fn_with_state(
+                state.clone(),
+                guard::require,
+            )),
+            ui::redirects(ui_port),
+        ),
+        Listener::Ui => (
+            system.route_layer(axum::middleware::from_fn_with_state(
+                state.clone(),
+                guard::require_session,
+            )),
+            ui::router(),
+        ),
+    };
+    let app = Router::new()
         .merge(system)
         .merge(open)
-        .merge(ui::router())
+        .merge(dashboard)
         .fallback(api::not_found)
-        .method_not_allowed_fallback(api::method_not_allowed)
-        .with_state(state)
+        .method_not_allowed_fallback(api::method_not_allowed);
+    // Only the dashboard's listener pays for the extra layer.
+    let app = match listener {
+        Listener::Main { .. } => app,
+        Listener::Ui => app.layer(axum::middleware::from_fn(ui::sandbox)),
+    };
+    app.with_state(state)
 }
 
 /// Each connection and each replica's pipes use descriptors: lift the soft limit to the
@@ -309,6 +349,7 @@ struct Worker {
     forks: Arc<conns::ForkLimits>,
     /// The dashboard's sessions, shared by every worker.
     sessions: Arc<ui::Sessions>,
+    listener: Listener,
 }
 
 impl Worker {
@@ -319,14 +360,24 @@ impl Worker {
         {
             Ok(rt) => rt,
             Err(source) => {
-                let _ = self.ready.send(Err(StartError::Listen {
-                    addr: self.bind,
-                    source,
-                }));
+                let _ = self.ready.send(Err(self.listen_error(source)));
                 return;
             }
         };
         rt.block_on(self.serve());
+    }
+
+    fn listen_error(&self, source: std::io::Error) -> StartError {
+        match self.listener {
+            Listener::Main { .. } => StartError::Listen {
+                addr: self.bind,
+                source,
+            },
+            Listener::Ui => StartError::UiListen {
+                addr: self.bind,
+                source,
+            },
+        }
     }
 
     fn listen(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
@@ -363,20 +414,14 @@ impl Worker {
         let listener = match Self::listen(self.bind) {
             Ok(l) => l,
             Err(source) => {
-                let _ = self.ready.send(Err(StartError::Listen {
-                    addr: self.bind,
-                    source,
-                }));
+                let _ = self.ready.send(Err(self.listen_error(source)));
                 return;
             }
         };
         let local = match listener.local_addr() {
             Ok(a) => a,
             Err(source) => {
-                let _ = self.ready.send(Err(StartError::Listen {
-                    addr: self.bind,
-                    source,
-                }));
+                let _ = self.ready.send(Err(self.listen_error(source)));
                 return;
             }
         };
@@ -391,7 +436,7 @@ impl Worker {
             forks: self.forks.clone(),
             sessions: self.sessions.clone(),
         };
-        let app = router(state);
+        let app = router_for(state, self.listener);
         let _ = self.ready.send(Ok(local));
 
         let http = Arc::new(self.connection_builder());
@@ -747,12 +792,32 @@ pub async fn serve(config: GatewayConfig, shutdown: CancellationToken) -> Result
             source,
         })?;
     }
+    let ui_bind = config.ui_listen.resolve(config.listen);
+    // SO_REUSEPORT would let both listeners share one port, each taking a random share of
+    // the connections.
+    if let Some(addr) = ui_bind
+        && addr.port() != 0
+        && addr.port() == config.listen.port()
+    {
+        return Err(StartError::UiListen {
+            addr,
+            source: std::io::Error::other("it is --listen's port; the dashboard needs its own"),
+        });
+    }
+    if let Some(addr) = ui_bind
+        && addr.port() != 0
+    {
+        std::net::TcpListener::bind(addr)
+            .map_err(|source| StartError::UiListen { addr, source })?;
+    }
     let config = Arc::new(config);
     let workers = config.workers.max(1);
     let max_connections = config
         .max_connections
         .unwrap_or_else(conns::default_max_connections);
-    let limits = conns::ConnLimits::new(workers, max_connections, config.max_connections_per_ip);
+    // One table per worker, the dashboard's included.
+    let limits =
+        conns::ConnLimits::new(workers + 1, max_connections, config.max_connections_per_ip);
     let forks = conns::ForkLimits::new(config.max_forks_per_function, config.max_forks_per_ip);
     tracing::info!(
         max_connections,
@@ -761,11 +826,57 @@ pub async fn serve(config: GatewayConfig, shutdown: CancellationToken) -> Result
     );
     let sessions = Arc::new(ui::Sessions::new());
     let (addr_tx, addr_rx) = std::sync::mpsc::channel::<Result<SocketAddr, StartError>>();
-    let mut threads = Vec::with_capacity(workers);
+    let mut threads = Vec::with_capacity(workers + 1);
+    // The dashboard first: the main listener's redirects need its port. One worker is
+    // plenty for a few browsers.
+    let ui_local = match ui_bind {
+        None => None,
+        Some(bind) => {
+            let worker = Worker {
+                bind,
+                control: control.clone(),
+                queue: queue.clone(),
+                dispatch: dispatch.clone(),
+                config: config.clone(),
+                auth: auth.clone(),
+                tls: tls.clone(),
+                shutdown: shutdown.clone(),
+                ready: addr_tx.clone(),
+                index: workers,
+                limits: limits.clone(),
+                forks: forks.clone(),
+                sessions: sessions.clone(),
+                listener: Listener::Ui,
+            };
+            let thread = std::thread::Builder::new()
+                .name("fjord-http-ui".into())
+                .spawn(move || worker.run())
+                .map_err(|source| StartError::UiListen { addr: bind, source })?;
+            threads.push(thread);
+            match addr_rx.recv() {
+                Ok(Ok(a)) => Some(a),
+                Ok(Err(e)) => {
+                    shutdown.cancel();
+                    return Err(e);
+                }
+                Err(_) => {
+                    shutdown.cancel();
+                    return Err(StartError::UiListen {
+                        addr: bind,
+                        source: std::io::Error::other("HTTP worker thread died"),
+                    });
+                }
+            }
+        }
+    };
+    let main = Listener::Main {
+        ui_port: ui_local.map(|a| a.port()),
+    };
     let mut bind_to = config.listen;
     let mut local = config.listen;
     for i in 0..workers {
         let worker = Worker {
+            listener: main,
             bind: bind_to,
             control: control.clone(),
             queue: queue.clone(),
@@ -805,11 +916,25 @@ pub async fn serve(config: GatewayConfig, shutdown: CancellationToken) -> Result
         };
         bind_to = local;
     }
-    // Callbacks are never sent to this gateway itself (unless allowed).
+    // Callbacks are never sent to this gateway itself (unless allowed), nor its dashboard.
     config.callback.set_listening(local);
-    // Lets scripts and tests that asked for port 0 find the gateway.
-    let _ = std::fs::write(data_dir.join("gateway.addr"), local.to_string());
+    if let Some(ui) = ui_local {
+        config.callback.set_dashboard(ui);
+    }
+    // Lets scripts and tests that asked for port 0 find the gateway (and, written first, its
+    // dashboard).
     let scheme = if tls.is_some() { "https" } else { "http" };
+    match ui_local {
+        Some(ui) => {
+            let _ = std::fs::write(data_dir.join("ui.addr"), ui.to_string());
+            tracing::info!(addr = %ui, "dashboard on {scheme}://{ui}/ui/ (its own port: functions' pages cannot reach it)");
+        }
+        None => {
+            let _ = std::fs::remove_file(data_dir.join("ui.addr"));
+            tracing::info!("no dashboard (--ui-listen off)");
+        }
+    }
+    let _ = std::fs::write(data_dir.join("gateway.addr"), local.to_string());
     tracing::info!(addr = %local, workers, data_dir = %data_dir.display(), "fjord serve listening on {scheme}://{local}");
     let tls_watch = tls.map(|t| tokio::spawn(t.watch(TLS_POLL)));
 
@@ -888,6 +1013,7 @@ pub async fn serve(config: GatewayConfig, shutdown: CancellationToken) -> Result
     }
     control.shutdown().await;
     let _ = std::fs::remove_file(data_dir.join("gateway.addr"));
+    let _ = std::fs::remove_file(data_dir.join("ui.addr"));
     tracing::info!("stopped");
     Ok(())
 }

@@ -104,6 +104,8 @@ use crate::{api, async_calls, bundles, invoke, logs, namespaces, secrets, tokens
             fjord_control::history::Point,
             fjord_control::history::FunctionSummary,
             crate::ui::SystemStatus,
+            crate::ui::ConnectorStatus,
+            crate::ui::DataDirPart,
         ),
         responses(Unauthorized),
     ),

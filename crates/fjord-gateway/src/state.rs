@@ -30,6 +30,8 @@ pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug, Clone)]
 pub struct GatewayConfig {
     pub listen: SocketAddr,
+    /// Where the dashboard listens (its own origin, apart from functions).
+    pub ui_listen: crate::ui::UiListen,
     pub data_dir: PathBuf,
     /// Basic auth on `/system/*`.
     pub auth: bool,
@@ -206,6 +208,7 @@ impl GatewayConfig {
     pub fn new(listen: SocketAddr, data_dir: PathBuf) -> Self {
         Self {
             listen,
+            ui_listen: crate::ui::UiListen::Default,
             data_dir,
             auth: true,
             shutdown_timeout: Duration::from_secs(10),

@@ -291,6 +291,11 @@ const ASSETS: &[(&str, &str, &[u8])] = &[
         include_bytes!("../ui/pages.js"),
     ),
     (
+        "sha256.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../ui/sha256.js"),
+    ),
+    (
         "vendor/uplot/uPlot.iife.min.js",
         "text/javascript; charset=utf-8",
         include_bytes!("../ui/vendor/uplot/uPlot.iife.min.js"),
@@ -336,19 +341,158 @@ fn see_other(to: &'static str) -> Response {
     (StatusCode::SEE_OTHER, [(header::LOCATION, to)]).into_response()
 }
 
-/// `GET /`: browsers (asking for HTML) go to the dashboard; API clients get the usual 404.
-pub async fn root(req: Request) -> Response {
-    let html = req
-        .headers()
+fn wants_html(req: &Request) -> bool {
+    req.headers()
         .get_all(header::ACCEPT)
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .any(|v| v.contains("text/html"));
-    if html {
+        .any(|v| v.contains("text/html"))
+}
+
+/// `GET /` on the dashboard's listener: browsers (asking for HTML) go to the dashboard; API
+/// clients get the usual 404.
+pub async fn root(req: Request) -> Response {
+    if wants_html(&req) {
         see_other("/ui/")
     } else {
         crate::api::not_found(req).await.into_response()
     }
+}
+
+/// Where `fjord serve --ui-listen` puts the dashboard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum UiListen {
+    /// The main address with port + 1 (a free port when the main one is 0).
+    #[default]
+    Default,
+    /// No dashboard.
+    Off,
+    Addr(SocketAddr),
+}
+
+impl std::str::FromStr for UiListen {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "off" => Ok(Self::Off),
+            "default" | "" => Ok(Self::Default),
+            _ => s.parse().map(Self::Addr).map_err(|e| {
+                format!("{e}: give an address (127.0.0.1:8081), `default` (the --listen port + 1) or `off`")
+            }),
+        }
+    }
+}
+
+impl UiListen {
+    /// The address to bind beside the main `listen` one, `None` when off.
+    pub fn resolve(self, listen: SocketAddr) -> Option<SocketAddr> {
+        match self {
+            Self::Off => None,
+            Self::Addr(a) => Some(a),
+            Self::Default => {
+                let port = match listen.port() {
+                    0 => 0,
+                    p => p.checked_add(1).unwrap_or(0),
+                };
+                Some(SocketAddr::new(listen.ip(), port))
+            }
+        }
+    }
+}
+
+/// The request's host as the browser named it (without its port), if it is a plain host
+/// name or address (nothing that could bend the redirect's URL).
+fn request_host(req: &Request) -> Option<String> {
+    let authority = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+        .or_else(|| req.uri().authority().map(|a| a.to_string()))?;
+    let host = match authority.strip_prefix('[') {
+        // [v6]:port
+        Some(rest) => format!("[{}]", rest.split(']').next()?),
+        None => authority.split(':').next()?.to_string(),
+    };
+    let ok = !host.is_empty()
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-.[]:".contains(&b));
+    ok.then_some(host)
+}
+
+/// The main listener's answer to `/ui/…` (and `/` from a browser): the same path on the
+/// dashboard's own listener (another port of the host the browser asked for, same scheme),
+/// or 404 with `--ui-listen off`.
+async fn to_dashboard(
+    State(app): State<AppState>,
+    axum::Extension(ui): axum::Extension<UiPort>,
+    req: Request,
+) -> Response {
+    let is_root = req.uri().path() == "/";
+    if is_root && !wants_html(&req) {
+        return crate::api::not_found(req).await.into_response();
+    }
+    let Some(port) = ui.0 else {
+        if is_root {
+            return crate::api::not_found(req).await.into_response();
+        }
+        return ApiError::NotFound(
+            "the dashboard is off on this server (fjord serve --ui-listen off)".into(),
+        )
+        .into_response();
+    };
+    let host = request_host(&req).unwrap_or_else(|| "localhost".into());
+    let scheme = if app.config.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let path = if is_root { "/ui/" } else { req.uri().path() };
+    let query = req.uri().query().map_or(String::new(), |q| format!("?{q}"));
+    let to = format!("{scheme}://{host}:{port}{path}{query}");
+    match HeaderValue::from_str(&to) {
+        Ok(v) => (StatusCode::SEE_OTHER, [(header::LOCATION, v)]).into_response(),
+        Err(_) => ApiError::BadRequest("cannot build the dashboard's URL".into()).into_response(),
+    }
+}
+
+/// The dashboard listener's port, known to the main listener's redirects.
+#[derive(Clone, Copy)]
+struct UiPort(Option<u16>);
+
+/// The main listener's dashboard routes: redirects to the dashboard's own listener (`port`;
+/// `None` with `--ui-listen off`). No sessions here: functions' pages share this origin.
+pub fn redirects(port: Option<u16>) -> axum::Router<AppState> {
+    use axum::routing::get;
+    axum::Router::new()
+        .route("/", get(to_dashboard))
+        .route("/ui", get(to_dashboard))
+        .route("/ui/", get(to_dashboard))
+        .route("/ui/{*file}", get(to_dashboard))
+        .layer(axum::Extension(UiPort(port)))
+}
+
+/// On the dashboard's listener, every response outside `/ui/` (functions answering the invoke
+/// console, the API) is a sandboxed document (`Content-Security-Policy: sandbox`, without
+/// `allow-same-origin`): a function's HTML opened there runs in an opaque origin, so its
+/// scripts cannot read the dashboard's pages, session or API with the admin's cookie.
+pub async fn sandbox(req: Request, next: axum::middleware::Next) -> Response {
+    let path = req.uri().path();
+    let dashboard = path == "/ui" || path.starts_with("/ui/");
+    let mut r = next.run(req).await;
+    if !dashboard {
+        let h = r.headers_mut();
+        h.insert(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static("sandbox"),
+        );
+        h.insert(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        );
+    }
+    r
 }
 
 /// What the dashboard learns about its session.
@@ -561,17 +705,96 @@ pub struct SystemStatus {
     /// Authentication on `/system` (off with `--auth=false`), HTTPS.
     pub auth: bool,
     pub tls: bool,
+    /// The NATS queue's server (without credentials), with `--queue nats://…`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub queue_url: Option<String>,
+    /// The triggers besides HTTP: `cron` (built in) and each broker connector (`--nats`,
+    /// `--mqtt`) with its connection state, as `/healthz` reports it.
+    pub connectors: Vec<ConnectorStatus>,
     /// The data dir's file system: size and free space.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub disk_total_bytes: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub disk_free_bytes: Option<u64>,
+    /// What the data dir holds: its top-level entries (bundles, images, logs, the state and
+    /// queue databases…) with their sizes, largest first (counted at most once a minute).
+    pub data_dir: String,
+    pub data_dir_bytes: u64,
+    pub data_dir_parts: Vec<DataDirPart>,
+}
+
+/// One connector on the System page.
+#[derive(Serialize, utoipa::ToSchema, Clone)]
+pub struct ConnectorStatus {
+    pub name: String,
+    /// `connected`, `disconnected, reconnecting`, or `built in` (cron).
+    pub state: String,
+}
+
+/// One top-level entry of the data dir and its size.
+#[derive(Serialize, utoipa::ToSchema, Clone)]
+pub struct DataDirPart {
+    pub name: String,
+    pub bytes: u64,
+}
+
+/// Files counted at most per data dir walk (a huge image store is reported as at least this).
+const WALK_LIMIT: usize = 200_000;
+
+/// The data dir's top-level entries and their sizes (allocated bytes), largest first.
+fn data_dir_usage(dir: &std::path::Path) -> Vec<DataDirPart> {
+    use std::os::unix::fs::MetadataExt;
+    fn size(p: &std::path::Path, budget: &mut usize) -> u64 {
+        let Ok(m) = std::fs::symlink_metadata(p) else {
+            return 0;
+        };
+        let mut total = m.blocks() * 512;
+        if m.is_dir() {
+            for e in std::fs::read_dir(p).into_iter().flatten().flatten() {
+                if *budget == 0 {
+                    break;
+                }
+                *budget -= 1;
+                total += size(&e.path(), budget);
+            }
+        }
+        total
+    }
+    let mut budget = WALK_LIMIT;
+    let mut parts: Vec<DataDirPart> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| DataDirPart {
+            name: e.file_name().to_string_lossy().into_owned(),
+            bytes: size(&e.path(), &mut budget),
+        })
+        .collect();
+    parts.sort_by(|a, b| b.bytes.cmp(&a.bytes).then_with(|| a.name.cmp(&b.name)));
+    parts
+}
+
+/// The last count of the data dir, and when.
+static USAGE: Mutex<Option<(Instant, Vec<DataDirPart>)>> = Mutex::new(None);
+
+async fn cached_data_dir_usage(dir: std::path::PathBuf) -> Vec<DataDirPart> {
+    const FRESH: Duration = Duration::from_secs(60);
+    if let Some((at, parts)) = USAGE.lock().unwrap_or_else(|p| p.into_inner()).as_ref()
+        && at.elapsed() < FRESH
+    {
+        return parts.clone();
+    }
+    let parts = tokio::task::spawn_blocking(move || data_dir_usage(&dir))
+        .await
+        .unwrap_or_default();
+    *USAGE.lock().unwrap_or_else(|p| p.into_inner()) = Some((Instant::now(), parts.clone()));
+    parts
 }
 
 #[utoipa::path(
     get, path = "/system/status", tag = "system",
     responses(
-        (status = 200, description = "The server: version, queue and its health, uptime, disk", body = SystemStatus),
+        (status = 200, description = "The server: version, queue and its health, connectors, uptime, disk and data dir usage", body = SystemStatus),
         (status = 401, response = crate::responses::Unauthorized),
     ),
     security(("basicAuth" = []))
@@ -583,6 +806,23 @@ pub async fn system_status(State(app): State<AppState>) -> axum::Json<SystemStat
         Err(e) => (false, Some(e.to_string()), 0),
     };
     let disk = nix::sys::statvfs::statvfs(&app.config.data_dir).ok();
+    let mut connectors = vec![ConnectorStatus {
+        name: "cron".into(),
+        state: "built in".into(),
+    }];
+    connectors.extend(
+        app.config
+            .connectors
+            .health
+            .report()
+            .lines()
+            .filter_map(|l| l.split_once(": "))
+            .map(|(name, state)| ConnectorStatus {
+                name: name.into(),
+                state: state.into(),
+            }),
+    );
+    let parts = cached_data_dir_usage(app.config.data_dir.clone()).await;
     axum::Json(SystemStatus {
         version: v.release,
         commit: v.sha,
@@ -595,6 +835,14 @@ pub async fn system_status(State(app): State<AppState>) -> axum::Json<SystemStat
         queue_healthy,
         queue_error,
         queued,
+        queue_url: match &app.config.queue {
+            crate::state::QueueBackend::Nats { url, .. } => Some(fjord_queue::redact_url(url)),
+            crate::state::QueueBackend::Embedded => None,
+        },
+        connectors,
+        data_dir: app.config.data_dir.display().to_string(),
+        data_dir_bytes: parts.iter().map(|p| p.bytes).sum(),
+        data_dir_parts: parts,
         uptime_seconds: STARTED.elapsed().as_secs(),
         auth: app.auth.basic.is_some(),
         tls: app.config.tls.is_some(),
@@ -605,8 +853,8 @@ pub async fn system_status(State(app): State<AppState>) -> axum::Json<SystemStat
     })
 }
 
-/// The dashboard's routes (outside the API's route table: they are not JSON API and the
-/// guard does not cover them; `/ui/session` checks credentials itself).
+/// The dashboard listener's own routes (outside the API's route table: they are not JSON API
+/// and the guard does not cover them; `/ui/session` checks credentials itself).
 pub fn router() -> axum::Router<AppState> {
     use axum::routing::get;
     std::sync::LazyLock::force(&STARTED);
@@ -725,6 +973,42 @@ mod tests {
         h.insert(header::COOKIE, HeaderValue::from_static("theirs=1"));
         strip_session_cookie(&mut h);
         assert_eq!(h[header::COOKIE], "theirs=1");
+    }
+
+    #[test]
+    fn the_dashboards_address_follows_the_main_one() {
+        let main: SocketAddr = "0.0.0.0:8080".parse().unwrap();
+        let ui = |s: &str| s.parse::<UiListen>().unwrap().resolve(main);
+        assert_eq!(ui("default"), Some("0.0.0.0:8081".parse().unwrap()));
+        assert_eq!(ui("off"), None);
+        assert_eq!(
+            ui("127.0.0.1:9000"),
+            Some("127.0.0.1:9000".parse().unwrap())
+        );
+        let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        assert_eq!(UiListen::Default.resolve(any), Some(any), "a free port");
+        assert!("nope".parse::<UiListen>().is_err());
+    }
+
+    #[test]
+    fn redirects_keep_the_host_the_browser_asked_for() {
+        let host = |h: &str| {
+            let req = Request::builder()
+                .uri("/ui/")
+                .header(header::HOST, h)
+                .body(axum::body::Body::empty())
+                .unwrap();
+            request_host(&req)
+        };
+        assert_eq!(host("fjord.example:8080").as_deref(), Some("fjord.example"));
+        assert_eq!(host("10.0.0.1").as_deref(), Some("10.0.0.1"));
+        assert_eq!(host("[::1]:8080").as_deref(), Some("[::1]"));
+        assert_eq!(
+            host("evil.example/x@y:1"),
+            None,
+            "nothing that bends the URL"
+        );
+        assert_eq!(host(""), None);
     }
 
     #[test]

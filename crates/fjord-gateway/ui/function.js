@@ -14,14 +14,23 @@ function changeButton(text, needs, attrs = {}) {
   return h('button', { type: 'button', ...attrs, disabled: !ok, title: ok ? undefined : `needs scope ${needs}`, dataset: { needs } }, text);
 }
 
+// Axis numbers: small values (a few thousandths of a core) keep two significant digits.
+function tick(v) {
+  return v !== 0 && Math.abs(v) < 1 ? String(Number(v.toPrecision(2))) : fmtNum(v, 1);
+}
+
 function chart(el, title, series, yLabel) {
   if (!window.uPlot) return null;
   const colors = ['#1b7f3b', '#2b6cb0', '#b7791f', '#c53030', '#6b46c1'];
   const opts = {
     title, width: Math.max(280, el.clientWidth || 320), height: 180,
     // Always the last 15 minutes, however few samples there are yet.
-    scales: { x: { time: true, range: () => { const now = Date.now() / 1000; return [now - 900, now]; } } },
-    axes: [{}, { label: yLabel }],
+    scales: {
+      x: { time: true, range: () => { const now = Date.now() / 1000; return [now - 900, now]; } },
+      // From zero: a flat line near a small value is not blown up into noise.
+      y: { range: (u, min, max) => [0, max > 0 ? max * 1.1 : 1] },
+    },
+    axes: [{}, { label: yLabel, size: 64, values: (u, splits) => splits.map(tick) }],
     series: [{}, ...series.map((label, i) => ({ label, stroke: colors[i % colors.length], width: 1.5, spanGaps: false, points: { show: true, size: 4 } }))],
   };
   return new window.uPlot(opts, [[], ...series.map(() => [])], el);
@@ -88,7 +97,7 @@ export function functionView(main, ns, name) {
 
   // Graphs.
   const graphs = h('div', { class: 'graphs' });
-  const boxes = [0, 1, 2, 3, 4].map(() => h('div', { class: 'graph' }));
+  const boxes = ['requests', 'latency', 'replicas', 'inflight', 'cpu', 'memory'].map((g) => h('div', { class: 'graph', id: `graph-${g}`, role: 'figure', 'aria-label': `${g} graph, last 15 minutes` }));
   graphs.append(...boxes);
 
   // Spec.
@@ -100,11 +109,16 @@ export function functionView(main, ns, name) {
   const query = h('input', { id: 'inv-query', placeholder: 'a=1&b=2', spellcheck: false });
   const headers = h('textarea', { id: 'inv-headers', rows: 2, placeholder: 'Content-Type: text/plain', spellcheck: false });
   const body = h('textarea', { id: 'inv-body', rows: 4, spellcheck: false });
+  // For functions with `com.fjord.auth: token`: sent as Authorization, kept in this page only.
+  const token = h('input', { id: 'inv-token', type: 'password', autocomplete: 'off', spellcheck: false, placeholder: 'fjord_…' });
+  const tokenField = field('Invoke token (com.fjord.auth: token)', token,
+    'Sent as Authorization: Bearer; never stored, gone when you leave the page.');
+  tokenField.hidden = true;
   const send = h('button', { type: 'submit', id: 'inv-send' }, 'Invoke');
   const out = h('div', { id: 'inv-out', class: 'inv-out', 'aria-live': 'polite' });
   const form = h('form', { class: 'console', id: 'invoke' },
     h('div', { class: 'row' }, field('Method', method), field('Path', path), field('Query', query)),
-    field('Headers (one per line)', headers), field('Body', body), send, out);
+    tokenField, field('Headers (one per line)', headers), field('Body', body), send, out);
   form.addEventListener('submit', async (e) => {
     e.preventDefault();
     const hs = new Headers();
@@ -119,6 +133,7 @@ export function functionView(main, ns, name) {
     const q = query.value.trim().replace(/^\?/, '');
     const url = `/function/${encodeURIComponent(name)}.${encodeURIComponent(ns)}${p === '/' ? '' : p}${q ? '?' + q : ''}`;
     const m = method.value;
+    if (token.value.trim()) hs.set('Authorization', `Bearer ${token.value.trim()}`);
     send.disabled = true;
     const t0 = performance.now();
     try {
@@ -137,7 +152,7 @@ export function functionView(main, ns, name) {
   });
 
   // Logs.
-  const logs = h('div', { id: 'logs', class: 'logs', role: 'log', 'aria-live': 'off', tabindex: 0 });
+  const logs = h('div', { id: 'logs', class: 'logs', role: 'log', 'aria-live': 'off', 'aria-label': 'Logs', tabindex: 0 });
   const logState = h('p', { class: 'muted', id: 'log-state' }, 'Connecting…');
 
   main.append(
@@ -156,6 +171,7 @@ export function functionView(main, ns, name) {
     chart(boxes[2], 'Replicas', ['ready', 'desired'], ''),
     chart(boxes[3], 'In flight', ['requests'], ''),
     chart(boxes[4], 'CPU', ['cores'], 'cores'),
+    chart(boxes[5], 'Memory', ['MiB'], 'MiB'),
   ];
 
   function renderSpec(f) {
@@ -193,6 +209,8 @@ export function functionView(main, ns, name) {
       status.className = `status-line status ${st.cls}`;
       status.textContent = `${st.text} · ${f.availableReplicas} of ${f.replicas} replicas ready · ${fmtNum(f.invocationCount, 0)} invocations`;
       if (first) replicas.value = Math.max(1, f.replicas);
+      const wantsToken = ((f.annotations || {})['com.fjord.auth'] || '') === 'token';
+      tokenField.hidden = !wantsToken && !token.value;
       renderSpec(f);
       const s = hist.samples;
       const t = s.map((p) => p.t / 1000);
@@ -202,9 +220,11 @@ export function functionView(main, ns, name) {
         [t, s.map((p) => p.ready), s.map((p) => p.desired)],
         [t, s.map((p) => p.inflight)],
         [t, s.map((p) => p.cpuCores)],
+        [t, s.map((p) => (p.memoryBytes === undefined || p.memoryBytes === null ? null : p.memoryBytes / 1048576))],
       ];
       charts.forEach((c, i) => c && c.setData(data[i]));
       graphs.dataset.samples = String(s.length);
+      graphs.dataset.memory = String(s.reduce((n, p) => Math.max(n, p.memoryBytes || 0), 0));
       graphs.dataset.requests = String(s.reduce((n, p) => n + p.rps2xx + p.rps3xx + p.rps4xx + p.rps5xx, 0));
     } catch (x) {
       if (stopped) return;

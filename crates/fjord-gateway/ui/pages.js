@@ -1,6 +1,7 @@
 // Deploy form, secrets, API tokens, async calls and the system page.
-import { api, can, session } from './api.js';
+import { api, can, session, request } from './api.js';
 import { h, clear, field, message, kvTable } from './dom.js';
+import { digestOf } from './sha256.js';
 
 function needs(scope, main) {
   if (can(scope)) return true;
@@ -20,9 +21,11 @@ function parseLines(text) {
 // Puts an API validation message next to the field it names (the API validates; the page
 // only places its message). First match wins.
 const FIELD_WORDS = [
+  [/annotation/i, 'd-annotations'],
   [/function name|service/i, 'd-name'],
   [/namespace/i, 'd-ns'],
   [/envProcess|fprocess|program|command/i, 'd-process'],
+  [/bundle upload|archive|manifest/i, 'd-bundle'],
   [/image|bundle|reference/i, 'd-image'],
   [/envVars|environment/i, 'd-env'],
   [/label/i, 'd-labels'],
@@ -45,28 +48,58 @@ export function deployView(main) {
   if (!needs('deploy', main)) return;
   const name = h('input', { id: 'd-name', required: true, spellcheck: false });
   const ns = h('input', { id: 'd-ns', value: 'openfaas-fn', spellcheck: false });
-  const image = h('input', { id: 'd-image', required: true, spellcheck: false });
+  const image = h('input', { id: 'd-image', spellcheck: false });
+  const bundle = h('input', { id: 'd-bundle', type: 'file', accept: '.tar.gz,.tgz,application/gzip' });
   const proc = h('input', { id: 'd-process', spellcheck: false });
   const env = h('textarea', { id: 'd-env', rows: 3, spellcheck: false });
   const labels = h('textarea', { id: 'd-labels', rows: 2, spellcheck: false });
+  const annotations = h('textarea', { id: 'd-annotations', rows: 2, spellcheck: false });
   const memory = h('input', { id: 'd-memory', placeholder: '128Mi', spellcheck: false });
   const msg = h('div');
   const form = h('form', { id: 'deploy', class: 'form' },
     field('Name', name), field('Namespace', ns),
     field('Image or bundle reference', image, 'A container image (registry/repo:tag) or a bundle uploaded with `fjord up`.'),
+    field('…or upload a bundle', bundle, 'A bundle.tar.gz from `fjord build`: uploaded, tagged NAME:latest and deployed.'),
     field('Command (envProcess)', proc, 'Runs the image as sandboxed processes; empty: the image entry point in a container.'),
     field('Environment (NAME=value per line)', env), field('Labels (key=value per line)', labels),
+    field('Annotations (key=value per line)', annotations, 'e.g. com.fjord.auth=token'),
     field('Memory limit', memory),
     h('button', { type: 'submit' }, 'Deploy'), msg);
   form.addEventListener('submit', async (e) => {
     e.preventDefault();
     message(msg, '');
+    for (const el of form.querySelectorAll('.field-error')) el.textContent = '';
     const body = { service: name.value.trim(), namespace: ns.value.trim() || undefined, image: image.value.trim() };
+    const file = bundle.files && bundle.files[0];
+    if (!file && !body.image) {
+      form.querySelector('#d-image-err').textContent = 'Give an image or bundle reference, or choose a bundle to upload.';
+      image.focus();
+      return;
+    }
     if (proc.value.trim()) body.envProcess = proc.value.trim();
     if (env.value.trim()) body.envVars = parseLines(env.value);
     if (labels.value.trim()) body.labels = parseLines(labels.value);
+    if (annotations.value.trim()) body.annotations = parseLines(annotations.value);
     if (memory.value.trim()) body.limits = { memory: memory.value.trim() };
     try {
+      if (file) {
+        // The bundle API addresses bundles by the sha256 of their bytes.
+        message(msg, `Uploading ${file.name}…`, 'muted');
+        const digest = `sha256:${await digestOf(file)}`;
+        const tag = `${body.service || 'bundle'}:latest`;
+        const r = await request('PUT', `/system/bundles/${digest}?tag=${encodeURIComponent(tag)}`,
+          { body: file, headers: { 'Content-Type': 'application/gzip' } });
+        if (!r.ok) {
+          const text = (await r.text()).trim();
+          form.querySelector('#d-bundle-err').textContent = `Bundle upload: ${text}`;
+          bundle.focus();
+          message(msg, '');
+          return;
+        }
+        body.image = tag;
+        image.value = tag;
+        message(msg, '');
+      }
       await api('POST', '/system/functions', body);
       location.hash = `#/fn/${encodeURIComponent(body.namespace || 'openfaas-fn')}/${encodeURIComponent(body.service)}`;
     } catch (x) {
@@ -81,18 +114,29 @@ export function secretsView(main) {
   if (!needs('deploy', main)) return;
   const list = h('div', { id: 'secrets' });
   const msg = h('div');
-  const ns = 'openfaas-fn';
+  const nsSelect = h('select', { id: 's-ns' });
+  let ns = sessionStorage.getItem('fjord.ns') || 'openfaas-fn';
+  (async () => {
+    let namespaces = ['openfaas-fn'];
+    try { namespaces = await api('GET', '/system/namespaces'); } catch { /* the default only */ }
+    if (!namespaces.includes(ns)) ns = namespaces[0] || 'openfaas-fn';
+    for (const n of namespaces) nsSelect.append(h('option', { value: n, selected: n === ns }, n));
+  })();
+  nsSelect.addEventListener('change', () => { ns = nsSelect.value; sessionStorage.setItem('fjord.ns', ns); load(); });
   async function load() {
     try {
+      const q = encodeURIComponent(ns);
       const [secrets, fns] = await Promise.all([
-        api('GET', `/system/secrets?namespace=${ns}`),
-        api('GET', `/system/functions?namespace=${ns}`),
+        api('GET', `/system/secrets?namespace=${q}`),
+        api('GET', `/system/functions?namespace=${q}`),
       ]);
+      message(msg, '');
       const users = (s) => fns.filter((f) => (f.secrets || []).includes(s.name)).map((f) => f.name).join(', ') || '–';
       clear(list).append(h('table', { class: 'list' },
-        h('thead', {}, h('tr', {}, ['Name', 'Used by', ''].map((c) => h('th', { scope: 'col' }, c)))),
+        h('caption', { class: 'muted' }, `Secrets in ${ns}`),
+        h('thead', {}, h('tr', {}, ['Name', 'Used by', 'Actions'].map((c) => h('th', { scope: 'col' }, c)))),
         h('tbody', {}, secrets.map((s) => {
-          const del = h('button', { type: 'button', class: 'danger', disabled: !can('admin'), dataset: { needs: 'admin' } }, 'Delete');
+          const del = h('button', { type: 'button', class: 'danger', disabled: !can('admin'), dataset: { needs: 'admin' }, 'aria-label': `Delete secret ${s.name}` }, 'Delete');
           del.addEventListener('click', async () => {
             try { await api('DELETE', '/system/secrets', { name: s.name, namespace: ns }); load(); } catch (x) { message(msg, x.message); }
           });
@@ -118,7 +162,7 @@ export function secretsView(main) {
       load();
     } catch (x) { message(msg, x.message); }
   });
-  main.append(list, msg, form);
+  main.append(h('div', { class: 'toolbar' }, field('Namespace', nsSelect)), list, msg, form);
   load();
 }
 
@@ -230,13 +274,16 @@ export function systemView(main) {
         version: `${st.version} (${st.commit})`,
         architecture: st.arch,
         runtimes: st.containers === 'off' ? 'processes' : `processes, containers (--containers ${st.containers})`,
-        queue: `${st.queue}: ${st.queueHealthy ? 'healthy' : `failing: ${st.queueError}`}`,
+        queue: `${st.queue}${st.queueUrl ? ` (${st.queueUrl})` : ''}: ${st.queueHealthy ? 'healthy' : `failing: ${st.queueError}`}`,
         'async calls waiting': st.queued,
         uptime: duration(st.uptimeSeconds),
         authentication: st.auth ? 'on' : 'OFF (--auth=false)',
         TLS: st.tls ? 'on' : 'off',
         'data dir disk': st.diskTotalBytes ? `${bytes(st.diskFreeBytes)} free of ${bytes(st.diskTotalBytes)}` : '–',
-      }, 'Server'));
+        'data dir': `${st.dataDir}: ${bytes(st.dataDirBytes)} used`,
+      }, 'Server'),
+      kvTable(Object.fromEntries((st.connectors || []).map((c) => [c.name, c.state])), 'Connectors'),
+      kvTable(Object.fromEntries((st.dataDirParts || []).map((p) => [p.name, bytes(p.bytes)])), 'Data dir usage'));
     } catch (x) { message(box, x.message); }
   }
   load();

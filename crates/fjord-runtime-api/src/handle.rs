@@ -51,6 +51,10 @@ pub trait InProcess: Send + Sync {
 pub trait CpuProbe: Send + Sync {
     /// CPU time the replica used so far (ns), when the runtime can tell.
     fn cpu_usage_ns(&self) -> Option<u64>;
+    /// Memory the replica uses now (bytes), when the runtime can tell (the dashboard's graph).
+    fn memory_bytes(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// Where requests for one ready replica go.
@@ -83,6 +87,11 @@ impl Endpoint {
     /// CPU time the replica used so far (ns), when the runtime can tell.
     pub fn cpu_usage_ns(&self) -> Option<u64> {
         self.probe.as_ref().and_then(|p| p.cpu_usage_ns())
+    }
+
+    /// Memory the replica uses now (bytes), when the runtime can tell.
+    pub fn memory_bytes(&self) -> Option<u64> {
+        self.probe.as_ref().and_then(|p| p.memory_bytes())
     }
 
     pub fn inflight(&self) -> usize {
@@ -254,6 +263,16 @@ impl FunctionHandle {
             }
         }
         total
+    }
+
+    /// Memory used now by the ready replicas, in bytes (`None` if the runtime cannot tell).
+    pub fn memory_bytes(&self) -> Option<u64> {
+        let serving = self.serving.load();
+        serving
+            .endpoints
+            .iter()
+            .filter_map(|e| e.memory_bytes())
+            .reduce(|a, b| a + b)
     }
 
     /// Picks the ready replica with the fewest requests in flight (ties broken round-robin,

@@ -254,6 +254,16 @@ impl Cgroup {
         }
     }
 
+    /// Memory the cgroup's processes use now (bytes, page cache included, as the limit counts
+    /// it).
+    pub fn memory_bytes(&self) -> Option<u64> {
+        let file = match self.version {
+            Version::V1 => "memory.usage_in_bytes",
+            Version::V2 => "memory.current",
+        };
+        self.read(file).and_then(|s| s.trim().parse().ok())
+    }
+
     /// Process ids in the cgroup.
     pub fn pids(&self) -> Vec<i32> {
         let mut pids: Vec<i32> = self

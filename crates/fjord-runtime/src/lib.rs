@@ -191,6 +191,9 @@ impl fjord_runtime_api::CpuProbe for replica::ReplicaEnv {
     fn cpu_usage_ns(&self) -> Option<u64> {
         self.cgroup.as_ref().and_then(|c| c.cpu_usage_ns())
     }
+    fn memory_bytes(&self) -> Option<u64> {
+        self.cgroup.as_ref().and_then(|c| c.memory_bytes())
+    }
 }
 
 /// A function's network namespace, made when its first replica starts and kept (no

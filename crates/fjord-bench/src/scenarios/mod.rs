@@ -12,6 +12,7 @@ pub mod scale;
 pub mod soak;
 pub mod templates;
 pub mod tls;
+pub mod ui;
 pub mod warm_http;
 
 use anyhow::Context;

@@ -23,6 +23,7 @@ pub fn run(a: ServeArgs) -> Result<(), CliError> {
     let mut config =
         fjord_gateway::GatewayConfig::new(a.listen, a.data_dir.unwrap_or_else(default_data_dir));
     config.auth = a.auth;
+    config.ui_listen = a.ui_listen;
     config.shutdown_timeout = Duration::from_secs(a.shutdown_timeout);
     config.rollout_timeout = Duration::from_secs(a.rollout_timeout);
     config.ready_timeout = Duration::from_secs(a.ready_timeout);

@@ -232,6 +232,9 @@ pub struct Server {
     pub dir: Arc<TestDir>,
     pub addr: String,
     pub base: String,
+    /// The dashboard's listener (`--ui-listen`, from `<data-dir>/ui.addr`): `scheme://host:port`,
+    /// empty with `--ui-listen off`.
+    pub ui_base: String,
     pub password: Option<String>,
     pub client: Client,
     pub log_path: PathBuf,
@@ -276,6 +279,7 @@ impl Server {
         let data_dir = dir.data_dir();
         let addr_file = data_dir.join("gateway.addr");
         let _ = fs::remove_file(&addr_file);
+        let _ = fs::remove_file(addr_file.with_file_name("ui.addr"));
         let seq = LOG_SEQ.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let log_path = dir.tmp.path().join(format!("fjord-{seq}.log"));
         let log = File::create(&log_path).expect("create server log");
@@ -301,6 +305,7 @@ impl Server {
             dir,
             addr: String::new(),
             base: String::new(),
+            ui_base: String::new(),
             password: None,
             client: client(),
             log_path,
@@ -335,13 +340,19 @@ impl Server {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        self.base = match &self.tls_ca {
+        let scheme = match &self.tls_ca {
             Some(ca) => {
                 self.client = client_trusting(ca);
-                format!("https://{}", self.addr)
+                "https"
             }
-            None => format!("http://{}", self.addr),
+            None => "http",
         };
+        self.base = format!("{scheme}://{}", self.addr);
+        // Written before gateway.addr.
+        let ui_file = addr_file.with_file_name("ui.addr");
+        self.ui_base = fs::read_to_string(ui_file)
+            .map(|a| format!("{scheme}://{}", a.trim()))
+            .unwrap_or_default();
         let deadline = Instant::now() + Duration::from_secs(20);
         let mut last = String::from("no answer");
         loop {
@@ -395,6 +406,17 @@ impl Server {
 
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.base, path)
+    }
+
+    /// A URL on the dashboard's listener.
+    pub fn ui_url(&self, path: &str) -> String {
+        assert!(!self.ui_base.is_empty(), "this server has no dashboard");
+        format!("{}{}", self.ui_base, path)
+    }
+
+    /// A request to the dashboard's listener, without credentials.
+    pub fn ui(&self, method: Method, path: &str) -> RequestBuilder {
+        self.client.request(method, self.ui_url(path))
     }
 
     /// A request with the admin credentials (if auth is on).
