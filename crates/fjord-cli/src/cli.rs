@@ -496,8 +496,9 @@ pub struct ServeArgs {
     pub listen: SocketAddr,
     /// Address of the web dashboard (/ui/) and its browser sessions, on its own port so that
     /// functions' pages cannot reach it: `default` is the --listen address with port + 1 (a
-    /// free port, written to <data-dir>/ui.addr, when --listen's port is 0); `off` disables
-    /// the dashboard. Browsers opening /ui/ or / on --listen are redirected there
+    /// free port when --listen's port is 0 or that one is taken; the address is always
+    /// written to <data-dir>/ui.addr); `off` disables the dashboard. Browsers opening /ui/ or
+    /// / on --listen are redirected there
     #[arg(
         long,
         default_value = "default",

@@ -734,6 +734,49 @@ async fn the_dashboard_listener_can_be_moved_or_turned_off() {
     );
 }
 
+/// The default dashboard port (--listen's + 1) taken by something else: the server still
+/// starts, with the dashboard on a free port it writes to ui.addr.
+#[tokio::test]
+async fn a_taken_default_dashboard_port_moves_the_dashboard_not_the_server() {
+    // A main port whose next one this test can hold.
+    let (port, _held) = loop {
+        let p = free_port();
+        if let Ok(l) = std::net::TcpListener::bind(("127.0.0.1", p + 1)) {
+            break (p, l);
+        }
+    };
+    let dir = TestDir::new();
+    let data = dir.data_dir();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_fjord"))
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .arg("--data-dir")
+        .arg(&data)
+        .args(["--tune-kernel=false", "--containers", "off"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("fjord serve");
+    let ui_addr = wait_until(READY_TIMEOUT, "ui.addr written", async || {
+        std::fs::read_to_string(data.join("ui.addr"))
+            .map(|s| s.trim().to_string())
+            .map_err(|e| e.to_string())
+    })
+    .await;
+    assert_ne!(ui_addr, format!("127.0.0.1:{}", port + 1));
+    let r = reqwest::get(format!("http://{ui_addr}/ui/"))
+        .await
+        .expect("dashboard");
+    assert_eq!(r.status(), StatusCode::OK);
+    let _ = child.kill().await;
+    let out = child.wait_with_output().await.expect("its output");
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        log.contains("default port") && log.contains("taken"),
+        "{log}"
+    );
+}
+
 /// Every form control of the page has a label (its own, `aria-label` or `aria-labelledby`)
 /// and every button a name.
 async fn assert_controls_labelled(c: &Client, page: &str) {

@@ -804,12 +804,19 @@ pub async fn serve(config: GatewayConfig, shutdown: CancellationToken) -> Result
             source: std::io::Error::other("it is --listen's port; the dashboard needs its own"),
         });
     }
-    if let Some(addr) = ui_bind
-        && addr.port() != 0
-    {
-        std::net::TcpListener::bind(addr)
-            .map_err(|source| StartError::UiListen { addr, source })?;
-    }
+    let ui_bind = match ui_bind {
+        Some(addr) if addr.port() != 0 => match std::net::TcpListener::bind(addr) {
+            Ok(_) => Some(addr),
+            // Only the default moves (a second server on the next port, say): an address
+            // the operator named must be that one.
+            Err(source) if config.ui_listen == UiListen::Default => {
+                tracing::warn!(%addr, error = %source, "the dashboard's default port (--listen's + 1) is taken: it is served on a free port instead, written to <data-dir>/ui.addr (choose one with --ui-listen)");
+                Some(SocketAddr::new(addr.ip(), 0))
+            }
+            Err(source) => return Err(StartError::UiListen { addr, source }),
+        },
+        other => other,
+    };
     let config = Arc::new(config);
     let workers = config.workers.max(1);
     let max_connections = config
