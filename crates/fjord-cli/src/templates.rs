@@ -18,6 +18,11 @@ pub enum BuildKind {
     Pip,
     Npm,
     Cargo,
+    /// No install step (gems are not fetched); `ruby -c` on every `.rb` file.
+    Ruby,
+    /// No install step (a `vendor/` from `composer install` is used as it is); `php -l` on
+    /// every `.php` file.
+    Php,
     None,
 }
 

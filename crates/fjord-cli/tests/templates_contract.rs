@@ -56,7 +56,18 @@ fn template(lang: &str) -> Template {
 #[test]
 fn every_template_has_a_valid_spec_and_skeleton() {
     let langs = templates::names();
-    assert_eq!(langs, ["bash", "node", "python3", "python3-http", "rust"]);
+    assert_eq!(
+        langs,
+        [
+            "bash",
+            "node",
+            "php",
+            "python3",
+            "python3-http",
+            "ruby",
+            "rust"
+        ]
+    );
     // The binary embeds the repository's templates/: the same set.
     let mut on_disk: Vec<String> = fs::read_dir(templates_dir())
         .unwrap()
@@ -729,7 +740,13 @@ async fn python3_http_bodies_large_and_chunked() {
 fn python3_http_protocol() {
     let b = py_http_bundle();
     let run = Running::start(&b, &[]);
+    assert_http_protocol(&run);
+}
 
+/// HTTP/1.1 as fjord's gateway and plain clients speak it, over raw connections. The handler
+/// answers `GET /json` with 201, echoes `POST /echo`, `/html` with `<p>hi</p>` and `/none` with
+/// an empty 200.
+fn assert_http_protocol(run: &Running) {
     // Keep-alive: two requests, one connection, in sequence.
     let mut raw = run.raw();
     raw.send(b"GET /json HTTP/1.1\r\nHost: x\r\n\r\n");
@@ -1399,4 +1416,288 @@ async fn rust_template_builds_and_serves() {
 #[test]
 fn rust_sigterm_drains_then_exits() {
     assert_sigterm_drains(&rust_bundle());
+}
+
+// --- ruby (ruby-http contract) ------------------------------------------------------------
+
+const RUBY_HANDLER: &str = r##"require 'json'
+require 'helper' # a sibling of handler.rb (function/ is on the load path)
+
+class Handler
+  def run(body, headers)
+    case headers['PATH_INFO']
+    when '/echo'
+      [body.read, { 'Content-Type' => 'application/octet-stream' }]
+    when '/json'
+      [JSON.generate({ a: 1 }), { 'content-type': 'application/json', 'X-Test': '1' }, 201]
+    when '/info'
+      info = {
+        method: headers['REQUEST_METHOD'], path: headers['PATH_INFO'],
+        query: headers['QUERY_STRING'], ct: headers['CONTENT_TYPE'],
+        custom: headers['HTTP_X_CUSTOM'], repeated: headers['HTTP_X_REP'],
+        missing: headers['HTTP_X_NOPE'], io: body.respond_to?(:read),
+        as_string: "#{body}", parsed: JSON.parse(body)['k'], helper: Helper::VALUE
+      }
+      [JSON.generate(info), { 'Content-Type' => 'application/json' }]
+    when '/html' then '<p>hi</p>'
+    when '/none' then [nil, nil, 200]
+    when '/array' then [['a', 1, 'b'], { 'Content-Type' => 'text/plain' }, '202']
+    when '/cookies' then ['x', { 'Set-Cookie' => ['a=1', 'b=2'] }, 202]
+    when '/boom' then raise ArgumentError, 'kaboom'
+    when '/bad-header' then ['x', { 'X-A' => "a\r\nInjected: 1" }]
+    when '/slow'
+      $stderr.puts 'slow started'
+      sleep 1
+      'slow done'
+    else [body.read, {}]
+    end
+  end
+end
+"##;
+
+fn ruby_bundle() -> Bundle {
+    Bundle::new(
+        "ruby",
+        &[
+            ("handler.rb", RUBY_HANDLER),
+            ("helper.rb", "module Helper\n  VALUE = 'sibling'\nend\n"),
+        ],
+    )
+}
+
+#[tokio::test]
+async fn ruby_skeleton_answers_like_upstream() {
+    let b = Bundle::new("ruby", &[]);
+    let run = Running::start(&b, &[]);
+    let c = client();
+    for path in ["/", "/any/path?x=1"] {
+        let (st, h, body) = get_text(&c, &run.url(path)).await;
+        assert_eq!(
+            (st.as_u16(), body.as_str()),
+            (200, "Hello world from the Ruby template")
+        );
+        assert_eq!(header(&h, "content-type"), "text/plain");
+    }
+    let r = c.post(run.url("/")).body("x").send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    // OPTIONS defaults to 204, as upstream's `options '/*'` route.
+    let r = c
+        .request(reqwest::Method::OPTIONS, run.url("/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    assert!(r.headers().get("content-type").is_none());
+}
+
+#[tokio::test]
+async fn ruby_request_and_response_contract() {
+    let b = ruby_bundle();
+    let run = Running::start(&b, &[]);
+    let c = client();
+
+    // The Rack environment and the body, as an IO and as a String.
+    let r = c
+        .put(run.url("/info?a=1&b=x%20y"))
+        .header("Content-Type", "application/json")
+        .header("X-Custom", "c")
+        .header("X-Rep", "1")
+        .header("X-Rep", "2")
+        .body(r#"{"k":"ünï"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.json::<Value>().await.unwrap(),
+        json!({
+            "method": "PUT", "path": "/info", "query": "a=1&b=x%20y",
+            "ct": "application/json", "custom": "c", "repeated": "1, 2", "missing": null,
+            "io": true, "as_string": r#"{"k":"ünï"}"#, "parsed": "ünï", "helper": "sibling",
+        })
+    );
+
+    // [body, headers, status]: symbol keys, a status as a string, Array bodies and values.
+    let r = c.get(run.url("/json")).send().await.unwrap();
+    assert_eq!(r.status(), 201);
+    assert_eq!(header(r.headers(), "content-type"), "application/json");
+    assert_eq!(header(r.headers(), "x-test"), "1");
+    assert_eq!(r.text().await.unwrap(), r#"{"a":1}"#);
+    let r = c.get(run.url("/array")).send().await.unwrap();
+    assert_eq!(r.status(), 202);
+    assert_eq!(r.text().await.unwrap(), "a1b");
+    let r = c.get(run.url("/cookies")).send().await.unwrap();
+    let cookies: Vec<_> = r
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_string())
+        .collect();
+    assert_eq!(cookies, ["a=1", "b=2"]);
+
+    // A lone body: Sinatra's default type; nil: an empty 200.
+    let (st, h, body) = get_text(&c, &run.url("/html")).await;
+    assert_eq!((st.as_u16(), body.as_str()), (200, "<p>hi</p>"));
+    assert_eq!(header(&h, "content-type"), "text/html;charset=utf-8");
+    let (st, _, body) = get_text(&c, &run.url("/none")).await;
+    assert_eq!((st.as_u16(), body.as_str()), (200, ""));
+
+    // An exception -> 500 without details, the error on stderr; the server lives on.
+    let (st, _, body) = get_text(&c, &run.url("/boom")).await;
+    assert_eq!(st, 500);
+    assert!(body.contains("Internal Server Error"), "{body}");
+    assert!(!body.contains("kaboom"), "no details to the caller: {body}");
+    let err = run.wait_stderr("kaboom");
+    assert!(
+        err.contains("ArgumentError") && err.contains("handler.rb"),
+        "{err}"
+    );
+    // A header value with CR/LF -> 500, nothing injected.
+    let r = c.get(run.url("/bad-header")).send().await.unwrap();
+    assert_eq!(r.status(), 500);
+    assert!(r.headers().get("injected").is_none());
+    let (st, _, _) = get_text(&c, &run.url("/html")).await;
+    assert_eq!(st, 200);
+}
+
+#[tokio::test]
+async fn ruby_bodies_large_and_chunked() {
+    let b = ruby_bundle();
+    let run = Running::start(&b, &[]);
+    let c = client();
+
+    let big: Vec<u8> = (0..1024 * 1024).map(|i| (i * 7 % 251) as u8).collect();
+    let h = assert_echoed(&c, &run, big.clone().into(), &big).await;
+    assert_eq!(header(&h, "content-type"), "application/octet-stream");
+    let (body, expected) = chunked(vec![
+        b"hello ".to_vec(),
+        vec![b'x'; 100_000],
+        b" bye".to_vec(),
+    ]);
+    assert_echoed(&c, &run, body, &expected).await;
+
+    let mut raw = run.raw();
+    raw.send(
+        b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n\
+          5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n\
+          GET /none HTTP/1.1\r\nHost: x\r\n\r\n",
+    );
+    let r = raw.response(false);
+    assert_eq!((r.status, r.body.as_slice()), (200, &b"hello world"[..]));
+    let r = raw.response(false);
+    assert_eq!((r.status, r.body.len()), (200, 0));
+}
+
+#[test]
+fn ruby_http_protocol() {
+    let b = ruby_bundle();
+    let run = Running::start(&b, &[]);
+    assert_http_protocol(&run);
+}
+
+#[test]
+fn ruby_sigterm_drains_then_exits() {
+    let b = ruby_bundle();
+    let r = assert_sigterm_drains(&b);
+    assert_eq!(r.header("connection"), Some("close"));
+    let mut run = Running::start(&b, &[]);
+    run.sigterm();
+    let st = run.wait_exit(EXIT_TIMEOUT);
+    assert!(st.success(), "{st}");
+    assert!(run.stdout().contains("listening"), "{}", run.stdout());
+}
+
+// --- php (php8 contract, fork) --------------------------------------------------------------
+
+#[test]
+fn php_stdin_to_stdout() {
+    // The skeleton echoes its input.
+    let b = Bundle::new("php", &[]);
+    let out = run_fork(&b, b"hello there", &[("Http_Method", "POST")]);
+    assert!(out.status.success(), "{}", out.stderr);
+    assert_eq!(out.stdout, b"hello there");
+
+    // Http_* metadata through getenv(); other App\ classes load from src/ (PSR-4).
+    let handler = r#"<?php
+
+declare(strict_types=1);
+
+namespace App;
+
+use App\Util\Greeter;
+
+class Handler
+{
+    public function handle(string $data): string
+    {
+        return sprintf(
+            "%s %s %s|%s|%s",
+            getenv('Http_Method'),
+            getenv('Http_Path'),
+            getenv('Http_Query'),
+            (new Greeter())->greet($data),
+            strlen($data)
+        );
+    }
+}
+"#;
+    let greeter = "<?php\nnamespace App\\Util;\nclass Greeter { public function greet(string $n): string { return \"hi $n\"; } }\n";
+    let b = Bundle::new(
+        "php",
+        &[
+            ("src/Handler.php", handler),
+            ("src/Util/Greeter.php", greeter),
+        ],
+    );
+    let env = [
+        ("Http_Method", "PUT"),
+        ("Http_Path", "/p"),
+        ("Http_Query", "a=1"),
+    ];
+    let out = run_fork(&b, "multi\nline ünï".as_bytes(), &env);
+    assert!(out.status.success(), "{}", out.stderr);
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap(),
+        "PUT /p a=1|hi multi\nline ünï|16"
+    );
+
+    // A vendor/autoload.php (`composer install`) is loaded when present.
+    let b = Bundle::new(
+        "php",
+        &[
+            (
+                "vendor/autoload.php",
+                "<?php\nspl_autoload_register(function ($c) { if ($c === 'Dep\\\\Lib') { eval('namespace Dep; class Lib { const V = \"vendored\"; }'); } });\n",
+            ),
+            (
+                "src/Handler.php",
+                "<?php\nnamespace App;\nclass Handler { public function handle($d) { return \\Dep\\Lib::V; } }\n",
+            ),
+        ],
+    );
+    let out = run_fork(&b, b"", &[]);
+    assert!(out.status.success(), "{}", out.stderr);
+    assert_eq!(out.stdout, b"vendored");
+
+    // An uncaught exception: non-zero exit (fjord turns it into a 500), the message on stderr
+    // and nothing of it in the response body.
+    let b = Bundle::new(
+        "php",
+        &[(
+            "src/Handler.php",
+            "<?php\nnamespace App;\nclass Handler { public function handle($d) { throw new \\RuntimeException('nope'); } }\n",
+        )],
+    );
+    let out = run_fork(&b, b"x", &[]);
+    assert!(!out.status.success());
+    assert!(
+        out.stderr.contains("RuntimeException: nope"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stdout.is_empty(),
+        "{:?}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 }
