@@ -252,12 +252,14 @@ fn mtime(p: &Path) -> std::time::SystemTime {
 // ------------------------------------------------------------------------- 1. templates
 
 /// The skeleton handlers' answers (templates/*/function) to the body "fjord".
-const TEMPLATE_CASES: [(&str, &str, &str); 5] = [
+const TEMPLATE_CASES: [(&str, &str, &str); 7] = [
     ("python3-http", "t-py-http", "Hello from OpenFaaS!"),
     ("python3", "t-py-classic", "fjord"),
     ("node", "t-node", r#"{"status":"done"}"#),
     ("rust", "t-rust", "Hello, fjord!"),
     ("bash", "t-bash", "Hello, fjord"),
+    ("ruby", "t-ruby", "Hello world from the Ruby template"),
+    ("php", "t-php", "fjord"),
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -301,6 +303,8 @@ async fn every_template_from_new_to_a_live_function() {
     assert!(p.path("t-node/handler.js").is_file());
     assert!(p.path("t-rust/src/lib.rs").is_file());
     assert!(p.path("t-bash/handler.sh").is_file());
+    assert!(p.path("t-ruby/handler.rb").is_file());
+    assert!(p.path("t-php/src/Handler.php").is_file());
 
     let up = p
         .run_in(&["up", "--parallel", "2"], BUILD)
@@ -376,7 +380,7 @@ async fn every_template_from_new_to_a_live_function() {
             "{}",
             d.show()
         );
-        let mode = if ["python3", "bash"].contains(lang) {
+        let mode = if ["python3", "bash", "php"].contains(lang) {
             "fork"
         } else {
             "http"
@@ -426,7 +430,15 @@ async fn new_refuses_existing_folders_and_unknown_templates() {
     langs.sort();
     assert_eq!(
         langs,
-        ["bash", "node", "python3", "python3-http", "rust"],
+        [
+            "bash",
+            "node",
+            "php",
+            "python3",
+            "python3-http",
+            "ruby",
+            "rust"
+        ],
         "{}",
         out.show()
     );
@@ -437,7 +449,15 @@ async fn new_refuses_existing_folders_and_unknown_templates() {
         .await
         .code(2, "fjord new --lang cobol");
     assert!(out.stderr.contains("cobol"), "{}", out.show());
-    for lang in ["bash", "node", "python3", "python3-http", "rust"] {
+    for lang in [
+        "bash",
+        "node",
+        "php",
+        "python3",
+        "python3-http",
+        "ruby",
+        "rust",
+    ] {
         assert!(
             out.stderr.contains(lang),
             "the error should list {lang}:\n{}",
@@ -1061,6 +1081,83 @@ async fn failing_builds_name_the_function_step_and_output() {
         "the error should name the function and the missing binary:\n{}",
         out.show()
     );
+}
+
+#[tokio::test]
+async fn ruby_and_php_syntax_errors_fail_the_build_at_the_users_line() {
+    let p = Project::offline();
+    p.run(&["new", "broken-rb", "--lang", "ruby"])
+        .await
+        .ok("fjord new broken-rb");
+    p.write(
+        "broken-rb/handler.rb",
+        "class Handler\n  def run(body, headers)\n    x = 1 2\n  end\nend\n",
+    );
+    p.run(&[
+        "new",
+        "broken-php",
+        "--lang",
+        "php",
+        "--append",
+        "stack.yml",
+    ])
+    .await
+    .ok("fjord new broken-php");
+    p.write(
+        "broken-php/src/Handler.php",
+        "<?php\nnamespace App;\nclass Handler {\n    public function handle($data) {\n        return $data\n    }\n}\n",
+    );
+    for (name, step, place) in [
+        ("broken-rb", "ruby syntax check", "broken-rb/handler.rb:3"),
+        (
+            "broken-php",
+            "php syntax check",
+            "broken-php/src/Handler.php on line 6",
+        ),
+    ] {
+        let out = p.run_in(&["build", "--filter", name], BUILD).await;
+        assert!(
+            out.code.is_some_and(|c| c != 0),
+            "a syntax error must fail the build:\n{}",
+            out.show()
+        );
+        assert!(
+            out.stderr.contains(name) && out.stderr.contains(step),
+            "the error should name the function and the step:\n{}",
+            out.show()
+        );
+        assert!(
+            out.stderr.contains(place) && out.stderr.contains("syntax error"),
+            "the error should point at the user's file and line:\n{}",
+            out.show()
+        );
+        assert!(!out.stderr.contains("context/function"), "{}", out.show());
+        assert!(!p.path(&format!("build/{name}/bundle.tar.gz")).exists());
+    }
+
+    // No interpreter on the PATH: the error names the package to install.
+    p.write(
+        "broken-rb/handler.rb",
+        "class Handler\n  def run(body, headers)\n    'ok'\n  end\nend\n",
+    );
+    let empty = p.path("empty-path");
+    fs::create_dir_all(&empty).unwrap();
+    let out = p
+        .run_with(&["build", "--filter", "broken-rb"], b"", BUILD, |c| {
+            c.env("PATH", &empty);
+        })
+        .await;
+    assert!(out.code.is_some_and(|c| c != 0), "{}", out.show());
+    assert!(
+        out.stderr.contains("install the ruby package"),
+        "the error should say which package to install:\n{}",
+        out.show()
+    );
+    // With it, the fixed handler builds.
+    p.run_in(&["build", "--filter", "broken-rb"], BUILD)
+        .await
+        .ok("fjord build of the fixed ruby handler");
+    assert!(p.path("build/broken-rb/bundle.tar.gz").exists());
 }
 
 // ---------------------------------------------------------------------- 6. CLI error paths
