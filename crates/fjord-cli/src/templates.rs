@@ -68,7 +68,12 @@ pub fn names() -> Vec<String> {
     v
 }
 
-/// Finds a template: `<stack_dir>/template/<lang>` first, then the shipped ones.
+/// Upstream OpenFaaS template names whose contract a shipped template implements under
+/// fjord's shorter name, so existing stack.yml files (`lang: ruby-http`) build unchanged.
+const ALIASES: [(&str, &str); 2] = [("ruby-http", "ruby"), ("php8", "php")];
+
+/// Finds a template: `<stack_dir>/template/<lang>` first, then the shipped ones (by name or
+/// by the upstream name they stand for).
 pub fn find(lang: &str, stack_dir: &Path) -> Result<Template, CliError> {
     let local = stack_dir.join("template").join(lang);
     if local.join("template.yml").is_file() {
@@ -78,6 +83,10 @@ pub fn find(lang: &str, stack_dir: &Path) -> Result<Template, CliError> {
             source: Source::Local(local),
         });
     }
+    let lang = ALIASES
+        .iter()
+        .find(|(upstream, _)| *upstream == lang)
+        .map_or(lang, |(_, shipped)| *shipped);
     let dir = EMBEDDED
         .get_dir(lang)
         .filter(|d| d.get_file(Path::new(lang).join("template.yml")).is_some());

@@ -91,6 +91,19 @@ fn every_template_has_a_valid_spec_and_skeleton() {
     }
 }
 
+#[test]
+fn upstream_template_names_find_the_shipped_templates() {
+    // A faas-cli stack.yml names OpenFaaS's templates; the ones fjord ships under a shorter
+    // name are found by the upstream name too.
+    for (upstream, shipped) in [("ruby-http", "ruby"), ("php8", "php")] {
+        let t = templates::find(upstream, Path::new("/nonexistent-stack-dir"))
+            .unwrap_or_else(|e| panic!("{upstream}: {e}"));
+        assert_eq!(t.spec.language, shipped, "{upstream}");
+    }
+    // Not a general fallback: unknown names are still refused.
+    assert!(templates::find("ruby-nope", Path::new("/nonexistent-stack-dir")).is_err());
+}
+
 // --- bundles ---------------------------------------------------------------------------
 
 fn write_file(path: &Path, content: &[u8]) {
