@@ -33,6 +33,15 @@ require 'stringio'
 # The handler's folder is on the load path (after the standard library), so `require
 # 'helper'` finds function/helper.rb; require_relative works too.
 $LOAD_PATH.push(File.join(__dir__, 'function'))
+# Gems vendored with `bundle install --standalone` (bundler's path vendor/bundle): its
+# setup.rb puts their lib folders on the load path without RubyGems.
+%w[vendor/bundle bundle].each do |dir|
+  setup = File.join(__dir__, 'function', dir, 'bundler', 'setup.rb')
+  if File.file?(setup)
+    require setup
+    break
+  end
+end
 require_relative 'function/handler'
 
 module FjordHttp

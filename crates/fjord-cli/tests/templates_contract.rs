@@ -1479,6 +1479,31 @@ fn ruby_bundle() -> Bundle {
 }
 
 #[tokio::test]
+async fn ruby_loads_standalone_bundled_gems() {
+    // What `bundle install --standalone` leaves in vendor/bundle: a setup.rb that puts each
+    // gem's lib folder on the load path (no RubyGems at run time).
+    let setup = "path = File.expand_path('../ruby/3.1.0/gems/fakegem-1.0/lib', __dir__)\n\
+                 $LOAD_PATH.unshift(path)\n";
+    let b = Bundle::new(
+        "ruby",
+        &[
+            ("vendor/bundle/bundler/setup.rb", setup),
+            (
+                "vendor/bundle/ruby/3.1.0/gems/fakegem-1.0/lib/fakegem.rb",
+                "module Fakegem\n  VALUE = 'from a vendored gem'\nend\n",
+            ),
+            (
+                "handler.rb",
+                "require 'fakegem'\nclass Handler\n  def run(body, headers)\n    Fakegem::VALUE\n  end\nend\n",
+            ),
+        ],
+    );
+    let run = Running::start(&b, &[]);
+    let (st, _, body) = get_text(&client(), &run.url("/")).await;
+    assert_eq!((st.as_u16(), body.as_str()), (200, "from a vendored gem"));
+}
+
+#[tokio::test]
 async fn ruby_skeleton_answers_like_upstream() {
     let b = Bundle::new("ruby", &[]);
     let run = Running::start(&b, &[]);
