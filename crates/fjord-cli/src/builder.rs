@@ -157,6 +157,46 @@ fn syntax_check(
     Ok(())
 }
 
+/// A warning when the handler's Gemfile lists gems that were not vendored (fjord does not
+/// fetch gems, and they would be missing at the first request).
+fn unvendored_gems(handler: &Path) -> Option<String> {
+    let gemfile = std::fs::read_to_string(handler.join("Gemfile")).ok()?;
+    let lists_gems = gemfile.lines().any(|l| {
+        let l = l.trim_start();
+        l.starts_with("gem ") || l.starts_with("gem(")
+    });
+    let vendored = ["vendor/bundle", "bundle"]
+        .iter()
+        .any(|d| handler.join(d).join("bundler/setup.rb").is_file());
+    (lists_gems && !vendored).then(|| {
+        "warning: the Gemfile lists gems but they are not vendored (no vendor/bundle/bundler/setup.rb): \
+         run `bundle install --standalone` with path vendor/bundle where rubygems.org is reachable \
+         (docs/templates.md)"
+            .to_string()
+    })
+}
+
+/// A warning when composer.json requires packages (not just `php` or `ext-*`) and there is no
+/// `vendor/autoload.php` (fjord does not run Composer).
+fn unvendored_composer_packages(handler: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(handler.join("composer.json")).ok()?;
+    let json: serde_json::Value = serde_json::from_str(&text).ok()?;
+    let packages: Vec<&str> = json
+        .get("require")?
+        .as_object()?
+        .keys()
+        .map(String::as_str)
+        .filter(|k| *k != "php" && !k.starts_with("ext-"))
+        .collect();
+    (!packages.is_empty() && !handler.join("vendor/autoload.php").is_file()).then(|| {
+        format!(
+            "warning: composer.json requires {} but there is no vendor/autoload.php: run \
+             `composer install --no-dev` where Packagist is reachable (docs/templates.md)",
+            packages.join(", ")
+        )
+    })
+}
+
 /// Builds one function of a stack. A failing step's output names the user's files, not
 /// their copies in the build context (`build/<name>/context/function/...`).
 pub fn build(
@@ -390,10 +430,16 @@ fn build_in_context(
                 &["--disable-gems", "-c"],
                 "ruby",
             )?;
+            if let Some(w) = unvendored_gems(&ctx.join("function")) {
+                progress(&w);
+            }
         }
         BuildKind::Php => {
             progress("php syntax check");
             syntax_check(&f.name, &ctx, "php", "php", &["-l"], "php-cli")?;
+            if let Some(w) = unvendored_composer_packages(&ctx.join("function")) {
+                progress(&w);
+            }
         }
         BuildKind::None => {}
     }

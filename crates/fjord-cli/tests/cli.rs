@@ -1153,11 +1153,35 @@ async fn ruby_and_php_syntax_errors_fail_the_build_at_the_users_line() {
         "the error should say which package to install:\n{}",
         out.show()
     );
-    // With it, the fixed handler builds.
-    p.run_in(&["build", "--filter", "broken-rb"], BUILD)
+    // With it, the fixed handler builds; gems or Composer packages that were not vendored
+    // are named (fjord fetches neither).
+    p.write(
+        "broken-rb/Gemfile",
+        "source 'https://rubygems.org'\ngem 'sinatra'\n",
+    );
+    p.write(
+        "broken-php/src/Handler.php",
+        "<?php\nnamespace App;\nclass Handler { public function handle($d) { return $d; } }\n",
+    );
+    p.write(
+        "broken-php/composer.json",
+        r#"{"require": {"php": ">=8.0", "ext-json": "*", "monolog/monolog": "^3"}}"#,
+    );
+    let out = p
+        .run_in(&["build"], BUILD)
         .await
-        .ok("fjord build of the fixed ruby handler");
+        .ok("fjord build of the fixed handlers");
     assert!(p.path("build/broken-rb/bundle.tar.gz").exists());
+    assert!(p.path("build/broken-php/bundle.tar.gz").exists());
+    assert!(
+        out.stderr
+            .contains("Gemfile lists gems but they are not vendored")
+            && out
+                .stderr
+                .contains("composer.json requires monolog/monolog but"),
+        "{}",
+        out.show()
+    );
 }
 
 // ---------------------------------------------------------------------- 6. CLI error paths
