@@ -573,6 +573,29 @@ fn worker(annotations: Value) -> Value {
     })
 }
 
+/// How many of the worker's log lines contain `what` (`RUN <body>` per call).
+async fn worker_runs(s: &Server, what: &str) -> usize {
+    s.logs("name=worker&tail=10000")
+        .await
+        .iter()
+        .filter(|l| l["text"].as_str().is_some_and(|t| t.contains(what)))
+        .count()
+}
+
+/// The calls of the failing message once at least three are logged (the log lines trail
+/// the dead letter by a moment).
+async fn three_attempts_of_fail(s: &Server) -> usize {
+    wait_until(
+        Duration::from_secs(20),
+        "three attempts logged",
+        async || {
+            let n = worker_runs(s, "RUN fail").await;
+            if n >= 3 { Ok(n) } else { Err(n.to_string()) }
+        },
+    )
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jetstream_subjects_ack_after_success_retry_dead_letter_and_survive_kill_9() {
     use async_nats::jetstream;
@@ -713,26 +736,14 @@ async fn jetstream_subjects_ack_after_success_retry_dead_letter_and_survive_kill
         Some("1")
     );
     // The log lines and the board may trail the dead letter by a moment.
-    let tries = wait_until(
-        Duration::from_secs(20),
-        "three attempts logged",
-        async || {
-            let n = s
-                .logs("name=worker&tail=10000")
-                .await
-                .iter()
-                .filter(|l| l["text"].as_str().is_some_and(|t| t.contains("RUN fail")))
-                .count();
-            if n >= 3 { Ok(n) } else { Err(n.to_string()) }
-        },
-    )
-    .await;
-    assert_eq!(tries, 3, "attempts of the failing message");
-    assert!(
-        !s.logs("name=worker&tail=10000")
-            .await
-            .iter()
-            .any(|l| l["text"].as_str().is_some_and(|t| t.contains("RUN big"))),
+    assert_eq!(
+        three_attempts_of_fail(&s).await,
+        3,
+        "attempts of the failing message"
+    );
+    assert_eq!(
+        worker_runs(&s, "RUN big").await,
+        0,
         "the function was called with the too-large message"
     );
     let t = wait_until(
@@ -955,21 +966,11 @@ async fn mqtt_qos1_acks_after_success_retries_dead_letters_and_survives_kill_9()
         );
     }
     assert_eq!(dead, vec!["fail".to_string()]);
-    let tries = wait_until(
-        Duration::from_secs(20),
-        "three attempts logged",
-        async || {
-            let n = s
-                .logs("name=worker&tail=10000")
-                .await
-                .iter()
-                .filter(|l| l["text"].as_str().is_some_and(|t| t.contains("RUN fail")))
-                .count();
-            if n >= 3 { Ok(n) } else { Err(n.to_string()) }
-        },
-    )
-    .await;
-    assert_eq!(tries, 3, "attempts of the failing message");
+    assert_eq!(
+        three_attempts_of_fail(&s).await,
+        3,
+        "attempts of the failing message"
+    );
     let f = s.get_function("worker").await.expect("deployed");
     let t = trigger(&f, "mqtt").expect("an mqtt trigger");
     assert_eq!(t["source"], "sensors/+/temp");

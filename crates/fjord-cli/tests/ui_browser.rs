@@ -97,6 +97,19 @@ async fn wait_text(c: &Client, css: &str, needle: &str) -> String {
     .await
 }
 
+/// Waits until neither the element `css` nor any element around it is hidden.
+async fn wait_shown(c: &Client, css: &str) {
+    let script = format!("return !document.querySelector('{css}').closest('[hidden]');");
+    wait_until(BOUND, &format!("{css} shows"), async || {
+        if js(c, &script).await == json!(true) {
+            Ok(())
+        } else {
+            Err("hidden".to_string())
+        }
+    })
+    .await
+}
+
 async fn set_value(c: &Client, css: &str, value: &str) {
     let e = c.find(Locator::Css(css)).await.expect(css);
     e.clear().await.expect("clear");
@@ -323,15 +336,7 @@ async fn the_dashboard_works_in_a_real_browser() {
 
     // Deleting needs a confirmation.
     click(&c, "#delete").await;
-    wait_until(BOUND, "the confirmation shows", async || {
-        js(
-            &c,
-            "return !document.querySelector('#confirm-delete').hidden;",
-        )
-        .await
-            == json!(true)
-    })
-    .await;
+    wait_shown(&c, "#confirm-delete").await;
     click(&c, "#confirm-delete-no").await;
     assert!(s.get_function("xss").await.is_some());
     click(&c, "#delete").await;
@@ -907,15 +912,7 @@ async fn forms_tokens_namespaces_and_system_in_a_real_browser() {
         .await
         .unwrap();
     wait_text(&c, "#fn-status", "ready").await;
-    wait_until(BOUND, "the token field shows", async || {
-        js(
-            &c,
-            "return !document.querySelector('#inv-token').closest('.field').hidden;",
-        )
-        .await
-            == json!(true)
-    })
-    .await;
+    wait_shown(&c, "#inv-token").await;
     assert_controls_labelled(&c, "function").await;
     assert_contrast(&c, "function").await;
     click(&c, "#inv-send").await;

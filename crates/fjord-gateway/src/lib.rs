@@ -333,6 +333,7 @@ const TLS_POLL: Duration = Duration::from_secs(2);
 /// One HTTP worker: a thread with its own single-threaded runtime, listening socket
 /// (SO_REUSEPORT) and connection pools, like one nginx worker. Nothing on the invoke path
 /// crosses threads, so there are no cross-thread wake-ups per request.
+#[derive(Clone)]
 struct Worker {
     bind: SocketAddr,
     control: Arc<ControlPlane>,
@@ -350,6 +351,32 @@ struct Worker {
     /// The dashboard's sessions, shared by every worker.
     sessions: Arc<ui::Sessions>,
     listener: Listener,
+}
+
+/// Starts `worker` on a thread of its own and waits for the address it bound; on failure
+/// stops what started before it (`error` names the listener in the startup error).
+fn spawn_worker(
+    worker: Worker,
+    name: String,
+    threads: &mut Vec<std::thread::JoinHandle<()>>,
+    bound: &std::sync::mpsc::Receiver<Result<SocketAddr, StartError>>,
+    error: impl Fn(std::io::Error) -> StartError,
+) -> Result<SocketAddr, StartError> {
+    let shutdown = worker.shutdown.clone();
+    let thread = std::thread::Builder::new()
+        .name(name)
+        .spawn(move || worker.run())
+        .map_err(&error)?;
+    threads.push(thread);
+    let fail = |e| {
+        shutdown.cancel();
+        Err(e)
+    };
+    match bound.recv() {
+        Ok(Ok(a)) => Ok(a),
+        Ok(Err(e)) => fail(e),
+        Err(_) => fail(error(std::io::Error::other("HTTP worker thread died"))),
+    }
 }
 
 impl Worker {
@@ -834,94 +861,59 @@ pub async fn serve(config: GatewayConfig, shutdown: CancellationToken) -> Result
     let sessions = Arc::new(ui::Sessions::new());
     let (addr_tx, addr_rx) = std::sync::mpsc::channel::<Result<SocketAddr, StartError>>();
     let mut threads = Vec::with_capacity(workers + 1);
+    // What every worker shares; each gets its own bind address, index and listener.
+    let template = Worker {
+        bind: config.listen,
+        control: control.clone(),
+        queue: queue.clone(),
+        dispatch: dispatch.clone(),
+        config: config.clone(),
+        auth: auth.clone(),
+        tls: tls.clone(),
+        shutdown: shutdown.clone(),
+        ready: addr_tx.clone(),
+        index: 0,
+        limits: limits.clone(),
+        forks: forks.clone(),
+        sessions: sessions.clone(),
+        listener: Listener::Ui,
+    };
     // The dashboard first: the main listener's redirects need its port. One worker is
     // plenty for a few browsers.
     let ui_local = match ui_bind {
         None => None,
-        Some(bind) => {
-            let worker = Worker {
+        Some(bind) => Some(spawn_worker(
+            Worker {
                 bind,
-                control: control.clone(),
-                queue: queue.clone(),
-                dispatch: dispatch.clone(),
-                config: config.clone(),
-                auth: auth.clone(),
-                tls: tls.clone(),
-                shutdown: shutdown.clone(),
-                ready: addr_tx.clone(),
                 index: workers,
-                limits: limits.clone(),
-                forks: forks.clone(),
-                sessions: sessions.clone(),
                 listener: Listener::Ui,
-            };
-            let thread = std::thread::Builder::new()
-                .name("fjord-http-ui".into())
-                .spawn(move || worker.run())
-                .map_err(|source| StartError::UiListen { addr: bind, source })?;
-            threads.push(thread);
-            match addr_rx.recv() {
-                Ok(Ok(a)) => Some(a),
-                Ok(Err(e)) => {
-                    shutdown.cancel();
-                    return Err(e);
-                }
-                Err(_) => {
-                    shutdown.cancel();
-                    return Err(StartError::UiListen {
-                        addr: bind,
-                        source: std::io::Error::other("HTTP worker thread died"),
-                    });
-                }
-            }
-        }
+                ..template.clone()
+            },
+            "fjord-http-ui".into(),
+            &mut threads,
+            &addr_rx,
+            |source| StartError::UiListen { addr: bind, source },
+        )?),
     };
     let main = Listener::Main {
         ui_port: ui_local.map(|a| a.port()),
     };
-    let mut bind_to = config.listen;
     let mut local = config.listen;
     for i in 0..workers {
-        let worker = Worker {
-            listener: main,
-            bind: bind_to,
-            control: control.clone(),
-            queue: queue.clone(),
-            dispatch: dispatch.clone(),
-            config: config.clone(),
-            auth: auth.clone(),
-            tls: tls.clone(),
-            shutdown: shutdown.clone(),
-            ready: addr_tx.clone(),
-            index: i,
-            limits: limits.clone(),
-            forks: forks.clone(),
-            sessions: sessions.clone(),
-        };
-        let thread = std::thread::Builder::new()
-            .name(format!("fjord-http-{i}"))
-            .spawn(move || worker.run())
-            .map_err(|source| StartError::Listen {
-                addr: bind_to,
-                source,
-            })?;
-        threads.push(thread);
         // Every worker binds the port the first one got (SO_REUSEPORT), so port 0 works.
-        local = match addr_rx.recv() {
-            Ok(Ok(a)) => a,
-            Ok(Err(e)) => {
-                shutdown.cancel();
-                return Err(e);
-            }
-            Err(_) => {
-                shutdown.cancel();
-                return Err(StartError::Listen {
-                    addr: bind_to,
-                    source: std::io::Error::other("HTTP worker thread died"),
-                });
-            }
-        };
-        bind_to = local;
+        let bind = local;
+        local = spawn_worker(
+            Worker {
+                bind,
+                index: i,
+                listener: main,
+                ..template.clone()
+            },
+            format!("fjord-http-{i}"),
+            &mut threads,
+            &addr_rx,
+            |source| StartError::Listen { addr: bind, source },
+        )?;
     }
     // Callbacks are never sent to this gateway itself (unless allowed), nor its dashboard.
     config.callback.set_listening(local);

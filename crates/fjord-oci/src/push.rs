@@ -103,6 +103,19 @@ impl Session {
         })
     }
 
+    /// Pushes an OCI image manifest (to the session's reference: its tag or digest).
+    pub(crate) async fn push_manifest(&self, manifest: Vec<u8>) -> Result<(), RegistryError> {
+        self.client
+            .push_manifest_raw(
+                &self.cref,
+                manifest,
+                MT_OCI_MANIFEST.parse().expect("a valid header value"),
+            )
+            .await
+            .map(drop)
+            .map_err(|e| self.err("push", e))
+    }
+
     pub(crate) fn err(&self, op: &'static str, e: OciDistributionError) -> RegistryError {
         let registry = self.reference.registry().to_string();
         let reference = self.reference.to_string();
@@ -383,15 +396,7 @@ pub async fn push(
             .await
             .map_err(|e| s.err("push", e))?;
     }
-    let bytes = layout.read_blob(&desc.digest)?;
-    s.client
-        .push_manifest_raw(
-            &s.cref,
-            bytes,
-            MT_OCI_MANIFEST.parse().expect("a valid header value"),
-        )
-        .await
-        .map_err(|e| s.err("push", e))?;
+    s.push_manifest(layout.read_blob(&desc.digest)?).await?;
     progress(&PushEvent::Manifest {
         digest: desc.digest.clone(),
     });

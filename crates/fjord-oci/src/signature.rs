@@ -142,14 +142,7 @@ pub async fn push_signature(
         "layers": layers,
     }))
     .expect("plain JSON");
-    s.client
-        .push_manifest_raw(
-            &s.cref,
-            manifest,
-            MT_OCI_MANIFEST.parse().expect("a valid header value"),
-        )
-        .await
-        .map_err(|e| s.err("push", e))?;
+    s.push_manifest(manifest).await?;
     Ok(target)
 }
 

@@ -882,6 +882,26 @@ mod tests {
         }
     }
 
+    /// Two servers' schedulers of one every-second function sharing their claims.
+    fn every_second_sharing_claims(
+        recorders: [&Arc<Recorder>; 2],
+        stop: &CancellationToken,
+    ) -> [tokio::task::JoinHandle<()>; 2] {
+        let claims: Arc<dyn Claims> = Arc::new(SharedClaims::default());
+        recorders.map(|r| {
+            tokio::spawn(
+                scheduler(
+                    "* * * * * *",
+                    None,
+                    r,
+                    claims.clone(),
+                    "2026-01-01T00:00:00Z",
+                )
+                .run(stop.clone()),
+            )
+        })
+    }
+
     #[test]
     fn a_run_mark_is_going_until_its_lease_ends() {
         assert_eq!(run_going(b"1000 5000", 5000 + RUN_LEASE_MS - 1), Some(1000));
@@ -892,20 +912,13 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_run_still_going_on_one_server_makes_the_next_skipped_on_the_other() {
-        let claims: Arc<dyn Claims> = Arc::new(SharedClaims::default());
         let (a, b) = (Arc::new(Recorder::default()), Arc::new(Recorder::default()));
         let release = Arc::new(tokio::sync::Notify::new());
         for r in [&a, &b] {
             *r.hold.lock().unwrap() = Some(release.clone());
         }
         let stop = CancellationToken::new();
-        let base = "2026-01-01T00:00:00Z";
-        let ha = tokio::spawn(
-            scheduler("* * * * * *", None, &a, claims.clone(), base).run(stop.clone()),
-        );
-        let hb = tokio::spawn(
-            scheduler("* * * * * *", None, &b, claims.clone(), base).run(stop.clone()),
-        );
+        let [ha, hb] = every_second_sharing_claims([&a, &b], &stop);
         let runs = || a.runs.lock().unwrap().len() + b.runs.lock().unwrap().len();
         let skips = || {
             [&a, &b]
@@ -929,16 +942,9 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn two_schedulers_sharing_claims_run_each_time_once() {
-        let claims: Arc<dyn Claims> = Arc::new(SharedClaims::default());
         let (a, b) = (Arc::new(Recorder::default()), Arc::new(Recorder::default()));
         let stop = CancellationToken::new();
-        let base = "2026-01-01T00:00:00Z";
-        let ha = tokio::spawn(
-            scheduler("* * * * * *", None, &a, claims.clone(), base).run(stop.clone()),
-        );
-        let hb = tokio::spawn(
-            scheduler("* * * * * *", None, &b, claims.clone(), base).run(stop.clone()),
-        );
+        let [ha, hb] = every_second_sharing_claims([&a, &b], &stop);
         until(|| a.runs.lock().unwrap().len() + b.runs.lock().unwrap().len() >= 10).await;
         stop.cancel();
         ha.await.expect("a");
