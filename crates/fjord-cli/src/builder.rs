@@ -197,6 +197,295 @@ fn unvendored_composer_packages(handler: &Path) -> Option<String> {
     })
 }
 
+/// `step`, with "install PACKAGE" added when `program` cannot be started at all.
+fn tool_step(function: &str, name: &str, cmd: &mut Command, package: &str) -> Result<(), CliError> {
+    match step(function, name, cmd) {
+        Err(CliError::Build { output, .. }) if output.starts_with("cannot run") => {
+            let program = cmd.get_program().to_string_lossy().into_owned();
+            Err(CliError::Build {
+                function: function.into(),
+                step: name.into(),
+                output: format!(
+                    "{output}\n{program} is not installed: install the {package} package (apt-get install {package})"
+                ),
+            })
+        }
+        r => r,
+    }
+}
+
+/// The module path of a go.mod (`module handler/function`).
+fn go_module_path(go_mod: &str) -> Option<String> {
+    go_mod.lines().find_map(|l| {
+        let rest = l.trim().strip_prefix("module")?;
+        let path = rest.trim().trim_matches('"');
+        (rest.starts_with([' ', '\t']) && !path.is_empty()).then(|| path.to_string())
+    })
+}
+
+/// The import path of the golang-http SDK, which fjord ships (no module proxy here).
+const GO_SDK: &str = "github.com/openfaas/templates-sdk/go-http";
+
+/// Builds a Go template: the handler's own module (`function/`, its go.mod and vendor/ as
+/// they are) is the main module, with the template's `main.go` added as its package
+/// `fjordmain`, so vendored dependencies resolve exactly as `go build` would for the user.
+/// Offline (GOPROXY=off), static (CGO_ENABLED=0), caches under the stack's `build/`.
+fn go_build(
+    function: &str,
+    stack_dir: &Path,
+    ctx: &Path,
+    root: &Path,
+    build_args: &std::collections::BTreeMap<String, String>,
+) -> Result<(), CliError> {
+    // go wants absolute paths (GOPATH, GOCACHE, replace targets).
+    let ctx = &std::path::absolute(ctx)?;
+    let stack_dir = &std::path::absolute(stack_dir)?;
+    let root = &std::path::absolute(root)?;
+    let module_dir = ctx.join("function");
+    let go_mod = module_dir.join("go.mod");
+    if !go_mod.is_file() {
+        std::fs::write(&go_mod, "module handler/function\n\ngo 1.19\n")?;
+    }
+    let module = go_module_path(&std::fs::read_to_string(&go_mod)?).ok_or_else(|| {
+        CliError::Other(format!(
+            "{function}: go.mod has no `module` line (the skeleton's is `module handler/function`)"
+        ))
+    })?;
+    let shim = std::fs::read_to_string(ctx.join("main.go"))?
+        .replace("\"handler/function\"", &format!("{module:?}"));
+    std::fs::create_dir_all(module_dir.join("fjordmain"))?;
+    std::fs::write(module_dir.join("fjordmain/main.go"), shim)?;
+
+    let vendored = module_dir.join("vendor/modules.txt").is_file();
+    let build = stack_dir.join("build");
+    let go = |args: &[&str]| {
+        let mut cmd = Command::new("go");
+        cmd.args(args)
+            .current_dir(&module_dir)
+            .env("CGO_ENABLED", "0")
+            .env("GOPROXY", "off")
+            .env("GOSUMDB", "off")
+            .env("GOTOOLCHAIN", "local")
+            .env("GOWORK", "off")
+            .env("GO111MODULE", "on")
+            .env("GOFLAGS", if vendored { "-mod=vendor" } else { "-mod=mod" })
+            .env("GOCACHE", build.join(".go-cache"))
+            .env("GOPATH", build.join(".go-path"));
+        for (k, v) in build_args {
+            cmd.env(k, v);
+        }
+        cmd
+    };
+    let sdk = ctx.join("sdk/go-http");
+    if sdk.join("go.mod").is_file() {
+        let require = format!("-require={GO_SDK}@v0.0.0");
+        if !vendored {
+            let replace = format!("-replace={GO_SDK}={}", sdk.display());
+            tool_step(
+                function,
+                "go mod edit",
+                &mut go(&["mod", "edit", &require, &replace]),
+                "golang-go",
+            )?;
+        } else {
+            let modules = std::fs::read_to_string(module_dir.join("vendor/modules.txt"))?;
+            if !modules.contains(&format!("# {GO_SDK} ")) {
+                // The real SDK is not vendored: fjord's copy goes in, listed as vendored.
+                let dest = module_dir.join("vendor").join(GO_SDK);
+                std::fs::create_dir_all(&dest)?;
+                std::fs::copy(sdk.join("handler.go"), dest.join("handler.go"))?;
+                let mut modules = modules;
+                if !modules.is_empty() && !modules.ends_with('\n') {
+                    modules.push('\n');
+                }
+                modules.push_str(&format!(
+                    "# {GO_SDK} v0.0.0\n## explicit; go 1.19\n{GO_SDK}\n"
+                ));
+                std::fs::write(module_dir.join("vendor/modules.txt"), modules)?;
+                tool_step(
+                    function,
+                    "go mod edit",
+                    &mut go(&["mod", "edit", &require]),
+                    "golang-go",
+                )?;
+            }
+        }
+    }
+    let out = root.join("handler");
+    let r = tool_step(
+        function,
+        "go build",
+        &mut go(&["build", "-trimpath", "-ldflags=-s -w", "-o"])
+            .arg(&out)
+            .arg("./fjordmain"),
+        "golang-go",
+    );
+    // go prints the paths of the main module's files relative to it (`./handler.go:5:3`):
+    // made absolute here, then the user's by `user_paths`.
+    r.map_err(|e| match e {
+        CliError::Build {
+            function,
+            step,
+            output,
+        } => {
+            let mut output = output
+                .lines()
+                .map(|l| match l.strip_prefix("./") {
+                    Some(rest) => format!("{}/{rest}", module_dir.display()),
+                    None => l.to_string(),
+                })
+                .collect::<Vec<_>>()
+                .join("\n");
+            if output.contains("GOPROXY=off") || output.contains("cannot find module") {
+                output.push_str(
+                    "\nfjord builds Go offline: vendor the dependencies (`go mod vendor` where \
+                     the Go module proxy is reachable) and keep vendor/ in the handler folder",
+                );
+            }
+            CliError::Build {
+                function,
+                step,
+                output,
+            }
+        }
+        other => other,
+    })
+}
+
+/// Every `*.java` under `dir` (sorted), `skip` folders (relative to `dir`) left out.
+fn java_sources(dir: &Path, skip: &[&str]) -> std::io::Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    if dir.is_dir() {
+        collect(dir, Path::new(""), &mut files)?;
+    }
+    Ok(files
+        .into_iter()
+        .map(|(rel, _)| rel)
+        .filter(|rel| rel.extension().is_some_and(|e| e == "java"))
+        .filter(|rel| !skip.iter().any(|s| rel.starts_with(s)))
+        .map(|rel| dir.join(rel))
+        .collect())
+}
+
+/// Builds the java template: javac of the model, the entrypoint and the handler's sources
+/// (`src/main/java`, as Gradle and Maven lay them out, or every `.java` of the folder),
+/// `libs/*.jar` on the classpath; `handler.jar` (Main-Class, and a Class-Path naming the
+/// libs, so `java -jar handler.jar` needs no wildcard) and `libs/` are the bundle, with
+/// `app.jsa`, the AppCDS archive of a trial start.
+fn java_build(
+    function: &str,
+    ctx: &Path,
+    root: &Path,
+    progress: &dyn Fn(&str),
+) -> Result<(), CliError> {
+    let handler = ctx.join("function");
+    let main_java = handler.join("src/main/java");
+    let mut sources = java_sources(&ctx.join("model"), &[])?;
+    sources.extend(java_sources(&ctx.join("entrypoint"), &[])?);
+    if main_java.is_dir() {
+        sources.extend(java_sources(&main_java, &[])?);
+    } else {
+        sources.extend(java_sources(&handler, &["src/test", "libs"])?);
+    }
+    let mut libs: Vec<PathBuf> = std::fs::read_dir(handler.join("libs"))
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|e| e == "jar"))
+                .collect()
+        })
+        .unwrap_or_default();
+    libs.sort();
+    let classes = ctx.join(".classes");
+    let _ = std::fs::remove_dir_all(&classes);
+    std::fs::create_dir_all(&classes)?;
+    let classpath = std::env::join_paths(&libs)
+        .map_err(|e| CliError::Other(format!("{function}: libs/: {e}")))?;
+    let mut javac = Command::new("javac");
+    javac
+        .args(["-encoding", "UTF-8", "-nowarn", "-d"])
+        .arg(&classes)
+        .arg("-cp")
+        .arg(&classpath)
+        .args(&sources);
+    tool_step(function, "javac", &mut javac, "openjdk-17-jdk-headless")?;
+    // Resources (src/main/resources) go in the jar beside the classes.
+    let resources = handler.join("src/main/resources");
+    if resources.is_dir() {
+        copy_handler(&resources, &classes)?;
+    }
+    std::fs::create_dir_all(root.join("libs"))?;
+    let mut class_path = Vec::new();
+    for lib in &libs {
+        let name = lib.file_name().unwrap_or_default();
+        std::fs::copy(lib, root.join("libs").join(name))?;
+        class_path.push(format!("libs/{}", name.to_string_lossy()));
+    }
+    let manifest = ctx.join(".manifest");
+    let mut text = "Main-Class: com.openfaas.entrypoint.App\n".to_string();
+    if !class_path.is_empty() {
+        // Manifest lines are at most 72 bytes: continuation lines start with a space.
+        let value = class_path.join(" ");
+        let mut line = String::from("Class-Path: ");
+        for c in value.chars() {
+            if line.len() >= 70 {
+                text.push_str(&line);
+                text.push('\n');
+                line = String::from(" ");
+            }
+            line.push(c);
+        }
+        text.push_str(&line);
+        text.push('\n');
+    }
+    std::fs::write(&manifest, text)?;
+    tool_step(
+        function,
+        "jar",
+        Command::new("jar")
+            .arg("--create")
+            .arg("--file")
+            .arg(root.join("handler.jar"))
+            .arg("--manifest")
+            .arg(&manifest)
+            .arg("-C")
+            .arg(&classes)
+            .arg("."),
+        "openjdk-17-jdk-headless",
+    )?;
+    // The bundle's files get mtime 0 when packed and unpacked, and CDS refuses jars whose
+    // mtime changed since the archive was made: give them that mtime now.
+    let epoch = std::fs::FileTimes::new().set_modified(std::time::UNIX_EPOCH);
+    for jar in
+        std::iter::once(root.join("handler.jar")).chain(class_path.iter().map(|c| root.join(c)))
+    {
+        std::fs::File::options()
+            .write(true)
+            .open(&jar)?
+            .set_times(epoch)?;
+    }
+    progress("java class data sharing archive");
+    tool_step(
+        function,
+        "java trial start (class data sharing archive)",
+        Command::new("java")
+            .args([
+                "-XX:ArchiveClassesAtExit=app.jsa",
+                "-XX:TieredStopAtLevel=1",
+                "-XX:+UseSerialGC",
+                "-XX:-UsePerfData",
+                "-Xlog:cds=off",
+                "-Xlog:cds+dynamic=off",
+                "-jar",
+                "handler.jar",
+            ])
+            .current_dir(root)
+            .env("FJORD_JAVA_TRAIN", "1"),
+        "openjdk-17-jre-headless",
+    )?;
+    Ok(())
+}
+
 /// Builds one function of a stack. A failing step's output names the user's files, not
 /// their copies in the build context (`build/<name>/context/function/...`).
 pub fn build(
@@ -295,7 +584,7 @@ fn build_in_context(
     let spec = &template.spec;
     // What the bundle's directory is (only the binary for cargo builds).
     let root = match spec.build {
-        BuildKind::Cargo => dir.join("bundle"),
+        BuildKind::Cargo | BuildKind::Go | BuildKind::Java => dir.join("bundle"),
         _ => dir.join("context"),
     };
     let fprocess = f.fprocess.clone().unwrap_or_else(|| spec.fprocess.clone());
@@ -440,6 +729,18 @@ fn build_in_context(
             if let Some(w) = unvendored_composer_packages(&ctx.join("function")) {
                 progress(&w);
             }
+        }
+        BuildKind::Go => {
+            progress("go build");
+            let _ = std::fs::remove_dir_all(&root);
+            std::fs::create_dir_all(&root)?;
+            go_build(&f.name, stack_dir, &ctx, &root, &f.build_args)?;
+        }
+        BuildKind::Java => {
+            progress("javac");
+            let _ = std::fs::remove_dir_all(&root);
+            std::fs::create_dir_all(&root)?;
+            java_build(&f.name, &ctx, &root, progress)?;
         }
         BuildKind::None => {}
     }

@@ -23,6 +23,12 @@ pub enum BuildKind {
     /// No install step (a `vendor/` from `composer install` is used as it is); `php -l` on
     /// every `.php` file.
     Php,
+    /// `go build` of the handler's module with the template's `main.go` added to it as
+    /// `fjordmain/`: a static binary, `handler`, is the whole bundle.
+    Go,
+    /// `javac` + `jar` of the template's model and entrypoint with the handler's sources,
+    /// `libs/*.jar` on the classpath; an AppCDS archive made by a trial start.
+    Java,
     None,
 }
 
@@ -70,7 +76,13 @@ pub fn names() -> Vec<String> {
 
 /// Upstream OpenFaaS template names whose contract a shipped template implements under
 /// fjord's shorter name, so existing stack.yml files (`lang: ruby-http`) build unchanged.
-const ALIASES: [(&str, &str); 2] = [("ruby-http", "ruby"), ("php8", "php")];
+const ALIASES: [(&str, &str); 4] = [
+    ("ruby-http", "ruby"),
+    ("php8", "php"),
+    ("java11", "java"),
+    // fjord's short name for the plainer of the two Go contracts.
+    ("go", "golang-middleware"),
+];
 
 /// Finds a template: `<stack_dir>/template/<lang>` first, then the shipped ones (by name or
 /// by the upstream name they stand for).
