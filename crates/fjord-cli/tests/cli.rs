@@ -252,7 +252,7 @@ fn mtime(p: &Path) -> std::time::SystemTime {
 // ------------------------------------------------------------------------- 1. templates
 
 /// The skeleton handlers' answers (templates/*/function) to the body "fjord".
-const TEMPLATE_CASES: [(&str, &str, &str); 7] = [
+const TEMPLATE_CASES: [(&str, &str, &str); 10] = [
     ("python3-http", "t-py-http", "Hello from OpenFaaS!"),
     ("python3", "t-py-classic", "fjord"),
     ("node", "t-node", r#"{"status":"done"}"#),
@@ -260,6 +260,9 @@ const TEMPLATE_CASES: [(&str, &str, &str); 7] = [
     ("bash", "t-bash", "Hello, fjord"),
     ("ruby", "t-ruby", "Hello world from the Ruby template"),
     ("php", "t-php", "fjord"),
+    ("golang-middleware", "t-go-mw", "Body: fjord"),
+    ("golang-http", "t-go-http", "Body: fjord"),
+    ("java", "t-java", "Hello, world!"),
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -305,6 +308,12 @@ async fn every_template_from_new_to_a_live_function() {
     assert!(p.path("t-bash/handler.sh").is_file());
     assert!(p.path("t-ruby/handler.rb").is_file());
     assert!(p.path("t-php/src/Handler.php").is_file());
+    assert!(p.path("t-go-mw/handler.go").is_file());
+    assert!(p.path("t-go-http/handler.go").is_file());
+    assert!(
+        p.path("t-java/src/main/java/com/openfaas/function/Handler.java")
+            .is_file()
+    );
 
     let up = p
         .run_in(&["up", "--parallel", "2"], BUILD)
@@ -432,6 +441,9 @@ async fn new_refuses_existing_folders_and_unknown_templates() {
         langs,
         [
             "bash",
+            "golang-http",
+            "golang-middleware",
+            "java",
             "node",
             "php",
             "python3",
@@ -451,6 +463,9 @@ async fn new_refuses_existing_folders_and_unknown_templates() {
     assert!(out.stderr.contains("cobol"), "{}", out.show());
     for lang in [
         "bash",
+        "golang-http",
+        "golang-middleware",
+        "java",
         "node",
         "php",
         "python3",
@@ -1081,6 +1096,80 @@ async fn failing_builds_name_the_function_step_and_output() {
         "the error should name the function and the missing binary:\n{}",
         out.show()
     );
+}
+
+#[tokio::test]
+async fn go_and_java_compile_errors_fail_the_build_at_the_users_line() {
+    let p = Project::offline();
+    p.run(&["new", "broken-go", "--lang", "golang-middleware"])
+        .await
+        .ok("fjord new broken-go");
+    p.write(
+        "broken-go/handler.go",
+        "package function\n\nimport \"net/http\"\n\nfunc Handle(w http.ResponseWriter, r *http.Request) {\n\tw.Write(undefinedThing)\n}\n",
+    );
+    p.run(&["new", "broken-java", "--lang", "java", "--append", "stack.yml"])
+        .await
+        .ok("fjord new broken-java");
+    p.write(
+        "broken-java/src/main/java/com/openfaas/function/Handler.java",
+        "package com.openfaas.function;\n\nimport com.openfaas.model.*;\n\npublic class Handler extends AbstractHandler {\n    public IResponse Handle(IRequest req) {\n        return nope;\n    }\n}\n",
+    );
+    for (name, step, place) in [
+        ("broken-go", "go build", "broken-go/handler.go:6:"),
+        (
+            "broken-java",
+            "javac",
+            "broken-java/src/main/java/com/openfaas/function/Handler.java:7:",
+        ),
+    ] {
+        let out = p.run_in(&["build", "--filter", name], BUILD).await;
+        assert!(
+            out.code.is_some_and(|c| c != 0),
+            "a compile error must fail the build:\n{}",
+            out.show()
+        );
+        assert!(
+            out.stderr.contains(name) && out.stderr.contains(&format!("`{step}`")),
+            "the error should name the function and the step:\n{}",
+            out.show()
+        );
+        assert!(
+            out.stderr.contains(place),
+            "the error should point at the user's file and line:\n{}",
+            out.show()
+        );
+        assert!(!out.stderr.contains("context/function"), "{}", out.show());
+        assert!(!p.path(&format!("build/{name}/bundle.tar.gz")).exists());
+    }
+
+    // No Go toolchain on the PATH: the error names the package to install.
+    let empty = p.path("empty-path");
+    fs::create_dir_all(&empty).unwrap();
+    let out = p
+        .run_with(&["build", "--filter", "broken-go"], b"", BUILD, |c| {
+            c.env("PATH", &empty);
+        })
+        .await;
+    assert!(out.code.is_some_and(|c| c != 0), "{}", out.show());
+    assert!(
+        out.stderr.contains("install the golang-go package"),
+        "the error should say which package to install:\n{}",
+        out.show()
+    );
+
+    // A dependency that is not vendored: the offline build says to vendor it.
+    p.write(
+        "broken-go/handler.go",
+        "package function\n\nimport (\n\t\"net/http\"\n\n\t\"example.com/missing\"\n)\n\nfunc Handle(w http.ResponseWriter, r *http.Request) { missing.Do(w) }\n",
+    );
+    p.write(
+        "broken-go/go.mod",
+        "module handler/function\n\ngo 1.19\n\nrequire example.com/missing v1.0.0\n",
+    );
+    let out = p.run_in(&["build", "--filter", "broken-go"], BUILD).await;
+    assert!(out.code.is_some_and(|c| c != 0), "{}", out.show());
+    assert!(out.stderr.contains("go mod vendor"), "{}", out.show());
 }
 
 #[tokio::test]

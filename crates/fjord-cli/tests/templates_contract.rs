@@ -60,6 +60,9 @@ fn every_template_has_a_valid_spec_and_skeleton() {
         langs,
         [
             "bash",
+            "golang-http",
+            "golang-middleware",
+            "java",
             "node",
             "php",
             "python3",
@@ -95,7 +98,12 @@ fn every_template_has_a_valid_spec_and_skeleton() {
 fn upstream_template_names_find_the_shipped_templates() {
     // A faas-cli stack.yml names OpenFaaS's templates; the ones fjord ships under a shorter
     // name are found by the upstream name too.
-    for (upstream, shipped) in [("ruby-http", "ruby"), ("php8", "php")] {
+    for (upstream, shipped) in [
+        ("ruby-http", "ruby"),
+        ("php8", "php"),
+        ("java11", "java"),
+        ("go", "golang-middleware"),
+    ] {
         let t = templates::find(upstream, Path::new("/nonexistent-stack-dir"))
             .unwrap_or_else(|e| panic!("{upstream}: {e}"));
         assert_eq!(t.spec.language, shipped, "{upstream}");
@@ -440,11 +448,19 @@ impl Raw {
         if head_only || status < 200 || status == 204 || status == 304 {
             return r;
         }
-        let len: usize = r
-            .header("content-length")
-            .expect("responses carry Content-Length")
-            .parse()
-            .unwrap();
+        // Without a length, a response that closes the connection ends there (Go's net/http
+        // answers malformed requests so).
+        let Some(len) = r.header("content-length") else {
+            assert_eq!(
+                r.header("connection"),
+                Some("close"),
+                "responses carry Content-Length or close"
+            );
+            while self.fill() {}
+            r.body = std::mem::take(&mut self.buf);
+            return r;
+        };
+        let len: usize = len.parse().unwrap();
         while self.buf.len() < len {
             assert!(self.fill(), "connection closed in a response body");
         }
@@ -1721,4 +1737,416 @@ class Handler
         "{:?}",
         String::from_utf8_lossy(&out.stdout)
     );
+}
+
+// --- go and java (compiled: built by `fjord build` itself) ---------------------------------
+
+/// Builds `handler` (files over the `lang` skeleton) with the real `fjord build` in a stack
+/// under /var/tmp and returns its bundle (the files of `build/fn/bundle`, hard-linked: the
+/// jars keep the mtime the java build gave them).
+fn built_bundle(lang: &str, handler: &[(&str, &[u8])]) -> Bundle {
+    let stack = tempfile::Builder::new()
+        .prefix(&format!("fjord-tmpl-build-{lang}-"))
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    let t = template(lang);
+    handler_dir(&t, &[], &stack.path().join("fn"));
+    for (rel, content) in handler {
+        write_file(&stack.path().join("fn").join(rel), content);
+    }
+    write_file(
+        &stack.path().join("stack.yml"),
+        format!(
+            "version: 1.0\nprovider:\n  name: openfaas\nfunctions:\n  fn:\n    lang: {lang}\n    handler: ./fn\n    image: fn:latest\n"
+        )
+        .as_bytes(),
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_fjord"))
+        .args(["build", "--no-cache"])
+        .current_dir(stack.path())
+        .env("HOME", stack.path())
+        .output()
+        .expect("run fjord build");
+    assert!(
+        out.status.success(),
+        "fjord build ({lang}) failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let tmp = tempfile::Builder::new()
+        .prefix(&format!("fjord-tmpl-{lang}-"))
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    link_tree(&stack.path().join("build/fn/bundle"), tmp.path());
+    Bundle { tmp, spec: t.spec }
+}
+
+fn link_tree(src: &Path, dest: &Path) {
+    for e in fs::read_dir(src).unwrap().flatten() {
+        let to = dest.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            fs::create_dir_all(&to).unwrap();
+            link_tree(&e.path(), &to);
+        } else {
+            fs::hard_link(e.path(), &to).unwrap();
+        }
+    }
+}
+
+/// A golang-middleware handler with the routes the shared protocol checks use, and a
+/// dependency vendored as `go mod vendor` leaves it (vendor/modules.txt).
+const GO_MIDDLEWARE_HANDLER: &str = r#"package function
+
+import (
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"time"
+
+	"example.com/greeting"
+)
+
+func Handle(w http.ResponseWriter, r *http.Request) {
+	switch r.URL.Path {
+	case "/echo":
+		b, _ := io.ReadAll(r.Body)
+		w.Header().Set("Content-Type", "application/octet-stream")
+		w.Write(b)
+	case "/json":
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(201)
+		w.Write([]byte(`{"ok":true}`))
+	case "/html":
+		w.Header().Set("Content-Type", "text/html")
+		w.Write([]byte("<p>hi</p>"))
+	case "/none":
+	case "/slow":
+		fmt.Fprintln(os.Stderr, "slow started")
+		time.Sleep(time.Second)
+		w.Write([]byte("slow done"))
+	case "/panic":
+		panic("handler panicked on purpose")
+	case "/info":
+		fmt.Fprintf(w, "%s %s %s %s", r.Method, r.URL.EscapedPath(), r.URL.RawQuery, r.Header.Get("X-Custom"))
+	default:
+		b, _ := io.ReadAll(r.Body)
+		w.Write([]byte(greeting.Hello(string(b))))
+	}
+}
+"#;
+
+fn go_middleware_bundle() -> Bundle {
+    built_bundle(
+        "golang-middleware",
+        &[
+            ("handler.go", GO_MIDDLEWARE_HANDLER.as_bytes()),
+            (
+                "go.mod",
+                b"module handler/function\n\ngo 1.19\n\nrequire example.com/greeting v1.2.3\n",
+            ),
+            (
+                "vendor/modules.txt",
+                b"# example.com/greeting v1.2.3\n## explicit; go 1.19\nexample.com/greeting\n",
+            ),
+            (
+                "vendor/example.com/greeting/greeting.go",
+                b"package greeting\n\nfunc Hello(name string) string { return \"Hello, \" + name + \" (vendored)\" }\n",
+            ),
+        ],
+    )
+}
+
+#[tokio::test]
+async fn golang_middleware_builds_vendored_and_serves() {
+    let b = go_middleware_bundle();
+    // Only the static binary (and fjord's manifest) is in the bundle.
+    let mut files: Vec<String> = fs::read_dir(b.root())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    files.sort();
+    assert_eq!(files, ["handler", "manifest.json"]);
+    let run = Running::start(&b, &[]);
+    let c = client();
+    // The vendored module answers.
+    let r = c.post(run.url("/")).body("fjord").send().await.unwrap();
+    assert_eq!(r.text().await.unwrap(), "Hello, fjord (vendored)");
+    let r = c
+        .delete(run.url("/info?a=1&b=x%20y"))
+        .header("X-Custom", "c")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.text().await.unwrap(), "DELETE /info a=1&b=x%20y c");
+    // A panic -> 500, the server lives on.
+    let (st, _, _) = get_text(&c, &run.url("/panic")).await;
+    assert_eq!(st, 500);
+    run.wait_stderr("handler panicked on purpose");
+    let (st, _, _) = get_text(&c, &run.url("/html")).await;
+    assert_eq!(st, 200);
+    assert_bodies_large_and_chunked(&run).await;
+    assert_http_protocol(&run);
+    drop(run);
+    assert_sigterm_drains(&b);
+}
+
+#[tokio::test]
+async fn golang_middleware_skeleton_answers_like_upstream() {
+    let b = built_bundle("golang-middleware", &[]);
+    let run = Running::start(&b, &[]);
+    let r = client().post(run.url("/")).body("fjord").send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap(), "Body: fjord");
+}
+
+const GO_HTTP_HANDLER: &str = r#"package function
+
+import (
+	"errors"
+	"fmt"
+	"net/http"
+	"os"
+	"time"
+
+	handler "github.com/openfaas/templates-sdk/go-http"
+)
+
+func Handle(req handler.Request) (handler.Response, error) {
+	switch {
+	case req.Method == "PUT":
+		h := http.Header{}
+		h.Set("X-Test", "1")
+		h.Add("Set-Cookie", "a=1")
+		h.Add("Set-Cookie", "b=2")
+		return handler.Response{Body: []byte("created"), StatusCode: 201, Header: h}, nil
+	case req.QueryString == "fail":
+		return handler.Response{}, errors.New("it went wrong")
+	case req.QueryString == "slow":
+		fmt.Fprintln(os.Stderr, "slow started")
+		time.Sleep(time.Second)
+		return handler.Response{Body: []byte("slow done")}, nil
+	case req.QueryString == "echo":
+		return handler.Response{Body: req.Body, Header: http.Header{"Content-Type": {"application/octet-stream"}}}, nil
+	}
+	if req.Context().Err() != nil {
+		return handler.Response{}, req.Context().Err()
+	}
+	return handler.Response{
+		Body: []byte(fmt.Sprintf("%s %s %s %s [%s]", req.Method, req.QueryString, req.Host, req.Header.Get("X-Custom"), req.Body)),
+	}, nil
+}
+"#;
+
+#[tokio::test]
+async fn golang_http_request_and_response_contract() {
+    let b = built_bundle("golang-http", &[("handler.go", GO_HTTP_HANDLER.as_bytes())]);
+    let run = Running::start(&b, &[]);
+    let c = client();
+    let r = c
+        .post(run.url("/any/path?a=1&b=x%20y"))
+        .header("X-Custom", "c")
+        .body("hi")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.text().await.unwrap(),
+        format!("POST a=1&b=x%20y 127.0.0.1:{} c [hi]", run.port)
+    );
+    let r = c.put(run.url("/")).send().await.unwrap();
+    assert_eq!(r.status(), 201);
+    assert_eq!(header(r.headers(), "x-test"), "1");
+    assert_eq!(r.headers().get_all("set-cookie").iter().count(), 2);
+    assert_eq!(r.text().await.unwrap(), "created");
+    // An error: 500 with its text, as upstream.
+    let (st, _, body) = get_text(&c, &run.url("/?fail")).await;
+    assert_eq!((st.as_u16(), body.trim_end()), (500, "it went wrong"));
+    // Bodies: 1 MB and chunked.
+    let big: Vec<u8> = (0..1024 * 1024).map(|i| (i % 253) as u8).collect();
+    let r = c.post(run.url("/?echo")).body(big.clone()).send().await.unwrap();
+    assert_eq!(r.bytes().await.unwrap().as_ref(), big.as_slice());
+    let (body, expected) = chunked(vec![b"ab".to_vec(), vec![b'c'; 70_000], b"d".to_vec()]);
+    let r = c.post(run.url("/?echo")).body(body).send().await.unwrap();
+    assert_eq!(r.bytes().await.unwrap().as_ref(), expected.as_slice());
+    drop(run);
+
+    // SIGTERM: the request in progress is answered, then exit 0.
+    let mut run = Running::start(&b, &[]);
+    let mut raw = run.raw();
+    raw.send(b"GET /?slow HTTP/1.1\r\nHost: x\r\n\r\n");
+    run.wait_stderr("slow started");
+    run.sigterm();
+    let r = raw.response(false);
+    assert_eq!((r.status, r.body.as_slice()), (200, &b"slow done"[..]));
+    let st = run.wait_exit(EXIT_TIMEOUT);
+    assert!(st.success(), "{st}");
+
+    // The skeleton, as upstream's.
+    let b = built_bundle("golang-http", &[]);
+    let run = Running::start(&b, &[]);
+    let r = c.post(run.url("/")).body("fjord").send().await.unwrap();
+    assert_eq!(r.text().await.unwrap(), "Body: fjord");
+}
+
+/// A java11 handler using a class from a jar in libs/ (made here with javac and jar).
+const JAVA_HANDLER: &str = r#"package com.openfaas.function;
+
+import com.openfaas.model.IRequest;
+import com.openfaas.model.IResponse;
+import com.openfaas.model.Response;
+import greet.Greeter;
+
+public class Handler extends com.openfaas.model.AbstractHandler {
+    public IResponse Handle(IRequest req) {
+        Response res = new Response();
+        switch (req.getPathRaw()) {
+            case "/echo":
+                res.setBodyBytes(req.getBodyBytes());
+                res.setContentType("application/octet-stream");
+                break;
+            case "/json":
+                res.setStatusCode(201);
+                res.setContentType("application/json");
+                res.setBody("{\"ok\":true}");
+                break;
+            case "/html":
+                res.setContentType("text/html");
+                res.setBody("<p>hi</p>");
+                break;
+            case "/none":
+                break;
+            case "/slow":
+                System.err.println("slow started");
+                try { Thread.sleep(1000); } catch (InterruptedException e) { }
+                res.setBody("slow done");
+                break;
+            case "/throw":
+                throw new IllegalStateException("handler threw on purpose");
+            default:
+                res.setHeader("X-Test", "1");
+                res.setBody(Greeter.hello(req.getBody()) + " " + req.getPathRaw() + " "
+                    + req.getQueryRaw() + " " + req.getQuery().get("b") + " "
+                    + req.getHeader("X-Custom") + " " + req.getPath().get("a"));
+        }
+        return res;
+    }
+}
+"#;
+
+/// `libs/greet.jar`, compiled here.
+fn greet_jar() -> Vec<u8> {
+    let tmp = TempDir::new().unwrap();
+    write_file(
+        &tmp.path().join("src/greet/Greeter.java"),
+        b"package greet;\npublic class Greeter { public static String hello(String n) { return \"Hello, \" + n + \" (from libs)\"; } }\n",
+    );
+    let st = Command::new("javac")
+        .arg("-d")
+        .arg(tmp.path().join("classes"))
+        .arg(tmp.path().join("src/greet/Greeter.java"))
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let st = Command::new("jar")
+        .arg("--create")
+        .arg("--file")
+        .arg(tmp.path().join("greet.jar"))
+        .arg("-C")
+        .arg(tmp.path().join("classes"))
+        .arg(".")
+        .status()
+        .unwrap();
+    assert!(st.success());
+    fs::read(tmp.path().join("greet.jar")).unwrap()
+}
+
+#[tokio::test]
+async fn java_builds_with_libs_and_serves_the_java11_contract() {
+    let jar = greet_jar();
+    let b = built_bundle(
+        "java",
+        &[
+            (
+                "src/main/java/com/openfaas/function/Handler.java",
+                JAVA_HANDLER.as_bytes(),
+            ),
+            ("libs/greet.jar", &jar),
+        ],
+    );
+    // The class data sharing archive was made at build, inside the bundle.
+    assert!(b.root().join("app.jsa").is_file());
+    assert!(b.root().join("libs/greet.jar").is_file());
+    let run = Running::start(&b, &[]);
+    let c = client();
+    let r = c
+        .post(run.url("/a/1/b?a=1&b=x%20y"))
+        .header("X-Custom", "c")
+        .body("fjord")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(header(r.headers(), "x-test"), "1");
+    assert_eq!(
+        r.text().await.unwrap(),
+        "Hello, fjord (from libs) /a/1/b a=1&b=x%20y x y c 1"
+    );
+    let (st, h, body) = get_text(&c, &run.url("/json")).await;
+    assert_eq!((st.as_u16(), body.as_str()), (201, r#"{"ok":true}"#));
+    assert_eq!(header(&h, "content-type"), "application/json");
+    // An exception -> 500, the server lives on.
+    let (st, _, _) = get_text(&c, &run.url("/throw")).await;
+    assert_eq!(st, 500);
+    run.wait_stderr("handler threw on purpose");
+    let (st, _, body) = get_text(&c, &run.url("/html")).await;
+    assert_eq!((st.as_u16(), body.as_str()), (200, "<p>hi</p>"));
+    // Bodies: 1 MB, streamed chunked, chunk extensions; trailers are refused with a 400 (the
+    // JDK's server cannot read them) rather than a dropped connection.
+    let big: Vec<u8> = (0..1024 * 1024).map(|i| (i * 7 % 251) as u8).collect();
+    let h = assert_echoed(&c, &run, big.clone().into(), &big).await;
+    assert_eq!(header(&h, "content-type"), "application/octet-stream");
+    let (body, expected) = chunked(vec![b"hello ".to_vec(), vec![b'x'; 100_000]]);
+    assert_echoed(&c, &run, body, &expected).await;
+    let mut raw = run.raw();
+    raw.send(
+        b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n\
+          5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\n\r\nGET /none HTTP/1.1\r\nHost: x\r\n\r\n",
+    );
+    let r = raw.response(false);
+    assert_eq!((r.status, r.body.as_slice()), (200, &b"hello world"[..]));
+    assert_eq!(raw.response(false).status, 200);
+    let mut raw = run.raw();
+    raw.send(
+        b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n\
+          5\r\nhello\r\n0\r\nX-Trailer: t\r\n\r\n",
+    );
+    assert_eq!(raw.response(false).status, 400);
+
+    // Keep-alive, HEAD and 100-continue on one connection.
+    let mut raw = run.raw();
+    raw.send(b"GET /json HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(raw.response(false).status, 201);
+    raw.send(b"HEAD /html HTTP/1.1\r\nHost: x\r\n\r\n");
+    let h = raw.response(true);
+    assert_eq!((h.status, h.header("content-length")), (200, Some("9")));
+    raw.send(
+        b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nExpect: 100-continue\r\n\r\n",
+    );
+    assert_eq!(raw.response(true).status, 100);
+    raw.send(b"ok");
+    let r = raw.response(false);
+    assert_eq!((r.status, r.body.as_slice()), (200, &b"ok"[..]));
+    drop(run);
+    assert_sigterm_drains(&b);
+}
+
+#[tokio::test]
+async fn java_skeleton_answers_like_upstream() {
+    let b = built_bundle("java", &[]);
+    let run = Running::start(&b, &[]);
+    let (st, _, body) = get_text(&client(), &run.url("/")).await;
+    assert_eq!((st.as_u16(), body.as_str()), (200, "Hello, world!"));
 }

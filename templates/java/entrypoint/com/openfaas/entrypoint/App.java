@@ -5,7 +5,8 @@
 //
 // Every method on every path goes to the handler; the body is read whatever the method.
 // Keep-alive (idle connections kept 180 s, longer than the gateway's 90 s pool timeout),
-// Content-Length and chunked request bodies. A thrown exception gives a 500 (stack trace on
+// Content-Length and chunked request bodies (chunked with trailers: 400, the JDK server cannot
+// read them). A thrown exception gives a 500 (stack trace on
 // stderr). SIGTERM: exit 0 once the requests in progress have been answered.
 //
 // FJORD_JAVA_TRAIN=1 (fjord build only): serve one request with a stand-in handler, then exit,
@@ -133,6 +134,14 @@ public final class App {
         byte[] body;
         try (InputStream in = t.getRequestBody()) {
             body = readAll(in);
+        } catch (IOException e) {
+            // The JDK's server rejects, among others, chunked bodies with trailers.
+            byte[] msg = ("Bad Request: " + e.getMessage() + "\n").getBytes(StandardCharsets.UTF_8);
+            t.getResponseHeaders().set("Content-Type", "text/plain; charset=utf-8");
+            t.getResponseHeaders().set("Connection", "close");
+            t.sendResponseHeaders(400, msg.length);
+            t.getResponseBody().write(msg);
+            return;
         }
         Map<String, String> headers = new HashMap<>();
         for (Map.Entry<String, List<String>> h : t.getRequestHeaders().entrySet()) {
