@@ -54,7 +54,7 @@ enum Command {
         #[arg(long, default_value = "scripts/bench")]
         command_line: String,
         /// Run one scenario alone and print its figures, without writing the report
-        /// (`async`, `tls`, `fork`, `scale`, or `ab`: this binary against --baseline-fjord);
+        /// (`async`, `tls`, `fork`, `scale`, `templates`, or `ab`: this binary against --baseline-fjord);
         /// `containers` (root) also rewrites its own section of the report
         #[arg(long)]
         only: Option<String>,

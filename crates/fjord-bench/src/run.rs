@@ -30,7 +30,7 @@ pub struct Options {
 }
 
 /// The scenarios `--only` runs alone.
-pub const ONLY: [&str; 8] = [
+pub const ONLY: [&str; 9] = [
     "async",
     "tls",
     "fork",
@@ -39,6 +39,9 @@ pub const ONLY: [&str; 8] = [
     "containers",
     "connectors",
     "ui",
+    // The template rows of the full run (warm http first: its best throughput is their
+    // warm-throughput baseline).
+    "templates",
 ];
 
 pub async fn run(opts: Options) -> anyhow::Result<()> {
@@ -168,8 +171,12 @@ async fn run_only(b: &mut Bench<'_>, only: &str) -> anyhow::Result<()> {
             ONLY.join(", ")
         );
     }
-    let (fjord, _) = start_idle(b.opts).await?;
+    let (fjord, idle_rss_kb) = start_idle(b.opts).await?;
     match only {
+        "templates" => {
+            let http = warm_http::run(b, &fjord, idle_rss_kb).await?;
+            cold_start::run(b, &fjord, http.best_rps).await?;
+        }
         "async" => {
             async_queue::run(b, &fjord, Backend::Embedded).await?;
             async_queue::run_on_nats(b).await?;

@@ -1108,9 +1108,16 @@ async fn go_and_java_compile_errors_fail_the_build_at_the_users_line() {
         "broken-go/handler.go",
         "package function\n\nimport \"net/http\"\n\nfunc Handle(w http.ResponseWriter, r *http.Request) {\n\tw.Write(undefinedThing)\n}\n",
     );
-    p.run(&["new", "broken-java", "--lang", "java", "--append", "stack.yml"])
-        .await
-        .ok("fjord new broken-java");
+    p.run(&[
+        "new",
+        "broken-java",
+        "--lang",
+        "java",
+        "--append",
+        "stack.yml",
+    ])
+    .await
+    .ok("fjord new broken-java");
     p.write(
         "broken-java/src/main/java/com/openfaas/function/Handler.java",
         "package com.openfaas.function;\n\nimport com.openfaas.model.*;\n\npublic class Handler extends AbstractHandler {\n    public IResponse Handle(IRequest req) {\n        return nope;\n    }\n}\n",

@@ -1896,7 +1896,12 @@ async fn golang_middleware_builds_vendored_and_serves() {
 async fn golang_middleware_skeleton_answers_like_upstream() {
     let b = built_bundle("golang-middleware", &[]);
     let run = Running::start(&b, &[]);
-    let r = client().post(run.url("/")).body("fjord").send().await.unwrap();
+    let r = client()
+        .post(run.url("/"))
+        .body("fjord")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.text().await.unwrap(), "Body: fjord");
 }
@@ -1966,7 +1971,12 @@ async fn golang_http_request_and_response_contract() {
     assert_eq!((st.as_u16(), body.trim_end()), (500, "it went wrong"));
     // Bodies: 1 MB and chunked.
     let big: Vec<u8> = (0..1024 * 1024).map(|i| (i % 253) as u8).collect();
-    let r = c.post(run.url("/?echo")).body(big.clone()).send().await.unwrap();
+    let r = c
+        .post(run.url("/?echo"))
+        .body(big.clone())
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.bytes().await.unwrap().as_ref(), big.as_slice());
     let (body, expected) = chunked(vec![b"ab".to_vec(), vec![b'c'; 70_000], b"d".to_vec()]);
     let r = c.post(run.url("/?echo")).body(body).send().await.unwrap();

@@ -20,7 +20,7 @@ pub type Template = (
     &'static [&'static str],
 );
 
-pub const TEMPLATES: [Template; 3] = [
+pub const TEMPLATES: [Template; 7] = [
     (
         "python3-http",
         Some(30.0),
@@ -29,6 +29,27 @@ pub const TEMPLATES: [Template; 3] = [
     ),
     ("node", None, "/usr/bin/node", &["-e", "0"]),
     ("rust", Some(5.0), "/bin/true", &[]),
+    ("golang-middleware", Some(5.0), "/bin/true", &[]),
+    // The bare JVM with the template's flags (and the JDK's own CDS archive).
+    (
+        "java",
+        Some(150.0),
+        "/usr/bin/java",
+        &[
+            "-XX:TieredStopAtLevel=1",
+            "-XX:+UseSerialGC",
+            "-XX:-UsePerfData",
+            "-version",
+        ],
+    ),
+    (
+        "ruby",
+        Some(30.0),
+        "/usr/bin/ruby",
+        &["--disable-gems", "-e", "0"],
+    ),
+    // Fork mode: a php process per request, so its start is in every answer.
+    ("php", Some(30.0), "/usr/bin/php", &["-r", ""]),
 ];
 
 /// The function name a template is deployed as.
