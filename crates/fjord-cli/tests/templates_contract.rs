@@ -2160,3 +2160,33 @@ async fn java_skeleton_answers_like_upstream() {
     let (st, _, body) = get_text(&client(), &run.url("/")).await;
     assert_eq!((st.as_u16(), body.as_str()), (200, "Hello, world!"));
 }
+
+#[tokio::test]
+async fn golang_http_with_a_vendor_folder_gets_fjords_sdk_vendored_in() {
+    // The handler vendored its own dependency but not the SDK (which cannot be fetched here):
+    // the build adds fjord's copy to vendor/ and modules.txt.
+    let b = built_bundle(
+        "golang-http",
+        &[
+            (
+                "handler.go",
+                b"package function\n\nimport (\n\t\"example.com/greeting\"\n\thandler \"github.com/openfaas/templates-sdk/go-http\"\n)\n\nfunc Handle(req handler.Request) (handler.Response, error) {\n\treturn handler.Response{Body: []byte(greeting.Hello(string(req.Body)))}, nil\n}\n",
+            ),
+            (
+                "go.mod",
+                b"module handler/function\n\ngo 1.19\n\nrequire example.com/greeting v1.2.3\n",
+            ),
+            (
+                "vendor/modules.txt",
+                b"# example.com/greeting v1.2.3\n## explicit; go 1.19\nexample.com/greeting\n",
+            ),
+            (
+                "vendor/example.com/greeting/greeting.go",
+                b"package greeting\n\nfunc Hello(n string) string { return \"hi \" + n }\n",
+            ),
+        ],
+    );
+    let run = Running::start(&b, &[]);
+    let r = client().post(run.url("/")).body("fjord").send().await.unwrap();
+    assert_eq!(r.text().await.unwrap(), "hi fjord");
+}
