@@ -315,7 +315,7 @@ fn go_build(
     let r = tool_step(
         function,
         "go build",
-        &mut go(&["build", "-trimpath", "-ldflags=-s -w", "-o"])
+        go(&["build", "-trimpath", "-ldflags=-s -w", "-o"])
             .arg(&out)
             .arg("./fjordmain"),
         "golang-go",
