@@ -2187,6 +2187,11 @@ async fn golang_http_with_a_vendor_folder_gets_fjords_sdk_vendored_in() {
         ],
     );
     let run = Running::start(&b, &[]);
-    let r = client().post(run.url("/")).body("fjord").send().await.unwrap();
+    let r = client()
+        .post(run.url("/"))
+        .body("fjord")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.text().await.unwrap(), "hi fjord");
 }
