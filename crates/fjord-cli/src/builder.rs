@@ -268,8 +268,19 @@ fn build_in_context(
             handler.display()
         )));
     }
-    let template = templates::find(lang, stack_dir)?;
     let dir = build_dir(stack_dir, &f.name);
+    if lang == crate::dockerfile::LANG {
+        // The Dockerfile is the whole recipe: no template, no bundle.
+        std::fs::create_dir_all(&dir)?;
+        let built = crate::dockerfile::build(f, &handler, &dir, image, progress)?;
+        return Ok(Built {
+            digest: built.digest.clone(),
+            archive: built.layout.clone(),
+            cached: false,
+            image: Some(built),
+        });
+    }
+    let template = templates::find(lang, stack_dir)?;
     std::fs::create_dir_all(&dir)?;
 
     // The fingerprint of every input.

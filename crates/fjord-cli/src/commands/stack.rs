@@ -233,7 +233,13 @@ pub fn new(a: &NewArgs) -> Result<(), CliError> {
         );
     }
     println!(
-        "Next: fjord up{}",
+        "Next: fjord up{}{}",
+        // A Dockerfile builds only images.
+        if lang == crate::dockerfile::LANG {
+            " --image"
+        } else {
+            ""
+        },
         if a.append.is_some() {
             format!(" -f {}", stack_file.display())
         } else {
