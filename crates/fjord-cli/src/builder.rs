@@ -270,9 +270,12 @@ fn build_in_context(
     }
     let dir = build_dir(stack_dir, &f.name);
     if lang == crate::dockerfile::LANG {
-        // The Dockerfile is the whole recipe: no template, no bundle.
+        // The Dockerfile is the whole recipe: no template, no bundle, an image with or
+        // without --image (as faas-cli builds it).
         std::fs::create_dir_all(&dir)?;
-        let built = crate::dockerfile::build(f, &handler, &dir, image, progress)?;
+        let default = ImageOptions::default();
+        let opts = image.unwrap_or(&default);
+        let built = crate::dockerfile::build(f, &handler, &dir, opts, progress)?;
         return Ok(Built {
             digest: built.digest.clone(),
             archive: built.layout.clone(),

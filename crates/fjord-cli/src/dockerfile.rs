@@ -1,7 +1,9 @@
 //! `lang: dockerfile`: the handler folder holds a Dockerfile and its build context (as
 //! faas-cli's `dockerfile` language); `fjord build --image` builds it with `buildah`
 //! (daemonless, no Docker) into the same OCI image layout `build/<name>/image/` that other
-//! image builds leave, so `fjord push --image` and `fjord up --image` work unchanged.
+//! image builds leave, so `fjord push --image` and `fjord up --image` work unchanged. Such
+//! a function is an image with or without `--image` (as faas-cli builds it): `fjord push`
+//! and `fjord up` send it to its registry and deploy it as a container.
 //!
 //! buildah keeps its images and layers in a private storage root under the function's
 //! build folder (`build/<name>/buildah/`): it never touches the host's containers storage
@@ -36,15 +38,9 @@ pub fn build(
     f: &StackFunction,
     handler: &Path,
     build_dir: &Path,
-    opts: Option<&ImageOptions>,
+    opts: &ImageOptions,
     progress: &dyn Fn(&str),
 ) -> Result<BuiltImage, CliError> {
-    let Some(opts) = opts else {
-        return Err(CliError::Usage(format!(
-            "{}: lang: dockerfile builds a container image, not a bundle: run `fjord build --image` (or `fjord up --image`)",
-            f.name
-        )));
-    };
     let dockerfile = handler.join("Dockerfile");
     if !dockerfile.is_file() {
         return Err(CliError::Usage(format!(

@@ -432,6 +432,7 @@ async fn new_refuses_existing_folders_and_unknown_templates() {
         langs,
         [
             "bash",
+            "dockerfile",
             "node",
             "php",
             "python3",
@@ -451,6 +452,7 @@ async fn new_refuses_existing_folders_and_unknown_templates() {
     assert!(out.stderr.contains("cobol"), "{}", out.show());
     for lang in [
         "bash",
+        "dockerfile",
         "node",
         "php",
         "python3",
