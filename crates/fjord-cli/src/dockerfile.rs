@@ -270,9 +270,17 @@ mod tests {
         );
         assert_eq!(
             got,
-            ["reg.lan:5000", "127.0.0.1:5000", "localhost:7000", "[::1]:5001"]
+            [
+                "reg.lan:5000",
+                "127.0.0.1:5000",
+                "localhost:7000",
+                "[::1]:5001"
+            ]
         );
         let conf = registries_conf(&got);
-        assert!(conf.contains("location = \"127.0.0.1:5000\"\ninsecure = true"), "{conf}");
+        assert!(
+            conf.contains("location = \"127.0.0.1:5000\"\ninsecure = true"),
+            "{conf}"
+        );
     }
 }

@@ -133,7 +133,10 @@ async fn the_new_skeleton_builds_with_build_args_pushes_and_serves_as_a_containe
     let df_path = app.path().join("hello/Dockerfile");
     let skeleton = std::fs::read_to_string(&df_path).unwrap();
     assert!(skeleton.contains("ARG BASE_IMAGE="), "{skeleton}");
-    assert!(skeleton.contains("COPY --from=fjord-watchdog"), "{skeleton}");
+    assert!(
+        skeleton.contains("COPY --from=fjord-watchdog"),
+        "{skeleton}"
+    );
     std::fs::write(
         &df_path,
         skeleton.replace(
@@ -197,7 +200,11 @@ async fn the_new_skeleton_builds_with_build_args_pushes_and_serves_as_a_containe
     let inspect = run(Command::new("skopeo")
         .args(["inspect", "--tls-verify=false", "--format", "{{.Digest}}"])
         .arg(format!("docker://{image}")));
-    assert_eq!(inspect.trim(), digest, "the registry serves the built image");
+    assert_eq!(
+        inspect.trim(),
+        digest,
+        "the registry serves the built image"
+    );
     let st = server.wait_ready("hello", common::READY_TIMEOUT).await;
     assert_eq!(st["fjord"]["runtime"], "container", "{st}");
     assert_eq!(st["fjord"]["digest"], digest.as_str(), "{st}");
@@ -264,6 +271,21 @@ fn a_missing_dockerfile_or_buildah_is_a_clear_error() {
     );
 
     std::fs::write(app.path().join("hello/Dockerfile"), "FROM scratch\n").unwrap();
+    // A handler folder holding the stack's build/ (where buildah's storage goes) is refused:
+    // `COPY . .` would copy it into the image.
+    std::fs::write(app.path().join("Dockerfile"), "FROM scratch\n").unwrap();
+    std::fs::write(
+        app.path().join("here.yml"),
+        "version: 1.0\nprovider:\n  name: openfaas\nfunctions:\n  here:\n    lang: dockerfile\n    handler: .\n    image: 127.0.0.1:1/here:1\n",
+    )
+    .unwrap();
+    let out = fjord(app.path(), &["build", "-f", "here.yml"], &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", show(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("holds the build folder"),
+        "{}",
+        show(&out)
+    );
     let empty = tempfile::tempdir().unwrap();
     let out = fjord(
         app.path(),
