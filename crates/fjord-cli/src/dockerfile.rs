@@ -72,9 +72,9 @@ pub fn build(
     })?;
     if !nix::unistd::geteuid().is_root() {
         return Err(CliError::Usage(format!(
-            "{}: lang: dockerfile builds run buildah, which needs root here (its RUN steps start containers): \
-             run the build as root (sudo fjord build --image); rootless buildah needs subuid/subgid ranges for \
-             your user (/etc/subuid, /etc/subgid) and is not set up by fjord",
+            "{}: lang: dockerfile builds run buildah as root (its RUN steps start containers, \
+             as fjord's container runtime does): run the build as root, e.g. `sudo fjord build` or \
+             `sudo fjord up`; fjord does not set up rootless buildah (subuid/subgid ranges)",
             f.name
         )));
     }

@@ -271,6 +271,27 @@ fn a_missing_dockerfile_or_buildah_is_a_clear_error() {
     );
 
     std::fs::write(app.path().join("hello/Dockerfile"), "FROM scratch\n").unwrap();
+    // A normal user is told what is needed (buildah runs as root here).
+    run(Command::new("chmod").args(["-R", "a+rwX"]).arg(app.path()));
+    let out = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            FJORD,
+            "build",
+        ])
+        .current_dir(app.path())
+        .env("HOME", app.path())
+        .env("DOCKER_CONFIG", app.path().join(".docker"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", show(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("`sudo fjord build`"),
+        "{}",
+        show(&out)
+    );
     // A handler folder holding the stack's build/ (where buildah's storage goes) is refused:
     // `COPY . .` would copy it into the image.
     std::fs::write(app.path().join("Dockerfile"), "FROM scratch\n").unwrap();
