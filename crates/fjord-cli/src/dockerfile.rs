@@ -11,7 +11,7 @@
 //! instant. Registries without TLS (loopback ones and `--insecure-registry` ones, as fjord's
 //! own pulls) go in a private `registries.conf`.
 
-use std::io::Read as _;
+use std::io::{BufRead as _, Write as _};
 use std::path::Path;
 use std::process::{Command, Stdio};
 
@@ -79,6 +79,12 @@ pub fn build(
         )));
     }
     let dockerfile_text = std::fs::read_to_string(&dockerfile)?;
+    // `--base-image` wins over stack.yml, as for template images; the Dockerfile takes it
+    // through `ARG BASE_IMAGE` (the skeleton's).
+    let mut build_args = f.build_args.clone();
+    if let Some(b) = &opts.base_image {
+        build_args.insert(crate::image::BASE_IMAGE_ARG.to_string(), b.clone());
+    }
 
     let work = build_dir.join("buildah");
     std::fs::create_dir_all(&work)?;
@@ -87,7 +93,7 @@ pub fn build(
         &conf,
         registries_conf(&insecure_registries(
             &dockerfile_text,
-            f.build_args.values().map(String::as_str),
+            build_args.values().map(String::as_str),
             &opts.registry.insecure,
         )),
     )?;
@@ -100,7 +106,7 @@ pub fn build(
         .arg(&dockerfile)
         .arg("--tag")
         .arg(&tag);
-    for (k, v) in &f.build_args {
+    for (k, v) in &build_args {
         cmd.arg("--build-arg").arg(format!("{k}={v}"));
     }
     let auth = opts
@@ -121,7 +127,7 @@ pub fn build(
     cmd.arg(handler);
     progress("buildah bud");
     let log = work.join("build.log");
-    run_logged(&f.name, &mut cmd, &log, true)?;
+    run_logged(&f.name, cmd, &log, Some(progress))?;
 
     // A fresh layout each time (buildah adds to an existing one), swapped in when complete.
     progress("image layout");
@@ -143,7 +149,7 @@ pub fn build(
         fresh.display(),
         target.tag().unwrap_or("latest")
     ));
-    run_logged(&f.name, &mut push, &work.join("push.log"), false)?;
+    run_logged(&f.name, push, &work.join("push.log"), None)?;
     let _ = std::fs::remove_dir_all(&layout);
     std::fs::rename(&fresh, &layout)?;
     let l = fjord_oci::layout::Layout::open(&layout).map_err(other)?;
@@ -170,14 +176,24 @@ fn buildah(work: &Path, conf: &Path) -> Command {
     cmd
 }
 
-/// Runs a buildah command with its stdout and stderr in one file (in the order written, so
-/// a step's output follows its `STEP n/m:` line). On failure, the error names the failing
-/// `STEP` (when `steps`) and shows the output from that line on.
-fn run_logged(function: &str, cmd: &mut Command, log: &Path, steps: bool) -> Result<(), CliError> {
-    let file = std::fs::File::create(log)?;
-    cmd.stdout(file.try_clone()?).stderr(file);
-    let status = match cmd.status() {
-        Ok(s) => s,
+/// Runs a buildah command with its stdout and stderr through one pipe into `log` (in the
+/// order written, so a step's output follows its `STEP n/m:` line), reporting each `STEP`
+/// line to `steps` as it starts. On failure, the error names the failing step (with `steps`)
+/// and shows the output from that line on.
+fn run_logged(
+    function: &str,
+    mut cmd: Command,
+    log: &Path,
+    steps: Option<&dyn Fn(&str)>,
+) -> Result<(), CliError> {
+    let mut file = std::fs::File::create(log)?;
+    let (reader, writer) = std::io::pipe()?;
+    cmd.stdout(writer.try_clone()?).stderr(writer);
+    let spawned = cmd.spawn();
+    // The pipe's write ends live in `cmd`: without dropping it, reading would never end.
+    drop(cmd);
+    let mut child = match spawned {
+        Ok(c) => c,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return Err(CliError::Build {
                 function: function.into(),
@@ -189,14 +205,25 @@ fn run_logged(function: &str, cmd: &mut Command, log: &Path, steps: bool) -> Res
         }
         Err(e) => return Err(other(format!("{function}: cannot run buildah: {e}"))),
     };
+    let mut text = String::new();
+    for line in std::io::BufReader::new(reader).lines() {
+        let line = line.unwrap_or_default();
+        if let Some(report) = steps
+            && line.starts_with("STEP ")
+        {
+            report(&line);
+        }
+        writeln!(file, "{line}")?;
+        text.push_str(&line);
+        text.push('\n');
+    }
+    let status = child.wait()?;
     if status.success() {
         return Ok(());
     }
-    let mut text = String::new();
-    std::fs::File::open(log)?.read_to_string(&mut text)?;
     let lines: Vec<&str> = text.lines().collect();
     let (step, from) = match lines.iter().rposition(|l| l.starts_with("STEP ")) {
-        Some(i) if steps => (lines[i].to_string(), i + 1),
+        Some(i) if steps.is_some() => (lines[i].to_string(), i + 1),
         _ => (
             "buildah".to_string(),
             lines.len().saturating_sub(SHOWN_LINES),

@@ -223,14 +223,28 @@ fn a_failing_run_step_is_shown_and_nothing_is_pushed() {
     let image = reg.image("fn/broken", "latest");
     let app = stack(
         &image,
-        &[("BASE_IMAGE", &base)],
+        // --base-image wins over stack.yml (this one does not exist).
+        &[("BASE_IMAGE", "127.0.0.1:1/no/such:image")],
         Some(
             "ARG BASE_IMAGE\nFROM ${BASE_IMAGE}\nRUN echo first step\nRUN echo about to fail && ls /no-such-dir\nRUN echo never reached\n",
         ),
     );
-    let out = fjord(app.path(), &["up", "--image", "--skip-deploy"], &[]);
+    let out = fjord(
+        app.path(),
+        &["up", "--image", "--base-image", &base, "--skip-deploy"],
+        &[],
+    );
     assert_eq!(out.status.code(), Some(1), "{}", show(&out));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let all = String::from_utf8_lossy(&out.stderr);
+    // Each step is reported as it starts.
+    assert!(
+        all.contains("==> hello: STEP 2/4: RUN echo first step"),
+        "{}",
+        show(&out)
+    );
+    let err = &all[all
+        .find("error: ")
+        .unwrap_or_else(|| panic!("{}", show(&out)))..];
     assert!(
         err.contains(
             "building hello failed at step `STEP 3/4: RUN echo about to fail && ls /no-such-dir`"
@@ -245,7 +259,7 @@ fn a_failing_run_step_is_shown_and_nothing_is_pushed() {
     );
     assert!(!err.contains("never reached"), "{}", show(&out));
     assert!(
-        !err.contains("first step"),
+        !err.contains("\nfirst step\n"),
         "only the failing step's output: {}",
         show(&out)
     );
