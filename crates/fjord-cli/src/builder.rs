@@ -275,11 +275,11 @@ fn build_in_context(
         std::fs::create_dir_all(&dir)?;
         let default = ImageOptions::default();
         let opts = image.unwrap_or(&default);
-        let built = crate::dockerfile::build(f, &handler, &dir, opts, progress)?;
+        let (built, cached) = crate::dockerfile::build(f, &handler, &dir, opts, progress)?;
         return Ok(Built {
             digest: built.digest.clone(),
             archive: built.layout.clone(),
-            cached: false,
+            cached,
             image: Some(built),
         });
     }

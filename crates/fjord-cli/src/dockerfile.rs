@@ -33,14 +33,15 @@ fn other(e: impl std::fmt::Display) -> CliError {
     CliError::Other(e.to_string())
 }
 
-/// Builds `f`'s Dockerfile (in `handler`) into `build_dir/image/`.
+/// Builds `f`'s Dockerfile (in `handler`) into `build_dir/image/`; `true` with it when the
+/// image is the one already there (every step cached, same tag).
 pub fn build(
     f: &StackFunction,
     handler: &Path,
     build_dir: &Path,
     opts: &ImageOptions,
     progress: &dyn Fn(&str),
-) -> Result<BuiltImage, CliError> {
+) -> Result<(BuiltImage, bool), CliError> {
     let dockerfile = handler.join("Dockerfile");
     if !dockerfile.is_file() {
         return Err(CliError::Usage(format!(
@@ -105,7 +106,9 @@ pub fn build(
         .arg("--file")
         .arg(&dockerfile)
         .arg("--tag")
-        .arg(&tag);
+        .arg(&tag)
+        .arg("--iidfile")
+        .arg(work.join("iid"));
     for (k, v) in &build_args {
         cmd.arg("--build-arg").arg(format!("{k}={v}"));
     }
@@ -129,9 +132,22 @@ pub fn build(
     let log = work.join("build.log");
     run_logged(&f.name, cmd, &log, Some(progress))?;
 
+    let layout = crate::image::layout_dir(build_dir);
+    // The layout already holds this image under this tag: writing it again would only
+    // compress the same layers again.
+    let written = format!(
+        "{} {}",
+        std::fs::read_to_string(work.join("iid"))?.trim(),
+        f.image
+    );
+    let stamp = work.join("layout-of");
+    if std::fs::read_to_string(&stamp).ok().as_deref() == Some(written.as_str())
+        && let Some(built) = crate::image::last_image(build_dir, f)
+    {
+        return Ok((built, true));
+    }
     // A fresh layout each time (buildah adds to an existing one), swapped in when complete.
     progress("image layout");
-    let layout = crate::image::layout_dir(build_dir);
     let fresh = build_dir.join("image.new");
     let _ = std::fs::remove_dir_all(&fresh);
     let mut push = buildah(&work, &conf);
@@ -150,15 +166,20 @@ pub fn build(
         target.tag().unwrap_or("latest")
     ));
     run_logged(&f.name, push, &work.join("push.log"), None)?;
+    let _ = std::fs::remove_file(&stamp);
     let _ = std::fs::remove_dir_all(&layout);
     std::fs::rename(&fresh, &layout)?;
+    std::fs::write(&stamp, &written)?;
     let l = fjord_oci::layout::Layout::open(&layout).map_err(other)?;
     let (d, _) = l.image().map_err(other)?;
-    Ok(BuiltImage {
-        reference: f.image.clone(),
-        digest: d.digest,
-        layout,
-    })
+    Ok((
+        BuiltImage {
+            reference: f.image.clone(),
+            digest: d.digest,
+            layout,
+        },
+        false,
+    ))
 }
 
 /// `buildah` with the function's private storage and registries.

@@ -108,18 +108,31 @@ pub fn watchdog_tree(dest: &Path) -> Result<(), CliError> {
     std::fs::create_dir_all(dest.join("bin"))?;
     std::fs::create_dir_all(dest.join("lib"))?;
     let bin = dest.join("bin/fjord");
-    let tmp = dest.join("bin/.fjord.tmp");
-    let stripped = Command::new("strip")
-        .arg("--strip-all")
-        .arg("-o")
-        .arg(&tmp)
-        .arg(&exe)
-        .status()
-        .is_ok_and(|s| s.success());
-    if !stripped {
-        std::fs::copy(&exe, &tmp)?;
+    // Stripping takes a while (a debug binary is hundreds of MB): not again for the same
+    // binary. The stamp is outside the tree, which is copied into images as it is.
+    let meta = std::fs::metadata(&exe)?;
+    let source = format!(
+        "{} {} {:?}",
+        exe.display(),
+        meta.len(),
+        meta.modified().ok()
+    );
+    let stamp = dest.with_extension("source");
+    if !(bin.is_file() && std::fs::read_to_string(&stamp).ok().as_deref() == Some(&source)) {
+        let tmp = dest.join("bin/.fjord.tmp");
+        let stripped = Command::new("strip")
+            .arg("--strip-all")
+            .arg("-o")
+            .arg(&tmp)
+            .arg(&exe)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !stripped {
+            std::fs::copy(&exe, &tmp)?;
+        }
+        std::fs::rename(&tmp, &bin)?;
+        std::fs::write(&stamp, &source)?;
     }
-    std::fs::rename(&tmp, &bin)?;
     for (at, real) in &libs {
         let to = dest.join(at.strip_prefix("fjord").unwrap_or(at));
         if std::fs::read(&to).ok() != Some(std::fs::read(real)?) {

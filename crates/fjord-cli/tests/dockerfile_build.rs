@@ -164,6 +164,14 @@ async fn the_new_skeleton_builds_with_build_args_pushes_and_serves_as_a_containe
     std::fs::remove_dir_all(app.path().join("build")).unwrap();
     let second = ok(&fjord(app.path(), &["build", "--image", "-q"], &[]));
     assert_eq!(first, second, "the same inputs give the same image");
+    // Again with nothing changed: every step cached, the image left as it is.
+    let out = fjord(app.path(), &["build"], &[]);
+    assert_eq!(ok(&out), first);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("==> hello: unchanged sha256:"),
+        "{}",
+        show(&out)
+    );
     let digest = first
         .trim()
         .strip_prefix(&format!("{image} "))
