@@ -103,6 +103,8 @@ pub fn build(
     let mut cmd = buildah(&work, &conf);
     cmd.arg("bud")
         .args(["--layers", "--timestamp", "0", "--identity-label=false"])
+        // Without it a failed step's container stays, mounted, in the storage.
+        .arg("--force-rm")
         .arg("--file")
         .arg(&dockerfile)
         .arg("--tag")

@@ -272,6 +272,13 @@ fn a_failing_run_step_is_shown_and_nothing_is_pushed() {
         show(&out)
     );
     assert!(!in_registry(&reg, "fn/broken"), "nothing was pushed");
+    // The failed step's container is gone: nothing stays mounted in buildah's storage.
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let dir = app.path().to_str().unwrap();
+    assert!(
+        !mounts.lines().any(|l| l.contains(dir)),
+        "mounts left under {dir}:\n{mounts}"
+    );
     assert!(
         !app.path().join("build/hello/image").exists(),
         "no image layout is left for `fjord push --image`"
