@@ -105,6 +105,10 @@ pub fn build(
         .args(["--layers", "--timestamp", "0", "--identity-label=false"])
         // Without it a failed step's container stays, mounted, in the storage.
         .arg("--force-rm")
+        // RUN steps use the host's network, as the other templates' build steps (pip, npm,
+        // cargo) do: no bridge, NAT or firewall rules made on the host for a build (buildah's
+        // private networks need them), and loopback mirrors and registries are reachable.
+        .args(["--network", "host"])
         .arg("--file")
         .arg(&dockerfile)
         .arg("--tag")
