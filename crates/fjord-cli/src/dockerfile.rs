@@ -137,6 +137,13 @@ pub fn build(
     progress("buildah bud");
     let log = work.join("build.log");
     run_logged(&f.name, cmd, &log, Some(progress))?;
+    // The previous build's image, untagged now, and the cached steps only it used: without
+    // this the storage grows with every change. Not fatal: the next build prunes again.
+    let _ = buildah(&work, &conf)
+        .args(["rmi", "--prune"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
 
     let layout = crate::image::layout_dir(build_dir);
     // The layout already holds this image under this tag: writing it again would only
