@@ -136,7 +136,23 @@ pub fn build(
     cmd.arg(handler);
     progress("buildah bud");
     let log = work.join("build.log");
-    run_logged(&f.name, cmd, &log, Some(progress))?;
+    run_logged(&f.name, cmd, &log, Some(progress)).map_err(|e| match e {
+        CliError::Build {
+            function,
+            step,
+            output,
+        } if output.contains("authentication required") || output.contains("unauthorized") => {
+            CliError::Build {
+                function,
+                step,
+                output: format!(
+                    "{output}\nthe registry needs credentials: log in (docker login HOST writes them) or add an \
+                     auths entry to the Docker config.json, or pass --registry-config FILE"
+                ),
+            }
+        }
+        e => e,
+    })?;
     // The previous build's image, untagged now, and the cached steps only it used: without
     // this the storage grows with every change. Not fatal: the next build prunes again.
     let _ = buildah(&work, &conf)

@@ -349,3 +349,54 @@ fn a_missing_dockerfile_or_buildah_is_a_clear_error() {
         show(&out)
     );
 }
+
+#[test]
+fn a_base_image_behind_credentials_is_pulled_with_the_docker_config() {
+    root();
+    let reg = Registry::start(Some(("alice", "right")));
+    let base = push_base(&reg);
+    let image = reg.image("fn/private", "latest");
+    let app = stack(
+        &image,
+        &[("BASE_IMAGE", &base)],
+        Some("ARG BASE_IMAGE\nFROM ${BASE_IMAGE}\nRUN echo built > /built\n"),
+    );
+    // No credentials: the FROM step fails, named, and nothing is pushed.
+    let out = fjord(app.path(), &["up", "--skip-deploy"], &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("failed at step `STEP 1/2: FROM")
+            && err.contains("needs credentials")
+            && err.contains("--registry-config"),
+        "{}",
+        show(&out)
+    );
+    // The Docker config fjord reads (DOCKER_CONFIG here) reaches buildah: the base is pulled,
+    // and fjord's own push uses the same credentials.
+    use base64::Engine as _;
+    let auth = base64::engine::general_purpose::STANDARD.encode("alice:right");
+    std::fs::create_dir_all(app.path().join(".docker")).unwrap();
+    std::fs::write(
+        app.path().join(".docker/config.json"),
+        format!(
+            "{{\"auths\": {{\"{}\": {{\"auth\": \"{auth}\"}}}}}}",
+            reg.host()
+        ),
+    )
+    .unwrap();
+    let out = fjord(app.path(), &["up", "--skip-deploy"], &[]);
+    let stdout = ok(&out);
+    assert!(
+        stdout.starts_with(&format!("{image} sha256:")),
+        "{}",
+        show(&out)
+    );
+    let inspected = run(Command::new("skopeo").args([
+        "inspect",
+        "--tls-verify=false",
+        "--creds=alice:right",
+        &format!("docker://{image}"),
+    ]));
+    assert!(inspected.contains("\"Digest\""), "{inspected}");
+}

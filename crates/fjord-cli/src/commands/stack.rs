@@ -745,7 +745,8 @@ pub async fn up(a: &UpArgs) -> Result<(), CliError> {
     let loaded = load(&a.stack)?;
     let gw = gateway(&a.gateway, loaded.stack.provider.gateway.as_deref())?;
     // Images go to their registries: the gateway is needed only to deploy them.
-    let needs_gateway = !(a.skip_push || (a.image.image && a.skip_deploy));
+    let only_images = a.image.image || built_functions(&loaded).all(is_dockerfile);
+    let needs_gateway = !(a.skip_push || (only_images && a.skip_deploy));
     if needs_gateway {
         // Fail fast, before a long build, if the gateway is down or refuses us.
         gw.info().await?;
