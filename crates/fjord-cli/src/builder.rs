@@ -557,8 +557,22 @@ fn build_in_context(
             handler.display()
         )));
     }
-    let template = templates::find(lang, stack_dir)?;
     let dir = build_dir(stack_dir, &f.name);
+    if lang == crate::dockerfile::LANG {
+        // The Dockerfile is the whole recipe: no template, no bundle, an image with or
+        // without --image (as faas-cli builds it).
+        std::fs::create_dir_all(&dir)?;
+        let default = ImageOptions::default();
+        let opts = image.unwrap_or(&default);
+        let (built, cached) = crate::dockerfile::build(f, &handler, &dir, opts, progress)?;
+        return Ok(Built {
+            digest: built.digest.clone(),
+            archive: built.layout.clone(),
+            cached,
+            image: Some(built),
+        });
+    }
+    let template = templates::find(lang, stack_dir)?;
     std::fs::create_dir_all(&dir)?;
 
     // The fingerprint of every input.

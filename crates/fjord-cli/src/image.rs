@@ -73,10 +73,10 @@ fn other(e: impl std::fmt::Display) -> CliError {
     CliError::Other(e.to_string())
 }
 
-/// The watchdog layer: the running fjord binary (symbols stripped when `strip` is
-/// installed: smaller, and the same bytes for the same binary) and the shared libraries
-/// `ldd` lists, with their loader. Built once per binary and libraries, kept in `cache`.
-fn watchdog_layer(cache: &Path) -> Result<fjord_oci::layout::BuiltLayer, CliError> {
+/// The running fjord binary and the shared libraries `ldd` lists for it (with their loader),
+/// each with where it goes in an image (`fjord/lib/NAME`).
+#[allow(clippy::type_complexity)]
+fn watchdog_files() -> Result<(PathBuf, Vec<(PathBuf, PathBuf)>), CliError> {
     let exe = std::env::current_exe().map_err(other)?;
     let out = Command::new("ldd")
         .arg(&exe)
@@ -97,6 +97,56 @@ fn watchdog_layer(cache: &Path) -> Result<fjord_oci::layout::BuiltLayer, CliErro
         let real = std::fs::canonicalize(p).map_err(other)?;
         libs.push((Path::new("fjord/lib").join(name), real));
     }
+    Ok((exe, libs))
+}
+
+/// The watchdog as a folder for `lang: dockerfile` builds (`bin/fjord`, `lib/...`: what
+/// images built with `--image` hold under `/fjord`), so a Dockerfile can
+/// `COPY --from=fjord-watchdog / /fjord/`. Files already equal are left as they are.
+pub fn watchdog_tree(dest: &Path) -> Result<(), CliError> {
+    let (exe, libs) = watchdog_files()?;
+    std::fs::create_dir_all(dest.join("bin"))?;
+    std::fs::create_dir_all(dest.join("lib"))?;
+    let bin = dest.join("bin/fjord");
+    // Stripping takes a while (a debug binary is hundreds of MB): not again for the same
+    // binary. The stamp is outside the tree, which is copied into images as it is.
+    let meta = std::fs::metadata(&exe)?;
+    let source = format!(
+        "{} {} {:?}",
+        exe.display(),
+        meta.len(),
+        meta.modified().ok()
+    );
+    let stamp = dest.with_extension("source");
+    if !(bin.is_file() && std::fs::read_to_string(&stamp).ok().as_deref() == Some(&source)) {
+        let tmp = dest.join("bin/.fjord.tmp");
+        let stripped = Command::new("strip")
+            .arg("--strip-all")
+            .arg("-o")
+            .arg(&tmp)
+            .arg(&exe)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !stripped {
+            std::fs::copy(&exe, &tmp)?;
+        }
+        std::fs::rename(&tmp, &bin)?;
+        std::fs::write(&stamp, &source)?;
+    }
+    for (at, real) in &libs {
+        let to = dest.join(at.strip_prefix("fjord").unwrap_or(at));
+        if std::fs::read(&to).ok() != Some(std::fs::read(real)?) {
+            std::fs::copy(real, &to)?;
+        }
+    }
+    Ok(())
+}
+
+/// The watchdog layer: the running fjord binary (symbols stripped when `strip` is
+/// installed: smaller, and the same bytes for the same binary) and the shared libraries
+/// `ldd` lists, with their loader. Built once per binary and libraries, kept in `cache`.
+fn watchdog_layer(cache: &Path) -> Result<fjord_oci::layout::BuiltLayer, CliError> {
+    let (exe, libs) = watchdog_files()?;
     let mut h = fjord_bundle::Hasher::default();
     h.update(b"fjord-watchdog-layer-1\0");
     h.update(

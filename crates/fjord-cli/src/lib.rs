@@ -9,6 +9,7 @@ pub mod cli;
 mod client;
 mod commands;
 mod config;
+pub(crate) mod dockerfile;
 mod error;
 mod image;
 pub mod templates;

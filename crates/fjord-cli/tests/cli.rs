@@ -441,6 +441,7 @@ async fn new_refuses_existing_folders_and_unknown_templates() {
         langs,
         [
             "bash",
+            "dockerfile",
             "golang-http",
             "golang-middleware",
             "java",
@@ -463,6 +464,7 @@ async fn new_refuses_existing_folders_and_unknown_templates() {
     assert!(out.stderr.contains("cobol"), "{}", out.show());
     for lang in [
         "bash",
+        "dockerfile",
         "golang-http",
         "golang-middleware",
         "java",

@@ -60,6 +60,7 @@ fn every_template_has_a_valid_spec_and_skeleton() {
         langs,
         [
             "bash",
+            "dockerfile",
             "golang-http",
             "golang-middleware",
             "java",

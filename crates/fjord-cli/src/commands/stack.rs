@@ -445,8 +445,13 @@ pub async fn push_built(
     loaded: &Loaded,
     quiet: bool,
     sign: Option<&fjord_trust::PrivateKey>,
+    registry: &fjord_oci::push::RegistryOptions,
 ) -> Result<(), CliError> {
     for f in built_functions(loaded) {
+        if is_dockerfile(f) {
+            push_image(loaded, f, registry, quiet, sign).await?;
+            continue;
+        }
         let b = builder::last_build(&loaded.dir, &f.name).ok_or_else(|| {
             CliError::Usage(format!(
                 "{} has not been built: run `fjord build` (or `fjord up`)",
@@ -511,25 +516,43 @@ pub async fn push_images(
         .iter()
         .filter(|f| f.lang.is_some() && !f.skip_build)
     {
-        let built =
-            image::last_image(&builder::build_dir(&loaded.dir, &f.name), f).ok_or_else(|| {
-                CliError::Usage(format!(
-                    "{} has no image: run `fjord build --image` (or `fjord up --image`)",
-                    f.name
-                ))
-            })?;
-        let digest = image::push(&built, &f.name, opts, quiet).await?;
-        if let Some(key) = sign {
-            let target = fjord_oci::Reference::parse(&built.reference)
-                .map_err(|e| CliError::Usage(format!("{}: {e}", built.reference)))?;
-            let at = super::trust::sign_image(key, &target, &digest, opts).await?;
-            if !quiet {
-                eprintln!("==> {}: signed {digest} ({at})", f.name);
-            }
-        }
-        println!("{} {digest}", built.reference);
+        push_image(loaded, f, opts, quiet, sign).await?;
     }
     Ok(())
+}
+
+/// Pushes one function's image (`fjord build --image`, or a `lang: dockerfile` build).
+async fn push_image(
+    loaded: &Loaded,
+    f: &StackFunction,
+    opts: &fjord_oci::push::RegistryOptions,
+    quiet: bool,
+    sign: Option<&fjord_trust::PrivateKey>,
+) -> Result<(), CliError> {
+    let built =
+        image::last_image(&builder::build_dir(&loaded.dir, &f.name), f).ok_or_else(|| {
+            CliError::Usage(format!(
+                "{} has no image: run `fjord build --image` (or `fjord up --image`)",
+                f.name
+            ))
+        })?;
+    let digest = image::push(&built, &f.name, opts, quiet).await?;
+    if let Some(key) = sign {
+        let target = fjord_oci::Reference::parse(&built.reference)
+            .map_err(|e| CliError::Usage(format!("{}: {e}", built.reference)))?;
+        let at = super::trust::sign_image(key, &target, &digest, opts).await?;
+        if !quiet {
+            eprintln!("==> {}: signed {digest} ({at})", f.name);
+        }
+    }
+    println!("{} {digest}", built.reference);
+    Ok(())
+}
+
+/// `lang: dockerfile` functions are images whatever the flags: they go to their registry
+/// and run as containers.
+fn is_dockerfile(f: &StackFunction) -> bool {
+    f.lang.as_deref() == Some(crate::dockerfile::LANG)
 }
 
 pub async fn push(
@@ -545,7 +568,14 @@ pub async fn push(
         return push_images(&loaded, &registry_options(registry), false, key.as_ref()).await;
     }
     let gw = gateway(g, loaded.stack.provider.gateway.as_deref())?;
-    push_built(&gw, &loaded, false, key.as_ref()).await
+    push_built(
+        &gw,
+        &loaded,
+        false,
+        key.as_ref(),
+        &registry_options(registry),
+    )
+    .await
 }
 
 // ------------------------------------------------------------------------------- deploy
@@ -662,6 +692,12 @@ pub async fn deploy_stack(
         if let Some(ns) = &extras.namespace {
             d.namespace = Some(ns.clone());
         }
+        if is_dockerfile(f) {
+            d.annotations
+                .get_or_insert_default()
+                .entry(RUNTIME_ANNOTATION.to_string())
+                .or_insert_with(|| "container".to_string());
+        }
         deploy_one(gw, &d, wait).await?;
     }
     Ok(())
@@ -709,7 +745,8 @@ pub async fn up(a: &UpArgs) -> Result<(), CliError> {
     let loaded = load(&a.stack)?;
     let gw = gateway(&a.gateway, loaded.stack.provider.gateway.as_deref())?;
     // Images go to their registries: the gateway is needed only to deploy them.
-    let needs_gateway = !(a.skip_push || (a.image.image && a.skip_deploy));
+    let only_images = a.image.image || built_functions(&loaded).all(is_dockerfile);
+    let needs_gateway = !(a.skip_push || (only_images && a.skip_deploy));
     if needs_gateway {
         // Fail fast, before a long build, if the gateway is down or refuses us.
         gw.info().await?;
@@ -735,7 +772,16 @@ pub async fn up(a: &UpArgs) -> Result<(), CliError> {
             // The server pulls `image:` from its registry and runs it as a container.
             annotations.insert(RUNTIME_ANNOTATION.to_string(), "container".to_string());
         }
-        None => push_built(&gw, &loaded, a.quiet, key.as_ref()).await?,
+        None => {
+            push_built(
+                &gw,
+                &loaded,
+                a.quiet,
+                key.as_ref(),
+                &registry_options(&a.image.registry),
+            )
+            .await?
+        }
     }
     if a.skip_deploy {
         return Ok(());
