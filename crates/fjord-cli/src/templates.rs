@@ -121,10 +121,39 @@ pub fn find(lang: &str, stack_dir: &Path) -> Result<Template, CliError> {
             })
         }
         None => Err(CliError::Usage(format!(
-            "no template {lang:?}; available: {} (or put one in {}/)",
+            "no template {lang:?}{}; available: {} (or put one in {}/)",
+            closest(lang).map_or(String::new(), |n| format!(" (did you mean {n}?)")),
             names().join(", "),
             stack_dir.join("template").display()
         ))),
+    }
+}
+
+/// The shipped template name (or upstream alias) a mistyped `lang` most likely meant.
+fn closest(lang: &str) -> Option<String> {
+    names()
+        .into_iter()
+        .chain(ALIASES.iter().map(|(upstream, _)| upstream.to_string()))
+        .map(|n| (strsim::jaro_winkler(lang, &n), n))
+        .filter(|(score, _)| *score > 0.85)
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, n)| n)
+}
+
+#[cfg(test)]
+mod closest_tests {
+    #[test]
+    fn a_typo_suggests_the_template_and_nonsense_suggests_nothing() {
+        assert_eq!(super::closest("dockerfil").as_deref(), Some("dockerfile"));
+        assert_eq!(
+            super::closest("pyhton3-http").as_deref(),
+            Some("python3-http")
+        );
+        assert_eq!(
+            super::closest("golang-midleware").as_deref(),
+            Some("golang-middleware")
+        );
+        assert_eq!(super::closest("cobol"), None);
     }
 }
 
