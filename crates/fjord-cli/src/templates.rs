@@ -140,23 +140,6 @@ fn closest(lang: &str) -> Option<String> {
         .map(|(_, n)| n)
 }
 
-#[cfg(test)]
-mod closest_tests {
-    #[test]
-    fn a_typo_suggests_the_template_and_nonsense_suggests_nothing() {
-        assert_eq!(super::closest("dockerfil").as_deref(), Some("dockerfile"));
-        assert_eq!(
-            super::closest("pyhton3-http").as_deref(),
-            Some("python3-http")
-        );
-        assert_eq!(
-            super::closest("golang-midleware").as_deref(),
-            Some("golang-middleware")
-        );
-        assert_eq!(super::closest("cobol"), None);
-    }
-}
-
 fn write_embedded(
     dir: &Dir<'_>,
     strip: &Path,
@@ -278,5 +261,22 @@ fn collect_local(src: &Path, rel: &Path, out: &mut Vec<(PathBuf, Vec<u8>)>) {
                 out.push((r, bytes));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod closest_tests {
+    #[test]
+    fn a_typo_suggests_the_template_and_nonsense_suggests_nothing() {
+        assert_eq!(super::closest("dockerfil").as_deref(), Some("dockerfile"));
+        assert_eq!(
+            super::closest("pyhton3-http").as_deref(),
+            Some("python3-http")
+        );
+        assert_eq!(
+            super::closest("golang-midleware").as_deref(),
+            Some("golang-middleware")
+        );
+        assert_eq!(super::closest("cobol"), None);
     }
 }
