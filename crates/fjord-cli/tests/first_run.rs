@@ -376,6 +376,40 @@ async fn as_root_a_data_dir_under_a_private_directory_still_runs_bundles() {
     let body = r.text().await.unwrap();
     assert_eq!(st, StatusCode::BAD_REQUEST, "{body}");
     assert!(body.contains("/home/app/missing.sh"), "{body}");
+
+    // A second server on the same data dir is refused, naming the first, and the first's
+    // function keeps answering (before the lock, the second removed its replicas as stale).
+    let out = clean(FJORD, &home)
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--tune-kernel=false",
+            "--data-dir",
+        ])
+        .arg(&s.data_dir)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains(&format!(
+            "is in use by another fjord serve (pid {}): stop it, or give this server a data dir of its own with --data-dir",
+            s.child.id()
+        )),
+        "{err}"
+    );
+    let r = reqwest::Client::new()
+        .post(format!("{}/function/greet", s.base))
+        .body("Cy")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(
+        r.text().await.unwrap().trim(),
+        "hello from the bundle, Cy (cwd /home/app)"
+    );
 }
 
 /// `setpriv` to nobody, with a clean environment and the given HOME.

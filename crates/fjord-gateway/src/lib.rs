@@ -688,6 +688,41 @@ async fn containers(
     }))
 }
 
+/// Takes `<data-dir>/serve.lock` (an exclusive `flock`, with this server's pid in it), or
+/// says which server holds it. The kernel drops the lock when the process ends, however.
+fn lock_data_dir(data_dir: &std::path::Path) -> std::io::Result<nix::fcntl::Flock<std::fs::File>> {
+    use std::io::{Read as _, Write as _};
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(data_dir.join("serve.lock"))?;
+    match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+        Ok(lock) => {
+            lock.set_len(0)?;
+            (&*lock).write_all(format!("{}\n", std::process::id()).as_bytes())?;
+            Ok(lock)
+        }
+        Err((mut file, nix::errno::Errno::EWOULDBLOCK)) => {
+            let mut pid = String::new();
+            let _ = file.read_to_string(&mut pid);
+            let pid = pid.trim();
+            let holder = if pid.is_empty() {
+                "another fjord serve".to_string()
+            } else {
+                format!("another fjord serve (pid {pid})")
+            };
+            Err(std::io::Error::other(format!(
+                "is in use by {holder}: stop it, or give this server a data dir of its own with --data-dir"
+            )))
+        }
+        Err((_, e)) => Err(e.into()),
+    }
+}
+
 /// Runs the gateway until `shutdown` is cancelled, then drains and stops every replica.
 pub async fn serve(config: GatewayConfig, shutdown: CancellationToken) -> Result<(), StartError> {
     let data_dir = &config.data_dir.clone();
@@ -716,6 +751,9 @@ pub async fn serve(config: GatewayConfig, shutdown: CancellationToken) -> Result
         std::os::unix::fs::PermissionsExt::from_mode(0o700),
     )
     .map_err(dd_err)?;
+    // Held until this server ends: a second server on the same data dir would remove this
+    // one's replicas as "left by an earlier run" and share its state database.
+    let _data_dir_lock = lock_data_dir(data_dir).map_err(dd_err)?;
 
     let creds = if config.auth {
         let (creds, created) = auth::load_or_create(data_dir).map_err(StartError::Auth)?;

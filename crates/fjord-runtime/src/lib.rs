@@ -576,15 +576,22 @@ impl Runtime for ProcessRuntime {
 }
 
 /// A short stable id for this data dir, so several `fjord serve` on one machine keep their
-/// cgroups apart and each cleans up only its own.
+/// cgroups apart and each cleans up only its own. The directory's device and inode count
+/// too: the same path can name different directories (another mount namespace, a
+/// filesystem mounted over it), whose servers must not take each other's replicas as stale.
 fn instance_id(data_dir: &std::path::Path) -> String {
     use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::MetadataExt;
     let canon = std::fs::canonicalize(data_dir).unwrap_or_else(|_| data_dir.to_path_buf());
+    let identity = std::fs::metadata(&canon)
+        .map(|m| format!("\0{}:{}", m.dev(), m.ino()))
+        .unwrap_or_default();
     // FNV-1a: stable across builds, unlike std's hasher.
     let hash = canon
         .as_os_str()
         .as_bytes()
         .iter()
+        .chain(identity.as_bytes())
         .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
             (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
         });
