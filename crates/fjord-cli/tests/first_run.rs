@@ -71,7 +71,13 @@ impl Serve {
             if let Some(st) = child.try_wait().unwrap() {
                 panic!("fjord serve exited with {st}:\n{}", log_of(&log));
             }
-            if let Ok(a) = std::fs::read_to_string(&addr_file)
+            // This server's own (its pid in the lock): before the script's mounts, the path
+            // through /proc/<pid>/root still shows the host's /var/lib/fjord, which may be
+            // another server's.
+            let ours = std::fs::read_to_string(seen("serve.lock"))
+                .is_ok_and(|l| l.trim() == pid.to_string());
+            if ours
+                && let Ok(a) = std::fs::read_to_string(&addr_file)
                 && a.trim().contains(':')
             {
                 break a.trim().to_string();
