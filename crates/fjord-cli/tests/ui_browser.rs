@@ -110,16 +110,25 @@ async fn wait_shown(c: &Client, css: &str) {
     .await
 }
 
+/// Finds `css`, waiting for it: a click on the nav renders the next page asynchronously, so
+/// its elements may not exist yet when the click returns.
+async fn find(c: &Client, css: &str) -> fantoccini::elements::Element {
+    c.wait()
+        .at_most(BOUND)
+        .for_element(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("{css}: {e}"))
+}
+
 async fn set_value(c: &Client, css: &str, value: &str) {
-    let e = c.find(Locator::Css(css)).await.expect(css);
+    let e = find(c, css).await;
     e.clear().await.expect("clear");
     e.send_keys(value).await.expect("type");
 }
 
 async fn click(c: &Client, css: &str) {
-    c.find(Locator::Css(css))
+    find(c, css)
         .await
-        .unwrap_or_else(|e| panic!("{css}: {e}"))
         .click()
         .await
         .unwrap_or_else(|e| panic!("click {css}: {e}"));
