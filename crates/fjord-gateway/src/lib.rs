@@ -690,36 +690,69 @@ async fn containers(
 
 /// Takes `<data-dir>/serve.lock` (an exclusive `flock`, with this server's pid in it), or
 /// says which server holds it. The kernel drops the lock when the process ends, however.
+///
+/// A server killed with SIGKILL holds the lock a little past its own death: its replicas'
+/// PID-namespace inits share its descriptor table (see `PidNs`) until their death signal
+/// ends them. So while the recorded holder is gone (or a zombie), the lock is tried again
+/// for a few seconds rather than refused: a restart right after a crash must not fail.
 fn lock_data_dir(data_dir: &std::path::Path) -> std::io::Result<nix::fcntl::Flock<std::fs::File>> {
-    use std::io::{Read as _, Write as _};
+    use std::io::{Read as _, Seek as _, Write as _};
     use std::os::unix::fs::OpenOptionsExt as _;
-    let file = std::fs::OpenOptions::new()
+    const EXITING_HOLDER_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+    let mut file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
         .truncate(false)
         .mode(0o600)
         .open(data_dir.join("serve.lock"))?;
-    match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
-        Ok(lock) => {
-            lock.set_len(0)?;
-            (&*lock).write_all(format!("{}\n", std::process::id()).as_bytes())?;
-            Ok(lock)
+    let started = std::time::Instant::now();
+    loop {
+        match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => {
+                lock.set_len(0)?;
+                // From the start: a refused try above read the old holder's pid.
+                (&*lock).rewind()?;
+                (&*lock).write_all(format!("{}\n", std::process::id()).as_bytes())?;
+                return Ok(lock);
+            }
+            Err((mut f, nix::errno::Errno::EWOULDBLOCK)) => {
+                let mut pid = String::new();
+                f.rewind()?;
+                let _ = f.read_to_string(&mut pid);
+                let pid = pid.trim().parse::<u32>().ok();
+                let exiting = pid.is_some_and(|p| !process_is_running(p));
+                if exiting && started.elapsed() < EXITING_HOLDER_WAIT {
+                    file = f;
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                    continue;
+                }
+                let holder = match pid {
+                    None => "another fjord serve".to_string(),
+                    Some(p) if exiting => format!(
+                        "processes of a fjord serve that ended (pid {p}; they did not exit in {} s)",
+                        EXITING_HOLDER_WAIT.as_secs()
+                    ),
+                    Some(p) => format!("another fjord serve (pid {p})"),
+                };
+                return Err(std::io::Error::other(format!(
+                    "is in use by {holder}: stop it, or give this server a data dir of its own with --data-dir"
+                )));
+            }
+            Err((_, e)) => return Err(e.into()),
         }
-        Err((mut file, nix::errno::Errno::EWOULDBLOCK)) => {
-            let mut pid = String::new();
-            let _ = file.read_to_string(&mut pid);
-            let pid = pid.trim();
-            let holder = if pid.is_empty() {
-                "another fjord serve".to_string()
-            } else {
-                format!("another fjord serve (pid {pid})")
-            };
-            Err(std::io::Error::other(format!(
-                "is in use by {holder}: stop it, or give this server a data dir of its own with --data-dir"
-            )))
-        }
-        Err((_, e)) => Err(e.into()),
+    }
+}
+
+/// Whether `pid` names a process that has not yet exited (a zombie has).
+fn process_is_running(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the command name, which is in parentheses and may hold any byte.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.trim_start().chars().next())
+            .is_some_and(|state| !matches!(state, 'Z' | 'X')),
+        Err(_) => false,
     }
 }
 
@@ -1127,5 +1160,60 @@ pub(crate) mod testing {
                 .await
                 .expect("deploy");
         }
+    }
+}
+
+#[cfg(test)]
+mod data_dir_lock_tests {
+    use super::lock_data_dir;
+    use std::io::Write as _;
+
+    /// The lock as another server holds it: a second open file description, with `pid`
+    /// recorded in it.
+    fn hold(dir: &std::path::Path, pid: u32) -> nix::fcntl::Flock<std::fs::File> {
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(dir.join("serve.lock"))
+            .unwrap();
+        let lock = nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock)
+            .map_err(|(_, e)| e)
+            .unwrap();
+        (&*lock).write_all(format!("{pid}\n").as_bytes()).unwrap();
+        lock
+    }
+
+    #[test]
+    fn a_running_holder_is_named_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let _held = hold(dir.path(), std::process::id());
+        let t0 = std::time::Instant::now();
+        let e = lock_data_dir(dir.path()).unwrap_err().to_string();
+        assert!(
+            e.contains(&format!("another fjord serve (pid {})", std::process::id())),
+            "{e}"
+        );
+        assert!(t0.elapsed() < std::time::Duration::from_secs(2), "waited");
+    }
+
+    /// A server killed with SIGKILL: its pid is gone, but processes that shared its
+    /// descriptors keep the lock until they end a moment later.
+    #[test]
+    fn a_dead_holders_lock_is_awaited_until_released() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut gone = std::process::Command::new("true").spawn().unwrap();
+        let dead_pid = gone.id();
+        gone.wait().unwrap();
+        let held = hold(dir.path(), dead_pid);
+        let release = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            drop(held);
+        });
+        let lock = lock_data_dir(dir.path()).expect("the lock, once released");
+        release.join().unwrap();
+        let recorded = std::fs::read_to_string(dir.path().join("serve.lock")).unwrap();
+        assert_eq!(recorded.trim(), std::process::id().to_string());
+        drop(lock);
     }
 }
