@@ -862,3 +862,173 @@ async fn up_with_image_runs_the_function_as_a_container_on_fjord() {
     assert_eq!(code, reqwest::StatusCode::OK, "{body}");
     assert_eq!(body.trim(), "hello Ada from POST /greet");
 }
+
+/// A base image with the host's Ruby, PHP and Java 17 (each with the libraries `ldd` lists
+/// for it and for its extension modules), made once by umoci: the runtimes the ruby, php and
+/// java templates build against, at the same paths. (Debian's JDK without jmods and headers:
+/// ~190 MB, a heavy but real image.)
+fn runtimes_layout() -> &'static Path {
+    static LAYOUT: OnceLock<PathBuf> = OnceLock::new();
+    LAYOUT.get_or_init(|| {
+        let work = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("fjord-image-runtimes");
+        let _ = std::fs::remove_dir_all(&work);
+        std::fs::create_dir_all(&work).unwrap();
+        let l = work.join("oci");
+        let jdk = std::fs::canonicalize("/usr/lib/jvm/java-17-openjdk-amd64").unwrap();
+        let jdk_bin = jdk.join("bin");
+        let populate = |r: &Path| {
+            for d in [
+                "bin",
+                "tmp",
+                "usr/lib/jvm",
+                "etc",
+                "usr/lib/x86_64-linux-gnu",
+            ] {
+                std::fs::create_dir_all(r.join(d)).unwrap();
+            }
+            run(Command::new("chmod").arg("1777").arg(r.join("tmp")));
+            std::fs::copy("/bin/busybox", r.join("bin/busybox")).unwrap();
+            std::os::unix::fs::symlink("busybox", r.join("bin/sh")).unwrap();
+            let cp = |from: &str, to: &str| {
+                run(Command::new("cp").arg("-a").arg(from).arg(r.join(to)));
+            };
+            // Ruby: the interpreter, its library and its extension modules.
+            copy_with_libs(r, Path::new("/usr/bin/ruby"));
+            std::fs::create_dir_all(r.join("usr/lib/ruby")).unwrap();
+            cp("/usr/lib/ruby/3.1.0", "usr/lib/ruby/");
+            std::fs::create_dir_all(r.join("usr/lib/x86_64-linux-gnu/ruby")).unwrap();
+            cp(
+                "/usr/lib/x86_64-linux-gnu/ruby/3.1.0",
+                "usr/lib/x86_64-linux-gnu/ruby/",
+            );
+            for so in walk(&r.join("usr/lib/x86_64-linux-gnu/ruby/3.1.0")) {
+                if so.extension().is_some_and(|e| e == "so") {
+                    let host = Path::new("/").join(so.strip_prefix(r).unwrap());
+                    copy_with_libs(r, &host);
+                }
+            }
+            // PHP: the CLI alone (its core has JSON); no php.ini, no extra extensions.
+            copy_with_libs(r, Path::new("/usr/bin/php"));
+            // Java: the JDK's runtime part and its configuration in /etc.
+            cp(jdk.to_str().unwrap(), "usr/lib/jvm/");
+            let in_image = r.join(jdk.strip_prefix("/").unwrap());
+            for skip in ["jmods", "include", "man", "demo", "lib/src.zip"] {
+                let p = in_image.join(skip);
+                let _ = std::fs::remove_dir_all(&p);
+                let _ = std::fs::remove_file(&p);
+            }
+            cp("/etc/java-17-openjdk", "etc/");
+            copy_with_libs(r, &jdk_bin.join("java"));
+            for so in walk(&in_image.join("lib")) {
+                if so.extension().is_some_and(|e| e == "so") {
+                    let host = Path::new("/").join(so.strip_prefix(r).unwrap());
+                    copy_with_libs(r, &host);
+                }
+            }
+        };
+        umoci_image(
+            &l,
+            "runtimes",
+            populate,
+            &[format!(
+                "--config.env=PATH={}:/usr/bin:/bin",
+                jdk_bin.display()
+            )],
+        );
+        l
+    })
+}
+
+/// Every file under `dir` (symlinks not followed).
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            let ty = e.file_type().unwrap();
+            if ty.is_dir() {
+                todo.push(e.path());
+            } else if ty.is_file() {
+                out.push(e.path());
+            }
+        }
+    }
+    out
+}
+
+/// The go, ruby, php and java templates build images too: `fjord up --image` on the hello
+/// examples (the same handlers `scripts/run-examples` deploys as processes), then each image
+/// runs on runc and greets through the watchdog inside it.
+#[test]
+fn go_ruby_php_and_java_function_images_run_on_runc() {
+    let reg = Registry::start(None);
+    let base = format!("{}/base/runtimes:1", reg.host());
+    run(Command::new("skopeo")
+        .args(["copy", "--dest-tls-verify=false"])
+        .arg(format!("oci:{}:runtimes", runtimes_layout().display()))
+        .arg(format!("docker://{base}")));
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples");
+    let app = tempfile::tempdir().unwrap();
+    let dir = app.path();
+    let functions = [
+        ("hello-go", "golang-middleware"),
+        ("hello-ruby", "ruby"),
+        ("hello-php", "php"),
+        ("hello-java", "java"),
+    ];
+    let mut yaml = "version: 1.0\nprovider:\n  name: openfaas\nfunctions:\n".to_string();
+    for (name, lang) in functions {
+        run(Command::new("cp")
+            .arg("-r")
+            .arg(examples.join(name))
+            .arg(dir.join(name)));
+        yaml += &format!(
+            "  {name}:\n    lang: {lang}\n    handler: ./{name}\n    image: {}\n",
+            reg.image(&format!("fn/{name}"), "1")
+        );
+    }
+    std::fs::write(dir.join("stack.yml"), yaml).unwrap();
+    let out = fjord(
+        dir,
+        &[
+            "up",
+            "--image",
+            "--base-image",
+            &base,
+            "--skip-deploy",
+            "-q",
+            "-g",
+            "http://127.0.0.1:1",
+        ],
+    );
+    let stdout = ok(&out);
+    for (name, lang) in functions {
+        let image = reg.image(&format!("fn/{name}"), "1");
+        assert_eq!(
+            skopeo_digest(&format!("docker://{image}")),
+            printed_digest(&stdout, &image),
+            "{name}"
+        );
+        let work = tempfile::tempdir().unwrap();
+        let (netns, _container) = run_on_runc(&image, work.path(), &[]);
+        let log = || std::fs::read_to_string(work.path().join("container.log")).unwrap();
+        // The watchdog answers its health check once the function's server (http mode)
+        // listens; the JVM takes the longest.
+        wait_for(&format!("{name}'s /_/health"), 60, || {
+            netns
+                .curl(&["http://127.0.0.1:8080/_/health"])
+                .is_some_and(|(s, _)| s == 200)
+        });
+        let (status, body) = netns
+            .curl(&["-d", "Ada", "http://127.0.0.1:8080/"])
+            .unwrap();
+        assert_eq!(status, 200, "{name} ({lang}): {body}\n{}", log());
+        let v: serde_json::Value = serde_json::from_str(&body)
+            .unwrap_or_else(|e| panic!("{name}: {body:?}: {e}\n{}", log()));
+        assert_eq!(v["message"], "Hello, Ada!", "{name}");
+        let (status, body) = netns.curl(&["http://127.0.0.1:8080/?name=Bo"]).unwrap();
+        assert_eq!(status, 200, "{name}: {body}");
+        assert!(body.contains("Hello, Bo!"), "{name}: {body}");
+    }
+}
