@@ -8,7 +8,9 @@
 //! 2. cold start of `small`, cached, scale 0→1 to the first response, against `runc run` of
 //!    a bundle `umoci unpack` made from the same image, start → first 200;
 //! 3. warm invoke of the same function in a container and as a process replica;
-//! 4. disk used by 50 replicas of `big`: the shared layers plus every replica's upper dir.
+//! 4. the `lang: dockerfile` skeleton built by buildah (on a busybox base): cold start
+//!    against `runc run` of its image, warm throughput;
+//! 5. disk used by 50 replicas of `big`: the shared layers plus every replica's upper dir.
 //!
 //! Needs root (runc, overlayfs, network namespaces), `docker-registry`, `umoci`, `skopeo`.
 
@@ -289,16 +291,24 @@ impl RuncBaseline {
     /// runc cannot make from inside the user namespace), this namespace and a cgroup of its
     /// own: `runc run` of the container exactly as fjord runs it.
     async fn with_fjord_config(&self, replica_config: &Path) -> anyhow::Result<RuncBaseline> {
-        let bundle = self.bundle.with_file_name("bundle-fjord-config");
+        self.other_with_fjord_config(&self.bundle, "bundle-fjord-config", replica_config)
+            .await
+    }
+
+    /// [`Self::with_fjord_config`] with the rootfs of another bundle `source` (an image
+    /// `umoci unpack` made), in a bundle named `name` beside this one.
+    async fn other_with_fjord_config(
+        &self,
+        source: &Path,
+        name: &str,
+        replica_config: &Path,
+    ) -> anyhow::Result<RuncBaseline> {
+        let bundle = self.bundle.with_file_name(name);
         let rootfs = bundle.join("rootfs");
         std::fs::create_dir_all(&bundle)?;
         sh(
             "cp",
-            &[
-                "-a",
-                path_str(&self.bundle.join("rootfs"))?,
-                path_str(&bundle)?,
-            ],
+            &["-a", path_str(&source.join("rootfs"))?, path_str(&bundle)?],
         )
         .await?;
         for d in ["proc", "dev", "tmp", "var/openfaas/secrets"] {
@@ -691,6 +701,170 @@ async fn warm(b: &mut Bench<'_>, fjord: &Fjord, reg: &Registry) -> anyhow::Resul
     delete_function(fjord, proc).await
 }
 
+/// A busybox image (`sh`, `cat`, `echo`; PATH=/bin) in `layout` as `busybox`: the base of the
+/// `lang: dockerfile` skeleton, as `scripts/run-examples` makes it.
+async fn busybox_image(work: &Path, layout: &Path) -> anyhow::Result<()> {
+    let image = format!("{}:busybox", path_str(layout)?);
+    sh("umoci", &["new", "--image", &image]).await?;
+    let bundle = work.join("bundle-busybox");
+    sh("umoci", &["unpack", "--image", &image, path_str(&bundle)?]).await?;
+    let bin = bundle.join("rootfs/bin");
+    std::fs::create_dir_all(&bin)?;
+    std::fs::copy("/bin/busybox", bin.join("busybox")).context("copying /bin/busybox")?;
+    for applet in ["sh", "cat", "echo"] {
+        std::os::unix::fs::symlink("busybox", bin.join(applet))?;
+    }
+    sh("umoci", &["repack", "--image", &image, path_str(&bundle)?]).await?;
+    std::fs::remove_dir_all(&bundle)?;
+    sh(
+        "umoci",
+        &["config", "--image", &image, "--config.env=PATH=/bin"],
+    )
+    .await
+    .map(drop)
+}
+
+/// The `lang: dockerfile` skeleton of `fjord new` (fork mode: `sh handler.sh` per request),
+/// built by `fjord up` with buildah on a busybox base from the registry, pushed and
+/// deployed: its cold start against `runc run` of the same image with fjord's config.json,
+/// and its warm throughput at c=16 against a container of the bench's Rust function.
+async fn dockerfile(
+    b: &mut Bench<'_>,
+    fjord: &Fjord,
+    reg: &Registry,
+    runc: &RuncBaseline,
+    work: &Path,
+    n: usize,
+) -> anyhow::Result<()> {
+    let (name, reference) = ("ctr-dockerfile", "ctr-reference");
+    let layout = work.join("oci");
+    busybox_image(work, &layout).await?;
+    reg.push(&layout, "busybox").await?;
+    let project = work.join("dockerfile-project");
+    std::fs::create_dir_all(&project)?;
+    let out = tokio::process::Command::new(&b.opts.fjord)
+        .args(["new", name, "--lang", "dockerfile"])
+        .current_dir(&project)
+        .output()
+        .await?;
+    ensure!(
+        out.status.success(),
+        "fjord new --lang dockerfile: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let image = reg.image("dockerfile");
+    std::fs::write(
+        project.join("stack.yml"),
+        format!(
+            "version: 1.0\nprovider:\n  name: openfaas\nfunctions:\n  {name}:\n    lang: dockerfile\n    handler: ./{name}\n    image: {image}\n    build_args:\n      BASE_IMAGE: {}\n    labels:\n      com.openfaas.scale.zero: \"true\"\n      com.openfaas.scale.max: \"1\"\n",
+            reg.image("busybox")
+        ),
+    )?;
+    let t0 = Instant::now();
+    let out = tokio::process::Command::new(&b.opts.fjord)
+        .args(["up", "--quiet"])
+        .current_dir(&project)
+        .env("FJORD_URL", fjord.url(""))
+        .env("FJORD_PASSWORD", &fjord.pass)
+        .output()
+        .await?;
+    ensure!(
+        out.status.success(),
+        "fjord up of the dockerfile skeleton: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let build_up = t0.elapsed().as_secs_f64();
+    fjord
+        .wait_available(name, 1, Duration::from_secs(60))
+        .await?;
+    let st = fjord.status(name).await?;
+    ensure!(
+        st["fjord"]["runtime"] == "container",
+        "{name} runs as {} rather than a container",
+        st["fjord"]["runtime"]
+    );
+
+    // The baseline: the image fjord pushed, unpacked by umoci, with the replica's config.
+    let pulled = work.join("oci-dockerfile");
+    sh(
+        "skopeo",
+        &[
+            "copy",
+            "--quiet",
+            "--src-tls-verify=false",
+            &format!("docker://{image}"),
+            &format!("oci:{}:dockerfile", path_str(&pulled)?),
+        ],
+    )
+    .await?;
+    let unpacked = work.join("bundle-dockerfile");
+    sh(
+        "umoci",
+        &[
+            "unpack",
+            "--image",
+            &format!("{}:dockerfile", path_str(&pulled)?),
+            path_str(&unpacked)?,
+        ],
+    )
+    .await?;
+    let same_config = runc
+        .other_with_fjord_config(
+            &unpacked,
+            "bundle-dockerfile-fjord-config",
+            &replica_config(name)?,
+        )
+        .await?;
+    let mut ours = container_cold_starts(fjord, name, n).await?;
+    fjord.scale(name, 1).await?;
+    fjord
+        .wait_available(name, 1, Duration::from_secs(10))
+        .await?;
+    let mut theirs = same_config.starts(n).await?;
+    let (p50, r50) = (percentile(&mut ours, 0.5), percentile(&mut theirs, 0.5));
+    let s = format!("{SCENARIO_PREFIX}: lang: dockerfile skeleton (buildah, busybox base)");
+    b.push(
+        Figure::new(
+            &s,
+            &format!("scale 0→1 to first response, p50 ({n} trials)"),
+            p50,
+            "ms",
+        )
+        .baseline(
+            "`runc run` of the same image (fjord's config.json) → first 200",
+            r50,
+        )
+        .target("≤ 1.2× runc", p50 <= 1.2 * r50)
+        .note(&format!(
+            "{:.2}× runc; p99 {:.1} ms; `fjord up` (buildah build, push, deploy) took {build_up:.1} s",
+            p50 / r50,
+            percentile(&mut ours, 0.99)
+        )),
+    );
+
+    fjord
+        .deploy_ready(
+            json!({"service": reference, "image": reg.image("small"), "labels": one_replica()}),
+            Duration::from_secs(60),
+        )
+        .await?;
+    let t = b.timing;
+    let mut rps = [0.0; 2];
+    for (i, f) in [reference, name].into_iter().enumerate() {
+        let r = load::run(&fjord.function_target(f), 16, t.warm, t.dur).await?;
+        r.ensure_no_errors(&format!("warm invoke {f}"))?;
+        rps[i] = r.rps();
+    }
+    b.push(
+        Figure::new(&s, "throughput via fjord, c=16", rps[1], "req/s")
+            .baseline("a container of the bench's Rust function (http)", rps[0])
+            .note("fork mode: `sh handler.sh` starts for every request, as the classic watchdog"),
+    );
+    delete_function(fjord, reference).await?;
+    delete_function(fjord, name).await
+}
+
 /// Disk for 50 replicas of `big`: the store's layers plus the replicas' dirs (overlay upper
 /// and work) against the layers alone.
 async fn disk(b: &mut Bench<'_>, fjord: &Fjord, reg: &Registry) -> anyhow::Result<()> {
@@ -758,6 +932,8 @@ pub async fn run(b: &mut Bench<'_>) -> anyhow::Result<()> {
         cold(b, &fjord, &reg, &runc, cold_n).await?;
         eprintln!("  warm invoke, container vs process");
         warm(b, &fjord, &reg).await?;
+        eprintln!("  lang: dockerfile, built by buildah ({cold_n} cold starts)");
+        dockerfile(b, &fjord, &reg, &runc, work.path(), cold_n).await?;
         eprintln!("  disk, {DISK_REPLICAS} replicas");
         disk(b, &fjord, &reg).await
     }
