@@ -37,16 +37,62 @@ fn http_status(port: u16, path: &str) -> Option<u16> {
 
 /// Pushes the test base image to `reg` with skopeo: `HOST/base/bash:1`.
 fn push_base(reg: &Registry, creds: Option<&str>) -> String {
+    let name = format!("{}/base/bash:1", reg.host());
+    push_layout(base_layout(), "base", &name, creds);
+    name
+}
+
+/// Pushes `tag` of the OCI layout `layout` to `dest` with skopeo (an independent tool).
+fn push_layout(layout: &Path, tag: &str, dest: &str, creds: Option<&str>) {
     let mut cmd = Command::new("skopeo");
     cmd.args(["copy", "--dest-tls-verify=false"]);
     if let Some(c) = creds {
         cmd.arg(format!("--dest-creds={c}"));
     }
-    let name = format!("{}/base/bash:1", reg.host());
-    cmd.arg(format!("oci:{}:base", base_layout().display()))
-        .arg(format!("docker://{name}"));
+    cmd.arg(format!("oci:{}:{tag}", layout.display()))
+        .arg(format!("docker://{dest}"));
     run(&mut cmd);
-    name
+}
+
+/// An OCI layout in the test target dir, made once per test binary by umoci: `populate`
+/// fills the image's root, `config` are umoci's `--config.*` flags.
+fn made_layout(dir: &str, tag: &str, populate: impl FnOnce(&Path), config: &[String]) -> PathBuf {
+    let work = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(dir);
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work).unwrap();
+    let l = work.join("oci");
+    umoci_image(&l, tag, populate, config);
+    l
+}
+
+/// busybox-static at /bin/busybox with `applets` linked to it, and a world-writable /tmp.
+fn busybox_root(r: &Path, applets: &[&str]) {
+    for d in ["bin", "tmp"] {
+        std::fs::create_dir_all(r.join(d)).unwrap();
+    }
+    run(Command::new("chmod").arg("1777").arg(r.join("tmp")));
+    std::fs::copy("/bin/busybox", r.join("bin/busybox")).unwrap();
+    for applet in applets {
+        std::os::unix::fs::symlink("busybox", r.join("bin").join(applet)).unwrap();
+    }
+}
+
+/// `fjord up --image --base-image BASE --skip-deploy` in `dir`: builds and pushes every
+/// image of the stack; no gateway needed (none answers on port 1).
+fn build_and_push(dir: &Path, base: &str) -> Output {
+    fjord(
+        dir,
+        &[
+            "up",
+            "--image",
+            "--base-image",
+            base,
+            "--skip-deploy",
+            "-q",
+            "-g",
+            "http://127.0.0.1:1",
+        ],
+    )
 }
 
 /// The base image, made once by umoci: busybox-static (with `sh` and `cat` links), the
@@ -54,23 +100,16 @@ fn push_base(reg: &Registry, creds: Option<&str>) -> String {
 fn base_layout() -> &'static Path {
     static LAYOUT: OnceLock<PathBuf> = OnceLock::new();
     LAYOUT.get_or_init(|| {
-        let work = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("fjord-image-base");
-        let _ = std::fs::remove_dir_all(&work);
-        std::fs::create_dir_all(&work).unwrap();
-        let l = work.join("oci");
         let populate = |r: &Path| {
-            for d in ["bin", "tmp"] {
-                std::fs::create_dir_all(r.join(d)).unwrap();
-            }
-            run(Command::new("chmod").arg("1777").arg(r.join("tmp")));
-            std::fs::copy("/bin/busybox", r.join("bin/busybox")).unwrap();
-            for applet in ["sh", "cat", "env", "sleep"] {
-                std::os::unix::fs::symlink("busybox", r.join("bin").join(applet)).unwrap();
-            }
+            busybox_root(r, &["sh", "cat", "env", "sleep"]);
             copy_with_libs(r, Path::new("/bin/bash"));
         };
-        umoci_image(&l, "base", populate, &["--config.env=PATH=/bin".into()]);
-        l
+        made_layout(
+            "fjord-image-base",
+            "base",
+            populate,
+            &["--config.env=PATH=/bin".into()],
+        )
     })
 }
 
@@ -719,21 +758,15 @@ fn the_watchdog_forks_times_out_limits_inflight_and_drains_on_sigterm() {
 fn python_layout() -> &'static Path {
     static LAYOUT: OnceLock<PathBuf> = OnceLock::new();
     LAYOUT.get_or_init(|| {
-        let work = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("fjord-image-python");
-        let _ = std::fs::remove_dir_all(&work);
-        std::fs::create_dir_all(&work).unwrap();
-        let l = work.join("oci");
         let populate = |r: &Path| {
             // The version `fjord build` compiles with (it runs /usr/bin/python3).
             let exe = std::fs::canonicalize("/usr/bin/python3").unwrap();
             let py = exe.file_name().unwrap().to_str().unwrap().to_string();
             let stdlib = Path::new("/usr/lib").join(&py);
-            for d in ["bin", "tmp", "usr/bin", "usr/lib"] {
+            busybox_root(r, &["sh"]);
+            for d in ["usr/bin", "usr/lib"] {
                 std::fs::create_dir_all(r.join(d)).unwrap();
             }
-            run(Command::new("chmod").arg("1777").arg(r.join("tmp")));
-            std::fs::copy("/bin/busybox", r.join("bin/busybox")).unwrap();
-            std::os::unix::fs::symlink("busybox", r.join("bin/sh")).unwrap();
             std::os::unix::fs::symlink(&py, r.join("usr/bin/python3")).unwrap();
             run(Command::new("cp")
                 .arg("-a")
@@ -747,13 +780,12 @@ fn python_layout() -> &'static Path {
                 copy_with_libs(r, &e.unwrap().path());
             }
         };
-        umoci_image(
-            &l,
+        made_layout(
+            "fjord-image-python",
             "python",
             populate,
             &["--config.env=PATH=/usr/bin:/bin".into()],
-        );
-        l
+        )
     })
 }
 
@@ -763,10 +795,7 @@ fn python_layout() -> &'static Path {
 fn a_python3_http_function_image_runs_on_runc() {
     let reg = Registry::start(None);
     let base = format!("{}/base/python:3.11", reg.host());
-    run(Command::new("skopeo")
-        .args(["copy", "--dest-tls-verify=false"])
-        .arg(format!("oci:{}:python", python_layout().display()))
-        .arg(format!("docker://{base}")));
+    push_layout(python_layout(), "python", &base, None);
     let image = format!("{}/fn/py:1", reg.host());
     let app = tempfile::tempdir().unwrap();
     let dir = app.path();
@@ -784,20 +813,7 @@ fn a_python3_http_function_image_runs_on_runc() {
     )
     .unwrap();
     std::fs::write(dir.join("py/requirements.txt"), "").unwrap();
-    // Build and push, no deploy: no gateway needed (none answers on port 1).
-    let out = fjord(
-        dir,
-        &[
-            "up",
-            "--image",
-            "--base-image",
-            &base,
-            "--skip-deploy",
-            "-q",
-            "-g",
-            "http://127.0.0.1:1",
-        ],
-    );
+    let out = build_and_push(dir, &base);
     let digest = printed_digest(&ok(&out), &image);
     assert_eq!(skopeo_digest(&format!("docker://{image}")), digest);
 
@@ -870,25 +886,13 @@ async fn up_with_image_runs_the_function_as_a_container_on_fjord() {
 fn runtimes_layout() -> &'static Path {
     static LAYOUT: OnceLock<PathBuf> = OnceLock::new();
     LAYOUT.get_or_init(|| {
-        let work = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("fjord-image-runtimes");
-        let _ = std::fs::remove_dir_all(&work);
-        std::fs::create_dir_all(&work).unwrap();
-        let l = work.join("oci");
         let jdk = std::fs::canonicalize("/usr/lib/jvm/java-17-openjdk-amd64").unwrap();
         let jdk_bin = jdk.join("bin");
         let populate = |r: &Path| {
-            for d in [
-                "bin",
-                "tmp",
-                "usr/lib/jvm",
-                "etc",
-                "usr/lib/x86_64-linux-gnu",
-            ] {
+            busybox_root(r, &["sh"]);
+            for d in ["usr/lib/jvm", "etc", "usr/lib/x86_64-linux-gnu"] {
                 std::fs::create_dir_all(r.join(d)).unwrap();
             }
-            run(Command::new("chmod").arg("1777").arg(r.join("tmp")));
-            std::fs::copy("/bin/busybox", r.join("bin/busybox")).unwrap();
-            std::os::unix::fs::symlink("busybox", r.join("bin/sh")).unwrap();
             let cp = |from: &str, to: &str| {
                 run(Command::new("cp").arg("-a").arg(from).arg(r.join(to)));
             };
@@ -901,11 +905,8 @@ fn runtimes_layout() -> &'static Path {
                 "/usr/lib/x86_64-linux-gnu/ruby/3.1.0",
                 "usr/lib/x86_64-linux-gnu/ruby/",
             );
-            for so in walk(&r.join("usr/lib/x86_64-linux-gnu/ruby/3.1.0")) {
-                if so.extension().is_some_and(|e| e == "so") {
-                    let host = Path::new("/").join(so.strip_prefix(r).unwrap());
-                    copy_with_libs(r, &host);
-                }
+            for so in shared_objects(&r.join("usr/lib/x86_64-linux-gnu/ruby/3.1.0")) {
+                copy_with_libs(r, &Path::new("/").join(so.strip_prefix(r).unwrap()));
             }
             // PHP: the CLI alone (its core has JSON); no php.ini, no extra extensions.
             copy_with_libs(r, Path::new("/usr/bin/php"));
@@ -919,42 +920,34 @@ fn runtimes_layout() -> &'static Path {
             }
             cp("/etc/java-17-openjdk", "etc/");
             copy_with_libs(r, &jdk_bin.join("java"));
-            for so in walk(&in_image.join("lib")) {
-                if so.extension().is_some_and(|e| e == "so") {
-                    let host = Path::new("/").join(so.strip_prefix(r).unwrap());
-                    copy_with_libs(r, &host);
-                }
+            for so in shared_objects(&in_image.join("lib")) {
+                copy_with_libs(r, &Path::new("/").join(so.strip_prefix(r).unwrap()));
             }
         };
-        umoci_image(
-            &l,
+        made_layout(
+            "fjord-image-runtimes",
             "runtimes",
             populate,
             &[format!(
                 "--config.env=PATH={}:/usr/bin:/bin",
                 jdk_bin.display()
             )],
-        );
-        l
+        )
     })
 }
 
-/// Every file under `dir` (symlinks not followed).
-fn walk(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut todo = vec![dir.to_path_buf()];
-    while let Some(d) = todo.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let e = e.unwrap();
-            let ty = e.file_type().unwrap();
-            if ty.is_dir() {
-                todo.push(e.path());
-            } else if ty.is_file() {
-                out.push(e.path());
-            }
-        }
-    }
-    out
+/// Every shared object (`*.so` file) under `dir`.
+fn shared_objects(dir: &Path) -> Vec<PathBuf> {
+    let out = Command::new("find")
+        .arg(dir)
+        .args(["-type", "f", "-name", "*.so"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "find {}", dir.display());
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(PathBuf::from)
+        .collect()
 }
 
 /// The go, ruby, php and java templates build images too: `fjord up --image` on the hello
@@ -964,10 +957,7 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
 fn go_ruby_php_and_java_function_images_run_on_runc() {
     let reg = Registry::start(None);
     let base = format!("{}/base/runtimes:1", reg.host());
-    run(Command::new("skopeo")
-        .args(["copy", "--dest-tls-verify=false"])
-        .arg(format!("oci:{}:runtimes", runtimes_layout().display()))
-        .arg(format!("docker://{base}")));
+    push_layout(runtimes_layout(), "runtimes", &base, None);
     let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples");
     let app = tempfile::tempdir().unwrap();
     let dir = app.path();
@@ -989,19 +979,7 @@ fn go_ruby_php_and_java_function_images_run_on_runc() {
         );
     }
     std::fs::write(dir.join("stack.yml"), yaml).unwrap();
-    let out = fjord(
-        dir,
-        &[
-            "up",
-            "--image",
-            "--base-image",
-            &base,
-            "--skip-deploy",
-            "-q",
-            "-g",
-            "http://127.0.0.1:1",
-        ],
-    );
+    let out = build_and_push(dir, &base);
     let stdout = ok(&out);
     for (name, lang) in functions {
         let image = reg.image(&format!("fn/{name}"), "1");

@@ -786,7 +786,15 @@ pub async fn serve(config: GatewayConfig, shutdown: CancellationToken) -> Result
     .map_err(dd_err)?;
     // Held until this server ends: a second server on the same data dir would remove this
     // one's replicas as "left by an earlier run" and share its state database.
-    let _data_dir_lock = lock_data_dir(data_dir).map_err(dd_err)?;
+    // On a blocking thread: it may wait (up to seconds) for a dead holder's lock.
+    let _data_dir_lock = {
+        let dir = data_dir.clone();
+        tokio::task::spawn_blocking(move || lock_data_dir(&dir))
+            .await
+            .map_err(std::io::Error::other)
+            .and_then(|r| r)
+            .map_err(dd_err)?
+    };
 
     let creds = if config.auth {
         let (creds, created) = auth::load_or_create(data_dir).map_err(StartError::Auth)?;

@@ -198,21 +198,21 @@ async fn build_images(bench_bin: &str, work: &Path, layout: &Path) -> anyhow::Re
     let small = format!("{lay}:small");
     sh("umoci", &["init", "--layout", lay]).await?;
     sh("umoci", &["new", "--image", &small]).await?;
-    let bundle = work.join("bundle-small");
-    sh("umoci", &["unpack", "--image", &small, path_str(&bundle)?]).await?;
-    let root = bundle.join("rootfs");
-    for d in ["bench", "etc", "tmp", "proc", "dev"] {
-        std::fs::create_dir_all(root.join(d))?;
-    }
-    std::fs::copy(bench_bin, root.join("bench/fjord-bench"))?;
-    for lib in ldd_paths(&sh("ldd", &[bench_bin]).await?) {
-        let dest = root.join(lib.trim_start_matches('/'));
-        std::fs::create_dir_all(dest.parent().context("library path")?)?;
-        std::fs::copy(&lib, &dest).with_context(|| format!("copying {lib}"))?;
-    }
-    std::fs::write(root.join("etc/passwd"), "root:x:0:0:root:/:/bin/sh\n")?;
-    sh("umoci", &["repack", "--image", &small, path_str(&bundle)?]).await?;
-    std::fs::remove_dir_all(&bundle)?;
+    let libs = ldd_paths(&sh("ldd", &[bench_bin]).await?);
+    add_layer(&small, &work.join("bundle-small"), |root| {
+        for d in ["bench", "etc", "tmp", "proc", "dev"] {
+            std::fs::create_dir_all(root.join(d))?;
+        }
+        std::fs::copy(bench_bin, root.join("bench/fjord-bench"))?;
+        for lib in &libs {
+            let dest = root.join(lib.trim_start_matches('/'));
+            std::fs::create_dir_all(dest.parent().context("library path")?)?;
+            std::fs::copy(lib, &dest).with_context(|| format!("copying {lib}"))?;
+        }
+        std::fs::write(root.join("etc/passwd"), "root:x:0:0:root:/:/bin/sh\n")?;
+        Ok(())
+    })
+    .await?;
     sh(
         "umoci",
         &[
@@ -233,14 +233,28 @@ async fn build_images(bench_bin: &str, work: &Path, layout: &Path) -> anyhow::Re
     let mut random = vec![0u8; BIG_LAYER_BYTES];
     let mut urandom = std::fs::File::open("/dev/urandom")?;
     for i in 0..BIG_LAYERS {
-        let bundle = work.join(format!("bundle-big-{i}"));
-        sh("umoci", &["unpack", "--image", &big, path_str(&bundle)?]).await?;
         std::io::Read::read_exact(&mut urandom, &mut random)?;
-        std::fs::create_dir_all(bundle.join("rootfs/data"))?;
-        std::fs::write(bundle.join(format!("rootfs/data/random-{i}")), &random)?;
-        sh("umoci", &["repack", "--image", &big, path_str(&bundle)?]).await?;
-        std::fs::remove_dir_all(&bundle)?;
+        add_layer(&big, &work.join(format!("bundle-big-{i}")), |root| {
+            std::fs::create_dir_all(root.join("data"))?;
+            std::fs::write(root.join(format!("data/random-{i}")), &random)?;
+            Ok(())
+        })
+        .await?;
     }
+    Ok(())
+}
+
+/// A layer on `image` (`layout:tag`) with what `populate` writes into its root: umoci
+/// unpacks it to `bundle`, repacks the change and the bundle goes.
+async fn add_layer(
+    image: &str,
+    bundle: &Path,
+    populate: impl FnOnce(&Path) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    sh("umoci", &["unpack", "--image", image, path_str(bundle)?]).await?;
+    populate(&bundle.join("rootfs"))?;
+    sh("umoci", &["repack", "--image", image, path_str(bundle)?]).await?;
+    std::fs::remove_dir_all(bundle)?;
     Ok(())
 }
 
@@ -711,16 +725,16 @@ async fn warm(b: &mut Bench<'_>, fjord: &Fjord, reg: &Registry) -> anyhow::Resul
 async fn busybox_image(work: &Path, layout: &Path) -> anyhow::Result<()> {
     let image = format!("{}:busybox", path_str(layout)?);
     sh("umoci", &["new", "--image", &image]).await?;
-    let bundle = work.join("bundle-busybox");
-    sh("umoci", &["unpack", "--image", &image, path_str(&bundle)?]).await?;
-    let bin = bundle.join("rootfs/bin");
-    std::fs::create_dir_all(&bin)?;
-    std::fs::copy("/bin/busybox", bin.join("busybox")).context("copying /bin/busybox")?;
-    for applet in ["sh", "cat", "echo"] {
-        std::os::unix::fs::symlink("busybox", bin.join(applet))?;
-    }
-    sh("umoci", &["repack", "--image", &image, path_str(&bundle)?]).await?;
-    std::fs::remove_dir_all(&bundle)?;
+    add_layer(&image, &work.join("bundle-busybox"), |root| {
+        let bin = root.join("bin");
+        std::fs::create_dir_all(&bin)?;
+        std::fs::copy("/bin/busybox", bin.join("busybox")).context("copying /bin/busybox")?;
+        for applet in ["sh", "cat", "echo"] {
+            std::os::unix::fs::symlink("busybox", bin.join(applet))?;
+        }
+        Ok(())
+    })
+    .await?;
     sh(
         "umoci",
         &["config", "--image", &image, "--config.env=PATH=/bin"],
@@ -766,19 +780,9 @@ async fn dockerfile(
         ),
     )?;
     let t0 = Instant::now();
-    let out = tokio::process::Command::new(&b.opts.fjord)
-        .args(["up", "--quiet"])
-        .current_dir(&project)
-        .env("FJORD_URL", fjord.url(""))
-        .env("FJORD_PASSWORD", &fjord.pass)
-        .output()
+    fjord
+        .cli(&b.opts.fjord, &project, &["up", "--quiet"])
         .await?;
-    ensure!(
-        out.status.success(),
-        "fjord up of the dockerfile skeleton: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
     let build_up = t0.elapsed().as_secs_f64();
     fjord
         .wait_available(name, 1, Duration::from_secs(60))

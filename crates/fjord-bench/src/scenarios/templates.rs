@@ -94,19 +94,13 @@ pub async fn build(
         text.push_str(STACK_LABELS);
         std::fs::write(&stack, text)?;
     }
-    let out = tokio::process::Command::new(bin)
-        .args(["up", "--no-wait", "--quiet", "--parallel", "2"])
-        .current_dir(dir.path())
-        .env("FJORD_URL", fjord.url(""))
-        .env("FJORD_PASSWORD", &fjord.pass)
-        .output()
+    fjord
+        .cli(
+            bin,
+            dir.path(),
+            &["up", "--no-wait", "--quiet", "--parallel", "2"],
+        )
         .await?;
-    ensure!(
-        out.status.success(),
-        "fjord up of the templates failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
     Ok(dir)
 }
 
