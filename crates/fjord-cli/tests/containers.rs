@@ -257,6 +257,50 @@ async fn secrets_are_files_inside_and_container_root_is_not_host_root() {
     assert!(net.contains("lo:") && !net.contains("eth0"), "{net}");
 }
 
+/// An image whose `User` is not root (`USER app`, as OpenFaaS templates' images) runs as
+/// that user through the whole server path (its ids from the uid registry): it owns and
+/// writes its home, reads its secrets, and cannot write root's files.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_image_user_runs_as_itself_and_writes_its_home() {
+    root();
+    let reg = Registry::start(None);
+    let images = Images::new();
+    images.httpd_with("v1", "u", &HTTPD, &["--config.user=app"], |root| {
+        std::fs::write(
+            root.join("etc/passwd"),
+            "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000::/home/app:/bin/sh\n",
+        )
+        .unwrap();
+        let home = root.join("home/app");
+        std::fs::create_dir_all(&home).unwrap();
+        std::os::unix::fs::chown(&home, Some(1000), Some(1000)).unwrap();
+    });
+    reg.push(&images.layout(), "v1", "as-app", "1");
+    let s = Server::start().await;
+    s.sys_expect(
+        Method::POST,
+        "/system/secrets",
+        &json!({"name": "app-key", "value": "k-app"}),
+        StatusCode::ACCEPTED,
+    )
+    .await;
+    s.deploy(
+        &json!({"service": "as-app", "image": reg.image("as-app", "1"), "secrets": ["app-key"]}),
+    )
+    .await;
+    s.wait_ready("as-app", READY_TIMEOUT).await;
+    let (_, uid) = s.call_text(Method::GET, "as-app?id", "").await;
+    assert_eq!(uid.trim(), "1000");
+    let (_, wrote) = s
+        .call_text(Method::GET, "as-app?write=/home/app/note", "")
+        .await;
+    assert_eq!(wrote.trim(), "wrote", "its home is its own");
+    let (_, wrote) = s.call_text(Method::GET, "as-app?write=/www/new", "").await;
+    assert_eq!(wrote.trim(), "refused", "root's files are not");
+    let (code, key) = s.call_text(Method::GET, "as-app?secret=app-key", "").await;
+    assert_eq!((code, key.as_str()), (StatusCode::OK, "k-app"));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_images_get_clear_errors_and_the_old_version_keeps_serving() {
     root();

@@ -644,9 +644,27 @@ async fn containers(
     if c.mode == ContainerMode::Off {
         return Ok(None);
     }
+    // Each container function maps its image's users to its own 65,536 host ids, from a
+    // block of the host-wide uid registry reserved on the first container function.
+    const _: () = assert!(
+        fjord_store::uid_registry::CONTAINER_RANGE == fjord_runtime::container::IDS_PER_FUNCTION
+    );
+    let id_block: fjord_runtime::container::IdBlockSource = {
+        let data_dir = data_dir.to_path_buf();
+        std::sync::Arc::new(move || {
+            use fjord_store::uid_registry as reg;
+            reg::reserve_containers(std::path::Path::new(reg::DEFAULT_REGISTRY_DIR), &data_dir)
+                .map(|b| {
+                    tracing::info!(ids = %b, "id ranges reserved for this instance's container functions");
+                    (b.first, reg::CONTAINER_RANGES)
+                })
+                .map_err(|e| e.to_string())
+        })
+    };
     let runtime = match process
         .container(fjord_runtime::ContainerConfig {
             oci_runtime: c.oci_runtime.clone(),
+            id_block: Some(id_block),
         })
         .await
     {
@@ -691,10 +709,11 @@ async fn containers(
 /// Takes `<data-dir>/serve.lock` (an exclusive `flock`, with this server's pid in it), or
 /// says which server holds it. The kernel drops the lock when the process ends, however.
 ///
-/// A server killed with SIGKILL holds the lock a little past its own death: its replicas'
-/// PID-namespace inits share its descriptor table (see `PidNs`) until their death signal
-/// ends them. So while the recorded holder is gone (or a zombie), the lock is tried again
-/// for a few seconds rather than refused: a restart right after a crash must not fail.
+/// A server killed with SIGKILL may hold the lock a little past its own death (a process
+/// sharing its descriptor table: a replica's PID-namespace init in the microseconds before
+/// it leaves fjord's table, see `PidNs`; the kernel still tearing the process down). So while
+/// the recorded holder is gone (or a zombie), the lock is tried again for a few seconds
+/// rather than refused: a restart right after a crash must not fail.
 fn lock_data_dir(data_dir: &std::path::Path) -> std::io::Result<nix::fcntl::Flock<std::fs::File>> {
     use std::io::{Read as _, Seek as _, Write as _};
     use std::os::unix::fs::OpenOptionsExt as _;

@@ -25,14 +25,18 @@ const ROOT_ONLY: (&str, &str, u32) = ("root-only", "host root's eyes only\n", 0o
 /// Dropped in this order: the data dir's cleanup (after a failed test) before the layers.
 struct Fixture {
     rt: Arc<ContainerRuntime>,
+    /// The runtime's block of id ranges: `(first, ranges)`.
+    ids: (u32, u32),
     dir: common::DataDir,
     layers: common::Layers,
 }
 
 async fn fixture() -> Fixture {
     let dir = common::data_dir();
+    let (rt, ids) = common::runtime_with_ids(dir.path()).await;
     Fixture {
-        rt: Arc::new(common::runtime(dir.path()).await),
+        rt: Arc::new(rt),
+        ids,
         layers: common::Layers::busybox(&[PROBE_CGI, ROOT_ONLY]),
         dir,
     }
@@ -298,7 +302,13 @@ async fn secrets_are_visible_inside_only() {
         "{}",
         bundle.display()
     );
-    assert_eq!(meta.gid(), common::UID);
+    let root = common::container_root_host_id(&id);
+    assert_eq!(meta.gid(), root, "group: the function's container root");
+    let (first, ranges) = f.ids;
+    assert!(
+        (first..first + ranges * fjord_runtime::container::IDS_PER_FUNCTION).contains(&root),
+        "container root {root} is in the runtime's block"
+    );
     let config = std::fs::metadata(bundle.join("config.json")).unwrap();
     assert_eq!(config.permissions().mode() & 0o777, 0o600);
     // Never written to the data dir's disk.
@@ -414,9 +424,210 @@ async fn an_image_without_entrypoint_or_cmd_needs_envprocess() {
     f.rt.shutdown().await;
 }
 
+/// Container root is host id `first` of the function's range: the image's files are its
+/// own (seen through idmapped layers), what it writes lands on the host as `first`, and it
+/// has no power beyond its namespaces.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn container_root_is_not_host_root() {
     let f = fixture().await;
+    let h = f
+        .deploy(
+            f.probe(
+                "whoami",
+                "id -u; cat /proc/self/uid_map; cat /root-only; touch /etc/passwd && echo passwd=ours; touch /made-inside; cat /proc/net/route; busybox unshare -n true; echo unshare=$?; busybox mount -t tmpfs x /mnt; echo mount=$?; echo 1 > /proc/sys/kernel/ns_last_pid; echo sysctl=$?; cat /proc/self/status",
+                serde_json::json!({}),
+            ),
+            1,
+        )
+        .await;
+    let out = call_any(&h).await;
+    let mut lines = out.lines();
+    assert_eq!(lines.next(), Some("0"), "root inside: {out}");
+    let map: Vec<&str> = lines
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    let id = h.serving().endpoints[0].replica.clone();
+    let root = common::container_root_host_id(&id);
+    assert_eq!(map, ["0", &root.to_string(), "65536"], "{out}");
+    assert_ne!(root, 0);
+    // The image's root-owned files are container root's own.
+    assert!(out.contains("host root's eyes only"), "{out}");
+    assert!(out.contains("passwd=ours"), "{out}");
+    // What it wrote is the function's id on the host, in the replica's upper dir only.
+    let upper = f.dir.path().join("containers").join(&*id).join("upper");
+    use std::os::unix::fs::MetadataExt;
+    let made = std::fs::metadata(upper.join("made-inside")).expect("written to the upper dir");
+    assert_eq!((made.uid(), made.gid()), (root, root));
+    assert_eq!(
+        std::fs::metadata(upper.join("etc/passwd")).unwrap().uid(),
+        root,
+        "copied up as the function's"
+    );
+    for layer in &f.layers.layers {
+        assert!(!layer.join("made-inside").exists());
+        let passwd = layer.join("etc/passwd");
+        if passwd.exists() {
+            assert_eq!(
+                std::fs::metadata(passwd).unwrap().uid(),
+                0,
+                "layers never change"
+            );
+        }
+    }
+    // No namespaces, no mounts, no sysctls for container root (no CAP_SYS_ADMIN; the
+    // seccomp deny-list, installed as `Seccomp: 2` shows, refuses them too), no new
+    // privileges.
+    assert!(
+        out.contains("unshare=1") && out.contains("mount=1") && !out.contains("sysctl=0"),
+        "{out}"
+    );
+    assert!(out.contains("Operation not permitted"), "{out}");
+    let status = |key: &str| {
+        out.lines()
+            .find_map(|l| l.strip_prefix(key))
+            .map(str::trim)
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert_eq!(status("NoNewPrivs:"), "1", "{out}");
+    assert_eq!(status("Seccomp:"), "2", "{out}");
+    let eff = u64::from_str_radix(&status("CapEff:"), 16).expect("CapEff");
+    assert_eq!(eff & (1 << 21 | 1 << 13 | 1 << 27), 0, "{out}");
+    assert_ne!(eff, 0, "container root keeps some capabilities: {out}");
+    f.rt.shutdown().await;
+}
+
+/// An image whose `User` is not root (as most OpenFaaS templates' images: `USER app`) runs
+/// as that user, with its groups, owns its home (the layer's files keep their owners), reads
+/// its secrets, has no capabilities and cannot write root's files.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_image_user_runs_as_itself_and_owns_its_home() {
+    let f = fixture().await;
+    let layers = common::Layers::busybox(&[
+        PROBE_CGI,
+        ("home/app/.profile", "export HELLO=1\n", 0o644),
+        (
+            "etc/group",
+            "root:x:0:\napp:x:1000:\nwww-data:x:33:app\n",
+            0o644,
+        ),
+    ]);
+    let app = layers.path().join("app");
+    std::fs::write(
+        app.join("etc/passwd"),
+        "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000::/home/app:/bin/sh\n",
+    )
+    .unwrap();
+    for p in ["home/app", "home/app/.profile"] {
+        std::os::unix::fs::chown(app.join(p), Some(1000), Some(1000)).unwrap();
+    }
+    let mut image = (*layers.image(&common::HTTPD, &[])).clone();
+    image.config.user = Some("app".into());
+    let (spec, mut source) = common::spec(
+        serde_json::json!({
+            "service": "as-app", "image": "fjord-test/app:1",
+            "envVars": {"PROBE": "id; echo hi > /home/app/note && cat /home/app/note; ls -ln /home/app/.profile; touch /etc/motd; echo etc=$?; cat /var/openfaas/secrets/token; echo; grep CapEff /proc/self/status"},
+        }),
+        Arc::new(image),
+    );
+    source
+        .secrets
+        .push("token".into(), zeroize::Zeroizing::new(b"t0k3n".to_vec()));
+    let h = f.deploy((spec, source), 1).await;
+    let out = call_any(&h).await;
+    let id_line = out.lines().next().unwrap_or_default();
+    assert!(
+        id_line.starts_with("uid=1000(app) gid=1000(app) groups=")
+            && id_line.contains("1000(app)")
+            && id_line.contains("33(www-data)"),
+        "{out}"
+    );
+    assert!(out.contains("\nhi\n"), "writes its home: {out}");
+    assert!(
+        out.contains(" 1000     1000 ") || out.contains(" 1000 1000 "),
+        "its files keep their owner: {out}"
+    );
+    assert!(
+        out.contains("Permission denied") && out.contains("etc=1"),
+        "{out}"
+    );
+    assert!(out.contains("t0k3n"), "reads its secrets: {out}");
+    assert!(out.contains("CapEff:\t0000000000000000"), "{out}");
+    // On the host: the note is the function's id for container uid 1000, in the upper dir.
+    let id = h.serving().endpoints[0].replica.clone();
+    let root = common::container_root_host_id(&id);
+    let note = f
+        .dir
+        .path()
+        .join("containers")
+        .join(&*id)
+        .join("upper/home/app/note");
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(&note).expect("the note in the upper dir");
+    assert_eq!((meta.uid(), meta.gid()), (root + 1000, root + 1000));
+    assert!(!app.join("home/app/note").exists(), "layers never change");
+    f.rt.shutdown().await;
+}
+
+/// Two functions never share a range; a removed function's range goes to another only
+/// after the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_function_has_its_own_range() {
+    let f = fixture().await;
+    let a = f
+        .deploy(f.probe("range-a", "id -u", serde_json::json!({})), 1)
+        .await;
+    let b = f
+        .deploy(f.probe("range-b", "id -u", serde_json::json!({})), 2)
+        .await;
+    wait_for("both replicas of range-b", &b, |h| {
+        h.serving().endpoints.len() == 2
+    })
+    .await;
+    let host = |h: &FunctionHandle| -> Vec<u32> {
+        h.serving()
+            .endpoints
+            .iter()
+            .map(|e| common::container_root_host_id(&e.replica))
+            .collect()
+    };
+    let (ra, rb) = (host(&a), host(&b));
+    assert_eq!(rb.len(), 2);
+    assert_eq!(rb[0], rb[1], "replicas of one function share its range");
+    let size = fjord_runtime::container::IDS_PER_FUNCTION;
+    assert!(ra[0].abs_diff(rb[0]) >= size, "{ra:?} {rb:?}");
+    f.rt.remove(&a.key).await.unwrap();
+    let c = f
+        .deploy(f.probe("range-c", "id -u", serde_json::json!({})), 1)
+        .await;
+    let rc = host(&c);
+    assert!(
+        !rc.contains(&ra[0]) && !rc.contains(&rb[0]),
+        "{ra:?} {rb:?} {rc:?}"
+    );
+    f.rt.shutdown().await;
+}
+
+/// A runtime given no id block (or on a filesystem without idmapped mounts): container
+/// root is the function's uid, the image's files are the host root's, out of its reach.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_id_ranges_container_root_alone_maps_to_the_function_uid() {
+    let dir = common::data_dir();
+    let f = Fixture {
+        rt: Arc::new(
+            ContainerRuntime::new(
+                common::config(dir.path()),
+                fjord_runtime::ContainerConfig::default(),
+            )
+            .await
+            .unwrap(),
+        ),
+        ids: (0, 0),
+        layers: common::Layers::busybox(&[PROBE_CGI, ROOT_ONLY]),
+        dir,
+    };
     let h = f
         .deploy(
             f.probe(
@@ -533,12 +744,9 @@ async fn runc_alone(f: &Fixture, config: &str, runs: usize) -> Vec<Duration> {
         })
         .unwrap();
     }
-    std::os::unix::fs::chown(
-        upper.path().join("upper"),
-        Some(common::UID),
-        Some(common::UID),
-    )
-    .unwrap();
+    let spec: serde_json::Value = serde_json::from_str(config).unwrap();
+    let root = spec["linux"]["uidMappings"][0]["hostID"].as_u64().unwrap() as u32;
+    std::os::unix::fs::chown(upper.path().join("upper"), Some(root), Some(root)).unwrap();
     let lower: Vec<String> = f
         .layers
         .layers

@@ -22,6 +22,12 @@ pub const DEFAULT_REGISTRY_DIR: &str = "/var/lib/fjord/uids";
 pub const FIRST_UID: u32 = 2_000_000;
 /// Uids per instance: a function gets a new uid on every create, never reused.
 pub const BLOCK_SIZE: u32 = 65_536;
+/// Ids a container function maps its image's users to (container 0..65535, as Docker's
+/// and Kubernetes' user namespaces).
+pub const CONTAINER_RANGE: u32 = 65_536;
+/// Container functions an instance runs at once: its container block holds this many
+/// ranges, reserved on its first container (a server without containers takes none).
+pub const CONTAINER_RANGES: u32 = 1_024;
 /// The highest usable uid: `(uid_t)-1` means "unchanged" to setuid(2) and friends.
 const LAST_UID: u32 = u32::MAX - 1;
 /// The instance's id inside its data dir.
@@ -30,7 +36,7 @@ const REGISTRY_FILE: &str = "registry.json";
 const LOCK_FILE: &str = "lock";
 
 /// A range of uids reserved for one instance: `first ..= last`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct UidBlock {
     pub first: u32,
     pub last: u32,
@@ -94,6 +100,16 @@ struct Entry {
     data_dir: String,
     first_uid: u32,
     last_uid: u32,
+    /// The ranges its container functions' users map to ([`reserve_containers`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    containers: Option<UidBlock>,
+}
+
+impl Entry {
+    fn overlaps(&self, start: u64, end: u64) -> bool {
+        let hit = |first: u32, last: u32| u64::from(first) <= end && start <= u64::from(last);
+        hit(self.first_uid, self.last_uid) || self.containers.is_some_and(|c| hit(c.first, c.last))
+    }
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> RegistryError + '_ {
@@ -177,41 +193,68 @@ fn prepare_dir(dir: &Path) -> Result<(), RegistryError> {
     Ok(())
 }
 
+/// The registry, locked: other instances starting at the same moment wait (a few
+/// milliseconds) until it drops.
+struct Locked {
+    _lock: std::fs::File,
+    path: PathBuf,
+    reg: Registry,
+}
+
+impl Locked {
+    fn open(registry_dir: &Path) -> Result<Self, RegistryError> {
+        prepare_dir(registry_dir)?;
+        let lock_path = registry_dir.join(LOCK_FILE);
+        let lock = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&lock_path)
+            .map_err(io_err(&lock_path))?;
+        lock.lock().map_err(io_err(&lock_path))?;
+        let path = registry_dir.join(REGISTRY_FILE);
+        let reg = match std::fs::read(&path) {
+            Ok(bytes) => {
+                serde_json::from_slice::<Registry>(&bytes).map_err(|e| RegistryError::Corrupt {
+                    path: path.clone(),
+                    reason: e.to_string(),
+                })?
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Registry {
+                version: 1,
+                next: u64::from(FIRST_UID),
+                instances: Vec::new(),
+            },
+            Err(e) => return Err(io_err(&path)(e)),
+        };
+        Ok(Self {
+            _lock: lock,
+            path,
+            reg,
+        })
+    }
+
+    fn save(&self) -> Result<(), RegistryError> {
+        save(&self.path, &self.reg)
+    }
+
+    fn full(&self) -> RegistryError {
+        RegistryError::Full {
+            path: self.path.clone(),
+        }
+    }
+}
+
 /// Reserves (or finds again) the uid block of the instance in `data_dir`, in the registry
 /// at `registry_dir`. The same data dir gets the same block on every start; a data dir
 /// that was moved keeps its block; a copy of a data dir gets a new id and a new block.
 pub fn reserve(registry_dir: &Path, data_dir: &Path) -> Result<UidBlock, RegistryError> {
     let canonical = std::fs::canonicalize(data_dir).map_err(io_err(data_dir))?;
     let canonical_s = canonical.to_string_lossy().into_owned();
-    prepare_dir(registry_dir)?;
-    let lock_path = registry_dir.join(LOCK_FILE);
-    let lock = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .open(&lock_path)
-        .map_err(io_err(&lock_path))?;
-    // Held until `lock` drops at the end of this function: other instances starting at the
-    // same moment wait here (a few milliseconds).
-    lock.lock().map_err(io_err(&lock_path))?;
-
-    let path = registry_dir.join(REGISTRY_FILE);
-    let mut reg = match std::fs::read(&path) {
-        Ok(bytes) => {
-            serde_json::from_slice::<Registry>(&bytes).map_err(|e| RegistryError::Corrupt {
-                path: path.clone(),
-                reason: e.to_string(),
-            })?
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Registry {
-            version: 1,
-            next: u64::from(FIRST_UID),
-            instances: Vec::new(),
-        },
-        Err(e) => return Err(io_err(&path)(e)),
-    };
+    let mut locked = Locked::open(registry_dir)?;
+    let reg = &mut locked.reg;
     let mut id = instance_id(&canonical).map_err(io_err(&canonical))?;
 
     if let Some(i) = reg.instances.iter().position(|e| e.id == id) {
@@ -234,7 +277,7 @@ pub fn reserve(registry_dir: &Path, data_dir: &Path) -> Result<UidBlock, Registr
                 first: reg.instances[i].first_uid,
                 last: reg.instances[i].last_uid,
             };
-            save(&path, &reg)?;
+            locked.save()?;
             return Ok(block);
         }
     }
@@ -244,14 +287,44 @@ pub fn reserve(registry_dir: &Path, data_dir: &Path) -> Result<UidBlock, Registr
     reg.instances
         .retain(|e| e.data_dir != canonical_s && Path::new(&e.data_dir).exists());
 
-    let block = allocate(&mut reg).ok_or_else(|| RegistryError::Full { path: path.clone() })?;
-    reg.instances.push(Entry {
+    let block = allocate(reg, BLOCK_SIZE).ok_or_else(|| locked.full())?;
+    locked.reg.instances.push(Entry {
         id,
         data_dir: canonical_s,
         first_uid: block.first,
         last_uid: block.last,
+        containers: None,
     });
-    save(&path, &reg)?;
+    locked.save()?;
+    Ok(block)
+}
+
+/// Reserves (or finds again) the container block of the instance in `data_dir`
+/// ([`CONTAINER_RANGES`] ranges of [`CONTAINER_RANGE`] ids), after [`reserve`] found or
+/// made its entry. Kept with the entry, as its function uids are.
+pub fn reserve_containers(registry_dir: &Path, data_dir: &Path) -> Result<UidBlock, RegistryError> {
+    let canonical = std::fs::canonicalize(data_dir).map_err(io_err(data_dir))?;
+    let canonical_s = canonical.to_string_lossy().into_owned();
+    let id = instance_id(&canonical).map_err(io_err(&canonical))?;
+    let mut locked = Locked::open(registry_dir)?;
+    let Some(i) = locked
+        .reg
+        .instances
+        .iter()
+        .position(|e| e.id == id && e.data_dir == canonical_s)
+    else {
+        return Err(RegistryError::Corrupt {
+            path: locked.path.clone(),
+            reason: format!("no entry for {canonical_s} (its uid block is reserved first)"),
+        });
+    };
+    if let Some(c) = locked.reg.instances[i].containers {
+        return Ok(c);
+    }
+    let block = allocate(&mut locked.reg, CONTAINER_RANGE * CONTAINER_RANGES)
+        .ok_or_else(|| locked.full())?;
+    locked.reg.instances[i].containers = Some(block);
+    locked.save()?;
     Ok(block)
 }
 
@@ -263,8 +336,8 @@ fn instance_id_if_present(data_dir: &Path) -> Option<String> {
 
 /// The next never-used block; when the uid space above is used up, the lowest block no
 /// registered instance holds (one whose data dir is gone).
-fn allocate(reg: &mut Registry) -> Option<UidBlock> {
-    let size = u64::from(BLOCK_SIZE);
+fn allocate(reg: &mut Registry, size: u32) -> Option<UidBlock> {
+    let size = u64::from(size);
     let first = reg.next.max(u64::from(FIRST_UID));
     if first + size - 1 <= u64::from(LAST_UID) {
         reg.next = first + size;
@@ -276,10 +349,7 @@ fn allocate(reg: &mut Registry) -> Option<UidBlock> {
     let mut start = u64::from(FIRST_UID);
     while start + size - 1 <= u64::from(LAST_UID) {
         let end = start + size - 1;
-        let taken = reg
-            .instances
-            .iter()
-            .any(|e| u64::from(e.first_uid) <= end && start <= u64::from(e.last_uid));
+        let taken = reg.instances.iter().any(|e| e.overlaps(start, end));
         if !taken {
             return Some(UidBlock {
                 first: start as u32,
@@ -379,10 +449,49 @@ mod tests {
                 data_dir: "/nonexistent".into(),
                 first_uid: FIRST_UID,
                 last_uid: FIRST_UID + BLOCK_SIZE - 1,
+                containers: Some(UidBlock {
+                    first: FIRST_UID + 2 * BLOCK_SIZE,
+                    last: FIRST_UID + 3 * BLOCK_SIZE - 1,
+                }),
             }],
         };
-        let b = allocate(&mut r).unwrap();
+        let b = allocate(&mut r, BLOCK_SIZE).unwrap();
         assert_eq!(b.first, FIRST_UID + BLOCK_SIZE);
+        // The entry's container block is taken too.
+        let b = allocate(&mut r, BLOCK_SIZE * 2).unwrap();
+        assert_eq!(b.first, FIRST_UID + 4 * BLOCK_SIZE);
+    }
+
+    #[test]
+    fn container_blocks_are_disjoint_from_every_block_and_kept() {
+        let (t, reg) = dirs();
+        let (a, b) = (data(&t, "a"), data(&t, "b"));
+        assert!(
+            matches!(
+                reserve_containers(&reg, &a),
+                Err(RegistryError::Corrupt { .. })
+            ),
+            "the instance's own block comes first"
+        );
+        let ua = reserve(&reg, &a).unwrap();
+        let ca = reserve_containers(&reg, &a).unwrap();
+        let ub = reserve(&reg, &b).unwrap();
+        let cb = reserve_containers(&reg, &b).unwrap();
+        assert_eq!(ca.last - ca.first + 1, CONTAINER_RANGE * CONTAINER_RANGES);
+        for (x, y) in [(ua, ca), (ua, ub), (ua, cb), (ca, ub), (ca, cb), (ub, cb)] {
+            assert!(disjoint(x, y), "{x} {y}");
+        }
+        assert_eq!(reserve_containers(&reg, &a).unwrap(), ca, "kept");
+        assert_eq!(
+            reserve(&reg, &a).unwrap(),
+            ua,
+            "the instance's block unchanged"
+        );
+        // A moved data dir keeps both.
+        let m = t.path().join("moved");
+        std::fs::rename(&a, &m).unwrap();
+        assert_eq!(reserve(&reg, &m).unwrap(), ua);
+        assert_eq!(reserve_containers(&reg, &m).unwrap(), ca);
     }
 
     #[test]

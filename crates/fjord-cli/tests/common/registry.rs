@@ -192,6 +192,19 @@ impl Images {
     /// An image `tag` whose busybox httpd answers `hello <marker> <body>` on 8080. With
     /// `entrypoint` empty, the image has no Entrypoint and no Cmd.
     pub fn httpd(&self, tag: &str, marker: &str, entrypoint: &[&str]) -> &Self {
+        self.httpd_with(tag, marker, entrypoint, &[], |_| {})
+    }
+
+    /// [`Self::httpd`] with more umoci `--config.*` flags and a last touch to the root
+    /// filesystem.
+    pub fn httpd_with(
+        &self,
+        tag: &str,
+        marker: &str,
+        entrypoint: &[&str],
+        more_config: &[&str],
+        finish: impl FnOnce(&Path),
+    ) -> &Self {
         let mut config: Vec<String> = [
             "--config.env=PATH=/bin".to_string(),
             format!("--config.env=MARKER={marker}"),
@@ -203,6 +216,7 @@ impl Images {
             config.push(format!("--config.entrypoint={first}"));
             config.extend(rest.iter().map(|a| format!("--config.cmd={a}")));
         }
+        config.extend(more_config.iter().map(|c| c.to_string()));
         umoci_image(
             &self.layout(),
             tag,
@@ -220,6 +234,7 @@ impl Images {
                 let cgi = root.join("www/cgi-bin/index.cgi");
                 std::fs::write(&cgi, CGI).expect("cgi");
                 run(Command::new("chmod").arg("0755").arg(&cgi));
+                finish(root);
             },
             &config,
         );

@@ -15,10 +15,26 @@ use crate::netns::NetNs;
 /// The mount points of a bundle, unmounted in this order.
 const MOUNTS: [&str; 3] = ["rootfs", "secrets", "netns"];
 
+/// Where the idmapped clones of the layers are mounted until the overlay holds them.
+const LOWER: &str = "lower";
+
 /// Detaches whatever is mounted in a bundle directory (also one a killed fjord left).
 pub(crate) fn unmount_all(dir: &Path) {
     for m in MOUNTS {
         let _ = umount2(&dir.join(m), MntFlags::MNT_DETACH);
+    }
+    detach_lowers(dir);
+}
+
+/// Detaches the idmapped layer clones and removes their mount points: once the overlay is
+/// mounted it holds its own references to them.
+fn detach_lowers(dir: &Path) {
+    let lower = dir.join(LOWER);
+    if let Ok(entries) = std::fs::read_dir(&lower) {
+        for e in entries.flatten() {
+            let _ = umount2(&e.path(), MntFlags::MNT_DETACH);
+        }
+        let _ = std::fs::remove_dir_all(&lower);
     }
 }
 
@@ -146,10 +162,29 @@ impl Bundle {
         let points = self.disk.join("mounts");
         mount_points(&plan.image.layers, &points)?;
         // overlayfs wants the top layer first.
-        let lower: Vec<String> = std::iter::once(points.as_path())
+        let layers: Vec<&Path> = std::iter::once(points.as_path())
             .chain(plan.image.layers.iter().rev().map(PathBuf::as_path))
-            .map(overlay_path)
-            .collect::<Result<_, _>>()?;
+            .collect();
+        let lower: Vec<String> = match &plan.ids {
+            None => layers
+                .into_iter()
+                .map(overlay_path)
+                .collect::<Result<_, _>>()?,
+            // Each layer through the function's idmapping (its files' owners shifted into
+            // the function's range, read-only), mounted for the moment the overlay takes.
+            Some(ids) => {
+                let base = dir.join(LOWER);
+                std::fs::DirBuilder::new().mode(0o700).create(&base)?;
+                let mut out = Vec::with_capacity(layers.len());
+                for (i, layer) in layers.into_iter().enumerate() {
+                    let target = base.join(i.to_string());
+                    std::fs::create_dir(&target)?;
+                    ids.mount(layer, &target)?;
+                    out.push(overlay_path(&target)?);
+                }
+                out
+            }
+        };
         let mut flags = MsFlags::MS_NODEV | MsFlags::MS_NOSUID;
         let options = if plan.read_only {
             flags |= MsFlags::MS_RDONLY;
@@ -179,6 +214,7 @@ impl Bundle {
             Some(options.as_str()),
         )
         .map_err(|e| std::io::Error::other(format!("cannot mount the overlay rootfs: {e}")))?;
+        detach_lowers(dir);
 
         let secrets = if plan.secrets.is_empty() {
             None
@@ -191,14 +227,15 @@ impl Bundle {
                 .map(|(_, v)| v.len().div_ceil(4096) * 4096 + 4096)
                 .sum::<usize>()
                 + (64 << 10);
-            // In memory only, owned by the function's uid (container root), like the
-            // process runtime's secrets.
+            // In memory only, owned by the process's user (container root, or the image's
+            // `User`, in the function's range), like the process runtime's secrets.
+            let (uid, gid) = (plan.host_uid + plan.user.uid, plan.host_uid + plan.user.gid);
             mount(
                 Some("tmpfs"),
                 &s,
                 Some("tmpfs"),
                 MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-                Some(format!("mode=0500,uid={u},gid={u},size={size}", u = plan.host_uid).as_str()),
+                Some(format!("mode=0500,uid={uid},gid={gid},size={size}").as_str()),
             )
             .map_err(io)?;
             for (name, value) in plan.secrets.iter() {
@@ -209,7 +246,7 @@ impl Bundle {
                     .mode(0o400)
                     .open(&p)?;
                 f.write_all(value)?;
-                std::os::unix::fs::fchown(&f, Some(plan.host_uid), Some(plan.host_uid))?;
+                std::os::unix::fs::fchown(&f, Some(uid), Some(gid))?;
             }
             Some(s)
         };

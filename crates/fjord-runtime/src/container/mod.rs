@@ -25,6 +25,7 @@
 //! and the directory removed; a restart of fjord removes what a killed one left.
 
 mod bundle;
+pub(crate) mod idmap;
 pub(crate) mod spec;
 
 use std::path::{Path, PathBuf};
@@ -34,6 +35,7 @@ use fjord_core::{FunctionKey, FunctionSpec};
 use fjord_runtime_api::{Applied, BoxFuture, ImageRootfs, SecretFiles};
 
 pub(crate) use bundle::Bundle;
+pub use idmap::{IdBlockSource, RANGE as IDS_PER_FUNCTION};
 
 use crate::replica::{Launch, ReplicaArgs, ReplicaEnv};
 use crate::{Engine, FunctionHandle, Runtime, RuntimeConfig, RuntimeError, Shared, Source};
@@ -48,16 +50,31 @@ const RUN_DIR: &str = "/run/fjord";
 pub const WATCHDOG_PORT: u16 = 8080;
 
 /// Settings of the container runtime (the rest is the process runtime's [`RuntimeConfig`]).
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ContainerConfig {
     /// The OCI runtime program (`runc`, `crun`, `youki`): a name looked up in PATH, or a path.
     pub oci_runtime: PathBuf,
+    /// Host ids for the functions' ranges (see [`idmap`]); without it (or without idmapped
+    /// mounts on the data dir's filesystem), container root alone maps to the function's
+    /// uid, and an image whose `User` is not root runs as container root without
+    /// capabilities.
+    pub id_block: Option<IdBlockSource>,
+}
+
+impl std::fmt::Debug for ContainerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ContainerConfig")
+            .field("oci_runtime", &self.oci_runtime)
+            .field("id_block", &self.id_block.is_some())
+            .finish()
+    }
 }
 
 impl Default for ContainerConfig {
     fn default() -> Self {
         Self {
             oci_runtime: PathBuf::from(DEFAULT_OCI_RUNTIME),
+            id_block: None,
         }
     }
 }
@@ -245,7 +262,13 @@ pub(crate) struct Plan {
     pub cwd: String,
     /// The image runs as a user other than root: its process gets no capabilities.
     pub unprivileged: bool,
-    /// The host uid (and gid) container root is mapped to: the function's own.
+    /// The process's user inside (root without `ids`).
+    pub user: spec::ImageUser,
+    /// The function's id range, seen through idmapped layers; `None`: container root alone
+    /// is mapped.
+    pub ids: Option<Arc<idmap::IdMap>>,
+    /// The host uid (and gid) container root is mapped to: its range's first, else the
+    /// function's own.
     pub host_uid: u32,
     pub port: u16,
     pub secrets: SecretFiles,
@@ -297,6 +320,8 @@ fn resolve_program(p: &Path) -> Result<PathBuf, RuntimeError> {
 pub struct ContainerRuntime {
     engine: Engine,
     host: Arc<Host>,
+    /// The functions' id ranges; `None`: container root alone is mapped.
+    ranges: Option<idmap::Ranges>,
     /// Made its own [`Shared`] (else the process runtime's, released by it).
     owns_shared: bool,
 }
@@ -353,15 +378,35 @@ impl ContainerRuntime {
         if stale > 0 {
             tracing::info!(stale, "removed containers left by an earlier run");
         }
+        // Idmapped layers need the kernel's and the filesystem's support: tried once, with a
+        // throwaway mapping (container root to host root's ids, in a namespace of its own).
+        let ranges = match config.id_block {
+            None => None,
+            Some(source) => match idmap::supported(&host.disk, 0) {
+                Ok(()) => Some(idmap::Ranges::new(source)),
+                Err(e) => {
+                    tracing::warn!(error = %e, dir = %host.disk.display(), "idmapped mounts do not work here: container root alone maps to each function's uid, and images whose USER is not root run as container root without capabilities");
+                    None
+                }
+            },
+        };
         host.start_reaper()?;
         Ok(Self {
             engine: Engine::new(shared, "container"),
             host: Arc::new(host),
+            ranges,
             owns_shared,
         })
     }
 
-    fn plan(&self, spec: &FunctionSpec, source: &Source) -> Result<Plan, RuntimeError> {
+    /// The plan of `spec`; `ids`: the function's range, `None` when validating (it is given
+    /// one when applied) or when container root alone is mapped.
+    fn plan(
+        &self,
+        spec: &FunctionSpec,
+        source: &Source,
+        ids: Option<Arc<idmap::IdMap>>,
+    ) -> Result<Plan, RuntimeError> {
         let image_ref = &spec.deployment.image;
         let Some(image) = source.image.clone() else {
             return Err(RuntimeError::Invalid(format!(
@@ -393,8 +438,15 @@ impl ContainerRuntime {
             )));
         }
         let port = spec::watchdog_port(spec, c).map_err(RuntimeError::Invalid)?;
-        let unprivileged = spec::image_user_is_unprivileged(c, &image.layers)
+        let user = spec::image_user(c, &image.layers, idmap::RANGE - 1)
             .map_err(|e| RuntimeError::Invalid(format!("image {image_ref:?}: {e}")))?;
+        let unprivileged = user.uid != 0;
+        // Without a range the process is container root (its files are root's).
+        let (user, host_uid) = match (&ids, self.ranges.is_some()) {
+            (Some(ids), _) => (user, ids.first),
+            (None, true) => (user, source.uid),
+            (None, false) => (spec::ImageUser::default(), source.uid),
+        };
         let shared = &self.engine.shared;
         Ok(Plan {
             host: self.host.clone(),
@@ -407,7 +459,9 @@ impl ContainerRuntime {
             image,
             args,
             unprivileged,
-            host_uid: source.uid,
+            user,
+            ids,
+            host_uid,
             port,
             secrets: source.secrets.clone(),
             read_only: spec.deployment.read_only_root_filesystem,
@@ -418,6 +472,15 @@ impl ContainerRuntime {
             cpu_millis: spec.cpu_limit_millis,
             pids_max: shared.config.pids_max,
         })
+    }
+
+    /// Frees the function's id range unless it (still, or again) runs here.
+    fn release_range(&self, key: &FunctionKey) {
+        if let Some(r) = &self.ranges
+            && self.engine.get(key).is_none()
+        {
+            r.release(key);
+        }
     }
 
     async fn stop_all(&self) {
@@ -461,7 +524,7 @@ impl Runtime for ContainerRuntime {
     }
 
     fn validate(&self, spec: &FunctionSpec, source: &Source) -> Result<(), RuntimeError> {
-        self.plan(spec, source).map(|_| ())
+        self.plan(spec, source, None).map(|_| ())
     }
 
     fn apply(
@@ -470,9 +533,22 @@ impl Runtime for ContainerRuntime {
         source: Source,
         replicas: u64,
     ) -> Result<Applied, RuntimeError> {
-        let plan = Arc::new(self.plan(&spec, &source)?);
+        let ids = match &self.ranges {
+            Some(r) => Some(r.get_or_assign(&spec.key).map_err(|e| {
+                RuntimeError::Invalid(format!("image {:?}: {e}", spec.deployment.image))
+            })?),
+            None => None,
+        };
+        let plan = match self.plan(&spec, &source, ids) {
+            Ok(p) => Arc::new(p),
+            Err(e) => {
+                self.release_range(&spec.key);
+                return Err(e);
+            }
+        };
+        let uid = plan.host_uid;
         self.engine
-            .apply(spec, Launch::Container(plan), source.uid, replicas)
+            .apply(spec, Launch::Container(plan), uid, replicas)
     }
 
     fn scale(&self, key: &FunctionKey, replicas: u64) -> Result<(), RuntimeError> {
@@ -480,7 +556,12 @@ impl Runtime for ContainerRuntime {
     }
 
     fn remove<'a>(&'a self, key: &'a FunctionKey) -> BoxFuture<'a, Result<(), RuntimeError>> {
-        Box::pin(self.engine.remove(key))
+        Box::pin(async move {
+            let removed = self.engine.remove(key).await;
+            // Every replica is gone: the range may go to another function.
+            self.release_range(key);
+            removed
+        })
     }
 
     fn get(&self, key: &FunctionKey) -> Option<Arc<FunctionHandle>> {

@@ -111,31 +111,112 @@ fn image_file(layers: &[PathBuf], path: &str) -> Option<String> {
     })
 }
 
-/// Whether the image's `User` is someone other than root. A user name must exist in the
-/// image's `/etc/passwd`.
-pub(crate) fn image_user_is_unprivileged(
+/// Who the container's process runs as, inside: the image's `User` resolved as Docker
+/// does it, through the image's own `/etc/passwd` and `/etc/group`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub(crate) struct ImageUser {
+    pub uid: u32,
+    pub gid: u32,
+    /// Groups of `/etc/group` that list the user by name, after the primary one (none when
+    /// no group lists it).
+    pub additional_gids: Vec<u32>,
+}
+
+/// `name:x:id:…` lines of a passwd or group file: the entry named `name`, as fields.
+fn entry<'a>(file: &'a str, name: &str) -> Option<Vec<&'a str>> {
+    file.lines()
+        .map(|l| l.split(':').collect::<Vec<_>>())
+        .find(|f| f.len() > 2 && f[0] == name)
+}
+
+/// Resolves the image's `User` (`name`, `uid`, `name:group`, `uid:gid`…). Names must
+/// exist in the image; a uid not in its passwd gets gid 0, as in Docker. Ids above
+/// `max_id` (the last one the function's range maps) are refused.
+pub(crate) fn image_user(
     image: &ImageConfig,
     layers: &[PathBuf],
-) -> Result<bool, String> {
+    max_id: u32,
+) -> Result<ImageUser, String> {
     let user = image.user.as_deref().unwrap_or("").trim();
-    let name = user.split(':').next().unwrap_or("");
-    if name.is_empty() || name == "root" || name == "0" {
-        return Ok(false);
+    if user.is_empty() {
+        return Ok(ImageUser::default());
     }
-    if name.parse::<u32>().is_ok() {
-        return Ok(true);
-    }
+    let (name, group) = match user.split_once(':') {
+        Some((n, g)) => (n, Some(g)),
+        None => (user, None),
+    };
     let passwd = image_file(layers, "etc/passwd").unwrap_or_default();
-    let uid = passwd.lines().find_map(|l| {
-        let mut f = l.split(':');
-        (f.next()? == name).then(|| f.nth(1)?.parse::<u32>().ok())?
-    });
-    match uid {
-        Some(uid) => Ok(uid != 0),
-        None => Err(format!(
-            "its User {user:?} is not in the image's /etc/passwd"
-        )),
+    let groups = image_file(layers, "etc/group").unwrap_or_default();
+    let id = |s: &str, what: &str| -> Result<u32, String> {
+        s.parse::<u32>()
+            .map_err(|_| format!("its User {user:?}: {what} {s:?} is not a number"))
+    };
+    let (uid, primary, user_name) = match name.parse::<u32>() {
+        Ok(uid) => {
+            let known = passwd.lines().find_map(|l| {
+                let f: Vec<&str> = l.split(':').collect();
+                (f.len() > 3 && f[2] == name).then(|| (f[0].to_string(), f[3].to_string()))
+            });
+            match known {
+                Some((n, g)) => (uid, id(&g, "the passwd gid")?, Some(n)),
+                None => (uid, 0, None),
+            }
+        }
+        Err(_) => {
+            let f = entry(&passwd, name)
+                .filter(|f| f.len() > 3)
+                .ok_or_else(|| format!("its User {user:?} is not in the image's /etc/passwd"))?;
+            (
+                id(f[2], "the passwd uid")?,
+                id(f[3], "the passwd gid")?,
+                Some(name.to_string()),
+            )
+        }
+    };
+    let gid = match group.map(str::trim).filter(|g| !g.is_empty()) {
+        None => primary,
+        Some(g) => match g.parse::<u32>() {
+            Ok(gid) => gid,
+            Err(_) => {
+                let f = entry(&groups, g).ok_or_else(|| {
+                    format!("its User {user:?}: group {g:?} is not in the image's /etc/group")
+                })?;
+                id(f[2], "the group's gid")?
+            }
+        },
+    };
+    let mut additional_gids: Vec<u32> = match &user_name {
+        Some(n) if group.is_none() => groups
+            .lines()
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split(':').collect();
+                (f.len() > 3 && f[3].split(',').any(|m| m.trim() == n))
+                    .then(|| f[2].parse::<u32>().ok())?
+            })
+            .filter(|g| *g != gid)
+            .collect(),
+        _ => Vec::new(),
+    };
+    additional_gids.sort_unstable();
+    additional_gids.dedup();
+    // As initgroups(3): the primary group is a supplementary one too.
+    if !additional_gids.is_empty() {
+        additional_gids.insert(0, gid);
     }
+    if let Some(big) = [uid, gid]
+        .into_iter()
+        .chain(additional_gids.iter().copied())
+        .find(|i| *i > max_id)
+    {
+        return Err(format!(
+            "its User {user:?} uses id {big}, beyond the ids 0-{max_id} a container's users map to"
+        ));
+    }
+    Ok(ImageUser {
+        uid,
+        gid,
+        additional_gids,
+    })
 }
 
 fn mount(destination: &str, typ: &str, source: &str, options: &[&str]) -> Mount {
@@ -240,7 +321,13 @@ pub(crate) fn build(plan: &Plan, r: &Replica<'_>) -> Result<Spec, oci_spec::OciS
         .args(plan.args.clone())
         .env(env)
         .cwd(plan.cwd.clone())
-        .user(UserBuilder::default().uid(0u32).gid(0u32).build()?)
+        .user({
+            let mut u = UserBuilder::default().uid(plan.user.uid).gid(plan.user.gid);
+            if !plan.user.additional_gids.is_empty() {
+                u = u.additional_gids(plan.user.additional_gids.clone());
+            }
+            u.build()?
+        })
         .no_new_privileges(true)
         .capabilities(
             LinuxCapabilitiesBuilder::default()
@@ -339,21 +426,23 @@ pub(crate) fn build(plan: &Plan, r: &Replica<'_>) -> Result<Spec, oci_spec::OciS
         );
     }
     let ns = |t: LinuxNamespaceType| LinuxNamespaceBuilder::default().typ(t).build();
+    // The function's range (its image's files seen through idmapped layers), else container
+    // root alone.
+    let ids = if plan.ids.is_some() {
+        super::idmap::RANGE
+    } else {
+        1
+    };
+    let mapping = || {
+        LinuxIdMappingBuilder::default()
+            .container_id(0u32)
+            .host_id(plan.host_uid)
+            .size(ids)
+            .build()
+    };
     let mut linux = LinuxBuilder::default()
-        .uid_mappings(vec![
-            LinuxIdMappingBuilder::default()
-                .container_id(0u32)
-                .host_id(plan.host_uid)
-                .size(1u32)
-                .build()?,
-        ])
-        .gid_mappings(vec![
-            LinuxIdMappingBuilder::default()
-                .container_id(0u32)
-                .host_id(plan.host_uid)
-                .size(1u32)
-                .build()?,
-        ])
+        .uid_mappings(vec![mapping()?])
+        .gid_mappings(vec![mapping()?])
         .namespaces(vec![
             ns(LinuxNamespaceType::Pid)?,
             ns(LinuxNamespaceType::Ipc)?,
@@ -448,28 +537,50 @@ mod tests {
 
     #[test]
     fn image_users() {
-        let layer = tempfile::tempdir().unwrap();
-        std::fs::create_dir(layer.path().join("etc")).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let etc = dir.path().join("etc");
+        std::fs::create_dir(&etc).unwrap();
         std::fs::write(
-            layer.path().join("etc/passwd"),
-            "root:x:0:0:root:/root:/bin/sh\napp:x:100:101::/home/app:/bin/sh\n",
+            etc.join("passwd"),
+            "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000::/home/app:/bin/sh\nbig:x:70000:70000::/:/bin/sh\n",
         )
         .unwrap();
-        let layers = vec![layer.path().to_path_buf()];
+        std::fs::write(
+            etc.join("group"),
+            "root:x:0:\napp:x:1000:\nwww:x:33:app\naudio:x:29:other,app\n",
+        )
+        .unwrap();
+        let layers = vec![dir.path().to_path_buf()];
         let user = |u: &str| {
-            image_user_is_unprivileged(
+            image_user(
                 &ImageConfig {
                     user: Some(u.into()),
                     ..Default::default()
                 },
                 &layers,
+                65_535,
             )
         };
-        assert_eq!(user(""), Ok(false));
-        assert_eq!(user("root"), Ok(false));
-        assert_eq!(user("0:0"), Ok(false));
-        assert_eq!(user("app"), Ok(true));
-        assert_eq!(user("1000:1000"), Ok(true));
+        let ids = |uid, gid, extra: &[u32]| ImageUser {
+            uid,
+            gid,
+            additional_gids: extra.to_vec(),
+        };
+        assert_eq!(user(""), Ok(ImageUser::default()));
+        assert_eq!(user("root"), Ok(ImageUser::default()));
+        assert_eq!(user("0:0"), Ok(ImageUser::default()));
+        assert_eq!(user("app"), Ok(ids(1000, 1000, &[1000, 29, 33])));
+        assert_eq!(
+            user("1000"),
+            Ok(ids(1000, 1000, &[1000, 29, 33])),
+            "by uid, as Docker"
+        );
+        assert_eq!(user("app:www"), Ok(ids(1000, 33, &[])));
+        assert_eq!(user("1234"), Ok(ids(1234, 0, &[])), "unknown uid: gid 0");
+        assert_eq!(user("1234:5"), Ok(ids(1234, 5, &[])));
         assert!(user("nobody-here").unwrap_err().contains("/etc/passwd"));
+        assert!(user("app:nogroup").unwrap_err().contains("/etc/group"));
+        assert!(user("big").unwrap_err().contains("0-65535"));
+        assert!(user("app:x1").unwrap_err().contains("/etc/group"));
     }
 }

@@ -133,10 +133,55 @@ pub fn data_dir() -> DataDir {
     )
 }
 
+/// Where the tests' id blocks start: far above the uids of this machine's users.
+pub const ID_BASE: u32 = 3_000_000_000;
+/// Ranges per test runtime.
+pub const RANGES: u32 = 16;
+
+/// A block of id ranges of its own for each runtime of this test process, as the gateway
+/// reserves one from the uid registry: `(first, ranges)`.
+pub fn id_block() -> (u32, u32) {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    (
+        ID_BASE + n * RANGES * fjord_runtime::container::IDS_PER_FUNCTION,
+        RANGES,
+    )
+}
+
+/// A container runtime as a server makes it: its functions get id ranges (the block is
+/// in `ids`).
+pub async fn runtime_with_ids(data_dir: &Path) -> (ContainerRuntime, (u32, u32)) {
+    let block = id_block();
+    let rt = ContainerRuntime::new(
+        config(data_dir),
+        ContainerConfig {
+            id_block: Some(Arc::new(move || Ok(block))),
+            ..ContainerConfig::default()
+        },
+    )
+    .await
+    .expect("the container runtime starts");
+    (rt, block)
+}
+
 pub async fn runtime(data_dir: &Path) -> ContainerRuntime {
-    ContainerRuntime::new(config(data_dir), ContainerConfig::default())
-        .await
-        .expect("the container runtime starts")
+    runtime_with_ids(data_dir).await.0
+}
+
+/// The host id a replica's container root maps to, from its bundle's config.json.
+pub fn container_root_host_id(replica: &str) -> u32 {
+    let config = std::fs::read_dir("/run/fjord")
+        .unwrap()
+        .flatten()
+        .map(|d| d.path().join(replica).join("config.json"))
+        .find(|p| p.exists())
+        .expect("the replica's config.json");
+    let spec: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(config).unwrap()).unwrap();
+    let m = &spec["linux"]["uidMappings"][0];
+    assert_eq!(m["containerID"], 0);
+    m["hostID"].as_u64().expect("hostID") as u32
 }
 
 /// Removes what a runtime on `data_dir` left when a test failed before its shutdown (its
