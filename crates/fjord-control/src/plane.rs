@@ -1052,17 +1052,18 @@ impl ControlPlane {
         let max = route.handle.spec().max_replicas;
         let set = replicas.min(max);
         self.store.set_replicas(&key.namespace, &key.name, set)?;
-        route.runtime.scale(key, set)?;
-        hold(&route, set);
         let clamped = if set < replicas {
             format!(" (asked for {replicas}; com.openfaas.scale.max is {max})")
         } else {
             String::new()
         };
+        // The reason first: whoever sees the new count sees why.
         route.scaling.set_reason(format!(
             "{}: scaled to {set} through the API{clamped}",
             now_rfc3339()
         ));
+        route.runtime.scale(key, set)?;
+        hold(&route, set);
         tracing::info!(function = %key, replicas = set, requested = replicas, "scaled");
         Ok(set)
     }
@@ -1176,12 +1177,13 @@ impl ControlPlane {
             Demand::Cold => {
                 if h.desired() == 0 {
                     let n = h.spec().min_replicas.max(1);
+                    // The reason first: whoever sees the new count sees why.
+                    route.scaling.set_reason(format!(
+                        "{}: scaled from zero to {n} by a request",
+                        now_rfc3339()
+                    ));
                     if route.runtime.scale(&h.key, n).is_ok() {
                         hold(route, n);
-                        route.scaling.set_reason(format!(
-                            "{}: scaled from zero to {n} by a request",
-                            now_rfc3339()
-                        ));
                         tracing::info!(function = %h.qualified, replicas = n, "scaling from zero");
                     }
                 }
@@ -1197,12 +1199,12 @@ impl ControlPlane {
                     return false;
                 }
                 let n = desired + 1;
+                route.scaling.set_reason(format!(
+                    "{}: all replicas at max_inflight: {desired} → {n}",
+                    now_rfc3339()
+                ));
                 if route.runtime.scale(&h.key, n).is_ok() {
                     route.scaling.state().raised(crate::metrics::now_ms(), n);
-                    route.scaling.set_reason(format!(
-                        "{}: all replicas at max_inflight: {desired} → {n}",
-                        now_rfc3339()
-                    ));
                 }
                 true
             }
@@ -1234,10 +1236,10 @@ impl ControlPlane {
             else {
                 continue;
             };
+            route
+                .scaling
+                .set_reason(format!("{}: {}", now_rfc3339(), d.reason));
             if route.runtime.scale(&h.key, d.replicas).is_ok() {
-                route
-                    .scaling
-                    .set_reason(format!("{}: {}", now_rfc3339(), d.reason));
                 if d.idle {
                     tracing::info!(function = %h.qualified, "idle: scaled to zero");
                 } else {
