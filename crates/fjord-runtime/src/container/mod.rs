@@ -17,9 +17,11 @@
 //! - `netns`: the replica's own network namespace (a bind of its descriptor), so every
 //!   replica listens on the same port (8080) as in a pod; the gateway reaches it as
 //!   `n<id>:<port>` like a process replica;
-//! - `config.json` ([`spec`]): a user namespace mapping container root to the function's
-//!   own uid, Docker's masked and read-only paths, fewer capabilities than Docker, no new
-//!   privileges, fjord's seccomp deny-list, a `/tmp` tmpfs, the replica's cgroup.
+//! - `config.json` ([`spec`]): a user namespace mapping the container's ids 0..65535 to the
+//!   function's own range ([`idmap`]; the image's layers are seen through idmapped mounts of
+//!   it), the image's `User`, Docker's masked and read-only paths, fewer capabilities than
+//!   Docker, no new privileges, fjord's seccomp deny-list, a `/tmp` tmpfs, the replica's
+//!   cgroup.
 //!
 //! Nothing is left after the replica ends: `runc delete --force`, the mounts are detached
 //! and the directory removed; a restart of fjord removes what a killed one left.
