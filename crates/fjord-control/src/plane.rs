@@ -1057,12 +1057,13 @@ impl ControlPlane {
         } else {
             String::new()
         };
-        // The reason first: whoever sees the new count sees why.
-        route.scaling.set_reason(format!(
-            "{}: scaled to {set} through the API{clamped}",
-            now_rfc3339()
-        ));
-        route.runtime.scale(key, set)?;
+        route.scale_for(
+            set,
+            format!(
+                "{}: scaled to {set} through the API{clamped}",
+                now_rfc3339()
+            ),
+        )?;
         hold(&route, set);
         tracing::info!(function = %key, replicas = set, requested = replicas, "scaled");
         Ok(set)
@@ -1177,12 +1178,8 @@ impl ControlPlane {
             Demand::Cold => {
                 if h.desired() == 0 {
                     let n = h.spec().min_replicas.max(1);
-                    // The reason first: whoever sees the new count sees why.
-                    route.scaling.set_reason(format!(
-                        "{}: scaled from zero to {n} by a request",
-                        now_rfc3339()
-                    ));
-                    if route.runtime.scale(&h.key, n).is_ok() {
+                    let why = format!("{}: scaled from zero to {n} by a request", now_rfc3339());
+                    if route.scale_for(n, why).is_ok() {
                         hold(route, n);
                         tracing::info!(function = %h.qualified, replicas = n, "scaling from zero");
                     }
@@ -1199,11 +1196,11 @@ impl ControlPlane {
                     return false;
                 }
                 let n = desired + 1;
-                route.scaling.set_reason(format!(
+                let why = format!(
                     "{}: all replicas at max_inflight: {desired} → {n}",
                     now_rfc3339()
-                ));
-                if route.runtime.scale(&h.key, n).is_ok() {
+                );
+                if route.scale_for(n, why).is_ok() {
                     route.scaling.state().raised(crate::metrics::now_ms(), n);
                 }
                 true
@@ -1236,10 +1233,8 @@ impl ControlPlane {
             else {
                 continue;
             };
-            route
-                .scaling
-                .set_reason(format!("{}: {}", now_rfc3339(), d.reason));
-            if route.runtime.scale(&h.key, d.replicas).is_ok() {
+            let why = format!("{}: {}", now_rfc3339(), d.reason);
+            if route.scale_for(d.replicas, why).is_ok() {
                 if d.idle {
                     tracing::info!(function = %h.qualified, "idle: scaled to zero");
                 } else {
@@ -1390,6 +1385,13 @@ impl Route {
     /// The runtime serving this function (`process`, `container`, …).
     pub fn runtime_name(&self) -> &'static str {
         self.runtime.name()
+    }
+
+    /// Sets the replica count to `n` for `reason`. The reason is recorded first, so whoever
+    /// sees the new count sees why.
+    fn scale_for(&self, n: u64, reason: String) -> Result<(), fjord_runtime_api::RuntimeError> {
+        self.scaling.set_reason(reason);
+        self.runtime.scale(&self.handle.key, n)
     }
 }
 

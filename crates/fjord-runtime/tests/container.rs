@@ -424,6 +424,50 @@ async fn an_image_without_entrypoint_or_cmd_needs_envprocess() {
     f.rt.shutdown().await;
 }
 
+/// What container root tries, for [`confined_root`] and the tests' own checks: reads the
+/// image's root-only file, writes `/etc/passwd` and `/`, and what only host root could do.
+const ROOT_PROBE: &str = "id -u; cat /proc/self/uid_map; cat /root-only; touch /etc/passwd && echo passwd=ours; touch /made-inside; cat /proc/net/route; busybox unshare -n true; echo unshare=$?; busybox mount -t tmpfs x /mnt; echo mount=$?; echo 1 > /proc/sys/kernel/ns_last_pid; echo sysctl=$?; cat /proc/self/status";
+
+/// Checks the output of [`ROOT_PROBE`]: uid 0 inside, with no namespaces, mounts or
+/// sysctls (no CAP_SYS_ADMIN; the seccomp deny-list, installed as `Seccomp: 2` shows,
+/// refuses them too), no new privileges, fewer capabilities than Docker's defaults, and
+/// outbound network through its own eth0. Returns the fields of its `uid_map` line.
+fn confined_root(out: &str) -> Vec<String> {
+    let mut lines = out.lines();
+    assert_eq!(lines.next(), Some("0"), "root inside: {out}");
+    let map = lines
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(str::to_string)
+        .collect();
+    assert!(
+        out.contains("unshare=1") && out.contains("mount=1") && !out.contains("sysctl=0"),
+        "{out}"
+    );
+    assert!(out.contains("Operation not permitted"), "{out}");
+    let status = |key: &str| {
+        out.lines()
+            .find_map(|l| l.strip_prefix(key))
+            .map(str::trim)
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert_eq!(status("NoNewPrivs:"), "1", "{out}");
+    assert_eq!(status("Seccomp:"), "2", "{out}");
+    // No CAP_SYS_ADMIN (21), CAP_NET_RAW (13), CAP_MKNOD (27).
+    let eff = u64::from_str_radix(&status("CapEff:"), 16).expect("CapEff");
+    assert_eq!(eff & (1 << 21 | 1 << 13 | 1 << 27), 0, "{out}");
+    assert_ne!(eff, 0, "container root keeps some capabilities: {out}");
+    // The replica's own eth0 (a veth to the host, NAT'd and filtered by the network pool)
+    // is its default route.
+    assert!(
+        out.lines().any(|l| l.starts_with("eth0\t00000000\t")),
+        "no default route through eth0: {out}"
+    );
+    map
+}
+
 /// Container root is host id `first` of the function's range: the image's files are its
 /// own (seen through idmapped layers), what it writes lands on the host as `first`, and it
 /// has no power beyond its namespaces.
@@ -431,23 +475,10 @@ async fn an_image_without_entrypoint_or_cmd_needs_envprocess() {
 async fn container_root_is_not_host_root() {
     let f = fixture().await;
     let h = f
-        .deploy(
-            f.probe(
-                "whoami",
-                "id -u; cat /proc/self/uid_map; cat /root-only; touch /etc/passwd && echo passwd=ours; touch /made-inside; cat /proc/net/route; busybox unshare -n true; echo unshare=$?; busybox mount -t tmpfs x /mnt; echo mount=$?; echo 1 > /proc/sys/kernel/ns_last_pid; echo sysctl=$?; cat /proc/self/status",
-                serde_json::json!({}),
-            ),
-            1,
-        )
+        .deploy(f.probe("whoami", ROOT_PROBE, serde_json::json!({})), 1)
         .await;
     let out = call_any(&h).await;
-    let mut lines = out.lines();
-    assert_eq!(lines.next(), Some("0"), "root inside: {out}");
-    let map: Vec<&str> = lines
-        .next()
-        .unwrap_or_default()
-        .split_whitespace()
-        .collect();
+    let map = confined_root(&out);
     let id = h.serving().endpoints[0].replica.clone();
     let root = common::container_root_host_id(&id);
     assert_eq!(map, ["0", &root.to_string(), "65536"], "{out}");
@@ -476,26 +507,6 @@ async fn container_root_is_not_host_root() {
             );
         }
     }
-    // No namespaces, no mounts, no sysctls for container root (no CAP_SYS_ADMIN; the
-    // seccomp deny-list, installed as `Seccomp: 2` shows, refuses them too), no new
-    // privileges.
-    assert!(
-        out.contains("unshare=1") && out.contains("mount=1") && !out.contains("sysctl=0"),
-        "{out}"
-    );
-    assert!(out.contains("Operation not permitted"), "{out}");
-    let status = |key: &str| {
-        out.lines()
-            .find_map(|l| l.strip_prefix(key))
-            .map(str::trim)
-            .unwrap_or_default()
-            .to_string()
-    };
-    assert_eq!(status("NoNewPrivs:"), "1", "{out}");
-    assert_eq!(status("Seccomp:"), "2", "{out}");
-    let eff = u64::from_str_radix(&status("CapEff:"), 16).expect("CapEff");
-    assert_eq!(eff & (1 << 21 | 1 << 13 | 1 << 27), 0, "{out}");
-    assert_ne!(eff, 0, "container root keeps some capabilities: {out}");
     f.rt.shutdown().await;
 }
 
@@ -629,23 +640,10 @@ async fn without_id_ranges_container_root_alone_maps_to_the_function_uid() {
         dir,
     };
     let h = f
-        .deploy(
-            f.probe(
-                "whoami",
-                "id -u; cat /proc/self/uid_map; cat /root-only; touch /etc/passwd; cat /proc/net/route; busybox unshare -n true; echo unshare=$?; busybox mount -t tmpfs x /mnt; echo mount=$?; cat /proc/self/status",
-                serde_json::json!({}),
-            ),
-            1,
-        )
+        .deploy(f.probe("whoami", ROOT_PROBE, serde_json::json!({})), 1)
         .await;
     let out = call_any(&h).await;
-    let mut lines = out.lines();
-    assert_eq!(lines.next(), Some("0"), "root inside: {out}");
-    let map: Vec<&str> = lines
-        .next()
-        .unwrap_or_default()
-        .split_whitespace()
-        .collect();
+    let map = confined_root(&out);
     assert_eq!(map, ["0", &common::UID.to_string(), "1"], "{out}");
     assert!(!out.contains("host root's eyes only"), "{out}");
     assert_eq!(
@@ -653,33 +651,7 @@ async fn without_id_ranges_container_root_alone_maps_to_the_function_uid() {
         2,
         "a host-root file is neither readable nor writable: {out}"
     );
-    // No namespaces, no mounts for container root (no CAP_SYS_ADMIN; the seccomp
-    // deny-list, installed as `Seccomp: 2` shows, refuses them too), no new privileges.
-    assert!(
-        out.contains("unshare=1") && out.contains("mount=1"),
-        "{out}"
-    );
-    assert!(out.contains("Operation not permitted"), "{out}");
-    let status = |key: &str| {
-        out.lines()
-            .find_map(|l| l.strip_prefix(key))
-            .map(str::trim)
-            .unwrap_or_default()
-            .to_string()
-    };
-    assert_eq!(status("NoNewPrivs:"), "1", "{out}");
-    assert_eq!(status("Seccomp:"), "2", "{out}");
-    // Fewer capabilities than Docker's defaults: no CAP_SYS_ADMIN (21), CAP_NET_RAW (13),
-    // CAP_MKNOD (27).
-    let eff = u64::from_str_radix(&status("CapEff:"), 16).expect("CapEff");
-    assert_eq!(eff & (1 << 21 | 1 << 13 | 1 << 27), 0, "{out}");
-    assert_ne!(eff, 0, "container root keeps some capabilities: {out}");
-    // Outbound network by default: the replica's own eth0 (a veth to the host, NAT'd and
-    // filtered by the network pool) is its default route.
-    assert!(
-        out.lines().any(|l| l.starts_with("eth0\t00000000\t")),
-        "no default route through eth0: {out}"
-    );
+    assert!(!out.contains("passwd=ours"), "{out}");
     f.rt.shutdown().await;
 }
 

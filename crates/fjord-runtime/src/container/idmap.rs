@@ -153,15 +153,16 @@ fn idmapped_clone(src: &Path, userns: BorrowedFd<'_>, target: &Path) -> std::io:
 }
 
 /// Whether idmapped mounts of `dir` work (kernel ≥ 5.12 and a filesystem that has them:
-/// ext4, xfs, btrfs, tmpfs ≥ 6.3…), tried with a throwaway range.
-pub(crate) fn supported(dir: &Path, first: u32) -> Result<(), String> {
+/// ext4, xfs, btrfs, tmpfs ≥ 6.3…), tried with a throwaway identity mapping in a namespace
+/// of its own.
+pub(crate) fn supported(dir: &Path) -> Result<(), String> {
     let probe = dir.join(format!(".idmap-probe-{}", std::process::id()));
     let src = probe.join("src");
     let target = probe.join("target");
     let tried = (|| {
         std::fs::create_dir_all(&src)?;
         std::fs::create_dir_all(&target)?;
-        IdMap::new(first)?.mount(&src, &target)?;
+        IdMap::new(0)?.mount(&src, &target)?;
         let _ = nix::mount::umount2(&target, nix::mount::MntFlags::MNT_DETACH);
         Ok::<(), std::io::Error>(())
     })();

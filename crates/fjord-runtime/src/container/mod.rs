@@ -380,11 +380,10 @@ impl ContainerRuntime {
         if stale > 0 {
             tracing::info!(stale, "removed containers left by an earlier run");
         }
-        // Idmapped layers need the kernel's and the filesystem's support: tried once, with a
-        // throwaway mapping (container root to host root's ids, in a namespace of its own).
+        // Idmapped layers need the kernel's and the filesystem's support: tried once.
         let ranges = match config.id_block {
             None => None,
-            Some(source) => match idmap::supported(&host.disk, 0) {
+            Some(source) => match idmap::supported(&host.disk) {
                 Ok(()) => Some(idmap::Ranges::new(source)),
                 Err(e) => {
                     tracing::warn!(error = %e, dir = %host.disk.display(), "idmapped mounts do not work here: container root alone maps to each function's uid, and images whose USER is not root run as container root without capabilities");
