@@ -443,6 +443,13 @@ impl Reconciler {
             spec,
             endpoints: Vec::new(),
         });
+        // In-flight requests finish first: a function that moves to another runtime, or
+        // is deleted, does not cut off the calls it already accepted. (At shutdown the
+        // gateway has drained them already, with its own timeout.)
+        if remove {
+            futures_util::future::join_all(replicas.iter().map(|r| drain(r.endpoint.as_ref())))
+                .await;
+        }
         for r in &replicas {
             r.stop.cancel();
         }
@@ -458,17 +465,24 @@ impl Reconciler {
 /// Stops a replica; with `drain`, first lets its in-flight requests finish.
 fn retire(r: Replica, drain: bool) {
     tokio::spawn(async move {
-        if drain && let Some(ep) = &r.endpoint {
-            // A request may have picked this replica just before it left the snapshot.
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            let deadline = Instant::now() + DRAIN_TIMEOUT;
-            while ep.inflight() > 0 && Instant::now() < deadline {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
+        if drain {
+            self::drain(r.endpoint.as_ref()).await;
         }
         r.stop.cancel();
         let _ = r.task.await;
     });
+}
+
+/// Waits until a replica that left the published endpoints has no request in flight
+/// (at most `DRAIN_TIMEOUT`).
+async fn drain(endpoint: Option<&Arc<Endpoint>>) {
+    let Some(ep) = endpoint else { return };
+    // A request may have picked this replica just before it left the snapshot.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let deadline = Instant::now() + DRAIN_TIMEOUT;
+    while ep.inflight() > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 fn stop_generation(g: Generation, drain: bool) {
@@ -730,5 +744,34 @@ pub(crate) mod tests {
         assert_eq!(v1.started(), 4);
         e.remove(&key()).await.expect("remove");
         assert_eq!(v1.stopped(), 4, "remove returns once every replica stopped");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn remove_lets_requests_in_flight_finish_before_it_stops_the_replicas() {
+        let dir = tempfile::tempdir().expect("dir");
+        let e = engine(dir.path());
+        let v1 = Script::new(Act::Ready);
+        apply(&e, "v1", &v1, 1)
+            .done
+            .await
+            .expect("v1")
+            .expect("v1 ready");
+        let handle = e.get(&key()).expect("handle");
+        // A call picked the replica just before the function moved elsewhere or was deleted.
+        let (_, call) = handle.pick().expect("a ready replica");
+        let started = Instant::now();
+        let finish_call = async {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            assert_eq!(v1.stopped(), 0, "stopped under a request in flight");
+            drop(call);
+        };
+        let k = key();
+        let (removed, ()) = tokio::join!(e.remove(&k), finish_call);
+        removed.expect("remove");
+        assert_eq!(v1.stopped(), 1);
+        assert!(
+            started.elapsed() < DRAIN_TIMEOUT,
+            "waited for the call, not the timeout"
+        );
     }
 }
