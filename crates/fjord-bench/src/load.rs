@@ -25,6 +25,9 @@ pub struct Target {
     /// Connect from inside this network namespace (a replica's, for the direct baselines:
     /// fjord runs each function in its own).
     pub netns: Option<std::sync::Arc<std::fs::File>>,
+    /// The one status that counts as success (200; 202 for async submissions). Anything
+    /// else is a failed request.
+    pub expect: hyper::StatusCode,
 }
 
 /// `http://HOST:PORT/PATH` → (`HOST:PORT`, `/PATH`); the path is `/` when absent.
@@ -57,7 +60,14 @@ impl Target {
             body: None,
             tls: None,
             netns: None,
+            expect: hyper::StatusCode::OK,
         }
+    }
+
+    /// Success is `status` instead of 200 (202 for `/async-function/…`).
+    pub fn expecting(mut self, status: hyper::StatusCode) -> Self {
+        self.expect = status;
+        self
     }
 
     /// POSTs of `body` instead of GETs.
@@ -103,6 +113,9 @@ pub async fn tcp_connect(
 pub struct LoadResult {
     pub requests: u64,
     pub errors: u64,
+    /// Requests that failed during the warm-up (not in `errors`, but they fail the
+    /// measurement just the same).
+    pub warmup_errors: u64,
     pub first_error: Option<String>,
     pub elapsed: Duration,
     /// Latency in microseconds.
@@ -140,6 +153,13 @@ impl LoadResult {
                 "{what}: {} of {} requests failed (first: {})",
                 self.errors,
                 self.requests + self.errors,
+                self.first_error.as_deref().unwrap_or("?")
+            );
+        }
+        if self.warmup_errors > 0 {
+            bail!(
+                "{what}: {} requests failed during the warm-up (first: {})",
+                self.warmup_errors,
                 self.first_error.as_deref().unwrap_or("?")
             );
         }
@@ -205,10 +225,10 @@ async fn one(
         .await
         .map_err(|e| e.to_string())?
         .to_bytes();
-    // 202 is success for async submissions.
-    if status != hyper::StatusCode::OK && status != hyper::StatusCode::ACCEPTED {
+    if status != target.expect {
         return Err(format!(
-            "status {status}: {}",
+            "status {status} (expected {}): {}",
+            target.expect,
             String::from_utf8_lossy(&body[..body.len().min(200)])
         ));
     }
@@ -231,7 +251,8 @@ pub async fn run(
         let host = host.clone();
         tasks.push(tokio::spawn(async move {
             let mut hist = new_hist();
-            let (mut ok, mut errors, mut first_error) = (0u64, 0u64, None::<String>);
+            let (mut ok, mut errors, mut warmup_errors) = (0u64, 0u64, 0u64);
+            let mut first_error = None::<String>;
             let mut sender = connect(&target).await?;
             loop {
                 let t0 = Instant::now();
@@ -241,7 +262,9 @@ pub async fn run(
                 let r = one(&mut sender, &target, &host).await;
                 let t1 = Instant::now();
                 if t0 < start {
-                    if r.is_err() {
+                    if let Err(e) = r {
+                        warmup_errors += 1;
+                        first_error.get_or_insert(e);
                         sender = connect(&target).await?;
                     }
                     continue;
@@ -258,16 +281,17 @@ pub async fn run(
                     }
                 }
             }
-            anyhow::Ok((hist, ok, errors, first_error))
+            anyhow::Ok((hist, ok, errors, warmup_errors, first_error))
         }));
     }
     let mut hist = new_hist();
-    let (mut requests, mut errors, mut first_error) = (0, 0, None);
+    let (mut requests, mut errors, mut warmup_errors, mut first_error) = (0, 0, 0, None);
     for t in tasks {
-        let (h, ok, e, fe) = t.await??;
+        let (h, ok, e, we, fe) = t.await??;
         hist.add(&h)?;
         requests += ok;
         errors += e;
+        warmup_errors += we;
         if first_error.is_none() {
             first_error = fe;
         }
@@ -275,6 +299,7 @@ pub async fn run(
     Ok(LoadResult {
         requests,
         errors,
+        warmup_errors,
         first_error,
         elapsed: duration,
         hist,
@@ -307,6 +332,7 @@ mod tests {
         LoadResult {
             requests: latencies_us.len() as u64,
             errors,
+            warmup_errors: 0,
             first_error: (errors > 0).then(|| "status 502".to_string()),
             elapsed: Duration::from_secs(2),
             hist,
@@ -322,6 +348,67 @@ mod tests {
         );
     }
 
+    /// A server on loopback: `/accepted` answers 202, `/flaky` 500 to its first three
+    /// requests and then 200, anything else 200.
+    async fn server() -> SocketAddr {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let flaky = std::sync::Arc::new(AtomicU32::new(0));
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let flaky = flaky.clone();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req: hyper::Request<_>| {
+                        let status = match req.uri().path() {
+                            "/accepted" => 202,
+                            "/flaky" if flaky.fetch_add(1, Ordering::SeqCst) < 3 => 500,
+                            _ => 200,
+                        };
+                        let resp = hyper::Response::builder()
+                            .status(status)
+                            .body(Full::new(Bytes::new()));
+                        async move { resp }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn only_the_expected_status_is_a_success() {
+        let addr = server().await;
+        let ms = Duration::from_millis;
+        let r = run(&Target::new(addr, "/accepted"), 2, ms(0), ms(100))
+            .await
+            .unwrap();
+        assert_eq!(r.requests, 0, "202 is not the 200 this target expects");
+        assert!(r.errors > 0);
+        let e = r.ensure_no_errors("x").unwrap_err().to_string();
+        assert!(e.contains("status 202 Accepted (expected 200 OK)"), "{e}");
+        let async_target = Target::new(addr, "/accepted").expecting(hyper::StatusCode::ACCEPTED);
+        let r = run(&async_target, 2, ms(0), ms(100)).await.unwrap();
+        assert!(r.requests > 0 && r.errors == 0, "{}", r.summary());
+        assert!(r.ensure_no_errors("x").is_ok());
+    }
+
+    #[tokio::test]
+    async fn failures_during_the_warm_up_fail_the_measurement() {
+        let addr = server().await;
+        let ms = Duration::from_millis;
+        let r = run(&Target::new(addr, "/flaky"), 1, ms(200), ms(100))
+            .await
+            .unwrap();
+        assert_eq!((r.warmup_errors, r.errors), (3, 0));
+        assert!(r.requests > 0);
+        let e = r.ensure_no_errors("x").unwrap_err().to_string();
+        assert!(e.contains("3 requests failed during the warm-up"), "{e}");
+    }
+
     #[test]
     fn any_error_or_no_request_fails_the_measurement() {
         assert!(result(&[100; 10], 0).ensure_no_errors("x").is_ok());
@@ -332,5 +419,12 @@ mod tests {
         );
         let e = result(&[], 0).ensure_no_errors("x").unwrap_err();
         assert_eq!(e.to_string(), "x: no request completed");
+        let mut warm = result(&[100; 10], 0);
+        (warm.warmup_errors, warm.first_error) = (2, Some("connection reset".into()));
+        let e = warm.ensure_no_errors("x").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "x: 2 requests failed during the warm-up (first: connection reset)"
+        );
     }
 }

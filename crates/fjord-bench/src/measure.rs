@@ -32,7 +32,7 @@ pub struct Parties<'a> {
     pub proxy: &'a [i32],
 }
 
-/// Runs a load (after sleeping the warm-up) while measuring each party's CPU use, which is
+/// Runs a load (after the same load for the warm-up) while measuring each party's CPU use, which is
 /// pushed to `cpu` under `what`; fails if any request failed.
 pub async fn measured(
     what: &str,
@@ -48,7 +48,11 @@ pub async fn measured(
         proxy,
     } = *parties;
     let me = [std::process::id() as i32];
-    tokio::time::sleep(warm).await;
+    // The warm-up is the same load (pools and allocators grow there), not counted but
+    // checked: a failure while warming is a failure of the measurement.
+    load::run(target, c, Duration::ZERO, warm)
+        .await?
+        .ensure_no_errors(&format!("{what} (warm-up)"))?;
     let before = [
         procs::ticks_of(gateway),
         procs::ticks_of(replica),

@@ -130,7 +130,9 @@ runs on the same 2 cores as fjord, the function and nginx: see the CPU table bel
 - **Warm invoke, http mode**: the bench's own http function (Rust, one thread, answers `ok`) runs as an \
 http-mode replica. The same load runs directly against the replica's port, through `fjord serve` \
 (`/function/bench-http`), and through nginx (`nginx-light`, `worker_processes auto`, upstream `keepalive 256`) \
-in front of the same replica. Added latency = proxied percentile − direct percentile.\n\
+in front of the same replica. Each load first runs as a warm-up of the same shape (1 s; its \
+failures fail the run), then is measured; success is exactly 200 (202 only where an async call is the \
+request). Added latency = proxied percentile − direct percentile.\n\
 - **Warm invoke, fork mode**: `cat` with a 5-byte body through fjord at c=1, against spawning `/usr/bin/cat` \
 directly from the bench with the same body.\n\
 - **Cold start**: scale the function to 0, wait until its replica is gone, then time `POST /system/scale-function` \
@@ -145,12 +147,17 @@ the start of a c=8 load until its desired replicas exceed 1 (the autoscaler deci
 - **Async**: `POST /async-function/bench-async` (5-byte body, embedded queue, fsync before every \
 202 via group commit) from 64 connections for the run's duration: accepted/s. Then the time until the \
 queue is empty: drain rate, against the same function invoked sync at c=10 (the default async \
-concurrency per function).\n\
+concurrency per function); every drained call must have answered 200 (the gateway's \
+`gateway_function_invocation_total{{code=\"200\"}}` and `fjord_async_processed_total` each rose by the \
+number queued, with no retry and no dead letter), or the run fails.\n\
 - **Scale-out**: time from `POST /system/scale-function` with 50 replicas until `availableReplicas` is 50.\n\
 - **Soak**: the best-throughput concurrency of the http scenario, through fjord; RSS sampled every 250 ms, \
 slope by least squares after the first 20 %.\n\
-- **Footprint**: RSS of `fjord serve` from /proc; functions at zero are fork-mode `cat` functions deployed with \
-`com.openfaas.scale.min: 0`.\n\
+- **Footprint**: RSS of `fjord serve` from /proc (a reading that fails fails the run); \"max under load\" \
+is the largest reading every 100 ms during the warm-invoke loads through fjord; functions at zero are \
+fork-mode `cat` functions deployed with `com.openfaas.scale.min: 0`.\n\
+- **TLS**: the plain gateway's load runs right before the TLS gateway's (one after the other, same run), \
+not at the same moment.\n\
 - **Micro-benchmarks** of the hot-path pieces: `cargo bench -p fjord-gateway --bench hot_path`.\n\
 - **What a change cost**: fjord against the binary before the change, alternating in one run (`--only ab`); results kept in [benchmarks-ab.md](benchmarks-ab.md).\n"
     );

@@ -147,7 +147,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
 async fn start_idle(opts: &Options) -> anyhow::Result<(Fjord, u64)> {
     let fjord = Fjord::start(&opts.fjord, &[], None).await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let idle_rss_kb = fjord.rss_kb();
+    let idle_rss_kb = fjord.rss_kb()?;
     eprintln!(
         "fjord serve up at {} (idle RSS {idle_rss_kb} KiB)",
         fjord.addr

@@ -53,14 +53,39 @@ fn async_function(bench_bin: &str, max_inflight: &str) -> Value {
     f
 }
 
-/// The queue depth of `bench-async` in a Prometheus text (0 when absent).
-fn queue_depth(metrics: &str) -> f64 {
+/// The value of the sample `series` (name and labels, exactly as fjord writes them) in a
+/// Prometheus text; an error when it is missing, so an absent gauge never reads as 0.
+fn sample(metrics: &str, series: &str) -> anyhow::Result<f64> {
     metrics
         .lines()
-        .find(|l| l.starts_with("fjord_queue_depth{function_name=\"bench-async.openfaas-fn\"}"))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+        .with_context(|| format!("no sample {series} in /metrics"))
+}
+
+/// The queue depth of `bench-async`.
+fn queue_depth(metrics: &str) -> anyhow::Result<f64> {
+    sample(
+        metrics,
+        &format!("fjord_queue_depth{{function_name=\"{FUNCTION}.openfaas-fn\"}}"),
+    )
+}
+
+/// What became of `bench-async`'s calls so far: (answered 200, completed, retried,
+/// dead-lettered).
+fn outcomes(metrics: &str) -> anyhow::Result<[f64; 4]> {
+    let f = format!("function_name=\"{FUNCTION}.openfaas-fn\"");
+    let ok = sample(
+        metrics,
+        &format!("gateway_function_invocation_total{{code=\"200\",{f}}}"),
+    )
+    .unwrap_or(0.0); // No 200 yet: that counter appears with the first one.
+    Ok([
+        ok,
+        sample(metrics, &format!("fjord_async_processed_total{{{f}}}"))?,
+        sample(metrics, &format!("fjord_async_retried_total{{{f}}}"))?,
+        sample(metrics, &format!("fjord_async_dead_lettered_total{{{f}}}"))?,
+    ])
 }
 
 /// `backend` names the queue `fjord` was started with.
@@ -74,26 +99,32 @@ pub async fn run(b: &mut Bench<'_>, fjord: &Fjord, backend: Backend) -> anyhow::
         .await?;
     let hello = Bytes::from_static(b"hello");
     let sync_target = fjord.function_target(FUNCTION).with_body(hello.clone());
-    let ticks0 = procs::cpu_ticks(fjord.pid).unwrap_or(0);
+    let ticks0 = procs::cpu_ticks_of(fjord.pid)?;
     let sync = load::run(&sync_target, 10, warm, dur).await?;
     // fjord's own CPU per call (the warm-up's share included: an upper bound).
-    let sync_cpu_us = (procs::cpu_ticks(fjord.pid).unwrap_or(0) - ticks0) as f64
-        / procs::ticks_per_second()
+    let sync_cpu_us = (procs::cpu_ticks_of(fjord.pid)? - ticks0) as f64 / procs::ticks_per_second()
         * 1e6
         / (sync.requests as f64 * (1.0 + warm.as_secs_f64() / dur.as_secs_f64())).max(1.0);
     sync.ensure_no_errors("sync baseline for async")?;
-    let async_target =
-        Target::new(fjord.addr, &format!("/async-function/{FUNCTION}")).with_body(hello);
+    let async_target = Target::new(fjord.addr, &format!("/async-function/{FUNCTION}"))
+        .with_body(hello)
+        .expecting(hyper::StatusCode::ACCEPTED);
     let accept_dur = Duration::from_secs(2);
     let accepted = load::run(&async_target, 64, Duration::ZERO, accept_dur).await?;
     accepted.ensure_no_errors("async accept")?;
     // ...then the default concurrency of 10 drains them: that rate is compared with sync.
     fjord.deploy(async_function(&b.bench_bin, "10")).await?;
     let drain_t0 = Instant::now();
-    let drain_ticks0 = procs::cpu_ticks(fjord.pid).unwrap_or(0);
-    let queued = queue_depth(&fjord.metrics().await?);
+    let drain_ticks0 = procs::cpu_ticks_of(fjord.pid)?;
+    let before = fjord.metrics().await?;
+    let (queued, before) = (queue_depth(&before)?, outcomes(&before)?);
+    ensure!(
+        queued == accepted.requests as f64,
+        "{} calls were accepted but {queued} are queued",
+        accepted.requests
+    );
     let drained = loop {
-        let depth = queue_depth(&fjord.metrics().await?);
+        let depth = queue_depth(&fjord.metrics().await?)?;
         if depth == 0.0 {
             break drain_t0.elapsed();
         }
@@ -104,10 +135,21 @@ pub async fn run(b: &mut Bench<'_>, fjord: &Fjord, backend: Backend) -> anyhow::
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     let drain_rate = queued / drained.as_secs_f64().max(0.001);
-    let drain_cpu_us = (procs::cpu_ticks(fjord.pid).unwrap_or(0) - drain_ticks0) as f64
-        / procs::ticks_per_second()
-        * 1e6
-        / queued.max(1.0);
+    let drain_cpu_us =
+        (procs::cpu_ticks_of(fjord.pid)? - drain_ticks0) as f64 / procs::ticks_per_second() * 1e6
+            / queued.max(1.0);
+    // Every drained call must have run and answered 200: a drain that fails fast is not a
+    // fast drain.
+    let after = outcomes(&fjord.metrics().await?)?;
+    let delta: Vec<f64> = after.iter().zip(before).map(|(a, b)| a - b).collect();
+    ensure!(
+        delta == [queued, queued, 0.0, 0.0],
+        "of {queued} drained calls: {} answered 200, {} completed, {} attempts retried, {} dead-lettered",
+        delta[0],
+        delta[1],
+        delta[2],
+        delta[3]
+    );
     b.push(
         Figure::new(
             scenario,
@@ -169,6 +211,9 @@ pub async fn run(b: &mut Bench<'_>, fjord: &Fjord, backend: Backend) -> anyhow::
             .context("no callback within 10 s")?
             .context("callback receiver stopped")?;
         ensure!(cb_id == id, "callback for {cb_id}, expected {id}");
+        let started = started.with_context(|| {
+            format!("the callback of {id} carries no function start stamp (the call failed?)")
+        })?;
         after_202.push(started.saturating_sub(acked) as f64 / 1000.0);
         after_send.push(started.saturating_sub(sent) as f64 / 1000.0);
     }
@@ -201,7 +246,7 @@ fn wall_ns() -> u64 {
 /// A callback server on loopback: yields (X-Call-Id, the function's start stamp) per call.
 async fn callback_receiver() -> anyhow::Result<(
     SocketAddr,
-    tokio::sync::mpsc::UnboundedReceiver<(String, u64)>,
+    tokio::sync::mpsc::UnboundedReceiver<(String, Option<u64>)>,
 )> {
     use hyper::server::conn::http1;
     use hyper::service::service_fn;
@@ -220,7 +265,8 @@ async fn callback_receiver() -> anyhow::Result<(
                             .unwrap_or_default()
                             .to_string()
                     };
-                    let stamp = h(crate::function::START_HEADER).parse().unwrap_or(0);
+                    // No stamp (the call failed before the function ran): no figure.
+                    let stamp = h(crate::function::START_HEADER).parse().ok();
                     let _ = tx.send((h("x-call-id"), stamp));
                     async {
                         Ok::<_, std::convert::Infallible>(hyper::Response::new(
@@ -246,16 +292,31 @@ mod tests {
         let text = "# TYPE fjord_queue_depth gauge\n\
                     fjord_queue_depth{function_name=\"other.openfaas-fn\"} 7\n\
                     fjord_queue_depth{function_name=\"bench-async.openfaas-fn\"} 4123\n";
-        assert_eq!(queue_depth(text), 4123.0);
+        assert_eq!(queue_depth(text).unwrap(), 4123.0);
     }
 
     #[test]
-    fn queue_depth_is_zero_when_the_gauge_is_absent() {
-        assert_eq!(
-            queue_depth("fjord_queue_depth{function_name=\"x.openfaas-fn\"} 3\n"),
-            0.0
+    fn a_missing_gauge_is_an_error_not_zero() {
+        let e = queue_depth("fjord_queue_depth{function_name=\"x.openfaas-fn\"} 3\n").unwrap_err();
+        assert!(e.to_string().contains("no sample fjord_queue_depth"), "{e}");
+        assert!(queue_depth("").is_err());
+    }
+
+    #[test]
+    fn outcomes_read_200s_completions_retries_and_dead_letters() {
+        let f = "function_name=\"bench-async.openfaas-fn\"";
+        let text = format!(
+            "gateway_function_invocation_total{{code=\"500\",{f}}} 9\n\
+             gateway_function_invocation_total{{code=\"200\",{f}}} 40\n\
+             fjord_async_processed_total{{{f}}} 41\n\
+             fjord_async_retried_total{{{f}}} 2\n\
+             fjord_async_dead_lettered_total{{{f}}} 1\n"
         );
-        assert_eq!(queue_depth(""), 0.0);
+        assert_eq!(outcomes(&text).unwrap(), [40.0, 41.0, 2.0, 1.0]);
+        // Before the first 200, that counter is absent: 0, but the async ones must be there.
+        let text = text.replace("code=\"200\"", "code=\"201\"");
+        assert_eq!(outcomes(&text).unwrap()[0], 0.0);
+        assert!(outcomes("").is_err());
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Soak: the best-throughput concurrency of the warm-invoke scenario through fjord for a
 //! while, with the gateway's RSS sampled every 250 ms; errors and the RSS slope.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::Bench;
 use super::warm_http::{FUNCTION, WarmHttp};
@@ -20,21 +20,7 @@ pub fn secs(quick: bool) -> u64 {
 pub async fn run(b: &mut Bench<'_>, fjord: &Fjord, http: &WarmHttp) -> anyhow::Result<()> {
     let soak_secs = secs(b.quick());
     let c = http.best_c;
-    let sampler = {
-        let pid = fjord.pid;
-        tokio::spawn(async move {
-            let mut samples = Vec::new();
-            let t0 = Instant::now();
-            for _ in 0..soak_secs * 4 {
-                tokio::time::sleep(Duration::from_millis(250)).await;
-                samples.push((
-                    t0.elapsed().as_secs_f64(),
-                    procs::rss_kb(pid).unwrap_or(0) as f64,
-                ));
-            }
-            samples
-        })
-    };
+    let sampler = procs::RssSampler::start(fjord.pid, Duration::from_millis(250));
     let soak = load::run(
         &fjord.function_target(FUNCTION),
         c,
@@ -42,7 +28,7 @@ pub async fn run(b: &mut Bench<'_>, fjord: &Fjord, http: &WarmHttp) -> anyhow::R
         Duration::from_secs(soak_secs),
     )
     .await?;
-    let samples = sampler.await?;
+    let samples = sampler.finish().await?;
     let errors = soak.errors;
     let slope = slope_per_min_after_warmup(&samples);
     let scenario = format!("soak, {soak_secs} s at c={c}");

@@ -1,7 +1,8 @@
 //! Invocation overhead of HTTPS: the same http-mode function through a second gateway that
 //! serves TLS (`--tls-cert/--tls-key`, a self-signed certificate made here), against the
-//! plain gateway in the same moment; HTTP/1.1 keep-alive on both, so the difference is the
-//! TLS record layer (handshakes happen once per connection, before the measurement).
+//! plain gateway measured right before it (one load after the other, same run); HTTP/1.1
+//! keep-alive on both, so the difference is the TLS record layer (handshakes happen once
+//! per connection, before the measurement).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -65,7 +66,7 @@ pub async fn run(b: &mut Bench<'_>, plain: &Fjord) -> anyhow::Result<()> {
         } else {
             b.push(
                 Figure::new(&scenario, "throughput", t.rps(), "req/s")
-                    .baseline("plain HTTP, same moment", p.rps())
+                    .baseline("plain HTTP, measured right before", p.rps())
                     .note("one connection per client, HTTP/1.1 keep-alive, TLS 1.3"),
             );
         }

@@ -52,7 +52,7 @@ pub async fn run(b: &mut Bench<'_>, fjord: &Fjord) -> anyhow::Result<()> {
     fill(fjord).await?;
     list_server_time(b, fjord).await?;
     list_in_browser(b, fjord, &ui).await?;
-    size(b);
+    size(b)?;
     Ok(())
 }
 
@@ -466,7 +466,7 @@ async fn list_in_browser(b: &mut Bench<'_>, fjord: &Fjord, ui: &str) -> anyhow::
 }
 
 /// The dashboard's embedded files (`crates/fjord-gateway/ui`) and the `fjord` binary.
-fn size(b: &mut Bench<'_>) {
+fn size(b: &mut Bench<'_>) -> anyhow::Result<()> {
     fn bytes_under(dir: &Path) -> u64 {
         std::fs::read_dir(dir)
             .into_iter()
@@ -479,7 +479,9 @@ fn size(b: &mut Bench<'_>) {
             .sum()
     }
     let assets = bytes_under(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../fjord-gateway/ui"));
-    let binary = std::fs::metadata(&b.opts.fjord).map_or(0, |m| m.len());
+    let binary = std::fs::metadata(&b.opts.fjord)
+        .with_context(|| format!("{}", b.opts.fjord.display()))?
+        .len();
     b.push(
         Figure::new(
             SCENARIO,
@@ -494,4 +496,5 @@ fn size(b: &mut Bench<'_>) {
             b.opts.fjord.display()
         )),
     );
+    Ok(())
 }

@@ -84,6 +84,7 @@ pub async fn run(b: &mut Bench<'_>, fjord: &Fjord, idle_rss_kb: u64) -> anyhow::
             &mut b.cpu,
         )
         .await?;
+        let rss = procs::RssSampler::start(fjord.pid, Duration::from_millis(100));
         let g = measured(
             &format!("http via fjord c={c}"),
             &via_gateway,
@@ -93,7 +94,7 @@ pub async fn run(b: &mut Bench<'_>, fjord: &Fjord, idle_rss_kb: u64) -> anyhow::
             &mut b.cpu,
         )
         .await?;
-        max_rss_kb = max_rss_kb.max(fjord.rss_kb());
+        max_rss_kb = max_rss_kb.max(procs::max_kb(&rss.finish().await?));
         // nginx's workers, read each time (they may not all be up right after its start).
         let nginx_pids = nginx.pids();
         let with_proxy = Parties {
@@ -151,10 +152,10 @@ pub async fn run(b: &mut Bench<'_>, fjord: &Fjord, idle_rss_kb: u64) -> anyhow::
         b.push(row.note(&format!("nginx/direct = {:.2}", n.rps() / d.rps())));
     }
     nginx.stop().await;
-    let replica_rss_kb: Vec<u64> = replica_pids
+    let replica_rss_kb = replica_pids
         .iter()
-        .filter_map(|p| procs::rss_kb(*p))
-        .collect();
+        .map(|p| procs::rss_kb_of(*p))
+        .collect::<anyhow::Result<Vec<u64>>>()?;
     ensure!(
         !replica_rss_kb.is_empty(),
         "benchmark function replica not found in /proc"
