@@ -150,7 +150,10 @@ queue is empty: drain rate, against the same function invoked sync at c=10 (the 
 concurrency per function); every drained call must have answered 200 (the gateway's \
 `gateway_function_invocation_total{{code=\"200\"}}` and `fjord_async_processed_total` each rose by the \
 number queued, with no retry and no dead letter), or the run fails.\n\
-- **Scale-out**: time from `POST /system/scale-function` with 50 replicas until `availableReplicas` is 50.\n\
+- **Scale-out**: time from `POST /system/scale-function` with 50 replicas until `availableReplicas` is 50 \
+(autoscaling off for that function: `com.openfaas.scale.factor: 0`). **Under load**: c=64 against one \
+replica (the baseline's p99), then a 3 s load of the same shape with the scale call to 50 at 0.2 s; every \
+request must answer 200 and its p99 spans the scale-out.\n\
 - **Soak**: the best-throughput concurrency of the http scenario, through fjord; RSS sampled every 250 ms, \
 slope by least squares after the first 20 %.\n\
 - **Footprint**: RSS of `fjord serve` from /proc (a reading that fails fails the run); \"max under load\" \

@@ -1,5 +1,5 @@
-//! Scaling: scale-out (1 → 50 ready replicas through the API) and the autoscaler's reaction
-//! to load (from its start to the first scale-up decision).
+//! Scaling: scale-out (1 → 50 ready replicas through the API, idle and while serving c=64)
+//! and the autoscaler's reaction to load (from its start to the first scale-up decision).
 
 use std::time::{Duration, Instant};
 
@@ -18,7 +18,9 @@ pub async fn scale_out(b: &mut Bench<'_>, fjord: &Fjord) -> anyhow::Result<()> {
             bench_function(
                 "bench-scale",
                 &b.bench_bin,
-                json!({"com.openfaas.scale.max": "50"}),
+                // Factor 0: the autoscaler leaves it alone, so "one replica" stays one
+                // under load and only the scale calls change it.
+                json!({"com.openfaas.scale.max": "50", "com.openfaas.scale.factor": "0"}),
             ),
             Duration::from_secs(20),
         )
@@ -51,8 +53,70 @@ pub async fn scale_out(b: &mut Bench<'_>, fjord: &Fjord) -> anyhow::Result<()> {
             scale_times.len()
         )),
     );
+    under_load(b, fjord).await?;
     fjord.scale("bench-scale", 0).await?;
     Ok(())
+}
+
+/// Scale-out while serving: c=64 against one replica, then (same load, not stopped) the
+/// scale call to 50; every request of the load must succeed. p99 over the load that
+/// spans the scale-out, against p99 of the same load at one replica just before.
+async fn under_load(b: &mut Bench<'_>, fjord: &Fjord) -> anyhow::Result<()> {
+    const C: usize = 64;
+    let target = fjord.function_target("bench-scale");
+    let (warm, dur) = (b.timing.warm, b.timing.dur);
+    let before = load::run(&target, C, warm, dur).await?;
+    before.ensure_no_errors("c=64 at one replica, before the scale-out")?;
+    // Long enough that the scale-out (≤ 1 s idle) happens well inside it.
+    let span = Duration::from_secs(3);
+    let during = tokio::spawn({
+        let target = target.clone();
+        async move { load::run(&target, C, Duration::ZERO, span).await }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let t0 = Instant::now();
+    fjord.scale("bench-scale", 50).await?;
+    fjord
+        .wait_available("bench-scale", 50, Duration::from_secs(60))
+        .await?;
+    let scale_ms = t0.elapsed().as_secs_f64() * 1e3;
+    let during = during.await??;
+    let failed = during.errors + during.warmup_errors;
+    let scenario = "scale-out under load (c=64)";
+    b.push(
+        Figure::new(scenario, "failed requests during 1 → 50", failed as f64, "")
+            .target("0", failed == 0)
+            .note(&format!(
+                "{} requests in {:.0} s, scale call at 0.2 s; 50 ready after {scale_ms:.0} ms{}",
+                during.requests,
+                span.as_secs_f64(),
+                during
+                    .first_error
+                    .as_deref()
+                    .map(|e| format!("; first failure: {e}"))
+                    .unwrap_or_default()
+            )),
+    );
+    b.push(
+        Figure::new(
+            scenario,
+            "p99 latency across the scale-out",
+            during.p(0.99),
+            "µs",
+        )
+        .baseline("same load, one replica, just before", before.p(0.99))
+        .note(&format!(
+            "p50 {:.0} µs vs {:.0} µs; max {} µs",
+            during.p(0.5),
+            before.p(0.5),
+            during.hist.max()
+        )),
+    );
+    fjord.scale("bench-scale", 1).await?;
+    fjord
+        .wait_available("bench-scale", 1, Duration::from_secs(30))
+        .await?;
+    during.ensure_no_errors("c=64 during the scale-out 1 → 50")
 }
 
 /// Autoscaler reaction: from the start of load to the first scale-up decision.
