@@ -15,6 +15,7 @@ mod report;
 mod run;
 mod scenarios;
 mod stats;
+mod wrk;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -132,7 +132,10 @@ http-mode replica. The same load runs directly against the replica's port, throu
 (`/function/bench-http`), and through nginx (`nginx-light`, `worker_processes auto`, upstream `keepalive 256`) \
 in front of the same replica. Each load first runs as a warm-up of the same shape (1 s; its \
 failures fail the run), then is measured; success is exactly 200 (202 only where an async call is the \
-request). Added latency = proxied percentile − direct percentile.\n\
+request). Added latency = proxied percentile − direct percentile. The rows marked `(wrk -t1)` measure the \
+same three paths at c=1 and 64 with wrk (Debian's 4.1, one thread, its own connections; direct and nginx \
+from the replica's network namespace through `nsenter`), an independent load generator; any socket error \
+or non-2xx answer fails the run.\n\
 - **Warm invoke, fork mode**: `cat` with a 5-byte body through fjord at c=1, against spawning `/usr/bin/cat` \
 directly from the bench with the same body.\n\
 - **Cold start**: scale the function to 0, wait until its replica is gone, then time `POST /system/scale-function` \

@@ -1,5 +1,6 @@
 //! Warm invoke, http mode: the bench's http function through fjord, against the same load
-//! sent directly to the replica and through nginx in front of it, at c = 1, 16 and 64.
+//! sent directly to the replica and through nginx in front of it, at c = 1, 16 and 64; then
+//! at c = 1 and 64 again with wrk, a second, independent load generator.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -13,6 +14,7 @@ use crate::fixtures::{Fjord, Nginx, bench_function, one_replica};
 use crate::load::Target;
 use crate::measure::{Parties, measured};
 use crate::procs;
+use crate::wrk;
 
 /// The function every warm-invoke figure (and the soak and TLS scenarios) calls.
 pub const FUNCTION: &str = "bench-http";
@@ -126,7 +128,7 @@ pub async fn run(b: &mut Bench<'_>, fjord: &Fjord, idle_rss_kb: u64) -> anyhow::
             .baseline("nginx − direct", nginx_added);
             if c == 1 {
                 let (t, ok) = if label == "p50" {
-                    ("≤ 50 µs", added <= 50.0)
+                    ("≤ 20 µs", added <= 20.0)
                 } else {
                     ("≤ 1000 µs", added <= 1000.0)
                 };
@@ -150,6 +152,38 @@ pub async fn run(b: &mut Bench<'_>, fjord: &Fjord, idle_rss_kb: u64) -> anyhow::
             row = row.target("≥ 1.0× nginx", ratio >= 1.0);
         }
         b.push(row.note(&format!("nginx/direct = {:.2}", n.rps() / d.rps())));
+    }
+    // The same three paths again with wrk, an independent load generator.
+    let direct_url = format!("http://127.0.0.1:{port}/");
+    let fjord_url = fjord.url(&format!("/function/{FUNCTION}"));
+    let nginx_url = format!("http://{}/", nginx.addr);
+    for c in [1usize, 64] {
+        let dur = b.timing.dur;
+        let ns = ns_path.as_deref();
+        let d = wrk::run(&direct_url, ns, c, dur).await?;
+        let g = wrk::run(&fjord_url, None, c, dur).await?;
+        let n = wrk::run(&nginx_url, ns, c, dur).await?;
+        let s = format!("warm invoke, http mode, c={c} (wrk -t1)");
+        let note = format!(
+            "wrk p50 direct {:.0} µs, fjord {:.0} µs, nginx {:.0} µs; {:.0} / {:.0} / {:.0} req/s",
+            d.p50_us, g.p50_us, n.p50_us, d.rps, g.rps, n.rps
+        );
+        if c == 1 {
+            let added = g.p50_us - d.p50_us;
+            b.push(
+                Figure::new(&s, "added latency p50 (fjord − direct)", added, "µs")
+                    .baseline("nginx − direct", n.p50_us - d.p50_us)
+                    .target("≤ 20 µs", added <= 20.0)
+                    .note(&note),
+            );
+        } else {
+            b.push(
+                Figure::new(&s, "throughput via fjord", g.rps, "req/s")
+                    .baseline("via nginx keep-alive proxy", n.rps)
+                    .target("≥ 1.0× nginx", g.rps >= n.rps)
+                    .note(&note),
+            );
+        }
     }
     nginx.stop().await;
     let replica_rss_kb = replica_pids
