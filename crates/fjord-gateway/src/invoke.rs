@@ -467,17 +467,16 @@ async fn forward(
     let guards = (inflight, gauge);
     let response = match &guards.0.endpoint().kind {
         EndpointKind::Http { authority } => {
-            let path_and_query = parts
-                .uri
-                .path_and_query()
-                .cloned()
-                .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
-            parts.uri = Uri::builder()
-                .scheme("http")
-                .authority(authority.clone())
-                .path_and_query(path_and_query)
-                .build()
-                .map_err(|e| ApiError::BadRequest(format!("invalid request path: {e}")))?;
+            // Origin form: the replica gets the path and query alone.
+            if parts.uri.authority().is_some() {
+                parts.uri = Uri::from(
+                    parts
+                        .uri
+                        .path_and_query()
+                        .cloned()
+                        .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
+                );
+            }
             parts.version = Version::HTTP_11;
             let h = &mut parts.headers;
             strip_hop_by_hop(h);
@@ -486,9 +485,8 @@ async fn forward(
             {
                 h.insert(X_FORWARDED_HOST.clone(), host);
             }
-            let upstream = app
-                .client
-                .request(axum::http::Request::from_parts(parts, body));
+            let upstream =
+                crate::upstream::send(authority, axum::http::Request::from_parts(parts, body));
             // One rule: the function's exec_timeout, else the gateway's --exec-timeout.
             let limit = serving
                 .spec

@@ -26,6 +26,7 @@ mod tokens;
 pub mod trigger;
 mod trust;
 mod ui;
+mod upstream;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -50,7 +51,7 @@ pub use fjord_control::{ControlPlane, DeployMode};
 pub use invoke::{split_function_path, strip_hop_by_hop};
 pub use state::{
     AppState, ContainerMode, ContainerSettings, DEFAULT_HEADER_TIMEOUT, GatewayConfig,
-    MAX_HEADER_BYTES, NatsSettings, QueueBackend, ReplicaConnector,
+    MAX_HEADER_BYTES, NatsSettings, QueueBackend,
 };
 pub use tls::{TlsError, TlsFiles};
 pub use ui::UiListen;
@@ -456,7 +457,6 @@ impl Worker {
             control: self.control.clone(),
             queue: self.queue.clone(),
             dispatch: self.dispatch.clone(),
-            client: state::upstream_client(),
             config: self.config.clone(),
             shutdown: self.shutdown.clone(),
             auth: self.auth.clone(),
@@ -1039,7 +1039,6 @@ pub async fn serve(config: GatewayConfig, shutdown: CancellationToken) -> Result
         control: control.clone(),
         queue: queue.clone(),
         dispatch: dispatch.clone(),
-        client: state::upstream_client(),
         config: config.clone(),
         shutdown: shutdown.clone(),
         auth: auth.clone(),
@@ -1154,7 +1153,6 @@ pub(crate) mod testing {
                 control,
                 queue,
                 dispatch: Arc::new(tokio::sync::Notify::new()),
-                client: state::upstream_client(),
                 config: Arc::new(config),
                 shutdown: CancellationToken::new(),
                 auth,

@@ -6,11 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::Body;
-use axum::http::Uri;
 use fjord_control::ControlPlane;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use tokio_util::sync::CancellationToken;
 
 use crate::callback::CallbackPolicy;
@@ -252,7 +248,6 @@ pub struct AppState {
     pub queue: Arc<dyn fjord_queue::Queue>,
     /// Wakes the async dispatcher when a call is queued.
     pub dispatch: Arc<tokio::sync::Notify>,
-    pub client: Client<ReplicaConnector, Body>,
     pub config: Arc<GatewayConfig>,
     pub shutdown: CancellationToken,
     pub auth: Arc<auth::Auth>,
@@ -260,42 +255,4 @@ pub struct AppState {
     pub forks: Arc<conns::ForkLimits>,
     /// The dashboard's browser sessions.
     pub sessions: Arc<crate::ui::Sessions>,
-}
-
-/// Opens connections to replicas: inside their function's network namespace when the
-/// authority names one (`n<id>:port`), else plain TCP. Only new pooled connections pay for it.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct ReplicaConnector;
-
-impl tower::Service<Uri> for ReplicaConnector {
-    type Response = hyper_util::rt::TokioIo<tokio::net::TcpStream>;
-    type Error = std::io::Error;
-    type Future = std::pin::Pin<
-        Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>,
-    >;
-
-    fn poll_ready(
-        &mut self,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), Self::Error>> {
-        std::task::Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, uri: Uri) -> Self::Future {
-        Box::pin(async move {
-            let (Some(host), Some(port)) = (uri.host(), uri.port_u16()) else {
-                return Err(std::io::Error::other(format!("no host:port in {uri}")));
-            };
-            let stream = fjord_runtime::netns::connect(host, port).await?;
-            Ok(hyper_util::rt::TokioIo::new(stream))
-        })
-    }
-}
-
-/// The client that forwards invocations to replicas (one pool per HTTP worker thread).
-pub(crate) fn upstream_client() -> Client<ReplicaConnector, Body> {
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(90))
-        .pool_max_idle_per_host(1024)
-        .build(ReplicaConnector)
 }
