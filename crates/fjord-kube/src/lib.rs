@@ -1,0 +1,9 @@
+//! fjord's Kubernetes backend, the parts that need no cluster. Everything here is pure:
+//! objects in, objects out, so it is tested without a cluster; the client that applies and
+//! watches them comes later.
+//!
+//! The Kubernetes version of the types is chosen once, in the workspace's `k8s-openapi`
+//! dependency (1.33: the oldest that crate release supports).
+
+pub mod names;
+pub mod quantity;
