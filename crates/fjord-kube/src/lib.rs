@@ -6,4 +6,7 @@
 //! dependency (1.33: the oldest that crate release supports).
 
 pub mod names;
+pub mod objects;
 pub mod quantity;
+
+pub use objects::{FunctionObjects, ObjectError, function_objects};
