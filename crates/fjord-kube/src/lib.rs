@@ -10,3 +10,6 @@ pub mod objects;
 pub mod quantity;
 
 pub use objects::{FunctionObjects, ObjectError, function_objects};
+pub mod status;
+
+pub use status::{FunctionReplicas, function_replicas};
