@@ -226,6 +226,9 @@ struct Held {
     /// Its stream sequence.
     seq: u64,
     lease_until_ms: u64,
+    /// The call's record as the claim wrote it, and its revision: finishing the call starts
+    /// from it instead of reading the record again (see `update_from_cache`).
+    record: Option<(records::Stored, u64)>,
 }
 
 fn is_active(state: CallState) -> bool {

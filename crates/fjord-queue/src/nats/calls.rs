@@ -385,7 +385,7 @@ impl Inner {
             let now = self.clock.now_ms();
             let lease_until = now.saturating_add(millis(lease));
             let decided = self
-                .update_checked(&key, |s| {
+                .update_written(&key, |s| {
                     if s.seq != seq {
                         return Edit::Keep(Take::Drop);
                     }
@@ -407,8 +407,9 @@ impl Inner {
                     }
                 })
                 .await?;
-            let decided = match decided {
-                Ok(decided) => decided,
+            let (decided, written) = match decided {
+                Ok(Some((decided, written))) => (Some(decided), written),
+                Ok(None) => (None, None),
                 Err((revision, why)) => {
                     // The request is genuine, its record is not: whether it already ran, or
                     // was cancelled, is unknown.
@@ -437,6 +438,7 @@ impl Inner {
                             reply,
                             seq,
                             lease_until_ms: lease_until,
+                            record: written,
                         },
                     );
                     let request = CallRequest {
@@ -514,7 +516,8 @@ impl Inner {
         let now = self.clock.now_ms();
         // A late answer for a call already finished (its lease expired and another worker got
         // there first) must not overwrite that outcome: the first final state wins.
-        self.update_record(&key, |s| {
+        let cached = self.held().get_mut(&key).and_then(|h| h.record.take());
+        self.update_from_cache(&key, cached, |s| {
             if !is_active(s.record.state) {
                 return Edit::Keep(());
             }

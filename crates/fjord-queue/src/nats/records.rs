@@ -110,8 +110,22 @@ impl Inner {
     pub(super) async fn update_checked<T>(
         &self,
         key: &str,
-        mut edit: impl FnMut(&mut Stored) -> Edit<T>,
+        edit: impl FnMut(&mut Stored) -> Edit<T>,
     ) -> Result<Result<Option<T>, (u64, String)>, QueueError> {
+        Ok(self
+            .update_written(key, edit)
+            .await?
+            .map(|answer| answer.map(|(answer, _)| answer)))
+    }
+
+    /// [`update_checked`](Self::update_checked), also returning the record as written and its
+    /// new revision (`None` when the edit kept it), for a later
+    /// [`update_from_cache`](Self::update_from_cache).
+    pub(super) async fn update_written<T>(
+        &self,
+        key: &str,
+        mut edit: impl FnMut(&mut Stored) -> Edit<T>,
+    ) -> Result<Result<Option<(T, Option<(Stored, u64)>)>, (u64, String)>, QueueError> {
         for _ in 0..CAS_ATTEMPTS {
             let (mut stored, revision) = match self.read_entry(key).await? {
                 None => return Ok(Ok(None)),
@@ -119,7 +133,7 @@ impl Inner {
                 Some(Ok(found)) => found,
             };
             let answer = match edit(&mut stored) {
-                Edit::Keep(answer) => return Ok(Ok(Some(answer))),
+                Edit::Keep(answer) => return Ok(Ok(Some((answer, None)))),
                 Edit::Write(answer) => answer,
             };
             match self
@@ -130,7 +144,7 @@ impl Inner {
                 Ok(revision) => {
                     self.mirror()
                         .apply(key, revision, Active::of(&stored), false);
-                    return Ok(Ok(Some(answer)));
+                    return Ok(Ok(Some((answer, Some((stored, revision))))));
                 }
                 Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => continue,
                 Err(e) => return Err(failed("writing a call record", e)),
@@ -139,6 +153,36 @@ impl Inner {
         Err(QueueError::Storage(format!(
             "call record {key} kept changing under {CAS_ATTEMPTS} attempts to update it"
         )))
+    }
+
+    /// [`update_record`](Self::update_record), starting from `cached` (the record as this
+    /// process last wrote it, and that revision) instead of reading it: one round trip to the
+    /// server less when nobody wrote since, which the compare-and-set on the revision checks.
+    /// Otherwise, or when the cached copy would be kept as it is, as `update_record`.
+    pub(super) async fn update_from_cache<T>(
+        &self,
+        key: &str,
+        cached: Option<(Stored, u64)>,
+        mut edit: impl FnMut(&mut Stored) -> Edit<T>,
+    ) -> Result<Option<T>, QueueError> {
+        if let Some((mut stored, revision)) = cached
+            && let Edit::Write(answer) = edit(&mut stored)
+        {
+            match self
+                .kv
+                .update(key, self.encode(key, &stored)?, revision)
+                .await
+            {
+                Ok(revision) => {
+                    self.mirror()
+                        .apply(key, revision, Active::of(&stored), false);
+                    return Ok(Some(answer));
+                }
+                Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => {}
+                Err(e) => return Err(failed("writing a call record", e)),
+            }
+        }
+        self.update_record(key, edit).await
     }
 
     pub(super) async fn set_callback_result(
