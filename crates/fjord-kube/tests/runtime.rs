@@ -708,6 +708,58 @@ async fn forbidden_names_the_missing_rbac_permission() {
 }
 
 #[tokio::test]
+async fn secrets_are_read_for_their_type_and_a_missing_one_is_refused() {
+    let (rt, api) = runtime();
+    let secrets = "/api/v1/namespaces/openfaas-fn/secrets";
+    let secret = |name: &str, t: &str| json!({ "apiVersion": "v1", "kind": "Secret", "metadata": { "name": name, "namespace": NS }, "type": t });
+    api.script(
+        Method::GET,
+        &format!("{secrets}/db"),
+        200,
+        secret("db", "Opaque"),
+    );
+    api.script(
+        Method::GET,
+        &format!("{secrets}/regcred"),
+        200,
+        secret("regcred", "kubernetes.io/dockerconfigjson"),
+    );
+    let mut d = deployment_request("hello", "img:1");
+    d.secrets = Some(vec!["regcred".into(), "db".into()]);
+    let s = Arc::new(FunctionSpec::from_deployment_for_image(d.clone()).expect("spec"));
+    let a = rt.apply(s, Source::default(), 1).expect("apply");
+    assert_eq!(outcome(a.done).await, Ok(()));
+    let recorded = api.recorded();
+    let body = &patches_of(&recorded, &format!("{DEPLOYMENTS}/hello"))[0].body;
+    let pod = &body["spec"]["template"]["spec"];
+    assert_eq!(pod["imagePullSecrets"], json!([{ "name": "regcred" }]));
+    assert_eq!(
+        pod["volumes"][0]["projected"]["sources"],
+        json!([{ "secret": { "name": "db" } }]),
+        "only the opaque secret is mounted"
+    );
+
+    // Not scripted: the fake answers 404, and nothing is applied.
+    d.secrets = Some(vec!["missing".into()]);
+    let s = Arc::new(FunctionSpec::from_deployment_for_image(d).expect("spec"));
+    let writes_before = api
+        .recorded()
+        .iter()
+        .filter(|r| r.method == Method::PATCH)
+        .count();
+    let a = rt.apply(s, Source::default(), 1).expect("apply");
+    let why = outcome(a.done).await.expect_err("a missing secret");
+    assert!(why.contains("\"missing\" does not exist"), "{why}");
+    let writes_after = api
+        .recorded()
+        .iter()
+        .filter(|r| r.method == Method::PATCH)
+        .count();
+    assert_eq!(writes_before, writes_after, "no object applied");
+    rt.shutdown().await;
+}
+
+#[tokio::test]
 async fn a_server_error_and_an_unreachable_server_are_errors() {
     let (rt, api) = runtime();
     api.script(
