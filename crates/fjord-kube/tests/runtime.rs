@@ -1161,3 +1161,27 @@ async fn contract_validate_refuses_invalid() {
     fjord_runtime_api::contract::validate_refuses_invalid(&s).await;
     fjord_runtime_api::contract::Subject::finish(&s).await;
 }
+
+/// The real client's TLS stack builds with the one crypto provider in the tree (ring): with
+/// two providers and none installed, rustls would refuse to pick, at the first connection.
+#[tokio::test]
+async fn an_https_client_builds_with_rustls_on_ring() {
+    let kubeconfig = kube::config::Kubeconfig::from_yaml(
+        r#"
+apiVersion: v1
+kind: Config
+clusters: [{ name: c, cluster: { server: "https://127.0.0.1:6443" } }]
+users: [{ name: u, user: { token: not-a-secret } }]
+contexts: [{ name: x, context: { cluster: c, user: u, namespace: openfaas-fn } }]
+current-context: x
+"#,
+    )
+    .expect("a kubeconfig");
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .expect("a client config");
+    let client = kube::Client::try_from(config).expect("an HTTPS client (rustls with ring)");
+    assert_eq!(client.default_namespace(), NS);
+    let rt = KubeRuntime::new(client, KubeRuntimeConfig::default()).expect("a runtime");
+    assert_eq!(rt.name(), "kubernetes");
+}
