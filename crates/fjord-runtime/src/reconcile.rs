@@ -635,6 +635,12 @@ pub(crate) mod tests {
             .expect("apply")
     }
 
+    /// Applies `image` with `n` replicas and waits until that rollout succeeded.
+    async fn ready(engine: &Engine, image: &str, script: &Arc<Script>, n: u64) {
+        let done = apply(engine, image, script, n).done.await.expect(image);
+        assert_eq!(done, Ok(()), "{image} ready");
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_new_function_starts_its_replicas_and_publishes_them() {
         let dir = tempfile::tempdir().expect("dir");
@@ -654,11 +660,7 @@ pub(crate) mod tests {
         let dir = tempfile::tempdir().expect("dir");
         let e = engine(dir.path());
         let (v1, v2) = (Script::new(Act::Ready), Script::new(Act::Ready));
-        apply(&e, "v1", &v1, 2)
-            .done
-            .await
-            .expect("v1")
-            .expect("v1 ready");
+        ready(&e, "v1", &v1, 2).await;
         let a = apply(&e, "v2", &v2, 2);
         assert_eq!(a.done.await.expect("done"), Ok(()));
         assert_eq!(serving(&e), ("v2".into(), 2));
@@ -671,11 +673,7 @@ pub(crate) mod tests {
         let dir = tempfile::tempdir().expect("dir");
         let e = engine(dir.path());
         let (v1, v2) = (Script::new(Act::Ready), Script::new(Act::Crash));
-        apply(&e, "v1", &v1, 2)
-            .done
-            .await
-            .expect("v1")
-            .expect("v1 ready");
+        ready(&e, "v1", &v1, 2).await;
         let a = apply(&e, "v2", &v2, 2);
         let why = a.done.await.expect("done").expect_err("v2 fails");
         assert!(why.contains("crashed 3 times"), "{why}");
@@ -705,11 +703,7 @@ pub(crate) mod tests {
         let dir = tempfile::tempdir().expect("dir");
         let e = engine(dir.path());
         let (v1, v2) = (Script::new(Act::Ready), Script::new(Act::Hang));
-        apply(&e, "v1", &v1, 1)
-            .done
-            .await
-            .expect("v1")
-            .expect("v1 ready");
+        ready(&e, "v1", &v1, 1).await;
         let started = Instant::now();
         let why = apply(&e, "v2", &v2, 1)
             .done
@@ -727,11 +721,7 @@ pub(crate) mod tests {
         let dir = tempfile::tempdir().expect("dir");
         let e = engine(dir.path());
         let v1 = Script::new(Act::Ready);
-        apply(&e, "v1", &v1, 1)
-            .done
-            .await
-            .expect("v1")
-            .expect("v1 ready");
+        ready(&e, "v1", &v1, 1).await;
         e.scale(&key(), 3).expect("scale up");
         until("3 replicas serve", || serving(&e).1 == 3).await;
         e.scale(&key(), 0).expect("scale to zero");
@@ -751,11 +741,7 @@ pub(crate) mod tests {
         let dir = tempfile::tempdir().expect("dir");
         let e = engine(dir.path());
         let v1 = Script::new(Act::Ready);
-        apply(&e, "v1", &v1, 1)
-            .done
-            .await
-            .expect("v1")
-            .expect("v1 ready");
+        ready(&e, "v1", &v1, 1).await;
         let handle = e.get(&key()).expect("handle");
         // A call picked the replica just before the function moved elsewhere or was deleted.
         let (_, call) = handle.pick().expect("a ready replica");

@@ -119,20 +119,51 @@ impl Inner {
     }
 
     /// [`update_checked`](Self::update_checked), also returning the record as written and its
-    /// new revision (`None` when the edit kept it), for a later
-    /// [`update_from_cache`](Self::update_from_cache).
+    /// new revision (`None` when the edit kept it), to start a later update from.
     pub(super) async fn update_written<T>(
         &self,
         key: &str,
+        edit: impl FnMut(&mut Stored) -> Edit<T>,
+    ) -> Result<Result<Option<(T, Option<(Stored, u64)>)>, (u64, String)>, QueueError> {
+        self.update_from(key, None, edit).await
+    }
+
+    /// [`update_record`](Self::update_record), starting from `cached` (the record as this
+    /// process last wrote it, and that revision) instead of reading it: one round trip to the
+    /// server less when nobody wrote since, which the compare-and-set on the revision checks.
+    pub(super) async fn update_from_cache<T>(
+        &self,
+        key: &str,
+        cached: Option<(Stored, u64)>,
+        edit: impl FnMut(&mut Stored) -> Edit<T>,
+    ) -> Result<Option<T>, QueueError> {
+        match self.update_from(key, cached, edit).await? {
+            Ok(answer) => Ok(answer.map(|(answer, _)| answer)),
+            Err((_, why)) => Err(BadRecord::Forged(why).into_error(key)),
+        }
+    }
+
+    /// The compare-and-set loop every record update goes through: read (or take `cached`),
+    /// let `edit` decide, write only if the revision is still the one read, else start over.
+    async fn update_from<T>(
+        &self,
+        key: &str,
+        mut cached: Option<(Stored, u64)>,
         mut edit: impl FnMut(&mut Stored) -> Edit<T>,
     ) -> Result<Result<Option<(T, Option<(Stored, u64)>)>, (u64, String)>, QueueError> {
         for _ in 0..CAS_ATTEMPTS {
-            let (mut stored, revision) = match self.read_entry(key).await? {
-                None => return Ok(Ok(None)),
-                Some(Err(forged)) => return Ok(Err(forged)),
-                Some(Ok(found)) => found,
+            let from_cache = cached.is_some();
+            let (mut stored, revision) = match cached.take() {
+                Some(found) => found,
+                None => match self.read_entry(key).await? {
+                    None => return Ok(Ok(None)),
+                    Some(Err(forged)) => return Ok(Err(forged)),
+                    Some(Ok(found)) => found,
+                },
             };
             let answer = match edit(&mut stored) {
+                // A cached copy may be stale: only the stored record may decide to keep it.
+                Edit::Keep(_) if from_cache => continue,
                 Edit::Keep(answer) => return Ok(Ok(Some((answer, None)))),
                 Edit::Write(answer) => answer,
             };
@@ -153,36 +184,6 @@ impl Inner {
         Err(QueueError::Storage(format!(
             "call record {key} kept changing under {CAS_ATTEMPTS} attempts to update it"
         )))
-    }
-
-    /// [`update_record`](Self::update_record), starting from `cached` (the record as this
-    /// process last wrote it, and that revision) instead of reading it: one round trip to the
-    /// server less when nobody wrote since, which the compare-and-set on the revision checks.
-    /// Otherwise, or when the cached copy would be kept as it is, as `update_record`.
-    pub(super) async fn update_from_cache<T>(
-        &self,
-        key: &str,
-        cached: Option<(Stored, u64)>,
-        mut edit: impl FnMut(&mut Stored) -> Edit<T>,
-    ) -> Result<Option<T>, QueueError> {
-        if let Some((mut stored, revision)) = cached
-            && let Edit::Write(answer) = edit(&mut stored)
-        {
-            match self
-                .kv
-                .update(key, self.encode(key, &stored)?, revision)
-                .await
-            {
-                Ok(revision) => {
-                    self.mirror()
-                        .apply(key, revision, Active::of(&stored), false);
-                    return Ok(Some(answer));
-                }
-                Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => {}
-                Err(e) => return Err(failed("writing a call record", e)),
-            }
-        }
-        self.update_record(key, edit).await
     }
 
     pub(super) async fn set_callback_result(
