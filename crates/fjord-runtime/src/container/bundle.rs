@@ -2,10 +2,11 @@
 //! runtime commands that run, kill and delete it.
 
 use std::io::Write;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
 
@@ -15,26 +16,86 @@ use crate::netns::NetNs;
 /// The mount points of a bundle, unmounted in this order.
 const MOUNTS: [&str; 3] = ["rootfs", "secrets", "netns"];
 
-/// Where the idmapped clones of the layers are mounted until the overlay holds them.
-const LOWER: &str = "lower";
-
 /// Detaches whatever is mounted in a bundle directory (also one a killed fjord left).
 pub(crate) fn unmount_all(dir: &Path) {
     for m in MOUNTS {
         let _ = umount2(&dir.join(m), MntFlags::MNT_DETACH);
     }
-    detach_lowers(dir);
 }
 
-/// Detaches the idmapped layer clones and removes their mount points: once the overlay is
-/// mounted it holds its own references to them.
-fn detach_lowers(dir: &Path) {
-    let lower = dir.join(LOWER);
-    if let Ok(entries) = std::fs::read_dir(&lower) {
-        for e in entries.flatten() {
-            let _ = umount2(&e.path(), MntFlags::MNT_DETACH);
+/// The overlay's lower layers of one version of a function, made by its first replica and
+/// shared by the others (a replica's start then mounts only its overlay): fjord's top layer
+/// of mount points, and the image's layers, each seen through the function's idmapping
+/// when it has a range. The idmapped clones are detached trees held open here, reached as
+/// `/proc/self/fd/N`: never attached anywhere, so nothing stays mounted if fjord is killed,
+/// and containers' mount namespaces do not copy them.
+#[derive(Debug)]
+pub(crate) struct Lowers {
+    /// The overlay's `lowerdir=` value, top layer first.
+    lowerdir: String,
+    /// What `lowerdir` names by descriptor.
+    _trees: Vec<OwnedFd>,
+    /// fjord's top layer (on disk), removed with the version.
+    points: PathBuf,
+}
+
+impl Lowers {
+    pub(crate) fn new(plan: &Plan) -> std::io::Result<Self> {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        // Dot-named: never a replica's (DNS names); a restart removes it with the rest.
+        let points = plan
+            .host
+            .disk
+            .join(format!(".lower-{}", NEXT.fetch_add(1, Ordering::Relaxed)));
+        let made = Self::make(plan, &points);
+        if made.is_err() {
+            let _ = std::fs::remove_dir_all(&points);
         }
-        let _ = std::fs::remove_dir_all(&lower);
+        made
+    }
+
+    fn make(plan: &Plan, points: &Path) -> std::io::Result<Self> {
+        // A small top layer of fjord's with the mount points the image lacks: runc cannot
+        // create them from the container's user namespace (the image's directories are
+        // the host root's), and a read-only rootfs has no upper dir to make them in.
+        mount_points(&plan.image.layers, points)?;
+        // overlayfs wants the top layer first, and refuses one directory twice: an image
+        // whose layers repeat one (the same digest twice) keeps its top-most place only,
+        // which shadows all the lower one would add or hide.
+        let mut seen = std::collections::HashSet::new();
+        let layers = std::iter::once(points).chain(
+            plan.image
+                .layers
+                .iter()
+                .rev()
+                .map(PathBuf::as_path)
+                .filter(|l| seen.insert(*l)),
+        );
+        let mut lower = Vec::with_capacity(plan.image.layers.len() + 1);
+        let mut trees = Vec::new();
+        for layer in layers {
+            match &plan.ids {
+                None => lower.push(overlay_path(layer)?),
+                // Through the function's idmapping (its files' owners shifted into the
+                // function's range, read-only).
+                Some(ids) => {
+                    let tree = ids.tree(layer)?;
+                    lower.push(format!("/proc/self/fd/{}", tree.as_raw_fd()));
+                    trees.push(tree);
+                }
+            }
+        }
+        Ok(Self {
+            lowerdir: lower.join(":"),
+            _trees: trees,
+            points: points.to_path_buf(),
+        })
+    }
+}
+
+impl Drop for Lowers {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.points);
     }
 }
 
@@ -156,39 +217,11 @@ impl Bundle {
         let rootfs = dir.join("rootfs");
         std::fs::create_dir(&rootfs)?;
         std::fs::DirBuilder::new().mode(0o700).create(&self.disk)?;
-        // A small top layer of fjord's with the mount points the image lacks: runc cannot
-        // create them from the container's user namespace (the image's directories are
-        // the host root's), and a read-only rootfs has no upper dir to make them in.
-        let points = self.disk.join("mounts");
-        mount_points(&plan.image.layers, &points)?;
-        // overlayfs wants the top layer first.
-        let layers: Vec<&Path> = std::iter::once(points.as_path())
-            .chain(plan.image.layers.iter().rev().map(PathBuf::as_path))
-            .collect();
-        let lower: Vec<String> = match &plan.ids {
-            None => layers
-                .into_iter()
-                .map(overlay_path)
-                .collect::<Result<_, _>>()?,
-            // Each layer through the function's idmapping (its files' owners shifted into
-            // the function's range, read-only), mounted for the moment the overlay takes.
-            Some(ids) => {
-                let base = dir.join(LOWER);
-                std::fs::DirBuilder::new().mode(0o700).create(&base)?;
-                let mut out = Vec::with_capacity(layers.len());
-                for (i, layer) in layers.into_iter().enumerate() {
-                    let target = base.join(i.to_string());
-                    std::fs::create_dir(&target)?;
-                    ids.mount(layer, &target)?;
-                    out.push(overlay_path(&target)?);
-                }
-                out
-            }
-        };
+        let lower = plan.lowers()?;
         let mut flags = MsFlags::MS_NODEV | MsFlags::MS_NOSUID;
         let options = if plan.read_only {
             flags |= MsFlags::MS_RDONLY;
-            format!("lowerdir={}", lower.join(":"))
+            format!("lowerdir={}", lower.lowerdir)
         } else {
             let upper = self.disk.join("upper");
             let work = self.disk.join("work");
@@ -201,7 +234,7 @@ impl Bundle {
             std::os::unix::fs::chown(&upper, Some(plan.host_uid), Some(plan.host_uid))?;
             format!(
                 "lowerdir={},upperdir={},workdir={}",
-                lower.join(":"),
+                lower.lowerdir,
                 overlay_path(&upper)?,
                 overlay_path(&work)?
             )
@@ -214,7 +247,6 @@ impl Bundle {
             Some(options.as_str()),
         )
         .map_err(|e| std::io::Error::other(format!("cannot mount the overlay rootfs: {e}")))?;
-        detach_lowers(dir);
 
         let secrets = if plan.secrets.is_empty() {
             None

@@ -88,17 +88,17 @@ impl IdMap {
         })
     }
 
-    /// Mounts at `target` (an empty directory) a read-only clone of the directory `src`
-    /// whose files' owners are shifted into this range (a file of uid 1000 shows as
-    /// `first + 1000`; ids beyond the range as nobody).
-    pub(crate) fn mount(&self, src: &Path, target: &Path) -> std::io::Result<()> {
-        idmapped_clone(src, self.userns.as_fd(), target)
+    /// A read-only clone of the directory `src` whose files' owners are shifted into this
+    /// range (a file of uid 1000 shows as `first + 1000`; ids beyond the range as nobody),
+    /// detached: alive while the descriptor is, and usable as an overlay's lower layer
+    /// through `/proc/self/fd/N` without being mounted anywhere.
+    pub(crate) fn tree(&self, src: &Path) -> std::io::Result<OwnedFd> {
+        idmapped_tree(src, self.userns.as_fd())
     }
 }
 
-fn idmapped_clone(src: &Path, userns: BorrowedFd<'_>, target: &Path) -> std::io::Result<()> {
+fn idmapped_tree(src: &Path, userns: BorrowedFd<'_>) -> std::io::Result<OwnedFd> {
     let src_c = c_path(src)?;
-    let target_c = c_path(target)?;
     // SAFETY: plain syscalls on valid C strings; the returned descriptor is owned at once.
     let tree = unsafe {
         let fd = libc::syscall(
@@ -135,34 +135,38 @@ fn idmapped_clone(src: &Path, userns: BorrowedFd<'_>, target: &Path) -> std::io:
     if r < 0 {
         return Err(os_err(&format!("idmapped mount of {}", src.display())));
     }
-    // SAFETY: as above.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_move_mount,
-            tree.as_raw_fd(),
-            c"".as_ptr(),
-            libc::AT_FDCWD,
-            target_c.as_ptr(),
-            libc::MOVE_MOUNT_F_EMPTY_PATH,
-        )
-    };
-    if r < 0 {
-        return Err(os_err(&format!("move_mount to {}", target.display())));
-    }
-    Ok(())
+    Ok(tree)
 }
 
 /// Whether idmapped mounts of `dir` work (kernel ≥ 5.12 and a filesystem that has them:
-/// ext4, xfs, btrfs, tmpfs ≥ 6.3…), tried with a throwaway identity mapping in a namespace
-/// of its own.
+/// ext4, xfs, btrfs, tmpfs ≥ 6.3…) as overlay lower layers while detached (kernel ≥ 6.5
+/// or so), tried with a throwaway identity mapping in a namespace of its own.
 pub(crate) fn supported(dir: &Path) -> Result<(), String> {
     let probe = dir.join(format!(".idmap-probe-{}", std::process::id()));
     let src = probe.join("src");
+    let below = probe.join("below");
     let target = probe.join("target");
     let tried = (|| {
-        std::fs::create_dir_all(&src)?;
-        std::fs::create_dir_all(&target)?;
-        IdMap::new(0)?.mount(&src, &target)?;
+        for d in [&src, &below, &target] {
+            std::fs::create_dir_all(d)?;
+        }
+        let tree = IdMap::new(0)?.tree(&src)?;
+        // Two layers, as an image's (one directory twice is refused: "conflicting lowerdir").
+        let options = format!(
+            "lowerdir=/proc/self/fd/{}:{}",
+            tree.as_raw_fd(),
+            below.display()
+        );
+        nix::mount::mount(
+            Some("overlay"),
+            &target,
+            Some("overlay"),
+            nix::mount::MsFlags::MS_RDONLY,
+            Some(options.as_str()),
+        )
+        .map_err(|e| {
+            std::io::Error::other(format!("an overlay over a detached idmapped tree: {e}"))
+        })?;
         let _ = nix::mount::umount2(&target, nix::mount::MntFlags::MNT_DETACH);
         Ok::<(), std::io::Error>(())
     })();

@@ -279,9 +279,23 @@ pub(crate) struct Plan {
     pub memory_bytes: Option<u64>,
     pub cpu_millis: Option<u64>,
     pub pids_max: u64,
+    /// The overlay's lower layers, made by the first replica that starts.
+    lowers: std::sync::Mutex<Option<Arc<bundle::Lowers>>>,
 }
 
 impl Plan {
+    /// The lower layers every replica of this version mounts its overlay on (blocking: the
+    /// first call makes them).
+    pub(crate) fn lowers(&self) -> std::io::Result<Arc<bundle::Lowers>> {
+        let mut slot = self.lowers.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(l) = &*slot {
+            return Ok(l.clone());
+        }
+        let made = Arc::new(bundle::Lowers::new(self)?);
+        *slot = Some(made.clone());
+        Ok(made)
+    }
+
     pub(crate) fn oci_runtime(&self) -> &Path {
         &self.host.oci_runtime
     }
@@ -472,6 +486,7 @@ impl ContainerRuntime {
                 .or(shared.config.default_memory_bytes),
             cpu_millis: spec.cpu_limit_millis,
             pids_max: shared.config.pids_max,
+            lowers: Default::default(),
         })
     }
 
