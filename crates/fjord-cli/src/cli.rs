@@ -587,10 +587,22 @@ pub struct ServeArgs {
           value_parser = |s: &str| fjord_gateway::connectors::parse_nats_url(s))]
     pub nats_connector: Option<String>,
     /// Connector: subscribe to the MQTT topic filters in functions' `topic` annotations on
-    /// this broker (mqtt://[user:password@]HOST:PORT; QoS 1, persistent session)
+    /// this broker (mqtt://[user:password@]HOST:PORT, or mqtts://… for TLS; QoS 1,
+    /// persistent session)
     #[arg(long, env = "FJORD_MQTT", hide_env_values = true, value_name = "mqtt://HOST:PORT",
           value_parser = |s: &str| fjord_gateway::connectors::mqtt::parse_url(s))]
     pub mqtt: Option<String>,
+    /// MQTT: trust the broker certificate signed by these CA certificates (PEM) instead of
+    /// the system's roots; implies TLS
+    #[arg(long, value_name = "PEM", requires = "mqtt")]
+    pub mqtt_ca: Option<PathBuf>,
+    /// MQTT: authenticate to the broker with this client certificate chain (PEM; with
+    /// --mqtt-key); implies TLS
+    #[arg(long, value_name = "PEM", requires_all = ["mqtt", "mqtt_key"])]
+    pub mqtt_cert: Option<PathBuf>,
+    /// MQTT: the private key (PEM) of --mqtt-cert
+    #[arg(long, value_name = "PEM", requires = "mqtt_cert")]
+    pub mqtt_key: Option<PathBuf>,
     /// NATS: authenticate with this .creds file (user JWT and nkey seed, as `nsc` writes)
     #[arg(long, value_name = "FILE")]
     pub nats_creds: Option<PathBuf>,

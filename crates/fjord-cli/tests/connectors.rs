@@ -824,6 +824,189 @@ impl Drop for Mosquitto {
     }
 }
 
+/// A mosquitto with a plain listener (for the test's client) and a TLS one (for fjord) whose
+/// certificate a private CA signed, requiring a client certificate from that CA.
+struct TlsMosquitto {
+    child: std::process::Child,
+    plain: u16,
+    tls: u16,
+    ca: std::path::PathBuf,
+    client_cert: std::path::PathBuf,
+    client_key: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl TlsMosquitto {
+    fn start() -> TlsMosquitto {
+        use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "fjord test MQTT CA");
+        let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
+        let write = |name: &str, text: &str| {
+            let p = dir.path().join(name);
+            std::fs::write(&p, text).expect("write");
+            p
+        };
+        let leaf = |names: Vec<String>| {
+            let key = KeyPair::generate().unwrap();
+            let cert = CertificateParams::new(names)
+                .unwrap()
+                .signed_by(&key, &ca)
+                .unwrap();
+            (cert.pem(), key.serialize_pem())
+        };
+        let ca_path = write("ca.pem", &ca.pem());
+        let (cert, key) = leaf(vec!["127.0.0.1".into(), "localhost".into()]);
+        let server_cert = write("server.pem", &cert);
+        let server_key = write("server.key", &key);
+        let (cert, key) = leaf(vec!["fjord".into()]);
+        let client_cert = write("client.pem", &cert);
+        let client_key = write("client.key", &key);
+        let (plain, tls) = (free_port(), free_port());
+        let conf = write(
+            "mosquitto.conf",
+            &format!(
+                // `user root`: started as root, mosquitto would drop to its own user, which
+                // cannot read the private temp dir's certificates.
+                "user root\nper_listener_settings false\nallow_anonymous true\npersistence false\n\
+                 listener {plain} 127.0.0.1\n\
+                 listener {tls} 127.0.0.1\ncafile {}\ncertfile {}\nkeyfile {}\nrequire_certificate true\n",
+                ca_path.display(),
+                server_cert.display(),
+                server_key.display()
+            ),
+        );
+        let child = std::process::Command::new("mosquitto")
+            .arg("-c")
+            .arg(&conf)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("mosquitto (scripts/test installs it)");
+        for port in [plain, tls] {
+            wait_until_blocking(Duration::from_secs(10), "mosquitto listening", || {
+                std::net::TcpStream::connect(("127.0.0.1", port))
+            });
+        }
+        TlsMosquitto {
+            child,
+            plain,
+            tls,
+            ca: ca_path,
+            client_cert,
+            client_key,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for TlsMosquitto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtts_with_a_private_ca_and_a_client_certificate() {
+    let broker = TlsMosquitto::start();
+    let url = format!("mqtts://127.0.0.1:{}", broker.tls);
+    let serve = |extra: Vec<String>| {
+        let dir = TestDir::new();
+        async move {
+            tokio::process::Command::new(env!("CARGO_BIN_EXE_fjord"))
+                .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+                .arg(dir.data_dir())
+                .args(extra)
+                .output()
+                .await
+                .expect("run fjord")
+        }
+    };
+    let s = |p: &std::path::Path| p.display().to_string();
+    // Refused at start, saying why: the system's roots do not know the private CA; the
+    // broker wants a client certificate; a key without its certificate.
+    for (extra, expect) in [
+        (vec!["--mqtt".into(), url.clone()], "certificate"),
+        (
+            vec![
+                "--mqtt".into(),
+                url.clone(),
+                "--mqtt-ca".into(),
+                s(&broker.ca),
+            ],
+            "cannot connect",
+        ),
+        (
+            vec![
+                "--mqtt".into(),
+                url.clone(),
+                "--mqtt-ca".into(),
+                "/nonexistent.pem".into(),
+            ],
+            "--mqtt-ca /nonexistent.pem: cannot read",
+        ),
+        (
+            vec![
+                "--mqtt".into(),
+                url.clone(),
+                "--mqtt-key".into(),
+                s(&broker.client_key),
+            ],
+            "--mqtt-cert",
+        ),
+    ] {
+        let out = serve(extra.clone()).await;
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{extra:?}: {err}");
+        assert!(err.contains(expect), "{extra:?}: {err}");
+    }
+    // With the CA and the client certificate: subscribed over TLS, messages run the function.
+    let (c, mut rx) = mqtt_client(broker.plain, &["results"]).await;
+    let opts = ServeOpts::args(&[
+        "--mqtt",
+        &url,
+        "--mqtt-ca",
+        &s(&broker.ca),
+        "--mqtt-cert",
+        &s(&broker.client_cert),
+        "--mqtt-key",
+        &s(&broker.client_key),
+    ]);
+    let server = Server::start_in(TestDir::new(), opts).await;
+    let (_, health) = send_text(server.open(Method::GET, "/healthz")).await;
+    assert_eq!(health, "OK\nmqtt: connected\n");
+    server
+        .deploy_ready(&worker(json!({
+            "topic": "secure/+",
+            "com.fjord.topic.response": "results",
+        })))
+        .await;
+    let mut n = 0;
+    loop {
+        n += 1;
+        assert!(n < 60, "no answer to a message sent to fjord over TLS");
+        c.publish(
+            "secure/a",
+            rumqttc::QoS::AtLeastOnce,
+            false,
+            b"over tls".to_vec(),
+        )
+        .await
+        .expect("publish");
+        if let Ok(Some((_, body))) =
+            tokio::time::timeout(Duration::from_millis(500), rx.recv()).await
+            && String::from_utf8_lossy(&body).contains("done over tls")
+        {
+            break;
+        }
+    }
+}
+
 /// A test MQTT client: publishes QoS 1, and forwards what it receives on `topics`.
 async fn mqtt_client(
     port: u16,

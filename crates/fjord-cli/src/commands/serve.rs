@@ -53,6 +53,11 @@ pub fn run(a: ServeArgs) -> Result<(), CliError> {
     config.connectors = fjord_gateway::connectors::ConnectorSettings {
         nats: a.nats_connector,
         mqtt: a.mqtt,
+        mqtt_tls: fjord_gateway::connectors::mqtt::MqttTls {
+            ca: a.mqtt_ca,
+            cert: a.mqtt_cert,
+            key: a.mqtt_key,
+        },
         ..Default::default()
     };
     config.auth_fail_limit = a.auth_fail_limit;

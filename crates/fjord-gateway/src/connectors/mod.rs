@@ -55,6 +55,8 @@ pub struct ConnectorSettings {
     pub nats: Option<String>,
     /// `--mqtt mqtt://…`: MQTT topic filters.
     pub mqtt: Option<String>,
+    /// `--mqtt-ca`, `--mqtt-cert`, `--mqtt-key`.
+    pub mqtt_tls: mqtt::MqttTls,
     /// Filled in by `serve` once connected: what `/healthz` reports.
     pub health: BrokerHealth,
 }
@@ -96,6 +98,7 @@ impl std::fmt::Debug for ConnectorSettings {
         f.debug_struct("ConnectorSettings")
             .field("nats", &self.nats.as_deref().map(fjord_queue::redact_url))
             .field("mqtt", &self.mqtt.as_deref().map(fjord_queue::redact_url))
+            .field("mqtt_tls", &self.mqtt_tls)
             .finish()
     }
 }
@@ -135,7 +138,7 @@ impl Brokers {
     ) -> Result<Brokers, crate::StartError> {
         let mqtt = match &settings.mqtt {
             Some(url) => {
-                let c = mqtt::connect(url, data_dir)
+                let c = mqtt::connect(url, &settings.mqtt_tls, data_dir)
                     .await
                     .map_err(crate::StartError::Connector)?;
                 let state = c.state.clone();

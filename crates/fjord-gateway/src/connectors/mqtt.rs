@@ -1,4 +1,5 @@
-//! The MQTT connector (`fjord serve --mqtt mqtt://…`): MQTT 3.1.1 through `rumqttc`. Each
+//! The MQTT connector (`fjord serve --mqtt mqtt://…`, or `mqtts://…` over TLS): MQTT 3.1.1
+//! through `rumqttc`. Each
 //! function's `topic` entries are topic filters (`+` and `#` wildcards) subscribed with QoS 1
 //! on one connection per server, whose session is persistent (`clean_session = false`, a
 //! client id fixed by the data dir): messages published while fjord is down are kept by the
@@ -64,21 +65,17 @@ pub fn matches(filter: &str, topic: &str) -> bool {
     }
 }
 
-/// Parses `--mqtt`: `mqtt://[user:password@]host[:port]` (port 1883 by default).
+/// Parses `--mqtt`: `mqtt://[user:password@]host[:port]` (port 1883 by default), or
+/// `mqtts://…` for TLS (port 8883 by default).
 pub fn parse_url(s: &str) -> Result<String, String> {
     let s = s.trim();
     let shown = fjord_queue::redact_url(s);
     let u = url::Url::parse(s).map_err(|e| format!("{shown:?} is not an MQTT URL: {e}"))?;
     match u.scheme() {
-        "mqtt" | "tcp" => {}
-        "mqtts" | "ssl" => {
-            return Err(format!(
-                "{shown:?}: TLS to the MQTT broker is not supported yet: use mqtt://HOST:PORT"
-            ));
-        }
+        "mqtt" | "tcp" | "mqtts" | "ssl" => {}
         other => {
             return Err(format!(
-                "{shown:?} is not an MQTT URL (scheme {other}): use mqtt://HOST:PORT, e.g. mqtt://127.0.0.1:1883"
+                "{shown:?} is not an MQTT URL (scheme {other}): use mqtt://HOST:PORT, e.g. mqtt://127.0.0.1:1883, or mqtts://HOST:PORT for TLS"
             ));
         }
     }
@@ -86,6 +83,95 @@ pub fn parse_url(s: &str) -> Result<String, String> {
         return Err(format!("{shown:?} names no host: use mqtt://HOST:PORT"));
     }
     Ok(s.to_string())
+}
+
+/// TLS to the broker (`--mqtt-ca`, `--mqtt-cert`, `--mqtt-key`): any of them, or an
+/// `mqtts://` URL, turns TLS on.
+#[derive(Debug, Clone, Default)]
+pub struct MqttTls {
+    /// CA certificates (PEM) that signed the broker's certificate, instead of the system's.
+    pub ca: Option<std::path::PathBuf>,
+    /// A client certificate chain (PEM) for brokers that authenticate clients by certificate.
+    pub cert: Option<std::path::PathBuf>,
+    /// Its private key (PEM).
+    pub key: Option<std::path::PathBuf>,
+}
+
+impl MqttTls {
+    fn wanted(&self, url: &url::Url) -> bool {
+        matches!(url.scheme(), "mqtts" | "ssl")
+            || self.ca.is_some()
+            || self.cert.is_some()
+            || self.key.is_some()
+    }
+
+    /// The client configuration (ring, like every rustls user in fjord): the CA file's
+    /// certificates or the system's roots, and the client certificate if given.
+    fn client_config(&self) -> Result<rustls::ClientConfig, String> {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let mut roots = rustls::RootCertStore::empty();
+        match &self.ca {
+            Some(path) => {
+                let what = |e: String| format!("--mqtt-ca {}: {e}", path.display());
+                let pem = std::fs::read(path).map_err(|e| what(format!("cannot read: {e}")))?;
+                for cert in CertificateDer::pem_slice_iter(&pem) {
+                    let cert = cert.map_err(|e| what(format!("not PEM certificates: {e}")))?;
+                    roots
+                        .add(cert)
+                        .map_err(|e| what(format!("not a CA certificate: {e}")))?;
+                }
+                if roots.is_empty() {
+                    return Err(what(
+                        "holds no certificate (PEM \"BEGIN CERTIFICATE\")".into(),
+                    ));
+                }
+            }
+            None => {
+                let found = rustls_native_certs::load_native_certs();
+                roots.add_parsable_certificates(found.certs);
+                if roots.is_empty() {
+                    return Err("mqtts: the system has no CA certificates (install ca-certificates) and --mqtt-ca names none".into());
+                }
+            }
+        }
+        let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("mqtts: {e}"))?
+        .with_root_certificates(roots);
+        match (&self.cert, &self.key) {
+            (None, None) => Ok(builder.with_no_client_auth()),
+            (Some(cert), Some(key)) => {
+                let pem = std::fs::read(cert)
+                    .map_err(|e| format!("--mqtt-cert {}: cannot read: {e}", cert.display()))?;
+                let chain = CertificateDer::pem_slice_iter(&pem)
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| {
+                        format!("--mqtt-cert {}: not PEM certificates: {e}", cert.display())
+                    })?;
+                if chain.is_empty() {
+                    return Err(format!(
+                        "--mqtt-cert {}: holds no certificate",
+                        cert.display()
+                    ));
+                }
+                let pem = std::fs::read(key)
+                    .map_err(|e| format!("--mqtt-key {}: cannot read: {e}", key.display()))?;
+                let key_der = PrivateKeyDer::from_pem_slice(&pem).map_err(|e| {
+                    format!("--mqtt-key {}: not a PEM private key: {e}", key.display())
+                })?;
+                builder
+                    .with_client_auth_cert(chain, key_der)
+                    .map_err(|e| format!("--mqtt-cert/--mqtt-key: {e}"))
+            }
+            (Some(_), None) => {
+                Err("--mqtt-cert needs --mqtt-key (the certificate's private key)".into())
+            }
+            (None, Some(_)) => Err("--mqtt-key needs --mqtt-cert (the client certificate)".into()),
+        }
+    }
 }
 
 /// The broker's state for `/healthz`.
@@ -129,12 +215,17 @@ pub struct Connected {
 
 /// Connects with a persistent session whose client id is fixed by `data_dir` (so a restart
 /// resumes it); waits for the broker's answer (a startup error when it cannot be reached).
-pub async fn connect(url: &str, data_dir: &std::path::Path) -> Result<Connected, String> {
+pub async fn connect(
+    url: &str,
+    tls: &MqttTls,
+    data_dir: &std::path::Path,
+) -> Result<Connected, String> {
     use sha2::Digest;
     let shown = fjord_queue::redact_url(url);
     let u = url::Url::parse(url).map_err(|e| format!("--mqtt {shown}: {e}"))?;
     let host = u.host_str().unwrap_or_default().to_string();
-    let port = u.port().unwrap_or(1883);
+    let secure = tls.wanted(&u);
+    let port = u.port().unwrap_or(if secure { 8883 } else { 1883 });
     let dir = std::fs::canonicalize(data_dir).unwrap_or_else(|_| data_dir.to_path_buf());
     let hash = sha2::Sha256::digest(dir.to_string_lossy().as_bytes());
     let id = format!(
@@ -151,6 +242,12 @@ pub async fn connect(url: &str, data_dir: &std::path::Path) -> Result<Connected,
             percent_decode(u.username()),
             percent_decode(u.password().unwrap_or_default()),
         );
+    }
+    if secure {
+        let config = tls.client_config()?;
+        o.set_transport(rumqttc::Transport::tls_with_config(
+            rumqttc::TlsConfiguration::Rustls(Arc::new(config)),
+        ));
     }
     let (client, mut events) = AsyncClient::new(o, 256);
     // Without it a PUBACK written right after a response's PUBLISH waits for the broker's
@@ -170,7 +267,14 @@ pub async fn connect(url: &str, data_dir: &std::path::Path) -> Result<Connected,
     .await
     .map_err(|_| "no answer within 10 s".to_string())
     .and_then(|r| r);
-    first.map_err(|e| format!("--mqtt {shown}: cannot connect: {e}"))?;
+    first.map_err(|e| {
+        let hint = if secure && e.contains("certificate") {
+            " (is --mqtt-ca the CA that signed the broker's certificate, and does it name the URL's host?)"
+        } else {
+            ""
+        };
+        format!("--mqtt {shown}: cannot connect: {e}{hint}")
+    })?;
     let state = Arc::new(BrokerState::default());
     state.set(true, &shown, "");
     Ok(Connected {
@@ -423,7 +527,8 @@ mod tests {
     #[test]
     fn urls() {
         assert!(parse_url("mqtt://127.0.0.1:1883").is_ok());
-        for bad in ["http://x", "mqtts://x", "mqtt://", "nonsense"] {
+        assert!(parse_url("mqtts://broker.example:8883").is_ok());
+        for bad in ["http://x", "mqtt://", "mqtts://", "nonsense"] {
             assert!(parse_url(bad).is_err(), "{bad}");
         }
         assert_eq!(percent_decode("a%40b"), "a@b");
