@@ -28,6 +28,15 @@ pub enum LogFormat {
     Json,
 }
 
+/// Where `fjord serve` runs functions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum RuntimeKind {
+    /// This machine: sandboxed processes, and containers as --containers says.
+    Local,
+    /// Pods on a Kubernetes cluster.
+    Kubernetes,
+}
+
 /// Where the gateway is.
 #[derive(Args, Clone, Default)]
 pub struct GatewayArgs {
@@ -672,6 +681,22 @@ pub struct ServeArgs {
     /// with Retry-After (0 = no limit; behind a reverse proxy every client has its address)
     #[arg(long, default_value_t = 64, value_name = "N")]
     pub max_forks_per_ip: u32,
+    /// Where functions run: `local` (this machine) or `kubernetes` (each function a
+    /// Deployment on the cluster of --kubeconfig, or of the service account fjord runs
+    /// under in the cluster; Kubernetes pulls the images, and async calls need --queue
+    /// nats://... shared by the gateway's replicas)
+    #[arg(
+        long,
+        value_enum,
+        default_value = "local",
+        env = "FJORD_RUNTIME",
+        value_name = "local|kubernetes"
+    )]
+    pub runtime: RuntimeKind,
+    /// With --runtime kubernetes: the kubeconfig whose current context names the cluster
+    /// [default: $KUBECONFIG, else ~/.kube/config, else the in-cluster service account]
+    #[arg(long, value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
     /// Run container images (functions whose image is not a bundle and that give no
     /// envProcess, or annotated com.fjord.runtime: container): auto = when fjord runs as root
     /// and the OCI runtime is installed; on = refuse to start without them; off = never

@@ -32,5 +32,5 @@ mod trust_tests;
 pub use error::ControlError;
 pub use plane::{
     Containers, ControlPlane, Demand, DeployCheck, DeployMode, Deployed, Parts, QueueSignal,
-    RUNTIME_ANNOTATION, Route, Scaling, TrustReport, not_found,
+    RUNTIME_ANNOTATION, Route, Runtimes, Scaling, TrustReport, not_found,
 };

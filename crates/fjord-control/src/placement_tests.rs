@@ -14,7 +14,7 @@ use fjord_store::Pin;
 use crate::bundles::Bundles;
 use crate::images::{GcReport, ImageError, ImageSource, PullWatch, RegistryAuth};
 use crate::secrets::SecretKey;
-use crate::{Containers, ControlError, ControlPlane, DeployMode, Parts};
+use crate::{Containers, ControlError, ControlPlane, DeployMode, Parts, Runtimes};
 
 /// What the fake image source was asked.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -123,11 +123,13 @@ fn control_in(dir: &std::path::Path, with_containers: bool) -> Setup {
     let (secret_key, _) = SecretKey::load_or_create(dir).expect("secrets key");
     let control = ControlPlane::from_parts(Parts {
         store,
-        process: process.clone(),
-        containers: with_containers.then(|| Containers {
-            runtime: container.clone(),
-            images: images.clone(),
-        }),
+        runtimes: Runtimes::Local {
+            process: process.clone(),
+            containers: with_containers.then(|| Containers {
+                runtime: container.clone(),
+                images: images.clone(),
+            }),
+        },
         bundles: Bundles::new(dir, false).expect("bundles"),
         secret_key,
         uids: fjord_store::uid_registry::UidBlock::unrestricted(),
@@ -566,4 +568,176 @@ async fn a_failed_switch_does_not_undo_a_newer_deploy_to_the_same_runtime() {
         "the newer deploy was removed: {:?}",
         s.container.recorded()
     );
+}
+
+// ------------------------------------------------- one runtime runs everything (Kubernetes)
+
+/// A runtime that pulls its own images, as Kubernetes does: a fake that also records the
+/// image reference and the source each apply was given.
+struct PullsItself {
+    fake: Arc<FakeRuntime>,
+    given: Mutex<Vec<(String, fjord_runtime_api::Source)>>,
+}
+
+impl fjord_runtime_api::Runtime for PullsItself {
+    fn name(&self) -> &'static str {
+        self.fake.name()
+    }
+
+    fn isolates(&self) -> bool {
+        self.fake.isolates()
+    }
+
+    fn validate(
+        &self,
+        spec: &fjord_core::FunctionSpec,
+        source: &fjord_runtime_api::Source,
+    ) -> Result<(), fjord_runtime_api::RuntimeError> {
+        self.fake.validate(spec, source)
+    }
+
+    fn apply(
+        &self,
+        spec: Arc<fjord_core::FunctionSpec>,
+        source: fjord_runtime_api::Source,
+        replicas: u64,
+    ) -> Result<fjord_runtime_api::Applied, fjord_runtime_api::RuntimeError> {
+        self.given
+            .lock()
+            .unwrap()
+            .push((spec.deployment.image.clone(), source.clone()));
+        self.fake.apply(spec, source, replicas)
+    }
+
+    fn scale(
+        &self,
+        key: &FunctionKey,
+        replicas: u64,
+    ) -> Result<(), fjord_runtime_api::RuntimeError> {
+        self.fake.scale(key, replicas)
+    }
+
+    fn remove<'a>(
+        &'a self,
+        key: &'a FunctionKey,
+    ) -> BoxFuture<'a, Result<(), fjord_runtime_api::RuntimeError>> {
+        self.fake.remove(key)
+    }
+
+    fn get(&self, key: &FunctionKey) -> Option<Arc<fjord_runtime_api::FunctionHandle>> {
+        self.fake.get(key)
+    }
+
+    fn shutdown(&self) -> BoxFuture<'_, ()> {
+        self.fake.shutdown()
+    }
+}
+
+fn only_in(dir: &std::path::Path) -> (Arc<ControlPlane>, Arc<PullsItself>) {
+    let runtime = Arc::new(PullsItself {
+        fake: FakeRuntime::named("kubernetes"),
+        given: Mutex::default(),
+    });
+    let (secret_key, _) = SecretKey::load_or_create(dir).expect("secrets key");
+    let control = ControlPlane::from_parts(Parts {
+        store: fjord_store::Store::open(&dir.join("state.db")).expect("store"),
+        runtimes: Runtimes::Only(runtime.clone()),
+        bundles: Bundles::new(dir, false).expect("bundles"),
+        secret_key,
+        uids: fjord_store::uid_registry::UidBlock::unrestricted(),
+        switch_timeout: Duration::from_secs(10),
+    });
+    (control, runtime)
+}
+
+#[tokio::test]
+async fn with_one_runtime_every_image_goes_to_it_as_given() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (c, rt) = only_in(dir.path());
+    // With envProcess or without (locally: a process, or a container), and naming a secret
+    // this server's vault does not hold (the runtime's own secrets are used).
+    for (name, extra) in [
+        ("cat", serde_json::json!({"envProcess": "cat"})),
+        ("plain", serde_json::json!({})),
+        (
+            "withsecret",
+            serde_json::json!({"secrets": ["db-password"]}),
+        ),
+    ] {
+        let mut d = serde_json::json!({"service": name, "image": "ghcr.io/openfaas/alpine:latest"});
+        d.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        c.deploy(deployment(d), DeployMode::CreateOrUpdate)
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(runtime_of(&c, name), "kubernetes");
+        let stored = c.store().get("openfaas-fn", name).unwrap().unwrap();
+        assert_eq!(
+            stored.pin,
+            Pin::NoBundle,
+            "{name}: nothing pulled, no digest"
+        );
+    }
+    let given = rt.given.lock().unwrap().clone();
+    assert_eq!(given.len(), 3);
+    for (image, source) in &given {
+        assert_eq!(image, "ghcr.io/openfaas/alpine:latest");
+        assert!(
+            source.bundle.is_none() && source.image.is_none() && source.secrets.is_empty(),
+            "nothing resolved here: {source:?}"
+        );
+    }
+    let status = c.status(&key("plain")).expect("status");
+    assert_eq!(status.image, "ghcr.io/openfaas/alpine:latest");
+    assert_eq!(status.fjord.and_then(|f| f.digest), None);
+
+    // A restart applies the stored functions to the same runtime, images as given.
+    c.shutdown().await;
+    let (c, rt) = only_in(dir.path());
+    assert_eq!(c.restore().await.expect("restore"), 3);
+    let given = rt.given.lock().unwrap().clone();
+    assert!(
+        given.len() == 3
+            && given
+                .iter()
+                .all(|(image, _)| image == "ghcr.io/openfaas/alpine:latest"),
+        "{given:?}"
+    );
+}
+
+#[tokio::test]
+async fn with_one_runtime_a_function_without_an_image_is_refused_naming_image() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (c, rt) = only_in(dir.path());
+    for image in ["", "  "] {
+        let e = c
+            .deploy(
+                deployment(
+                    serde_json::json!({"service": "noimg", "image": image, "envProcess": "cat"}),
+                ),
+                DeployMode::CreateOrUpdate,
+            )
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&e, ControlError::BadRequest(m) if m.starts_with("image: required") && m.contains("kubernetes")),
+            "{e}"
+        );
+    }
+    // Asking for the process runtime cannot be honoured here.
+    let e = c
+        .deploy(
+            deployment(serde_json::json!({"service": "proc", "image": "acme/x:1",
+                "annotations": {"com.fjord.runtime": "process"}})),
+            DeployMode::CreateOrUpdate,
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, ControlError::BadRequest(m) if m.contains("com.fjord.runtime")),
+        "{e}"
+    );
+    assert!(c.store().list().unwrap().is_empty(), "nothing stored");
+    assert!(rt.given.lock().unwrap().is_empty(), "nothing applied");
 }

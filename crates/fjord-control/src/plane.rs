@@ -115,10 +115,8 @@ pub enum DeployMode {
 /// What a control plane is made of (see [`ControlPlane::from_parts`]).
 pub struct Parts {
     pub store: Store,
-    /// Runs bundles and `envProcess` commands.
-    pub process: Arc<dyn Runtime>,
-    /// Runs container images, when this server can (`None`: images need `envProcess`).
-    pub containers: Option<Containers>,
+    /// Where functions run.
+    pub runtimes: Runtimes,
     pub bundles: Bundles,
     pub secret_key: SecretKey,
     /// This instance's uids (reserved host-wide): each new function takes the next one.
@@ -126,6 +124,21 @@ pub struct Parts {
     /// How long an update that moves a function to another runtime may take to become
     /// ready (the server's `--rollout-timeout`).
     pub switch_timeout: std::time::Duration,
+}
+
+/// Where a control plane runs functions.
+pub enum Runtimes {
+    /// On this machine: bundles and `envProcess` commands on `process`, other images on
+    /// `containers` when this server can run them (`None`: images need `envProcess`).
+    Local {
+        process: Arc<dyn Runtime>,
+        containers: Option<Containers>,
+    },
+    /// One runtime runs every function from its image reference as given, and fetches the
+    /// image itself (Kubernetes: the nodes pull). Nothing is resolved, pulled or unpacked
+    /// here, bundles do not run, and the secrets a function names are the runtime's own
+    /// (Kubernetes Secrets), not this server's vault.
+    Only(Arc<dyn Runtime>),
 }
 
 /// The container runtime and where its images come from.
@@ -141,8 +154,11 @@ pub const RUNTIME_ANNOTATION: &str = "com.fjord.runtime";
 
 pub struct ControlPlane {
     store: Store,
+    /// Runs bundles and `envProcess` commands; with [`Runtimes::Only`], every function.
     process: Arc<dyn Runtime>,
     containers: Option<Containers>,
+    /// [`Runtimes::Only`]: `process` runs every function from its image reference.
+    only: bool,
     bundles: Arc<Bundles>,
     secret_key: SecretKey,
     routes: ArcSwap<Routes>,
@@ -192,8 +208,10 @@ impl ControlPlane {
     ) -> Arc<Self> {
         Self::from_parts(Parts {
             store,
-            process: runtime,
-            containers: None,
+            runtimes: Runtimes::Local {
+                process: runtime,
+                containers: None,
+            },
             bundles,
             secret_key,
             uids: UidBlock::unrestricted(),
@@ -202,10 +220,18 @@ impl ControlPlane {
     }
 
     pub fn from_parts(p: Parts) -> Arc<Self> {
+        let (process, containers, only) = match p.runtimes {
+            Runtimes::Local {
+                process,
+                containers,
+            } => (process, containers, false),
+            Runtimes::Only(runtime) => (runtime, None, true),
+        };
         Arc::new(Self {
             store: p.store,
-            process: p.process,
-            containers: p.containers,
+            process,
+            containers,
+            only,
             bundles: Arc::new(p.bundles),
             secret_key: p.secret_key,
             routes: ArcSwap::from_pointee(HashMap::new()),
@@ -356,6 +382,9 @@ impl ControlPlane {
         fjord_core::policy::requires_token(d.annotations.as_ref())
             .map_err(ControlError::BadRequest)?;
         let wanted = wanted_runtime(&d)?;
+        if self.only {
+            return self.resolve_as_given(d, uid, pinned, wanted);
+        }
         let secrets = self.function_secrets(&d)?;
         let required = self.required_keys(&d)?;
         let bundle = match pinned {
@@ -492,6 +521,62 @@ impl ControlPlane {
             source,
             pin,
             runtime: self.process.clone(),
+            trust,
+        })
+    }
+
+    /// [`Runtimes::Only`]: the runtime gets the image reference as given and pulls it
+    /// itself, so an image is all a function needs, and nothing is looked up here (no
+    /// bundle, no pull, no digest: `Pin::NoBundle`). A version stored with a local
+    /// image pin runs its reference, not that digest; one stored as a bundle cannot run.
+    fn resolve_as_given(
+        &self,
+        d: FunctionDeployment,
+        uid: u32,
+        pinned: Option<&Pin>,
+        wanted: Option<Wanted>,
+    ) -> Result<Resolved, ControlError> {
+        let runtime = &self.process;
+        let name = runtime.name();
+        if d.image.trim().is_empty() {
+            return Err(ControlError::BadRequest(format!(
+                "image: required: this server runs every function on the {name} runtime, from a container image it pulls (e.g. \"ghcr.io/openfaas/alpine:latest\")"
+            )));
+        }
+        if wanted == Some(Wanted::Process) {
+            return Err(ControlError::BadRequest(format!(
+                "annotations.{RUNTIME_ANNOTATION}: this server runs every function on the {name} runtime, as a container image: remove the annotation"
+            )));
+        }
+        if let Some(Pin::Bundle(digest)) = pinned {
+            return Err(ControlError::BadRequest(format!(
+                "image: {:?} was deployed as the bundle {digest}, and bundles do not run on the {name} runtime: deploy a container image",
+                d.image
+            )));
+        }
+        // Signatures are checked on the images fjord pulls itself; these it never sees.
+        let trust = match self.required_keys(&d)? {
+            Required::Nothing => TrustState::UnsignedAllowed,
+            Required::Keys(_) => {
+                return Err(ControlError::Forbidden(format!(
+                    "refused by the trust policy: the {name} runtime pulls {:?} itself, so this server cannot verify its signature",
+                    d.image
+                )));
+            }
+        };
+        let spec = FunctionSpec::from_deployment_for_image(d)?;
+        let source = Source {
+            bundle: None,
+            secrets: SecretFiles::default(),
+            uid,
+            image: None,
+        };
+        runtime.validate(&spec, &source)?;
+        Ok(Resolved {
+            spec,
+            source,
+            pin: Pin::NoBundle,
+            runtime: runtime.clone(),
             trust,
         })
     }

@@ -15,7 +15,7 @@ use fjord_trust::{KeyPair, Policy, PrivateKey, Signature, SimpleSigning};
 use crate::bundles::Bundles;
 use crate::images::{GcReport, ImageError, ImageSource, PullWatch, RegistryAuth};
 use crate::secrets::SecretKey;
-use crate::{Containers, ControlError, ControlPlane, DeployMode, Parts};
+use crate::{Containers, ControlError, ControlPlane, DeployMode, Parts, Runtimes};
 
 /// Each reference names the digest `digest_of(reference)`; signatures by digest; what was
 /// pulled is recorded.
@@ -103,11 +103,13 @@ fn control_in(dir: &std::path::Path, images: Arc<SignedImages>) -> Arc<ControlPl
     let (secret_key, _) = SecretKey::load_or_create(dir).expect("secrets key");
     ControlPlane::from_parts(Parts {
         store: fjord_store::Store::open(&dir.join("state.db")).expect("store"),
-        process: FakeRuntime::named("process"),
-        containers: Some(Containers {
-            runtime: FakeRuntime::named("container"),
-            images,
-        }),
+        runtimes: Runtimes::Local {
+            process: FakeRuntime::named("process"),
+            containers: Some(Containers {
+                runtime: FakeRuntime::named("container"),
+                images,
+            }),
+        },
         bundles: Bundles::new(dir, false).expect("bundles"),
         secret_key,
         uids: fjord_store::uid_registry::UidBlock::unrestricted(),

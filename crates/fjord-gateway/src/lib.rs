@@ -219,6 +219,10 @@ pub enum StartError {
     TrustPolicy(#[from] fjord_trust::TrustError),
     #[error("{0}")]
     Connector(String),
+    #[error(
+        "--trust-policy: not supported with the {runtime} runtime yet (fjord verifies the signatures of images it pulls itself, and that runtime pulls its own); remove --trust-policy"
+    )]
+    TrustPolicyUnsupported { runtime: &'static str },
     #[error("{0} (each fjord instance on a host needs its own block of function uids)")]
     UidRegistry(#[from] fjord_store::uid_registry::RegistryError),
     #[error("async queue: {0}")]
@@ -594,9 +598,10 @@ where
 }
 
 /// Refuses a data dir that cannot work, with why and what to do: one fjord cannot write, or
-/// (not root) one on a `noexec` filesystem, where functions run their bundle's programs from.
-/// As root the bundle's bind mount allows exec whatever the data dir's mount says.
-fn check_data_dir(dir: &std::path::Path) -> std::io::Result<()> {
+/// (not root, and functions run here: `runs_functions`) one on a `noexec` filesystem, where
+/// functions run their bundle's programs from. As root the bundle's bind mount allows exec
+/// whatever the data dir's mount says.
+fn check_data_dir(dir: &std::path::Path, runs_functions: bool) -> std::io::Result<()> {
     use nix::sys::statvfs::{FsFlags, statvfs};
     let user = || {
         nix::unistd::User::from_uid(nix::unistd::geteuid())
@@ -622,7 +627,8 @@ fn check_data_dir(dir: &std::path::Path) -> std::io::Result<()> {
             user()
         )));
     }
-    if !nix::unistd::geteuid().is_root()
+    if runs_functions
+        && !nix::unistd::geteuid().is_root()
         && statvfs(dir).is_ok_and(|s| s.flags().contains(FsFlags::ST_NOEXEC))
     {
         return Err(std::io::Error::other(
@@ -782,9 +788,17 @@ pub async fn serve(config: GatewayConfig, shutdown: CancellationToken) -> Result
         path: data_dir.clone(),
         source,
     };
-    check_data_dir(data_dir).map_err(dd_err)?;
+    // `--runtime kubernetes`: functions run elsewhere, none of this machine's runtimes start.
+    let local = config.runtime.is_none();
+    if let (Some(runtime), Some(_)) = (&config.runtime, &config.trust_policy) {
+        return Err(StartError::TrustPolicyUnsupported {
+            runtime: runtime.name(),
+        });
+    }
+    check_data_dir(data_dir, local).map_err(dd_err)?;
     // Sandboxed functions get a private /tmp: under it they could not see their bundles.
-    if nix::unistd::geteuid().is_root()
+    if local
+        && nix::unistd::geteuid().is_root()
         && std::fs::canonicalize(data_dir)
             .map(|p| p.starts_with("/tmp"))
             .unwrap_or(false)
@@ -851,7 +865,7 @@ pub async fn serve(config: GatewayConfig, shutdown: CancellationToken) -> Result
     // Functions run as their own uids only as root; then those uids must be this instance's
     // alone on the host, or a function could read another instance's functions. Before the
     // runtime, like the queue: a failed start leaves nothing behind.
-    let uids = if nix::unistd::geteuid().is_root() {
+    let uids = if local && nix::unistd::geteuid().is_root() {
         let block = fjord_store::uid_registry::reserve(
             std::path::Path::new(fjord_store::uid_registry::DEFAULT_REGISTRY_DIR),
             data_dir,
@@ -871,26 +885,54 @@ pub async fn serve(config: GatewayConfig, shutdown: CancellationToken) -> Result
     .await?;
     // Before the runtime too: a broker that cannot be reached is a startup error.
     let brokers = connectors::Brokers::connect(&config.connectors, &config.nats, data_dir).await?;
-    let runtime = fjord_runtime::ProcessRuntime::new(fjord_runtime::RuntimeConfig {
-        data_dir: data_dir.clone(),
-        rollout_timeout: config.rollout_timeout,
-        stop_grace: Duration::from_secs(5),
-        pids_max: config.pids_max,
-        tune_kernel: config.tune_kernel,
-        network: config.network.clone(),
-        tmp_size_bytes: config.tmp_size,
-        default_memory_bytes: config.default_memory_limit,
-    })
-    .await?;
-    // The one place the server picks its runtimes: processes always, containers beside
-    // them when this server can run them (`--containers`).
-    let containers = containers(&config, &runtime, data_dir).await?;
-    let runtime: Arc<dyn fjord_runtime_api::Runtime> = Arc::new(runtime);
-    let bundles = Bundles::new(data_dir, runtime.isolates()).map_err(dd_err)?;
+    // The one place the server picks its runtimes: the one it was given runs everything;
+    // otherwise processes always, containers beside them when this server can run them
+    // (`--containers`).
+    let (runtimes, isolates) = match &config.runtime {
+        Some(runtime) => {
+            if config.containers.mode == ContainerMode::On {
+                tracing::warn!(
+                    runtime = runtime.name(),
+                    "--containers on: ignored, every function runs on the given runtime"
+                );
+            }
+            tracing::info!(
+                runtime = runtime.name(),
+                "every function runs on the {} runtime, from its image",
+                runtime.name()
+            );
+            (
+                fjord_control::Runtimes::Only(runtime.clone()),
+                runtime.isolates(),
+            )
+        }
+        None => {
+            let process = fjord_runtime::ProcessRuntime::new(fjord_runtime::RuntimeConfig {
+                data_dir: data_dir.clone(),
+                rollout_timeout: config.rollout_timeout,
+                stop_grace: Duration::from_secs(5),
+                pids_max: config.pids_max,
+                tune_kernel: config.tune_kernel,
+                network: config.network.clone(),
+                tmp_size_bytes: config.tmp_size,
+                default_memory_bytes: config.default_memory_limit,
+            })
+            .await?;
+            let containers = containers(&config, &process, data_dir).await?;
+            let isolates = fjord_runtime_api::Runtime::isolates(&process);
+            (
+                fjord_control::Runtimes::Local {
+                    process: Arc::new(process),
+                    containers,
+                },
+                isolates,
+            )
+        }
+    };
+    let bundles = Bundles::new(data_dir, isolates).map_err(dd_err)?;
     let control = ControlPlane::from_parts(fjord_control::Parts {
         store,
-        process: runtime,
-        containers,
+        runtimes,
         bundles,
         secret_key,
         uids,

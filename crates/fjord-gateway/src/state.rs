@@ -22,8 +22,8 @@ pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a request waits for a starting replica before it gets a 503.
 pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Settings of `fjord serve`.
-#[derive(Debug, Clone)]
+/// Settings of `fjord serve`. (Not `Debug`: `runtime` is a trait object.)
+#[derive(Clone)]
 pub struct GatewayConfig {
     pub listen: SocketAddr,
     /// Where the dashboard listens (its own origin, apart from functions).
@@ -96,6 +96,10 @@ pub struct GatewayConfig {
     pub containers: ContainerSettings,
     /// Content trust: the policy file (`--trust-policy`); `None`: unsigned code runs.
     pub trust_policy: Option<PathBuf>,
+    /// A runtime that runs every function, made by the caller (`fjord serve --runtime
+    /// kubernetes`): then no process or container runtime, uid block or image store is
+    /// started here. `None`: functions run on this machine.
+    pub runtime: Option<Arc<dyn fjord_runtime_api::Runtime>>,
 }
 
 /// Whether `fjord serve` runs container images.
@@ -237,6 +241,7 @@ impl GatewayConfig {
             max_forks_per_ip: 64,
             containers: ContainerSettings::default(),
             trust_policy: None,
+            runtime: None,
         }
     }
 }

@@ -78,6 +78,15 @@ pub enum KubeError {
         "cannot configure the Kubernetes client from the in-cluster service account or a kubeconfig: {0}"
     )]
     Config(#[source] kube::Error),
+    /// A kubeconfig that cannot be read or used.
+    #[error("kubeconfig {}: {reason}", path.display())]
+    Kubeconfig {
+        path: std::path::PathBuf,
+        reason: String,
+    },
+    /// The API server did not answer fjord's first request, or refused its credentials.
+    #[error("the Kubernetes API server at {server} cannot be used: {reason}")]
+    ApiServer { server: String, reason: String },
     /// The runtime needs a Tokio runtime for its watches and API calls.
     #[error("the Kubernetes runtime must be created inside a Tokio runtime")]
     NoTokioRuntime,
@@ -141,7 +150,7 @@ impl From<KubeError> for RuntimeError {
         let kind = match &e {
             KubeError::Object(o) => return RuntimeError::Invalid(o.to_string()),
             KubeError::Forbidden { .. } => ErrorKind::PermissionDenied,
-            KubeError::Unreachable { .. } => ErrorKind::NotConnected,
+            KubeError::Unreachable { .. } | KubeError::ApiServer { .. } => ErrorKind::NotConnected,
             _ => ErrorKind::Other,
         };
         RuntimeError::Io(Error::new(kind, e))

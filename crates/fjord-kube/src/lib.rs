@@ -6,8 +6,9 @@
 //! - [`KubeRuntime`] ([`runtime`]): the `fjord_runtime_api::Runtime` that applies those
 //!   objects with server-side apply, scales through the scale subresource and follows the
 //!   functions' Deployments, EndpointSlices and pods with reflectors, publishing the ready pod
-//!   addresses to each function's handle. Build it with [`KubeRuntime::from_env`] (in-cluster
-//!   service account or kubeconfig) or [`KubeRuntime::new`] with any `kube::Client`. Its
+//!   addresses to each function's handle. Build it with [`KubeRuntime::connect`] (a kubeconfig
+//!   or the in-cluster service account, checked by a first request: [`connect`]),
+//!   [`KubeRuntime::from_env`] or [`KubeRuntime::new`] with any `kube::Client`. Its
 //!   errors ([`KubeError`]) name the RBAC permission a 403 lacks.
 //!
 //! TLS to the API server goes through rustls with ring, the workspace's only crypto provider.
@@ -15,6 +16,7 @@
 //! The Kubernetes version of the types is chosen once, in the workspace's `k8s-openapi`
 //! dependency (1.33: the oldest that crate release supports).
 
+pub mod connect;
 pub mod crd;
 pub mod error;
 pub mod names;
@@ -23,6 +25,7 @@ pub mod quantity;
 pub mod runtime;
 pub mod status;
 
+pub use connect::ClusterConfig;
 pub use crd::{CrdError, Function};
 pub use error::{KubeError, Operation};
 pub use objects::{FunctionObjects, ObjectError, function_objects};

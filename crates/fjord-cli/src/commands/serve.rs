@@ -2,13 +2,16 @@
 
 use std::time::Duration;
 
-use crate::cli::{LogFormat, ServeArgs};
+use crate::cli::{LogFormat, RuntimeKind, ServeArgs};
 use crate::config::default_data_dir;
 use crate::error::CliError;
 
 fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // kube's client logs each failed request as an error without saying which; fjord logs
+    // the failures itself, with the operation and what to do.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("info,kube_client::client::builder=off")
+    });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -18,8 +21,78 @@ fn init_logging(format: LogFormat) {
     }
 }
 
+/// `--runtime` with the flags it depends on, checked before anything starts.
+fn check_runtime(a: &ServeArgs) -> Result<(), CliError> {
+    match a.runtime {
+        RuntimeKind::Local => match &a.kubeconfig {
+            Some(_) => Err(CliError::Usage(
+                "--kubeconfig is for --runtime kubernetes: add --runtime kubernetes, or remove --kubeconfig".into(),
+            )),
+            None => Ok(()),
+        },
+        RuntimeKind::Kubernetes if !cfg!(feature = "kubernetes") => Err(CliError::Other(
+            "--runtime kubernetes: this fjord was built without Kubernetes support (cargo feature `kubernetes`); build it with default features".into(),
+        )),
+        // Every gateway replica takes async calls: one replica's file would lose them with
+        // its pod, and the others' calls would never reach it.
+        RuntimeKind::Kubernetes if a.queue == fjord_gateway::QueueBackend::Embedded => {
+            Err(CliError::Usage(
+                "--runtime kubernetes needs async calls in NATS JetStream, shared by the gateway's replicas: give --queue nats://HOST:PORT (or FJORD_QUEUE), e.g. the server of deploy/kubernetes/nats.yaml".into(),
+            ))
+        }
+        RuntimeKind::Kubernetes => Ok(()),
+    }
+}
+
+/// The Kubernetes runtime for `--runtime kubernetes`: the cluster of `kubeconfig` (else
+/// `KUBECONFIG`, `~/.kube/config` or the in-cluster service account), once its API server has
+/// answered, so that a gateway without its cluster does not start.
+#[cfg(feature = "kubernetes")]
+async fn kubernetes(
+    kubeconfig: Option<std::path::PathBuf>,
+    rollout_timeout: Duration,
+) -> Result<std::sync::Arc<fjord_kube::KubeRuntime>, CliError> {
+    use fjord_kube::{ClusterConfig, KubeError};
+    /// Long enough for a distant API server, short enough to be told at once.
+    const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
+    let from = match kubeconfig {
+        Some(path) => ClusterConfig::Kubeconfig(path),
+        None => ClusterConfig::Infer,
+    };
+    let config = fjord_kube::KubeRuntimeConfig {
+        rollout_timeout,
+        ..Default::default()
+    };
+    match fjord_kube::KubeRuntime::connect(&from, config, PROBE_TIMEOUT).await {
+        Ok(rt) => {
+            tracing::info!(cluster = ?from, "functions run on Kubernetes");
+            Ok(std::sync::Arc::new(rt))
+        }
+        Err(e) => {
+            let todo = match (&e, &from) {
+                (KubeError::Kubeconfig { .. }, _) => {
+                    "give --kubeconfig a kubeconfig for the cluster (`kubectl config view --raw --minify > FILE` writes the current context's)"
+                }
+                (KubeError::ApiServer { .. }, ClusterConfig::Kubeconfig(_)) => {
+                    "check that the cluster is up and that the server address of the kubeconfig's current context is reachable from here"
+                }
+                (KubeError::ApiServer { .. }, ClusterConfig::Infer) => {
+                    "check that the cluster is up and reachable from here, or name another with --kubeconfig"
+                }
+                _ => {
+                    "run fjord in the cluster under a service account (deploy/kubernetes/), or give --kubeconfig FILE (or KUBECONFIG)"
+                }
+            };
+            Err(CliError::Other(format!(
+                "--runtime kubernetes: {e}; {todo}"
+            )))
+        }
+    }
+}
+
 pub fn run(a: ServeArgs) -> Result<(), CliError> {
     init_logging(a.log_format);
+    check_runtime(&a)?;
     let mut config =
         fjord_gateway::GatewayConfig::new(a.listen, a.data_dir.unwrap_or_else(default_data_dir));
     config.auth = a.auth;
@@ -85,8 +158,14 @@ pub fn run(a: ServeArgs) -> Result<(), CliError> {
     if let Some(w) = a.workers {
         config.workers = usize::from(w);
     }
-    // Before any thread: replicas' mounts live in fjord's own mount namespace.
-    fjord_runtime::private_mount_namespace();
+    let runtime = a.runtime;
+    #[cfg(feature = "kubernetes")]
+    let kubeconfig = a.kubeconfig;
+    // Before any thread: replicas' mounts live in fjord's own mount namespace (replicas of
+    // this machine only).
+    if runtime == RuntimeKind::Local {
+        fjord_runtime::private_mount_namespace();
+    }
     // The control runtime (API side effects, replica supervision); HTTP workers have their own.
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -95,6 +174,11 @@ pub fn run(a: ServeArgs) -> Result<(), CliError> {
         .build()
         .map_err(|e| CliError::Other(format!("cannot start the async runtime: {e}")))?;
     rt.block_on(async move {
+        // On the control runtime: the Kubernetes runtime's watches run on it.
+        #[cfg(feature = "kubernetes")]
+        if runtime == RuntimeKind::Kubernetes {
+            config.runtime = Some(kubernetes(kubeconfig, config.rollout_timeout).await?);
+        }
         let shutdown = tokio_util::sync::CancellationToken::new();
         let trigger = shutdown.clone();
         tokio::spawn(async move {
