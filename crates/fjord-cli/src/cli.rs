@@ -612,6 +612,13 @@ pub struct ServeArgs {
     /// MQTT: the private key (PEM) of --mqtt-cert
     #[arg(long, value_name = "PEM", requires = "mqtt_cert")]
     pub mqtt_key: Option<PathBuf>,
+    /// MQTT: the protocol version, 3.1.1 or 5 (MQTT 5: servers on one broker share each
+    /// function's messages through shared subscriptions; messages naming a response topic
+    /// get the function's answer there)
+    #[arg(long, env = "FJORD_MQTT_VERSION", value_name = "3.1.1|5", default_value = "3.1.1",
+          requires = "mqtt",
+          value_parser = |s: &str| fjord_gateway::connectors::mqtt::parse_version(s))]
+    pub mqtt_version: fjord_gateway::connectors::mqtt::Version,
     /// NATS: authenticate with this .creds file (user JWT and nkey seed, as `nsc` writes)
     #[arg(long, value_name = "FILE")]
     pub nats_creds: Option<PathBuf>,

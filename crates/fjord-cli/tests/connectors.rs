@@ -1196,6 +1196,184 @@ async fn mqtt_qos1_acks_after_success_retries_dead_letters_and_survives_kill_9()
     assert_eq!(health, "OK\nmqtt: connected\n");
 }
 
+/// A message an MQTT 5 test client received: topic, payload, correlation data, and the
+/// `fjord-status` user property.
+type Mqtt5Received = (String, Vec<u8>, Option<Vec<u8>>, Option<String>);
+
+/// An MQTT 5 test client subscribed to `topics`.
+async fn mqtt5_client(
+    port: u16,
+    topics: &[&str],
+) -> (
+    rumqttc::v5::AsyncClient,
+    tokio::sync::mpsc::UnboundedReceiver<Mqtt5Received>,
+) {
+    use rumqttc::v5::mqttbytes::v5::Packet;
+    use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+    let o = MqttOptions::new(
+        format!("connectors-test-v5-{}", std::process::id()),
+        "127.0.0.1",
+        port,
+    );
+    let (client, mut events) = AsyncClient::new(o, 100);
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    for t in topics {
+        client
+            .subscribe(*t, rumqttc::v5::mqttbytes::QoS::AtLeastOnce)
+            .await
+            .expect("subscribe");
+    }
+    let (subacked_tx, mut subacked) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            match events.poll().await {
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    let props = p.properties.clone().unwrap_or_default();
+                    let status = props
+                        .user_properties
+                        .iter()
+                        .find(|(k, _)| k == "fjord-status")
+                        .map(|(_, v)| v.clone());
+                    let _ = tx.send((
+                        String::from_utf8_lossy(&p.topic).into_owned(),
+                        p.payload.to_vec(),
+                        props.correlation_data.map(|c| c.to_vec()),
+                        status,
+                    ));
+                }
+                Ok(Event::Incoming(Packet::SubAck(_))) => {
+                    let _ = subacked_tx.send(());
+                }
+                Ok(_) => {}
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    });
+    for _ in topics {
+        tokio::time::timeout(Duration::from_secs(10), subacked.recv())
+            .await
+            .expect("subscribed in time");
+    }
+    (client, rx)
+}
+
+/// How many of the worker's calls on `s` had exactly `body`.
+async fn worker_calls_with(s: &Server, body: &str) -> usize {
+    let line = format!("RUN {body}");
+    s.logs("name=worker&tail=10000")
+        .await
+        .iter()
+        .filter(|l| l["text"].as_str().is_some_and(|t| t.trim() == line))
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt5_servers_share_a_functions_messages_and_answer_response_topics() {
+    let broker = Mosquitto::start();
+    // A broker that does not speak MQTT 5 is not one to test here; a wrong version is.
+    let out = common::run_cli(
+        &["serve", "--mqtt", &broker.url(), "--mqtt-version", "6"],
+        &[],
+        &std::env::temp_dir().join("fjord-no-config.yml"),
+    )
+    .await;
+    assert_ne!(out.code, Some(0));
+    assert!(out.stderr.contains("3.1.1 or 5"), "{}", out.stderr);
+    let opts = ServeOpts::args(&["--mqtt", &broker.url(), "--mqtt-version", "5"]);
+    let a = Server::start_in(TestDir::new(), opts.clone()).await;
+    let b = Server::start_in(TestDir::new(), opts).await;
+    for s in [&a, &b] {
+        let (_, health) = send_text(s.open(Method::GET, "/healthz")).await;
+        assert_eq!(health, "OK\nmqtt: connected\n");
+        s.deploy_ready(&worker(
+            json!({"topic": "jobs/+", "com.openfaas.retry.attempts": "1"}),
+        ))
+        .await;
+    }
+    let (c, mut rx) = mqtt5_client(broker.port, &["replies/test"]).await;
+    let request = async |body: String, correlation: String| {
+        let props = rumqttc::v5::mqttbytes::v5::PublishProperties {
+            response_topic: Some("replies/test".into()),
+            correlation_data: Some(correlation.into_bytes().into()),
+            content_type: Some("text/plain".into()),
+            ..Default::default()
+        };
+        c.publish_with_properties(
+            "jobs/a",
+            rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+            false,
+            body.into_bytes(),
+            props,
+        )
+        .await
+        .expect("publish");
+    };
+    // Probes until both servers' shared subscriptions are in place (each ran one).
+    let mut n = 0;
+    while worker_runs(&a, "RUN probe").await == 0 || worker_runs(&b, "RUN probe").await == 0 {
+        n += 1;
+        assert!(n < 60, "both servers never ran a probe on jobs/+");
+        request(format!("probe{n}"), format!("p{n}")).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    while tokio::time::timeout(Duration::from_secs(1), rx.recv())
+        .await
+        .is_ok()
+    {}
+    // Each message: one call across the two servers, and one reply with its correlation.
+    const N: usize = 20;
+    for i in 0..N {
+        request(format!("m{i}"), format!("c{i}")).await;
+    }
+    let mut replies = std::collections::BTreeMap::new();
+    while replies.len() < N {
+        let (topic, body, correlation, status) =
+            tokio::time::timeout(Duration::from_secs(30), rx.recv())
+                .await
+                .expect("replies in time")
+                .expect("client running");
+        assert_eq!(topic, "replies/test");
+        let correlation = String::from_utf8(correlation.expect("correlation data")).unwrap();
+        let i = correlation.trim_start_matches('c');
+        assert_eq!(String::from_utf8_lossy(&body).trim(), format!("done m{i}"));
+        assert_eq!(
+            status.as_deref(),
+            Some("200"),
+            "fjord-status of {correlation}"
+        );
+        assert!(
+            replies.insert(correlation.clone(), body).is_none(),
+            "two replies to {correlation}"
+        );
+    }
+    let (mut on_a, mut on_b) = (0, 0);
+    for i in 0..N {
+        let (x, y) = (
+            worker_calls_with(&a, &format!("m{i}")).await,
+            worker_calls_with(&b, &format!("m{i}")).await,
+        );
+        assert_eq!(
+            x + y,
+            1,
+            "m{i} ran {x} times on one server, {y} on the other"
+        );
+        on_a += x;
+        on_b += y;
+    }
+    assert!(
+        on_a > 0 && on_b > 0,
+        "shared: {on_a} on one server, {on_b} on the other"
+    );
+    // A failing call answers too, with its status, after the retry policy's last attempt.
+    request("fail".into(), "cfail".into()).await;
+    let (_, _, correlation, status) = tokio::time::timeout(Duration::from_secs(30), rx.recv())
+        .await
+        .expect("the failure's reply in time")
+        .expect("client running");
+    assert_eq!(correlation.as_deref(), Some(&b"cfail"[..]));
+    assert_eq!(status.as_deref(), Some("500"));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cron_schedules_survive_a_restart_and_replay_only_the_latest_missed_run() {
     let dir = TestDir::new();

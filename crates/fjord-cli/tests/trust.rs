@@ -625,7 +625,8 @@ async fn fjord_up_image_sign_pushes_a_cosign_signature_the_policy_accepts() {
     let stack = project.join("stack.yml");
     let base_ref = reg.image("base/bash", "1");
     let key = key_file(&trusted, "key");
-    let out = common::run_cli(
+    // An image build: 60 s was not always enough on a loaded CI machine.
+    let out = common::run_cli_within(
         &[
             "up",
             "-f",
@@ -643,6 +644,7 @@ async fn fjord_up_image_sign_pushes_a_cosign_signature_the_policy_accepts() {
             ("FJORD_KEY_PASSWORD", PASS),
         ],
         &project.join("cli.json"),
+        Duration::from_secs(300),
     )
     .await;
     assert_eq!(out.code, Some(0), "{}{}", out.stdout, out.stderr);

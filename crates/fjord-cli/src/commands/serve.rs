@@ -131,6 +131,7 @@ pub fn run(a: ServeArgs) -> Result<(), CliError> {
             cert: a.mqtt_cert,
             key: a.mqtt_key,
         },
+        mqtt_version: a.mqtt_version,
         ..Default::default()
     };
     config.auth_fail_limit = a.auth_fail_limit;

@@ -180,6 +180,17 @@ pub struct CliOut {
 /// Runs the real `fjord` CLI with only the given `FJORD_*` variables (and its config file
 /// at `config`), within 60 s.
 pub async fn run_cli(args: &[&str], envs: &[(&str, &str)], config: &Path) -> CliOut {
+    run_cli_within(args, envs, config, Duration::from_secs(60)).await
+}
+
+/// [`run_cli`] for commands whose work grows with the machine's load (image builds: a debug
+/// `fjord` stripped and pushed, on 2 cores shared with the other tests).
+pub async fn run_cli_within(
+    args: &[&str],
+    envs: &[(&str, &str)],
+    config: &Path,
+    bound: Duration,
+) -> CliOut {
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_fjord"));
     cmd.args(args).kill_on_drop(true).stdin(Stdio::null());
     for (k, _) in std::env::vars() {
@@ -193,9 +204,9 @@ pub async fn run_cli(args: &[&str], envs: &[(&str, &str)], config: &Path) -> Cli
         cmd.env(k, v);
     }
     let what = format!("fjord {}", args.join(" "));
-    let out = tokio::time::timeout(Duration::from_secs(60), cmd.output())
+    let out = tokio::time::timeout(bound, cmd.output())
         .await
-        .unwrap_or_else(|_| panic!("{what} did not finish within 60 s"))
+        .unwrap_or_else(|_| panic!("{what} did not finish within {bound:?}"))
         .unwrap_or_else(|e| panic!("{what}: {e}"));
     CliOut {
         code: out.status.code(),

@@ -57,6 +57,8 @@ pub struct ConnectorSettings {
     pub mqtt: Option<String>,
     /// `--mqtt-ca`, `--mqtt-cert`, `--mqtt-key`.
     pub mqtt_tls: mqtt::MqttTls,
+    /// `--mqtt-version`: 3.1.1 (default) or 5.
+    pub mqtt_version: mqtt::Version,
     /// Filled in by `serve` once connected: what `/healthz` reports.
     pub health: BrokerHealth,
 }
@@ -99,6 +101,7 @@ impl std::fmt::Debug for ConnectorSettings {
             .field("nats", &self.nats.as_deref().map(fjord_queue::redact_url))
             .field("mqtt", &self.mqtt.as_deref().map(fjord_queue::redact_url))
             .field("mqtt_tls", &self.mqtt_tls)
+            .field("mqtt_version", &self.mqtt_version)
             .finish()
     }
 }
@@ -138,7 +141,7 @@ impl Brokers {
     ) -> Result<Brokers, crate::StartError> {
         let mqtt = match &settings.mqtt {
             Some(url) => {
-                let c = mqtt::connect(url, &settings.mqtt_tls, data_dir)
+                let c = mqtt::connect(url, &settings.mqtt_tls, settings.mqtt_version, data_dir)
                     .await
                     .map_err(crate::StartError::Connector)?;
                 let state = c.state.clone();

@@ -1,7 +1,6 @@
-//! The MQTT connector (`fjord serve --mqtt mqtt://…`, or `mqtts://…` over TLS): MQTT 3.1.1
-//! through `rumqttc`. Each
-//! function's `topic` entries are topic filters (`+` and `#` wildcards) subscribed with QoS 1
-//! on one connection per server, whose session is persistent (`clean_session = false`, a
+//! The MQTT connector (`fjord serve --mqtt mqtt://…`, or `mqtts://…` over TLS): MQTT 3.1.1,
+//! or 5 with `--mqtt-version 5`, through `rumqttc`. Each function's `topic` entries are
+//! topic filters (`+` and `#` wildcards) subscribed with QoS 1 on one connection per server, whose session is persistent (`clean_session = false`, a
 //! client id fixed by the data dir): messages published while fjord is down are kept by the
 //! broker and delivered when it is back. Each message runs every function whose filter
 //! matches, with the payload as the body (`X-Connector: mqtt`, `X-Topic: <topic>`), and is
@@ -9,13 +8,18 @@
 //! policy's last attempt, when it is published to `fjord/dead/<namespace>/<name>` instead.
 //! A fjord killed before the ack gets the message again at its next connection. Calls per
 //! function run at most `com.openfaas.queue.max_inflight` at a time (default 10).
+//!
+//! MQTT 5 subscribes each function to its filters through a shared subscription of its own
+//! (servers on one broker share its messages), routes by subscription identifier, and
+//! answers messages that name a response topic.
 
 use std::sync::{Arc, RwLock};
 
 use fjord_control::ControlPlane;
 use fjord_control::metrics::TriggerOutcome;
 use fjord_core::FunctionKey;
-use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS};
+use rumqttc::v5::mqttbytes::v5 as v5p;
+use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS, v5};
 use tokio_util::sync::CancellationToken;
 
 use super::{RESPONSE_SUBJECT, rfc3339};
@@ -205,19 +209,240 @@ impl BrokerState {
     }
 }
 
+/// The MQTT protocol the connector speaks (`--mqtt-version`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Version {
+    /// MQTT 3.1.1, what OpenFaaS's mqtt-connector speaks and every broker knows.
+    #[default]
+    V3_1_1,
+    /// MQTT 5: shared subscriptions (servers share a function's messages), response topics.
+    V5,
+}
+
+/// Parses `--mqtt-version`: `3.1.1` (also `3`, `4`, its protocol level) or `5`.
+pub fn parse_version(s: &str) -> Result<Version, String> {
+    match s.trim() {
+        "3.1.1" | "3" | "4" | "311" => Ok(Version::V3_1_1),
+        "5" | "5.0" => Ok(Version::V5),
+        other => Err(format!(
+            "{other:?} is not an MQTT version fjord speaks: use 3.1.1 or 5"
+        )),
+    }
+}
+
+/// How long a broker keeps an MQTT 5 session while fjord is away (seconds): `u32::MAX` is
+/// "never expires", as a 3.1.1 session with `clean_session` off.
+const SESSION_EXPIRY: u32 = u32::MAX;
+
 /// A connection whose first CONNACK arrived.
 pub struct Connected {
-    pub client: AsyncClient,
-    pub events: EventLoop,
+    client: Client,
+    events: Events,
     pub state: Arc<BrokerState>,
     pub url: String,
 }
 
+/// The client half of a connection, either protocol.
+#[derive(Clone)]
+enum Client {
+    V3(AsyncClient),
+    V5(v5::AsyncClient),
+}
+
+/// The event loop half of a connection.
+enum Events {
+    V3(Box<EventLoop>),
+    V5(Box<v5::EventLoop>),
+}
+
+/// A message as the broker delivered it (acked with it).
+enum Delivery {
+    V3(rumqttc::Publish),
+    V5(Box<v5p::Publish>),
+}
+
+/// What one poll of the event loop brought that the connector acts on.
+enum Polled {
+    ConnAck,
+    Publish(Delivery),
+    Other,
+    Failed(String),
+}
+
+/// A subscription as asked of the broker: the filter as sent (`$share/<group>/<filter>` for
+/// MQTT 5) and its subscription identifier (MQTT 5).
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Debug)]
+struct Subscription {
+    filter: String,
+    id: Option<usize>,
+}
+
+/// The answer sent to an MQTT 5 message's response topic.
+struct Reply {
+    status: u16,
+    content_type: Option<String>,
+    body: bytes::Bytes,
+}
+
+impl Client {
+    fn try_subscribe(&self, s: &Subscription) -> Result<(), String> {
+        match self {
+            Client::V3(c) => c
+                .try_subscribe(s.filter.clone(), QoS::AtLeastOnce)
+                .map_err(|e| e.to_string()),
+            Client::V5(c) => c
+                .try_subscribe_with_properties(
+                    s.filter.clone(),
+                    v5::mqttbytes::QoS::AtLeastOnce,
+                    v5p::SubscribeProperties {
+                        id: s.id,
+                        user_properties: Vec::new(),
+                    },
+                )
+                .map_err(|e| e.to_string()),
+        }
+    }
+
+    fn try_unsubscribe(&self, s: &Subscription) {
+        let _ = match self {
+            Client::V3(c) => c
+                .try_unsubscribe(s.filter.clone())
+                .map_err(|e| e.to_string()),
+            Client::V5(c) => c
+                .try_unsubscribe(s.filter.clone())
+                .map_err(|e| e.to_string()),
+        };
+    }
+
+    /// Publishes QoS 1; MQTT 5 replies carry the request's correlation data, the status (user
+    /// property `fjord-status`) and the answer's content type.
+    async fn publish(
+        &self,
+        topic: String,
+        payload: bytes::Bytes,
+        reply: Option<(&Reply, Option<bytes::Bytes>)>,
+    ) -> Result<(), String> {
+        match self {
+            Client::V3(c) => c
+                .publish_bytes(topic, QoS::AtLeastOnce, false, payload)
+                .await
+                .map_err(|e| e.to_string()),
+            Client::V5(c) => {
+                let properties = match reply {
+                    Some((r, correlation)) => v5p::PublishProperties {
+                        correlation_data: correlation,
+                        content_type: r.content_type.clone(),
+                        user_properties: vec![("fjord-status".into(), r.status.to_string())],
+                        ..Default::default()
+                    },
+                    None => v5p::PublishProperties::default(),
+                };
+                c.publish_bytes_with_properties(
+                    topic,
+                    v5::mqttbytes::QoS::AtLeastOnce,
+                    false,
+                    payload,
+                    properties,
+                )
+                .await
+                .map_err(|e| e.to_string())
+            }
+        }
+    }
+
+    async fn ack(&self, d: &Delivery) -> Result<(), String> {
+        match (self, d) {
+            (Client::V3(c), Delivery::V3(p)) => c.ack(p).await.map_err(|e| e.to_string()),
+            (Client::V5(c), Delivery::V5(p)) => c.ack(p).await.map_err(|e| e.to_string()),
+            _ => Err("a message of the other protocol".into()),
+        }
+    }
+
+    async fn disconnect(&self) {
+        let _ = match self {
+            Client::V3(c) => c.disconnect().await.map_err(|e| e.to_string()),
+            Client::V5(c) => c.disconnect().await.map_err(|e| e.to_string()),
+        };
+    }
+}
+
+impl Events {
+    async fn poll(&mut self) -> Polled {
+        match self {
+            Events::V3(e) => match e.poll().await {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => Polled::ConnAck,
+                Ok(Event::Incoming(Packet::Publish(p))) => Polled::Publish(Delivery::V3(p)),
+                Ok(Event::Incoming(Packet::SubAck(a))) => {
+                    if a.return_codes
+                        .iter()
+                        .any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure))
+                    {
+                        tracing::warn!("mqtt connector: the broker refused a subscription");
+                    }
+                    Polled::Other
+                }
+                Ok(_) => Polled::Other,
+                Err(e) => Polled::Failed(e.to_string()),
+            },
+            Events::V5(e) => match e.poll().await {
+                Ok(v5::Event::Incoming(v5p::Packet::ConnAck(_))) => Polled::ConnAck,
+                Ok(v5::Event::Incoming(v5p::Packet::Publish(p))) => {
+                    Polled::Publish(Delivery::V5(Box::new(p)))
+                }
+                Ok(v5::Event::Incoming(v5p::Packet::SubAck(a))) => {
+                    for code in &a.return_codes {
+                        if !matches!(code, v5p::SubscribeReasonCode::Success(_)) {
+                            let why = a.properties.as_ref().and_then(|p| p.reason_string.clone());
+                            tracing::warn!(reason = ?code, detail = ?why, "mqtt connector: the broker refused a subscription");
+                        }
+                    }
+                    Polled::Other
+                }
+                Ok(_) => Polled::Other,
+                Err(e) => Polled::Failed(e.to_string()),
+            },
+        }
+    }
+}
+
+impl Delivery {
+    fn topic(&self) -> std::borrow::Cow<'_, str> {
+        match self {
+            Delivery::V3(p) => std::borrow::Cow::Borrowed(p.topic.as_str()),
+            Delivery::V5(p) => String::from_utf8_lossy(&p.topic),
+        }
+    }
+
+    fn payload(&self) -> bytes::Bytes {
+        match self {
+            Delivery::V3(p) => p.payload.clone(),
+            Delivery::V5(p) => p.payload.clone(),
+        }
+    }
+
+    fn properties(&self) -> Option<&v5p::PublishProperties> {
+        match self {
+            Delivery::V3(_) => None,
+            Delivery::V5(p) => p.properties.as_ref(),
+        }
+    }
+
+    /// The MQTT 5 subscription identifiers it was delivered for (none with 3.1.1).
+    fn subscription_ids(&self) -> &[usize] {
+        self.properties()
+            .map(|p| p.subscription_identifiers.as_slice())
+            .unwrap_or_default()
+    }
+}
+
 /// Connects with a persistent session whose client id is fixed by `data_dir` (so a restart
-/// resumes it); waits for the broker's answer (a startup error when it cannot be reached).
+/// resumes it); waits for the broker's answer (a startup error when it cannot be reached,
+/// or, with MQTT 5, when it lacks the shared subscriptions and subscription identifiers the
+/// connector relies on).
 pub async fn connect(
     url: &str,
     tls: &MqttTls,
+    version: Version,
     data_dir: &std::path::Path,
 ) -> Result<Connected, String> {
     use sha2::Digest;
@@ -232,35 +457,75 @@ pub async fn connect(
         "fjord-{:02x}{:02x}{:02x}{:02x}{:02x}{:02x}",
         hash[0], hash[1], hash[2], hash[3], hash[4], hash[5]
     );
-    let mut o = MqttOptions::new(id, host, port);
-    o.set_clean_session(false)
-        .set_manual_acks(true)
-        .set_keep_alive(std::time::Duration::from_secs(30))
-        .set_max_packet_size(16 << 20, 16 << 20);
-    if !u.username().is_empty() {
-        o.set_credentials(
+    let credentials = (!u.username().is_empty()).then(|| {
+        (
             percent_decode(u.username()),
             percent_decode(u.password().unwrap_or_default()),
-        );
-    }
-    if secure {
+        )
+    });
+    let transport = if secure {
         let config = tls.client_config()?;
-        o.set_transport(rumqttc::Transport::tls_with_config(
+        Some(rumqttc::Transport::tls_with_config(
             rumqttc::TlsConfiguration::Rustls(Arc::new(config)),
-        ));
-    }
-    let (client, mut events) = AsyncClient::new(o, 256);
+        ))
+    } else {
+        None
+    };
     // Without it a PUBACK written right after a response's PUBLISH waits for the broker's
     // delayed ACK (Nagle): ~40 ms per message.
     let mut net = rumqttc::NetworkOptions::new();
     net.set_tcp_nodelay(true);
-    events.set_network_options(net);
+    let keep_alive = std::time::Duration::from_secs(30);
+    let (client, mut events) = match version {
+        Version::V3_1_1 => {
+            let mut o = MqttOptions::new(id, host, port);
+            o.set_clean_session(false)
+                .set_manual_acks(true)
+                .set_keep_alive(keep_alive)
+                .set_max_packet_size(16 << 20, 16 << 20);
+            if let Some((user, password)) = credentials {
+                o.set_credentials(user, password);
+            }
+            if let Some(t) = transport {
+                o.set_transport(t);
+            }
+            let (client, mut events) = AsyncClient::new(o, 256);
+            events.set_network_options(net);
+            (Client::V3(client), Events::V3(Box::new(events)))
+        }
+        Version::V5 => {
+            let mut o = v5::MqttOptions::new(id, host, port);
+            o.set_clean_start(false)
+                .set_session_expiry_interval(Some(SESSION_EXPIRY))
+                .set_manual_acks(true)
+                .set_keep_alive(keep_alive)
+                .set_max_packet_size(Some(16 << 20))
+                .set_network_options(net);
+            if let Some((user, password)) = credentials {
+                o.set_credentials(user, password);
+            }
+            if let Some(t) = transport {
+                o.set_transport(t);
+            }
+            let (client, events) = v5::AsyncClient::new(o, 256);
+            (Client::V5(client), Events::V5(Box::new(events)))
+        }
+    };
     let first = tokio::time::timeout(std::time::Duration::from_secs(10), async {
         loop {
-            match events.poll().await {
-                Ok(Event::Incoming(Packet::ConnAck(_))) => return Ok(()),
-                Ok(_) => {}
-                Err(e) => return Err(e.to_string()),
+            match &mut events {
+                Events::V3(e) => match e.poll().await {
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => return Ok(()),
+                    Ok(_) => {}
+                    Err(e) => return Err(e.to_string()),
+                },
+                Events::V5(e) => match e.poll().await {
+                    Ok(v5::Event::Incoming(v5p::Packet::ConnAck(ack))) => {
+                        return v5_features(ack.properties.as_ref());
+                    }
+                    Ok(_) => {}
+                    Err(e) => return Err(e.to_string()),
+                },
             }
         }
     })
@@ -270,6 +535,8 @@ pub async fn connect(
     first.map_err(|e| {
         let hint = if secure && e.contains("certificate") {
             " (is --mqtt-ca the CA that signed the broker's certificate, and does it name the URL's host?)"
+        } else if e.contains("UnsupportedProtocolVersion") {
+            " (the broker does not speak MQTT 5: leave out --mqtt-version 5)"
         } else {
             ""
         };
@@ -283,6 +550,33 @@ pub async fn connect(
         state,
         url: shown,
     })
+}
+
+/// MQTT 5 brokers say in their CONNACK what they lack (absent means available).
+fn v5_features(p: Option<&v5p::ConnAckProperties>) -> Result<(), String> {
+    let lacks = |v: Option<Option<u8>>| v.flatten() == Some(0);
+    if lacks(p.map(|p| p.shared_subscription_available)) {
+        return Err("the broker does not offer shared subscriptions, which fjord's MQTT 5 connector uses (use --mqtt-version 3.1.1)".into());
+    }
+    if lacks(p.map(|p| p.subscription_identifiers_available)) {
+        return Err("the broker does not offer subscription identifiers, which fjord's MQTT 5 connector uses (use --mqtt-version 3.1.1)".into());
+    }
+    Ok(())
+}
+
+/// The MQTT 5 subscription of `key` to `filter`: a shared subscription whose group is the
+/// function (`$share/fjord.<namespace>.<name>/<filter>`), so servers on one broker share its
+/// messages as NATS queue groups do, with an identifier fixed by function and filter (a
+/// session resumed after a restart keeps meaning the same).
+fn shared(key: &FunctionKey, filter: &str) -> Subscription {
+    use sha2::Digest;
+    let h = sha2::Sha256::digest(format!("{key}\0{filter}").as_bytes());
+    // Subscription identifiers are 1..=268,435,455 (a 4-byte variable integer).
+    let id = (u32::from_be_bytes([h[0], h[1], h[2], h[3]]) & 0x0FFF_FFFF).max(1) as usize;
+    Subscription {
+        filter: format!("$share/fjord.{}.{}/{filter}", key.namespace, key.name),
+        id: Some(id),
+    }
 }
 
 /// `%XX` sequences decoded (URL credentials); anything malformed is kept as is.
@@ -311,11 +605,24 @@ fn percent_decode(s: &str) -> String {
 #[derive(Clone)]
 struct Route {
     filter: String,
+    /// MQTT 5: the function's own (shared) subscription; messages carry its identifier.
+    subscription: Option<Subscription>,
     key: FunctionKey,
     response: Option<String>,
     policy: fjord_core::policy::RetryPolicy,
     /// The function's `com.openfaas.queue.max_inflight` calls at once (all its filters).
     permits: Arc<tokio::sync::Semaphore>,
+}
+
+impl Route {
+    /// Whether this route takes `d`: MQTT 5 by the subscription identifiers the broker
+    /// delivered it for (each shared subscription gets its own copy), 3.1.1 by the filter.
+    fn takes(&self, d: &Delivery, topic: &str) -> bool {
+        match self.subscription.as_ref().and_then(|s| s.id) {
+            Some(id) => d.subscription_ids().contains(&id),
+            None => matches(&self.filter, topic),
+        }
+    }
 }
 
 pub struct MqttTrigger {
@@ -341,7 +648,7 @@ impl Trigger for MqttTrigger {
                 url,
             } = self.connected;
             let routes: Arc<RwLock<Vec<Route>>> = Arc::default();
-            let mut subscribed: std::collections::BTreeSet<String> = Default::default();
+            let mut subscribed: std::collections::BTreeSet<Subscription> = Default::default();
             let mut watch = self.control.watch_routes();
             // The table first, so messages the broker kept for this session find their
             // functions.
@@ -353,37 +660,38 @@ impl Trigger for MqttTrigger {
                         sync(&self.control, &routes, &client, &mut subscribed, false).await;
                     }
                     ev = events.poll() => match ev {
-                        Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                        Polled::ConnAck => {
                             state.set(true, &url, "");
                             // The session keeps them; subscribing again is harmless.
-                            for f in &subscribed {
-                                let _ = client.try_subscribe(f.clone(), QoS::AtLeastOnce);
+                            for s in &subscribed {
+                                let _ = client.try_subscribe(s);
                             }
                         }
-                        Ok(Event::Incoming(Packet::Publish(p))) => {
+                        Polled::Publish(d) => {
+                            let topic = d.topic().into_owned();
                             let matching: Vec<Route> = routes
                                 .read()
                                 .unwrap_or_else(|p| p.into_inner())
                                 .iter()
-                                .filter(|r| matches(&r.filter, &p.topic))
+                                .filter(|r| r.takes(&d, &topic))
                                 .cloned()
                                 .collect();
                             let (client, invoker) = (client.clone(), invoker.clone());
                             tokio::spawn(async move {
                                 let calls = matching
                                     .iter()
-                                    .map(|r| handle(&client, &invoker, r, &p));
+                                    .map(|r| handle(&client, &invoker, r, &d, &topic));
                                 futures_util::future::join_all(calls).await;
                                 // After every function had it: a crash before here means
                                 // the broker sends it again.
-                                if let Err(e) = client.ack(&p).await {
+                                if let Err(e) = client.ack(&d).await {
                                     tracing::warn!(error = %e, "mqtt connector: cannot ack");
                                 }
                             });
                         }
-                        Ok(_) => {}
-                        Err(e) => {
-                            state.set(false, &url, &e.to_string());
+                        Polled::Other => {}
+                        Polled::Failed(e) => {
+                            state.set(false, &url, &e);
                             tokio::select! {
                                 () = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
                                 () = shutdown.cancelled() => break,
@@ -393,7 +701,7 @@ impl Trigger for MqttTrigger {
                     () = shutdown.cancelled() => break,
                 }
             }
-            let _ = client.disconnect().await;
+            client.disconnect().await;
         })
     }
 }
@@ -402,11 +710,12 @@ impl Trigger for MqttTrigger {
 async fn sync(
     control: &Arc<ControlPlane>,
     routes: &RwLock<Vec<Route>>,
-    client: &AsyncClient,
-    subscribed: &mut std::collections::BTreeSet<String>,
+    client: &Client,
+    subscribed: &mut std::collections::BTreeSet<Subscription>,
     first: bool,
 ) {
-    let mut table = Vec::new();
+    let v5 = matches!(client, Client::V5(_));
+    let mut table: Vec<Route> = Vec::new();
     for d in super::deployed(control) {
         let filters = super::subscriptions(&d.deployment);
         d.route.metrics.triggers.set_sources(KIND, &filters);
@@ -423,8 +732,19 @@ async fn sync(
         ));
         for f in filters {
             d.route.metrics.triggers.set_active(KIND, &f, true);
+            let mut subscription = v5.then(|| shared(&d.key, &f));
+            // Two subscriptions whose identifiers collide (one chance in 2^28 per pair) would
+            // take each other's messages: the later one moves to a free identifier.
+            while let Some(s) = subscription.as_mut()
+                && table
+                    .iter()
+                    .any(|r| r.subscription.as_ref().is_some_and(|o| o.id == s.id))
+            {
+                s.id = s.id.map(|id| id % 0x0FFF_FFFF + 1);
+            }
             table.push(Route {
                 filter: f,
+                subscription,
                 key: d.key.clone(),
                 response: response.clone(),
                 policy: policy.clone(),
@@ -432,40 +752,56 @@ async fn sync(
             });
         }
     }
-    let wanted: std::collections::BTreeSet<String> =
-        table.iter().map(|r| r.filter.clone()).collect();
+    let wanted: std::collections::BTreeSet<Subscription> = table
+        .iter()
+        .map(|r| {
+            r.subscription.clone().unwrap_or_else(|| Subscription {
+                filter: r.filter.clone(),
+                id: None,
+            })
+        })
+        .collect();
     *routes.write().unwrap_or_else(|p| p.into_inner()) = table;
     // The client's requests are queued to the event loop, which this task also polls: use
     // try_ (never wait on a full queue here).
-    for f in wanted.difference(subscribed).cloned().collect::<Vec<_>>() {
-        match client.try_subscribe(f.clone(), QoS::AtLeastOnce) {
+    for s in wanted.difference(subscribed).cloned().collect::<Vec<_>>() {
+        match client.try_subscribe(&s) {
             Ok(()) => {
-                subscribed.insert(f);
+                subscribed.insert(s);
             }
-            Err(e) => tracing::warn!(filter = %f, error = %e, "mqtt connector: cannot subscribe"),
+            Err(e) => {
+                tracing::warn!(filter = %s.filter, error = %e, "mqtt connector: cannot subscribe")
+            }
         }
     }
     if !first {
-        for f in subscribed.difference(&wanted).cloned().collect::<Vec<_>>() {
-            let _ = client.try_unsubscribe(f.clone());
-            subscribed.remove(&f);
+        for s in subscribed.difference(&wanted).cloned().collect::<Vec<_>>() {
+            client.try_unsubscribe(&s);
+            subscribed.remove(&s);
         }
     }
 }
 
-/// One function's call for one message, with its retries; dead letters after the last.
-async fn handle(client: &AsyncClient, invoker: &Invoker, r: &Route, p: &rumqttc::Publish) {
+/// One function's call for one message, with its retries; dead letters after the last. An
+/// MQTT 5 message naming a response topic gets the final answer there, with its correlation
+/// data.
+async fn handle(client: &Client, invoker: &Invoker, r: &Route, d: &Delivery, topic: &str) {
     let Ok(_permit) = r.permits.acquire().await else {
         return;
     };
+    let properties = d.properties();
+    let mut headers = vec![
+        (super::HEADER_CONNECTOR, KIND.to_string()),
+        (super::HEADER_TOPIC, topic.to_string()),
+    ];
+    if let Some(ct) = properties.and_then(|p| p.content_type.as_ref()) {
+        headers.push(("content-type", ct.clone()));
+    }
+    let payload = d.payload();
     let mut attempt = 1;
-    loop {
+    let reply = loop {
         let at = chrono::Utc::now();
-        let headers = [
-            (super::HEADER_CONNECTOR, KIND.to_string()),
-            (super::HEADER_TOPIC, p.topic.clone()),
-        ];
-        let answer = super::call(invoker, &r.key, &headers, p.payload.clone()).await;
+        let answer = super::call(invoker, &r.key, &headers, payload.clone()).await;
         let (outcome, retry) = match &answer {
             Ok(a) => (a.outcome(), a.retryable(&r.policy.codes)),
             Err(e) => (TriggerOutcome::Failed(e.clone()), true),
@@ -476,16 +812,30 @@ async fn handle(client: &AsyncClient, invoker: &Invoker, r: &Route, p: &rumqttc:
                 .triggers
                 .record(KIND, &r.filter, rfc3339(at), outcome.clone());
         }
+        let reply = || match &answer {
+            Ok(a) => Reply {
+                status: a.status,
+                content_type: a
+                    .headers
+                    .get(http::header::CONTENT_TYPE)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string),
+                body: a.body.clone(),
+            },
+            Err(e) => Reply {
+                status: 502,
+                content_type: Some("text/plain".into()),
+                body: bytes::Bytes::from(e.clone()),
+            },
+        };
         match outcome {
             TriggerOutcome::Ok => {
                 if let (Ok(a), Some(to)) = (&answer, &r.response)
-                    && let Err(e) = client
-                        .publish_bytes(to.clone(), QoS::AtLeastOnce, false, a.body.clone())
-                        .await
+                    && let Err(e) = client.publish(to.clone(), a.body.clone(), None).await
                 {
                     tracing::warn!(function = %r.key, topic = %to, error = %e, "mqtt connector: cannot publish the response");
                 }
-                return;
+                break reply();
             }
             TriggerOutcome::Failed(_) if retry && attempt < r.policy.attempts => {
                 tokio::time::sleep(r.policy.wait(attempt, None, rand::random::<f64>())).await;
@@ -493,12 +843,19 @@ async fn handle(client: &AsyncClient, invoker: &Invoker, r: &Route, p: &rumqttc:
             }
             TriggerOutcome::Failed(why) | TriggerOutcome::Skipped(why) => {
                 let to = format!("fjord/dead/{}/{}", r.key.namespace, r.key.name);
-                tracing::warn!(function = %r.key, topic = %p.topic, reason = %why, attempts = attempt, dead_letters = %to, "mqtt connector: message dead-lettered");
-                let _ = client
-                    .publish_bytes(to, QoS::AtLeastOnce, false, p.payload.clone())
-                    .await;
-                return;
+                tracing::warn!(function = %r.key, %topic, reason = %why, attempts = attempt, dead_letters = %to, "mqtt connector: message dead-lettered");
+                let _ = client.publish(to, payload.clone(), None).await;
+                break reply();
             }
+        }
+    };
+    if let Some(to) = properties.and_then(|p| p.response_topic.clone()) {
+        let correlation = properties.and_then(|p| p.correlation_data.clone());
+        if let Err(e) = client
+            .publish(to.clone(), reply.body.clone(), Some((&reply, correlation)))
+            .await
+        {
+            tracing::warn!(function = %r.key, topic = %to, error = %e, "mqtt connector: cannot send the reply");
         }
     }
 }
@@ -532,5 +889,61 @@ mod tests {
             assert!(parse_url(bad).is_err(), "{bad}");
         }
         assert_eq!(percent_decode("a%40b"), "a@b");
+    }
+
+    #[test]
+    fn versions() {
+        assert_eq!(parse_version("3.1.1"), Ok(Version::V3_1_1));
+        assert_eq!(parse_version("5"), Ok(Version::V5));
+        let e = parse_version("6").expect_err("no MQTT 6");
+        assert!(e.contains("3.1.1 or 5"), "{e}");
+    }
+
+    #[test]
+    fn shared_subscriptions_are_per_function_and_stable() {
+        let a = FunctionKey::new("orders", None).expect("key");
+        let b = FunctionKey::new("billing", None).expect("key");
+        let sa = shared(&a, "sensors/+/temp");
+        assert_eq!(sa.filter, "$share/fjord.openfaas-fn.orders/sensors/+/temp");
+        assert_eq!(sa, shared(&a, "sensors/+/temp"), "same on every start");
+        assert_ne!(sa.id, shared(&b, "sensors/+/temp").id);
+        assert_ne!(sa.id, shared(&a, "sensors/#").id);
+        let id = sa.id.expect("an identifier");
+        assert!((1..=0x0FFF_FFFF).contains(&id), "{id}");
+    }
+
+    #[test]
+    fn v5_brokers_lacking_what_the_connector_needs_are_refused() {
+        assert!(v5_features(None).is_ok(), "absent means available");
+        let mut p = v5p::ConnAckProperties {
+            session_expiry_interval: None,
+            receive_max: None,
+            max_qos: None,
+            retain_available: None,
+            max_packet_size: None,
+            assigned_client_identifier: None,
+            topic_alias_max: None,
+            reason_string: None,
+            user_properties: Vec::new(),
+            wildcard_subscription_available: None,
+            subscription_identifiers_available: None,
+            shared_subscription_available: None,
+            server_keep_alive: None,
+            response_information: None,
+            server_reference: None,
+            authentication_method: None,
+            authentication_data: None,
+        };
+        assert!(v5_features(Some(&p)).is_ok());
+        p.shared_subscription_available = Some(0);
+        let e = v5_features(Some(&p)).expect_err("no shared subscriptions");
+        assert!(
+            e.contains("shared subscriptions") && e.contains("3.1.1"),
+            "{e}"
+        );
+        p.shared_subscription_available = Some(1);
+        p.subscription_identifiers_available = Some(0);
+        let e = v5_features(Some(&p)).expect_err("no identifiers");
+        assert!(e.contains("subscription identifiers"), "{e}");
     }
 }
