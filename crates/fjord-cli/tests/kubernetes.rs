@@ -369,6 +369,23 @@ async fn deploy_invoke_by_pod_ip_and_delete() {
         pods.contains(&answered_by(&body)),
         "answered by a pod of the function ({pods:?}): {body}"
     );
+    // Its logs come from the pods' log API, each line named by its pod (the watchdog logs
+    // every fork).
+    wait_until(
+        POD_TIMEOUT,
+        "a log line from a pod of the function",
+        async || {
+            s.logs(&format!("name={name}&tail=100"))
+                .await
+                .iter()
+                .any(|l| {
+                    l["instance"]
+                        .as_str()
+                        .is_some_and(|i| pods.iter().any(|p| p == i))
+                })
+        },
+    )
+    .await;
 
     s.remove(&name).await;
     assert!(s.get_function(&name).await.is_none(), "404 after delete");

@@ -19,6 +19,7 @@
 pub mod connect;
 pub mod crd;
 pub mod error;
+mod logs;
 pub mod names;
 pub mod objects;
 pub mod quantity;

@@ -118,6 +118,8 @@ struct Function {
     scaling: AtomicUsize,
     /// One apply at a time per function, in the order they were asked for.
     applying: tokio::sync::Mutex<()>,
+    /// Log followers of its started pods.
+    followers: crate::logs::Followers,
 }
 
 struct FunctionState {
@@ -240,14 +242,32 @@ fn replicas_i32(replicas: u64) -> i32 {
 }
 
 impl Inner {
-    fn spawn(&self, task: impl std::future::Future<Output = ()> + Send + 'static) {
+    fn spawn(
+        &self,
+        task: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> Option<tokio::task::AbortHandle> {
         if self.stopped.load(Ordering::Relaxed) {
-            return;
+            return None;
         }
         let mut tasks = lock(&self.tasks);
         // Reap finished tasks so the set holds only live ones.
         while tasks.try_join_next().is_some() {}
-        tasks.spawn_on(task, &self.tokio);
+        Some(tasks.spawn_on(task, &self.tokio))
+    }
+
+    /// Keeps one log follower per started pod of `f` (see [`crate::logs`]).
+    fn follow_logs(&self, f: &Function, pods: &[Pod]) {
+        let key = &f.handle.key;
+        f.followers.sync(pods, |pod| {
+            self.spawn(crate::logs::follow_pod(
+                self.client.clone(),
+                key.namespace.clone(),
+                // The container is named after the function (objects.rs).
+                key.name.clone(),
+                pod.to_string(),
+                f.handle.logs.clone(),
+            ))
+        });
     }
 
     fn function(&self, key: &FunctionKey) -> Option<Arc<Function>> {
@@ -470,6 +490,7 @@ impl Inner {
         slices: &[EndpointSlice],
         pods: &[Pod],
     ) {
+        self.follow_logs(f, pods);
         let h = &f.handle;
         let mut st = lock(&f.state);
         let Some(deployment) = deployment else {
@@ -847,6 +868,7 @@ impl Runtime for KubeRuntime {
                         }),
                         scaling: AtomicUsize::new(0),
                         applying: tokio::sync::Mutex::new(()),
+                        followers: crate::logs::Followers::default(),
                     })
                 })
                 .clone();
@@ -919,6 +941,7 @@ impl Runtime for KubeRuntime {
             // Kept known until the objects are gone, so a failed remove can be retried.
             inner.delete_objects(key).await?;
             lock(&inner.functions).remove(key);
+            f.followers.stop_all();
             let h = &f.handle;
             h.set_desired(0);
             let mut st = lock(&f.state);

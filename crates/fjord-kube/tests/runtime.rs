@@ -70,6 +70,8 @@ struct State {
     generations: HashMap<String, i64>,
     resource_version: u64,
     recorded: Vec<Recorded>,
+    /// Open log streams per pod name.
+    logs: HashMap<String, Vec<mpsc::UnboundedSender<Bytes>>>,
 }
 
 #[derive(Clone)]
@@ -94,6 +96,16 @@ fn full(code: u16, v: &Value) -> Response<MockBody> {
     let mut r = Response::new(body);
     *r.status_mut() = http::StatusCode::from_u16(code).expect("a status code");
     r
+}
+
+/// A response body streaming what is sent on `rx` until its senders are gone.
+fn streamed(rx: mpsc::UnboundedReceiver<Bytes>) -> MockBody {
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv()
+            .await
+            .map(|b| (Ok::<_, BoxError>(Frame::data(b)), rx))
+    });
+    StreamBody::new(stream).boxed_unsync()
 }
 
 fn list_kind(collection: &str) -> &'static str {
@@ -166,17 +178,23 @@ impl FakeApi {
         st.resource_version += 1;
         let rv = st.resource_version.to_string();
         if rec.method == Method::GET
+            && let Some(pod) = rec
+                .path
+                .strip_prefix(PODS)
+                .and_then(|p| p.strip_prefix('/'))
+                .and_then(|p| p.strip_suffix("/log"))
+        {
+            let (tx, rx) = mpsc::unbounded_channel::<Bytes>();
+            st.logs.entry(pod.to_string()).or_default().push(tx);
+            return Response::new(streamed(rx));
+        }
+        if rec.method == Method::GET
             && let Some(collection) = collection_of(&rec.path)
         {
             if rec.is_watch() {
                 let (tx, rx) = mpsc::unbounded_channel::<Bytes>();
                 st.watches.entry(collection).or_default().push(tx);
-                let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-                    rx.recv()
-                        .await
-                        .map(|b| (Ok::<_, BoxError>(Frame::data(b)), rx))
-                });
-                return Response::new(StreamBody::new(stream).boxed_unsync());
+                return Response::new(streamed(rx));
             }
             let items = st.lists.get(collection).cloned().unwrap_or_default();
             return full(
@@ -237,6 +255,27 @@ impl FakeApi {
         let senders = st.watches.entry(collection).or_default();
         senders.retain(|tx| tx.send(Bytes::from(line.clone())).is_ok());
         assert!(!senders.is_empty(), "no open watch on {collection}");
+    }
+
+    /// Writes `line` to every open log stream of `pod`; false when none is open.
+    fn log(&self, pod: &str, line: &str) -> bool {
+        let mut st = self.lock();
+        let senders = st.logs.entry(pod.to_string()).or_default();
+        senders.retain(|tx| tx.send(Bytes::from(format!("{line}\n"))).is_ok());
+        !senders.is_empty()
+    }
+
+    /// Ends the open log streams of `pod` (as an API server closing the connection).
+    fn end_logs(&self, pod: &str) {
+        self.lock().logs.remove(pod);
+    }
+
+    /// Whether a reader still holds a log stream of `pod` open.
+    fn log_followed(&self, pod: &str) -> bool {
+        let mut st = self.lock();
+        let senders = st.logs.entry(pod.to_string()).or_default();
+        senders.retain(|tx| !tx.is_closed());
+        !senders.is_empty()
     }
 
     fn recorded(&self) -> Vec<Recorded> {
@@ -356,6 +395,21 @@ fn cluster_pod(function: &str, name: &str, waiting_reason: &str, message: &str) 
         "status": { "containerStatuses": [{
             "name": function, "image": "x", "imageID": "", "ready": false, "restartCount": 3,
             "state": { "waiting": { "reason": waiting_reason, "message": message } },
+        }]},
+    })
+}
+
+/// A function pod whose container runs.
+fn running_pod(function: &str, name: &str, uid: &str) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {
+            "name": name, "namespace": NS, "uid": uid, "resourceVersion": "1",
+            "labels": { "faas_function": function },
+        },
+        "status": { "containerStatuses": [{
+            "name": function, "image": "x", "imageID": "", "ready": true, "restartCount": 0,
+            "state": { "running": { "startedAt": "2026-12-03T09:00:00Z" } },
         }]},
     })
 }
@@ -1184,4 +1238,111 @@ current-context: x
     assert_eq!(client.default_namespace(), NS);
     let rt = KubeRuntime::new(client, KubeRuntimeConfig::default()).expect("a runtime");
     assert_eq!(rt.name(), "kubernetes");
+}
+
+/// The function's log lines from `pod`, as `/system/logs` reads them.
+fn pod_lines(h: &FunctionHandle, pod: &str) -> Vec<String> {
+    h.logs
+        .snapshot(None, None)
+        .iter()
+        .filter(|e| &*e.instance == pod)
+        .map(|e| e.text.trim_end().to_string())
+        .collect()
+}
+
+async fn until_lines(h: &FunctionHandle, pod: &str, want: &[&str]) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while pod_lines(h, pod) != want {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{pod}'s lines: {:?}, want {want:?}",
+            pod_lines(h, pod)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn until_not_followed(api: &FakeApi, pod: &str) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while api.log_followed(pod) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{pod}'s log is still followed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn pod_logs_are_followed_per_pod_resumed_where_they_ended_and_stopped_with_the_pod() {
+    let (rt, api) = runtime();
+    let h = serving_v1(&rt, &api).await;
+    let log_path = |pod: &str| format!("{PODS}/{pod}/log");
+    api.push(PODS, "ADDED", running_pod("hello", "hello-a", "ua"));
+    let first = api
+        .wait_for("hello-a's log stream", 1, |r| r.path == log_path("hello-a"))
+        .await;
+    assert!(
+        query(&[
+            "container=hello",
+            "follow=true",
+            "timestamps=true",
+            "tailLines=1000"
+        ])
+        .is_subset(&first[0].query),
+        "{:?}",
+        first[0].query
+    );
+    assert!(api.log("hello-a", "2026-12-03T09:00:01.000000001Z first"));
+    assert!(api.log("hello-a", "2026-12-03T09:00:01.5Z second"));
+    until_lines(&h, "hello-a", &["first", "second"]).await;
+    let stamp = h.logs.snapshot(None, None)[0].timestamp;
+    assert_eq!(
+        stamp,
+        std::time::UNIX_EPOCH + Duration::new(1_796_288_401, 1),
+        "the kubelet's time, not the time fjord read it"
+    );
+
+    // A second pod: its lines merge into the function's, named by pod.
+    api.push(PODS, "ADDED", running_pod("hello", "hello-b", "ub"));
+    api.wait_for("hello-b's log stream", 1, |r| r.path == log_path("hello-b"))
+        .await;
+    assert!(api.log("hello-b", "2026-12-03T09:00:02Z from b"));
+    until_lines(&h, "hello-b", &["from b"]).await;
+
+    // The API server ends hello-a's stream: it is opened again from the last line's second,
+    // and lines already read are not repeated.
+    api.end_logs("hello-a");
+    let again = api
+        .wait_for("hello-a's stream reopened", 2, |r| {
+            r.path == log_path("hello-a")
+        })
+        .await;
+    let since: Vec<&String> = again[1]
+        .query
+        .iter()
+        .filter(|q| q.starts_with("sinceTime="))
+        .collect();
+    assert_eq!(since.len(), 1, "{:?}", again[1].query);
+    assert!(
+        since[0].contains("2026-12-03T09") && since[0].ends_with("01Z"),
+        "{since:?}"
+    );
+    assert!(
+        !again[1].query.iter().any(|q| q.starts_with("tailLines")),
+        "{:?}",
+        again[1].query
+    );
+    assert!(api.log("hello-a", "2026-12-03T09:00:01.000000001Z first"));
+    assert!(api.log("hello-a", "2026-12-03T09:00:01.5Z second"));
+    assert!(api.log("hello-a", "2026-12-03T09:00:03Z third"));
+    until_lines(&h, "hello-a", &["first", "second", "third"]).await;
+
+    // hello-b goes: its follower stops. Removing the function stops hello-a's.
+    api.push(PODS, "DELETED", running_pod("hello", "hello-b", "ub"));
+    until_not_followed(&api, "hello-b").await;
+    assert!(api.log_followed("hello-a"));
+    rt.remove(&h.key).await.expect("remove");
+    until_not_followed(&api, "hello-a").await;
+    rt.shutdown().await;
 }

@@ -118,6 +118,11 @@ impl LogBook {
 
     /// Records one line (a trailing newline is added when missing).
     pub fn push(&self, instance: &Arc<str>, text: &str) {
+        self.push_at(instance, text, SystemTime::now());
+    }
+
+    /// Records one line written at `timestamp` (a pod's line, timed by its kubelet).
+    pub fn push_at(&self, instance: &Arc<str>, text: &str, timestamp: SystemTime) {
         let mut text = if text.len() > MAX_LINE_BYTES {
             let mut cut = MAX_LINE_BYTES;
             while !text.is_char_boundary(cut) {
@@ -133,7 +138,7 @@ impl LogBook {
         let mut ring = self.ring.lock().unwrap_or_else(|p| p.into_inner());
         let entry = Arc::new(LogEntry {
             seq: ring.next_seq,
-            timestamp: SystemTime::now(),
+            timestamp,
             instance: instance.clone(),
             text,
         });
