@@ -363,7 +363,7 @@ impl Answer {
 pub(crate) async fn call(
     invoker: &Invoker,
     key: &FunctionKey,
-    headers: &[(&'static str, String)],
+    headers: &[(impl AsRef<str>, String)],
     body: Bytes,
 ) -> Result<Answer, String> {
     let route = invoker
@@ -385,7 +385,7 @@ pub(crate) async fn call(
     }
     let mut req = axum::http::Request::builder().method("POST").uri("/");
     for (k, v) in headers {
-        req = req.header(*k, v.as_str());
+        req = req.header(k.as_ref(), v.as_str());
     }
     let req = req
         .body(axum::body::Body::from(body))

@@ -782,6 +782,32 @@ async fn sync(
     }
 }
 
+/// Whether an MQTT 5 user property becomes a request header of the call: a valid header
+/// name and value, other than the headers fjord sets or that describe the connection.
+fn passes_as_header(name: &str, value: &str) -> bool {
+    const FJORD_SETS: [&str; 12] = [
+        "host",
+        "content-length",
+        "content-type",
+        "transfer-encoding",
+        "connection",
+        "keep-alive",
+        "te",
+        "trailer",
+        "upgrade",
+        super::HEADER_CONNECTOR,
+        super::HEADER_TOPIC,
+        "x-start-time",
+    ];
+    let Ok(header) = http::HeaderName::from_bytes(name.as_bytes()) else {
+        return false;
+    };
+    http::HeaderValue::from_str(value).is_ok()
+        && !FJORD_SETS.contains(&header.as_str())
+        && !header.as_str().starts_with("x-forwarded-")
+        && !header.as_str().starts_with("proxy-")
+}
+
 /// One function's call for one message, with its retries; dead letters after the last. An
 /// MQTT 5 message naming a response topic gets the final answer there, with its correlation
 /// data.
@@ -790,12 +816,19 @@ async fn handle(client: &Client, invoker: &Invoker, r: &Route, d: &Delivery, top
         return;
     };
     let properties = d.properties();
-    let mut headers = vec![
-        (super::HEADER_CONNECTOR, KIND.to_string()),
-        (super::HEADER_TOPIC, topic.to_string()),
+    let mut headers: Vec<(std::borrow::Cow<'static, str>, String)> = vec![
+        (super::HEADER_CONNECTOR.into(), KIND.to_string()),
+        (super::HEADER_TOPIC.into(), topic.to_string()),
     ];
-    if let Some(ct) = properties.and_then(|p| p.content_type.as_ref()) {
-        headers.push(("content-type", ct.clone()));
+    if let Some(p) = properties {
+        if let Some(ct) = &p.content_type {
+            headers.push(("content-type".into(), ct.clone()));
+        }
+        for (name, value) in &p.user_properties {
+            if passes_as_header(name, value) {
+                headers.push((name.clone().into(), value.clone()));
+            }
+        }
     }
     let payload = d.payload();
     let mut attempt = 1;
@@ -889,6 +922,25 @@ mod tests {
             assert!(parse_url(bad).is_err(), "{bad}");
         }
         assert_eq!(percent_decode("a%40b"), "a@b");
+    }
+
+    #[test]
+    fn user_properties_pass_as_headers_unless_fjord_sets_them() {
+        assert!(passes_as_header("X-Tenant", "acme"));
+        assert!(passes_as_header("traceparent", "00-abc-def-01"));
+        // As an HTTP caller's: the call's id, passed on and answered.
+        assert!(passes_as_header("X-Call-Id", "mine"));
+        for (name, value) in [
+            ("X-Topic", "forged"),
+            ("content-length", "1"),
+            ("Host", "elsewhere"),
+            ("X-Forwarded-For", "10.0.0.1"),
+            ("X-Start-Time", "1"),
+            ("bad name", "x"),
+            ("x-ok", "line\nbreak"),
+        ] {
+            assert!(!passes_as_header(name, value), "{name}: {value}");
+        }
     }
 
     #[test]
