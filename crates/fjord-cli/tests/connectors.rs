@@ -1007,6 +1007,15 @@ async fn mqtts_with_a_private_ca_and_a_client_certificate() {
     }
 }
 
+/// Waits for a test client's `n` SUBACKs (its event loop sends one per SUBACK).
+async fn subscribed(subacked: &mut tokio::sync::mpsc::UnboundedReceiver<()>, n: usize) {
+    for _ in 0..n {
+        tokio::time::timeout(Duration::from_secs(10), subacked.recv())
+            .await
+            .expect("subscribed in time");
+    }
+}
+
 /// A test MQTT client: publishes QoS 1, and forwards what it receives on `topics`.
 async fn mqtt_client(
     port: u16,
@@ -1042,11 +1051,7 @@ async fn mqtt_client(
             }
         }
     });
-    for _ in topics {
-        tokio::time::timeout(Duration::from_secs(10), subacked.recv())
-            .await
-            .expect("subscribed in time");
-    }
+    subscribed(&mut subacked, topics.len()).await;
     (client, rx)
 }
 
@@ -1249,11 +1254,7 @@ async fn mqtt5_client(
             }
         }
     });
-    for _ in topics {
-        tokio::time::timeout(Duration::from_secs(10), subacked.recv())
-            .await
-            .expect("subscribed in time");
-    }
+    subscribed(&mut subacked, topics.len()).await;
     (client, rx)
 }
 

@@ -8,8 +8,8 @@
 //! closed the connection) is opened again with `sinceTime` at the last line's second, and
 //! lines up to the last one seen are skipped. A pod's first stream takes its last
 //! [`FIRST_TAIL`] lines, so a gateway started beside long-running pods does not read their
-//! whole history. Followers stop when their pod goes, is replaced (new uid) or the function
-//! is removed.
+//! whole history. Followers stop when their pod leaves the store (not when it starts
+//! terminating: its drain lines still come), is replaced (new uid) or the function is removed.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -53,7 +53,8 @@ impl Followers {
     ) {
         let live: HashMap<&str, &str> = pods
             .iter()
-            .filter(|p| started(p) && p.metadata.deletion_timestamp.is_none())
+            // Terminating pods too: their last lines (draining, exit) are worth having.
+            .filter(|p| started(p))
             .filter_map(|p| {
                 Some((
                     p.metadata.name.as_deref()?,

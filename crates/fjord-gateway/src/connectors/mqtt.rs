@@ -1,7 +1,8 @@
 //! The MQTT connector (`fjord serve --mqtt mqtt://…`, or `mqtts://…` over TLS): MQTT 3.1.1,
 //! or 5 with `--mqtt-version 5`, through `rumqttc`. Each function's `topic` entries are
-//! topic filters (`+` and `#` wildcards) subscribed with QoS 1 on one connection per server, whose session is persistent (`clean_session = false`, a
-//! client id fixed by the data dir): messages published while fjord is down are kept by the
+//! topic filters (`+` and `#` wildcards) subscribed with QoS 1 on one connection per server,
+//! whose session is persistent (`clean_session = false`, a client id fixed by the data dir):
+//! messages published while fjord is down are kept by the
 //! broker and delivered when it is back. Each message runs every function whose filter
 //! matches, with the payload as the body (`X-Connector: mqtt`, `X-Topic: <topic>`), and is
 //! acknowledged (PUBACK) only once those calls are done: after a 2xx, or after the retry
@@ -263,7 +264,9 @@ enum Delivery {
 
 /// What one poll of the event loop brought that the connector acts on.
 enum Polled {
-    ConnAck,
+    /// The broker accepted the connection; `Err` when an MQTT 5 broker lacks what the
+    /// connector relies on.
+    ConnAck(Result<(), String>),
     Publish(Delivery),
     Other,
     Failed(String),
@@ -277,11 +280,11 @@ struct Subscription {
     id: Option<usize>,
 }
 
-/// The answer sent to an MQTT 5 message's response topic.
+/// What an answer sent to an MQTT 5 message's response topic carries besides its body.
 struct Reply {
     status: u16,
     content_type: Option<String>,
-    body: bytes::Bytes,
+    correlation: Option<bytes::Bytes>,
 }
 
 impl Client {
@@ -303,15 +306,12 @@ impl Client {
         }
     }
 
+    /// Best effort: a subscription left behind only costs messages nobody runs.
     fn try_unsubscribe(&self, s: &Subscription) {
-        let _ = match self {
-            Client::V3(c) => c
-                .try_unsubscribe(s.filter.clone())
-                .map_err(|e| e.to_string()),
-            Client::V5(c) => c
-                .try_unsubscribe(s.filter.clone())
-                .map_err(|e| e.to_string()),
-        };
+        match self {
+            Client::V3(c) => drop(c.try_unsubscribe(s.filter.clone())),
+            Client::V5(c) => drop(c.try_unsubscribe(s.filter.clone())),
+        }
     }
 
     /// Publishes QoS 1; MQTT 5 replies carry the request's correlation data, the status (user
@@ -320,7 +320,7 @@ impl Client {
         &self,
         topic: String,
         payload: bytes::Bytes,
-        reply: Option<(&Reply, Option<bytes::Bytes>)>,
+        reply: Option<Reply>,
     ) -> Result<(), String> {
         match self {
             Client::V3(c) => c
@@ -329,9 +329,9 @@ impl Client {
                 .map_err(|e| e.to_string()),
             Client::V5(c) => {
                 let properties = match reply {
-                    Some((r, correlation)) => v5p::PublishProperties {
-                        correlation_data: correlation,
-                        content_type: r.content_type.clone(),
+                    Some(r) => v5p::PublishProperties {
+                        correlation_data: r.correlation,
+                        content_type: r.content_type,
                         user_properties: vec![("fjord-status".into(), r.status.to_string())],
                         ..Default::default()
                     },
@@ -359,10 +359,10 @@ impl Client {
     }
 
     async fn disconnect(&self) {
-        let _ = match self {
-            Client::V3(c) => c.disconnect().await.map_err(|e| e.to_string()),
-            Client::V5(c) => c.disconnect().await.map_err(|e| e.to_string()),
-        };
+        match self {
+            Client::V3(c) => drop(c.disconnect().await),
+            Client::V5(c) => drop(c.disconnect().await),
+        }
     }
 }
 
@@ -370,7 +370,7 @@ impl Events {
     async fn poll(&mut self) -> Polled {
         match self {
             Events::V3(e) => match e.poll().await {
-                Ok(Event::Incoming(Packet::ConnAck(_))) => Polled::ConnAck,
+                Ok(Event::Incoming(Packet::ConnAck(_))) => Polled::ConnAck(Ok(())),
                 Ok(Event::Incoming(Packet::Publish(p))) => Polled::Publish(Delivery::V3(p)),
                 Ok(Event::Incoming(Packet::SubAck(a))) => {
                     if a.return_codes
@@ -385,7 +385,9 @@ impl Events {
                 Err(e) => Polled::Failed(e.to_string()),
             },
             Events::V5(e) => match e.poll().await {
-                Ok(v5::Event::Incoming(v5p::Packet::ConnAck(_))) => Polled::ConnAck,
+                Ok(v5::Event::Incoming(v5p::Packet::ConnAck(ack))) => {
+                    Polled::ConnAck(v5_features(ack.properties.as_ref()))
+                }
                 Ok(v5::Event::Incoming(v5p::Packet::Publish(p))) => {
                     Polled::Publish(Delivery::V5(Box::new(p)))
                 }
@@ -513,19 +515,10 @@ pub async fn connect(
     };
     let first = tokio::time::timeout(std::time::Duration::from_secs(10), async {
         loop {
-            match &mut events {
-                Events::V3(e) => match e.poll().await {
-                    Ok(Event::Incoming(Packet::ConnAck(_))) => return Ok(()),
-                    Ok(_) => {}
-                    Err(e) => return Err(e.to_string()),
-                },
-                Events::V5(e) => match e.poll().await {
-                    Ok(v5::Event::Incoming(v5p::Packet::ConnAck(ack))) => {
-                        return v5_features(ack.properties.as_ref());
-                    }
-                    Ok(_) => {}
-                    Err(e) => return Err(e.to_string()),
-                },
+            match events.poll().await {
+                Polled::ConnAck(r) => return r,
+                Polled::Failed(e) => return Err(e),
+                Polled::Publish(_) | Polled::Other => {}
             }
         }
     })
@@ -605,8 +598,9 @@ fn percent_decode(s: &str) -> String {
 #[derive(Clone)]
 struct Route {
     filter: String,
-    /// MQTT 5: the function's own (shared) subscription; messages carry its identifier.
-    subscription: Option<Subscription>,
+    /// What is asked of the broker: the filter itself (3.1.1), or the function's own shared
+    /// subscription with an identifier that messages carry (MQTT 5).
+    subscription: Subscription,
     key: FunctionKey,
     response: Option<String>,
     policy: fjord_core::policy::RetryPolicy,
@@ -618,7 +612,7 @@ impl Route {
     /// Whether this route takes `d`: MQTT 5 by the subscription identifiers the broker
     /// delivered it for (each shared subscription gets its own copy), 3.1.1 by the filter.
     fn takes(&self, d: &Delivery, topic: &str) -> bool {
-        match self.subscription.as_ref().and_then(|s| s.id) {
+        match self.subscription.id {
             Some(id) => d.subscription_ids().contains(&id),
             None => matches(&self.filter, topic),
         }
@@ -660,7 +654,10 @@ impl Trigger for MqttTrigger {
                         sync(&self.control, &routes, &client, &mut subscribed, false).await;
                     }
                     ev = events.poll() => match ev {
-                        Polled::ConnAck => {
+                        Polled::ConnAck(r) => {
+                            if let Err(e) = r {
+                                tracing::warn!(url = %url, error = %e, "mqtt connector: the broker changed since fjord started");
+                            }
                             state.set(true, &url, "");
                             // The session keeps them; subscribing again is harmless.
                             for s in &subscribed {
@@ -668,16 +665,24 @@ impl Trigger for MqttTrigger {
                             }
                         }
                         Polled::Publish(d) => {
-                            let topic = d.topic().into_owned();
-                            let matching: Vec<Route> = routes
-                                .read()
-                                .unwrap_or_else(|p| p.into_inner())
-                                .iter()
-                                .filter(|r| r.takes(&d, &topic))
-                                .cloned()
-                                .collect();
+                            let matching: Vec<Route> = {
+                                let topic = d.topic();
+                                routes
+                                    .read()
+                                    .unwrap_or_else(|p| p.into_inner())
+                                    .iter()
+                                    .filter(|r| r.takes(&d, &topic))
+                                    .cloned()
+                                    .collect()
+                            };
+                            if matching.is_empty() {
+                                // A subscription the session kept for a function deleted while
+                                // fjord was away: acked, nobody runs it.
+                                tracing::debug!(topic = %d.topic(), "mqtt connector: a message no function subscribes to; acknowledged");
+                            }
                             let (client, invoker) = (client.clone(), invoker.clone());
                             tokio::spawn(async move {
+                                let topic = d.topic();
                                 let calls = matching
                                     .iter()
                                     .map(|r| handle(&client, &invoker, r, &d, &topic));
@@ -732,15 +737,20 @@ async fn sync(
         ));
         for f in filters {
             d.route.metrics.triggers.set_active(KIND, &f, true);
-            let mut subscription = v5.then(|| shared(&d.key, &f));
+            let mut subscription = if v5 {
+                shared(&d.key, &f)
+            } else {
+                Subscription {
+                    filter: f.clone(),
+                    id: None,
+                }
+            };
             // Two subscriptions whose identifiers collide (one chance in 2^28 per pair) would
             // take each other's messages: the later one moves to a free identifier.
-            while let Some(s) = subscription.as_mut()
-                && table
-                    .iter()
-                    .any(|r| r.subscription.as_ref().is_some_and(|o| o.id == s.id))
+            while subscription.id.is_some()
+                && table.iter().any(|r| r.subscription.id == subscription.id)
             {
-                s.id = s.id.map(|id| id % 0x0FFF_FFFF + 1);
+                subscription.id = subscription.id.map(|id| id % 0x0FFF_FFFF + 1);
             }
             table.push(Route {
                 filter: f,
@@ -752,15 +762,8 @@ async fn sync(
             });
         }
     }
-    let wanted: std::collections::BTreeSet<Subscription> = table
-        .iter()
-        .map(|r| {
-            r.subscription.clone().unwrap_or_else(|| Subscription {
-                filter: r.filter.clone(),
-                id: None,
-            })
-        })
-        .collect();
+    let wanted: std::collections::BTreeSet<Subscription> =
+        table.iter().map(|r| r.subscription.clone()).collect();
     *routes.write().unwrap_or_else(|p| p.into_inner()) = table;
     // The client's requests are queued to the event loop, which this task also polls: use
     // try_ (never wait on a full queue here).
@@ -832,7 +835,7 @@ async fn handle(client: &Client, invoker: &Invoker, r: &Route, d: &Delivery, top
     }
     let payload = d.payload();
     let mut attempt = 1;
-    let reply = loop {
+    let answer = loop {
         let at = chrono::Utc::now();
         let answer = super::call(invoker, &r.key, &headers, payload.clone()).await;
         let (outcome, retry) = match &answer {
@@ -845,22 +848,6 @@ async fn handle(client: &Client, invoker: &Invoker, r: &Route, d: &Delivery, top
                 .triggers
                 .record(KIND, &r.filter, rfc3339(at), outcome.clone());
         }
-        let reply = || match &answer {
-            Ok(a) => Reply {
-                status: a.status,
-                content_type: a
-                    .headers
-                    .get(http::header::CONTENT_TYPE)
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_string),
-                body: a.body.clone(),
-            },
-            Err(e) => Reply {
-                status: 502,
-                content_type: Some("text/plain".into()),
-                body: bytes::Bytes::from(e.clone()),
-            },
-        };
         match outcome {
             TriggerOutcome::Ok => {
                 if let (Ok(a), Some(to)) = (&answer, &r.response)
@@ -868,7 +855,7 @@ async fn handle(client: &Client, invoker: &Invoker, r: &Route, d: &Delivery, top
                 {
                     tracing::warn!(function = %r.key, topic = %to, error = %e, "mqtt connector: cannot publish the response");
                 }
-                break reply();
+                break answer;
             }
             TriggerOutcome::Failed(_) if retry && attempt < r.policy.attempts => {
                 tokio::time::sleep(r.policy.wait(attempt, None, rand::random::<f64>())).await;
@@ -878,16 +865,34 @@ async fn handle(client: &Client, invoker: &Invoker, r: &Route, d: &Delivery, top
                 let to = format!("fjord/dead/{}/{}", r.key.namespace, r.key.name);
                 tracing::warn!(function = %r.key, %topic, reason = %why, attempts = attempt, dead_letters = %to, "mqtt connector: message dead-lettered");
                 let _ = client.publish(to, payload.clone(), None).await;
-                break reply();
+                break answer;
             }
         }
     };
-    if let Some(to) = properties.and_then(|p| p.response_topic.clone()) {
-        let correlation = properties.and_then(|p| p.correlation_data.clone());
-        if let Err(e) = client
-            .publish(to.clone(), reply.body.clone(), Some((&reply, correlation)))
-            .await
-        {
+    if let Some(p) = properties
+        && let Some(to) = &p.response_topic
+    {
+        let (status, content_type, body) = match &answer {
+            Ok(a) => (
+                a.status,
+                a.headers
+                    .get(http::header::CONTENT_TYPE)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string),
+                a.body.clone(),
+            ),
+            Err(e) => (
+                502,
+                Some("text/plain".into()),
+                bytes::Bytes::from(e.clone()),
+            ),
+        };
+        let reply = Reply {
+            status,
+            content_type,
+            correlation: p.correlation_data.clone(),
+        };
+        if let Err(e) = client.publish(to.clone(), body, Some(reply)).await {
             tracing::warn!(function = %r.key, topic = %to, error = %e, "mqtt connector: cannot send the reply");
         }
     }
