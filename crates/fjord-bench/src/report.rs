@@ -270,7 +270,12 @@ reply. MQTT: a QoS 1 publish to the function's topic, the stamp read from the fu
 published to `com.fjord.topic.response` (a topic the bench subscribes to).\n\
 - **Messages/s**: 10 messages in flight (NATS: 10 requesters; MQTT: 10 outstanding QoS 1 publishes, \
 `com.openfaas.queue.max_inflight: 10`), for the run's duration, counted when the function's answer comes \
-back; baseline: the same function called over HTTP through fjord at c=10 in the same run.\n\
+back; baseline: the same function called over HTTP through fjord at c=10 in the same run. The second row \
+puts the same figure against the broker alone, measured right before with the same load: an instant \
+responder in the bench (NATS: a queue subscriber replying with the payload; MQTT: a client republishing \
+each QoS 1 message at QoS 1, as the connector does), no fjord, no function. The broker is a third process \
+on the same cores and every message crosses it twice, so its own round trip bounds what a connector can \
+reach.\n\
 - **Cron jitter**: 10 functions on the schedule `* * * * * *` (every second) for ~11 s; each run's lateness \
 = the function's start stamp − the run's `X-Scheduled-Time`, read from the function's log lines; the first \
 100 runs.\n";

@@ -1,12 +1,14 @@
 //! Event connectors (`--only connectors`, and the last step of a full run): message →
 //! function start latency at low load through NATS core and MQTT, messages per second through
-//! each against the same function called over HTTP at the same concurrency in the same run,
+//! each against the same function called over HTTP at the same concurrency in the same run
+//! and against the broker's own round trip (an instant responder in the bench, no fjord),
 //! and the cron connector's lateness over 100 runs. The bench function answers a connector's
 //! call with its start stamp and logs each cron run (see `function.rs`).
 
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
+use futures_util::StreamExt as _;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde_json::json;
 
@@ -22,6 +24,10 @@ pub const SCENARIO_PREFIX: &str = "event connectors";
 
 const NATS_FUNCTION: &str = "bench-topic";
 const SUBJECT: &str = "bench.in";
+/// The broker-alone baselines: an instant responder in the bench answers on these.
+const BARE_SUBJECT: &str = "bench.bare";
+const MQTT_BARE_IN: &str = "bench/bare-in";
+const MQTT_BARE_OUT: &str = "bench/bare-out";
 const MQTT_FUNCTION: &str = "bench-mqtt";
 const MQTT_IN: &str = "bench/in";
 const MQTT_OUT: &str = "bench/out";
@@ -103,15 +109,38 @@ async fn nats_figures(
     }
     push_latency(b, &scenario, &mut lat, 1000.0);
 
-    // Sustained rate: IN_FLIGHT requesters.
+    // Sustained rate: the broker alone first (an instant responder here), then the function.
+    let responder = client.clone();
+    let mut bare = client.queue_subscribe(BARE_SUBJECT, "bare".into()).await?;
+    let echo = tokio::spawn(async move {
+        while let Some(m) = bare.next().await {
+            if let Some(reply) = m.reply {
+                let _ = responder.publish(reply, m.payload).await;
+            }
+        }
+    });
+    client.flush().await?;
+    let broker = nats_rate(&client, BARE_SUBJECT, dur).await?;
+    echo.abort();
+    let rate = nats_rate(&client, SUBJECT, dur).await?;
+    push_rate(b, &scenario, "request → reply", rate, http_rps, broker);
+    Ok(())
+}
+
+/// Messages/s of IN_FLIGHT requesters on `subject` for `dur`.
+async fn nats_rate(
+    client: &async_nats::Client,
+    subject: &str,
+    dur: Duration,
+) -> anyhow::Result<f64> {
     let deadline = Instant::now() + dur;
     let mut tasks = Vec::new();
     for _ in 0..IN_FLIGHT {
-        let client = client.clone();
+        let (client, subject) = (client.clone(), subject.to_string());
         tasks.push(tokio::spawn(async move {
             let mut done = 0u64;
             while Instant::now() < deadline {
-                client.request(SUBJECT, "hello".into()).await?;
+                client.request(subject.clone(), "hello".into()).await?;
                 done += 1;
             }
             anyhow::Ok(done)
@@ -121,8 +150,7 @@ async fn nats_figures(
     for t in tasks {
         total += t.await??;
     }
-    push_rate(b, &scenario, "request → reply", total, dur, http_rps);
-    Ok(())
+    Ok(total as f64 / dur.as_secs_f64())
 }
 
 async fn mqtt_figures(
@@ -144,6 +172,8 @@ async fn mqtt_figures(
     // The function's answers (its start stamps), as they come back on the response topic.
     // None: an answer that is not a stamp (the function failed): never counted as one.
     let (tx, mut answers) = tokio::sync::mpsc::unbounded_channel::<Option<u64>>();
+    // The broker-alone baseline's answers (the echo client's).
+    let (bare_tx, mut bare_answers) = tokio::sync::mpsc::unbounded_channel::<Option<u64>>();
     let poller = tokio::spawn(async move {
         loop {
             match events.poll().await {
@@ -152,6 +182,11 @@ async fn mqtt_figures(
                         .ok()
                         .and_then(|s| s.trim().parse().ok());
                     if tx.send(stamp).is_err() {
+                        return;
+                    }
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) if p.topic == MQTT_BARE_OUT => {
+                    if bare_tx.send(None).is_err() {
                         return;
                     }
                 }
@@ -164,6 +199,7 @@ async fn mqtt_figures(
         }
     });
     client.subscribe(MQTT_OUT, QoS::AtLeastOnce).await?;
+    client.subscribe(MQTT_BARE_OUT, QoS::AtLeastOnce).await?;
     // Subscribed (both ends) once a message gets an answer.
     let t0 = Instant::now();
     loop {
@@ -200,33 +236,94 @@ async fn mqtt_figures(
     }
     push_latency(b, &scenario, &mut lat, f64::INFINITY);
 
-    // Sustained rate: IN_FLIGHT messages outstanding, one more published per answer.
+    // Sustained rate: the broker alone first (an echo client here: QoS 1 in, QoS 1 out, as
+    // the connector), then the function.
+    let echo = mqtt_echo(mosquitto.port).await?;
+    let broker = mqtt_rate(&client, MQTT_BARE_IN, &mut bare_answers, false, dur)
+        .await
+        .context("the broker-alone baseline")?;
+    echo.abort();
+    let rate = mqtt_rate(&client, MQTT_IN, &mut answers, true, dur).await?;
+    push_rate(b, &scenario, "publish → answer", rate, http_rps, broker);
+    let _ = client.disconnect().await;
+    poller.abort();
+    Ok(())
+}
+
+/// Messages/s for `dur` with IN_FLIGHT QoS 1 messages to `topic` outstanding, one more
+/// published per answer (`stamped`: each answer must be a start stamp).
+async fn mqtt_rate(
+    client: &AsyncClient,
+    topic: &str,
+    answers: &mut tokio::sync::mpsc::UnboundedReceiver<Option<u64>>,
+    stamped: bool,
+    dur: Duration,
+) -> anyhow::Result<f64> {
     let deadline = Instant::now() + dur;
     for _ in 0..IN_FLIGHT {
         client
-            .publish(MQTT_IN, QoS::AtLeastOnce, false, "hello")
+            .publish(topic, QoS::AtLeastOnce, false, "hello")
             .await?;
     }
     let mut total = 0u64;
     while Instant::now() < deadline {
-        tokio::time::timeout(Duration::from_secs(10), answers.recv())
+        let answer = tokio::time::timeout(Duration::from_secs(10), answers.recv())
             .await
-            .context("the MQTT connector stopped answering under load")?
-            .context("the MQTT client stopped")?
-            .context("an answer without a start stamp under load")?;
+            .context("no answers under load for 10 s")?
+            .context("the MQTT client stopped")?;
+        ensure!(
+            !stamped || answer.is_some(),
+            "an answer without a start stamp under load"
+        );
         total += 1;
         client
-            .publish(MQTT_IN, QoS::AtLeastOnce, false, "hello")
+            .publish(topic, QoS::AtLeastOnce, false, "hello")
             .await?;
     }
-    push_rate(b, &scenario, "publish → answer", total, dur, http_rps);
-    // The last ones in flight are answered before the gateway stops.
+    // The last ones in flight are answered before the next measurement.
     for _ in 0..IN_FLIGHT {
         let _ = tokio::time::timeout(Duration::from_secs(5), answers.recv()).await;
     }
-    let _ = client.disconnect().await;
-    poller.abort();
-    Ok(())
+    Ok(total as f64 / dur.as_secs_f64())
+}
+
+/// An MQTT client of its own that republishes every message on MQTT_BARE_IN to
+/// MQTT_BARE_OUT (QoS 1 both ways), until aborted; returns once it is subscribed.
+async fn mqtt_echo(port: u16) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let mut o = MqttOptions::new("fjord-bench-echo", "127.0.0.1", port);
+    o.set_keep_alive(Duration::from_secs(30))
+        .set_inflight(100)
+        .set_max_packet_size(1 << 20, 1 << 20);
+    let (client, mut events) = AsyncClient::new(o, 256);
+    let mut net = rumqttc::NetworkOptions::new();
+    net.set_tcp_nodelay(true);
+    events.set_network_options(net);
+    client.subscribe(MQTT_BARE_IN, QoS::AtLeastOnce).await?;
+    let (subscribed_tx, subscribed) = tokio::sync::oneshot::channel();
+    let mut subscribed_tx = Some(subscribed_tx);
+    let task = tokio::spawn(async move {
+        loop {
+            match events.poll().await {
+                Ok(Event::Incoming(Packet::SubAck(_))) => {
+                    if let Some(t) = subscribed_tx.take() {
+                        let _ = t.send(());
+                    }
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    let _ = client.try_publish(MQTT_BARE_OUT, QoS::AtLeastOnce, false, p.payload);
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    eprintln!("bench MQTT echo client: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    });
+    tokio::time::timeout(Duration::from_secs(10), subscribed)
+        .await
+        .context("the echo client was not subscribed in 10 s")??;
+    Ok(task)
 }
 
 async fn cron_figures(b: &mut Bench<'_>, fjord: &Fjord) -> anyhow::Result<()> {
@@ -313,8 +410,9 @@ fn push_latency(b: &mut Bench<'_>, scenario: &str, lat: &mut [f64], goal_us: f64
     b.push(f);
 }
 
-fn push_rate(b: &mut Bench<'_>, scenario: &str, what: &str, total: u64, dur: Duration, http: f64) {
-    let rate = total as f64 / dur.as_secs_f64();
+/// Two rows: the rate against HTTP (the goal) and against the broker alone (what the broker
+/// itself allows on this machine: fjord cannot be faster).
+fn push_rate(b: &mut Bench<'_>, scenario: &str, what: &str, rate: f64, http: f64, broker: f64) {
     b.push(
         Figure::new(
             scenario,
@@ -323,7 +421,23 @@ fn push_rate(b: &mut Bench<'_>, scenario: &str, what: &str, total: u64, dur: Dur
             "msg/s",
         )
         .baseline(&format!("same function over HTTP, c={IN_FLIGHT}"), http)
-        .target("≥ 0.8× HTTP", rate >= 0.8 * http),
+        .target("≥ 0.8× HTTP", rate >= 0.8 * http)
+        .note(&format!(
+            "the broker alone: {broker:.0} msg/s = {:.2}× HTTP",
+            broker / http
+        )),
+    );
+    b.push(
+        Figure::new(
+            scenario,
+            &format!("messages/s ({what}) vs the broker alone"),
+            rate,
+            "msg/s",
+        )
+        .baseline(
+            "the broker's round trip with an instant responder in the bench",
+            broker,
+        ),
     );
 }
 
