@@ -471,3 +471,124 @@ async fn scale_zero_to_two_to_zero_with_a_held_request() {
     s.remove(&name).await;
     assert!(s.get_function(&name).await.is_none(), "404 after delete");
 }
+
+/// Deletes the Function object when dropped, however the test ends.
+struct FunctionObjectCleanup {
+    name: String,
+}
+
+impl Drop for FunctionObjectCleanup {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime");
+            rt.block_on(async move {
+                let api = Api::<fjord_kube::Function>::namespaced(cluster().await, NS);
+                let _ = api.delete(&name, &DeleteParams::default()).await;
+            });
+        })
+        .join();
+    }
+}
+
+/// The Function object's `Ready` condition: (status, reason).
+async fn object_ready(api: &Api<fjord_kube::Function>, name: &str) -> Option<(String, String)> {
+    let f = api.get_opt(name).await.expect("get the Function")?;
+    let c = f
+        .status?
+        .conditions?
+        .into_iter()
+        .find(|c| c.type_ == "Ready")?;
+    Some((c.status, c.reason.unwrap_or_default()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a Kubernetes cluster: FJORD_TEST_KUBECONFIG"]
+async fn a_function_object_is_deployed_updated_and_deleted_through_the_cluster() {
+    let client = cluster().await;
+    let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> =
+        Api::all(client.clone());
+    assert!(
+        crds.get_opt("functions.openfaas.com")
+            .await
+            .expect("read CRDs")
+            .is_some(),
+        "the test cluster has no Function CRD: kubectl apply -f deploy/kubernetes/crd-function.yaml"
+    );
+    let g = gateway().await;
+    let s = &g.server;
+    let name = unique("e2e-object");
+    let _cleanup = Cleanup { name: name.clone() };
+    let _object_cleanup = FunctionObjectCleanup { name: name.clone() };
+    let api = Api::<fjord_kube::Function>::namespaced(client.clone(), NS);
+    let object = |greeting: &str| -> fjord_kube::Function {
+        serde_json::from_value(json!({
+            "apiVersion": "openfaas.com/v1", "kind": "Function",
+            "metadata": { "name": name, "namespace": NS },
+            "spec": {
+                "name": name, "image": WATCHDOG_IMAGE, "handler": "env",
+                "environment": { "GREETING": greeting },
+                "labels": { "fjord-test": "e2e" },
+            },
+        }))
+        .expect("a Function")
+    };
+    api.create(&Default::default(), &object("one"))
+        .await
+        .expect("create the Function object");
+
+    // Deployed through the gateway's control plane, shown by its REST API as managed.
+    let status = s.wait_ready(&name, POD_TIMEOUT).await;
+    assert!(
+        status["annotations"]["com.fjord.function-object"].is_string(),
+        "{status}"
+    );
+    wait_until(POD_TIMEOUT, "the object's status Ready=True", async || {
+        object_ready(&api, &name).await == Some(("True".into(), "Deployed".into()))
+    })
+    .await;
+    let (code, body) = s.call_text(Method::POST, &name, "").await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    assert!(body.contains("GREETING=one"), "{body}");
+
+    // The REST API does not change what the object owns.
+    let body = s
+        .sys_expect(
+            Method::DELETE,
+            "/system/functions",
+            &json!({"functionName": name}),
+            StatusCode::CONFLICT,
+        )
+        .await;
+    assert!(body.contains("kubectl edit function"), "{body}");
+
+    // An edit of the object rolls the function.
+    let mut changed = api.get(&name).await.expect("the object");
+    changed.spec = object("two").spec;
+    api.replace(&name, &Default::default(), &changed)
+        .await
+        .expect("update the Function object");
+    wait_until(POD_TIMEOUT, "the new environment served", async || {
+        let (code, body) = s.call_text(Method::POST, &name, "").await;
+        code == StatusCode::OK && body.contains("GREETING=two")
+    })
+    .await;
+
+    // Deleting the object deletes the function and its objects.
+    api.delete(&name, &DeleteParams::default())
+        .await
+        .expect("delete the Function object");
+    wait_until(
+        POD_TIMEOUT,
+        "the function gone from the gateway",
+        async || s.get_function(&name).await.is_none(),
+    )
+    .await;
+    wait_until(POD_TIMEOUT, "the Deployment deleted", async || {
+        deployment_replicas(&client, &name).await.is_none()
+    })
+    .await;
+}

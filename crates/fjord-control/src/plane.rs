@@ -9,6 +9,7 @@ use arc_swap::ArcSwap;
 use fjord_core::openfaas::{
     FjordStatus, FunctionDeployment, FunctionStatus, RolloutStatus, SecretDescription,
 };
+use fjord_core::policy::{ANNOTATION_FUNCTION_OBJECT, from_function_object};
 use fjord_core::{DEFAULT_NAMESPACE, FunctionKey, FunctionSpec};
 use fjord_runtime_api::{FunctionHandle, Runtime, SecretFiles, Source};
 
@@ -110,6 +111,9 @@ pub enum DeployMode {
     CreateOrUpdate,
     /// `PUT /system/functions`: update only; 404 when absent.
     Update,
+    /// The Function object controller (`--runtime kubernetes`): create or update, also a
+    /// function managed by its Function object, which the REST API may not change.
+    FunctionObject,
 }
 
 /// What a control plane is made of (see [`ControlPlane::from_parts`]).
@@ -760,6 +764,17 @@ impl ControlPlane {
         self.hooks.check(&deployment)?;
         let _guard = self.changes.lock().await;
         let existing = self.store.get(&key.namespace, &key.name)?;
+        // Callers' deploys (not the roll of a stored version to a new secret value, `pin`).
+        if pin.is_none() && mode != DeployMode::FunctionObject {
+            if from_function_object(deployment.annotations.as_ref()) {
+                return Err(ControlError::BadRequest(format!(
+                    "annotations.{ANNOTATION_FUNCTION_OBJECT}: set by fjord's Function object controller only; remove it"
+                )));
+            }
+            if let Some(e) = &existing {
+                refuse_if_from_object(&key, &e.deployment)?;
+            }
+        }
         if mode == DeployMode::Update && existing.is_none() {
             return Err(ControlError::NotFound(format!(
                 "function {} not found in namespace {}: create it with POST /system/functions",
@@ -1053,8 +1068,21 @@ impl ControlPlane {
         }
     }
 
+    /// `DELETE /system/functions`: a function managed by its Function object is refused (409).
     pub async fn delete(&self, key: &FunctionKey) -> Result<(), ControlError> {
+        self.remove(key, false).await
+    }
+
+    /// The Function object controller: its object is gone.
+    pub async fn delete_function_object(&self, key: &FunctionKey) -> Result<(), ControlError> {
+        self.remove(key, true).await
+    }
+
+    async fn remove(&self, key: &FunctionKey, from_object: bool) -> Result<(), ControlError> {
         let _guard = self.changes.lock().await;
+        if !from_object && let Some(e) = self.store.get(&key.namespace, &key.name)? {
+            refuse_if_from_object(key, &e.deployment)?;
+        }
         self.trust.forget(key);
         if !self.store.delete(&key.namespace, &key.name)? {
             return Err(not_found(key));
@@ -1701,6 +1729,19 @@ fn status_of(route: &Route) -> FunctionStatus {
             trust: None,
         }),
     }
+}
+
+/// A function deployed from a Function object is changed there: the REST API would be undone
+/// by the next reconcile, and GitOps would disagree with the cluster.
+fn refuse_if_from_object(key: &FunctionKey, d: &FunctionDeployment) -> Result<(), ControlError> {
+    if from_function_object(d.annotations.as_ref()) {
+        return Err(ControlError::Conflict(format!(
+            "function {name} in namespace {ns} is managed by its Function object (openfaas.com/v1): change or delete that object instead (kubectl edit function {name} -n {ns}, or in the repository your GitOps tool applies)",
+            name = key.name,
+            ns = key.namespace
+        )));
+    }
+    Ok(())
 }
 
 /// A check of a deployment's annotations by a connector (cron schedule, topic list), run

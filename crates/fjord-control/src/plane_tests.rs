@@ -319,3 +319,80 @@ async fn connectors_see_every_change_and_their_checks_refuse_before_anything_cha
     assert!(watch.has_changed().expect("open"), "a delete is a change");
     assert!(c.deployed().expect("deployed").is_empty());
 }
+
+#[tokio::test]
+async fn a_function_from_a_function_object_is_changed_only_through_it() {
+    let t = TestApp::new().await;
+    let c = &t.control;
+    let from_object = |image: &str| {
+        let mut d = deployment("f", image, serde_json::json!({}));
+        d.annotations = Some(
+            [(
+                fjord_core::policy::ANNOTATION_FUNCTION_OBJECT.to_string(),
+                "uid-1".to_string(),
+            )]
+            .into(),
+        );
+        d
+    };
+    // Over the REST API, the annotation is refused: only the controller sets it.
+    match c
+        .deploy(from_object("fake/v1"), DeployMode::CreateOrUpdate)
+        .await
+    {
+        Err(ControlError::BadRequest(m)) => {
+            assert!(m.contains("annotations.com.fjord.function-object"), "{m}")
+        }
+        other => panic!("expected a 400, got {other:?}"),
+    }
+    c.deploy(from_object("fake/v1"), DeployMode::FunctionObject)
+        .await
+        .expect("the controller deploys");
+
+    // The REST API may neither change nor delete it: 409 naming the object.
+    for mode in [DeployMode::CreateOrUpdate, DeployMode::Update] {
+        match c
+            .deploy(deployment("f", "fake/v2", serde_json::json!({})), mode)
+            .await
+        {
+            Err(ControlError::Conflict(m)) => {
+                assert!(m.contains("kubectl edit function f -n openfaas-fn"), "{m}")
+            }
+            other => panic!("expected a 409, got {other:?}"),
+        }
+    }
+    assert!(matches!(
+        c.delete(&key("f")).await,
+        Err(ControlError::Conflict(_))
+    ));
+    assert_eq!(
+        c.deployed().expect("deployed")[0].deployment.image,
+        "fake/v1"
+    );
+
+    // Its object changes and goes: the controller's calls.
+    c.deploy(from_object("fake/v2"), DeployMode::FunctionObject)
+        .await
+        .expect("the controller updates");
+    assert_eq!(
+        c.deployed().expect("deployed")[0].deployment.image,
+        "fake/v2"
+    );
+    c.delete_function_object(&key("f"))
+        .await
+        .expect("the controller deletes");
+    assert!(c.deployed().expect("deployed").is_empty());
+
+    // A function deployed over the REST API can be taken over by an object of its name.
+    c.deploy(
+        deployment("g", "fake/v1", serde_json::json!({})),
+        DeployMode::CreateOrUpdate,
+    )
+    .await
+    .expect("rest");
+    let mut g = from_object("fake/v1");
+    g.service = "g".into();
+    c.deploy(g, DeployMode::FunctionObject)
+        .await
+        .expect("taken over");
+}

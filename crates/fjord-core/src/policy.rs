@@ -24,6 +24,16 @@ pub fn requires_token(annotations: Option<&BTreeMap<String, String>>) -> Result<
     }
 }
 
+/// On a function deployed from an `openfaas.com/v1` Function object (`--runtime kubernetes`):
+/// that object's uid. Set by the Function object controller only; such a function is changed
+/// through its object, not the REST API.
+pub const ANNOTATION_FUNCTION_OBJECT: &str = "com.fjord.function-object";
+
+/// Whether a deployment came from a Function object (see [`ANNOTATION_FUNCTION_OBJECT`]).
+pub fn from_function_object(annotations: Option<&BTreeMap<String, String>>) -> bool {
+    annotations.is_some_and(|a| a.contains_key(ANNOTATION_FUNCTION_OBJECT))
+}
+
 /// Queue annotations (OpenFaaS Pro names where they exist).
 pub const ANNOTATION_QUEUE_MAX_INFLIGHT: &str = "com.openfaas.queue.max_inflight";
 pub const ANNOTATION_RETRY_ATTEMPTS: &str = "com.openfaas.retry.attempts";

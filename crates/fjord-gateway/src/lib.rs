@@ -51,7 +51,7 @@ pub use fjord_control::{ControlPlane, DeployMode};
 pub use invoke::{split_function_path, strip_hop_by_hop};
 pub use state::{
     AppState, ContainerMode, ContainerSettings, DEFAULT_HEADER_TIMEOUT, GatewayConfig,
-    MAX_HEADER_BYTES, NatsSettings, QueueBackend,
+    MAX_HEADER_BYTES, MoreTriggers, NatsSettings, QueueBackend,
 };
 pub use tls::{TlsError, TlsFiles};
 pub use ui::UiListen;
@@ -1102,6 +1102,9 @@ pub async fn serve(config: GatewayConfig, shutdown: CancellationToken) -> Result
         }),
     ];
     triggers.extend(brokers.triggers(&control));
+    if let Some(more) = &config.more_triggers {
+        triggers.extend(more(&control));
+    }
     let triggers = trigger::start(triggers, &invoke::Invoker::new(app), &shutdown);
     let autoscaler = {
         let control = control.clone();

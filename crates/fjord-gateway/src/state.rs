@@ -100,7 +100,17 @@ pub struct GatewayConfig {
     /// kubernetes`): then no process or container runtime, uid block or image store is
     /// started here. `None`: functions run on this machine.
     pub runtime: Option<Arc<dyn fjord_runtime_api::Runtime>>,
+    /// Triggers the caller adds once the control plane exists (`--runtime kubernetes`: the
+    /// Function object controller); started and stopped with the others.
+    pub more_triggers: Option<MoreTriggers>,
 }
+
+/// Makes the caller's triggers from the control plane (see [`GatewayConfig::more_triggers`]).
+pub type MoreTriggers = Arc<
+    dyn Fn(&Arc<fjord_control::ControlPlane>) -> Vec<Box<dyn crate::trigger::Trigger>>
+        + Send
+        + Sync,
+>;
 
 /// Whether `fjord serve` runs container images.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -242,6 +252,7 @@ impl GatewayConfig {
             containers: ContainerSettings::default(),
             trust_policy: None,
             runtime: None,
+            more_triggers: None,
         }
     }
 }

@@ -11,12 +11,16 @@
 //!   [`KubeRuntime::from_env`] or [`KubeRuntime::new`] with any `kube::Client`. Its
 //!   errors ([`KubeError`]) name the RBAC permission a 403 lacks.
 //!
+//! - [`controller`]: Function objects written by people and GitOps tools, deployed through
+//!   fjord's control plane (a [`FunctionStore`]) with their outcome in their status.
+//!
 //! TLS to the API server goes through rustls with ring, the workspace's only crypto provider.
 //!
 //! The Kubernetes version of the types is chosen once, in the workspace's `k8s-openapi`
 //! dependency (1.33: the oldest that crate release supports).
 
 pub mod connect;
+pub mod controller;
 pub mod crd;
 pub mod error;
 mod logs;
@@ -27,6 +31,7 @@ pub mod runtime;
 pub mod status;
 
 pub use connect::ClusterConfig;
+pub use controller::{ControllerConfig, FunctionStore, StoreError};
 pub use crd::{CrdError, Function};
 pub use error::{KubeError, Operation};
 pub use objects::{FunctionObjects, ObjectError, function_objects};

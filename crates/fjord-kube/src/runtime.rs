@@ -179,6 +179,11 @@ impl KubeRuntime {
         Self::new(client, config)
     }
 
+    /// The client this runtime talks to the cluster with (the Function controller shares it).
+    pub fn client(&self) -> kube::Client {
+        self.inner.client.clone()
+    }
+
     /// Ticks after every refresh of functions from the cluster's state: lets a caller (a test,
     /// a long-polling status request) wait for the next change instead of polling.
     pub fn changes(&self) -> watch::Receiver<u64> {

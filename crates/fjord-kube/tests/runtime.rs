@@ -1,321 +1,22 @@
 //! `KubeRuntime` against kube's mock service (a `tower_test` pair standing in for the API
 //! server): the requests it sends, how it takes 409, 403, 500 and an unreachable server, and
-//! what its reflectors publish to a function's handle. No cluster is involved.
-//!
-//! A small fake API server answers the mock: lists from per-kind contents, watches as
-//! streamed bodies the test pushes events into, server-side apply by echoing the object (with
-//! a generation), scale and delete with success, and scripted answers that take precedence.
-//! Every request is recorded, so a test waits for the one it expects instead of sleeping.
+//! what its reflectors publish to a function's handle. No cluster is involved: the fake API
+//! server of `fake_api` answers.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use fjord_core::FunctionSpec;
 use fjord_core::openfaas::FunctionDeployment;
 use fjord_kube::objects::function_objects;
 use fjord_kube::{KubeError, KubeRuntime, KubeRuntimeConfig};
 use fjord_runtime_api::{FunctionHandle, RolloutState, Runtime, RuntimeError, Source};
-use http::{Method, Request, Response};
-use http_body::Frame;
-use http_body_util::combinators::UnsyncBoxBody;
-use http_body_util::{BodyExt, Full, StreamBody};
+use http::Method;
 use serde_json::{Value, json};
-use tokio::sync::{mpsc, watch};
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
-type MockBody = UnsyncBoxBody<Bytes, BoxError>;
-type MockHandle = tower_test::mock::Handle<Request<kube::client::Body>, Response<MockBody>>;
-
-/// Every wait's bound: generous, the machine is shared.
-const PATIENCE: Duration = Duration::from_secs(20);
-
-const NS: &str = "openfaas-fn";
-const DEPLOYMENTS: &str = "/apis/apps/v1/namespaces/openfaas-fn/deployments";
-const SERVICES: &str = "/api/v1/namespaces/openfaas-fn/services";
-const SLICES: &str = "/apis/discovery.k8s.io/v1/namespaces/openfaas-fn/endpointslices";
-const PODS: &str = "/api/v1/namespaces/openfaas-fn/pods";
-
-#[derive(Debug, Clone)]
-struct Recorded {
-    method: Method,
-    path: String,
-    /// Query parameters, empty ones dropped (kube writes `?&a=b`).
-    query: BTreeSet<String>,
-    content_type: Option<String>,
-    body: Value,
-    /// The status the fake answered with.
-    status: u16,
-}
-
-impl Recorded {
-    fn is_watch(&self) -> bool {
-        self.query.contains("watch=true")
-    }
-    fn is_list(&self, collection: &str) -> bool {
-        self.method == Method::GET && self.path == collection && !self.is_watch()
-    }
-}
-
-#[derive(Default)]
-struct State {
-    /// List contents per collection path.
-    lists: HashMap<&'static str, Vec<Value>>,
-    /// Open watch streams per collection path.
-    watches: HashMap<&'static str, Vec<mpsc::UnboundedSender<Bytes>>>,
-    /// Answers for (method, path), used before the defaults, first in first out.
-    scripted: VecDeque<(Method, String, u16, Value)>,
-    /// `metadata.generation` of each applied Deployment.
-    generations: HashMap<String, i64>,
-    resource_version: u64,
-    recorded: Vec<Recorded>,
-    /// Open log streams per pod name.
-    logs: HashMap<String, Vec<mpsc::UnboundedSender<Bytes>>>,
-}
-
-#[derive(Clone)]
-struct FakeApi {
-    state: Arc<Mutex<State>>,
-    /// Ticks on every recorded request.
-    seen: watch::Sender<usize>,
-}
-
-fn status(code: u16, reason: &str, message: &str) -> Value {
-    json!({
-        "kind": "Status", "apiVersion": "v1", "metadata": {},
-        "status": if code < 300 { "Success" } else { "Failure" },
-        "message": message, "reason": reason, "code": code,
-    })
-}
-
-fn full(code: u16, v: &Value) -> Response<MockBody> {
-    let body = Full::new(Bytes::from(v.to_string()))
-        .map_err(|never| match never {})
-        .boxed_unsync();
-    let mut r = Response::new(body);
-    *r.status_mut() = http::StatusCode::from_u16(code).expect("a status code");
-    r
-}
-
-/// A response body streaming what is sent on `rx` until its senders are gone.
-fn streamed(rx: mpsc::UnboundedReceiver<Bytes>) -> MockBody {
-    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv()
-            .await
-            .map(|b| (Ok::<_, BoxError>(Frame::data(b)), rx))
-    });
-    StreamBody::new(stream).boxed_unsync()
-}
-
-fn list_kind(collection: &str) -> &'static str {
-    match collection {
-        DEPLOYMENTS => "DeploymentList",
-        SLICES => "EndpointSliceList",
-        _ => "PodList",
-    }
-}
-
-fn collection_of(path: &str) -> Option<&'static str> {
-    [DEPLOYMENTS, SLICES, PODS].into_iter().find(|c| *c == path)
-}
-
-impl FakeApi {
-    fn start(handle: MockHandle) -> Self {
-        let api = FakeApi {
-            state: Arc::default(),
-            seen: watch::Sender::new(0),
-        };
-        tokio::spawn(api.clone().serve(handle));
-        api
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().expect("fake API state")
-    }
-
-    async fn serve(self, mut handle: MockHandle) {
-        while let Some((req, send)) = handle.next_request().await {
-            let (parts, body) = req.into_parts();
-            let bytes = body.collect().await.expect("request body").to_bytes();
-            let mut rec = Recorded {
-                method: parts.method.clone(),
-                path: parts.uri.path().to_string(),
-                query: parts
-                    .uri
-                    .query()
-                    .unwrap_or_default()
-                    .split('&')
-                    .filter(|p| !p.is_empty())
-                    .map(str::to_string)
-                    .collect(),
-                content_type: parts
-                    .headers
-                    .get(http::header::CONTENT_TYPE)
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_string),
-                body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-                status: 200,
-            };
-            let response = self.respond(&mut rec);
-            self.lock().recorded.push(rec);
-            self.seen.send_modify(|n| *n += 1);
-            send.send_response(response);
-        }
-    }
-
-    fn respond(&self, rec: &mut Recorded) -> Response<MockBody> {
-        let mut st = self.lock();
-        if let Some(i) = st
-            .scripted
-            .iter()
-            .position(|(m, p, _, _)| *m == rec.method && *p == rec.path)
-            && let Some((_, _, code, body)) = st.scripted.remove(i)
-        {
-            rec.status = code;
-            return full(code, &body);
-        }
-        st.resource_version += 1;
-        let rv = st.resource_version.to_string();
-        if rec.method == Method::GET
-            && let Some(pod) = rec
-                .path
-                .strip_prefix(PODS)
-                .and_then(|p| p.strip_prefix('/'))
-                .and_then(|p| p.strip_suffix("/log"))
-        {
-            let (tx, rx) = mpsc::unbounded_channel::<Bytes>();
-            st.logs.entry(pod.to_string()).or_default().push(tx);
-            return Response::new(streamed(rx));
-        }
-        if rec.method == Method::GET
-            && let Some(collection) = collection_of(&rec.path)
-        {
-            if rec.is_watch() {
-                let (tx, rx) = mpsc::unbounded_channel::<Bytes>();
-                st.watches.entry(collection).or_default().push(tx);
-                return Response::new(streamed(rx));
-            }
-            let items = st.lists.get(collection).cloned().unwrap_or_default();
-            return full(
-                200,
-                &json!({
-                    "apiVersion": "v1", "kind": list_kind(collection),
-                    "metadata": { "resourceVersion": rv }, "items": items,
-                }),
-            );
-        }
-        if rec.method == Method::PATCH && rec.path.ends_with("/scale") {
-            let name = rec.path.rsplit('/').nth(1).unwrap_or_default();
-            let replicas = rec.body["spec"]["replicas"].clone();
-            return full(
-                200,
-                &json!({
-                    "apiVersion": "autoscaling/v1", "kind": "Scale",
-                    "metadata": { "name": name, "namespace": NS, "resourceVersion": rv },
-                    "spec": { "replicas": replicas },
-                }),
-            );
-        }
-        if rec.method == Method::PATCH {
-            let mut object = rec.body.clone();
-            if rec.path.starts_with(DEPLOYMENTS) {
-                let generation = st.generations.entry(rec.path.clone()).or_insert(0);
-                *generation += 1;
-                object["metadata"]["generation"] = json!(*generation);
-            }
-            object["metadata"]["resourceVersion"] = json!(rv);
-            return full(200, &object);
-        }
-        if rec.method == Method::DELETE {
-            return full(200, &status(200, "", ""));
-        }
-        rec.status = 404;
-        full(404, &status(404, "NotFound", "not found"))
-    }
-
-    fn set_list(&self, collection: &'static str, items: Vec<Value>) {
-        self.lock().lists.insert(collection, items);
-    }
-
-    fn script(&self, method: Method, path: &str, code: u16, body: Value) {
-        self.lock()
-            .scripted
-            .push_back((method, path.to_string(), code, body));
-    }
-
-    /// Sends a watch event to every open watch of `collection`.
-    fn push(&self, collection: &'static str, event_type: &str, mut object: Value) {
-        let mut st = self.lock();
-        st.resource_version += 1;
-        if object.get("metadata").is_some() {
-            object["metadata"]["resourceVersion"] = json!(st.resource_version.to_string());
-        }
-        let line = format!("{}\n", json!({ "type": event_type, "object": object }));
-        let senders = st.watches.entry(collection).or_default();
-        senders.retain(|tx| tx.send(Bytes::from(line.clone())).is_ok());
-        assert!(!senders.is_empty(), "no open watch on {collection}");
-    }
-
-    /// Writes `line` to every open log stream of `pod`; false when none is open.
-    fn log(&self, pod: &str, line: &str) -> bool {
-        let mut st = self.lock();
-        let senders = st.logs.entry(pod.to_string()).or_default();
-        senders.retain(|tx| tx.send(Bytes::from(format!("{line}\n"))).is_ok());
-        !senders.is_empty()
-    }
-
-    /// Ends the open log streams of `pod` (as an API server closing the connection).
-    fn end_logs(&self, pod: &str) {
-        self.lock().logs.remove(pod);
-    }
-
-    /// Whether a reader still holds a log stream of `pod` open.
-    fn log_followed(&self, pod: &str) -> bool {
-        let mut st = self.lock();
-        let senders = st.logs.entry(pod.to_string()).or_default();
-        senders.retain(|tx| !tx.is_closed());
-        !senders.is_empty()
-    }
-
-    fn recorded(&self) -> Vec<Recorded> {
-        self.lock().recorded.clone()
-    }
-
-    /// Waits until `n` recorded requests match `pred`, and returns those.
-    async fn wait_for(
-        &self,
-        what: &str,
-        n: usize,
-        pred: impl Fn(&Recorded) -> bool,
-    ) -> Vec<Recorded> {
-        let mut seen = self.seen.subscribe();
-        let deadline = tokio::time::Instant::now() + PATIENCE;
-        loop {
-            let matching: Vec<Recorded> = self.recorded().into_iter().filter(|r| pred(r)).collect();
-            if matching.len() >= n {
-                return matching;
-            }
-            if tokio::time::timeout_at(deadline, seen.changed())
-                .await
-                .is_err()
-            {
-                panic!(
-                    "{what}: {n} request(s) not seen within {PATIENCE:?}; got {:#?}",
-                    self.recorded()
-                );
-            }
-        }
-    }
-
-    /// Waits until the three watches of the namespace are open.
-    async fn wait_watching(&self) {
-        for c in [DEPLOYMENTS, SLICES, PODS] {
-            self.wait_for("watch", 1, |r| r.path == c && r.is_watch())
-                .await;
-        }
-    }
-}
+mod fake_api;
+use fake_api::*;
 
 fn test_config() -> KubeRuntimeConfig {
     KubeRuntimeConfig {
@@ -325,10 +26,7 @@ fn test_config() -> KubeRuntimeConfig {
 }
 
 fn runtime_with(config: KubeRuntimeConfig) -> (KubeRuntime, FakeApi) {
-    let (service, handle) =
-        tower_test::mock::pair::<Request<kube::client::Body>, Response<MockBody>>();
-    let client = kube::Client::new(service, NS);
-    let api = FakeApi::start(handle);
+    let (client, api) = fake_cluster();
     (KubeRuntime::new(client, config).expect("a runtime"), api)
 }
 
@@ -832,7 +530,7 @@ async fn a_server_error_and_an_unreachable_server_are_errors() {
 
     // No API server at all: the mock's other end is gone.
     let (service, handle) =
-        tower_test::mock::pair::<Request<kube::client::Body>, Response<MockBody>>();
+        tower_test::mock::pair::<http::Request<kube::client::Body>, http::Response<MockBody>>();
     drop(handle);
     let rt = KubeRuntime::new(kube::Client::new(service, NS), test_config()).expect("runtime");
     let s = spec("hello", "img:1");

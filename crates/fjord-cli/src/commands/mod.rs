@@ -1,3 +1,5 @@
+#[cfg(feature = "kubernetes")]
+pub mod function_objects;
 pub mod functions;
 pub mod namespaces;
 pub mod secrets;

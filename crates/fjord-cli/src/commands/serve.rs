@@ -90,6 +90,31 @@ async fn kubernetes(
     }
 }
 
+/// The Function object controller, for the namespaces fjord serves on the cluster.
+#[cfg(feature = "kubernetes")]
+async fn function_objects(
+    cluster: &std::sync::Arc<fjord_kube::KubeRuntime>,
+) -> fjord_gateway::MoreTriggers {
+    use super::function_objects::FunctionObjects;
+    let namespaces = fjord_kube::controller::function_namespaces(&cluster.client()).await;
+    tracing::info!(
+        namespaces = %namespaces.join(","),
+        "Function objects (openfaas.com/v1) in these namespaces are deployed"
+    );
+    let config = fjord_kube::ControllerConfig {
+        namespaces,
+        ..Default::default()
+    };
+    let cluster = cluster.clone();
+    std::sync::Arc::new(move |control| {
+        vec![Box::new(FunctionObjects {
+            runtime: cluster.clone(),
+            config: config.clone(),
+            control: control.clone(),
+        }) as Box<dyn fjord_gateway::trigger::Trigger>]
+    })
+}
+
 pub fn run(a: ServeArgs) -> Result<(), CliError> {
     init_logging(a.log_format);
     check_runtime(&a)?;
@@ -178,7 +203,9 @@ pub fn run(a: ServeArgs) -> Result<(), CliError> {
         // On the control runtime: the Kubernetes runtime's watches run on it.
         #[cfg(feature = "kubernetes")]
         if runtime == RuntimeKind::Kubernetes {
-            config.runtime = Some(kubernetes(kubeconfig, config.rollout_timeout).await?);
+            let cluster = kubernetes(kubeconfig, config.rollout_timeout).await?;
+            config.more_triggers = Some(function_objects(&cluster).await);
+            config.runtime = Some(cluster);
         }
         let shutdown = tokio_util::sync::CancellationToken::new();
         let trigger = shutdown.clone();
