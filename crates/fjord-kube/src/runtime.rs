@@ -6,8 +6,15 @@
 //! - `scale` patches the `deployments/scale` subresource: never a read-modify-write of the
 //!   whole Deployment (faas-netes's GET + PUT races with every other writer).
 //! - `remove` deletes the Deployment and the Service with foreground propagation; 404 is done.
-//! - Replica state comes from one reflector per namespace and kind (Deployments, the
-//!   EndpointSlices of Services, function pods), never from a request per invocation. Each
+//! - A function's Deployment or Service deleted by someone else, or its Deployment's spec
+//!   changed (`kubectl edit`, `kubectl set image`), is applied again: the fields fjord sets
+//!   come back (image, env, resources, probes, labels and annotations it sets, security
+//!   context, volumes), the replica count stays as found (`kubectl scale` is taken as the
+//!   autoscaler's input), and fields fjord does not set (a toleration, a node selector, an
+//!   annotation of another tool) are left to whoever set them. At most once per
+//!   `repair_interval`, so fjord never fights another controller in a tight loop.
+//! - Replica state comes from one reflector per namespace and kind (Deployments, Services,
+//!   the EndpointSlices of Services, function pods), never from a request per invocation. Each
 //!   change recomputes the namespace's functions with [`crate::status`] and publishes the
 //!   ready pod addresses to their [`FunctionHandle`]s, which the gateway reads lock-free.
 //!
@@ -69,6 +76,9 @@ pub struct KubeRuntimeConfig {
     pub conflict_attempts: u32,
     /// Wait before the second attempt; doubled for each further one.
     pub conflict_backoff: Duration,
+    /// A function's Deployment or Service deleted, or its Deployment's spec changed, by
+    /// someone else is re-applied (reconciled back), at most once per this interval.
+    pub repair_interval: Duration,
 }
 
 impl Default for KubeRuntimeConfig {
@@ -80,6 +90,7 @@ impl Default for KubeRuntimeConfig {
             rollout_timeout: Duration::from_secs(300),
             conflict_attempts: 5,
             conflict_backoff: Duration::from_millis(200),
+            repair_interval: Duration::from_secs(5),
         }
     }
 }
@@ -105,6 +116,9 @@ struct Inner {
 /// One namespace's reflector stores.
 struct Stores {
     deployments: Store<Deployment>,
+    /// Only to notice one deleted by someone else (routing needs none: its EndpointSlices
+    /// say where the pods are).
+    services: Store<Service>,
     slices: Store<EndpointSlice>,
     pods: Store<Pod>,
 }
@@ -133,6 +147,21 @@ struct FunctionState {
     /// Whether a version became available: a later deploy is then an update, rolled back
     /// when it fails, rather than a first deploy that has nothing to go back to.
     ready_once: bool,
+    /// The Deployment's `metadata.generation` after fjord last applied it (`None`: not
+    /// applied yet). A higher one means someone else changed its spec.
+    applied_generation: Option<i64>,
+    /// Its pod template as the API server answered fjord's last apply: a later spec change
+    /// that leaves it as it was only moved the replica count (a scale, fjord's or not).
+    applied_template: Option<serde_json::Value>,
+    /// Whether its Deployment and Service were in the stores since fjord last applied them:
+    /// only then does their absence mean someone deleted them (not a watch event to come).
+    deployment_seen: bool,
+    service_seen: bool,
+    /// A repair (re-apply) is scheduled or running; when the last one started.
+    repairing: bool,
+    last_repair: Option<std::time::Instant>,
+    /// Being removed: its objects' deletion is fjord's own.
+    removing: bool,
 }
 
 struct Pending {
@@ -341,6 +370,17 @@ impl Inner {
     }
 
     async fn apply_objects(&self, spec: &FunctionSpec, replicas: u64) -> Result<i64, KubeError> {
+        self.apply_deployment(spec, replicas)
+            .await
+            .map(|d| d.metadata.generation.unwrap_or(0))
+    }
+
+    /// [`apply_objects`](Self::apply_objects), answering the Deployment as applied.
+    async fn apply_deployment(
+        &self,
+        spec: &FunctionSpec,
+        replicas: u64,
+    ) -> Result<Deployment, KubeError> {
         let ns = &spec.key.namespace;
         let name = &spec.key.name;
         let types = self.secret_types(spec).await?;
@@ -365,7 +405,7 @@ impl Inner {
             services.patch(name, &pp, &service_patch)
         })
         .await?;
-        Ok(applied.metadata.generation.unwrap_or(0))
+        Ok(applied)
     }
 
     async fn scale_deployment(&self, key: &FunctionKey, replicas: u64) -> Result<(), KubeError> {
@@ -418,6 +458,7 @@ impl Inner {
             return;
         }
         let (deployments, dw) = reflector::store();
+        let (services, svw) = reflector::store();
         let (slices, sw) = reflector::store();
         let (pods, pw) = reflector::store();
         self.spawn(watch_kind::<Deployment>(
@@ -427,6 +468,14 @@ impl Inner {
             dw,
             DEPLOYMENTS,
             |d: &Deployment| d.metadata.name.clone(),
+        ));
+        self.spawn(watch_kind::<Service>(
+            Arc::downgrade(self),
+            namespace.to_string(),
+            LABEL_FAAS_FUNCTION,
+            svw,
+            SERVICES,
+            |s: &Service| s.metadata.name.clone(),
         ));
         self.spawn(watch_kind::<EndpointSlice>(
             Arc::downgrade(self),
@@ -448,6 +497,7 @@ impl Inner {
             namespace.to_string(),
             Arc::new(Stores {
                 deployments,
+                services,
                 slices,
                 pods,
             }),
@@ -483,15 +533,20 @@ impl Inner {
                 .iter()
                 .map(|p| (**p).clone())
                 .collect();
-            self.refresh_function(&f, deployment.as_deref(), &slices, &pods);
+            let service_seen = stores
+                .services
+                .get(&ObjectRef::new(name).within(namespace))
+                .is_some();
+            self.refresh_function(&f, deployment.as_deref(), service_seen, &slices, &pods);
         }
         self.changes.send_modify(|n| *n = n.wrapping_add(1));
     }
 
     fn refresh_function(
         self: &Arc<Self>,
-        f: &Function,
+        f: &Arc<Function>,
         deployment: Option<&Deployment>,
+        service_seen: bool,
         slices: &[EndpointSlice],
         pods: &[Pod],
     ) {
@@ -499,10 +554,13 @@ impl Inner {
         let h = &f.handle;
         let mut st = lock(&f.state);
         let Some(deployment) = deployment else {
-            // Not applied yet, or deleted by hand: nothing to route to.
+            // Not applied yet, or deleted by someone else (then it is made again): nothing
+            // to route to meanwhile.
             publish(h, &mut st, &[]);
+            self.repair_if_changed(f, &mut st, None, service_seen);
             return;
         };
+        self.repair_if_changed(f, &mut st, Some(deployment), service_seen);
         let r = function_replicas(deployment, slices, pods);
         if f.scaling.load(Ordering::Acquire) == 0 {
             // Also picks up `kubectl scale` and the replicas the control plane asked for.
@@ -576,6 +634,101 @@ impl Inner {
         }
     }
 
+    /// Remembers what fjord's apply made of the Deployment.
+    fn record_apply(st: &mut FunctionState, applied: &Deployment) {
+        st.applied_generation = Some(applied.metadata.generation.unwrap_or(0));
+        st.applied_template = template(applied);
+    }
+
+    /// Re-applies the function's objects when someone else deleted its Deployment or
+    /// Service or changed its Deployment's spec (its generation went past fjord's last
+    /// apply). The replica count stays as found (`kubectl scale` is an input, as the
+    /// autoscaler's); fields fjord does not set are left alone (server-side apply).
+    fn repair_if_changed(
+        self: &Arc<Self>,
+        f: &Arc<Function>,
+        st: &mut FunctionState,
+        deployment: Option<&Deployment>,
+        service_seen: bool,
+    ) {
+        let Some(applied) = st.applied_generation else {
+            return;
+        };
+        let deployment_deleted = deployment.is_none() && st.deployment_seen;
+        let service_deleted = !service_seen && st.service_seen;
+        st.deployment_seen |= deployment.is_some();
+        st.service_seen |= service_seen;
+        if st.removing || st.repairing || f.scaling.load(Ordering::Acquire) > 0 {
+            return;
+        }
+        let found = deployment
+            .and_then(|d| d.spec.as_ref())
+            .and_then(|s| s.replicas)
+            .map(|r| u64::try_from(r).unwrap_or(0));
+        let changed = match deployment {
+            Some(d) if d.metadata.generation.unwrap_or(0) > applied => {
+                if template(d) == st.applied_template {
+                    // Only the count moved (a scale): nothing to put back.
+                    st.applied_generation = d.metadata.generation;
+                    false
+                } else {
+                    true
+                }
+            }
+            _ => false,
+        };
+        let why = if deployment_deleted {
+            "its Deployment was deleted"
+        } else if changed {
+            "its Deployment's spec was changed"
+        } else if service_deleted {
+            "its Service was deleted"
+        } else {
+            return;
+        };
+        let replicas = found.unwrap_or_else(|| f.handle.desired());
+        st.repairing = true;
+        let wait = st.last_repair.map_or(Duration::ZERO, |t| {
+            self.config.repair_interval.saturating_sub(t.elapsed())
+        });
+        let (this, f) = (self.clone(), f.clone());
+        self.spawn(async move {
+            tokio::time::sleep(wait).await;
+            let _order = f.applying.lock().await;
+            let spec = {
+                let mut st = lock(&f.state);
+                st.last_repair = Some(std::time::Instant::now());
+                if st.removing {
+                    st.repairing = false;
+                    return;
+                }
+                st.pending
+                    .as_ref()
+                    .map_or_else(|| st.serving.clone(), |p| p.spec.clone())
+            };
+            let key = &f.handle.key;
+            tracing::warn!(function = %key, "{why} outside fjord: applying the function's objects again");
+            let result = this.apply_deployment(&spec, replicas).await;
+            {
+                let mut st = lock(&f.state);
+                st.repairing = false;
+                match result {
+                    Ok(applied) => {
+                        Inner::record_apply(&mut st, &applied);
+                        // Seen again once their watch events come.
+                        st.deployment_seen = false;
+                        st.service_seen = false;
+                    }
+                    Err(e) => {
+                        tracing::warn!(function = %key, error = %e, "cannot apply the function's objects again");
+                    }
+                }
+            }
+            // Looks again: a failed repair, or a change meanwhile, is retried.
+            this.refresh(&key.namespace, Some(&key.name));
+        });
+    }
+
     /// Ends the pending deploy as failed. An update is rolled back to the serving version;
     /// a first deploy stays, marked failed, while Kubernetes keeps retrying its pods.
     fn rollout_failed(
@@ -621,9 +774,17 @@ impl Inner {
         let replicas = h.desired();
         let this = self.clone();
         let key = h.key.clone();
+        let f = self.function(&key);
         self.spawn(async move {
-            if let Err(e) = this.apply_objects(&previous, replicas).await {
-                tracing::warn!(function = %key, error = %e, "cannot roll the Deployment back");
+            match this.apply_deployment(&previous, replicas).await {
+                Ok(applied) => {
+                    if let Some(f) = f {
+                        Inner::record_apply(&mut lock(&f.state), &applied);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(function = %key, error = %e, "cannot roll the Deployment back")
+                }
             }
         });
     }
@@ -639,12 +800,14 @@ impl Inner {
         let order = f.clone();
         let _order = order.applying.lock().await;
         let h = f.handle.clone();
-        let result = self.apply_objects(&spec, replicas).await;
+        let result = self.apply_deployment(&spec, replicas).await;
         f.scaling.fetch_sub(1, Ordering::AcqRel);
         match result {
-            Ok(target) => {
+            Ok(applied) => {
+                let target = applied.metadata.generation.unwrap_or(0);
                 {
                     let mut st = lock(&f.state);
+                    Inner::record_apply(&mut st, &applied);
                     if let Some(p) = st.pending.as_mut().filter(|p| p.generation == generation) {
                         p.target = Some(target);
                         if !p.update {
@@ -798,6 +961,13 @@ async fn watch_kind<K>(
     }
 }
 
+/// A Deployment's pod template, for comparison.
+fn template(d: &Deployment) -> Option<serde_json::Value> {
+    d.spec
+        .as_ref()
+        .and_then(|s| serde_json::to_value(&s.template).ok())
+}
+
 fn label<'a, K: kube::Resource>(o: &'a K, key: &str) -> Option<&'a str> {
     o.meta()
         .labels
@@ -870,6 +1040,13 @@ impl Runtime for KubeRuntime {
                             pending: None,
                             endpoints: BTreeMap::new(),
                             ready_once: false,
+                            applied_generation: None,
+                            applied_template: None,
+                            deployment_seen: false,
+                            service_seen: false,
+                            repairing: false,
+                            last_repair: None,
+                            removing: false,
                         }),
                         scaling: AtomicUsize::new(0),
                         applying: tokio::sync::Mutex::new(()),
@@ -944,7 +1121,11 @@ impl Runtime for KubeRuntime {
                 .function(key)
                 .ok_or_else(|| RuntimeError::NotFound(key.to_string()))?;
             // Kept known until the objects are gone, so a failed remove can be retried.
-            inner.delete_objects(key).await?;
+            lock(&f.state).removing = true;
+            if let Err(e) = inner.delete_objects(key).await {
+                lock(&f.state).removing = false;
+                return Err(e.into());
+            }
             lock(&inner.functions).remove(key);
             f.followers.stop_all();
             let h = &f.handle;

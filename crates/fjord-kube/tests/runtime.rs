@@ -21,6 +21,7 @@ use fake_api::*;
 fn test_config() -> KubeRuntimeConfig {
     KubeRuntimeConfig {
         conflict_backoff: Duration::from_millis(10),
+        repair_interval: Duration::from_millis(10),
         ..KubeRuntimeConfig::default()
     }
 }
@@ -256,6 +257,7 @@ async fn the_namespace_is_watched_once_with_label_selectors() {
     let recorded = api.recorded();
     for (collection, selector) in [
         (DEPLOYMENTS, "labelSelector=faas_function"),
+        (SERVICES, "labelSelector=faas_function"),
         (SLICES, "labelSelector=kubernetes.io%2Fservice-name"),
         (PODS, "labelSelector=faas_function"),
     ] {
@@ -1042,5 +1044,98 @@ async fn pod_logs_are_followed_per_pod_resumed_where_they_ended_and_stopped_with
     assert!(api.log_followed("hello-a"));
     rt.remove(&h.key).await.expect("remove");
     until_not_followed(&api, "hello-a").await;
+    rt.shutdown().await;
+}
+
+fn cluster_service(name: &str) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {
+            "name": name, "namespace": NS, "resourceVersion": "1",
+            "labels": { "faas_function": name },
+        },
+        "spec": { "selector": { "faas_function": name }, "ports": [{ "port": 8080 }] },
+    })
+}
+
+/// The Deployment as fjord last applied it, with `replicas` and, when `changed`, the
+/// generation after the fake's (which counts applies): what the watch shows after someone
+/// else changed its spec.
+fn as_applied(api: &FakeApi, changed: bool, replicas: i32) -> Value {
+    let path = format!("{DEPLOYMENTS}/hello");
+    let recorded = api.recorded();
+    let applies = patches_of(&recorded, &path);
+    let mut d = applies.last().map(|r| r.body.clone()).expect("an apply");
+    let generation = applies.len() as i64 + i64::from(changed);
+    d["metadata"]["generation"] = json!(generation);
+    d["metadata"]["resourceVersion"] = json!("1");
+    d["spec"]["replicas"] = json!(replicas);
+    d["status"] = json!({ "observedGeneration": generation, "replicas": replicas, "updatedReplicas": replicas, "availableReplicas": replicas });
+    d
+}
+
+#[tokio::test]
+async fn objects_deleted_or_edited_by_someone_else_are_applied_again() {
+    let (rt, api) = runtime();
+    let _h = serving_v1(&rt, &api).await;
+    let deployment = format!("{DEPLOYMENTS}/hello");
+    let service = format!("{SERVICES}/hello");
+    let applies = |path: &str| patches_of(&api.recorded(), path).len();
+    let (d0, s0) = (applies(&deployment), applies(&service));
+
+    // The Service deleted (after it was seen): both objects applied again.
+    api.push(SERVICES, "ADDED", cluster_service("hello"));
+    api.push(SERVICES, "DELETED", cluster_service("hello"));
+    api.wait_for("the Service applied again", s0 + 1, |r| {
+        r.method == Method::PATCH && r.path == service
+    })
+    .await;
+    assert_eq!(applies(&deployment), d0 + 1);
+
+    // The Deployment deleted: applied again with the count fjord wants.
+    api.push(DEPLOYMENTS, "ADDED", as_applied(&api, false, 1));
+    api.push(DEPLOYMENTS, "DELETED", as_applied(&api, false, 1));
+    let again = api
+        .wait_for("the Deployment applied again", d0 + 2, |r| {
+            r.method == Method::PATCH && r.path == deployment
+        })
+        .await;
+    let last = &again.last().unwrap().body;
+    assert_eq!(last["spec"]["replicas"], 1);
+    assert_eq!(
+        last["spec"]["template"]["spec"]["containers"][0]["image"],
+        "img:1"
+    );
+
+    // Its image changed by hand (kubectl set image) and scaled to 3: the image comes back,
+    // the count stays.
+    let mut edited = as_applied(&api, true, 3);
+    edited["spec"]["template"]["spec"]["containers"][0]["image"] = json!("evil:1");
+    api.push(DEPLOYMENTS, "MODIFIED", edited);
+    let again = api
+        .wait_for("the edit undone", d0 + 3, |r| {
+            r.method == Method::PATCH && r.path == deployment
+        })
+        .await;
+    let last = &again.last().unwrap().body;
+    assert_eq!(
+        last["spec"]["template"]["spec"]["containers"][0]["image"],
+        "img:1"
+    );
+    assert_eq!(last["spec"]["replicas"], 3);
+
+    // A scale alone (a new generation, the same template) is nothing to put back.
+    api.push(DEPLOYMENTS, "MODIFIED", as_applied(&api, true, 2));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(applies(&deployment), d0 + 3);
+
+    // Removed by fjord: its objects' deletion is not undone.
+    rt.remove(&fjord_core::FunctionKey::new("hello", None).unwrap())
+        .await
+        .expect("removed");
+    api.push(DEPLOYMENTS, "DELETED", as_applied(&api, false, 2));
+    api.push(SERVICES, "DELETED", cluster_service("hello"));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(applies(&deployment), d0 + 3);
     rt.shutdown().await;
 }

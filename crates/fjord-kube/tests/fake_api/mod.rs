@@ -108,12 +108,13 @@ pub fn list_kind(collection: &str) -> &'static str {
         DEPLOYMENTS => "DeploymentList",
         SLICES => "EndpointSliceList",
         FUNCTIONS => "FunctionList",
+        SERVICES => "ServiceList",
         _ => "PodList",
     }
 }
 
 pub fn collection_of(path: &str) -> Option<&'static str> {
-    [DEPLOYMENTS, SLICES, PODS, FUNCTIONS]
+    [DEPLOYMENTS, SERVICES, SLICES, PODS, FUNCTIONS]
         .into_iter()
         .find(|c| *c == path)
 }
@@ -331,9 +332,9 @@ impl FakeApi {
         }
     }
 
-    /// Waits until the three watches of the namespace are open.
+    /// Waits until the four watches of the namespace are open.
     pub async fn wait_watching(&self) {
-        for c in [DEPLOYMENTS, SLICES, PODS] {
+        for c in [DEPLOYMENTS, SERVICES, SLICES, PODS] {
             self.wait_for("watch", 1, |r| r.path == c && r.is_watch())
                 .await;
         }
