@@ -65,6 +65,9 @@ pub trait FunctionStore: Send + Sync + 'static {
 pub struct ControllerConfig {
     /// The namespaces whose Function objects are deployed.
     pub namespaces: Vec<String>,
+    /// Also every namespace labelled `openfaas=1`, followed as labels come and go (needs
+    /// `list` and `watch` on namespaces; without them, `namespaces` only).
+    pub labelled_namespaces: bool,
     /// The first wait before a failed deploy is tried again; doubled up to `max_backoff`.
     pub backoff: Duration,
     pub max_backoff: Duration,
@@ -74,6 +77,7 @@ impl Default for ControllerConfig {
     fn default() -> Self {
         Self {
             namespaces: vec![fjord_core::DEFAULT_NAMESPACE.to_string()],
+            labelled_namespaces: true,
             backoff: Duration::from_secs(2),
             max_backoff: Duration::from_secs(300),
         }
@@ -82,36 +86,107 @@ impl Default for ControllerConfig {
 
 /// Runs the controller until the future is dropped: one watch per namespace.
 pub async fn run(client: kube::Client, config: ControllerConfig, store: Arc<dyn FunctionStore>) {
-    let config = Arc::new(config);
-    let watches: Vec<_> = config
-        .namespaces
-        .iter()
-        .map(|ns| {
-            let api: Api<Function> = Api::namespaced(client.clone(), ns);
-            watch_namespace(api, ns.clone(), config.clone(), store.clone())
-        })
-        .collect();
-    futures_util::future::join_all(watches).await;
-}
-
-/// The namespaces whose Function objects are deployed: `openfaas-fn` and every namespace
-/// labelled `openfaas=1` (only `openfaas-fn` when namespaces may not be listed).
-pub async fn function_namespaces(client: &kube::Client) -> Vec<String> {
     use k8s_openapi::api::core::v1::Namespace;
-    let mut out = vec![fjord_core::DEFAULT_NAMESPACE.to_string()];
-    let api: kube::Api<Namespace> = kube::Api::all(client.clone());
-    match api
-        .list(&kube::api::ListParams::default().labels("openfaas=1"))
-        .await
-    {
-        Ok(list) => out.extend(list.items.into_iter().filter_map(|n| n.metadata.name)),
-        Err(e) => {
-            tracing::warn!(error = %e, "function objects: cannot list the namespaces labelled openfaas=1; watching openfaas-fn only")
+    let config = Arc::new(config);
+    let mut watches = Watches {
+        client: client.clone(),
+        config: config.clone(),
+        store,
+        tasks: tokio::task::JoinSet::new(),
+        running: HashMap::new(),
+    };
+    for ns in &config.namespaces {
+        watches.start(ns);
+    }
+    if !config.labelled_namespaces {
+        while watches.tasks.join_next().await.is_some() {}
+        return;
+    }
+    let api: Api<Namespace> = Api::all(client);
+    let mut stream = watcher(api, watcher::Config::default().labels("openfaas=1"))
+        .default_backoff()
+        .boxed();
+    let mut listed: HashSet<String> = HashSet::new();
+    let mut failing: Option<String> = None;
+    while let Some(event) = stream.next().await {
+        let event = match event {
+            Ok(e) => {
+                failing = None;
+                e
+            }
+            Err(e) => {
+                let text = e.to_string();
+                if failing.as_deref() != Some(text.as_str()) {
+                    tracing::warn!(error = %text, "function objects: cannot watch the namespaces labelled openfaas=1 (the ClusterRole fjord-namespaces-read of deploy/kubernetes/rbac.yaml allows it); retrying, meanwhile watching {}", config.namespaces.join(", "));
+                    failing = Some(text);
+                }
+                continue;
+            }
+        };
+        match event {
+            watcher::Event::Init => listed.clear(),
+            watcher::Event::InitApply(n) | watcher::Event::Apply(n) => {
+                if let Some(name) = n.metadata.name {
+                    watches.start(&name);
+                    listed.insert(name);
+                }
+            }
+            watcher::Event::Delete(n) => {
+                if let Some(name) = n.metadata.name {
+                    watches.stop(&name);
+                }
+            }
+            watcher::Event::InitDone => {
+                let gone: Vec<String> = watches
+                    .running
+                    .keys()
+                    .filter(|ns| !listed.contains(*ns))
+                    .cloned()
+                    .collect();
+                for ns in gone {
+                    watches.stop(&ns);
+                }
+            }
         }
     }
-    out.sort();
-    out.dedup();
-    out
+}
+
+/// The namespaces' Function watches. Dropped (the controller's future dropped): all stop.
+struct Watches {
+    client: kube::Client,
+    config: Arc<ControllerConfig>,
+    store: Arc<dyn FunctionStore>,
+    tasks: tokio::task::JoinSet<()>,
+    running: HashMap<String, tokio::task::AbortHandle>,
+}
+
+impl Watches {
+    fn start(&mut self, namespace: &str) {
+        while self.tasks.try_join_next().is_some() {}
+        if self.running.contains_key(namespace) {
+            return;
+        }
+        let api: Api<Function> = Api::namespaced(self.client.clone(), namespace);
+        let handle = self.tasks.spawn(watch_namespace(
+            api,
+            namespace.to_string(),
+            self.config.clone(),
+            self.store.clone(),
+        ));
+        self.running.insert(namespace.to_string(), handle);
+    }
+
+    /// Stops watching a namespace no longer labelled (never one of the configured ones).
+    /// Its functions stay as they are: a label is not a deletion.
+    fn stop(&mut self, namespace: &str) {
+        if self.config.namespaces.iter().any(|n| n == namespace) {
+            return;
+        }
+        if let Some(h) = self.running.remove(namespace) {
+            tracing::info!(%namespace, "function objects: no longer watching (not labelled openfaas=1)");
+            h.abort();
+        }
+    }
 }
 
 /// What a function's task is asked to make true: the object as last seen, or none (deleted).

@@ -88,17 +88,20 @@ impl Store {
 
 impl FunctionStore for Store {
     fn deployment(&self, key: &FunctionKey) -> Option<FunctionDeployment> {
-        assert_eq!(key.namespace, NS);
         self.get(&key.name)
+            .filter(|d| d.namespace.as_deref().unwrap_or(NS) == key.namespace)
     }
 
     fn functions(&self, namespace: &str) -> Vec<(FunctionKey, FunctionDeployment)> {
-        assert_eq!(namespace, NS);
         self.functions
             .lock()
             .unwrap()
             .values()
-            .map(|d| (FunctionKey::new(&d.service, Some(NS)).unwrap(), d.clone()))
+            .filter(|d| d.namespace.as_deref().unwrap_or(NS) == namespace)
+            .map(|d| {
+                let key = FunctionKey::new(&d.service, Some(namespace)).unwrap();
+                (key, d.clone())
+            })
             .collect()
     }
 
@@ -130,6 +133,7 @@ impl FunctionStore for Store {
 fn config() -> ControllerConfig {
     ControllerConfig {
         namespaces: vec![NS.to_string()],
+        labelled_namespaces: false,
         backoff: Duration::from_millis(20),
         max_backoff: Duration::from_millis(100),
     }
@@ -369,4 +373,58 @@ async fn changes_during_a_slow_rollout_are_applied_after_it_newest_first() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(store.log().len(), 3, "{:?}", store.log());
     assert_eq!(status_patches(&api, "hello").len(), 2);
+}
+
+#[tokio::test]
+async fn namespaces_labelled_openfaas_1_are_followed_as_they_come_and_go() {
+    let store = Store::new();
+    let (client, api) = fake_cluster();
+    api.set_list(FUNCTIONS, Vec::new());
+    api.set_list(TEAM_FUNCTIONS, Vec::new());
+    let following = ControllerConfig {
+        labelled_namespaces: true,
+        ..config()
+    };
+    let _task = tokio::spawn(controller::run(client, following, store.clone()));
+    let namespaces = api
+        .wait_for("the namespace watch", 1, |r| {
+            r.path == NAMESPACES && r.is_watch()
+        })
+        .await;
+    assert!(
+        namespaces[0].query.contains("labelSelector=openfaas%3D1"),
+        "{:?}",
+        namespaces[0].query
+    );
+    let team = json!({
+        "apiVersion": "v1", "kind": "Namespace",
+        "metadata": { "name": TEAM_NS, "labels": { "openfaas": "1" } },
+    });
+    api.push(NAMESPACES, "ADDED", team.clone());
+    api.wait_for("the new namespace's Function watch", 1, |r| {
+        r.path == TEAM_FUNCTIONS && r.is_watch()
+    })
+    .await;
+    let mut object = object("teamfn", "img:1", 1);
+    object["metadata"]["namespace"] = json!(TEAM_NS);
+    api.push(TEAM_FUNCTIONS, "ADDED", object);
+    assert_eq!(store.wait_log(1).await, ["deploy teamfn img:1"]);
+    assert_eq!(
+        store.get("teamfn").unwrap().namespace.as_deref(),
+        Some(TEAM_NS)
+    );
+
+    // Unlabelled: its watch stops, its function stays (a label is not a deletion).
+    api.push(NAMESPACES, "DELETED", team);
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while api.watch_open(TEAM_FUNCTIONS) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the watch of {TEAM_NS} still open"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(store.get("teamfn").is_some());
+    // The configured namespace is watched throughout.
+    assert!(api.watch_open(FUNCTIONS));
 }

@@ -92,19 +92,15 @@ async fn kubernetes(
 
 /// The Function object controller, for the namespaces fjord serves on the cluster.
 #[cfg(feature = "kubernetes")]
-async fn function_objects(
+fn function_objects(
     cluster: &std::sync::Arc<fjord_kube::KubeRuntime>,
 ) -> fjord_gateway::MoreTriggers {
     use super::function_objects::FunctionObjects;
-    let namespaces = fjord_kube::controller::function_namespaces(&cluster.client()).await;
+    let config = fjord_kube::ControllerConfig::default();
     tracing::info!(
-        namespaces = %namespaces.join(","),
-        "Function objects (openfaas.com/v1) in these namespaces are deployed"
+        "Function objects (openfaas.com/v1) in {} and the namespaces labelled openfaas=1 are deployed",
+        config.namespaces.join(", ")
     );
-    let config = fjord_kube::ControllerConfig {
-        namespaces,
-        ..Default::default()
-    };
     let cluster = cluster.clone();
     std::sync::Arc::new(move |control| {
         vec![Box::new(FunctionObjects {
@@ -204,7 +200,7 @@ pub fn run(a: ServeArgs) -> Result<(), CliError> {
         #[cfg(feature = "kubernetes")]
         if runtime == RuntimeKind::Kubernetes {
             let cluster = kubernetes(kubeconfig, config.rollout_timeout).await?;
-            config.more_triggers = Some(function_objects(&cluster).await);
+            config.more_triggers = Some(function_objects(&cluster));
             config.runtime = Some(cluster);
         }
         let shutdown = tokio_util::sync::CancellationToken::new();

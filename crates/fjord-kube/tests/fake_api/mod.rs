@@ -31,6 +31,10 @@ pub const SERVICES: &str = "/api/v1/namespaces/openfaas-fn/services";
 pub const SLICES: &str = "/apis/discovery.k8s.io/v1/namespaces/openfaas-fn/endpointslices";
 pub const PODS: &str = "/api/v1/namespaces/openfaas-fn/pods";
 pub const FUNCTIONS: &str = "/apis/openfaas.com/v1/namespaces/openfaas-fn/functions";
+pub const NAMESPACES: &str = "/api/v1/namespaces";
+/// A second function namespace, for the Function controller's namespace following.
+pub const TEAM_NS: &str = "team-a";
+pub const TEAM_FUNCTIONS: &str = "/apis/openfaas.com/v1/namespaces/team-a/functions";
 
 #[derive(Debug, Clone)]
 pub struct Recorded {
@@ -107,16 +111,25 @@ pub fn list_kind(collection: &str) -> &'static str {
     match collection {
         DEPLOYMENTS => "DeploymentList",
         SLICES => "EndpointSliceList",
-        FUNCTIONS => "FunctionList",
+        FUNCTIONS | TEAM_FUNCTIONS => "FunctionList",
+        NAMESPACES => "NamespaceList",
         SERVICES => "ServiceList",
         _ => "PodList",
     }
 }
 
 pub fn collection_of(path: &str) -> Option<&'static str> {
-    [DEPLOYMENTS, SERVICES, SLICES, PODS, FUNCTIONS]
-        .into_iter()
-        .find(|c| *c == path)
+    [
+        DEPLOYMENTS,
+        SERVICES,
+        SLICES,
+        PODS,
+        FUNCTIONS,
+        NAMESPACES,
+        TEAM_FUNCTIONS,
+    ]
+    .into_iter()
+    .find(|c| *c == path)
 }
 
 /// A client whose requests the returned fake answers.
@@ -292,6 +305,14 @@ impl FakeApi {
     /// Ends the open log streams of `pod` (as an API server closing the connection).
     pub fn end_logs(&self, pod: &str) {
         self.lock().logs.remove(pod);
+    }
+
+    /// Whether a watch of `collection` is still open (its reader has not gone).
+    pub fn watch_open(&self, collection: &'static str) -> bool {
+        let mut st = self.lock();
+        let senders = st.watches.entry(collection).or_default();
+        senders.retain(|tx| !tx.is_closed());
+        !senders.is_empty()
     }
 
     /// Whether a reader still holds a log stream of `pod` open.
