@@ -84,7 +84,7 @@ pub struct Gauges {
 }
 
 /// Cumulative counters at the previous sample.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 struct Totals {
     at_ms: u64,
     classes: [u64; 4],
@@ -98,12 +98,118 @@ pub struct History {
     inner: Mutex<Ring>,
 }
 
+/// The samples, consecutive equal ones (but for their time) as one run: a function that
+/// sits idle, at zero or not, keeps one run instead of 15 minutes of samples, so a thousand
+/// idle functions cost kilobytes, not tens of megabytes.
 #[derive(Default)]
 struct Ring {
     last: Option<Totals>,
-    points: VecDeque<Point>,
-    /// The totals of the last minute's samples (the list's error rate and percentiles).
-    recent: VecDeque<Totals>,
+    points: VecDeque<Run>,
+    /// Samples in `points`, runs expanded.
+    len: usize,
+    /// The totals of the last minute's samples (the list's error rate and percentiles),
+    /// equal consecutive ones counted once with their number.
+    recent: VecDeque<(Totals, usize)>,
+    recent_len: usize,
+}
+
+/// `count` samples equal to `first` but for their times, taken from `first.t` to `last_t`
+/// (at even steps: the sampler's period).
+#[derive(Debug, Clone)]
+struct Run {
+    first: Point,
+    count: usize,
+    last_t: u64,
+}
+
+impl Run {
+    /// The time of the `i`th sample of the run.
+    fn t(&self, i: usize) -> u64 {
+        if self.count <= 1 {
+            return self.first.t;
+        }
+        let span = self.last_t.saturating_sub(self.first.t);
+        self.first.t + span * i as u64 / (self.count - 1) as u64
+    }
+
+    fn points(&self) -> impl Iterator<Item = Point> + '_ {
+        (0..self.count).map(|i| Point {
+            t: self.t(i),
+            ..self.first.clone()
+        })
+    }
+}
+
+impl Ring {
+    fn push(&mut self, point: Point) {
+        match self.points.back_mut() {
+            Some(run)
+                if Point {
+                    t: run.first.t,
+                    ..point.clone()
+                } == run.first =>
+            {
+                run.count += 1;
+                run.last_t = point.t;
+            }
+            _ => self.points.push_back(Run {
+                last_t: point.t,
+                first: point,
+                count: 1,
+            }),
+        }
+        self.len += 1;
+        if self.len > CAPACITY {
+            self.pop_oldest();
+        }
+    }
+
+    fn pop_oldest(&mut self) {
+        let Some(run) = self.points.front_mut() else {
+            return;
+        };
+        if run.count <= 1 {
+            self.points.pop_front();
+        } else {
+            run.first.t = run.t(1);
+            run.count -= 1;
+        }
+        self.len -= 1;
+    }
+
+    /// The last `n` samples (all when fewer), oldest first.
+    fn last_points(&self, n: usize) -> Vec<Point> {
+        let skip = self.len.saturating_sub(n);
+        self.points
+            .iter()
+            .flat_map(Run::points)
+            .skip(skip)
+            .collect()
+    }
+
+    fn push_recent(&mut self, totals: Totals) {
+        // Only the counters matter to the summary, not when they were read.
+        let same = |a: &Totals, b: &Totals| a.classes == b.classes && a.buckets == b.buckets;
+        match self.recent.back_mut() {
+            Some((t, n)) if same(t, &totals) => {
+                *t = totals;
+                *n += 1;
+            }
+            _ => self.recent.push_back((totals, 1)),
+        }
+        self.recent_len += 1;
+        while self.recent_len > SUMMARY_SAMPLES + 1 {
+            let Some((_, n)) = self.recent.front_mut() else {
+                break;
+            };
+            if *n <= 1 {
+                self.recent.pop_front();
+            } else {
+                *n -= 1;
+            }
+            self.recent_len -= 1;
+        }
+    }
 }
 
 impl History {
@@ -126,12 +232,9 @@ impl History {
         };
         let mut ring = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         if ring.recent.is_empty() {
-            ring.recent.push_back(zero);
+            ring.push_recent(zero);
         }
-        if ring.recent.len() > SUMMARY_SAMPLES {
-            ring.recent.pop_front();
-        }
-        ring.recent.push_back(totals);
+        ring.push_recent(totals);
         let prev = ring.last.replace(totals).unwrap_or(zero);
         let secs = now_ms.saturating_sub(prev.at_ms) as f64 / 1000.0;
         if secs <= 0.0 {
@@ -159,30 +262,25 @@ impl History {
             },
             memory_bytes: gauges.memory_bytes,
         };
-        if ring.points.len() == CAPACITY {
-            ring.points.pop_front();
-        }
-        ring.points.push_back(point);
+        ring.push(point);
     }
 
     /// The samples, oldest first.
     pub fn points(&self) -> Vec<Point> {
         let ring = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        ring.points.iter().cloned().collect()
+        ring.last_points(CAPACITY)
     }
 
     /// The list's view: sparkline, error rate and percentiles over the last minute.
     pub fn summary(&self, name: &str, namespace: &str) -> FunctionSummary {
         let ring = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        let skip = ring.points.len().saturating_sub(SPARK_POINTS);
         let rps = ring
-            .points
+            .last_points(SPARK_POINTS)
             .iter()
-            .skip(skip)
             .map(|p| ((p.rps2xx + p.rps3xx + p.rps4xx + p.rps5xx) * 100.0).round() / 100.0)
             .collect();
         let (mut error_rate, mut p50_ms, mut p99_ms) = (None, None, None);
-        if let (Some(old), Some(new)) = (ring.recent.front(), ring.recent.back()) {
+        if let (Some((old, _)), Some((new, _))) = (ring.recent.front(), ring.recent.back()) {
             let d = |i: usize| new.classes[i].saturating_sub(old.classes[i]);
             let total: u64 = (0..4).map(d).sum();
             if total > 0 {
@@ -325,6 +423,44 @@ mod tests {
         assert_eq!(p.len(), CAPACITY);
         assert_eq!(p.last().unwrap().t, (CAPACITY as u64 + 49) * INTERVAL_MS);
         assert_eq!(p[0].t, 50 * INTERVAL_MS, "the oldest were dropped first");
+    }
+
+    #[test]
+    fn an_idle_function_keeps_one_run_not_fifteen_minutes_of_samples() {
+        let m = FunctionMetrics::new();
+        let h = History::default();
+        // At zero: every sample the same but for its time (with a little jitter).
+        for i in 0..(CAPACITY as u64 + 20) {
+            h.sample(&m, gauges(0), i * INTERVAL_MS + i % 3);
+        }
+        {
+            let ring = h.inner.lock().unwrap();
+            assert_eq!(ring.points.len(), 1, "one run");
+            assert_eq!(ring.recent.len(), 1, "one run of equal totals");
+        }
+        let p = h.points();
+        assert_eq!(p.len(), CAPACITY);
+        let last = CAPACITY as u64 + 19;
+        assert_eq!(p.last().unwrap().t, last * INTERVAL_MS + last % 3);
+        // The others spread evenly between the oldest kept and the last: within the jitter.
+        assert!(p[0].t.abs_diff(20 * INTERVAL_MS) <= 3, "{}", p[0].t);
+        assert!(p.windows(2).all(|w| w[0].t < w[1].t));
+        assert!(p.iter().all(|x| x.rps2xx == 0.0 && x.ready == 0));
+
+        // A request breaks the run: the sample with it stands alone, then a new run.
+        m.observe(200, 0.003);
+        let t = (CAPACITY as u64 + 20) * INTERVAL_MS;
+        h.sample(&m, gauges(0), t);
+        h.sample(&m, gauges(0), t + INTERVAL_MS);
+        h.sample(&m, gauges(0), t + 2 * INTERVAL_MS);
+        assert_eq!(h.inner.lock().unwrap().points.len(), 3);
+        let p = h.points();
+        assert_eq!(p.len(), CAPACITY);
+        assert!(p[CAPACITY - 3].rps2xx > 0.0);
+        assert_eq!(p[CAPACITY - 1].t, t + 2 * INTERVAL_MS);
+        let s = h.summary("f", "ns");
+        assert_eq!(s.rps.len(), SPARK_POINTS);
+        assert_eq!(s.error_rate, Some(0.0));
     }
 
     #[test]
