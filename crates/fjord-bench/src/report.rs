@@ -161,7 +161,8 @@ request must answer 200 and its p99 spans the scale-out.\n\
 slope by least squares after the first 20 %.\n\
 - **Footprint**: RSS of `fjord serve` from /proc (a reading that fails fails the run); \"max under load\" \
 is the largest reading every 100 ms during the warm-invoke loads through fjord; functions at zero are \
-fork-mode `cat` functions deployed with `com.openfaas.scale.min: 0`.\n\
+fork-mode `cat` functions deployed with `com.openfaas.scale.min: 0`, read 15 s after the last deploy \
+(three samples of each function's dashboard history, which is kept per function even at zero).\n\
 - **TLS**: the plain gateway's load runs right before the TLS gateway's (one after the other, same run), \
 not at the same moment.\n\
 - **Micro-benchmarks** of the hot-path pieces: `cargo bench -p fjord-gateway --bench hot_path`.\n\
