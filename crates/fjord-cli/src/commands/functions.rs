@@ -133,6 +133,15 @@ fn describe_text(f: &FunctionStatus, url: &str) -> String {
     );
     line("URL:", format!("{url}/function/{}.{}", f.name, f.namespace));
     line("Created:", f.created_at.clone());
+    if fjord_core::policy::from_function_object(f.annotations.as_ref()) {
+        line(
+            "Managed by:",
+            format!(
+                "its Function object (openfaas.com/v1): kubectl edit function {} -n {}",
+                f.name, f.namespace
+            ),
+        );
+    }
     if let Some(x) = &f.fjord {
         if let Some(r) = &x.runtime {
             line("Runtime:", r.clone());
@@ -608,5 +617,23 @@ mod tests {
             text.contains("Runtime:") && text.contains("container"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn describe_names_the_function_object_that_manages_it() {
+        let f: FunctionStatus = serde_json::from_value(serde_json::json!({
+            "name": "env", "image": "img:1", "namespace": "team-a",
+            "createdAt": "2026-12-01T00:00:00Z",
+            "annotations": {"com.fjord.function-object": "0c6e-uid"},
+        }))
+        .expect("a status");
+        let text = describe_text(&f, "http://gw");
+        assert!(
+            text.contains("Managed by:") && text.contains("kubectl edit function env -n team-a"),
+            "{text}"
+        );
+        let mut plain = f.clone();
+        plain.annotations = None;
+        assert!(!describe_text(&plain, "http://gw").contains("Managed by:"));
     }
 }
