@@ -428,3 +428,32 @@ async fn namespaces_labelled_openfaas_1_are_followed_as_they_come_and_go() {
     // The configured namespace is watched throughout.
     assert!(api.watch_open(FUNCTIONS));
 }
+
+#[tokio::test]
+async fn a_refused_or_failed_list_is_retried_and_the_functions_then_deployed() {
+    let store = Store::new();
+    let (client, api) = fake_cluster();
+    api.set_list(FUNCTIONS, vec![object("hello", "img:1", 1)]);
+    // RBAC not granted yet, then the API server failing: both retried with backoff.
+    api.script(
+        Method::GET,
+        FUNCTIONS,
+        403,
+        status(403, "Forbidden", "functions.openfaas.com is forbidden"),
+    );
+    api.script(
+        Method::GET,
+        FUNCTIONS,
+        500,
+        status(500, "InternalError", "etcdserver: request timed out"),
+    );
+    let _task = tokio::spawn(controller::run(client, config(), store.clone()));
+    assert_eq!(store.wait_log(1).await, ["deploy hello img:1"]);
+    let lists: Vec<u16> = api
+        .recorded()
+        .iter()
+        .filter(|r| r.is_list(FUNCTIONS))
+        .map(|r| r.status)
+        .collect();
+    assert_eq!(lists[..3], [403, 500, 200], "{lists:?}");
+}
