@@ -178,15 +178,17 @@ fn unique(prefix: &str) -> String {
     format!("{prefix}-{:x}-{:x}", std::process::id(), nanos)
 }
 
-/// Deletes the function's Deployment and Service from the cluster when dropped, however the
-/// test ends (a normal end has deleted them through the gateway already).
+/// Deletes the function's Deployment and Service (and its Function object, when it has one)
+/// from the cluster when dropped, however the test ends (a normal end has deleted them
+/// through the gateway already).
 struct Cleanup {
     name: String,
+    function_object: bool,
 }
 
 impl Drop for Cleanup {
     fn drop(&mut self) {
-        let name = self.name.clone();
+        let (name, function_object) = (self.name.clone(), self.function_object);
         // A runtime of its own: the test's may be shutting down.
         let cleaned = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
@@ -195,6 +197,11 @@ impl Drop for Cleanup {
                 .expect("a runtime");
             rt.block_on(async move {
                 let client = cluster().await;
+                if function_object {
+                    let _ = Api::<fjord_kube::Function>::namespaced(client.clone(), NS)
+                        .delete(&name, &DeleteParams::default())
+                        .await;
+                }
                 let dp = DeleteParams::foreground();
                 let _ = Api::<Deployment>::namespaced(client.clone(), NS)
                     .delete(&name, &dp)
@@ -310,7 +317,10 @@ async fn deploy_invoke_by_pod_ip_and_delete() {
     let g = gateway().await;
     let s = &g.server;
     let name = unique("e2e-env");
-    let _cleanup = Cleanup { name: name.clone() };
+    let _cleanup = Cleanup {
+        name: name.clone(),
+        function_object: false,
+    };
 
     // No image: refused before anything reaches the cluster.
     let body = s
@@ -411,7 +421,10 @@ async fn scale_zero_to_two_to_zero_with_a_held_request() {
     let g = gateway().await;
     let s = &g.server;
     let name = unique("e2e-scale");
-    let _cleanup = Cleanup { name: name.clone() };
+    let _cleanup = Cleanup {
+        name: name.clone(),
+        function_object: false,
+    };
     s.deploy(&watchdog_fn(&name, "env")).await;
     s.wait_ready(&name, POD_TIMEOUT).await;
 
@@ -472,28 +485,6 @@ async fn scale_zero_to_two_to_zero_with_a_held_request() {
     assert!(s.get_function(&name).await.is_none(), "404 after delete");
 }
 
-/// Deletes the Function object when dropped, however the test ends.
-struct FunctionObjectCleanup {
-    name: String,
-}
-
-impl Drop for FunctionObjectCleanup {
-    fn drop(&mut self) {
-        let name = self.name.clone();
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("a runtime");
-            rt.block_on(async move {
-                let api = Api::<fjord_kube::Function>::namespaced(cluster().await, NS);
-                let _ = api.delete(&name, &DeleteParams::default()).await;
-            });
-        })
-        .join();
-    }
-}
-
 /// The Function object's `Ready` condition: (status, reason).
 async fn object_ready(api: &Api<fjord_kube::Function>, name: &str) -> Option<(String, String)> {
     let f = api.get_opt(name).await.expect("get the Function")?;
@@ -521,8 +512,10 @@ async fn a_function_object_is_deployed_updated_and_deleted_through_the_cluster()
     let g = gateway().await;
     let s = &g.server;
     let name = unique("e2e-object");
-    let _cleanup = Cleanup { name: name.clone() };
-    let _object_cleanup = FunctionObjectCleanup { name: name.clone() };
+    let _cleanup = Cleanup {
+        name: name.clone(),
+        function_object: true,
+    };
     let api = Api::<fjord_kube::Function>::namespaced(client.clone(), NS);
     let object = |greeting: &str| -> fjord_kube::Function {
         serde_json::from_value(json!({

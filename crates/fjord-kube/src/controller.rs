@@ -240,7 +240,7 @@ async fn watch_namespace(
                 e
             }
             Err(e) => {
-                let text = describe_watch_error(e);
+                let text = describe_watch_error(&namespace, e);
                 if failing.as_deref() != Some(text.as_str()) {
                     tracing::warn!(%namespace, error = %text, "function objects: watch failed; retrying with backoff (functions keep running as they are)");
                     failing = Some(text);
@@ -275,24 +275,27 @@ async fn watch_namespace(
     }
 }
 
-/// A watch error in words, with what to do for the usual causes.
-fn describe_watch_error(e: watcher::Error) -> String {
-    let api_code = match &e {
+/// A watch error in words (a 403 names the permission, as the runtime's watches do); a 404
+/// means the CRD is missing.
+fn describe_watch_error(namespace: &str, e: watcher::Error) -> String {
+    let missing_crd = matches!(
+        &e,
         watcher::Error::InitialListFailed(kube::Error::Api(s))
-        | watcher::Error::WatchStartFailed(kube::Error::Api(s))
-        | watcher::Error::WatchFailed(kube::Error::Api(s)) => Some(s.code),
-        _ => None,
-    };
-    match api_code {
-        Some(404) => format!(
-            "{e}: the Function CRD is not installed (kubectl apply -f deploy/kubernetes/crd-function.yaml)"
-        ),
-        Some(403) => format!(
-            "{e}: the gateway's Role needs get, list and watch on functions.openfaas.com (deploy/kubernetes/rbac.yaml)"
-        ),
-        _ => e.to_string(),
+            | watcher::Error::WatchStartFailed(kube::Error::Api(s))
+            | watcher::Error::WatchFailed(kube::Error::Api(s)) if s.code == 404
+    );
+    let text = crate::runtime::describe_watch_error(namespace, FUNCTIONS_RESOURCE, e);
+    if missing_crd {
+        format!(
+            "{text}: the Function CRD is not installed (kubectl apply -f deploy/kubernetes/crd-function.yaml)"
+        )
+    } else {
+        text
     }
 }
+
+/// The resource as RBAC names it.
+const FUNCTIONS_RESOURCE: &str = "functions.openfaas.com";
 
 fn managed(d: &FunctionDeployment) -> bool {
     fjord_core::policy::from_function_object(d.annotations.as_ref())
@@ -370,25 +373,18 @@ fn same_version(a: &Desired, b: &Desired) -> bool {
     }
 }
 
-/// What happened to one version of a Function object.
-type Outcome = Result<Applied, StoreError>;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Applied {
-    Deployed,
-    /// The function already is what the object says.
-    Unchanged,
-}
+/// What happened to one version of a Function object: deployed (or already as it says).
+type Outcome = Result<(), StoreError>;
 
 async fn apply(key: &FunctionKey, f: &Function, store: &dyn FunctionStore) -> Outcome {
     let d = deployment_for(key, f)?;
     if is_deployed(store, key, &d) {
-        return Ok(Applied::Unchanged);
+        return Ok(());
     }
     tracing::info!(function = %key, generation = ?f.metadata.generation, "function object: deploying");
     store.deploy(d).await?;
     tracing::info!(function = %key, "function object: deployed");
-    Ok(Applied::Deployed)
+    Ok(())
 }
 
 /// The deployment a Function object asks for: in its namespace, marked with its uid.
@@ -442,7 +438,7 @@ async fn delete(key: &FunctionKey, store: &dyn FunctionStore) -> Result<(), Stor
 /// The `Ready` condition for an outcome: (status, reason, message).
 fn condition(outcome: &Outcome) -> (&'static str, &'static str, String) {
     match outcome {
-        Ok(_) => ("True", "Deployed", "the function is deployed".to_string()),
+        Ok(()) => ("True", "Deployed", "the function is deployed".to_string()),
         Err(StoreError::Invalid(m)) => ("False", "Invalid", m.clone()),
         Err(StoreError::Failed(m)) => ("False", "DeployFailed", format!("{m}; retrying")),
     }

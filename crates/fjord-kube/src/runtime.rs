@@ -977,7 +977,11 @@ fn label<'a, K: kube::Resource>(o: &'a K, key: &str) -> Option<&'a str> {
 }
 
 /// A watch error in words; a 403 names the permission.
-fn describe_watch_error(namespace: &str, resource: &'static str, e: watcher::Error) -> String {
+pub(crate) fn describe_watch_error(
+    namespace: &str,
+    resource: &'static str,
+    e: watcher::Error,
+) -> String {
     let (verb, inner) = match e {
         watcher::Error::InitialListFailed(e) => ("list", e),
         watcher::Error::WatchStartFailed(e) | watcher::Error::WatchFailed(e) => ("watch", e),

@@ -161,14 +161,7 @@ async fn mqtt_figures(
     http_rps: f64,
 ) -> anyhow::Result<()> {
     let scenario = format!("{SCENARIO_PREFIX}: MQTT topic (QoS 1)");
-    let mut o = MqttOptions::new("fjord-bench", "127.0.0.1", mosquitto.port);
-    o.set_keep_alive(Duration::from_secs(30))
-        .set_inflight(100)
-        .set_max_packet_size(1 << 20, 1 << 20);
-    let (client, mut events) = AsyncClient::new(o, 256);
-    let mut net = rumqttc::NetworkOptions::new();
-    net.set_tcp_nodelay(true);
-    events.set_network_options(net);
+    let (client, mut events) = mqtt_client("fjord-bench", mosquitto.port);
     // The function's answers (its start stamps), as they come back on the response topic.
     // None: an answer that is not a stamp (the function failed): never counted as one.
     let (tx, mut answers) = tokio::sync::mpsc::unbounded_channel::<Option<u64>>();
@@ -287,10 +280,10 @@ async fn mqtt_rate(
     Ok(total as f64 / dur.as_secs_f64())
 }
 
-/// An MQTT client of its own that republishes every message on MQTT_BARE_IN to
-/// MQTT_BARE_OUT (QoS 1 both ways), until aborted; returns once it is subscribed.
-async fn mqtt_echo(port: u16) -> anyhow::Result<tokio::task::JoinHandle<()>> {
-    let mut o = MqttOptions::new("fjord-bench-echo", "127.0.0.1", port);
+/// A client of the bench's mosquitto, `TCP_NODELAY` as fjord's (Nagle would add a delayed
+/// ACK to messages sent back to back).
+fn mqtt_client(id: &str, port: u16) -> (AsyncClient, rumqttc::EventLoop) {
+    let mut o = MqttOptions::new(id, "127.0.0.1", port);
     o.set_keep_alive(Duration::from_secs(30))
         .set_inflight(100)
         .set_max_packet_size(1 << 20, 1 << 20);
@@ -298,6 +291,13 @@ async fn mqtt_echo(port: u16) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     let mut net = rumqttc::NetworkOptions::new();
     net.set_tcp_nodelay(true);
     events.set_network_options(net);
+    (client, events)
+}
+
+/// An MQTT client of its own that republishes every message on MQTT_BARE_IN to
+/// MQTT_BARE_OUT (QoS 1 both ways), until aborted; returns once it is subscribed.
+async fn mqtt_echo(port: u16) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let (client, mut events) = mqtt_client("fjord-bench-echo", port);
     client.subscribe(MQTT_BARE_IN, QoS::AtLeastOnce).await?;
     let (subscribed_tx, subscribed) = tokio::sync::oneshot::channel();
     let mut subscribed_tx = Some(subscribed_tx);
