@@ -335,6 +335,23 @@ const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often the TLS certificate and key files are checked for changes.
 const TLS_POLL: Duration = Duration::from_secs(2);
 
+/// How often each worker's [`keep_an_earlier_timer`] fires, at most.
+const TIMER_FLOOR_PERIOD: Duration = Duration::from_secs(1);
+
+/// A timer due sooner than any per-request one, for the worker's lifetime. tokio wakes its
+/// own driver (an eventfd write, then one more epoll round) whenever a timer is set earlier
+/// than all the others; hyper sets the header-read timeout anew for each request on a
+/// connection, and with few connections that timer is each time the earliest. Measured at
+/// c=1: ~15 µs of the gateway's added latency per request. With this one due within `period`
+/// (no longer than the header timeout), those settings wake nothing.
+async fn keep_an_earlier_timer(period: Duration) {
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+    }
+}
+
 /// One HTTP worker: a thread with its own single-threaded runtime, listening socket
 /// (SO_REUSEPORT) and connection pools, like one nginx worker. Nothing on the invoke path
 /// crosses threads, so there are no cross-thread wake-ups per request.
@@ -396,6 +413,9 @@ impl Worker {
                 return;
             }
         };
+        if let Some(t) = self.config.header_timeout {
+            rt.spawn(keep_an_earlier_timer(t.min(TIMER_FLOOR_PERIOD)));
+        }
         rt.block_on(self.serve());
     }
 
