@@ -341,10 +341,14 @@ impl SandboxPlan {
         }
         if self.drop_caps {
             // While still root (CAP_SETPCAP): nothing exec'd later, setuid binaries included,
-            // can get a capability back. EINVAL past the kernel's last capability.
+            // can get a capability back. Capabilities are numbered from 0 without gaps: the
+            // first EINVAL is past the kernel's last one (no need to try all 64).
             for cap in 0..64 {
                 // SAFETY: prctl with integer arguments.
-                unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) };
+                if unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) } != 0
+                {
+                    break;
+                }
             }
         }
         if let Some((uid, gid)) = self.user {
