@@ -1155,6 +1155,11 @@ pub async fn serve(config: GatewayConfig, shutdown: CancellationToken) -> Result
             }
         })
     };
+    // Start-up is over: its code need not stay mapped (see `fjord_runtime::memory`).
+    tokio::task::spawn_blocking(|| match fjord_runtime::memory::release_binary_pages() {
+        Ok(kb) => tracing::debug!(resident_kib = kb, "released the binary's start-up pages"),
+        Err(e) => tracing::debug!(error = %e, "could not release the binary's start-up pages"),
+    });
     shutdown.cancelled().await;
     history.abort();
     autoscaler.abort();

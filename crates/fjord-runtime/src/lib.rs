@@ -12,6 +12,7 @@ pub mod cgroup;
 pub mod container;
 pub mod fork;
 mod masks;
+pub mod memory;
 pub mod netns;
 pub mod program;
 mod reconcile;
