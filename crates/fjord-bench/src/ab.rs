@@ -17,6 +17,10 @@ struct Side {
     rps: Vec<f64>,
     p50: Vec<f64>,
     p99: Vec<f64>,
+    /// Warm invoke at c=1, p50 (µs).
+    c1_p50: Vec<f64>,
+    /// RSS 0.5 s after start, before any deploy (KiB).
+    idle_rss_kb: Vec<f64>,
     cold: Vec<f64>,
 }
 
@@ -27,6 +31,8 @@ async fn measure(bin: &Path, bench_bin: &str, quick: bool, side: &mut Side) -> a
         (Duration::from_secs(1), Duration::from_secs(5))
     };
     let fjord = Fjord::start(bin, &[], None).await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    side.idle_rss_kb.push(fjord.rss_kb()? as f64);
     fjord
         .deploy_ready(
             bench_function("ab-http", bench_bin, one_replica()),
@@ -38,6 +44,9 @@ async fn measure(bin: &Path, bench_bin: &str, quick: bool, side: &mut Side) -> a
     side.rps.push(r.rps());
     side.p50.push(r.p(0.5));
     side.p99.push(r.p(0.99));
+    let r = load::run(&fjord.function_target("ab-http"), 1, warm, dur).await?;
+    r.ensure_no_errors(&format!("warm invoke c=1 via {}", bin.display()))?;
+    side.c1_p50.push(r.p(0.5));
 
     fjord
         .deploy_ready(
@@ -102,6 +111,29 @@ pub(crate) async fn scenario(
             median_of(&b.p99),
             median_of(&a.p99)
         )),
+    );
+    rows.push(
+        Figure::new(
+            s,
+            "warm invoke c=1, p50 latency (median of runs)",
+            median_of(&b.c1_p50),
+            "µs",
+        )
+        .baseline(&old_label, median_of(&a.c1_p50))
+        .note(&format!(
+            "new {}; old {}",
+            spread(&b.c1_p50),
+            spread(&a.c1_p50)
+        )),
+    );
+    rows.push(
+        Figure::new(
+            s,
+            "fjord serve RSS idle, 0.5 s after start (median of runs)",
+            median_of(&b.idle_rss_kb) / 1024.0,
+            "MiB",
+        )
+        .baseline(&old_label, median_of(&a.idle_rss_kb) / 1024.0),
     );
     let n = b.cold.len();
     rows.push(

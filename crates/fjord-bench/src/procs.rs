@@ -4,10 +4,23 @@ use std::fs;
 
 /// Resident set size in KiB.
 pub fn rss_kb(pid: i32) -> Option<u64> {
+    status_kb(pid, "VmRSS:")
+}
+
+/// A `kB` field of `/proc/<pid>/status`.
+fn status_kb(pid: i32, field: &str) -> Option<u64> {
     let s = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     s.lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// The anonymous part of the resident set (heap, stacks, relocated data) in KiB: memory
+/// only this process holds, unlike the file pages of its binary and libraries, which the
+/// page cache keeps and other processes share.
+pub fn anon_kb_of(pid: i32) -> anyhow::Result<u64> {
+    status_kb(pid, "RssAnon:")
+        .ok_or_else(|| anyhow::anyhow!("cannot read RssAnon of pid {pid} from /proc"))
 }
 
 /// Resident set size in KiB, or an error naming the process (gone, or /proc unreadable):

@@ -99,10 +99,10 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         return Ok(());
     }
     let started = Instant::now();
-    let (fjord, idle_rss_kb) = start_idle(&opts).await?;
+    let (fjord, idle) = start_idle(&opts).await?;
 
     eprintln!("[1/11] warm invoke, http mode");
-    let http = warm_http::run(&mut b, &fjord, idle_rss_kb).await?;
+    let http = warm_http::run(&mut b, &fjord, idle.rss_kb).await?;
     eprintln!("[2/11] warm invoke, fork mode");
     fork::run(&mut b, &fjord).await?;
     eprintln!("[3/11] cold start per template (building the templates with `fjord up`)");
@@ -120,7 +120,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     );
     soak::run(&mut b, &fjord, &http).await?;
     eprintln!("[7/11] footprint: 100 and 1,000 functions at zero");
-    footprint::run(&mut b, &fjord, idle_rss_kb, &http).await?;
+    footprint::run(&mut b, &fjord, &idle, &http).await?;
     // Last, so its backlog does not weigh on the footprint figures.
     eprintln!("[8/11] async: accept rate, drain rate, accept → start latency");
     async_queue::run(&mut b, &fjord, Backend::Embedded).await?;
@@ -143,16 +143,26 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     finish(&opts, &b, total)
 }
 
-/// `fjord serve` started and settled, and its idle RSS in KiB.
-async fn start_idle(opts: &Options) -> anyhow::Result<(Fjord, u64)> {
+/// What an idle `fjord serve` holds, in KiB.
+pub struct IdleMemory {
+    pub rss_kb: u64,
+    /// Of which anonymous (see [`procs::anon_kb_of`]).
+    pub anon_kb: u64,
+}
+
+/// `fjord serve` started and settled, and its idle memory.
+async fn start_idle(opts: &Options) -> anyhow::Result<(Fjord, IdleMemory)> {
     let fjord = Fjord::start(&opts.fjord, &[], None).await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let idle_rss_kb = fjord.rss_kb()?;
+    let idle = IdleMemory {
+        rss_kb: fjord.rss_kb()?,
+        anon_kb: crate::procs::anon_kb_of(fjord.pid)?,
+    };
     eprintln!(
-        "fjord serve up at {} (idle RSS {idle_rss_kb} KiB)",
-        fjord.addr
+        "fjord serve up at {} (idle RSS {} KiB, of which anonymous {} KiB)",
+        fjord.addr, idle.rss_kb, idle.anon_kb
     );
-    Ok((fjord, idle_rss_kb))
+    Ok((fjord, idle))
 }
 
 /// One scenario (or group) alone, its figures left in `b`.
@@ -171,7 +181,8 @@ async fn run_only(b: &mut Bench<'_>, only: &str) -> anyhow::Result<()> {
             ONLY.join(", ")
         );
     }
-    let (fjord, idle_rss_kb) = start_idle(b.opts).await?;
+    let (fjord, idle) = start_idle(b.opts).await?;
+    let idle_rss_kb = idle.rss_kb;
     match only {
         "templates" => {
             let http = warm_http::run(b, &fjord, idle_rss_kb).await?;
