@@ -19,7 +19,7 @@ struct Side {
     p99: Vec<f64>,
     /// Warm invoke at c=1, p50 (µs).
     c1_p50: Vec<f64>,
-    /// RSS 0.5 s after start, before any deploy (KiB).
+    /// RSS [`IDLE_SETTLE`](crate::run::IDLE_SETTLE) after start, before any deploy (KiB).
     idle_rss_kb: Vec<f64>,
     cold: Vec<f64>,
 }
@@ -31,7 +31,7 @@ async fn measure(bin: &Path, bench_bin: &str, quick: bool, side: &mut Side) -> a
         (Duration::from_secs(1), Duration::from_secs(5))
     };
     let fjord = Fjord::start(bin, &[], None).await?;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    tokio::time::sleep(crate::run::IDLE_SETTLE).await;
     side.idle_rss_kb.push(fjord.rss_kb()? as f64);
     fjord
         .deploy_ready(
@@ -129,7 +129,10 @@ pub(crate) async fn scenario(
     rows.push(
         Figure::new(
             s,
-            "fjord serve RSS idle, 0.5 s after start (median of runs)",
+            &format!(
+                "fjord serve RSS idle, {:.1} s after start (median of runs)",
+                crate::run::IDLE_SETTLE.as_secs_f64()
+            ),
             median_of(&b.idle_rss_kb) / 1024.0,
             "MiB",
         )

@@ -143,6 +143,10 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     finish(&opts, &b, total)
 }
 
+/// How long after its start an idle `fjord serve` is measured: start-up has settled (the
+/// server releases its start-up pages right away and again 2 s later).
+pub const IDLE_SETTLE: Duration = Duration::from_millis(2500);
+
 /// What an idle `fjord serve` holds, in KiB.
 pub struct IdleMemory {
     pub rss_kb: u64,
@@ -153,7 +157,7 @@ pub struct IdleMemory {
 /// `fjord serve` started and settled, and its idle memory.
 async fn start_idle(opts: &Options) -> anyhow::Result<(Fjord, IdleMemory)> {
     let fjord = Fjord::start(&opts.fjord, &[], None).await?;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    tokio::time::sleep(IDLE_SETTLE).await;
     let idle = IdleMemory {
         rss_kb: fjord.rss_kb()?,
         anon_kb: crate::procs::anon_kb_of(fjord.pid)?,

@@ -335,6 +335,9 @@ const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often the TLS certificate and key files are checked for changes.
 const TLS_POLL: Duration = Duration::from_secs(2);
 
+/// After start-up, when the binary's pages are released a second time.
+const STARTUP_SETTLE: Duration = Duration::from_secs(2);
+
 /// How often each worker's [`keep_an_earlier_timer`] fires, at most.
 const TIMER_FLOOR_PERIOD: Duration = Duration::from_secs(1);
 
@@ -1155,12 +1158,25 @@ pub async fn serve(config: GatewayConfig, shutdown: CancellationToken) -> Result
             }
         })
     };
-    // Start-up is over: its code need not stay mapped (see `fjord_runtime::memory`).
-    tokio::task::spawn_blocking(|| match fjord_runtime::memory::release_binary_pages() {
-        Ok(kb) => tracing::debug!(resident_kib = kb, "released the binary's start-up pages"),
-        Err(e) => tracing::debug!(error = %e, "could not release the binary's start-up pages"),
+    // Start-up is over: its code need not stay mapped (see `fjord_runtime::memory`). Once
+    // now, and once more when what start-up left running (the first ticks, restored
+    // functions' rollouts, the other workers) has settled.
+    let release = tokio::spawn(async {
+        for wait in [Duration::ZERO, STARTUP_SETTLE] {
+            tokio::time::sleep(wait).await;
+            match tokio::task::spawn_blocking(fjord_runtime::memory::release_binary_pages).await {
+                Ok(Ok(kb)) => {
+                    tracing::debug!(resident_kib = kb, "released the binary's start-up pages")
+                }
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, "could not release the binary's start-up pages")
+                }
+                Err(_) => {}
+            }
+        }
     });
     shutdown.cancelled().await;
+    release.abort();
     history.abort();
     autoscaler.abort();
     pruner.abort();

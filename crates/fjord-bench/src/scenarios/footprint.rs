@@ -33,7 +33,8 @@ pub async fn run(
         )
         .target("≤ 12 MiB", idle_rss_kb <= 12 * 1024)
         .note(&format!(
-            "read 0.5 s after start; of which anonymous {:.1} MiB (the rest: pages of the binary and libraries)",
+            "read {:.1} s after start; of which anonymous {:.1} MiB (the rest: pages of the binary and libraries)",
+            crate::run::IDLE_SETTLE.as_secs_f64(),
             idle.anon_kb as f64 / 1024.0
         )),
     );
