@@ -768,8 +768,8 @@ fn lock_data_dir(data_dir: &std::path::Path) -> std::io::Result<nix::fcntl::Floc
                 let mut pid = String::new();
                 f.rewind()?;
                 let _ = f.read_to_string(&mut pid);
-                let pid = pid.trim().parse::<u32>().ok();
-                let exiting = pid.is_some_and(|p| !process_is_running(p));
+                let pid = pid.trim().parse::<i32>().ok();
+                let exiting = pid.is_some_and(|p| fjord_runtime::process_start(p).is_none());
                 if exiting && started.elapsed() < EXITING_HOLDER_WAIT {
                     file = f;
                     std::thread::sleep(std::time::Duration::from_millis(20));
@@ -789,18 +789,6 @@ fn lock_data_dir(data_dir: &std::path::Path) -> std::io::Result<nix::fcntl::Floc
             }
             Err((_, e)) => return Err(e.into()),
         }
-    }
-}
-
-/// Whether `pid` names a process that has not yet exited (a zombie has).
-fn process_is_running(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        // The state follows the command name, which is in parentheses and may hold any byte.
-        Ok(stat) => stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.trim_start().chars().next())
-            .is_some_and(|state| !matches!(state, 'Z' | 'X')),
-        Err(_) => false,
     }
 }
 

@@ -576,6 +576,19 @@ impl Runtime for ProcessRuntime {
     }
 }
 
+/// When process `pid` started (clock ticks after boot), if it still runs (a zombie has
+/// ended): with the pid, it names one process, whose pid may be reused after it ends.
+pub fn process_start(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The fields after the command name, which is in parentheses and may hold any byte.
+    let mut rest = stat.rsplit_once(')')?.1.split_whitespace();
+    if matches!(rest.next()?, "Z" | "X") {
+        return None;
+    }
+    // `starttime` is field 22 of the line; the state was field 3.
+    rest.nth(18)?.parse().ok()
+}
+
 /// A short stable id for this data dir, so several `fjord serve` on one machine keep their
 /// cgroups apart and each cleans up only its own. The directory's device and inode count
 /// too: the same path can name different directories (another mount namespace, a

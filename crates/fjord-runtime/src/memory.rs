@@ -37,11 +37,10 @@ fn clean_mappings_of(smaps: &str, exe: &str) -> Vec<CleanMapping> {
         }
     };
     for line in smaps.lines() {
-        let mut fields = line.split_whitespace();
-        let Some(first) = fields.next() else {
-            continue;
-        };
-        if let Some((start, end)) = first.split_once('-')
+        // A mapping's header: `start-end perms offset device inode [path]`, the path padded
+        // and possibly holding spaces.
+        let mut header = line.splitn(6, ' ');
+        if let Some((start, end)) = header.next().and_then(|r| r.split_once('-'))
             && let (Ok(start), Ok(end)) = (
                 usize::from_str_radix(start, 16),
                 usize::from_str_radix(end, 16),
@@ -49,14 +48,8 @@ fn clean_mappings_of(smaps: &str, exe: &str) -> Vec<CleanMapping> {
         {
             finish(current.take(), anonymous_free);
             anonymous_free = false;
-            let perms = fields.next().unwrap_or("");
-            // offset, device, inode, then the path (which may hold spaces).
-            let path = fields.nth(3).map(|_| {
-                line.splitn(6, char::is_whitespace)
-                    .nth(5)
-                    .unwrap_or("")
-                    .trim()
-            });
+            let perms = header.next().unwrap_or("");
+            let path = header.nth(3).map(str::trim);
             if path == Some(exe) && perms.as_bytes().get(1) == Some(&b'-') && end > start {
                 current = Some(CleanMapping {
                     start,
@@ -69,6 +62,8 @@ fn clean_mappings_of(smaps: &str, exe: &str) -> Vec<CleanMapping> {
         let Some(m) = current.as_mut() else {
             continue;
         };
+        let mut fields = line.split_whitespace();
+        let first = fields.next().unwrap_or("");
         let kb = fields.next().and_then(|v| v.parse::<u64>().ok());
         match (first, kb) {
             ("Rss:", Some(kb)) => m.rss_kb = kb,

@@ -275,26 +275,13 @@ fn host_addresses() -> Vec<Ipv4Net> {
 /// start time, in clock ticks after boot, tells a reused pid apart), under a lock.
 const SUBNETS_FILE: &str = "/run/fjord/subnets";
 
-/// When process `pid` started (clock ticks after boot), if it runs (a zombie has ended).
-fn process_start(pid: i32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The fields after the command name, which is in parentheses and may hold any byte.
-    let mut rest = stat.rsplit_once(')')?.1.split_whitespace();
-    let state = rest.next()?;
-    if matches!(state, "Z" | "X") {
-        return None;
-    }
-    // `starttime` is field 22 of the line; `state` was field 3.
-    rest.nth(18)?.parse().ok()
-}
-
 /// Whether a line of the subnets file names a server that still runs.
 fn entry_is_live(pid: &str, start: Option<&str>) -> bool {
     let Ok(pid) = pid.parse::<i32>() else {
         return false;
     };
     match (
-        process_start(pid),
+        crate::process_start(pid),
         start.and_then(|s| s.parse::<u64>().ok()),
     ) {
         (Some(now), Some(recorded)) => now == recorded,
@@ -404,7 +391,7 @@ fn choose_subnet(config: &NetworkConfig, instance: &str) -> io::Result<Ipv4Net> 
     let pid = std::process::id();
     let start = i32::try_from(pid)
         .ok()
-        .and_then(process_start)
+        .and_then(crate::process_start)
         .unwrap_or_default();
     entries.push((subnet, format!("{subnet} {pid} {instance} {start}")));
     let out: String = entries.iter().map(|(_, l)| format!("{l}\n")).collect();
@@ -686,7 +673,7 @@ mod tests {
     #[test]
     fn a_line_names_a_live_server_only_with_its_own_start_time() {
         let me = std::process::id().to_string();
-        let start = process_start(std::process::id() as i32).expect("this process runs");
+        let start = crate::process_start(std::process::id() as i32).expect("this process runs");
         assert!(entry_is_live(&me, Some(&start.to_string())));
         // The same pid started at another moment: the pid was reused.
         assert!(!entry_is_live(&me, Some(&(start + 1).to_string())));
