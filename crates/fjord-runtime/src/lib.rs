@@ -11,6 +11,7 @@
 pub mod cgroup;
 pub mod container;
 pub mod fork;
+mod mailbox;
 mod masks;
 pub mod memory;
 pub mod netns;
@@ -28,7 +29,7 @@ use std::time::Duration;
 
 use fjord_core::{FunctionKey, FunctionSpec};
 use fjord_runtime_api::{Applied, BoxFuture};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 pub use container::{ContainerConfig, ContainerRuntime};
 pub use fjord_runtime_api::{
@@ -185,7 +186,7 @@ impl Shared {
 /// What the process runtime keeps per function besides its handle.
 pub(crate) struct ProcessFunction {
     pub handle: Arc<FunctionHandle>,
-    commands: mpsc::UnboundedSender<reconcile::Command>,
+    commands: mailbox::Sender<reconcile::Command>,
 }
 
 impl fjord_runtime_api::CpuProbe for replica::ReplicaEnv {
@@ -355,10 +356,7 @@ impl Engine {
     fn get_function(
         &self,
         key: &FunctionKey,
-    ) -> Option<(
-        Arc<FunctionHandle>,
-        mpsc::UnboundedSender<reconcile::Command>,
-    )> {
+    ) -> Option<(Arc<FunctionHandle>, mailbox::Sender<reconcile::Command>)> {
         self.functions
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -430,7 +428,7 @@ impl Engine {
                 done,
             });
         }
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mailbox::unbounded();
         let key = spec.key.clone();
         let logs = Arc::new(LogBook::new(Some(logs::log_path(
             &self.shared.config.data_dir,

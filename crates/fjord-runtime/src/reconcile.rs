@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fjord_core::FunctionSpec;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -79,16 +79,16 @@ struct Reconciler {
     uid: u32,
     current: Option<Generation>,
     pending: Option<Pending>,
-    events_tx: mpsc::UnboundedSender<Event>,
+    events_tx: crate::mailbox::Sender<Event>,
 }
 
 pub(crate) fn spawn(
     handle: Arc<FunctionHandle>,
     shared: Arc<Shared>,
     uid: u32,
-    commands: mpsc::UnboundedReceiver<Command>,
+    commands: crate::mailbox::Receiver<Command>,
 ) {
-    let (events_tx, events_rx) = mpsc::unbounded_channel();
+    let (events_tx, events_rx) = crate::mailbox::unbounded();
     let control = shared.control.clone();
     let r = Reconciler {
         handle,
@@ -104,8 +104,8 @@ pub(crate) fn spawn(
 impl Reconciler {
     async fn run(
         mut self,
-        mut commands: mpsc::UnboundedReceiver<Command>,
-        mut events: mpsc::UnboundedReceiver<Event>,
+        mut commands: crate::mailbox::Receiver<Command>,
+        mut events: crate::mailbox::Receiver<Event>,
     ) {
         loop {
             let deadline = self.pending.as_ref().map(|p| p.deadline);

@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 use fjord_core::{FunctionSpec, InvokeMode};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::cgroup::{Cgroup, Limits};
@@ -316,7 +315,7 @@ pub(crate) struct ReplicaArgs {
     pub id: Arc<str>,
     pub uid: u32,
     pub net: Arc<crate::FunctionNet>,
-    pub events: mpsc::UnboundedSender<Event>,
+    pub events: crate::mailbox::Sender<Event>,
     pub stop: CancellationToken,
 }
 
