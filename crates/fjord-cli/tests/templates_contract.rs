@@ -889,7 +889,83 @@ fn python3_http_sigterm_drains_then_exits() {
     assert!(st.success(), "{st}");
 }
 
+#[tokio::test]
+async fn python3_http_skips_site_startup_but_keeps_host_packages() {
+    let expected = host_site_packages();
+    let handler = r#"import sys
+
+
+def handle(event, context):
+    return {"statusCode": 200, "body": "%d|%s|%s" % (sys.flags.no_site, callable(exit), "\n".join(sys.path))}
+"#;
+    let b = Bundle::new("python3-http", &[("handler.py", handler)]);
+    let run = Running::start(&b, &[]);
+    let (st, _, text) = get_text(&client(), &run.url("/")).await;
+    assert_eq!(st, 200, "{text}");
+    let mut parts = text.splitn(3, '|');
+    assert_eq!(parts.next(), Some("1"), "{text}");
+    assert_eq!(parts.next(), Some("True"), "{text}");
+    let path: Vec<&str> = parts.next().unwrap().lines().collect();
+    for d in &expected {
+        assert!(path.contains(&d.as_str()), "{d} missing from {path:?}");
+    }
+}
+
 // --- python3 (classic, fork) --------------------------------------------------------------
+
+/// The site-packages directories a plain `python3` (with `site`) has on `sys.path`.
+fn host_site_packages() -> Vec<String> {
+    let out = Command::new("/usr/bin/python3")
+        .args([
+            "-c",
+            "import sys, site; print('\\n'.join(d for d in site.getsitepackages() if d in sys.path))",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect()
+}
+
+/// Both python templates run without `site`'s start-up (`python3 -S`: no host `.pth` file
+/// runs on each cold start), yet a handler still imports from the host's site-packages and
+/// has exit()/quit(), as under a plain `python3`.
+#[test]
+fn python_templates_skip_site_startup_but_keep_host_packages() {
+    let expected = host_site_packages();
+    assert!(
+        !expected.is_empty(),
+        "this python3 has no site-packages on sys.path"
+    );
+    for lang in ["python3", "python3-http"] {
+        let t = template(lang);
+        assert!(
+            t.spec.fprocess.split(' ').any(|a| a == "-S"),
+            "{lang}: {}",
+            t.spec.fprocess
+        );
+    }
+    let handler = r#"import sys
+
+
+def handle(req):
+    return "%d|%s|%s" % (sys.flags.no_site, callable(exit), "\n".join(sys.path))
+"#;
+    let b = Bundle::new("python3", &[("handler.py", handler)]);
+    let out = run_fork(&b, b"", &[]);
+    assert!(out.status.success(), "{}", out.stderr);
+    let text = String::from_utf8(out.stdout).unwrap();
+    let mut parts = text.trim_end().splitn(3, '|');
+    assert_eq!(parts.next(), Some("1"), "{text}");
+    assert_eq!(parts.next(), Some("True"), "{text}");
+    let path: Vec<&str> = parts.next().unwrap().lines().collect();
+    for d in &expected {
+        assert!(path.contains(&d.as_str()), "{d} missing from {path:?}");
+    }
+}
 
 #[test]
 fn python3_classic_stdin_to_stdout() {

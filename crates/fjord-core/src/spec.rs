@@ -275,19 +275,27 @@ pub struct ProcessDefaults {
 /// name (`python index.py` where the bundle was built for `python3 index.py`) gets the
 /// bundle's interpreter. faas-cli sends its template's `fprocess` as `envProcess`, and the
 /// OpenFaaS templates name interpreters differently; the bundle knows which one its code
-/// was built and byte-compiled for. Anything else (other arguments, a path) is kept as given.
+/// was built and byte-compiled for, with the interpreter options it runs with
+/// (`python3 -S index.py`). Anything else (other arguments, a path) is kept as given.
 fn with_bundle_interpreter(argv: Vec<String>, bundle_fprocess: &str) -> Vec<String> {
     let Ok(bundle) = shell_words::split(bundle_fprocess) else {
         return argv;
     };
     let bare = |c: &str| !c.is_empty() && !c.contains('/');
+    // The bundle's arguments are the given ones, after interpreter options of its own.
+    let same_entry = |args: &[String], bundle_args: &[String]| {
+        bundle_args.len() >= args.len() && {
+            let (options, rest) = bundle_args.split_at(bundle_args.len() - args.len());
+            rest == args && options.iter().all(|o| o.starts_with('-'))
+        }
+    };
     match (argv.split_first(), bundle.split_first()) {
         (Some((cmd, args)), Some((bundle_cmd, bundle_args)))
-            if cmd != bundle_cmd
-                && bare(cmd)
+            if bare(cmd)
                 && bare(bundle_cmd)
                 && !args.is_empty()
-                && args == bundle_args =>
+                && (cmd != bundle_cmd || args != bundle_args)
+                && same_entry(args, bundle_args) =>
         {
             bundle
         }
@@ -730,6 +738,28 @@ mod tests {
             argv("/usr/bin/python index.py"),
             ["/usr/bin/python", "index.py"]
         );
+        // A bundle whose interpreter runs with options of its own (the python templates'
+        // `-S`) gets them too, from either name; other arguments are still kept.
+        let defaults = ProcessDefaults {
+            fprocess: "python3 -S index.py".into(),
+            env: Default::default(),
+        };
+        let argv = |fprocess: &str| {
+            FunctionSpec::from_deployment_with(
+                dep(&format!(
+                    r#"{{"service":"f","image":"f:latest","envProcess":"{fprocess}"}}"#
+                )),
+                Some(&defaults),
+            )
+            .unwrap()
+            .argv
+        };
+        assert_eq!(argv("python index.py"), ["python3", "-S", "index.py"]);
+        assert_eq!(argv("python3 index.py"), ["python3", "-S", "index.py"]);
+        assert_eq!(argv("python3 -S index.py"), ["python3", "-S", "index.py"]);
+        assert_eq!(argv("python3 -u index.py"), ["python3", "-u", "index.py"]);
+        assert_eq!(argv("python3 x index.py"), ["python3", "x", "index.py"]);
+        assert_eq!(argv("python other.py"), ["python", "other.py"]);
         // Without a bundle nothing is replaced.
         let s = FunctionSpec::from_deployment(dep(
             r#"{"service":"f","image":"x","envProcess":"python index.py"}"#,
