@@ -85,6 +85,17 @@ pub async fn measured(
 /// to 0, wait until the replica is gone, then time the scale to 1 plus the first response.
 /// Leaves the function at one replica.
 pub async fn cold_starts(fjord: &Fjord, name: &str, trials: usize) -> anyhow::Result<Vec<f64>> {
+    cold_starts_with(fjord, name, trials, None).await
+}
+
+/// As [`cold_starts`]; with `post`, the first request posts that body and must get a 200
+/// with a non-empty answer (a function that does real work before it can answer).
+pub async fn cold_starts_with(
+    fjord: &Fjord,
+    name: &str,
+    trials: usize,
+    post: Option<&'static [u8]>,
+) -> anyhow::Result<Vec<f64>> {
     let mut times = Vec::with_capacity(trials);
     for _ in 0..trials {
         fjord.scale(name, 0).await?;
@@ -95,7 +106,24 @@ pub async fn cold_starts(fjord: &Fjord, name: &str, trials: usize) -> anyhow::Re
         tokio::time::sleep(Duration::from_millis(30)).await;
         let t0 = Instant::now();
         fjord.scale(name, 1).await?;
-        fjord.get_ok(&format!("/function/{name}")).await?;
+        match post {
+            None => fjord.get_ok(&format!("/function/{name}")).await?,
+            Some(body) => {
+                let r = fjord
+                    .http
+                    .post(fjord.url(&format!("/function/{name}")))
+                    .body(body)
+                    .send()
+                    .await?;
+                let status = r.status();
+                let answer = r.bytes().await?;
+                anyhow::ensure!(
+                    status == reqwest::StatusCode::OK && !answer.is_empty(),
+                    "POST /function/{name}: {status} {}",
+                    String::from_utf8_lossy(&answer)
+                );
+            }
+        }
         times.push(t0.elapsed().as_secs_f64() * 1e3);
     }
     Ok(times)
