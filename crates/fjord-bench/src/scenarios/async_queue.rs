@@ -135,6 +135,10 @@ pub async fn run(b: &mut Bench<'_>, fjord: &Fjord, backend: Backend) -> anyhow::
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     let drain_rate = queued / drained.as_secs_f64().max(0.001);
+    let drain_goal = match backend {
+        Backend::Embedded => 0.9,
+        Backend::Nats => 0.6,
+    };
     let drain_cpu_us =
         (procs::cpu_ticks_of(fjord.pid)? - drain_ticks0) as f64 / procs::ticks_per_second() * 1e6
             / queued.max(1.0);
@@ -172,7 +176,11 @@ pub async fn run(b: &mut Bench<'_>, fjord: &Fjord, backend: Backend) -> anyhow::
             "req/s",
         )
         .baseline("same function sync, c=10", sync.rps())
-        .target_when(targets, "≥ 0.8× sync", drain_rate >= 0.8 * sync.rps())
+        // The performance issue's goals: 0.9× on the embedded queue, 0.6× on NATS.
+        .target(
+            &format!("≥ {drain_goal}× sync"),
+            drain_rate >= drain_goal * sync.rps(),
+        )
         .note(&format!(
             "{queued:.0} queued calls drained in {:.2} s at max_inflight 10; fjord CPU per call {drain_cpu_us:.0} µs (sync ≤ {sync_cpu_us:.0} µs)",
             drained.as_secs_f64()
