@@ -338,6 +338,9 @@ const TLS_POLL: Duration = Duration::from_secs(2);
 /// After start-up, when the binary's pages are released a second time.
 const STARTUP_SETTLE: Duration = Duration::from_secs(2);
 
+/// How often the server checks whether it is quiet enough to trim its heap.
+const HEAP_TRIM_CHECK: Duration = Duration::from_secs(5);
+
 /// How often each worker's [`keep_an_earlier_timer`] fires, at most.
 const TIMER_FLOOR_PERIOD: Duration = Duration::from_secs(1);
 
@@ -1163,7 +1166,34 @@ pub async fn serve(config: GatewayConfig, shutdown: CancellationToken) -> Result
             }
         }
     });
+    // The free heap a load leaves behind goes back to the kernel once the server is quiet.
+    let trimmer = tokio::spawn(async {
+        let mut trimmer = fjord_runtime::memory::HeapTrimmer::new();
+        let mut tick = tokio::time::interval(HEAP_TRIM_CHECK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let (t, trimmed) = match tokio::task::spawn_blocking(move || {
+                let trimmed = trimmer.tick();
+                (trimmer, trimmed)
+            })
+            .await
+            {
+                Ok(r) => r,
+                Err(_) => return,
+            };
+            trimmer = t;
+            if let Some(bytes) = trimmed {
+                tracing::debug!(
+                    free_heap_kib = bytes / 1024,
+                    "returned free heap to the kernel"
+                );
+            }
+        }
+    });
     shutdown.cancelled().await;
+    trimmer.abort();
     release.abort();
     history.abort();
     autoscaler.abort();
