@@ -119,6 +119,72 @@ async fn everything_survives_reopen() {
     assert_eq!(again[0].attempt, 2);
 }
 
+/// The active calls per function as SQL counts them: what `depth` must say.
+fn counted(path: &Path) -> Vec<(String, u64)> {
+    let conn = raw(path);
+    let mut stmt = conn
+        .prepare(
+            "SELECT function, COUNT(*) FROM calls WHERE state IN ('queued', 'retrying', 'running')
+             GROUP BY function ORDER BY function",
+        )
+        .unwrap();
+    stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
+/// `depth` is kept in memory (no scan of the backlog per scrape): it follows every state
+/// change, duplicates and calls already finished change nothing, and a reopen counts again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn depth_follows_every_state_change_and_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("queue.db");
+    let q = SqliteQueue::open(&path).unwrap();
+    for i in 0..6 {
+        q.enqueue(call(&format!("a{i}"), "a")).await.unwrap();
+    }
+    q.enqueue(call("b0", "b")).await.unwrap();
+    assert!(q.enqueue(call("a0", "a")).await.is_err(), "duplicate");
+    let e = expected(&[("a", 6), ("b", 1)]);
+    assert_eq!(q.depth().await.unwrap(), e);
+    assert_eq!(counted(&path), e);
+
+    let claimed = q.claim("a", 4, Duration::from_secs(60)).await.unwrap();
+    assert_eq!(claimed.len(), 4);
+    q.complete("a0", 200).await.unwrap();
+    q.complete_many(vec![("a1".into(), 200), ("a0".into(), 200)])
+        .await
+        .unwrap();
+    q.retry_later("a2", now_ms() + 60_000, Some(503), "busy")
+        .await
+        .unwrap();
+    q.dead_letter("a3", Some(500), "boom").await.unwrap();
+    q.dead_letter("a3", Some(500), "again").await.unwrap();
+    assert!(matches!(
+        q.cancel("a4").await.unwrap(),
+        fjord_queue::CancelOutcome::Cancelled
+    ));
+    let e = expected(&[("a", 2), ("b", 1)]);
+    assert_eq!(q.depth().await.unwrap(), e);
+    assert_eq!(counted(&path), e);
+
+    assert!(q.replay("a3").await.unwrap());
+    assert!(!q.replay("a3").await.unwrap());
+    q.complete("b0", 200).await.unwrap();
+    let e = expected(&[("a", 3)]);
+    assert_eq!(q.depth().await.unwrap(), e);
+    assert_eq!(counted(&path), e);
+    drop(q);
+
+    let q = SqliteQueue::open(&path).unwrap();
+    assert_eq!(q.depth().await.unwrap(), vec![("a".to_owned(), 3)]);
+}
+
+fn expected(v: &[(&str, u64)]) -> Vec<(String, u64)> {
+    v.iter().map(|(f, n)| (f.to_string(), *n)).collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prune_works_in_chunks() {
     let dir = tempfile::tempdir().unwrap();
