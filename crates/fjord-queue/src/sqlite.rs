@@ -105,10 +105,21 @@ fn apply_deltas(pending: &Pending, deltas: Deltas) {
     }
     let mut p = pending.lock().unwrap_or_else(PoisonError::into_inner);
     for (function, delta) in deltas {
-        let n = p.entry(function).or_insert(0);
-        *n = n.saturating_add_signed(delta);
+        // Only the functions touched: this runs once per committed enqueue.
+        match p.get_mut(&function) {
+            Some(n) => {
+                *n = n.saturating_add_signed(delta);
+                if *n == 0 {
+                    p.remove(&function);
+                }
+            }
+            None => {
+                if let Ok(n @ 1..) = u64::try_from(delta) {
+                    p.insert(function, n);
+                }
+            }
+        }
     }
-    p.retain(|_, n| *n > 0);
 }
 
 /// The active calls per function, counted with SQL (at open).
