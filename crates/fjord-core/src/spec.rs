@@ -715,22 +715,25 @@ mod tests {
         serde_json::from_str(json).unwrap()
     }
 
-    #[test]
-    fn bundle_interpreter_replaces_a_template_interpreter_only() {
+    /// The command a deployment of `fprocess` runs for a bundle built with `bundle_fprocess`.
+    fn bundle_argv(bundle_fprocess: &str, fprocess: &str) -> Vec<String> {
         let defaults = ProcessDefaults {
-            fprocess: "python3 index.py".into(),
+            fprocess: bundle_fprocess.into(),
             env: Default::default(),
         };
-        let argv = |fprocess: &str| {
-            FunctionSpec::from_deployment_with(
-                dep(&format!(
-                    r#"{{"service":"f","image":"f:latest","envProcess":"{fprocess}"}}"#
-                )),
-                Some(&defaults),
-            )
-            .unwrap()
-            .argv
-        };
+        FunctionSpec::from_deployment_with(
+            dep(&format!(
+                r#"{{"service":"f","image":"f:latest","envProcess":"{fprocess}"}}"#
+            )),
+            Some(&defaults),
+        )
+        .unwrap()
+        .argv
+    }
+
+    #[test]
+    fn bundle_interpreter_replaces_a_template_interpreter_only() {
+        let argv = |fprocess: &str| bundle_argv("python3 index.py", fprocess);
         assert_eq!(argv("python index.py"), ["python3", "index.py"]);
         assert_eq!(argv("python3 index.py"), ["python3", "index.py"]);
         assert_eq!(argv("python other.py"), ["python", "other.py"]);
@@ -740,20 +743,7 @@ mod tests {
         );
         // A bundle whose interpreter runs with options of its own (the python templates'
         // `-S`) gets them too, from either name; other arguments are still kept.
-        let defaults = ProcessDefaults {
-            fprocess: "python3 -S index.py".into(),
-            env: Default::default(),
-        };
-        let argv = |fprocess: &str| {
-            FunctionSpec::from_deployment_with(
-                dep(&format!(
-                    r#"{{"service":"f","image":"f:latest","envProcess":"{fprocess}"}}"#
-                )),
-                Some(&defaults),
-            )
-            .unwrap()
-            .argv
-        };
+        let argv = |fprocess: &str| bundle_argv("python3 -S index.py", fprocess);
         assert_eq!(argv("python index.py"), ["python3", "-S", "index.py"]);
         assert_eq!(argv("python3 index.py"), ["python3", "-S", "index.py"]);
         assert_eq!(argv("python3 -S index.py"), ["python3", "-S", "index.py"]);

@@ -213,7 +213,7 @@ impl SqliteQueue {
     {
         let (tx, rx) = oneshot::channel();
         let jobs = self.jobs.as_ref().ok_or(QueueError::Closed)?;
-        let job = CountedJob {
+        let job = WriteJob {
             f,
             tx,
             deferrable,
@@ -257,11 +257,8 @@ impl SqliteQueue {
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, QueueError> + Send + 'static,
     {
-        let (tx, rx) = oneshot::channel();
-        let jobs = self.jobs.as_ref().ok_or(QueueError::Closed)?;
-        jobs.send(Box::new(WriteJob { f, tx, deferrable }))
-            .map_err(|_| QueueError::Closed)?;
-        rx.await.map_err(|_| QueueError::Closed)?
+        self.write_counted(move |conn| f(conn).map(|v| (v, Vec::new())), deferrable)
+            .await
     }
 
     /// Runs `f` on the read connection on tokio's blocking pool (SQLite calls block).
@@ -300,7 +297,6 @@ impl Queue for SqliteQueue {
             // Encode here, on the caller's task, to keep the single writer thread lean.
             let request = encode_request(&call.request)?;
             let clock = self.clock.clone();
-            let function = call.function.clone();
             self.write_counted(
                 move |conn| {
                     let now = to_sql(clock.now_ms());
@@ -322,7 +318,7 @@ impl Queue for SqliteQueue {
                             ])
                         });
                     match inserted {
-                        Ok(_) => Ok(((), vec![(function, 1)])),
+                        Ok(_) => Ok(((), vec![(call.function, 1)])),
                         Err(e)
                             if e.sqlite_error_code()
                                 == Some(rusqlite::ErrorCode::ConstraintViolation) =>
@@ -739,54 +735,21 @@ trait Job: Send {
 
 type Answer = Box<dyn FnOnce(Option<&str>) + Send>;
 
+/// A write; its [`Deltas`] apply to the active-call counts once its transaction committed.
 struct WriteJob<F, T> {
-    f: F,
-    tx: oneshot::Sender<Result<T, QueueError>>,
-    deferrable: bool,
-}
-
-impl<F, T> Job for WriteJob<F, T>
-where
-    T: Send + 'static,
-    F: FnOnce(&Connection) -> Result<T, QueueError> + Send + 'static,
-{
-    fn run(self: Box<Self>, conn: &Connection) -> Answer {
-        let WriteJob { f, tx, .. } = *self;
-        let result = f(conn);
-        Box::new(move |rolled_back: Option<&str>| {
-            let answer = match rolled_back {
-                None => result,
-                Some(e) => Err(QueueError::Storage(e.to_owned())),
-            };
-            // The caller may have given up waiting (its future dropped); nothing to do.
-            let _ = tx.send(answer);
-        })
-    }
-
-    fn fail(self: Box<Self>, error: &str) {
-        let _ = self.tx.send(Err(QueueError::Storage(error.to_owned())));
-    }
-
-    fn deferrable(&self) -> bool {
-        self.deferrable
-    }
-}
-
-/// A [`WriteJob`] whose [`Deltas`] apply to the active-call counts once committed.
-struct CountedJob<F, T> {
     f: F,
     tx: oneshot::Sender<Result<T, QueueError>>,
     deferrable: bool,
     pending: Pending,
 }
 
-impl<F, T> Job for CountedJob<F, T>
+impl<F, T> Job for WriteJob<F, T>
 where
     T: Send + 'static,
     F: FnOnce(&Connection) -> Result<(T, Deltas), QueueError> + Send + 'static,
 {
     fn run(self: Box<Self>, conn: &Connection) -> Answer {
-        let CountedJob { f, tx, pending, .. } = *self;
+        let WriteJob { f, tx, pending, .. } = *self;
         let result = f(conn);
         Box::new(move |rolled_back: Option<&str>| {
             let answer = match rolled_back {
@@ -796,6 +759,7 @@ where
                 }),
                 Some(e) => Err(QueueError::Storage(e.to_owned())),
             };
+            // The caller may have given up waiting (its future dropped); nothing to do.
             let _ = tx.send(answer);
         })
     }
